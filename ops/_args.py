@@ -1,0 +1,363 @@
+"""Argument normalisation, output-size math and every error message of the op API.
+
+Every op validates here, in Python, before any work or launch: shapes, sizes and
+arguments raise ValueError; dtypes, array types and mixed devices raise TypeError.
+Each message names the op, the argument and the numbers. Nothing here uses assert.
+
+The array-type side (NumPy / CuPy / torch) lives in convgpu.arrays; this module sees
+the arrays after they were unwrapped to NumPy or CuPy.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+Pair = Tuple[int, int]
+
+
+# ----------------------------------------------------------------------------------------
+# scalars and pairs
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def pair(op: str, name: str, v, *, minimum: int) -> Pair:
+    """An int or a pair of ints (torch's int-or-tuple), each at least `minimum`."""
+    if _is_int(v):
+        t = (int(v), int(v))
+    elif isinstance(v, (tuple, list)) and len(v) == 2 and all(_is_int(e) for e in v):
+        t = (int(v[0]), int(v[1]))
+    else:
+        raise ValueError(f"{op}: {name} must be an int or a pair of ints, got {v!r}")
+    if t[0] < minimum or t[1] < minimum:
+        what = "positive" if minimum == 1 else f"at least {minimum}"
+        raise ValueError(f"{op}: {name} must be {what}, got {v!r}")
+    return t
+
+
+def positive_int(op: str, name: str, v) -> int:
+    if not _is_int(v) or v < 1:
+        raise ValueError(f"{op}: {name} must be a positive int, got {v!r}")
+    return int(v)
+
+
+# ----------------------------------------------------------------------------------------
+# output sizes (the one place these formulas live)
+
+
+def conv_out_size(size: int, k: int, stride: int, pad: int, dil: int) -> int:
+    """floor((H + 2p - d(R-1) - 1) / s) + 1; may be <= 0 for an empty output."""
+    return (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
+
+
+def pool_out_size(size: int, k: int, stride: int, pad: int, dil: int, ceil_mode: bool) -> int:
+    """torch's pooling output size: as conv, ceil'd with ceil_mode, where the last
+    window must start inside the input or the left padding."""
+    span = size + 2 * pad - dil * (k - 1) - 1
+    if span < 0:
+        return 0
+    if ceil_mode:
+        out = -(-span // stride) + 1
+        if (out - 1) * stride >= size + pad:
+            out -= 1
+    else:
+        out = span // stride + 1
+    return out
+
+
+def conv_transpose_out_size(size: int, k: int, stride: int, pad: int, dil: int,
+                            output_padding: int) -> int:
+    return (size - 1) * stride - 2 * pad + dil * (k - 1) + output_padding + 1
+
+
+# ----------------------------------------------------------------------------------------
+# arrays
+
+
+def check_float(op: str, name: str, a) -> None:
+    if a.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{op}: {name} must be float32 or float64, got {a.dtype}")
+
+
+def check_same_dtype(op: str, **arrays) -> np.dtype:
+    items = [(n, a) for n, a in arrays.items() if a is not None]
+    for n, a in items:
+        check_float(op, n, a)
+    first_name, first = items[0]
+    for n, a in items[1:]:
+        if a.dtype != first.dtype:
+            raise TypeError(f"{op}: {n} is {a.dtype} but {first_name} is {first.dtype}; "
+                            "convert one so both have the same dtype")
+    return first.dtype
+
+
+def check_ndim(op: str, name: str, a, allowed: Tuple[int, ...], what: str) -> None:
+    if a.ndim not in allowed:
+        raise ValueError(f"{op}: {name} must be {what}, got {a.ndim}-D with shape {tuple(a.shape)}")
+
+
+def check_shape_tuple(op: str, name: str, shape, n: int) -> Tuple[int, ...]:
+    if (not isinstance(shape, (tuple, list)) or len(shape) != n
+            or not all(_is_int(s) and s > 0 for s in shape)):
+        raise ValueError(f"{op}: {name} must be a tuple of {n} positive ints, got {shape!r}")
+    return tuple(int(s) for s in shape)
+
+
+# ----------------------------------------------------------------------------------------
+# convolution
+
+
+@dataclass
+class ConvArgs:
+    """A validated 2-D convolution problem in the forward's terms:
+    x (N, C, H, W) * w (K, C/groups, R, S) -> y (N, K, P, Q)."""
+    op: str
+    N: int
+    C: int
+    H: int
+    W: int
+    K: int
+    R: int
+    S: int
+    P: int
+    Q: int
+    stride: Pair
+    padding: Pair
+    dilation: Pair
+    groups: int
+    dtype: np.dtype
+
+    @property
+    def Cg(self) -> int:
+        return self.C // self.groups
+
+    @property
+    def Kg(self) -> int:
+        return self.K // self.groups
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.N * self.K * self.Cg * self.R * self.S * self.P * self.Q
+
+    @property
+    def x_shape(self):
+        return (self.N, self.C, self.H, self.W)
+
+    @property
+    def w_shape(self):
+        return (self.K, self.Cg, self.R, self.S)
+
+    @property
+    def y_shape(self):
+        return (self.N, self.K, self.P, self.Q)
+
+
+def conv_geometry(op: str, x_shape, w_shape, stride, padding, dilation, groups,
+                  dtype, *, out_shape=None) -> ConvArgs:
+    """Validate a conv problem given the shapes of x and w. With out_shape (the shape of
+    gy in a backward op) the output size must agree with it."""
+    stride = pair(op, "stride", stride, minimum=1)
+    padding = pair(op, "padding", padding, minimum=0)
+    dilation = pair(op, "dilation", dilation, minimum=1)
+    groups = positive_int(op, "groups", groups)
+    N, C, H, W = x_shape
+    K, Cg, R, S = w_shape
+    if C != Cg * groups:
+        raise ValueError(f"{op}: input has {C} channels but weight expects {Cg * groups} "
+                         f"({Cg} per group x {groups} groups)")
+    if K % groups:
+        raise ValueError(f"{op}: weight has {K} output channels, not divisible by groups={groups}")
+    P = conv_out_size(H, R, stride[0], padding[0], dilation[0])
+    Q = conv_out_size(W, S, stride[1], padding[1], dilation[1])
+    if P < 1 or Q < 1:
+        eff = (dilation[0] * (R - 1) + 1, dilation[1] * (S - 1) + 1)
+        raise ValueError(f"{op}: kernel {R}x{S} (dilated {eff[0]}x{eff[1]}) is larger than the "
+                         f"padded input {H + 2 * padding[0]}x{W + 2 * padding[1]} "
+                         f"(input {H}x{W}, padding {padding}): the output would be empty")
+    if out_shape is not None and tuple(out_shape) != (N, K, P, Q):
+        raise ValueError(f"{op}: grad_output has shape {tuple(out_shape)} but the convolution of "
+                         f"input {tuple(x_shape)} by weight {tuple(w_shape)} with stride {stride}, "
+                         f"padding {padding}, dilation {dilation} gives {(N, K, P, Q)}")
+    return ConvArgs(op, N, C, H, W, K, R, S, P, Q, stride, padding, dilation, groups,
+                    np.dtype(dtype))
+
+
+def check_conv_weight(op: str, w) -> None:
+    check_ndim(op, "weight", w, (4,), "4-D (K, C/groups, R, S)")
+
+
+def check_conv_input(op: str, name: str, x) -> None:
+    check_ndim(op, name, x, (3, 4), "3-D (C, H, W) or 4-D (N, C, H, W)")
+
+
+def check_bias(op: str, b, K: int) -> None:
+    if b is None:
+        return
+    if b.ndim != 1 or b.shape[0] != K:
+        raise ValueError(f"{op}: bias must be 1-D of length {K} (one per output channel), "
+                         f"got shape {tuple(b.shape)}")
+
+
+def transpose_geometry(op: str, x_shape, w_shape, stride, padding, output_padding, groups,
+                       dilation, dtype) -> Tuple[ConvArgs, Tuple[int, int, int, int]]:
+    """conv_transpose2d(x, w) is conv2d_backward_input(x, w, out_shape): w (Cin, Cout/g, R, S)
+    is a forward conv weight with K=Cin. Returns the ConvArgs of that forward conv."""
+    stride_ = pair(op, "stride", stride, minimum=1)
+    padding_ = pair(op, "padding", padding, minimum=0)
+    dilation_ = pair(op, "dilation", dilation, minimum=1)
+    op_pad = pair(op, "output_padding", output_padding, minimum=0)
+    groups_ = positive_int(op, "groups", groups)
+    N, Cin, H, W = x_shape
+    Cin_w, Coutg, R, S = w_shape
+    if Cin != Cin_w:
+        raise ValueError(f"{op}: input has {Cin} channels but weight expects {Cin_w} "
+                         "(weight is (in_channels, out_channels/groups, R, S))")
+    if Cin % groups_:
+        raise ValueError(f"{op}: input channels {Cin} not divisible by groups={groups_}")
+    for i, ax in enumerate("HW"):
+        if op_pad[i] >= max(stride_[i], dilation_[i]):
+            raise ValueError(f"{op}: output_padding {op_pad} must be smaller than stride "
+                             f"{stride_} or dilation {dilation_} along {ax}")
+    Ho = conv_transpose_out_size(H, R, stride_[0], padding_[0], dilation_[0], op_pad[0])
+    Wo = conv_transpose_out_size(W, S, stride_[1], padding_[1], dilation_[1], op_pad[1])
+    if Ho < 1 or Wo < 1:
+        raise ValueError(f"{op}: output would be empty ({Ho}x{Wo}) for input {H}x{W}, kernel "
+                         f"{R}x{S}, stride {stride_}, padding {padding_}")
+    out_shape = (N, Coutg * groups_, Ho, Wo)
+    args = conv_geometry(op, out_shape, w_shape, stride_, padding_, dilation_, groups_, dtype,
+                         out_shape=x_shape)
+    return args, out_shape
+
+
+# ----------------------------------------------------------------------------------------
+# pooling
+
+
+@dataclass
+class PoolArgs:
+    op: str
+    N: int
+    C: int
+    H: int
+    W: int
+    P: int
+    Q: int
+    kernel: Pair
+    stride: Pair
+    padding: Pair
+    dilation: Pair
+    ceil_mode: bool
+    count_include_pad: bool = True
+    divisor_override: Optional[int] = None
+    dtype: np.dtype = np.dtype(np.float32)
+
+    @property
+    def x_shape(self):
+        return (self.N, self.C, self.H, self.W)
+
+    @property
+    def y_shape(self):
+        return (self.N, self.C, self.P, self.Q)
+
+
+def pool_geometry(op: str, x_shape, kernel_size, stride, padding, dilation, ceil_mode,
+                  dtype, *, kind: str, count_include_pad=True, divisor_override=None) -> PoolArgs:
+    k = pair(op, "kernel_size", kernel_size, minimum=1)
+    s = k if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0) \
+        else pair(op, "stride", stride, minimum=1)
+    p = pair(op, "padding", padding, minimum=0)
+    d = pair(op, "dilation", dilation, minimum=1)
+    if not isinstance(ceil_mode, (bool, np.bool_)):
+        raise ValueError(f"{op}: ceil_mode must be a bool, got {ceil_mode!r}")
+    for i in range(2):
+        half = ((k[i] - 1) * d[i] + 1) // 2 if kind == "max" else k[i] // 2
+        if p[i] > half:
+            raise ValueError(f"{op}: padding {p} must be at most half of the "
+                             f"{'effective ' if kind == 'max' else ''}kernel size "
+                             f"{k} (dilation {d}): at most {half}")
+    if divisor_override is not None:
+        if not _is_int(divisor_override) or divisor_override == 0:
+            raise ValueError(f"{op}: divisor_override must be a non-zero int, got {divisor_override!r}")
+    N, C, H, W = x_shape
+    P = pool_out_size(H, k[0], s[0], p[0], d[0], bool(ceil_mode))
+    Q = pool_out_size(W, k[1], s[1], p[1], d[1], bool(ceil_mode))
+    if P < 1 or Q < 1:
+        raise ValueError(f"{op}: window {k} (dilation {d}) is larger than the padded input "
+                         f"{H + 2 * p[0]}x{W + 2 * p[1]} (input {H}x{W}, padding {p}): "
+                         "the output would be empty")
+    return PoolArgs(op, N, C, H, W, P, Q, k, s, p, d, bool(ceil_mode), bool(count_include_pad),
+                    None if divisor_override is None else int(divisor_override), np.dtype(dtype))
+
+
+def check_pool_input(op: str, name: str, x) -> None:
+    check_ndim(op, name, x, (3, 4), "3-D (C, H, W) or 4-D (N, C, H, W)")
+
+
+def check_input_shape(op: str, shape) -> Tuple[int, int, int, int]:
+    if isinstance(shape, (tuple, list)) and len(shape) == 3:
+        shape = (1,) + tuple(shape)
+    return check_shape_tuple(op, "input_shape", shape, 4)
+
+
+def check_indices(op: str, indices, gy_shape, plane: int) -> None:
+    if indices.dtype.kind not in "iu":
+        raise TypeError(f"{op}: indices must be an integer array (int64 from max_pool2d), "
+                        f"got {indices.dtype}")
+    if tuple(indices.shape) != tuple(gy_shape):
+        raise ValueError(f"{op}: indices have shape {tuple(indices.shape)} but grad_output has "
+                         f"shape {tuple(gy_shape)}")
+
+
+def check_indices_range(op: str, lo: int, hi: int, plane: int) -> None:
+    if lo < 0 or hi >= plane:
+        raise ValueError(f"{op}: indices must lie in [0, {plane}) (H*W of the input), "
+                         f"found values in [{lo}, {hi}]")
+
+
+def check_pooled_grad(op: str, gy_shape, args: PoolArgs) -> None:
+    if tuple(gy_shape) != args.y_shape:
+        raise ValueError(f"{op}: grad_output has shape {tuple(gy_shape)} but pooling input "
+                         f"{args.x_shape} gives {args.y_shape}")
+
+
+# ----------------------------------------------------------------------------------------
+# small ops
+
+
+def check_labels(op: str, labels, n: int, classes: int) -> None:
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"{op}: labels must be integer class indices, got {labels.dtype}")
+    if labels.ndim != 1 or labels.shape[0] != n:
+        raise ValueError(f"{op}: labels must be 1-D of length {n} (one per row of logits), "
+                         f"got shape {tuple(labels.shape)}")
+
+
+def check_labels_range(op: str, lo: int, hi: int, classes: int) -> None:
+    if lo < 0 or hi >= classes:
+        raise ValueError(f"{op}: labels must lie in [0, {classes}), found values in [{lo}, {hi}]")
+
+
+def check_linear(op: str, x, w, b=None) -> None:
+    check_ndim(op, "weight", w, (2,), "2-D (out_features, in_features)")
+    if x.ndim < 1:
+        raise ValueError(f"{op}: input must have at least 1 dimension")
+    if x.shape[-1] != w.shape[1]:
+        raise ValueError(f"{op}: input has {x.shape[-1]} features but weight expects "
+                         f"{w.shape[1]} (weight shape {tuple(w.shape)})")
+    check_bias(op, b, w.shape[0])
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def numel(shape) -> int:
+    return int(math.prod(shape))

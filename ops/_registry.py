@@ -1,0 +1,199 @@
+"""(op, backend, algo) -> implementation, with a supports() predicate.
+
+An implementation is a function of the validated argument record (ConvArgs, PoolArgs,
+...) and the native arrays. Its `supports(args)` returns None when it can serve the call
+or a sentence saying why not; dispatch never picks one that says no, and asking for it
+by name raises ValueError with that sentence.
+
+Implementations are named by "module:function" strings and imported on first use, so
+`import convgpu` stays cheap and works without Numba or CuPy installed.
+
+backend="auto" follows the arrays: host arrays -> "numpy"; device arrays -> "cuda"
+when it has a supporting implementation, else "numba". algo="auto" picks the first
+supporting implementation in registration order on the host; on a device, where
+several support the call, each is timed once per problem and the fastest is cached
+(as cudnn.benchmark does).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Tuple
+
+BACKENDS = ("numpy", "numba", "cuda")
+
+
+@dataclass
+class Impl:
+    op: str
+    backend: str
+    algo: str
+    target: str                                   # "module:function"
+    supports: Optional[Callable] = None
+    note: str = ""
+    _fn: Optional[Callable] = field(default=None, repr=False)
+
+    @property
+    def fn(self) -> Callable:
+        if self._fn is None:
+            mod, name = self.target.split(":")
+            self._fn = getattr(importlib.import_module(mod), name)
+        return self._fn
+
+    def why_not(self, args) -> Optional[str]:
+        reason = backend_unavailable(self.backend)
+        if reason:
+            return reason
+        return self.supports(args) if self.supports else None
+
+
+_REGISTRY: Dict[str, List[Impl]] = {}
+# ops that run on another op's implementations
+ALIASES = {"conv_transpose2d": "conv2d_backward_input"}
+_AUTOTUNE: Dict[tuple, str] = {}
+
+
+def register(op: str, backend: str, algo: str, target: str, supports=None, note: str = ""):
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}")
+    impls = _REGISTRY.setdefault(op, [])
+    if any(i.backend == backend and i.algo == algo for i in impls):
+        raise ValueError(f"{op}: ({backend}, {algo}) registered twice")
+    impls.append(Impl(op, backend, algo, target, supports, note))
+
+
+def implementations(op: Optional[str] = None):
+    """[(backend, algo), ...] registered for `op`, or {op: [...]} for all ops."""
+    if op is None:
+        return {o: implementations(o) for o in ops()}
+    op = ALIASES.get(op, op)
+    if op not in _REGISTRY:
+        raise ValueError(f"unknown op {op!r}; ops: {', '.join(sorted(_REGISTRY))}")
+    return [(i.backend, i.algo) for i in _REGISTRY[op]]
+
+
+def all_impls(op: str) -> List[Impl]:
+    return list(_REGISTRY.get(ALIASES.get(op, op), []))
+
+
+def ops() -> List[str]:
+    return list(_REGISTRY) + list(ALIASES)
+
+
+# ----------------------------------------------------------------------------------------
+# backend availability
+
+
+def simulator_enabled() -> bool:
+    return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+
+
+_AVAIL: Dict[str, Optional[str]] = {}
+
+
+def backend_unavailable(backend: str) -> Optional[str]:
+    """None if the backend can run here, else why not (cached)."""
+    if backend in _AVAIL:
+        return _AVAIL[backend]
+    reason = None
+    if backend == "numba":
+        try:
+            from numba import cuda
+            if not simulator_enabled() and not cuda.is_available():
+                reason = "no CUDA GPU visible to Numba (set NUMBA_ENABLE_CUDASIM=1 to simulate)"
+        except Exception as e:              # numba not installed or broken
+            reason = f"numba is not importable ({e.__class__.__name__}: {e})"
+    elif backend == "cuda":
+        from convgpu.arrays import cupy_module
+        if cupy_module() is None:
+            reason = "CuPy with a CUDA GPU is not available"
+    _AVAIL[backend] = reason
+    return reason
+
+
+def device_backend_runs_on_host(backend: str) -> bool:
+    """The numba backend under the simulator takes NumPy arrays."""
+    return backend == "numpy" or (backend == "numba" and simulator_enabled())
+
+
+# ----------------------------------------------------------------------------------------
+# selection
+
+
+def _listing(op: str) -> str:
+    return ", ".join(f"({i.backend}, {i.algo})" for i in _REGISTRY[op])
+
+
+def select(op: str, args, backend: str, algo: str, on_device: bool) -> List[Impl]:
+    """The implementations that may serve this call, best first (one unless autotuning)."""
+    if backend not in ("auto",) + BACKENDS:
+        raise ValueError(f"{op}: backend must be one of auto, {', '.join(BACKENDS)}; got {backend!r}")
+    impls = _REGISTRY[op]
+    if backend == "auto":
+        if on_device:
+            order = ("cuda", "numba")
+        else:
+            order = ("numpy",)
+    else:
+        if backend == "numpy" and on_device:
+            raise TypeError(f"{op}: backend 'numpy' needs host arrays (NumPy or CPU torch); "
+                            "got device arrays")
+        if backend != "numpy" and not on_device and not device_backend_runs_on_host(backend):
+            raise TypeError(f"{op}: backend {backend!r} needs device arrays (CuPy or CUDA torch); "
+                            "got host arrays")
+        order = (backend,)
+    if algo != "auto":
+        named = [i for i in impls if i.algo == algo and i.backend in order]
+        if not named:
+            raise ValueError(f"{op}: no implementation ({'/'.join(order)}, {algo}); "
+                             f"registered: {_listing(op)}")
+        reasons = [(i, i.why_not(args)) for i in named]
+        ok = [i for i, r in reasons if r is None]
+        if not ok:
+            i, r = reasons[0]
+            raise ValueError(f"{op}: ({i.backend}, {i.algo}) cannot serve this call: {r}")
+        return ok[:1]
+    for b in order:
+        ok = [i for i in impls if i.backend == b and i.why_not(args) is None]
+        if ok:
+            return ok
+    tried = "; ".join(f"({i.backend}, {i.algo}): {i.why_not(args)}"
+                      for i in impls if i.backend in order)
+    raise ValueError(f"{op}: no implementation supports this call. {tried or _listing(op)}")
+
+
+def dispatch(op: str, args, backend: str, algo: str, on_device: bool, *arrays):
+    cands = select(op, args, backend, algo, on_device)
+    if len(cands) == 1 or not on_device:
+        return cands[0].fn(args, *arrays)
+    key = (op, cands[0].backend, repr(args))
+    best = _AUTOTUNE.get(key)
+    if best is None:
+        best = _autotune(cands, args, arrays)
+        _AUTOTUNE[key] = best
+    return next(i for i in cands if i.algo == best).fn(args, *arrays)
+
+
+def _autotune(cands, args, arrays) -> str:
+    """Time each candidate once (after a warm-up call) with CUDA events; return the fastest."""
+    import cupy
+    times = []
+    for impl in cands:
+        try:
+            impl.fn(args, *arrays)
+            start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+            start.record()
+            impl.fn(args, *arrays)
+            stop.record()
+            stop.synchronize()
+            times.append((cupy.cuda.get_elapsed_time(start, stop), impl.algo))
+        except Exception:                   # an implementation that fails is never picked
+            continue
+    if not times:
+        return cands[0].algo
+    return min(times)[1]
+
+
+def autotune_cache() -> Dict[tuple, str]:
+    return dict(_AUTOTUNE)

@@ -1,0 +1,75 @@
+"""Elementwise ops: relu and its backward, bias_add."""
+from __future__ import annotations
+
+from convgpu.arrays import unwrap
+from convgpu.ops import _args as A
+from convgpu.ops._registry import dispatch, register
+
+
+def _np_relu(a, x):
+    from convgpu import reference
+    return reference.relu(x)
+
+
+def _np_relu_backward(a, gy, x):
+    from convgpu import reference
+    return reference.relu_backward(gy, x)
+
+
+def _np_bias_add(a, x, b):
+    from convgpu import reference
+    return reference.bias_add(x, b)
+
+
+register("relu", "numpy", "reference", "convgpu.ops.activation:_np_relu")
+register("relu_backward", "numpy", "reference", "convgpu.ops.activation:_np_relu_backward")
+register("bias_add", "numpy", "reference", "convgpu.ops.activation:_np_bias_add")
+_K = "convgpu.kernels.elementwise:"
+register("relu", "numba", "direct", _K + "relu")
+register("relu_backward", "numba", "direct", _K + "relu_backward")
+register("bias_add", "numba", "direct", _K + "bias_add")
+
+
+def relu(input, *, backend="auto"):
+    """max(x, 0); NaN stays NaN (as torch)."""
+    op = "relu"
+    bd, a = unwrap(op, input=input)
+    x = a["input"]
+    A.check_float(op, "input", x)
+    return bd.wrap(dispatch(op, tuple(x.shape), backend, "auto", bd.on_device, x))
+
+
+def relu_backward(grad_output, input, *, backend="auto"):
+    """grad_output where input > 0, else 0."""
+    op = "relu_backward"
+    bd, a = unwrap(op, grad_output=grad_output, input=input)
+    gy, x = a["grad_output"], a["input"]
+    A.check_same_dtype(op, grad_output=gy, input=x)
+    if gy.shape != x.shape:
+        raise ValueError(f"{op}: grad_output has shape {tuple(gy.shape)} but input has "
+                         f"shape {tuple(x.shape)}")
+    return bd.wrap(dispatch(op, tuple(x.shape), backend, "auto", bd.on_device, gy, x))
+
+
+def _check_bias_add(op, x, b):
+    A.check_same_dtype(op, input=x, bias=b)
+    if x.ndim < 2:
+        raise ValueError(f"{op}: input must be at least 2-D (N, C, ...), got shape {tuple(x.shape)}")
+    if b.ndim != 1 or b.shape[0] != x.shape[1]:
+        raise ValueError(f"{op}: bias must be 1-D of length {x.shape[1]} (the channels of input "
+                         f"{tuple(x.shape)}), got shape {tuple(b.shape)}")
+
+
+def bias_add(input, bias, *, backend="auto"):
+    """x + b broadcast over channel axis 1: (N, C, ...) + (C,)."""
+    op = "bias_add"
+    bd, a = unwrap(op, input=input, bias=bias)
+    x, b = a["input"], a["bias"]
+    _check_bias_add(op, x, b)
+    return bd.wrap(dispatch(op, tuple(x.shape), backend, "auto", bd.on_device, x, b))
+
+
+def bias_add_native(x, b, backend, on_device):
+    """bias_add on already unwrapped, validated arrays (for ops that end with a bias)."""
+    _check_bias_add("bias_add", x, b)
+    return dispatch("bias_add", tuple(x.shape), backend, "auto", on_device, x, b)

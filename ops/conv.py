@@ -1,0 +1,158 @@
+"""Convolution ops: conv2d, its three backward passes, conv_transpose2d.
+
+Each op: unwrap arrays -> validate (ops._args) -> pick an implementation
+(ops._registry) -> run -> wrap the result in the caller's array type.
+"""
+from __future__ import annotations
+
+from convgpu.arrays import unwrap
+from convgpu.ops import _args as A
+from convgpu.ops._registry import dispatch, register
+
+
+# ----------------------------------------------------------------------------------------
+# numpy backend adapters: registry signature (args, *arrays) -> reference signature
+
+
+def _np_conv2d(a, x, w, b):
+    from convgpu import reference
+    return reference.conv2d(x, w, b, a.stride, a.padding, a.dilation, a.groups)
+
+
+def _np_conv2d_fft(a, x, w, b):
+    from convgpu import reference
+    return reference.conv2d_fft(x, w, b, a.stride, a.padding, a.dilation, a.groups)
+
+
+def _np_backward_input(a, gy, w):
+    from convgpu import reference
+    return reference.conv2d_backward_input(gy, w, a.x_shape, a.stride, a.padding, a.dilation,
+                                           a.groups)
+
+
+def _np_backward_weight(a, x, gy):
+    from convgpu import reference
+    return reference.conv2d_backward_weight(x, gy, a.w_shape, a.stride, a.padding, a.dilation,
+                                            a.groups)
+
+
+def _np_backward_bias(a, gy):
+    from convgpu import reference
+    return reference.conv2d_backward_bias(gy)
+
+
+def _fft_supports(a):
+    if a.dilation != (1, 1):
+        return "the FFT path serves dilation 1 only (a dilated kernel wastes the transform)"
+    return None
+
+
+register("conv2d", "numpy", "im2col", "convgpu.ops.conv:_np_conv2d")
+register("conv2d", "numpy", "fft", "convgpu.ops.conv:_np_conv2d_fft")
+register("conv2d_backward_input", "numpy", "col2im", "convgpu.ops.conv:_np_backward_input")
+register("conv2d_backward_weight", "numpy", "im2col", "convgpu.ops.conv:_np_backward_weight")
+register("conv2d_backward_bias", "numpy", "sum", "convgpu.ops.conv:_np_backward_bias")
+
+_K = "convgpu.kernels."
+register("conv2d", "numba", "direct", _K + "conv_direct:conv2d_direct")
+register("conv2d", "numba", "direct_tiled", _K + "conv_direct:conv2d_direct_tiled")
+register("conv2d", "numba", "im2col", _K + "im2col:conv2d_im2col")
+register("conv2d", "numba", "fft", _K + "fft:conv2d_fft", supports=_fft_supports)
+register("conv2d_backward_input", "numba", "direct", _K + "conv_direct:backward_input_direct")
+register("conv2d_backward_input", "numba", "col2im", _K + "im2col:backward_input_col2im")
+register("conv2d_backward_weight", "numba", "direct", _K + "conv_direct:backward_weight_direct")
+register("conv2d_backward_weight", "numba", "im2col", _K + "im2col:backward_weight_im2col")
+register("conv2d_backward_bias", "numba", "sum", _K + "elementwise:backward_bias")
+
+
+# ----------------------------------------------------------------------------------------
+# the ops
+
+
+def _batched(op, name, t):
+    A.check_conv_input(op, name, t)
+    return (t[None], True) if t.ndim == 3 else (t, False)
+
+
+def _bias_add(bd, y, b, backend):
+    if b is None:
+        return y
+    from convgpu.ops.activation import bias_add_native
+    return bias_add_native(y, b, backend, bd.on_device)
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+           algo="auto", backend="auto"):
+    """2-D cross-correlation as torch.nn.functional.conv2d: input (N, C, H, W) or (C, H, W),
+    weight (K, C/groups, R, S), bias (K,) -> (N, K, P, Q)."""
+    op = "conv2d"
+    bd, a = unwrap(op, input=input, weight=weight, bias=bias)
+    x, unbatched = _batched(op, "input", a["input"])
+    w, b = a["weight"], a["bias"]
+    A.check_conv_weight(op, w)
+    dtype = A.check_same_dtype(op, input=x, weight=w, bias=b)
+    args = A.conv_geometry(op, x.shape, w.shape, stride, padding, dilation, groups, dtype)
+    A.check_bias(op, b, args.K)
+    y = dispatch(op, args, backend, algo, bd.on_device, x, w, b)
+    return bd.wrap(y[0] if unbatched else y)
+
+
+def conv2d_backward_input(grad_output, weight, input_shape, stride=1, padding=0, dilation=1,
+                          groups=1, *, algo="auto", backend="auto"):
+    """Gradient of conv2d with respect to its input: (N, K, P, Q) -> input_shape."""
+    op = "conv2d_backward_input"
+    bd, a = unwrap(op, grad_output=grad_output, weight=weight)
+    gy, unbatched = _batched(op, "grad_output", a["grad_output"])
+    w = a["weight"]
+    A.check_conv_weight(op, w)
+    dtype = A.check_same_dtype(op, grad_output=gy, weight=w)
+    shape = A.check_input_shape(op, input_shape)
+    args = A.conv_geometry(op, shape, w.shape, stride, padding, dilation, groups, dtype,
+                           out_shape=gy.shape)
+    gx = dispatch(op, args, backend, algo, bd.on_device, gy, w)
+    return bd.wrap(gx[0] if unbatched else gx)
+
+
+def conv2d_backward_weight(input, grad_output, weight_shape, stride=1, padding=0, dilation=1,
+                           groups=1, *, algo="auto", backend="auto"):
+    """Gradient of conv2d with respect to its weight -> weight_shape (K, C/groups, R, S)."""
+    op = "conv2d_backward_weight"
+    bd, a = unwrap(op, input=input, grad_output=grad_output)
+    x, unbatched = _batched(op, "input", a["input"])
+    gy = a["grad_output"]
+    A.check_conv_input(op, "grad_output", gy)
+    if unbatched:
+        gy = gy[None]
+    dtype = A.check_same_dtype(op, input=x, grad_output=gy)
+    wshape = A.check_shape_tuple(op, "weight_shape", weight_shape, 4)
+    args = A.conv_geometry(op, x.shape, wshape, stride, padding, dilation, groups, dtype,
+                           out_shape=gy.shape)
+    return bd.wrap(dispatch(op, args, backend, algo, bd.on_device, x, gy))
+
+
+def conv2d_backward_bias(grad_output, *, backend="auto"):
+    """Gradient of conv2d with respect to its bias: the sum of grad_output over N, P, Q."""
+    op = "conv2d_backward_bias"
+    bd, a = unwrap(op, grad_output=grad_output)
+    gy, _ = _batched(op, "grad_output", a["grad_output"])
+    A.check_float(op, "grad_output", gy)
+    return bd.wrap(dispatch(op, tuple(gy.shape), backend, "auto", bd.on_device, gy))
+
+
+def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                     dilation=1, *, algo="auto", backend="auto"):
+    """Transposed convolution as torch.nn.functional.conv_transpose2d: input (N, Cin, H, W),
+    weight (Cin, Cout/groups, R, S). It is conv2d_backward_input with Cin as K, so it runs
+    on the input-gradient implementations."""
+    op = "conv_transpose2d"
+    bd, a = unwrap(op, input=input, weight=weight, bias=bias)
+    x, unbatched = _batched(op, "input", a["input"])
+    w, b = a["weight"], a["bias"]
+    A.check_conv_weight(op, w)
+    dtype = A.check_same_dtype(op, input=x, weight=w, bias=b)
+    args, out_shape = A.transpose_geometry(op, x.shape, w.shape, stride, padding, output_padding,
+                                           groups, dilation, dtype)
+    A.check_bias(op, b, out_shape[1])
+    y = dispatch("conv2d_backward_input", args, backend, algo, bd.on_device, x, w)
+    y = _bias_add(bd, y, b, backend)
+    return bd.wrap(y[0] if unbatched else y)

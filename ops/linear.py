@@ -1,0 +1,48 @@
+"""Fully connected layer: linear and its backward, through the GEMM kernels on a device."""
+from __future__ import annotations
+
+from convgpu.arrays import unwrap
+from convgpu.ops import _args as A
+from convgpu.ops._registry import dispatch, register
+
+
+def _np_linear(a, x, w, b):
+    from convgpu import reference
+    return reference.linear(x, w, b)
+
+
+def _np_linear_backward(a, gy, x, w):
+    from convgpu import reference
+    return reference.linear_backward(gy, x, w)
+
+
+register("linear", "numpy", "reference", "convgpu.ops.linear:_np_linear")
+register("linear_backward", "numpy", "reference", "convgpu.ops.linear:_np_linear_backward")
+register("linear", "numba", "gemm", "convgpu.kernels.gemm:linear")
+register("linear_backward", "numba", "gemm", "convgpu.kernels.gemm:linear_backward")
+
+
+def linear(input, weight, bias=None, *, backend="auto"):
+    """y = x w^T + b as torch.nn.functional.linear: x (*, in), w (out, in), b (out,)."""
+    op = "linear"
+    bd, a = unwrap(op, input=input, weight=weight, bias=bias)
+    x, w, b = a["input"], a["weight"], a["bias"]
+    A.check_same_dtype(op, input=x, weight=w, bias=b)
+    A.check_linear(op, x, w, b)
+    return bd.wrap(dispatch(op, (tuple(x.shape), tuple(w.shape)), backend, "auto",
+                            bd.on_device, x, w, b))
+
+
+def linear_backward(grad_output, input, weight, *, backend="auto"):
+    """Returns (grad_input, grad_weight, grad_bias) of linear."""
+    op = "linear_backward"
+    bd, a = unwrap(op, grad_output=grad_output, input=input, weight=weight)
+    gy, x, w = a["grad_output"], a["input"], a["weight"]
+    A.check_same_dtype(op, grad_output=gy, input=x, weight=w)
+    A.check_linear(op, x, w)
+    want = tuple(x.shape[:-1]) + (w.shape[0],)
+    if tuple(gy.shape) != want:
+        raise ValueError(f"{op}: grad_output has shape {tuple(gy.shape)} but linear of input "
+                         f"{tuple(x.shape)} by weight {tuple(w.shape)} gives {want}")
+    return bd.wrap(tuple(dispatch(op, (tuple(x.shape), tuple(w.shape)), backend, "auto",
+                                  bd.on_device, gy, x, w)))

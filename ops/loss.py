@@ -1,0 +1,51 @@
+"""Softmax cross-entropy (mean over the batch, as torch.nn.functional.cross_entropy)."""
+from __future__ import annotations
+
+from convgpu.arrays import unwrap, xp_of
+from convgpu.ops import _args as A
+from convgpu.ops._registry import dispatch, register
+
+
+def _np_xent(a, z, t):
+    from convgpu import reference
+    return reference.softmax_cross_entropy(z, t)
+
+
+def _np_xent_backward(a, z, t):
+    from convgpu import reference
+    return reference.softmax_cross_entropy_backward(z, t)
+
+
+register("softmax_cross_entropy", "numpy", "reference", "convgpu.ops.loss:_np_xent")
+register("softmax_cross_entropy_backward", "numpy", "reference",
+         "convgpu.ops.loss:_np_xent_backward")
+_K = "convgpu.kernels.elementwise:"
+register("softmax_cross_entropy", "numba", "rowwise", _K + "softmax_cross_entropy")
+register("softmax_cross_entropy_backward", "numba", "rowwise",
+         _K + "softmax_cross_entropy_backward")
+
+
+def _validate(op, logits, labels):
+    bd, a = unwrap(op, logits=logits, labels=labels)
+    z, t = a["logits"], a["labels"]
+    A.check_float(op, "logits", z)
+    A.check_ndim(op, "logits", z, (2,), "2-D (N, classes)")
+    A.check_labels(op, t, z.shape[0], z.shape[1])
+    if t.size:
+        xp = xp_of(t)
+        A.check_labels_range(op, int(xp.min(t)), int(xp.max(t)), z.shape[1])
+    return bd, z, t.astype("int64", copy=False)
+
+
+def softmax_cross_entropy(logits, labels, *, backend="auto"):
+    """Mean over rows of -log softmax(logits)[label]; a 0-d array of logits' dtype."""
+    op = "softmax_cross_entropy"
+    bd, z, t = _validate(op, logits, labels)
+    return bd.wrap(dispatch(op, tuple(z.shape), backend, "auto", bd.on_device, z, t))
+
+
+def softmax_cross_entropy_backward(logits, labels, *, backend="auto"):
+    """Gradient of the mean loss with respect to logits: (softmax - onehot) / N."""
+    op = "softmax_cross_entropy_backward"
+    bd, z, t = _validate(op, logits, labels)
+    return bd.wrap(dispatch(op, tuple(z.shape), backend, "auto", bd.on_device, z, t))

@@ -1,0 +1,189 @@
+"""Pooling ops: max (with argmax indices) and average, forward and backward; global average.
+
+max_pool2d_backward takes torch's (grad_output, indices, input_shape) and, optionally, the
+forward's window geometry (kernel_size, stride, padding, dilation, ceil_mode), as torch's
+max_pool2d_with_indices_backward does. With the geometry the device kernels gather: one
+thread per input element sums the outputs whose windows cover it and whose index points
+at it. Without it they walk each plane's outputs in order. Both are deterministic.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+from convgpu.arrays import unwrap, xp_of
+from convgpu.ops import _args as A
+from convgpu.ops._registry import dispatch, register
+
+
+@dataclass
+class MaxBackwardArgs:
+    x_shape: Tuple[int, int, int, int]
+    pool: Optional[A.PoolArgs]          # the forward's geometry, if the caller gave it
+
+
+# ----------------------------------------------------------------------------------------
+# numpy backend adapters
+
+
+def _np_max_pool(a, x):
+    from convgpu import reference
+    return reference.max_pool2d(x, a.kernel, a.stride, a.padding, a.dilation, a.ceil_mode)
+
+
+def _np_max_backward(a, gy, idx):
+    from convgpu import reference
+    return reference.max_pool2d_backward(gy, idx, a.x_shape)
+
+
+def _np_avg_pool(a, x):
+    from convgpu import reference
+    return reference.avg_pool2d(x, a.kernel, a.stride, a.padding, a.ceil_mode,
+                                a.count_include_pad, a.divisor_override)
+
+
+def _np_avg_backward(a, gy):
+    from convgpu import reference
+    return reference.avg_pool2d_backward(gy, a.x_shape, a.kernel, a.stride, a.padding,
+                                         a.ceil_mode, a.count_include_pad, a.divisor_override)
+
+
+def _np_gap(a, x):
+    from convgpu import reference
+    return reference.global_avg_pool2d(x)
+
+
+def _np_gap_backward(a, gy):
+    from convgpu import reference
+    return reference.global_avg_pool2d_backward(gy, a)
+
+
+def _needs_geometry(a):
+    return None if a.pool is not None else \
+        "needs the forward's kernel_size/stride/padding/dilation to gather"
+
+
+register("max_pool2d", "numpy", "reference", "convgpu.ops.pool:_np_max_pool")
+register("max_pool2d_backward", "numpy", "reference", "convgpu.ops.pool:_np_max_backward")
+register("avg_pool2d", "numpy", "reference", "convgpu.ops.pool:_np_avg_pool")
+register("avg_pool2d_backward", "numpy", "reference", "convgpu.ops.pool:_np_avg_backward")
+register("global_avg_pool2d", "numpy", "reference", "convgpu.ops.pool:_np_gap")
+register("global_avg_pool2d_backward", "numpy", "reference", "convgpu.ops.pool:_np_gap_backward")
+
+_K = "convgpu.kernels.pool:"
+register("max_pool2d", "numba", "direct", _K + "max_pool2d")
+register("max_pool2d_backward", "numba", "gather", _K + "max_pool2d_backward_gather",
+         supports=_needs_geometry)
+register("max_pool2d_backward", "numba", "plane", _K + "max_pool2d_backward_plane")
+register("avg_pool2d", "numba", "direct", _K + "avg_pool2d")
+register("avg_pool2d_backward", "numba", "gather", _K + "avg_pool2d_backward")
+register("global_avg_pool2d", "numba", "reduce", _K + "global_avg_pool2d")
+register("global_avg_pool2d_backward", "numba", "direct", _K + "global_avg_pool2d_backward")
+
+
+# ----------------------------------------------------------------------------------------
+# the ops
+
+
+def _batched(op, name, t):
+    A.check_pool_input(op, name, t)
+    return (t[None], True) if t.ndim == 3 else (t, False)
+
+
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+               return_indices=False, *, backend="auto"):
+    """Max pooling as torch: -inf padding; with return_indices, int64 indices flat over each
+    unpadded input plane (h*W + w); the first maximum wins a tie; NaN propagates."""
+    op = "max_pool2d"
+    bd, a = unwrap(op, input=input)
+    x, unbatched = _batched(op, "input", a["input"])
+    A.check_float(op, "input", x)
+    args = A.pool_geometry(op, x.shape, kernel_size, stride, padding, dilation, ceil_mode,
+                           x.dtype, kind="max")
+    y, idx = dispatch(op, args, backend, "auto", bd.on_device, x)
+    if unbatched:
+        y, idx = y[0], idx[0]
+    return bd.wrap((y, idx)) if return_indices else bd.wrap(y)
+
+
+def max_pool2d_backward(grad_output, indices, input_shape, kernel_size=None, stride=None,
+                        padding=0, dilation=1, ceil_mode=False, *, algo="auto", backend="auto"):
+    """Gradient of max pooling: each input element receives the sum of the grad_output entries
+    whose index points at it. Pass the forward's geometry to let device kernels gather."""
+    op = "max_pool2d_backward"
+    bd, a = unwrap(op, grad_output=grad_output, indices=indices)
+    gy, unbatched = _batched(op, "grad_output", a["grad_output"])
+    idx = a["indices"]
+    if unbatched:
+        idx = idx[None] if idx.ndim == 3 else idx
+    A.check_float(op, "grad_output", gy)
+    shape = A.check_input_shape(op, input_shape)
+    if shape[:2] != tuple(gy.shape[:2]):
+        raise ValueError(f"{op}: grad_output has shape {tuple(gy.shape)} but input_shape "
+                         f"{shape} has (N, C) = {shape[:2]}")
+    A.check_indices(op, idx, gy.shape, shape[2] * shape[3])
+    pool = None
+    if kernel_size is not None:
+        pool = A.pool_geometry(op, shape, kernel_size, stride, padding, dilation, ceil_mode,
+                               gy.dtype, kind="max")
+        A.check_pooled_grad(op, gy.shape, pool)
+    if idx.size:
+        xp = xp_of(idx)
+        A.check_indices_range(op, int(xp.min(idx)), int(xp.max(idx)), shape[2] * shape[3])
+    idx = idx.astype("int64", copy=False)
+    gx = dispatch(op, MaxBackwardArgs(shape, pool), backend, algo, bd.on_device, gy, idx)
+    return bd.wrap(gx[0] if unbatched else gx)
+
+
+def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
+               count_include_pad=True, divisor_override=None, *, backend="auto"):
+    """Average pooling as torch.nn.functional.avg_pool2d."""
+    op = "avg_pool2d"
+    bd, a = unwrap(op, input=input)
+    x, unbatched = _batched(op, "input", a["input"])
+    A.check_float(op, "input", x)
+    args = A.pool_geometry(op, x.shape, kernel_size, stride, padding, 1, ceil_mode, x.dtype,
+                           kind="avg", count_include_pad=count_include_pad,
+                           divisor_override=divisor_override)
+    y = dispatch(op, args, backend, "auto", bd.on_device, x)
+    return bd.wrap(y[0] if unbatched else y)
+
+
+def avg_pool2d_backward(grad_output, input_shape, kernel_size, stride=None, padding=0,
+                        ceil_mode=False, count_include_pad=True, divisor_override=None, *,
+                        backend="auto"):
+    """Gradient of avg_pool2d: each input element gathers grad_output / divisor over the
+    windows that cover it."""
+    op = "avg_pool2d_backward"
+    bd, a = unwrap(op, grad_output=grad_output)
+    gy, unbatched = _batched(op, "grad_output", a["grad_output"])
+    A.check_float(op, "grad_output", gy)
+    shape = A.check_input_shape(op, input_shape)
+    args = A.pool_geometry(op, shape, kernel_size, stride, padding, 1, ceil_mode, gy.dtype,
+                           kind="avg", count_include_pad=count_include_pad,
+                           divisor_override=divisor_override)
+    A.check_pooled_grad(op, gy.shape, args)
+    gx = dispatch(op, args, backend, "auto", bd.on_device, gy)
+    return bd.wrap(gx[0] if unbatched else gx)
+
+
+def global_avg_pool2d(input, *, backend="auto"):
+    """Mean over H and W: (N, C, H, W) -> (N, C)."""
+    op = "global_avg_pool2d"
+    bd, a = unwrap(op, input=input)
+    x = a["input"]
+    A.check_ndim(op, "input", x, (4,), "4-D (N, C, H, W)")
+    A.check_float(op, "input", x)
+    return bd.wrap(dispatch(op, tuple(x.shape), backend, "auto", bd.on_device, x))
+
+
+def global_avg_pool2d_backward(grad_output, input_shape, *, backend="auto"):
+    op = "global_avg_pool2d_backward"
+    bd, a = unwrap(op, grad_output=grad_output)
+    gy = a["grad_output"]
+    A.check_float(op, "grad_output", gy)
+    shape = A.check_shape_tuple(op, "input_shape", input_shape, 4)
+    if tuple(gy.shape) != shape[:2]:
+        raise ValueError(f"{op}: grad_output has shape {tuple(gy.shape)} but input_shape "
+                         f"{shape} needs {shape[:2]}")
+    return bd.wrap(dispatch(op, shape, backend, "auto", bd.on_device, gy))

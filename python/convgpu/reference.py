@@ -1,0 +1,310 @@
+"""The NumPy reference of every op: the oracle every kernel is validated against.
+
+Readable first, vectorised second: convolution is im2col through
+``sliding_window_view`` and a matrix product per group; a second path computes the
+forward convolution by FFT (``numpy.fft``) so the two can check each other. Every
+function takes C-contiguous float32 or float64 NumPy arrays in NCHW, with stride,
+padding and dilation as (h, w) pairs already validated by ``convgpu.ops._args``, and
+returns arrays of the input's dtype. Semantics are torch's throughout.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+# the size formulas live in one place, the argument layer
+from convgpu.ops._args import conv_out_size, conv_transpose_out_size, pool_out_size
+
+
+# ----------------------------------------------------------------------------------------
+# helpers
+
+
+def _windows(xp, kh, kw, stride, dilation, P, Q):
+    """(N, C, Hp, Wp) padded input -> (N, C, P, Q, kh, kw) view of the dilated, strided
+    windows: out[n, c, p, q, r, s] = xp[n, c, p*sh + r*dh, q*sw + s*dw]."""
+    (sh, sw), (dh, dw) = stride, dilation
+    span_h, span_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+    v = sliding_window_view(xp, (span_h, span_w), axis=(2, 3))
+    return v[:, :, : (P - 1) * sh + 1: sh, : (Q - 1) * sw + 1: sw, ::dh, ::dw]
+
+
+def _pad(x, padding, value=0.0, extra=(0, 0)):
+    (ph, pw), (eh, ew) = padding, extra
+    return np.pad(x, ((0, 0), (0, 0), (ph, ph + eh), (pw, pw + ew)), constant_values=value)
+
+
+def _im2col(x, R, S, stride, padding, dilation, groups):
+    """x (N, C, H, W) -> columns (G, N*P*Q, C/G*R*S) and (P, Q)."""
+    N, C, H, W = x.shape
+    P = conv_out_size(H, R, stride[0], padding[0], dilation[0])
+    Q = conv_out_size(W, S, stride[1], padding[1], dilation[1])
+    win = _windows(_pad(x, padding), R, S, stride, dilation, P, Q)     # N C P Q R S
+    win = win.reshape(N, groups, C // groups, P, Q, R, S)
+    cols = win.transpose(1, 0, 3, 4, 2, 5, 6).reshape(groups, N * P * Q, (C // groups) * R * S)
+    return cols, P, Q
+
+
+def _col2im(cols, x_shape, R, S, P, Q, stride, padding, dilation):
+    """The adjoint of the window view: cols (N, C, R, S, P, Q) -> (N, C, H, W), each input
+    element receiving the sum of the column entries that read it."""
+    N, C, H, W = x_shape
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    Hp = max(H + 2 * ph, (P - 1) * sh + dh * (R - 1) + 1)
+    Wp = max(W + 2 * pw, (Q - 1) * sw + dw * (S - 1) + 1)
+    out = np.zeros((N, C, Hp, Wp), dtype=cols.dtype)
+    for r in range(R):
+        for s in range(S):
+            h0, w0 = r * dh, s * dw
+            out[:, :, h0: h0 + (P - 1) * sh + 1: sh, w0: w0 + (Q - 1) * sw + 1: sw] += cols[:, :, r, s]
+    return out[:, :, ph: ph + H, pw: pw + W]
+
+
+# ----------------------------------------------------------------------------------------
+# convolution
+
+
+def conv2d(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
+    """y[n, k, p, q] = b[k] + sum_{c, r, s} x[n, g*Cg + c, p*sh - ph + r*dh, q*sw - pw + s*dw]
+    * w[k, c, r, s], g = k // (K/groups): cross-correlation, as torch."""
+    N = x.shape[0]
+    K, Cg, R, S = w.shape
+    cols, P, Q = _im2col(x, R, S, stride, padding, dilation, groups)     # G, NPQ, CgRS
+    wg = w.reshape(groups, K // groups, Cg * R * S)
+    y = np.matmul(cols, wg.transpose(0, 2, 1))                           # G, NPQ, Kg
+    y = y.reshape(groups, N, P, Q, K // groups).transpose(1, 0, 4, 2, 3).reshape(N, K, P, Q)
+    if b is not None:
+        y = y + b.reshape(1, K, 1, 1)
+    return np.ascontiguousarray(y, dtype=x.dtype)
+
+
+def conv2d_fft(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
+    """The same convolution through numpy.fft: a second, independent reference path.
+    The dilated kernel is zero-stuffed, the full correlation is taken at stride 1 by
+    multiplying transforms over channels, then cropped and subsampled."""
+    N, C, H, W = x.shape
+    K, Cg, R, S = w.shape
+    (sh, sw), (dh, dw) = stride, dilation
+    P = conv_out_size(H, R, sh, padding[0], dh)
+    Q = conv_out_size(W, S, sw, padding[1], dw)
+    Re, Se = dh * (R - 1) + 1, dw * (S - 1) + 1
+    wd = np.zeros((K, Cg, Re, Se), dtype=np.float64)
+    wd[:, :, ::dh, ::dw] = w
+    xp = _pad(x, padding).astype(np.float64)
+    Hp, Wp = xp.shape[2:]
+    fh, fw = Hp + Re - 1, Wp + Se - 1
+    X = np.fft.rfft2(xp, s=(fh, fw))                                     # N C fh fw'
+    # correlation = convolution with the flipped kernel
+    Wf = np.fft.rfft2(wd[:, :, ::-1, ::-1], s=(fh, fw))                  # K Cg fh fw'
+    Kg = K // groups
+    Y = np.empty((N, K) + X.shape[2:], dtype=np.complex128)
+    for g in range(groups):
+        Xg = X[:, g * Cg:(g + 1) * Cg]
+        Wg = Wf[g * Kg:(g + 1) * Kg]
+        Y[:, g * Kg:(g + 1) * Kg] = np.einsum("ncij,kcij->nkij", Xg, Wg)
+    full = np.fft.irfft2(Y, s=(fh, fw))
+    # valid part starts at (Re-1, Se-1)
+    y = full[:, :, Re - 1: Re - 1 + (P - 1) * sh + 1: sh, Se - 1: Se - 1 + (Q - 1) * sw + 1: sw]
+    if b is not None:
+        y = y + b.reshape(1, K, 1, 1)
+    return np.ascontiguousarray(y, dtype=x.dtype)
+
+
+def conv2d_backward_input(gy, w, input_shape, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
+                          groups=1):
+    """gx = col2im(w^T gy): each input element sums w * gy over the outputs whose windows
+    touch it (the 'inverted filter' of the backward pass)."""
+    N, K, P, Q = gy.shape
+    _, Cg, R, S = w.shape
+    C = Cg * groups
+    Kg = K // groups
+    gyg = gy.reshape(N, groups, Kg, P, Q)
+    wg = w.reshape(groups, Kg, Cg, R, S)
+    cols = np.einsum("ngkpq,gkcrs->ngcrspq", gyg, wg, optimize=True).reshape(N, C, R, S, P, Q)
+    gx = _col2im(cols, input_shape, R, S, P, Q, stride, padding, dilation)
+    return np.ascontiguousarray(gx, dtype=gy.dtype)
+
+
+def conv2d_backward_weight(x, gy, weight_shape, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
+                           groups=1):
+    """gw[k, c, r, s] = sum_{n, p, q} gy[n, k, p, q] * x[n, g*Cg + c, p*sh - ph + r*dh, ...]."""
+    N, K, P, Q = gy.shape
+    _, Cg, R, S = weight_shape
+    cols, P2, Q2 = _im2col(x, R, S, stride, padding, dilation, groups)  # G, NPQ, CgRS
+    Kg = K // groups
+    gyg = gy.reshape(N, groups, Kg, P * Q).transpose(1, 2, 0, 3).reshape(groups, Kg, N * P * Q)
+    gw = np.matmul(gyg, cols).reshape(K, Cg, R, S)
+    return np.ascontiguousarray(gw, dtype=gy.dtype)
+
+
+def conv2d_backward_bias(gy):
+    return np.ascontiguousarray(gy.sum(axis=(0, 2, 3)), dtype=gy.dtype)
+
+
+def conv_transpose2d(x, w, b=None, stride=(1, 1), padding=(0, 0), output_padding=(0, 0),
+                     groups=1, dilation=(1, 1)):
+    """The adjoint of conv2d: x (N, Cin, H, W), w (Cin, Cout/groups, R, S)."""
+    N, Cin, H, W = x.shape
+    _, Coutg, R, S = w.shape
+    Ho = conv_transpose_out_size(H, R, stride[0], padding[0], dilation[0], output_padding[0])
+    Wo = conv_transpose_out_size(W, S, stride[1], padding[1], dilation[1], output_padding[1])
+    y = conv2d_backward_input(x, w, (N, Coutg * groups, Ho, Wo), stride, padding, dilation, groups)
+    if b is not None:
+        y = y + b.reshape(1, -1, 1, 1)
+    return np.ascontiguousarray(y, dtype=x.dtype)
+
+
+# ----------------------------------------------------------------------------------------
+# pooling
+
+
+def _pool_extra(H, P, k, s, p, d):
+    """Right/bottom padding beyond `p` that ceil_mode windows reach."""
+    return max(0, (P - 1) * s + d * (k - 1) + 1 - (H + 2 * p))
+
+
+def max_pool2d(x, kernel_size, stride, padding=(0, 0), dilation=(1, 1), ceil_mode=False):
+    """Returns (y, indices): -inf padding, int64 indices flat over the unpadded input plane
+    (h*W + w), the first maximum in window order wins a tie, NaN propagates with its index."""
+    N, C, H, W = x.shape
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel_size, stride, padding, dilation
+    P = pool_out_size(H, kh, sh, ph, dh, ceil_mode)
+    Q = pool_out_size(W, kw, sw, pw, dw, ceil_mode)
+    extra = (_pool_extra(H, P, kh, sh, ph, dh), _pool_extra(W, Q, kw, sw, pw, dw))
+    win = _windows(_pad(x, padding, -np.inf, extra), kh, kw, stride, dilation, P, Q)
+    flat = win.reshape(N, C, P, Q, kh * kw)
+    arg = np.argmax(flat, axis=-1)          # first maximum; NaN counts as the maximum
+    y = np.take_along_axis(flat, arg[..., None], axis=-1)[..., 0]
+    # a window whose maximum is -inf must point at its first element inside the input,
+    # not at the -inf padding
+    valid = _windows(_pad(np.ones((1, 1, H, W), bool), padding, False, extra), kh, kw, stride,
+                     dilation, P, Q).reshape(1, 1, P, Q, kh * kw)
+    arg = np.where(y == -np.inf, np.argmax(valid, axis=-1), arg)
+    r, s = np.divmod(arg, kw)
+    h = np.arange(P).reshape(P, 1) * sh - ph + r * dh
+    w = np.arange(Q).reshape(1, Q) * sw - pw + s * dw
+    idx = (h * W + w).astype(np.int64)
+    return np.ascontiguousarray(y, dtype=x.dtype), idx
+
+
+def max_pool2d_backward(gy, indices, input_shape):
+    """gx[n, c].flat[indices[n, c, p, q]] += gy[n, c, p, q], summed in a fixed order."""
+    N, C, H, W = input_shape
+    plane = H * W
+    base = (np.arange(N * C, dtype=np.int64) * plane).reshape(N, C, 1, 1)
+    gx = np.bincount((indices + base).ravel(), weights=gy.ravel().astype(np.float64),
+                     minlength=N * C * plane)
+    return gx.reshape(N, C, H, W).astype(gy.dtype)
+
+
+def _avg_divisors(H, P, k, s, p, ceil_mode_unused=False):
+    """Per-axis window sizes for avg pooling: (counted with padding, counted without)."""
+    start = np.arange(P) * s - p
+    end = np.minimum(start + k, H + p)
+    incl = end - start
+    excl = np.minimum(end, H) - np.maximum(start, 0)
+    return incl, excl
+
+
+def _avg_divisor(H, W, P, Q, kernel_size, stride, padding, count_include_pad, divisor_override):
+    if divisor_override is not None:
+        return np.full((P, Q), float(divisor_override))
+    ih, eh = _avg_divisors(H, P, kernel_size[0], stride[0], padding[0])
+    iw, ew = _avg_divisors(W, Q, kernel_size[1], stride[1], padding[1])
+    if count_include_pad:
+        return np.outer(ih, iw).astype(np.float64)
+    return np.outer(eh, ew).astype(np.float64)
+
+
+def avg_pool2d(x, kernel_size, stride, padding=(0, 0), ceil_mode=False, count_include_pad=True,
+               divisor_override=None):
+    N, C, H, W = x.shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+    P = pool_out_size(H, kh, sh, ph, 1, ceil_mode)
+    Q = pool_out_size(W, kw, sw, pw, 1, ceil_mode)
+    extra = (_pool_extra(H, P, kh, sh, ph, 1), _pool_extra(W, Q, kw, sw, pw, 1))
+    win = _windows(_pad(x, padding, 0.0, extra), kh, kw, stride, (1, 1), P, Q)
+    div = _avg_divisor(H, W, P, Q, kernel_size, stride, padding, count_include_pad,
+                       divisor_override)
+    y = win.sum(axis=(-2, -1), dtype=np.float64) / div
+    return np.ascontiguousarray(y, dtype=x.dtype)
+
+
+def avg_pool2d_backward(gy, input_shape, kernel_size, stride, padding=(0, 0), ceil_mode=False,
+                        count_include_pad=True, divisor_override=None):
+    N, C, H, W = input_shape
+    (kh, kw) = kernel_size
+    P, Q = gy.shape[2:]
+    div = _avg_divisor(H, W, P, Q, kernel_size, stride, padding, count_include_pad,
+                       divisor_override)
+    g = gy.astype(np.float64) / div
+    cols = np.broadcast_to(g[:, :, None, None], (N, C, kh, kw, P, Q))
+    gx = _col2im(cols, input_shape, kh, kw, P, Q, stride, padding, (1, 1))
+    return np.ascontiguousarray(gx, dtype=gy.dtype)
+
+
+def global_avg_pool2d(x):
+    N, C, H, W = x.shape
+    return np.ascontiguousarray(x.mean(axis=(2, 3), dtype=np.float64), dtype=x.dtype)
+
+
+def global_avg_pool2d_backward(gy, input_shape):
+    N, C, H, W = input_shape
+    g = gy.astype(np.float64) / (H * W)
+    return np.ascontiguousarray(np.broadcast_to(g[:, :, None, None], (N, C, H, W)), dtype=gy.dtype)
+
+
+# ----------------------------------------------------------------------------------------
+# small ops
+
+
+def relu(x):
+    return np.where(x > 0, x, np.where(np.isnan(x), x, 0)).astype(x.dtype)
+
+
+def relu_backward(gy, x):
+    return np.where(x > 0, gy, 0).astype(gy.dtype)
+
+
+def bias_add(x, b):
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    return np.ascontiguousarray(x + b.reshape(shape), dtype=x.dtype)
+
+
+def linear(x, w, b=None):
+    y = x @ w.T
+    if b is not None:
+        y = y + b
+    return np.ascontiguousarray(y, dtype=x.dtype)
+
+
+def linear_backward(gy, x, w):
+    """Returns (gx, gw, gb) for y = x w^T + b with x (*, in)."""
+    g2 = gy.reshape(-1, gy.shape[-1])
+    x2 = x.reshape(-1, x.shape[-1])
+    gx = (g2 @ w).reshape(x.shape)
+    gw = g2.T @ x2
+    gb = g2.sum(axis=0)
+    return (np.ascontiguousarray(gx, dtype=gy.dtype), np.ascontiguousarray(gw, dtype=gy.dtype),
+            np.ascontiguousarray(gb, dtype=gy.dtype))
+
+
+def _log_softmax(z):
+    m = z.max(axis=1, keepdims=True)
+    s = z - m
+    return s - np.log(np.exp(s).sum(axis=1, keepdims=True))
+
+
+def softmax_cross_entropy(logits, labels):
+    """Mean over the batch of -log softmax(logits)[label], as F.cross_entropy."""
+    n = logits.shape[0]
+    lp = _log_softmax(logits.astype(np.float64))
+    loss = -lp[np.arange(n), labels].mean()
+    return np.asarray(loss, dtype=logits.dtype)
+
+
+def softmax_cross_entropy_backward(logits, labels):
+    n = logits.shape[0]
+    p = np.exp(_log_softmax(logits.astype(np.float64)))
+    p[np.arange(n), labels] -= 1.0
+    return np.ascontiguousarray(p / n, dtype=logits.dtype)

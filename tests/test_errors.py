@@ -1,0 +1,139 @@
+"""Bad input: a ValueError or TypeError naming the op, the argument and the numbers,
+raised before any work."""
+import numpy as np
+import pytest
+
+import convgpu
+
+f32 = np.float32
+
+
+def z(*shape, dtype=f32):
+    return np.ones(shape, dtype=dtype)
+
+
+CASES = [
+    # conv2d
+    ("ndim", lambda: convgpu.conv2d(z(5, 5), z(1, 1, 3, 3)), ValueError, ["conv2d", "input", "2-D"]),
+    ("weight ndim", lambda: convgpu.conv2d(z(1, 1, 5, 5), z(3, 3)), ValueError, ["conv2d", "weight"]),
+    ("channels", lambda: convgpu.conv2d(z(1, 3, 5, 5), z(4, 2, 3, 3), groups=2), ValueError,
+     ["conv2d", "3 channels", "4 (2 per group x 2 groups)"]),
+    ("K % groups", lambda: convgpu.conv2d(z(1, 4, 5, 5), z(3, 2, 3, 3), groups=2), ValueError,
+     ["conv2d", "3 output channels", "groups=2"]),
+    ("bias", lambda: convgpu.conv2d(z(1, 3, 5, 5), z(4, 3, 3, 3), z(3)), ValueError,
+     ["conv2d", "bias", "length 4", "(3,)"]),
+    ("empty", lambda: convgpu.conv2d(z(1, 1, 4, 4), z(1, 1, 5, 5)), ValueError,
+     ["conv2d", "5x5", "larger", "empty"]),
+    ("dilated empty", lambda: convgpu.conv2d(z(1, 1, 6, 6), z(1, 1, 3, 3), dilation=3), ValueError,
+     ["conv2d", "dilated 7x7"]),
+    ("stride 0", lambda: convgpu.conv2d(z(1, 1, 5, 5), z(1, 1, 3, 3), stride=0), ValueError,
+     ["conv2d", "stride", "positive"]),
+    ("dilation -1", lambda: convgpu.conv2d(z(1, 1, 5, 5), z(1, 1, 3, 3), dilation=(1, -1)),
+     ValueError, ["conv2d", "dilation"]),
+    ("padding -1", lambda: convgpu.conv2d(z(1, 1, 5, 5), z(1, 1, 3, 3), padding=-1), ValueError,
+     ["conv2d", "padding"]),
+    ("stride float", lambda: convgpu.conv2d(z(1, 1, 5, 5), z(1, 1, 3, 3), stride=1.5), ValueError,
+     ["conv2d", "stride", "1.5"]),
+    ("groups 0", lambda: convgpu.conv2d(z(1, 1, 5, 5), z(1, 1, 3, 3), groups=0), ValueError,
+     ["conv2d", "groups"]),
+    ("int dtype", lambda: convgpu.conv2d(z(1, 1, 5, 5, dtype=np.int32), z(1, 1, 3, 3, dtype=np.int32)),
+     TypeError, ["conv2d", "input", "int32"]),
+    ("mixed dtype", lambda: convgpu.conv2d(z(1, 1, 5, 5), z(1, 1, 3, 3, dtype=np.float64)),
+     TypeError, ["conv2d", "weight", "float64", "float32"]),
+    ("float16", lambda: convgpu.conv2d(z(1, 1, 5, 5, dtype=np.float16), z(1, 1, 3, 3, dtype=np.float16)),
+     TypeError, ["conv2d", "float16"]),
+    ("list", lambda: convgpu.conv2d([[1.0]], z(1, 1, 1, 1)), TypeError, ["conv2d", "input", "list"]),
+    ("unknown algo", lambda: convgpu.conv2d(z(1, 1, 5, 5), z(1, 1, 3, 3), algo="winograd"),
+     ValueError, ["conv2d", "winograd", "registered"]),
+    ("bad backend", lambda: convgpu.conv2d(z(1, 1, 5, 5), z(1, 1, 3, 3), backend="opencl"),
+     ValueError, ["conv2d", "backend", "opencl"]),
+    # backward conv
+    ("gy shape", lambda: convgpu.conv2d_backward_input(z(1, 2, 3, 3), z(2, 1, 3, 3), (1, 1, 6, 6)),
+     ValueError, ["conv2d_backward_input", "grad_output", "(1, 2, 4, 4)"]),
+    ("input_shape", lambda: convgpu.conv2d_backward_input(z(1, 2, 3, 3), z(2, 1, 3, 3), (1, 6, 6)),
+     ValueError, ["conv2d_backward_input", "(1, 2, 4, 4)"]),
+    ("weight_shape", lambda: convgpu.conv2d_backward_weight(z(1, 1, 5, 5), z(1, 2, 3, 3), (2, 1, 3)),
+     ValueError, ["conv2d_backward_weight", "weight_shape"]),
+    ("wgrad gy", lambda: convgpu.conv2d_backward_weight(z(1, 1, 5, 5), z(1, 2, 2, 3), (2, 1, 3, 3)),
+     ValueError, ["conv2d_backward_weight", "grad_output", "(1, 2, 3, 3)"]),
+    ("transpose channels", lambda: convgpu.conv_transpose2d(z(1, 3, 4, 4), z(2, 1, 3, 3)), ValueError,
+     ["conv_transpose2d", "3 channels", "expects 2"]),
+    ("output_padding", lambda: convgpu.conv_transpose2d(z(1, 2, 4, 4), z(2, 1, 3, 3), stride=2,
+                                                        output_padding=2),
+     ValueError, ["conv_transpose2d", "output_padding"]),
+    # pooling
+    ("pool pad", lambda: convgpu.max_pool2d(z(1, 1, 6, 6), 3, padding=2), ValueError,
+     ["max_pool2d", "padding", "half", "at most 1"]),
+    ("avg pad", lambda: convgpu.avg_pool2d(z(1, 1, 6, 6), 2, padding=2), ValueError,
+     ["avg_pool2d", "padding", "half"]),
+    ("pool empty", lambda: convgpu.max_pool2d(z(1, 1, 2, 2), 3), ValueError,
+     ["max_pool2d", "larger", "empty"]),
+    ("pool stride 0", lambda: convgpu.max_pool2d(z(1, 1, 6, 6), 2, stride=0), ValueError,
+     ["max_pool2d", "stride"]),
+    ("pool ndim", lambda: convgpu.avg_pool2d(z(6, 6), 2), ValueError, ["avg_pool2d", "input", "2-D"]),
+    ("pool int", lambda: convgpu.max_pool2d(z(1, 1, 6, 6, dtype=np.int64), 2), TypeError,
+     ["max_pool2d", "int64"]),
+    ("divisor 0", lambda: convgpu.avg_pool2d(z(1, 1, 6, 6), 2, divisor_override=0), ValueError,
+     ["avg_pool2d", "divisor_override"]),
+    ("indices dtype", lambda: convgpu.max_pool2d_backward(z(1, 1, 3, 3), z(1, 1, 3, 3), (1, 1, 6, 6)),
+     TypeError, ["max_pool2d_backward", "indices", "float32"]),
+    ("indices shape", lambda: convgpu.max_pool2d_backward(z(1, 1, 3, 3), np.zeros((1, 1, 3, 2), np.int64),
+                                                          (1, 1, 6, 6)),
+     ValueError, ["max_pool2d_backward", "indices", "(1, 1, 3, 2)"]),
+    ("indices range", lambda: convgpu.max_pool2d_backward(z(1, 1, 3, 3), np.full((1, 1, 3, 3), 36, np.int64),
+                                                          (1, 1, 6, 6)),
+     ValueError, ["max_pool2d_backward", "[0, 36)", "36"]),
+    ("indices negative", lambda: convgpu.max_pool2d_backward(z(1, 1, 3, 3), np.full((1, 1, 3, 3), -1, np.int64),
+                                                             (1, 1, 6, 6)),
+     ValueError, ["max_pool2d_backward", "-1"]),
+    ("max backward geometry", lambda: convgpu.max_pool2d_backward(z(1, 1, 3, 3), np.zeros((1, 1, 3, 3), np.int64),
+                                                                  (1, 1, 6, 6), 3),
+     ValueError, ["max_pool2d_backward", "(1, 1, 2, 2)"]),
+    ("avg backward gy", lambda: convgpu.avg_pool2d_backward(z(1, 1, 2, 2), (1, 1, 6, 6), 2), ValueError,
+     ["avg_pool2d_backward", "(1, 1, 3, 3)"]),
+    ("gap backward", lambda: convgpu.global_avg_pool2d_backward(z(2, 3), (2, 4, 5, 5)), ValueError,
+     ["global_avg_pool2d_backward", "(2, 4)"]),
+    # small ops
+    ("relu int", lambda: convgpu.relu(np.ones(3, np.int32)), TypeError, ["relu", "int32"]),
+    ("relu_backward shape", lambda: convgpu.relu_backward(z(3), z(4)), ValueError, ["relu_backward", "(3,)"]),
+    ("linear features", lambda: convgpu.linear(z(2, 5), z(3, 4)), ValueError,
+     ["linear", "5 features", "expects 4"]),
+    ("linear bias", lambda: convgpu.linear(z(2, 4), z(3, 4), z(4)), ValueError, ["linear", "bias", "length 3"]),
+    ("linear_backward gy", lambda: convgpu.linear_backward(z(2, 4), z(2, 4), z(3, 4)), ValueError,
+     ["linear_backward", "(2, 3)"]),
+    ("labels dtype", lambda: convgpu.softmax_cross_entropy(z(3, 4), z(3)), TypeError,
+     ["softmax_cross_entropy", "labels", "float32"]),
+    ("labels range", lambda: convgpu.softmax_cross_entropy(z(3, 4), np.array([0, 4, 1])), ValueError,
+     ["softmax_cross_entropy", "[0, 4)", "4"]),
+    ("labels length", lambda: convgpu.softmax_cross_entropy_backward(z(3, 4), np.array([0, 1])), ValueError,
+     ["softmax_cross_entropy_backward", "length 3"]),
+    ("bias_add", lambda: convgpu.bias_add(z(2, 3, 4, 4), z(4)), ValueError, ["bias_add", "length 3"]),
+    ("implementations", lambda: convgpu.implementations("conv3d"), ValueError, ["conv3d"]),
+]
+
+
+@pytest.mark.parametrize("name, call, exc, words", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_raises_clear_error(name, call, exc, words):
+    with pytest.raises(exc) as info:
+        call()
+    msg = str(info.value)
+    for w in words:
+        assert w in msg, f"{w!r} not in message: {msg}"
+
+
+def test_numba_backend_on_host_arrays_is_a_type_error(monkeypatch):
+    monkeypatch.delenv("NUMBA_ENABLE_CUDASIM", raising=False)
+    with pytest.raises(TypeError, match="conv2d: backend 'numba' needs device arrays"):
+        convgpu.conv2d(z(1, 1, 5, 5), z(1, 1, 3, 3), backend="numba")
+
+
+def test_implementations_listing():
+    impls = convgpu.implementations("conv2d")
+    assert ("numpy", "im2col") in impls and ("numpy", "fft") in impls
+    everything = convgpu.implementations()
+    for op in ["conv2d", "conv2d_backward_input", "conv2d_backward_weight", "conv2d_backward_bias",
+               "conv_transpose2d", "max_pool2d", "max_pool2d_backward", "avg_pool2d",
+               "avg_pool2d_backward", "global_avg_pool2d", "global_avg_pool2d_backward", "relu",
+               "relu_backward", "bias_add", "linear", "linear_backward", "softmax_cross_entropy",
+               "softmax_cross_entropy_backward"]:
+        assert op in everything and ("numpy" in {b for b, _ in everything[op]}), op
