@@ -45,6 +45,9 @@ class Impl:
         reason = backend_unavailable(self.backend)
         if reason:
             return reason
+        if isinstance(self.supports, str):        # "module:function", imported lazily
+            mod, name = self.supports.split(":")
+            self.supports = getattr(importlib.import_module(mod), name)
         return self.supports(args) if self.supports else None
 
 

@@ -41,12 +41,6 @@ def _np_backward_bias(a, gy):
     return reference.conv2d_backward_bias(gy)
 
 
-def _fft_supports(a):
-    if a.dilation != (1, 1):
-        return "the FFT path serves dilation 1 only (a dilated kernel wastes the transform)"
-    return None
-
-
 register("conv2d", "numpy", "im2col", "convgpu.ops.conv:_np_conv2d")
 register("conv2d", "numpy", "fft", "convgpu.ops.conv:_np_conv2d_fft")
 register("conv2d_backward_input", "numpy", "col2im", "convgpu.ops.conv:_np_backward_input")
@@ -54,14 +48,20 @@ register("conv2d_backward_weight", "numpy", "im2col", "convgpu.ops.conv:_np_back
 register("conv2d_backward_bias", "numpy", "sum", "convgpu.ops.conv:_np_backward_bias")
 
 _K = "convgpu.kernels."
+_FFT_OK = _K + "fft:supports"
 register("conv2d", "numba", "direct", _K + "conv_direct:conv2d_direct")
-register("conv2d", "numba", "direct_tiled", _K + "conv_direct:conv2d_direct_tiled")
+register("conv2d", "numba", "direct_tiled", _K + "conv_direct:conv2d_direct_tiled",
+         supports=_K + "conv_direct:tiled_supports")
 register("conv2d", "numba", "im2col", _K + "im2col:conv2d_im2col")
-register("conv2d", "numba", "fft", _K + "fft:conv2d_fft", supports=_fft_supports)
+register("conv2d", "numba", "fft", _K + "fft:conv2d_fft", supports=_FFT_OK)
 register("conv2d_backward_input", "numba", "direct", _K + "conv_direct:backward_input_direct")
 register("conv2d_backward_input", "numba", "col2im", _K + "im2col:backward_input_col2im")
+register("conv2d_backward_input", "numba", "fft", _K + "fft:backward_input_fft",
+         supports=_FFT_OK)
 register("conv2d_backward_weight", "numba", "direct", _K + "conv_direct:backward_weight_direct")
 register("conv2d_backward_weight", "numba", "im2col", _K + "im2col:backward_weight_im2col")
+register("conv2d_backward_weight", "numba", "fft", _K + "fft:backward_weight_fft",
+         supports=_FFT_OK)
 register("conv2d_backward_bias", "numba", "sum", _K + "elementwise:backward_bias")
 
 

@@ -1,0 +1,73 @@
+"""What every Numba launcher shares: array module, output allocation (poisoned in tests),
+the stream, and the launch-size arithmetic.
+
+On a GPU the launchers take CuPy arrays and launch on CuPy's current stream (through
+__cuda_array_interface__, no copies). Under NUMBA_ENABLE_CUDASIM=1 the same launchers take
+NumPy arrays and the simulator runs the kernels on the host.
+"""
+from __future__ import annotations
+
+import os
+
+# We launch on the stream CuPy exported; numba need not synchronise it again.
+os.environ.setdefault("NUMBA_CUDA_ARRAY_INTERFACE_SYNC", "0")
+
+import numpy as np  # noqa: E402
+from numba import cuda  # noqa: E402
+
+THREADS = 128            # threads per block for one-thread-per-element kernels
+MAX_BLOCKS = 65535 * 32  # grid-stride loops cover anything larger (and > 2**31 elements)
+
+
+def simulated() -> bool:
+    return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+
+
+def poison_enabled() -> bool:
+    """Tests set CONVGPU_POISON=1: every output starts as NaN (or -1 for indices), so an
+    element a kernel forgot to write fails the comparison."""
+    return os.environ.get("CONVGPU_POISON", "0") not in ("", "0")
+
+
+def xp_like(a):
+    if isinstance(a, np.ndarray):
+        return np
+    import cupy
+    return cupy
+
+
+def empty(shape, dtype, like):
+    xp = xp_like(like)
+    if poison_enabled():
+        fill = np.nan if np.dtype(dtype).kind in "fc" else -1
+        return xp.full(shape, fill, dtype=dtype)
+    return xp.empty(shape, dtype=dtype)
+
+
+def zeros(shape, dtype, like):
+    return xp_like(like).zeros(shape, dtype=dtype)
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def blocks_for(n: int, threads: int = THREADS) -> int:
+    return max(1, min(ceil_div(n, threads), MAX_BLOCKS))
+
+
+def stream_for(a):
+    """Numba's handle on CuPy's current stream (the default stream under the simulator)."""
+    if isinstance(a, np.ndarray):
+        return 0
+    import cupy
+    ptr = cupy.cuda.get_current_stream().ptr
+    return cuda.external_stream(ptr) if ptr else cuda.default_stream()
+
+
+def launch(kernel, grid, block, like, *args):
+    kernel[grid, block, stream_for(like)](*args)
+
+
+def contiguous(a):
+    return xp_like(a).ascontiguousarray(a)

@@ -1,0 +1,152 @@
+"""Numba kernels for the small ops: relu, relu backward, bias add, the bias gradient (a
+fixed-order reduction), softmax cross-entropy forward and backward.
+
+Kernels (each built per dtype by a memoised factory so float32 arithmetic stays float32):
+  relu_k, relu_backward_k, bias_add_k      one thread per element, grid-stride
+  channel_sum_k                           one block per channel: strided partial sums, then a
+                                          shared-memory tree in a fixed order (deterministic)
+  xent_rows_k                             one thread per row: log-sum-exp, the row's loss
+  xent_backward_k                         one thread per row: (softmax - onehot) / N
+Then the launchers, with the registry's signature (args, *arrays).
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+from numba import cuda, float32, float64
+
+from convgpu.kernels._launch import THREADS, blocks_for, empty, launch
+
+NB_TYPES = {np.dtype(np.float32): float32, np.dtype(np.float64): float64}
+
+
+@functools.lru_cache(maxsize=None)
+def _kernels(dtype_name: str):
+    T = NB_TYPES[np.dtype(dtype_name)]
+
+    @cuda.jit
+    def relu_k(x, y):
+        start = cuda.grid(1)
+        for i in range(start, x.size, cuda.gridsize(1)):
+            v = x[i]
+            y[i] = v if (v > 0 or v != v) else T(0)
+
+    @cuda.jit
+    def relu_backward_k(gy, x, gx):
+        start = cuda.grid(1)
+        for i in range(start, x.size, cuda.gridsize(1)):
+            gx[i] = gy[i] if x[i] > 0 else T(0)
+
+    @cuda.jit
+    def bias_add_k(x, b, y, C, inner):
+        start = cuda.grid(1)
+        for i in range(start, x.size, cuda.gridsize(1)):
+            y[i] = x[i] + b[(i // inner) % C]
+
+    @cuda.jit
+    def channel_sum_k(a, out):
+        """a (B, K, L) -> out[k] = sum_{b, l} a[b, k, l]; block k, fixed summation order."""
+        k = cuda.blockIdx.x
+        t = cuda.threadIdx.x
+        buf = cuda.shared.array(THREADS, dtype=T)
+        acc = T(0)
+        for b in range(a.shape[0]):
+            for l in range(t, a.shape[2], THREADS):
+                acc += a[b, k, l]
+        buf[t] = acc
+        cuda.syncthreads()
+        step = THREADS // 2
+        while step > 0:
+            if t < step:
+                buf[t] += buf[t + step]
+            cuda.syncthreads()
+            step //= 2
+        if t == 0:
+            out[k] = buf[0]
+
+    @cuda.jit
+    def xent_rows_k(z, labels, loss):
+        i = cuda.grid(1)
+        if i < z.shape[0]:
+            m = z[i, 0]
+            for j in range(1, z.shape[1]):
+                m = max(m, z[i, j])
+            s = T(0)
+            for j in range(z.shape[1]):
+                s += math.exp(z[i, j] - m)
+            loss[0, 0, i] = m + math.log(s) - z[i, labels[i]]
+
+    @cuda.jit
+    def xent_backward_k(z, labels, g):
+        i = cuda.grid(1)
+        if i < z.shape[0]:
+            n = T(z.shape[0])
+            m = z[i, 0]
+            for j in range(1, z.shape[1]):
+                m = max(m, z[i, j])
+            s = T(0)
+            for j in range(z.shape[1]):
+                s += math.exp(z[i, j] - m)
+            for j in range(z.shape[1]):
+                p = math.exp(z[i, j] - m) / s
+                g[i, j] = (p - T(1) if j == labels[i] else p) / n
+
+    return dict(relu=relu_k, relu_backward=relu_backward_k, bias_add=bias_add_k,
+                channel_sum=channel_sum_k, xent_rows=xent_rows_k, xent_backward=xent_backward_k)
+
+
+def kernels_for(dtype):
+    return _kernels(np.dtype(dtype).name)
+
+
+# ----------------------------------------------------------------------------------------
+# launchers
+
+
+def relu(shape, x):
+    y = empty(x.shape, x.dtype, x)
+    launch(kernels_for(x.dtype)["relu"], blocks_for(x.size), THREADS, x, x.ravel(), y.ravel())
+    return y
+
+
+def relu_backward(shape, gy, x):
+    gx = empty(x.shape, x.dtype, x)
+    launch(kernels_for(x.dtype)["relu_backward"], blocks_for(x.size), THREADS, x,
+           gy.ravel(), x.ravel(), gx.ravel())
+    return gx
+
+
+def bias_add(shape, x, b):
+    y = empty(x.shape, x.dtype, x)
+    inner = int(np.prod(x.shape[2:], dtype=np.int64))
+    launch(kernels_for(x.dtype)["bias_add"], blocks_for(x.size), THREADS, x,
+           x.ravel(), b, y.ravel(), x.shape[1], inner)
+    return y
+
+
+def channel_sum(a3):
+    """(B, K, L) -> (K,) summed over B and L in a fixed order."""
+    out = empty((a3.shape[1],), a3.dtype, a3)
+    launch(kernels_for(a3.dtype)["channel_sum"], a3.shape[1], THREADS, a3, a3, out)
+    return out
+
+
+def backward_bias(shape, gy):
+    N, K = gy.shape[:2]
+    return channel_sum(gy.reshape(N, K, -1))
+
+
+def softmax_cross_entropy(shape, z, labels):
+    n = z.shape[0]
+    rows = empty((1, 1, n), z.dtype, z)
+    launch(kernels_for(z.dtype)["xent_rows"], blocks_for(n), THREADS, z, z, labels, rows)
+    return (channel_sum(rows) / z.dtype.type(n)).reshape(())
+
+
+def softmax_cross_entropy_backward(shape, z, labels):
+    g = empty(z.shape, z.dtype, z)
+    launch(kernels_for(z.dtype)["xent_backward"], blocks_for(z.shape[0]), THREADS, z,
+           z, labels, g)
+    return g
