@@ -6,6 +6,13 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))   # tests/brute.py, tests/helpers.py
 
+# The simulator tier (tests/sim) needs NUMBA_ENABLE_CUDASIM=1 before numba is imported, so it
+# runs in its own pytest process: `NUMBA_ENABLE_CUDASIM=1 pytest tests` collects tests/sim
+# only; a plain `pytest tests` collects everything else (reference, compile, gpu tiers).
+SIMULATING = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+collect_ignore = [] if SIMULATING else ["sim"]
+collect_ignore_glob = ["test_*.py"] if SIMULATING else []
+
 
 @pytest.fixture
 def rng(request):

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The project's one device script (shared GPU.md): install, gpu tests, sanitizer subset,
+# benchmark; logs and JSON under $OUT; a short summary last. About 7 minutes on an H100.
+set -uo pipefail
+OUT=${OUT:-$(mktemp -d)}
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1 CUPY_CACHE_DIR=/tmp/cupy_cache NUMBA_CACHE_DIR=/tmp/numba_cache
+T0=$(date +%s)
+say() { echo "[$(( $(date +%s) - T0 ))s] $*"; }
+
+# 1. install (offline) and describe the machine
+if ! python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >"$OUT/install.log" 2>&1; then
+  # fallback: assemble the package from its three folders (see pyproject package-dir)
+  mkdir -p /tmp/cgpkg/convgpu
+  for f in python/convgpu/*; do ln -sf "$PWD/$f" /tmp/cgpkg/convgpu/; done
+  ln -sfn "$PWD/kernels" /tmp/cgpkg/convgpu/kernels
+  ln -sfn "$PWD/ops" /tmp/cgpkg/convgpu/ops
+  export PYTHONPATH=/tmp/cgpkg
+  say "pip install failed (see install.log); using PYTHONPATH=/tmp/cgpkg"
+fi
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/device.txt"
+python3 -m convgpu info 2>&1 | tee -a "$OUT/device.txt"
+say "installed"
+
+# 2. gpu tier: every failure listed
+timeout 300 python3 -m pytest tests -m gpu -q -p no:cacheprovider -rfE --junitxml="$OUT/gpu_tests.xml" \
+  2>&1 | tee "$OUT/gpu_tests.log" | tail -40
+GPU_RC=${PIPESTATUS[0]}
+say "gpu tests rc=$GPU_RC"
+
+# 3. compute-sanitizer on a small subset (memcheck, then racecheck for the shared-memory kernels)
+SAN="not run"
+if command -v compute-sanitizer >/dev/null; then
+  timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 python3 bench/sanitize_subset.py \
+    >"$OUT/memcheck.log" 2>&1; MC=$?
+  timeout 120 compute-sanitizer --tool racecheck --error-exitcode 9 python3 bench/sanitize_subset.py \
+    >"$OUT/racecheck.log" 2>&1; RC=$?
+  SAN="memcheck rc=$MC ($(grep -c 'Invalid\|Error' "$OUT/memcheck.log") error lines), racecheck rc=$RC ($(grep -ci 'hazard' "$OUT/racecheck.log") hazard lines)"
+  tail -3 "$OUT/memcheck.log"; tail -3 "$OUT/racecheck.log"
+fi
+say "sanitizer: $SAN"
+
+# 4. benchmark (quick suite) with cuDNN beside
+timeout 240 python3 -m convgpu bench --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
+say "bench done"
+
+# 5. summary
+echo "===== summary ====="
+head -1 "$OUT/device.txt"; sed -n 2p "$OUT/device.txt"
+echo "gpu tests: $(grep -E '^[0-9]+ (passed|failed)|passed|failed' "$OUT/gpu_tests.log" | tail -1) (rc=$GPU_RC)"
+echo "sanitizer: $SAN"
+python3 - "$OUT/bench.json" <<'PY'
+import json, sys, collections
+try:
+    d = json.load(open(sys.argv[1]))
+except Exception as e:
+    print("bench: no JSON", e); sys.exit()
+print("ceilings:", {k: round(v, 1) for k, v in d.get("ceilings", {}).items()})
+best = collections.defaultdict(lambda: (0, ""))
+for r in d["results"]:
+    if r["op"] == "conv2d" and r["vs_cudnn"] and r["impl"] != "cudnn":
+        best[r["shape"]] = max(best[r["shape"]], (r["vs_cudnn"], r["impl"]))
+for s, (v, i) in best.items():
+    print(f"  {s[:50]:50s} best {i:22s} {v:6.3f}x cuDNN")
+PY

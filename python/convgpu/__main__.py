@@ -1,0 +1,5 @@
+import sys
+
+from convgpu.cli import main
+
+sys.exit(main())

@@ -1,0 +1,268 @@
+"""`convgpu bench`: kernel timings against cuDNN (through torch) on real layer shapes.
+
+Method (ARCHITECTURE, Benchmarks): each implementation is validated against the reference
+once before it is timed (a failing one is reported, never timed); timing uses CUDA events
+after warm-up, with the L2 flushed (a 256 MiB buffer rewritten) before every repetition;
+the median and the 20%/80% quantiles are reported, with TFLOP/s (2*N*K*(C/g)*R*S*P*Q for
+conv), GB/s (each input read once, each output written once) and the ratio to cuDNN
+measured in the same run (TF32 off for float32). The machine's ceilings are measured in
+the same run too: device-to-device copy bandwidth and an FP32 FMA rate (cuBLAS SGEMM,
+TF32 off, as the attainable FP32 matrix rate).
+
+This is the first cut of the harness: conv forward/backward and pooling on a quick suite.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional
+
+import numpy as np
+
+# (name, N, C, H, K, R, stride, pad): square inputs and kernels, sources in the names
+CONV_QUICK = [
+    ("ResNet 3x3", 16, 128, 28, 128, 3, 1, 1),
+    ("VGG 3x3", 16, 64, 112, 128, 3, 1, 1),
+    ("ResNet conv1 7x7/2", 16, 3, 224, 64, 7, 2, 3),
+    ("AlexNet conv2 5x5", 128, 64, 27, 192, 5, 1, 2),
+    ("convnet-bench L4 7x7", 128, 128, 16, 128, 7, 1, 0),
+    ("1x1", 16, 256, 56, 64, 1, 1, 0),
+    ("3x3 late", 16, 512, 7, 512, 3, 1, 1),
+]
+# (name, N, C, H, kernel, stride, pad, ceil_mode)
+POOL_QUICK = [
+    ("AlexNet pool 3x3/2", 128, 64, 55, 3, 2, 0, False),
+    ("ResNet pool 3x3/2 p1", 64, 64, 112, 3, 2, 1, False),
+    ("2x2/2", 64, 64, 224, 2, 2, 0, False),
+]
+
+
+def quantiles(times_ms: List[float]) -> Dict[str, float]:
+    a = np.asarray(times_ms, dtype=np.float64)
+    return {"median_ms": float(np.median(a)), "q20_ms": float(np.quantile(a, 0.2)),
+            "q80_ms": float(np.quantile(a, 0.8))}
+
+
+def conv_flops(N, C, K, R, S, P, Q, groups=1) -> int:
+    return 2 * N * K * (C // groups) * R * S * P * Q
+
+
+def conv_bytes(N, C, H, W, K, R, S, P, Q, groups, itemsize) -> int:
+    return itemsize * (N * C * H * W + K * (C // groups) * R * S + N * K * P * Q)
+
+
+@dataclass
+class Result:
+    op: str
+    shape: str
+    impl: str
+    dtype: str
+    status: str
+    median_ms: Optional[float] = None
+    q20_ms: Optional[float] = None
+    q80_ms: Optional[float] = None
+    tflops: Optional[float] = None
+    gbps: Optional[float] = None
+    vs_cudnn: Optional[float] = None
+    extra: dict = field(default_factory=dict)
+
+
+class Timer:
+    """CUDA-event timing with an L2 flush before every repetition."""
+
+    def __init__(self, warmup=2, reps=10, flush_bytes=256 * 2 ** 20):
+        import cupy
+        self.cupy = cupy
+        self.warmup, self.reps = warmup, reps
+        self.flush = cupy.empty(flush_bytes // 4, dtype=cupy.float32)
+
+    def __call__(self, fn) -> List[float]:
+        cp = self.cupy
+        for _ in range(self.warmup):
+            fn()
+        out = []
+        for _ in range(self.reps):
+            self.flush.fill(1.0)
+            a, b = cp.cuda.Event(), cp.cuda.Event()
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            out.append(cp.cuda.get_elapsed_time(a, b))
+        return out
+
+
+def ceilings(timer) -> Dict[str, float]:
+    cp = timer.cupy
+    n = 1 << 28                                      # 1 GiB of float32
+    src = cp.ones(n, dtype=cp.float32)
+    dst = cp.empty_like(src)
+    t = quantiles(timer(lambda: dst.__setitem__(Ellipsis, src)))["median_ms"]
+    bw = 2 * n * 4 / (t * 1e-3) / 1e9
+    m = 8192
+    A = cp.random.default_rng(0).standard_normal((m, m), dtype=cp.float32)
+    B = cp.random.default_rng(1).standard_normal((m, m), dtype=cp.float32)
+    t = quantiles(timer(lambda: A @ B))["median_ms"]
+    return {"copy_GBps": bw, "sgemm_TFLOPs": 2 * m ** 3 / (t * 1e-3) / 1e12}
+
+
+def _torch():
+    try:
+        import torch
+        if torch.cuda.is_available():
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.benchmark = True
+            return torch
+    except Exception:
+        pass
+    return None
+
+
+def bench_conv(timer, suite, dtype=np.float32, progress=print) -> List[Result]:
+    import cupy as cp
+    import convgpu
+    from convgpu import reference
+    from convgpu.ops._args import conv_out_size
+    from convgpu.ops._registry import all_impls
+    torch = _torch()
+    out = []
+    rng = np.random.default_rng(0)
+    for name, N, C, H, K, R, s, p in suite:
+        P = Q = conv_out_size(H, R, s, p, 1)
+        shape = f"{name}: N{N} C{C} H{H} K{K} R{R} s{s} p{p}"
+        fl = conv_flops(N, C, K, R, R, P, Q)
+        by = conv_bytes(N, C, H, H, K, R, R, P, Q, 1, np.dtype(dtype).itemsize)
+        x = cp.asarray(rng.uniform(-1, 1, (N, C, H, H)).astype(dtype))
+        w = cp.asarray(rng.uniform(-1, 1, (K, C, R, R)).astype(dtype))
+        # validation on a slice of the batch against the float64 reference
+        nv = min(N, 2)
+        yref = reference.conv2d(cp.asnumpy(x[:nv]).astype(np.float64),
+                                cp.asnumpy(w).astype(np.float64), None, (s, s), (p, p))
+        cudnn_ms = None
+        if torch is not None:
+            xt, wt = torch.from_dlpack(x), torch.from_dlpack(w)
+            t = quantiles(timer(lambda: torch.nn.functional.conv2d(xt, wt, None, s, p)))
+            cudnn_ms = t["median_ms"]
+            out.append(Result("conv2d", shape, "cudnn", np.dtype(dtype).name, "ok", **t,
+                              tflops=fl / (t["median_ms"] * 1e-3) / 1e12,
+                              gbps=by / (t["median_ms"] * 1e-3) / 1e9, vs_cudnn=1.0))
+        for impl in all_impls("conv2d"):
+            if impl.backend == "numpy":
+                continue
+            label = f"{impl.backend}:{impl.algo}"
+            try:
+                run = lambda: convgpu.conv2d(x, w, None, s, p, backend=impl.backend, algo=impl.algo)
+                y = run()
+                yv = cp.asnumpy(y[:nv]).astype(np.float64)
+                err = float(np.linalg.norm(yv - yref) / np.linalg.norm(yref))
+                tol = 1e-4 if impl.algo == "fft" else 1e-5
+                if not err <= tol:
+                    out.append(Result("conv2d", shape, label, np.dtype(dtype).name,
+                                      f"FAIL rel err {err:.2e}"))
+                    continue
+                t = quantiles(timer(run))
+            except ValueError as e:
+                out.append(Result("conv2d", shape, label, np.dtype(dtype).name, f"not served: {e}"))
+                continue
+            r = Result("conv2d", shape, label, np.dtype(dtype).name, "ok", **t,
+                       tflops=fl / (t["median_ms"] * 1e-3) / 1e12,
+                       gbps=by / (t["median_ms"] * 1e-3) / 1e9,
+                       vs_cudnn=(cudnn_ms / t["median_ms"]) if cudnn_ms else None,
+                       extra={"rel_err": err})
+            out.append(r)
+            progress(f"  {shape:55s} {label:20s} {t['median_ms']:9.3f} ms "
+                     f"{r.tflops:7.2f} TFLOP/s  x{r.vs_cudnn or float('nan'):.3f} of cuDNN")
+        del x, w
+    return out
+
+
+def bench_pool(timer, suite, dtype=np.float32, progress=print) -> List[Result]:
+    import cupy as cp
+    import convgpu
+    torch = _torch()
+    out = []
+    for name, N, C, H, k, s, p, cm in suite:
+        shape = f"{name}: N{N} C{C} H{H} k{k} s{s} p{p}"
+        x = cp.random.default_rng(0).standard_normal((N, C, H, H), dtype=cp.float32)
+        y, idx = convgpu.max_pool2d(x, k, s, p, ceil_mode=cm, return_indices=True)
+        isz = 4
+        fwd_bytes = x.size * isz + y.size * (isz + 8)
+        bwd_bytes = y.size * (isz + 8) + x.size * isz
+        gy = cp.ones_like(y)
+        runs = {
+            ("max_pool2d", "numba:direct", fwd_bytes):
+                lambda: convgpu.max_pool2d(x, k, s, p, ceil_mode=cm, return_indices=True),
+            ("max_pool2d_backward", "numba:gather", bwd_bytes):
+                lambda: convgpu.max_pool2d_backward(gy, idx, x.shape, k, s, p, 1, cm, algo="gather"),
+        }
+        if torch is not None:
+            xt = torch.from_dlpack(x)
+            yt, it = torch.nn.functional.max_pool2d(xt, k, s, p, ceil_mode=cm, return_indices=True)
+            gyt = torch.ones_like(yt)
+            runs[("max_pool2d", "torch", fwd_bytes)] = lambda: torch.nn.functional.max_pool2d(
+                xt, k, s, p, ceil_mode=cm, return_indices=True)
+            runs[("max_pool2d_backward", "torch", bwd_bytes)] = \
+                lambda: torch.ops.aten.max_pool2d_with_indices_backward(
+                    gyt, xt, [k, k], [s, s], [p, p], [1, 1], cm, it)
+        for (op, label, nbytes), fn in runs.items():
+            t = quantiles(timer(fn))
+            r = Result(op, shape, label, "float32", "ok", **t,
+                       gbps=nbytes / (t["median_ms"] * 1e-3) / 1e9)
+            out.append(r)
+            progress(f"  {op:20s} {shape:40s} {label:14s} {t['median_ms']:8.3f} ms "
+                     f"{r.gbps:8.1f} GB/s")
+        del x, y, idx, gy
+    return out
+
+
+def environment() -> dict:
+    env = {"python": platform.python_version(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                        time.gmtime())}
+    try:
+        env["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
+                                       text=True, check=False).stdout.strip() or None
+    except OSError:
+        env["commit"] = None
+    for mod in ("numpy", "numba", "cupy", "torch"):
+        try:
+            env[mod] = __import__(mod).__version__
+        except Exception:
+            env[mod] = None
+    try:
+        import cupy
+        p = cupy.cuda.runtime.getDeviceProperties(0)
+        env["device"] = p["name"].decode()
+        env["driver"] = cupy.cuda.runtime.driverGetVersion()
+        env["cuda_runtime"] = cupy.cuda.runtime.runtimeGetVersion()
+    except Exception:
+        env["device"] = None
+    return env
+
+
+def run(json_path=None, quick=True, progress=print) -> dict:
+    from convgpu.cli import gpu_count
+    if gpu_count() == 0:
+        progress("convgpu bench: no GPU visible; device kernels are not timed here.")
+        return {"environment": environment(), "results": []}
+    timer = Timer()
+    env = environment()
+    progress(f"device {env.get('device')}  commit {env.get('commit')}")
+    ceil = ceilings(timer)
+    progress(f"ceilings: copy {ceil['copy_GBps']:.0f} GB/s, SGEMM (cuBLAS, TF32 off) "
+             f"{ceil['sgemm_TFLOPs']:.1f} TFLOP/s")
+    results = bench_conv(timer, CONV_QUICK, progress=progress)
+    results += bench_pool(timer, POOL_QUICK, progress=progress)
+    for r in results:
+        if r.tflops is not None:
+            r.extra["frac_fp32_rate"] = r.tflops / ceil["sgemm_TFLOPs"]
+        if r.gbps is not None:
+            r.extra["frac_copy_bw"] = r.gbps / ceil["copy_GBps"]
+    doc = {"environment": env, "ceilings": ceil, "results": [asdict(r) for r in results]}
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(doc, f, indent=1)
+    return doc

@@ -1,0 +1,215 @@
+"""`convgpu check`: run every implementation that can run here against the float64 NumPy
+reference and print a table.
+
+Each registered (op, backend, algo) is called on fresh random inputs (non-zero, mixed
+signs) in float32 and float64; its output is compared with the reference computed in
+float64 on the same values, as ||out - ref|| / ||ref|| against the design's tolerance.
+Device backends get CuPy arrays on a GPU, NumPy arrays under the Numba simulator (which is
+slow: the simulator shapes are tiny). The exit status is non-zero if anything fails.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, List, Optional
+
+import numpy as np
+
+TOLERANCE = {"fft": {np.float32: 1e-4, np.float64: 1e-10}}
+DEFAULT_TOL = {np.float32: 1e-5, np.float64: 1e-12}
+
+
+def tolerance(algo: str, dtype) -> float:
+    return TOLERANCE.get(algo, DEFAULT_TOL)[np.dtype(dtype).type]
+
+
+@dataclass
+class Problem:
+    op: str
+    label: str
+    make: Callable          # rng -> dict of float64 NumPy inputs
+    call: Callable          # (inputs, backend, algo) -> output(s)
+    reference: Callable     # inputs (float64) -> output(s)
+
+
+def _rand(rng, shape):
+    return rng.uniform(0.5, 1.5, size=shape) * rng.choice([-1.0, 1.0], size=shape)
+
+
+def _distinct(rng, shape):
+    n = int(np.prod(shape))
+    return rng.permutation(np.linspace(-1.0, 1.0, n) + 0.01).reshape(shape)
+
+
+def problems(size: str = "small") -> List[Problem]:
+    """The problem set. 'small' fits the simulator (a few blocks per launch); 'large' is
+    real-layer-sized and odd (for a GPU)."""
+    import convgpu as cg
+    if size == "small":
+        N, C, H, W, K, R, S = 2, 4, 7, 6, 4, 3, 2
+        conv_kw = dict(stride=(2, 1), padding=(1, 1), dilation=(1, 1), groups=2)
+        pool = (2, 3, 9, 7)
+    else:
+        N, C, H, W, K, R, S = 8, 64, 31, 29, 96, 3, 3
+        conv_kw = dict(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1)
+        pool = (16, 64, 55, 55)
+    xs, ws = (N, C, H, W), (K, C // conv_kw["groups"], R, S)
+    from convgpu.ops._args import conv_out_size
+    P = conv_out_size(H, R, conv_kw["stride"][0], conv_kw["padding"][0], conv_kw["dilation"][0])
+    Q = conv_out_size(W, S, conv_kw["stride"][1], conv_kw["padding"][1], conv_kw["dilation"][1])
+    ys = (N, K, P, Q)
+    shape = f"x{xs} w{ws} s{conv_kw['stride']} p{conv_kw['padding']} g{conv_kw['groups']}"
+    ref = __import__("convgpu.reference", fromlist=["x"])
+    kp = dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)
+    from convgpu.ops._args import pool_out_size
+    pP = pool_out_size(pool[2], 3, 2, 1, 1, True)
+    pQ = pool_out_size(pool[3], 3, 2, 1, 1, True)
+    pys = pool[:2] + (pP, pQ)
+    s, p, d, g = conv_kw["stride"], conv_kw["padding"], conv_kw["dilation"], conv_kw["groups"]
+    return [
+        Problem("conv2d", shape, lambda r: dict(x=_rand(r, xs), w=_rand(r, ws), b=_rand(r, (K,))),
+                lambda i, be, al: cg.conv2d(i["x"], i["w"], i["b"], **conv_kw, backend=be, algo=al),
+                lambda i: ref.conv2d(i["x"], i["w"], i["b"], s, p, d, g)),
+        Problem("conv2d_backward_input", shape, lambda r: dict(gy=_rand(r, ys), w=_rand(r, ws)),
+                lambda i, be, al: cg.conv2d_backward_input(i["gy"], i["w"], xs, **conv_kw,
+                                                           backend=be, algo=al),
+                lambda i: ref.conv2d_backward_input(i["gy"], i["w"], xs, s, p, d, g)),
+        Problem("conv2d_backward_weight", shape, lambda r: dict(x=_rand(r, xs), gy=_rand(r, ys)),
+                lambda i, be, al: cg.conv2d_backward_weight(i["x"], i["gy"], ws, **conv_kw,
+                                                            backend=be, algo=al),
+                lambda i: ref.conv2d_backward_weight(i["x"], i["gy"], ws, s, p, d, g)),
+        Problem("conv2d_backward_bias", f"gy{ys}", lambda r: dict(gy=_rand(r, ys)),
+                lambda i, be, al: cg.conv2d_backward_bias(i["gy"], backend=be),
+                lambda i: ref.conv2d_backward_bias(i["gy"])),
+        Problem("max_pool2d", f"x{pool} k3 s2 p1 ceil", lambda r: dict(x=_distinct(r, pool)),
+                lambda i, be, al: cg.max_pool2d(i["x"], **kp, return_indices=True, backend=be),
+                lambda i: ref.max_pool2d(i["x"], (3, 3), (2, 2), (1, 1), (1, 1), True)),
+        Problem("max_pool2d_backward", f"x{pool} k3 s2 p1 ceil",
+                lambda r: dict(gy=_rand(r, pys), idx=ref.max_pool2d(_distinct(r, pool), (3, 3), (2, 2),
+                                                                   (1, 1), (1, 1), True)[1]),
+                lambda i, be, al: cg.max_pool2d_backward(
+                    i["gy"], i["idx"], pool, *(() if al == "plane" else (3, 2, 1, 1, True)),
+                    backend=be, algo=al),
+                lambda i: ref.max_pool2d_backward(i["gy"], i["idx"], pool)),
+        Problem("avg_pool2d", f"x{pool} k3 s2 p1 ceil", lambda r: dict(x=_rand(r, pool)),
+                lambda i, be, al: cg.avg_pool2d(i["x"], **kp, count_include_pad=False, backend=be),
+                lambda i: ref.avg_pool2d(i["x"], (3, 3), (2, 2), (1, 1), True, False)),
+        Problem("avg_pool2d_backward", f"x{pool} k3 s2 p1 ceil", lambda r: dict(gy=_rand(r, pys)),
+                lambda i, be, al: cg.avg_pool2d_backward(i["gy"], pool, **kp, backend=be),
+                lambda i: ref.avg_pool2d_backward(i["gy"], pool, (3, 3), (2, 2), (1, 1), True)),
+        Problem("global_avg_pool2d", f"x{pool}", lambda r: dict(x=_rand(r, pool)),
+                lambda i, be, al: cg.global_avg_pool2d(i["x"], backend=be),
+                lambda i: ref.global_avg_pool2d(i["x"])),
+        Problem("global_avg_pool2d_backward", f"x{pool}", lambda r: dict(gy=_rand(r, pool[:2])),
+                lambda i, be, al: cg.global_avg_pool2d_backward(i["gy"], pool, backend=be),
+                lambda i: ref.global_avg_pool2d_backward(i["gy"], pool)),
+        Problem("relu", f"x{pool}", lambda r: dict(x=_rand(r, pool)),
+                lambda i, be, al: cg.relu(i["x"], backend=be), lambda i: ref.relu(i["x"])),
+        Problem("relu_backward", f"x{pool}", lambda r: dict(gy=_rand(r, pool), x=_rand(r, pool)),
+                lambda i, be, al: cg.relu_backward(i["gy"], i["x"], backend=be),
+                lambda i: ref.relu_backward(i["gy"], i["x"])),
+        Problem("bias_add", f"x{pool}", lambda r: dict(x=_rand(r, pool), b=_rand(r, pool[1:2])),
+                lambda i, be, al: cg.bias_add(i["x"], i["b"], backend=be),
+                lambda i: ref.bias_add(i["x"], i["b"])),
+        Problem("linear", "x(37, 45) w(19, 45)",
+                lambda r: dict(x=_rand(r, (37, 45)), w=_rand(r, (19, 45)), b=_rand(r, (19,))),
+                lambda i, be, al: cg.linear(i["x"], i["w"], i["b"], backend=be),
+                lambda i: ref.linear(i["x"], i["w"], i["b"])),
+        Problem("linear_backward", "x(37, 45) w(19, 45)",
+                lambda r: dict(gy=_rand(r, (37, 19)), x=_rand(r, (37, 45)), w=_rand(r, (19, 45))),
+                lambda i, be, al: cg.linear_backward(i["gy"], i["x"], i["w"], backend=be),
+                lambda i: ref.linear_backward(i["gy"], i["x"], i["w"])),
+        Problem("softmax_cross_entropy", "logits(33, 10)",
+                lambda r: dict(z=_rand(r, (33, 10)) * 3, t=r.integers(0, 10, 33)),
+                lambda i, be, al: cg.softmax_cross_entropy(i["z"], i["t"], backend=be),
+                lambda i: ref.softmax_cross_entropy(i["z"], i["t"])),
+        Problem("softmax_cross_entropy_backward", "logits(33, 10)",
+                lambda r: dict(z=_rand(r, (33, 10)) * 3, t=r.integers(0, 10, 33)),
+                lambda i, be, al: cg.softmax_cross_entropy_backward(i["z"], i["t"], backend=be),
+                lambda i: ref.softmax_cross_entropy_backward(i["z"], i["t"])),
+    ]
+
+
+@dataclass
+class Row:
+    op: str
+    backend: str
+    algo: str
+    dtype: str
+    shape: str
+    error: Optional[float]
+    tol: float
+    status: str
+    seconds: float
+
+
+def _relerr(out, ref) -> float:
+    outs = out if isinstance(out, tuple) else (out,)
+    refs = ref if isinstance(ref, tuple) else (ref,)
+    worst = 0.0
+    for o, r in zip(outs, refs):
+        o = np.asarray(o)
+        if o.dtype.kind in "iu":            # indices: exact
+            if o.shape != r.shape or not np.array_equal(o, r):
+                return float("inf")
+            continue
+        o = o.astype(np.float64)
+        r = np.asarray(r, np.float64)
+        if o.shape != r.shape or not np.all(np.isfinite(o)):
+            return float("inf")
+        den = np.linalg.norm(r)
+        worst = max(worst, float(np.linalg.norm(o - r) / (den if den else 1.0)))
+    return worst
+
+
+def run_checks(size: str = "small", ops=None, backends=None, seed: int = 0) -> List[Row]:
+    from convgpu.ops._registry import all_impls, backend_unavailable, simulator_enabled
+    rng = np.random.default_rng(seed)
+    rows = []
+    for prob in problems(size):
+        if ops and prob.op not in ops:
+            continue
+        for impl in all_impls(prob.op):
+            if backends and impl.backend not in backends:
+                continue
+            why = backend_unavailable(impl.backend)
+            for dt in (np.float32, np.float64):
+                tol = tolerance(impl.algo, dt)
+                if why:
+                    rows.append(Row(prob.op, impl.backend, impl.algo, np.dtype(dt).name, prob.label,
+                                    None, tol, f"not run: {why}", 0.0))
+                    continue
+                inputs = prob.make(rng)
+                ref = prob.reference(inputs)
+                on_device = impl.backend != "numpy" and not simulator_enabled()
+                cast = {k: (v.astype(dt) if v.dtype.kind == "f" else v) for k, v in inputs.items()}
+                if on_device:
+                    import cupy
+                    cast = {k: cupy.asarray(v) for k, v in cast.items()}
+                t0 = time.perf_counter()
+                try:
+                    out = prob.call(cast, impl.backend, impl.algo)
+                    if on_device:
+                        out = tuple(o.get() for o in out) if isinstance(out, tuple) else out.get()
+                    err = _relerr(out, ref)
+                    status = "ok" if err <= tol else "FAIL"
+                except ValueError as e:            # the implementation declines this problem
+                    err, status = None, f"not served: {e}"
+                except Exception as e:             # a crash is a failure, reported not raised
+                    err, status = None, f"FAIL: {type(e).__name__}: {e}"
+                rows.append(Row(prob.op, impl.backend, impl.algo, np.dtype(dt).name, prob.label,
+                                err, tol, status, time.perf_counter() - t0))
+    return rows
+
+
+def format_table(rows: List[Row]) -> str:
+    head = ("op", "backend", "algo", "dtype", "rel. error", "tol", "status", "shape")
+    body = [(r.op, r.backend, r.algo, r.dtype, "-" if r.error is None else f"{r.error:.2e}",
+             f"{r.tol:.0e}", r.status[:60], r.shape) for r in rows]
+    widths = [max(len(str(x[i])) for x in [head] + body) for i in range(len(head))]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
+    out = [line(head), line(["-" * w for w in widths])] + [line(b) for b in body]
+    ok = sum(r.status == "ok" for r in rows)
+    bad = sum(r.status.startswith("FAIL") for r in rows)
+    out.append(f"\n{ok} passed, {bad} failed, {len(rows) - ok - bad} not run")
+    return "\n".join(out)

@@ -1,0 +1,121 @@
+"""The convgpu command line: info, check (and bench, train as they land).
+
+    convgpu info                 devices, versions, backends, registered implementations
+    convgpu check [--size S]     every implementation that can run here against the reference
+    convgpu bench [--json PATH]  device kernels against cuDNN on real layer shapes (GPU only)
+
+Without a GPU, `check` runs the Numba kernels in the CUDA simulator (it sets
+NUMBA_ENABLE_CUDASIM=1 before Numba is imported), so the numba rows are validated on any
+machine, slowly and on small shapes.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import platform
+import sys
+
+
+def gpu_count() -> int:
+    """CUDA devices visible through the driver API, without importing Numba or CuPy."""
+    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        n = ctypes.c_int(0)
+        if lib.cuInit(0) == 0 and lib.cuDeviceGetCount(ctypes.byref(n)) == 0:
+            return n.value
+        return 0
+    return 0
+
+
+def _prepare_backends() -> int:
+    n = gpu_count()
+    if n == 0 and "NUMBA_ENABLE_CUDASIM" not in os.environ:
+        os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+    return n
+
+
+def _version(mod: str) -> str:
+    try:
+        m = __import__(mod)
+        return getattr(m, "__version__", "?")
+    except Exception as e:                      # missing or broken: say which
+        return f"not importable ({type(e).__name__})"
+
+
+def cmd_info(args) -> int:
+    n = _prepare_backends()
+    import convgpu
+    from convgpu.ops._registry import backend_unavailable, implementations
+    print(f"convgpu {convgpu.__version__}  python {platform.python_version()}  "
+          f"{platform.machine()}")
+    print(f"numpy {_version('numpy')}  scipy {_version('scipy')}  numba {_version('numba')}  "
+          f"cupy {_version('cupy')}")
+    if n:
+        import cupy
+        for d in range(n):
+            p = cupy.cuda.runtime.getDeviceProperties(d)
+            print(f"GPU {d}: {p['name'].decode()}  cc {p['major']}.{p['minor']}  "
+                  f"{p['multiProcessorCount']} SMs  {p['totalGlobalMem'] / 2**30:.0f} GiB")
+        print(f"driver {cupy.cuda.runtime.driverGetVersion()}  "
+              f"runtime {cupy.cuda.runtime.runtimeGetVersion()}")
+    else:
+        print("GPU: none visible (the numba backend runs in the CUDA simulator)")
+    print("\nbackends:")
+    for b in ("numpy", "numba", "cuda"):
+        why = backend_unavailable(b)
+        print(f"  {b:6s} {'available' if why is None else 'unavailable: ' + why}")
+    print("\nregistered implementations (backend: algos):")
+    for op, impls in implementations().items():
+        by = {}
+        for b, a in impls:
+            by.setdefault(b, []).append(a)
+        print(f"  {op:32s} " + "; ".join(f"{b}: {', '.join(a)}" for b, a in by.items()))
+    return 0
+
+
+def cmd_check(args) -> int:
+    n = _prepare_backends()
+    from convgpu.check import format_table, run_checks
+    size = args.size or ("large" if n else "small")
+    where = "GPU" if n else "CUDA simulator (no GPU)"
+    print(f"convgpu check: {size} problems, device backends on the {where}; "
+          "tolerance is ||out - ref|| / ||ref|| against the float64 reference\n", flush=True)
+    rows = run_checks(size, ops=args.ops, backends=args.backends, seed=args.seed)
+    print(format_table(rows))
+    return 1 if any(r.status.startswith("FAIL") for r in rows) else 0
+
+
+def cmd_bench(args) -> int:
+    _prepare_backends()
+    from convgpu.bench import run
+    doc = run(json_path=args.json, quick=True)
+    if not doc["results"]:
+        return 0
+    failed = [r for r in doc["results"] if r["status"].startswith("FAIL")]
+    for r in failed:
+        print(f"FAILED validation: {r['op']} {r['impl']} {r['shape']}: {r['status']}")
+    return 1 if failed else 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="convgpu", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("info", help="devices, versions, backends, implementations")
+    c = sub.add_parser("check", help="validate every runnable implementation against the reference")
+    c.add_argument("--size", choices=["small", "large"], help="problem sizes (default: small "
+                   "without a GPU, large with one)")
+    c.add_argument("--ops", nargs="*", help="only these ops")
+    c.add_argument("--backends", nargs="*", help="only these backends")
+    c.add_argument("--seed", type=int, default=0)
+    bn = sub.add_parser("bench", help="time device kernels against cuDNN (quick suite)")
+    bn.add_argument("--json", help="write the results to this JSON file")
+    args = ap.parse_args(argv)
+    return {"info": cmd_info, "check": cmd_check, "bench": cmd_bench}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

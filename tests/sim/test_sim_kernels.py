@@ -1,0 +1,249 @@
+"""Simulator tier: every Numba implementation against the NumPy reference (float64 oracle),
+float32 and float64, on tiny shapes that sweep stride, padding, dilation, groups,
+non-square kernels, odd GEMM tails, ceil_mode, ties and NaN. Outputs are poisoned (NaN)
+before each launch (tests/sim/conftest.py). Each launch is kept to about 30 blocks."""
+import numpy as np
+import pytest
+
+import brute
+import convgpu
+from convgpu.ops._registry import all_impls
+from helpers import TOL, TOL_FFT, assert_close, rand, shuffled_linspace
+
+
+def numba_algos(op):
+    return [i.algo for i in all_impls(op) if i.backend == "numba"]
+
+
+def tol(algo, dtype):
+    return (TOL_FFT if algo == "fft" else TOL)[dtype]
+
+
+# (N, C, H, W, K, R, S, stride, padding, dilation, groups); K*Cg*R*S <= 48 (one block per
+# weight element in the direct weight-gradient kernel)
+CONV = [
+    (1, 2, 5, 6, 3, 3, 2, (1, 1), (1, 0), (1, 1), 1),
+    (2, 4, 6, 5, 4, 2, 3, (2, 1), (1, 1), (2, 1), 2),
+    (1, 3, 7, 7, 3, 3, 3, (2, 2), (1, 1), (1, 1), 3),
+    (1, 2, 9, 4, 2, 1, 1, (1, 2), (0, 0), (1, 1), 1),
+    (2, 1, 6, 7, 2, 2, 2, (3, 2), (1, 0), (1, 3), 1),
+]
+
+
+def _conv(rng, case, dtype):
+    N, C, H, W, K, R, S, st, pd, dl, g = case
+    x64, w64, b64 = rand(rng, (N, C, H, W)), rand(rng, (K, C // g, R, S)), rand(rng, (K,))
+    kw = dict(stride=st, padding=pd, dilation=dl, groups=g)
+    return x64, w64, b64, kw, (x64.astype(dtype), w64.astype(dtype), b64.astype(dtype))
+
+
+def _serves(algo, kw):
+    return not (algo == "fft" and kw["dilation"] != (1, 1))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CONV)
+@pytest.mark.parametrize("algo", numba_algos("conv2d"))
+def test_conv2d(rng, algo, case, dtype):
+    x64, w64, b64, kw, (x, w, b) = _conv(rng, case, dtype)
+    if not _serves(algo, kw):
+        with pytest.raises(ValueError, match="dilation"):
+            convgpu.conv2d(x, w, b, **kw, backend="numba", algo=algo)
+        return
+    ref = convgpu.conv2d(x64, w64, b64, **kw)
+    y = convgpu.conv2d(x, w, b, **kw, backend="numba", algo=algo)
+    assert y.dtype == dtype
+    assert_close(y, ref, tol(algo, dtype))
+    # and without bias
+    assert_close(convgpu.conv2d(x, w, None, **kw, backend="numba", algo=algo),
+                 convgpu.conv2d(x64, w64, None, **kw), tol(algo, dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CONV)
+@pytest.mark.parametrize("algo", numba_algos("conv2d_backward_input"))
+def test_conv2d_backward_input(rng, algo, case, dtype):
+    x64, w64, b64, kw, (x, w, b) = _conv(rng, case, dtype)
+    y = convgpu.conv2d(x64, w64, None, **kw)
+    gy64 = rand(rng, y.shape)
+    if not _serves(algo, kw):
+        return
+    gx = convgpu.conv2d_backward_input(gy64.astype(dtype), w, x.shape, **kw, backend="numba",
+                                       algo=algo)
+    assert_close(gx, convgpu.conv2d_backward_input(gy64, w64, x.shape, **kw), tol(algo, dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CONV)
+@pytest.mark.parametrize("algo", numba_algos("conv2d_backward_weight"))
+def test_conv2d_backward_weight(rng, algo, case, dtype):
+    x64, w64, b64, kw, (x, w, b) = _conv(rng, case, dtype)
+    y = convgpu.conv2d(x64, w64, None, **kw)
+    gy64 = rand(rng, y.shape)
+    if not _serves(algo, kw):
+        return
+    gw = convgpu.conv2d_backward_weight(x, gy64.astype(dtype), w.shape, **kw, backend="numba",
+                                        algo=algo)
+    assert_close(gw, convgpu.conv2d_backward_weight(x64, gy64, w64.shape, **kw), tol(algo, dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv2d_backward_bias(rng, dtype):
+    gy = rand(rng, (2, 5, 3, 7))
+    assert_close(convgpu.conv2d_backward_bias(gy.astype(dtype), backend="numba"),
+                 gy.sum(axis=(0, 2, 3)), TOL[dtype])
+
+
+@pytest.mark.parametrize("algo", numba_algos("conv2d_backward_input"))
+def test_conv_transpose2d(rng, algo):
+    x = rand(rng, (1, 4, 3, 4))
+    w = rand(rng, (4, 3, 3, 2))
+    b = rand(rng, (6,))
+    kw = dict(stride=(2, 1), padding=(1, 0), output_padding=(1, 0), groups=2)
+    ref = convgpu.conv_transpose2d(x, w, b, **kw)
+    assert_close(convgpu.conv_transpose2d(x.astype(np.float32), w.astype(np.float32),
+                                          b.astype(np.float32), **kw, backend="numba", algo=algo),
+                 ref, tol(algo, np.float32))
+
+
+def test_conv2d_auto_picks_a_numba_algo_under_the_simulator(rng):
+    x, w = rand(rng, (1, 2, 5, 5)), rand(rng, (2, 2, 3, 3))
+    assert_close(convgpu.conv2d(x, w, backend="numba"), convgpu.conv2d(x, w), TOL[np.float64])
+
+
+# ---- GEMM tails through linear
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("M, K, O", [(37, 19, 45), (1, 1, 1), (33, 17, 31), (5, 64, 3)])
+def test_linear_gemm_tails(rng, dtype, M, K, O):
+    x, w, b = rand(rng, (M, K)), rand(rng, (O, K)), rand(rng, (O,))
+    y = convgpu.linear(x.astype(dtype), w.astype(dtype), b.astype(dtype), backend="numba")
+    assert_close(y, convgpu.linear(x, w, b), TOL[dtype])
+    gy = rand(rng, (M, O))
+    got = convgpu.linear_backward(gy.astype(dtype), x.astype(dtype), w.astype(dtype),
+                                  backend="numba")
+    for g, r in zip(got, convgpu.linear_backward(gy, x, w)):
+        assert_close(g, r, TOL[dtype])
+
+
+def test_linear_batched_leading_dims(rng):
+    x, w = rand(rng, (2, 3, 7)), rand(rng, (4, 7))
+    assert_close(convgpu.linear(x, w, backend="numba"), convgpu.linear(x, w), TOL[np.float64])
+
+
+# ---- pooling
+
+
+MAXP = [
+    (2, 3, 7, 9, (3, 3), (2, 2), (1, 1), (1, 1), True),
+    (1, 2, 10, 7, (3, 2), (2, 3), (1, 0), (2, 1), True),
+    (1, 3, 6, 11, (2, 3), (1, 2), (1, 1), (1, 2), False),
+    (2, 2, 8, 8, (2, 2), (2, 2), (0, 0), (1, 1), False),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", MAXP)
+def test_max_pool2d_and_backward(rng, case, dtype):
+    N, C, H, W, k, s, p, d, cm = case
+    x = shuffled_linspace(rng, (N, C, H, W), dtype)
+    yr, ir = convgpu.max_pool2d(x, k, s, p, d, cm, return_indices=True)
+    y, i = convgpu.max_pool2d(x, k, s, p, d, cm, return_indices=True, backend="numba")
+    np.testing.assert_array_equal(y, yr)
+    np.testing.assert_array_equal(i, ir)
+    gy = rand(rng, y.shape, dtype)
+    ref = convgpu.max_pool2d_backward(gy.astype(np.float64), ir, x.shape)
+    for algo, geom in [("gather", (k, s, p, d, cm)), ("plane", ())]:
+        gx = convgpu.max_pool2d_backward(gy, i, x.shape, *geom, backend="numba", algo=algo)
+        assert_close(gx, ref, TOL[dtype])
+
+
+def test_max_pool2d_gather_needs_geometry(rng):
+    x = rand(rng, (1, 1, 4, 4))
+    y, i = convgpu.max_pool2d(x, 2, return_indices=True)
+    with pytest.raises(ValueError, match="gather"):
+        convgpu.max_pool2d_backward(y, i, x.shape, backend="numba", algo="gather")
+
+
+def test_max_pool2d_ties_nan_and_minus_inf():
+    x = np.zeros((1, 2, 4, 4))
+    x[0, 0, :2, :2] = 5.0
+    x[0, 0, 2, 3] = x[0, 0, 3, 2] = 7.0
+    x[0, 1] = np.arange(16).reshape(4, 4)
+    x[0, 1, 1, 0] = x[0, 1, 3, 3] = x[0, 1, 3, 2] = np.nan
+    xi = np.full((1, 1, 3, 3), -np.inf)
+    for inp, args in [(x, (2,)), (xi, (3, 2, 1))]:
+        yr, ir = convgpu.max_pool2d(inp, *args, return_indices=True)
+        y, i = convgpu.max_pool2d(inp, *args, return_indices=True, backend="numba")
+        np.testing.assert_array_equal(i, ir)
+        np.testing.assert_array_equal(y, yr)     # NaN == NaN in assert_array_equal
+
+
+AVGP = [
+    (2, 3, 7, 9, (3, 3), (2, 2), (1, 1), True, True, None),
+    (1, 2, 7, 9, (3, 3), (2, 2), (1, 1), True, False, None),
+    (1, 2, 10, 7, (3, 2), (2, 3), (1, 1), False, True, 5),
+    (1, 1, 5, 6, (4, 3), (3, 1), (2, 1), True, False, None),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", AVGP)
+def test_avg_pool2d_and_backward(rng, case, dtype):
+    N, C, H, W, k, s, p, cm, cip, dov = case
+    x = rand(rng, (N, C, H, W))
+    assert_close(convgpu.avg_pool2d(x.astype(dtype), k, s, p, cm, cip, dov, backend="numba"),
+                 brute.avg_pool2d(x, k, s, p, cm, cip, dov), TOL[dtype])
+    y = convgpu.avg_pool2d(x, k, s, p, cm, cip, dov)
+    gy = rand(rng, y.shape)
+    assert_close(convgpu.avg_pool2d_backward(gy.astype(dtype), x.shape, k, s, p, cm, cip, dov,
+                                             backend="numba"),
+                 convgpu.avg_pool2d_backward(gy, x.shape, k, s, p, cm, cip, dov), TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_global_avg_pool(rng, dtype):
+    x = rand(rng, (3, 5, 4, 3))
+    assert_close(convgpu.global_avg_pool2d(x.astype(dtype), backend="numba"), x.mean(axis=(2, 3)),
+                 TOL[dtype])
+    gy = rand(rng, (3, 5))
+    assert_close(convgpu.global_avg_pool2d_backward(gy.astype(dtype), x.shape, backend="numba"),
+                 convgpu.global_avg_pool2d_backward(gy, x.shape), TOL[dtype])
+
+
+# ---- small ops
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_small_ops(rng, dtype):
+    x = rand(rng, (3, 4, 5, 2))
+    xd = x.astype(dtype)
+    assert_close(convgpu.relu(xd, backend="numba"), np.maximum(x, 0), TOL[dtype])
+    gy = rand(rng, x.shape)
+    assert_close(convgpu.relu_backward(gy.astype(dtype), xd, backend="numba"),
+                 np.where(x > 0, gy, 0), TOL[dtype])
+    b = rand(rng, (4,))
+    assert_close(convgpu.bias_add(xd, b.astype(dtype), backend="numba"),
+                 x + b[None, :, None, None], TOL[dtype])
+    z = rand(rng, (7, 10)) * 4
+    t = rng.integers(0, 10, size=7)
+    loss = convgpu.softmax_cross_entropy(z.astype(dtype), t, backend="numba")
+    assert loss.dtype == dtype
+    assert abs(float(loss) - float(convgpu.softmax_cross_entropy(z, t))) <= 1e-6 * abs(float(loss))
+    assert_close(convgpu.softmax_cross_entropy_backward(z.astype(dtype), t, backend="numba"),
+                 convgpu.softmax_cross_entropy_backward(z, t), TOL[dtype])
+
+
+def test_relu_keeps_nan():
+    y = convgpu.relu(np.array([np.nan, -1.0, 2.0]), backend="numba")
+    assert np.isnan(y[0]) and y[1] == 0 and y[2] == 2
+
+
+def test_poisoning_is_on():
+    """The premise of this tier: outputs start as NaN, so a kernel that skips an element
+    fails. Check the allocator does poison."""
+    from convgpu.kernels._launch import empty
+    a = empty((3,), np.float32, np.zeros(1))
+    assert np.isnan(a).all()
+    assert (empty((2,), np.int64, np.zeros(1)) == -1).all()

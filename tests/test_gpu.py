@@ -1,0 +1,187 @@
+"""GPU tier (`pytest -m gpu`, skipped without a CUDA GPU): every registered device
+implementation against the float64 reference on realistic and odd shapes, determinism of
+the backward passes, 64-bit indexing past 2**31 elements, array-type round trips (CuPy,
+torch through DLPack) and launches on a non-default CuPy stream."""
+import os
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gpu
+
+cupy = pytest.importorskip("cupy")
+try:
+    _ngpu = cupy.cuda.runtime.getDeviceCount()
+except Exception:                      # no driver / no device
+    _ngpu = 0
+if _ngpu == 0:
+    pytest.skip("no CUDA GPU", allow_module_level=True)
+
+os.environ["CONVGPU_POISON"] = "1"     # outputs start as NaN: unwritten elements fail
+
+import convgpu  # noqa: E402
+from convgpu import reference as ref  # noqa: E402
+from convgpu.check import problems, run_checks, tolerance  # noqa: E402
+from convgpu.ops._registry import all_impls  # noqa: E402
+
+DEVICE_BACKENDS = ("numba", "cuda")
+
+
+def device_algos(op):
+    return [(i.backend, i.algo) for i in all_impls(op) if i.backend in DEVICE_BACKENDS]
+
+
+def _rand(rng, shape):
+    return rng.uniform(0.5, 1.5, size=shape) * rng.choice([-1.0, 1.0], size=shape)
+
+
+def relerr(out, r):
+    out = cupy.asnumpy(out).astype(np.float64)
+    assert out.shape == r.shape
+    assert np.isfinite(out).all(), "non-finite output (unwritten element?)"
+    return np.linalg.norm(out - r) / np.linalg.norm(r)
+
+
+@pytest.mark.parametrize("size", ["small", "large"])
+def test_check_table_all_ok(size):
+    """Every device implementation in `convgpu check`'s problem set, both sizes."""
+    rows = [r for r in run_checks(size, backends=list(DEVICE_BACKENDS)) if r.status != "ok"]
+    assert not [r for r in rows if not r.status.startswith("not run")], \
+        "\n".join(f"{r.op} {r.backend} {r.algo} {r.dtype}: {r.status} err={r.error}" for r in rows)
+
+
+# real-layer and odd conv problems: (N, C, H, W, K, R, S, stride, padding, dilation, groups)
+CONV = [
+    (16, 64, 56, 56, 64, 3, 3, (1, 1), (1, 1), (1, 1), 1),       # ResNet 3x3
+    (8, 3, 224, 224, 64, 7, 7, (2, 2), (3, 3), (1, 1), 1),       # ResNet conv1
+    (4, 128, 28, 28, 128, 3, 3, (2, 2), (1, 1), (1, 1), 1),      # strided
+    (3, 33, 17, 23, 35, 5, 3, (1, 2), (2, 1), (2, 1), 1),        # odd, dilated, non-square
+    (5, 32, 19, 21, 32, 3, 3, (1, 1), (1, 1), (1, 1), 32),       # depthwise
+    (2, 48, 15, 13, 24, 3, 5, (2, 1), (1, 2), (1, 1), 4),        # grouped, odd
+    (16, 256, 14, 14, 64, 1, 1, (1, 1), (0, 0), (1, 1), 1),      # 1x1
+]
+
+
+def _conv_problem(rng, case):
+    N, C, H, W, K, R, S, st, pd, dl, g = case
+    x, w, b = _rand(rng, (N, C, H, W)), _rand(rng, (K, C // g, R, S)), _rand(rng, (K,))
+    return x, w, b, dict(stride=st, padding=pd, dilation=dl, groups=g)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CONV, ids=[str(c[:7]) for c in CONV])
+def test_conv2d_forward_and_backward(case, dtype):
+    rng = np.random.default_rng(1)
+    x, w, b, kw = _conv_problem(rng, case)
+    y_ref = ref.conv2d(x, w, b, **kw)
+    gy = _rand(rng, y_ref.shape)
+    gx_ref = ref.conv2d_backward_input(gy, w, x.shape, **kw)
+    gw_ref = ref.conv2d_backward_weight(x, gy, w.shape, **kw)
+    xd, wd, bd, gyd = (cupy.asarray(a.astype(dtype)) for a in (x, w, b, gy))
+    failures = []
+    for op, call, r in [
+        ("conv2d", lambda be, al: convgpu.conv2d(xd, wd, bd, **kw, backend=be, algo=al), y_ref),
+        ("conv2d_backward_input",
+         lambda be, al: convgpu.conv2d_backward_input(gyd, wd, x.shape, **kw, backend=be, algo=al),
+         gx_ref),
+        ("conv2d_backward_weight",
+         lambda be, al: convgpu.conv2d_backward_weight(xd, gyd, w.shape, **kw, backend=be, algo=al),
+         gw_ref),
+    ]:
+        for be, al in device_algos(op):
+            try:
+                out = call(be, al)
+            except ValueError as e:          # declined by supports(): must say why
+                assert str(e), op
+                continue
+            e = relerr(out, r)
+            if not e <= tolerance(al, dtype):
+                failures.append(f"{op} ({be}, {al}) {np.dtype(dtype).name}: rel err {e:.2e}")
+    assert not failures, "\n".join(failures)
+
+
+def test_backward_passes_are_bitwise_deterministic():
+    rng = np.random.default_rng(2)
+    x, w, b, kw = _conv_problem(rng, CONV[3])
+    xd, wd = cupy.asarray(x.astype(np.float32)), cupy.asarray(w.astype(np.float32))
+    y = convgpu.conv2d(xd, wd, **kw)
+    gy = cupy.asarray(_rand(rng, y.shape).astype(np.float32))
+    runs = []
+    for _ in range(3):
+        outs = []
+        for be, al in device_algos("conv2d_backward_input"):
+            try:
+                outs.append(convgpu.conv2d_backward_input(gy, wd, x.shape, **kw, backend=be, algo=al))
+            except ValueError:
+                pass
+        for be, al in device_algos("conv2d_backward_weight"):
+            try:
+                outs.append(convgpu.conv2d_backward_weight(xd, gy, w.shape, **kw, backend=be, algo=al))
+            except ValueError:
+                pass
+        outs.append(convgpu.conv2d_backward_bias(gy, backend="numba"))
+        xp = cupy.asarray(_rand(np.random.default_rng(3), (8, 16, 33, 35)).astype(np.float32))
+        yp, idx = convgpu.max_pool2d(xp, 3, 2, 1, return_indices=True)
+        gp = cupy.ones_like(yp)
+        outs.append(convgpu.max_pool2d_backward(gp, idx, xp.shape, 3, 2, 1, algo="gather"))
+        outs.append(convgpu.max_pool2d_backward(gp, idx, xp.shape, algo="plane"))
+        outs.append(convgpu.avg_pool2d_backward(gp, xp.shape, 3, 2, 1))
+        runs.append([cupy.asnumpy(o) for o in outs])
+    for later in runs[1:]:
+        for a, b_ in zip(runs[0], later):
+            assert np.array_equal(a.view(np.uint32), b_.view(np.uint32))
+
+
+def test_max_pool_past_2_31_elements():
+    """A tensor of more than 2**31 elements: flat indices and addresses need 64 bits."""
+    N, C, H, W = 2, 1, 32768, 32800                       # 2,149,580,800 elements
+    assert N * C * H * W > 2 ** 31
+    free, _ = cupy.cuda.runtime.memGetInfo()
+    if free < 24 * 2 ** 30:
+        pytest.skip(f"needs ~24 GiB free on the GPU, {free / 2**30:.0f} GiB free")
+    x = cupy.random.default_rng(4).standard_normal((N, C, H, W), dtype=cupy.float32)
+    y, idx = convgpu.max_pool2d(x, 2, return_indices=True)
+    # compare the last rows of the last plane (the far end of the address range)
+    tail = cupy.asnumpy(x[-1:, :, -8:, :]).astype(np.float64)
+    yr, ir = ref.max_pool2d(tail, (2, 2), (2, 2), (0, 0), (1, 1), False)
+    assert np.array_equal(cupy.asnumpy(y[-1:, :, -4:, :]), yr.astype(np.float32))
+    assert np.array_equal(cupy.asnumpy(idx[-1:, :, -4:, :]), ir + (H - 8) * W)
+    gx = convgpu.max_pool2d_backward(y, idx, x.shape, 2, algo="gather")
+    del x
+    assert float(cupy.sum(gx[-1, :, -8:, :], dtype=cupy.float64)) == pytest.approx(
+        float(yr.sum()), rel=1e-6)
+    del gx, y, idx
+
+
+def test_array_types_round_trip_and_streams():
+    rng = np.random.default_rng(5)
+    x, w = _rand(rng, (2, 4, 9, 9)).astype(np.float32), _rand(rng, (3, 4, 3, 3)).astype(np.float32)
+    r = ref.conv2d(x.astype(np.float64), w.astype(np.float64))
+    y = convgpu.conv2d(cupy.asarray(x), cupy.asarray(w))
+    assert isinstance(y, cupy.ndarray) and relerr(y, r) < 1e-5
+    with cupy.cuda.Stream(non_blocking=True) as s:
+        y2 = convgpu.conv2d(cupy.asarray(x), cupy.asarray(w), backend="numba", algo="direct")
+        s.synchronize()
+    assert relerr(y2, r) < 1e-5
+    # non-contiguous device input is made contiguous
+    xt = cupy.asarray(np.ascontiguousarray(np.swapaxes(x, 2, 3)))
+    xt = cupy.swapaxes(xt, 2, 3)
+    assert not xt.flags.c_contiguous
+    assert relerr(convgpu.conv2d(xt, cupy.asarray(w)), r) < 1e-5
+    torch = pytest.importorskip("torch")
+    xt = torch.from_numpy(x).cuda()
+    wt = torch.from_numpy(w).cuda()
+    yt = convgpu.conv2d(xt, wt)
+    assert isinstance(yt, torch.Tensor) and yt.is_cuda
+    assert relerr(cupy.from_dlpack(yt), r) < 1e-5
+    # torch's own conv (cuDNN, TF32 off) agrees: an independent oracle on the device
+    torch.backends.cudnn.allow_tf32 = False
+    ycu = torch.nn.functional.conv2d(xt, wt)
+    assert relerr(cupy.from_dlpack(ycu), r) < 1e-5
+    with pytest.raises(TypeError, match="torch-cuda"):
+        convgpu.conv2d(xt, cupy.asarray(w))
+
+
+def test_mixed_host_and_device_is_a_type_error():
+    with pytest.raises(TypeError):
+        convgpu.conv2d(cupy.ones((1, 1, 4, 4), cupy.float32), np.ones((1, 1, 3, 3), np.float32))
