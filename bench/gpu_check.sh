@@ -23,7 +23,7 @@ python3 -m convgpu info 2>&1 | tee -a "$OUT/device.txt"
 say "installed"
 
 # 2. gpu tier: every failure listed
-timeout 300 python3 -m pytest tests -m gpu -q -p no:cacheprovider -rfE --junitxml="$OUT/gpu_tests.xml" \
+timeout 230 python3 -m pytest tests -m gpu -q -p no:cacheprovider -rfE --junitxml="$OUT/gpu_tests.xml" \
   2>&1 | tee "$OUT/gpu_tests.log" | tail -40
 GPU_RC=${PIPESTATUS[0]}
 say "gpu tests rc=$GPU_RC"
@@ -31,9 +31,9 @@ say "gpu tests rc=$GPU_RC"
 # 3. compute-sanitizer on a small subset (memcheck, then racecheck for the shared-memory kernels)
 SAN="not run"
 if command -v compute-sanitizer >/dev/null; then
-  timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 python3 bench/sanitize_subset.py \
+  timeout 75 compute-sanitizer --tool memcheck --error-exitcode 9 python3 bench/sanitize_subset.py \
     >"$OUT/memcheck.log" 2>&1; MC=$?
-  timeout 120 compute-sanitizer --tool racecheck --error-exitcode 9 python3 bench/sanitize_subset.py \
+  timeout 75 compute-sanitizer --tool racecheck --error-exitcode 9 python3 bench/sanitize_subset.py \
     >"$OUT/racecheck.log" 2>&1; RC=$?
   SAN="memcheck rc=$MC ($(grep -c 'Invalid\|Error' "$OUT/memcheck.log") error lines), racecheck rc=$RC ($(grep -ci 'hazard' "$OUT/racecheck.log") hazard lines)"
   tail -3 "$OUT/memcheck.log"; tail -3 "$OUT/racecheck.log"
@@ -41,7 +41,7 @@ fi
 say "sanitizer: $SAN"
 
 # 4. benchmark (quick suite) with cuDNN beside
-timeout 240 python3 -m convgpu bench --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
+timeout 130 python3 -m convgpu bench --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
 say "bench done"
 
 # 5. summary
