@@ -31,7 +31,7 @@ say "gpu tests rc=$GPU_RC"
 # 3. compute-sanitizer on a small subset (memcheck, then racecheck for the shared-memory kernels)
 SAN="not run"
 if command -v compute-sanitizer >/dev/null; then
-  timeout 75 compute-sanitizer --tool memcheck --error-exitcode 9 python3 bench/sanitize_subset.py \
+  timeout 75 compute-sanitizer --tool memcheck --report-api-errors no --error-exitcode 9 python3 bench/sanitize_subset.py \
     >"$OUT/memcheck.log" 2>&1; MC=$?
   timeout 75 compute-sanitizer --tool racecheck --error-exitcode 9 python3 bench/sanitize_subset.py \
     >"$OUT/racecheck.log" 2>&1; RC=$?
@@ -41,7 +41,7 @@ fi
 say "sanitizer: $SAN"
 
 # 4. benchmark (quick suite) with cuDNN beside
-timeout 130 python3 -m convgpu bench --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
+timeout 200 python3 -m convgpu bench --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
 say "bench done"
 
 # 5. summary
@@ -61,5 +61,18 @@ for r in d["results"]:
     if r["op"] == "conv2d" and r["vs_cudnn"] and r["impl"] != "cudnn":
         best[r["shape"]] = max(best[r["shape"]], (r["vs_cudnn"], r["impl"]))
 for s, (v, i) in best.items():
-    print(f"  {s[:50]:50s} best {i:22s} {v:6.3f}x cuDNN")
+    print(f"  conv2d {s[:50]:50s} best {i:22s} {v:6.3f}x cuDNN")
+for op in ("conv2d_backward_input", "conv2d_backward_weight"):
+    b = collections.defaultdict(lambda: (0, ""))
+    for r in d["results"]:
+        if r["op"] == op and r["vs_cudnn"] and r["impl"] != "cudnn":
+            b[r["shape"]] = max(b[r["shape"]], (r["vs_cudnn"], r["impl"]))
+    for s, (v, i) in b.items():
+        print(f"  {op[16:]:6s} {s[:50]:50s} best {i:22s} {v:6.3f}x cuDNN")
+for r in d["results"]:
+    if r["op"] == "gemm" or (r["op"].startswith("max_pool") and r["gbps"]):
+        print(f"  {r['op']:20s} {r['shape'][:40]:40s} {r['impl']:16s} {r['median_ms'] or 0:8.3f} ms "
+              f"{(r['tflops'] or 0):6.2f} TFLOP/s {(r['gbps'] or 0):7.0f} GB/s")
+bad = [r for r in d["results"] if r["status"].startswith("FAIL")]
+print(f"bench validation failures: {len(bad)}", [(r['op'], r['impl'], r['shape'][:30]) for r in bad])
 PY

@@ -147,7 +147,8 @@ def select(op: str, args, backend: str, algo: str, on_device: bool) -> List[Impl
                             "got host arrays")
         order = (backend,)
     if algo != "auto":
-        named = [i for i in impls if i.algo == algo and i.backend in order]
+        named = sorted((i for i in impls if i.algo == algo and i.backend in order),
+                       key=lambda i: order.index(i.backend))
         if not named:
             raise ValueError(f"{op}: no implementation ({'/'.join(order)}, {algo}); "
                              f"registered: {_listing(op)}")

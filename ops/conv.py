@@ -64,6 +64,12 @@ register("conv2d_backward_weight", "numba", "fft", _K + "fft:backward_weight_fft
          supports=_FFT_OK)
 register("conv2d_backward_bias", "numba", "sum", _K + "elementwise:backward_bias")
 
+_C = _K + "cuda_ops:"
+register("conv2d", "cuda", "implicit_gemm", _C + "conv2d_implicit_gemm")
+register("conv2d", "cuda", "im2col", _C + "conv2d_im2col")
+register("conv2d_backward_input", "cuda", "col2im", _C + "backward_input_col2im")
+register("conv2d_backward_weight", "cuda", "im2col", _C + "backward_weight_im2col")
+
 
 # ----------------------------------------------------------------------------------------
 # the ops

@@ -20,6 +20,8 @@ register("linear", "numpy", "reference", "convgpu.ops.linear:_np_linear")
 register("linear_backward", "numpy", "reference", "convgpu.ops.linear:_np_linear_backward")
 register("linear", "numba", "gemm", "convgpu.kernels.gemm:linear")
 register("linear_backward", "numba", "gemm", "convgpu.kernels.gemm:linear_backward")
+register("linear", "cuda", "gemm", "convgpu.kernels.cuda_ops:linear")
+register("linear_backward", "cuda", "gemm", "convgpu.kernels.cuda_ops:linear_backward")
 
 
 def linear(input, weight, bias=None, *, backend="auto"):

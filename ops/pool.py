@@ -81,6 +81,25 @@ register("global_avg_pool2d", "numba", "reduce", _K + "global_avg_pool2d")
 register("global_avg_pool2d_backward", "numba", "direct", _K + "global_avg_pool2d_backward")
 
 
+def _cuda_plane_fits(a):
+    if isinstance(a, MaxBackwardArgs):
+        if a.pool is None:
+            return "needs the forward's kernel_size/stride/padding/dilation to gather"
+        a = a.pool
+    if a.H * a.W >= 2 ** 31:
+        return "the CUDA C kernels index within a plane in 32 bits (H*W < 2**31)"
+    return None
+
+
+_C = "convgpu.kernels.cuda_ops:"
+register("max_pool2d", "cuda", "direct", _C + "max_pool2d", supports=_cuda_plane_fits)
+register("max_pool2d_backward", "cuda", "gather", _C + "max_pool2d_backward_gather",
+         supports=_cuda_plane_fits)
+register("avg_pool2d", "cuda", "direct", _C + "avg_pool2d", supports=_cuda_plane_fits)
+register("avg_pool2d_backward", "cuda", "gather", _C + "avg_pool2d_backward",
+         supports=_cuda_plane_fits)
+
+
 # ----------------------------------------------------------------------------------------
 # the ops
 

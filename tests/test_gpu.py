@@ -185,3 +185,20 @@ def test_array_types_round_trip_and_streams():
 def test_mixed_host_and_device_is_a_type_error():
     with pytest.raises(TypeError):
         convgpu.conv2d(cupy.ones((1, 1, 4, 4), cupy.float32), np.ones((1, 1, 3, 3), np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("ta, tb", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("splits", [1, 3])
+def test_cuda_gemm_odd_sizes(dtype, ta, tb, splits):
+    """The CUDA C GEMM at sizes that are not tile multiples, every transpose, batched, with
+    and without split-K."""
+    from convgpu.kernels import cuda_ops
+    rng = np.random.default_rng(6)
+    batch, M, N, K = 3, 133, 257, 97
+    A = _rand(rng, (batch, K, M) if ta else (batch, M, K))
+    B = _rand(rng, (batch, N, K) if tb else (batch, K, N))
+    want = np.matmul(np.swapaxes(A, 1, 2) if ta else A, np.swapaxes(B, 1, 2) if tb else B)
+    got = cuda_ops.gemm(cupy.asarray(A.astype(dtype)), cupy.asarray(B.astype(dtype)), ta, tb,
+                        splits=splits)
+    assert relerr(got, want) <= tolerance("gemm", dtype)

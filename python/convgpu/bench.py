@@ -180,6 +180,108 @@ def bench_conv(timer, suite, dtype=np.float32, progress=print) -> List[Result]:
     return out
 
 
+def bench_gemm(timer, sizes=((4096, 4096, 4096), (8192, 1024, 2048)), progress=print):
+    """The hand-written GEMM (cuda backend) against cuBLAS SGEMM through cupy.matmul."""
+    import cupy as cp
+    from convgpu.kernels import cuda_ops
+    out = []
+    for M, N, K in sizes:
+        A = cp.random.default_rng(0).standard_normal((1, M, K), dtype=cp.float32)
+        B = cp.random.default_rng(1).standard_normal((1, K, N), dtype=cp.float32)
+        shape = f"{M}x{N}x{K}"
+        ref = (A[0, :64].astype(cp.float64) @ B[0].astype(cp.float64))
+        got = cuda_ops.gemm(A, B)[0, :64].astype(cp.float64)
+        err = float(cp.linalg.norm(got - ref) / cp.linalg.norm(ref))
+        t_cublas = quantiles(timer(lambda: cp.matmul(A[0], B[0])))
+        fl = 2 * M * N * K
+        out.append(Result("gemm", shape, "cublas", "float32", "ok", **t_cublas,
+                          tflops=fl / (t_cublas["median_ms"] * 1e-3) / 1e12, vs_cudnn=1.0))
+        if not err <= 1e-5:
+            out.append(Result("gemm", shape, "cuda:gemm_tiled", "float32", f"FAIL rel err {err:.2e}"))
+            continue
+        t = quantiles(timer(lambda: cuda_ops.gemm(A, B)))
+        r = Result("gemm", shape, "cuda:gemm_tiled", "float32", "ok", **t,
+                   tflops=fl / (t["median_ms"] * 1e-3) / 1e12,
+                   vs_cudnn=t_cublas["median_ms"] / t["median_ms"], extra={"rel_err": err})
+        out.append(r)
+        progress(f"  gemm {shape:20s} cuda:gemm_tiled {t['median_ms']:8.3f} ms {r.tflops:6.2f} "
+                 f"TFLOP/s = x{r.vs_cudnn:.3f} of cuBLAS ({out[-2].tflops:.2f} TFLOP/s)")
+    return out
+
+
+def bench_conv_backward(timer, suite, dtype=np.float32, progress=print) -> List[Result]:
+    """Input and weight gradients of every device implementation against cuDNN's
+    (aten.convolution_backward), each validated on the first images first."""
+    import cupy as cp
+    import convgpu
+    from convgpu import reference
+    from convgpu.ops._args import conv_out_size
+    from convgpu.ops._registry import all_impls
+    torch = _torch()
+    out = []
+    rng = np.random.default_rng(1)
+    for name, N, C, H, K, R, s, p in suite:
+        P = conv_out_size(H, R, s, p, 1)
+        shape = f"{name}: N{N} C{C} H{H} K{K} R{R} s{s} p{p}"
+        fl = conv_flops(N, C, K, R, R, P, P)
+        x = cp.asarray(rng.uniform(-1, 1, (N, C, H, H)).astype(dtype))
+        w = cp.asarray(rng.uniform(-1, 1, (K, C, R, R)).astype(dtype))
+        gy = cp.asarray(rng.uniform(-1, 1, (N, K, P, P)).astype(dtype))
+        theirs = {}
+        if torch is not None:
+            xt, wt, gt = (torch.from_dlpack(a) for a in (x, w, gy))
+            for op, mask in (("conv2d_backward_input", [True, False, False]),
+                             ("conv2d_backward_weight", [False, True, False])):
+                fn = lambda m=mask: torch.ops.aten.convolution_backward(
+                    gt, xt, wt, None, [s, s], [p, p], [1, 1], False, [0, 0], 1, m)
+                t = quantiles(timer(fn))
+                theirs[op] = t["median_ms"]
+                out.append(Result(op, shape, "cudnn", np.dtype(dtype).name, "ok", **t,
+                                  tflops=fl / (t["median_ms"] * 1e-3) / 1e12, vs_cudnn=1.0))
+        # references on a slice: the input gradient of the first images is exact on a slice;
+        # the weight gradient sums over the batch, so validate it on a 2-image problem
+        nv = min(N, 2)
+        x2, gy2 = cp.asnumpy(x[:nv]).astype(np.float64), cp.asnumpy(gy[:nv]).astype(np.float64)
+        w64 = cp.asnumpy(w).astype(np.float64)
+        refs = {"conv2d_backward_input": reference.conv2d_backward_input(gy2, w64, x2.shape, (s, s),
+                                                                         (p, p)),
+                "conv2d_backward_weight": reference.conv2d_backward_weight(x2, gy2, w64.shape,
+                                                                           (s, s), (p, p))}
+        for op in ("conv2d_backward_input", "conv2d_backward_weight"):
+            for impl in all_impls(op):
+                if impl.backend == "numpy":
+                    continue
+                label = f"{impl.backend}:{impl.algo}"
+                kw = dict(stride=s, padding=p, backend=impl.backend, algo=impl.algo)
+                if op == "conv2d_backward_input":
+                    run = lambda kw=kw: convgpu.conv2d_backward_input(gy, w, x.shape, **kw)
+                    check = lambda kw=kw: convgpu.conv2d_backward_input(gy[:nv], w, x2.shape, **kw)
+                else:
+                    run = lambda kw=kw: convgpu.conv2d_backward_weight(x, gy, w.shape, **kw)
+                    check = lambda kw=kw: convgpu.conv2d_backward_weight(x[:nv], gy[:nv], w.shape, **kw)
+                try:
+                    got = cp.asnumpy(check()).astype(np.float64)
+                    err = float(np.linalg.norm(got - refs[op]) / np.linalg.norm(refs[op]))
+                    tol = 1e-4 if impl.algo == "fft" else 1e-5
+                    if not err <= tol:
+                        out.append(Result(op, shape, label, np.dtype(dtype).name,
+                                          f"FAIL rel err {err:.2e}"))
+                        continue
+                    t = quantiles(timer(run))
+                except ValueError as e:
+                    out.append(Result(op, shape, label, np.dtype(dtype).name, f"not served: {e}"))
+                    continue
+                r = Result(op, shape, label, np.dtype(dtype).name, "ok", **t,
+                           tflops=fl / (t["median_ms"] * 1e-3) / 1e12,
+                           vs_cudnn=(theirs[op] / t["median_ms"]) if op in theirs else None,
+                           extra={"rel_err": err})
+                out.append(r)
+                progress(f"  {op[16:]:16s} {shape:50s} {label:18s} {t['median_ms']:9.3f} ms "
+                         f"{r.tflops:6.2f} TFLOP/s x{r.vs_cudnn or float('nan'):.3f} of cuDNN")
+        del x, w, gy
+    return out
+
+
 def bench_pool(timer, suite, dtype=np.float32, progress=print) -> List[Result]:
     import cupy as cp
     import convgpu
@@ -193,12 +295,14 @@ def bench_pool(timer, suite, dtype=np.float32, progress=print) -> List[Result]:
         fwd_bytes = x.size * isz + y.size * (isz + 8)
         bwd_bytes = y.size * (isz + 8) + x.size * isz
         gy = cp.ones_like(y)
-        runs = {
-            ("max_pool2d", "numba:direct", fwd_bytes):
-                lambda: convgpu.max_pool2d(x, k, s, p, ceil_mode=cm, return_indices=True),
-            ("max_pool2d_backward", "numba:gather", bwd_bytes):
-                lambda: convgpu.max_pool2d_backward(gy, idx, x.shape, k, s, p, 1, cm, algo="gather"),
-        }
+        runs = {}
+        for be in ("numba", "cuda"):
+            runs[("max_pool2d", f"{be}:direct", fwd_bytes)] = \
+                lambda be=be: convgpu.max_pool2d(x, k, s, p, ceil_mode=cm, return_indices=True,
+                                                 backend=be)
+            runs[("max_pool2d_backward", f"{be}:gather", bwd_bytes)] = \
+                lambda be=be: convgpu.max_pool2d_backward(gy, idx, x.shape, k, s, p, 1, cm,
+                                                          algo="gather", backend=be)
         if torch is not None:
             xt = torch.from_dlpack(x)
             yt, it = torch.nn.functional.max_pool2d(xt, k, s, p, ceil_mode=cm, return_indices=True)
@@ -208,7 +312,24 @@ def bench_pool(timer, suite, dtype=np.float32, progress=print) -> List[Result]:
             runs[("max_pool2d_backward", "torch", bwd_bytes)] = \
                 lambda: torch.ops.aten.max_pool2d_with_indices_backward(
                     gyt, xt, [k, k], [s, s], [p, p], [1, 1], cm, it)
+        # validate each implementation on the first image before timing it
+        from convgpu import reference
+        x0 = cp.asnumpy(x[:1]).astype(np.float64)
+        y0, i0 = reference.max_pool2d(x0, (k, k), (s, s), (p, p), (1, 1), cm)
+        g0 = reference.max_pool2d_backward(np.ones(y0.shape), i0, x0.shape)
+        bad = set()
+        for be in ("numba", "cuda"):
+            yb, ib = convgpu.max_pool2d(x[:1], k, s, p, ceil_mode=cm, return_indices=True, backend=be)
+            gb = convgpu.max_pool2d_backward(cp.ones_like(yb), ib, x0.shape, k, s, p, 1, cm,
+                                             algo="gather", backend=be)
+            if not (np.array_equal(cp.asnumpy(ib), i0) and np.array_equal(cp.asnumpy(yb), y0.astype(np.float32))):
+                bad.add(("max_pool2d", f"{be}:direct"))
+            if not np.array_equal(cp.asnumpy(gb), g0.astype(np.float32)):
+                bad.add(("max_pool2d_backward", f"{be}:gather"))
         for (op, label, nbytes), fn in runs.items():
+            if (op, label) in bad:
+                out.append(Result(op, shape, label, "float32", "FAIL validation"))
+                continue
             t = quantiles(timer(fn))
             r = Result(op, shape, label, "float32", "ok", **t,
                        gbps=nbytes / (t["median_ms"] * 1e-3) / 1e9)
@@ -222,8 +343,9 @@ def bench_pool(timer, suite, dtype=np.float32, progress=print) -> List[Result]:
 def environment() -> dict:
     env = {"python": platform.python_version(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                         time.gmtime())}
+    import os
     try:
-        env["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
+        env["commit"] = os.environ.get("CONVGPU_COMMIT") or subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
                                        text=True, check=False).stdout.strip() or None
     except OSError:
         env["commit"] = None
@@ -254,7 +376,9 @@ def run(json_path=None, quick=True, progress=print) -> dict:
     ceil = ceilings(timer)
     progress(f"ceilings: copy {ceil['copy_GBps']:.0f} GB/s, SGEMM (cuBLAS, TF32 off) "
              f"{ceil['sgemm_TFLOPs']:.1f} TFLOP/s")
-    results = bench_conv(timer, CONV_QUICK, progress=progress)
+    results = bench_gemm(timer, progress=progress)
+    results += bench_conv(timer, CONV_QUICK, progress=progress)
+    results += bench_conv_backward(timer, CONV_QUICK, progress=progress)
     results += bench_pool(timer, POOL_QUICK, progress=progress)
     for r in results:
         if r.tflops is not None:

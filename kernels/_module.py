@@ -1,0 +1,66 @@
+"""Memoised loader for the CUDA C kernels: one cupy.RawModule per .cu file per device,
+built once with every template specialisation the launchers use (name_expressions),
+so no host work repeats on the hot path.
+
+NVRTC_OPTIONS are the options passed to RawModule; CuPy adds RUNTIME_ADDED_OPTIONS and
+`-arch=sm_XX` itself. The compile tier (tests/test_compile_cuda.py) compiles every .cu with
+exactly these through the low-level cupy.cuda.nvrtc API, which needs no GPU.
+"""
+from __future__ import annotations
+
+import functools
+from importlib import resources
+from typing import Dict, Sequence, Tuple
+
+NVRTC_OPTIONS: Tuple[str, ...] = ("-std=c++17",)
+RUNTIME_ADDED_OPTIONS: Tuple[str, ...] = ("-ftz=true", "--device-as-default-execution-space")
+
+# every specialisation each module exports, by file: the launchers look kernels up by these
+# exact strings
+T_NAMES = ("float", "double")
+NAME_EXPRESSIONS: Dict[str, Tuple[str, ...]] = {
+    "gemm.cu": tuple(f"gemm_tiled<{t}, {ta}, {tb}>" for t in T_NAMES
+                     for ta in ("false", "true") for tb in ("false", "true"))
+    + tuple(f"sum_splits<{t}>" for t in T_NAMES),
+    "conv.cu": tuple(f"conv2d_implicit_gemm<{t}>" for t in T_NAMES)
+    + tuple(f"{k}<{t}>" for k in ("im2col", "col2im") for t in T_NAMES),
+    "pool.cu": tuple(f"{k}<{t}, {i}>" for k in ("max_pool2d_fwd", "max_pool2d_bwd_gather",
+                                                 "avg_pool2d_fwd", "avg_pool2d_bwd_gather")
+                     for t in T_NAMES for i in ("int", "long long")),
+}
+
+
+def kernels_dir() -> str:
+    return str(resources.files("convgpu.kernels"))
+
+
+def source(name: str) -> str:
+    return resources.files("convgpu.kernels").joinpath(name).read_text()
+
+
+def options() -> Tuple[str, ...]:
+    return NVRTC_OPTIONS + (f"-I{kernels_dir()}",)
+
+
+@functools.lru_cache(maxsize=None)
+def _module(name: str, device_id: int):
+    import cupy
+    mod = cupy.RawModule(code=source(name), options=options(),
+                         name_expressions=NAME_EXPRESSIONS[name])
+    mod.compile()
+    return mod
+
+
+def get_function(file: str, expr: str):
+    """The kernel `expr` (one of NAME_EXPRESSIONS[file]) of `file` on the current device."""
+    import cupy
+    return _module(file, cupy.cuda.Device().id).get_function(expr)
+
+
+def ctype(dtype) -> str:
+    import numpy as np
+    return {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}[np.dtype(dtype)]
+
+
+def all_name_expressions() -> Sequence[Tuple[str, str]]:
+    return [(f, e) for f, exprs in NAME_EXPRESSIONS.items() for e in exprs]

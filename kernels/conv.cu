@@ -1,0 +1,164 @@
+// Convolution in CUDA C: implicit-GEMM forward, and the im2col / col2im kernels that pair
+// with gemm.cu for the backward passes.
+//
+//   conv2d_implicit_gemm<T>  y[n, g*Kg + m, p, q] = b + sum_{c,r,s} w[g*Kg + m, c, r, s] *
+//       x[n, g*Cg + c, p*sh - ph + r*dh, q*sw - pw + s*dw], as the GEMM
+//       W[g] (Kg x Cg*R*S) @ X_cols[g] (Cg*R*S x N*P*Q) without materialising X_cols: the
+//       B tile is gathered from x as it is staged. Same 128 x 128 x 8 register-blocked,
+//       double-buffered tile as gemm.cu. Each thread decomposes its four gather columns
+//       (n, p, q) once, and each staged row (c, r, s) once per step. blockIdx.z = group.
+//   im2col<T>   cols[g, (c*R + r)*S + s, (n*P + p)*Q + q] = x[...] or 0 (one thread each)
+//   col2im<T>   gx[n, c, h, w] = sum of the column entries that read x[n, c, h, w] (a
+//       gather: one thread per input element, fixed order, no atomics)
+#include "common.cuh"
+
+using namespace tile;
+
+struct ConvShape {
+    int N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw, dh, dw, groups;
+};
+// Kernels take the shape as plain ints (portable kernel arguments) and pack it here.
+#define CONV_SHAPE_PARAMS int N, int C, int H, int W, int K, int R, int S, int P, int Q, \
+    int sh, int sw, int ph, int pw, int dh, int dw, int groups
+#define CONV_SHAPE ConvShape s{N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw, dh, dw, groups}
+
+template <typename T>
+__global__ void __launch_bounds__(THREADS)
+conv2d_implicit_gemm(const T* __restrict__ x, const T* __restrict__ w,
+                     const T* __restrict__ bias, T* __restrict__ y, CONV_SHAPE_PARAMS) {
+    const CONV_SHAPE;
+    __shared__ __align__(16) T As[2][BK][BM];
+    __shared__ __align__(16) T Bs[2][BK][BN];
+    const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+    const int g = blockIdx.z;
+    const int Cg = s.C / s.groups, Kg = s.K / s.groups;
+    const int RS = s.R * s.S, CRS = Cg * RS, PQ = s.P * s.Q, NPQ = s.N * PQ;
+    const long long HW = (long long)s.H * s.W;
+    const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+    const T* wg = w + (long long)g * Kg * CRS;
+
+    // A = W[g]: row m = tid / 2, depth k = (tid % 2) * 4 + i (contiguous along k)
+    const int am = tid / 2, ak0 = (tid % 2) * 4;
+    // B = gathered columns: depth k = tid / 32, column j = tid % 32 + 32 * i (coalesced in q)
+    const int bk = tid / 32;
+    long long xbase[4];
+    int h0[4], w0[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int col = n0 + tid % 32 + 32 * i;
+        if (col < NPQ) {
+            const int n = col / PQ, pq = col % PQ;
+            xbase[i] = ((long long)n * s.C + (long long)g * Cg) * HW;
+            h0[i] = (pq / s.Q) * s.sh - s.ph;
+            w0[i] = (pq % s.Q) * s.sw - s.pw;
+        } else {
+            xbase[i] = -1;
+            h0[i] = w0[i] = 0;
+        }
+    }
+    T ra[4], rb[4];
+    auto fetch = [&](int k0) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int gm = m0 + am, gk = k0 + ak0 + i;
+            ra[i] = (gm < Kg && gk < CRS) ? wg[(long long)gm * CRS + gk] : T(0);
+        }
+        const int crs = k0 + bk;
+        const int c = crs / RS, rs = crs % RS;
+        const int dr = (rs / s.S) * s.dh, ds = (rs % s.S) * s.dw;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int h = h0[i] + dr, v = w0[i] + ds;
+            rb[i] = (crs < CRS && xbase[i] >= 0 && h >= 0 && h < s.H && v >= 0 && v < s.W)
+                        ? x[xbase[i] + c * HW + (long long)h * s.W + v] : T(0);
+        }
+    };
+    auto stage = [&](int buf) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            As[buf][ak0 + i][am] = ra[i];
+            Bs[buf][bk][tid % 32 + 32 * i] = rb[i];
+        }
+    };
+
+    T acc[TM][TN];
+#pragma unroll
+    for (int i = 0; i < TM; ++i)
+#pragma unroll
+        for (int j = 0; j < TN; ++j) acc[i][j] = T(0);
+
+    const int steps = (CRS + BK - 1) / BK;
+    fetch(0);
+    stage(0);
+    __syncthreads();
+    for (int t = 0; t < steps; ++t) {
+        const int cur = t & 1;
+        if (t + 1 < steps) fetch((t + 1) * BK);
+        mma_tile<T>(As[cur], Bs[cur], tx, ty, acc);
+        if (t + 1 < steps) stage(cur ^ 1);
+        __syncthreads();
+    }
+#pragma unroll
+    for (int j = 0; j < TN; ++j) {
+        const int col = n0 + col_of(tx, j);
+        if (col >= NPQ) continue;
+        const int n = col / PQ, pq = col % PQ;
+        T* yp = y + (long long)n * s.K * PQ + pq;
+#pragma unroll
+        for (int i = 0; i < TM; ++i) {
+            const int m = m0 + row_of(ty, i);
+            if (m < Kg) {
+                const int k = g * Kg + m;
+                yp[(long long)k * PQ] = acc[i][j] + (bias ? bias[k] : T(0));
+            }
+        }
+    }
+}
+
+template <typename T>
+__global__ void im2col(const T* __restrict__ x, T* __restrict__ cols, CONV_SHAPE_PARAMS) {
+    const CONV_SHAPE;
+    const int Cg = s.C / s.groups, RS = s.R * s.S, PQ = s.P * s.Q;
+    const long long NPQ = (long long)s.N * PQ, CRS = (long long)Cg * RS;
+    const long long total = s.groups * CRS * NPQ;
+    for (long long t = blockIdx.x * (long long)blockDim.x + threadIdx.x; t < total;
+         t += (long long)gridDim.x * blockDim.x) {
+        const long long col = t % NPQ, row = (t / NPQ) % CRS;
+        const int g = (int)(t / (NPQ * CRS));
+        const int n = (int)(col / PQ), pq = (int)(col % PQ);
+        const int c = (int)(row / RS), rs = (int)(row % RS);
+        const int h = (pq / s.Q) * s.sh - s.ph + (rs / s.S) * s.dh;
+        const int v = (pq % s.Q) * s.sw - s.pw + (rs % s.S) * s.dw;
+        cols[t] = (h >= 0 && h < s.H && v >= 0 && v < s.W)
+                      ? x[(((long long)n * s.C + g * Cg + c) * s.H + h) * s.W + v] : T(0);
+    }
+}
+
+template <typename T>
+__global__ void col2im(const T* __restrict__ cols, T* __restrict__ gx, CONV_SHAPE_PARAMS) {
+    const CONV_SHAPE;
+    const int Cg = s.C / s.groups, RS = s.R * s.S, PQ = s.P * s.Q;
+    const long long NPQ = (long long)s.N * PQ, CRS = (long long)Cg * RS;
+    const long long total = (long long)s.N * s.C * s.H * s.W;
+    for (long long t = blockIdx.x * (long long)blockDim.x + threadIdx.x; t < total;
+         t += (long long)gridDim.x * blockDim.x) {
+        const int v = (int)(t % s.W), h = (int)((t / s.W) % s.H);
+        const int c = (int)((t / ((long long)s.W * s.H)) % s.C);
+        const int n = (int)(t / ((long long)s.W * s.H * s.C));
+        const int g = c / Cg, cw = c % Cg;
+        const T* cg = cols + g * CRS * NPQ;
+        T acc = T(0);
+        for (int r = 0; r < s.R; ++r) {
+            const int hp = h + s.ph - r * s.dh;
+            if (hp < 0 || hp % s.sh != 0 || hp / s.sh >= s.P) continue;
+            const int p = hp / s.sh;
+            for (int q_s = 0; q_s < s.S; ++q_s) {
+                const int vq = v + s.pw - q_s * s.dw;
+                if (vq < 0 || vq % s.sw != 0 || vq / s.sw >= s.Q) continue;
+                const int q = vq / s.sw;
+                acc += cg[((long long)cw * RS + r * s.S + q_s) * NPQ + (long long)n * PQ + p * s.Q + q];
+            }
+        }
+        gx[t] = acc;
+    }
+}

@@ -1,0 +1,62 @@
+"""Compile tier for the CUDA C kernels: every .cu compiled through NVRTC (the low-level
+cupy.cuda.nvrtc API, which needs no GPU) with exactly the options the runtime uses
+(kernels/_module.py: ours plus what CuPy adds), for sm_80 and sm_90, every name expression
+instantiated; ptxas' report (through NVRTC's --ptxas-options=-v) must show no spill bytes
+and no stack frame for any kernel."""
+import re
+
+import pytest
+
+pytest.importorskip("cupy")
+from cupy.cuda import nvrtc  # noqa: E402  (a Cython module: importorskip can't name it)
+
+from convgpu.kernels import _module  # noqa: E402
+
+
+def _compile(file, arch):
+    prog = nvrtc.createProgram(_module.source(file), file, [], [])
+    for e in _module.NAME_EXPRESSIONS[file]:
+        nvrtc.addNameExpression(prog, e)
+    opts = list(_module.options()) + list(_module.RUNTIME_ADDED_OPTIONS) + \
+        [f"-arch=sm_{arch}", "--ptxas-options=-v"]
+    try:
+        nvrtc.compileProgram(prog, opts)
+    except Exception:
+        pytest.fail(f"{file} sm_{arch}: NVRTC failed:\n{nvrtc.getProgramLog(prog)}")
+    lowered = {e: nvrtc.getLoweredName(prog, e) for e in _module.NAME_EXPRESSIONS[file]}
+    return nvrtc.getProgramLog(prog), lowered
+
+
+def _report(log):
+    """{mangled kernel: (registers, stack bytes, spill stores, spill loads)} from ptxas -v."""
+    out = {}
+    for block in re.split(r"Compiling entry function '", log)[1:]:
+        name = block.split("'", 1)[0]
+        m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads",
+                      block)
+        r = re.search(r"Used (\d+) registers", block)
+        out[name] = (int(r.group(1)), int(m.group(1)), int(m.group(2)), int(m.group(3)))
+    return out
+
+
+@pytest.mark.parametrize("arch", [80, 90])
+@pytest.mark.parametrize("file", sorted(_module.NAME_EXPRESSIONS))
+def test_cu_compiles_without_spills(file, arch):
+    log, lowered = _compile(file, arch)
+    rep = _report(log)
+    for expr, mangled in lowered.items():
+        assert mangled in rep, f"{expr}: no ptxas report (not instantiated?)"
+        regs, stack, st, ld = rep[mangled]
+        assert (stack, st, ld) == (0, 0, 0), \
+            f"{file} {expr} sm_{arch}: {regs} registers, stack {stack} B, spills {st}/{ld} B"
+        assert regs <= 255
+
+
+def test_every_launcher_expression_is_declared():
+    """The strings the launchers ask for must be among the compiled name expressions."""
+    import inspect
+    from convgpu.kernels import cuda_ops
+    src = inspect.getsource(cuda_ops)
+    asked = set(re.findall(r'get_function\("(\w+\.cu)", f?"(\w+)<', src))
+    declared = {(f, e.split("<")[0]) for f, e in _module.all_name_expressions()}
+    assert asked <= declared, asked - declared
