@@ -44,11 +44,16 @@ say "sanitizer: $SAN"
 timeout 200 python3 -m convgpu bench --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
 say "bench done"
 
-# 5. summary
+# 5. the training loop on the GPU against the same LeNet-5 in torch + cuDNN
+timeout 90 python3 bench/torch_lenet.py --backend cuda --epochs 8 2>&1 | tee "$OUT/train.log" | tail -4
+say "training comparison done"
+
+# 6. summary
 echo "===== summary ====="
 head -1 "$OUT/device.txt"; sed -n 2p "$OUT/device.txt"
 echo "gpu tests: $(grep -E '^[0-9]+ (passed|failed)|passed|failed' "$OUT/gpu_tests.log" | tail -1) (rc=$GPU_RC)"
 echo "sanitizer: $SAN"
+echo "training (LeNet-5, digits): $(grep -E '^(torch|convgpu|ratio)' "$OUT/train.log" | tr '\n' ' ')"
 python3 - "$OUT/bench.json" <<'PY'
 import json, sys, collections
 try:

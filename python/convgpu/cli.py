@@ -3,6 +3,7 @@
     convgpu info                 devices, versions, backends, registered implementations
     convgpu check [--size S]     every implementation that can run here against the reference
     convgpu bench [--json PATH]  device kernels against cuDNN on real layer shapes (GPU only)
+    convgpu train [options]      LeNet-5 on the digits (numpy backend on a CPU, --backend cuda on a GPU)
 
 Without a GPU, `check` runs the Numba kernels in the CUDA simulator (it sets
 NUMBA_ENABLE_CUDASIM=1 before Numba is imported), so the numba rows are validated on any
@@ -101,6 +102,13 @@ def cmd_bench(args) -> int:
     return 1 if failed else 0
 
 
+def cmd_train(args) -> int:
+    if args.backend in ("numba", "cuda", "auto"):
+        _prepare_backends()
+    from convgpu.train import main_train
+    return main_train(args)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="convgpu", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -111,10 +119,13 @@ def main(argv=None) -> int:
     c.add_argument("--ops", nargs="*", help="only these ops")
     c.add_argument("--backends", nargs="*", help="only these backends")
     c.add_argument("--seed", type=int, default=0)
+    tr = sub.add_parser("train", help="train LeNet-5 on real digit images through the op API")
+    from convgpu.train import add_arguments
+    add_arguments(tr)
     bn = sub.add_parser("bench", help="time device kernels against cuDNN (quick suite)")
     bn.add_argument("--json", help="write the results to this JSON file")
     args = ap.parse_args(argv)
-    return {"info": cmd_info, "check": cmd_check, "bench": cmd_bench}[args.cmd](args)
+    return {"info": cmd_info, "check": cmd_check, "bench": cmd_bench, "train": cmd_train}[args.cmd](args)
 
 
 if __name__ == "__main__":

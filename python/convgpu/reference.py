@@ -31,6 +31,8 @@ def _windows(xp, kh, kw, stride, dilation, P, Q):
 
 def _pad(x, padding, value=0.0, extra=(0, 0)):
     (ph, pw), (eh, ew) = padding, extra
+    if ph == pw == eh == ew == 0:
+        return x
     return np.pad(x, ((0, 0), (0, 0), (ph, ph + eh), (pw, pw + ew)), constant_values=value)
 
 
@@ -113,14 +115,14 @@ def conv2d_fft(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), gro
 def conv2d_backward_input(gy, w, input_shape, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
                           groups=1):
     """gx = col2im(w^T gy): each input element sums w * gy over the outputs whose windows
-    touch it (the 'inverted filter' of the backward pass)."""
+    touch it. (The same thing as the lecture notes' inverted filter: a full correlation with
+    the 180-degree-rotated filter; the tests check both.)"""
     N, K, P, Q = gy.shape
     _, Cg, R, S = w.shape
-    C = Cg * groups
-    Kg = K // groups
-    gyg = gy.reshape(N, groups, Kg, P, Q)
-    wg = w.reshape(groups, Kg, Cg, R, S)
-    cols = np.einsum("ngkpq,gkcrs->ngcrspq", gyg, wg, optimize=True).reshape(N, C, R, S, P, Q)
+    G, Kg = groups, K // groups
+    wT = w.reshape(G, Kg, Cg * R * S).transpose(0, 2, 1)                 # G, CgRS, Kg
+    cols = np.matmul(wT[None], gy.reshape(N, G, Kg, P * Q))             # N, G, CgRS, PQ
+    cols = cols.reshape(N, G * Cg, R, S, P, Q)
     gx = _col2im(cols, input_shape, R, S, P, Q, stride, padding, dilation)
     return np.ascontiguousarray(gx, dtype=gy.dtype)
 
@@ -177,9 +179,10 @@ def max_pool2d(x, kernel_size, stride, padding=(0, 0), dilation=(1, 1), ceil_mod
     y = np.take_along_axis(flat, arg[..., None], axis=-1)[..., 0]
     # a window whose maximum is -inf must point at its first element inside the input,
     # not at the -inf padding
-    valid = _windows(_pad(np.ones((1, 1, H, W), bool), padding, False, extra), kh, kw, stride,
-                     dilation, P, Q).reshape(1, 1, P, Q, kh * kw)
-    arg = np.where(y == -np.inf, np.argmax(valid, axis=-1), arg)
+    if np.isneginf(y).any():
+        valid = _windows(_pad(np.ones((1, 1, H, W), bool), padding, False, extra), kh, kw,
+                         stride, dilation, P, Q).reshape(1, 1, P, Q, kh * kw)
+        arg = np.where(y == -np.inf, np.argmax(valid, axis=-1), arg)
     r, s = np.divmod(arg, kw)
     h = np.arange(P).reshape(P, 1) * sh - ph + r * dh
     w = np.arange(Q).reshape(1, Q) * sw - pw + s * dw

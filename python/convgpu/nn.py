@@ -1,0 +1,391 @@
+"""Layers, losses and optimisers over the op API.
+
+Every layer's forward and backward call only convgpu ops (conv2d and its backward passes,
+max_pool2d with return_indices and max_pool2d_backward through the tracked argmax, ...),
+so a network runs on whichever backend its arrays and the `backend` keyword select: NumPy
+on any CPU, the Numba or CUDA C kernels on a GPU.
+
+    net = Sequential(Conv2d(1, 6, 5, padding=2), ReLU(), MaxPool2d(2), Flatten(), Linear(6*4*4, 10))
+    logits = net.forward(x)                       # caches what backward needs
+    loss = softmax_cross_entropy(logits, labels)
+    net.backward(softmax_cross_entropy_backward(logits, labels))
+    opt.step()                                    # SGD or Adam over net.parameters()
+
+A Parameter holds `.data` and `.grad` (same array type). Backward *overwrites* grads.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Iterable, List, Optional
+
+import numpy as np
+
+import convgpu as F
+
+
+class Parameter:
+    def __init__(self, data):
+        self.data = data
+        self.grad = None
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+
+def _xp(a):
+    from convgpu.arrays import xp_of
+    return xp_of(a)
+
+
+# ----------------------------------------------------------------------------------------
+# initialisation
+
+
+def he_normal(rng, shape, fan_in, dtype):
+    """He (Kaiming) normal for ReLU layers: std = sqrt(2 / fan_in)."""
+    return (rng.standard_normal(shape) * math.sqrt(2.0 / fan_in)).astype(dtype)
+
+
+def glorot_uniform(rng, shape, fan_in, fan_out, dtype):
+    """Glorot (Xavier) uniform: U(-a, a), a = sqrt(6 / (fan_in + fan_out))."""
+    a = math.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-a, a, size=shape).astype(dtype)
+
+
+# ----------------------------------------------------------------------------------------
+# layers
+
+
+class Module:
+    training = True
+    backend = "auto"
+
+    def parameters(self) -> List[Parameter]:
+        return []
+
+    def named_parameters(self, prefix="") -> Dict[str, Parameter]:
+        return {}
+
+    def train(self, mode=True):
+        self.training = mode
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def to(self, xp):
+        """Move parameters to an array module (numpy or cupy)."""
+        for p in self.parameters():
+            p.data = xp.asarray(p.data)
+            p.grad = None
+        return self
+
+
+# a conv algorithm family names one implementation per pass: (forward, input grad, weight grad)
+ALGO_FAMILIES = {
+    "auto": ("auto", "auto", "auto"),
+    "direct": ("direct", "direct", "direct"),
+    "direct_tiled": ("direct_tiled", "direct", "direct"),
+    "im2col": ("im2col", "col2im", "im2col"),
+    "fft": ("fft", "fft", "fft"),
+    "implicit_gemm": ("implicit_gemm", "auto", "auto"),
+}
+
+
+class Conv2d(Module):
+    """2-D convolution layer. `algo` names a family (ALGO_FAMILIES): the forward, input-
+    gradient and weight-gradient implementations it uses, e.g. "im2col" = im2col + GEMM
+    forward, GEMM + col2im input gradient, im2col + GEMM weight gradient."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=True, *, init="he", algo="auto", backend="auto", rng=None,
+                 dtype=np.float32):
+        rng = rng if rng is not None else np.random.default_rng(0)
+        k = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+        shape = (out_channels, in_channels // groups) + k
+        fan_in = shape[1] * k[0] * k[1]
+        fan_out = out_channels * k[0] * k[1] // groups
+        w = he_normal(rng, shape, fan_in, dtype) if init == "he" else \
+            glorot_uniform(rng, shape, fan_in, fan_out, dtype)
+        self.weight = Parameter(w)
+        self.bias = Parameter(np.zeros(out_channels, dtype)) if bias else None
+        self.kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+        if algo not in ALGO_FAMILIES:
+            raise ValueError(f"Conv2d: algo must be one of {', '.join(ALGO_FAMILIES)}, got {algo!r}")
+        self.algo, self.backend = algo, backend
+        self.algo_fwd, self.algo_input, self.algo_weight = ALGO_FAMILIES[algo]
+
+    def parameters(self):
+        return [self.weight] + ([self.bias] if self.bias else [])
+
+    def named_parameters(self, prefix=""):
+        d = {prefix + "weight": self.weight}
+        if self.bias:
+            d[prefix + "bias"] = self.bias
+        return d
+
+    def forward(self, x):
+        self.x = x
+        return F.conv2d(x, self.weight.data, self.bias.data if self.bias else None, **self.kw,
+                        algo=self.algo_fwd, backend=self.backend)
+
+    def backward(self, gy, need_input_grad=True):
+        self.weight.grad = F.conv2d_backward_weight(self.x, gy, self.weight.shape, **self.kw,
+                                                    algo=self.algo_weight, backend=self.backend)
+        if self.bias:
+            self.bias.grad = F.conv2d_backward_bias(gy, backend=self.backend)
+        if not need_input_grad:
+            return None
+        return F.conv2d_backward_input(gy, self.weight.data, self.x.shape, **self.kw,
+                                       algo=self.algo_input, backend=self.backend)
+
+
+class Linear(Module):
+    def __init__(self, in_features, out_features, bias=True, *, init="glorot", backend="auto",
+                 rng=None, dtype=np.float32):
+        rng = rng if rng is not None else np.random.default_rng(0)
+        shape = (out_features, in_features)
+        w = he_normal(rng, shape, in_features, dtype) if init == "he" else \
+            glorot_uniform(rng, shape, in_features, out_features, dtype)
+        self.weight = Parameter(w)
+        self.bias = Parameter(np.zeros(out_features, dtype)) if bias else None
+        self.backend = backend
+
+    def parameters(self):
+        return [self.weight] + ([self.bias] if self.bias else [])
+
+    def named_parameters(self, prefix=""):
+        d = {prefix + "weight": self.weight}
+        if self.bias:
+            d[prefix + "bias"] = self.bias
+        return d
+
+    def forward(self, x):
+        self.x = x
+        return F.linear(x, self.weight.data, self.bias.data if self.bias else None,
+                        backend=self.backend)
+
+    def backward(self, gy):
+        gx, gw, gb = F.linear_backward(gy, self.x, self.weight.data, backend=self.backend)
+        self.weight.grad = gw
+        if self.bias:
+            self.bias.grad = gb
+        return gx
+
+
+class ReLU(Module):
+    def __init__(self, backend="auto"):
+        self.backend = backend
+
+    def forward(self, x):
+        self.x = x
+        return F.relu(x, backend=self.backend)
+
+    def backward(self, gy):
+        return F.relu_backward(gy, self.x, backend=self.backend)
+
+
+class MaxPool2d(Module):
+    """Max pooling whose backward routes gradients through the argmax tracked in forward."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+                 backend="auto"):
+        self.kw = dict(kernel_size=kernel_size, stride=stride, padding=padding,
+                       dilation=dilation, ceil_mode=ceil_mode)
+        self.backend = backend
+
+    def forward(self, x):
+        self.shape = x.shape
+        y, self.indices = F.max_pool2d(x, **self.kw, return_indices=True, backend=self.backend)
+        return y
+
+    def backward(self, gy):
+        return F.max_pool2d_backward(gy, self.indices, self.shape, **self.kw, backend=self.backend)
+
+
+class AvgPool2d(Module):
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False,
+                 count_include_pad=True, backend="auto"):
+        self.kw = dict(kernel_size=kernel_size, stride=stride, padding=padding,
+                       ceil_mode=ceil_mode, count_include_pad=count_include_pad)
+        self.backend = backend
+
+    def forward(self, x):
+        self.shape = x.shape
+        return F.avg_pool2d(x, **self.kw, backend=self.backend)
+
+    def backward(self, gy):
+        return F.avg_pool2d_backward(gy, self.shape, **self.kw, backend=self.backend)
+
+
+class Flatten(Module):
+    def forward(self, x):
+        self.shape = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, gy):
+        return gy.reshape(self.shape)
+
+
+class Dropout(Module):
+    """Inverted dropout: in training, zero each element with probability p and scale the
+    rest by 1/(1-p); identity in eval mode. The mask comes from a seeded generator."""
+
+    def __init__(self, p=0.5, seed=0):
+        if not 0 <= p < 1:
+            raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
+        self.p = p
+        self.rng = np.random.default_rng(seed)
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            self.mask = None
+            return x
+        keep = (self.rng.random(x.shape) >= self.p).astype(np.dtype(x.dtype)) / (1 - self.p)
+        self.mask = _xp(x).asarray(keep)
+        return x * self.mask
+
+    def backward(self, gy):
+        return gy if self.mask is None else gy * self.mask
+
+
+class Sequential(Module):
+    def __init__(self, *layers):
+        self.layers = list(layers)
+
+    def parameters(self):
+        return [p for layer in self.layers for p in layer.parameters()]
+
+    def named_parameters(self, prefix=""):
+        d = {}
+        for i, layer in enumerate(self.layers):
+            d.update(layer.named_parameters(f"{prefix}{i}."))
+        return d
+
+    def train(self, mode=True):
+        self.training = mode
+        for layer in self.layers:
+            layer.train(mode)
+        return self
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    def backward(self, gy, need_input_grad=True):
+        """Backpropagate gy; returns the input gradient, or None with need_input_grad=False
+        (training needs no gradient for the images: the first conv skips that pass)."""
+        for i in range(len(self.layers) - 1, -1, -1):
+            layer = self.layers[i]
+            if i == 0 and not need_input_grad and isinstance(layer, Conv2d):
+                return layer.backward(gy, need_input_grad=False)
+            gy = layer.backward(gy)
+        return gy
+
+    def state_dict(self) -> Dict[str, np.ndarray]:
+        from convgpu.arrays import to_host
+        return {k: to_host(p.data) for k, p in self.named_parameters().items()}
+
+    def load_state_dict(self, state: Dict[str, np.ndarray]):
+        params = self.named_parameters()
+        if set(params) != set(state):
+            raise ValueError(f"load_state_dict: keys differ: {sorted(set(params) ^ set(state))}")
+        for k, p in params.items():
+            if tuple(state[k].shape) != tuple(p.shape):
+                raise ValueError(f"load_state_dict: {k} has shape {state[k].shape}, "
+                                 f"expected {p.shape}")
+            p.data = _xp(p.data).asarray(state[k], dtype=p.data.dtype)
+
+
+class SoftmaxCrossEntropy:
+    """Mean softmax cross-entropy over the batch; backward gives d loss / d logits."""
+
+    def __init__(self, backend="auto"):
+        self.backend = backend
+
+    def forward(self, logits, labels):
+        self.logits, self.labels = logits, labels
+        return F.softmax_cross_entropy(logits, labels, backend=self.backend)
+
+    def backward(self):
+        return F.softmax_cross_entropy_backward(self.logits, self.labels, backend=self.backend)
+
+
+# ----------------------------------------------------------------------------------------
+# optimisers
+
+
+class SGD:
+    """SGD with momentum (torch's form: v = mu*v + g; p -= lr*v) and L2 weight decay."""
+
+    def __init__(self, params: Iterable[Parameter], lr=0.01, momentum=0.0, weight_decay=0.0):
+        self.params = list(params)
+        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+        self.velocity = [None] * len(self.params)
+
+    def step(self):
+        for i, p in enumerate(self.params):
+            g = p.grad
+            if self.weight_decay:
+                g = g + self.weight_decay * p.data
+            if self.momentum:
+                v = self.velocity[i]
+                self.velocity[i] = v = g.copy() if v is None else self.momentum * v + g
+                g = v
+            p.data = (p.data - self.lr * g).astype(p.data.dtype, copy=False)
+
+
+class Adam:
+    """Adam (Kingma and Ba), bias-corrected, with L2 weight decay added to the gradient."""
+
+    def __init__(self, params: Iterable[Parameter], lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
+                 weight_decay=0.0):
+        self.params = list(params)
+        self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
+        self.m = [None] * len(self.params)
+        self.v = [None] * len(self.params)
+        self.t = 0
+
+    def step(self):
+        self.t += 1
+        b1, b2 = self.betas
+        for i, p in enumerate(self.params):
+            g = p.grad
+            if self.weight_decay:
+                g = g + self.weight_decay * p.data
+            xp = _xp(g)
+            if self.m[i] is None:
+                self.m[i] = xp.zeros_like(g)
+                self.v[i] = xp.zeros_like(g)
+            self.m[i] = b1 * self.m[i] + (1 - b1) * g
+            self.v[i] = b2 * self.v[i] + (1 - b2) * g * g
+            mhat = self.m[i] / (1 - b1 ** self.t)
+            vhat = self.v[i] / (1 - b2 ** self.t)
+            p.data = (p.data - self.lr * mhat / (xp.sqrt(vhat) + self.eps)).astype(
+                p.data.dtype, copy=False)
+
+
+def lenet5(in_channels=1, image_size=8, classes=10, *, algo="auto", backend="auto", dropout=0.0,
+           seed=0, dtype=np.float32) -> Sequential:
+    """LeNet-5 style: conv(5x5, 6) -> relu -> maxpool 2 -> conv(5x5, 16) -> relu -> maxpool 2
+    -> linear 120 -> relu -> linear 84 -> relu -> linear classes. Convolutions pad by 2 so the
+    network fits small images (8x8 digits: 8 -> 4 -> 2)."""
+    rng = np.random.default_rng(seed)
+    s = image_size // 4
+    if s < 1:
+        raise ValueError(f"lenet5: image_size must be at least 4, got {image_size}")
+    layers = [
+        Conv2d(in_channels, 6, 5, padding=2, algo=algo, backend=backend, rng=rng, dtype=dtype),
+        ReLU(backend), MaxPool2d(2, backend=backend),
+        Conv2d(6, 16, 5, padding=2, algo=algo, backend=backend, rng=rng, dtype=dtype),
+        ReLU(backend), MaxPool2d(2, backend=backend),
+        Flatten(),
+        Linear(16 * s * s, 120, init="he", backend=backend, rng=rng, dtype=dtype), ReLU(backend),
+    ]
+    if dropout:
+        layers.append(Dropout(dropout, seed=seed + 1))
+    layers += [Linear(120, 84, init="he", backend=backend, rng=rng, dtype=dtype), ReLU(backend),
+               Linear(84, classes, backend=backend, rng=rng, dtype=dtype)]
+    return Sequential(*layers)

@@ -1,0 +1,195 @@
+"""The training loop's pieces: layers (whole-network gradient check in float64), optimisers,
+data loading (IDX files written here), determinism, and the accuracy of a short run."""
+import gzip
+import os
+
+import numpy as np
+import pytest
+
+from convgpu import data as D
+from convgpu import nn
+from convgpu.train import train
+from helpers import rand
+
+
+def small_net(seed=0):
+    rng = np.random.default_rng(seed)
+    kw = dict(rng=rng, dtype=np.float64)
+    return nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1, **kw), nn.ReLU(), nn.MaxPool2d(2, stride=2),
+        nn.Conv2d(3, 4, (2, 3), stride=(1, 2), padding=(1, 1), **kw), nn.ReLU(),
+        nn.AvgPool2d(2, ceil_mode=True), nn.Flatten(),
+        nn.Linear(4 * 2 * 1, 5, **kw), nn.ReLU(), nn.Linear(5, 3, **kw))
+
+
+def test_whole_network_gradient_check(rng):
+    """Every parameter's gradient and the input gradient of a conv-relu-maxpool-conv-relu-
+    avgpool-linear network against central differences in float64 along random directions."""
+    net = small_net()
+    for p in net.parameters():                   # non-zero biases
+        p.data = p.data + rand(rng, p.shape) * 0.1
+    x = rng.standard_normal((3, 2, 7, 7))
+    labels = np.array([0, 2, 1])
+    loss = nn.SoftmaxCrossEntropy()
+
+    def f():
+        return float(loss.forward(net.forward(x), labels))
+
+    f()
+    gx = net.backward(loss.backward())
+    grads = {k: p.grad.copy() for k, p in net.named_parameters().items()}
+    eps = 1e-6
+    for name, p in net.named_parameters().items():
+        v = rng.standard_normal(p.shape)
+        base = p.data.copy()
+        p.data = base + eps * v
+        fp = f()
+        p.data = base - eps * v
+        fm = f()
+        p.data = base
+        fd = (fp - fm) / (2 * eps)
+        an = float(np.sum(grads[name] * v))
+        assert abs(fd - an) <= 1e-6 * max(1.0, abs(fd)), (name, fd, an)
+    v = rng.standard_normal(x.shape)
+    x0 = x.copy()
+    x = x0 + eps * v
+    fp = f()
+    x = x0 - eps * v
+    fm = f()
+    x = x0
+    assert abs((fp - fm) / (2 * eps) - float(np.sum(gx * v))) <= 1e-6 * max(1.0, abs(fp))
+
+
+def test_dropout_is_inverted_and_seeded(rng):
+    x = np.ones((200, 50))
+    d = nn.Dropout(0.3, seed=5)
+    y = d.forward(x)
+    assert set(np.unique(y)) <= {0.0, 1 / 0.7}
+    assert abs(y.mean() - 1.0) < 0.05
+    np.testing.assert_array_equal(d.backward(np.ones_like(x)), d.mask)
+    np.testing.assert_array_equal(nn.Dropout(0.3, seed=5).forward(x), y)
+    d.eval()
+    assert d.forward(x) is x
+    with pytest.raises(ValueError, match="Dropout"):
+        nn.Dropout(1.0)
+
+
+def test_initialisers_have_the_stated_scale():
+    rng = np.random.default_rng(0)
+    w = nn.he_normal(rng, (400, 100), 100, np.float64)
+    assert abs(w.std() - np.sqrt(2 / 100)) < 0.01 * np.sqrt(2 / 100) * 5
+    g = nn.glorot_uniform(rng, (300, 200), 200, 300, np.float64)
+    a = np.sqrt(6 / 500)
+    assert g.max() <= a and g.min() >= -a and abs(g.std() - a / np.sqrt(3)) < 0.05 * a
+
+
+def test_sgd_momentum_and_weight_decay_match_hand_computation():
+    p = nn.Parameter(np.array([1.0, -2.0]))
+    opt = nn.SGD([p], lr=0.1, momentum=0.9, weight_decay=0.01)
+    grads = [np.array([0.5, 0.25]), np.array([-1.0, 2.0])]
+    w, v = np.array([1.0, -2.0]), np.zeros(2)
+    for g in grads:
+        p.grad = g
+        opt.step()
+        g2 = g + 0.01 * w
+        v = 0.9 * v + g2 if v.any() else g2
+        w = w - 0.1 * v
+    np.testing.assert_allclose(p.data, w, rtol=1e-15)
+
+
+def test_adam_matches_hand_computation():
+    p = nn.Parameter(np.array([0.5, -1.5, 2.0]))
+    opt = nn.Adam([p], lr=0.01)
+    w, m, v = p.data.copy(), np.zeros(3), np.zeros(3)
+    for t, g in enumerate([np.array([0.1, -0.2, 0.3]), np.array([0.05, 0.4, -0.1])], start=1):
+        p.grad = g
+        opt.step()
+        m = 0.9 * m + 0.1 * g
+        v = 0.999 * v + 0.001 * g * g
+        w = w - 0.01 * (m / (1 - 0.9 ** t)) / (np.sqrt(v / (1 - 0.999 ** t)) + 1e-8)
+    np.testing.assert_allclose(p.data, w, rtol=1e-14)
+
+
+def test_idx_reader_round_trip_and_mnist_layout(tmp_path):
+    rng = np.random.default_rng(1)
+    imgs = rng.integers(0, 256, size=(7, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=7).astype(np.uint8)
+    for prefix, n in (("train", 7), ("t10k", 3)):
+        D.write_idx(str(tmp_path / f"{prefix}-images-idx3-ubyte"), imgs[:n])
+        D.write_idx(str(tmp_path / f"{prefix}-labels-idx1-ubyte.gz"), labels[:n])
+    np.testing.assert_array_equal(D.read_idx(str(tmp_path / "train-images-idx3-ubyte")), imgs)
+    (xtr, ytr), (xte, yte) = D.mnist(str(tmp_path))
+    assert xtr.shape == (7, 1, 28, 28) and xte.shape == (3, 1, 28, 28)
+    np.testing.assert_allclose(xtr[:, 0] * 255, imgs, atol=1e-4)
+    np.testing.assert_array_equal(ytr, labels)
+    # int32 payload
+    D.write_idx(str(tmp_path / "ints"), np.arange(6, dtype=np.int32).reshape(2, 3))
+    np.testing.assert_array_equal(D.read_idx(str(tmp_path / "ints")), np.arange(6).reshape(2, 3))
+
+
+def test_idx_reader_rejects_bad_files(tmp_path):
+    bad = tmp_path / "bad"
+    bad.write_bytes(b"\x01\x02\x08\x01\x00\x00\x00\x05abcde")
+    with pytest.raises(ValueError, match="not an IDX file"):
+        D.read_idx(str(bad))
+    short = tmp_path / "short.gz"
+    with gzip.open(short, "wb") as f:
+        f.write(b"\x00\x00\x08\x01\x00\x00\x00\x09abc")
+    with pytest.raises(ValueError, match="truncated"):
+        D.read_idx(str(short))
+    with pytest.raises(FileNotFoundError, match="train-images"):
+        D.mnist(str(tmp_path))
+
+
+def test_digits_split_batches_upsample():
+    x, y = D.digits()
+    assert x.shape == (1797, 1, 8, 8) and y.shape == (1797,) and x.max() <= 1.0
+    (xtr, ytr), (xte, yte) = D.split(x, y, 0.2, seed=3)
+    assert len(xte) == 359 and len(xtr) == 1438
+    (xtr2, _), _ = D.split(x, y, 0.2, seed=3)
+    np.testing.assert_array_equal(xtr, xtr2)
+    seen = np.concatenate([yb for _, yb in D.batches(xtr, ytr, 100, rng=np.random.default_rng(0))])
+    assert sorted(seen.tolist()) == sorted(ytr.tolist())
+    up = D.upsample(x[:2], 2)
+    assert up.shape == (2, 1, 16, 16)
+    np.testing.assert_allclose(up.mean(), x[:2].mean(), atol=0.02)
+    np.testing.assert_array_equal(D.upsample(x[:1], 3, "nearest")[0, 0, :3, :3], x[0, 0, 0, 0])
+
+
+def test_state_dict_round_trip(tmp_path):
+    a, b = nn.lenet5(seed=1), nn.lenet5(seed=2)
+    path = str(tmp_path / "w.npz")
+    np.savez(path, **a.state_dict())
+    b.load_state_dict(dict(np.load(path)))
+    for k, p in a.named_parameters().items():
+        np.testing.assert_array_equal(p.data, b.named_parameters()[k].data)
+    with pytest.raises(ValueError, match="shape"):
+        b.load_state_dict({**a.state_dict(), "0.weight": np.zeros((1, 1, 1, 1))})
+
+
+def test_same_seed_same_result():
+    r1 = train(epochs=2, seed=7, progress=False)
+    r2 = train(epochs=2, seed=7, progress=False)
+    assert r1.history.loss == r2.history.loss
+    for k, p in r1.model.named_parameters().items():
+        np.testing.assert_array_equal(p.data, r2.model.named_parameters()[k].data)
+    r3 = train(epochs=2, seed=8, progress=False)
+    assert r3.history.loss != r1.history.loss
+
+
+def test_short_run_reaches_90_percent():
+    res = train(epochs=6, seed=0, progress=False)
+    assert res.test_accuracy >= 0.90, res.history.test_acc
+
+
+def test_cli_train_writes_weights_and_plots(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from convgpu.cli import main
+    out = tmp_path / "plots"
+    rc = main(["train", "--epochs", "2", "--quiet", "--save", str(tmp_path / "w.npz"),
+               "--plots", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "final test accuracy" in text
+    assert sorted(os.listdir(out)) == ["curves.png", "filters.png", "saliency.png"]
+    assert set(np.load(tmp_path / "w.npz").files) == set(nn.lenet5().named_parameters())
