@@ -63,10 +63,19 @@ except Exception as e:
 print("ceilings:", {k: round(v, 1) for k, v in d.get("ceilings", {}).items()})
 best = collections.defaultdict(lambda: (0, ""))
 for r in d["results"]:
-    if r["op"] == "conv2d" and r["vs_cudnn"] and r["impl"] != "cudnn":
+    if r["op"] == "conv2d" and r["vs_cudnn"] and not r["impl"].startswith("cudnn") and not r["impl"].endswith("tf32"):
         best[r["shape"]] = max(best[r["shape"]], (r["vs_cudnn"], r["impl"]))
+    if r["op"] == "conv2d" and r["impl"].endswith("implicit_gemm_tf32") and r["vs_cudnn"]:
+        print(f"  conv2d TF32 {r['shape'][:50]:50s} {r['vs_cudnn']:6.3f}x cuDNN TF32")
+import math
 for s, (v, i) in best.items():
     print(f"  conv2d {s[:50]:50s} best {i:22s} {v:6.3f}x cuDNN")
+if best:
+    print(f"  conv2d fp32 geometric mean of best per shape: "
+          f"{math.exp(sum(math.log(v) for v, _ in best.values()) / len(best)):.3f}x cuDNN")
+t32 = [r["vs_cudnn"] for r in d["results"] if r["op"] == "conv2d" and r["impl"].endswith("implicit_gemm_tf32") and r["vs_cudnn"]]
+if t32:
+    print(f"  conv2d TF32 geometric mean: {math.exp(sum(map(math.log, t32)) / len(t32)):.3f}x cuDNN TF32")
 for op in ("conv2d_backward_input", "conv2d_backward_weight"):
     b = collections.defaultdict(lambda: (0, ""))
     for r in d["results"]:

@@ -32,6 +32,17 @@ gy = rng.uniform(-1, 1, yref.shape)
 gyd = cp.asarray(gy.astype(np.float32))
 for algo in ["direct", "direct_tiled", "im2col", "fft"]:
     check(f"conv2d {algo}", convgpu.conv2d(xd, wd, bd, **kw, backend="numba", algo=algo), yref)
+for algo in ["implicit_gemm", "im2col"]:
+    check(f"conv2d cuda {algo}", convgpu.conv2d(xd, wd, bd, **kw, backend="cuda", algo=algo), yref)
+check("conv2d cuda implicit_gemm_tf32", convgpu.conv2d(xd, wd, bd, **kw, backend="cuda",
+                                                       algo="implicit_gemm_tf32", allow_tf32=True),
+      yref, tol=2e-3)
+check("conv2d_backward_input cuda col2im",
+      convgpu.conv2d_backward_input(gyd, wd, x.shape, **kw, backend="cuda", algo="col2im"),
+      ref.conv2d_backward_input(gy, w, x.shape, (2, 1), (1, 1), (1, 1), 2))
+check("conv2d_backward_weight cuda im2col (split-K)",
+      convgpu.conv2d_backward_weight(xd, gyd, w.shape, **kw, backend="cuda", algo="im2col"),
+      ref.conv2d_backward_weight(x, gy, w.shape, (2, 1), (1, 1), (1, 1), 2))
 for algo in ["direct", "col2im", "fft"]:
     check(f"conv2d_backward_input {algo}",
           convgpu.conv2d_backward_input(gyd, wd, x.shape, **kw, backend="numba", algo=algo),
@@ -52,6 +63,16 @@ gd = cp.asarray(g.astype(np.float32))
 check("max_pool2d_backward gather",
       convgpu.max_pool2d_backward(gd, i, xp.shape, 3, 2, 1, 1, True, algo="gather"),
       ref.max_pool2d_backward(g, ip, xp.shape))
+for be in ("numba", "cuda"):
+    yb_, ib_ = convgpu.max_pool2d(cp.asarray(xp.astype(np.float32)), 3, 2, 1, ceil_mode=True,
+                                  return_indices=True, backend=be)
+    check(f"max_pool2d {be}", yb_, yp)
+    check(f"max_pool2d_backward gather {be}",
+          convgpu.max_pool2d_backward(gd, ib_, xp.shape, 3, 2, 1, 1, True, algo="gather", backend=be),
+          ref.max_pool2d_backward(g, ip, xp.shape))
+    check(f"avg_pool2d_backward {be}", convgpu.avg_pool2d_backward(gd, xp.shape, 3, 2, 1, True, False,
+                                                                   backend=be),
+          ref.avg_pool2d_backward(g, xp.shape, (3, 3), (2, 2), (1, 1), True, False))
 check("max_pool2d_backward plane", convgpu.max_pool2d_backward(gd, i, xp.shape, algo="plane"),
       ref.max_pool2d_backward(g, ip, xp.shape))
 check("avg_pool2d", convgpu.avg_pool2d(cp.asarray(xp.astype(np.float32)), 3, 2, 1, True, False),
@@ -69,8 +90,9 @@ check("softmax_cross_entropy_backward",
       convgpu.softmax_cross_entropy_backward(cp.asarray(z.astype(np.float32)), cp.asarray(t)),
       ref.softmax_cross_entropy_backward(z, t))
 lx, lw, lb = rng.uniform(-1, 1, (37, 45)), rng.uniform(-1, 1, (19, 45)), rng.uniform(-1, 1, 19)
-check("linear", convgpu.linear(*(cp.asarray(a.astype(np.float32)) for a in (lx, lw, lb))),
-      ref.linear(lx, lw, lb))
+for be in ("numba", "cuda"):
+    check(f"linear {be}", convgpu.linear(*(cp.asarray(a.astype(np.float32)) for a in (lx, lw, lb)),
+                                         backend=be), ref.linear(lx, lw, lb))
 lg = rng.uniform(-1, 1, (37, 19))
 for name, gg, rr in zip(["gx", "gw", "gb"],
                         convgpu.linear_backward(*(cp.asarray(a.astype(np.float32)) for a in (lg, lx, lw))),

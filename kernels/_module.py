@@ -19,10 +19,13 @@ RUNTIME_ADDED_OPTIONS: Tuple[str, ...] = ("-ftz=true", "--device-as-default-exec
 # exact strings
 T_NAMES = ("float", "double")
 NAME_EXPRESSIONS: Dict[str, Tuple[str, ...]] = {
-    "gemm.cu": tuple(f"gemm_tiled<{t}, {ta}, {tb}>" for t in T_NAMES
+    "gemm.cu": tuple(f"gemm_tiled<{t}, {ta}, {tb}, false>" for t in T_NAMES
                      for ta in ("false", "true") for tb in ("false", "true"))
+    + tuple(f"gemm_tiled<float, {ta}, {tb}, true>" for ta in ("false", "true")
+            for tb in ("false", "true"))
     + tuple(f"sum_splits<{t}>" for t in T_NAMES),
-    "conv.cu": tuple(f"conv2d_implicit_gemm<{t}>" for t in T_NAMES)
+    "conv.cu": tuple(f"conv2d_implicit_gemm<{t}, false>" for t in T_NAMES)
+    + ("conv2d_implicit_gemm<float, true>",)
     + tuple(f"{k}<{t}>" for k in ("im2col", "col2im") for t in T_NAMES),
     "pool.cu": tuple(f"{k}<{t}, {i}>" for k in ("max_pool2d_fwd", "max_pool2d_bwd_gather",
                                                  "avg_pool2d_fwd", "avg_pool2d_bwd_gather")

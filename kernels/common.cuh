@@ -23,30 +23,100 @@ template <> __device__ __forceinline__ void lds4<double>(const double* p, double
 }
 
 // The register-blocked tile shared by gemm.cu and conv.cu: a 256-thread block computes a
-// 128 x 128 tile of C; thread (tx, ty) = (tid % 16, tid / 16) owns rows ty*4 + {0..3} and
-// 64 + ty*4 + {0..3}, columns tx*4 + {0..3} and 64 + tx*4 + {0..3} (two 4-wide halves 64
-// apart, so the shared-memory reads are 16-byte vectors without bank conflicts).
+// 128 x 128 tile of C from operand tiles staged in shared memory as As[k][m] and Bs[k][n]
+// (rows padded by PAD floats so the tensor-core fragment reads hit 32 distinct banks).
+// Each thread holds 64 accumulators; two ways to fill them:
+//   FFMA (TF32 = false): thread (tx, ty) = (tid % 16, tid / 16) owns rows ty*4 + {0..3} and
+//     64 + ty*4 + {0..3}, columns tx*4 + {0..3} and 64 + tx*4 + {0..3} (two 4-wide halves
+//     64 apart: the shared reads are 16-byte vectors without bank conflicts); acc[i*8 + j].
+//   TF32 tensor cores (TF32 = true, float only): warp w owns the 64 x 32 sub-tile at rows
+//     (w / 4) * 64, columns (w % 4) * 32, as 4 x 4 mma.sync.m16n8k8 tiles; operands rounded
+//     to TF32 (cvt.rna), accumulation in FP32; acc[(mi*4 + ni)*4 + v] is fragment value v of
+//     tile (mi, ni) in the PTX ISA's m16n8k8 C layout.
 namespace tile {
-constexpr int BM = 128, BN = 128, BK = 8, TM = 8, TN = 8, THREADS = 256;
+constexpr int BM = 128, BN = 128, BK = 8, THREADS = 256, NACC = 64, PAD = 8, LDS = BM + PAD;
 
 __device__ __forceinline__ int row_of(int ty, int i) { return (i < 4 ? 0 : 64) + ty * 4 + (i & 3); }
 __device__ __forceinline__ int col_of(int tx, int j) { return (j < 4 ? 0 : 64) + tx * 4 + (j & 3); }
 
-// acc += As[kk][rows] x Bs[kk][cols] for the BK slices of one staged tile
-template <typename T>
-__device__ __forceinline__ void mma_tile(const T (*As)[BM], const T (*Bs)[BN], int tx, int ty,
-                                         T (&acc)[TM][TN]) {
+// row within the tile of accumulator e of thread tid
+template <bool TF32> __device__ __forceinline__ int acc_row(int e, int tid) {
+    if constexpr (TF32) {
+        const int warp = tid / 32, g = (tid % 32) / 4, mi = e / 16, v = e % 4;
+        return (warp / 4) * 64 + mi * 16 + g + (v >= 2 ? 8 : 0);
+    } else {
+        return row_of(tid / 16, e / 8);
+    }
+}
+// each thread's accumulators touch 8 distinct columns ("slots")
+template <bool TF32> __device__ __forceinline__ int acc_slot(int e) {
+    if constexpr (TF32) return ((e / 4) % 4) * 2 + (e & 1);
+    else return e % 8;
+}
+template <bool TF32> __device__ __forceinline__ int slot_col(int slot, int tid) {
+    if constexpr (TF32) {
+        const int warp = tid / 32, t = tid % 4;
+        return (warp % 4) * 32 + (slot / 2) * 8 + 2 * t + (slot & 1);
+    } else {
+        return col_of(tid % 16, slot);
+    }
+}
+
+__device__ __forceinline__ unsigned to_tf32(float x) {
+    unsigned r;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+    return r;
+}
+
+// acc += As x Bs over the BK slices of one staged tile
+template <typename T, bool TF32>
+__device__ __forceinline__ void mma(const T (*As)[LDS], const T (*Bs)[LDS], int tid,
+                                    T (&acc)[NACC]) {
+    if constexpr (TF32) {
+        static_assert(sizeof(T) == 4, "TF32 tiles are float only");
+        const int warp = tid / 32, g = (tid % 32) / 4, t = tid % 4;
+        const int r0 = (warp / 4) * 64, c0 = (warp % 4) * 32;
+        unsigned a[4][4], b[4][2];
 #pragma unroll
-    for (int kk = 0; kk < BK; ++kk) {
-        T a[TM], b[TN];
-        lds4(&As[kk][ty * 4], a);
-        lds4(&As[kk][64 + ty * 4], a + 4);
-        lds4(&Bs[kk][tx * 4], b);
-        lds4(&Bs[kk][64 + tx * 4], b + 4);
+        for (int mi = 0; mi < 4; ++mi) {
+            const int r = r0 + mi * 16 + g;
+            a[mi][0] = to_tf32(As[t][r]);
+            a[mi][1] = to_tf32(As[t][r + 8]);
+            a[mi][2] = to_tf32(As[t + 4][r]);
+            a[mi][3] = to_tf32(As[t + 4][r + 8]);
+        }
 #pragma unroll
-        for (int i = 0; i < TM; ++i)
+        for (int ni = 0; ni < 4; ++ni) {
+            const int c = c0 + ni * 8 + g;
+            b[ni][0] = to_tf32(Bs[t][c]);
+            b[ni][1] = to_tf32(Bs[t + 4][c]);
+        }
 #pragma unroll
-            for (int j = 0; j < TN; ++j) acc[i][j] += a[i] * b[j];
+        for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+            for (int ni = 0; ni < 4; ++ni) {
+                float* d = reinterpret_cast<float*>(&acc[(mi * 4 + ni) * 4]);
+                asm volatile(
+                    "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
+                    "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                    : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                    : "r"(a[mi][0]), "r"(a[mi][1]), "r"(a[mi][2]), "r"(a[mi][3]),
+                      "r"(b[ni][0]), "r"(b[ni][1]));
+            }
+    } else {
+        const int tx = tid % 16, ty = tid / 16;
+#pragma unroll
+        for (int kk = 0; kk < BK; ++kk) {
+            T av[8], bv[8];
+            lds4(&As[kk][ty * 4], av);
+            lds4(&As[kk][64 + ty * 4], av + 4);
+            lds4(&Bs[kk][tx * 4], bv);
+            lds4(&Bs[kk][64 + tx * 4], bv + 4);
+#pragma unroll
+            for (int i = 0; i < 8; ++i)
+#pragma unroll
+                for (int j = 0; j < 8; ++j) acc[i * 8 + j] += av[i] * bv[j];
+        }
     }
 }
 }  // namespace tile

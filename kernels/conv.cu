@@ -1,12 +1,16 @@
 // Convolution in CUDA C: implicit-GEMM forward, and the im2col / col2im kernels that pair
 // with gemm.cu for the backward passes.
 //
-//   conv2d_implicit_gemm<T>  y[n, g*Kg + m, p, q] = b + sum_{c,r,s} w[g*Kg + m, c, r, s] *
+//   conv2d_implicit_gemm<T, TF32>  y[n, g*Kg + m, p, q] = b + sum_{c,r,s} w[g*Kg + m, c, r, s] *
 //       x[n, g*Cg + c, p*sh - ph + r*dh, q*sw - pw + s*dw], as the GEMM
 //       W[g] (Kg x Cg*R*S) @ X_cols[g] (Cg*R*S x N*P*Q) without materialising X_cols: the
 //       B tile is gathered from x as it is staged. Same 128 x 128 x 8 register-blocked,
-//       double-buffered tile as gemm.cu. Each thread decomposes its four gather columns
-//       (n, p, q) once, and each staged row (c, r, s) once per step. blockIdx.z = group.
+//       double-buffered tile as gemm.cu, FFMA or TF32 tensor cores. Each thread decomposes its four gather columns
+//       (n, p, q) once, and each staged row (c, r, s) once per step.
+//       blockIdx.z = group * splits + split: with splits > 1 (small outputs, long reductions)
+//       split s sums rows [s*kchunk, (s+1)*kchunk) of C*R*S and writes its partial output to
+//       y + s * split_stride (bias added by split 0 only); the launcher sums the partials in a
+//       fixed order (gemm.cu's sum_splits), so the result stays deterministic.
 //   im2col<T>   cols[g, (c*R + r)*S + s, (n*P + p)*Q + q] = x[...] or 0 (one thread each)
 //   col2im<T>   gx[n, c, h, w] = sum of the column entries that read x[n, c, h, w] (a
 //       gather: one thread per input element, fixed order, no atomics)
@@ -22,20 +26,24 @@ struct ConvShape {
     int sh, int sw, int ph, int pw, int dh, int dw, int groups
 #define CONV_SHAPE ConvShape s{N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw, dh, dw, groups}
 
-template <typename T>
+template <typename T, bool TF32>
 __global__ void __launch_bounds__(THREADS)
 conv2d_implicit_gemm(const T* __restrict__ x, const T* __restrict__ w,
-                     const T* __restrict__ bias, T* __restrict__ y, CONV_SHAPE_PARAMS) {
+                     const T* __restrict__ bias, T* __restrict__ y, CONV_SHAPE_PARAMS,
+                     int splits, int kchunk, long long split_stride) {
     const CONV_SHAPE;
-    __shared__ __align__(16) T As[2][BK][BM];
-    __shared__ __align__(16) T Bs[2][BK][BN];
-    const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
-    const int g = blockIdx.z;
+    __shared__ __align__(16) T As[2][BK][LDS];
+    __shared__ __align__(16) T Bs[2][BK][LDS];
+    const int tid = threadIdx.x;
+    const int g = blockIdx.z / splits, split = blockIdx.z % splits;
     const int Cg = s.C / s.groups, Kg = s.K / s.groups;
-    const int RS = s.R * s.S, CRS = Cg * RS, PQ = s.P * s.Q, NPQ = s.N * PQ;
+    const int RS = s.R * s.S, CRS_all = Cg * RS, PQ = s.P * s.Q, NPQ = s.N * PQ;
+    const int kbeg = split * kchunk, CRS = min(CRS_all, kbeg + kchunk);
+    y += split * split_stride;
+    if (split > 0) bias = nullptr;
     const long long HW = (long long)s.H * s.W;
     const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
-    const T* wg = w + (long long)g * Kg * CRS;
+    const T* wg = w + (long long)g * Kg * CRS_all;
 
     // A = W[g]: row m = tid / 2, depth k = (tid % 2) * 4 + i (contiguous along k)
     const int am = tid / 2, ak0 = (tid % 2) * 4;
@@ -61,7 +69,7 @@ conv2d_implicit_gemm(const T* __restrict__ x, const T* __restrict__ w,
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             const int gm = m0 + am, gk = k0 + ak0 + i;
-            ra[i] = (gm < Kg && gk < CRS) ? wg[(long long)gm * CRS + gk] : T(0);
+            ra[i] = (gm < Kg && gk < CRS) ? wg[(long long)gm * CRS_all + gk] : T(0);
         }
         const int crs = k0 + bk;
         const int c = crs / RS, rs = crs % RS;
@@ -81,35 +89,36 @@ conv2d_implicit_gemm(const T* __restrict__ x, const T* __restrict__ w,
         }
     };
 
-    T acc[TM][TN];
+    T acc[NACC];
 #pragma unroll
-    for (int i = 0; i < TM; ++i)
-#pragma unroll
-        for (int j = 0; j < TN; ++j) acc[i][j] = T(0);
+    for (int e = 0; e < NACC; ++e) acc[e] = T(0);
 
-    const int steps = (CRS + BK - 1) / BK;
-    fetch(0);
-    stage(0);
+    const int steps = (CRS - kbeg + BK - 1) / BK;
+    if (steps > 0) {
+        fetch(kbeg);
+        stage(0);
+    }
     __syncthreads();
     for (int t = 0; t < steps; ++t) {
         const int cur = t & 1;
-        if (t + 1 < steps) fetch((t + 1) * BK);
-        mma_tile<T>(As[cur], Bs[cur], tx, ty, acc);
+        if (t + 1 < steps) fetch(kbeg + (t + 1) * BK);
+        mma<T, TF32>(As[cur], Bs[cur], tid, acc);
         if (t + 1 < steps) stage(cur ^ 1);
         __syncthreads();
     }
+    // the 8 output columns this thread touches, each decomposed once into (n, p, q)
 #pragma unroll
-    for (int j = 0; j < TN; ++j) {
-        const int col = n0 + col_of(tx, j);
+    for (int sl = 0; sl < 8; ++sl) {
+        const int col = n0 + slot_col<TF32>(sl, tid);
         if (col >= NPQ) continue;
-        const int n = col / PQ, pq = col % PQ;
-        T* yp = y + (long long)n * s.K * PQ + pq;
+        T* yc = y + (long long)(col / PQ) * s.K * PQ + col % PQ;
 #pragma unroll
-        for (int i = 0; i < TM; ++i) {
-            const int m = m0 + row_of(ty, i);
+        for (int e = 0; e < NACC; ++e) {
+            if (acc_slot<TF32>(e) != sl) continue;           // resolved at compile time
+            const int m = m0 + acc_row<TF32>(e, tid);
             if (m < Kg) {
                 const int k = g * Kg + m;
-                yp[(long long)k * PQ] = acc[i][j] + (bias ? bias[k] : T(0));
+                yc[(long long)k * PQ] = acc[e] + (bias ? bias[k] : T(0));
             }
         }
     }

@@ -30,7 +30,15 @@ def _elementwise_grid(n):
 # GEMM
 
 
-def gemm(A, B, ta=False, tb=False, splits=1):
+def tf32_supports(a):
+    if not getattr(a, "allow_tf32", False):
+        return "TF32 is not allowed for this call (allow_tf32=True or set_allow_tf32(True))"
+    if np.dtype(a.dtype) != np.float32:
+        return f"TF32 kernels take float32, got {np.dtype(a.dtype).name}"
+    return None
+
+
+def gemm(A, B, ta=False, tb=False, splits=1, tf32=False):
     """Batched C[b] = op(A[b]) @ op(B[b]); with splits > 1 the K range is cut into that many
     parts whose partial products are summed afterwards in a fixed order (deterministic)."""
     batch = A.shape[0]
@@ -41,7 +49,7 @@ def gemm(A, B, ta=False, tb=False, splits=1):
     splits = ceil_div(K, kchunk)
     t = ctype(A.dtype)
     fn = get_function("gemm.cu", f"gemm_tiled<{t}, {'true' if ta else 'false'}, "
-                                 f"{'true' if tb else 'false'}>")
+                                 f"{'true' if tb else 'false'}, {'true' if tf32 else 'false'}>")
     out = empty((splits, batch, M, N) if splits > 1 else (batch, M, N), A.dtype, A)
     grid = (ceil_div(N, TILE), ceil_div(M, TILE), batch * splits)
     fn(grid, (GEMM_THREADS,), (A, B, out, *_i32(M, N, K), np.int64(A[0].size), np.int64(B[0].size),
@@ -70,12 +78,29 @@ def _conv_ints(a):
                 a.padding[0], a.padding[1], a.dilation[0], a.dilation[1], a.groups)
 
 
-def conv2d_implicit_gemm(a, x, w, b):
-    y = empty(a.y_shape, x.dtype, x)
-    fn = get_function("conv.cu", f"conv2d_implicit_gemm<{ctype(x.dtype)}>")
-    grid = (ceil_div(a.N * a.P * a.Q, TILE), ceil_div(a.Kg, TILE), a.groups)
+def conv2d_implicit_gemm_tf32(a, x, w, b):
+    return conv2d_implicit_gemm(a, x, w, b, tf32=True)
+
+
+def conv2d_implicit_gemm(a, x, w, b, tf32=False):
+    """Implicit GEMM; when the output has too few tiles to fill the GPU and the reduction
+    (C/g*R*S) is long, the reduction is split and the partials summed in a fixed order."""
+    crs = a.Cg * a.R * a.S
+    splits = _split_for(a.Kg, a.N * a.P * a.Q, a.groups, crs)
+    kchunk = ceil_div(ceil_div(crs, splits), 8) * 8
+    splits = ceil_div(crs, kchunk)
+    out = empty((splits,) + a.y_shape if splits > 1 else a.y_shape, x.dtype, x)
+    fn = get_function("conv.cu", f"conv2d_implicit_gemm<{ctype(x.dtype)}, "
+                                 f"{'true' if tf32 else 'false'}>")
+    grid = (ceil_div(a.N * a.P * a.Q, TILE), ceil_div(a.Kg, TILE), a.groups * splits)
     bias = b if b is not None else np.uint64(0)          # a null pointer
-    fn(grid, (GEMM_THREADS,), (x, w, bias, y, *_conv_ints(a)))
+    fn(grid, (GEMM_THREADS,), (x, w, bias, out, *_conv_ints(a), np.int32(splits),
+                               np.int32(kchunk), np.int64(a.N * a.K * a.P * a.Q)))
+    if splits == 1:
+        return out
+    y = empty(a.y_shape, x.dtype, x)
+    sum_fn = get_function("gemm.cu", f"sum_splits<{ctype(x.dtype)}>")
+    sum_fn(_elementwise_grid(y.size), (THREADS,), (out, y, np.int64(y.size), np.int32(splits)))
     return y
 
 
@@ -121,8 +146,12 @@ def backward_weight_im2col(a, x, gy):
 # linear
 
 
-def linear(shapes, x, w, b):
-    y = gemm(x.reshape(1, -1, x.shape[-1]), w.reshape((1,) + w.shape), tb=True)[0]
+def linear_tf32(args, x, w, b):
+    return linear(args, x, w, b, tf32=True)
+
+
+def linear(args, x, w, b, tf32=False):
+    y = gemm(x.reshape(1, -1, x.shape[-1]), w.reshape((1,) + w.shape), tb=True, tf32=tf32)[0]
     if b is not None:
         y += b
     return y.reshape(x.shape[:-1] + (w.shape[0],))

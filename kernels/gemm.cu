@@ -1,8 +1,9 @@
 // Register-blocked shared-memory GEMM, batched, with an optional deterministic split-K.
 //
-//   gemm_tiled<T, TA, TB>   C[b] (M x N) = op(A[b]) (M x K) @ op(B[b]) (K x N)
+//   gemm_tiled<T, TA, TB, TF32>   C[b] (M x N) = op(A[b]) (M x K) @ op(B[b]) (K x N)
 //       A is stored M x K (row-major) or, with TA, K x M; B is K x N or, with TB, N x K.
-//       128 x 128 x 8 tiles, 256 threads, 8 x 8 outputs per thread in registers; the next
+//       128 x 128 x 8 tiles, 256 threads, 64 outputs per thread in registers, computed by
+//       FFMA (8 x 8 per thread) or, with TF32, by tensor-core mma.sync (common.cuh); the next
 //       tile is read from global memory into registers while the current one is used, then
 //       stored to the other shared buffer (double buffering, one barrier per step). Global
 //       loads run along each operand's contiguous axis; shared reads are 16-byte vectors.
@@ -13,14 +14,14 @@
 
 using namespace tile;
 
-template <typename T, bool TA, bool TB>
+template <typename T, bool TA, bool TB, bool TF32>
 __global__ void __launch_bounds__(THREADS)
 gemm_tiled(const T* __restrict__ A, const T* __restrict__ B, T* __restrict__ C, int M, int N,
            int K, long long batch_stride_a, long long batch_stride_b, long long batch_stride_c,
            int splits, int kchunk, long long split_stride) {
-    __shared__ __align__(16) T As[2][BK][BM];
-    __shared__ __align__(16) T Bs[2][BK][BN];
-    const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+    __shared__ __align__(16) T As[2][BK][LDS];
+    __shared__ __align__(16) T Bs[2][BK][LDS];
+    const int tid = threadIdx.x;
     const int batch = blockIdx.z / splits, split = blockIdx.z % splits;
     A += batch * batch_stride_a;
     B += batch * batch_stride_b;
@@ -57,11 +58,9 @@ gemm_tiled(const T* __restrict__ A, const T* __restrict__ B, T* __restrict__ C, 
         }
     };
 
-    T acc[TM][TN];
+    T acc[NACC];
 #pragma unroll
-    for (int i = 0; i < TM; ++i)
-#pragma unroll
-        for (int j = 0; j < TN; ++j) acc[i][j] = T(0);
+    for (int e = 0; e < NACC; ++e) acc[e] = T(0);
 
     const int steps = (kend - kbeg + BK - 1) / BK;
     if (steps > 0) {
@@ -72,19 +71,14 @@ gemm_tiled(const T* __restrict__ A, const T* __restrict__ B, T* __restrict__ C, 
     for (int t = 0; t < steps; ++t) {
         const int cur = t & 1;
         if (t + 1 < steps) fetch(kbeg + (t + 1) * BK);
-        mma_tile<T>(As[cur], Bs[cur], tx, ty, acc);
+        mma<T, TF32>(As[cur], Bs[cur], tid, acc);
         if (t + 1 < steps) stage(cur ^ 1);
         __syncthreads();
     }
 #pragma unroll
-    for (int i = 0; i < TM; ++i) {
-        const int r = m0 + row_of(ty, i);
-        if (r >= M) continue;
-#pragma unroll
-        for (int j = 0; j < TN; ++j) {
-            const int c = n0 + col_of(tx, j);
-            if (c < N) C[(long long)r * N + c] = acc[i][j];
-        }
+    for (int e = 0; e < NACC; ++e) {
+        const int r = m0 + acc_row<TF32>(e, tid), c = n0 + slot_col<TF32>(acc_slot<TF32>(e), tid);
+        if (r < M && c < N) C[(long long)r * N + c] = acc[e];
     }
 }
 

@@ -6,7 +6,7 @@
 //   max_pool2d_fwd<T, I>        one thread per output; -inf start, strict '>' so the first
 //                               maximum wins; the first NaN is taken and kept
 //   max_pool2d_bwd_gather<T, I> one thread per input element: sums gy over the windows that
-//                               cover it and whose index points at it (deterministic)
+//                               can cover it and whose index points at it (deterministic)
 //   avg_pool2d_fwd<T, I>, avg_pool2d_bwd_gather<T, I>   torch's divisor rule
 #include "common.cuh"
 
@@ -63,12 +63,14 @@ __global__ void max_pool2d_bwd_gather(const T* __restrict__ gy, const long long*
         const int me = h * s.W + v;
         const int p_hi = min((h + s.ph) / s.sh, s.P - 1), q_hi = min((v + s.pw) / s.sw, s.Q - 1);
         T acc = T(0);
-        for (int p = first_cover(h, s.ph, s.kh, s.sh, s.dh); p <= p_hi; ++p) {
-            if ((h + s.ph - p * s.sh) % s.dh) continue;
-            for (int q = first_cover(v, s.pw, s.kw, s.sw, s.dw); q <= q_hi; ++q) {
-                if ((v + s.pw - q * s.sw) % s.dw) continue;
-                const long long o = base + p * s.Q + q;
-                if (idx[o] == me) acc += gy[o];
+        // candidate windows: every output whose (dilated) span covers (h, v); comparing the
+        // stored index decides, so no divisibility test is needed for dilation
+        const int p_lo = first_cover(h, s.ph, s.kh, s.sh, s.dh);
+        const int q_lo = first_cover(v, s.pw, s.kw, s.sw, s.dw);
+        for (int p = p_lo; p <= p_hi; ++p) {
+            const long long row = base + (long long)p * s.Q;
+            for (int q = q_lo; q <= q_hi; ++q) {
+                if (idx[row + q] == me) acc += gy[row + q];
             }
         }
         gx[t] = acc;

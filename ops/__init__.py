@@ -3,6 +3,7 @@
 Names, argument order, defaults and results follow torch.nn.functional; backward ops
 are named <op>_backward_<what>. See ARCHITECTURE (the op contract).
 """
+from convgpu.ops._args import allow_tf32, set_allow_tf32  # noqa: F401
 from convgpu.ops._registry import implementations, ops as registered_ops  # noqa: F401
 from convgpu.ops.conv import (conv2d, conv2d_backward_bias, conv2d_backward_input,  # noqa: F401
                               conv2d_backward_weight, conv_transpose2d)
@@ -17,5 +18,5 @@ __all__ = [
     "conv_transpose2d", "max_pool2d", "max_pool2d_backward", "avg_pool2d",
     "avg_pool2d_backward", "global_avg_pool2d", "global_avg_pool2d_backward", "relu",
     "relu_backward", "bias_add", "linear", "linear_backward", "softmax_cross_entropy",
-    "softmax_cross_entropy_backward", "implementations",
+    "softmax_cross_entropy_backward", "implementations", "set_allow_tf32", "allow_tf32",
 ]

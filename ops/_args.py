@@ -18,6 +18,26 @@ import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
+# Module-level TF32 permission (as torch.backends.cuda.matmul.allow_tf32): off by default.
+# A per-call allow_tf32=True/False overrides it; None follows it.
+_ALLOW_TF32 = [False]
+
+
+def set_allow_tf32(flag: bool) -> None:
+    """Let float32 convolutions and linear layers use TF32 tensor cores (10-bit mantissa
+    products, FP32 accumulation) where a call does not say otherwise."""
+    if not isinstance(flag, (bool, np.bool_)):
+        raise TypeError(f"set_allow_tf32: flag must be a bool, got {flag!r}")
+    _ALLOW_TF32[0] = bool(flag)
+
+
+def allow_tf32(per_call=None) -> bool:
+    if per_call is None:
+        return _ALLOW_TF32[0]
+    if not isinstance(per_call, (bool, np.bool_)):
+        raise ValueError(f"allow_tf32 must be True, False or None, got {per_call!r}")
+    return bool(per_call)
+
 Pair = Tuple[int, int]
 
 
@@ -134,6 +154,7 @@ class ConvArgs:
     dilation: Pair
     groups: int
     dtype: np.dtype
+    allow_tf32: bool = False
 
     @property
     def Cg(self) -> int:

@@ -66,6 +66,8 @@ register("conv2d_backward_bias", "numba", "sum", _K + "elementwise:backward_bias
 
 _C = _K + "cuda_ops:"
 register("conv2d", "cuda", "implicit_gemm", _C + "conv2d_implicit_gemm")
+register("conv2d", "cuda", "implicit_gemm_tf32", _C + "conv2d_implicit_gemm_tf32",
+         supports=_C + "tf32_supports")
 register("conv2d", "cuda", "im2col", _C + "conv2d_im2col")
 register("conv2d_backward_input", "cuda", "col2im", _C + "backward_input_col2im")
 register("conv2d_backward_weight", "cuda", "im2col", _C + "backward_weight_im2col")
@@ -88,9 +90,10 @@ def _bias_add(bd, y, b, backend):
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-           algo="auto", backend="auto"):
+           algo="auto", backend="auto", allow_tf32=None):
     """2-D cross-correlation as torch.nn.functional.conv2d: input (N, C, H, W) or (C, H, W),
-    weight (K, C/groups, R, S), bias (K,) -> (N, K, P, Q)."""
+    weight (K, C/groups, R, S), bias (K,) -> (N, K, P, Q). allow_tf32 (None: the module
+    setting, see set_allow_tf32) lets float32 calls use the TF32 tensor-core kernels."""
     op = "conv2d"
     bd, a = unwrap(op, input=input, weight=weight, bias=bias)
     x, unbatched = _batched(op, "input", a["input"])
@@ -98,6 +101,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     A.check_conv_weight(op, w)
     dtype = A.check_same_dtype(op, input=x, weight=w, bias=b)
     args = A.conv_geometry(op, x.shape, w.shape, stride, padding, dilation, groups, dtype)
+    args.allow_tf32 = A.allow_tf32(allow_tf32)
     A.check_bias(op, b, args.K)
     y = dispatch(op, args, backend, algo, bd.on_device, x, w, b)
     return bd.wrap(y[0] if unbatched else y)

@@ -1,6 +1,10 @@
 """Fully connected layer: linear and its backward, through the GEMM kernels on a device."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
+
 from convgpu.arrays import unwrap
 from convgpu.ops import _args as A
 from convgpu.ops._registry import dispatch, register
@@ -21,18 +25,29 @@ register("linear_backward", "numpy", "reference", "convgpu.ops.linear:_np_linear
 register("linear", "numba", "gemm", "convgpu.kernels.gemm:linear")
 register("linear_backward", "numba", "gemm", "convgpu.kernels.gemm:linear_backward")
 register("linear", "cuda", "gemm", "convgpu.kernels.cuda_ops:linear")
+register("linear", "cuda", "gemm_tf32", "convgpu.kernels.cuda_ops:linear_tf32",
+         supports="convgpu.kernels.cuda_ops:tf32_supports")
 register("linear_backward", "cuda", "gemm", "convgpu.kernels.cuda_ops:linear_backward")
 
 
-def linear(input, weight, bias=None, *, backend="auto"):
-    """y = x w^T + b as torch.nn.functional.linear: x (*, in), w (out, in), b (out,)."""
+@dataclass
+class LinearArgs:
+    x_shape: tuple
+    w_shape: tuple
+    dtype: np.dtype
+    allow_tf32: bool = False
+
+
+def linear(input, weight, bias=None, *, backend="auto", allow_tf32=None):
+    """y = x w^T + b as torch.nn.functional.linear: x (*, in), w (out, in), b (out,).
+    allow_tf32 as in conv2d."""
     op = "linear"
     bd, a = unwrap(op, input=input, weight=weight, bias=bias)
     x, w, b = a["input"], a["weight"], a["bias"]
     A.check_same_dtype(op, input=x, weight=w, bias=b)
     A.check_linear(op, x, w, b)
-    return bd.wrap(dispatch(op, (tuple(x.shape), tuple(w.shape)), backend, "auto",
-                            bd.on_device, x, w, b))
+    args = LinearArgs(tuple(x.shape), tuple(w.shape), x.dtype, A.allow_tf32(allow_tf32))
+    return bd.wrap(dispatch(op, args, backend, "auto", bd.on_device, x, w, b))
 
 
 def linear_backward(grad_output, input, weight, *, backend="auto"):

@@ -52,6 +52,20 @@ def test_cu_compiles_without_spills(file, arch):
         assert regs <= 255
 
 
+def test_tf32_kernels_use_tensor_core_mma():
+    for file in ("gemm.cu", "conv.cu"):
+        tf32 = [e for e in _module.NAME_EXPRESSIONS[file] if e.endswith("true>")]
+        assert tf32, file
+        prog = nvrtc.createProgram(_module.source(file), file, [], [])
+        for e in tf32:
+            nvrtc.addNameExpression(prog, e)
+        nvrtc.compileProgram(prog, list(_module.options()) + list(_module.RUNTIME_ADDED_OPTIONS)
+                             + ["-arch=compute_90"])
+        ptx = nvrtc.getPTX(prog).decode() if isinstance(nvrtc.getPTX(prog), bytes) else nvrtc.getPTX(prog)
+        assert "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32" in ptx, file
+        assert "cvt.rna.tf32.f32" in ptx, file
+
+
 def test_every_launcher_expression_is_declared():
     """The strings the launchers ask for must be among the compiled name expressions."""
     import inspect

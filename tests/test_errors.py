@@ -137,3 +137,24 @@ def test_implementations_listing():
                "relu_backward", "bias_add", "linear", "linear_backward", "softmax_cross_entropy",
                "softmax_cross_entropy_backward"]:
         assert op in everything and ("numpy" in {b for b, _ in everything[op]}), op
+
+
+def test_tf32_permission():
+    from convgpu.ops import _args
+    from convgpu.kernels.cuda_ops import tf32_supports
+    a = _args.conv_geometry("conv2d", (1, 1, 5, 5), (1, 1, 3, 3), 1, 0, 1, 1, np.float32)
+    assert "not allowed" in tf32_supports(a)
+    a.allow_tf32 = True
+    assert tf32_supports(a) is None
+    a.dtype = np.dtype(np.float64)
+    assert "float32" in tf32_supports(a)
+    with pytest.raises(ValueError, match="allow_tf32"):
+        convgpu.conv2d(z(1, 1, 5, 5), z(1, 1, 3, 3), allow_tf32="yes")
+    with pytest.raises(TypeError, match="set_allow_tf32"):
+        convgpu.set_allow_tf32(1)
+    assert convgpu.allow_tf32() is False
+    convgpu.set_allow_tf32(True)
+    try:
+        assert convgpu.allow_tf32() is True and convgpu.allow_tf32(False) is False
+    finally:
+        convgpu.set_allow_tf32(False)

@@ -202,3 +202,36 @@ def test_cuda_gemm_odd_sizes(dtype, ta, tb, splits):
     got = cuda_ops.gemm(cupy.asarray(A.astype(dtype)), cupy.asarray(B.astype(dtype)), ta, tb,
                         splits=splits)
     assert relerr(got, want) <= tolerance("gemm", dtype)
+
+
+@pytest.mark.parametrize("case", [CONV[0], CONV[2], CONV[3], CONV[5], CONV[6]],
+                         ids=lambda c: str(c[:7]))
+def test_tf32_conv_and_linear(case):
+    """TF32 tensor-core kernels: used only when allowed, within the design's TF32 tolerance."""
+    rng = np.random.default_rng(7)
+    x, w, b, kw = _conv_problem(rng, case)
+    r = ref.conv2d(x, w, b, **kw)
+    xd, wd, bd = (cupy.asarray(a.astype(np.float32)) for a in (x, w, b))
+    with pytest.raises(ValueError, match="TF32 is not allowed"):
+        convgpu.conv2d(xd, wd, bd, **kw, algo="implicit_gemm_tf32")
+    y = convgpu.conv2d(xd, wd, bd, **kw, algo="implicit_gemm_tf32", allow_tf32=True)
+    e = relerr(y, r)
+    assert e <= 2e-3, e
+    assert e > 1e-6            # it really rounded to TF32 (FP32 lands near 1e-7)
+    lx, lw, lb = _rand(rng, (300, 257)), _rand(rng, (130, 257)), _rand(rng, (130,))
+    yl = convgpu.linear(*(cupy.asarray(a.astype(np.float32)) for a in (lx, lw, lb)), allow_tf32=True)
+    assert relerr(yl, ref.linear(lx, lw, lb)) <= 2e-3
+
+
+@pytest.mark.parametrize("ta, tb", [(False, False), (True, False), (False, True), (True, True)])
+def test_cuda_gemm_tf32_odd_sizes(ta, tb):
+    from convgpu.kernels import cuda_ops
+    rng = np.random.default_rng(8)
+    batch, M, N, K = 2, 133, 257, 97
+    A = _rand(rng, (batch, K, M) if ta else (batch, M, K))
+    B = _rand(rng, (batch, N, K) if tb else (batch, K, N))
+    want = np.matmul(np.swapaxes(A, 1, 2) if ta else A, np.swapaxes(B, 1, 2) if tb else B)
+    got = cuda_ops.gemm(cupy.asarray(A.astype(np.float32)), cupy.asarray(B.astype(np.float32)),
+                        ta, tb, splits=2, tf32=True)
+    e = relerr(got, want)
+    assert 1e-6 < e <= 2e-3, e

@@ -150,16 +150,28 @@ def bench_conv(timer, suite, dtype=np.float32, progress=print) -> List[Result]:
             out.append(Result("conv2d", shape, "cudnn", np.dtype(dtype).name, "ok", **t,
                               tflops=fl / (t["median_ms"] * 1e-3) / 1e12,
                               gbps=by / (t["median_ms"] * 1e-3) / 1e9, vs_cudnn=1.0))
+        cudnn_tf32_ms = None
+        if torch is not None:
+            torch.backends.cudnn.allow_tf32 = True
+            t = quantiles(timer(lambda: torch.nn.functional.conv2d(xt, wt, None, s, p)))
+            torch.backends.cudnn.allow_tf32 = False
+            cudnn_tf32_ms = t["median_ms"]
+            out.append(Result("conv2d", shape, "cudnn_tf32", np.dtype(dtype).name, "ok", **t,
+                              tflops=fl / (t["median_ms"] * 1e-3) / 1e12,
+                              gbps=by / (t["median_ms"] * 1e-3) / 1e9, vs_cudnn=1.0))
         for impl in all_impls("conv2d"):
             if impl.backend == "numpy":
                 continue
             label = f"{impl.backend}:{impl.algo}"
+            tf32 = impl.algo.endswith("tf32")
+            base_ms = cudnn_tf32_ms if tf32 else cudnn_ms
             try:
-                run = lambda: convgpu.conv2d(x, w, None, s, p, backend=impl.backend, algo=impl.algo)
+                run = lambda: convgpu.conv2d(x, w, None, s, p, backend=impl.backend, algo=impl.algo,
+                                             allow_tf32=tf32)
                 y = run()
                 yv = cp.asnumpy(y[:nv]).astype(np.float64)
                 err = float(np.linalg.norm(yv - yref) / np.linalg.norm(yref))
-                tol = 1e-4 if impl.algo == "fft" else 1e-5
+                tol = 2e-3 if tf32 else 1e-4 if impl.algo == "fft" else 1e-5
                 if not err <= tol:
                     out.append(Result("conv2d", shape, label, np.dtype(dtype).name,
                                       f"FAIL rel err {err:.2e}"))
@@ -171,8 +183,8 @@ def bench_conv(timer, suite, dtype=np.float32, progress=print) -> List[Result]:
             r = Result("conv2d", shape, label, np.dtype(dtype).name, "ok", **t,
                        tflops=fl / (t["median_ms"] * 1e-3) / 1e12,
                        gbps=by / (t["median_ms"] * 1e-3) / 1e9,
-                       vs_cudnn=(cudnn_ms / t["median_ms"]) if cudnn_ms else None,
-                       extra={"rel_err": err})
+                       vs_cudnn=(base_ms / t["median_ms"]) if base_ms else None,
+                       extra={"rel_err": err, "baseline": "cudnn_tf32" if tf32 else "cudnn"})
             out.append(r)
             progress(f"  {shape:55s} {label:20s} {t['median_ms']:9.3f} ms "
                      f"{r.tflops:7.2f} TFLOP/s  x{r.vs_cudnn or float('nan'):.3f} of cuDNN")
@@ -205,7 +217,27 @@ def bench_gemm(timer, sizes=((4096, 4096, 4096), (8192, 1024, 2048)), progress=p
                    vs_cudnn=t_cublas["median_ms"] / t["median_ms"], extra={"rel_err": err})
         out.append(r)
         progress(f"  gemm {shape:20s} cuda:gemm_tiled {t['median_ms']:8.3f} ms {r.tflops:6.2f} "
-                 f"TFLOP/s = x{r.vs_cudnn:.3f} of cuBLAS ({out[-2].tflops:.2f} TFLOP/s)")
+                 f"TFLOP/s = x{r.vs_cudnn:.3f} of cuBLAS ({t_cublas['median_ms']:.3f} ms)")
+        torch = _torch()
+        if torch is not None:                       # TF32 on both sides
+            At, Bt = torch.from_dlpack(A[0]), torch.from_dlpack(B[0])
+            torch.backends.cuda.matmul.allow_tf32 = True
+            tc = quantiles(timer(lambda: torch.matmul(At, Bt)))
+            torch.backends.cuda.matmul.allow_tf32 = False
+            out.append(Result("gemm", shape, "cublas_tf32", "float32", "ok", **tc,
+                              tflops=fl / (tc["median_ms"] * 1e-3) / 1e12, vs_cudnn=1.0))
+            got = cuda_ops.gemm(A, B, tf32=True)[0, :64].astype(cp.float64)
+            e32 = float(cp.linalg.norm(got - ref) / cp.linalg.norm(ref))
+            if not e32 <= 2e-3:
+                out.append(Result("gemm", shape, "cuda:gemm_tf32", "float32", f"FAIL rel err {e32:.2e}"))
+                continue
+            t = quantiles(timer(lambda: cuda_ops.gemm(A, B, tf32=True)))
+            r = Result("gemm", shape, "cuda:gemm_tf32", "float32", "ok", **t,
+                       tflops=fl / (t["median_ms"] * 1e-3) / 1e12,
+                       vs_cudnn=tc["median_ms"] / t["median_ms"], extra={"rel_err": e32})
+            out.append(r)
+            progress(f"  gemm {shape:20s} cuda:gemm_tf32  {t['median_ms']:8.3f} ms {r.tflops:6.2f} "
+                     f"TFLOP/s = x{r.vs_cudnn:.3f} of cuBLAS TF32 ({tc['median_ms']:.3f} ms)")
     return out
 
 

@@ -15,7 +15,9 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
-TOLERANCE = {"fft": {np.float32: 1e-4, np.float64: 1e-10}}
+TF32 = {np.float32: 2e-3, np.float64: 2e-3}
+TOLERANCE = {"fft": {np.float32: 1e-4, np.float64: 1e-10}, "implicit_gemm_tf32": TF32,
+             "gemm_tf32": TF32}
 DEFAULT_TOL = {np.float32: 1e-5, np.float64: 1e-12}
 
 

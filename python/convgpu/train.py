@@ -100,7 +100,9 @@ def train(epochs=30, batch_size=32, lr=2e-3, optimizer="adam", momentum=0.9, wei
     t_start = time.perf_counter()
     xtr, ytr, xte, yte = load(data_dir, upsample, seed, test_fraction)
     xp = np if backend == "numpy" else _device_xp(backend)
-    op_backend = backend if backend != "numpy" else "numpy"
+    # "cuda" runs the CUDA C kernels where an op has them and the Numba kernels elsewhere
+    # (the ops' own "auto" on device arrays); "numba" and "numpy" are taken as given
+    op_backend = "auto" if backend == "cuda" else backend
     model = nn.lenet5(xtr.shape[1], xtr.shape[2], int(max(ytr.max(), yte.max())) + 1, algo=algo,
                       backend=op_backend, dropout=dropout, seed=seed).to(xp)
     params = model.parameters()
