@@ -38,7 +38,7 @@ class LinearArgs:
     allow_tf32: bool = False
 
 
-def linear(input, weight, bias=None, *, backend="auto", allow_tf32=None):
+def linear(input, weight, bias=None, *, algo="auto", backend="auto", allow_tf32=None):
     """y = x w^T + b as torch.nn.functional.linear: x (*, in), w (out, in), b (out,).
     allow_tf32 as in conv2d."""
     op = "linear"
@@ -47,7 +47,7 @@ def linear(input, weight, bias=None, *, backend="auto", allow_tf32=None):
     A.check_same_dtype(op, input=x, weight=w, bias=b)
     A.check_linear(op, x, w, b)
     args = LinearArgs(tuple(x.shape), tuple(w.shape), x.dtype, A.allow_tf32(allow_tf32))
-    return bd.wrap(dispatch(op, args, backend, "auto", bd.on_device, x, w, b))
+    return bd.wrap(dispatch(op, args, backend, algo, bd.on_device, x, w, b))
 
 
 def linear_backward(grad_output, input, weight, *, backend="auto"):

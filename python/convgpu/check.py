@@ -70,7 +70,8 @@ def problems(size: str = "small") -> List[Problem]:
     s, p, d, g = conv_kw["stride"], conv_kw["padding"], conv_kw["dilation"], conv_kw["groups"]
     return [
         Problem("conv2d", shape, lambda r: dict(x=_rand(r, xs), w=_rand(r, ws), b=_rand(r, (K,))),
-                lambda i, be, al: cg.conv2d(i["x"], i["w"], i["b"], **conv_kw, backend=be, algo=al),
+                lambda i, be, al: cg.conv2d(i["x"], i["w"], i["b"], **conv_kw, backend=be, algo=al,
+                                            allow_tf32=al.endswith("tf32")),
                 lambda i: ref.conv2d(i["x"], i["w"], i["b"], s, p, d, g)),
         Problem("conv2d_backward_input", shape, lambda r: dict(gy=_rand(r, ys), w=_rand(r, ws)),
                 lambda i, be, al: cg.conv2d_backward_input(i["gy"], i["w"], xs, **conv_kw,
@@ -115,7 +116,8 @@ def problems(size: str = "small") -> List[Problem]:
                 lambda i: ref.bias_add(i["x"], i["b"])),
         Problem("linear", "x(37, 45) w(19, 45)",
                 lambda r: dict(x=_rand(r, (37, 45)), w=_rand(r, (19, 45)), b=_rand(r, (19,))),
-                lambda i, be, al: cg.linear(i["x"], i["w"], i["b"], backend=be),
+                lambda i, be, al: cg.linear(i["x"], i["w"], i["b"], backend=be, algo=al,
+                                            allow_tf32=al.endswith("tf32")),
                 lambda i: ref.linear(i["x"], i["w"], i["b"])),
         Problem("linear_backward", "x(37, 45) w(19, 45)",
                 lambda r: dict(gy=_rand(r, (37, 19)), x=_rand(r, (37, 45)), w=_rand(r, (19, 45))),
