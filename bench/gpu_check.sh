@@ -9,21 +9,21 @@ T0=$(date +%s)
 say() { echo "[$(( $(date +%s) - T0 ))s] $*"; }
 
 # 1. install (offline) and describe the machine
-if ! python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >"$OUT/install.log" 2>&1; then
+if ! python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >/tmp/install.log 2>&1; then
   # fallback: assemble the package from its three folders (see pyproject package-dir)
   mkdir -p /tmp/cgpkg/convgpu
   for f in python/convgpu/*; do ln -sf "$PWD/$f" /tmp/cgpkg/convgpu/; done
   ln -sfn "$PWD/kernels" /tmp/cgpkg/convgpu/kernels
   ln -sfn "$PWD/ops" /tmp/cgpkg/convgpu/ops
   export PYTHONPATH=/tmp/cgpkg
-  say "pip install failed (see install.log); using PYTHONPATH=/tmp/cgpkg"
+  say "pip install failed; using PYTHONPATH=/tmp/cgpkg"; tail -5 /tmp/install.log
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/device.txt"
 python3 -m convgpu info 2>&1 | tee -a "$OUT/device.txt"
 say "installed"
 
 # 2. gpu tier: every failure listed
-timeout 230 python3 -m pytest tests -m gpu -q -p no:cacheprovider -rfE --junitxml="$OUT/gpu_tests.xml" \
+timeout 230 python3 -m pytest tests -m gpu -q -p no:cacheprovider -rfE \
   2>&1 | tee "$OUT/gpu_tests.log" | tail -40
 GPU_RC=${PIPESTATUS[0]}
 say "gpu tests rc=$GPU_RC"
@@ -32,16 +32,18 @@ say "gpu tests rc=$GPU_RC"
 SAN="not run"
 if command -v compute-sanitizer >/dev/null; then
   timeout 75 compute-sanitizer --tool memcheck --report-api-errors no --error-exitcode 9 python3 bench/sanitize_subset.py \
-    >"$OUT/memcheck.log" 2>&1; MC=$?
+    >/tmp/memcheck.log 2>&1; MC=$?
   timeout 75 compute-sanitizer --tool racecheck --error-exitcode 9 python3 bench/sanitize_subset.py \
-    >"$OUT/racecheck.log" 2>&1; RC=$?
-  SAN="memcheck rc=$MC ($(grep -c 'Invalid\|Error' "$OUT/memcheck.log") error lines), racecheck rc=$RC ($(grep -ci 'hazard' "$OUT/racecheck.log") hazard lines)"
-  tail -3 "$OUT/memcheck.log"; tail -3 "$OUT/racecheck.log"
+    >/tmp/racecheck.log 2>&1; RC=$?
+  cat /tmp/memcheck.log /tmp/racecheck.log > "$OUT/sanitizer.log"
+  SAN="memcheck rc=$MC ($(grep -c 'Invalid\|Error' /tmp/memcheck.log) error lines), racecheck rc=$RC ($(grep -ci 'hazard' /tmp/racecheck.log) hazard lines)"
+  tail -3 /tmp/memcheck.log; tail -3 /tmp/racecheck.log
 fi
 say "sanitizer: $SAN"
 
 # 4. benchmark (quick suite) with cuDNN beside
-timeout 200 python3 -m convgpu bench --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
+timeout 200 python3 -m convgpu bench --quick --json "$OUT/bench.json" --plot "$OUT/bench.png" \
+  2>&1 | tee "$OUT/bench.log" | grep -v Warning
 say "bench done"
 
 # 5. the training loop on the GPU against the same LeNet-5 in torch + cuDNN

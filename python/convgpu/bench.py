@@ -9,7 +9,12 @@ measured in the same run (TF32 off for float32). The machine's ceilings are meas
 the same run too: device-to-device copy bandwidth and an FP32 FMA rate (cuBLAS SGEMM,
 TF32 off, as the attainable FP32 matrix rate).
 
-This is the first cut of the harness: conv forward/backward and pooling on a quick suite.
+    convgpu bench [--quick] [--json PATH] [--plot PATH] [--shapes S ...] [--ops OP ...]
+                  [--impl I ...]
+
+The suite (convgpu.shapes) holds real layer shapes with their sources. Without a GPU the
+command says so and times the numpy backend at batch 1 on the quick shapes, with torch's
+CPU convolution beside it when torch is importable.
 """
 from __future__ import annotations
 
@@ -22,23 +27,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-# (name, N, C, H, K, R, stride, pad): square inputs and kernels, sources in the names
-CONV_QUICK = [
-    ("ResNet 3x3", 16, 128, 28, 128, 3, 1, 1),
-    ("VGG 3x3", 16, 64, 112, 128, 3, 1, 1),
-    ("ResNet conv1 7x7/2", 16, 3, 224, 64, 7, 2, 3),
-    ("AlexNet conv2 5x5", 128, 64, 27, 192, 5, 1, 2),
-    ("convnet-bench L4 7x7", 128, 128, 16, 128, 7, 1, 0),
-    ("1x1", 16, 256, 56, 64, 1, 1, 0),
-    ("3x3 late", 16, 512, 7, 512, 3, 1, 1),
-]
-# (name, N, C, H, kernel, stride, pad, ceil_mode)
-POOL_QUICK = [
-    ("AlexNet pool 3x3/2", 128, 64, 55, 3, 2, 0, False),
-    ("ResNet pool 3x3/2 p1", 64, 64, 112, 3, 2, 1, False),
-    ("2x2/2", 64, 64, 224, 2, 2, 0, False),
-]
-
+from convgpu import shapes as SH
 
 def quantiles(times_ms: List[float]) -> Dict[str, float]:
     a = np.asarray(times_ms, dtype=np.float64)
@@ -80,11 +69,18 @@ class Timer:
         self.flush = cupy.empty(flush_bytes // 4, dtype=cupy.float32)
 
     def __call__(self, fn) -> List[float]:
+        """Times fn: warm-up calls, then `reps` timed ones (fewer, at least 3, when one call
+        takes over 100 ms, so slow reference kernels don't eat the run)."""
         cp = self.cupy
-        for _ in range(self.warmup):
+        t0 = time.perf_counter()
+        fn()
+        cp.cuda.Device().synchronize()
+        first = time.perf_counter() - t0
+        for _ in range(self.warmup - 1 if first < 0.1 else 0):
             fn()
+        reps = self.reps if first < 0.1 else max(3, min(self.reps, int(1.0 / first)))
         out = []
-        for _ in range(self.reps):
+        for _ in range(reps):
             self.flush.fill(1.0)
             a, b = cp.cuda.Event(), cp.cuda.Event()
             a.record()
@@ -122,7 +118,11 @@ def _torch():
     return None
 
 
-def bench_conv(timer, suite, dtype=np.float32, progress=print) -> List[Result]:
+def _wanted(impl_label, impl_filter):
+    return not impl_filter or any(f in impl_label for f in impl_filter)
+
+
+def bench_conv(timer, suite, dtype=np.float32, progress=print, impl_filter=None) -> List[Result]:
     import cupy as cp
     import convgpu
     from convgpu import reference
@@ -133,7 +133,7 @@ def bench_conv(timer, suite, dtype=np.float32, progress=print) -> List[Result]:
     rng = np.random.default_rng(0)
     for name, N, C, H, K, R, s, p in suite:
         P = Q = conv_out_size(H, R, s, p, 1)
-        shape = f"{name}: N{N} C{C} H{H} K{K} R{R} s{s} p{p}"
+        shape = shape_label(name, N, C, H, K, R, s, p)
         fl = conv_flops(N, C, K, R, R, P, Q)
         by = conv_bytes(N, C, H, H, K, R, R, P, Q, 1, np.dtype(dtype).itemsize)
         x = cp.asarray(rng.uniform(-1, 1, (N, C, H, H)).astype(dtype))
@@ -160,9 +160,9 @@ def bench_conv(timer, suite, dtype=np.float32, progress=print) -> List[Result]:
                               tflops=fl / (t["median_ms"] * 1e-3) / 1e12,
                               gbps=by / (t["median_ms"] * 1e-3) / 1e9, vs_cudnn=1.0))
         for impl in all_impls("conv2d"):
-            if impl.backend == "numpy":
-                continue
             label = f"{impl.backend}:{impl.algo}"
+            if impl.backend == "numpy" or not _wanted(label, impl_filter):
+                continue
             tf32 = impl.algo.endswith("tf32")
             base_ms = cudnn_tf32_ms if tf32 else cudnn_ms
             try:
@@ -241,7 +241,8 @@ def bench_gemm(timer, sizes=((4096, 4096, 4096), (8192, 1024, 2048)), progress=p
     return out
 
 
-def bench_conv_backward(timer, suite, dtype=np.float32, progress=print) -> List[Result]:
+def bench_conv_backward(timer, suite, dtype=np.float32, progress=print,
+                        impl_filter=None) -> List[Result]:
     """Input and weight gradients of every device implementation against cuDNN's
     (aten.convolution_backward), each validated on the first images first."""
     import cupy as cp
@@ -254,7 +255,7 @@ def bench_conv_backward(timer, suite, dtype=np.float32, progress=print) -> List[
     rng = np.random.default_rng(1)
     for name, N, C, H, K, R, s, p in suite:
         P = conv_out_size(H, R, s, p, 1)
-        shape = f"{name}: N{N} C{C} H{H} K{K} R{R} s{s} p{p}"
+        shape = shape_label(name, N, C, H, K, R, s, p)
         fl = conv_flops(N, C, K, R, R, P, P)
         x = cp.asarray(rng.uniform(-1, 1, (N, C, H, H)).astype(dtype))
         w = cp.asarray(rng.uniform(-1, 1, (K, C, R, R)).astype(dtype))
@@ -281,9 +282,9 @@ def bench_conv_backward(timer, suite, dtype=np.float32, progress=print) -> List[
                                                                            (s, s), (p, p))}
         for op in ("conv2d_backward_input", "conv2d_backward_weight"):
             for impl in all_impls(op):
-                if impl.backend == "numpy":
-                    continue
                 label = f"{impl.backend}:{impl.algo}"
+                if impl.backend == "numpy" or not _wanted(label, impl_filter):
+                    continue
                 kw = dict(stride=s, padding=p, backend=impl.backend, algo=impl.algo)
                 if op == "conv2d_backward_input":
                     run = lambda kw=kw: convgpu.conv2d_backward_input(gy, w, x.shape, **kw)
@@ -314,7 +315,7 @@ def bench_conv_backward(timer, suite, dtype=np.float32, progress=print) -> List[
     return out
 
 
-def bench_pool(timer, suite, dtype=np.float32, progress=print) -> List[Result]:
+def bench_pool(timer, suite, dtype=np.float32, progress=print, impl_filter=None) -> List[Result]:
     import cupy as cp
     import convgpu
     torch = _torch()
@@ -359,6 +360,8 @@ def bench_pool(timer, suite, dtype=np.float32, progress=print) -> List[Result]:
             if not np.array_equal(cp.asnumpy(gb), g0.astype(np.float32)):
                 bad.add(("max_pool2d_backward", f"{be}:gather"))
         for (op, label, nbytes), fn in runs.items():
+            if label != "torch" and not _wanted(label, impl_filter):
+                continue
             if (op, label) in bad:
                 out.append(Result(op, shape, label, "float32", "FAIL validation"))
                 continue
@@ -397,28 +400,187 @@ def environment() -> dict:
     return env
 
 
-def run(json_path=None, quick=True, progress=print) -> dict:
+def shape_label(name, N, C, H, K, R, s, p) -> str:
+    return f"{name}: N{N} C{C} H{H} K{K} R{R} s{s} p{p}"
+
+
+def pool_bytes(x_elems, y_elems, itemsize=4, index_bytes=8) -> Dict[str, int]:
+    """Fewest bytes each pass must move: forward reads x, writes y and the indices; backward
+    reads gy and the indices, writes gx."""
+    return {"forward": x_elems * itemsize + y_elems * (itemsize + index_bytes),
+            "backward": y_elems * (itemsize + index_bytes) + x_elems * itemsize}
+
+
+def ratio(baseline_ms: float, ours_ms: float) -> float:
+    """Speed relative to the baseline measured in the same run: above 1 is faster."""
+    return baseline_ms / ours_ms
+
+
+ALL_OPS = ("gemm", "conv2d", "conv2d_backward", "pool")
+
+
+def run(json_path=None, plot_path=None, quick=True, shapes=None, ops=None, impl=None,
+        progress=print) -> dict:
     from convgpu.cli import gpu_count
+    ops = set(ops or ALL_OPS)
+    unknown = ops - set(ALL_OPS)
+    if unknown:
+        raise ValueError(f"bench: unknown --ops {sorted(unknown)}; choose from {ALL_OPS}")
+    conv = SH.conv_suite(quick, shapes)
+    pools = SH.pool_suite(quick, shapes)
     if gpu_count() == 0:
-        progress("convgpu bench: no GPU visible; device kernels are not timed here.")
-        return {"environment": environment(), "results": []}
-    timer = Timer()
-    env = environment()
-    progress(f"device {env.get('device')}  commit {env.get('commit')}")
-    ceil = ceilings(timer)
-    progress(f"ceilings: copy {ceil['copy_GBps']:.0f} GB/s, SGEMM (cuBLAS, TF32 off) "
-             f"{ceil['sgemm_TFLOPs']:.1f} TFLOP/s")
-    results = bench_gemm(timer, progress=progress)
-    results += bench_conv(timer, CONV_QUICK, progress=progress)
-    results += bench_conv_backward(timer, CONV_QUICK, progress=progress)
-    results += bench_pool(timer, POOL_QUICK, progress=progress)
-    for r in results:
-        if r.tflops is not None:
-            r.extra["frac_fp32_rate"] = r.tflops / ceil["sgemm_TFLOPs"]
-        if r.gbps is not None:
-            r.extra["frac_copy_bw"] = r.gbps / ceil["copy_GBps"]
-    doc = {"environment": env, "ceilings": ceil, "results": [asdict(r) for r in results]}
+        doc = run_cpu(conv, pools, ops, progress=progress)
+    else:
+        timer = Timer()
+        env = environment()
+        progress(f"device {env.get('device')}  commit {env.get('commit')}")
+        ceil = ceilings(timer)
+        progress(f"ceilings: copy {ceil['copy_GBps']:.0f} GB/s, SGEMM (cuBLAS, TF32 off) "
+                 f"{ceil['sgemm_TFLOPs']:.1f} TFLOP/s")
+        results = []
+        if "gemm" in ops and not shapes:
+            results += bench_gemm(timer, progress=progress)
+        if "conv2d" in ops:
+            results += bench_conv(timer, conv, progress=progress, impl_filter=impl)
+        if "conv2d_backward" in ops:
+            results += bench_conv_backward(timer, conv, progress=progress, impl_filter=impl)
+        if "pool" in ops:
+            results += bench_pool(timer, pools, progress=progress, impl_filter=impl)
+        for r in results:
+            if r.tflops is not None:
+                r.extra["frac_fp32_rate"] = r.tflops / ceil["sgemm_TFLOPs"]
+            if r.gbps is not None:
+                r.extra["frac_copy_bw"] = r.gbps / ceil["copy_GBps"]
+        doc = {"environment": env, "ceilings": ceil, "device": "gpu",
+               "results": [asdict(r) for r in results]}
+    progress("\n" + format_table(doc["results"]))
     if json_path:
         with open(json_path, "w") as f:
             json.dump(doc, f, indent=1)
+        progress(f"wrote {json_path}")
+    if plot_path:
+        plot(doc, plot_path)
+        progress(f"wrote {plot_path}")
     return doc
+
+
+def run_cpu(conv, pools, ops, progress=print, reps=5) -> dict:
+    """No GPU: time the numpy backend (batch 1) and torch's CPU ops beside it."""
+    import convgpu
+    from convgpu.ops._args import conv_out_size
+    progress("convgpu bench: no GPU visible, so no device kernel is timed here. Timing the "
+             "numpy backend at batch 1 on the CPU, with torch's CPU ops beside it if importable.")
+    try:
+        import torch
+    except Exception:
+        torch = None
+
+    def clock(fn):
+        fn()
+        ts = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            ts.append((time.perf_counter() - t0) * 1e3)
+        return quantiles(ts)
+
+    rng = np.random.default_rng(0)
+    results = []
+    for sh in conv if "conv2d" in ops else []:
+        N = 1
+        P = conv_out_size(sh.H, sh.R, sh.stride, sh.pad, 1)
+        label = shape_label(sh.name, N, sh.C, sh.H, sh.K, sh.R, sh.stride, sh.pad)
+        fl = conv_flops(N, sh.C, sh.K, sh.R, sh.R, P, P)
+        x = rng.uniform(-1, 1, (N, sh.C, sh.H, sh.H)).astype(np.float32)
+        w = rng.uniform(-1, 1, (sh.K, sh.C, sh.R, sh.R)).astype(np.float32)
+        base = None
+        if torch is not None:
+            xt, wt = torch.from_numpy(x), torch.from_numpy(w)
+            t = clock(lambda: torch.nn.functional.conv2d(xt, wt, None, sh.stride, sh.pad))
+            base = t["median_ms"]
+            results.append(Result("conv2d", label, "torch-cpu", "float32", "ok", **t,
+                                  tflops=fl / (base * 1e-3) / 1e12, vs_cudnn=1.0,
+                                  gbps=conv_bytes(N, sh.C, sh.H, sh.H, sh.K, sh.R, sh.R, P, P, 1, 4)
+                                  / (base * 1e-3) / 1e9))
+        by = conv_bytes(N, sh.C, sh.H, sh.H, sh.K, sh.R, sh.R, P, P, 1, 4)
+        for algo in ("im2col", "fft"):
+            t = clock(lambda: convgpu.conv2d(x, w, None, sh.stride, sh.pad, algo=algo))
+            results.append(Result("conv2d", label, f"numpy:{algo}", "float32", "ok", **t,
+                                  tflops=fl / (t["median_ms"] * 1e-3) / 1e12,
+                                  gbps=by / (t["median_ms"] * 1e-3) / 1e9,
+                                  vs_cudnn=ratio(base, t["median_ms"]) if base else None,
+                                  extra={"baseline": "torch-cpu"}))
+            progress(f"  {label:55s} numpy:{algo:8s} {t['median_ms']:9.2f} ms")
+    for sh in pools if "pool" in ops else []:
+        x = rng.standard_normal((1, sh.C, sh.H, sh.H)).astype(np.float32)
+        label = f"{sh.name}: N1 C{sh.C} H{sh.H} k{sh.kernel} s{sh.stride} p{sh.pad}"
+        t = clock(lambda: convgpu.max_pool2d(x, sh.kernel, sh.stride, sh.pad,
+                                             ceil_mode=sh.ceil_mode, return_indices=True))
+        results.append(Result("max_pool2d", label, "numpy:reference", "float32", "ok", **t))
+        if torch is not None:
+            xt = torch.from_numpy(x)
+            tt = clock(lambda: torch.nn.functional.max_pool2d(xt, sh.kernel, sh.stride, sh.pad,
+                                                              ceil_mode=sh.ceil_mode,
+                                                              return_indices=True))
+            results.append(Result("max_pool2d", label, "torch-cpu", "float32", "ok", **tt))
+            results[-2].vs_cudnn = ratio(tt["median_ms"], t["median_ms"])
+    return {"environment": environment(), "device": "cpu", "ceilings": {},
+            "results": [asdict(r) for r in results]}
+
+
+def format_table(results) -> str:
+    head = ("op", "shape", "impl", "median ms", "q20-q80", "TFLOP/s", "GB/s", "vs base", "status")
+    rows = []
+    for r in results:
+        ms = r.get("median_ms")
+        rows.append((r["op"], r["shape"][:44], r["impl"], f"{ms:.3f}" if ms else "-",
+                     f"{r['q20_ms']:.3f}-{r['q80_ms']:.3f}" if ms else "-",
+                     f"{r['tflops']:.2f}" if r.get("tflops") else "-",
+                     f"{r['gbps']:.0f}" if r.get("gbps") else "-",
+                     f"{r['vs_cudnn']:.3f}x" if r.get("vs_cudnn") else "-", r["status"][:40]))
+    widths = [max(len(str(x[i])) for x in [head] + rows) for i in range(len(head))]
+    fmt = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
+    return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
+
+
+def plot(doc, path) -> None:
+    """Left: per conv shape, the speed of each implementation relative to its baseline
+    (cuDNN, or torch on the CPU). Right: roofline, achieved TFLOP/s against arithmetic
+    intensity (FLOP per byte) with the measured ceilings."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    res = [r for r in doc["results"] if r["op"] == "conv2d" and r.get("vs_cudnn")
+           and r["status"] == "ok" and not r["impl"].startswith(("cudnn", "torch"))]
+    shapes_ = list(dict.fromkeys(r["shape"] for r in res))
+    impls = list(dict.fromkeys(r["impl"] for r in res))
+    fig, ax = plt.subplots(1, 2, figsize=(15, 5.5))
+    width = 0.8 / max(1, len(impls))
+    for j, im in enumerate(impls):
+        vals = [next((r["vs_cudnn"] for r in res if r["shape"] == s and r["impl"] == im), 0)
+                for s in shapes_]
+        ax[0].bar(np.arange(len(shapes_)) + j * width, vals, width, label=im)
+    ax[0].axhline(1.0, color="k", lw=0.8)
+    ax[0].set_xticks(np.arange(len(shapes_)) + 0.4 - width / 2)
+    ax[0].set_xticklabels([s.split(":")[0] for s in shapes_], rotation=40, ha="right", fontsize=7)
+    ax[0].set_ylabel("speed relative to baseline (1 = cuDNN on a GPU, torch on the CPU)")
+    ax[0].set_yscale("log")
+    ax[0].set_title(f"conv2d forward, float32 ({doc['environment'].get('device') or 'CPU'})")
+    ax[0].legend(fontsize=7)
+    pts = [r for r in doc["results"] if r.get("tflops") and r.get("gbps") and r["status"] == "ok"]
+    for im in dict.fromkeys(r["impl"] for r in pts):
+        sel = [r for r in pts if r["impl"] == im]
+        ax[1].scatter([r["tflops"] * 1e3 / r["gbps"] for r in sel], [r["tflops"] for r in sel],
+                      s=14, label=im)
+    ceil = doc.get("ceilings") or {}
+    if ceil:
+        ai = np.logspace(-1, 3.5, 100)
+        ax[1].plot(ai, np.minimum(ceil["copy_GBps"] * ai / 1e3, ceil["sgemm_TFLOPs"]), "k--",
+                   lw=1, label="measured ceilings")
+    ax[1].set(xscale="log", yscale="log", xlabel="arithmetic intensity (FLOP / byte)",
+              ylabel="achieved TFLOP/s", title="roofline")
+    if pts or ceil:
+        ax[1].legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -93,9 +93,8 @@ def cmd_check(args) -> int:
 def cmd_bench(args) -> int:
     _prepare_backends()
     from convgpu.bench import run
-    doc = run(json_path=args.json, quick=True)
-    if not doc["results"]:
-        return 0
+    doc = run(json_path=args.json, plot_path=args.plot, quick=args.quick, shapes=args.shapes,
+              ops=args.ops, impl=args.impl)
     failed = [r for r in doc["results"] if r["status"].startswith("FAIL")]
     for r in failed:
         print(f"FAILED validation: {r['op']} {r['impl']} {r['shape']}: {r['status']}")
@@ -122,8 +121,13 @@ def main(argv=None) -> int:
     tr = sub.add_parser("train", help="train LeNet-5 on real digit images through the op API")
     from convgpu.train import add_arguments
     add_arguments(tr)
-    bn = sub.add_parser("bench", help="time device kernels against cuDNN (quick suite)")
+    bn = sub.add_parser("bench", help="time the kernels against cuDNN/cuBLAS on real layer shapes")
+    bn.add_argument("--quick", action="store_true", help="the subset that runs in ~2 minutes")
     bn.add_argument("--json", help="write the results to this JSON file")
+    bn.add_argument("--plot", help="write a PNG: speed vs cuDNN per shape, and a roofline")
+    bn.add_argument("--shapes", nargs="*", help="only shapes whose name contains one of these")
+    bn.add_argument("--ops", nargs="*", help="gemm, conv2d, conv2d_backward, pool")
+    bn.add_argument("--impl", nargs="*", help="only implementations whose label contains these")
     args = ap.parse_args(argv)
     return {"info": cmd_info, "check": cmd_check, "bench": cmd_bench, "train": cmd_train}[args.cmd](args)
 

@@ -1,0 +1,59 @@
+"""The benchmark harness's own logic: FLOP and byte counts, quantiles, ratios, the suite,
+and the JSON it writes (run here in its CPU mode on one small shape)."""
+import json
+
+import numpy as np
+import pytest
+
+from convgpu import bench, shapes
+
+
+def test_conv_flop_and_byte_counts():
+    # 2 * N * K * (C/g) * R * S * P * Q, counted by hand: 2*2*6*2*3*3*5*5 = 10800
+    assert bench.conv_flops(2, 4, 6, 3, 3, 5, 5, groups=2) == 10800
+    # x 2*4*7*7 = 392, w 6*2*3*3 = 108, y 2*6*5*5 = 300 elements, 4 bytes each
+    assert bench.conv_bytes(2, 4, 7, 7, 6, 3, 3, 5, 5, 2, 4) == 4 * (392 + 108 + 300)
+    assert bench.pool_bytes(100, 25) == {"forward": 400 + 25 * 12, "backward": 25 * 12 + 400}
+
+
+def test_quantiles_and_ratio():
+    q = bench.quantiles([float(v) for v in range(10, 0, -1)])
+    assert q == {"median_ms": 5.5, "q20_ms": pytest.approx(2.8), "q80_ms": pytest.approx(8.2)}
+    assert bench.ratio(3.0, 1.5) == 2.0          # twice as fast as the baseline
+
+
+def test_suite_quick_subset_and_n64_variants():
+    full = shapes.conv_suite()
+    quick = shapes.conv_suite(quick=True)
+    names = {s.name for s in full}
+    assert {s.name for s in quick} <= names and len(quick) < len(full)
+    for s in full:
+        if s.N == 16:
+            assert s.name + " @N64" in names
+    assert [s.name for s in shapes.conv_suite(filters=["late"])] == [
+        "ResNet 3x3 late", "ResNet 3x3 late @N64", "ResNet 1x1 late", "ResNet 1x1 late @N64"]
+    assert all(s.ceil_mode for s in shapes.pool_suite(filters=["ceil"]))
+
+
+def test_cpu_run_writes_json_and_plot(tmp_path):
+    out = tmp_path / "b.json"
+    png = tmp_path / "b.png"
+    pytest.importorskip("matplotlib")
+    doc = bench.run(json_path=str(out), plot_path=str(png), quick=True, shapes=["3x3 late"],
+                    ops=["conv2d"], progress=lambda *a: None)
+    saved = json.loads(out.read_text())
+    assert saved["device"] == "cpu" and saved == json.loads(json.dumps(doc))
+    for key in ("commit", "python", "numpy", "time"):
+        assert key in saved["environment"]
+    rows = saved["results"]
+    assert {r["impl"] for r in rows} >= {"numpy:im2col", "numpy:fft"}
+    for r in rows:
+        assert set(r) >= {"op", "shape", "impl", "dtype", "status", "median_ms", "q20_ms",
+                          "q80_ms", "tflops", "gbps", "vs_cudnn"}
+        assert r["q20_ms"] <= r["median_ms"] <= r["q80_ms"]
+    assert png.stat().st_size > 10_000
+
+
+def test_unknown_op_is_rejected():
+    with pytest.raises(ValueError, match="unknown --ops"):
+        bench.run(ops=["conv3d"], progress=lambda *a: None)
