@@ -32,11 +32,17 @@ gy = rng.uniform(-1, 1, yref.shape)
 gyd = cp.asarray(gy.astype(np.float32))
 for algo in ["direct", "direct_tiled", "im2col", "fft"]:
     check(f"conv2d {algo}", convgpu.conv2d(xd, wd, bd, **kw, backend="numba", algo=algo), yref)
-for algo in ["implicit_gemm", "im2col"]:
+for algo in ["implicit_gemm", "im2col", "fft"]:
     check(f"conv2d cuda {algo}", convgpu.conv2d(xd, wd, bd, **kw, backend="cuda", algo=algo), yref)
 check("conv2d cuda implicit_gemm_tf32", convgpu.conv2d(xd, wd, bd, **kw, backend="cuda",
                                                        algo="implicit_gemm_tf32", allow_tf32=True),
       yref, tol=2e-3)
+check("conv2d_backward_input cuda fft",
+      convgpu.conv2d_backward_input(gyd, wd, x.shape, **kw, backend="cuda", algo="fft"),
+      ref.conv2d_backward_input(gy, w, x.shape, (2, 1), (1, 1), (1, 1), 2))
+check("conv2d_backward_weight cuda fft",
+      convgpu.conv2d_backward_weight(xd, gyd, w.shape, **kw, backend="cuda", algo="fft"),
+      ref.conv2d_backward_weight(x, gy, w.shape, (2, 1), (1, 1), (1, 1), 2))
 check("conv2d_backward_input cuda col2im",
       convgpu.conv2d_backward_input(gyd, wd, x.shape, **kw, backend="cuda", algo="col2im"),
       ref.conv2d_backward_input(gy, w, x.shape, (2, 1), (1, 1), (1, 1), 2))

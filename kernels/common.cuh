@@ -31,7 +31,7 @@ template <> __device__ __forceinline__ void lds4<double>(const double* p, double
 //     64 apart: the shared reads are 16-byte vectors without bank conflicts); acc[i*8 + j].
 //   TF32 tensor cores (TF32 = true, float only): warp w owns the 64 x 32 sub-tile at rows
 //     (w / 4) * 64, columns (w % 4) * 32, as 4 x 4 mma.sync.m16n8k8 tiles; operands rounded
-//     to TF32 (cvt.rna), accumulation in FP32; acc[(mi*4 + ni)*4 + v] is fragment value v of
+//     to TF32 (cvt.rna) as they are staged (staged<T, TF32>), accumulation in FP32; acc[(mi*4 + ni)*4 + v] is fragment value v of
 //     tile (mi, ni) in the PTX ISA's m16n8k8 C layout.
 namespace tile {
 constexpr int BM = 128, BN = 128, BK = 8, THREADS = 256, NACC = 64, PAD = 8, LDS = BM + PAD;
@@ -68,6 +68,13 @@ __device__ __forceinline__ unsigned to_tf32(float x) {
     return r;
 }
 
+// the value staged into shared memory: rounded to TF32 once there (for the tensor-core
+// path), so the inner loop reads ready operands
+template <typename T, bool TF32> __device__ __forceinline__ T staged(T v) {
+    if constexpr (TF32) return __uint_as_float(to_tf32(v));
+    else return v;
+}
+
 // acc += As x Bs over the BK slices of one staged tile
 template <typename T, bool TF32>
 __device__ __forceinline__ void mma(const T (*As)[LDS], const T (*Bs)[LDS], int tid,
@@ -80,16 +87,16 @@ __device__ __forceinline__ void mma(const T (*As)[LDS], const T (*Bs)[LDS], int 
 #pragma unroll
         for (int mi = 0; mi < 4; ++mi) {
             const int r = r0 + mi * 16 + g;
-            a[mi][0] = to_tf32(As[t][r]);
-            a[mi][1] = to_tf32(As[t][r + 8]);
-            a[mi][2] = to_tf32(As[t + 4][r]);
-            a[mi][3] = to_tf32(As[t + 4][r + 8]);
+            a[mi][0] = __float_as_uint(As[t][r]);
+            a[mi][1] = __float_as_uint(As[t][r + 8]);
+            a[mi][2] = __float_as_uint(As[t + 4][r]);
+            a[mi][3] = __float_as_uint(As[t + 4][r + 8]);
         }
 #pragma unroll
         for (int ni = 0; ni < 4; ++ni) {
             const int c = c0 + ni * 8 + g;
-            b[ni][0] = to_tf32(Bs[t][c]);
-            b[ni][1] = to_tf32(Bs[t + 4][c]);
+            b[ni][0] = __float_as_uint(Bs[t][c]);
+            b[ni][1] = __float_as_uint(Bs[t + 4][c]);
         }
 #pragma unroll
         for (int mi = 0; mi < 4; ++mi)

@@ -84,8 +84,8 @@ conv2d_implicit_gemm(const T* __restrict__ x, const T* __restrict__ w,
     auto stage = [&](int buf) {
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-            As[buf][ak0 + i][am] = ra[i];
-            Bs[buf][bk][tid % 32 + 32 * i] = rb[i];
+            As[buf][ak0 + i][am] = staged<T, TF32>(ra[i]);
+            Bs[buf][bk][tid % 32 + 32 * i] = staged<T, TF32>(rb[i]);
         }
     };
 

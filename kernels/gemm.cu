@@ -53,8 +53,8 @@ gemm_tiled(const T* __restrict__ A, const T* __restrict__ B, T* __restrict__ C, 
     auto stage = [&](int buf) {
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-            As[buf][ak[i]][am[i]] = ra[i];
-            Bs[buf][bk[i]][bn[i]] = rb[i];
+            As[buf][ak[i]][am[i]] = staged<T, TF32>(ra[i]);
+            Bs[buf][bk[i]][bn[i]] = staged<T, TF32>(rb[i]);
         }
     };
 

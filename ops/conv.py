@@ -69,8 +69,13 @@ register("conv2d", "cuda", "implicit_gemm", _C + "conv2d_implicit_gemm")
 register("conv2d", "cuda", "implicit_gemm_tf32", _C + "conv2d_implicit_gemm_tf32",
          supports=_C + "tf32_supports")
 register("conv2d", "cuda", "im2col", _C + "conv2d_im2col")
+register("conv2d", "cuda", "fft", _C + "conv2d_fft", supports=_C + "fft_supports")
 register("conv2d_backward_input", "cuda", "col2im", _C + "backward_input_col2im")
+register("conv2d_backward_input", "cuda", "fft", _C + "backward_input_fft",
+         supports=_C + "fft_supports")
 register("conv2d_backward_weight", "cuda", "im2col", _C + "backward_weight_im2col")
+register("conv2d_backward_weight", "cuda", "fft", _C + "backward_weight_fft",
+         supports=_C + "fft_supports")
 
 
 # ----------------------------------------------------------------------------------------

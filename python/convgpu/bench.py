@@ -438,19 +438,25 @@ def run(json_path=None, plot_path=None, quick=True, shapes=None, ops=None, impl=
         progress(f"ceilings: copy {ceil['copy_GBps']:.0f} GB/s, SGEMM (cuBLAS, TF32 off) "
                  f"{ceil['sgemm_TFLOPs']:.1f} TFLOP/s")
         results = []
-        if "gemm" in ops and not shapes:
-            results += bench_gemm(timer, progress=progress)
-        if "conv2d" in ops:
-            results += bench_conv(timer, conv, progress=progress, impl_filter=impl)
-        if "conv2d_backward" in ops:
-            results += bench_conv_backward(timer, conv, progress=progress, impl_filter=impl)
-        if "pool" in ops:
-            results += bench_pool(timer, pools, progress=progress, impl_filter=impl)
-        for r in results:
-            if r.tflops is not None:
-                r.extra["frac_fp32_rate"] = r.tflops / ceil["sgemm_TFLOPs"]
-            if r.gbps is not None:
-                r.extra["frac_copy_bw"] = r.gbps / ceil["copy_GBps"]
+        stages = [("gemm", lambda: bench_gemm(timer, progress=progress) if not shapes else []),
+                  ("conv2d", lambda: bench_conv(timer, conv, progress=progress, impl_filter=impl)),
+                  ("conv2d_backward", lambda: bench_conv_backward(timer, conv, progress=progress,
+                                                                  impl_filter=impl)),
+                  ("pool", lambda: bench_pool(timer, pools, progress=progress, impl_filter=impl))]
+        for name, stage in stages:
+            if name not in ops:
+                continue
+            results += stage()
+            for r in results:
+                if r.tflops is not None:
+                    r.extra["frac_fp32_rate"] = r.tflops / ceil["sgemm_TFLOPs"]
+                if r.gbps is not None:
+                    r.extra["frac_copy_bw"] = r.gbps / ceil["copy_GBps"]
+            doc = {"environment": env, "ceilings": ceil, "device": "gpu",
+                   "results": [asdict(r) for r in results]}
+            if json_path:                       # written after every stage: a run cut short
+                with open(json_path, "w") as f:  # keeps what it measured
+                    json.dump(doc, f, indent=1)
         doc = {"environment": env, "ceilings": ceil, "device": "gpu",
                "results": [asdict(r) for r in results]}
     progress("\n" + format_table(doc["results"]))
