@@ -82,6 +82,23 @@ class Module:
         return self
 
 
+class _Weighted(Module):
+    """A layer with a weight and an optional bias Parameter."""
+
+    def _init_params(self, w, bias_len):
+        self.weight = Parameter(w)
+        self.bias = Parameter(np.zeros(bias_len, w.dtype)) if bias_len else None
+
+    def parameters(self):
+        return [self.weight] + ([self.bias] if self.bias else [])
+
+    def named_parameters(self, prefix=""):
+        d = {prefix + "weight": self.weight}
+        if self.bias:
+            d[prefix + "bias"] = self.bias
+        return d
+
+
 # a conv algorithm family names one implementation per pass: (forward, input grad, weight grad)
 ALGO_FAMILIES = {
     "auto": ("auto", "auto", "auto"),
@@ -93,7 +110,7 @@ ALGO_FAMILIES = {
 }
 
 
-class Conv2d(Module):
+class Conv2d(_Weighted):
     """2-D convolution layer. `algo` names a family (ALGO_FAMILIES): the forward, input-
     gradient and weight-gradient implementations it uses, e.g. "im2col" = im2col + GEMM
     forward, GEMM + col2im input gradient, im2col + GEMM weight gradient."""
@@ -108,22 +125,12 @@ class Conv2d(Module):
         fan_out = out_channels * k[0] * k[1] // groups
         w = he_normal(rng, shape, fan_in, dtype) if init == "he" else \
             glorot_uniform(rng, shape, fan_in, fan_out, dtype)
-        self.weight = Parameter(w)
-        self.bias = Parameter(np.zeros(out_channels, dtype)) if bias else None
+        self._init_params(w, out_channels if bias else 0)
         self.kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
         if algo not in ALGO_FAMILIES:
             raise ValueError(f"Conv2d: algo must be one of {', '.join(ALGO_FAMILIES)}, got {algo!r}")
         self.algo, self.backend = algo, backend
         self.algo_fwd, self.algo_input, self.algo_weight = ALGO_FAMILIES[algo]
-
-    def parameters(self):
-        return [self.weight] + ([self.bias] if self.bias else [])
-
-    def named_parameters(self, prefix=""):
-        d = {prefix + "weight": self.weight}
-        if self.bias:
-            d[prefix + "bias"] = self.bias
-        return d
 
     def forward(self, x):
         self.x = x
@@ -141,25 +148,15 @@ class Conv2d(Module):
                                        algo=self.algo_input, backend=self.backend)
 
 
-class Linear(Module):
+class Linear(_Weighted):
     def __init__(self, in_features, out_features, bias=True, *, init="glorot", backend="auto",
                  rng=None, dtype=np.float32):
         rng = rng if rng is not None else np.random.default_rng(0)
         shape = (out_features, in_features)
         w = he_normal(rng, shape, in_features, dtype) if init == "he" else \
             glorot_uniform(rng, shape, in_features, out_features, dtype)
-        self.weight = Parameter(w)
-        self.bias = Parameter(np.zeros(out_features, dtype)) if bias else None
+        self._init_params(w, out_features if bias else 0)
         self.backend = backend
-
-    def parameters(self):
-        return [self.weight] + ([self.bias] if self.bias else [])
-
-    def named_parameters(self, prefix=""):
-        d = {prefix + "weight": self.weight}
-        if self.bias:
-            d[prefix + "bias"] = self.bias
-        return d
 
     def forward(self, x):
         self.x = x
