@@ -572,7 +572,8 @@ def plot(doc, path) -> None:
     ax[0].set_ylabel("speed relative to baseline (1 = cuDNN on a GPU, torch on the CPU)")
     ax[0].set_yscale("log")
     ax[0].set_title(f"conv2d forward, float32 ({doc['environment'].get('device') or 'CPU'})")
-    ax[0].legend(fontsize=7)
+    if impls:
+        ax[0].legend(fontsize=7)
     pts = [r for r in doc["results"] if r.get("tflops") and r.get("gbps") and r["status"] == "ok"]
     for im in dict.fromkeys(r["impl"] for r in pts):
         sel = [r for r in pts if r["impl"] == im]
