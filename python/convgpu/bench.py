@@ -6,8 +6,10 @@ after warm-up, with the L2 flushed (a 256 MiB buffer rewritten) before every rep
 the median and the 20%/80% quantiles are reported, with TFLOP/s (2*N*K*(C/g)*R*S*P*Q for
 conv), GB/s (each input read once, each output written once) and the ratio to cuDNN
 measured in the same run (TF32 off for float32). The machine's ceilings are measured in
-the same run too: device-to-device copy bandwidth and an FP32 FMA rate (cuBLAS SGEMM,
-TF32 off, as the attainable FP32 matrix rate).
+the same run too: device-to-device copy bandwidth, the FP32 rate as cuBLAS SGEMM reaches
+it (TF32 off) and the TF32 rate of cuBLAS's TF32 GEMM. (The design asks for an FP32 FMA
+rate from a kernel of ours; that kernel has not been written yet: cuBLAS's SGEMM is the
+attainable FP32 matrix rate meanwhile.)
 
     convgpu bench [--quick] [--json PATH] [--plot PATH] [--shapes S ...] [--ops OP ...]
                   [--impl I ...]
@@ -102,7 +104,15 @@ def ceilings(timer) -> Dict[str, float]:
     A = cp.random.default_rng(0).standard_normal((m, m), dtype=cp.float32)
     B = cp.random.default_rng(1).standard_normal((m, m), dtype=cp.float32)
     t = quantiles(timer(lambda: A @ B))["median_ms"]
-    return {"copy_GBps": bw, "sgemm_TFLOPs": 2 * m ** 3 / (t * 1e-3) / 1e12}
+    out = {"copy_GBps": bw, "sgemm_TFLOPs": 2 * m ** 3 / (t * 1e-3) / 1e12}
+    torch = _torch()
+    if torch is not None:                 # the TF32 ceiling: cuBLAS TF32 GEMM through torch
+        At, Bt = torch.from_dlpack(A), torch.from_dlpack(B)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        t = quantiles(timer(lambda: torch.matmul(At, Bt)))["median_ms"]
+        torch.backends.cuda.matmul.allow_tf32 = False
+        out["tf32_TFLOPs"] = 2 * m ** 3 / (t * 1e-3) / 1e12
+    return out
 
 
 def _torch():
@@ -448,7 +458,9 @@ def run(json_path=None, plot_path=None, quick=True, shapes=None, ops=None, impl=
                 continue
             results += stage()
             for r in results:
-                if r.tflops is not None:
+                if r.tflops is not None and "tf32" in r.impl and "tf32_TFLOPs" in ceil:
+                    r.extra["frac_tf32_rate"] = r.tflops / ceil["tf32_TFLOPs"]
+                elif r.tflops is not None:
                     r.extra["frac_fp32_rate"] = r.tflops / ceil["sgemm_TFLOPs"]
                 if r.gbps is not None:
                     r.extra["frac_copy_bw"] = r.gbps / ceil["copy_GBps"]
