@@ -200,7 +200,7 @@ def max_pool2d_backward(gy, indices, input_shape):
     return gx.reshape(N, C, H, W).astype(gy.dtype)
 
 
-def _avg_divisors(H, P, k, s, p, ceil_mode_unused=False):
+def _avg_divisors(H, P, k, s, p):
     """Per-axis window sizes for avg pooling: (counted with padding, counted without)."""
     start = np.arange(P) * s - p
     end = np.minimum(start + k, H + p)
