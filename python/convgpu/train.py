@@ -1,6 +1,7 @@
 """The training loop: a LeNet-5-style network on real digit images through the op API.
 
-    convgpu train                       # 8x8 scikit-learn digits, numpy backend on the CPU
+    convgpu train                       # 8x8 scikit-learn digits; the GPU if there is one
+    convgpu train --backend numpy       # NumPy on the CPU
     convgpu train --backend cuda        # on a GPU: CuPy arrays, CUDA C / Numba kernels
     convgpu train --data DIR            # MNIST IDX files the user already has
     convgpu train --save w.npz --plots out/
@@ -98,6 +99,9 @@ def train(epochs=30, batch_size=32, lr=2e-3, optimizer="adam", momentum=0.9, wei
           backend="numpy", algo="auto", seed=0, data_dir=None, upsample=1, dropout=0.0,
           test_fraction=0.2, progress=True) -> Result:
     t_start = time.perf_counter()
+    if backend == "auto":                        # the GPU when there is one
+        from convgpu.arrays import cupy_module
+        backend = "cuda" if cupy_module() is not None else "numpy"
     xtr, ytr, xte, yte = load(data_dir, upsample, seed, test_fraction)
     xp = np if backend == "numpy" else _device_xp(backend)
     # "cuda" runs the CUDA C kernels where an op has them and the Numba kernels elsewhere
@@ -230,7 +234,8 @@ def add_arguments(p):
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--dropout", type=float, default=0.0)
-    p.add_argument("--backend", choices=["numpy", "numba", "cuda", "auto"], default="numpy")
+    p.add_argument("--backend", choices=["numpy", "numba", "cuda", "auto"], default="auto",
+                   help="auto: cuda on a GPU, numpy otherwise")
     p.add_argument("--algo", default="auto", help="conv algorithm for the device backends")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", help="directory with MNIST IDX files (default: sklearn digits)")
