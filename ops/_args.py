@@ -314,6 +314,18 @@ def pool_geometry(op: str, x_shape, kernel_size, stride, padding, dilation, ceil
         raise ValueError(f"{op}: window {k} (dilation {d}) is larger than the padded input "
                          f"{H + 2 * p[0]}x{W + 2 * p[1]} (input {H}x{W}, padding {p}): "
                          "the output would be empty")
+    # with dilation a window can fall entirely on padding: it has no maximum in the input
+    # and no index to give (torch returns -inf with an index past the row); refuse it
+    for axis, (n, out) in enumerate(((H, P), (W, Q))):
+        if d[axis] > 1:
+            pos = (np.arange(out)[:, None] * s[axis] - p[axis]
+                   + np.arange(k[axis])[None, :] * d[axis])
+            empty = ~((pos >= 0) & (pos < n)).any(axis=1)
+            if empty.any():
+                o = int(np.argmax(empty))
+                raise ValueError(f"{op}: window {o} along {'HW'[axis]} (kernel {k[axis]}, "
+                                 f"dilation {d[axis]}, padding {p[axis]}, stride {s[axis]}) "
+                                 f"lies entirely in the padding of an input of size {n}")
     return PoolArgs(op, N, C, H, W, P, Q, k, s, p, d, bool(ceil_mode), bool(count_include_pad),
                     None if divisor_override is None else int(divisor_override), np.dtype(dtype))
 

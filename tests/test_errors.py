@@ -66,6 +66,8 @@ CASES = [
      ["max_pool2d", "padding", "half", "at most 1"]),
     ("avg pad", lambda: convgpu.avg_pool2d(z(1, 1, 6, 6), 2, padding=2), ValueError,
      ["avg_pool2d", "padding", "half"]),
+    ("pool window in padding", lambda: convgpu.max_pool2d(z(1, 1, 2, 1), (1, 2), 1, (0, 1), (1, 2)),
+     ValueError, ["max_pool2d", "along W", "entirely in the padding", "size 1"]),
     ("pool empty", lambda: convgpu.max_pool2d(z(1, 1, 2, 2), 3), ValueError,
      ["max_pool2d", "larger", "empty"]),
     ("pool stride 0", lambda: convgpu.max_pool2d(z(1, 1, 6, 6), 2, stride=0), ValueError,
