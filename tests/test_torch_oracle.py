@@ -1,0 +1,80 @@
+"""torch as a second oracle for the semantics the contract borrows from it (output sizes,
+ceil_mode, count_include_pad, divisor_override, index layout, conv_transpose2d's
+output_padding), and torch CPU tensors in -> torch tensors out. Skipped where torch is not
+installed (it is not a dependency)."""
+import itertools
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+import convgpu  # noqa: E402
+from helpers import assert_close, rand  # noqa: E402
+
+
+@pytest.mark.parametrize("k, s, p, d, ceil", [
+    c for c in itertools.product([2, 3, (3, 2)], [1, 2, 3], [0, 1], [1, 2], [False, True])
+])
+def test_max_pool_matches_torch(rng, k, s, p, d, ceil):
+    x = rng.permutation(np.linspace(-1, 1, 2 * 3 * 11 * 10)).reshape(2, 3, 11, 10)
+    kk = (k, k) if isinstance(k, int) else k
+    if p > ((min(kk) - 1) * d + 1) // 2:
+        return
+    try:
+        y, i = convgpu.max_pool2d(x, k, s, p, d, ceil, return_indices=True)
+    except ValueError as e:                  # our refusals: only the all-padding window
+        assert "entirely in the padding" in str(e)
+        return
+    yt, it = F.max_pool2d(torch.from_numpy(x), k, s, p, d, ceil, return_indices=True)
+    np.testing.assert_array_equal(y, yt.numpy())
+    np.testing.assert_array_equal(i, it.numpy())
+
+
+@pytest.mark.parametrize("k, s, p, ceil, cip, dov", [
+    c for c in itertools.product([2, 3, (3, 2)], [1, 2, 3], [0, 1], [False, True],
+                                 [True, False], [None, 5])
+])
+def test_avg_pool_matches_torch(rng, k, s, p, ceil, cip, dov):
+    kk = (k, k) if isinstance(k, int) else k
+    if p > min(kk) // 2:
+        return
+    x = rand(rng, (2, 3, 11, 10))
+    y = convgpu.avg_pool2d(x, k, s, p, ceil, cip, dov)
+    yt = F.avg_pool2d(torch.from_numpy(x), k, s, p, ceil, cip, dov)
+    assert y.shape == tuple(yt.shape)
+    assert_close(y, yt.numpy(), 1e-12)
+    gy = rand(rng, y.shape)
+    xt = torch.from_numpy(x).requires_grad_()
+    F.avg_pool2d(xt, k, s, p, ceil, cip, dov).backward(torch.from_numpy(gy))
+    assert_close(convgpu.avg_pool2d_backward(gy, x.shape, k, s, p, ceil, cip, dov),
+                 xt.grad.numpy(), 1e-12)
+
+
+@pytest.mark.parametrize("s, p, op, d, g", [
+    (1, 0, 0, 1, 1), (2, 1, 1, 1, 1), (3, 2, 2, 1, 2), (2, 0, 1, 2, 1), (1, 1, 0, 2, 2)])
+def test_conv_and_transpose_match_torch(rng, s, p, op, d, g):
+    x = rand(rng, (2, 4, 7, 6))
+    w = rand(rng, (6, 4 // g, 3, 2))
+    b = rand(rng, (6,))
+    assert_close(convgpu.conv2d(x, w, b, s, p, d, g),
+                 F.conv2d(*(torch.from_numpy(a) for a in (x, w, b)), s, p, d, g).numpy(), 1e-12)
+    wt = rand(rng, (4, 6 // g, 3, 2))
+    bt = rand(rng, (6,))
+    if op < max(s, d):
+        assert_close(convgpu.conv_transpose2d(x, wt, bt, s, p, op, g, d),
+                     F.conv_transpose2d(*(torch.from_numpy(a) for a in (x, wt, bt)), s, p, op,
+                                        g, d).numpy(), 1e-12)
+
+
+def test_torch_cpu_tensors_round_trip(rng):
+    x = torch.from_numpy(rand(rng, (2, 3, 8, 8), np.float32))
+    w = torch.from_numpy(rand(rng, (4, 3, 3, 3), np.float32))
+    y = convgpu.conv2d(x, w, padding=1)
+    assert isinstance(y, torch.Tensor) and y.dtype == torch.float32
+    assert_close(y.numpy(), F.conv2d(x.double(), w.double(), padding=1).numpy(), 1e-5)
+    yp, i = convgpu.max_pool2d(x.permute(0, 1, 3, 2), 2, return_indices=True)   # non-contiguous
+    assert isinstance(i, torch.Tensor) and i.dtype == torch.int64
+    with pytest.raises(TypeError, match="torch-cpu"):
+        convgpu.conv2d(x, w.numpy())
