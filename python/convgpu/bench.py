@@ -141,9 +141,10 @@ def bench_conv(timer, suite, dtype=np.float32, progress=print, impl_filter=None)
     torch = _torch()
     out = []
     rng = np.random.default_rng(0)
-    for name, N, C, H, K, R, s, p in suite:
+    for at, (name, N, C, H, K, R, s, p) in enumerate(suite, 1):
         P = Q = conv_out_size(H, R, s, p, 1)
         shape = shape_label(name, N, C, H, K, R, s, p)
+        progress(f"[conv2d {at}/{len(suite)}] {shape}")
         fl = conv_flops(N, C, K, R, R, P, Q)
         by = conv_bytes(N, C, H, H, K, R, R, P, Q, 1, np.dtype(dtype).itemsize)
         x = cp.asarray(rng.uniform(-1, 1, (N, C, H, H)).astype(dtype))
@@ -263,9 +264,10 @@ def bench_conv_backward(timer, suite, dtype=np.float32, progress=print,
     torch = _torch()
     out = []
     rng = np.random.default_rng(1)
-    for name, N, C, H, K, R, s, p in suite:
+    for at, (name, N, C, H, K, R, s, p) in enumerate(suite, 1):
         P = conv_out_size(H, R, s, p, 1)
         shape = shape_label(name, N, C, H, K, R, s, p)
+        progress(f"[conv2d backward {at}/{len(suite)}] {shape}")
         fl = conv_flops(N, C, K, R, R, P, P)
         x = cp.asarray(rng.uniform(-1, 1, (N, C, H, H)).astype(dtype))
         w = cp.asarray(rng.uniform(-1, 1, (K, C, R, R)).astype(dtype))
@@ -330,8 +332,9 @@ def bench_pool(timer, suite, dtype=np.float32, progress=print, impl_filter=None)
     import convgpu
     torch = _torch()
     out = []
-    for name, N, C, H, k, s, p, cm in suite:
+    for at, (name, N, C, H, k, s, p, cm) in enumerate(suite, 1):
         shape = f"{name}: N{N} C{C} H{H} k{k} s{s} p{p}"
+        progress(f"[pooling {at}/{len(suite)}] {shape}")
         x = cp.random.default_rng(0).standard_normal((N, C, H, H), dtype=cp.float32)
         y, idx = convgpu.max_pool2d(x, k, s, p, ceil_mode=cm, return_indices=True)
         isz = 4
@@ -504,7 +507,8 @@ def run_cpu(conv, pools, ops, progress=print, reps=5) -> dict:
 
     rng = np.random.default_rng(0)
     results = []
-    for sh in conv if "conv2d" in ops else []:
+    for at, sh in enumerate(conv if "conv2d" in ops else [], 1):
+        progress(f"[conv2d {at}/{len(conv)}] {sh.name}")
         N = 1
         P = conv_out_size(sh.H, sh.R, sh.stride, sh.pad, 1)
         label = shape_label(sh.name, N, sh.C, sh.H, sh.K, sh.R, sh.stride, sh.pad)
