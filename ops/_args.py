@@ -215,8 +215,14 @@ def check_conv_weight(op: str, w) -> None:
     check_ndim(op, "weight", w, (4,), "4-D (K, C/groups, R, S)")
 
 
-def check_conv_input(op: str, name: str, x) -> None:
+def check_nchw_input(op: str, name: str, x) -> None:
     check_ndim(op, name, x, (3, 4), "3-D (C, H, W) or 4-D (N, C, H, W)")
+
+
+def batched(op: str, name: str, x):
+    """(x as 4-D, whether it came unbatched): torch accepts (C, H, W) for one image."""
+    check_nchw_input(op, name, x)
+    return (x[None], True) if x.ndim == 3 else (x, False)
 
 
 def check_bias(op: str, b, K: int) -> None:
@@ -330,17 +336,13 @@ def pool_geometry(op: str, x_shape, kernel_size, stride, padding, dilation, ceil
                     None if divisor_override is None else int(divisor_override), np.dtype(dtype))
 
 
-def check_pool_input(op: str, name: str, x) -> None:
-    check_ndim(op, name, x, (3, 4), "3-D (C, H, W) or 4-D (N, C, H, W)")
-
-
 def check_input_shape(op: str, shape) -> Tuple[int, int, int, int]:
     if isinstance(shape, (tuple, list)) and len(shape) == 3:
         shape = (1,) + tuple(shape)
     return check_shape_tuple(op, "input_shape", shape, 4)
 
 
-def check_indices(op: str, indices, gy_shape, plane: int) -> None:
+def check_indices(op: str, indices, gy_shape) -> None:
     if indices.dtype.kind not in "iu":
         raise TypeError(f"{op}: indices must be an integer array (int64 from max_pool2d), "
                         f"got {indices.dtype}")

@@ -1,23 +1,21 @@
 """Elementwise ops: relu and its backward, bias_add."""
 from __future__ import annotations
 
+from convgpu import reference
 from convgpu.arrays import unwrap
 from convgpu.ops import _args as A
 from convgpu.ops._registry import dispatch, register
 
 
 def _np_relu(a, x):
-    from convgpu import reference
     return reference.relu(x)
 
 
 def _np_relu_backward(a, gy, x):
-    from convgpu import reference
     return reference.relu_backward(gy, x)
 
 
 def _np_bias_add(a, x, b):
-    from convgpu import reference
     return reference.bias_add(x, b)
 
 

@@ -5,6 +5,7 @@ Each op: unwrap arrays -> validate (ops._args) -> pick an implementation
 """
 from __future__ import annotations
 
+from convgpu import reference
 from convgpu.arrays import unwrap
 from convgpu.ops import _args as A
 from convgpu.ops._registry import dispatch, register
@@ -15,29 +16,24 @@ from convgpu.ops._registry import dispatch, register
 
 
 def _np_conv2d(a, x, w, b):
-    from convgpu import reference
     return reference.conv2d(x, w, b, a.stride, a.padding, a.dilation, a.groups)
 
 
 def _np_conv2d_fft(a, x, w, b):
-    from convgpu import reference
     return reference.conv2d_fft(x, w, b, a.stride, a.padding, a.dilation, a.groups)
 
 
 def _np_backward_input(a, gy, w):
-    from convgpu import reference
     return reference.conv2d_backward_input(gy, w, a.x_shape, a.stride, a.padding, a.dilation,
                                            a.groups)
 
 
 def _np_backward_weight(a, x, gy):
-    from convgpu import reference
     return reference.conv2d_backward_weight(x, gy, a.w_shape, a.stride, a.padding, a.dilation,
                                             a.groups)
 
 
 def _np_backward_bias(a, gy):
-    from convgpu import reference
     return reference.conv2d_backward_bias(gy)
 
 
@@ -82,11 +78,6 @@ register("conv2d_backward_weight", "cuda", "fft", _C + "backward_weight_fft",
 # the ops
 
 
-def _batched(op, name, t):
-    A.check_conv_input(op, name, t)
-    return (t[None], True) if t.ndim == 3 else (t, False)
-
-
 def _bias_add(bd, y, b, backend):
     if b is None:
         return y
@@ -101,7 +92,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     setting, see set_allow_tf32) lets float32 calls use the TF32 tensor-core kernels."""
     op = "conv2d"
     bd, a = unwrap(op, input=input, weight=weight, bias=bias)
-    x, unbatched = _batched(op, "input", a["input"])
+    x, unbatched = A.batched(op, "input", a["input"])
     w, b = a["weight"], a["bias"]
     A.check_conv_weight(op, w)
     dtype = A.check_same_dtype(op, input=x, weight=w, bias=b)
@@ -117,7 +108,7 @@ def conv2d_backward_input(grad_output, weight, input_shape, stride=1, padding=0,
     """Gradient of conv2d with respect to its input: (N, K, P, Q) -> input_shape."""
     op = "conv2d_backward_input"
     bd, a = unwrap(op, grad_output=grad_output, weight=weight)
-    gy, unbatched = _batched(op, "grad_output", a["grad_output"])
+    gy, unbatched = A.batched(op, "grad_output", a["grad_output"])
     w = a["weight"]
     A.check_conv_weight(op, w)
     dtype = A.check_same_dtype(op, grad_output=gy, weight=w)
@@ -133,9 +124,9 @@ def conv2d_backward_weight(input, grad_output, weight_shape, stride=1, padding=0
     """Gradient of conv2d with respect to its weight -> weight_shape (K, C/groups, R, S)."""
     op = "conv2d_backward_weight"
     bd, a = unwrap(op, input=input, grad_output=grad_output)
-    x, unbatched = _batched(op, "input", a["input"])
+    x, unbatched = A.batched(op, "input", a["input"])
     gy = a["grad_output"]
-    A.check_conv_input(op, "grad_output", gy)
+    A.check_nchw_input(op, "grad_output", gy)
     if unbatched:
         gy = gy[None]
     dtype = A.check_same_dtype(op, input=x, grad_output=gy)
@@ -149,7 +140,7 @@ def conv2d_backward_bias(grad_output, *, backend="auto"):
     """Gradient of conv2d with respect to its bias: the sum of grad_output over N, P, Q."""
     op = "conv2d_backward_bias"
     bd, a = unwrap(op, grad_output=grad_output)
-    gy, _ = _batched(op, "grad_output", a["grad_output"])
+    gy, _ = A.batched(op, "grad_output", a["grad_output"])
     A.check_float(op, "grad_output", gy)
     return bd.wrap(dispatch(op, tuple(gy.shape), backend, "auto", bd.on_device, gy))
 
@@ -161,7 +152,7 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     on the input-gradient implementations."""
     op = "conv_transpose2d"
     bd, a = unwrap(op, input=input, weight=weight, bias=bias)
-    x, unbatched = _batched(op, "input", a["input"])
+    x, unbatched = A.batched(op, "input", a["input"])
     w, b = a["weight"], a["bias"]
     A.check_conv_weight(op, w)
     dtype = A.check_same_dtype(op, input=x, weight=w, bias=b)

@@ -1,18 +1,17 @@
 """Softmax cross-entropy (mean over the batch, as torch.nn.functional.cross_entropy)."""
 from __future__ import annotations
 
+from convgpu import reference
 from convgpu.arrays import unwrap, xp_of
 from convgpu.ops import _args as A
 from convgpu.ops._registry import dispatch, register
 
 
 def _np_xent(a, z, t):
-    from convgpu import reference
     return reference.softmax_cross_entropy(z, t)
 
 
 def _np_xent_backward(a, z, t):
-    from convgpu import reference
     return reference.softmax_cross_entropy_backward(z, t)
 
 

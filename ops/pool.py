@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+from convgpu import reference
 from convgpu.arrays import unwrap, xp_of
 from convgpu.ops import _args as A
 from convgpu.ops._registry import dispatch, register
@@ -27,34 +28,28 @@ class MaxBackwardArgs:
 
 
 def _np_max_pool(a, x):
-    from convgpu import reference
     return reference.max_pool2d(x, a.kernel, a.stride, a.padding, a.dilation, a.ceil_mode)
 
 
 def _np_max_backward(a, gy, idx):
-    from convgpu import reference
     return reference.max_pool2d_backward(gy, idx, a.x_shape)
 
 
 def _np_avg_pool(a, x):
-    from convgpu import reference
     return reference.avg_pool2d(x, a.kernel, a.stride, a.padding, a.ceil_mode,
                                 a.count_include_pad, a.divisor_override)
 
 
 def _np_avg_backward(a, gy):
-    from convgpu import reference
     return reference.avg_pool2d_backward(gy, a.x_shape, a.kernel, a.stride, a.padding,
                                          a.ceil_mode, a.count_include_pad, a.divisor_override)
 
 
 def _np_gap(a, x):
-    from convgpu import reference
     return reference.global_avg_pool2d(x)
 
 
 def _np_gap_backward(a, gy):
-    from convgpu import reference
     return reference.global_avg_pool2d_backward(gy, a)
 
 
@@ -104,18 +99,13 @@ register("avg_pool2d_backward", "cuda", "gather", _C + "avg_pool2d_backward",
 # the ops
 
 
-def _batched(op, name, t):
-    A.check_pool_input(op, name, t)
-    return (t[None], True) if t.ndim == 3 else (t, False)
-
-
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                return_indices=False, *, backend="auto"):
     """Max pooling as torch: -inf padding; with return_indices, int64 indices flat over each
     unpadded input plane (h*W + w); the first maximum wins a tie; NaN propagates."""
     op = "max_pool2d"
     bd, a = unwrap(op, input=input)
-    x, unbatched = _batched(op, "input", a["input"])
+    x, unbatched = A.batched(op, "input", a["input"])
     A.check_float(op, "input", x)
     args = A.pool_geometry(op, x.shape, kernel_size, stride, padding, dilation, ceil_mode,
                            x.dtype, kind="max")
@@ -131,7 +121,7 @@ def max_pool2d_backward(grad_output, indices, input_shape, kernel_size=None, str
     whose index points at it. Pass the forward's geometry to let device kernels gather."""
     op = "max_pool2d_backward"
     bd, a = unwrap(op, grad_output=grad_output, indices=indices)
-    gy, unbatched = _batched(op, "grad_output", a["grad_output"])
+    gy, unbatched = A.batched(op, "grad_output", a["grad_output"])
     idx = a["indices"]
     if unbatched:
         idx = idx[None] if idx.ndim == 3 else idx
@@ -140,7 +130,7 @@ def max_pool2d_backward(grad_output, indices, input_shape, kernel_size=None, str
     if shape[:2] != tuple(gy.shape[:2]):
         raise ValueError(f"{op}: grad_output has shape {tuple(gy.shape)} but input_shape "
                          f"{shape} has (N, C) = {shape[:2]}")
-    A.check_indices(op, idx, gy.shape, shape[2] * shape[3])
+    A.check_indices(op, idx, gy.shape)
     pool = None
     if kernel_size is not None:
         pool = A.pool_geometry(op, shape, kernel_size, stride, padding, dilation, ceil_mode,
@@ -159,7 +149,7 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
     """Average pooling as torch.nn.functional.avg_pool2d."""
     op = "avg_pool2d"
     bd, a = unwrap(op, input=input)
-    x, unbatched = _batched(op, "input", a["input"])
+    x, unbatched = A.batched(op, "input", a["input"])
     A.check_float(op, "input", x)
     args = A.pool_geometry(op, x.shape, kernel_size, stride, padding, 1, ceil_mode, x.dtype,
                            kind="avg", count_include_pad=count_include_pad,
@@ -175,7 +165,7 @@ def avg_pool2d_backward(grad_output, input_shape, kernel_size, stride=None, padd
     windows that cover it."""
     op = "avg_pool2d_backward"
     bd, a = unwrap(op, grad_output=grad_output)
-    gy, unbatched = _batched(op, "grad_output", a["grad_output"])
+    gy, unbatched = A.batched(op, "grad_output", a["grad_output"])
     A.check_float(op, "grad_output", gy)
     shape = A.check_input_shape(op, input_shape)
     args = A.pool_geometry(op, shape, kernel_size, stride, padding, 1, ceil_mode, gy.dtype,

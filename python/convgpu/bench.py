@@ -29,6 +29,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from convgpu import reference
 from convgpu import shapes as SH
 
 def quantiles(times_ms: List[float]) -> Dict[str, float]:
@@ -135,7 +136,6 @@ def _wanted(impl_label, impl_filter):
 def bench_conv(timer, suite, dtype=np.float32, progress=print, impl_filter=None) -> List[Result]:
     import cupy as cp
     import convgpu
-    from convgpu import reference
     from convgpu.ops._args import conv_out_size
     from convgpu.ops._registry import all_impls
     torch = _torch()
@@ -258,7 +258,6 @@ def bench_conv_backward(timer, suite, dtype=np.float32, progress=print,
     (aten.convolution_backward), each validated on the first images first."""
     import cupy as cp
     import convgpu
-    from convgpu import reference
     from convgpu.ops._args import conv_out_size
     from convgpu.ops._registry import all_impls
     torch = _torch()
@@ -337,9 +336,8 @@ def bench_pool(timer, suite, dtype=np.float32, progress=print, impl_filter=None)
         progress(f"[pooling {at}/{len(suite)}] {shape}")
         x = cp.random.default_rng(0).standard_normal((N, C, H, H), dtype=cp.float32)
         y, idx = convgpu.max_pool2d(x, k, s, p, ceil_mode=cm, return_indices=True)
-        isz = 4
-        fwd_bytes = x.size * isz + y.size * (isz + 8)
-        bwd_bytes = y.size * (isz + 8) + x.size * isz
+        nbytes = pool_bytes(x.size, y.size)
+        fwd_bytes, bwd_bytes = nbytes["forward"], nbytes["backward"]
         gy = cp.ones_like(y)
         runs = {}
         for be in ("numba", "cuda"):
@@ -359,8 +357,7 @@ def bench_pool(timer, suite, dtype=np.float32, progress=print, impl_filter=None)
                 lambda: torch.ops.aten.max_pool2d_with_indices_backward(
                     gyt, xt, [k, k], [s, s], [p, p], [1, 1], cm, it)
         # validate each implementation on the first image before timing it
-        from convgpu import reference
-        x0 = cp.asnumpy(x[:1]).astype(np.float64)
+            x0 = cp.asnumpy(x[:1]).astype(np.float64)
         y0, i0 = reference.max_pool2d(x0, (k, k), (s, s), (p, p), (1, 1), cm)
         g0 = reference.max_pool2d_backward(np.ones(y0.shape), i0, x0.shape)
         bad = set()

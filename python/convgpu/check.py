@@ -47,6 +47,7 @@ def problems(size: str = "small") -> List[Problem]:
     """The problem set. 'small' fits the simulator (a few blocks per launch); 'large' is
     real-layer-sized and odd (for a GPU)."""
     import convgpu as cg
+    from convgpu import reference as ref
     if size == "small":
         N, C, H, W, K, R, S = 2, 4, 7, 6, 4, 3, 2
         conv_kw = dict(stride=(2, 1), padding=(1, 1), dilation=(1, 1), groups=2)
@@ -61,7 +62,6 @@ def problems(size: str = "small") -> List[Problem]:
     Q = conv_out_size(W, S, conv_kw["stride"][1], conv_kw["padding"][1], conv_kw["dilation"][1])
     ys = (N, K, P, Q)
     shape = f"x{xs} w{ws} s{conv_kw['stride']} p{conv_kw['padding']} g{conv_kw['groups']}"
-    ref = __import__("convgpu.reference", fromlist=["x"])
     kp = dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)
     from convgpu.ops._args import pool_out_size
     pP = pool_out_size(pool[2], 3, 2, 1, 1, True)

@@ -64,16 +64,16 @@ class _Bar:
             print(f"{self.label} {text}", flush=True)
 
 
-def _device_xp(backend):
-    """CuPy for the GPU backends when a GPU is present, else NumPy (Numba runs simulated)."""
-    if backend in ("cuda", "numba", "auto"):
-        from convgpu.arrays import cupy_module
-        cp = cupy_module()
-        if cp is not None:
-            return cp
-        if backend == "cuda":
-            raise RuntimeError("train: --backend cuda needs a CUDA GPU with CuPy")
-    return np
+def _resolve(backend):
+    """(backend, array module): auto is cuda on a GPU and numpy otherwise; the GPU backends
+    take CuPy arrays when a GPU is present (Numba without one runs simulated on NumPy)."""
+    from convgpu.arrays import cupy_module
+    cp = cupy_module() if backend != "numpy" else None
+    if backend == "auto":
+        backend = "cuda" if cp is not None else "numpy"
+    if backend == "cuda" and cp is None:
+        raise RuntimeError("train: --backend cuda needs a CUDA GPU with CuPy")
+    return backend, (cp if cp is not None and backend != "numpy" else np)
 
 
 def accuracy(model, x, y, xp, batch_size=512) -> float:
@@ -99,11 +99,8 @@ def train(epochs=30, batch_size=32, lr=2e-3, optimizer="adam", momentum=0.9, wei
           backend="numpy", algo="auto", seed=0, data_dir=None, upsample=1, dropout=0.0,
           test_fraction=0.2, progress=True) -> Result:
     t_start = time.perf_counter()
-    if backend == "auto":                        # the GPU when there is one
-        from convgpu.arrays import cupy_module
-        backend = "cuda" if cupy_module() is not None else "numpy"
+    backend, xp = _resolve(backend)
     xtr, ytr, xte, yte = load(data_dir, upsample, seed, test_fraction)
-    xp = np if backend == "numpy" else _device_xp(backend)
     # "cuda" runs the CUDA C kernels where an op has them and the Numba kernels elsewhere
     # (the ops' own "auto" on device arrays); "numba" and "numpy" are taken as given
     op_backend = "auto" if backend == "cuda" else backend
@@ -149,7 +146,8 @@ def saliency(model, x, y, backend="auto"):
     logits = model.forward(x)
     g = model.backward(F.softmax_cross_entropy_backward(logits, y, backend=backend))
     model.train()
-    return np.abs(np.asarray(g if isinstance(g, np.ndarray) else g.get()))
+    from convgpu.arrays import to_host
+    return np.abs(to_host(g))
 
 
 def save_plots(result: Result, directory: str) -> List[str]:
@@ -189,8 +187,8 @@ def save_plots(result: Result, directory: str) -> List[str]:
     n = 6
     xb = result.x_test[:n]
     yb = result.y_test[:n]
-    xp = np if isinstance(result.model.layers[0].weight.data, np.ndarray) else \
-        __import__("cupy")
+    from convgpu.arrays import xp_of
+    xp = xp_of(result.model.layers[0].weight.data)
     sal = saliency(result.model, xp.asarray(xb), xp.asarray(yb),
                    backend="numpy" if xp is np else "auto")
     fig, ax = plt.subplots(2, n, figsize=(1.7 * n, 3.6))
