@@ -9,6 +9,7 @@ exactly these through the low-level cupy.cuda.nvrtc API, which needs no GPU.
 from __future__ import annotations
 
 import functools
+import os
 from importlib import resources
 from typing import Dict, Sequence, Tuple
 
@@ -27,6 +28,9 @@ NAME_EXPRESSIONS: Dict[str, Tuple[str, ...]] = {
     "conv.cu": tuple(f"conv2d_implicit_gemm<{t}, false>" for t in T_NAMES)
     + ("conv2d_implicit_gemm<float, true>",)
     + tuple(f"{k}<{t}>" for k in ("im2col", "col2im") for t in T_NAMES),
+    "elementwise.cu": tuple(f"{k}<{t}>" for k in ("relu_fwd", "relu_bwd", "bias_add_fwd",
+                                                  "channel_sum", "plane_mean", "plane_spread",
+                                                  "xent_rows", "xent_bwd") for t in T_NAMES),
     "pool.cu": tuple(f"{k}<{t}, {i}>" for k in ("max_pool2d_fwd", "max_pool2d_bwd_gather",
                                                  "avg_pool2d_fwd", "avg_pool2d_bwd_gather")
                      for t in T_NAMES for i in ("int", "long long")),
@@ -54,8 +58,17 @@ def _module(name: str, device_id: int):
     return mod
 
 
+def host_emulation() -> bool:
+    """CONVGPU_CUDA_HOST=1: kernels run on the CPU through convgpu.cuda_host (tests)."""
+    return os.environ.get("CONVGPU_CUDA_HOST", "0") not in ("", "0")
+
+
 def get_function(file: str, expr: str):
-    """The kernel `expr` (one of NAME_EXPRESSIONS[file]) of `file` on the current device."""
+    """The kernel `expr` (one of NAME_EXPRESSIONS[file]) of `file` on the current device, or
+    its host emulation under CONVGPU_CUDA_HOST=1."""
+    if host_emulation():
+        from convgpu import cuda_host
+        return cuda_host.get_function(file, expr)
     import cupy
     return _module(file, cupy.cuda.Device().id).get_function(expr)
 

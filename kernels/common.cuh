@@ -63,9 +63,26 @@ template <bool TF32> __device__ __forceinline__ int slot_col(int slot, int tid) 
 }
 
 __device__ __forceinline__ unsigned to_tf32(float x) {
+#ifdef CONVGPU_HOST
+    return cuda_host::cvt_rna_tf32(x);
+#else
     unsigned r;
     asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
     return r;
+#endif
+}
+
+// d (16 x 8, FP32) += a (16 x 8, TF32) @ b (8 x 8, TF32), one warp, PTX ISA fragment layout
+__device__ __forceinline__ void mma_m16n8k8_tf32(float* d, const unsigned* a, const unsigned* b) {
+#ifdef CONVGPU_HOST
+    cuda_host::mma_m16n8k8_tf32(d, a, b);
+#else
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
+        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
 }
 
 // the value staged into shared memory: rounded to TF32 once there (for the tensor-core
@@ -102,13 +119,7 @@ __device__ __forceinline__ void mma(const T (*As)[LDS], const T (*Bs)[LDS], int 
         for (int mi = 0; mi < 4; ++mi)
 #pragma unroll
             for (int ni = 0; ni < 4; ++ni) {
-                float* d = reinterpret_cast<float*>(&acc[(mi * 4 + ni) * 4]);
-                asm volatile(
-                    "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
-                    "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                    : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                    : "r"(a[mi][0]), "r"(a[mi][1]), "r"(a[mi][2]), "r"(a[mi][3]),
-                      "r"(b[ni][0]), "r"(b[ni][1]));
+                mma_m16n8k8_tf32(reinterpret_cast<float*>(&acc[(mi * 4 + ni) * 4]), a[mi], b[ni]);
             }
     } else {
         const int tx = tid % 16, ty = tid / 16;
@@ -127,3 +138,19 @@ __device__ __forceinline__ void mma(const T (*As)[LDS], const T (*Bs)[LDS], int 
     }
 }
 }  // namespace tile
+
+// exp / log in the element type (float math for float, double for double)
+template <typename T> __device__ __forceinline__ T exp_t(T v);
+template <> __device__ __forceinline__ float exp_t<float>(float v) { return expf(v); }
+template <> __device__ __forceinline__ double exp_t<double>(double v) { return exp(v); }
+template <typename T> __device__ __forceinline__ T log_t(T v);
+template <> __device__ __forceinline__ float log_t<float>(float v) { return logf(v); }
+template <> __device__ __forceinline__ double log_t<double>(double v) { return log(v); }
+
+// sum of v over the 32 lanes of a warp, every lane gets it; a fixed butterfly order, so the
+// result does not depend on scheduling (deterministic)
+template <typename T> __device__ __forceinline__ T warp_sum(T v) {
+#pragma unroll
+    for (int m = 16; m > 0; m /= 2) v += __shfl_xor_sync(0xffffffffu, v, m);
+    return v;
+}

@@ -1,4 +1,5 @@
-"""Launchers of the CUDA C kernels (gemm.cu, conv.cu, pool.cu): the `cuda` backend.
+"""Launchers of the CUDA C kernels (gemm.cu, conv.cu, pool.cu, elementwise.cu): the `cuda`
+backend.
 
 Each launcher takes the registry's (args, *arrays) on CuPy arrays, allocates its outputs
 (poisoned in tests), derives the grid from the shapes and launches on CuPy's current
@@ -162,8 +163,9 @@ def linear_backward(shapes, gy, x, w):
     x2 = x.reshape(1, -1, x.shape[-1])
     gx = gemm(g2, w.reshape((1,) + w.shape))[0].reshape(x.shape)
     gw = gemm(g2, x2, ta=True, splits=_split_for(w.shape[0], w.shape[1], 1, g2.shape[1]))[0]
-    from convgpu.kernels.elementwise import channel_sum
-    gb = channel_sum(g2.reshape(g2.shape[1], g2.shape[2], 1))
+    # the bias gradient (column sums of gy) as ones(1, rows) @ gy: fixed order, no atomics
+    ones = xp_like(gy).ones((1, 1, g2.shape[1]), dtype=gy.dtype)
+    gb = gemm(ones, g2, splits=_split_for(1, g2.shape[2], 1, g2.shape[1]))[0, 0]
     return gx, gw, gb
 
 
@@ -347,3 +349,86 @@ def backward_weight_fft(a, x, gy):
     cplx = Z.view(COMPLEX_OF[np.dtype(x.dtype)]).reshape(a.K, a.Cg, L[0], L[1] // 2 + 1)
     full = cp.fft.irfft2(cplx, s=L)
     return contiguous(full[:, :, :a.R, :a.S].astype(x.dtype))
+
+
+# ----------------------------------------------------------------------------------------
+# small ops (elementwise.cu)
+
+WARP = 32
+
+
+def _ew(name, dtype):
+    return get_function("elementwise.cu", f"{name}<{ctype(dtype)}>")
+
+
+def _warp_grid(rows):
+    return (max(1, min(ceil_div(rows, THREADS // WARP), 65535 * 64)),)
+
+
+def relu(shape, x):
+    y = empty(x.shape, x.dtype, x)
+    _ew("relu_fwd", x.dtype)(_elementwise_grid(x.size), (THREADS,), (x, y, np.int64(x.size)))
+    return y
+
+
+def relu_backward(shape, gy, x):
+    gx = empty(x.shape, x.dtype, x)
+    _ew("relu_bwd", x.dtype)(_elementwise_grid(x.size), (THREADS,),
+                             (contiguous(gy), x, gx, np.int64(x.size)))
+    return gx
+
+
+def bias_add(shape, x, b):
+    y = empty(x.shape, x.dtype, x)
+    inner = int(np.prod(x.shape[2:], dtype=np.int64))
+    _ew("bias_add_fwd", x.dtype)(_elementwise_grid(x.size), (THREADS,),
+                                 (x, contiguous(b), y, np.int64(x.size), np.int32(x.shape[1]),
+                                  np.int64(inner)))
+    return y
+
+
+def channel_sum(a3, scale=1.0):
+    """(B, K, L) -> (K,): scale * the sum over B and L, in a fixed order."""
+    B, K, L = a3.shape
+    out = empty((K,), a3.dtype, a3)
+    _ew("channel_sum", a3.dtype)((K,), (THREADS,), (contiguous(a3), out, np.int32(B),
+                                                     np.int32(K), np.int64(L),
+                                                     a3.dtype.type(scale)))
+    return out
+
+
+def backward_bias(shape, gy):
+    N, K = gy.shape[:2]
+    return channel_sum(contiguous(gy).reshape(N, K, -1))
+
+
+def global_avg_pool2d(shape, x):
+    N, C, H, W = shape
+    y = empty((N, C), x.dtype, x)
+    _ew("plane_mean", x.dtype)(_warp_grid(N * C), (THREADS,),
+                               (x, y, np.int64(N * C), np.int32(H * W)))
+    return y
+
+
+def global_avg_pool2d_backward(shape, gy):
+    N, C, H, W = shape
+    gx = empty(shape, gy.dtype, gy)
+    _ew("plane_spread", gy.dtype)(_elementwise_grid(gx.size), (THREADS,),
+                                  (contiguous(gy), gx, np.int64(gx.size), np.int32(H * W)))
+    return gx
+
+
+def softmax_cross_entropy(shape, z, labels):
+    n, c = z.shape
+    rows = empty((1, 1, n), z.dtype, z)
+    _ew("xent_rows", z.dtype)(_warp_grid(n), (THREADS,),
+                              (contiguous(z), contiguous(labels), rows, np.int32(n), np.int32(c)))
+    return channel_sum(rows, 1.0 / n).reshape(())
+
+
+def softmax_cross_entropy_backward(shape, z, labels):
+    n, c = z.shape
+    g = empty(z.shape, z.dtype, z)
+    _ew("xent_bwd", z.dtype)(_warp_grid(n), (THREADS,),
+                             (contiguous(z), contiguous(labels), g, np.int32(n), np.int32(c)))
+    return g

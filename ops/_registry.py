@@ -92,11 +92,20 @@ def simulator_enabled() -> bool:
     return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
 
 
+def cuda_host_enabled() -> bool:
+    """CONVGPU_CUDA_HOST=1: the cuda backend's kernels run on the CPU, emulated thread by
+    thread (convgpu.cuda_host), on NumPy arrays: the host-emulation test tier."""
+    return os.environ.get("CONVGPU_CUDA_HOST", "0") not in ("", "0")
+
+
 _AVAIL: Dict[str, Optional[str]] = {}
 
 
 def backend_unavailable(backend: str) -> Optional[str]:
     """None if the backend can run here, else why not (cached)."""
+    if backend == "cuda" and cuda_host_enabled():
+        from convgpu import cuda_host
+        return None if cuda_host.available() else f"no C++ compiler ({cuda_host.CXX}) to emulate"
     if backend in _AVAIL:
         return _AVAIL[backend]
     reason = None
@@ -116,8 +125,10 @@ def backend_unavailable(backend: str) -> Optional[str]:
 
 
 def device_backend_runs_on_host(backend: str) -> bool:
-    """The numba backend under the simulator takes NumPy arrays."""
-    return backend == "numpy" or (backend == "numba" and simulator_enabled())
+    """The numba backend under the simulator, and the cuda backend under host emulation,
+    take NumPy arrays."""
+    return backend == "numpy" or (backend == "numba" and simulator_enabled()) or \
+        (backend == "cuda" and cuda_host_enabled())
 
 
 # ----------------------------------------------------------------------------------------

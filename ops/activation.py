@@ -26,6 +26,10 @@ _K = "convgpu.kernels.elementwise:"
 register("relu", "numba", "direct", _K + "relu")
 register("relu_backward", "numba", "direct", _K + "relu_backward")
 register("bias_add", "numba", "direct", _K + "bias_add")
+_C = "convgpu.kernels.cuda_ops:"
+register("relu", "cuda", "direct", _C + "relu")
+register("relu_backward", "cuda", "direct", _C + "relu_backward")
+register("bias_add", "cuda", "direct", _C + "bias_add")
 
 
 def relu(input, *, backend="auto"):

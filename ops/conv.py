@@ -70,6 +70,7 @@ register("conv2d_backward_input", "cuda", "col2im", _C + "backward_input_col2im"
 register("conv2d_backward_input", "cuda", "fft", _C + "backward_input_fft",
          supports=_C + "fft_supports")
 register("conv2d_backward_weight", "cuda", "im2col", _C + "backward_weight_im2col")
+register("conv2d_backward_bias", "cuda", "sum", _C + "backward_bias")
 register("conv2d_backward_weight", "cuda", "fft", _C + "backward_weight_fft",
          supports=_C + "fft_supports")
 

@@ -22,6 +22,9 @@ _K = "convgpu.kernels.elementwise:"
 register("softmax_cross_entropy", "numba", "rowwise", _K + "softmax_cross_entropy")
 register("softmax_cross_entropy_backward", "numba", "rowwise",
          _K + "softmax_cross_entropy_backward")
+_C = "convgpu.kernels.cuda_ops:"
+register("softmax_cross_entropy", "cuda", "rowwise", _C + "softmax_cross_entropy")
+register("softmax_cross_entropy_backward", "cuda", "rowwise", _C + "softmax_cross_entropy_backward")
 
 
 def _validate(op, logits, labels):

@@ -91,6 +91,8 @@ register("max_pool2d", "cuda", "direct", _C + "max_pool2d", supports=_cuda_plane
 register("max_pool2d_backward", "cuda", "gather", _C + "max_pool2d_backward_gather",
          supports=_cuda_plane_fits)
 register("avg_pool2d", "cuda", "direct", _C + "avg_pool2d", supports=_cuda_plane_fits)
+register("global_avg_pool2d", "cuda", "reduce", _C + "global_avg_pool2d")
+register("global_avg_pool2d_backward", "cuda", "direct", _C + "global_avg_pool2d_backward")
 register("avg_pool2d_backward", "cuda", "gather", _C + "avg_pool2d_backward",
          supports=_cuda_plane_fits)
 

@@ -4,8 +4,9 @@ reference and print a table.
 Each registered (op, backend, algo) is called on fresh random inputs (non-zero, mixed
 signs) in float32 and float64; its output is compared with the reference computed in
 float64 on the same values, as ||out - ref|| / ||ref|| against the design's tolerance.
-Device backends get CuPy arrays on a GPU, NumPy arrays under the Numba simulator (which is
-slow: the simulator shapes are tiny). The exit status is non-zero if anything fails.
+Device backends get CuPy arrays on a GPU; without one, NumPy arrays under the Numba
+simulator and the CUDA C host emulation (convgpu.cuda_host), both slow: their shapes are
+tiny. The exit status is non-zero if anything fails.
 """
 from __future__ import annotations
 
@@ -167,7 +168,7 @@ def _relerr(out, ref) -> float:
 
 
 def run_checks(size: str = "small", ops=None, backends=None, seed: int = 0) -> List[Row]:
-    from convgpu.ops._registry import all_impls, backend_unavailable, simulator_enabled
+    from convgpu.ops._registry import all_impls, backend_unavailable, device_backend_runs_on_host
     rng = np.random.default_rng(seed)
     rows = []
     for prob in problems(size):
@@ -185,7 +186,7 @@ def run_checks(size: str = "small", ops=None, backends=None, seed: int = 0) -> L
                     continue
                 inputs = prob.make(rng)
                 ref = prob.reference(inputs)
-                on_device = impl.backend != "numpy" and not simulator_enabled()
+                on_device = not device_backend_runs_on_host(impl.backend)
                 cast = {k: (v.astype(dt) if v.dtype.kind == "f" else v) for k, v in inputs.items()}
                 if on_device:
                     import cupy

@@ -6,8 +6,10 @@
     convgpu train [options]      LeNet-5 on the digits (numpy backend on a CPU, --backend cuda on a GPU)
 
 Without a GPU, `check` runs the Numba kernels in the CUDA simulator (it sets
-NUMBA_ENABLE_CUDASIM=1 before Numba is imported), so the numba rows are validated on any
-machine, slowly and on small shapes.
+NUMBA_ENABLE_CUDASIM=1 before Numba is imported) and the CUDA C kernels in the host
+emulation (CONVGPU_CUDA_HOST=1, convgpu.cuda_host: g++ builds each .cu for the CPU), so
+every device row is exercised on any machine, slowly and on small shapes. Emulated is not
+validated: only a GPU run validates a kernel.
 """
 from __future__ import annotations
 
@@ -32,10 +34,13 @@ def gpu_count() -> int:
     return 0
 
 
-def _prepare_backends() -> int:
+def _prepare_backends(emulate_cuda: bool = False) -> int:
+    """Without a GPU: the Numba simulator, and (for info and check) the CUDA C host emulation."""
     n = gpu_count()
     if n == 0 and "NUMBA_ENABLE_CUDASIM" not in os.environ:
         os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+    if n == 0 and emulate_cuda and "CONVGPU_CUDA_HOST" not in os.environ:
+        os.environ["CONVGPU_CUDA_HOST"] = "1"
     return n
 
 
@@ -48,7 +53,7 @@ def _version(mod: str) -> str:
 
 
 def cmd_info(args) -> int:
-    n = _prepare_backends()
+    n = _prepare_backends(emulate_cuda=True)
     import convgpu
     from convgpu.ops._registry import backend_unavailable, implementations
     print(f"convgpu {convgpu.__version__}  python {platform.python_version()}  "
@@ -64,7 +69,8 @@ def cmd_info(args) -> int:
         print(f"driver {cupy.cuda.runtime.driverGetVersion()}  "
               f"runtime {cupy.cuda.runtime.runtimeGetVersion()}")
     else:
-        print("GPU: none visible (the numba backend runs in the CUDA simulator)")
+        print("GPU: none visible (the numba backend runs in the CUDA simulator, the cuda "
+              "backend in the host emulation)")
     print("\nbackends:")
     for b in ("numpy", "numba", "cuda"):
         why = backend_unavailable(b)
@@ -79,10 +85,10 @@ def cmd_info(args) -> int:
 
 
 def cmd_check(args) -> int:
-    n = _prepare_backends()
+    n = _prepare_backends(emulate_cuda=True)
     from convgpu.check import format_table, run_checks
     size = args.size or ("large" if n else "small")
-    where = "GPU" if n else "CUDA simulator (no GPU)"
+    where = "GPU" if n else "CPU (no GPU: numba in the CUDA simulator, cuda in host emulation)"
     print(f"convgpu check: {size} problems, device backends on the {where}; "
           "tolerance is ||out - ref|| / ||ref|| against the float64 reference\n", flush=True)
     rows = run_checks(size, ops=args.ops, backends=args.backends, seed=args.seed)

@@ -1,0 +1,455 @@
+"""Host-emulation tier: every `cuda` implementation (kernels/*.cu through the launchers of
+kernels/cuda_ops.py) run on the CPU by convgpu.cuda_host, against the float64 reference,
+float32 and float64, outputs poisoned; each call is made twice, threads and blocks in
+forward and in reverse order, and the two results must be bitwise equal (a kernel whose
+result depends on the order has a race). The first part checks that the emulator itself
+catches what it claims to: a missing barrier, an access past an array, a shared array
+indexed out of bounds, a barrier some threads never reach, a mistyped argument.
+
+Emulated is not validated: tests/test_gpu.py on a GPU is what validates these kernels."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from convgpu import cuda_host
+
+if not cuda_host.available():
+    pytest.skip(f"no C++ compiler ({cuda_host.CXX}) for the host emulation", allow_module_level=True)
+
+import brute  # noqa: E402
+import convgpu  # noqa: E402
+from convgpu.check import tolerance  # noqa: E402
+from convgpu.ops._registry import all_impls  # noqa: E402
+from helpers import TOL, assert_close, rand, shuffled_linspace  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def emulated(monkeypatch):
+    monkeypatch.setenv("CONVGPU_CUDA_HOST", "1")
+    monkeypatch.setenv("CONVGPU_POISON", "1")
+
+
+def both_orders(fn):
+    """fn() with threads and blocks forward, then reversed: the results must be identical."""
+    with cuda_host.order("forward"):
+        a = fn()
+    with cuda_host.order("reverse"):
+        b = fn()
+    for u, v in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
+        np.testing.assert_array_equal(u, v, err_msg="result depends on thread/block order")
+    return a
+
+
+def cuda_algos(op):
+    return [i.algo for i in all_impls(op) if i.backend == "cuda"]
+
+
+# ---------------------------------------------------------------------------------------
+# the emulator catches what it claims to
+
+TOY = r"""
+#include "common.cuh"
+template <typename T> __global__ void reverse64(const T* x, T* y, int sync) {
+    __shared__ T s[64];
+    s[threadIdx.x] = x[threadIdx.x];
+    if (sync) __syncthreads();
+    y[threadIdx.x] = s[63 - threadIdx.x];
+}
+__global__ void write_at(float* y, int offset) { y[(int)threadIdx.x + offset] = 1.0f; }
+__global__ void shared_oob(float* y) {
+    __shared__ float s[64];
+    s[threadIdx.x + 1] = 1.0f;
+    y[threadIdx.x] = s[threadIdx.x];
+}
+__global__ void sync_half(float* y) {
+    if (threadIdx.x < 32) __syncthreads();
+    y[threadIdx.x] = 1.0f;
+}
+__global__ void warp_total(const float* x, float* y) {
+    float v = x[threadIdx.x];
+    for (int m = 16; m > 0; m /= 2) v += __shfl_xor_sync(0xffffffffu, v, m);
+    y[threadIdx.x] = v;
+}
+__global__ void mma_partial(float* y) {
+    float d[4] = {0, 0, 0, 0};
+    unsigned a[4] = {0, 0, 0, 0}, b[2] = {0, 0};
+    if (threadIdx.x < 16) tile::mma_m16n8k8_tf32(d, a, b);
+    y[threadIdx.x] = d[0];
+}
+__global__ void scalars(float* y, int i, long long j, double d) { y[0] = float(i + j + d); }
+"""
+TOY_EXPRS = ("reverse64<float>", "write_at", "shared_oob", "sync_half", "warp_total",
+             "mma_partial", "scalars")
+
+
+def toy():
+    return cuda_host.module_from_source(TOY, TOY_EXPRS)
+
+
+def test_barrier_makes_the_shared_reversal_right_and_its_absence_shows():
+    k = toy()["reverse64<float>"]
+    x = np.arange(1, 65, dtype=np.float32)
+    for which in ("forward", "reverse"):
+        with cuda_host.order(which):
+            y = np.zeros(64, np.float32)
+            k((1,), (64,), (x, y, np.int32(1)))
+            np.testing.assert_array_equal(y, x[::-1])
+            y[:] = 0
+            k((1,), (64,), (x, y, np.int32(0)))
+            # without the barrier, half the threads read shared memory not yet written:
+            # poisoned (NaN) in this order
+            assert np.isnan(y).sum() == 32, which
+
+
+def test_warp_shuffle_reduction():
+    k = toy()["warp_total"]
+    x = np.arange(64, dtype=np.float32)
+    y = np.zeros(64, np.float32)
+    k((1,), (64,), (x, y))
+    np.testing.assert_array_equal(y, np.repeat([x[:32].sum(), x[32:].sum()], 32))
+
+
+@pytest.mark.parametrize("name, match", [("sync_half", "already exited"),
+                                         ("mma_partial", "only part of a warp")])
+def test_divergent_barriers_are_reported(name, match):
+    with pytest.raises(RuntimeError, match=match):
+        toy()[name]((1,), (64,), (np.zeros(64, np.float32),))
+
+
+def test_arguments_are_checked_against_the_c_signature():
+    k = toy()["scalars"]
+    y = np.zeros(1, np.float32)
+    k((1,), (1,), (y, np.int32(1), np.int64(2), np.float64(0.5)))
+    assert y[0] == 3.5
+    for bad, match in [((y, 1, np.int64(2), np.float64(0.5)), "numpy scalar"),
+                       ((y, np.int64(1), np.int64(2), np.float64(0.5)), "4-byte integer"),
+                       ((y, np.int32(1), np.int64(2), np.float32(0.5)), "8-byte floating"),
+                       ((y.astype(np.float64), np.int32(1), np.int64(2), np.float64(0.5)),
+                        "pointer to a 4-byte float"),
+                       ((y, np.int32(1), np.int64(2)), "3 arguments for 4")]:
+        with pytest.raises(TypeError, match=match):
+            k((1,), (1,), bad)
+
+
+def _crash(code):
+    """Run `code` in a fresh interpreter (an emulated fault ends the process)."""
+    env = dict(os.environ, CONVGPU_CUDA_HOST="1")
+    prelude = ("import numpy as np\nfrom convgpu import cuda_host\nimport test_cuda_host as t\n")
+    return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)],
+                          capture_output=True, text=True, env=env,
+                          cwd=os.path.dirname(__file__), timeout=300)
+
+
+@pytest.mark.parametrize("offset, order", [(0, "forward"), (1, "forward"), (-1, "reverse")])
+def test_access_past_an_array_stops_with_a_message(offset, order):
+    # 1024 floats = one page: both ends of the array touch a guard page
+    r = _crash(f"""
+        y = np.zeros(1024, np.float32)
+        with cuda_host.order("{order}"):
+            t.toy()["write_at"]((1,), (1024,), (y, np.int32({offset})))
+        print("survived", (y == 1).sum())
+    """)
+    if offset == 0:
+        assert r.returncode == 0 and "survived 1024" in r.stdout, r.stderr
+    else:
+        assert r.returncode == 86, (r.returncode, r.stdout, r.stderr)
+        assert "SIGSEGV in kernel write_at" in r.stderr and "guard page" in r.stderr
+
+
+def test_write_into_alignment_slack_is_caught():
+    y = np.zeros(1021, np.float32)         # 3 floats short of a 16-byte multiple
+    with pytest.raises(RuntimeError, match="outside its 4084 bytes"):
+        toy()["write_at"]((1,), (1022,), (y, np.int32(0)))
+
+
+def test_shared_array_index_out_of_bounds_stops_with_a_message():
+    r = _crash("""
+        t.toy()["shared_oob"]((1,), (64,), (np.zeros(64, np.float32),))
+    """)
+    assert r.returncode == 86, (r.returncode, r.stderr)
+    assert "SIGILL in kernel shared_oob" in r.stderr and "out of bounds" in r.stderr
+
+
+def test_tf32_rounding_is_to_nearest_ties_away():
+    # 1 + 2**-11 is halfway between two TF32 values: rounds away from zero
+    k = cuda_host.module_from_source(r"""
+        #include "common.cuh"
+        __global__ void round_tf32(const float* x, float* y) {
+            y[threadIdx.x] = __uint_as_float(tile::to_tf32(x[threadIdx.x])); }
+    """, ("round_tf32",))["round_tf32"]
+    x = np.array([1 + 2 ** -11, -(1 + 2 ** -11), 1 + 2 ** -12, 1 + 3 * 2 ** -11], np.float32)
+    y = np.zeros(4, np.float32)
+    k((1,), (4,), (x, y))
+    np.testing.assert_array_equal(y, [1 + 2 ** -10, -(1 + 2 ** -10), 1.0, 1 + 2 ** -9])
+
+
+# ---------------------------------------------------------------------------------------
+# every cuda implementation against the reference
+
+# (N, C, H, W, K, R, S, stride, padding, dilation, groups)
+CONV = [
+    (1, 2, 5, 6, 3, 3, 2, (1, 1), (1, 0), (1, 1), 1),
+    (2, 4, 6, 5, 4, 2, 3, (2, 1), (1, 1), (2, 1), 2),
+    (1, 3, 7, 7, 3, 3, 3, (2, 2), (1, 1), (1, 1), 3),
+    (2, 1, 6, 7, 2, 2, 2, (3, 2), (1, 0), (1, 3), 1),
+    # two tile rows (K > 128), three tile columns, a reduction split in two (split-K)
+    (2, 40, 12, 12, 130, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+]
+
+
+def _conv(rng, case, dtype):
+    N, C, H, W, K, R, S, st, pd, dl, g = case
+    x, w, b = rand(rng, (N, C, H, W)), rand(rng, (K, C // g, R, S)), rand(rng, (K,))
+    return x, w, b, dict(stride=st, padding=pd, dilation=dl, groups=g)
+
+
+def _tol(algo, dtype):
+    return tolerance(algo, dtype)
+
+
+def _dtypes(algo):
+    return [np.float32] if "tf32" in algo else [np.float32, np.float64]
+
+
+@pytest.mark.parametrize("case", CONV, ids=lambda c: str(c[:7]))
+@pytest.mark.parametrize("algo", cuda_algos("conv2d"))
+def test_conv2d(rng, algo, case):
+    x, w, b, kw = _conv(rng, case, np.float64)
+    ref = convgpu.conv2d(x, w, b, **kw)
+    for dt in _dtypes(algo):
+        args = (x.astype(dt), w.astype(dt), b.astype(dt))
+        call = lambda: convgpu.conv2d(*args, **kw, backend="cuda", algo=algo,
+                                      allow_tf32="tf32" in algo)
+        if algo == "fft" and kw["dilation"] != (1, 1):
+            with pytest.raises(ValueError, match="dilation"):
+                call()
+            continue
+        y = both_orders(call)
+        assert y.dtype == dt
+        assert_close(y, ref, _tol(algo, dt))
+        if "tf32" in algo:
+            assert np.linalg.norm(y - ref) / np.linalg.norm(ref) > 1e-6   # really TF32
+
+
+@pytest.mark.parametrize("case", CONV, ids=lambda c: str(c[:7]))
+@pytest.mark.parametrize("algo", cuda_algos("conv2d_backward_input"))
+def test_conv2d_backward_input(rng, algo, case):
+    x, w, b, kw = _conv(rng, case, np.float64)
+    gy = rand(rng, convgpu.conv2d(x, w, None, **kw).shape)
+    ref = convgpu.conv2d_backward_input(gy, w, x.shape, **kw)
+    if algo == "fft" and kw["dilation"] != (1, 1):
+        return
+    for dt in _dtypes(algo):
+        gx = both_orders(lambda: convgpu.conv2d_backward_input(
+            gy.astype(dt), w.astype(dt), x.shape, **kw, backend="cuda", algo=algo))
+        assert_close(gx, ref, _tol(algo, dt))
+
+
+@pytest.mark.parametrize("case", CONV, ids=lambda c: str(c[:7]))
+@pytest.mark.parametrize("algo", cuda_algos("conv2d_backward_weight"))
+def test_conv2d_backward_weight(rng, algo, case):
+    x, w, b, kw = _conv(rng, case, np.float64)
+    gy = rand(rng, convgpu.conv2d(x, w, None, **kw).shape)
+    ref = convgpu.conv2d_backward_weight(x, gy, w.shape, **kw)
+    if algo == "fft" and kw["dilation"] != (1, 1):
+        return
+    for dt in _dtypes(algo):
+        gw = both_orders(lambda: convgpu.conv2d_backward_weight(
+            x.astype(dt), gy.astype(dt), w.shape, **kw, backend="cuda", algo=algo))
+        assert_close(gw, ref, _tol(algo, dt))
+
+
+@pytest.mark.parametrize("algo", cuda_algos("conv2d_backward_input"))
+def test_conv_transpose2d(rng, algo):
+    x, w, b = rand(rng, (1, 4, 3, 4)), rand(rng, (4, 3, 3, 2)), rand(rng, (6,))
+    kw = dict(stride=(2, 1), padding=(1, 0), output_padding=(1, 0), groups=2)
+    ref = convgpu.conv_transpose2d(x, w, b, **kw)
+    y = both_orders(lambda: convgpu.conv_transpose2d(
+        x.astype(np.float32), w.astype(np.float32), b.astype(np.float32), **kw,
+        backend="cuda", algo=algo))
+    assert_close(y, ref, _tol(algo, np.float32))
+
+
+@pytest.mark.parametrize("tf32", [False, True])
+@pytest.mark.parametrize("ta, tb", [(False, False), (True, False), (False, True), (True, True)])
+def test_gemm_tails_and_split_k(rng, ta, tb, tf32):
+    from convgpu.kernels import cuda_ops
+    batch, M, N, K = 2, 133, 70, 37
+    A = rand(rng, (batch, K, M) if ta else (batch, M, K))
+    B = rand(rng, (batch, N, K) if tb else (batch, K, N))
+    want = np.matmul(np.swapaxes(A, 1, 2) if ta else A, np.swapaxes(B, 1, 2) if tb else B)
+    for dt in ([np.float32] if tf32 else [np.float32, np.float64]):
+        for splits in (1, 3):
+            C = both_orders(lambda: cuda_ops.gemm(A.astype(dt), B.astype(dt), ta, tb,
+                                                  splits=splits, tf32=tf32))
+            assert_close(C, want, 2e-3 if tf32 else TOL[dt])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("M, K, O", [(37, 19, 45), (1, 1, 1), (5, 64, 3)])
+def test_linear_and_backward(rng, dtype, M, K, O):
+    x, w, b = rand(rng, (M, K)), rand(rng, (O, K)), rand(rng, (O,))
+    y = both_orders(lambda: convgpu.linear(x.astype(dtype), w.astype(dtype), b.astype(dtype),
+                                           backend="cuda"))
+    assert_close(y, convgpu.linear(x, w, b), TOL[dtype])
+    gy = rand(rng, (M, O))
+    got = both_orders(lambda: convgpu.linear_backward(gy.astype(dtype), x.astype(dtype),
+                                                      w.astype(dtype), backend="cuda"))
+    for g, r in zip(got, convgpu.linear_backward(gy, x, w)):
+        assert_close(g, r, TOL[dtype])
+
+
+MAXP = [
+    (2, 3, 7, 9, (3, 3), (2, 2), (1, 1), (1, 1), True),
+    (1, 2, 10, 7, (3, 2), (2, 3), (1, 0), (2, 1), True),
+    (1, 3, 6, 11, (2, 3), (1, 2), (1, 1), (1, 2), False),
+    (2, 2, 8, 8, (2, 2), (2, 2), (0, 0), (1, 1), False),
+]
+
+
+@pytest.fixture(params=["int", "long long"])
+def index_type(request, monkeypatch):
+    """Both instantiations of the pooling kernels: 32-bit indexing, and 64-bit as used past
+    2**31 elements (forced here on small arrays)."""
+    from convgpu.kernels import cuda_ops
+    if request.param == "long long":
+        monkeypatch.setattr(cuda_ops, "INT_SAFE", 0)
+    return request.param
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", MAXP)
+def test_max_pool2d_and_backward(rng, case, dtype, index_type):
+    N, C, H, W, k, s, p, d, cm = case
+    x = shuffled_linspace(rng, (N, C, H, W), dtype)
+    yr, ir = convgpu.max_pool2d(x, k, s, p, d, cm, return_indices=True)
+    y, i = both_orders(lambda: convgpu.max_pool2d(x, k, s, p, d, cm, return_indices=True,
+                                                  backend="cuda"))
+    np.testing.assert_array_equal(y, yr)
+    np.testing.assert_array_equal(i, ir)
+    gy = rand(rng, y.shape, dtype)
+    ref = convgpu.max_pool2d_backward(gy.astype(np.float64), ir, x.shape)
+    gx = both_orders(lambda: convgpu.max_pool2d_backward(gy, i, x.shape, k, s, p, d, cm,
+                                                         backend="cuda"))
+    assert_close(gx, ref, TOL[dtype])
+
+
+def test_max_pool2d_ties_nan_and_minus_inf():
+    x = np.zeros((1, 2, 4, 4))
+    x[0, 0, :2, :2] = 5.0
+    x[0, 0, 2, 3] = x[0, 0, 3, 2] = 7.0
+    x[0, 1] = np.arange(16).reshape(4, 4)
+    x[0, 1, 1, 0] = x[0, 1, 3, 3] = x[0, 1, 3, 2] = np.nan
+    xi = np.full((1, 1, 3, 3), -np.inf)
+    for inp, args in [(x, (2,)), (xi, (3, 2, 1))]:
+        yr, ir = convgpu.max_pool2d(inp, *args, return_indices=True)
+        y, i = both_orders(lambda: convgpu.max_pool2d(inp, *args, return_indices=True,
+                                                      backend="cuda"))
+        np.testing.assert_array_equal(i, ir)
+        np.testing.assert_array_equal(y, yr)
+
+
+AVGP = [
+    (2, 3, 7, 9, (3, 3), (2, 2), (1, 1), True, True, None),
+    (1, 2, 7, 9, (3, 3), (2, 2), (1, 1), True, False, None),
+    (1, 2, 10, 7, (3, 2), (2, 3), (1, 1), False, True, 5),
+    (1, 1, 5, 6, (4, 3), (3, 1), (2, 1), True, False, None),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", AVGP)
+def test_avg_pool2d_and_backward(rng, case, dtype, index_type):
+    N, C, H, W, k, s, p, cm, cip, dov = case
+    x = rand(rng, (N, C, H, W))
+    y = both_orders(lambda: convgpu.avg_pool2d(x.astype(dtype), k, s, p, cm, cip, dov,
+                                               backend="cuda"))
+    assert_close(y, brute.avg_pool2d(x, k, s, p, cm, cip, dov), TOL[dtype])
+    gy = rand(rng, y.shape)
+    gx = both_orders(lambda: convgpu.avg_pool2d_backward(gy.astype(dtype), x.shape, k, s, p, cm,
+                                                         cip, dov, backend="cuda"))
+    assert_close(gx, convgpu.avg_pool2d_backward(gy, x.shape, k, s, p, cm, cip, dov), TOL[dtype])
+
+
+def test_every_name_expression_builds_and_is_found():
+    from convgpu.kernels import _module
+    for file, expr in _module.all_name_expressions():
+        assert cuda_host.get_function(file, expr).name == expr
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_global_avg_pool(rng, dtype):
+    for shape in [(3, 5, 4, 3), (2, 3, 9, 7)]:        # planes shorter and longer than a warp
+        x = rand(rng, shape)
+        y = both_orders(lambda: convgpu.global_avg_pool2d(x.astype(dtype), backend="cuda"))
+        assert_close(y, x.mean(axis=(2, 3)), TOL[dtype])
+        gy = rand(rng, shape[:2])
+        gx = both_orders(lambda: convgpu.global_avg_pool2d_backward(gy.astype(dtype), x.shape,
+                                                                    backend="cuda"))
+        assert_close(gx, convgpu.global_avg_pool2d_backward(gy, x.shape), TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_small_ops(rng, dtype):
+    x = rand(rng, (3, 4, 5, 2))
+    xd = x.astype(dtype)
+    run = lambda f: both_orders(f)
+    assert_close(run(lambda: convgpu.relu(xd, backend="cuda")), np.maximum(x, 0), TOL[dtype])
+    gy = rand(rng, x.shape)
+    assert_close(run(lambda: convgpu.relu_backward(gy.astype(dtype), xd, backend="cuda")),
+                 np.where(x > 0, gy, 0), TOL[dtype])
+    b = rand(rng, (4,))
+    assert_close(run(lambda: convgpu.bias_add(xd, b.astype(dtype), backend="cuda")),
+                 x + b[None, :, None, None], TOL[dtype])
+    assert_close(run(lambda: convgpu.conv2d_backward_bias(xd, backend="cuda")),
+                 x.sum(axis=(0, 2, 3)), TOL[dtype])
+    for n, c in [(7, 10), (3, 45), (40, 3)]:           # rows narrower and wider than a warp
+        z = rand(rng, (n, c)) * 4
+        t = rng.integers(0, c, size=n)
+        loss = run(lambda: convgpu.softmax_cross_entropy(z.astype(dtype), t, backend="cuda"))
+        assert loss.dtype == dtype
+        want = float(convgpu.softmax_cross_entropy(z, t))
+        assert abs(float(loss) - want) <= 10 * TOL[dtype] * abs(want)
+        assert_close(run(lambda: convgpu.softmax_cross_entropy_backward(z.astype(dtype), t,
+                                                                         backend="cuda")),
+                     convgpu.softmax_cross_entropy_backward(z, t), TOL[dtype])
+
+
+def test_relu_keeps_nan():
+    y = convgpu.relu(np.array([np.nan, -1.0, 2.0]), backend="cuda")
+    assert np.isnan(y[0]) and y[1] == 0 and y[2] == 2
+
+
+def test_a_training_step_on_the_cuda_backend_matches_numpy():
+    """One step of a small conv net (conv-relu-maxpool-conv-relu-avgpool-linear-relu-linear),
+    every op on the emulated cuda backend: loss, input and parameter gradients as numpy's."""
+    from convgpu import data as D
+    from convgpu import nn
+
+    def net(backend):
+        kw = dict(rng=np.random.default_rng(3), dtype=np.float64, backend=backend)
+        a1, a2 = ("implicit_gemm", "im2col") if backend == "cuda" else ("auto", "auto")
+        return nn.Sequential(
+            nn.Conv2d(1, 2, 3, padding=1, algo=a1, **kw), nn.ReLU(backend),
+            nn.MaxPool2d(2, backend=backend),
+            nn.Conv2d(2, 3, 3, padding=1, algo=a2, **kw), nn.ReLU(backend),
+            nn.AvgPool2d(2, backend=backend), nn.Flatten(),
+            nn.Linear(12, 5, **kw), nn.ReLU(backend), nn.Linear(5, 10, **kw))
+
+    x, y = D.digits()
+    xb, yb = x[:2].astype(np.float64), y[:2]
+    out = {}
+    for backend in ("numpy", "cuda"):
+        model = net(backend)
+        loss = nn.SoftmaxCrossEntropy(backend)
+        value = float(loss.forward(model.forward(xb), yb))
+        gx = model.backward(loss.backward())
+        out[backend] = (value, gx, {k: p.grad for k, p in model.named_parameters().items()})
+    assert abs(out["numpy"][0] - out["cuda"][0]) <= 1e-12 * abs(out["numpy"][0])
+    assert_close(out["cuda"][1], out["numpy"][1], TOL[np.float64])
+    for k, g in out["numpy"][2].items():
+        assert_close(out["cuda"][2][k], g, TOL[np.float64])
