@@ -137,6 +137,31 @@ __device__ __forceinline__ void mma(const T (*As)[LDS], const T (*Bs)[LDS], int 
         }
     }
 }
+
+// The main loop every tiled GEMM here shares: acc += A_tile x B_tile over `steps` slices of
+// BK, starting at depth kbeg. fetch(k0) reads the operand elements this thread moves for
+// the slice at depth k0 from global memory into registers; stage(buf) stores them (rounded
+// for TF32) into shared buffer buf. The next slice is fetched while the current one feeds
+// the FMAs / tensor cores, then staged into the other buffer: double buffering with one
+// barrier per step.
+template <typename T, bool TF32, typename Fetch, typename Stage>
+__device__ __forceinline__ void mainloop(T (*As)[BK][LDS], T (*Bs)[BK][LDS], int kbeg, int steps,
+                                         int tid, T (&acc)[NACC], Fetch&& fetch, Stage&& stage) {
+#pragma unroll
+    for (int e = 0; e < NACC; ++e) acc[e] = T(0);
+    if (steps > 0) {
+        fetch(kbeg);
+        stage(0);
+    }
+    __syncthreads();
+    for (int t = 0; t < steps; ++t) {
+        const int cur = t & 1;
+        if (t + 1 < steps) fetch(kbeg + (t + 1) * BK);
+        mma<T, TF32>(As[cur], Bs[cur], tid, acc);
+        if (t + 1 < steps) stage(cur ^ 1);
+        __syncthreads();
+    }
+}
 }  // namespace tile
 
 // exp / log in the element type (float math for float, double for double)

@@ -90,22 +90,7 @@ conv2d_implicit_gemm(const T* __restrict__ x, const T* __restrict__ w,
     };
 
     T acc[NACC];
-#pragma unroll
-    for (int e = 0; e < NACC; ++e) acc[e] = T(0);
-
-    const int steps = (CRS - kbeg + BK - 1) / BK;
-    if (steps > 0) {
-        fetch(kbeg);
-        stage(0);
-    }
-    __syncthreads();
-    for (int t = 0; t < steps; ++t) {
-        const int cur = t & 1;
-        if (t + 1 < steps) fetch(kbeg + (t + 1) * BK);
-        mma<T, TF32>(As[cur], Bs[cur], tid, acc);
-        if (t + 1 < steps) stage(cur ^ 1);
-        __syncthreads();
-    }
+    mainloop<T, TF32>(As, Bs, kbeg, (CRS - kbeg + BK - 1) / BK, tid, acc, fetch, stage);
     // the 8 output columns this thread touches, each decomposed once into (n, p, q)
 #pragma unroll
     for (int sl = 0; sl < 8; ++sl) {

@@ -59,22 +59,7 @@ gemm_tiled(const T* __restrict__ A, const T* __restrict__ B, T* __restrict__ C, 
     };
 
     T acc[NACC];
-#pragma unroll
-    for (int e = 0; e < NACC; ++e) acc[e] = T(0);
-
-    const int steps = (kend - kbeg + BK - 1) / BK;
-    if (steps > 0) {
-        fetch(kbeg);
-        stage(0);
-    }
-    __syncthreads();
-    for (int t = 0; t < steps; ++t) {
-        const int cur = t & 1;
-        if (t + 1 < steps) fetch(kbeg + (t + 1) * BK);
-        mma<T, TF32>(As[cur], Bs[cur], tid, acc);
-        if (t + 1 < steps) stage(cur ^ 1);
-        __syncthreads();
-    }
+    mainloop<T, TF32>(As, Bs, kbeg, (kend - kbeg + BK - 1) / BK, tid, acc, fetch, stage);
 #pragma unroll
     for (int e = 0; e < NACC; ++e) {
         const int r = m0 + acc_row<TF32>(e, tid), c = n0 + slot_col<TF32>(acc_slot<TF32>(e), tid);
