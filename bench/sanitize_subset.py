@@ -32,7 +32,7 @@ gy = rng.uniform(-1, 1, yref.shape)
 gyd = cp.asarray(gy.astype(np.float32))
 for algo in ["direct", "direct_tiled", "im2col", "fft"]:
     check(f"conv2d {algo}", convgpu.conv2d(xd, wd, bd, **kw, backend="numba", algo=algo), yref)
-for algo in ["implicit_gemm", "im2col", "fft"]:
+for algo in ["implicit_gemm", "im2col", "fft", "direct"]:
     check(f"conv2d cuda {algo}", convgpu.conv2d(xd, wd, bd, **kw, backend="cuda", algo=algo), yref)
 check("conv2d cuda implicit_gemm_tf32", convgpu.conv2d(xd, wd, bd, **kw, backend="cuda",
                                                        algo="implicit_gemm_tf32", allow_tf32=True),
@@ -42,6 +42,12 @@ check("conv2d_backward_input cuda fft",
       ref.conv2d_backward_input(gy, w, x.shape, (2, 1), (1, 1), (1, 1), 2))
 check("conv2d_backward_weight cuda fft",
       convgpu.conv2d_backward_weight(xd, gyd, w.shape, **kw, backend="cuda", algo="fft"),
+      ref.conv2d_backward_weight(x, gy, w.shape, (2, 1), (1, 1), (1, 1), 2))
+check("conv2d_backward_input cuda implicit_gemm (split-K)",
+      convgpu.conv2d_backward_input(gyd, wd, x.shape, **kw, backend="cuda", algo="implicit_gemm"),
+      ref.conv2d_backward_input(gy, w, x.shape, (2, 1), (1, 1), (1, 1), 2))
+check("conv2d_backward_weight cuda implicit_gemm (split-K)",
+      convgpu.conv2d_backward_weight(xd, gyd, w.shape, **kw, backend="cuda", algo="implicit_gemm"),
       ref.conv2d_backward_weight(x, gy, w.shape, (2, 1), (1, 1), (1, 1), 2))
 check("conv2d_backward_input cuda col2im",
       convgpu.conv2d_backward_input(gyd, wd, x.shape, **kw, backend="cuda", algo="col2im"),
@@ -57,7 +63,9 @@ for algo in ["direct", "im2col", "fft"]:
     check(f"conv2d_backward_weight {algo}",
           convgpu.conv2d_backward_weight(xd, gyd, w.shape, **kw, backend="numba", algo=algo),
           ref.conv2d_backward_weight(x, gy, w.shape, (2, 1), (1, 1), (1, 1), 2))
-check("conv2d_backward_bias", convgpu.conv2d_backward_bias(gyd), gy.sum(axis=(0, 2, 3)))
+for be in ("numba", "cuda"):
+    check(f"conv2d_backward_bias {be}", convgpu.conv2d_backward_bias(gyd, backend=be),
+          gy.sum(axis=(0, 2, 3)))
 xp = rng.permutation(np.linspace(-1, 1, 2 * 3 * 13 * 11)).reshape(2, 3, 13, 11)
 yp, ip = ref.max_pool2d(xp, (3, 3), (2, 2), (1, 1), (1, 1), True)
 y, i = convgpu.max_pool2d(cp.asarray(xp.astype(np.float32)), 3, 2, 1, ceil_mode=True,
@@ -85,16 +93,28 @@ check("avg_pool2d", convgpu.avg_pool2d(cp.asarray(xp.astype(np.float32)), 3, 2, 
       ref.avg_pool2d(xp, (3, 3), (2, 2), (1, 1), True, False))
 check("avg_pool2d_backward", convgpu.avg_pool2d_backward(gd, xp.shape, 3, 2, 1, True, False),
       ref.avg_pool2d_backward(g, xp.shape, (3, 3), (2, 2), (1, 1), True, False))
-check("global_avg_pool2d", convgpu.global_avg_pool2d(cp.asarray(xp.astype(np.float32))),
-      ref.global_avg_pool2d(xp))
 z = rng.uniform(-3, 3, (37, 10))
 t = rng.integers(0, 10, 37)
-check("softmax_cross_entropy", convgpu.softmax_cross_entropy(cp.asarray(z.astype(np.float32)),
-                                                              cp.asarray(t)),
-      ref.softmax_cross_entropy(z, t))
-check("softmax_cross_entropy_backward",
-      convgpu.softmax_cross_entropy_backward(cp.asarray(z.astype(np.float32)), cp.asarray(t)),
-      ref.softmax_cross_entropy_backward(z, t))
+zd, td = cp.asarray(z.astype(np.float32)), cp.asarray(t)
+xs = cp.asarray(x.astype(np.float32))
+for be in ("numba", "cuda"):
+    check(f"global_avg_pool2d {be}", convgpu.global_avg_pool2d(cp.asarray(xp.astype(np.float32)),
+                                                               backend=be),
+          ref.global_avg_pool2d(xp))
+    gg = rng.uniform(-1, 1, xp.shape[:2])
+    check(f"global_avg_pool2d_backward {be}",
+          convgpu.global_avg_pool2d_backward(cp.asarray(gg.astype(np.float32)), xp.shape,
+                                             backend=be),
+          ref.global_avg_pool2d_backward(gg, xp.shape))
+    check(f"softmax_cross_entropy {be}", convgpu.softmax_cross_entropy(zd, td, backend=be),
+          ref.softmax_cross_entropy(z, t))
+    check(f"softmax_cross_entropy_backward {be}",
+          convgpu.softmax_cross_entropy_backward(zd, td, backend=be),
+          ref.softmax_cross_entropy_backward(z, t))
+    check(f"relu {be}", convgpu.relu(xs, backend=be), ref.relu(x))
+    check(f"relu_backward {be}", convgpu.relu_backward(xs, xs, backend=be), ref.relu_backward(x, x))
+    check(f"bias_add {be}", convgpu.bias_add(xs, cp.asarray(x[0, :, 0, 0].astype(np.float32)),
+                                             backend=be), ref.bias_add(x, x[0, :, 0, 0]))
 lx, lw, lb = rng.uniform(-1, 1, (37, 45)), rng.uniform(-1, 1, (19, 45)), rng.uniform(-1, 1, 19)
 for be in ("numba", "cuda"):
     check(f"linear {be}", convgpu.linear(*(cp.asarray(a.astype(np.float32)) for a in (lx, lw, lb)),
@@ -104,7 +124,6 @@ for name, gg, rr in zip(["gx", "gw", "gb"],
                         convgpu.linear_backward(*(cp.asarray(a.astype(np.float32)) for a in (lg, lx, lw))),
                         ref.linear_backward(lg, lx, lw)):
     check(f"linear_backward {name}", gg, rr)
-check("relu", convgpu.relu(cp.asarray(x.astype(np.float32))), ref.relu(x))
 cp.cuda.Device().synchronize()
 print("sanitize subset:", "FAILED" if bad else "all ok")
 sys.exit(1 if bad else 0)

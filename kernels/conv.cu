@@ -1,5 +1,5 @@
-// Convolution in CUDA C: implicit-GEMM forward, and the im2col / col2im kernels that pair
-// with gemm.cu for the backward passes.
+// Convolution in CUDA C: implicit-GEMM forward and backward passes, and the im2col / col2im
+// kernels that pair with gemm.cu for the GEMM-based paths.
 //
 //   conv2d_implicit_gemm<T, TF32>  y[n, g*Kg + m, p, q] = b + sum_{c,r,s} w[g*Kg + m, c, r, s] *
 //       x[n, g*Cg + c, p*sh - ph + r*dh, q*sw - pw + s*dw], as the GEMM
@@ -11,6 +11,8 @@
 //       split s sums rows [s*kchunk, (s+1)*kchunk) of C*R*S and writes its partial output to
 //       y + s * split_stride (bias added by split 0 only); the launcher sums the partials in a
 //       fixed order (gemm.cu's sum_splits), so the result stays deterministic.
+//   conv2d_wgrad_implicit_gemm<T>, conv2d_dgrad_implicit_gemm<T>  the weight and input
+//       gradients as implicit GEMMs on the same tile (described above each)
 //   im2col<T>   cols[g, (c*R + r)*S + s, (n*P + p)*Q + q] = x[...] or 0 (one thread each)
 //   col2im<T>   gx[n, c, h, w] = sum of the column entries that read x[n, c, h, w] (a
 //       gather: one thread per input element, fixed order, no atomics)
@@ -105,6 +107,156 @@ conv2d_implicit_gemm(const T* __restrict__ x, const T* __restrict__ w,
                 const int k = g * Kg + m;
                 yc[(long long)k * PQ] = acc[e] + (bias ? bias[k] : T(0));
             }
+        }
+    }
+}
+
+// Weight gradient as an implicit GEMM over the reduction axis n*P*Q:
+//   gw[g] (Kg x Cg*R*S) = gy[g] (Kg x N*P*Q) @ X_cols[g]^T (N*P*Q x Cg*R*S)
+// Both operand tiles are gathered as they are staged: A from gy, B from x. Thread tid moves
+// row m0 + tid/2 of A and column n0 + tid/2 of B at depths (tid%2)*4 + {0..3}, so its
+// column's (c, r, s) is decomposed once and the four depths' (n, p, q) once per step for both
+// operands. The reduction is long and the output small, so it is split: split s sums depths
+// [s*kchunk, (s+1)*kchunk) into gw + s * split_stride; the launcher adds the partials in a
+// fixed order (sum_splits): deterministic, no atomics.
+template <typename T>
+__global__ void __launch_bounds__(THREADS)
+conv2d_wgrad_implicit_gemm(const T* __restrict__ x, const T* __restrict__ gy, T* __restrict__ gw,
+                           CONV_SHAPE_PARAMS, int splits, int kchunk, long long split_stride) {
+    const CONV_SHAPE;
+    __shared__ __align__(16) T As[2][BK][LDS];
+    __shared__ __align__(16) T Bs[2][BK][LDS];
+    const int tid = threadIdx.x;
+    const int g = blockIdx.z / splits, split = blockIdx.z % splits;
+    const int Cg = s.C / s.groups, Kg = s.K / s.groups;
+    const int RS = s.R * s.S, CRS = Cg * RS, PQ = s.P * s.Q;
+    const long long NPQ = (long long)s.N * PQ, HW = (long long)s.H * s.W;
+    const int kbeg = split * kchunk, kend = (int)min(NPQ, (long long)kbeg + kchunk);  // NPQ < 2**31
+    gw += split * split_stride;
+    const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+
+    const int row = tid / 2, k_in = (tid % 2) * 4;
+    const int m = m0 + row;                                     // output channel in group g
+    const long long gy_row = ((long long)g * Kg + m) * PQ;
+    const int crs = n0 + row;
+    const int c = crs / RS, r = (crs % RS) / s.S, sc = crs % s.S;
+    const long long x_chan = ((long long)g * Cg + c) * HW;
+    const int dr = r * s.dh - s.ph, ds = sc * s.dw - s.pw;
+
+    T ra[4], rb[4];
+    auto fetch = [&](int k0) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int npq = k0 + k_in + i;
+            ra[i] = rb[i] = T(0);
+            if (npq >= kend) continue;
+            const int n = npq / PQ, pq = npq % PQ;
+            if (m < Kg) ra[i] = gy[(long long)n * s.K * PQ + gy_row + pq];
+            const int h = (pq / s.Q) * s.sh + dr, v = (pq % s.Q) * s.sw + ds;
+            if (crs < CRS && h >= 0 && h < s.H && v >= 0 && v < s.W)
+                rb[i] = x[(long long)n * s.C * HW + x_chan + (long long)h * s.W + v];
+        }
+    };
+    auto stage = [&](int buf) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            As[buf][k_in + i][row] = ra[i];
+            Bs[buf][k_in + i][row] = rb[i];
+        }
+    };
+    T acc[NACC];
+    mainloop<T, false>(As, Bs, kbeg, (kend - kbeg + BK - 1) / BK, tid, acc, fetch, stage);
+#pragma unroll
+    for (int e = 0; e < NACC; ++e) {
+        const int mm = m0 + acc_row<false>(e, tid), cc = n0 + slot_col<false>(acc_slot<false>(e), tid);
+        if (mm < Kg && cc < CRS) gw[((long long)g * Kg + mm) * CRS + cc] = acc[e];
+    }
+}
+
+// Input gradient as an implicit GEMM (the transpose of the forward's):
+//   gx[g] (Cg x N*H*W) = W[g]^T (Cg x Kg*R*S) @ GY_cols[g] (Kg*R*S x N*H*W)
+// where GY_cols[(k, r, s), (n, h, v)] = gy[n, g*Kg + k, p, q] when h + ph - r*dh = p*sh and
+// v + pw - s*dw = q*sw for an output (p, q) inside the output, else 0: the strided
+// gather, without the column matrix the GEMM + col2im path writes. A (rows c, depth krs) is
+// read from w as stored; B is gathered with the columns (n, h, v) coalesced along v, each
+// decomposed once per thread. Split-K over k*R*S as in the forward.
+template <typename T>
+__global__ void __launch_bounds__(THREADS)
+conv2d_dgrad_implicit_gemm(const T* __restrict__ gy, const T* __restrict__ w, T* __restrict__ gx,
+                           CONV_SHAPE_PARAMS, int splits, int kchunk, long long split_stride) {
+    const CONV_SHAPE;
+    __shared__ __align__(16) T As[2][BK][LDS];
+    __shared__ __align__(16) T Bs[2][BK][LDS];
+    const int tid = threadIdx.x;
+    const int g = blockIdx.z / splits, split = blockIdx.z % splits;
+    const int Cg = s.C / s.groups, Kg = s.K / s.groups;
+    const int RS = s.R * s.S, CRS = Cg * RS, KRS_all = Kg * RS, PQ = s.P * s.Q;
+    const int HW = s.H * s.W;
+    const long long NHW = (long long)s.N * HW;
+    const int kbeg = split * kchunk, KRS = min(KRS_all, kbeg + kchunk);
+    gx += split * split_stride;
+    const int m0 = blockIdx.y * BM;
+    const long long n0 = (long long)blockIdx.x * BN;
+
+    // A = W[g]^T: row c = m0 + tid/2, depths (tid%2)*4 + i, element w[g*Kg + k, c, r, s]
+    const int am = tid / 2, ak0 = (tid % 2) * 4;
+    const int c_a = m0 + am;
+    const T* wg = w + (long long)g * Kg * CRS + (long long)c_a * RS;
+    // B = gathered gy: depth tid/32, columns tid%32 + 32*i
+    const int bk = tid / 32;
+    long long gybase[4];
+    int hh[4], vv[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const long long col = n0 + tid % 32 + 32 * i;
+        if (col < NHW) {
+            const int n = (int)(col / HW), hw = (int)(col % HW);
+            gybase[i] = ((long long)n * s.K + (long long)g * Kg) * PQ;
+            hh[i] = hw / s.W + s.ph;
+            vv[i] = hw % s.W + s.pw;
+        } else {
+            gybase[i] = -1;
+            hh[i] = vv[i] = 0;
+        }
+    }
+    T ra[4], rb[4];
+    auto fetch = [&](int k0) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int krs = k0 + ak0 + i;
+            ra[i] = (c_a < Cg && krs < KRS) ? wg[(long long)(krs / RS) * CRS + krs % RS] : T(0);
+        }
+        const int krs = k0 + bk;
+        const int k = krs / RS, rs = krs % RS;
+        const int dr = (rs / s.S) * s.dh, ds = (rs % s.S) * s.dw;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int hp = hh[i] - dr, vq = vv[i] - ds;
+            const bool hit = krs < KRS && gybase[i] >= 0 && hp >= 0 && vq >= 0 &&
+                             hp % s.sh == 0 && vq % s.sw == 0 && hp / s.sh < s.P &&
+                             vq / s.sw < s.Q;
+            rb[i] = hit ? gy[gybase[i] + (long long)k * PQ + (hp / s.sh) * s.Q + vq / s.sw] : T(0);
+        }
+    };
+    auto stage = [&](int buf) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            As[buf][ak0 + i][am] = ra[i];
+            Bs[buf][bk][tid % 32 + 32 * i] = rb[i];
+        }
+    };
+    T acc[NACC];
+    mainloop<T, false>(As, Bs, kbeg, (KRS - kbeg + BK - 1) / BK, tid, acc, fetch, stage);
+#pragma unroll
+    for (int sl = 0; sl < 8; ++sl) {
+        const long long col = n0 + slot_col<false>(sl, tid);
+        if (col >= NHW) continue;
+        T* gc = gx + (col / HW) * s.C * HW + col % HW;
+#pragma unroll
+        for (int e = 0; e < NACC; ++e) {
+            if (acc_slot<false>(e) != sl) continue;            // resolved at compile time
+            const int c = m0 + acc_row<false>(e, tid);
+            if (c < Cg) gc[((long long)g * Cg + c) * HW] = acc[e];
         }
     }
 }

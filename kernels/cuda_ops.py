@@ -105,6 +105,83 @@ def conv2d_implicit_gemm(a, x, w, b, tf32=False):
     return y
 
 
+# direct convolution (conv_direct.cu): KT output channels x TP x TQ output pixels per block
+DIRECT_KT, DIRECT_TP, DIRECT_TQ, DIRECT_SMEM = 32, 8, 32, 40960
+
+
+def _direct_plan(a):
+    """(channels per chunk, patch rows, padded patch row length) for conv_direct.cu, or
+    None when not even one channel's patch and filters fit in its shared memory."""
+    sh, sw = a.stride
+    dh, dw = a.dilation
+    patch_h = (DIRECT_TP - 1) * sh + (a.R - 1) * dh + 1
+    patch_w = (DIRECT_TQ - 1) * sw + (a.S - 1) * dw + 1
+    ldx = patch_w + (8 - patch_w % 32) % 32          # row length = 8 mod 32: 4 rows, 32 banks
+    per_channel = patch_h * ldx + a.R * a.S * DIRECT_KT
+    cb = min(a.Cg, DIRECT_SMEM // np.dtype(a.dtype).itemsize // per_channel)
+    return (cb, patch_h, ldx) if cb >= 1 else None
+
+
+def direct_supports(a):
+    if _direct_plan(a) is None:
+        return (f"one input channel's patch and filters ({a.R}x{a.S}, stride {a.stride}, "
+                f"dilation {a.dilation}) do not fit the direct kernel's {DIRECT_SMEM} B of "
+                "shared memory")
+    return None
+
+
+def conv2d_direct(a, x, w, b):
+    cb, patch_h, ldx = _direct_plan(a)
+    y = empty(a.y_shape, x.dtype, x)
+    tiles = ceil_div(a.P, DIRECT_TP) * ceil_div(a.Q, DIRECT_TQ) * a.N * a.groups
+    fn = get_function("conv_direct.cu", f"conv2d_direct<{ctype(x.dtype)}>")
+    bias = contiguous(b) if b is not None else np.uint64(0)
+    fn((tiles, ceil_div(a.Kg, DIRECT_KT)), (256,),
+       (contiguous(x), contiguous(w), bias, y, *_conv_ints(a), *_i32(cb, patch_h, ldx)))
+    return y
+
+
+def _split_launch(kernel, a, dtype, like, out_shape, grid_xy, M, N, depth, *arrays):
+    """Launch an implicit-GEMM conv kernel with the reduction `depth` split when the output
+    (M x N per group) has too few tiles to fill the GPU; partials summed in a fixed order."""
+    splits = _split_for(M, N, a.groups, depth)
+    kchunk = ceil_div(ceil_div(depth, splits), 8) * 8
+    splits = ceil_div(depth, kchunk)
+    size = int(np.prod(out_shape))
+    out = empty((splits,) + tuple(out_shape) if splits > 1 else out_shape, dtype, like)
+    fn = get_function("conv.cu", f"{kernel}<{ctype(dtype)}>")
+    fn(grid_xy + (a.groups * splits,), (GEMM_THREADS,),
+       (*arrays, out, *_conv_ints(a), np.int32(splits), np.int32(kchunk), np.int64(size)))
+    if splits == 1:
+        return out
+    total = empty(out_shape, dtype, like)
+    get_function("gemm.cu", f"sum_splits<{ctype(dtype)}>")(
+        _elementwise_grid(size), (THREADS,), (out, total, np.int64(size), np.int32(splits)))
+    return total
+
+
+def wgrad_implicit_supports(a):
+    if a.N * a.P * a.Q >= 2 ** 31 - 2 ** 20:
+        return "the implicit-GEMM weight gradient indexes N*P*Q in 32 bits (below 2**31)"
+    return None
+
+
+def backward_weight_implicit_gemm(a, x, gy):
+    """gw = gy @ X_cols^T with both operands gathered in the kernel (no column matrix)."""
+    crs, npq = a.Cg * a.R * a.S, a.N * a.P * a.Q
+    grid = (ceil_div(crs, TILE), ceil_div(a.Kg, TILE))
+    return _split_launch("conv2d_wgrad_implicit_gemm", a, x.dtype, x, a.w_shape, grid, a.Kg, crs,
+                         npq, contiguous(x), contiguous(gy))
+
+
+def backward_input_implicit_gemm(a, gy, w):
+    """gx = W^T @ GY_cols with the strided gather of gy done in the kernel (no col2im)."""
+    nhw = a.N * a.H * a.W
+    grid = (ceil_div(nhw, TILE), ceil_div(a.Cg, TILE))
+    return _split_launch("conv2d_dgrad_implicit_gemm", a, gy.dtype, gy, a.x_shape, grid, a.Cg,
+                         nhw, a.Kg * a.R * a.S, contiguous(gy), contiguous(w))
+
+
 def im2col(a, x):
     cols = empty((a.groups, a.Cg * a.R * a.S, a.N * a.P * a.Q), x.dtype, x)
     fn = get_function("conv.cu", f"im2col<{ctype(x.dtype)}>")

@@ -196,8 +196,11 @@ CONV = [
     (2, 4, 6, 5, 4, 2, 3, (2, 1), (1, 1), (2, 1), 2),
     (1, 3, 7, 7, 3, 3, 3, (2, 2), (1, 1), (1, 1), 3),
     (2, 1, 6, 7, 2, 2, 2, (3, 2), (1, 0), (1, 3), 1),
-    # two tile rows (K > 128), three tile columns, a reduction split in two (split-K)
+    # two tile rows (K > 128), three tile columns, a reduction split in two (split-K);
+    # the direct kernel takes its 40 channels in three chunks
     (2, 40, 12, 12, 130, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+    # several 8 x 32 pixel tiles of the direct kernel, depthwise
+    (1, 3, 20, 70, 3, 3, 3, (1, 1), (1, 1), (1, 1), 3),
 ]
 
 
@@ -453,3 +456,35 @@ def test_a_training_step_on_the_cuda_backend_matches_numpy():
     assert_close(out["cuda"][1], out["numpy"][1], TOL[np.float64])
     for k, g in out["numpy"][2].items():
         assert_close(out["cuda"][2][k], g, TOL[np.float64])
+
+
+def _random_geometry(rng):
+    g = int(rng.choice([1, 1, 2, 3]))
+    C, K = g * int(rng.integers(1, 5)), g * int(rng.integers(1, 6))
+    R, S = (int(v) for v in rng.integers(1, 5, size=2))
+    st = tuple(int(v) for v in rng.integers(1, 4, size=2))
+    dl = tuple(int(v) for v in rng.integers(1, 3, size=2))
+    pd = tuple(int(rng.integers(0, k)) if k > 1 else 0 for k in (R, S))
+    H = int(rng.integers((R - 1) * dl[0] + 1, 14)) + max(0, -pd[0])
+    W = int(rng.integers((S - 1) * dl[1] + 1, 40))
+    return (int(rng.integers(1, 3)), C, H, W, K, R, S, st, pd, dl, g)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_implicit_gemm_and_direct_on_random_geometries(seed):
+    """Forward (direct, implicit GEMM), input and weight gradients (implicit GEMM) on random
+    stride / padding / dilation / groups / non-square filters, float64."""
+    rng = np.random.default_rng(1000 + seed)
+    case = _random_geometry(rng)
+    x, w, b, kw = _conv(rng, case, np.float64)
+    y = convgpu.conv2d(x, w, b, **kw)
+    gy = rand(rng, y.shape)
+    for algo in ("direct", "implicit_gemm"):
+        assert_close(convgpu.conv2d(x, w, b, **kw, backend="cuda", algo=algo), y,
+                     TOL[np.float64])
+    assert_close(convgpu.conv2d_backward_input(gy, w, x.shape, **kw, backend="cuda",
+                                               algo="implicit_gemm"),
+                 convgpu.conv2d_backward_input(gy, w, x.shape, **kw), TOL[np.float64])
+    assert_close(convgpu.conv2d_backward_weight(x, gy, w.shape, **kw, backend="cuda",
+                                                algo="implicit_gemm"),
+                 convgpu.conv2d_backward_weight(x, gy, w.shape, **kw), TOL[np.float64])
