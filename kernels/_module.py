@@ -29,6 +29,7 @@ NAME_EXPRESSIONS: Dict[str, Tuple[str, ...]] = {
     + ("conv2d_implicit_gemm<float, true>",)
     + tuple(f"conv2d_{k}_implicit_gemm<{t}>" for k in ("wgrad", "dgrad") for t in T_NAMES)
     + tuple(f"{k}<{t}>" for k in ("im2col", "col2im") for t in T_NAMES),
+    "ceiling.cu": tuple(f"fma_peak<{t}>" for t in T_NAMES),
     "conv_direct.cu": tuple(f"conv2d_direct<{t}>" for t in T_NAMES),
     "elementwise.cu": tuple(f"{k}<{t}>" for k in ("relu_fwd", "relu_bwd", "bias_add_fwd",
                                                   "channel_sum", "plane_mean", "plane_spread",

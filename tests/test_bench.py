@@ -1,5 +1,6 @@
 """The benchmark harness's own logic: FLOP and byte counts, quantiles, ratios, the suite,
 and the JSON it writes (run here in its CPU mode on one small shape)."""
+import io
 import json
 
 import numpy as np
@@ -57,3 +58,35 @@ def test_cpu_run_writes_json_and_plot(tmp_path):
 def test_unknown_op_is_rejected():
     with pytest.raises(ValueError, match="unknown --ops"):
         bench.run(ops=["conv3d"], progress=lambda *a: None)
+
+
+class _Stream(io.StringIO):
+    def __init__(self, tty):
+        super().__init__()
+        self._tty = tty
+
+    def isatty(self):
+        return self._tty
+
+
+def test_progress_redraws_one_bar_on_a_terminal_and_writes_lines_elsewhere():
+    from convgpu.bench import Progress, step
+    tty = _Stream(True)
+    p = Progress(tty, width=10)
+    step(p, "conv2d", 1, 4, "first shape")
+    p("  a timing line")
+    step(p, "conv2d", 3, 4, "third shape")
+    p.close()
+    out = tty.getvalue()
+    assert out.count("\n") == 1                          # only the timing line ends a line
+    assert "[.....-----]" not in out and "[..........] 1/4" in out and "[#####.....] 3/4" in out
+    assert "\r\x1b[2K  a timing line\n" in out           # printed above the bar, bar redrawn
+    assert out.endswith("\r\x1b[2K")                     # closing clears the bar
+    log = _Stream(False)
+    p = Progress(log)
+    step(p, "pooling", 2, 5, "x")
+    p("  t")
+    assert log.getvalue() == "[pooling 2/5] x\n  t\n"
+    lines = []
+    step(lines.append, "gemm", 1, 1, "y")                # any callable gets a plain line
+    assert lines == ["[gemm 1/1] y"]

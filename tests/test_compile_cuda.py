@@ -74,3 +74,19 @@ def test_every_launcher_expression_is_declared():
     asked = set(re.findall(r'get_function\("(\w+\.cu)", f?"(\w+)<', src))
     declared = {(f, e.split("<")[0]) for f, e in _module.all_name_expressions()}
     assert asked <= declared, asked - declared
+
+
+def test_fma_ceiling_kernel_is_pure_fma():
+    """The ceiling kernel's loop must compile to one fused multiply-add per chain step: 8
+    chains x 16 unrolled steps, and no separate multiply or add left in the PTX loop."""
+    prog = nvrtc.createProgram(_module.source("ceiling.cu"), "ceiling.cu", [], [])
+    nvrtc.addNameExpression(prog, "fma_peak<float>")
+    nvrtc.compileProgram(prog, list(_module.options()) + list(_module.RUNTIME_ADDED_OPTIONS)
+                         + ["-arch=compute_90"])
+    ptx = nvrtc.getPTX(prog)
+    ptx = ptx.decode() if isinstance(ptx, bytes) else ptx
+    body = ptx[ptx.index("fma_peak"):]
+    assert len(re.findall(r"\bfma\.rn(\.ftz)?\.f32\b", body)) == 8 * 16
+    # outside the loop: the 8 initial multiplies and the final sum (0 + 8 chains) only
+    assert len(re.findall(r"\bmul(\.ftz)?\.f32\b", body)) == 8
+    assert len(re.findall(r"\badd(\.ftz)?\.f32\b", body)) == 8

@@ -488,3 +488,19 @@ def test_implicit_gemm_and_direct_on_random_geometries(seed):
     assert_close(convgpu.conv2d_backward_weight(x, gy, w.shape, **kw, backend="cuda",
                                                 algo="implicit_gemm"),
                  convgpu.conv2d_backward_weight(x, gy, w.shape, **kw), TOL[np.float64])
+
+
+def test_fma_peak_kernel_computes_its_chains():
+    """The FP32 ceiling kernel of convgpu bench: each thread's output is the sum of its 8
+    chains acc = acc * a + b after 16 * iters steps (float64 recurrence as the oracle)."""
+    from convgpu.kernels import cuda_ops
+    blocks, iters = 2, 3
+    for dt, tol in ((np.float32, 1e-5), (np.float64, 1e-13)):
+        out, flops = both_orders(lambda: cuda_ops.fma_peak(blocks, iters, dt))
+        assert flops == 2 * 8 * 16 * iters * blocks * 256
+        a, b = 1 - 2 ** -10, 2 ** -6
+        lane = np.arange(blocks * 256) % 256 % 32
+        acc = (lane[:, None] + np.arange(8)[None, :]) * 0.0625
+        for _ in range(16 * iters):
+            acc = acc * a + b
+        np.testing.assert_allclose(out, acc.sum(axis=1), rtol=tol)

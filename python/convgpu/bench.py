@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import platform
 import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional
@@ -60,6 +61,56 @@ class Result:
     gbps: Optional[float] = None
     vs_cudnn: Optional[float] = None
     extra: dict = field(default_factory=dict)
+
+
+class Progress:
+    """What `convgpu bench` shows while it runs. On a terminal: one progress bar (stage, items
+    done of the stage, elapsed time, the current shape) redrawn in place, with each timing
+    line printed above it. Elsewhere (a log file, CI): plain lines, one per item and timing."""
+
+    def __init__(self, stream=None, width=30):
+        self.stream = stream if stream is not None else sys.stdout
+        isatty = getattr(self.stream, "isatty", None)
+        self.tty = bool(isatty and isatty())
+        self.width = width
+        self.bar = ""
+        self.t0 = time.perf_counter()
+
+    def _clear(self):
+        if self.tty and self.bar:
+            self.stream.write("\r\x1b[2K")
+
+    def __call__(self, line: str):
+        self._clear()
+        self.stream.write(line + "\n")
+        if self.tty and self.bar:
+            self.stream.write(self.bar)
+        self.stream.flush()
+
+    def step(self, stage: str, at: int, total: int, label: str):
+        """Item `at` (1-based) of `total` in `stage` is starting."""
+        if not self.tty:
+            self(f"[{stage} {at}/{total}] {label}")
+            return
+        done = self.width * (at - 1) // max(total, 1)
+        self._clear()
+        self.bar = (f"{stage:16s} [{'#' * done}{'.' * (self.width - done)}] {at}/{total} "
+                    f"{time.perf_counter() - self.t0:6.0f} s  {label[:60]}")
+        self.stream.write(self.bar)
+        self.stream.flush()
+
+    def close(self):
+        self._clear()
+        self.bar = ""
+        self.stream.flush()
+
+
+def step(progress, stage, at, total, label):
+    """Report item `at` of `total` to a Progress, or as a line to any other callable."""
+    if hasattr(progress, "step"):
+        progress.step(stage, at, total, label)
+    else:
+        progress(f"[{stage} {at}/{total}] {label}")
 
 
 class Timer:
@@ -106,6 +157,7 @@ def ceilings(timer) -> Dict[str, float]:
     B = cp.random.default_rng(1).standard_normal((m, m), dtype=cp.float32)
     t = quantiles(timer(lambda: A @ B))["median_ms"]
     out = {"copy_GBps": bw, "sgemm_TFLOPs": 2 * m ** 3 / (t * 1e-3) / 1e12}
+    out["fma_TFLOPs"] = fma_rate(timer)
     torch = _torch()
     if torch is not None:                 # the TF32 ceiling: cuBLAS TF32 GEMM through torch
         At, Bt = torch.from_dlpack(A), torch.from_dlpack(B)
@@ -114,6 +166,18 @@ def ceilings(timer) -> Dict[str, float]:
         torch.backends.cuda.matmul.allow_tf32 = False
         out["tf32_TFLOPs"] = 2 * m ** 3 / (t * 1e-3) / 1e12
     return out
+
+
+def fma_rate(timer, iters=4096) -> float:
+    """FP32 FMA rate of our ceiling kernel (kernels/ceiling.cu): 8 blocks of 256 threads per
+    SM, each thread 8 independent FFMA chains; TFLOP/s counting an FMA as 2 FLOPs."""
+    cp = timer.cupy
+    from convgpu.kernels import cuda_ops
+    sms = cp.cuda.Device().attributes["MultiProcessorCount"]
+    like = cp.zeros(1, dtype=cp.float32)
+    _, flops = cuda_ops.fma_peak(sms * 8, iters, np.float32, like)
+    t = quantiles(timer(lambda: cuda_ops.fma_peak(sms * 8, iters, np.float32, like)))["median_ms"]
+    return flops / (t * 1e-3) / 1e12
 
 
 def _torch():
@@ -144,7 +208,7 @@ def bench_conv(timer, suite, dtype=np.float32, progress=print, impl_filter=None)
     for at, (name, N, C, H, K, R, s, p) in enumerate(suite, 1):
         P = Q = conv_out_size(H, R, s, p, 1)
         shape = shape_label(name, N, C, H, K, R, s, p)
-        progress(f"[conv2d {at}/{len(suite)}] {shape}")
+        step(progress, "conv2d", at, len(suite), shape)
         fl = conv_flops(N, C, K, R, R, P, Q)
         by = conv_bytes(N, C, H, H, K, R, R, P, Q, 1, np.dtype(dtype).itemsize)
         x = cp.asarray(rng.uniform(-1, 1, (N, C, H, H)).astype(dtype))
@@ -266,7 +330,7 @@ def bench_conv_backward(timer, suite, dtype=np.float32, progress=print,
     for at, (name, N, C, H, K, R, s, p) in enumerate(suite, 1):
         P = conv_out_size(H, R, s, p, 1)
         shape = shape_label(name, N, C, H, K, R, s, p)
-        progress(f"[conv2d backward {at}/{len(suite)}] {shape}")
+        step(progress, "conv2d backward", at, len(suite), shape)
         fl = conv_flops(N, C, K, R, R, P, P)
         x = cp.asarray(rng.uniform(-1, 1, (N, C, H, H)).astype(dtype))
         w = cp.asarray(rng.uniform(-1, 1, (K, C, R, R)).astype(dtype))
@@ -333,7 +397,7 @@ def bench_pool(timer, suite, dtype=np.float32, progress=print, impl_filter=None)
     out = []
     for at, (name, N, C, H, k, s, p, cm) in enumerate(suite, 1):
         shape = f"{name}: N{N} C{C} H{H} k{k} s{s} p{p}"
-        progress(f"[pooling {at}/{len(suite)}] {shape}")
+        step(progress, "pooling", at, len(suite), shape)
         x = cp.random.default_rng(0).standard_normal((N, C, H, H), dtype=cp.float32)
         y, idx = convgpu.max_pool2d(x, k, s, p, ceil_mode=cm, return_indices=True)
         nbytes = pool_bytes(x.size, y.size)
@@ -430,8 +494,9 @@ ALL_OPS = ("gemm", "conv2d", "conv2d_backward", "pool")
 
 
 def run(json_path=None, plot_path=None, quick=True, shapes=None, ops=None, impl=None,
-        progress=print) -> dict:
+        progress=None) -> dict:
     from convgpu.cli import gpu_count
+    progress = progress if progress is not None else Progress()
     ops = set(ops or ALL_OPS)
     unknown = ops - set(ALL_OPS)
     if unknown:
@@ -445,8 +510,11 @@ def run(json_path=None, plot_path=None, quick=True, shapes=None, ops=None, impl=
         env = environment()
         progress(f"device {env.get('device')}  commit {env.get('commit')}")
         ceil = ceilings(timer)
-        progress(f"ceilings: copy {ceil['copy_GBps']:.0f} GB/s, SGEMM (cuBLAS, TF32 off) "
-                 f"{ceil['sgemm_TFLOPs']:.1f} TFLOP/s")
+        progress(f"ceilings: copy {ceil['copy_GBps']:.0f} GB/s, FP32 FMA (ours) "
+                 f"{ceil['fma_TFLOPs']:.1f} TFLOP/s, SGEMM (cuBLAS, TF32 off) "
+                 f"{ceil['sgemm_TFLOPs']:.1f} TFLOP/s"
+                 + (f", TF32 GEMM (cuBLAS) {ceil['tf32_TFLOPs']:.1f} TFLOP/s"
+                    if "tf32_TFLOPs" in ceil else ""))
         results = []
         stages = [("gemm", lambda: bench_gemm(timer, progress=progress) if not shapes else []),
                   ("conv2d", lambda: bench_conv(timer, conv, progress=progress, impl_filter=impl)),
@@ -461,7 +529,8 @@ def run(json_path=None, plot_path=None, quick=True, shapes=None, ops=None, impl=
                 if r.tflops is not None and "tf32" in r.impl and "tf32_TFLOPs" in ceil:
                     r.extra["frac_tf32_rate"] = r.tflops / ceil["tf32_TFLOPs"]
                 elif r.tflops is not None:
-                    r.extra["frac_fp32_rate"] = r.tflops / ceil["sgemm_TFLOPs"]
+                    r.extra["frac_fp32_rate"] = r.tflops / ceil["fma_TFLOPs"]
+                    r.extra["frac_sgemm"] = r.tflops / ceil["sgemm_TFLOPs"]
                 if r.gbps is not None:
                     r.extra["frac_copy_bw"] = r.gbps / ceil["copy_GBps"]
             doc = {"environment": env, "ceilings": ceil, "device": "gpu",
@@ -471,6 +540,8 @@ def run(json_path=None, plot_path=None, quick=True, shapes=None, ops=None, impl=
                     json.dump(doc, f, indent=1)
         doc = {"environment": env, "ceilings": ceil, "device": "gpu",
                "results": [asdict(r) for r in results]}
+    if hasattr(progress, "close"):
+        progress.close()
     progress("\n" + format_table(doc["results"]))
     if json_path:
         with open(json_path, "w") as f:
@@ -505,7 +576,7 @@ def run_cpu(conv, pools, ops, progress=print, reps=5) -> dict:
     rng = np.random.default_rng(0)
     results = []
     for at, sh in enumerate(conv if "conv2d" in ops else [], 1):
-        progress(f"[conv2d {at}/{len(conv)}] {sh.name}")
+        step(progress, "conv2d (CPU)", at, len(conv), sh.name)
         N = 1
         P = conv_out_size(sh.H, sh.R, sh.stride, sh.pad, 1)
         label = shape_label(sh.name, N, sh.C, sh.H, sh.K, sh.R, sh.stride, sh.pad)
@@ -595,8 +666,12 @@ def plot(doc, path) -> None:
     ceil = doc.get("ceilings") or {}
     if ceil:
         ai = np.logspace(-1, 3.5, 100)
-        ax[1].plot(ai, np.minimum(ceil["copy_GBps"] * ai / 1e3, ceil["sgemm_TFLOPs"]), "k--",
-                   lw=1, label="measured ceilings")
+        fp32 = ceil.get("fma_TFLOPs", ceil["sgemm_TFLOPs"])      # older runs: cuBLAS SGEMM
+        ax[1].plot(ai, np.minimum(ceil["copy_GBps"] * ai / 1e3, fp32), "k--", lw=1,
+                   label="measured ceilings (copy, FP32 FMA)")
+        if "tf32_TFLOPs" in ceil:
+            ax[1].plot(ai, np.minimum(ceil["copy_GBps"] * ai / 1e3, ceil["tf32_TFLOPs"]), "k:",
+                       lw=1, label="TF32 (cuBLAS GEMM)")
     ax[1].set(xscale="log", yscale="log", xlabel="arithmetic intensity (FLOP / byte)",
               ylabel="achieved TFLOP/s", title="roofline")
     if pts or ceil:
