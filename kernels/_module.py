@@ -24,6 +24,8 @@ NAME_EXPRESSIONS: Dict[str, Tuple[str, ...]] = {
                      for ta in ("false", "true") for tb in ("false", "true"))
     + tuple(f"gemm_tiled<float, {ta}, {tb}, true>" for ta in ("false", "true")
             for tb in ("false", "true"))
+    + tuple(f"gemm_vec<{ta}, {tb}, {tf}>" for ta in ("false", "true")
+            for tb in ("false", "true") for tf in ("false", "true"))
     + tuple(f"sum_splits<{t}>" for t in T_NAMES),
     "conv.cu": tuple(f"conv2d_implicit_gemm<{t}, false>" for t in T_NAMES)
     + ("conv2d_implicit_gemm<float, true>",)

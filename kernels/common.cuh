@@ -92,14 +92,17 @@ template <typename T, bool TF32> __device__ __forceinline__ T staged(T v) {
     else return v;
 }
 
-// acc += As x Bs over the BK slices of one staged tile
-template <typename T, bool TF32>
+// acc += As x Bs over the BKT (a multiple of 8) slices of one staged tile
+template <typename T, bool TF32, int BKT = BK>
 __device__ __forceinline__ void mma(const T (*As)[LDS], const T (*Bs)[LDS], int tid,
                                     T (&acc)[NACC]) {
     if constexpr (TF32) {
         static_assert(sizeof(T) == 4, "TF32 tiles are float only");
-        const int warp = tid / 32, g = (tid % 32) / 4, t = tid % 4;
+        const int warp = tid / 32, g = (tid % 32) / 4, t0 = tid % 4;
         const int r0 = (warp / 4) * 64, c0 = (warp % 4) * 32;
+#pragma unroll
+        for (int k8 = 0; k8 < BKT; k8 += 8) {
+        const int t = k8 + t0;
         unsigned a[4][4], b[4][2];
 #pragma unroll
         for (int mi = 0; mi < 4; ++mi) {
@@ -121,10 +124,11 @@ __device__ __forceinline__ void mma(const T (*As)[LDS], const T (*Bs)[LDS], int 
             for (int ni = 0; ni < 4; ++ni) {
                 mma_m16n8k8_tf32(reinterpret_cast<float*>(&acc[(mi * 4 + ni) * 4]), a[mi], b[ni]);
             }
+        }
     } else {
         const int tx = tid % 16, ty = tid / 16;
 #pragma unroll
-        for (int kk = 0; kk < BK; ++kk) {
+        for (int kk = 0; kk < BKT; ++kk) {
             T av[8], bv[8];
             lds4(&As[kk][ty * 4], av);
             lds4(&As[kk][64 + ty * 4], av + 4);
@@ -139,13 +143,13 @@ __device__ __forceinline__ void mma(const T (*As)[LDS], const T (*Bs)[LDS], int 
 }
 
 // The main loop every tiled GEMM here shares: acc += A_tile x B_tile over `steps` slices of
-// BK, starting at depth kbeg. fetch(k0) reads the operand elements this thread moves for
+// BKT (the depth of the shared tiles, deduced from them), starting at depth kbeg. fetch(k0) reads the operand elements this thread moves for
 // the slice at depth k0 from global memory into registers; stage(buf) stores them (rounded
 // for TF32) into shared buffer buf. The next slice is fetched while the current one feeds
 // the FMAs / tensor cores, then staged into the other buffer: double buffering with one
 // barrier per step.
-template <typename T, bool TF32, typename Fetch, typename Stage>
-__device__ __forceinline__ void mainloop(T (*As)[BK][LDS], T (*Bs)[BK][LDS], int kbeg, int steps,
+template <typename T, bool TF32, int BKT, typename Fetch, typename Stage>
+__device__ __forceinline__ void mainloop(T (*As)[BKT][LDS], T (*Bs)[BKT][LDS], int kbeg, int steps,
                                          int tid, T (&acc)[NACC], Fetch&& fetch, Stage&& stage) {
 #pragma unroll
     for (int e = 0; e < NACC; ++e) acc[e] = T(0);
@@ -156,8 +160,8 @@ __device__ __forceinline__ void mainloop(T (*As)[BK][LDS], T (*Bs)[BK][LDS], int
     __syncthreads();
     for (int t = 0; t < steps; ++t) {
         const int cur = t & 1;
-        if (t + 1 < steps) fetch(kbeg + (t + 1) * BK);
-        mma<T, TF32>(As[cur], Bs[cur], tid, acc);
+        if (t + 1 < steps) fetch(kbeg + (t + 1) * BKT);
+        mma<T, TF32, BKT>(As[cur], Bs[cur], tid, acc);
         if (t + 1 < steps) stage(cur ^ 1);
         __syncthreads();
     }

@@ -39,18 +39,44 @@ def tf32_supports(a):
     return None
 
 
-def gemm(A, B, ta=False, tb=False, splits=1, tf32=False):
+def _address(a) -> int:
+    return a.ctypes.data if isinstance(a, np.ndarray) else a.data.ptr
+
+
+def vec_gemm_fits(A, B, ta, tb) -> bool:
+    """gemm_vec's conditions: float32, each operand's contiguous extent a multiple of 4 (so
+    rows stay 16-byte aligned and a vector never straddles the edge), 16-byte aligned bases."""
+    M, K = (A.shape[2], A.shape[1]) if ta else (A.shape[1], A.shape[2])
+    N = B.shape[1] if tb else B.shape[2]
+    return (np.dtype(A.dtype) == np.float32 and np.dtype(B.dtype) == np.float32
+            and (M if ta else K) % 4 == 0 and (K if tb else N) % 4 == 0
+            and _address(A) % 16 == 0 and _address(B) % 16 == 0)
+
+
+def gemm(A, B, ta=False, tb=False, splits=1, tf32=False, variant="auto"):
     """Batched C[b] = op(A[b]) @ op(B[b]); with splits > 1 the K range is cut into that many
-    parts whose partial products are summed afterwards in a fixed order (deterministic)."""
+    parts whose partial products are summed afterwards in a fixed order (deterministic).
+    variant: "vec" (gemm_vec: 16-deep tiles, 16-byte loads), "tiled" (gemm_tiled), or "auto"
+    (vec where its conditions hold)."""
     batch = A.shape[0]
     M, K = (A.shape[2], A.shape[1]) if ta else (A.shape[1], A.shape[2])
     N = B.shape[1] if tb else B.shape[2]
-    splits = max(1, min(splits, ceil_div(K, 8)))
-    kchunk = ceil_div(ceil_div(K, splits), 8) * 8
+    if variant not in ("auto", "vec", "tiled"):
+        raise ValueError(f"gemm variant is auto, vec or tiled; got {variant!r}")
+    fits = vec_gemm_fits(A, B, ta, tb)
+    if variant == "vec" and not fits:
+        raise ValueError("gemm_vec needs float32, contiguous extents that are multiples of 4 "
+                         "and 16-byte aligned operands")
+    vec = fits and variant != "tiled"
+    depth = 16 if vec else 8                    # BKV / tile::BK: the split unit
+    splits = max(1, min(splits, ceil_div(K, depth)))
+    kchunk = ceil_div(ceil_div(K, splits), depth) * depth
     splits = ceil_div(K, kchunk)
     t = ctype(A.dtype)
-    fn = get_function("gemm.cu", f"gemm_tiled<{t}, {'true' if ta else 'false'}, "
-                                 f"{'true' if tb else 'false'}, {'true' if tf32 else 'false'}>")
+    b = lambda v: "true" if v else "false"
+    name = (f"gemm_vec<{b(ta)}, {b(tb)}, {b(tf32)}>" if vec
+            else f"gemm_tiled<{t}, {b(ta)}, {b(tb)}, {b(tf32)}>")
+    fn = get_function("gemm.cu", name)
     out = empty((splits, batch, M, N) if splits > 1 else (batch, M, N), A.dtype, A)
     grid = (ceil_div(N, TILE), ceil_div(M, TILE), batch * splits)
     fn(grid, (GEMM_THREADS,), (A, B, out, *_i32(M, N, K), np.int64(A[0].size), np.int64(B[0].size),

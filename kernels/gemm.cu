@@ -9,6 +9,7 @@
 //       loads run along each operand's contiguous axis; shared reads are 16-byte vectors.
 //       blockIdx.z = batch * splits + split: split s sums k in [s*kchunk, (s+1)*kchunk) and
 //       writes its partial product to C + s * split_stride.
+//   gemm_vec<TA, TB, TF32>  float32 with 16-deep tiles and 16-byte global reads (below)
 //   sum_splits<T>           out[i] = sum over s of parts[s * n + i], in order s = 0, 1, ...
 #include "common.cuh"
 
@@ -60,6 +61,83 @@ gemm_tiled(const T* __restrict__ A, const T* __restrict__ B, T* __restrict__ C, 
 
     T acc[NACC];
     mainloop<T, TF32>(As, Bs, kbeg, (kend - kbeg + BK - 1) / BK, tid, acc, fetch, stage);
+#pragma unroll
+    for (int e = 0; e < NACC; ++e) {
+        const int r = m0 + acc_row<TF32>(e, tid), c = n0 + slot_col<TF32>(acc_slot<TF32>(e), tid);
+        if (r < M && c < N) C[(long long)r * N + c] = acc[e];
+    }
+}
+
+// gemm_vec<TA, TB, TF32>: the same tile and main loop for float32 with 16-deep shared tiles
+// (half the barriers per FMA of gemm_tiled) and every global read a 16-byte vector: each
+// thread moves two float4 of A and two of B per step. Operands contiguous along k (A as
+// M x K, B as N x K) are stored transposed into shared memory, those contiguous along m / n
+// as vectors. Needs each operand's contiguous extent a multiple of 4 and 16-byte aligned
+// bases (the launcher checks, else uses gemm_tiled); a vector is then wholly inside or
+// wholly outside the matrix, so one bounds test covers four elements.
+constexpr int BKV = 16;
+
+template <bool TA, bool TB, bool TF32>
+__global__ void __launch_bounds__(THREADS, 2)          // <= 128 registers: two blocks per SM
+gemm_vec(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C, int M,
+         int N, int K, long long batch_stride_a, long long batch_stride_b,
+         long long batch_stride_c, int splits, int kchunk, long long split_stride) {
+    __shared__ __align__(16) float As[2][BKV][LDS];
+    __shared__ __align__(16) float Bs[2][BKV][LDS];
+    const int tid = threadIdx.x;
+    const int batch = blockIdx.z / splits, split = blockIdx.z % splits;
+    A += batch * batch_stride_a;
+    B += batch * batch_stride_b;
+    C += batch * batch_stride_c + split * split_stride;
+    const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+    const int kbeg = split * kchunk, kend = min(K, kbeg + kchunk);
+    // contiguous along k: row tid / 2, depths ((tid % 2) + 2i) * 4 + {0..3}
+    // contiguous along m / n: depth tid / 32 + 8i, columns (tid % 32) * 4 + {0..3}
+    const int row = tid / 2, col4 = (tid % 32) * 4;
+    const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
+    float4 ra[2], rb[2];
+    auto fetch = [&](int k0) {
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            if (!TA) {
+                const int gm = m0 + row, gk = k0 + ((tid % 2) + 2 * i) * 4;
+                ra[i] = (gm < M && gk < kend)
+                            ? *reinterpret_cast<const float4*>(A + (long long)gm * K + gk) : zero;
+            } else {
+                const int gk = k0 + tid / 32 + 8 * i, gm = m0 + col4;
+                ra[i] = (gk < kend && gm < M)
+                            ? *reinterpret_cast<const float4*>(A + (long long)gk * M + gm) : zero;
+            }
+            if (TB) {
+                const int gn = n0 + row, gk = k0 + ((tid % 2) + 2 * i) * 4;
+                rb[i] = (gn < N && gk < kend)
+                            ? *reinterpret_cast<const float4*>(B + (long long)gn * K + gk) : zero;
+            } else {
+                const int gk = k0 + tid / 32 + 8 * i, gn = n0 + col4;
+                rb[i] = (gk < kend && gn < N)
+                            ? *reinterpret_cast<const float4*>(B + (long long)gk * N + gn) : zero;
+            }
+        }
+    };
+    auto put = [&](float (*S)[LDS], const float4& v, bool along_k, int i) {
+        const float4 t = make_float4(staged<float, TF32>(v.x), staged<float, TF32>(v.y),
+                                     staged<float, TF32>(v.z), staged<float, TF32>(v.w));
+        if (along_k) {
+            const int k = ((tid % 2) + 2 * i) * 4;
+            S[k][row] = t.x; S[k + 1][row] = t.y; S[k + 2][row] = t.z; S[k + 3][row] = t.w;
+        } else {
+            *reinterpret_cast<float4*>(&S[tid / 32 + 8 * i][col4]) = t;
+        }
+    };
+    auto stage = [&](int buf) {
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            put(As[buf], ra[i], !TA, i);
+            put(Bs[buf], rb[i], TB, i);
+        }
+    };
+    float acc[NACC];
+    mainloop<float, TF32>(As, Bs, kbeg, (kend - kbeg + BKV - 1) / BKV, tid, acc, fetch, stage);
 #pragma unroll
     for (int e = 0; e < NACC; ++e) {
         const int r = m0 + acc_row<TF32>(e, tid), c = n0 + slot_col<TF32>(acc_slot<TF32>(e), tid);

@@ -504,3 +504,33 @@ def test_fma_peak_kernel_computes_its_chains():
         for _ in range(16 * iters):
             acc = acc * a + b
         np.testing.assert_allclose(out, acc.sum(axis=1), rtol=tol)
+
+
+@pytest.mark.parametrize("tf32", [False, True])
+@pytest.mark.parametrize("ta, tb", [(False, False), (True, False), (False, True), (True, True)])
+def test_gemm_vec_tails_and_split_k(rng, ta, tb, tf32):
+    """gemm_vec (16-deep tiles, float4 loads): tails in every dimension that are still
+    multiples of 4 (132 = 128 + 4 rows, 68 columns, depth 36 = 2 tiles + 4), split-K."""
+    from convgpu.kernels import cuda_ops
+    batch, M, N, K = 2, 132, 68, 36
+    A = rand(rng, (batch, K, M) if ta else (batch, M, K)).astype(np.float32)
+    B = rand(rng, (batch, N, K) if tb else (batch, K, N)).astype(np.float32)
+    want = np.matmul(np.swapaxes(A, 1, 2) if ta else A, np.swapaxes(B, 1, 2) if tb else B)
+    assert cuda_ops.vec_gemm_fits(A, B, ta, tb)
+    for splits in (1, 2):
+        C = both_orders(lambda: cuda_ops.gemm(A, B, ta, tb, splits=splits, tf32=tf32,
+                                              variant="vec"))
+        assert_close(C, want.astype(np.float64), 2e-3 if tf32 else TOL[np.float32])
+        if tf32:
+            assert np.linalg.norm(C - want) / np.linalg.norm(want) > 1e-6
+
+
+def test_gemm_vec_refuses_what_it_cannot_serve(rng):
+    from convgpu.kernels import cuda_ops
+    A = rand(rng, (1, 8, 6)).astype(np.float32)           # K = 6: rows not 16-byte aligned
+    B = rand(rng, (1, 6, 8)).astype(np.float32)
+    assert not cuda_ops.vec_gemm_fits(A, B, False, False)
+    with pytest.raises(ValueError, match="gemm_vec needs"):
+        cuda_ops.gemm(A, B, variant="vec")
+    assert_close(cuda_ops.gemm(A, B), A.astype(np.float64) @ B, TOL[np.float32])   # auto: tiled
+    assert not cuda_ops.vec_gemm_fits(A.astype(np.float64), B.astype(np.float64), False, False)

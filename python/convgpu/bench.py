@@ -268,51 +268,52 @@ def bench_conv(timer, suite, dtype=np.float32, progress=print, impl_filter=None)
 
 
 def bench_gemm(timer, sizes=((4096, 4096, 4096), (8192, 1024, 2048)), progress=print):
-    """The hand-written GEMM (cuda backend) against cuBLAS SGEMM through cupy.matmul."""
+    """The hand-written GEMMs (gemm_tiled, gemm_vec; FP32 and TF32) against cuBLAS through
+    cupy.matmul (TF32 off) and torch.matmul (TF32 on), each validated first."""
     import cupy as cp
     from convgpu.kernels import cuda_ops
     out = []
-    for M, N, K in sizes:
+    torch = _torch()
+    for at, (M, N, K) in enumerate(sizes, 1):
+        shape = f"{M}x{N}x{K}"
+        step(progress, "gemm", at, len(sizes), shape)
         A = cp.random.default_rng(0).standard_normal((1, M, K), dtype=cp.float32)
         B = cp.random.default_rng(1).standard_normal((1, K, N), dtype=cp.float32)
-        shape = f"{M}x{N}x{K}"
         ref = (A[0, :64].astype(cp.float64) @ B[0].astype(cp.float64))
-        got = cuda_ops.gemm(A, B)[0, :64].astype(cp.float64)
-        err = float(cp.linalg.norm(got - ref) / cp.linalg.norm(ref))
-        t_cublas = quantiles(timer(lambda: cp.matmul(A[0], B[0])))
         fl = 2 * M * N * K
-        out.append(Result("gemm", shape, "cublas", "float32", "ok", **t_cublas,
-                          tflops=fl / (t_cublas["median_ms"] * 1e-3) / 1e12, vs_cudnn=1.0))
-        if not err <= 1e-5:
-            out.append(Result("gemm", shape, "cuda:gemm_tiled", "float32", f"FAIL rel err {err:.2e}"))
-            continue
-        t = quantiles(timer(lambda: cuda_ops.gemm(A, B)))
-        r = Result("gemm", shape, "cuda:gemm_tiled", "float32", "ok", **t,
-                   tflops=fl / (t["median_ms"] * 1e-3) / 1e12,
-                   vs_cudnn=t_cublas["median_ms"] / t["median_ms"], extra={"rel_err": err})
-        out.append(r)
-        progress(f"  gemm {shape:20s} cuda:gemm_tiled {t['median_ms']:8.3f} ms {r.tflops:6.2f} "
-                 f"TFLOP/s = x{r.vs_cudnn:.3f} of cuBLAS ({t_cublas['median_ms']:.3f} ms)")
-        torch = _torch()
+        base = {}
+        t = quantiles(timer(lambda: cp.matmul(A[0], B[0])))
+        base[False] = t["median_ms"]
+        out.append(Result("gemm", shape, "cublas", "float32", "ok", **t,
+                          tflops=fl / (t["median_ms"] * 1e-3) / 1e12, vs_cudnn=1.0))
         if torch is not None:                       # TF32 on both sides
             At, Bt = torch.from_dlpack(A[0]), torch.from_dlpack(B[0])
             torch.backends.cuda.matmul.allow_tf32 = True
-            tc = quantiles(timer(lambda: torch.matmul(At, Bt)))
+            t = quantiles(timer(lambda: torch.matmul(At, Bt)))
             torch.backends.cuda.matmul.allow_tf32 = False
-            out.append(Result("gemm", shape, "cublas_tf32", "float32", "ok", **tc,
-                              tflops=fl / (tc["median_ms"] * 1e-3) / 1e12, vs_cudnn=1.0))
-            got = cuda_ops.gemm(A, B, tf32=True)[0, :64].astype(cp.float64)
-            e32 = float(cp.linalg.norm(got - ref) / cp.linalg.norm(ref))
-            if not e32 <= 2e-3:
-                out.append(Result("gemm", shape, "cuda:gemm_tf32", "float32", f"FAIL rel err {e32:.2e}"))
+            base[True] = t["median_ms"]
+            out.append(Result("gemm", shape, "cublas_tf32", "float32", "ok", **t,
+                              tflops=fl / (t["median_ms"] * 1e-3) / 1e12, vs_cudnn=1.0))
+        for tf32 in (False, True):
+            if tf32 not in base:
                 continue
-            t = quantiles(timer(lambda: cuda_ops.gemm(A, B, tf32=True)))
-            r = Result("gemm", shape, "cuda:gemm_tf32", "float32", "ok", **t,
-                       tflops=fl / (t["median_ms"] * 1e-3) / 1e12,
-                       vs_cudnn=tc["median_ms"] / t["median_ms"], extra={"rel_err": e32})
-            out.append(r)
-            progress(f"  gemm {shape:20s} cuda:gemm_tf32  {t['median_ms']:8.3f} ms {r.tflops:6.2f} "
-                     f"TFLOP/s = x{r.vs_cudnn:.3f} of cuBLAS TF32 ({tc['median_ms']:.3f} ms)")
+            for variant in ("tiled", "vec"):
+                label = f"cuda:gemm_{variant}" + ("_tf32" if tf32 else "")
+                run = lambda: cuda_ops.gemm(A, B, tf32=tf32, variant=variant)
+                got = run()[0, :64].astype(cp.float64)
+                err = float(cp.linalg.norm(got - ref) / cp.linalg.norm(ref))
+                if not err <= (2e-3 if tf32 else 1e-5):
+                    out.append(Result("gemm", shape, label, "float32", f"FAIL rel err {err:.2e}"))
+                    continue
+                t = quantiles(timer(run))
+                r = Result("gemm", shape, label, "float32", "ok", **t,
+                           tflops=fl / (t["median_ms"] * 1e-3) / 1e12,
+                           vs_cudnn=base[tf32] / t["median_ms"],
+                           extra={"rel_err": err, "baseline": "cublas_tf32" if tf32 else "cublas"})
+                out.append(r)
+                progress(f"  gemm {shape:20s} {label:22s} {t['median_ms']:8.3f} ms "
+                         f"{r.tflops:6.2f} TFLOP/s = x{r.vs_cudnn:.3f} of cuBLAS"
+                         f"{' TF32' if tf32 else ''} ({base[tf32]:.3f} ms)")
     return out
 
 
