@@ -183,3 +183,27 @@ template <typename T> __device__ __forceinline__ T warp_sum(T v) {
     for (int m = 16; m > 0; m /= 2) v += __shfl_xor_sync(0xffffffffu, v, m);
     return v;
 }
+
+// Division by a divisor fixed for the whole launch. Divider<int> multiplies instead
+// (Granlund & Montgomery): n / d = umulhi(n, mul) >> shr, exact for 0 <= n < 2**31, with mul
+// and shr computed on the host (kernels/cuda_ops.py: fastdiv; mul = 0 means d = 1); an
+// integer division costs ~20 instructions, this two. Divider<long long> divides.
+template <typename I> struct Divider;
+template <> struct Divider<int> {
+    int d;
+    unsigned mul, shr;
+    __device__ __forceinline__ int div(int n) const {
+        return mul ? (int)(__umulhi((unsigned)n, mul) >> shr) : n;
+    }
+};
+template <> struct Divider<long long> {
+    long long d;
+    __device__ __forceinline__ long long div(long long n) const { return n / d; }
+};
+template <typename I> __device__ __forceinline__ Divider<I> divider(int d, unsigned mul, unsigned shr);
+template <> __device__ __forceinline__ Divider<int> divider<int>(int d, unsigned mul, unsigned shr) {
+    return Divider<int>{d, mul, shr};
+}
+template <> __device__ __forceinline__ Divider<long long> divider<long long>(int d, unsigned, unsigned) {
+    return Divider<long long>{d};
+}

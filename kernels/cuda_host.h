@@ -90,6 +90,10 @@ inline float __logf(float a) { return std::log(a); }
 inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }
 inline float rsqrtf(float a) { return 1.0f / std::sqrt(a); }
 template <typename T> inline T __ldg(const T* p) { return *p; }
+inline unsigned __umulhi(unsigned a, unsigned b) {
+    return (unsigned)(((unsigned long long)a * b) >> 32);
+}
+inline int __clz(int v) { return v ? __builtin_clz((unsigned)v) : 32; }
 
 // CUDA's min/max: the usual arithmetic conversions, fmin/fmax for floating types
 template <typename A, typename B> inline std::common_type_t<A, B> min(A a, B b) {

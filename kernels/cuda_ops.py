@@ -276,10 +276,22 @@ def linear_backward(shapes, gy, x, w):
 # pooling
 
 
+def fastdiv(d: int) -> int:
+    """The constants of Divider<int> (common.cuh) for divisor d, packed as mul | shr << 32:
+    n // d == (n * mul >> 32) >> shr for 0 <= n < 2**31 (mul = 0 stands for d = 1)."""
+    if not 1 <= d < 2 ** 31:
+        raise ValueError(f"fastdiv: divisor {d} out of range")
+    if d == 1:
+        return 0
+    p = 31 + (d - 1).bit_length()
+    return ((1 << p) + d - 1) // d | (p - 32) << 32
+
+
 def _pool_ints(a, H, W, P, Q, dil=True):
     d = a.dilation if dil else (1, 1)
     return _i32(H, W, P, Q, a.kernel[0], a.kernel[1], a.stride[0], a.stride[1], a.padding[0],
-                a.padding[1], d[0], d[1], a.count_include_pad, a.divisor_override or 0)
+                a.padding[1], d[0], d[1], a.count_include_pad, a.divisor_override or 0) + \
+        tuple(np.uint64(fastdiv(v)) for v in (Q, P, W, H, a.stride[0], a.stride[1]))
 
 
 def _index_type(total):

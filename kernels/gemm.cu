@@ -76,9 +76,16 @@ gemm_tiled(const T* __restrict__ A, const T* __restrict__ B, T* __restrict__ C, 
 // bases (the launcher checks, else uses gemm_tiled); a vector is then wholly inside or
 // wholly outside the matrix, so one bounds test covers four elements.
 constexpr int BKV = 16;
+// two blocks per SM (<= 128 registers) on sm_90, where ptxas fits every variant without
+// spilling; sm_80's ptxas spills one variant (TA, !TB) at that cap, so it gets one block
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+#define GEMM_VEC_MIN_BLOCKS 1
+#else
+#define GEMM_VEC_MIN_BLOCKS 2
+#endif
 
 template <bool TA, bool TB, bool TF32>
-__global__ void __launch_bounds__(THREADS, 2)          // <= 128 registers: two blocks per SM
+__global__ void __launch_bounds__(THREADS, GEMM_VEC_MIN_BLOCKS)
 gemm_vec(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C, int M,
          int N, int K, long long batch_stride_a, long long batch_stride_b,
          long long batch_stride_c, int splits, int kchunk, long long split_stride) {

@@ -1,6 +1,8 @@
 // Pooling in CUDA C, templated on the element type T and the index type I: the launcher
-// picks I = int while every flat index fits in 31 bits (cheap 32-bit division) and
-// I = long long past that. Indices written for max pooling are always int64, flat over the
+// picks I = int while every flat index fits in 31 bits and I = long long past that. With
+// I = int every division by a shape constant (flat index -> (n*c, p, q) or (n*c, h, w),
+// window ranges by the stride) is a multiply-high and shift (common.cuh: Divider), which
+// matters because these kernels issue more integer instructions than memory requests. Indices written for max pooling are always int64, flat over the
 // unpadded input plane (h*W + w).
 //
 //   max_pool2d_fwd<T, I>        one thread per output; -inf start, strict '>' so the first
@@ -13,24 +15,33 @@
 struct PoolShape {
     int H, W, P, Q, kh, kw, sh, sw, ph, pw, dh, dw, include_pad, divisor_override;
 };
-// Kernels take the shape as plain ints (portable kernel arguments) and pack it here.
+// Kernels take the shape as plain ints (portable kernel arguments) and pack it here, with
+// the multiply-shift constants of the divisors Q, P, W, H, sh, sw (mul | shr << 32 each;
+// used by Divider<int>, ignored by Divider<long long>).
 #define POOL_SHAPE_PARAMS int H, int W, int P, int Q, int kh, int kw, int sh, int sw, int ph, \
-    int pw, int dh, int dw, int include_pad, int divisor_override
+    int pw, int dh, int dw, int include_pad, int divisor_override, unsigned long long mQ, \
+    unsigned long long mP, unsigned long long mW, unsigned long long mH, unsigned long long mSH, \
+    unsigned long long mSW
 #define POOL_SHAPE PoolShape s{H, W, P, Q, kh, kw, sh, sw, ph, pw, dh, dw, include_pad, divisor_override}
+#define POOL_DIV(I, name, d, m) const Divider<I> name = divider<I>(d, (unsigned)(m), (unsigned)((m) >> 32))
 
-__device__ __forceinline__ int first_cover(int i, int pad, int k, int s, int d) {
+// the first window (along one axis) whose span reaches input position i
+template <typename I>
+__device__ __forceinline__ int first_cover(int i, int pad, int k, const Divider<I>& s, int d) {
     const int num = i + pad - (k - 1) * d;
-    return num <= 0 ? 0 : (num + s - 1) / s;
+    return num <= 0 ? 0 : (int)s.div(num + (int)s.d - 1);
 }
 
 template <typename T, typename I>
 __global__ void max_pool2d_fwd(const T* __restrict__ x, T* __restrict__ y,
                                long long* __restrict__ idx, I NC, POOL_SHAPE_PARAMS) {
     const POOL_SHAPE;
+    POOL_DIV(I, divQ, Q, mQ);
+    POOL_DIV(I, divP, P, mP);
     const I total = NC * s.P * s.Q;
     for (I t = blockIdx.x * (I)blockDim.x + threadIdx.x; t < total; t += (I)gridDim.x * blockDim.x) {
-        const int q = (int)(t % s.Q), p = (int)((t / s.Q) % s.P);
-        const I nc = t / ((I)s.P * s.Q);
+        const I tq = divQ.div(t), nc = divP.div(tq);
+        const int q = (int)(t - tq * s.Q), p = (int)(tq - nc * s.P);
         const T* xp = x + (long long)nc * s.H * s.W;
         const int h0 = p * s.sh - s.ph, w0 = q * s.sw - s.pw;
         T best = neg_inf<T>();
@@ -55,18 +66,23 @@ template <typename T, typename I>
 __global__ void max_pool2d_bwd_gather(const T* __restrict__ gy, const long long* __restrict__ idx,
                                       T* __restrict__ gx, I NC, POOL_SHAPE_PARAMS) {
     const POOL_SHAPE;
+    POOL_DIV(I, divW, W, mW);
+    POOL_DIV(I, divH, H, mH);
+    POOL_DIV(I, divSH, sh, mSH);
+    POOL_DIV(I, divSW, sw, mSW);
     const I total = NC * s.H * s.W;
     for (I t = blockIdx.x * (I)blockDim.x + threadIdx.x; t < total; t += (I)gridDim.x * blockDim.x) {
-        const int v = (int)(t % s.W), h = (int)((t / s.W) % s.H);
-        const I nc = t / ((I)s.H * s.W);
+        const I tw = divW.div(t), nc = divH.div(tw);
+        const int v = (int)(t - tw * s.W), h = (int)(tw - nc * s.H);
         const long long base = (long long)nc * s.P * s.Q;
         const int me = h * s.W + v;
-        const int p_hi = min((h + s.ph) / s.sh, s.P - 1), q_hi = min((v + s.pw) / s.sw, s.Q - 1);
+        const int p_hi = min((int)divSH.div(h + s.ph), s.P - 1);
+        const int q_hi = min((int)divSW.div(v + s.pw), s.Q - 1);
         T acc = T(0);
         // candidate windows: every output whose (dilated) span covers (h, v); comparing the
         // stored index decides, so no divisibility test is needed for dilation
-        const int p_lo = first_cover(h, s.ph, s.kh, s.sh, s.dh);
-        const int q_lo = first_cover(v, s.pw, s.kw, s.sw, s.dw);
+        const int p_lo = first_cover(h, s.ph, s.kh, divSH, s.dh);
+        const int q_lo = first_cover(v, s.pw, s.kw, divSW, s.dw);
         for (int p = p_lo; p <= p_hi; ++p) {
             const long long row = base + (long long)p * s.Q;
             for (int q = q_lo; q <= q_hi; ++q) {
@@ -89,10 +105,12 @@ __device__ __forceinline__ T avg_divisor(int p, int q, const PoolShape& s) {
 template <typename T, typename I>
 __global__ void avg_pool2d_fwd(const T* __restrict__ x, T* __restrict__ y, I NC, POOL_SHAPE_PARAMS) {
     const POOL_SHAPE;
+    POOL_DIV(I, divQ, Q, mQ);
+    POOL_DIV(I, divP, P, mP);
     const I total = NC * s.P * s.Q;
     for (I t = blockIdx.x * (I)blockDim.x + threadIdx.x; t < total; t += (I)gridDim.x * blockDim.x) {
-        const int q = (int)(t % s.Q), p = (int)((t / s.Q) % s.P);
-        const I nc = t / ((I)s.P * s.Q);
+        const I tq = divQ.div(t), nc = divP.div(tq);
+        const int q = (int)(t - tq * s.Q), p = (int)(tq - nc * s.P);
         const T* xp = x + (long long)nc * s.H * s.W;
         const int h0 = p * s.sh - s.ph, w0 = q * s.sw - s.pw;
         T acc = T(0);
@@ -106,15 +124,21 @@ template <typename T, typename I>
 __global__ void avg_pool2d_bwd_gather(const T* __restrict__ gy, T* __restrict__ gx, I NC,
                                       POOL_SHAPE_PARAMS) {
     const POOL_SHAPE;
+    POOL_DIV(I, divW, W, mW);
+    POOL_DIV(I, divH, H, mH);
+    POOL_DIV(I, divSH, sh, mSH);
+    POOL_DIV(I, divSW, sw, mSW);
     const I total = NC * s.H * s.W;
     for (I t = blockIdx.x * (I)blockDim.x + threadIdx.x; t < total; t += (I)gridDim.x * blockDim.x) {
-        const int v = (int)(t % s.W), h = (int)((t / s.W) % s.H);
-        const I nc = t / ((I)s.H * s.W);
+        const I tw = divW.div(t), nc = divH.div(tw);
+        const int v = (int)(t - tw * s.W), h = (int)(tw - nc * s.H);
         const T* g = gy + (long long)nc * s.P * s.Q;
         T acc = T(0);
-        const int p_hi = min((h + s.ph) / s.sh, s.P - 1), q_hi = min((v + s.pw) / s.sw, s.Q - 1);
-        for (int p = first_cover(h, s.ph, s.kh, s.sh, 1); p <= p_hi; ++p)
-            for (int q = first_cover(v, s.pw, s.kw, s.sw, 1); q <= q_hi; ++q)
+        const int p_hi = min((int)divSH.div(h + s.ph), s.P - 1);
+        const int q_hi = min((int)divSW.div(v + s.pw), s.Q - 1);
+        const int q_lo = first_cover(v, s.pw, s.kw, divSW, 1);
+        for (int p = first_cover(h, s.ph, s.kh, divSH, 1); p <= p_hi; ++p)
+            for (int q = q_lo; q <= q_hi; ++q)
                 acc += g[p * s.Q + q] / avg_divisor<T>(p, q, s);
         gx[t] = acc;
     }

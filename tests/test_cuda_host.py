@@ -534,3 +534,25 @@ def test_gemm_vec_refuses_what_it_cannot_serve(rng):
         cuda_ops.gemm(A, B, variant="vec")
     assert_close(cuda_ops.gemm(A, B), A.astype(np.float64) @ B, TOL[np.float32])   # auto: tiled
     assert not cuda_ops.vec_gemm_fits(A.astype(np.float64), B.astype(np.float64), False, False)
+
+
+def test_fastdiv_constants_divide_exactly():
+    """Divider<int>'s multiply-shift equals integer division for every 31-bit numerator
+    (checked on edges and random numerators, divisors 1..3000 and random large ones)."""
+    from convgpu.kernels.cuda_ops import fastdiv
+    rng = np.random.default_rng(0)
+    divisors = list(range(1, 3001)) + [int(v) for v in rng.integers(3001, 2 ** 31 - 1, 500)] + \
+        [2 ** 31 - 1, 2 ** 30, 2 ** 30 + 1]
+    for d in divisors:
+        packed = fastdiv(d)
+        mul, shr = np.uint64(packed & 0xFFFFFFFF), np.uint64(packed >> 32)
+        assert mul < 2 ** 32 and shr < 32
+        n = np.concatenate([rng.integers(0, 2 ** 31, 300, dtype=np.uint64),
+                            np.array([0, 1, d - 1, d, d + 1, 2 ** 31 - 1,
+                                      (2 ** 31 - 1) // d * d, (2 ** 31 - 1) // d * d - 1],
+                                     dtype=np.uint64)])
+        n = n[n < 2 ** 31]
+        q = n if mul == 0 else ((n * mul) >> np.uint64(32)) >> shr
+        np.testing.assert_array_equal(q, n // np.uint64(d), err_msg=f"d = {d}")
+    with pytest.raises(ValueError):
+        fastdiv(0)
