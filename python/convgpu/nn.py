@@ -106,7 +106,7 @@ ALGO_FAMILIES = {
     "direct_tiled": ("direct_tiled", "direct", "direct"),
     "im2col": ("im2col", "col2im", "im2col"),
     "fft": ("fft", "fft", "fft"),
-    "implicit_gemm": ("implicit_gemm", "auto", "auto"),
+    "implicit_gemm": ("implicit_gemm", "implicit_gemm", "implicit_gemm"),     # cuda only
 }
 
 
