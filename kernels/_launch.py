@@ -15,6 +15,8 @@ os.environ.setdefault("NUMBA_CUDA_ARRAY_INTERFACE_SYNC", "0")
 import numpy as np  # noqa: E402
 from numba import cuda  # noqa: E402
 
+from convgpu.arrays import xp_of  # noqa: E402
+
 THREADS = 128            # threads per block for one-thread-per-element kernels
 MAX_BLOCKS = 65535 * 32  # grid-stride loops cover anything larger (and > 2**31 elements)
 
@@ -29,15 +31,8 @@ def poison_enabled() -> bool:
     return os.environ.get("CONVGPU_POISON", "0") not in ("", "0")
 
 
-def xp_like(a):
-    if isinstance(a, np.ndarray):
-        return np
-    import cupy
-    return cupy
-
-
 def empty(shape, dtype, like):
-    xp = xp_like(like)
+    xp = xp_of(like)
     if poison_enabled():
         fill = np.nan if np.dtype(dtype).kind in "fc" else -1
         return xp.full(shape, fill, dtype=dtype)
@@ -45,7 +40,18 @@ def empty(shape, dtype, like):
 
 
 def zeros(shape, dtype, like):
-    return xp_like(like).zeros(shape, dtype=dtype)
+    return xp_of(like).zeros(shape, dtype=dtype)
+
+
+@cuda.jit(device=True, inline=True)      # inlined in Numba IR: compile_ptx needs no device
+def unravel4(t, B, H, W):
+    """Flat index t over a C-contiguous (A, B, H, W) array -> (a, b, h, w): the
+    decomposition every one-thread-per-element kernel starts with."""
+    w = t % W
+    h = (t // W) % H
+    b = (t // (H * W)) % B
+    a = t // (B * H * W)
+    return a, b, h, w
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -70,4 +76,4 @@ def launch(kernel, grid, block, like, *args):
 
 
 def contiguous(a):
-    return xp_like(a).ascontiguousarray(a)
+    return xp_of(a).ascontiguousarray(a)

@@ -18,7 +18,7 @@ import functools
 import numpy as np
 from numba import cuda
 
-from convgpu.kernels._launch import THREADS, blocks_for, empty, launch
+from convgpu.kernels._launch import THREADS, blocks_for, empty, launch, unravel4
 from convgpu.kernels.elementwise import NB_TYPES
 
 TILE = 128          # output pixels per block in the tiled kernel (= threads per block)
@@ -38,10 +38,7 @@ def _kernels(dtype_name: str):
         Kg = K // groups
         total = N * K * P * Q
         for t in range(cuda.grid(1), total, cuda.gridsize(1)):
-            q = t % Q
-            p = (t // Q) % P
-            k = (t // (P * Q)) % K
-            n = t // (K * P * Q)
+            n, k, p, q = unravel4(t, K, P, Q)
             c0 = (k // Kg) * Cg
             acc = b[k] if has_bias else T(0)
             for c in range(Cg):
@@ -100,10 +97,7 @@ def _kernels(dtype_name: str):
         Kg = K // groups
         total = N * C * H * W
         for t in range(cuda.grid(1), total, cuda.gridsize(1)):
-            v = t % W
-            h = (t // W) % H
-            c = (t // (H * W)) % C
-            n = t // (C * H * W)
+            n, c, h, v = unravel4(t, C, H, W)
             g = c // Cg
             cw = c % Cg
             acc = T(0)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from convgpu.kernels._launch import ceil_div, contiguous, empty, xp_like
+from convgpu.arrays import xp_of
+from convgpu.kernels._fft_common import COMPLEX, dilation_reason, padded, stuffed, transform_size
+from convgpu.kernels._launch import ceil_div, contiguous, empty
 from convgpu.kernels._module import ctype, get_function
 
 TILE = 128                 # the register-blocked tile of gemm.cu / conv.cu (tile::BM = BN)
@@ -267,7 +269,7 @@ def linear_backward(shapes, gy, x, w):
     gx = gemm(g2, w.reshape((1,) + w.shape))[0].reshape(x.shape)
     gw = gemm(g2, x2, ta=True, splits=_split_for(w.shape[0], w.shape[1], 1, g2.shape[1]))[0]
     # the bias gradient (column sums of gy) as ones(1, rows) @ gy: fixed order, no atomics
-    ones = xp_like(gy).ones((1, 1, g2.shape[1]), dtype=gy.dtype)
+    ones = xp_of(gy).ones((1, 1, g2.shape[1]), dtype=gy.dtype)
     gb = gemm(ones, g2, splits=_split_for(1, g2.shape[2], 1, g2.shape[1]))[0, 0]
     return gx, gw, gb
 
@@ -349,17 +351,11 @@ def avg_pool2d_backward(a, gy):
 MAX_BATCH = 65535          # gridDim.z of the GEMM
 
 
-def _fft_shape(a):
-    from scipy.fft import next_fast_len
-    L = (next_fast_len(a.H + 2 * a.padding[0], real=True),
-         next_fast_len(a.W + 2 * a.padding[1], real=True))
-    return L, L[0] * (L[1] // 2 + 1)
-
-
 def fft_supports(a):
-    if a.dilation != (1, 1):
-        return "the FFT path serves dilation 1 only (a dilated kernel wastes the transform)"
-    L, F = _fft_shape(a)
+    reason = dilation_reason(a)
+    if reason:
+        return reason
+    L, F = transform_size(a)
     if a.groups * F > MAX_BATCH:
         return (f"the FFT path batches groups x frequencies ({a.groups} x {F}) over gridDim.z "
                 f"<= {MAX_BATCH}")
@@ -368,7 +364,7 @@ def fft_supports(a):
 
 def _spectrum(t, L, groups):
     """Real (B, G*Cg, h, w) -> complex (G, F, B, Cg), frequency-major for the GEMM."""
-    cp = xp_like(t)
+    cp = xp_of(t)
     S = cp.fft.rfft2(t, s=L)
     B, C = S.shape[:2]
     return S.reshape(B, groups, C // groups, -1).transpose(1, 3, 0, 2)
@@ -376,50 +372,30 @@ def _spectrum(t, L, groups):
 
 def _weight_spectrum(w, L, groups):
     """Weights (K, Cg, R, S) -> complex (G, F, Kg, Cg): the groups split the K axis."""
-    cp = xp_like(w)
+    cp = xp_of(w)
     S = cp.fft.rfft2(w, s=L)
     K, Cg = S.shape[:2]
     return S.reshape(groups, K // groups, Cg, -1).transpose(0, 3, 1, 2)
 
 
 def _stack(re, im, axis):
-    cp = xp_like(re)
+    cp = xp_of(re)
     return cp.ascontiguousarray(cp.concatenate([re, im], axis=axis))
 
 
 def _to_spatial(Y, lead, groups, L, dtype):
     """GEMM result (G, F, B, 2, Cg) real/imag stacked -> real (B, G*Cg, L0, L1)."""
-    cp = xp_like(Y)
+    cp = xp_of(Y)
     G, F, B, _, Cg = Y.shape
     Z = cp.ascontiguousarray(Y.transpose(2, 0, 4, 1, 3))            # B, G, Cg, F, 2
-    cplx = Z.view(COMPLEX_OF[np.dtype(dtype)]).reshape(B, G * Cg, L[0], L[1] // 2 + 1)
+    cplx = Z.view(COMPLEX[np.dtype(dtype)]).reshape(B, G * Cg, L[0], L[1] // 2 + 1)
     return cp.fft.irfft2(cplx, s=L)
 
 
-COMPLEX_OF = {np.dtype(np.float32): np.complex64, np.dtype(np.float64): np.complex128}
-
-
-def _padded(a, x):
-    cp = xp_like(x)
-    if a.padding == (0, 0):
-        return x
-    return cp.pad(x, ((0, 0), (0, 0), (a.padding[0],) * 2, (a.padding[1],) * 2))
-
-
-def _stuffed(a, gy):
-    cp = xp_like(gy)
-    sh, sw = a.stride
-    if (sh, sw) == (1, 1):
-        return gy
-    up = cp.zeros((a.N, a.K, (a.P - 1) * sh + 1, (a.Q - 1) * sw + 1), dtype=gy.dtype)
-    up[:, :, ::sh, ::sw] = gy
-    return up
-
-
 def conv2d_fft(a, x, w, b):
-    L, F = _fft_shape(a)
+    L, F = transform_size(a)
     G = a.groups
-    X = _spectrum(_padded(a, x), L, G)                               # G, F, N, Cg
+    X = _spectrum(padded(a, x), L, G)                               # G, F, N, Cg
     Wt = _weight_spectrum(w, L, G)                                  # G, F, Kg, Cg
     A = _stack(X.real, X.imag, -1).astype(x.dtype, copy=False)      # G, F, N, 2Cg
     Wr = Wt.real.transpose(0, 1, 3, 2)                               # G, F, Cg, Kg
@@ -436,9 +412,9 @@ def conv2d_fft(a, x, w, b):
 
 def backward_input_fft(a, gy, w):
     """GX[f] = GYu[f] @ W[f] (full convolution of the stride-stuffed gy with w)."""
-    L, F = _fft_shape(a)
+    L, F = transform_size(a)
     G = a.groups
-    Gs = _spectrum(_stuffed(a, gy), L, G)                            # G, F, N, Kg
+    Gs = _spectrum(stuffed(a, gy), L, G)                            # G, F, N, Kg
     Wt = _weight_spectrum(w, L, G)                                  # G, F, Kg, Cg
     A = _stack(Gs.real, Gs.imag, -1).astype(gy.dtype, copy=False)   # G, F, N, 2Kg
     Wr, Wi = Wt.real, Wt.imag
@@ -451,17 +427,17 @@ def backward_input_fft(a, gy, w):
 
 def backward_weight_fft(a, x, gy):
     """GW[f] = GYu[f]^H @ X[f], summed over the batch inside the GEMM (fixed order)."""
-    cp = xp_like(x)
-    L, F = _fft_shape(a)
+    cp = xp_of(x)
+    L, F = transform_size(a)
     G = a.groups
-    X = _spectrum(_padded(a, x), L, G)                               # G, F, N, Cg
-    Gs = _spectrum(_stuffed(a, gy), L, G)                            # G, F, N, Kg
+    X = _spectrum(padded(a, x), L, G)                               # G, F, N, Cg
+    Gs = _spectrum(stuffed(a, gy), L, G)                            # G, F, N, Kg
     A = _stack(Gs.real, Gs.imag, -2).astype(x.dtype, copy=False)    # G, F, 2N, Kg (stored K x M)
     Bm = _stack(_stack(X.real, X.imag, -1), _stack(X.imag, -X.real, -1), -2).astype(
         x.dtype, copy=False)                                         # G, F, 2N, 2Cg
     GW = gemm(A.reshape(G * F, 2 * a.N, a.Kg), Bm.reshape(G * F, 2 * a.N, 2 * a.Cg), ta=True)
     Z = cp.ascontiguousarray(GW.reshape(G, F, a.Kg, 2, a.Cg).transpose(0, 2, 4, 1, 3))
-    cplx = Z.view(COMPLEX_OF[np.dtype(x.dtype)]).reshape(a.K, a.Cg, L[0], L[1] // 2 + 1)
+    cplx = Z.view(COMPLEX[np.dtype(x.dtype)]).reshape(a.K, a.Cg, L[0], L[1] // 2 + 1)
     full = cp.fft.irfft2(cplx, s=L)
     return contiguous(full[:, :, :a.R, :a.S].astype(x.dtype))
 

@@ -21,12 +21,11 @@ import functools
 
 import numpy as np
 from numba import cuda
-from scipy.fft import next_fast_len
 
-from convgpu.kernels._launch import THREADS, blocks_for, contiguous, empty, launch, xp_like
+from convgpu.arrays import xp_of
+from convgpu.kernels._fft_common import COMPLEX, dilation_reason, padded, stuffed, transform_size
+from convgpu.kernels._launch import THREADS, blocks_for, contiguous, empty, launch
 from convgpu.kernels.elementwise import NB_TYPES, bias_add
-
-COMPLEX = {np.dtype(np.float32): np.complex64, np.dtype(np.float64): np.complex128}
 
 
 @functools.lru_cache(maxsize=None)
@@ -112,23 +111,16 @@ def kernels_for(dtype):
 
 
 def supports(a):
-    if a.dilation != (1, 1):
-        return "the FFT path serves dilation 1 only (a dilated kernel wastes the transform)"
-    return None
+    return dilation_reason(a)
 
 
 # ----------------------------------------------------------------------------------------
 # transforms and launchers
 
 
-def _sizes(a):
-    Hp, Wp = a.H + 2 * a.padding[0], a.W + 2 * a.padding[1]
-    return next_fast_len(Hp, real=True), next_fast_len(Wp, real=True)
-
-
 def _rfft(a_real, L, dtype):
     """Real (..., h, w) -> interleaved complex (..., F, 2) in the precision of dtype."""
-    xp = xp_like(a_real)
+    xp = xp_of(a_real)
     spec = xp.fft.rfft2(a_real, s=L).astype(COMPLEX[np.dtype(dtype)], copy=False)
     spec = contiguous(spec)
     return spec.reshape(spec.shape[:-2] + (-1,)).view(dtype).reshape(
@@ -137,29 +129,15 @@ def _rfft(a_real, L, dtype):
 
 def _irfft(spec_il, L, lead):
     """Interleaved (..., F, 2) -> real (..., L[0], L[1])."""
-    xp = xp_like(spec_il)
+    xp = xp_of(spec_il)
     Fw = L[1] // 2 + 1
     cplx = spec_il.reshape(lead + (-1,)).view(COMPLEX[np.dtype(spec_il.dtype)])
     return xp.fft.irfft2(cplx.reshape(lead + (L[0], Fw)), s=L)
 
 
-def _pad(a, x):
-    xp = xp_like(x)
-    return xp.pad(x, ((0, 0), (0, 0), (a.padding[0],) * 2, (a.padding[1],) * 2))
-
-
-def _stuffed(a, gy):
-    """gy with stride-1 zeros between samples: (N, K, (P-1)*sh+1, (Q-1)*sw+1)."""
-    xp = xp_like(gy)
-    sh, sw = a.stride
-    up = xp.zeros((a.N, a.K, (a.P - 1) * sh + 1, (a.Q - 1) * sw + 1), dtype=gy.dtype)
-    up[:, :, ::sh, ::sw] = gy
-    return up
-
-
 def conv2d_fft(a, x, w, b):
-    L = _sizes(a)
-    X = _rfft(_pad(a, x), L, x.dtype)
+    L, _ = transform_size(a)
+    X = _rfft(padded(a, x), L, x.dtype)
     Wf = _rfft(w, L, x.dtype)
     Y = empty((a.N, a.K) + X.shape[2:], x.dtype, x)
     launch(kernels_for(x.dtype)["fwd"], blocks_for(a.N * a.K * X.shape[2]), THREADS, x,
@@ -171,8 +149,8 @@ def conv2d_fft(a, x, w, b):
 
 
 def backward_input_fft(a, gy, w):
-    L = _sizes(a)
-    G = _rfft(_stuffed(a, gy), L, gy.dtype)
+    L, _ = transform_size(a)
+    G = _rfft(stuffed(a, gy), L, gy.dtype)
     Wf = _rfft(w, L, gy.dtype)
     GX = empty((a.N, a.C) + G.shape[2:], gy.dtype, gy)
     launch(kernels_for(gy.dtype)["bwd_input"], blocks_for(a.N * a.C * G.shape[2]), THREADS, gy,
@@ -183,9 +161,9 @@ def backward_input_fft(a, gy, w):
 
 
 def backward_weight_fft(a, x, gy):
-    L = _sizes(a)
-    X = _rfft(_pad(a, x), L, x.dtype)
-    G = _rfft(_stuffed(a, gy), L, x.dtype)
+    L, _ = transform_size(a)
+    X = _rfft(padded(a, x), L, x.dtype)
+    G = _rfft(stuffed(a, gy), L, x.dtype)
     GW = empty((a.K, a.Cg) + X.shape[2:], x.dtype, x)
     launch(kernels_for(x.dtype)["bwd_weight"], blocks_for(a.K * a.Cg * X.shape[2]), THREADS, x,
            X, G, GW, a.groups)

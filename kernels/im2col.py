@@ -18,7 +18,7 @@ import functools
 import numpy as np
 from numba import cuda
 
-from convgpu.kernels._launch import THREADS, blocks_for, contiguous, empty, launch
+from convgpu.kernels._launch import THREADS, blocks_for, contiguous, empty, launch, unravel4
 from convgpu.kernels.elementwise import NB_TYPES, bias_add
 from convgpu.kernels.gemm import gemm
 
@@ -57,10 +57,7 @@ def _kernels(dtype_name: str):
         Cg = C // G
         total = N * C * H * W
         for t in range(cuda.grid(1), total, cuda.gridsize(1)):
-            v = t % W
-            h = (t // W) % H
-            c = (t // (H * W)) % C
-            n = t // (C * H * W)
+            n, c, h, v = unravel4(t, C, H, W)
             g = c // Cg
             cw = c % Cg
             acc = T(0)

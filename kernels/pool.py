@@ -20,7 +20,7 @@ import functools
 import numpy as np
 from numba import cuda
 
-from convgpu.kernels._launch import THREADS, blocks_for, empty, launch, zeros
+from convgpu.kernels._launch import THREADS, blocks_for, empty, launch, unravel4, zeros
 from convgpu.kernels.elementwise import NB_TYPES
 
 
@@ -44,10 +44,7 @@ def _kernels(dtype_name: str):
         P, Q = y.shape[2], y.shape[3]
         total = N * C * P * Q
         for t in range(cuda.grid(1), total, cuda.gridsize(1)):
-            q = t % Q
-            p = (t // Q) % P
-            c = (t // (P * Q)) % C
-            n = t // (C * P * Q)
+            n, c, p, q = unravel4(t, C, P, Q)
             h0 = p * sh - ph
             w0 = q * sw - pw
             best = -T(np.inf)
@@ -75,10 +72,7 @@ def _kernels(dtype_name: str):
         P, Q = gy.shape[2], gy.shape[3]
         total = N * C * H * W
         for t in range(cuda.grid(1), total, cuda.gridsize(1)):
-            w = t % W
-            h = (t // W) % H
-            c = (t // (H * W)) % C
-            n = t // (C * H * W)
+            n, c, h, w = unravel4(t, C, H, W)
             me = h * W + w
             acc = T(0)
             p_hi = min((h + ph) // sh, P - 1)
@@ -125,10 +119,7 @@ def _kernels(dtype_name: str):
         P, Q = y.shape[2], y.shape[3]
         total = N * C * P * Q
         for t in range(cuda.grid(1), total, cuda.gridsize(1)):
-            q = t % Q
-            p = (t // Q) % P
-            c = (t // (P * Q)) % C
-            n = t // (C * P * Q)
+            n, c, p, q = unravel4(t, C, P, Q)
             h0 = p * sh - ph
             w0 = q * sw - pw
             acc = T(0)
@@ -144,10 +135,7 @@ def _kernels(dtype_name: str):
         P, Q = gy.shape[2], gy.shape[3]
         total = N * C * H * W
         for t in range(cuda.grid(1), total, cuda.gridsize(1)):
-            w = t % W
-            h = (t // W) % H
-            c = (t // (H * W)) % C
-            n = t // (C * H * W)
+            n, c, h, w = unravel4(t, C, H, W)
             acc = T(0)
             for p in range(_first_cover(h, ph, kh, sh, 1), min((h + ph) // sh, P - 1) + 1):
                 for q in range(_first_cover(w, pw, kw, sw, 1), min((w + pw) // sw, Q - 1) + 1):
