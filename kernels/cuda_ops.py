@@ -113,24 +113,13 @@ def conv2d_implicit_gemm_tf32(a, x, w, b):
 
 def conv2d_implicit_gemm(a, x, w, b, tf32=False):
     """Implicit GEMM; when the output has too few tiles to fill the GPU and the reduction
-    (C/g*R*S) is long, the reduction is split and the partials summed in a fixed order."""
-    crs = a.Cg * a.R * a.S
-    splits = _split_for(a.Kg, a.N * a.P * a.Q, a.groups, crs)
-    kchunk = ceil_div(ceil_div(crs, splits), 8) * 8
-    splits = ceil_div(crs, kchunk)
-    out = empty((splits,) + a.y_shape if splits > 1 else a.y_shape, x.dtype, x)
-    fn = get_function("conv.cu", f"conv2d_implicit_gemm<{ctype(x.dtype)}, "
-                                 f"{'true' if tf32 else 'false'}>")
-    grid = (ceil_div(a.N * a.P * a.Q, TILE), ceil_div(a.Kg, TILE), a.groups * splits)
-    bias = b if b is not None else np.uint64(0)          # a null pointer
-    fn(grid, (GEMM_THREADS,), (x, w, bias, out, *_conv_ints(a), np.int32(splits),
-                               np.int32(kchunk), np.int64(a.N * a.K * a.P * a.Q)))
-    if splits == 1:
-        return out
-    y = empty(a.y_shape, x.dtype, x)
-    sum_fn = get_function("gemm.cu", f"sum_splits<{ctype(x.dtype)}>")
-    sum_fn(_elementwise_grid(y.size), (THREADS,), (out, y, np.int64(y.size), np.int32(splits)))
-    return y
+    (C/g*R*S) is long, the reduction is split and the partials summed in a fixed order
+    (bias added by split 0 only)."""
+    grid = (ceil_div(a.N * a.P * a.Q, TILE), ceil_div(a.Kg, TILE))
+    bias = contiguous(b) if b is not None else np.uint64(0)          # a null pointer
+    kernel = f"conv2d_implicit_gemm<{ctype(x.dtype)}, {'true' if tf32 else 'false'}>"
+    return _split_launch(kernel, a, x.dtype, x, a.y_shape, grid, a.Kg, a.N * a.P * a.Q,
+                         a.Cg * a.R * a.S, contiguous(x), contiguous(w), bias)
 
 
 # direct convolution (conv_direct.cu): KT output channels x TP x TQ output pixels per block
@@ -170,14 +159,15 @@ def conv2d_direct(a, x, w, b):
 
 
 def _split_launch(kernel, a, dtype, like, out_shape, grid_xy, M, N, depth, *arrays):
-    """Launch an implicit-GEMM conv kernel with the reduction `depth` split when the output
-    (M x N per group) has too few tiles to fill the GPU; partials summed in a fixed order."""
+    """Launch the implicit-GEMM conv kernel `kernel` (a name expression of conv.cu) with the
+    reduction `depth` split when the output (M x N per group) has too few tiles to fill the
+    GPU; partials summed in a fixed order (gemm.cu's sum_splits)."""
     splits = _split_for(M, N, a.groups, depth)
     kchunk = ceil_div(ceil_div(depth, splits), 8) * 8
     splits = ceil_div(depth, kchunk)
     size = int(np.prod(out_shape))
     out = empty((splits,) + tuple(out_shape) if splits > 1 else out_shape, dtype, like)
-    fn = get_function("conv.cu", f"{kernel}<{ctype(dtype)}>")
+    fn = get_function("conv.cu", kernel)
     fn(grid_xy + (a.groups * splits,), (GEMM_THREADS,),
        (*arrays, out, *_conv_ints(a), np.int32(splits), np.int32(kchunk), np.int64(size)))
     if splits == 1:
@@ -198,7 +188,8 @@ def backward_weight_implicit_gemm(a, x, gy):
     """gw = gy @ X_cols^T with both operands gathered in the kernel (no column matrix)."""
     crs, npq = a.Cg * a.R * a.S, a.N * a.P * a.Q
     grid = (ceil_div(crs, TILE), ceil_div(a.Kg, TILE))
-    return _split_launch("conv2d_wgrad_implicit_gemm", a, x.dtype, x, a.w_shape, grid, a.Kg, crs,
+    return _split_launch(f"conv2d_wgrad_implicit_gemm<{ctype(x.dtype)}>", a, x.dtype, x,
+                         a.w_shape, grid, a.Kg, crs,
                          npq, contiguous(x), contiguous(gy))
 
 
@@ -206,7 +197,8 @@ def backward_input_implicit_gemm(a, gy, w):
     """gx = W^T @ GY_cols with the strided gather of gy done in the kernel (no col2im)."""
     nhw = a.N * a.H * a.W
     grid = (ceil_div(nhw, TILE), ceil_div(a.Cg, TILE))
-    return _split_launch("conv2d_dgrad_implicit_gemm", a, gy.dtype, gy, a.x_shape, grid, a.Cg,
+    return _split_launch(f"conv2d_dgrad_implicit_gemm<{ctype(gy.dtype)}>", a, gy.dtype, gy,
+                         a.x_shape, grid, a.Cg,
                          nhw, a.Kg * a.R * a.S, contiguous(gy), contiguous(w))
 
 
