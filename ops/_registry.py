@@ -54,7 +54,6 @@ class Impl:
 _REGISTRY: Dict[str, List[Impl]] = {}
 # ops that run on another op's implementations
 ALIASES = {"conv_transpose2d": "conv2d_backward_input"}
-_AUTOTUNE: Dict[tuple, str] = {}
 
 
 def register(op: str, backend: str, algo: str, target: str, supports=None, note: str = ""):
@@ -178,16 +177,37 @@ def select(op: str, args, backend: str, algo: str, on_device: bool) -> List[Impl
     raise ValueError(f"{op}: no implementation supports this call. {tried or _listing(op)}")
 
 
+def _args_key(args):
+    """A cheap hashable key for an argument record (repr of a ConvArgs costs ~10 us)."""
+    if isinstance(args, tuple):
+        return args
+    key = tuple(vars(args).values())
+    try:
+        hash(key)
+        return (type(args).__name__,) + key
+    except TypeError:                       # a record holding another record
+        return repr(args)
+
+
+# (op, backend, algo, args key) -> the implementation that serves it on the device: the
+# supports() checks and the autotuning run once per problem, not on every call
+_CHOICE: Dict[tuple, Impl] = {}
+
+
 def dispatch(op: str, args, backend: str, algo: str, on_device: bool, *arrays):
-    cands = select(op, args, backend, algo, on_device)
-    if len(cands) == 1 or not on_device:
-        return cands[0].fn(args, *arrays)
-    key = (op, cands[0].backend, repr(args))
-    best = _AUTOTUNE.get(key)
-    if best is None:
-        best = _autotune(cands, args, arrays)
-        _AUTOTUNE[key] = best
-    return next(i for i in cands if i.algo == best).fn(args, *arrays)
+    if not on_device:
+        return select(op, args, backend, algo, on_device)[0].fn(args, *arrays)
+    key = (op, backend, algo, _args_key(args))
+    impl = _CHOICE.get(key)
+    if impl is None:
+        cands = select(op, args, backend, algo, on_device)
+        if len(cands) == 1:
+            impl = cands[0]
+        else:
+            best = _autotune(cands, args, arrays)
+            impl = next(i for i in cands if i.algo == best)
+        _CHOICE[key] = impl
+    return impl.fn(args, *arrays)
 
 
 def _autotune(cands, args, arrays) -> str:
@@ -211,4 +231,5 @@ def _autotune(cands, args, arrays) -> str:
 
 
 def autotune_cache() -> Dict[tuple, str]:
-    return dict(_AUTOTUNE)
+    """What dispatch chose on the device so far: {(op, backend, algo, args key): algo}."""
+    return {k: i.algo for k, i in _CHOICE.items()}

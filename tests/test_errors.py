@@ -160,3 +160,32 @@ def test_tf32_permission():
         assert convgpu.allow_tf32() is True and convgpu.allow_tf32(False) is False
     finally:
         convgpu.set_allow_tf32(False)
+
+
+def test_device_dispatch_decides_once_per_problem(monkeypatch):
+    """On the device, supports() and autotuning run on the first call of a problem only;
+    later calls of the same problem go straight to the chosen implementation."""
+    from convgpu.ops import _registry as R
+    monkeypatch.setenv("CONVGPU_CUDA_HOST", "1")            # makes the cuda backend available
+    monkeypatch.setattr(R, "_REGISTRY", {})
+    monkeypatch.setattr(R, "_CHOICE", {})
+    calls = {"supports": 0, "tune": 0}
+
+    def supports(a):
+        calls["supports"] += 1
+        return None
+
+    R.register("toy", "cuda", "slow", "numpy:subtract", supports=supports)   # fn(args, array)
+    R.register("toy", "cuda", "fast", "numpy:add", supports=supports)
+
+    def tune(cands, args, arrays):
+        calls["tune"] += 1
+        return "fast"
+
+    monkeypatch.setattr(R, "_autotune", tune)
+    for _ in range(3):
+        assert list(R.dispatch("toy", (2, 3), "auto", "auto", True, [1, 2])) == [3, 5]
+    assert calls == {"supports": 2, "tune": 1}
+    assert R.autotune_cache() == {("toy", "auto", "auto", (2, 3)): "fast"}
+    R.dispatch("toy", (4, 5), "auto", "auto", True, [1])        # a new problem decides again
+    assert calls == {"supports": 4, "tune": 2}
