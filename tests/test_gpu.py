@@ -235,3 +235,39 @@ def test_cuda_gemm_tf32_odd_sizes(ta, tb):
                         ta, tb, splits=2, tf32=True)
     e = relerr(got, want)
     assert 1e-6 < e <= 2e-3, e
+
+
+@pytest.mark.parametrize("tf32", [False, True])
+@pytest.mark.parametrize("ta, tb", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("splits", [1, 3])
+def test_cuda_gemm_vec(tf32, ta, tb, splits):
+    """gemm_vec (16-deep tiles, float4 loads) at sizes that are multiples of 4 but not of the
+    tile, every transpose, batched, with and without split-K, FP32 and TF32."""
+    from convgpu.kernels import cuda_ops
+    rng = np.random.default_rng(9)
+    batch, M, N, K = 3, 132, 260, 100
+    A = _rand(rng, (batch, K, M) if ta else (batch, M, K))
+    B = _rand(rng, (batch, N, K) if tb else (batch, K, N))
+    want = np.matmul(np.swapaxes(A, 1, 2) if ta else A, np.swapaxes(B, 1, 2) if tb else B)
+    got = cuda_ops.gemm(cupy.asarray(A.astype(np.float32)), cupy.asarray(B.astype(np.float32)),
+                        ta, tb, splits=splits, tf32=tf32, variant="vec")
+    e = relerr(got, want)
+    assert (1e-6 < e <= 2e-3) if tf32 else e <= tolerance("gemm", np.float32), e
+
+
+def test_fma_ceiling_kernel_runs_and_is_fast():
+    """The FP32 ceiling of convgpu bench: correct chains, and a rate no GEMM can beat by
+    much (a broken ceiling would make every fraction meaningless)."""
+    from convgpu.bench import Timer, fma_rate
+    from convgpu.kernels import cuda_ops
+    out, _ = cuda_ops.fma_peak(4, 2, np.float32, cupy.zeros(1, cupy.float32))
+    a, b = 1 - 2 ** -10, 2 ** -6
+    acc = (np.arange(4 * 256)[:, None] % 32 + np.arange(8)[None, :]) * 0.0625
+    for _ in range(32):
+        acc = acc * a + b
+    np.testing.assert_allclose(cupy.asnumpy(out), acc.sum(axis=1), rtol=1e-5)
+    rate = fma_rate(Timer(reps=5))
+    sgemm = 2 * 4096 ** 3 / 1e12
+    A = cupy.ones((4096, 4096), cupy.float32)
+    t = Timer(reps=5)(lambda: A @ A)
+    assert rate > 0.9 * sgemm / (sorted(t)[len(t) // 2] * 1e-3), (rate, t)
