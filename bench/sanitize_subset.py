@@ -34,6 +34,12 @@ for algo in ["direct", "direct_tiled", "im2col", "fft"]:
     check(f"conv2d {algo}", convgpu.conv2d(xd, wd, bd, **kw, backend="numba", algo=algo), yref)
 for algo in ["implicit_gemm", "im2col", "fft", "direct"]:
     check(f"conv2d cuda {algo}", convgpu.conv2d(xd, wd, bd, **kw, backend="cuda", algo=algo), yref)
+x3 = rng.uniform(-1, 1, (2, 6, 9, 7))
+w3 = rng.uniform(-1, 1, (4, 3, 3, 3))
+check("conv2d cuda winograd (odd tiles, groups)",
+      convgpu.conv2d(cp.asarray(x3.astype(np.float32)), cp.asarray(w3.astype(np.float32)),
+                     bd, padding=1, groups=2, backend="cuda", algo="winograd"),
+      ref.conv2d(x3, w3, b, (1, 1), (1, 1), (1, 1), 2))
 check("conv2d cuda implicit_gemm_tf32", convgpu.conv2d(xd, wd, bd, **kw, backend="cuda",
                                                        algo="implicit_gemm_tf32", allow_tf32=True),
       yref, tol=2e-3)

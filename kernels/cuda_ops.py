@@ -158,6 +158,39 @@ def conv2d_direct(a, x, w, b):
     return y
 
 
+# Winograd F(2x2, 3x3) (winograd.cu): transforms around a batched GEMM
+
+
+def winograd_supports(a):
+    if (a.R, a.S) != (3, 3) or a.stride != (1, 1) or a.dilation != (1, 1):
+        return ("Winograd F(2x2, 3x3) serves 3x3 filters at stride 1 and dilation 1; got "
+                f"{a.R}x{a.S}, stride {a.stride}, dilation {a.dilation}")
+    if a.groups * 16 > 65535:
+        return f"Winograd batches groups x 16 GEMMs over gridDim.z <= 65535 ({a.groups} groups)"
+    return None
+
+
+def conv2d_winograd(a, x, w, b):
+    t = ctype(x.dtype)
+    TH, TW = ceil_div(a.P, 2), ceil_div(a.Q, 2)
+    tiles = a.N * TH * TW
+    G = a.groups
+    U = empty((G * 16, a.Kg, a.Cg), x.dtype, x)
+    get_function("winograd.cu", f"winograd_filter<{t}>")(
+        _elementwise_grid(a.K * a.Cg), (THREADS,), (contiguous(w), U, *_i32(a.K, a.Cg, G)))
+    V = empty((G * 16, a.Cg, tiles), x.dtype, x)
+    get_function("winograd.cu", f"winograd_input<{t}>")(
+        _elementwise_grid(a.C * tiles), (THREADS,),
+        (contiguous(x), V, *_i32(a.N, a.C, a.H, a.W, a.padding[0], a.padding[1], G, TH, TW)))
+    M = gemm(U, V)                                       # (G*16, Kg, tiles)
+    y = empty(a.y_shape, x.dtype, x)
+    bias = contiguous(b) if b is not None else np.uint64(0)
+    get_function("winograd.cu", f"winograd_output<{t}>")(
+        _elementwise_grid(a.K * tiles), (THREADS,),
+        (M, bias, y, *_i32(a.N, a.K, a.P, a.Q, G, TH, TW)))
+    return y
+
+
 def _split_launch(kernel, a, dtype, like, out_shape, grid_xy, M, N, depth, *arrays):
     """Launch the implicit-GEMM conv kernel `kernel` (a name expression of conv.cu) with the
     reduction `depth` split when the output (M x N per group) has too few tiles to fill the

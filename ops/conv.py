@@ -66,6 +66,7 @@ register("conv2d", "cuda", "implicit_gemm_tf32", _C + "conv2d_implicit_gemm_tf32
          supports=_C + "tf32_supports")
 register("conv2d", "cuda", "im2col", _C + "conv2d_im2col")
 register("conv2d", "cuda", "direct", _C + "conv2d_direct", supports=_C + "direct_supports")
+register("conv2d", "cuda", "winograd", _C + "conv2d_winograd", supports=_C + "winograd_supports")
 register("conv2d", "cuda", "fft", _C + "conv2d_fft", supports=_C + "fft_supports")
 register("conv2d_backward_input", "cuda", "implicit_gemm", _C + "backward_input_implicit_gemm")
 register("conv2d_backward_input", "cuda", "col2im", _C + "backward_input_col2im")

@@ -201,6 +201,8 @@ CONV = [
     (2, 40, 12, 12, 130, 3, 3, (1, 1), (1, 1), (1, 1), 1),
     # several 8 x 32 pixel tiles of the direct kernel, depthwise
     (1, 3, 20, 70, 3, 3, 3, (1, 1), (1, 1), (1, 1), 3),
+    # 3x3 at stride 1: Winograd, odd output sizes (partial 2x2 tiles), no padding, groups
+    (2, 6, 9, 8, 4, 3, 3, (1, 1), (0, 0), (1, 1), 2),
 ]
 
 
@@ -208,6 +210,16 @@ def _conv(rng, case, dtype):
     N, C, H, W, K, R, S, st, pd, dl, g = case
     x, w, b = rand(rng, (N, C, H, W)), rand(rng, (K, C // g, R, S)), rand(rng, (K,))
     return x, w, b, dict(stride=st, padding=pd, dilation=dl, groups=g)
+
+
+def _serves(algo, case):
+    """Which geometries each forward algorithm takes (the others must be declined)."""
+    N, C, H, W, K, R, S, st, pd, dl, g = case
+    if algo == "fft":
+        return dl == (1, 1)
+    if algo == "winograd":
+        return (R, S) == (3, 3) and st == (1, 1) and dl == (1, 1)
+    return True
 
 
 def _tol(algo, dtype):
@@ -227,8 +239,8 @@ def test_conv2d(rng, algo, case):
         args = (x.astype(dt), w.astype(dt), b.astype(dt))
         call = lambda: convgpu.conv2d(*args, **kw, backend="cuda", algo=algo,
                                       allow_tf32="tf32" in algo)
-        if algo == "fft" and kw["dilation"] != (1, 1):
-            with pytest.raises(ValueError, match="dilation"):
+        if not _serves(algo, case):
+            with pytest.raises(ValueError, match="cannot serve"):
                 call()
             continue
         y = both_orders(call)
@@ -479,9 +491,10 @@ def test_implicit_gemm_and_direct_on_random_geometries(seed):
     x, w, b, kw = _conv(rng, case, np.float64)
     y = convgpu.conv2d(x, w, b, **kw)
     gy = rand(rng, y.shape)
-    for algo in ("direct", "implicit_gemm"):
-        assert_close(convgpu.conv2d(x, w, b, **kw, backend="cuda", algo=algo), y,
-                     TOL[np.float64])
+    for algo in ("direct", "implicit_gemm", "winograd"):
+        if _serves(algo, case):
+            assert_close(convgpu.conv2d(x, w, b, **kw, backend="cuda", algo=algo), y,
+                         TOL[np.float64])
     assert_close(convgpu.conv2d_backward_input(gy, w, x.shape, **kw, backend="cuda",
                                                algo="implicit_gemm"),
                  convgpu.conv2d_backward_input(gy, w, x.shape, **kw), TOL[np.float64])

@@ -67,11 +67,19 @@ def order(which: str):
 
 
 def _cache_dir() -> str:
+    """Where built libraries are kept (keyed by a hash of sources and flags): CONVGPU_CACHE,
+    else $XDG_CACHE_HOME/convgpu or ~/.cache/convgpu, else a temporary folder."""
     d = os.environ.get("CONVGPU_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "convgpu")
-    d = os.path.join(d, "cuda_host")
-    os.makedirs(d, exist_ok=True)
-    return d
+    for base in (d, os.path.join(tempfile.gettempdir(), f"convgpu-{os.getuid()}")):
+        path = os.path.join(base, "cuda_host")
+        try:
+            os.makedirs(path, exist_ok=True)
+            if os.access(path, os.W_OK):
+                return path
+        except OSError:
+            continue
+    raise RuntimeError("no writable folder for the host-emulation builds (set CONVGPU_CACHE)")
 
 
 def _translation_unit(include: str, exprs) -> str:
