@@ -40,6 +40,13 @@ check("conv2d cuda winograd (odd tiles, groups)",
       convgpu.conv2d(cp.asarray(x3.astype(np.float32)), cp.asarray(w3.astype(np.float32)),
                      bd, padding=1, groups=2, backend="cuda", algo="winograd"),
       ref.conv2d(x3, w3, b, (1, 1), (1, 1), (1, 1), 2))
+y3 = ref.conv2d(x3, w3, None, (1, 1), (1, 1), (1, 1), 2)
+g3 = rng.uniform(-1, 1, y3.shape)
+check("conv2d_backward_input cuda winograd",
+      convgpu.conv2d_backward_input(cp.asarray(g3.astype(np.float32)),
+                                    cp.asarray(w3.astype(np.float32)), x3.shape, padding=1,
+                                    groups=2, backend="cuda", algo="winograd"),
+      ref.conv2d_backward_input(g3, w3, x3.shape, (1, 1), (1, 1), (1, 1), 2))
 check("conv2d cuda implicit_gemm_tf32", convgpu.conv2d(xd, wd, bd, **kw, backend="cuda",
                                                        algo="implicit_gemm_tf32", allow_tf32=True),
       yref, tol=2e-3)

@@ -191,6 +191,28 @@ def conv2d_winograd(a, x, w, b):
     return y
 
 
+def winograd_backward_input_supports(a):
+    reason = winograd_supports(a)
+    if reason:
+        return reason
+    if max(a.padding) > 2:
+        return f"Winograd input gradient: padding {a.padding} above 2 (the full-conv padding 2 - p < 0)"
+    return None
+
+
+def backward_input_winograd(a, gy, w):
+    """gx = the full convolution of gy with the flipped filters: a stride-1 3x3 conv of gy
+    (K channels in) by w' [g*Cg + c, k] = w[g*Kg + k, c] rotated 180 degrees, padding 2 - p,
+    run on the Winograd forward."""
+    from convgpu.ops._args import conv_geometry
+    G = a.groups
+    wt = contiguous(w.reshape(G, a.Kg, a.Cg, 3, 3).transpose(0, 2, 1, 3, 4)[..., ::-1, ::-1]
+                    .reshape(a.C, a.Kg, 3, 3))
+    t = conv_geometry("conv2d_backward_input", (a.N, a.K, a.P, a.Q), wt.shape, 1,
+                      (2 - a.padding[0], 2 - a.padding[1]), 1, G, a.dtype)
+    return conv2d_winograd(t, contiguous(gy), wt, None)
+
+
 def _split_launch(kernel, a, dtype, like, out_shape, grid_xy, M, N, depth, *arrays):
     """Launch the implicit-GEMM conv kernel `kernel` (a name expression of conv.cu) with the
     reduction `depth` split when the output (M x N per group) has too few tiles to fill the

@@ -70,6 +70,8 @@ register("conv2d", "cuda", "winograd", _C + "conv2d_winograd", supports=_C + "wi
 register("conv2d", "cuda", "fft", _C + "conv2d_fft", supports=_C + "fft_supports")
 register("conv2d_backward_input", "cuda", "implicit_gemm", _C + "backward_input_implicit_gemm")
 register("conv2d_backward_input", "cuda", "col2im", _C + "backward_input_col2im")
+register("conv2d_backward_input", "cuda", "winograd", _C + "backward_input_winograd",
+         supports=_C + "winograd_backward_input_supports")
 register("conv2d_backward_input", "cuda", "fft", _C + "backward_input_fft",
          supports=_C + "fft_supports")
 register("conv2d_backward_weight", "cuda", "implicit_gemm", _C + "backward_weight_implicit_gemm",

@@ -256,7 +256,9 @@ def test_conv2d_backward_input(rng, algo, case):
     x, w, b, kw = _conv(rng, case, np.float64)
     gy = rand(rng, convgpu.conv2d(x, w, None, **kw).shape)
     ref = convgpu.conv2d_backward_input(gy, w, x.shape, **kw)
-    if algo == "fft" and kw["dilation"] != (1, 1):
+    if not _serves(algo, case) or (algo == "winograd" and max(case[8]) > 2):
+        with pytest.raises(ValueError, match="cannot serve"):
+            convgpu.conv2d_backward_input(gy, w, x.shape, **kw, backend="cuda", algo=algo)
         return
     for dt in _dtypes(algo):
         gx = both_orders(lambda: convgpu.conv2d_backward_input(
@@ -282,6 +284,9 @@ def test_conv2d_backward_weight(rng, algo, case):
 def test_conv_transpose2d(rng, algo):
     x, w, b = rand(rng, (1, 4, 3, 4)), rand(rng, (4, 3, 3, 2)), rand(rng, (6,))
     kw = dict(stride=(2, 1), padding=(1, 0), output_padding=(1, 0), groups=2)
+    if algo == "winograd":                  # 3x3 stride 1 only
+        w = rand(rng, (4, 3, 3, 3))
+        kw = dict(stride=1, padding=1, groups=2)
     ref = convgpu.conv_transpose2d(x, w, b, **kw)
     y = both_orders(lambda: convgpu.conv_transpose2d(
         x.astype(np.float32), w.astype(np.float32), b.astype(np.float32), **kw,
@@ -495,9 +500,11 @@ def test_implicit_gemm_and_direct_on_random_geometries(seed):
         if _serves(algo, case):
             assert_close(convgpu.conv2d(x, w, b, **kw, backend="cuda", algo=algo), y,
                          TOL[np.float64])
-    assert_close(convgpu.conv2d_backward_input(gy, w, x.shape, **kw, backend="cuda",
-                                               algo="implicit_gemm"),
-                 convgpu.conv2d_backward_input(gy, w, x.shape, **kw), TOL[np.float64])
+    for algo in ("implicit_gemm", "winograd"):
+        if _serves(algo, case):
+            assert_close(convgpu.conv2d_backward_input(gy, w, x.shape, **kw, backend="cuda",
+                                                       algo=algo),
+                         convgpu.conv2d_backward_input(gy, w, x.shape, **kw), TOL[np.float64])
     assert_close(convgpu.conv2d_backward_weight(x, gy, w.shape, **kw, backend="cuda",
                                                 algo="implicit_gemm"),
                  convgpu.conv2d_backward_weight(x, gy, w.shape, **kw), TOL[np.float64])
