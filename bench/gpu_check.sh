@@ -81,12 +81,17 @@ t32 = [r["vs_cudnn"] for r in d["results"] if r["op"] == "conv2d" and r["impl"].
 if t32:
     print(f"  conv2d TF32 geometric mean: {math.exp(sum(map(math.log, t32)) / len(t32)):.3f}x cuDNN TF32")
 for op in ("conv2d_backward_input", "conv2d_backward_weight"):
-    b = collections.defaultdict(lambda: (0, ""))
-    for r in d["results"]:
-        if r["op"] == op and r["vs_cudnn"] and r["impl"] != "cudnn":
-            b[r["shape"]] = max(b[r["shape"]], (r["vs_cudnn"], r["impl"]))
-    for s, (v, i) in b.items():
-        print(f"  {op[16:]:6s} {s[:50]:50s} best {i:22s} {v:6.3f}x cuDNN")
+    for tf in (False, True):
+        b = collections.defaultdict(lambda: (0, ""))
+        for r in d["results"]:
+            if (r["op"] == op and r["vs_cudnn"] and not r["impl"].startswith("cudnn")
+                    and r["impl"].endswith("tf32") == tf):
+                b[r["shape"]] = max(b[r["shape"]], (r["vs_cudnn"], r["impl"]))
+        for s, (v, i) in b.items():
+            print(f"  {op[16:]:6s} {s[:50]:50s} best {i:22s} {v:6.3f}x cuDNN{' TF32' if tf else ''}")
+        if b:
+            g = math.exp(sum(math.log(v) for v, _ in b.values()) / len(b))
+            print(f"  {op[16:]} {'TF32' if tf else 'fp32'} geometric mean of best per shape: {g:.3f}x")
 for r in d["results"]:
     if r["op"] == "gemm" or (r["op"].startswith("max_pool") and r["gbps"]):
         print(f"  {r['op']:20s} {r['shape'][:40]:40s} {r['impl']:16s} {r['median_ms'] or 0:8.3f} ms "

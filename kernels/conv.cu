@@ -11,8 +11,8 @@
 //       split s sums rows [s*kchunk, (s+1)*kchunk) of C*R*S and writes its partial output to
 //       y + s * split_stride (bias added by split 0 only); the launcher sums the partials in a
 //       fixed order (gemm.cu's sum_splits), so the result stays deterministic.
-//   conv2d_wgrad_implicit_gemm<T>, conv2d_dgrad_implicit_gemm<T>  the weight and input
-//       gradients as implicit GEMMs on the same tile (described above each)
+//   conv2d_wgrad_implicit_gemm<T, TF32>, conv2d_dgrad_implicit_gemm<T, TF32>  the weight and
+//       input gradients as implicit GEMMs on the same tile, FFMA or TF32 (described above each)
 //   im2col<T>   cols[g, (c*R + r)*S + s, (n*P + p)*Q + q] = x[...] or 0 (one thread each)
 //   col2im<T>   gx[n, c, h, w] = sum of the column entries that read x[n, c, h, w] (a
 //       gather: one thread per input element, fixed order, no atomics)
@@ -119,7 +119,7 @@ conv2d_implicit_gemm(const T* __restrict__ x, const T* __restrict__ w,
 // operands. The reduction is long and the output small, so it is split: split s sums depths
 // [s*kchunk, (s+1)*kchunk) into gw + s * split_stride; the launcher adds the partials in a
 // fixed order (sum_splits): deterministic, no atomics.
-template <typename T>
+template <typename T, bool TF32>
 __global__ void __launch_bounds__(THREADS)
 conv2d_wgrad_implicit_gemm(const T* __restrict__ x, const T* __restrict__ gy, T* __restrict__ gw,
                            CONV_SHAPE_PARAMS, int splits, int kchunk, long long split_stride) {
@@ -160,15 +160,15 @@ conv2d_wgrad_implicit_gemm(const T* __restrict__ x, const T* __restrict__ gy, T*
     auto stage = [&](int buf) {
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-            As[buf][k_in + i][row] = ra[i];
-            Bs[buf][k_in + i][row] = rb[i];
+            As[buf][k_in + i][row] = staged<T, TF32>(ra[i]);
+            Bs[buf][k_in + i][row] = staged<T, TF32>(rb[i]);
         }
     };
     T acc[NACC];
-    mainloop<T, false>(As, Bs, kbeg, (kend - kbeg + BK - 1) / BK, tid, acc, fetch, stage);
+    mainloop<T, TF32>(As, Bs, kbeg, (kend - kbeg + BK - 1) / BK, tid, acc, fetch, stage);
 #pragma unroll
     for (int e = 0; e < NACC; ++e) {
-        const int mm = m0 + acc_row<false>(e, tid), cc = n0 + slot_col<false>(acc_slot<false>(e), tid);
+        const int mm = m0 + acc_row<TF32>(e, tid), cc = n0 + slot_col<TF32>(acc_slot<TF32>(e), tid);
         if (mm < Kg && cc < CRS) gw[((long long)g * Kg + mm) * CRS + cc] = acc[e];
     }
 }
@@ -180,7 +180,7 @@ conv2d_wgrad_implicit_gemm(const T* __restrict__ x, const T* __restrict__ gy, T*
 // gather, without the column matrix the GEMM + col2im path writes. A (rows c, depth krs) is
 // read from w as stored; B is gathered with the columns (n, h, v) coalesced along v, each
 // decomposed once per thread. Split-K over k*R*S as in the forward.
-template <typename T>
+template <typename T, bool TF32>
 __global__ void __launch_bounds__(THREADS)
 conv2d_dgrad_implicit_gemm(const T* __restrict__ gy, const T* __restrict__ w, T* __restrict__ gx,
                            CONV_SHAPE_PARAMS, int splits, int kchunk, long long split_stride) {
@@ -241,21 +241,21 @@ conv2d_dgrad_implicit_gemm(const T* __restrict__ gy, const T* __restrict__ w, T*
     auto stage = [&](int buf) {
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-            As[buf][ak0 + i][am] = ra[i];
-            Bs[buf][bk][tid % 32 + 32 * i] = rb[i];
+            As[buf][ak0 + i][am] = staged<T, TF32>(ra[i]);
+            Bs[buf][bk][tid % 32 + 32 * i] = staged<T, TF32>(rb[i]);
         }
     };
     T acc[NACC];
-    mainloop<T, false>(As, Bs, kbeg, (KRS - kbeg + BK - 1) / BK, tid, acc, fetch, stage);
+    mainloop<T, TF32>(As, Bs, kbeg, (KRS - kbeg + BK - 1) / BK, tid, acc, fetch, stage);
 #pragma unroll
     for (int sl = 0; sl < 8; ++sl) {
-        const long long col = n0 + slot_col<false>(sl, tid);
+        const long long col = n0 + slot_col<TF32>(sl, tid);
         if (col >= NHW) continue;
         T* gc = gx + (col / HW) * s.C * HW + col % HW;
 #pragma unroll
         for (int e = 0; e < NACC; ++e) {
-            if (acc_slot<false>(e) != sl) continue;            // resolved at compile time
-            const int c = m0 + acc_row<false>(e, tid);
+            if (acc_slot<TF32>(e) != sl) continue;             // resolved at compile time
+            const int c = m0 + acc_row<TF32>(e, tid);
             if (c < Cg) gc[((long long)g * Cg + c) * HW] = acc[e];
         }
     }

@@ -239,20 +239,38 @@ def wgrad_implicit_supports(a):
     return None
 
 
-def backward_weight_implicit_gemm(a, x, gy):
+def wgrad_implicit_tf32_supports(a):
+    return tf32_supports(a) or wgrad_implicit_supports(a)
+
+
+def _tf(tf32):
+    return "true" if tf32 else "false"
+
+
+def backward_weight_implicit_gemm_tf32(a, x, gy):
+    return backward_weight_implicit_gemm(a, x, gy, tf32=True)
+
+
+def backward_weight_implicit_gemm(a, x, gy, tf32=False):
     """gw = gy @ X_cols^T with both operands gathered in the kernel (no column matrix)."""
     crs, npq = a.Cg * a.R * a.S, a.N * a.P * a.Q
     grid = (ceil_div(crs, TILE), ceil_div(a.Kg, TILE))
-    return _split_launch(f"conv2d_wgrad_implicit_gemm<{ctype(x.dtype)}>", a, x.dtype, x,
+    return _split_launch(f"conv2d_wgrad_implicit_gemm<{ctype(x.dtype)}, {_tf(tf32)}>", a,
+                         x.dtype, x,
                          a.w_shape, grid, a.Kg, crs,
                          npq, contiguous(x), contiguous(gy))
 
 
-def backward_input_implicit_gemm(a, gy, w):
+def backward_input_implicit_gemm_tf32(a, gy, w):
+    return backward_input_implicit_gemm(a, gy, w, tf32=True)
+
+
+def backward_input_implicit_gemm(a, gy, w, tf32=False):
     """gx = W^T @ GY_cols with the strided gather of gy done in the kernel (no col2im)."""
     nhw = a.N * a.H * a.W
     grid = (ceil_div(nhw, TILE), ceil_div(a.Cg, TILE))
-    return _split_launch(f"conv2d_dgrad_implicit_gemm<{ctype(gy.dtype)}>", a, gy.dtype, gy,
+    return _split_launch(f"conv2d_dgrad_implicit_gemm<{ctype(gy.dtype)}, {_tf(tf32)}>", a,
+                         gy.dtype, gy,
                          a.x_shape, grid, a.Cg,
                          nhw, a.Kg * a.R * a.S, contiguous(gy), contiguous(w))
 

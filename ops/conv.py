@@ -69,6 +69,8 @@ register("conv2d", "cuda", "direct", _C + "conv2d_direct", supports=_C + "direct
 register("conv2d", "cuda", "winograd", _C + "conv2d_winograd", supports=_C + "winograd_supports")
 register("conv2d", "cuda", "fft", _C + "conv2d_fft", supports=_C + "fft_supports")
 register("conv2d_backward_input", "cuda", "implicit_gemm", _C + "backward_input_implicit_gemm")
+register("conv2d_backward_input", "cuda", "implicit_gemm_tf32",
+         _C + "backward_input_implicit_gemm_tf32", supports=_C + "tf32_supports")
 register("conv2d_backward_input", "cuda", "col2im", _C + "backward_input_col2im")
 register("conv2d_backward_input", "cuda", "winograd", _C + "backward_input_winograd",
          supports=_C + "winograd_backward_input_supports")
@@ -76,6 +78,8 @@ register("conv2d_backward_input", "cuda", "fft", _C + "backward_input_fft",
          supports=_C + "fft_supports")
 register("conv2d_backward_weight", "cuda", "implicit_gemm", _C + "backward_weight_implicit_gemm",
          supports=_C + "wgrad_implicit_supports")
+register("conv2d_backward_weight", "cuda", "implicit_gemm_tf32",
+         _C + "backward_weight_implicit_gemm_tf32", supports=_C + "wgrad_implicit_tf32_supports")
 register("conv2d_backward_weight", "cuda", "im2col", _C + "backward_weight_im2col")
 register("conv2d_backward_bias", "cuda", "sum", _C + "backward_bias")
 register("conv2d_backward_weight", "cuda", "fft", _C + "backward_weight_fft",
@@ -112,8 +116,9 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
 
 
 def conv2d_backward_input(grad_output, weight, input_shape, stride=1, padding=0, dilation=1,
-                          groups=1, *, algo="auto", backend="auto"):
-    """Gradient of conv2d with respect to its input: (N, K, P, Q) -> input_shape."""
+                          groups=1, *, algo="auto", backend="auto", allow_tf32=None):
+    """Gradient of conv2d with respect to its input: (N, K, P, Q) -> input_shape. allow_tf32
+    as in conv2d."""
     op = "conv2d_backward_input"
     bd, a = unwrap(op, grad_output=grad_output, weight=weight)
     gy, unbatched = A.batched(op, "grad_output", a["grad_output"])
@@ -123,13 +128,15 @@ def conv2d_backward_input(grad_output, weight, input_shape, stride=1, padding=0,
     shape = A.check_input_shape(op, input_shape)
     args = A.conv_geometry(op, shape, w.shape, stride, padding, dilation, groups, dtype,
                            out_shape=gy.shape)
+    args.allow_tf32 = A.allow_tf32(allow_tf32)
     gx = dispatch(op, args, backend, algo, bd.on_device, gy, w)
     return bd.wrap(gx[0] if unbatched else gx)
 
 
 def conv2d_backward_weight(input, grad_output, weight_shape, stride=1, padding=0, dilation=1,
-                           groups=1, *, algo="auto", backend="auto"):
-    """Gradient of conv2d with respect to its weight -> weight_shape (K, C/groups, R, S)."""
+                           groups=1, *, algo="auto", backend="auto", allow_tf32=None):
+    """Gradient of conv2d with respect to its weight -> weight_shape (K, C/groups, R, S).
+    allow_tf32 as in conv2d."""
     op = "conv2d_backward_weight"
     bd, a = unwrap(op, input=input, grad_output=grad_output)
     x, unbatched = A.batched(op, "input", a["input"])
@@ -141,6 +148,7 @@ def conv2d_backward_weight(input, grad_output, weight_shape, stride=1, padding=0
     wshape = A.check_shape_tuple(op, "weight_shape", weight_shape, 4)
     args = A.conv_geometry(op, x.shape, wshape, stride, padding, dilation, groups, dtype,
                            out_shape=gy.shape)
+    args.allow_tf32 = A.allow_tf32(allow_tf32)
     return bd.wrap(dispatch(op, args, backend, algo, bd.on_device, x, gy))
 
 
@@ -154,7 +162,7 @@ def conv2d_backward_bias(grad_output, *, backend="auto"):
 
 
 def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
-                     dilation=1, *, algo="auto", backend="auto"):
+                     dilation=1, *, algo="auto", backend="auto", allow_tf32=None):
     """Transposed convolution as torch.nn.functional.conv_transpose2d: input (N, Cin, H, W),
     weight (Cin, Cout/groups, R, S). It is conv2d_backward_input with Cin as K, so it runs
     on the input-gradient implementations."""
@@ -167,6 +175,7 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     args, out_shape = A.transpose_geometry(op, x.shape, w.shape, stride, padding, output_padding,
                                            groups, dilation, dtype)
     A.check_bias(op, b, out_shape[1])
+    args.allow_tf32 = A.allow_tf32(allow_tf32)
     y = dispatch("conv2d_backward_input", args, backend, algo, bd.on_device, x, w)
     y = _bias_add(bd, y, b, backend)
     return bd.wrap(y[0] if unbatched else y)

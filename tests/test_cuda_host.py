@@ -262,7 +262,8 @@ def test_conv2d_backward_input(rng, algo, case):
         return
     for dt in _dtypes(algo):
         gx = both_orders(lambda: convgpu.conv2d_backward_input(
-            gy.astype(dt), w.astype(dt), x.shape, **kw, backend="cuda", algo=algo))
+            gy.astype(dt), w.astype(dt), x.shape, **kw, backend="cuda", algo=algo,
+            allow_tf32="tf32" in algo))
         assert_close(gx, ref, _tol(algo, dt))
 
 
@@ -276,8 +277,11 @@ def test_conv2d_backward_weight(rng, algo, case):
         return
     for dt in _dtypes(algo):
         gw = both_orders(lambda: convgpu.conv2d_backward_weight(
-            x.astype(dt), gy.astype(dt), w.shape, **kw, backend="cuda", algo=algo))
+            x.astype(dt), gy.astype(dt), w.shape, **kw, backend="cuda", algo=algo,
+            allow_tf32="tf32" in algo))
         assert_close(gw, ref, _tol(algo, dt))
+        if "tf32" in algo:
+            assert np.linalg.norm(gw - ref) / np.linalg.norm(ref) > 1e-6     # really TF32
 
 
 @pytest.mark.parametrize("algo", cuda_algos("conv2d_backward_input"))
@@ -290,7 +294,7 @@ def test_conv_transpose2d(rng, algo):
     ref = convgpu.conv_transpose2d(x, w, b, **kw)
     y = both_orders(lambda: convgpu.conv_transpose2d(
         x.astype(np.float32), w.astype(np.float32), b.astype(np.float32), **kw,
-        backend="cuda", algo=algo))
+        backend="cuda", algo=algo, allow_tf32="tf32" in algo))
     assert_close(y, ref, _tol(algo, np.float32))
 
 

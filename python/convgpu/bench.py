@@ -343,10 +343,14 @@ def bench_conv_backward(timer, suite, dtype=np.float32, progress=print,
                              ("conv2d_backward_weight", [False, True, False])):
                 fn = lambda m=mask: torch.ops.aten.convolution_backward(
                     gt, xt, wt, None, [s, s], [p, p], [1, 1], False, [0, 0], 1, m)
-                t = quantiles(timer(fn))
-                theirs[op] = t["median_ms"]
-                out.append(Result(op, shape, "cudnn", np.dtype(dtype).name, "ok", **t,
-                                  tflops=fl / (t["median_ms"] * 1e-3) / 1e12, vs_cudnn=1.0))
+                for tf32 in (False, True):
+                    torch.backends.cudnn.allow_tf32 = tf32
+                    t = quantiles(timer(fn))
+                    torch.backends.cudnn.allow_tf32 = False
+                    theirs[(op, tf32)] = t["median_ms"]
+                    out.append(Result(op, shape, "cudnn_tf32" if tf32 else "cudnn",
+                                      np.dtype(dtype).name, "ok", **t,
+                                      tflops=fl / (t["median_ms"] * 1e-3) / 1e12, vs_cudnn=1.0))
         # references on a slice: the input gradient of the first images is exact on a slice;
         # the weight gradient sums over the batch, so validate it on a 2-image problem
         nv = min(N, 2)
@@ -361,7 +365,9 @@ def bench_conv_backward(timer, suite, dtype=np.float32, progress=print,
                 label = f"{impl.backend}:{impl.algo}"
                 if impl.backend == "numpy" or not _wanted(label, impl_filter):
                     continue
-                kw = dict(stride=s, padding=p, backend=impl.backend, algo=impl.algo)
+                tf32 = impl.algo.endswith("tf32")
+                kw = dict(stride=s, padding=p, backend=impl.backend, algo=impl.algo,
+                          allow_tf32=tf32)
                 if op == "conv2d_backward_input":
                     run = lambda kw=kw: convgpu.conv2d_backward_input(gy, w, x.shape, **kw)
                     check = lambda kw=kw: convgpu.conv2d_backward_input(gy[:nv], w, x2.shape, **kw)
@@ -371,7 +377,7 @@ def bench_conv_backward(timer, suite, dtype=np.float32, progress=print,
                 try:
                     got = cp.asnumpy(check()).astype(np.float64)
                     err = float(np.linalg.norm(got - refs[op]) / np.linalg.norm(refs[op]))
-                    tol = 1e-4 if impl.algo == "fft" else 1e-5
+                    tol = 2e-3 if tf32 else 1e-4 if impl.algo == "fft" else 1e-5
                     if not err <= tol:
                         out.append(Result(op, shape, label, np.dtype(dtype).name,
                                           f"FAIL rel err {err:.2e}"))
@@ -382,8 +388,9 @@ def bench_conv_backward(timer, suite, dtype=np.float32, progress=print,
                     continue
                 r = Result(op, shape, label, np.dtype(dtype).name, "ok", **t,
                            tflops=fl / (t["median_ms"] * 1e-3) / 1e12,
-                           vs_cudnn=(theirs[op] / t["median_ms"]) if op in theirs else None,
-                           extra={"rel_err": err})
+                           vs_cudnn=(theirs[(op, tf32)] / t["median_ms"])
+                           if (op, tf32) in theirs else None,
+                           extra={"rel_err": err, "baseline": "cudnn_tf32" if tf32 else "cudnn"})
                 out.append(r)
                 progress(f"  {op[16:]:16s} {shape:50s} {label:18s} {t['median_ms']:9.3f} ms "
                          f"{r.tflops:6.2f} TFLOP/s x{r.vs_cudnn or float('nan'):.3f} of cuDNN")
