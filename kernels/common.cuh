@@ -166,6 +166,37 @@ __device__ __forceinline__ void mainloop(T (*As)[BKT][LDS], T (*Bs)[BKT][LDS], i
         __syncthreads();
     }
 }
+
+// Epilogues: where each of a thread's accumulators goes.
+// store_rows: C row-major (leading dimension ldc) from tile origin (m0, n0), inside M x N.
+template <bool TF32, typename T>
+__device__ __forceinline__ void store_rows(const T (&acc)[NACC], int tid, T* C, long long ldc,
+                                           int m0, int n0, int M, int N) {
+#pragma unroll
+    for (int e = 0; e < NACC; ++e) {
+        const int r = m0 + acc_row<TF32>(e, tid), c = n0 + slot_col<TF32>(acc_slot<TF32>(e), tid);
+        if (r < M && c < N) C[(long long)r * ldc + c] = acc[e];
+    }
+}
+
+// store_columns: for outputs whose tile column is an (n, spatial) position of an NCHW
+// tensor. column(col) gives the address of row 0 for tile column col (nullptr: outside);
+// put(address, m, value) writes row m there. Each of the 8 columns a thread touches is
+// decomposed once.
+template <bool TF32, typename T, typename Index, typename Column, typename Put>
+__device__ __forceinline__ void store_columns(const T (&acc)[NACC], int tid, int m0, Index n0,
+                                              Column&& column, Put&& put) {
+#pragma unroll
+    for (int sl = 0; sl < 8; ++sl) {
+        T* base = column(n0 + (Index)slot_col<TF32>(sl, tid));   // Index: int or long long
+        if (!base) continue;
+#pragma unroll
+        for (int e = 0; e < NACC; ++e) {
+            if (acc_slot<TF32>(e) != sl) continue;           // resolved at compile time
+            put(base, m0 + acc_row<TF32>(e, tid), acc[e]);
+        }
+    }
+}
 }  // namespace tile
 
 // exp / log in the element type (float math for float, double for double)

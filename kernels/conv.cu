@@ -29,7 +29,7 @@ struct ConvShape {
 #define CONV_SHAPE ConvShape s{N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw, dh, dw, groups}
 
 template <typename T, bool TF32>
-__global__ void __launch_bounds__(THREADS)
+__global__ void __launch_bounds__(THREADS, sizeof(T) == 4 ? 2 : 1)   // float: two blocks per SM
 conv2d_implicit_gemm(const T* __restrict__ x, const T* __restrict__ w,
                      const T* __restrict__ bias, T* __restrict__ y, CONV_SHAPE_PARAMS,
                      int splits, int kchunk, long long split_stride) {
@@ -93,22 +93,18 @@ conv2d_implicit_gemm(const T* __restrict__ x, const T* __restrict__ w,
 
     T acc[NACC];
     mainloop<T, TF32>(As, Bs, kbeg, (CRS - kbeg + BK - 1) / BK, tid, acc, fetch, stage);
-    // the 8 output columns this thread touches, each decomposed once into (n, p, q)
-#pragma unroll
-    for (int sl = 0; sl < 8; ++sl) {
-        const int col = n0 + slot_col<TF32>(sl, tid);
-        if (col >= NPQ) continue;
-        T* yc = y + (long long)(col / PQ) * s.K * PQ + col % PQ;
-#pragma unroll
-        for (int e = 0; e < NACC; ++e) {
-            if (acc_slot<TF32>(e) != sl) continue;           // resolved at compile time
-            const int m = m0 + acc_row<TF32>(e, tid);
+    // output column col = (n, p, q), row m = channel g*Kg + m
+    store_columns<TF32>(
+        acc, tid, m0, n0,
+        [&](int col) -> T* {
+            return col < NPQ ? y + (long long)(col / PQ) * s.K * PQ + col % PQ : nullptr;
+        },
+        [&](T* yc, int m, T v) {
             if (m < Kg) {
                 const int k = g * Kg + m;
-                yc[(long long)k * PQ] = acc[e] + (bias ? bias[k] : T(0));
+                yc[(long long)k * PQ] = v + (bias ? bias[k] : T(0));
             }
-        }
-    }
+        });
 }
 
 // Weight gradient as an implicit GEMM over the reduction axis n*P*Q:
@@ -120,7 +116,7 @@ conv2d_implicit_gemm(const T* __restrict__ x, const T* __restrict__ w,
 // [s*kchunk, (s+1)*kchunk) into gw + s * split_stride; the launcher adds the partials in a
 // fixed order (sum_splits): deterministic, no atomics.
 template <typename T, bool TF32>
-__global__ void __launch_bounds__(THREADS)
+__global__ void __launch_bounds__(THREADS, sizeof(T) == 4 ? 2 : 1)   // float: two blocks per SM
 conv2d_wgrad_implicit_gemm(const T* __restrict__ x, const T* __restrict__ gy, T* __restrict__ gw,
                            CONV_SHAPE_PARAMS, int splits, int kchunk, long long split_stride) {
     const CONV_SHAPE;
@@ -166,11 +162,7 @@ conv2d_wgrad_implicit_gemm(const T* __restrict__ x, const T* __restrict__ gy, T*
     };
     T acc[NACC];
     mainloop<T, TF32>(As, Bs, kbeg, (kend - kbeg + BK - 1) / BK, tid, acc, fetch, stage);
-#pragma unroll
-    for (int e = 0; e < NACC; ++e) {
-        const int mm = m0 + acc_row<TF32>(e, tid), cc = n0 + slot_col<TF32>(acc_slot<TF32>(e), tid);
-        if (mm < Kg && cc < CRS) gw[((long long)g * Kg + mm) * CRS + cc] = acc[e];
-    }
+    store_rows<TF32>(acc, tid, gw + (long long)g * Kg * CRS, CRS, m0, n0, Kg, CRS);
 }
 
 // Input gradient as an implicit GEMM (the transpose of the forward's):
@@ -181,7 +173,7 @@ conv2d_wgrad_implicit_gemm(const T* __restrict__ x, const T* __restrict__ gy, T*
 // read from w as stored; B is gathered with the columns (n, h, v) coalesced along v, each
 // decomposed once per thread. Split-K over k*R*S as in the forward.
 template <typename T, bool TF32>
-__global__ void __launch_bounds__(THREADS)
+__global__ void __launch_bounds__(THREADS)      // FP32 needs ~150 registers: one block per SM
 conv2d_dgrad_implicit_gemm(const T* __restrict__ gy, const T* __restrict__ w, T* __restrict__ gx,
                            CONV_SHAPE_PARAMS, int splits, int kchunk, long long split_stride) {
     const CONV_SHAPE;
@@ -247,18 +239,15 @@ conv2d_dgrad_implicit_gemm(const T* __restrict__ gy, const T* __restrict__ w, T*
     };
     T acc[NACC];
     mainloop<T, TF32>(As, Bs, kbeg, (KRS - kbeg + BK - 1) / BK, tid, acc, fetch, stage);
-#pragma unroll
-    for (int sl = 0; sl < 8; ++sl) {
-        const long long col = n0 + slot_col<TF32>(sl, tid);
-        if (col >= NHW) continue;
-        T* gc = gx + (col / HW) * s.C * HW + col % HW;
-#pragma unroll
-        for (int e = 0; e < NACC; ++e) {
-            if (acc_slot<TF32>(e) != sl) continue;             // resolved at compile time
-            const int c = m0 + acc_row<TF32>(e, tid);
-            if (c < Cg) gc[((long long)g * Cg + c) * HW] = acc[e];
-        }
-    }
+    // output column col = (n, h, w), row c = channel g*Cg + c
+    store_columns<TF32>(
+        acc, tid, m0, n0,
+        [&](long long col) -> T* {
+            return col < NHW ? gx + (col / HW) * s.C * HW + col % HW : nullptr;
+        },
+        [&](T* gc, int c, T v) {
+            if (c < Cg) gc[((long long)g * Cg + c) * HW] = v;
+        });
 }
 
 template <typename T>

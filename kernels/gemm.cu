@@ -61,11 +61,7 @@ gemm_tiled(const T* __restrict__ A, const T* __restrict__ B, T* __restrict__ C, 
 
     T acc[NACC];
     mainloop<T, TF32>(As, Bs, kbeg, (kend - kbeg + BK - 1) / BK, tid, acc, fetch, stage);
-#pragma unroll
-    for (int e = 0; e < NACC; ++e) {
-        const int r = m0 + acc_row<TF32>(e, tid), c = n0 + slot_col<TF32>(acc_slot<TF32>(e), tid);
-        if (r < M && c < N) C[(long long)r * N + c] = acc[e];
-    }
+    store_rows<TF32>(acc, tid, C, N, m0, n0, M, N);
 }
 
 // gemm_vec<TA, TB, TF32>: the same tile and main loop for float32 with 16-deep shared tiles
@@ -145,11 +141,7 @@ gemm_vec(const float* __restrict__ A, const float* __restrict__ B, float* __rest
     };
     float acc[NACC];
     mainloop<float, TF32>(As, Bs, kbeg, (kend - kbeg + BKV - 1) / BKV, tid, acc, fetch, stage);
-#pragma unroll
-    for (int e = 0; e < NACC; ++e) {
-        const int r = m0 + acc_row<TF32>(e, tid), c = n0 + slot_col<TF32>(acc_slot<TF32>(e), tid);
-        if (r < M && c < N) C[(long long)r * N + c] = acc[e];
-    }
+    store_rows<TF32>(acc, tid, C, N, m0, n0, M, N);
 }
 
 template <typename T>
