@@ -167,6 +167,19 @@ __device__ __forceinline__ void mainloop(T (*As)[BKT][LDS], T (*Bs)[BKT][LDS], i
     }
 }
 
+// The staging of the implicit GEMMs whose B tile is gathered column by column: thread tid
+// holds A elements (row tid / 2, depth (tid % 2) * 4 + i) and B elements (depth tid / 32,
+// column tid % 32 + 32 i), i = 0..3.
+template <typename T, bool TF32>
+__device__ __forceinline__ void stage_gathered(T (*As)[LDS], T (*Bs)[LDS], const T (&ra)[4],
+                                               const T (&rb)[4], int tid) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        As[(tid % 2) * 4 + i][tid / 2] = staged<T, TF32>(ra[i]);
+        Bs[tid / 32][tid % 32 + 32 * i] = staged<T, TF32>(rb[i]);
+    }
+}
+
 // Epilogues: where each of a thread's accumulators goes.
 // store_rows: C row-major (leading dimension ldc) from tile origin (m0, n0), inside M x N.
 template <bool TF32, typename T>

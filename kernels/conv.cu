@@ -83,13 +83,7 @@ conv2d_implicit_gemm(const T* __restrict__ x, const T* __restrict__ w,
                         ? x[xbase[i] + c * HW + (long long)h * s.W + v] : T(0);
         }
     };
-    auto stage = [&](int buf) {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            As[buf][ak0 + i][am] = staged<T, TF32>(ra[i]);
-            Bs[buf][bk][tid % 32 + 32 * i] = staged<T, TF32>(rb[i]);
-        }
-    };
+    auto stage = [&](int buf) { stage_gathered<T, TF32>(As[buf], Bs[buf], ra, rb, tid); };
 
     T acc[NACC];
     mainloop<T, TF32>(As, Bs, kbeg, (CRS - kbeg + BK - 1) / BK, tid, acc, fetch, stage);
@@ -230,13 +224,7 @@ conv2d_dgrad_implicit_gemm(const T* __restrict__ gy, const T* __restrict__ w, T*
             rb[i] = hit ? gy[gybase[i] + (long long)k * PQ + (hp / s.sh) * s.Q + vq / s.sw] : T(0);
         }
     };
-    auto stage = [&](int buf) {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            As[buf][ak0 + i][am] = staged<T, TF32>(ra[i]);
-            Bs[buf][bk][tid % 32 + 32 * i] = staged<T, TF32>(rb[i]);
-        }
-    };
+    auto stage = [&](int buf) { stage_gathered<T, TF32>(As[buf], Bs[buf], ra, rb, tid); };
     T acc[NACC];
     mainloop<T, TF32>(As, Bs, kbeg, (KRS - kbeg + BK - 1) / BK, tid, acc, fetch, stage);
     // output column col = (n, h, w), row c = channel g*Cg + c

@@ -45,3 +45,56 @@ def grad_check(f, grad, x, rng, tol=1e-7):
     fd = directional_fd(f, x, v)
     an = float(np.sum(grad * v))
     assert abs(fd - an) <= tol * max(1.0, abs(fd)), f"fd {fd!r} vs analytic {an!r}"
+
+
+# Small problems shared by the simulator and host-emulation tiers (a few blocks per launch).
+# conv: (N, C, H, W, K, R, S, stride, padding, dilation, groups); K*Cg*R*S <= 48 (one block
+# per weight element in the Numba direct weight-gradient kernel)
+CONV_SMALL = [
+    (1, 2, 5, 6, 3, 3, 2, (1, 1), (1, 0), (1, 1), 1),
+    (2, 4, 6, 5, 4, 2, 3, (2, 1), (1, 1), (2, 1), 2),
+    (1, 3, 7, 7, 3, 3, 3, (2, 2), (1, 1), (1, 1), 3),
+    (1, 2, 9, 4, 2, 1, 1, (1, 2), (0, 0), (1, 1), 1),
+    (2, 1, 6, 7, 2, 2, 2, (3, 2), (1, 0), (1, 3), 1),
+]
+# max pooling: (N, C, H, W, kernel, stride, padding, dilation, ceil_mode)
+MAXP_SMALL = [
+    (2, 3, 7, 9, (3, 3), (2, 2), (1, 1), (1, 1), True),
+    (1, 2, 10, 7, (3, 2), (2, 3), (1, 0), (2, 1), True),
+    (1, 3, 6, 11, (2, 3), (1, 2), (1, 1), (1, 2), False),
+    (2, 2, 8, 8, (2, 2), (2, 2), (0, 0), (1, 1), False),
+]
+# average pooling: (N, C, H, W, kernel, stride, padding, ceil_mode, count_include_pad,
+# divisor_override)
+AVGP_SMALL = [
+    (2, 3, 7, 9, (3, 3), (2, 2), (1, 1), True, True, None),
+    (1, 2, 7, 9, (3, 3), (2, 2), (1, 1), True, False, None),
+    (1, 2, 10, 7, (3, 2), (2, 3), (1, 1), False, True, 5),
+    (1, 1, 5, 6, (4, 3), (3, 1), (2, 1), True, False, None),
+]
+
+
+def small_net(backend, algos=("auto", "auto")):
+    """conv-relu-maxpool-conv-relu-avgpool-linear-relu-linear on 8x8 digits, float64, the
+    same weights for every backend: one training step compares backends."""
+    import numpy as np
+    from convgpu import nn
+    kw = dict(rng=np.random.default_rng(3), dtype=np.float64, backend=backend)
+    return nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1, algo=algos[0], **kw), nn.ReLU(backend),
+        nn.MaxPool2d(2, backend=backend),
+        nn.Conv2d(2, 3, 3, padding=1, algo=algos[1], **kw), nn.ReLU(backend),
+        nn.AvgPool2d(2, backend=backend), nn.Flatten(),
+        nn.Linear(12, 5, **kw), nn.ReLU(backend), nn.Linear(5, 10, **kw))
+
+
+def training_step(model, backend):
+    """(loss, input gradient, {name: parameter gradient}) of one step on two digits."""
+    import numpy as np
+    from convgpu import data as D
+    from convgpu import nn
+    x, y = D.digits()
+    loss = nn.SoftmaxCrossEntropy(backend)
+    value = float(loss.forward(model.forward(x[:2].astype(np.float64)), y[:2]))
+    gx = model.backward(loss.backward())
+    return value, gx, {k: p.grad for k, p in model.named_parameters().items()}

@@ -24,7 +24,8 @@ import brute  # noqa: E402
 import convgpu  # noqa: E402
 from convgpu.check import tolerance  # noqa: E402
 from convgpu.ops._registry import all_impls  # noqa: E402
-from helpers import TOL, assert_close, rand, shuffled_linspace  # noqa: E402
+from helpers import (AVGP_SMALL, CONV_SMALL, MAXP_SMALL, TOL, assert_close, rand,  # noqa: E402
+                     shuffled_linspace, small_net, training_step)
 
 
 @pytest.fixture(autouse=True)
@@ -190,12 +191,8 @@ def test_tf32_rounding_is_to_nearest_ties_away():
 # ---------------------------------------------------------------------------------------
 # every cuda implementation against the reference
 
-# (N, C, H, W, K, R, S, stride, padding, dilation, groups)
-CONV = [
-    (1, 2, 5, 6, 3, 3, 2, (1, 1), (1, 0), (1, 1), 1),
-    (2, 4, 6, 5, 4, 2, 3, (2, 1), (1, 1), (2, 1), 2),
-    (1, 3, 7, 7, 3, 3, 3, (2, 2), (1, 1), (1, 1), 3),
-    (2, 1, 6, 7, 2, 2, 2, (3, 2), (1, 0), (1, 3), 1),
+# (N, C, H, W, K, R, S, stride, padding, dilation, groups): the simulator tier's cases, and
+CONV = CONV_SMALL + [
     # two tile rows (K > 128), three tile columns, a reduction split in two (split-K);
     # the direct kernel takes its 40 channels in three chunks
     (2, 40, 12, 12, 130, 3, 3, (1, 1), (1, 1), (1, 1), 1),
@@ -327,12 +324,7 @@ def test_linear_and_backward(rng, dtype, M, K, O):
         assert_close(g, r, TOL[dtype])
 
 
-MAXP = [
-    (2, 3, 7, 9, (3, 3), (2, 2), (1, 1), (1, 1), True),
-    (1, 2, 10, 7, (3, 2), (2, 3), (1, 0), (2, 1), True),
-    (1, 3, 6, 11, (2, 3), (1, 2), (1, 1), (1, 2), False),
-    (2, 2, 8, 8, (2, 2), (2, 2), (0, 0), (1, 1), False),
-]
+MAXP = MAXP_SMALL
 
 
 @pytest.fixture(params=["int", "long long"])
@@ -377,12 +369,7 @@ def test_max_pool2d_ties_nan_and_minus_inf():
         np.testing.assert_array_equal(y, yr)
 
 
-AVGP = [
-    (2, 3, 7, 9, (3, 3), (2, 2), (1, 1), True, True, None),
-    (1, 2, 7, 9, (3, 3), (2, 2), (1, 1), True, False, None),
-    (1, 2, 10, 7, (3, 2), (2, 3), (1, 1), False, True, 5),
-    (1, 1, 5, 6, (4, 3), (3, 1), (2, 1), True, False, None),
-]
+AVGP = AVGP_SMALL
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -451,28 +438,8 @@ def test_relu_keeps_nan():
 def test_a_training_step_on_the_cuda_backend_matches_numpy():
     """One step of a small conv net (conv-relu-maxpool-conv-relu-avgpool-linear-relu-linear),
     every op on the emulated cuda backend: loss, input and parameter gradients as numpy's."""
-    from convgpu import data as D
-    from convgpu import nn
-
-    def net(backend):
-        kw = dict(rng=np.random.default_rng(3), dtype=np.float64, backend=backend)
-        a1, a2 = ("implicit_gemm", "im2col") if backend == "cuda" else ("auto", "auto")
-        return nn.Sequential(
-            nn.Conv2d(1, 2, 3, padding=1, algo=a1, **kw), nn.ReLU(backend),
-            nn.MaxPool2d(2, backend=backend),
-            nn.Conv2d(2, 3, 3, padding=1, algo=a2, **kw), nn.ReLU(backend),
-            nn.AvgPool2d(2, backend=backend), nn.Flatten(),
-            nn.Linear(12, 5, **kw), nn.ReLU(backend), nn.Linear(5, 10, **kw))
-
-    x, y = D.digits()
-    xb, yb = x[:2].astype(np.float64), y[:2]
-    out = {}
-    for backend in ("numpy", "cuda"):
-        model = net(backend)
-        loss = nn.SoftmaxCrossEntropy(backend)
-        value = float(loss.forward(model.forward(xb), yb))
-        gx = model.backward(loss.backward())
-        out[backend] = (value, gx, {k: p.grad for k, p in model.named_parameters().items()})
+    out = {"numpy": training_step(small_net("numpy"), "numpy"),
+           "cuda": training_step(small_net("cuda", ("implicit_gemm", "im2col")), "cuda")}
     assert abs(out["numpy"][0] - out["cuda"][0]) <= 1e-12 * abs(out["numpy"][0])
     assert_close(out["cuda"][1], out["numpy"][1], TOL[np.float64])
     for k, g in out["numpy"][2].items():

@@ -8,7 +8,8 @@ import pytest
 import brute
 import convgpu
 from convgpu.ops._registry import all_impls
-from helpers import TOL, TOL_FFT, assert_close, rand, shuffled_linspace
+from helpers import (AVGP_SMALL, CONV_SMALL, MAXP_SMALL, TOL, TOL_FFT, assert_close, rand,
+                     shuffled_linspace)
 
 
 def numba_algos(op):
@@ -19,15 +20,7 @@ def tol(algo, dtype):
     return (TOL_FFT if algo == "fft" else TOL)[dtype]
 
 
-# (N, C, H, W, K, R, S, stride, padding, dilation, groups); K*Cg*R*S <= 48 (one block per
-# weight element in the direct weight-gradient kernel)
-CONV = [
-    (1, 2, 5, 6, 3, 3, 2, (1, 1), (1, 0), (1, 1), 1),
-    (2, 4, 6, 5, 4, 2, 3, (2, 1), (1, 1), (2, 1), 2),
-    (1, 3, 7, 7, 3, 3, 3, (2, 2), (1, 1), (1, 1), 3),
-    (1, 2, 9, 4, 2, 1, 1, (1, 2), (0, 0), (1, 1), 1),
-    (2, 1, 6, 7, 2, 2, 2, (3, 2), (1, 0), (1, 3), 1),
-]
+CONV = CONV_SMALL
 
 
 def _conv(rng, case, dtype):
@@ -135,12 +128,7 @@ def test_linear_batched_leading_dims(rng):
 # ---- pooling
 
 
-MAXP = [
-    (2, 3, 7, 9, (3, 3), (2, 2), (1, 1), (1, 1), True),
-    (1, 2, 10, 7, (3, 2), (2, 3), (1, 0), (2, 1), True),
-    (1, 3, 6, 11, (2, 3), (1, 2), (1, 1), (1, 2), False),
-    (2, 2, 8, 8, (2, 2), (2, 2), (0, 0), (1, 1), False),
-]
+MAXP = MAXP_SMALL
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -180,12 +168,7 @@ def test_max_pool2d_ties_nan_and_minus_inf():
         np.testing.assert_array_equal(y, yr)     # NaN == NaN in assert_array_equal
 
 
-AVGP = [
-    (2, 3, 7, 9, (3, 3), (2, 2), (1, 1), True, True, None),
-    (1, 2, 7, 9, (3, 3), (2, 2), (1, 1), True, False, None),
-    (1, 2, 10, 7, (3, 2), (2, 3), (1, 1), False, True, 5),
-    (1, 1, 5, 6, (4, 3), (3, 1), (2, 1), True, False, None),
-]
+AVGP = AVGP_SMALL
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
