@@ -55,7 +55,8 @@ def _version(mod: str) -> str:
 def cmd_info(args) -> int:
     n = _prepare_backends(emulate_cuda=True)
     import convgpu
-    from convgpu.ops._registry import backend_unavailable, implementations
+    from convgpu.ops._registry import (backend_unavailable, cuda_host_enabled, implementations,
+                                       simulator_enabled)
     print(f"convgpu {convgpu.__version__}  python {platform.python_version()}  "
           f"{platform.machine()}")
     print(f"numpy {_version('numpy')}  scipy {_version('scipy')}  numba {_version('numba')}  "
@@ -72,9 +73,11 @@ def cmd_info(args) -> int:
         print("GPU: none visible (the numba backend runs in the CUDA simulator, the cuda "
               "backend in the host emulation)")
     print("\nbackends:")
+    how = {"numba": " (CUDA simulator: slow, for testing)" if not n and simulator_enabled() else "",
+           "cuda": " (host emulation: slow, for testing)" if not n and cuda_host_enabled() else ""}
     for b in ("numpy", "numba", "cuda"):
         why = backend_unavailable(b)
-        print(f"  {b:6s} {'available' if why is None else 'unavailable: ' + why}")
+        print(f"  {b:6s} {'available' + how.get(b, '') if why is None else 'unavailable: ' + why}")
     print("\nregistered implementations (backend: algos):")
     for op, impls in implementations().items():
         by = {}
