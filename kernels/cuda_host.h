@@ -19,9 +19,10 @@
 // shows up; locals start as a byte pattern (-ftrivial-auto-var-init).
 // cp.async copies are deferred to the cp.async.wait_group that covers them (the latest
 // moment the hardware may complete them), so a read before the wait sees poison.
-// Global arrays arrive from Python in guard-paged buffers; an access past either end, and a
-// fixed-size array indexed out of bounds (-fsanitize=bounds), stop the process with a
-// message naming the kernel, block and thread.
+// Global arrays arrive from Python in guard-paged buffers; an access past either end, a
+// fixed-size array indexed out of bounds and a misaligned vector access
+// (-fsanitize=bounds,alignment) stop the process with a message naming the kernel, block
+// and thread.
 #pragma once
 #ifndef CONVGPU_HOST
 #define CONVGPU_HOST 1
@@ -310,7 +311,8 @@ inline void on_signal(int sig, siginfo_t* info, void*) {
         sig == SIGSEGV ? "SIGSEGV" : sig == SIGBUS ? "SIGBUS" : sig == SIGILL ? "SIGILL" : "SIGFPE",
         L.kernel, blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x, threadIdx.y, threadIdx.z,
         info->si_addr,
-        sig == SIGILL ? "a fixed-size array indexed out of bounds (-fsanitize=bounds trap)"
+        sig == SIGILL ? "a fixed-size array indexed out of bounds or a misaligned vector "
+                        "access (-fsanitize=bounds,alignment trap)"
                       : "an access outside the arrays passed to the kernel (guard page)");
     if (write(2, msg, k) < 0) {}
     _exit(86);

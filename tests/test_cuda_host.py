@@ -82,9 +82,13 @@ __global__ void mma_partial(float* y) {
     y[threadIdx.x] = d[0];
 }
 __global__ void scalars(float* y, int i, long long j, double d) { y[0] = float(i + j + d); }
+__global__ void vector_at(const float* x, float* y, int offset) {
+    const float4 v = *reinterpret_cast<const float4*>(x + offset);
+    y[0] = v.x + v.y + v.z + v.w;
+}
 """
 TOY_EXPRS = ("reverse64<float>", "write_at", "shared_oob", "sync_half", "warp_total",
-             "mma_partial", "scalars")
+             "mma_partial", "scalars", "vector_at")
 
 
 def toy():
@@ -173,6 +177,20 @@ def test_shared_array_index_out_of_bounds_stops_with_a_message():
     """)
     assert r.returncode == 86, (r.returncode, r.stderr)
     assert "SIGILL in kernel shared_oob" in r.stderr and "out of bounds" in r.stderr
+
+
+@pytest.mark.parametrize("offset", [0, 1])
+def test_misaligned_vector_access_stops_with_a_message(offset):
+    r = _crash(f"""
+        y = np.zeros(1, np.float32)
+        t.toy()["vector_at"]((1,), (1,), (np.arange(8, dtype=np.float32), y, np.int32({offset})))
+        print("sum", y[0])
+    """)
+    if offset == 0:
+        assert r.returncode == 0 and "sum 6.0" in r.stdout, r.stderr
+    else:
+        assert r.returncode == 86, (r.returncode, r.stderr)
+        assert "SIGILL in kernel vector_at" in r.stderr and "misaligned" in r.stderr
 
 
 def test_tf32_rounding_is_to_nearest_ties_away():

@@ -14,7 +14,8 @@ the parameter's exact size and kind; an array whose element size and kind match 
 pointee), which CuPy does not: it would pack a mismatched scalar silently. Arrays are
 copied into buffers that abut an inaccessible page (the end of the array, or with
 order("reverse") its start), so an access past the array stops the process with a message
-naming the kernel, block and thread; writes into the few alignment bytes before the guard
+naming the kernel, block and thread, as does a vector access (float4, double2) at an
+address not aligned to its size, which faults on a GPU (-fsanitize=alignment); writes into the few alignment bytes before the guard
 page are caught by comparing them afterwards. `order("reverse")` also runs threads and
 blocks in reverse order: a kernel whose output changes with the order has a race.
 
@@ -40,7 +41,7 @@ from convgpu.kernels import _module
 
 CXX = os.environ.get("CXX", "g++")
 CXXFLAGS = ("-std=c++17", "-O1", "-fPIC", "-shared", "-fno-strict-aliasing", "-fno-gnu-unique", "-fno-weak",
-            "-ftrivial-auto-var-init=pattern", "-fsanitize=bounds",
+            "-ftrivial-auto-var-init=pattern", "-fsanitize=bounds,alignment",
             "-fsanitize-undefined-trap-on-error", "-DCONVGPU_HOST=1", "-w")
 HEADER = "cuda_host.h"
 KIND_INT, KIND_FLOAT, KIND_BOOL, KIND_PTR_INT, KIND_PTR_FLOAT, KIND_PTR_OTHER = range(6)
