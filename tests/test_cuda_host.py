@@ -140,6 +140,15 @@ def test_arguments_are_checked_against_the_c_signature():
             k((1,), (1,), bad)
 
 
+def test_launch_limits_are_enforced():
+    k = toy()["warp_total"]
+    x, y = np.zeros(64, np.float32), np.zeros(64, np.float32)
+    with pytest.raises(ValueError, match="grid"):
+        k((1, 1, 65536), (64,), (x, y))
+    with pytest.raises(ValueError, match="block"):
+        k((1,), (2048,), (x, y))
+
+
 def _crash(code):
     """Run `code` in a fresh interpreter (an emulated fault ends the process)."""
     env = dict(os.environ, CONVGPU_CUDA_HOST="1")

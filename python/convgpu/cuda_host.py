@@ -274,8 +274,14 @@ class HostKernel:
     def __call__(self, grid, block, args, shared_mem=0, stream=None):
         if shared_mem:
             raise NotImplementedError("dynamic shared memory is not emulated")
-        grid = tuple(grid) + (1,) * (3 - len(grid))
-        block = tuple(block) + (1,) * (3 - len(block))
+        grid = tuple(int(g) for g in grid) + (1,) * (3 - len(grid))
+        block = tuple(int(b) for b in block) + (1,) * (3 - len(block))
+        # the launch limits of every GPU since sm_30: a launch past them fails on the device
+        if not (1 <= grid[0] < 2 ** 31 and 1 <= grid[1] <= 65535 and 1 <= grid[2] <= 65535):
+            raise ValueError(f"{self.name}: grid {grid} outside (2**31 - 1, 65535, 65535)")
+        if not (1 <= block[0] <= 1024 and 1 <= block[1] <= 1024 and 1 <= block[2] <= 64
+                and block[0] * block[1] * block[2] <= 1024):
+            raise ValueError(f"{self.name}: block {block} outside the 1024-thread limits")
         if len(args) != len(self.kinds):
             raise TypeError(f"{self.name}: {len(args)} arguments for {len(self.kinds)} parameters")
         reverse = _state["reverse"]
