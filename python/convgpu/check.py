@@ -17,7 +17,8 @@ from typing import Callable, List, Optional
 import numpy as np
 
 TF32 = {np.float32: 2e-3, np.float64: 2e-3}
-TOLERANCE = {"fft": {np.float32: 1e-4, np.float64: 1e-10}, "implicit_gemm_tf32": TF32,
+TRANSFORM = {np.float32: 1e-4, np.float64: 1e-10}     # FFT and Winograd (the design's rule)
+TOLERANCE = {"fft": TRANSFORM, "winograd": TRANSFORM, "implicit_gemm_tf32": TF32,
              "gemm_tf32": TF32}
 DEFAULT_TOL = {np.float32: 1e-5, np.float64: 1e-12}
 
