@@ -25,6 +25,16 @@ struct PoolShape {
 #define POOL_SHAPE PoolShape s{H, W, P, Q, kh, kw, sh, sw, ph, pw, dh, dw, include_pad, divisor_override}
 #define POOL_DIV(I, name, d, m) const Divider<I> name = divider<I>(d, (unsigned)(m), (unsigned)((m) >> 32))
 
+// flat index t over (planes, rows, cols) -> plane (returned), row, col
+template <typename I>
+__device__ __forceinline__ I unravel3(I t, const Divider<I>& rows, const Divider<I>& cols, int& r,
+                                      int& c) {
+    const I tr = cols.div(t), plane = rows.div(tr);
+    c = (int)(t - tr * cols.d);
+    r = (int)(tr - plane * rows.d);
+    return plane;
+}
+
 // the first window (along one axis) whose span reaches input position i
 template <typename I>
 __device__ __forceinline__ int first_cover(int i, int pad, int k, const Divider<I>& s, int d) {
@@ -40,8 +50,8 @@ __global__ void max_pool2d_fwd(const T* __restrict__ x, T* __restrict__ y,
     POOL_DIV(I, divP, P, mP);
     const I total = NC * s.P * s.Q;
     for (I t = blockIdx.x * (I)blockDim.x + threadIdx.x; t < total; t += (I)gridDim.x * blockDim.x) {
-        const I tq = divQ.div(t), nc = divP.div(tq);
-        const int q = (int)(t - tq * s.Q), p = (int)(tq - nc * s.P);
+        int p, q;
+        const I nc = unravel3(t, divP, divQ, p, q);
         const T* xp = x + (long long)nc * s.H * s.W;
         const int h0 = p * s.sh - s.ph, w0 = q * s.sw - s.pw;
         T best = neg_inf<T>();
@@ -72,8 +82,8 @@ __global__ void max_pool2d_bwd_gather(const T* __restrict__ gy, const long long*
     POOL_DIV(I, divSW, sw, mSW);
     const I total = NC * s.H * s.W;
     for (I t = blockIdx.x * (I)blockDim.x + threadIdx.x; t < total; t += (I)gridDim.x * blockDim.x) {
-        const I tw = divW.div(t), nc = divH.div(tw);
-        const int v = (int)(t - tw * s.W), h = (int)(tw - nc * s.H);
+        int h, v;
+        const I nc = unravel3(t, divH, divW, h, v);
         const long long base = (long long)nc * s.P * s.Q;
         const int me = h * s.W + v;
         const int p_hi = min((int)divSH.div(h + s.ph), s.P - 1);
@@ -109,8 +119,8 @@ __global__ void avg_pool2d_fwd(const T* __restrict__ x, T* __restrict__ y, I NC,
     POOL_DIV(I, divP, P, mP);
     const I total = NC * s.P * s.Q;
     for (I t = blockIdx.x * (I)blockDim.x + threadIdx.x; t < total; t += (I)gridDim.x * blockDim.x) {
-        const I tq = divQ.div(t), nc = divP.div(tq);
-        const int q = (int)(t - tq * s.Q), p = (int)(tq - nc * s.P);
+        int p, q;
+        const I nc = unravel3(t, divP, divQ, p, q);
         const T* xp = x + (long long)nc * s.H * s.W;
         const int h0 = p * s.sh - s.ph, w0 = q * s.sw - s.pw;
         T acc = T(0);
@@ -130,8 +140,8 @@ __global__ void avg_pool2d_bwd_gather(const T* __restrict__ gy, T* __restrict__ 
     POOL_DIV(I, divSW, sw, mSW);
     const I total = NC * s.H * s.W;
     for (I t = blockIdx.x * (I)blockDim.x + threadIdx.x; t < total; t += (I)gridDim.x * blockDim.x) {
-        const I tw = divW.div(t), nc = divH.div(tw);
-        const int v = (int)(t - tw * s.W), h = (int)(tw - nc * s.H);
+        int h, v;
+        const I nc = unravel3(t, divH, divW, h, v);
         const T* g = gy + (long long)nc * s.P * s.Q;
         T acc = T(0);
         const int p_hi = min((int)divSH.div(h + s.ph), s.P - 1);
