@@ -50,6 +50,8 @@ register("conv2d", "numba", "direct_tiled", _K + "conv_direct:conv2d_direct_tile
          supports=_K + "conv_direct:tiled_supports")
 register("conv2d", "numba", "im2col", _K + "im2col:conv2d_im2col")
 register("conv2d", "numba", "fft", _K + "fft:conv2d_fft", supports=_FFT_OK)
+register("conv2d", "numba", "winograd", _K + "winograd:conv2d_winograd",
+         supports=_K + "winograd:supports")
 register("conv2d_backward_input", "numba", "direct", _K + "conv_direct:backward_input_direct")
 register("conv2d_backward_input", "numba", "col2im", _K + "im2col:backward_input_col2im")
 register("conv2d_backward_input", "numba", "fft", _K + "fft:backward_input_fft",

@@ -17,7 +17,7 @@ from numba import cuda  # noqa: E402
 import convgpu  # noqa: E402
 from convgpu.ops import _registry  # noqa: E402
 
-KERNEL_MODULES = ["elementwise", "pool", "conv_direct", "im2col", "gemm", "fft"]
+KERNEL_MODULES = ["elementwise", "pool", "conv_direct", "im2col", "gemm", "fft", "winograd"]
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,10 @@ def _drive_every_numba_launcher():
         kw = dict(stride=2, padding=1, groups=2)
         gy = rng.standard_normal((2, 6, 5, 4)).astype(dt)
         for algo in [a for bk, a in convgpu.implementations("conv2d") if bk == "numba"]:
-            convgpu.conv2d(x, w, b, **kw, backend="numba", algo=algo)
+            if algo != "winograd":                      # 3x3 stride 1 only: below
+                convgpu.conv2d(x, w, b, **kw, backend="numba", algo=algo)
+        for bias in (b, None):
+            convgpu.conv2d(x, w, bias, padding=1, groups=2, backend="numba", algo="winograd")
         for algo in [a for bk, a in convgpu.implementations("conv2d_backward_input") if bk == "numba"]:
             convgpu.conv2d_backward_input(gy, w, x.shape, **kw, backend="numba", algo=algo)
         for algo in [a for bk, a in convgpu.implementations("conv2d_backward_weight") if bk == "numba"]:
@@ -87,7 +90,8 @@ EXPECTED_KERNELS = {
     "max_pool_k", "max_backward_gather_k", "max_backward_plane_k", "avg_pool_k",
     "avg_backward_k", "gap_k", "gap_backward_k", "conv_direct_k", "conv_tiled_k",
     "bwd_input_gather_k", "bwd_weight_k", "im2col_k", "col2im_k", "gemm_k", "mac_fwd_k",
-    "mac_bwd_input_k", "mac_bwd_weight_k",
+    "mac_bwd_input_k", "mac_bwd_weight_k", "winograd_filter_k", "winograd_input_k",
+    "winograd_output_k",
 }
 
 

@@ -17,7 +17,7 @@ def numba_algos(op):
 
 
 def tol(algo, dtype):
-    return (TOL_FFT if algo == "fft" else TOL)[dtype]
+    return (TOL_FFT if algo in ("fft", "winograd") else TOL)[dtype]
 
 
 CONV = CONV_SMALL
@@ -30,7 +30,9 @@ def _conv(rng, case, dtype):
     return x64, w64, b64, kw, (x64.astype(dtype), w64.astype(dtype), b64.astype(dtype))
 
 
-def _serves(algo, kw):
+def _serves(algo, kw, case):
+    if algo == "winograd":
+        return case[5:7] == (3, 3) and kw["stride"] == (1, 1) and kw["dilation"] == (1, 1)
     return not (algo == "fft" and kw["dilation"] != (1, 1))
 
 
@@ -39,7 +41,7 @@ def _serves(algo, kw):
 @pytest.mark.parametrize("algo", numba_algos("conv2d"))
 def test_conv2d(rng, algo, case, dtype):
     x64, w64, b64, kw, (x, w, b) = _conv(rng, case, dtype)
-    if not _serves(algo, kw):
+    if not _serves(algo, kw, case):
         with pytest.raises(ValueError, match="dilation"):
             convgpu.conv2d(x, w, b, **kw, backend="numba", algo=algo)
         return
@@ -53,13 +55,29 @@ def test_conv2d(rng, algo, case, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N, C, H, W, K, pad, groups", [(1, 2, 5, 6, 3, 1, 1),
+                                                        (1, 4, 4, 7, 2, 2, 2)])
+def test_conv2d_winograd(rng, N, C, H, W, K, pad, groups, dtype):
+    """Winograd F(2x2, 3x3): odd output sizes (partial tiles), paddings 1 and 2, groups; with
+    a bias in float32, without in float64. (Each launch batches 16 x groups simulated GEMMs:
+    kept small.)"""
+    x, w, b = rand(rng, (N, C, H, W)), rand(rng, (K, C // groups, 3, 3)), rand(rng, (K,))
+    bias = b if dtype == np.float32 else None
+    ref = convgpu.conv2d(x, w, bias, padding=pad, groups=groups)
+    y = convgpu.conv2d(x.astype(dtype), w.astype(dtype),
+                       None if bias is None else bias.astype(dtype), padding=pad,
+                       groups=groups, backend="numba", algo="winograd")
+    assert_close(y, ref, tol("winograd", dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", CONV)
 @pytest.mark.parametrize("algo", numba_algos("conv2d_backward_input"))
 def test_conv2d_backward_input(rng, algo, case, dtype):
     x64, w64, b64, kw, (x, w, b) = _conv(rng, case, dtype)
     y = convgpu.conv2d(x64, w64, None, **kw)
     gy64 = rand(rng, y.shape)
-    if not _serves(algo, kw):
+    if not _serves(algo, kw, case):
         return
     gx = convgpu.conv2d_backward_input(gy64.astype(dtype), w, x.shape, **kw, backend="numba",
                                        algo=algo)
@@ -73,7 +91,7 @@ def test_conv2d_backward_weight(rng, algo, case, dtype):
     x64, w64, b64, kw, (x, w, b) = _conv(rng, case, dtype)
     y = convgpu.conv2d(x64, w64, None, **kw)
     gy64 = rand(rng, y.shape)
-    if not _serves(algo, kw):
+    if not _serves(algo, kw, case):
         return
     gw = convgpu.conv2d_backward_weight(x, gy64.astype(dtype), w.shape, **kw, backend="numba",
                                         algo=algo)

@@ -1,0 +1,145 @@
+"""Numba Winograd convolution F(2x2, 3x3) (Lavin & Gray, 2016): the readable version of
+kernels/winograd.cu, for 3x3 filters at stride 1 and dilation 1.
+
+Each 2x2 output tile is Y = A^T [ (G g G^T) .* (B^T d B) ] A for the 4x4 input patch d and
+the 3x3 filter g (matrices below). Summed over input channels, the elementwise product is,
+for each of the 16 transform positions xi, a matrix product
+    M[xi] (Kg x T) = U[xi] (Kg x Cg) @ V[xi] (Cg x T),    T = N * ceil(P/2) * ceil(Q/2) tiles,
+batched over groups x 16 on the Numba GEMM (kernels/gemm.py): 16 multiplies per tile and
+channel pair instead of the direct 36.
+
+Kernels (one thread each, grid-stride):
+  winograd_filter_k  (k, c)        U[g*16 + xi, k, c] = (G w[k, c] G^T)[xi]
+  winograd_input_k   (c, tile)     V[g*16 + xi, c, t] = (B^T d B)[xi], d zero outside the input
+  winograd_output_k  (k, tile)     y[n, k, 2 th + i, 2 tw + j] = (A^T M[:, k, t] A)[i, j] (+ bias)
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from numba import cuda
+
+from convgpu.kernels._launch import THREADS, blocks_for, contiguous, empty, launch
+from convgpu.kernels.elementwise import NB_TYPES
+from convgpu.kernels.gemm import gemm
+
+#   B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
+#   G   = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]
+#   A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]
+
+
+def supports(a):
+    if (a.R, a.S) != (3, 3) or a.stride != (1, 1) or a.dilation != (1, 1):
+        return ("Winograd F(2x2, 3x3) serves 3x3 filters at stride 1 and dilation 1; got "
+                f"{a.R}x{a.S}, stride {a.stride}, dilation {a.dilation}")
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _kernels(dtype_name: str):
+    T = NB_TYPES[np.dtype(dtype_name)]
+    half = T(0.5)
+
+    @cuda.jit
+    def winograd_filter_k(w, U, groups):
+        K, Cg = w.shape[0], w.shape[1]
+        Kg = K // groups
+        for i in range(cuda.grid(1), K * Cg, cuda.gridsize(1)):
+            k = i // Cg
+            c = i % Cg
+            g = k // Kg
+            kk = k % Kg
+            t = cuda.local.array((4, 3), dtype=T)          # G g
+            for s in range(3):
+                a, b, d = w[k, c, 0, s], w[k, c, 1, s], w[k, c, 2, s]
+                t[0, s] = a
+                t[1, s] = half * (a + b + d)
+                t[2, s] = half * (a - b + d)
+                t[3, s] = d
+            for r in range(4):                             # (G g) G^T
+                a, b, d = t[r, 0], t[r, 1], t[r, 2]
+                U[g * 16 + r * 4 + 0, kk, c] = a
+                U[g * 16 + r * 4 + 1, kk, c] = half * (a + b + d)
+                U[g * 16 + r * 4 + 2, kk, c] = half * (a - b + d)
+                U[g * 16 + r * 4 + 3, kk, c] = d
+
+    @cuda.jit
+    def winograd_input_k(x, V, ph, pw, groups, TH, TW):
+        N, C, H, W = x.shape
+        Cg = C // groups
+        tiles = N * TH * TW
+        for i in range(cuda.grid(1), C * tiles, cuda.gridsize(1)):
+            t = i % tiles
+            c_all = i // tiles
+            n = t // (TH * TW)
+            th = (t // TW) % TH
+            tw = t % TW
+            g = c_all // Cg
+            c = c_all % Cg
+            d = cuda.local.array((4, 4), dtype=T)
+            for r in range(4):
+                for s in range(4):
+                    h = 2 * th - ph + r
+                    v = 2 * tw - pw + s
+                    d[r, s] = x[n, c_all, h, v] if 0 <= h < H and 0 <= v < W else T(0)
+            bt = cuda.local.array((4, 4), dtype=T)         # B^T d
+            for s in range(4):
+                bt[0, s] = d[0, s] - d[2, s]
+                bt[1, s] = d[1, s] + d[2, s]
+                bt[2, s] = d[2, s] - d[1, s]
+                bt[3, s] = d[1, s] - d[3, s]
+            for r in range(4):                             # (B^T d) B
+                V[g * 16 + r * 4 + 0, c, t] = bt[r, 0] - bt[r, 2]
+                V[g * 16 + r * 4 + 1, c, t] = bt[r, 1] + bt[r, 2]
+                V[g * 16 + r * 4 + 2, c, t] = bt[r, 2] - bt[r, 1]
+                V[g * 16 + r * 4 + 3, c, t] = bt[r, 1] - bt[r, 3]
+
+    @cuda.jit
+    def winograd_output_k(M, b, y, has_bias, groups, TH, TW):
+        N, K, P, Q = y.shape
+        Kg = K // groups
+        tiles = N * TH * TW
+        for i in range(cuda.grid(1), K * tiles, cuda.gridsize(1)):
+            t = i % tiles
+            k_all = i // tiles
+            n = t // (TH * TW)
+            th = (t // TW) % TH
+            tw = t % TW
+            g = k_all // Kg
+            k = k_all % Kg
+            at = cuda.local.array((2, 4), dtype=T)         # A^T m
+            for s in range(4):
+                m0 = M[g * 16 + s, k, t]
+                m1 = M[g * 16 + 4 + s, k, t]
+                m2 = M[g * 16 + 8 + s, k, t]
+                m3 = M[g * 16 + 12 + s, k, t]
+                at[0, s] = m0 + m1 + m2
+                at[1, s] = m1 - m2 - m3
+            bias = b[k_all] if has_bias else T(0)
+            for r in range(2):                             # (A^T m) A
+                p = 2 * th + r
+                if p < P:
+                    q = 2 * tw
+                    y[n, k_all, p, q] = at[r, 0] + at[r, 1] + at[r, 2] + bias
+                    if q + 1 < Q:
+                        y[n, k_all, p, q + 1] = at[r, 1] - at[r, 2] - at[r, 3] + bias
+
+    return dict(filter=winograd_filter_k, input=winograd_input_k, output=winograd_output_k)
+
+
+def conv2d_winograd(a, x, w, b):
+    k = _kernels(np.dtype(x.dtype).name)
+    TH, TW = -(-a.P // 2), -(-a.Q // 2)
+    tiles = a.N * TH * TW
+    G = a.groups
+    U = empty((G * 16, a.Kg, a.Cg), x.dtype, x)
+    launch(k["filter"], blocks_for(a.K * a.Cg), THREADS, x, contiguous(w), U, G)
+    V = empty((G * 16, a.Cg, tiles), x.dtype, x)
+    launch(k["input"], blocks_for(a.C * tiles), THREADS, x, contiguous(x), V, a.padding[0],
+           a.padding[1], G, TH, TW)
+    M = gemm(U, V)
+    y = empty(a.y_shape, x.dtype, x)
+    bias = b if b is not None else empty((1,), x.dtype, x)
+    launch(k["output"], blocks_for(a.K * tiles), THREADS, x, M, bias, y, b is not None, G, TH, TW)
+    return y
