@@ -11,13 +11,15 @@ kernels/cuda_ops.py run unchanged on NumPy arrays.
 
 Every launch checks each argument against the kernel's C parameter type (a numpy scalar of
 the parameter's exact size and kind; an array whose element size and kind match the
-pointee), which CuPy does not: it would pack a mismatched scalar silently. Arrays are
-copied into buffers that abut an inaccessible page (the end of the array, or with
-order("reverse") its start), so an access past the array stops the process with a message
-naming the kernel, block and thread, as does a vector access (float4, double2) at an
-address not aligned to its size, which faults on a GPU (-fsanitize=alignment); writes into the few alignment bytes before the guard
-page are caught by comparing them afterwards. `order("reverse")` also runs threads and
-blocks in reverse order: a kernel whose output changes with the order has a race.
+pointee), which CuPy does not: it would pack a mismatched scalar silently; and the grid and
+block against the device's launch limits. Arrays are copied into buffers that abut an
+inaccessible page (the end of the array, or with order("reverse") its start), so an access
+past the array stops the process with a message naming the kernel, block and thread, as do
+a fixed-size array indexed out of bounds and a vector access (float4, double2) at an
+address not aligned to its size, which faults on a GPU (-fsanitize=bounds,alignment);
+writes into the few alignment bytes before the guard page are caught by comparing them
+afterwards. `order("reverse")` also runs threads and blocks in reverse order: a kernel
+whose output changes with the order has a race.
 
 This is emulation, not validation: timing, memory-model subtleties beyond barriers, and the
 hardware's own arithmetic (FTZ, FMA contraction) are not reproduced.
@@ -40,8 +42,10 @@ import numpy as np
 from convgpu.kernels import _module
 
 CXX = os.environ.get("CXX", "g++")
-CXXFLAGS = ("-std=c++17", "-O1", "-fPIC", "-shared", "-fno-strict-aliasing", "-fno-gnu-unique", "-fno-weak",
-            "-ftrivial-auto-var-init=pattern", "-fsanitize=bounds,alignment",
+# -fno-weak / -fno-gnu-unique: each library keeps its own copy of the emulator's state;
+# -ftrivial-auto-var-init=pattern: uninitialised locals are a byte pattern, not zero
+CXXFLAGS = ("-std=c++17", "-O1", "-fPIC", "-shared", "-fno-strict-aliasing", "-fno-gnu-unique",
+            "-fno-weak", "-ftrivial-auto-var-init=pattern", "-fsanitize=bounds,alignment",
             "-fsanitize-undefined-trap-on-error", "-DCONVGPU_HOST=1", "-w")
 HEADER = "cuda_host.h"
 KIND_INT, KIND_FLOAT, KIND_BOOL, KIND_PTR_INT, KIND_PTR_FLOAT, KIND_PTR_OTHER = range(6)
