@@ -45,44 +45,60 @@ def _distinct(rng, shape):
     return rng.permutation(np.linspace(-1.0, 1.0, n) + 0.01).reshape(shape)
 
 
+def _conv_problems(xs, ws, ys, conv_kw) -> List[Problem]:
+    """conv2d and its input and weight gradients on one geometry (TF32 allowed for the
+    TF32 implementations)."""
+    import convgpu as cg
+    from convgpu import reference as ref
+    s, p, d, g = (conv_kw[k] for k in ("stride", "padding", "dilation", "groups"))
+    shape = f"x{xs} w{ws} s{s} p{p} g{g}"
+    tf = lambda al: al.endswith("tf32")
+    return [
+        Problem("conv2d", shape,
+                lambda r: dict(x=_rand(r, xs), w=_rand(r, ws), b=_rand(r, (ws[0],))),
+                lambda i, be, al: cg.conv2d(i["x"], i["w"], i["b"], **conv_kw, backend=be, algo=al,
+                                            allow_tf32=tf(al)),
+                lambda i: ref.conv2d(i["x"], i["w"], i["b"], s, p, d, g)),
+        Problem("conv2d_backward_input", shape, lambda r: dict(gy=_rand(r, ys), w=_rand(r, ws)),
+                lambda i, be, al: cg.conv2d_backward_input(i["gy"], i["w"], xs, **conv_kw,
+                                                           backend=be, algo=al, allow_tf32=tf(al)),
+                lambda i: ref.conv2d_backward_input(i["gy"], i["w"], xs, s, p, d, g)),
+        Problem("conv2d_backward_weight", shape, lambda r: dict(x=_rand(r, xs), gy=_rand(r, ys)),
+                lambda i, be, al: cg.conv2d_backward_weight(i["x"], i["gy"], ws, **conv_kw,
+                                                            backend=be, algo=al, allow_tf32=tf(al)),
+                lambda i: ref.conv2d_backward_weight(i["x"], i["gy"], ws, s, p, d, g)),
+    ]
+
+
 def problems(size: str = "small") -> List[Problem]:
     """The problem set. 'small' fits the simulator (a few blocks per launch); 'large' is
     real-layer-sized and odd (for a GPU)."""
     import convgpu as cg
     from convgpu import reference as ref
+    from convgpu.ops._args import conv_out_size, pool_out_size
     if size == "small":
-        N, C, H, W, K, R, S = 2, 4, 7, 6, 4, 3, 2
-        conv_kw = dict(stride=(2, 1), padding=(1, 1), dilation=(1, 1), groups=2)
+        # strided, grouped, non-square; and a 3x3 stride-1 layer (the Winograd geometry)
+        convs = [((2, 4, 7, 6), (4, 2, 3, 2), dict(stride=(2, 1), padding=(1, 1),
+                                                    dilation=(1, 1), groups=2)),
+                 ((2, 4, 7, 5), (6, 2, 3, 3), dict(stride=(1, 1), padding=(1, 1),
+                                                    dilation=(1, 1), groups=2))]
         pool = (2, 3, 9, 7)
     else:
-        N, C, H, W, K, R, S = 8, 64, 31, 29, 96, 3, 3
-        conv_kw = dict(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1)
+        convs = [((8, 64, 31, 29), (96, 64, 3, 3), dict(stride=(1, 1), padding=(1, 1),
+                                                         dilation=(1, 1), groups=1))]
         pool = (16, 64, 55, 55)
-    xs, ws = (N, C, H, W), (K, C // conv_kw["groups"], R, S)
-    from convgpu.ops._args import conv_out_size
-    P = conv_out_size(H, R, conv_kw["stride"][0], conv_kw["padding"][0], conv_kw["dilation"][0])
-    Q = conv_out_size(W, S, conv_kw["stride"][1], conv_kw["padding"][1], conv_kw["dilation"][1])
-    ys = (N, K, P, Q)
-    shape = f"x{xs} w{ws} s{conv_kw['stride']} p{conv_kw['padding']} g{conv_kw['groups']}"
     kp = dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)
-    from convgpu.ops._args import pool_out_size
     pP = pool_out_size(pool[2], 3, 2, 1, 1, True)
     pQ = pool_out_size(pool[3], 3, 2, 1, 1, True)
     pys = pool[:2] + (pP, pQ)
-    s, p, d, g = conv_kw["stride"], conv_kw["padding"], conv_kw["dilation"], conv_kw["groups"]
-    return [
-        Problem("conv2d", shape, lambda r: dict(x=_rand(r, xs), w=_rand(r, ws), b=_rand(r, (K,))),
-                lambda i, be, al: cg.conv2d(i["x"], i["w"], i["b"], **conv_kw, backend=be, algo=al,
-                                            allow_tf32=al.endswith("tf32")),
-                lambda i: ref.conv2d(i["x"], i["w"], i["b"], s, p, d, g)),
-        Problem("conv2d_backward_input", shape, lambda r: dict(gy=_rand(r, ys), w=_rand(r, ws)),
-                lambda i, be, al: cg.conv2d_backward_input(i["gy"], i["w"], xs, **conv_kw,
-                                                           backend=be, algo=al),
-                lambda i: ref.conv2d_backward_input(i["gy"], i["w"], xs, s, p, d, g)),
-        Problem("conv2d_backward_weight", shape, lambda r: dict(x=_rand(r, xs), gy=_rand(r, ys)),
-                lambda i, be, al: cg.conv2d_backward_weight(i["x"], i["gy"], ws, **conv_kw,
-                                                            backend=be, algo=al),
-                lambda i: ref.conv2d_backward_weight(i["x"], i["gy"], ws, s, p, d, g)),
+    out, ys = [], None
+    for xs, ws, conv_kw in convs:
+        s, p, d = conv_kw["stride"], conv_kw["padding"], conv_kw["dilation"]
+        shape_y = (xs[0], ws[0], conv_out_size(xs[2], ws[2], s[0], p[0], d[0]),
+                   conv_out_size(xs[3], ws[3], s[1], p[1], d[1]))
+        ys = ys or shape_y                          # the bias gradient's problem: the first
+        out += _conv_problems(xs, ws, shape_y, conv_kw)
+    return out + [
         Problem("conv2d_backward_bias", f"gy{ys}", lambda r: dict(gy=_rand(r, ys)),
                 lambda i, be, al: cg.conv2d_backward_bias(i["gy"], backend=be),
                 lambda i: ref.conv2d_backward_bias(i["gy"])),
