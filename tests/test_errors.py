@@ -152,6 +152,13 @@ def test_tf32_permission():
     assert "float32" in tf32_supports(a)
     with pytest.raises(ValueError, match="allow_tf32"):
         convgpu.conv2d(z(1, 1, 5, 5), z(1, 1, 3, 3), allow_tf32="yes")
+    with pytest.raises(ValueError, match="allow_tf32"):
+        convgpu.conv2d_backward_input(z(1, 1, 3, 3), z(1, 1, 3, 3), (1, 1, 5, 5), allow_tf32=1)
+    with pytest.raises(ValueError, match="allow_tf32"):
+        convgpu.conv2d_backward_weight(z(1, 1, 5, 5), z(1, 1, 3, 3), (1, 1, 3, 3),
+                                       allow_tf32="on")
+    with pytest.raises(ValueError, match="allow_tf32"):
+        convgpu.conv_transpose2d(z(1, 1, 3, 3), z(1, 1, 3, 3), allow_tf32=2.0)
     with pytest.raises(TypeError, match="set_allow_tf32"):
         convgpu.set_allow_tf32(1)
     assert convgpu.allow_tf32() is False
