@@ -526,9 +526,11 @@ def run(json_path=None, plot_path=None, quick=True, shapes=None, ops=None, impl=
         results = []
         stages = [("gemm", lambda: bench_gemm(timer, progress=progress) if not shapes else []),
                   ("conv2d", lambda: bench_conv(timer, conv, progress=progress, impl_filter=impl)),
+                  # pooling before the backward passes, the longest stage: a run cut short
+                  # by a time limit still has the pooling numbers (JSON after every stage)
+                  ("pool", lambda: bench_pool(timer, pools, progress=progress, impl_filter=impl)),
                   ("conv2d_backward", lambda: bench_conv_backward(timer, conv, progress=progress,
-                                                                  impl_filter=impl)),
-                  ("pool", lambda: bench_pool(timer, pools, progress=progress, impl_filter=impl))]
+                                                                  impl_filter=impl))]
         for name, stage in stages:
             if name not in ops:
                 continue
