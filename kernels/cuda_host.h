@@ -7,7 +7,8 @@
 //   __syncthreads()   a fiber waits until every fiber of its block has arrived;
 //   warp-collective operations (mma.sync, shuffles, __syncwarp) wait for the 32 lanes.
 // A fiber therefore runs from one barrier to the next without interruption, in an order the
-// launcher picks (forward or reverse thread and block order): a kernel whose result depends
+// launcher picks (forward, reverse, or a seeded shuffle of thread and block order; the
+// shuffle draws a new thread order at every barrier): a kernel whose result depends
 // on that order has a race, and tests compare the two orders bitwise. A block whose threads
 // wait at different barriers, or reach a warp operation with some lanes exited, is reported
 // (on a GPU it would hang or be undefined).
@@ -244,7 +245,17 @@ inline void fiber_main() {
 }
 
 // Runs one block; false (with L.error set) on a barrier that can never be passed.
-inline bool run_block(bool reverse) {
+// order: 0 forward, 1 reverse, 2 shuffled (a new permutation for every round between
+// barriers, from a generator seeded by the launch)
+inline unsigned long long rng_state = 1;
+inline unsigned next_random() {                     // xorshift64*
+    rng_state ^= rng_state >> 12;
+    rng_state ^= rng_state << 25;
+    rng_state ^= rng_state >> 27;
+    return (unsigned)((rng_state * 2685821657736338717ULL) >> 32);
+}
+
+inline bool run_block(int order) {
     const int n = L.nthreads;
     for (int i = 0; i < n; ++i) {
         Fiber& f = L.fibers[i];
@@ -259,9 +270,13 @@ inline bool run_block(bool reverse) {
         f.ctx.uc_link = &L.sched;
         makecontext(&f.ctx, fiber_main, 0);
     }
+    std::vector<int> perm(n);
+    for (int k = 0; k < n; ++k) perm[k] = order == 1 ? n - 1 - k : k;
     for (;;) {
+        if (order == 2)
+            for (int k = n - 1; k > 0; --k) std::swap(perm[k], perm[next_random() % (k + 1)]);
         for (int k = 0; k < n; ++k) {
-            const int i = reverse ? n - 1 - k : k;
+            const int i = perm[k];
             if (L.fibers[i].state != RUNNABLE) continue;
             L.current = i;
             threadIdx = L.fibers[i].tid;
@@ -356,7 +371,7 @@ template <typename... A> inline Entry entry(const char* name, void (*f)(A...)) {
 }
 
 inline int launch(const Entry& e, const unsigned* grid, const unsigned* block, void** args,
-                  int reverse, char* error, int error_size) {
+                  int order, char* error, int error_size) {
     blockDim = dim3{block[0], block[1], block[2]};
     gridDim = dim3{grid[0], grid[1], grid[2]};
     L.nthreads = int(block[0] * block[1] * block[2]);
@@ -388,13 +403,21 @@ inline int launch(const Entry& e, const unsigned* grid, const unsigned* block, v
     for (int i = 0; i < 4; ++i) sigaction(sigs[i], &sa, &old[i]);
 
     const long long nblocks = (long long)grid[0] * grid[1] * grid[2];
+    rng_state = 0x9E3779B97F4A7C15ULL ^ (unsigned long long)nblocks * 0x100000001B3ULL;
+    std::vector<long long> blocks;                  // the block order, when shuffled
+    if (order == 2) {
+        blocks.resize(nblocks);
+        for (long long k = 0; k < nblocks; ++k) blocks[k] = k;
+        for (long long k = nblocks - 1; k > 0; --k)
+            std::swap(blocks[k], blocks[next_random() % (unsigned long long)(k + 1)]);
+    }
     int rc = 0;
     for (long long k = 0; k < nblocks && rc == 0; ++k) {
-        const long long b = reverse ? nblocks - 1 - k : k;
+        const long long b = order == 2 ? blocks[k] : order == 1 ? nblocks - 1 - k : k;
         blockIdx = uint3{unsigned(b % grid[0]), unsigned((b / grid[0]) % grid[1]),
                          unsigned(b / ((long long)grid[0] * grid[1]))};
         for (auto& r : L.shared) std::memset(r.first, 0xff, r.second);
-        if (!run_block(reverse != 0)) rc = 2;
+        if (!run_block(order)) rc = 2;
     }
     for (int i = 0; i < 4; ++i) sigaction(sigs[i], &old[i], nullptr);
     sigaltstack(&old_ss, nullptr);
@@ -435,6 +458,6 @@ template <typename T> inline T __shfl_down_sync(unsigned, T v, unsigned d) {
         return entries[i].nparams;                                                         \
     }                                                                                      \
     extern "C" int cuda_host_launch(int i, const unsigned* grid, const unsigned* block,    \
-                                    void** args, int reverse, char* error, int n) {        \
-        return cuda_host::launch(entries[i], grid, block, args, reverse, error, n);        \
+                                    void** args, int order, char* error, int n) {          \
+        return cuda_host::launch(entries[i], grid, block, args, order, error, n);          \
     }

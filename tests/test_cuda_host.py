@@ -1,10 +1,11 @@
 """Host-emulation tier: every `cuda` implementation (kernels/*.cu through the launchers of
 kernels/cuda_ops.py) run on the CPU by convgpu.cuda_host, against the float64 reference,
 float32 and float64, outputs poisoned; each call is made twice, threads and blocks in
-forward and in reverse order, and the two results must be bitwise equal (a kernel whose
-result depends on the order has a race). The first part checks that the emulator itself
-catches what it claims to: a missing barrier, an access past an array, a shared array
-indexed out of bounds, a barrier some threads never reach, a mistyped argument.
+forward and in reverse order (or, with CONVGPU_HOST_ORDERS, others such as seeded shuffles),
+and the results must be bitwise equal (a kernel whose result depends on the order has a
+race). The first part checks that the emulator itself catches what it claims to: a missing
+barrier, an access past an array, a shared array indexed out of bounds, a misaligned vector
+access, a barrier some threads never reach, a mistyped argument, a launch past the limits.
 
 Emulated is not validated: tests/test_gpu.py on a GPU is what validates these kernels."""
 import os
@@ -34,14 +35,21 @@ def emulated(monkeypatch):
     monkeypatch.setenv("CONVGPU_POISON", "1")
 
 
+# the thread/block orders every call is run in (CONVGPU_HOST_ORDERS=forward,shuffle for a
+# sweep with seeded random orders; cuda_host.ORDERS)
+ORDERS = os.environ.get("CONVGPU_HOST_ORDERS", "forward,reverse").split(",")
+
+
 def both_orders(fn):
-    """fn() with threads and blocks forward, then reversed: the results must be identical."""
-    with cuda_host.order("forward"):
-        a = fn()
-    with cuda_host.order("reverse"):
-        b = fn()
-    for u, v in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
-        np.testing.assert_array_equal(u, v, err_msg="result depends on thread/block order")
+    """fn() in each of ORDERS (forward, then reversed): the results must be identical."""
+    outs = []
+    for which in ORDERS:
+        with cuda_host.order(which):
+            outs.append(fn())
+    a = outs[0]
+    for b in outs[1:]:
+        for u, v in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
+            np.testing.assert_array_equal(u, v, err_msg="result depends on thread/block order")
     return a
 
 
@@ -108,6 +116,20 @@ def test_barrier_makes_the_shared_reversal_right_and_its_absence_shows():
             # without the barrier, half the threads read shared memory not yet written:
             # poisoned (NaN) in this order
             assert np.isnan(y).sum() == 32, which
+
+
+def test_shuffled_order_runs_and_exposes_the_missing_barrier():
+    k = toy()["reverse64<float>"]
+    x = np.arange(1, 65, dtype=np.float32)
+    with cuda_host.order("shuffle"):
+        y = np.zeros(64, np.float32)
+        k((1,), (64,), (x, y, np.int32(1)))
+        np.testing.assert_array_equal(y, x[::-1])
+        k((1,), (64,), (x, y, np.int32(0)))
+        assert 0 < np.isnan(y).sum() < 64
+    with pytest.raises(ValueError, match="order is one of"):
+        with cuda_host.order("sideways"):
+            pass
 
 
 def test_warp_shuffle_reduction():

@@ -51,7 +51,8 @@ HEADER = "cuda_host.h"
 KIND_INT, KIND_FLOAT, KIND_BOOL, KIND_PTR_INT, KIND_PTR_FLOAT, KIND_PTR_OTHER = range(6)
 CONST = 8                      # added to a pointer's kind when the pointee is const
 
-_state = {"reverse": False}
+ORDERS = ("forward", "reverse", "shuffle")
+_state = {"order": 0}
 
 
 def available() -> bool:
@@ -60,15 +61,16 @@ def available() -> bool:
 
 @contextlib.contextmanager
 def order(which: str):
-    """Run every launch inside with threads and blocks in 'forward' or 'reverse' order."""
-    if which not in ("forward", "reverse"):
-        raise ValueError(f"order is 'forward' or 'reverse', got {which!r}")
-    old = _state["reverse"]
-    _state["reverse"] = which == "reverse"
+    """Run every launch inside with threads and blocks in 'forward' or 'reverse' order, or
+    'shuffle'd (seeded: a new thread permutation between every two barriers)."""
+    if which not in ORDERS:
+        raise ValueError(f"order is one of {', '.join(ORDERS)}; got {which!r}")
+    old = _state["order"]
+    _state["order"] = ORDERS.index(which)
     try:
         yield
     finally:
-        _state["reverse"] = old
+        _state["order"] = old
 
 
 def _cache_dir() -> str:
@@ -288,7 +290,8 @@ class HostKernel:
             raise ValueError(f"{self.name}: block {block} outside the 1024-thread limits")
         if len(args) != len(self.kinds):
             raise TypeError(f"{self.name}: {len(args)} arguments for {len(self.kinds)} parameters")
-        reverse = _state["reverse"]
+        order_ = _state["order"]
+        reverse = order_ == 1
         guards: Dict[Tuple[int, int], _Guarded] = {}
         keep, ptrs = [], []
         try:
@@ -311,8 +314,7 @@ class HostKernel:
             argv = (ctypes.c_void_p * max(1, len(ptrs)))(*ptrs)
             err = ctypes.create_string_buffer(512)
             rc = self.lib.cuda_host_launch(self.index, (ctypes.c_uint * 3)(*grid),
-                                           (ctypes.c_uint * 3)(*block), argv, int(reverse),
-                                           err, 512)
+                                           (ctypes.c_uint * 3)(*block), argv, order_, err, 512)
             if rc:
                 raise RuntimeError(f"host emulation: {err.value.decode()}")
             for p, a in enumerate(args):
