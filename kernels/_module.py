@@ -86,5 +86,10 @@ def ctype(dtype) -> str:
     return {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}[np.dtype(dtype)]
 
 
+def cbool(v) -> str:
+    """A Python truth value as a C++ template argument."""
+    return "true" if v else "false"
+
+
 def all_name_expressions() -> Sequence[Tuple[str, str]]:
     return [(f, e) for f, exprs in NAME_EXPRESSIONS.items() for e in exprs]

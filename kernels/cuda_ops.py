@@ -12,7 +12,7 @@ import numpy as np
 from convgpu.arrays import xp_of
 from convgpu.kernels._fft_common import COMPLEX, dilation_reason, padded, stuffed, transform_size
 from convgpu.kernels._launch import ceil_div, contiguous, empty
-from convgpu.kernels._module import ctype, get_function
+from convgpu.kernels._module import cbool, ctype, get_function
 
 TILE = 128                 # the register-blocked tile of gemm.cu / conv.cu (tile::BM = BN)
 GEMM_THREADS = 256
@@ -75,9 +75,8 @@ def gemm(A, B, ta=False, tb=False, splits=1, tf32=False, variant="auto"):
     kchunk = ceil_div(ceil_div(K, splits), depth) * depth
     splits = ceil_div(K, kchunk)
     t = ctype(A.dtype)
-    b = lambda v: "true" if v else "false"
-    name = (f"gemm_vec<{b(ta)}, {b(tb)}, {b(tf32)}>" if vec
-            else f"gemm_tiled<{t}, {b(ta)}, {b(tb)}, {b(tf32)}>")
+    name = (f"gemm_vec<{cbool(ta)}, {cbool(tb)}, {cbool(tf32)}>" if vec
+            else f"gemm_tiled<{t}, {cbool(ta)}, {cbool(tb)}, {cbool(tf32)}>")
     fn = get_function("gemm.cu", name)
     out = empty((splits, batch, M, N) if splits > 1 else (batch, M, N), A.dtype, A)
     grid = (ceil_div(N, TILE), ceil_div(M, TILE), batch * splits)
@@ -117,7 +116,7 @@ def conv2d_implicit_gemm(a, x, w, b, tf32=False):
     (bias added by split 0 only)."""
     grid = (ceil_div(a.N * a.P * a.Q, TILE), ceil_div(a.Kg, TILE))
     bias = contiguous(b) if b is not None else np.uint64(0)          # a null pointer
-    kernel = f"conv2d_implicit_gemm<{ctype(x.dtype)}, {'true' if tf32 else 'false'}>"
+    kernel = f"conv2d_implicit_gemm<{ctype(x.dtype)}, {cbool(tf32)}>"
     return _split_launch(kernel, a, x.dtype, x, a.y_shape, grid, a.Kg, a.N * a.P * a.Q,
                          a.Cg * a.R * a.S, contiguous(x), contiguous(w), bias)
 
@@ -243,10 +242,6 @@ def wgrad_implicit_tf32_supports(a):
     return tf32_supports(a) or wgrad_implicit_supports(a)
 
 
-def _tf(tf32):
-    return "true" if tf32 else "false"
-
-
 def backward_weight_implicit_gemm_tf32(a, x, gy):
     return backward_weight_implicit_gemm(a, x, gy, tf32=True)
 
@@ -255,7 +250,7 @@ def backward_weight_implicit_gemm(a, x, gy, tf32=False):
     """gw = gy @ X_cols^T with both operands gathered in the kernel (no column matrix)."""
     crs, npq = a.Cg * a.R * a.S, a.N * a.P * a.Q
     grid = (ceil_div(crs, TILE), ceil_div(a.Kg, TILE))
-    return _split_launch(f"conv2d_wgrad_implicit_gemm<{ctype(x.dtype)}, {_tf(tf32)}>", a,
+    return _split_launch(f"conv2d_wgrad_implicit_gemm<{ctype(x.dtype)}, {cbool(tf32)}>", a,
                          x.dtype, x,
                          a.w_shape, grid, a.Kg, crs,
                          npq, contiguous(x), contiguous(gy))
@@ -269,7 +264,7 @@ def backward_input_implicit_gemm(a, gy, w, tf32=False):
     """gx = W^T @ GY_cols with the strided gather of gy done in the kernel (no col2im)."""
     nhw = a.N * a.H * a.W
     grid = (ceil_div(nhw, TILE), ceil_div(a.Cg, TILE))
-    return _split_launch(f"conv2d_dgrad_implicit_gemm<{ctype(gy.dtype)}, {_tf(tf32)}>", a,
+    return _split_launch(f"conv2d_dgrad_implicit_gemm<{ctype(gy.dtype)}, {cbool(tf32)}>", a,
                          gy.dtype, gy,
                          a.x_shape, grid, a.Cg,
                          nhw, a.Kg * a.R * a.S, contiguous(gy), contiguous(w))
