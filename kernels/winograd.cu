@@ -16,6 +16,17 @@
 //                                                                    thread per (n, k, tile)
 #include "common.cuh"
 
+// i over (channels, N, TH, TW) -> the channel (returned), the tile t within the channel's
+// N * TH * TW, and the tile's image and position
+__device__ __forceinline__ int tile_of(long long i, long long tiles, int TH, int TW,
+                                       long long& t, int& n, int& th, int& tw) {
+    t = i % tiles;
+    n = (int)(t / ((long long)TH * TW));
+    th = (int)(t / TW % TH);
+    tw = (int)(t % TW);
+    return (int)(i / tiles);
+}
+
 template <typename T>
 __global__ void winograd_filter(const T* __restrict__ w, T* __restrict__ U, int K, int Cg,
                                 int groups) {
@@ -54,9 +65,9 @@ __global__ void winograd_input(const T* __restrict__ x, T* __restrict__ V, int N
     const long long total = (long long)C * tiles;
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
          i += (long long)gridDim.x * blockDim.x) {
-        const long long t = i % tiles;                       // consecutive threads: consecutive tiles
-        const int c_all = (int)(i / tiles);
-        const int n = (int)(t / ((long long)TH * TW)), th = (int)(t / TW % TH), tw = (int)(t % TW);
+        long long t;                                         // consecutive threads: consecutive tiles
+        int n, th, tw;
+        const int c_all = tile_of(i, tiles, TH, TW, t, n, th, tw);
         const int g = c_all / Cg, c = c_all % Cg;
         const T* xp = x + ((long long)n * C + c_all) * H * W;
         const int h0 = 2 * th - ph, w0 = 2 * tw - pw;
@@ -97,9 +108,9 @@ __global__ void winograd_output(const T* __restrict__ M, const T* __restrict__ b
     const long long total = (long long)K * tiles;
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
          i += (long long)gridDim.x * blockDim.x) {
-        const long long t = i % tiles;
-        const int k_all = (int)(i / tiles);
-        const int n = (int)(t / ((long long)TH * TW)), th = (int)(t / TW % TH), tw = (int)(t % TW);
+        long long t;
+        int n, th, tw;
+        const int k_all = tile_of(i, tiles, TH, TW, t, n, th, tw);
         const int g = k_all / Kg, k = k_all % Kg;
         const T* in = M + ((long long)g * 16 * Kg + k) * tiles + t;
         const long long step = (long long)Kg * tiles;

@@ -20,7 +20,7 @@ import functools
 import numpy as np
 from numba import cuda
 
-from convgpu.kernels._launch import THREADS, blocks_for, contiguous, empty, launch
+from convgpu.kernels._launch import THREADS, blocks_for, contiguous, empty, launch, unravel4
 from convgpu.kernels.elementwise import NB_TYPES
 from convgpu.kernels.gemm import gemm
 
@@ -70,11 +70,8 @@ def _kernels(dtype_name: str):
         Cg = C // groups
         tiles = N * TH * TW
         for i in range(cuda.grid(1), C * tiles, cuda.gridsize(1)):
-            t = i % tiles
-            c_all = i // tiles
-            n = t // (TH * TW)
-            th = (t // TW) % TH
-            tw = t % TW
+            c_all, n, th, tw = unravel4(i, N, TH, TW)      # i over (C, N, TH, TW)
+            t = i - c_all * tiles
             g = c_all // Cg
             c = c_all % Cg
             d = cuda.local.array((4, 4), dtype=T)
@@ -101,11 +98,8 @@ def _kernels(dtype_name: str):
         Kg = K // groups
         tiles = N * TH * TW
         for i in range(cuda.grid(1), K * tiles, cuda.gridsize(1)):
-            t = i % tiles
-            k_all = i // tiles
-            n = t // (TH * TW)
-            th = (t // TW) % TH
-            tw = t % TW
+            k_all, n, th, tw = unravel4(i, N, TH, TW)      # i over (K, N, TH, TW)
+            t = i - k_all * tiles
             g = k_all // Kg
             k = k_all % Kg
             at = cuda.local.array((2, 4), dtype=T)         # A^T m
