@@ -65,21 +65,20 @@ try:
 except Exception as e:
     print("bench: no JSON", e); sys.exit()
 print("ceilings:", {k: round(v, 1) for k, v in d.get("ceilings", {}).items()})
-best = collections.defaultdict(lambda: (0, ""))
-for r in d["results"]:
-    if r["op"] == "conv2d" and r["vs_cudnn"] and not r["impl"].startswith("cudnn") and not r["impl"].endswith("tf32"):
-        best[r["shape"]] = max(best[r["shape"]], (r["vs_cudnn"], r["impl"]))
-    if r["op"] == "conv2d" and r["impl"].endswith("implicit_gemm_tf32") and r["vs_cudnn"]:
-        print(f"  conv2d TF32 {r['shape'][:50]:50s} {r['vs_cudnn']:6.3f}x cuDNN TF32")
 import math
-for s, (v, i) in best.items():
-    print(f"  conv2d {s[:50]:50s} best {i:22s} {v:6.3f}x cuDNN")
-if best:
-    print(f"  conv2d fp32 geometric mean of best per shape: "
-          f"{math.exp(sum(math.log(v) for v, _ in best.values()) / len(best)):.3f}x cuDNN")
-t32 = [r["vs_cudnn"] for r in d["results"] if r["op"] == "conv2d" and r["impl"].endswith("implicit_gemm_tf32") and r["vs_cudnn"]]
-if t32:
-    print(f"  conv2d TF32 geometric mean: {math.exp(sum(map(math.log, t32)) / len(t32)):.3f}x cuDNN TF32")
+for tf in (False, True):
+    best = collections.defaultdict(lambda: (0, ""))
+    for r in d["results"]:
+        if (r["op"] == "conv2d" and r["vs_cudnn"] and not r["impl"].startswith("cudnn")
+                and r["impl"].endswith("tf32") == tf):
+            best[r["shape"]] = max(best[r["shape"]], (r["vs_cudnn"], r["impl"]))
+            if tf:
+                print(f"  conv2d TF32 {r['shape'][:50]:50s} {r['impl']:34s} {r['vs_cudnn']:6.3f}x cuDNN TF32")
+    for s, (v, i) in best.items():
+        print(f"  conv2d {s[:50]:50s} best {i:34s} {v:6.3f}x cuDNN{' TF32' if tf else ''}")
+    if best:
+        print(f"  conv2d {'TF32' if tf else 'fp32'} geometric mean of best per shape: "
+              f"{math.exp(sum(math.log(v) for v, _ in best.values()) / len(best)):.3f}x cuDNN{' TF32' if tf else ''}")
 for op in ("conv2d_backward_input", "conv2d_backward_weight"):
     for tf in (False, True):
         b = collections.defaultdict(lambda: (0, ""))
@@ -94,7 +93,7 @@ for op in ("conv2d_backward_input", "conv2d_backward_weight"):
             print(f"  {op[16:]} {'TF32' if tf else 'fp32'} geometric mean of best per shape: {g:.3f}x")
 for r in d["results"]:
     if r["op"] == "gemm" or (r["op"].startswith("max_pool") and r["gbps"]):
-        print(f"  {r['op']:20s} {r['shape'][:40]:40s} {r['impl']:16s} {r['median_ms'] or 0:8.3f} ms "
+        print(f"  {r['op']:20s} {r['shape'][:40]:40s} {r['impl']:26s} {r['median_ms'] or 0:8.3f} ms "
               f"{(r['tflops'] or 0):6.2f} TFLOP/s {(r['gbps'] or 0):7.0f} GB/s")
 bad = [r for r in d["results"] if r["status"].startswith("FAIL")]
 print(f"bench validation failures: {len(bad)}", [(r['op'], r['impl'], r['shape'][:30]) for r in bad])

@@ -50,6 +50,22 @@ check("conv2d_backward_input cuda winograd",
 check("conv2d cuda implicit_gemm_tf32", convgpu.conv2d(xd, wd, bd, **kw, backend="cuda",
                                                        algo="implicit_gemm_tf32", allow_tf32=True),
       yref, tol=2e-3)
+check("conv2d cuda implicit_gemm_pipelined_tf32",
+      convgpu.conv2d(xd, wd, bd, **kw, backend="cuda", algo="implicit_gemm_pipelined_tf32",
+                     allow_tf32=True), yref, tol=2e-3)
+x4 = rng.uniform(-1, 1, (2, 8, 10, 9))          # Cg*R*S = 36: the 16-byte weight copies
+w4 = rng.uniform(-1, 1, (6, 4, 3, 3))
+b4 = rng.uniform(-1, 1, 6)
+check("conv2d cuda implicit_gemm_pipelined_tf32 (vector weights)",
+      convgpu.conv2d(*(cp.asarray(a.astype(np.float32)) for a in (x4, w4, b4)), padding=1,
+                     groups=2, backend="cuda", algo="implicit_gemm_pipelined_tf32",
+                     allow_tf32=True),
+      ref.conv2d(x4, w4, b4, (1, 1), (1, 1), (1, 1), 2), tol=2e-3)
+from convgpu.kernels import cuda_ops  # noqa: E402
+ga, gb = rng.uniform(-1, 1, (2, 132, 100)), rng.uniform(-1, 1, (2, 100, 68))
+check("gemm_pipelined (TF32, split-K)",
+      cuda_ops.gemm(cp.asarray(ga.astype(np.float32)), cp.asarray(gb.astype(np.float32)),
+                    splits=2, tf32=True, variant="pipelined"), ga @ gb, tol=2e-3)
 check("conv2d_backward_input cuda fft",
       convgpu.conv2d_backward_input(gyd, wd, x.shape, **kw, backend="cuda", algo="fft"),
       ref.conv2d_backward_input(gy, w, x.shape, (2, 1), (1, 1), (1, 1), 2))

@@ -26,9 +26,13 @@ NAME_EXPRESSIONS: Dict[str, Tuple[str, ...]] = {
             for tb in ("false", "true"))
     + tuple(f"gemm_vec<{ta}, {tb}, {tf}>" for ta in ("false", "true")
             for tb in ("false", "true") for tf in ("false", "true"))
+    + tuple(f"gemm_pipelined<{ta}, {tb}>" for ta in ("false", "true")
+            for tb in ("false", "true"))
     + tuple(f"sum_splits<{t}>" for t in T_NAMES),
     "conv.cu": tuple(f"conv2d_implicit_gemm<{t}, false>" for t in T_NAMES)
     + ("conv2d_implicit_gemm<float, true>",)
+    + tuple(f"conv2d_implicit_gemm_pipelined<{va}, {vb}>" for va in ("false", "true")
+            for vb in ("false", "true"))
     + tuple(f"conv2d_{k}_implicit_gemm<{t}, false>" for k in ("wgrad", "dgrad") for t in T_NAMES)
     + tuple(f"conv2d_{k}_implicit_gemm<float, true>" for k in ("wgrad", "dgrad"))
     + tuple(f"{k}<{t}>" for k in ("im2col", "col2im") for t in T_NAMES),
@@ -79,6 +83,25 @@ def get_function(file: str, expr: str):
         return cuda_host.get_function(file, expr)
     import cupy
     return _module(file, cupy.cuda.Device().id).get_function(expr)
+
+
+_DYNAMIC_SHARED_SET: Dict[Tuple[int, int], int] = {}
+
+
+def set_max_dynamic_shared(fn, nbytes: int) -> None:
+    """Let kernel `fn` (from get_function) launch with up to nbytes of dynamic shared memory
+    (CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES; past 48 KiB a launch fails without it).
+    Once per function and size: the attribute stays with the loaded function."""
+    if host_emulation():
+        fn.max_dynamic_shared_size_bytes = max(fn.max_dynamic_shared_size_bytes, nbytes)
+        return
+    import cupy
+    key = (int(fn.ptr), cupy.cuda.Device().id)
+    if _DYNAMIC_SHARED_SET.get(key, 0) >= nbytes:
+        return
+    drv = cupy.cuda.driver
+    drv.funcSetAttribute(fn.ptr, drv.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, nbytes)
+    _DYNAMIC_SHARED_SET[key] = nbytes
 
 
 def ctype(dtype) -> str:

@@ -13,10 +13,13 @@
 //       fixed order (gemm.cu's sum_splits), so the result stays deterministic.
 //   conv2d_wgrad_implicit_gemm<T, TF32>, conv2d_dgrad_implicit_gemm<T, TF32>  the weight and
 //       input gradients as implicit GEMMs on the same tile, FFMA or TF32 (described above each)
+//   conv2d_implicit_gemm_pipelined<VA>  the forward in TF32 on pipeline.cuh's tile: weights
+//       and gathered input columns copied to shared memory by cp.async three slices ahead
 //   im2col<T>   cols[g, (c*R + r)*S + s, (n*P + p)*Q + q] = x[...] or 0 (one thread each)
 //   col2im<T>   gx[n, c, h, w] = sum of the column entries that read x[n, c, h, w] (a
 //       gather: one thread per input element, fixed order, no atomics)
 #include "common.cuh"
+#include "pipeline.cuh"
 
 using namespace tile;
 
@@ -98,6 +101,92 @@ conv2d_implicit_gemm(const T* __restrict__ x, const T* __restrict__ w,
                 const int k = g * Kg + m;
                 yc[(long long)k * PQ] = v + (bias ? bias[k] : T(0));
             }
+        });
+}
+
+// The forward in TF32 on the pipelined tensor-core tile (pipeline.cuh): the same GEMM as
+// conv2d_implicit_gemm, W[g] (Kg x Cg*R*S, K-major in shared memory) @ X_cols[g], with every
+// operand element copied global -> shared by cp.async while the two slices before it feed
+// the tensor cores. Thread tid gathers column n0 + tid of X_cols (its (n, p, q) decomposed
+// once) at the 32 depths of a slice: consecutive threads read consecutive q (coalesced), and
+// the slice's (c, r, s) are the same for every thread (stepped from one division per slice);
+// padding is a zero-filled copy. VA: weight rows Cg*R*S long are a multiple of 4, so the
+// weights move as 16-byte copies; else 4-byte ones. VB: a 1 x 1 filter at stride 1 without
+// padding, with P*Q % 4 == 0: X_cols[c, (n, pq)] = x[n, c, pq], so four consecutive columns
+// are one 16-byte vector of x, each thread's four columns are decomposed once, and the input
+// moves as 16-byte copies too. Split-K and bias as in the FP32 kernel.
+// Launch with tc::THREADS threads and tc::shared_bytes<true, false>() bytes of dynamic shared
+// memory.
+template <bool VA, bool VB>
+__global__ void __launch_bounds__(tc::THREADS)
+conv2d_implicit_gemm_pipelined(const float* __restrict__ x, const float* __restrict__ w,
+                               const float* __restrict__ bias, float* __restrict__ y,
+                               CONV_SHAPE_PARAMS, int splits, int kchunk,
+                               long long split_stride) {
+    const CONV_SHAPE;
+    CONVGPU_DYNAMIC_SHARED(smem_bytes);
+    float* smem = reinterpret_cast<float*>(smem_bytes);
+    const int tid = threadIdx.x;
+    const int g = blockIdx.z / splits, split = blockIdx.z % splits;
+    const int Cg = s.C / s.groups, Kg = s.K / s.groups;
+    const int RS = s.R * s.S, CRS_all = Cg * RS, PQ = s.P * s.Q, NPQ = s.N * PQ;
+    const int kbeg = split * kchunk, CRS = min(CRS_all, kbeg + kchunk);
+    y += split * split_stride;
+    if (split > 0) bias = nullptr;
+    const long long HW = (long long)s.H * s.W;
+    const int m0 = blockIdx.y * tc::BM, n0 = blockIdx.x * tc::BN;
+    const float* wg = w + (long long)g * Kg * CRS_all;
+
+    // VB: this thread's 4 columns n0 + (tid % 32) * 4 + {0..3}, at depths tid / 32 + 4 i
+    const int col4 = n0 + (tid % 32) * 4;
+    const float* xcol4 = col4 < NPQ
+        ? x + ((long long)(col4 / PQ) * s.C + (long long)g * Cg) * HW + col4 % PQ : nullptr;
+    const int col = n0 + tid;                       // else: this thread's gather column
+    long long xbase = -1;
+    int h0 = 0, w0 = 0;
+    if (!VB && col < NPQ) {
+        const int n = col / PQ, pq = col % PQ;
+        xbase = ((long long)n * s.C + (long long)g * Cg) * HW;
+        h0 = (pq / s.Q) * s.sh - s.ph;
+        w0 = (pq % s.Q) * s.sw - s.pw;
+    }
+    const int steps = CRS > kbeg ? (CRS - kbeg + tc::BK - 1) / tc::BK : 0;
+    auto load = [&](float* As, float* Bs, int step) {
+        const int k0 = kbeg + step * tc::BK;
+        if (VA) tc::load_matrix16<true>(As, wg, CRS_all, m0, Kg, k0, CRS, tid);
+        else    tc::load_matrix4<true>(As, wg, CRS_all, m0, Kg, k0, CRS, tid);
+        if (VB) {
+#pragma unroll
+            for (int i = 0; i < tc::BK / 4; ++i) {
+                const int kk = tid / 32 + 4 * i, c = k0 + kk;
+                const bool ok = xcol4 != nullptr && c < CRS;
+                cp_async<16>(Bs + tc::at<false>((tid % 32) * 4, kk), ok ? xcol4 + c * HW : x, ok);
+            }
+            return;
+        }
+        int c = k0 / RS, r = (k0 % RS) / s.S, sc = k0 % s.S;
+#pragma unroll 4
+        for (int kk = 0; kk < tc::BK; ++kk) {
+            const int h = h0 + r * s.dh, v = w0 + sc * s.dw;
+            const bool ok = xbase >= 0 && k0 + kk < CRS && h >= 0 && h < s.H && v >= 0 && v < s.W;
+            const float* p = ok ? x + xbase + c * HW + (long long)h * s.W + v : x;
+            cp_async<4>(Bs + tc::at<false>(tid, kk), p, ok);
+            if (++sc == s.S) {
+                sc = 0;
+                if (++r == s.R) { r = 0; ++c; }
+            }
+        }
+    };
+    float acc[tc::NACC];
+    tc::mainloop<true, false>(smem, steps, tid, acc, load);
+    if (bias) tc::add_row_bias(acc, tid, bias + g * Kg, m0, Kg);
+    tc::store_columns(
+        acc, tid, m0, n0,
+        [&](int col) -> float* {
+            return col < NPQ ? y + (long long)(col / PQ) * s.K * PQ + col % PQ : nullptr;
+        },
+        [&](float* yc, int m, float v) {
+            if (m < Kg) yc[(long long)(g * Kg + m) * PQ] = v;
         });
 }
 

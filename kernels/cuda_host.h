@@ -8,8 +8,10 @@
 //   warp-collective operations (mma.sync, shuffles, __syncwarp) wait for the 32 lanes.
 // A fiber therefore runs from one barrier to the next without interruption, in an order the
 // launcher picks (forward, reverse, or a seeded shuffle of thread and block order; the
-// shuffle draws a new thread order at every barrier): a kernel whose result depends
-// on that order has a race, and tests compare the two orders bitwise. A block whose threads
+// shuffle draws a new thread order at every barrier). At warp collectives, forward order
+// releases all waiting warps together (lockstep); reverse and shuffled order release one warp
+// (the last / a random one), which runs alone to its next __syncthreads. A kernel whose
+// result depends on any of this has a race, and tests compare the orders bitwise. A block whose threads
 // wait at different barriers, or reach a warp operation with some lanes exited, is reported
 // (on a GPU it would hang or be undefined).
 //
@@ -18,8 +20,13 @@
 // (cuda_host_set_shared), and they are filled with 0xFF bytes (NaN for floats, -1 for
 // integers) before each block, so shared memory read before it is written in that block
 // shows up; locals start as a byte pattern (-ftrivial-auto-var-init).
-// cp.async copies are deferred to the cp.async.wait_group that covers them (the latest
-// moment the hardware may complete them), so a read before the wait sees poison.
+// Dynamic shared memory (CONVGPU_DYNAMIC_SHARED in common.cuh) is one buffer per launch of
+// the launch's shared_mem bytes, poisoned the same way, its end against an inaccessible page.
+// cp.async copies complete at either extreme the hardware allows: in forward order they are
+// deferred to the cp.async.wait_group that covers them (a read before the wait sees
+// poison), in reverse order they land at once (a copy issued into a buffer that other
+// threads have not finished reading, before the barrier that says they have, overwrites
+// it), and in shuffled order each copy picks one of the two at random.
 // Global arrays arrive from Python in guard-paged buffers; an access past either end, a
 // fixed-size array indexed out of bounds and a misaligned vector access
 // (-fsanitize=bounds,alignment) stop the process with a message naming the kernel, block
@@ -140,6 +147,9 @@ struct Launch {
     const char* kernel = "";
     char error[512] = {0};
     std::vector<std::pair<char*, size_t>> shared;   // the __shared__ variables
+    int order = 0;                                  // 0 forward, 1 reverse, 2 shuffled
+    char* dynamic = nullptr;                        // the launch's dynamic shared memory
+    size_t dynamic_bytes = 0;
     std::vector<char> altstack = std::vector<char>(64 * 1024);
     // per-warp exchange slots of the collective operations
     unsigned long long slots[MAX_THREADS / 32][32][8];
@@ -147,6 +157,7 @@ struct Launch {
 inline Launch L;
 
 inline Fiber& me() { return L.fibers[L.current]; }
+inline char* dynamic_shared() { return L.dynamic; }
 inline void yield(State s) {
     me().state = s;
     swapcontext(&me().ctx, &L.sched);
@@ -166,9 +177,16 @@ inline void run_copies(std::vector<Copy>& v) {
     }
     v.clear();
 }
+inline unsigned next_random();
 inline void cp_async(void* dst, const void* src, int bytes, int src_bytes) {
-    me().open.push_back(Copy{static_cast<char*>(dst), static_cast<const char*>(src), bytes,
-                             src_bytes});
+    Copy c{static_cast<char*>(dst), static_cast<const char*>(src), bytes, src_bytes};
+    const bool now = L.order == 1 || (L.order == 2 && (next_random() & 1));
+    if (now) {
+        std::vector<Copy> one{c};
+        run_copies(one);
+    } else {
+        me().open.push_back(c);
+    }
 }
 inline void cp_async_commit() {
     me().groups.push_back(std::move(me().open));
@@ -283,8 +301,13 @@ inline bool run_block(int order) {
             swapcontext(&L.sched, &L.fibers[i].ctx);
         }
         if (L.error[0]) return false;
-        // every fiber now waits at a barrier or is done
-        bool released = false;
+        // every fiber now waits at a barrier or is done. Warps waiting at a warp-collective
+        // operation go on: in forward order all together (the warps advance in lockstep, one
+        // collective at a time), otherwise one warp at a time (the last / a random one), which
+        // then runs alone to its next __syncthreads: warps drift apart as far as the block's
+        // barriers let them, so a write one warp makes before a barrier that another warp's
+        // reads needed shows.
+        std::vector<int> ready;
         for (int w = 0; w * 32 < n; ++w) {
             int at_warp = 0, done = 0, other = 0;
             for (int i = w * 32; i < std::min(n, w * 32 + 32); ++i) {
@@ -298,10 +321,15 @@ inline bool run_block(int order) {
                 fail("%s: a warp-collective operation reached by only part of a warp", L.kernel);
                 return false;
             }
-            for (int i = w * 32; i < w * 32 + 32; ++i) L.fibers[i].state = RUNNABLE;
-            released = true;
+            ready.push_back(w);
         }
-        if (released) continue;
+        if (!ready.empty()) {
+            if (order == 1) ready = {ready.back()};
+            else if (order == 2) ready = {ready[next_random() % ready.size()]};
+            for (int w : ready)
+                for (int i = w * 32; i < w * 32 + 32; ++i) L.fibers[i].state = RUNNABLE;
+            continue;
+        }
         int waiting = 0, done = 0;
         for (int i = 0; i < n; ++i) {
             waiting += L.fibers[i].state == AT_SYNCTHREADS;
@@ -371,11 +399,12 @@ template <typename... A> inline Entry entry(const char* name, void (*f)(A...)) {
 }
 
 inline int launch(const Entry& e, const unsigned* grid, const unsigned* block, void** args,
-                  int order, char* error, int error_size) {
+                  long long shared_bytes, int order, char* error, int error_size) {
     blockDim = dim3{block[0], block[1], block[2]};
     gridDim = dim3{grid[0], grid[1], grid[2]};
     L.nthreads = int(block[0] * block[1] * block[2]);
     L.kernel = e.name;
+    L.order = order;
     L.error[0] = 0;
     if (L.nthreads < 1 || L.nthreads > MAX_THREADS) {
         std::snprintf(error, error_size, "%s: %d threads per block", e.name, L.nthreads);
@@ -389,6 +418,21 @@ inline int launch(const Entry& e, const unsigned* grid, const unsigned* block, v
         L.stacks.push_back(p + page);
     }
     L.fibers.resize(L.nthreads);
+    // dynamic shared memory: its end against a PROT_NONE page (an access past it faults),
+    // its start 16-byte aligned; poisoned like the static variables before each block
+    char* dyn_region = nullptr;
+    size_t dyn_size = 0;
+    L.dynamic = nullptr;
+    L.dynamic_bytes = size_t(shared_bytes);
+    if (shared_bytes > 0) {
+        const size_t data = (size_t(shared_bytes) + 15 + page - 1) / page * page;
+        dyn_size = data + page;
+        dyn_region = static_cast<char*>(mmap(nullptr, dyn_size, PROT_READ | PROT_WRITE,
+                                             MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+        mprotect(dyn_region + data, page, PROT_NONE);
+        L.dynamic = reinterpret_cast<char*>(
+            reinterpret_cast<uintptr_t>(dyn_region + data - size_t(shared_bytes)) & ~uintptr_t(15));
+    }
     const std::function<void()> body = [&] { e.invoke(args); };
     L.body = &body;
 
@@ -417,10 +461,13 @@ inline int launch(const Entry& e, const unsigned* grid, const unsigned* block, v
         blockIdx = uint3{unsigned(b % grid[0]), unsigned((b / grid[0]) % grid[1]),
                          unsigned(b / ((long long)grid[0] * grid[1]))};
         for (auto& r : L.shared) std::memset(r.first, 0xff, r.second);
+        if (L.dynamic) std::memset(L.dynamic, 0xff, L.dynamic_bytes);
         if (!run_block(order)) rc = 2;
     }
     for (int i = 0; i < 4; ++i) sigaction(sigs[i], &old[i], nullptr);
     sigaltstack(&old_ss, nullptr);
+    if (dyn_region) munmap(dyn_region, dyn_size);
+    L.dynamic = nullptr;
     if (rc) std::snprintf(error, error_size, "%s", L.error);
     return rc;
 }
@@ -458,6 +505,7 @@ template <typename T> inline T __shfl_down_sync(unsigned, T v, unsigned d) {
         return entries[i].nparams;                                                         \
     }                                                                                      \
     extern "C" int cuda_host_launch(int i, const unsigned* grid, const unsigned* block,    \
-                                    void** args, int order, char* error, int n) {          \
-        return cuda_host::launch(entries[i], grid, block, args, order, error, n);          \
+                                    void** args, long long shared_bytes, int order,        \
+                                    char* error, int n) {                                  \
+        return cuda_host::launch(entries[i], grid, block, args, shared_bytes, order, error, n); \
     }

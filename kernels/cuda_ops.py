@@ -12,11 +12,19 @@ import numpy as np
 from convgpu.arrays import xp_of
 from convgpu.kernels._fft_common import COMPLEX, dilation_reason, padded, stuffed, transform_size
 from convgpu.kernels._launch import ceil_div, contiguous, empty
-from convgpu.kernels._module import cbool, ctype, get_function
+from convgpu.kernels._module import cbool, ctype, get_function, set_max_dynamic_shared
 
 TILE = 128                 # the register-blocked tile of gemm.cu / conv.cu (tile::BM = BN)
 GEMM_THREADS = 256
 THREADS = 256              # one-thread-per-element kernels
+# pipeline.cuh's TF32 tile: 128 x 128 blocks of 128 threads, slices of 32, 3 stages in
+# dynamic shared memory of 4 bytes x 3 x (K-major 128 x 36 or row-major 32 x 136) per operand
+PIPE_THREADS, PIPE_BK, PIPE_STAGES = 128, 32, 3
+
+
+def pipe_shared_bytes(a_kmajor: bool, b_kmajor: bool) -> int:
+    tile = lambda kmajor: 128 * 36 if kmajor else 32 * 136
+    return 4 * PIPE_STAGES * (tile(a_kmajor) + tile(b_kmajor))
 MAX_GRID_X = 2 ** 31 - 1
 INT_SAFE = 2 ** 31 - 2 ** 27   # flat indices below this (plus the grid stride) fit in int
 
@@ -55,34 +63,49 @@ def vec_gemm_fits(A, B, ta, tb) -> bool:
             and _address(A) % 16 == 0 and _address(B) % 16 == 0)
 
 
+GEMM_VARIANTS = ("auto", "vec", "tiled", "pipelined")
+
+
 def gemm(A, B, ta=False, tb=False, splits=1, tf32=False, variant="auto"):
     """Batched C[b] = op(A[b]) @ op(B[b]); with splits > 1 the K range is cut into that many
     parts whose partial products are summed afterwards in a fixed order (deterministic).
-    variant: "vec" (gemm_vec: 16-deep tiles, 16-byte loads), "tiled" (gemm_tiled), or "auto"
-    (vec where its conditions hold)."""
+    variant: "vec" (gemm_vec: 16-deep tiles, 16-byte loads), "tiled" (gemm_tiled),
+    "pipelined" (gemm_pipelined: TF32 only, cp.async pipeline, gemm_vec's conditions), or
+    "auto": pipelined for TF32 and vec for FP32 where their conditions hold, else tiled."""
     batch = A.shape[0]
     M, K = (A.shape[2], A.shape[1]) if ta else (A.shape[1], A.shape[2])
     N = B.shape[1] if tb else B.shape[2]
-    if variant not in ("auto", "vec", "tiled"):
-        raise ValueError(f"gemm variant is auto, vec or tiled; got {variant!r}")
+    if variant not in GEMM_VARIANTS:
+        raise ValueError(f"gemm variant is one of {', '.join(GEMM_VARIANTS)}; got {variant!r}")
     fits = vec_gemm_fits(A, B, ta, tb)
-    if variant == "vec" and not fits:
-        raise ValueError("gemm_vec needs float32, contiguous extents that are multiples of 4 "
-                         "and 16-byte aligned operands")
-    vec = fits and variant != "tiled"
-    depth = 16 if vec else 8                    # BKV / tile::BK: the split unit
+    if variant in ("vec", "pipelined") and not fits:
+        raise ValueError(f"gemm_{variant} needs float32, contiguous extents that are multiples "
+                         "of 4 and 16-byte aligned operands")
+    if variant == "pipelined" and not tf32:
+        raise ValueError("gemm_pipelined is the TF32 kernel: it needs tf32=True")
+    if variant == "auto":
+        variant = ("pipelined" if tf32 else "vec") if fits else "tiled"
+    depth = {"vec": 16, "tiled": 8, "pipelined": PIPE_BK}[variant]   # the split unit
     splits = max(1, min(splits, ceil_div(K, depth)))
     kchunk = ceil_div(ceil_div(K, splits), depth) * depth
     splits = ceil_div(K, kchunk)
     t = ctype(A.dtype)
-    name = (f"gemm_vec<{cbool(ta)}, {cbool(tb)}, {cbool(tf32)}>" if vec
-            else f"gemm_tiled<{t}, {cbool(ta)}, {cbool(tb)}, {cbool(tf32)}>")
+    threads, smem = GEMM_THREADS, 0
+    if variant == "vec":
+        name = f"gemm_vec<{cbool(ta)}, {cbool(tb)}, {cbool(tf32)}>"
+    elif variant == "tiled":
+        name = f"gemm_tiled<{t}, {cbool(ta)}, {cbool(tb)}, {cbool(tf32)}>"
+    else:
+        name = f"gemm_pipelined<{cbool(ta)}, {cbool(tb)}>"
+        threads, smem = PIPE_THREADS, pipe_shared_bytes(not ta, tb)
     fn = get_function("gemm.cu", name)
+    if smem:
+        set_max_dynamic_shared(fn, smem)
     out = empty((splits, batch, M, N) if splits > 1 else (batch, M, N), A.dtype, A)
     grid = (ceil_div(N, TILE), ceil_div(M, TILE), batch * splits)
-    fn(grid, (GEMM_THREADS,), (A, B, out, *_i32(M, N, K), np.int64(A[0].size), np.int64(B[0].size),
-                               np.int64(M * N), np.int32(splits), np.int32(kchunk),
-                               np.int64(batch * M * N)))
+    fn(grid, (threads,), (A, B, out, *_i32(M, N, K), np.int64(A[0].size), np.int64(B[0].size),
+                          np.int64(M * N), np.int32(splits), np.int32(kchunk),
+                          np.int64(batch * M * N)), shared_mem=smem)
     if splits == 1:
         return out
     C = empty((batch, M, N), A.dtype, A)
@@ -119,6 +142,30 @@ def conv2d_implicit_gemm(a, x, w, b, tf32=False):
     kernel = f"conv2d_implicit_gemm<{ctype(x.dtype)}, {cbool(tf32)}>"
     return _split_launch(kernel, a, x.dtype, x, a.y_shape, grid, a.Kg, a.N * a.P * a.Q,
                          a.Cg * a.R * a.S, contiguous(x), contiguous(w), bias)
+
+
+def pipelined_vectors(a, x, w):
+    """(VA, VB) of conv2d_implicit_gemm_pipelined: weights as 16-byte copies when the rows
+    Cg*R*S are a multiple of 4; the input too for 1x1 filters at stride 1 without padding
+    with P*Q a multiple of 4 (then X_cols is x itself, four columns one vector)."""
+    va = (a.Cg * a.R * a.S) % 4 == 0 and _address(w) % 16 == 0
+    vb = ((a.R, a.S) == (1, 1) and tuple(a.stride) == (1, 1) and tuple(a.padding) == (0, 0)
+          and (a.P * a.Q) % 4 == 0 and _address(x) % 16 == 0)
+    return va, vb
+
+
+def conv2d_implicit_gemm_pipelined_tf32(a, x, w, b):
+    """The TF32 forward on pipeline.cuh's cp.async tile (conv.cu:
+    conv2d_implicit_gemm_pipelined), 16-byte copies where pipelined_vectors allows."""
+    crs = a.Cg * a.R * a.S
+    x, w = contiguous(x), contiguous(w)
+    va, vb = pipelined_vectors(a, x, w)
+    grid = (ceil_div(a.N * a.P * a.Q, TILE), ceil_div(a.Kg, TILE))
+    bias = contiguous(b) if b is not None else np.uint64(0)
+    return _split_launch(f"conv2d_implicit_gemm_pipelined<{cbool(va)}, {cbool(vb)}>", a,
+                         x.dtype, x, a.y_shape, grid, a.Kg, a.N * a.P * a.Q, crs, x, w, bias,
+                         threads=PIPE_THREADS, depth_unit=PIPE_BK,
+                         shared_mem=pipe_shared_bytes(True, False))
 
 
 # direct convolution (conv_direct.cu): KT output channels x TP x TQ output pixels per block
@@ -212,18 +259,23 @@ def backward_input_winograd(a, gy, w):
     return conv2d_winograd(t, contiguous(gy), wt, None)
 
 
-def _split_launch(kernel, a, dtype, like, out_shape, grid_xy, M, N, depth, *arrays):
+def _split_launch(kernel, a, dtype, like, out_shape, grid_xy, M, N, depth, *arrays,
+                  threads=GEMM_THREADS, depth_unit=8, shared_mem=0):
     """Launch the implicit-GEMM conv kernel `kernel` (a name expression of conv.cu) with the
-    reduction `depth` split when the output (M x N per group) has too few tiles to fill the
-    GPU; partials summed in a fixed order (gemm.cu's sum_splits)."""
+    reduction `depth` split (in multiples of the kernel's slice, depth_unit) when the output
+    (M x N per group) has too few tiles to fill the GPU; partials summed in a fixed order
+    (gemm.cu's sum_splits)."""
     splits = _split_for(M, N, a.groups, depth)
-    kchunk = ceil_div(ceil_div(depth, splits), 8) * 8
+    kchunk = ceil_div(ceil_div(depth, splits), depth_unit) * depth_unit
     splits = ceil_div(depth, kchunk)
     size = int(np.prod(out_shape))
     out = empty((splits,) + tuple(out_shape) if splits > 1 else out_shape, dtype, like)
     fn = get_function("conv.cu", kernel)
-    fn(grid_xy + (a.groups * splits,), (GEMM_THREADS,),
-       (*arrays, out, *_conv_ints(a), np.int32(splits), np.int32(kchunk), np.int64(size)))
+    if shared_mem:
+        set_max_dynamic_shared(fn, shared_mem)
+    fn(grid_xy + (a.groups * splits,), (threads,),
+       (*arrays, out, *_conv_ints(a), np.int32(splits), np.int32(kchunk), np.int64(size)),
+       shared_mem=shared_mem)
     if splits == 1:
         return out
     total = empty(out_shape, dtype, like)

@@ -10,8 +10,11 @@
 //       blockIdx.z = batch * splits + split: split s sums k in [s*kchunk, (s+1)*kchunk) and
 //       writes its partial product to C + s * split_stride.
 //   gemm_vec<TA, TB, TF32>  float32 with 16-deep tiles and 16-byte global reads (below)
+//   gemm_pipelined<TA, TB>  TF32 tensor cores, cp.async 3-stage pipeline, 64 x 64 warp
+//       tiles (pipeline.cuh)
 //   sum_splits<T>           out[i] = sum over s of parts[s * n + i], in order s = 0, 1, ...
 #include "common.cuh"
+#include "pipeline.cuh"
 
 using namespace tile;
 
@@ -142,6 +145,38 @@ gemm_vec(const float* __restrict__ A, const float* __restrict__ B, float* __rest
     float acc[NACC];
     mainloop<float, TF32>(As, Bs, kbeg, (kend - kbeg + BKV - 1) / BKV, tid, acc, fetch, stage);
     store_rows<TF32>(acc, tid, C, N, m0, n0, M, N);
+}
+
+// gemm_pipelined<TA, TB>: C = op(A) @ op(B) in TF32 on the tensor cores, the operands copied
+// to shared memory by cp.async three slices of 32 ahead (pipeline.cuh): A stored M x K and B
+// stored N x K are kept K-major, the others row-major. Same arguments, batching and split-K
+// as gemm_tiled (kchunk a multiple of tc::BK); the same conditions as gemm_vec (contiguous
+// extents multiples of 4, 16-byte aligned bases), since every copy is 16 bytes. Launch with
+// tc::THREADS threads and tc::shared_bytes<!TA, TB>() bytes of dynamic shared memory.
+template <bool TA, bool TB>
+__global__ void __launch_bounds__(tc::THREADS)
+gemm_pipelined(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C,
+               int M, int N, int K, long long batch_stride_a, long long batch_stride_b,
+               long long batch_stride_c, int splits, int kchunk, long long split_stride) {
+    CONVGPU_DYNAMIC_SHARED(smem_bytes);
+    float* smem = reinterpret_cast<float*>(smem_bytes);
+    constexpr bool KA = !TA, KB = TB;   // which operands are contiguous along k
+    const int tid = threadIdx.x;
+    const int batch = blockIdx.z / splits, split = blockIdx.z % splits;
+    A += batch * batch_stride_a;
+    B += batch * batch_stride_b;
+    C += batch * batch_stride_c + split * split_stride;
+    const int m0 = blockIdx.y * tc::BM, n0 = blockIdx.x * tc::BN;
+    const int kbeg = split * kchunk, kend = min(K, kbeg + kchunk);
+    const int steps = kend > kbeg ? (kend - kbeg + tc::BK - 1) / tc::BK : 0;
+    auto load = [&](float* As, float* Bs, int step) {
+        const int k0 = kbeg + step * tc::BK;
+        tc::load_matrix16<KA>(As, A, KA ? K : M, m0, M, k0, kend, tid);
+        tc::load_matrix16<KB>(Bs, B, KB ? K : N, n0, N, k0, kend, tid);
+    };
+    float acc[tc::NACC];
+    tc::mainloop<KA, KB>(smem, steps, tid, acc, load);
+    tc::store_rows(acc, tid, C, N, m0, n0, M, N);
 }
 
 template <typename T>

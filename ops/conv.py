@@ -66,6 +66,8 @@ _C = _K + "cuda_ops:"
 register("conv2d", "cuda", "implicit_gemm", _C + "conv2d_implicit_gemm")
 register("conv2d", "cuda", "implicit_gemm_tf32", _C + "conv2d_implicit_gemm_tf32",
          supports=_C + "tf32_supports")
+register("conv2d", "cuda", "implicit_gemm_pipelined_tf32",
+         _C + "conv2d_implicit_gemm_pipelined_tf32", supports=_C + "tf32_supports")
 register("conv2d", "cuda", "im2col", _C + "conv2d_im2col")
 register("conv2d", "cuda", "direct", _C + "conv2d_direct", supports=_C + "direct_supports")
 register("conv2d", "cuda", "winograd", _C + "conv2d_winograd", supports=_C + "winograd_supports")

@@ -66,6 +66,45 @@ def test_tf32_kernels_use_tensor_core_mma():
         assert "cvt.rna.tf32.f32" in ptx, file
 
 
+def _ptx_entries(file, exprs):
+    """{expression: its PTX entry's text} compiled for compute_90."""
+    prog = nvrtc.createProgram(_module.source(file), file, [], [])
+    for e in exprs:
+        nvrtc.addNameExpression(prog, e)
+    nvrtc.compileProgram(prog, list(_module.options()) + list(_module.RUNTIME_ADDED_OPTIONS)
+                         + ["-arch=compute_90"])
+    ptx = nvrtc.getPTX(prog)
+    ptx = ptx.decode() if isinstance(ptx, bytes) else ptx
+    entries = {}
+    for e in exprs:
+        low = nvrtc.getLoweredName(prog, e)
+        start = ptx.index(f".entry {low}(")
+        nxt = ptx.find(".entry ", start + 1)
+        entries[e] = ptx[start:nxt if nxt > 0 else len(ptx)]
+    return entries
+
+
+def test_pipelined_kernels_copy_asynchronously_and_use_tensor_cores():
+    """gemm_pipelined and conv2d_implicit_gemm_pipelined: cp.async copies (16-byte .cg where
+    the operands allow, 4-byte .ca for gathers), one wait that leaves a slice in flight,
+    mma.sync TF32 with operands rounded by cvt.rna, and no plain global loads of operands."""
+    cases = {"gemm.cu": [e for e in _module.NAME_EXPRESSIONS["gemm.cu"] if "pipelined" in e],
+             "conv.cu": [e for e in _module.NAME_EXPRESSIONS["conv.cu"] if "pipelined" in e]}
+    for file, exprs in cases.items():
+        assert exprs, file
+        for e, body in _ptx_entries(file, exprs).items():
+            assert "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32" in body, e
+            assert "cvt.rna.tf32.f32" in body, e
+            assert "cp.async.wait_group 1;" in body and "cp.async.commit_group;" in body, e
+            # gemm: all 16-byte; conv<VA, VB>: 16-byte where VA or VB, 4-byte where not both
+            va, vb = (True, True) if file == "gemm.cu" else \
+                tuple(v.strip() == "true" for v in e[e.index("<") + 1:-1].split(","))
+            assert ("cp.async.cg.shared.global" in body) == (va or vb), e
+            assert ("cp.async.ca.shared.global" in body) == (not (va and vb)), e
+            # operands arrive only through cp.async; the conv epilogue reads its 8 bias values
+            assert len(re.findall(r"\bld\.global", body)) <= (8 if file == "conv.cu" else 0), e
+
+
 def test_every_launcher_expression_is_declared():
     """The strings the launchers ask for must be among the compiled name expressions."""
     import inspect

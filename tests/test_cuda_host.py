@@ -89,6 +89,20 @@ __global__ void mma_partial(float* y) {
     if (threadIdx.x < 16) tile::mma_m16n8k8_tf32(d, a, b);
     y[threadIdx.x] = d[0];
 }
+__global__ void overwrite_early(const float* x, float* y, int sync) {
+    __shared__ float s[64];
+    const int t = threadIdx.x;
+    s[t] = x[t];
+    __syncthreads();
+    float v = s[63 - t];                        // reads, each followed by a warp collective
+    v = __shfl_xor_sync(0xffffffffu, v, 1);
+    v += s[(t + 32) % 64];                      // the other warp's elements
+    v = __shfl_xor_sync(0xffffffffu, v, 1);
+    if (sync) __syncthreads();                  // without it: overwritten while still read
+    s[t] = -1.0f;
+    __syncthreads();
+    y[t] = v + s[t];
+}
 __global__ void scalars(float* y, int i, long long j, double d) { y[0] = float(i + j + d); }
 __global__ void vector_at(const float* x, float* y, int offset) {
     const float4 v = *reinterpret_cast<const float4*>(x + offset);
@@ -96,7 +110,7 @@ __global__ void vector_at(const float* x, float* y, int offset) {
 }
 """
 TOY_EXPRS = ("reverse64<float>", "write_at", "shared_oob", "sync_half", "warp_total",
-             "mma_partial", "scalars", "vector_at")
+             "mma_partial", "overwrite_early", "scalars", "vector_at")
 
 
 def toy():
@@ -130,6 +144,28 @@ def test_shuffled_order_runs_and_exposes_the_missing_barrier():
     with pytest.raises(ValueError, match="order is one of"):
         with cuda_host.order("sideways"):
             pass
+
+
+def test_warps_drift_apart_so_an_early_overwrite_shows():
+    """In forward order warps advance in lockstep at each warp collective, which would hide a
+    write made before the barrier that other warps' reads needed; in reverse and shuffled
+    order one warp runs alone to its next barrier, and the race changes the result."""
+    k = toy()["overwrite_early"]
+    x = np.arange(1, 65, dtype=np.float32)
+    t = np.arange(64)
+    # lane t ends with lane t^1's first read moved back by the second shuffle, plus lane
+    # t^1's second read, plus its own s[t] = -1
+    want = x[63 - t] + x[((t ^ 1) + 32) % 64] - 1
+    res = {}
+    for which in ("forward", "reverse", "shuffle"):
+        for sync in (1, 0):
+            y = np.zeros(64, np.float32)
+            with cuda_host.order(which):
+                k((1,), (64,), (x, y, np.int32(sync)))
+            res[which, sync] = y
+        np.testing.assert_array_equal(res[which, 1], want)
+    np.testing.assert_array_equal(res["forward", 0], want)      # lockstep hides it
+    assert not np.array_equal(res["reverse", 0], want)          # a warp alone shows it
 
 
 def test_warp_shuffle_reduction():
@@ -235,6 +271,84 @@ def test_tf32_rounding_is_to_nearest_ties_away():
     y = np.zeros(4, np.float32)
     k((1,), (4,), (x, y))
     np.testing.assert_array_equal(y, [1 + 2 ** -10, -(1 + 2 ** -10), 1.0, 1 + 2 ** -9])
+
+
+DYN = r"""
+#include "pipeline.cuh"
+__global__ void dyn_reverse(const float* x, float* y, int sync) {
+    CONVGPU_DYNAMIC_SHARED(raw);
+    float* s = reinterpret_cast<float*>(raw);
+    s[threadIdx.x] = x[threadIdx.x];
+    if (sync) __syncthreads();
+    y[threadIdx.x] = s[blockDim.x - 1 - threadIdx.x];
+}
+__global__ void dyn_write_at(float* y, int offset) {
+    CONVGPU_DYNAMIC_SHARED(raw);
+    float* s = reinterpret_cast<float*>(raw);
+    s[(int)threadIdx.x + offset] = 1.0f;
+    y[threadIdx.x] = 2.0f;
+}
+__global__ void async_copy(const float* x, float* y, int wait) {
+    CONVGPU_DYNAMIC_SHARED(raw);
+    float* s = reinterpret_cast<float*>(raw);
+    cp_async<4>(s + threadIdx.x, x + threadIdx.x, threadIdx.x % 2 == 0);   // odd: zero-filled
+    cp_async_commit();
+    if (wait) cp_async_wait<0>();
+    __syncthreads();
+    y[threadIdx.x] = s[threadIdx.x];
+}
+"""
+DYN_EXPRS = ("dyn_reverse", "dyn_write_at", "async_copy")
+
+
+def dyn():
+    return cuda_host.module_from_source(DYN, DYN_EXPRS)
+
+
+def test_dynamic_shared_memory_is_poisoned_and_limited():
+    k = dyn()["dyn_reverse"]
+    x = np.arange(1, 65, dtype=np.float32)
+    y = np.zeros(64, np.float32)
+    k((1,), (64,), (x, y, np.int32(1)), shared_mem=256)
+    np.testing.assert_array_equal(y, x[::-1])
+    with cuda_host.order("forward"):
+        k((1,), (64,), (x, y, np.int32(0)), shared_mem=256)
+    assert np.isnan(y).sum() == 32                  # read before written: poison
+    # past 48 KiB a launch needs the function's limit raised first, as on a GPU
+    from convgpu.kernels import _module
+    big = 64 * 1024
+    with pytest.raises(ValueError, match="past the function's limit"):
+        k((1,), (64,), (x, y, np.int32(1)), shared_mem=big)
+    _module.set_max_dynamic_shared(k, big)
+    k((1,), (64,), (x, y, np.int32(1)), shared_mem=big)
+    np.testing.assert_array_equal(y, x[::-1])
+    with pytest.raises(ValueError, match="at most"):
+        k((1,), (64,), (x, y, np.int32(1)), shared_mem=228 * 1024)
+
+
+def test_access_past_dynamic_shared_memory_stops_with_a_message():
+    r = _crash("""
+        y = np.zeros(1024, np.float32)
+        t.dyn()["dyn_write_at"]((1,), (1024,), (y, np.int32(1)), shared_mem=4096)
+        print("survived")
+    """)
+    assert r.returncode == 86, (r.returncode, r.stdout, r.stderr)
+    assert "SIGSEGV in kernel dyn_write_at" in r.stderr
+
+
+def test_cp_async_lands_at_the_wait_and_zero_fills():
+    k = dyn()["async_copy"]
+    x = np.arange(1, 65, dtype=np.float32)
+    y = np.zeros(64, np.float32)
+    k((1,), (64,), (x, y, np.int32(1)), shared_mem=256)
+    np.testing.assert_array_equal(y, np.where(np.arange(64) % 2 == 0, x, 0))
+    # forward order: copies land as late as allowed (at the wait), so a read without the
+    # wait sees poison; reverse order: they land at once (the other extreme)
+    k((1,), (64,), (x, y, np.int32(0)), shared_mem=256)
+    assert np.isnan(y).all()
+    with cuda_host.order("reverse"):
+        k((1,), (64,), (x, y, np.int32(0)), shared_mem=256)
+    np.testing.assert_array_equal(y, np.where(np.arange(64) % 2 == 0, x, 0))
 
 
 # ---------------------------------------------------------------------------------------
@@ -564,6 +678,64 @@ def test_gemm_vec_tails_and_split_k(rng, ta, tb, tf32):
         assert_close(C, want.astype(np.float64), 2e-3 if tf32 else TOL[np.float32])
         if tf32:
             assert np.linalg.norm(C - want) / np.linalg.norm(want) > 1e-6
+
+
+@pytest.mark.parametrize("ta, tb", [(False, False), (True, False), (False, True), (True, True)])
+def test_gemm_pipelined_tails_and_split_k(rng, ta, tb):
+    """gemm_pipelined (TF32, cp.async 3-stage pipeline, 64 x 64 warp tiles): tails in every
+    dimension that are multiples of 4 (132 rows, 68 columns, depth 164 = 5 slices of 32 + 4,
+    more slices than stages), split-K into chunks of 64, 64 and 36 (fewer slices than
+    stages), batched."""
+    from convgpu.kernels import cuda_ops
+    batch, M, N, K = 2, 132, 68, 164
+    A = rand(rng, (batch, K, M) if ta else (batch, M, K)).astype(np.float32)
+    B = rand(rng, (batch, N, K) if tb else (batch, K, N)).astype(np.float32)
+    want = np.matmul(np.swapaxes(A, 1, 2) if ta else A, np.swapaxes(B, 1, 2) if tb else B)
+    for splits in (1, 3):
+        C = both_orders(lambda: cuda_ops.gemm(A, B, ta, tb, splits=splits, tf32=True,
+                                              variant="pipelined"))
+        assert_close(C, want.astype(np.float64), 2e-3)
+        assert np.linalg.norm(C - want) / np.linalg.norm(want) > 1e-6     # really TF32
+
+
+def test_gemm_auto_picks_pipelined_for_tf32_and_it_refuses_fp32(rng, monkeypatch):
+    from convgpu.kernels import _module, cuda_ops
+    A = rand(rng, (1, 8, 12)).astype(np.float32)
+    B = rand(rng, (1, 12, 8)).astype(np.float32)
+    names = []
+    real = _module.get_function
+    monkeypatch.setattr(cuda_ops, "get_function",
+                        lambda f, e: names.append(e) or real(f, e))
+    cuda_ops.gemm(A, B, tf32=True)
+    cuda_ops.gemm(A, B)
+    assert names == ["gemm_pipelined<false, false>", "gemm_vec<false, false, false>"]
+    with pytest.raises(ValueError, match="needs tf32=True"):
+        cuda_ops.gemm(A, B, variant="pipelined")
+    with pytest.raises(ValueError, match="gemm_pipelined needs"):
+        cuda_ops.gemm(A[:, :, :6].copy(), B[:, :6].copy(), tf32=True, variant="pipelined")
+
+
+@pytest.mark.parametrize("case, vectors", [
+    ((2, 40, 6, 6, 130, 1, 1, (1, 1), (0, 0), (1, 1), 1), (True, True)),    # 1x1: both
+    ((2, 6, 4, 5, 8, 1, 1, (1, 1), (0, 0), (1, 1), 2), (False, True)),      # Cg = 3 rows
+    ((1, 8, 5, 7, 6, 3, 3, (1, 1), (1, 1), (1, 1), 2), (True, False)),      # 36 = 4 * 9
+    ((2, 40, 6, 6, 20, 1, 1, (1, 1), (1, 1), (1, 1), 1), (True, False)),    # 1x1 padded
+])
+def test_conv2d_pipelined_vector_paths(rng, monkeypatch, case, vectors):
+    """conv2d_implicit_gemm_pipelined's 16-byte copy paths (weights: VA; 1x1 input: VB) are
+    taken exactly where pipelined_vectors allows them, and agree with the reference."""
+    from convgpu.kernels import cuda_ops
+    x, w, b, kw = _conv(rng, case, np.float64)
+    ref = convgpu.conv2d(x, w, b, **kw)
+    names = []
+    real = cuda_ops.get_function
+    monkeypatch.setattr(cuda_ops, "get_function", lambda f, e: names.append(e) or real(f, e))
+    y = both_orders(lambda: convgpu.conv2d(
+        *(a.astype(np.float32) for a in (x, w, b)), **kw, backend="cuda",
+        algo="implicit_gemm_pipelined_tf32", allow_tf32=True))
+    assert_close(y, ref, _tol("implicit_gemm_pipelined_tf32", np.float32))
+    va, vb = vectors
+    assert f"conv2d_implicit_gemm_pipelined<{str(va).lower()}, {str(vb).lower()}>" in names
 
 
 def test_gemm_vec_refuses_what_it_cannot_serve(rng):

@@ -212,12 +212,13 @@ def test_tf32_conv_and_linear(case):
     x, w, b, kw = _conv_problem(rng, case)
     r = ref.conv2d(x, w, b, **kw)
     xd, wd, bd = (cupy.asarray(a.astype(np.float32)) for a in (x, w, b))
-    with pytest.raises(ValueError, match="TF32 is not allowed"):
-        convgpu.conv2d(xd, wd, bd, **kw, algo="implicit_gemm_tf32")
-    y = convgpu.conv2d(xd, wd, bd, **kw, algo="implicit_gemm_tf32", allow_tf32=True)
-    e = relerr(y, r)
-    assert e <= 2e-3, e
-    assert e > 1e-6            # it really rounded to TF32 (FP32 lands near 1e-7)
+    for algo in ("implicit_gemm_tf32", "implicit_gemm_pipelined_tf32"):
+        with pytest.raises(ValueError, match="TF32 is not allowed"):
+            convgpu.conv2d(xd, wd, bd, **kw, algo=algo)
+        y = convgpu.conv2d(xd, wd, bd, **kw, algo=algo, allow_tf32=True)
+        e = relerr(y, r)
+        assert e <= 2e-3, (algo, e)
+        assert e > 1e-6, algo      # it really rounded to TF32 (FP32 lands near 1e-7)
     lx, lw, lb = _rand(rng, (300, 257)), _rand(rng, (130, 257)), _rand(rng, (130,))
     yl = convgpu.linear(*(cupy.asarray(a.astype(np.float32)) for a in (lx, lw, lb)), allow_tf32=True)
     assert relerr(yl, ref.linear(lx, lw, lb)) <= 2e-3
@@ -253,6 +254,25 @@ def test_cuda_gemm_vec(tf32, ta, tb, splits):
                         ta, tb, splits=splits, tf32=tf32, variant="vec")
     e = relerr(got, want)
     assert (1e-6 < e <= 2e-3) if tf32 else e <= tolerance("gemm", np.float32), e
+
+
+@pytest.mark.parametrize("ta, tb", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("splits", [1, 3])
+def test_cuda_gemm_pipelined(ta, tb, splits):
+    """gemm_pipelined (TF32, cp.async 3-stage pipeline, dynamic shared memory past 48 KiB)
+    at sizes that are multiples of 4 but not of the tile or slice, every transpose, batched,
+    with and without split-K; and at 1024^3, many slices per block."""
+    from convgpu.kernels import cuda_ops
+    rng = np.random.default_rng(10)
+    for batch, M, N, K in ((3, 132, 260, 100), (1, 1024, 1024, 1024)):
+        A = _rand(rng, (batch, K, M) if ta else (batch, M, K))
+        B = _rand(rng, (batch, N, K) if tb else (batch, K, N))
+        want = np.matmul(np.swapaxes(A, 1, 2) if ta else A, np.swapaxes(B, 1, 2) if tb else B)
+        got = cuda_ops.gemm(cupy.asarray(A.astype(np.float32)),
+                            cupy.asarray(B.astype(np.float32)), ta, tb, splits=splits,
+                            tf32=True, variant="pipelined")
+        e = relerr(got, want)
+        assert 1e-6 < e <= 2e-3, (M, e)
 
 
 def test_fma_ceiling_kernel_runs_and_is_fast():

@@ -268,7 +268,7 @@ def bench_conv(timer, suite, dtype=np.float32, progress=print, impl_filter=None)
 
 
 def bench_gemm(timer, sizes=((4096, 4096, 4096), (8192, 1024, 2048)), progress=print):
-    """The hand-written GEMMs (gemm_tiled, gemm_vec; FP32 and TF32) against cuBLAS through
+    """The hand-written GEMMs (gemm_tiled, gemm_vec; FP32 and TF32; gemm_pipelined, TF32) against cuBLAS through
     cupy.matmul (TF32 off) and torch.matmul (TF32 on), each validated first."""
     import cupy as cp
     from convgpu.kernels import cuda_ops
@@ -297,7 +297,7 @@ def bench_gemm(timer, sizes=((4096, 4096, 4096), (8192, 1024, 2048)), progress=p
         for tf32 in (False, True):
             if tf32 not in base:
                 continue
-            for variant in ("tiled", "vec"):
+            for variant in ("tiled", "vec") + (("pipelined",) if tf32 else ()):
                 label = f"cuda:gemm_{variant}" + ("_tf32" if tf32 else "")
                 run = lambda: cuda_ops.gemm(A, B, tf32=tf32, variant=variant)
                 got = run()[0, :64].astype(cp.float64)

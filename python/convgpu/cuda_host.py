@@ -18,8 +18,12 @@ past the array stops the process with a message naming the kernel, block and thr
 a fixed-size array indexed out of bounds and a vector access (float4, double2) at an
 address not aligned to its size, which faults on a GPU (-fsanitize=bounds,alignment);
 writes into the few alignment bytes before the guard page are caught by comparing them
-afterwards. `order("reverse")` also runs threads and blocks in reverse order: a kernel
-whose output changes with the order has a race.
+afterwards. `order("reverse")` also runs threads and blocks in reverse order, lets one
+warp at a time run on to its next __syncthreads (forward order keeps warps in lockstep at
+every warp collective) and lands each cp.async copy at once (forward order: at the wait
+that covers it, the latest moment allowed): a kernel whose output changes with the order
+has a race. `order("shuffle")` draws thread, block and warp order and each copy's moment
+at random (seeded).
 
 This is emulation, not validation: timing, memory-model subtleties beyond barriers, and the
 hardware's own arithmetic (FTZ, FMA contraction) are not reproduced.
@@ -62,7 +66,8 @@ def available() -> bool:
 @contextlib.contextmanager
 def order(which: str):
     """Run every launch inside with threads and blocks in 'forward' or 'reverse' order, or
-    'shuffle'd (seeded: a new thread permutation between every two barriers)."""
+    'shuffle'd (seeded: a new thread permutation between every two barriers); see the
+    module's docstring for what else each order changes (warps, cp.async)."""
     if which not in ORDERS:
         raise ValueError(f"order is one of {', '.join(ORDERS)}; got {which!r}")
     old = _state["order"]
@@ -131,7 +136,8 @@ def _build(label: str, include: str, exprs, extra_source: Optional[str] = None):
     lib.cuda_host_name.restype = ctypes.c_char_p
     lib.cuda_host_launch.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_uint),
                                      ctypes.POINTER(ctypes.c_uint), ctypes.POINTER(ctypes.c_void_p),
-                                     ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+                                     ctypes.c_longlong, ctypes.c_int, ctypes.c_char_p,
+                                     ctypes.c_int]
     table = {}
     kind = (ctypes.c_int * 32)()
     size = (ctypes.c_int * 32)()
@@ -251,9 +257,17 @@ def _kind_of_dtype(dt: np.dtype) -> int:
     return -1
 
 
+# dynamic shared memory a launch may ask for without raising the function's attribute, and
+# the most any block may have (sm_90's opt-in limit: 227 KiB)
+DEFAULT_DYNAMIC_SHARED = 48 * 1024
+MAX_SHARED_PER_BLOCK = 227 * 1024
+
+
 class HostKernel:
     def __init__(self, lib, index, name, kinds, sizes):
         self.lib, self.index, self.name, self.kinds, self.sizes = lib, index, name, kinds, sizes
+        # CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES (kernels/_module.py sets it)
+        self.max_dynamic_shared_size_bytes = DEFAULT_DYNAMIC_SHARED
 
     def _check(self, p: int, a):
         kind, size = self.kinds[p] & ~CONST, self.sizes[p]
@@ -278,8 +292,14 @@ class HostKernel:
                             f"{['integer', 'floating', 'bool'][kind]} parameter")
 
     def __call__(self, grid, block, args, shared_mem=0, stream=None):
-        if shared_mem:
-            raise NotImplementedError("dynamic shared memory is not emulated")
+        shared_mem = int(shared_mem)
+        if not 0 <= shared_mem <= MAX_SHARED_PER_BLOCK:
+            raise ValueError(f"{self.name}: {shared_mem} bytes of dynamic shared memory "
+                             f"(at most {MAX_SHARED_PER_BLOCK})")
+        if shared_mem > self.max_dynamic_shared_size_bytes:
+            raise ValueError(f"{self.name}: {shared_mem} bytes of dynamic shared memory, past "
+                             f"the function's limit of {self.max_dynamic_shared_size_bytes} "
+                             "(raise it first: kernels/_module.py set_max_dynamic_shared)")
         grid = tuple(int(g) for g in grid) + (1,) * (3 - len(grid))
         block = tuple(int(b) for b in block) + (1,) * (3 - len(block))
         # the launch limits of every GPU since sm_30: a launch past them fails on the device
@@ -314,7 +334,8 @@ class HostKernel:
             argv = (ctypes.c_void_p * max(1, len(ptrs)))(*ptrs)
             err = ctypes.create_string_buffer(512)
             rc = self.lib.cuda_host_launch(self.index, (ctypes.c_uint * 3)(*grid),
-                                           (ctypes.c_uint * 3)(*block), argv, order_, err, 512)
+                                           (ctypes.c_uint * 3)(*block), argv, shared_mem, order_,
+                                           err, 512)
             if rc:
                 raise RuntimeError(f"host emulation: {err.value.decode()}")
             for p, a in enumerate(args):

@@ -1,0 +1,243 @@
+// The pipelined TF32 tensor-core tile shared by gemm.cu (gemm_pipelined) and conv.cu
+// (conv2d_implicit_gemm_pipelined): what tile:: (common.cuh) lacks on the tensor cores.
+//
+// tile:: stages each slice through registers (global -> registers -> shared) with one slice
+// of look-ahead and BK = 8: per barrier a warp issues 16 mma.sync, far too little work to
+// cover a global load, and the measured TF32 GEMM (57.7 TFLOP/s on the H200, 0.14x cuBLAS)
+// is that latency. Here:
+//   - operands go global -> shared by cp.async (no registers, no staging stores), 16-byte
+//     copies where the operand allows it, 4-byte copies (zero-filled past the edges) for
+//     gathers; STAGES = 3 slices of BK = 32 in flight: two slices of look-ahead, each 4x
+//     the work of a tile:: slice;
+//   - a 128 x 128 block tile on 4 warps, each warp a 64 x 64 sub-tile (4 x 8 mma.sync
+//     m16n8k8 tiles, 128 FP32 accumulators per thread): per k8 step a warp reads 16 + 16
+//     32-bit fragment words from shared memory for 32 mma (tile::: 24 for 16);
+//   - operands are rounded to TF32 (cvt.rna) as their fragments are read from shared
+//     memory: cp.async cannot convert on the way in.
+//
+// Shared layouts, per operand, by which axis is contiguous in global memory:
+//   K-major  [128 rows][BK + 4]  (A stored M x K, B stored N x K): 16-byte copies along k;
+//            fragment words at row * 36 + k: banks 4 * g + t, distinct for the 32 lanes;
+//   row-major [BK][128 + 8]      (A stored K x M, B stored K x N, gathered columns):
+//            fragment words at k * 136 + row: banks 8 * t + g, distinct.
+// (g = lane / 4, t = lane % 4 as in the PTX ISA's m16n8k8 fragment layout.)
+// The stages live in dynamic shared memory: 3 x (A + B) <= 3 x 36 KiB = 108 KiB per block,
+// past the 48 KiB of static shared memory (the launcher raises the function's limit, two
+// blocks fit an H100 / H200 SM).
+#pragma once
+#include "common.cuh"
+
+// cp.async: bytes (4, 8 or 16) from global src to shared dst, or zeros where !full. The copy
+// lands by the cp_async_wait that covers its commit group.
+template <int BYTES>
+__device__ __forceinline__ void cp_async(void* dst, const void* src, bool full) {
+#ifdef CONVGPU_HOST
+    cuda_host::cp_async(dst, src, BYTES, full ? BYTES : 0);
+#else
+    const unsigned s = (unsigned)__cvta_generic_to_shared(dst);
+    const int src_bytes = full ? BYTES : 0;
+    if constexpr (BYTES == 16)   // .cg: L2 only, the operand tiles are reused from shared memory
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src),
+                     "r"(src_bytes));
+    else
+        asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(s), "l"(src),
+                     "n"(BYTES), "r"(src_bytes));
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#ifdef CONVGPU_HOST
+    cuda_host::cp_async_commit();
+#else
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+// wait until at most N of this thread's committed groups are still in flight
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+#ifdef CONVGPU_HOST
+    cuda_host::cp_async_wait(N);
+#else
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
+}
+
+namespace tc {
+constexpr int BM = 128, BN = 128, BK = 32, STAGES = 3, THREADS = 128;
+constexpr int WM = 64, WN = 64, MI = WM / 16, NI = WN / 8, NACC = MI * NI * 4;
+constexpr int LDK = BK + 4;         // K-major row length (floats): 144 bytes, 16-byte aligned
+constexpr int LDR = BM + 8;         // row-major row length: 544 bytes
+static_assert(BM == BN, "one row-major length serves both operands");
+
+// floats one operand tile takes in one stage
+template <bool KMAJOR> constexpr int tile_floats() { return KMAJOR ? BM * LDK : BK * LDR; }
+// dynamic shared memory bytes of a kernel whose A / B tiles are K-major or not
+template <bool KA, bool KB> constexpr int shared_bytes() {
+    return STAGES * (tile_floats<KA>() + tile_floats<KB>()) * 4;
+}
+
+// address (in floats) of element (row, k) of an operand tile, row = m for A, n for B
+template <bool KMAJOR> __device__ __forceinline__ int at(int row, int k) {
+    return KMAJOR ? row * LDK + k : k * LDR + row;
+}
+
+// Accumulator e = (mi * NI + ni) * 4 + v of a thread: fragment value v of mma tile (mi, ni)
+// of its warp's 64 x 64 sub-tile (warp w at rows (w / 2) * 64, columns (w % 2) * 64).
+__device__ __forceinline__ int acc_row(int e, int tid) {
+    const int warp = tid / 32, g = (tid % 32) / 4, mi = e / (NI * 4), v = e % 4;
+    return (warp / 2) * WM + mi * 16 + g + (v >= 2 ? 8 : 0);
+}
+// a thread's accumulators touch 2 * NI columns ("slots"): slot = ni * 2 + (v & 1)
+__device__ __forceinline__ int acc_slot(int e) { return ((e / 4) % NI) * 2 + (e & 1); }
+__device__ __forceinline__ int slot_col(int slot, int tid) {
+    const int warp = tid / 32, t = tid % 4;
+    return (warp % 2) * WN + (slot / 2) * 8 + 2 * t + (slot & 1);
+}
+
+// acc += A_tile x B_tile over one staged BK slice, on the tensor cores
+template <bool KA, bool KB>
+__device__ __forceinline__ void mma_slice(const float* As, const float* Bs, int tid,
+                                          float (&acc)[NACC]) {
+    const int warp = tid / 32, g = (tid % 32) / 4, t0 = tid % 4;
+    const int r0 = (warp / 2) * WM, c0 = (warp % 2) * WN;
+#pragma unroll
+    for (int k8 = 0; k8 < BK; k8 += 8) {
+        const int t = k8 + t0;
+        unsigned b[NI][2];
+#pragma unroll
+        for (int ni = 0; ni < NI; ++ni) {
+            const int c = c0 + ni * 8 + g;
+            b[ni][0] = tile::to_tf32(Bs[at<KB>(c, t)]);
+            b[ni][1] = tile::to_tf32(Bs[at<KB>(c, t + 4)]);
+        }
+#pragma unroll
+        for (int mi = 0; mi < MI; ++mi) {
+            const int r = r0 + mi * 16 + g;
+            unsigned a[4];
+            a[0] = tile::to_tf32(As[at<KA>(r, t)]);
+            a[1] = tile::to_tf32(As[at<KA>(r + 8, t)]);
+            a[2] = tile::to_tf32(As[at<KA>(r, t + 4)]);
+            a[3] = tile::to_tf32(As[at<KA>(r + 8, t + 4)]);
+#pragma unroll
+            for (int ni = 0; ni < NI; ++ni)
+                tile::mma_m16n8k8_tf32(&acc[(mi * NI + ni) * 4], a, b[ni]);
+        }
+    }
+}
+
+// The main loop: acc = sum over `steps` slices of A_tile x B_tile. load(As, Bs, step) issues
+// the cp.async copies of slice `step` into the given stage buffers (this thread's share).
+// Slices step + 1 and step + 2 are in flight while slice `step` feeds the tensor cores; one
+// barrier per slice. Every iteration commits one group (empty past the end), so
+// cp_async_wait<STAGES - 2> always means "slice `step` has landed".
+template <bool KA, bool KB, typename Load>
+__device__ __forceinline__ void mainloop(float* smem, int steps, int tid, float (&acc)[NACC],
+                                         Load&& load) {
+    constexpr int SA = tile_floats<KA>(), SB = tile_floats<KB>();
+    float* As = smem;
+    float* Bs = smem + STAGES * SA;
+#pragma unroll
+    for (int e = 0; e < NACC; ++e) acc[e] = 0.f;
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < steps) load(As + s * SA, Bs + s * SB, s);
+        cp_async_commit();
+    }
+    for (int step = 0; step < steps; ++step) {
+        cp_async_wait<STAGES - 2>();   // this thread's copies of slice `step` have landed
+        __syncthreads();               // everyone's have; and slice step - 1 is consumed
+        const int next = step + STAGES - 1, nb = next % STAGES;   // = buffer of step - 1
+        if (next < steps) load(As + nb * SA, Bs + nb * SB, next);
+        cp_async_commit();
+        const int cur = step % STAGES;
+        mma_slice<KA, KB>(As + cur * SA, Bs + cur * SB, tid, acc);
+    }
+    cp_async_wait<0>();                // only empty groups remain; leave none behind
+}
+
+// Copies of a 128 x BK operand tile whose source is a plain matrix: rows [r0, r0 + 128) of
+// `rows` valid, depths [k0, k0 + BK) of those below kend valid, element (row, k) at
+// src[row * ld + k] (KMAJOR, contiguous along k) or src[k * ld + row]. 16-byte copies: the
+// caller guarantees 16-byte aligned rows (ld % 4 == 0, aligned base) and kend, rows % 4 == 0
+// along the contiguous axis, so a vector is wholly inside or outside.
+template <bool KMAJOR>
+__device__ __forceinline__ void load_matrix16(float* S, const float* __restrict__ src,
+                                              long long ld, int r0, int rows, int k0, int kend,
+                                              int tid) {
+    constexpr int CHUNKS = BM * BK / 4 / THREADS;   // 8 float4 per thread
+#pragma unroll
+    for (int i = 0; i < CHUNKS; ++i) {
+        const int id = tid + THREADS * i;
+        int r, k;
+        if (KMAJOR) { r = id / (BK / 4); k = (id % (BK / 4)) * 4; }   // 8 threads per row
+        else        { k = id / (BM / 4); r = (id % (BM / 4)) * 4; }   // a warp per k
+        const int gr = r0 + r, gk = k0 + k;
+        const bool ok = gr < rows && gk < kend;
+        const float* p = ok ? (KMAJOR ? src + gr * ld + gk : src + (long long)gk * ld + gr) : src;
+        cp_async<16>(S + at<KMAJOR>(r, k), p, ok);
+    }
+}
+
+// The same with 4-byte copies, for any alignment (K-major: a warp copies one row's 32 depths)
+template <bool KMAJOR>
+__device__ __forceinline__ void load_matrix4(float* S, const float* __restrict__ src,
+                                             long long ld, int r0, int rows, int k0, int kend,
+                                             int tid) {
+    constexpr int ELEMS = BM * BK / THREADS;        // 32 per thread
+#pragma unroll 8
+    for (int i = 0; i < ELEMS; ++i) {
+        const int id = tid + THREADS * i;
+        int r, k;
+        if (KMAJOR) { r = id / BK; k = id % BK; }
+        else        { k = id / BM; r = id % BM; }
+        const int gr = r0 + r, gk = k0 + k;
+        const bool ok = gr < rows && gk < kend;
+        const float* p = ok ? (KMAJOR ? src + gr * ld + gk : src + (long long)gk * ld + gr) : src;
+        cp_async<4>(S + at<KMAJOR>(r, k), p, ok);
+    }
+}
+
+// acc[e] += bias[row of e] for rows m0 + row < rows: a thread's 128 accumulators lie in
+// 2 * MI rows, so 8 loads
+__device__ __forceinline__ void add_row_bias(float (&acc)[NACC], int tid,
+                                             const float* __restrict__ bias, int m0, int rows) {
+    float b[2 * MI];
+#pragma unroll
+    for (int i = 0; i < 2 * MI; ++i) {
+        const int m = m0 + acc_row((i / 2) * (NI * 4) + (i % 2) * 2, tid);   // mi = i / 2
+        b[i] = m < rows ? bias[m] : 0.f;
+    }
+#pragma unroll
+    for (int e = 0; e < NACC; ++e) acc[e] += b[(e / (NI * 4)) * 2 + (e % 4) / 2];
+}
+
+// Epilogues, as tile::store_rows / store_columns for this accumulator layout
+__device__ __forceinline__ void store_rows(const float (&acc)[NACC], int tid, float* C,
+                                           long long ldc, int m0, int n0, int M, int N) {
+#pragma unroll
+    for (int e = 0; e < NACC; ++e) {
+        const int r = m0 + acc_row(e, tid), c = n0 + slot_col(acc_slot(e), tid);
+        if (r < M && c < N) C[(long long)r * ldc + c] = acc[e];
+    }
+}
+
+template <typename Index, typename Column, typename Put>
+__device__ __forceinline__ void store_columns(const float (&acc)[NACC], int tid, int m0,
+                                              Index n0, Column&& column, Put&& put) {
+#pragma unroll
+    for (int sl = 0; sl < 2 * NI; ++sl) {
+        float* base = column(n0 + (Index)slot_col(sl, tid));
+        if (!base) continue;
+#pragma unroll
+        for (int e = 0; e < NACC; ++e) {
+            if (acc_slot(e) != sl) continue;            // resolved at compile time
+            put(base, m0 + acc_row(e, tid), acc[e]);
+        }
+    }
+}
+}  // namespace tc
+
+// dynamic shared memory of the launch (the launcher's shared_mem bytes), 16-byte aligned
+#ifdef CONVGPU_HOST
+#define CONVGPU_DYNAMIC_SHARED(name) char* name = cuda_host::dynamic_shared()
+#else
+#define CONVGPU_DYNAMIC_SHARED(name) extern __shared__ __align__(16) char name[]
+#endif
