@@ -13,8 +13,9 @@
 //       fixed order (gemm.cu's sum_splits), so the result stays deterministic.
 //   conv2d_wgrad_implicit_gemm<T, TF32>, conv2d_dgrad_implicit_gemm<T, TF32>  the weight and
 //       input gradients as implicit GEMMs on the same tile, FFMA or TF32 (described above each)
-//   conv2d_implicit_gemm_pipelined<VA>  the forward in TF32 on pipeline.cuh's tile: weights
-//       and gathered input columns copied to shared memory by cp.async three slices ahead
+//   conv2d_implicit_gemm_pipelined<VA, VB>, conv2d_wgrad_implicit_gemm_pipelined,
+//   conv2d_dgrad_implicit_gemm_pipelined<UNIT>  the forward and both gradients in TF32 on
+//       pipeline.cuh's tile: operands copied to shared memory by cp.async two slices ahead
 //   im2col<T>   cols[g, (c*R + r)*S + s, (n*P + p)*Q + q] = x[...] or 0 (one thread each)
 //   col2im<T>   gx[n, c, h, w] = sum of the column entries that read x[n, c, h, w] (a
 //       gather: one thread per input element, fixed order, no atomics)
@@ -323,6 +324,144 @@ conv2d_dgrad_implicit_gemm(const T* __restrict__ gy, const T* __restrict__ w, T*
             return col < NHW ? gx + (col / HW) * s.C * HW + col % HW : nullptr;
         },
         [&](T* gc, int c, T v) {
+            if (c < Cg) gc[((long long)g * Cg + c) * HW] = v;
+        });
+}
+
+// The weight gradient in TF32 on the pipelined tile: gw[g] (Kg x Cg*R*S) = gy[g] (Kg x N*P*Q)
+// @ X_cols[g]^T. A = gy, K-major: lane l of every warp copies depth k0 + l (its (n, p*q)
+// decomposed once per slice) for rows warp + 4 i, each row PQ further on. B = X_cols^T,
+// row-major: thread tid copies row (c, r, s) = n0 + tid (decomposed once) at the slice's 32
+// depths, whose (n, p, q) are the same for every thread and stepped from one division per
+// slice. Split-K over N*P*Q as in the FP32 kernel (N*P*Q < 2**31, see the launcher).
+__global__ void __launch_bounds__(tc::THREADS)
+conv2d_wgrad_implicit_gemm_pipelined(const float* __restrict__ x, const float* __restrict__ gy,
+                                     float* __restrict__ gw, CONV_SHAPE_PARAMS, int splits,
+                                     int kchunk, long long split_stride) {
+    const CONV_SHAPE;
+    CONVGPU_DYNAMIC_SHARED(smem_bytes);
+    float* smem = reinterpret_cast<float*>(smem_bytes);
+    const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+    const int g = blockIdx.z / splits, split = blockIdx.z % splits;
+    const int Cg = s.C / s.groups, Kg = s.K / s.groups;
+    const int RS = s.R * s.S, CRS = Cg * RS, PQ = s.P * s.Q;
+    const long long NPQ = (long long)s.N * PQ, HW = (long long)s.H * s.W;
+    const int kbeg = split * kchunk, kend = (int)min(NPQ, (long long)kbeg + kchunk);
+    gw += split * split_stride;
+    const int m0 = blockIdx.y * tc::BM, n0 = blockIdx.x * tc::BN;
+
+    const int crs = n0 + tid;                       // this thread's row of X_cols^T
+    const bool crs_ok = crs < CRS;
+    const int c = crs / RS, dr = ((crs % RS) / s.S) * s.dh - s.ph, ds = (crs % s.S) * s.dw - s.pw;
+    const long long x_chan = ((long long)g * Cg + c) * HW;
+    const int steps = kend > kbeg ? (kend - kbeg + tc::BK - 1) / tc::BK : 0;
+    auto load = [&](float* As, float* Bs, int step) {
+        const int k0 = kbeg + step * tc::BK;
+        {
+            const int npq = k0 + lane;
+            const bool din = npq < kend;
+            const float* gyk = gy + ((long long)(npq / PQ) * s.K + (long long)g * Kg) * PQ + npq % PQ;
+#pragma unroll 8
+            for (int i = 0; i < tc::BM / 4; ++i) {
+                const int row = warp + 4 * i, m = m0 + row;
+                const bool ok = din && m < Kg;
+                cp_async<4>(As + tc::at<true>(row, lane), ok ? gyk + (long long)m * PQ : gy, ok);
+            }
+        }
+        int n = k0 / PQ, p = (k0 % PQ) / s.Q, q = k0 % s.Q;
+#pragma unroll 4
+        for (int kk = 0; kk < tc::BK; ++kk) {
+            const int h = p * s.sh + dr, v = q * s.sw + ds;
+            const bool ok = crs_ok && k0 + kk < kend && h >= 0 && h < s.H && v >= 0 && v < s.W;
+            const float* src = ok ? x + (long long)n * s.C * HW + x_chan + (long long)h * s.W + v : x;
+            cp_async<4>(Bs + tc::at<false>(tid, kk), src, ok);
+            if (++q == s.Q) {
+                q = 0;
+                if (++p == s.P) { p = 0; ++n; }
+            }
+        }
+    };
+    float acc[tc::NACC];
+    tc::mainloop<true, false>(smem, steps, tid, acc, load);
+    tc::store_rows(acc, tid, gw + (long long)g * Kg * CRS, CRS, m0, n0, Kg, CRS);
+}
+
+// The input gradient in TF32 on the pipelined tile: gx[g] (Cg x N*H*W) = W[g]^T (Cg x Kg*R*S)
+// @ GY_cols[g]. A = W^T, K-major: lane l copies depth (k, r, s) = k0 + l (decomposed once per
+// slice) for rows c = warp + 4 i, each R*S further on. B = GY_cols, row-major: thread tid
+// gathers column (n, h, v) = n0 + tid (decomposed once) at the slice's depths, stepped as in
+// the forward; the strided gather's divisibility tests are skipped for UNIT (stride 1).
+template <bool UNIT>
+__global__ void __launch_bounds__(tc::THREADS)
+conv2d_dgrad_implicit_gemm_pipelined(const float* __restrict__ gy, const float* __restrict__ w,
+                                     float* __restrict__ gx, CONV_SHAPE_PARAMS, int splits,
+                                     int kchunk, long long split_stride) {
+    const CONV_SHAPE;
+    CONVGPU_DYNAMIC_SHARED(smem_bytes);
+    float* smem = reinterpret_cast<float*>(smem_bytes);
+    const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+    const int g = blockIdx.z / splits, split = blockIdx.z % splits;
+    const int Cg = s.C / s.groups, Kg = s.K / s.groups;
+    const int RS = s.R * s.S, CRS = Cg * RS, KRS_all = Kg * RS, PQ = s.P * s.Q;
+    const int HW = s.H * s.W;
+    const long long NHW = (long long)s.N * HW;
+    const int kbeg = split * kchunk, KRS = min(KRS_all, kbeg + kchunk);
+    gx += split * split_stride;
+    const int m0 = blockIdx.y * tc::BM;
+    const long long n0 = (long long)blockIdx.x * tc::BN;
+    const float* wg = w + (long long)g * Kg * CRS;
+
+    const long long col = n0 + tid;                 // this thread's column of GY_cols
+    long long gybase = -1;
+    int hh = 0, vv = 0;
+    if (col < NHW) {
+        const int n = (int)(col / HW), hw = (int)(col % HW);
+        gybase = ((long long)n * s.K + (long long)g * Kg) * PQ;
+        hh = hw / s.W + s.ph;
+        vv = hw % s.W + s.pw;
+    }
+    const int steps = KRS > kbeg ? (KRS - kbeg + tc::BK - 1) / tc::BK : 0;
+    auto load = [&](float* As, float* Bs, int step) {
+        const int k0 = kbeg + step * tc::BK;
+        {
+            const int krs = k0 + lane;
+            const bool din = krs < KRS;
+            const float* wk = wg + (long long)(krs / RS) * CRS + krs % RS;
+#pragma unroll 8
+            for (int i = 0; i < tc::BM / 4; ++i) {
+                const int row = warp + 4 * i, c = m0 + row;
+                const bool ok = din && c < Cg;
+                cp_async<4>(As + tc::at<true>(row, lane), ok ? wk + c * RS : w, ok);
+            }
+        }
+        int k = k0 / RS, r = (k0 % RS) / s.S, sc = k0 % s.S;
+#pragma unroll 4
+        for (int kk = 0; kk < tc::BK; ++kk) {
+            const int hp = hh - r * s.dh, vq = vv - sc * s.dw;
+            bool ok = gybase >= 0 && k0 + kk < KRS && hp >= 0 && vq >= 0;
+            int p = hp, q = vq;
+            if (!UNIT) {
+                ok = ok && hp % s.sh == 0 && vq % s.sw == 0;
+                p = hp / s.sh;
+                q = vq / s.sw;
+            }
+            ok = ok && p < s.P && q < s.Q;
+            const float* src = ok ? gy + gybase + (long long)k * PQ + p * s.Q + q : gy;
+            cp_async<4>(Bs + tc::at<false>(tid, kk), src, ok);
+            if (++sc == s.S) {
+                sc = 0;
+                if (++r == s.R) { r = 0; ++k; }
+            }
+        }
+    };
+    float acc[tc::NACC];
+    tc::mainloop<true, false>(smem, steps, tid, acc, load);
+    tc::store_columns(
+        acc, tid, m0, n0,
+        [&](long long cl) -> float* {
+            return cl < NHW ? gx + (cl / HW) * s.C * HW + cl % HW : nullptr;
+        },
+        [&](float* gc, int c, float v) {
             if (c < Cg) gc[((long long)g * Cg + c) * HW] = v;
         });
 }

@@ -75,6 +75,8 @@ register("conv2d", "cuda", "fft", _C + "conv2d_fft", supports=_C + "fft_supports
 register("conv2d_backward_input", "cuda", "implicit_gemm", _C + "backward_input_implicit_gemm")
 register("conv2d_backward_input", "cuda", "implicit_gemm_tf32",
          _C + "backward_input_implicit_gemm_tf32", supports=_C + "tf32_supports")
+register("conv2d_backward_input", "cuda", "implicit_gemm_pipelined_tf32",
+         _C + "backward_input_implicit_gemm_pipelined_tf32", supports=_C + "tf32_supports")
 register("conv2d_backward_input", "cuda", "col2im", _C + "backward_input_col2im")
 register("conv2d_backward_input", "cuda", "winograd", _C + "backward_input_winograd",
          supports=_C + "winograd_backward_input_supports")
@@ -84,6 +86,9 @@ register("conv2d_backward_weight", "cuda", "implicit_gemm", _C + "backward_weigh
          supports=_C + "wgrad_implicit_supports")
 register("conv2d_backward_weight", "cuda", "implicit_gemm_tf32",
          _C + "backward_weight_implicit_gemm_tf32", supports=_C + "wgrad_implicit_tf32_supports")
+register("conv2d_backward_weight", "cuda", "implicit_gemm_pipelined_tf32",
+         _C + "backward_weight_implicit_gemm_pipelined_tf32",
+         supports=_C + "wgrad_implicit_tf32_supports")
 register("conv2d_backward_weight", "cuda", "im2col", _C + "backward_weight_im2col")
 register("conv2d_backward_bias", "cuda", "sum", _C + "backward_bias")
 register("conv2d_backward_weight", "cuda", "fft", _C + "backward_weight_fft",

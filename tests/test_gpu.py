@@ -224,6 +224,38 @@ def test_tf32_conv_and_linear(case):
     assert relerr(yl, ref.linear(lx, lw, lb)) <= 2e-3
 
 
+@pytest.mark.parametrize("case", CONV, ids=[str(c[:7]) for c in CONV])
+def test_tf32_backward_passes(case):
+    """Every TF32 input- and weight-gradient implementation (registry names ending in tf32)
+    within the design's TF32 tolerance, declined without allow_tf32, and really TF32."""
+    from convgpu.ops._registry import all_impls
+    rng = np.random.default_rng(11)
+    x, w, b, kw = _conv_problem(rng, case)
+    gy = _rand(rng, ref.conv2d(x, w, None, **kw).shape)
+    xd, wd, gyd = (cupy.asarray(a.astype(np.float32)) for a in (x, w, gy))
+    calls = {
+        "conv2d_backward_input": (
+            lambda al, t: convgpu.conv2d_backward_input(gyd, wd, x.shape, **kw, backend="cuda",
+                                                        algo=al, allow_tf32=t),
+            ref.conv2d_backward_input(gy, w, x.shape, **kw)),
+        "conv2d_backward_weight": (
+            lambda al, t: convgpu.conv2d_backward_weight(xd, gyd, w.shape, **kw, backend="cuda",
+                                                         algo=al, allow_tf32=t),
+            ref.conv2d_backward_weight(x, gy, w.shape, **kw)),
+    }
+    failures = []
+    for op, (call, r) in calls.items():
+        algos = [i.algo for i in all_impls(op) if i.backend == "cuda" and i.algo.endswith("tf32")]
+        assert len(algos) >= 2, op
+        for al in algos:
+            with pytest.raises(ValueError, match="TF32 is not allowed"):
+                call(al, False)
+            e = relerr(call(al, True), r)
+            if not 1e-6 < e <= 2e-3:
+                failures.append(f"{op} {al}: rel err {e:.2e}")
+    assert not failures, "\n".join(failures)
+
+
 @pytest.mark.parametrize("ta, tb", [(False, False), (True, False), (False, True), (True, True)])
 def test_cuda_gemm_tf32_odd_sizes(ta, tb):
     from convgpu.kernels import cuda_ops
