@@ -142,15 +142,32 @@ conv2d_implicit_gemm_pipelined(const float* __restrict__ x, const float* __restr
     const int col4 = n0 + (tid % 32) * 4;
     const float* xcol4 = col4 < NPQ
         ? x + ((long long)(col4 / PQ) * s.C + (long long)g * Cg) * HW + col4 % PQ : nullptr;
-    const int col = n0 + tid;                       // else: this thread's gather column
-    long long xbase = -1;
-    int h0 = 0, w0 = 0;
+    // else: this thread's gather column n0 + tid, from xt (its image and group) at offset
+    // h * W + v, (h, v) = (h0, w0) + the depth's shift; an invalid column never passes the
+    // bounds test (w0 far below 0)
+    const int col = n0 + tid;
+    const float* xt = x;
+    int h0 = 0, w0 = -(1 << 30);
     if (!VB && col < NPQ) {
         const int n = col / PQ, pq = col % PQ;
-        xbase = ((long long)n * s.C + (long long)g * Cg) * HW;
+        xt = x + ((long long)n * s.C + (long long)g * Cg) * HW;
         h0 = (pq / s.Q) * s.sh - s.ph;
         w0 = (pq % s.Q) * s.sw - s.pw;
     }
+    const int hw0 = h0 * s.W + w0;
+    int4* table = tc::depth_table<true, false>(smem);
+    // depth (c, r, s) of a slice: {c*H*W + r*dh*W + s*dw, r*dh, s*dw}; past the end a shift
+    // that fails every bounds test (c*H*W fits an int: the launcher checks Cg*H*W < 2**31)
+    auto prepare = [&](int step) {
+        if (VB || tid >= tc::BK) return;
+        const int crs = kbeg + step * tc::BK + tid;
+        int4 d = make_int4(0, 1 << 29, 0, 0);
+        if (crs < CRS) {
+            const int c = crs / RS, r = (crs % RS) / s.S, sc = crs % s.S;
+            d = make_int4(c * (int)HW + r * s.dh * s.W + sc * s.dw, r * s.dh, sc * s.dw, 0);
+        }
+        table[(step % tc::STAGES) * tc::BK + tid] = d;
+    };
     const int steps = CRS > kbeg ? (CRS - kbeg + tc::BK - 1) / tc::BK : 0;
     auto load = [&](float* As, float* Bs, int step) {
         const int k0 = kbeg + step * tc::BK;
@@ -165,21 +182,16 @@ conv2d_implicit_gemm_pipelined(const float* __restrict__ x, const float* __restr
             }
             return;
         }
-        int c = k0 / RS, r = (k0 % RS) / s.S, sc = k0 % s.S;
-#pragma unroll 4
+        const int4* t = table + (step % tc::STAGES) * tc::BK;
+#pragma unroll 8
         for (int kk = 0; kk < tc::BK; ++kk) {
-            const int h = h0 + r * s.dh, v = w0 + sc * s.dw;
-            const bool ok = xbase >= 0 && k0 + kk < CRS && h >= 0 && h < s.H && v >= 0 && v < s.W;
-            const float* p = ok ? x + xbase + c * HW + (long long)h * s.W + v : x;
-            cp_async<4>(Bs + tc::at<false>(tid, kk), p, ok);
-            if (++sc == s.S) {
-                sc = 0;
-                if (++r == s.R) { r = 0; ++c; }
-            }
+            const int4 d = t[kk];
+            const bool ok = (unsigned)(h0 + d.y) < (unsigned)s.H && (unsigned)(w0 + d.z) < (unsigned)s.W;
+            cp_async<4>(Bs + tc::at<false>(tid, kk), xt + (ok ? unsigned(hw0 + d.x) : 0u), ok);
         }
     };
     float acc[tc::NACC];
-    tc::mainloop<true, false>(smem, steps, tid, acc, load);
+    tc::mainloop<true, false>(smem, steps, tid, acc, load, prepare);
     if (bias) tc::add_row_bias(acc, tid, bias + g * Kg, m0, Kg);
     tc::store_columns(
         acc, tid, m0, n0,
@@ -341,7 +353,7 @@ conv2d_wgrad_implicit_gemm_pipelined(const float* __restrict__ x, const float* _
     const CONV_SHAPE;
     CONVGPU_DYNAMIC_SHARED(smem_bytes);
     float* smem = reinterpret_cast<float*>(smem_bytes);
-    const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+    const int tid = threadIdx.x, lane = tid % 32;
     const int g = blockIdx.z / splits, split = blockIdx.z % splits;
     const int Cg = s.C / s.groups, Kg = s.K / s.groups;
     const int RS = s.R * s.S, CRS = Cg * RS, PQ = s.P * s.Q;
@@ -350,39 +362,46 @@ conv2d_wgrad_implicit_gemm_pipelined(const float* __restrict__ x, const float* _
     gw += split * split_stride;
     const int m0 = blockIdx.y * tc::BM, n0 = blockIdx.x * tc::BN;
 
-    const int crs = n0 + tid;                       // this thread's row of X_cols^T
-    const bool crs_ok = crs < CRS;
-    const int c = crs / RS, dr = ((crs % RS) / s.S) * s.dh - s.ph, ds = (crs % s.S) * s.dw - s.pw;
-    const long long x_chan = ((long long)g * Cg + c) * HW;
+    // this thread's row (c, r, s) = n0 + tid of X_cols^T: from xt (channel g*Cg + c) at offset
+    // h * W + v, (h, v) = the depth's (p*sh, q*sw) + (dr, ds); an invalid row never passes
+    const int crs = n0 + tid;
+    const float* xt = x;
+    int dr = 0, ds = -(1 << 30);
+    if (crs < CRS) {
+        xt = x + ((long long)g * Cg + crs / RS) * HW;
+        dr = ((crs % RS) / s.S) * s.dh - s.ph;
+        ds = (crs % s.S) * s.dw - s.pw;
+    }
+    const int rs0 = dr * s.W + ds;
+    int4* table = tc::depth_table<true, false>(smem);
+    // depth (n, p, q) of a slice: {n*C*H*W + p*sh*W + q*sw, p*sh, q*sw} (N*C*H*W < 2**31,
+    // checked by the launcher); past the end a shift that fails every bounds test
+    auto prepare = [&](int step) {
+        if (tid >= tc::BK) return;
+        const int npq = kbeg + step * tc::BK + tid;
+        int4 d = make_int4(0, 1 << 29, 0, 0);
+        if (npq < kend) {
+            const int n = npq / PQ, p = (npq % PQ) / s.Q, q = npq % s.Q;
+            d = make_int4(n * s.C * (int)HW + p * s.sh * s.W + q * s.sw, p * s.sh, q * s.sw, 0);
+        }
+        table[(step % tc::STAGES) * tc::BK + tid] = d;
+    };
     const int steps = kend > kbeg ? (kend - kbeg + tc::BK - 1) / tc::BK : 0;
     auto load = [&](float* As, float* Bs, int step) {
         const int k0 = kbeg + step * tc::BK;
-        {
-            const int npq = k0 + lane;
-            const bool din = npq < kend;
-            const float* gyk = gy + ((long long)(npq / PQ) * s.K + (long long)g * Kg) * PQ + npq % PQ;
+        const int npq = k0 + lane;                  // A = gy: lane's depth, rows m0 + warp + 4 i
+        tc::load_rows4(As, gy + ((long long)(npq / PQ) * s.K + (long long)g * Kg + m0) * PQ + npq % PQ,
+                       PQ, npq < kend, Kg - m0, gy, tid);
+        const int4* t = table + (step % tc::STAGES) * tc::BK;
 #pragma unroll 8
-            for (int i = 0; i < tc::BM / 4; ++i) {
-                const int row = warp + 4 * i, m = m0 + row;
-                const bool ok = din && m < Kg;
-                cp_async<4>(As + tc::at<true>(row, lane), ok ? gyk + (long long)m * PQ : gy, ok);
-            }
-        }
-        int n = k0 / PQ, p = (k0 % PQ) / s.Q, q = k0 % s.Q;
-#pragma unroll 4
         for (int kk = 0; kk < tc::BK; ++kk) {
-            const int h = p * s.sh + dr, v = q * s.sw + ds;
-            const bool ok = crs_ok && k0 + kk < kend && h >= 0 && h < s.H && v >= 0 && v < s.W;
-            const float* src = ok ? x + (long long)n * s.C * HW + x_chan + (long long)h * s.W + v : x;
-            cp_async<4>(Bs + tc::at<false>(tid, kk), src, ok);
-            if (++q == s.Q) {
-                q = 0;
-                if (++p == s.P) { p = 0; ++n; }
-            }
+            const int4 d = t[kk];
+            const bool ok = (unsigned)(d.y + dr) < (unsigned)s.H && (unsigned)(d.z + ds) < (unsigned)s.W;
+            cp_async<4>(Bs + tc::at<false>(tid, kk), xt + (ok ? unsigned(d.x + rs0) : 0u), ok);
         }
     };
     float acc[tc::NACC];
-    tc::mainloop<true, false>(smem, steps, tid, acc, load);
+    tc::mainloop<true, false>(smem, steps, tid, acc, load, prepare);
     tc::store_rows(acc, tid, gw + (long long)g * Kg * CRS, CRS, m0, n0, Kg, CRS);
 }
 
@@ -399,7 +418,7 @@ conv2d_dgrad_implicit_gemm_pipelined(const float* __restrict__ gy, const float* 
     const CONV_SHAPE;
     CONVGPU_DYNAMIC_SHARED(smem_bytes);
     float* smem = reinterpret_cast<float*>(smem_bytes);
-    const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+    const int tid = threadIdx.x, lane = tid % 32;
     const int g = blockIdx.z / splits, split = blockIdx.z % splits;
     const int Cg = s.C / s.groups, Kg = s.K / s.groups;
     const int RS = s.R * s.S, CRS = Cg * RS, KRS_all = Kg * RS, PQ = s.P * s.Q;
@@ -411,51 +430,59 @@ conv2d_dgrad_implicit_gemm_pipelined(const float* __restrict__ gy, const float* 
     const long long n0 = (long long)blockIdx.x * tc::BN;
     const float* wg = w + (long long)g * Kg * CRS;
 
-    const long long col = n0 + tid;                 // this thread's column of GY_cols
-    long long gybase = -1;
-    int hh = 0, vv = 0;
+    // this thread's column (n, h, v) = n0 + tid of GY_cols: from gyt (image n, group g); the
+    // depth (k, r, s) reads output (p, q) = ((h + ph - r*dh) / sh, (v + pw - s*dw) / sw) when
+    // both divide and lie inside; an invalid column never passes (vv far below 0)
+    const long long col = n0 + tid;
+    const float* gyt = gy;
+    int hh = 0, vv = -(1 << 30);
     if (col < NHW) {
         const int n = (int)(col / HW), hw = (int)(col % HW);
-        gybase = ((long long)n * s.K + (long long)g * Kg) * PQ;
+        gyt = gy + ((long long)n * s.K + (long long)g * Kg) * PQ;
         hh = hw / s.W + s.ph;
         vv = hw % s.W + s.pw;
     }
+    const int hv0 = hh * s.Q + vv;                  // UNIT: p*Q + q = hv0 + the depth's shift
+    int4* table = tc::depth_table<true, false>(smem);
+    // depth (k, r, s) of a slice: {k*P*Q - r*dh*Q - s*dw, r*dh, s*dw, k*P*Q}; past the end a
+    // shift that fails every bounds test (K*P*Q < 2**31: gy's per-image size, checked by the
+    // launcher)
+    auto prepare = [&](int step) {
+        if (tid >= tc::BK) return;
+        const int krs = kbeg + step * tc::BK + tid;
+        int4 d = make_int4(0, -(1 << 29), 0, 0);
+        if (krs < KRS) {
+            const int k = krs / RS, r = (krs % RS) / s.S, sc = krs % s.S;
+            d = make_int4(k * PQ - r * s.dh * s.Q - sc * s.dw, r * s.dh, sc * s.dw, k * PQ);
+        }
+        table[(step % tc::STAGES) * tc::BK + tid] = d;
+    };
     const int steps = KRS > kbeg ? (KRS - kbeg + tc::BK - 1) / tc::BK : 0;
     auto load = [&](float* As, float* Bs, int step) {
         const int k0 = kbeg + step * tc::BK;
-        {
-            const int krs = k0 + lane;
-            const bool din = krs < KRS;
-            const float* wk = wg + (long long)(krs / RS) * CRS + krs % RS;
+        const int krs = k0 + lane;                  // A = W^T: lane's depth, rows c = m0 + warp + 4 i
+        tc::load_rows4(As, wg + (long long)(krs / RS) * CRS + (long long)m0 * RS + krs % RS, RS,
+                       krs < KRS, Cg - m0, w, tid);
+        const int4* t = table + (step % tc::STAGES) * tc::BK;
 #pragma unroll 8
-            for (int i = 0; i < tc::BM / 4; ++i) {
-                const int row = warp + 4 * i, c = m0 + row;
-                const bool ok = din && c < Cg;
-                cp_async<4>(As + tc::at<true>(row, lane), ok ? wk + c * RS : w, ok);
-            }
-        }
-        int k = k0 / RS, r = (k0 % RS) / s.S, sc = k0 % s.S;
-#pragma unroll 4
         for (int kk = 0; kk < tc::BK; ++kk) {
-            const int hp = hh - r * s.dh, vq = vv - sc * s.dw;
-            bool ok = gybase >= 0 && k0 + kk < KRS && hp >= 0 && vq >= 0;
-            int p = hp, q = vq;
-            if (!UNIT) {
-                ok = ok && hp % s.sh == 0 && vq % s.sw == 0;
-                p = hp / s.sh;
-                q = vq / s.sw;
+            const int4 d = t[kk];
+            const int hp = hh - d.y, vq = vv - d.z;
+            bool ok;
+            int off;
+            if (UNIT) {
+                ok = (unsigned)hp < (unsigned)s.P && (unsigned)vq < (unsigned)s.Q;
+                off = hv0 + d.x;
+            } else {
+                ok = hp >= 0 && vq >= 0 && hp % s.sh == 0 && vq % s.sw == 0 && hp / s.sh < s.P &&
+                     vq / s.sw < s.Q;
+                off = d.w + (hp / s.sh) * s.Q + vq / s.sw;
             }
-            ok = ok && p < s.P && q < s.Q;
-            const float* src = ok ? gy + gybase + (long long)k * PQ + p * s.Q + q : gy;
-            cp_async<4>(Bs + tc::at<false>(tid, kk), src, ok);
-            if (++sc == s.S) {
-                sc = 0;
-                if (++r == s.R) { r = 0; ++k; }
-            }
+            cp_async<4>(Bs + tc::at<false>(tid, kk), gyt + (ok ? unsigned(off) : 0u), ok);
         }
     };
     float acc[tc::NACC];
-    tc::mainloop<true, false>(smem, steps, tid, acc, load);
+    tc::mainloop<true, false>(smem, steps, tid, acc, load, prepare);
     tc::store_columns(
         acc, tid, m0, n0,
         [&](long long cl) -> float* {

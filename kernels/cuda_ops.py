@@ -22,9 +22,36 @@ THREADS = 256              # one-thread-per-element kernels
 PIPE_THREADS, PIPE_BK, PIPE_STAGES = 128, 32, 3
 
 
-def pipe_shared_bytes(a_kmajor: bool, b_kmajor: bool) -> int:
+PIPE_TABLE_BYTES = PIPE_STAGES * PIPE_BK * 16   # the gathers' depth tables (tc::TABLE_BYTES)
+
+
+def pipe_shared_bytes(a_kmajor: bool, b_kmajor: bool, table: bool = False) -> int:
     tile = lambda kmajor: 128 * 36 if kmajor else 32 * 136
-    return 4 * PIPE_STAGES * (tile(a_kmajor) + tile(b_kmajor))
+    return 4 * PIPE_STAGES * (tile(a_kmajor) + tile(b_kmajor)) + (PIPE_TABLE_BYTES if table else 0)
+
+
+def pipelined_supports(a, op="forward"):
+    """The pipelined TF32 kernels' conditions: TF32 allowed, and the offsets their depth
+    tables hold fit an int (forward: Cg*H*W; input gradient: K*P*Q; weight gradient:
+    N*C*H*W and N*P*Q)."""
+    why = tf32_supports(a)
+    if why:
+        return why
+    limit = 2 ** 31 - 2 ** 20
+    size = {"forward": a.Cg * a.H * a.W, "input": a.K * a.P * a.Q,
+            "weight": max(a.N * a.C * a.H * a.W, a.N * a.P * a.Q)}[op]
+    if size >= limit:
+        return (f"the pipelined kernel's depth table holds offsets below 2**31; this {op} "
+                f"pass needs {size}")
+    return None
+
+
+def pipelined_input_supports(a):
+    return pipelined_supports(a, "input")
+
+
+def pipelined_weight_supports(a):
+    return pipelined_supports(a, "weight")
 MAX_GRID_X = 2 ** 31 - 1
 INT_SAFE = 2 ** 31 - 2 ** 27   # flat indices below this (plus the grid stride) fit in int
 
@@ -165,7 +192,7 @@ def conv2d_implicit_gemm_pipelined_tf32(a, x, w, b):
     return _split_launch(f"conv2d_implicit_gemm_pipelined<{cbool(va)}, {cbool(vb)}>", a,
                          x.dtype, x, a.y_shape, grid, a.Kg, a.N * a.P * a.Q, crs, x, w, bias,
                          threads=PIPE_THREADS, depth_unit=PIPE_BK,
-                         shared_mem=pipe_shared_bytes(True, False))
+                         shared_mem=pipe_shared_bytes(True, False, table=True))
 
 
 # direct convolution (conv_direct.cu): KT output channels x TP x TQ output pixels per block
@@ -330,7 +357,7 @@ def backward_weight_implicit_gemm_pipelined_tf32(a, x, gy):
     return _split_launch("conv2d_wgrad_implicit_gemm_pipelined", a, x.dtype, x, a.w_shape,
                          grid, a.Kg, crs, npq, contiguous(x), contiguous(gy),
                          threads=PIPE_THREADS, depth_unit=PIPE_BK,
-                         shared_mem=pipe_shared_bytes(True, False))
+                         shared_mem=pipe_shared_bytes(True, False, table=True))
 
 
 def backward_input_implicit_gemm_pipelined_tf32(a, gy, w):
@@ -342,7 +369,7 @@ def backward_input_implicit_gemm_pipelined_tf32(a, gy, w):
     return _split_launch(f"conv2d_dgrad_implicit_gemm_pipelined<{cbool(unit)}>", a, gy.dtype,
                          gy, a.x_shape, grid, a.Cg, nhw, a.Kg * a.R * a.S, contiguous(gy),
                          contiguous(w), threads=PIPE_THREADS, depth_unit=PIPE_BK,
-                         shared_mem=pipe_shared_bytes(True, False))
+                         shared_mem=pipe_shared_bytes(True, False, table=True))
 
 
 def im2col(a, x):

@@ -68,9 +68,9 @@ constexpr int LDR = BM + 8;         // row-major row length: 544 bytes
 static_assert(BM == BN, "one row-major length serves both operands");
 
 // floats one operand tile takes in one stage
-template <bool KMAJOR> constexpr int tile_floats() { return KMAJOR ? BM * LDK : BK * LDR; }
+template <bool KMAJOR> __host__ __device__ constexpr int tile_floats() { return KMAJOR ? BM * LDK : BK * LDR; }
 // dynamic shared memory bytes of a kernel whose A / B tiles are K-major or not
-template <bool KA, bool KB> constexpr int shared_bytes() {
+template <bool KA, bool KB> __host__ __device__ constexpr int shared_bytes() {
     return STAGES * (tile_floats<KA>() + tile_floats<KB>()) * 4;
 }
 
@@ -123,19 +123,41 @@ __device__ __forceinline__ void mma_slice(const float* As, const float* Bs, int 
     }
 }
 
+// The gathers' depth tables: for each of the STAGES slices in flight, one int4 per depth of
+// the slice (what a gather needs of that depth: an offset and two coordinate shifts, the
+// same for every thread), in dynamic shared memory after the stage buffers. Built by the
+// first BK threads (prepare) a slice ahead of the copies that read them, so each gathered
+// element costs a broadcast shared read, two adds and two compares instead of stepping and
+// re-deriving the depth's coordinates in every thread.
+constexpr int TABLE_BYTES = STAGES * BK * 16;
+template <bool KA, bool KB> __device__ __forceinline__ int4* depth_table(float* smem) {
+    return reinterpret_cast<int4*>(smem + STAGES * (tile_floats<KA>() + tile_floats<KB>()));
+}
+struct NoPrepare {
+    __device__ __forceinline__ void operator()(int) const {}
+};
+
 // The main loop: acc = sum over `steps` slices of A_tile x B_tile. load(As, Bs, step) issues
-// the cp.async copies of slice `step` into the given stage buffers (this thread's share).
+// the cp.async copies of slice `step` into the given stage buffers (this thread's share);
+// prepare(step) writes what load(.., step) will read of the depth table (slot step % STAGES).
 // Slices step + 1 and step + 2 are in flight while slice `step` feeds the tensor cores; one
 // barrier per slice. Every iteration commits one group (empty past the end), so
-// cp_async_wait<STAGES - 2> always means "slice `step` has landed".
-template <bool KA, bool KB, typename Load>
+// cp_async_wait<STAGES - 2> always means "slice `step` has landed". Table slot
+// (step + STAGES) % STAGES = step % STAGES is rewritten after the barrier of iteration
+// `step` (its last reader, load of slice `step`, ran two iterations before) and read after
+// the next barrier.
+template <bool KA, bool KB, typename Load, typename Prepare = NoPrepare>
 __device__ __forceinline__ void mainloop(float* smem, int steps, int tid, float (&acc)[NACC],
-                                         Load&& load) {
+                                         Load&& load, Prepare&& prepare = Prepare{}) {
     constexpr int SA = tile_floats<KA>(), SB = tile_floats<KB>();
     float* As = smem;
     float* Bs = smem + STAGES * SA;
 #pragma unroll
     for (int e = 0; e < NACC; ++e) acc[e] = 0.f;
+#pragma unroll
+    for (int s = 0; s < STAGES; ++s)
+        if (s < steps) prepare(s);
+    __syncthreads();                   // the first tables are written
 #pragma unroll
     for (int s = 0; s < STAGES - 1; ++s) {
         if (s < steps) load(As + s * SA, Bs + s * SB, s);
@@ -147,6 +169,7 @@ __device__ __forceinline__ void mainloop(float* smem, int steps, int tid, float 
         const int next = step + STAGES - 1, nb = next % STAGES;   // = buffer of step - 1
         if (next < steps) load(As + nb * SA, Bs + nb * SB, next);
         cp_async_commit();
+        if (step + STAGES < steps) prepare(step + STAGES);
         const int cur = step % STAGES;
         mma_slice<KA, KB>(As + cur * SA, Bs + cur * SB, tid, acc);
     }
@@ -207,6 +230,23 @@ __device__ __forceinline__ void add_row_bias(float (&acc)[NACC], int tid,
     }
 #pragma unroll
     for (int e = 0; e < NACC; ++e) acc[e] += b[(e / (NI * 4)) * 2 + (e % 4) / 2];
+}
+
+// 4-byte copies of a K-major 128 x BK tile whose rows lie `stride` elements apart in global
+// memory: lane l copies depth l (src: row r0's element at that depth; valid: the depth is),
+// rows warp + 4 i of the tile, which stay valid below `rows` (counted from r0).
+__device__ __forceinline__ void load_rows4(float* S, const float* __restrict__ src,
+                                           long long stride, bool valid, int rows,
+                                           const float* __restrict__ safe, int tid) {
+    const int lane = tid % 32, warp = tid / 32;
+    const float* p = src + warp * stride;
+#pragma unroll 8
+    for (int i = 0; i < BM / 4; ++i) {
+        const int r = warp + 4 * i;
+        const bool ok = valid && r < rows;
+        cp_async<4>(S + at<true>(r, lane), ok ? p : safe, ok);
+        p += 4 * stride;
+    }
 }
 
 // Epilogues, as tile::store_rows / store_columns for this accumulator layout

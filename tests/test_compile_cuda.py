@@ -96,9 +96,14 @@ def test_pipelined_kernels_copy_asynchronously_and_use_tensor_cores():
             assert "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32" in body, e
             assert "cvt.rna.tf32.f32" in body, e
             assert "cp.async.wait_group 1;" in body and "cp.async.commit_group;" in body, e
-            # gemm: all 16-byte; conv<VA, VB>: 16-byte where VA or VB, 4-byte where not both
-            va, vb = (True, True) if file == "gemm.cu" else \
-                tuple(v.strip() == "true" for v in e[e.index("<") + 1:-1].split(","))
+            # gemm: all 16-byte; forward <VA, VB>: 16-byte where VA or VB, 4-byte where not
+            # both; the gradients: 4-byte gathers only
+            if file == "gemm.cu":
+                va = vb = True
+            elif e.startswith("conv2d_implicit_gemm_pipelined<"):
+                va, vb = (v.strip() == "true" for v in e[e.index("<") + 1:-1].split(","))
+            else:
+                va = vb = False
             assert ("cp.async.cg.shared.global" in body) == (va or vb), e
             assert ("cp.async.ca.shared.global" in body) == (not (va and vb)), e
             # operands arrive only through cp.async; the conv epilogue reads its 8 bias values
