@@ -172,7 +172,8 @@ conv2d_implicit_gemm_pipelined(const float* __restrict__ x, const float* __restr
     auto load = [&](float* As, float* Bs, int step) {
         const int k0 = kbeg + step * tc::BK;
         if (VA) tc::load_matrix16<true>(As, wg, CRS_all, m0, Kg, k0, CRS, tid);
-        else    tc::load_matrix4<true>(As, wg, CRS_all, m0, Kg, k0, CRS, tid);
+        else    tc::load_rows4(As, wg + (long long)m0 * CRS_all + k0 + tid % 32, CRS_all,
+                               k0 + tid % 32 < CRS, Kg - m0, wg, tid);
         if (VB) {
 #pragma unroll
             for (int i = 0; i < tc::BK / 4; ++i) {

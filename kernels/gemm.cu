@@ -169,10 +169,11 @@ gemm_pipelined(const float* __restrict__ A, const float* __restrict__ B, float* 
     const int m0 = blockIdx.y * tc::BM, n0 = blockIdx.x * tc::BN;
     const int kbeg = split * kchunk, kend = min(K, kbeg + kchunk);
     const int steps = kend > kbeg ? (kend - kbeg + tc::BK - 1) / tc::BK : 0;
-    auto load = [&](float* As, float* Bs, int step) {
-        const int k0 = kbeg + step * tc::BK;
-        tc::load_matrix16<KA>(As, A, KA ? K : M, m0, M, k0, kend, tid);
-        tc::load_matrix16<KB>(Bs, B, KB ? K : N, n0, N, k0, kend, tid);
+    tc::Copier16<KA> copy_a(A, KA ? K : M, m0, M, kbeg, kend, tid);
+    tc::Copier16<KB> copy_b(B, KB ? K : N, n0, N, kbeg, kend, tid);
+    auto load = [&](float* As, float* Bs, int) {     // called for slices 0, 1, 2, ... in order
+        copy_a.load(As, A);
+        copy_b.load(Bs, B);
     };
     float acc[tc::NACC];
     tc::mainloop<KA, KB>(smem, steps, tid, acc, load);

@@ -176,11 +176,61 @@ __device__ __forceinline__ void mainloop(float* smem, int steps, int tid, float 
     cp_async_wait<0>();                // only empty groups remain; leave none behind
 }
 
-// Copies of a 128 x BK operand tile whose source is a plain matrix: rows [r0, r0 + 128) of
-// `rows` valid, depths [k0, k0 + BK) of those below kend valid, element (row, k) at
-// src[row * ld + k] (KMAJOR, contiguous along k) or src[k * ld + row]. 16-byte copies: the
-// caller guarantees 16-byte aligned rows (ld % 4 == 0, aligned base) and kend, rows % 4 == 0
-// along the contiguous axis, so a vector is wholly inside or outside.
+// 16-byte copies of a 128 x BK operand tile of a plain matrix, one slice per load() call in
+// slice order: element (row, k) at src[row * ld + k] (KMAJOR, contiguous along k) or
+// src[k * ld + row]; rows [r0, r0 + 128) valid below `rows`, depths valid below kend. The
+// caller guarantees 16-byte alignment (ld % 4 == 0, an aligned base, rows or kend a multiple
+// of 4 along the contiguous axis), so a vector is wholly inside or outside. The thread's
+// pointer, shared offset and row validity are worked out once; a slice then costs, per
+// chunk, a 64-bit add, a test and the copy.
+template <bool KMAJOR>
+struct Copier16 {
+    static constexpr int CHUNKS = BM * BK / 4 / THREADS;       // 8 float4 per thread
+    static constexpr int STRIDE = KMAJOR ? THREADS / (BK / 4)  // 16 rows between chunks
+                                         : THREADS / (BM / 4); // 4 depths between chunks
+    const float* p;           // chunk 0 of the next slice
+    long long di;             // pointer step from chunk to chunk
+    int ld;                   // the matrix's leading dimension (non-KMAJOR: slice step / BK)
+    unsigned valid;           // bit i: chunk i's row (KMAJOR) / this thread's columns inside
+    int left;                 // depths left below kend from chunk 0 of the next slice
+    int soff;                 // shared offset (floats) of chunk 0
+
+    __device__ __forceinline__ Copier16(const float* src, int ld_, int r0, int rows, int kbeg,
+                                        int kend, int tid) : ld(ld_) {
+        if (KMAJOR) {
+            const int r = tid / (BK / 4), kq = (tid % (BK / 4)) * 4;
+            p = src + (long long)(r0 + r) * ld + kbeg + kq;
+            valid = 0;
+#pragma unroll
+            for (int i = 0; i < CHUNKS; ++i) valid |= unsigned(r0 + r + STRIDE * i < rows) << i;
+            left = kend - kbeg - kq;
+            soff = at<true>(r, kq);
+        } else {
+            const int kr = tid / (BM / 4), c = (tid % (BM / 4)) * 4;
+            p = src + (long long)(kbeg + kr) * ld + r0 + c;
+            valid = r0 + c < rows ? ~0u : 0u;
+            left = kend - kbeg - kr;
+            soff = at<false>(c, kr);
+        }
+        di = (long long)STRIDE * ld;
+    }
+    // copies the next slice into S; safe: any valid address (zero-filled copies read none)
+    __device__ __forceinline__ void load(float* S, const float* safe) {
+        const float* q = p;
+#pragma unroll
+        for (int i = 0; i < CHUNKS; ++i) {
+            const bool ok = ((valid >> i) & 1u) && (KMAJOR ? 0 : STRIDE * i) < left;
+            cp_async<16>(S + soff + i * STRIDE * (KMAJOR ? LDK : LDR), ok ? q : safe, ok);
+            q += di;
+        }
+        p += KMAJOR ? (long long)BK : (long long)BK * ld;
+        left -= BK;
+    }
+};
+
+// The same copies recomputing each address from (r0, k0) on every call: no state kept across
+// slices (fewer live registers than Copier16; the conv forward, which also keeps a gather's
+// state, needs that under nvcc 13.0's register allocation)
 template <bool KMAJOR>
 __device__ __forceinline__ void load_matrix16(float* S, const float* __restrict__ src,
                                               long long ld, int r0, int rows, int k0, int kend,
@@ -199,24 +249,6 @@ __device__ __forceinline__ void load_matrix16(float* S, const float* __restrict_
     }
 }
 
-// The same with 4-byte copies, for any alignment (K-major: a warp copies one row's 32 depths)
-template <bool KMAJOR>
-__device__ __forceinline__ void load_matrix4(float* S, const float* __restrict__ src,
-                                             long long ld, int r0, int rows, int k0, int kend,
-                                             int tid) {
-    constexpr int ELEMS = BM * BK / THREADS;        // 32 per thread
-#pragma unroll 8
-    for (int i = 0; i < ELEMS; ++i) {
-        const int id = tid + THREADS * i;
-        int r, k;
-        if (KMAJOR) { r = id / BK; k = id % BK; }
-        else        { k = id / BM; r = id % BM; }
-        const int gr = r0 + r, gk = k0 + k;
-        const bool ok = gr < rows && gk < kend;
-        const float* p = ok ? (KMAJOR ? src + gr * ld + gk : src + (long long)gk * ld + gr) : src;
-        cp_async<4>(S + at<KMAJOR>(r, k), p, ok);
-    }
-}
 
 // acc[e] += bias[row of e] for rows m0 + row < rows: a thread's 128 accumulators lie in
 // 2 * MI rows, so 8 loads
