@@ -6,11 +6,16 @@
 // unpadded input plane (h*W + w).
 //
 //   max_pool2d_fwd<T, I>        one thread per output; -inf start, strict '>' so the first
-//                               maximum wins; the first NaN is taken and kept
+//                               maximum wins; the first NaN is taken and kept; windows up to
+//                               3x3 unrolled with every load issued before the comparisons
 //   max_pool2d_bwd_gather<T, I> one thread per input element: sums gy over the windows that
-//                               can cover it and whose index points at it (deterministic)
+//                               can cover it and whose index points at it (deterministic); up
+//                               to 2x2 candidate windows unrolled, loads first
 //   avg_pool2d_fwd<T, I>, avg_pool2d_bwd_gather<T, I>   torch's divisor rule
 #include "common.cuh"
+
+// unrolled paths: max-pool windows up to KFAST x KFAST, backward candidates up to CFAST x CFAST
+constexpr int KFAST = 3, CFAST = 2;
 
 struct PoolShape {
     int H, W, P, Q, kh, kw, sh, sw, ph, pw, dh, dw, include_pad, divisor_override;
@@ -56,15 +61,59 @@ __global__ void max_pool2d_fwd(const T* __restrict__ x, T* __restrict__ y,
         const int h0 = p * s.sh - s.ph, w0 = q * s.sw - s.pw;
         T best = neg_inf<T>();
         int bi = -1;
-        for (int r = 0; r < s.kh; ++r) {
-            const int h = h0 + r * s.dh;
-            if (h < 0 || h >= s.H) continue;
-            for (int c = 0; c < s.kw; ++c) {
-                const int v = w0 + c * s.dw;
-                if (v < 0 || v >= s.W) continue;
-                const T val = xp[h * s.W + v];
-                if (best != best) continue;                  // a NaN was taken: keep it
-                if (val > best || val != val || bi < 0) { best = val; bi = h * s.W + v; }
+        // the rule for one window element, in row-major window order
+        auto take = [&](T val, int at) {
+            if (best != best) return;                        // a NaN was taken: keep it
+            if (val > best || val != val || bi < 0) { best = val; bi = at; }
+        };
+        if (s.kh <= KFAST && s.kw <= KFAST) {
+            // windows up to KFAST x KFAST: every load issued before the first comparison
+            // needs its value (a loop with runtime bounds waits for each load in turn)
+            T val[KFAST][KFAST];
+            bool in[KFAST][KFAST];
+#pragma unroll
+            for (int r = 0; r < KFAST; ++r)
+#pragma unroll
+                for (int c = 0; c < KFAST; ++c) {
+                    const int h = h0 + r * s.dh, v = w0 + c * s.dw;
+                    in[r][c] = r < s.kh && c < s.kw && h >= 0 && h < s.H && v >= 0 && v < s.W;
+                    // an unconditional load from the clamped (always valid) position: a
+                    // predicated one is sunk by the compiler next to its comparison
+                    const int hc = min(max(h, 0), s.H - 1), vc = min(max(v, 0), s.W - 1);
+                    val[r][c] = xp[hc * s.W + vc];
+                }
+            // the same answer as `take` in window order, from two passes over the registers:
+            // the maximum (a tree, which needs every value at once) and whether a NaN is
+            // among them; then the first position holding the first NaN, else the maximum
+            T m = neg_inf<T>();
+            bool nan = false;
+#pragma unroll
+            for (int r = 0; r < KFAST; ++r)
+#pragma unroll
+                for (int c = 0; c < KFAST; ++c) {
+                    const T v = in[r][c] ? val[r][c] : neg_inf<T>();
+                    m = max(m, v);                           // fmax: NaN-free maximum
+                    nan = nan || v != v;
+                }
+#pragma unroll
+            for (int r = 0; r < KFAST; ++r)
+#pragma unroll
+                for (int c = 0; c < KFAST; ++c) {
+                    const T v = val[r][c];
+                    if (bi < 0 && in[r][c] && (nan ? v != v : v == m)) {
+                        best = v;
+                        bi = (h0 + r * s.dh) * s.W + w0 + c * s.dw;
+                    }
+                }
+        } else {
+            for (int r = 0; r < s.kh; ++r) {
+                const int h = h0 + r * s.dh;
+                if (h < 0 || h >= s.H) continue;
+                for (int c = 0; c < s.kw; ++c) {
+                    const int v = w0 + c * s.dw;
+                    if (v < 0 || v >= s.W) continue;
+                    take(xp[h * s.W + v], h * s.W + v);
+                }
             }
         }
         y[t] = best;
@@ -93,10 +142,33 @@ __global__ void max_pool2d_bwd_gather(const T* __restrict__ gy, const long long*
         // stored index decides, so no divisibility test is needed for dilation
         const int p_lo = first_cover(h, s.ph, s.kh, divSH, s.dh);
         const int q_lo = first_cover(v, s.pw, s.kw, divSW, s.dw);
-        for (int p = p_lo; p <= p_hi; ++p) {
-            const long long row = base + (long long)p * s.Q;
-            for (int q = q_lo; q <= q_hi; ++q) {
-                if (idx[row + q] == me) acc += gy[row + q];
+        if (p_hi - p_lo < CFAST && q_hi - q_lo < CFAST) {
+            // up to CFAST x CFAST candidates (2 x 2 covers kernel <= 2 * stride, e.g. 3x3/2):
+            // all index and gradient loads issued first, then the same sum in the same order
+            long long id[CFAST][CFAST];
+            T g[CFAST][CFAST];
+#pragma unroll
+            for (int a = 0; a < CFAST; ++a)
+#pragma unroll
+                for (int b = 0; b < CFAST; ++b) {
+                    const bool in = p_lo + a <= p_hi && q_lo + b <= q_hi;
+                    // unconditional loads from clamped (valid) positions, masked after
+                    const long long at =
+                        base + (long long)min(p_lo + a, p_hi) * s.Q + min(q_lo + b, q_hi);
+                    id[a][b] = in ? idx[at] : -1;
+                    g[a][b] = gy[at];
+                }
+#pragma unroll
+            for (int a = 0; a < CFAST; ++a)
+#pragma unroll
+                for (int b = 0; b < CFAST; ++b)
+                    if (id[a][b] == me) acc += g[a][b];
+        } else {
+            for (int p = p_lo; p <= p_hi; ++p) {
+                const long long row = base + (long long)p * s.Q;
+                for (int q = q_lo; q <= q_hi; ++q) {
+                    if (idx[row + q] == me) acc += gy[row + q];
+                }
             }
         }
         gx[t] = acc;

@@ -524,12 +524,18 @@ def test_max_pool2d_ties_nan_and_minus_inf():
     x[0, 1] = np.arange(16).reshape(4, 4)
     x[0, 1, 1, 0] = x[0, 1, 3, 3] = x[0, 1, 3, 2] = np.nan
     xi = np.full((1, 1, 3, 3), -np.inf)
-    for inp, args in [(x, (2,)), (xi, (3, 2, 1))]:
+    # windows up to 3x3 take pool.cu's unrolled path, 4x4 its loop; 3x3/1 and 4x4/1 have
+    # more than 2x2 candidate windows per input element, the backward's loop
+    for inp, args in [(x, (2,)), (xi, (3, 2, 1)), (x, (3, 1)), (x, (4, 1, 1)), (xi, (4, 1, 2))]:
         yr, ir = convgpu.max_pool2d(inp, *args, return_indices=True)
         y, i = both_orders(lambda: convgpu.max_pool2d(inp, *args, return_indices=True,
                                                       backend="cuda"))
         np.testing.assert_array_equal(i, ir)
         np.testing.assert_array_equal(y, yr)
+        gy = np.arange(1, y.size + 1, dtype=np.float64).reshape(y.shape)
+        gx = both_orders(lambda: convgpu.max_pool2d_backward(gy, i, inp.shape, *args,
+                                                             backend="cuda"))
+        np.testing.assert_array_equal(gx, convgpu.max_pool2d_backward(gy, ir, inp.shape))
 
 
 AVGP = AVGP_SMALL
