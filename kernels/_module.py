@@ -87,6 +87,24 @@ def get_function(file: str, expr: str):
     return _module(file, cupy.cuda.Device().id).get_function(expr)
 
 
+def max_shared_per_block() -> int:
+    """The most shared memory one block may have on the current device once a kernel opts
+    in (cudaDevAttrMaxSharedMemoryPerBlockOptin: 227 KiB on sm_90, 163 KiB on sm_80, 99 KiB
+    on sm_86 / sm_89); under host emulation the emulator's limit (sm_90's)."""
+    if host_emulation():
+        from convgpu import cuda_host
+        return cuda_host.MAX_SHARED_PER_BLOCK
+    import cupy
+    return _optin_shared(cupy.cuda.Device().id)
+
+
+@functools.lru_cache(maxsize=None)
+def _optin_shared(device_id: int) -> int:
+    import cupy
+    rt = cupy.cuda.runtime
+    return int(rt.deviceGetAttribute(rt.cudaDevAttrMaxSharedMemoryPerBlockOptin, device_id))
+
+
 _DYNAMIC_SHARED_SET: Dict[Tuple[int, int], int] = {}
 
 

@@ -12,7 +12,8 @@ import numpy as np
 from convgpu.arrays import xp_of
 from convgpu.kernels._fft_common import COMPLEX, dilation_reason, padded, stuffed, transform_size
 from convgpu.kernels._launch import ceil_div, contiguous, empty
-from convgpu.kernels._module import cbool, ctype, get_function, set_max_dynamic_shared
+from convgpu.kernels._module import (cbool, ctype, get_function, max_shared_per_block,
+                                     set_max_dynamic_shared)
 
 TILE = 128                 # the register-blocked tile of gemm.cu / conv.cu (tile::BM = BN)
 GEMM_THREADS = 256
@@ -37,6 +38,10 @@ def pipelined_supports(a, op="forward"):
     why = tf32_supports(a)
     if why:
         return why
+    need, have = pipe_shared_bytes(True, False, table=True), max_shared_per_block()
+    if need > have:
+        return (f"the pipelined kernels need {need} bytes of shared memory per block; this "
+                f"device allows {have}")
     limit = 2 ** 31 - 2 ** 20
     size = {"forward": a.Cg * a.H * a.W, "input": a.K * a.P * a.Q,
             "weight": max(a.N * a.C * a.H * a.W, a.N * a.P * a.Q)}[op]
@@ -110,8 +115,12 @@ def gemm(A, B, ta=False, tb=False, splits=1, tf32=False, variant="auto"):
                          "of 4 and 16-byte aligned operands")
     if variant == "pipelined" and not tf32:
         raise ValueError("gemm_pipelined is the TF32 kernel: it needs tf32=True")
+    pipe_fits = fits and pipe_shared_bytes(not ta, tb) <= max_shared_per_block()
+    if variant == "pipelined" and not pipe_fits:
+        raise ValueError(f"gemm_pipelined needs {pipe_shared_bytes(not ta, tb)} bytes of shared "
+                         f"memory per block; this device allows {max_shared_per_block()}")
     if variant == "auto":
-        variant = ("pipelined" if tf32 else "vec") if fits else "tiled"
+        variant = ("pipelined" if tf32 and pipe_fits else "vec") if fits else "tiled"
     depth = {"vec": 16, "tiled": 8, "pipelined": PIPE_BK}[variant]   # the split unit
     splits = max(1, min(splits, ceil_div(K, depth)))
     kchunk = ceil_div(ceil_div(K, splits), depth) * depth

@@ -744,6 +744,29 @@ def test_conv2d_pipelined_vector_paths(rng, monkeypatch, case, vectors):
     assert f"conv2d_implicit_gemm_pipelined<{str(va).lower()}, {str(vb).lower()}>" in names
 
 
+def test_pipelined_kernels_step_aside_on_devices_with_less_shared_memory(rng, monkeypatch):
+    """sm_86 / sm_89 let a block opt in to 99 KiB of shared memory, less than the pipelined
+    tile's ~107 KiB: the conv passes are declined with the reason (never a failed launch) and
+    gemm(tf32=True) falls back to gemm_vec."""
+    from convgpu.kernels import cuda_ops
+    monkeypatch.setattr(cuda_ops, "max_shared_per_block", lambda: 99 * 1024)
+    x, w, b, kw = (a.astype(np.float32) if isinstance(a, np.ndarray) else a
+                   for a in _conv(rng, CONV[0], np.float64))
+    with pytest.raises(ValueError, match="this device allows 101376"):
+        convgpu.conv2d(x, w, b, **kw, backend="cuda", algo="implicit_gemm_pipelined_tf32",
+                       allow_tf32=True)
+    A = rand(rng, (1, 8, 12)).astype(np.float32)
+    B = rand(rng, (1, 12, 8)).astype(np.float32)
+    names = []
+    real = cuda_ops.get_function
+    monkeypatch.setattr(cuda_ops, "get_function", lambda f, e: names.append(e) or real(f, e))
+    C = cuda_ops.gemm(A, B, tf32=True)
+    assert names == ["gemm_vec<false, false, true>"]
+    assert_close(C, A.astype(np.float64) @ B, 2e-3)
+    with pytest.raises(ValueError, match="this device allows"):
+        cuda_ops.gemm(A, B, tf32=True, variant="pipelined")
+
+
 def test_gemm_vec_refuses_what_it_cannot_serve(rng):
     from convgpu.kernels import cuda_ops
     A = rand(rng, (1, 8, 6)).astype(np.float32)           # K = 6: rows not 16-byte aligned
