@@ -563,7 +563,17 @@ def _to_spatial(Y, lead, groups, L, dtype):
     return cp.fft.irfft2(cplx, s=L)
 
 
-def conv2d_fft(a, x, w, b):
+def fft_tf32_supports(a):
+    return tf32_supports(a) or fft_supports(a)
+
+
+def conv2d_fft_tf32(a, x, w, b):
+    return conv2d_fft(a, x, w, b, tf32=True)
+
+
+def conv2d_fft(a, x, w, b, tf32=False):
+    """cuFFT transforms around the per-frequency GEMM (stacked real form); with tf32 that
+    GEMM runs on the tensor cores (gemm_pipelined where it fits)."""
     L, F = transform_size(a)
     G = a.groups
     X = _spectrum(padded(a, x), L, G)                               # G, F, N, Cg
@@ -572,7 +582,7 @@ def conv2d_fft(a, x, w, b):
     Wr = Wt.real.transpose(0, 1, 3, 2)                               # G, F, Cg, Kg
     Wi = Wt.imag.transpose(0, 1, 3, 2)
     Bm = _stack(_stack(Wr, -Wi, -1), _stack(Wi, Wr, -1), -2).astype(x.dtype, copy=False)
-    Y = gemm(A.reshape(G * F, a.N, 2 * a.Cg), Bm.reshape(G * F, 2 * a.Cg, 2 * a.Kg))
+    Y = gemm(A.reshape(G * F, a.N, 2 * a.Cg), Bm.reshape(G * F, 2 * a.Cg, 2 * a.Kg), tf32=tf32)
     full = _to_spatial(Y.reshape(G, F, a.N, 2, a.Kg), a.N, G, L, x.dtype)
     sh, sw = a.stride
     y = contiguous(full[:, :, :(a.P - 1) * sh + 1:sh, :(a.Q - 1) * sw + 1:sw].astype(x.dtype))
@@ -581,7 +591,11 @@ def conv2d_fft(a, x, w, b):
     return y
 
 
-def backward_input_fft(a, gy, w):
+def backward_input_fft_tf32(a, gy, w):
+    return backward_input_fft(a, gy, w, tf32=True)
+
+
+def backward_input_fft(a, gy, w, tf32=False):
     """GX[f] = GYu[f] @ W[f] (full convolution of the stride-stuffed gy with w)."""
     L, F = transform_size(a)
     G = a.groups
@@ -590,13 +604,18 @@ def backward_input_fft(a, gy, w):
     A = _stack(Gs.real, Gs.imag, -1).astype(gy.dtype, copy=False)   # G, F, N, 2Kg
     Wr, Wi = Wt.real, Wt.imag
     Bm = _stack(_stack(Wr, Wi, -1), _stack(-Wi, Wr, -1), -2).astype(gy.dtype, copy=False)
-    GX = gemm(A.reshape(G * F, a.N, 2 * a.Kg), Bm.reshape(G * F, 2 * a.Kg, 2 * a.Cg))
+    GX = gemm(A.reshape(G * F, a.N, 2 * a.Kg), Bm.reshape(G * F, 2 * a.Kg, 2 * a.Cg),
+              tf32=tf32)
     full = _to_spatial(GX.reshape(G, F, a.N, 2, a.Cg), a.N, G, L, gy.dtype)
     ph, pw = a.padding
     return contiguous(full[:, :, ph:ph + a.H, pw:pw + a.W].astype(gy.dtype))
 
 
-def backward_weight_fft(a, x, gy):
+def backward_weight_fft_tf32(a, x, gy):
+    return backward_weight_fft(a, x, gy, tf32=True)
+
+
+def backward_weight_fft(a, x, gy, tf32=False):
     """GW[f] = GYu[f]^H @ X[f], summed over the batch inside the GEMM (fixed order)."""
     cp = xp_of(x)
     L, F = transform_size(a)
@@ -606,7 +625,8 @@ def backward_weight_fft(a, x, gy):
     A = _stack(Gs.real, Gs.imag, -2).astype(x.dtype, copy=False)    # G, F, 2N, Kg (stored K x M)
     Bm = _stack(_stack(X.real, X.imag, -1), _stack(X.imag, -X.real, -1), -2).astype(
         x.dtype, copy=False)                                         # G, F, 2N, 2Cg
-    GW = gemm(A.reshape(G * F, 2 * a.N, a.Kg), Bm.reshape(G * F, 2 * a.N, 2 * a.Cg), ta=True)
+    GW = gemm(A.reshape(G * F, 2 * a.N, a.Kg), Bm.reshape(G * F, 2 * a.N, 2 * a.Cg), ta=True,
+              tf32=tf32)
     Z = cp.ascontiguousarray(GW.reshape(G, F, a.Kg, 2, a.Cg).transpose(0, 2, 4, 1, 3))
     cplx = Z.view(COMPLEX[np.dtype(x.dtype)]).reshape(a.K, a.Cg, L[0], L[1] // 2 + 1)
     full = cp.fft.irfft2(cplx, s=L)
