@@ -43,7 +43,7 @@ say "sanitizer: $SAN"
 
 # 4. benchmark (quick suite) with cuDNN beside
 # (the Numba direct/GEMM kernels were timed in earlier runs; here the CUDA C ones and Numba FFT)
-timeout 190 python3 -m convgpu bench --quick --json "$OUT/bench.json" --plot "$OUT/bench.png" \
+timeout 240 python3 -m convgpu bench --quick --json "$OUT/bench.json" --plot "$OUT/bench.png" \
   --impl cuda numba:fft \
   2>&1 | tee "$OUT/bench.log" | grep -v Warning
 say "bench done"
