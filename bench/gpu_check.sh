@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's one device script (shared GPU.md): install, gpu tests, sanitizer subset,
-# benchmark; logs and JSON under $OUT; a short summary last. About 7 minutes on an H100.
+# benchmark, Nsight Compute on the target kernels; logs and JSON under $OUT; a short summary
+# last. About 7 minutes on an H100 (every step has its own time limit: 11 minutes at most).
 set -uo pipefail
 OUT=${OUT:-$(mktemp -d)}
 cd "$(dirname "$0")/.."
@@ -43,10 +44,24 @@ say "sanitizer: $SAN"
 
 # 4. benchmark (quick suite) with cuDNN beside
 # (the Numba direct/GEMM kernels were timed in earlier runs; here the CUDA C ones and Numba FFT)
-timeout 240 python3 -m convgpu bench --quick --json "$OUT/bench.json" --plot "$OUT/bench.png" \
+timeout 220 python3 -m convgpu bench --quick --json "$OUT/bench.json" --plot "$OUT/bench.png" \
   --impl cuda numba:fft \
   2>&1 | tee "$OUT/bench.log" | grep -v Warning
 say "bench done"
+
+# 4b. Nsight Compute on one launch of each kernel behind a target (bench/profile_targets.py):
+# what limits it, for the note (ncu is on the Firecracker machines; skipped elsewhere)
+if command -v ncu >/dev/null; then
+  timeout 90 ncu --clock-control none --target-processes all \
+    -k regex:'gemm_pipelined|gemm_vec|gemm_tiled|implicit_gemm|max_pool2d_fwd|max_pool2d_bwd' \
+    --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
+    --section Occupancy --section WarpStateStats --section LaunchStats \
+    python3 bench/profile_targets.py > "$OUT/ncu.txt" 2>&1
+  say "ncu rc=$? ($(grep -c '^  [a-z_0-9]*.*(' "$OUT/ncu.txt") kernels profiled)"
+  grep -E '^  [A-Za-z_].*\(|Duration|Compute \(SM\) Throughput|Memory Throughput|Issue Slots Busy|Achieved Occupancy|Registers Per Thread|Bank Conflicts|Stall' "$OUT/ncu.txt" | head -80
+else
+  say "ncu: not on this machine"
+fi
 
 # 5. the training loop on the GPU against the same LeNet-5 in torch + cuDNN
 timeout 45 python3 bench/torch_lenet.py --backend cuda --epochs 8 2>&1 | tee "$OUT/train.log" | tail -4

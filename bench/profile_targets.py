@@ -1,0 +1,50 @@
+"""The kernels bench/gpu_check.sh hands to Nsight Compute (ncu), one launch each, so that a
+missed target comes with what limits it (issue slots, tensor-pipe use, shared-memory
+wavefronts and bank conflicts, warp stall reasons, occupancy, DRAM throughput), not only
+with a time. Run under ncu with a kernel-name filter; every kernel is compiled (and its
+module loaded) before the launch that is profiled, so each matched name is launched once:
+
+    ncu --section SpeedOfLight ... -k regex:'pipelined|gemm_vec|...' python3 bench/profile_targets.py
+
+Without ncu it just runs them (a smoke test of the script).
+"""
+import cupy as cp
+import numpy as np
+
+import convgpu
+from convgpu.kernels import cuda_ops
+
+rng = cp.random.default_rng(0)
+
+
+def once(label, fn):
+    """One launch of the kernel(s) behind fn (ncu profiles the launches whose names match
+    its filter, so nothing here launches a matched kernel twice)."""
+    out = fn()
+    cp.cuda.Device().synchronize()
+    print(f"ran {label}", flush=True)
+    return out
+
+
+# GEMM 4096^3: TF32 on the pipelined tile; FP32 on gemm_vec and gemm_tiled (SGEMM target)
+A = rng.standard_normal((1, 4096, 4096), dtype=cp.float32)
+B = rng.standard_normal((1, 4096, 4096), dtype=cp.float32)
+once("gemm_pipelined TF32 4096^3", lambda: cuda_ops.gemm(A, B, tf32=True, variant="pipelined"))
+once("gemm_vec FP32 4096^3", lambda: cuda_ops.gemm(A, B, variant="vec"))
+once("gemm_tiled FP32 4096^3", lambda: cuda_ops.gemm(A, B, variant="tiled"))
+del A, B
+
+# conv2d forward, ResNet 3x3 (N16 C128 H28 K128): the pipelined TF32 kernel and tile:: TF32
+x = rng.standard_normal((16, 128, 28, 28), dtype=cp.float32)
+w = rng.standard_normal((128, 128, 3, 3), dtype=cp.float32)
+for algo in ("implicit_gemm_pipelined_tf32", "implicit_gemm_tf32"):
+    once(f"conv2d {algo} ResNet 3x3",
+         lambda: convgpu.conv2d(x, w, padding=1, backend="cuda", algo=algo, allow_tf32=True))
+
+# max pooling 128x64x55x55 3x3/2 (AlexNet pool1): the copy-bandwidth target
+xp = rng.standard_normal((128, 64, 55, 55), dtype=cp.float32)
+y, idx = once("max_pool2d forward", lambda: convgpu.max_pool2d(xp, 3, 2, return_indices=True,
+                                                               backend="cuda"))
+gy = cp.asarray(np.ones(y.shape, np.float32))
+once("max_pool2d backward", lambda: convgpu.max_pool2d_backward(gy, idx, xp.shape, 3, 2,
+                                                                backend="cuda"))
