@@ -31,8 +31,8 @@ NAME_EXPRESSIONS: Dict[str, Tuple[str, ...]] = {
     + tuple(f"sum_splits<{t}>" for t in T_NAMES),
     "conv.cu": tuple(f"conv2d_implicit_gemm<{t}, false>" for t in T_NAMES)
     + ("conv2d_implicit_gemm<float, true>",)
-    + tuple(f"conv2d_implicit_gemm_pipelined<{va}, {vb}>" for va in ("false", "true")
-            for vb in ("false", "true"))
+    + tuple(f"conv2d_implicit_gemm_pipelined<{va}, {vb}, {m}>" for va in ("false", "true")
+            for vb in ("false", "true") for m in (64, 128))
     + ("conv2d_wgrad_implicit_gemm_pipelined",)
     + tuple(f"conv2d_dgrad_implicit_gemm_pipelined<{u}>" for u in ("false", "true"))
     + tuple(f"conv2d_{k}_implicit_gemm<{t}, false>" for k in ("wgrad", "dgrad") for t in T_NAMES)

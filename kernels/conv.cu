@@ -13,7 +13,7 @@
 //       fixed order (gemm.cu's sum_splits), so the result stays deterministic.
 //   conv2d_wgrad_implicit_gemm<T, TF32>, conv2d_dgrad_implicit_gemm<T, TF32>  the weight and
 //       input gradients as implicit GEMMs on the same tile, FFMA or TF32 (described above each)
-//   conv2d_implicit_gemm_pipelined<VA, VB>, conv2d_wgrad_implicit_gemm_pipelined,
+//   conv2d_implicit_gemm_pipelined<VA, VB, M>, conv2d_wgrad_implicit_gemm_pipelined,
 //   conv2d_dgrad_implicit_gemm_pipelined<UNIT>  the forward and both gradients in TF32 on
 //       pipeline.cuh's tile: operands copied to shared memory by cp.async two slices ahead
 //   im2col<T>   cols[g, (c*R + r)*S + s, (n*P + p)*Q + q] = x[...] or 0 (one thread each)
@@ -115,10 +115,12 @@ conv2d_implicit_gemm(const T* __restrict__ x, const T* __restrict__ w,
 // weights move as 16-byte copies; else 4-byte ones. VB: a 1 x 1 filter at stride 1 without
 // padding, with P*Q % 4 == 0: X_cols[c, (n, pq)] = x[n, c, pq], so four consecutive columns
 // are one 16-byte vector of x, each thread's four columns are decomposed once, and the input
-// moves as 16-byte copies too. Split-K and bias as in the FP32 kernel.
+// moves as 16-byte copies too. M: block tiles of 128 output channels, or 64 for layers with
+// at most 64 channels per group (the 128-row tile would spend half its mma on zero rows).
+// Split-K and bias as in the FP32 kernel.
 // Launch with tc::THREADS threads and tc::shared_bytes<true, false>() bytes of dynamic shared
 // memory.
-template <bool VA, bool VB>
+template <bool VA, bool VB, int M>
 __global__ void __launch_bounds__(tc::THREADS)
 conv2d_implicit_gemm_pipelined(const float* __restrict__ x, const float* __restrict__ w,
                                const float* __restrict__ bias, float* __restrict__ y,
@@ -135,7 +137,7 @@ conv2d_implicit_gemm_pipelined(const float* __restrict__ x, const float* __restr
     y += split * split_stride;
     if (split > 0) bias = nullptr;
     const long long HW = (long long)s.H * s.W;
-    const int m0 = blockIdx.y * tc::BM, n0 = blockIdx.x * tc::BN;
+    const int m0 = blockIdx.y * M, n0 = blockIdx.x * tc::BN;
     const float* wg = w + (long long)g * Kg * CRS_all;
 
     // VB: this thread's 4 columns n0 + (tid % 32) * 4 + {0..3}, at depths tid / 32 + 4 i
@@ -155,7 +157,7 @@ conv2d_implicit_gemm_pipelined(const float* __restrict__ x, const float* __restr
         w0 = (pq % s.Q) * s.sw - s.pw;
     }
     const int hw0 = h0 * s.W + w0;
-    int4* table = tc::depth_table<true, false>(smem);
+    int4* table = tc::depth_table<true, false, M>(smem);
     // depth (c, r, s) of a slice: {c*H*W + r*dh*W + s*dw, r*dh, s*dw}; past the end a shift
     // that fails every bounds test (c*H*W fits an int: the launcher checks Cg*H*W < 2**31)
     auto prepare = [&](int step) {
@@ -171,8 +173,8 @@ conv2d_implicit_gemm_pipelined(const float* __restrict__ x, const float* __restr
     const int steps = CRS > kbeg ? (CRS - kbeg + tc::BK - 1) / tc::BK : 0;
     auto load = [&](float* As, float* Bs, int step) {
         const int k0 = kbeg + step * tc::BK;
-        if (VA) tc::load_matrix16<true>(As, wg, CRS_all, m0, Kg, k0, CRS, tid);
-        else    tc::load_rows4(As, wg + (long long)m0 * CRS_all + k0 + tid % 32, CRS_all,
+        if (VA) tc::load_matrix16<true, M>(As, wg, CRS_all, m0, Kg, k0, CRS, tid);
+        else    tc::load_rows4<M>(As, wg + (long long)m0 * CRS_all + k0 + tid % 32, CRS_all,
                                k0 + tid % 32 < CRS, Kg - m0, wg, tid);
         if (VB) {
 #pragma unroll
@@ -191,10 +193,10 @@ conv2d_implicit_gemm_pipelined(const float* __restrict__ x, const float* __restr
             cp_async<4>(Bs + tc::at<false>(tid, kk), xt + (ok ? unsigned(hw0 + d.x) : 0u), ok);
         }
     };
-    float acc[tc::NACC];
-    tc::mainloop<true, false>(smem, steps, tid, acc, load, prepare);
-    if (bias) tc::add_row_bias(acc, tid, bias + g * Kg, m0, Kg);
-    tc::store_columns(
+    float acc[tc::Warps<M>::NACC];
+    tc::mainloop<true, false, M>(smem, steps, tid, acc, load, prepare);
+    if (bias) tc::add_row_bias<M>(acc, tid, bias + g * Kg, m0, Kg);
+    tc::store_columns<M>(
         acc, tid, m0, n0,
         [&](int col) -> float* {
             return col < NPQ ? y + (long long)(col / PQ) * s.K * PQ + col % PQ : nullptr;
@@ -401,7 +403,7 @@ conv2d_wgrad_implicit_gemm_pipelined(const float* __restrict__ x, const float* _
             cp_async<4>(Bs + tc::at<false>(tid, kk), xt + (ok ? unsigned(d.x + rs0) : 0u), ok);
         }
     };
-    float acc[tc::NACC];
+    float acc[tc::Warps<tc::BM>::NACC];
     tc::mainloop<true, false>(smem, steps, tid, acc, load, prepare);
     tc::store_rows(acc, tid, gw + (long long)g * Kg * CRS, CRS, m0, n0, Kg, CRS);
 }
@@ -482,7 +484,7 @@ conv2d_dgrad_implicit_gemm_pipelined(const float* __restrict__ gy, const float* 
             cp_async<4>(Bs + tc::at<false>(tid, kk), gyt + (ok ? unsigned(off) : 0u), ok);
         }
     };
-    float acc[tc::NACC];
+    float acc[tc::Warps<tc::BM>::NACC];
     tc::mainloop<true, false>(smem, steps, tid, acc, load, prepare);
     tc::store_columns(
         acc, tid, m0, n0,

@@ -26,9 +26,12 @@ PIPE_THREADS, PIPE_BK, PIPE_STAGES = 128, 32, 3
 PIPE_TABLE_BYTES = PIPE_STAGES * PIPE_BK * 16   # the gathers' depth tables (tc::TABLE_BYTES)
 
 
-def pipe_shared_bytes(a_kmajor: bool, b_kmajor: bool, table: bool = False) -> int:
-    tile = lambda kmajor: 128 * 36 if kmajor else 32 * 136
-    return 4 * PIPE_STAGES * (tile(a_kmajor) + tile(b_kmajor)) + (PIPE_TABLE_BYTES if table else 0)
+def pipe_shared_bytes(a_kmajor: bool, b_kmajor: bool, table: bool = False, a_rows=128) -> int:
+    """tc::shared_bytes<KA, KB, M>() (+ tc::TABLE_BYTES): the stages of an A tile of a_rows
+    rows (K-major: rows x 36 floats; row-major: 32 x 136) and a 128-row B tile."""
+    tile = lambda kmajor, rows: rows * 36 if kmajor else 32 * 136
+    return (4 * PIPE_STAGES * (tile(a_kmajor, a_rows) + tile(b_kmajor, 128))
+            + (PIPE_TABLE_BYTES if table else 0))
 
 
 def pipelined_supports(a, op="forward"):
@@ -150,9 +153,9 @@ def gemm(A, B, ta=False, tb=False, splits=1, tf32=False, variant="auto"):
     return C
 
 
-def _split_for(M, N, batch, K):
+def _split_for(M, N, batch, K, tile_rows=TILE):
     """Enough K-splits that the grid has about two blocks per SM's worth of work (132 SMs)."""
-    blocks = ceil_div(M, TILE) * ceil_div(N, TILE) * batch
+    blocks = ceil_div(M, tile_rows) * ceil_div(N, TILE) * batch
     return max(1, min(32, ceil_div(264, blocks), ceil_div(K, 256)))
 
 
@@ -196,12 +199,14 @@ def conv2d_implicit_gemm_pipelined_tf32(a, x, w, b):
     crs = a.Cg * a.R * a.S
     x, w = contiguous(x), contiguous(w)
     va, vb = pipelined_vectors(a, x, w)
-    grid = (ceil_div(a.N * a.P * a.Q, TILE), ceil_div(a.Kg, TILE))
+    rows = 64 if a.Kg <= 64 else 128          # the 64-row tile where 128 would be half empty
+    grid = (ceil_div(a.N * a.P * a.Q, TILE), ceil_div(a.Kg, rows))
     bias = contiguous(b) if b is not None else np.uint64(0)
-    return _split_launch(f"conv2d_implicit_gemm_pipelined<{cbool(va)}, {cbool(vb)}>", a,
-                         x.dtype, x, a.y_shape, grid, a.Kg, a.N * a.P * a.Q, crs, x, w, bias,
+    return _split_launch(f"conv2d_implicit_gemm_pipelined<{cbool(va)}, {cbool(vb)}, {rows}>",
+                         a, x.dtype, x, a.y_shape, grid, a.Kg, a.N * a.P * a.Q, crs, x, w, bias,
                          threads=PIPE_THREADS, depth_unit=PIPE_BK,
-                         shared_mem=pipe_shared_bytes(True, False, table=True))
+                         shared_mem=pipe_shared_bytes(True, False, table=True, a_rows=rows),
+                         tile_rows=rows)
 
 
 # direct convolution (conv_direct.cu): KT output channels x TP x TQ output pixels per block
@@ -296,12 +301,12 @@ def backward_input_winograd(a, gy, w):
 
 
 def _split_launch(kernel, a, dtype, like, out_shape, grid_xy, M, N, depth, *arrays,
-                  threads=GEMM_THREADS, depth_unit=8, shared_mem=0):
+                  threads=GEMM_THREADS, depth_unit=8, shared_mem=0, tile_rows=TILE):
     """Launch the implicit-GEMM conv kernel `kernel` (a name expression of conv.cu) with the
     reduction `depth` split (in multiples of the kernel's slice, depth_unit) when the output
     (M x N per group) has too few tiles to fill the GPU; partials summed in a fixed order
     (gemm.cu's sum_splits)."""
-    splits = _split_for(M, N, a.groups, depth)
+    splits = _split_for(M, N, a.groups, depth, tile_rows)
     kchunk = ceil_div(ceil_div(depth, splits), depth_unit) * depth_unit
     splits = ceil_div(depth, kchunk)
     size = int(np.prod(out_shape))

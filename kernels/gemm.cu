@@ -175,7 +175,7 @@ gemm_pipelined(const float* __restrict__ A, const float* __restrict__ B, float* 
         copy_a.load(As, A);
         copy_b.load(Bs, B);
     };
-    float acc[tc::NACC];
+    float acc[tc::Warps<tc::BM>::NACC];
     tc::mainloop<KA, KB>(smem, steps, tid, acc, load);
     tc::store_rows(acc, tid, C, N, m0, n0, M, N);
 }

@@ -62,16 +62,32 @@ template <int N> __device__ __forceinline__ void cp_async_wait() {
 
 namespace tc {
 constexpr int BM = 128, BN = 128, BK = 32, STAGES = 3, THREADS = 128;
-constexpr int WM = 64, WN = 64, MI = WM / 16, NI = WN / 8, NACC = MI * NI * 4;
+constexpr int WM = 64, MI = WM / 16;
 constexpr int LDK = BK + 4;         // K-major row length (floats): 144 bytes, 16-byte aligned
-constexpr int LDR = BM + 8;         // row-major row length: 544 bytes
-static_assert(BM == BN, "one row-major length serves both operands");
+constexpr int LDR = BN + 8;         // row-major row length: 544 bytes
 
-// floats one operand tile takes in one stage
-template <bool KMAJOR> __host__ __device__ constexpr int tile_floats() { return KMAJOR ? BM * LDK : BK * LDR; }
-// dynamic shared memory bytes of a kernel whose A / B tiles are K-major or not
-template <bool KA, bool KB> __host__ __device__ constexpr int shared_bytes() {
-    return STAGES * (tile_floats<KA>() + tile_floats<KB>()) * 4;
+// The block tile is M x BN, M = BM (128: 2 x 2 warps of 64 x 64) or 64 (1 x 4 warps of
+// 64 x 32, for outputs of at most 64 rows, e.g. 64 output channels, where the 128-row tile
+// would spend half its mma on zero rows). Every warp covers WM = 64 rows (MI = 4 mma rows).
+template <int M> struct Warps {
+    static_assert(M == 128 || M == 64, "block tiles of 128 or 64 rows");
+    static constexpr int COLS = THREADS / 32 / (M / WM);   // warps along N: 2 or 4
+    static constexpr int WN = BN / COLS;                    // 64 or 32 columns per warp
+    static constexpr int NI = WN / 8;                       // mma columns per warp: 8 or 4
+    static constexpr int NACC = MI * NI * 4;                // accumulators per thread
+    __device__ static __forceinline__ int row0(int tid) { return (tid / 32 / COLS) * WM; }
+    __device__ static __forceinline__ int col0(int tid) { return (tid / 32 % COLS) * WN; }
+};
+
+// floats one operand tile of `rows` rows takes in one stage (row-major only for the BN-row
+// tiles: one row length serves them)
+template <bool KMAJOR, int ROWS = BM> __host__ __device__ constexpr int tile_floats() {
+    static_assert(KMAJOR || ROWS == BN, "row-major tiles have BN rows");
+    return KMAJOR ? ROWS * LDK : BK * LDR;
+}
+// dynamic shared memory bytes of a kernel whose A / B tiles are K-major or not, A of M rows
+template <bool KA, bool KB, int M = BM> __host__ __device__ constexpr int shared_bytes() {
+    return STAGES * (tile_floats<KA, M>() + tile_floats<KB>()) * 4;
 }
 
 // address (in floats) of element (row, k) of an operand tile, row = m for A, n for B
@@ -80,24 +96,28 @@ template <bool KMAJOR> __device__ __forceinline__ int at(int row, int k) {
 }
 
 // Accumulator e = (mi * NI + ni) * 4 + v of a thread: fragment value v of mma tile (mi, ni)
-// of its warp's 64 x 64 sub-tile (warp w at rows (w / 2) * 64, columns (w % 2) * 64).
-__device__ __forceinline__ int acc_row(int e, int tid) {
-    const int warp = tid / 32, g = (tid % 32) / 4, mi = e / (NI * 4), v = e % 4;
-    return (warp / 2) * WM + mi * 16 + g + (v >= 2 ? 8 : 0);
+// of its warp's sub-tile (Warps<M>: origin row0, col0).
+template <int M = BM> __device__ __forceinline__ int acc_row(int e, int tid) {
+    constexpr int NI = Warps<M>::NI;
+    const int g = (tid % 32) / 4, mi = e / (NI * 4), v = e % 4;
+    return Warps<M>::row0(tid) + mi * 16 + g + (v >= 2 ? 8 : 0);
 }
 // a thread's accumulators touch 2 * NI columns ("slots"): slot = ni * 2 + (v & 1)
-__device__ __forceinline__ int acc_slot(int e) { return ((e / 4) % NI) * 2 + (e & 1); }
-__device__ __forceinline__ int slot_col(int slot, int tid) {
-    const int warp = tid / 32, t = tid % 4;
-    return (warp % 2) * WN + (slot / 2) * 8 + 2 * t + (slot & 1);
+template <int M = BM> __device__ __forceinline__ int acc_slot(int e) {
+    return ((e / 4) % Warps<M>::NI) * 2 + (e & 1);
+}
+template <int M = BM> __device__ __forceinline__ int slot_col(int slot, int tid) {
+    const int t = tid % 4;
+    return Warps<M>::col0(tid) + (slot / 2) * 8 + 2 * t + (slot & 1);
 }
 
 // acc += A_tile x B_tile over one staged BK slice, on the tensor cores
-template <bool KA, bool KB>
+template <bool KA, bool KB, int M = BM>
 __device__ __forceinline__ void mma_slice(const float* As, const float* Bs, int tid,
-                                          float (&acc)[NACC]) {
-    const int warp = tid / 32, g = (tid % 32) / 4, t0 = tid % 4;
-    const int r0 = (warp / 2) * WM, c0 = (warp % 2) * WN;
+                                          float (&acc)[Warps<M>::NACC]) {
+    constexpr int NI = Warps<M>::NI;
+    const int g = (tid % 32) / 4, t0 = tid % 4;
+    const int r0 = Warps<M>::row0(tid), c0 = Warps<M>::col0(tid);
 #pragma unroll
     for (int k8 = 0; k8 < BK; k8 += 8) {
         const int t = k8 + t0;
@@ -130,8 +150,8 @@ __device__ __forceinline__ void mma_slice(const float* As, const float* Bs, int 
 // element costs a broadcast shared read, two adds and two compares instead of stepping and
 // re-deriving the depth's coordinates in every thread.
 constexpr int TABLE_BYTES = STAGES * BK * 16;
-template <bool KA, bool KB> __device__ __forceinline__ int4* depth_table(float* smem) {
-    return reinterpret_cast<int4*>(smem + STAGES * (tile_floats<KA>() + tile_floats<KB>()));
+template <bool KA, bool KB, int M = BM> __device__ __forceinline__ int4* depth_table(float* smem) {
+    return reinterpret_cast<int4*>(smem + STAGES * (tile_floats<KA, M>() + tile_floats<KB>()));
 }
 struct NoPrepare {
     __device__ __forceinline__ void operator()(int) const {}
@@ -146,14 +166,15 @@ struct NoPrepare {
 // (step + STAGES) % STAGES = step % STAGES is rewritten after the barrier of iteration
 // `step` (its last reader, load of slice `step`, ran two iterations before) and read after
 // the next barrier.
-template <bool KA, bool KB, typename Load, typename Prepare = NoPrepare>
-__device__ __forceinline__ void mainloop(float* smem, int steps, int tid, float (&acc)[NACC],
-                                         Load&& load, Prepare&& prepare = Prepare{}) {
-    constexpr int SA = tile_floats<KA>(), SB = tile_floats<KB>();
+template <bool KA, bool KB, int M = BM, typename Load, typename Prepare = NoPrepare>
+__device__ __forceinline__ void mainloop(float* smem, int steps, int tid,
+                                         float (&acc)[Warps<M>::NACC], Load&& load,
+                                         Prepare&& prepare = Prepare{}) {
+    constexpr int SA = tile_floats<KA, M>(), SB = tile_floats<KB>();
     float* As = smem;
     float* Bs = smem + STAGES * SA;
 #pragma unroll
-    for (int e = 0; e < NACC; ++e) acc[e] = 0.f;
+    for (int e = 0; e < Warps<M>::NACC; ++e) acc[e] = 0.f;
 #pragma unroll
     for (int s = 0; s < STAGES; ++s)
         if (s < steps) prepare(s);
@@ -171,7 +192,7 @@ __device__ __forceinline__ void mainloop(float* smem, int steps, int tid, float 
         cp_async_commit();
         if (step + STAGES < steps) prepare(step + STAGES);
         const int cur = step % STAGES;
-        mma_slice<KA, KB>(As + cur * SA, Bs + cur * SB, tid, acc);
+        mma_slice<KA, KB, M>(As + cur * SA, Bs + cur * SB, tid, acc);
     }
     cp_async_wait<0>();                // only empty groups remain; leave none behind
 }
@@ -187,7 +208,7 @@ template <bool KMAJOR>
 struct Copier16 {
     static constexpr int CHUNKS = BM * BK / 4 / THREADS;       // 8 float4 per thread
     static constexpr int STRIDE = KMAJOR ? THREADS / (BK / 4)  // 16 rows between chunks
-                                         : THREADS / (BM / 4); // 4 depths between chunks
+                                         : THREADS / (BN / 4); // 4 depths between chunks
     const float* p;           // chunk 0 of the next slice
     long long di;             // pointer step from chunk to chunk
     int ld;                   // the matrix's leading dimension (non-KMAJOR: slice step / BK)
@@ -206,7 +227,7 @@ struct Copier16 {
             left = kend - kbeg - kq;
             soff = at<true>(r, kq);
         } else {
-            const int kr = tid / (BM / 4), c = (tid % (BM / 4)) * 4;
+            const int kr = tid / (BN / 4), c = (tid % (BN / 4)) * 4;
             p = src + (long long)(kbeg + kr) * ld + r0 + c;
             valid = r0 + c < rows ? ~0u : 0u;
             left = kend - kbeg - kr;
@@ -228,20 +249,21 @@ struct Copier16 {
     }
 };
 
-// The same copies recomputing each address from (r0, k0) on every call: no state kept across
-// slices (fewer live registers than Copier16; the conv forward, which also keeps a gather's
-// state, needs that under nvcc 13.0's register allocation)
-template <bool KMAJOR>
+// The same copies (of a tile of M rows, M = BN for row-major ones) recomputing each address
+// from (r0, k0) on every call: no state kept across slices (fewer live registers than
+// Copier16; the conv forward, which also keeps a gather's state, needs that under nvcc
+// 13.0's register allocation)
+template <bool KMAJOR, int M = BM>
 __device__ __forceinline__ void load_matrix16(float* S, const float* __restrict__ src,
                                               long long ld, int r0, int rows, int k0, int kend,
                                               int tid) {
-    constexpr int CHUNKS = BM * BK / 4 / THREADS;   // 8 float4 per thread
+    constexpr int CHUNKS = M * BK / 4 / THREADS;    // 8 (or 4) float4 per thread
 #pragma unroll
     for (int i = 0; i < CHUNKS; ++i) {
         const int id = tid + THREADS * i;
         int r, k;
         if (KMAJOR) { r = id / (BK / 4); k = (id % (BK / 4)) * 4; }   // 8 threads per row
-        else        { k = id / (BM / 4); r = (id % (BM / 4)) * 4; }   // a warp per k
+        else        { k = id / (BN / 4); r = (id % (BN / 4)) * 4; }   // a warp per k
         const int gr = r0 + r, gk = k0 + k;
         const bool ok = gr < rows && gk < kend;
         const float* p = ok ? (KMAJOR ? src + gr * ld + gk : src + (long long)gk * ld + gr) : src;
@@ -250,30 +272,33 @@ __device__ __forceinline__ void load_matrix16(float* S, const float* __restrict_
 }
 
 
-// acc[e] += bias[row of e] for rows m0 + row < rows: a thread's 128 accumulators lie in
-// 2 * MI rows, so 8 loads
-__device__ __forceinline__ void add_row_bias(float (&acc)[NACC], int tid,
+// acc[e] += bias[row of e] for rows m0 + row < rows: a thread's accumulators lie in 2 * MI
+// rows, so 8 loads
+template <int M = BM>
+__device__ __forceinline__ void add_row_bias(float (&acc)[Warps<M>::NACC], int tid,
                                              const float* __restrict__ bias, int m0, int rows) {
+    constexpr int NI = Warps<M>::NI;
     float b[2 * MI];
 #pragma unroll
     for (int i = 0; i < 2 * MI; ++i) {
-        const int m = m0 + acc_row((i / 2) * (NI * 4) + (i % 2) * 2, tid);   // mi = i / 2
+        const int m = m0 + acc_row<M>((i / 2) * (NI * 4) + (i % 2) * 2, tid);   // mi = i / 2
         b[i] = m < rows ? bias[m] : 0.f;
     }
 #pragma unroll
-    for (int e = 0; e < NACC; ++e) acc[e] += b[(e / (NI * 4)) * 2 + (e % 4) / 2];
+    for (int e = 0; e < Warps<M>::NACC; ++e) acc[e] += b[(e / (NI * 4)) * 2 + (e % 4) / 2];
 }
 
-// 4-byte copies of a K-major 128 x BK tile whose rows lie `stride` elements apart in global
+// 4-byte copies of a K-major M x BK tile whose rows lie `stride` elements apart in global
 // memory: lane l copies depth l (src: row r0's element at that depth; valid: the depth is),
 // rows warp + 4 i of the tile, which stay valid below `rows` (counted from r0).
+template <int M = BM>
 __device__ __forceinline__ void load_rows4(float* S, const float* __restrict__ src,
                                            long long stride, bool valid, int rows,
                                            const float* __restrict__ safe, int tid) {
     const int lane = tid % 32, warp = tid / 32;
     const float* p = src + warp * stride;
 #pragma unroll 8
-    for (int i = 0; i < BM / 4; ++i) {
+    for (int i = 0; i < M / 4; ++i) {
         const int r = warp + 4 * i;
         const bool ok = valid && r < rows;
         cp_async<4>(S + at<true>(r, lane), ok ? p : safe, ok);
@@ -282,26 +307,28 @@ __device__ __forceinline__ void load_rows4(float* S, const float* __restrict__ s
 }
 
 // Epilogues, as tile::store_rows / store_columns for this accumulator layout
-__device__ __forceinline__ void store_rows(const float (&acc)[NACC], int tid, float* C,
-                                           long long ldc, int m0, int n0, int M, int N) {
+template <int M = BM>
+__device__ __forceinline__ void store_rows(const float (&acc)[Warps<M>::NACC], int tid,
+                                           float* C, long long ldc, int m0, int n0, int rows,
+                                           int cols) {
 #pragma unroll
-    for (int e = 0; e < NACC; ++e) {
-        const int r = m0 + acc_row(e, tid), c = n0 + slot_col(acc_slot(e), tid);
-        if (r < M && c < N) C[(long long)r * ldc + c] = acc[e];
+    for (int e = 0; e < Warps<M>::NACC; ++e) {
+        const int r = m0 + acc_row<M>(e, tid), c = n0 + slot_col<M>(acc_slot<M>(e), tid);
+        if (r < rows && c < cols) C[(long long)r * ldc + c] = acc[e];
     }
 }
 
-template <typename Index, typename Column, typename Put>
-__device__ __forceinline__ void store_columns(const float (&acc)[NACC], int tid, int m0,
-                                              Index n0, Column&& column, Put&& put) {
+template <int M = BM, typename Index, typename Column, typename Put>
+__device__ __forceinline__ void store_columns(const float (&acc)[Warps<M>::NACC], int tid,
+                                              int m0, Index n0, Column&& column, Put&& put) {
 #pragma unroll
-    for (int sl = 0; sl < 2 * NI; ++sl) {
-        float* base = column(n0 + (Index)slot_col(sl, tid));
+    for (int sl = 0; sl < 2 * Warps<M>::NI; ++sl) {
+        float* base = column(n0 + (Index)slot_col<M>(sl, tid));
         if (!base) continue;
 #pragma unroll
-        for (int e = 0; e < NACC; ++e) {
-            if (acc_slot(e) != sl) continue;            // resolved at compile time
-            put(base, m0 + acc_row(e, tid), acc[e]);
+        for (int e = 0; e < Warps<M>::NACC; ++e) {
+            if (acc_slot<M>(e) != sl) continue;         // resolved at compile time
+            put(base, m0 + acc_row<M>(e, tid), acc[e]);
         }
     }
 }

@@ -734,10 +734,13 @@ def test_gemm_auto_picks_pipelined_for_tf32_and_it_refuses_fp32(rng, monkeypatch
     ((2, 6, 4, 5, 8, 1, 1, (1, 1), (0, 0), (1, 1), 2), (False, True)),      # Cg = 3 rows
     ((1, 8, 5, 7, 6, 3, 3, (1, 1), (1, 1), (1, 1), 2), (True, False)),      # 36 = 4 * 9
     ((2, 40, 6, 6, 20, 1, 1, (1, 1), (1, 1), (1, 1), 1), (True, False)),    # 1x1 padded
+    ((1, 4, 5, 6, 64, 1, 1, (1, 1), (0, 0), (1, 1), 1), (True, False)),     # 64 rows: M = 64
+    ((1, 4, 6, 6, 65, 1, 1, (1, 1), (0, 0), (1, 1), 1), (True, True)),      # 65: M = 128
 ])
 def test_conv2d_pipelined_vector_paths(rng, monkeypatch, case, vectors):
     """conv2d_implicit_gemm_pipelined's 16-byte copy paths (weights: VA; 1x1 input: VB) are
-    taken exactly where pipelined_vectors allows them, and agree with the reference."""
+    taken exactly where pipelined_vectors allows them, and the 64-row tile exactly where the
+    output has at most 64 channels per group; all agree with the reference."""
     from convgpu.kernels import cuda_ops
     x, w, b, kw = _conv(rng, case, np.float64)
     ref = convgpu.conv2d(x, w, b, **kw)
@@ -749,7 +752,8 @@ def test_conv2d_pipelined_vector_paths(rng, monkeypatch, case, vectors):
         algo="implicit_gemm_pipelined_tf32", allow_tf32=True))
     assert_close(y, ref, _tol("implicit_gemm_pipelined_tf32", np.float32))
     va, vb = vectors
-    assert f"conv2d_implicit_gemm_pipelined<{str(va).lower()}, {str(vb).lower()}>" in names
+    rows = 64 if case[4] // case[10] <= 64 else 128
+    assert f"conv2d_implicit_gemm_pipelined<{str(va).lower()}, {str(vb).lower()}, {rows}>" in names
 
 
 def test_pipelined_kernels_step_aside_on_devices_with_less_shared_memory(rng, monkeypatch):
