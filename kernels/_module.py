@@ -33,8 +33,9 @@ NAME_EXPRESSIONS: Dict[str, Tuple[str, ...]] = {
     + ("conv2d_implicit_gemm<float, true>",)
     + tuple(f"conv2d_implicit_gemm_pipelined<{va}, {vb}, {m}>" for va in ("false", "true")
             for vb in ("false", "true") for m in (64, 128))
-    + ("conv2d_wgrad_implicit_gemm_pipelined",)
-    + tuple(f"conv2d_dgrad_implicit_gemm_pipelined<{u}>" for u in ("false", "true"))
+    + tuple(f"conv2d_wgrad_implicit_gemm_pipelined<{m}>" for m in (64, 128))
+    + tuple(f"conv2d_dgrad_implicit_gemm_pipelined<{u}, {m}>" for u in ("false", "true")
+            for m in (64, 128))
     + tuple(f"conv2d_{k}_implicit_gemm<{t}, false>" for k in ("wgrad", "dgrad") for t in T_NAMES)
     + tuple(f"conv2d_{k}_implicit_gemm<float, true>" for k in ("wgrad", "dgrad"))
     + tuple(f"{k}<{t}>" for k in ("im2col", "col2im") for t in T_NAMES),

@@ -13,8 +13,8 @@
 //       fixed order (gemm.cu's sum_splits), so the result stays deterministic.
 //   conv2d_wgrad_implicit_gemm<T, TF32>, conv2d_dgrad_implicit_gemm<T, TF32>  the weight and
 //       input gradients as implicit GEMMs on the same tile, FFMA or TF32 (described above each)
-//   conv2d_implicit_gemm_pipelined<VA, VB, M>, conv2d_wgrad_implicit_gemm_pipelined,
-//   conv2d_dgrad_implicit_gemm_pipelined<UNIT>  the forward and both gradients in TF32 on
+//   conv2d_implicit_gemm_pipelined<VA, VB, M>, conv2d_wgrad_implicit_gemm_pipelined<M>,
+//   conv2d_dgrad_implicit_gemm_pipelined<UNIT, M>  the forward and both gradients in TF32 on
 //       pipeline.cuh's tile: operands copied to shared memory by cp.async two slices ahead
 //   im2col<T>   cols[g, (c*R + r)*S + s, (n*P + p)*Q + q] = x[...] or 0 (one thread each)
 //   col2im<T>   gx[n, c, h, w] = sum of the column entries that read x[n, c, h, w] (a
@@ -348,7 +348,9 @@ conv2d_dgrad_implicit_gemm(const T* __restrict__ gy, const T* __restrict__ w, T*
 // decomposed once per slice) for rows warp + 4 i, each row PQ further on. B = X_cols^T,
 // row-major: thread tid copies row (c, r, s) = n0 + tid (decomposed once) at the slice's 32
 // depths, whose (n, p, q) are the same for every thread and stepped from one division per
-// slice. Split-K over N*P*Q as in the FP32 kernel (N*P*Q < 2**31, see the launcher).
+// slice. Split-K over N*P*Q as in the FP32 kernel (N*P*Q < 2**31, see the launcher). M: 128
+// output channels per block, or 64 where a group has at most 64.
+template <int M>
 __global__ void __launch_bounds__(tc::THREADS)
 conv2d_wgrad_implicit_gemm_pipelined(const float* __restrict__ x, const float* __restrict__ gy,
                                      float* __restrict__ gw, CONV_SHAPE_PARAMS, int splits,
@@ -363,7 +365,7 @@ conv2d_wgrad_implicit_gemm_pipelined(const float* __restrict__ x, const float* _
     const long long NPQ = (long long)s.N * PQ, HW = (long long)s.H * s.W;
     const int kbeg = split * kchunk, kend = (int)min(NPQ, (long long)kbeg + kchunk);
     gw += split * split_stride;
-    const int m0 = blockIdx.y * tc::BM, n0 = blockIdx.x * tc::BN;
+    const int m0 = blockIdx.y * M, n0 = blockIdx.x * tc::BN;
 
     // this thread's row (c, r, s) = n0 + tid of X_cols^T: from xt (channel g*Cg + c) at offset
     // h * W + v, (h, v) = the depth's (p*sh, q*sw) + (dr, ds); an invalid row never passes
@@ -376,7 +378,7 @@ conv2d_wgrad_implicit_gemm_pipelined(const float* __restrict__ x, const float* _
         ds = (crs % s.S) * s.dw - s.pw;
     }
     const int rs0 = dr * s.W + ds;
-    int4* table = tc::depth_table<true, false>(smem);
+    int4* table = tc::depth_table<true, false, M>(smem);
     // depth (n, p, q) of a slice: {n*C*H*W + p*sh*W + q*sw, p*sh, q*sw} (N*C*H*W < 2**31,
     // checked by the launcher); past the end a shift that fails every bounds test
     auto prepare = [&](int step) {
@@ -393,7 +395,7 @@ conv2d_wgrad_implicit_gemm_pipelined(const float* __restrict__ x, const float* _
     auto load = [&](float* As, float* Bs, int step) {
         const int k0 = kbeg + step * tc::BK;
         const int npq = k0 + lane;                  // A = gy: lane's depth, rows m0 + warp + 4 i
-        tc::load_rows4(As, gy + ((long long)(npq / PQ) * s.K + (long long)g * Kg + m0) * PQ + npq % PQ,
+        tc::load_rows4<M>(As, gy + ((long long)(npq / PQ) * s.K + (long long)g * Kg + m0) * PQ + npq % PQ,
                        PQ, npq < kend, Kg - m0, gy, tid);
         const int4* t = table + (step % tc::STAGES) * tc::BK;
 #pragma unroll 8
@@ -403,17 +405,18 @@ conv2d_wgrad_implicit_gemm_pipelined(const float* __restrict__ x, const float* _
             cp_async<4>(Bs + tc::at<false>(tid, kk), xt + (ok ? unsigned(d.x + rs0) : 0u), ok);
         }
     };
-    float acc[tc::Warps<tc::BM>::NACC];
-    tc::mainloop<true, false>(smem, steps, tid, acc, load, prepare);
-    tc::store_rows(acc, tid, gw + (long long)g * Kg * CRS, CRS, m0, n0, Kg, CRS);
+    float acc[tc::Warps<M>::NACC];
+    tc::mainloop<true, false, M>(smem, steps, tid, acc, load, prepare);
+    tc::store_rows<M>(acc, tid, gw + (long long)g * Kg * CRS, CRS, m0, n0, Kg, CRS);
 }
 
 // The input gradient in TF32 on the pipelined tile: gx[g] (Cg x N*H*W) = W[g]^T (Cg x Kg*R*S)
 // @ GY_cols[g]. A = W^T, K-major: lane l copies depth (k, r, s) = k0 + l (decomposed once per
 // slice) for rows c = warp + 4 i, each R*S further on. B = GY_cols, row-major: thread tid
 // gathers column (n, h, v) = n0 + tid (decomposed once) at the slice's depths, stepped as in
-// the forward; the strided gather's divisibility tests are skipped for UNIT (stride 1).
-template <bool UNIT>
+// the forward; the strided gather's divisibility tests are skipped for UNIT (stride 1). M:
+// 128 input channels per block, or 64 where a group has at most 64.
+template <bool UNIT, int M>
 __global__ void __launch_bounds__(tc::THREADS)
 conv2d_dgrad_implicit_gemm_pipelined(const float* __restrict__ gy, const float* __restrict__ w,
                                      float* __restrict__ gx, CONV_SHAPE_PARAMS, int splits,
@@ -429,7 +432,7 @@ conv2d_dgrad_implicit_gemm_pipelined(const float* __restrict__ gy, const float* 
     const long long NHW = (long long)s.N * HW;
     const int kbeg = split * kchunk, KRS = min(KRS_all, kbeg + kchunk);
     gx += split * split_stride;
-    const int m0 = blockIdx.y * tc::BM;
+    const int m0 = blockIdx.y * M;
     const long long n0 = (long long)blockIdx.x * tc::BN;
     const float* wg = w + (long long)g * Kg * CRS;
 
@@ -446,7 +449,7 @@ conv2d_dgrad_implicit_gemm_pipelined(const float* __restrict__ gy, const float* 
         vv = hw % s.W + s.pw;
     }
     const int hv0 = hh * s.Q + vv;                  // UNIT: p*Q + q = hv0 + the depth's shift
-    int4* table = tc::depth_table<true, false>(smem);
+    int4* table = tc::depth_table<true, false, M>(smem);
     // depth (k, r, s) of a slice: {k*P*Q - r*dh*Q - s*dw, r*dh, s*dw, k*P*Q}; past the end a
     // shift that fails every bounds test (K*P*Q < 2**31: gy's per-image size, checked by the
     // launcher)
@@ -464,7 +467,7 @@ conv2d_dgrad_implicit_gemm_pipelined(const float* __restrict__ gy, const float* 
     auto load = [&](float* As, float* Bs, int step) {
         const int k0 = kbeg + step * tc::BK;
         const int krs = k0 + lane;                  // A = W^T: lane's depth, rows c = m0 + warp + 4 i
-        tc::load_rows4(As, wg + (long long)(krs / RS) * CRS + (long long)m0 * RS + krs % RS, RS,
+        tc::load_rows4<M>(As, wg + (long long)(krs / RS) * CRS + (long long)m0 * RS + krs % RS, RS,
                        krs < KRS, Cg - m0, w, tid);
         const int4* t = table + (step % tc::STAGES) * tc::BK;
 #pragma unroll 8
@@ -484,9 +487,9 @@ conv2d_dgrad_implicit_gemm_pipelined(const float* __restrict__ gy, const float* 
             cp_async<4>(Bs + tc::at<false>(tid, kk), gyt + (ok ? unsigned(off) : 0u), ok);
         }
     };
-    float acc[tc::Warps<tc::BM>::NACC];
-    tc::mainloop<true, false>(smem, steps, tid, acc, load, prepare);
-    tc::store_columns(
+    float acc[tc::Warps<M>::NACC];
+    tc::mainloop<true, false, M>(smem, steps, tid, acc, load, prepare);
+    tc::store_columns<M>(
         acc, tid, m0, n0,
         [&](long long cl) -> float* {
             return cl < NHW ? gx + (cl / HW) * s.C * HW + cl % HW : nullptr;

@@ -367,11 +367,13 @@ def backward_weight_implicit_gemm_pipelined_tf32(a, x, gy):
     """gw = gy @ X_cols^T in TF32 on pipeline.cuh's tile (conv.cu:
     conv2d_wgrad_implicit_gemm_pipelined), split-K over N*P*Q."""
     crs, npq = a.Cg * a.R * a.S, a.N * a.P * a.Q
-    grid = (ceil_div(crs, TILE), ceil_div(a.Kg, TILE))
-    return _split_launch("conv2d_wgrad_implicit_gemm_pipelined", a, x.dtype, x, a.w_shape,
-                         grid, a.Kg, crs, npq, contiguous(x), contiguous(gy),
+    rows = 64 if a.Kg <= 64 else 128           # output channels per block
+    grid = (ceil_div(crs, TILE), ceil_div(a.Kg, rows))
+    return _split_launch(f"conv2d_wgrad_implicit_gemm_pipelined<{rows}>", a, x.dtype, x,
+                         a.w_shape, grid, a.Kg, crs, npq, contiguous(x), contiguous(gy),
                          threads=PIPE_THREADS, depth_unit=PIPE_BK,
-                         shared_mem=pipe_shared_bytes(True, False, table=True))
+                         shared_mem=pipe_shared_bytes(True, False, table=True, a_rows=rows),
+                         tile_rows=rows)
 
 
 def backward_input_implicit_gemm_pipelined_tf32(a, gy, w):
@@ -379,11 +381,14 @@ def backward_input_implicit_gemm_pipelined_tf32(a, gy, w):
     conv2d_dgrad_implicit_gemm_pipelined; no divisibility tests at stride 1)."""
     nhw = a.N * a.H * a.W
     unit = tuple(a.stride) == (1, 1)
-    grid = (ceil_div(nhw, TILE), ceil_div(a.Cg, TILE))
-    return _split_launch(f"conv2d_dgrad_implicit_gemm_pipelined<{cbool(unit)}>", a, gy.dtype,
-                         gy, a.x_shape, grid, a.Cg, nhw, a.Kg * a.R * a.S, contiguous(gy),
-                         contiguous(w), threads=PIPE_THREADS, depth_unit=PIPE_BK,
-                         shared_mem=pipe_shared_bytes(True, False, table=True))
+    rows = 64 if a.Cg <= 64 else 128           # input channels per block
+    grid = (ceil_div(nhw, TILE), ceil_div(a.Cg, rows))
+    return _split_launch(f"conv2d_dgrad_implicit_gemm_pipelined<{cbool(unit)}, {rows}>", a,
+                         gy.dtype, gy, a.x_shape, grid, a.Cg, nhw, a.Kg * a.R * a.S,
+                         contiguous(gy), contiguous(w), threads=PIPE_THREADS,
+                         depth_unit=PIPE_BK,
+                         shared_mem=pipe_shared_bytes(True, False, table=True, a_rows=rows),
+                         tile_rows=rows)
 
 
 def im2col(a, x):

@@ -756,6 +756,38 @@ def test_conv2d_pipelined_vector_paths(rng, monkeypatch, case, vectors):
     assert f"conv2d_implicit_gemm_pipelined<{str(va).lower()}, {str(vb).lower()}, {rows}>" in names
 
 
+@pytest.mark.parametrize("case", [
+    (1, 64, 5, 5, 66, 3, 3, (1, 1), (1, 1), (1, 1), 1),     # 64 input / 66 output channels
+    (1, 72, 5, 6, 8, 3, 3, (1, 1), (1, 1), (1, 1), 1),      # 72 input channels: 128 rows
+    (2, 66, 6, 5, 6, 3, 2, (2, 1), (1, 0), (1, 1), 1),      # strided gather, 128 rows
+], ids=lambda c: str(c[:7]))
+def test_pipelined_gradients_tile_rows(rng, monkeypatch, case):
+    """The gradients' 64-row tile where a group has at most 64 channels on the output side of
+    the GEMM (input channels for the input gradient, output channels for the weight
+    gradient), the 128-row tile above; both agree with the reference."""
+    from convgpu.kernels import cuda_ops
+    x, w, b, kw = _conv(rng, case, np.float64)
+    gy = rand(rng, convgpu.conv2d(x, w, None, **kw).shape)
+    names = []
+    real = cuda_ops.get_function
+    monkeypatch.setattr(cuda_ops, "get_function", lambda f, e: names.append(e) or real(f, e))
+    x32, w32, gy32 = (a.astype(np.float32) for a in (x, w, gy))
+    gx = both_orders(lambda: convgpu.conv2d_backward_input(
+        gy32, w32, x.shape, **kw, backend="cuda", algo="implicit_gemm_pipelined_tf32",
+        allow_tf32=True))
+    assert_close(gx, convgpu.conv2d_backward_input(gy, w, x.shape, **kw),
+                 _tol("implicit_gemm_pipelined_tf32", np.float32))
+    gw = both_orders(lambda: convgpu.conv2d_backward_weight(
+        x32, gy32, w.shape, **kw, backend="cuda", algo="implicit_gemm_pipelined_tf32",
+        allow_tf32=True))
+    assert_close(gw, convgpu.conv2d_backward_weight(x, gy, w.shape, **kw),
+                 _tol("implicit_gemm_pipelined_tf32", np.float32))
+    C, K, g = case[1], case[4], case[10]
+    unit = "true" if case[7] == (1, 1) else "false"
+    assert f"conv2d_dgrad_implicit_gemm_pipelined<{unit}, {64 if C // g <= 64 else 128}>" in names
+    assert f"conv2d_wgrad_implicit_gemm_pipelined<{64 if K // g <= 64 else 128}>" in names
+
+
 def test_pipelined_kernels_step_aside_on_devices_with_less_shared_memory(rng, monkeypatch):
     """sm_86 / sm_89 let a block opt in to 99 KiB of shared memory, less than the pipelined
     tile's ~107 KiB: the conv passes are declined with the reason (never a failed launch) and
