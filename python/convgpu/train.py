@@ -113,20 +113,30 @@ def train(epochs=30, batch_size=32, lr=2e-3, optimizer="adam", momentum=0.9, wei
     rng = np.random.default_rng(seed + 2)
     hist = History()
     steps = -(-len(xtr) // batch_size)
+    # the training set goes to the device once; batches are gathered there (a copy from
+    # pageable host memory per step would block the host, as would reading the loss back
+    # every step: without a progress bar the running sums stay on the device until the
+    # epoch ends)
+    xtr_d, ytr_d = xp.asarray(xtr), xp.asarray(ytr)
     for epoch in range(epochs):
         t0 = time.perf_counter()
         bar = _Bar(steps, f"epoch {epoch + 1:3d}/{epochs}", progress)
-        total, correct, seen = 0.0, 0, 0
-        for step, (xb, yb) in enumerate(D.batches(xtr, ytr, batch_size, rng=rng)):
-            xb, yb = xp.asarray(xb), xp.asarray(yb)
+        total, correct, seen = xp.zeros((), xp.float64), xp.zeros((), xp.int64), 0
+        order = xp.asarray(rng.permutation(len(xtr)))        # D.batches' order
+        for step in range(steps):
+            j = order[step * batch_size:(step + 1) * batch_size]
+            xb, yb = xtr_d[j], ytr_d[j]
             logits = model.forward(xb)
-            loss = float(loss_fn.forward(logits, yb))
+            loss = loss_fn.forward(logits, yb)
             model.backward(loss_fn.backward(), need_input_grad=False)
             opt.step()
-            total += loss * len(yb)
-            correct += int((xp.argmax(logits, axis=1) == yb).sum())
+            total = total + xp.asarray(loss, dtype=xp.float64) * len(yb)
+            correct = correct + (xp.argmax(logits, axis=1) == yb).sum()
             seen += len(yb)
-            bar.update(step + 1, f"loss {total / seen:.4f} acc {correct / seen:.4f}")
+            if progress:
+                bar.update(step + 1, f"loss {float(total) / seen:.4f} "
+                                     f"acc {int(correct) / seen:.4f}")
+        total, correct = float(total), int(correct)          # waits for the epoch's work
         hist.epoch_seconds.append(time.perf_counter() - t0)
         hist.loss.append(total / seen)
         hist.train_acc.append(correct / seen)
