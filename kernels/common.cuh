@@ -192,21 +192,44 @@ __device__ __forceinline__ void store_rows(const T (&acc)[NACC], int tid, T* C, 
     }
 }
 
-// store_columns: for outputs whose tile column is an (n, spatial) position of an NCHW
-// tensor. column(col) gives the address of row 0 for tile column col (nullptr: outside);
-// put(address, m, value) writes row m there. Each of the 8 columns a thread touches is
-// decomposed once.
-template <bool TF32, typename T, typename Index, typename Column, typename Put>
+// The output of the implicit GEMMs whose tile column is an (n, spatial) position of an NCHW
+// tensor: column col = (n, position in a plane of `plane` elements) of `total`, row r =
+// channel chan0 + r of `channels`, written only below `rows` (the group's channels).
+// column(col) is the address of row 0 of column col (nullptr: outside); put(address, r,
+// value) writes row r there. NchwColumnsBias adds bias[channel] (bias may be null).
+template <typename T, typename Index> struct NchwColumns {
+    T* out;
+    Index total;
+    int plane, channels, chan0, rows;
+    __device__ __forceinline__ T* column(Index col) const {
+        return col < total ? out + (long long)(col / plane) * channels * plane + col % plane
+                           : nullptr;
+    }
+    __device__ __forceinline__ void put(T* c, int r, T v) const {
+        if (r < rows) c[(long long)(chan0 + r) * plane] = v;
+    }
+};
+template <typename T, typename Index> struct NchwColumnsBias : NchwColumns<T, Index> {
+    const T* bias;
+    __device__ __forceinline__ void put(T* c, int r, T v) const {
+        const int k = this->chan0 + r;
+        if (r < this->rows) c[(long long)k * this->plane] = v + (bias ? bias[k] : T(0));
+    }
+};
+
+// store_columns: writes the accumulators through dst (an NchwColumns); each of the 8 columns
+// a thread touches is decomposed once.
+template <bool TF32, typename T, typename Index, typename Dst>
 __device__ __forceinline__ void store_columns(const T (&acc)[NACC], int tid, int m0, Index n0,
-                                              Column&& column, Put&& put) {
+                                              Dst dst) {
 #pragma unroll
     for (int sl = 0; sl < 8; ++sl) {
-        T* base = column(n0 + (Index)slot_col<TF32>(sl, tid));   // Index: int or long long
+        T* base = dst.column(n0 + (Index)slot_col<TF32>(sl, tid));   // Index: int or long long
         if (!base) continue;
 #pragma unroll
         for (int e = 0; e < NACC; ++e) {
             if (acc_slot<TF32>(e) != sl) continue;           // resolved at compile time
-            put(base, m0 + acc_row<TF32>(e, tid), acc[e]);
+            dst.put(base, m0 + acc_row<TF32>(e, tid), acc[e]);
         }
     }
 }

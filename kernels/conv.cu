@@ -92,17 +92,8 @@ conv2d_implicit_gemm(const T* __restrict__ x, const T* __restrict__ w,
     T acc[NACC];
     mainloop<T, TF32>(As, Bs, kbeg, (CRS - kbeg + BK - 1) / BK, tid, acc, fetch, stage);
     // output column col = (n, p, q), row m = channel g*Kg + m
-    store_columns<TF32>(
-        acc, tid, m0, n0,
-        [&](int col) -> T* {
-            return col < NPQ ? y + (long long)(col / PQ) * s.K * PQ + col % PQ : nullptr;
-        },
-        [&](T* yc, int m, T v) {
-            if (m < Kg) {
-                const int k = g * Kg + m;
-                yc[(long long)k * PQ] = v + (bias ? bias[k] : T(0));
-            }
-        });
+    store_columns<TF32>(acc, tid, m0, n0,
+                        NchwColumnsBias<T, int>{{y, NPQ, PQ, s.K, g * Kg, Kg}, bias});
 }
 
 // The forward in TF32 on the pipelined tensor-core tile (pipeline.cuh): the same GEMM as
@@ -196,14 +187,8 @@ conv2d_implicit_gemm_pipelined(const float* __restrict__ x, const float* __restr
     float acc[tc::Warps<M>::NACC];
     tc::mainloop<true, false, M>(smem, steps, tid, acc, load, prepare);
     if (bias) tc::add_row_bias<M>(acc, tid, bias + g * Kg, m0, Kg);
-    tc::store_columns<M>(
-        acc, tid, m0, n0,
-        [&](int col) -> float* {
-            return col < NPQ ? y + (long long)(col / PQ) * s.K * PQ + col % PQ : nullptr;
-        },
-        [&](float* yc, int m, float v) {
-            if (m < Kg) yc[(long long)(g * Kg + m) * PQ] = v;
-        });
+    tc::store_columns<M>(acc, tid, m0, n0,
+                         NchwColumns<float, int>{y, NPQ, PQ, s.K, g * Kg, Kg});
 }
 
 // Weight gradient as an implicit GEMM over the reduction axis n*P*Q:
@@ -333,14 +318,8 @@ conv2d_dgrad_implicit_gemm(const T* __restrict__ gy, const T* __restrict__ w, T*
     T acc[NACC];
     mainloop<T, TF32>(As, Bs, kbeg, (KRS - kbeg + BK - 1) / BK, tid, acc, fetch, stage);
     // output column col = (n, h, w), row c = channel g*Cg + c
-    store_columns<TF32>(
-        acc, tid, m0, n0,
-        [&](long long col) -> T* {
-            return col < NHW ? gx + (col / HW) * s.C * HW + col % HW : nullptr;
-        },
-        [&](T* gc, int c, T v) {
-            if (c < Cg) gc[((long long)g * Cg + c) * HW] = v;
-        });
+    store_columns<TF32>(acc, tid, m0, n0,
+                        NchwColumns<T, long long>{gx, NHW, HW, s.C, g * Cg, Cg});
 }
 
 // The weight gradient in TF32 on the pipelined tile: gw[g] (Kg x Cg*R*S) = gy[g] (Kg x N*P*Q)
@@ -489,14 +468,8 @@ conv2d_dgrad_implicit_gemm_pipelined(const float* __restrict__ gy, const float* 
     };
     float acc[tc::Warps<M>::NACC];
     tc::mainloop<true, false, M>(smem, steps, tid, acc, load, prepare);
-    tc::store_columns<M>(
-        acc, tid, m0, n0,
-        [&](long long cl) -> float* {
-            return cl < NHW ? gx + (cl / HW) * s.C * HW + cl % HW : nullptr;
-        },
-        [&](float* gc, int c, float v) {
-            if (c < Cg) gc[((long long)g * Cg + c) * HW] = v;
-        });
+    tc::store_columns<M>(acc, tid, m0, n0,
+                         NchwColumns<float, long long>{gx, NHW, HW, s.C, g * Cg, Cg});
 }
 
 template <typename T>

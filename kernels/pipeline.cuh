@@ -306,7 +306,8 @@ __device__ __forceinline__ void load_rows4(float* S, const float* __restrict__ s
     }
 }
 
-// Epilogues, as tile::store_rows / store_columns for this accumulator layout
+// Epilogues, as tile::store_rows / store_columns (through a tile::NchwColumns) for this
+// accumulator layout
 template <int M = BM>
 __device__ __forceinline__ void store_rows(const float (&acc)[Warps<M>::NACC], int tid,
                                            float* C, long long ldc, int m0, int n0, int rows,
@@ -318,17 +319,17 @@ __device__ __forceinline__ void store_rows(const float (&acc)[Warps<M>::NACC], i
     }
 }
 
-template <int M = BM, typename Index, typename Column, typename Put>
+template <int M = BM, typename Index, typename Dst>
 __device__ __forceinline__ void store_columns(const float (&acc)[Warps<M>::NACC], int tid,
-                                              int m0, Index n0, Column&& column, Put&& put) {
+                                              int m0, Index n0, Dst dst) {
 #pragma unroll
     for (int sl = 0; sl < 2 * Warps<M>::NI; ++sl) {
-        float* base = column(n0 + (Index)slot_col<M>(sl, tid));
+        float* base = dst.column(n0 + (Index)slot_col<M>(sl, tid));
         if (!base) continue;
 #pragma unroll
         for (int e = 0; e < Warps<M>::NACC; ++e) {
             if (acc_slot<M>(e) != sl) continue;         // resolved at compile time
-            put(base, m0 + acc_row<M>(e, tid), acc[e]);
+            dst.put(base, m0 + acc_row<M>(e, tid), acc[e]);
         }
     }
 }
