@@ -51,12 +51,13 @@ __device__ __forceinline__ void cp_async_commit() {
     asm volatile("cp.async.commit_group;\n" ::);
 #endif
 }
-// wait until at most N of this thread's committed groups are still in flight
+// wait until at most N of this thread's committed groups are still in flight (a compiler
+// memory barrier too: no shared-memory read is moved above it)
 template <int N> __device__ __forceinline__ void cp_async_wait() {
 #ifdef CONVGPU_HOST
     cuda_host::cp_async_wait(N);
 #else
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 #endif
 }
 
