@@ -109,8 +109,8 @@ conv2d_implicit_gemm(const T* __restrict__ x, const T* __restrict__ w,
 // moves as 16-byte copies too. M: block tiles of 128 output channels, or 64 for layers with
 // at most 64 channels per group (the 128-row tile would spend half its mma on zero rows).
 // Split-K and bias as in the FP32 kernel.
-// Launch with tc::THREADS threads and tc::shared_bytes<true, false>() bytes of dynamic shared
-// memory.
+// Launch with tc::THREADS threads and tc::shared_bytes<true, false, M>() + tc::TABLE_BYTES
+// bytes of dynamic shared memory (as the gradients below).
 template <bool VA, bool VB, int M>
 __global__ void __launch_bounds__(tc::THREADS)
 conv2d_implicit_gemm_pipelined(const float* __restrict__ x, const float* __restrict__ w,
