@@ -18,11 +18,11 @@ from convgpu.kernels._module import (cbool, ctype, get_function, max_shared_per_
 TILE = 128                 # the register-blocked tile of gemm.cu / conv.cu (tile::BM = BN)
 GEMM_THREADS = 256
 THREADS = 256              # one-thread-per-element kernels
+MAX_GRID_X = 2 ** 31 - 1
+INT_SAFE = 2 ** 31 - 2 ** 27   # flat indices below this (plus the grid stride) fit in int
 # pipeline.cuh's TF32 tile: 128 x 128 blocks of 128 threads, slices of 32, 3 stages in
 # dynamic shared memory of 4 bytes x 3 x (K-major 128 x 36 or row-major 32 x 136) per operand
 PIPE_THREADS, PIPE_BK, PIPE_STAGES = 128, 32, 3
-
-
 PIPE_TABLE_BYTES = PIPE_STAGES * PIPE_BK * 16   # the gathers' depth tables (tc::TABLE_BYTES)
 
 
@@ -32,36 +32,6 @@ def pipe_shared_bytes(a_kmajor: bool, b_kmajor: bool, table: bool = False, a_row
     tile = lambda kmajor, rows: rows * 36 if kmajor else 32 * 136
     return (4 * PIPE_STAGES * (tile(a_kmajor, a_rows) + tile(b_kmajor, 128))
             + (PIPE_TABLE_BYTES if table else 0))
-
-
-def pipelined_supports(a, op="forward"):
-    """The pipelined TF32 kernels' conditions: TF32 allowed, and the offsets their depth
-    tables hold fit an int (forward: Cg*H*W; input gradient: K*P*Q; weight gradient:
-    N*C*H*W and N*P*Q)."""
-    why = tf32_supports(a)
-    if why:
-        return why
-    need, have = pipe_shared_bytes(True, False, table=True), max_shared_per_block()
-    if need > have:
-        return (f"the pipelined kernels need {need} bytes of shared memory per block; this "
-                f"device allows {have}")
-    limit = 2 ** 31 - 2 ** 20
-    size = {"forward": a.Cg * a.H * a.W, "input": a.K * a.P * a.Q,
-            "weight": max(a.N * a.C * a.H * a.W, a.N * a.P * a.Q)}[op]
-    if size >= limit:
-        return (f"the pipelined kernel's depth table holds offsets below 2**31; this {op} "
-                f"pass needs {size}")
-    return None
-
-
-def pipelined_input_supports(a):
-    return pipelined_supports(a, "input")
-
-
-def pipelined_weight_supports(a):
-    return pipelined_supports(a, "weight")
-MAX_GRID_X = 2 ** 31 - 1
-INT_SAFE = 2 ** 31 - 2 ** 27   # flat indices below this (plus the grid stride) fit in int
 
 
 def _i32(*v):
@@ -118,12 +88,12 @@ def gemm(A, B, ta=False, tb=False, splits=1, tf32=False, variant="auto"):
                          "of 4 and 16-byte aligned operands")
     if variant == "pipelined" and not tf32:
         raise ValueError("gemm_pipelined is the TF32 kernel: it needs tf32=True")
-    pipe_fits = fits and pipe_shared_bytes(not ta, tb) <= max_shared_per_block()
+    pipe_fits = tf32 and fits and pipe_shared_bytes(not ta, tb) <= max_shared_per_block()
     if variant == "pipelined" and not pipe_fits:
         raise ValueError(f"gemm_pipelined needs {pipe_shared_bytes(not ta, tb)} bytes of shared "
                          f"memory per block; this device allows {max_shared_per_block()}")
     if variant == "auto":
-        variant = ("pipelined" if tf32 and pipe_fits else "vec") if fits else "tiled"
+        variant = ("pipelined" if pipe_fits else "vec") if fits else "tiled"
     depth = {"vec": 16, "tiled": 8, "pipelined": PIPE_BK}[variant]   # the split unit
     splits = max(1, min(splits, ceil_div(K, depth)))
     kchunk = ceil_div(ceil_div(K, splits), depth) * depth
@@ -183,6 +153,34 @@ def conv2d_implicit_gemm(a, x, w, b, tf32=False):
                          a.Cg * a.R * a.S, contiguous(x), contiguous(w), bias)
 
 
+def pipelined_supports(a, op="forward"):
+    """The pipelined TF32 kernels' conditions: TF32 allowed, and the offsets their depth
+    tables hold fit an int (forward: Cg*H*W; input gradient: K*P*Q; weight gradient:
+    N*C*H*W and N*P*Q)."""
+    why = tf32_supports(a)
+    if why:
+        return why
+    need, have = pipe_shared_bytes(True, False, table=True), max_shared_per_block()
+    if need > have:
+        return (f"the pipelined kernels need {need} bytes of shared memory per block; this "
+                f"device allows {have}")
+    limit = 2 ** 31 - 2 ** 20
+    size = {"forward": a.Cg * a.H * a.W, "input": a.K * a.P * a.Q,
+            "weight": max(a.N * a.C * a.H * a.W, a.N * a.P * a.Q)}[op]
+    if size >= limit:
+        return (f"the pipelined kernel's depth table holds offsets below 2**31; this {op} "
+                f"pass needs {size}")
+    return None
+
+
+def pipelined_input_supports(a):
+    return pipelined_supports(a, "input")
+
+
+def pipelined_weight_supports(a):
+    return pipelined_supports(a, "weight")
+
+
 def pipelined_vectors(a, x, w):
     """(VA, VB) of conv2d_implicit_gemm_pipelined: weights as 16-byte copies when the rows
     Cg*R*S are a multiple of 4; the input too for 1x1 filters at stride 1 without padding
@@ -196,14 +194,20 @@ def pipelined_vectors(a, x, w):
 def conv2d_implicit_gemm_pipelined_tf32(a, x, w, b):
     """The TF32 forward on pipeline.cuh's cp.async tile (conv.cu:
     conv2d_implicit_gemm_pipelined), 16-byte copies where pipelined_vectors allows."""
-    crs = a.Cg * a.R * a.S
     x, w = contiguous(x), contiguous(w)
     va, vb = pipelined_vectors(a, x, w)
-    rows = 64 if a.Kg <= 64 else 128          # the 64-row tile where 128 would be half empty
-    grid = (ceil_div(a.N * a.P * a.Q, TILE), ceil_div(a.Kg, rows))
     bias = contiguous(b) if b is not None else np.uint64(0)
-    return _split_launch(f"conv2d_implicit_gemm_pipelined<{cbool(va)}, {cbool(vb)}, {rows}>",
-                         a, x.dtype, x, a.y_shape, grid, a.Kg, a.N * a.P * a.Q, crs, x, w, bias,
+    return _pipelined_launch(f"conv2d_implicit_gemm_pipelined<{cbool(va)}, {cbool(vb)}, ", a,
+                             x, a.y_shape, a.Kg, a.N * a.P * a.Q, a.Cg * a.R * a.S, x, w, bias)
+
+
+def _pipelined_launch(kernel, a, like, out_shape, M, N, depth, *arrays):
+    """Launch a conv.cu kernel on pipeline.cuh's tile: `kernel` is its name expression up to
+    the last template argument, the tile's rows (64 where the GEMM has at most 64 rows, where
+    128 would spend half the mma on zero rows; else 128); M x N per group, reduction depth."""
+    rows = 64 if M <= 64 else 128
+    return _split_launch(f"{kernel}{rows}>", a, like.dtype, like, out_shape,
+                         (ceil_div(N, TILE), ceil_div(M, rows)), M, N, depth, *arrays,
                          threads=PIPE_THREADS, depth_unit=PIPE_BK,
                          shared_mem=pipe_shared_bytes(True, False, table=True, a_rows=rows),
                          tile_rows=rows)
@@ -366,29 +370,17 @@ def backward_input_implicit_gemm(a, gy, w, tf32=False):
 def backward_weight_implicit_gemm_pipelined_tf32(a, x, gy):
     """gw = gy @ X_cols^T in TF32 on pipeline.cuh's tile (conv.cu:
     conv2d_wgrad_implicit_gemm_pipelined), split-K over N*P*Q."""
-    crs, npq = a.Cg * a.R * a.S, a.N * a.P * a.Q
-    rows = 64 if a.Kg <= 64 else 128           # output channels per block
-    grid = (ceil_div(crs, TILE), ceil_div(a.Kg, rows))
-    return _split_launch(f"conv2d_wgrad_implicit_gemm_pipelined<{rows}>", a, x.dtype, x,
-                         a.w_shape, grid, a.Kg, crs, npq, contiguous(x), contiguous(gy),
-                         threads=PIPE_THREADS, depth_unit=PIPE_BK,
-                         shared_mem=pipe_shared_bytes(True, False, table=True, a_rows=rows),
-                         tile_rows=rows)
+    return _pipelined_launch("conv2d_wgrad_implicit_gemm_pipelined<", a, x, a.w_shape, a.Kg,
+                             a.Cg * a.R * a.S, a.N * a.P * a.Q, contiguous(x), contiguous(gy))
 
 
 def backward_input_implicit_gemm_pipelined_tf32(a, gy, w):
     """gx = W^T @ GY_cols in TF32 on pipeline.cuh's tile (conv.cu:
     conv2d_dgrad_implicit_gemm_pipelined; no divisibility tests at stride 1)."""
-    nhw = a.N * a.H * a.W
     unit = tuple(a.stride) == (1, 1)
-    rows = 64 if a.Cg <= 64 else 128           # input channels per block
-    grid = (ceil_div(nhw, TILE), ceil_div(a.Cg, rows))
-    return _split_launch(f"conv2d_dgrad_implicit_gemm_pipelined<{cbool(unit)}, {rows}>", a,
-                         gy.dtype, gy, a.x_shape, grid, a.Cg, nhw, a.Kg * a.R * a.S,
-                         contiguous(gy), contiguous(w), threads=PIPE_THREADS,
-                         depth_unit=PIPE_BK,
-                         shared_mem=pipe_shared_bytes(True, False, table=True, a_rows=rows),
-                         tile_rows=rows)
+    return _pipelined_launch(f"conv2d_dgrad_implicit_gemm_pipelined<{cbool(unit)}, ", a, gy,
+                             a.x_shape, a.Cg, a.N * a.H * a.W, a.Kg * a.R * a.S,
+                             contiguous(gy), contiguous(w))
 
 
 def im2col(a, x):
