@@ -1,13 +1,22 @@
 #!/usr/bin/env bash
 # The project's one device script (shared GPU.md): install, gpu tests, sanitizer subset,
 # benchmark, Nsight Compute on the target kernels; logs and JSON under $OUT; a short summary
-# last. About 7 minutes on an H100 (every step has its own time limit: 11 minutes at most).
+# last. About 7 minutes on an H100; the steps share one deadline (BUDGET, 540 s by default).
 set -uo pipefail
 OUT=${OUT:-$(mktemp -d)}
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 CUPY_CACHE_DIR=/tmp/cupy_cache NUMBA_CACHE_DIR=/tmp/numba_cache
 T0=$(date +%s)
 say() { echo "[$(( $(date +%s) - T0 ))s] $*"; }
+# One deadline for the whole script (BUDGET seconds, default 540, inside a 600 s device call):
+# a step gets its own limit or what is left after the reserve kept for the steps after it,
+# whichever is less (at least 10 s), so a slow step cannot crowd the benchmark out.
+BUDGET=${BUDGET:-540}
+lim() {  # lim WANT RESERVE
+  local left=$(( T0 + BUDGET - $2 - $(date +%s) ))
+  (( left < 10 )) && left=10
+  echo $(( $1 < left ? $1 : left ))
+}
 
 # 1. install (offline) and describe the machine
 if ! python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >/tmp/install.log 2>&1; then
@@ -24,7 +33,7 @@ python3 -m convgpu info 2>&1 | tee -a "$OUT/device.txt"
 say "installed"
 
 # 2. gpu tier: every failure listed
-timeout 150 python3 -m pytest tests -m gpu -q -p no:cacheprovider -rfE \
+timeout $(lim 150 330) python3 -m pytest tests -m gpu -q -p no:cacheprovider -rfE \
   2>&1 | tee "$OUT/gpu_tests.log" | tail -40
 GPU_RC=${PIPESTATUS[0]}
 say "gpu tests rc=$GPU_RC"
@@ -32,9 +41,9 @@ say "gpu tests rc=$GPU_RC"
 # 3. compute-sanitizer on a small subset (memcheck, then racecheck for the shared-memory kernels)
 SAN="not run"
 if command -v compute-sanitizer >/dev/null; then
-  timeout 60 compute-sanitizer --tool memcheck --report-api-errors no --error-exitcode 9 python3 bench/sanitize_subset.py \
+  timeout $(lim 50 290) compute-sanitizer --tool memcheck --report-api-errors no --error-exitcode 9 python3 bench/sanitize_subset.py \
     >/tmp/memcheck.log 2>&1; MC=$?
-  timeout 60 compute-sanitizer --tool racecheck --error-exitcode 9 python3 bench/sanitize_subset.py \
+  timeout $(lim 50 280) compute-sanitizer --tool racecheck --error-exitcode 9 python3 bench/sanitize_subset.py \
     >/tmp/racecheck.log 2>&1; RC=$?
   cat /tmp/memcheck.log /tmp/racecheck.log > "$OUT/sanitizer.log"
   SAN="memcheck rc=$MC ($(grep -c 'Invalid\|Error' /tmp/memcheck.log) error lines), racecheck rc=$RC ($(grep -ci 'hazard' /tmp/racecheck.log) hazard lines)"
@@ -44,7 +53,7 @@ say "sanitizer: $SAN"
 
 # 4. benchmark (quick suite) with cuDNN beside
 # (the Numba direct/GEMM kernels were timed in earlier runs; here the CUDA C ones and Numba FFT)
-timeout 220 python3 -m convgpu bench --quick --json "$OUT/bench.json" --plot "$OUT/bench.png" \
+timeout $(lim 220 80) python3 -m convgpu bench --quick --json "$OUT/bench.json" --plot "$OUT/bench.png" \
   --impl cuda numba:fft \
   2>&1 | tee "$OUT/bench.log" | grep -v Warning
 say "bench done"
@@ -52,7 +61,7 @@ say "bench done"
 # 4b. Nsight Compute on one launch of each kernel behind a target (bench/profile_targets.py):
 # what limits it, for the note (ncu is on the Firecracker machines; skipped elsewhere)
 if command -v ncu >/dev/null; then
-  timeout 90 ncu --clock-control none --target-processes all \
+  timeout $(lim 75 35) ncu --clock-control none --target-processes all \
     -k regex:'gemm_pipelined|gemm_vec|gemm_tiled|implicit_gemm|max_pool2d_fwd|max_pool2d_bwd' \
     --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
     --section Occupancy --section WarpStateStats --section LaunchStats \
@@ -64,7 +73,7 @@ else
 fi
 
 # 5. the training loop on the GPU against the same LeNet-5 in torch + cuDNN
-timeout 45 python3 bench/torch_lenet.py --backend cuda --epochs 8 2>&1 | tee "$OUT/train.log" | tail -4
+timeout $(lim 40 5) python3 bench/torch_lenet.py --backend cuda --epochs 8 2>&1 | tee "$OUT/train.log" | tail -4
 say "training comparison done"
 
 # 6. summary
