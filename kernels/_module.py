@@ -106,23 +106,25 @@ def _optin_shared(device_id: int) -> int:
     return int(rt.deviceGetAttribute(rt.cudaDevAttrMaxSharedMemoryPerBlockOptin, device_id))
 
 
-_DYNAMIC_SHARED_SET: Dict[Tuple[int, int], int] = {}
+_DYNAMIC_SHARED_SET: Dict[Tuple[int, int], Tuple[object, int]] = {}
 
 
 def set_max_dynamic_shared(fn, nbytes: int) -> None:
     """Let kernel `fn` (from get_function) launch with up to nbytes of dynamic shared memory
     (CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES; past 48 KiB a launch fails without it).
-    Once per function and size: the attribute stays with the loaded function."""
+    Through RawKernel's settable max_dynamic_shared_size_bytes (cuFuncSetAttribute on the
+    current device's function; a RawKernel has no .ptr), which the host emulation's kernel
+    object has too. Once per function, device and size: the attribute stays with the loaded
+    function (the entry keeps fn alive so its id cannot be reused)."""
     if host_emulation():
         fn.max_dynamic_shared_size_bytes = max(fn.max_dynamic_shared_size_bytes, nbytes)
         return
     import cupy
-    key = (int(fn.ptr), cupy.cuda.Device().id)
-    if _DYNAMIC_SHARED_SET.get(key, 0) >= nbytes:
+    key = (id(fn), cupy.cuda.Device().id)
+    if _DYNAMIC_SHARED_SET.get(key, (None, 0))[1] >= nbytes:
         return
-    drv = cupy.cuda.driver
-    drv.funcSetAttribute(fn.ptr, drv.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, nbytes)
-    _DYNAMIC_SHARED_SET[key] = nbytes
+    fn.max_dynamic_shared_size_bytes = nbytes
+    _DYNAMIC_SHARED_SET[key] = (fn, nbytes)
 
 
 def ctype(dtype) -> str:
