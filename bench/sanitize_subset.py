@@ -116,6 +116,19 @@ for be in ("numba", "cuda"):
     check(f"avg_pool2d_backward {be}", convgpu.avg_pool2d_backward(gd, xp.shape, 3, 2, 1, True, False,
                                                                    backend=be),
           ref.avg_pool2d_backward(g, xp.shape, (3, 3), (2, 2), (1, 1), True, False))
+# pool.cu's other kernels: 3x3/1 (interior path, backward gather per element: 3 candidates
+# per axis) and 4x4/3 (the general forward)
+for k, st in ((3, 1), (4, 3)):
+    yq, iq = ref.max_pool2d(xp, (k, k), (st, st), (1, 1), (1, 1), False)
+    yc, ic = convgpu.max_pool2d(cp.asarray(xp.astype(np.float32)), k, st, 1, return_indices=True,
+                                backend="cuda")
+    check(f"max_pool2d cuda {k}x{k}/{st}", yc, yq)
+    bad += not np.array_equal(cp.asnumpy(ic), iq)
+    gq = rng.uniform(-1, 1, yq.shape)
+    check(f"max_pool2d_backward gather cuda {k}x{k}/{st}",
+          convgpu.max_pool2d_backward(cp.asarray(gq.astype(np.float32)), ic, xp.shape, k, st, 1,
+                                      algo="gather", backend="cuda"),
+          ref.max_pool2d_backward(gq, iq, xp.shape))
 check("max_pool2d_backward plane", convgpu.max_pool2d_backward(gd, i, xp.shape, algo="plane"),
       ref.max_pool2d_backward(g, ip, xp.shape))
 check("avg_pool2d", convgpu.avg_pool2d(cp.asarray(xp.astype(np.float32)), 3, 2, 1, True, False),

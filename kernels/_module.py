@@ -46,9 +46,11 @@ NAME_EXPRESSIONS: Dict[str, Tuple[str, ...]] = {
     "elementwise.cu": tuple(f"{k}<{t}>" for k in ("relu_fwd", "relu_bwd", "bias_add_fwd",
                                                   "channel_sum", "plane_mean", "plane_spread",
                                                   "xent_rows", "xent_bwd") for t in T_NAMES),
-    "pool.cu": tuple(f"{k}<{t}, {i}>" for k in ("max_pool2d_fwd", "max_pool2d_bwd_gather",
+    "pool.cu": tuple(f"{k}<{t}, {i}>" for k in ("max_pool2d_bwd_gather", "max_pool2d_bwd_cells",
                                                  "avg_pool2d_fwd", "avg_pool2d_bwd_gather")
-                     for t in T_NAMES for i in ("int", "long long")),
+                     for t in T_NAMES for i in ("int", "long long"))
+    + tuple(f"max_pool2d_fwd<{t}, {i}, {k}>" for t in T_NAMES for i in ("int", "long long")
+            for k in (0, 2, 3)),
 }
 
 

@@ -473,19 +473,45 @@ def _index_type(total):
     return ("int", np.int32) if total < INT_SAFE else ("long long", np.int64)
 
 
+def max_pool2d_window(a) -> int:
+    """The K of max_pool2d_fwd<T, I, K>: 2 or 3 for square windows of that size (with their
+    unmasked interior path), else 0 (the general kernel)."""
+    kh, kw = a.kernel
+    return kh if kh == kw and kh in (2, 3) else 0
+
+
 def max_pool2d(a, x):
     y = empty(a.y_shape, x.dtype, x)
     idx = empty(a.y_shape, np.int64, x)
     it, ic = _index_type(max(y.size, x.size))
-    fn = get_function("pool.cu", f"max_pool2d_fwd<{ctype(x.dtype)}, {it}>")
+    fn = get_function("pool.cu", f"max_pool2d_fwd<{ctype(x.dtype)}, {it}, {max_pool2d_window(a)}>")
     fn(_elementwise_grid(y.size), (THREADS,),
        (x, y, idx, ic(a.N * a.C), *_pool_ints(a, a.H, a.W, a.P, a.Q)))
     return y, idx
 
 
+def max_pool2d_cells(a):
+    """(CH, CW), the grid of stride-sized input cells of max_pool2d_bwd_cells, or None where
+    that kernel does not serve: strides up to 2 and windows reaching at most one stride back
+    ((k - 1) * d < 2 * s per axis), so that 2 x 2 candidate windows cover a cell."""
+    if not all(s <= 2 and (k - 1) * d < 2 * s
+               for k, s, d in zip(a.kernel, a.stride, a.dilation)):
+        return None
+    return tuple((n - 1 + p) // s + 1 for n, p, s in zip((a.H, a.W), a.padding, a.stride))
+
+
 def max_pool2d_backward_gather(m, gy, idx):
     a = m.pool
     gx = empty(a.x_shape, gy.dtype, gy)
+    cells = max_pool2d_cells(a)
+    if cells:
+        CH, CW = cells
+        it, ic = _index_type(max(gx.size, a.N * a.C * CH * CW))
+        fn = get_function("pool.cu", f"max_pool2d_bwd_cells<{ctype(gy.dtype)}, {it}>")
+        fn(_elementwise_grid(a.N * a.C * CH * CW), (THREADS,),
+           (gy, idx, gx, ic(a.N * a.C), *_i32(CH, CW), np.uint64(fastdiv(CH)),
+            np.uint64(fastdiv(CW)), *_pool_ints(a, a.H, a.W, a.P, a.Q)))
+        return gx
     it, ic = _index_type(gx.size)
     fn = get_function("pool.cu", f"max_pool2d_bwd_gather<{ctype(gy.dtype)}, {it}>")
     fn(_elementwise_grid(gx.size), (THREADS,),

@@ -5,12 +5,15 @@
 // matters because these kernels issue more integer instructions than memory requests. Indices written for max pooling are always int64, flat over the
 // unpadded input plane (h*W + w).
 //
-//   max_pool2d_fwd<T, I>        one thread per output; -inf start, strict '>' so the first
+//   max_pool2d_fwd<T, I, K>     one thread per output; -inf start, strict '>' so the first
 //                               maximum wins; the first NaN is taken and kept; windows up to
-//                               3x3 unrolled with every load issued before the comparisons
+//                               3x3 unrolled with every load issued before the comparisons,
+//                               and for K = 2, 3 (square windows) an unmasked interior path
 //   max_pool2d_bwd_gather<T, I> one thread per input element: sums gy over the windows that
 //                               can cover it and whose index points at it (deterministic); up
 //                               to 2x2 candidate windows unrolled, loads first
+//   max_pool2d_bwd_cells<T, I>  the same sums, one thread per stride-sized cell of inputs
+//                               sharing one load of its 2x2 candidate windows (strides <= 2)
 //   avg_pool2d_fwd<T, I>, avg_pool2d_bwd_gather<T, I>   torch's divisor rule
 #include "common.cuh"
 
@@ -47,7 +50,85 @@ __device__ __forceinline__ int first_cover(int i, int pad, int k, const Divider<
     return num <= 0 ? 0 : (int)s.div(num + (int)s.d - 1);
 }
 
-template <typename T, typename I>
+// NaN-propagating maximum (either operand NaN -> NaN): max.NaN.f32 on the device (sm_80+,
+// one instruction); the comparison form elsewhere
+template <typename T> __device__ __forceinline__ T max_nan(T a, T b) {
+    return (a > b || a != a) ? a : b;
+}
+#ifndef CONVGPU_HOST
+template <> __device__ __forceinline__ float max_nan<float>(float a, float b) {
+    float r;
+    asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+    return r;
+}
+#endif
+
+// a == b without flushing subnormals (CuPy compiles with -ftz=true, which would make two
+// different subnormals equal, and the first of them the "maximum"'s position)
+template <typename T> __device__ __forceinline__ bool same_value(T a, T b) { return a == b; }
+#ifndef CONVGPU_HOST
+template <> __device__ __forceinline__ bool same_value<float>(float a, float b) {
+    unsigned r;
+    asm("{\n .reg .pred p;\n setp.eq.f32 p, %1, %2;\n selp.u32 %0, 1, 0, p;\n}"
+        : "=r"(r) : "f"(a), "f"(b));
+    return r != 0;
+}
+#endif
+
+// One window of at most KR x KR (kh, kw <= KR at run time), any part of it possibly outside
+// the input: every load is issued (from a clamped, always valid position) before the first
+// comparison needs its value (a loop with run-time bounds waits for each load in turn; a
+// predicated load is sunk by the compiler next to its comparison). Then the answer of the
+// sequential rule (strict '>', first maximum; the first NaN taken and kept; the first
+// in-bounds element when all are -inf) from two passes over the registers: the maximum (a
+// tree, which needs every value at once) and whether a NaN is among them; then the first
+// position holding the first NaN, else the maximum.
+template <int KR, typename T>
+__device__ __forceinline__ void window_masked(const T* xp, int h0, int w0, const PoolShape& s,
+                                              T& best, int& bi) {
+    T val[KR][KR];
+    bool in[KR][KR];
+#pragma unroll
+    for (int r = 0; r < KR; ++r)
+#pragma unroll
+        for (int c = 0; c < KR; ++c) {
+            const int h = h0 + r * s.dh, v = w0 + c * s.dw;
+            in[r][c] = r < s.kh && c < s.kw && h >= 0 && h < s.H && v >= 0 && v < s.W;
+            const int hc = min(max(h, 0), s.H - 1), vc = min(max(v, 0), s.W - 1);
+            val[r][c] = xp[hc * s.W + vc];
+        }
+    T m = neg_inf<T>();
+    bool nan = false;
+#pragma unroll
+    for (int r = 0; r < KR; ++r)
+#pragma unroll
+        for (int c = 0; c < KR; ++c) {
+            const T v = in[r][c] ? val[r][c] : neg_inf<T>();
+            m = max(m, v);                                   // fmax: NaN-free maximum
+            nan = nan || v != v;
+        }
+    best = neg_inf<T>();
+    bi = -1;
+#pragma unroll
+    for (int r = 0; r < KR; ++r)
+#pragma unroll
+        for (int c = 0; c < KR; ++c) {
+            const T v = val[r][c];
+            if (bi < 0 && in[r][c] && (nan ? v != v : v == m)) {
+                best = v;
+                bi = (h0 + r * s.dh) * s.W + w0 + c * s.dw;
+            }
+        }
+}
+
+// max_pool2d_fwd<T, I, K>: K = 0 serves every window (up to KFAST x KFAST unrolled and
+// masked, larger ones by a loop); K = 2 or 3 serves kh == kw == K (any stride, padding and
+// dilation) and adds the interior path: a window wholly inside the input (all of it for an
+// unpadded pool, all but the border for a padded one) needs no bounds, no clamps and no
+// masks, so it costs K*K loads, a NaN-propagating max tree and one equality per element for
+// the first position of the maximum (ALU, not memory, bounded the masked path: ncu on the
+// H100 at f49e222 put the ALU pipe at 81% and DRAM at 49% for AlexNet's 3x3/2 pool).
+template <typename T, typename I, int K>
 __global__ void max_pool2d_fwd(const T* __restrict__ x, T* __restrict__ y,
                                long long* __restrict__ idx, I NC, POOL_SHAPE_PARAMS) {
     const POOL_SHAPE;
@@ -59,60 +140,57 @@ __global__ void max_pool2d_fwd(const T* __restrict__ x, T* __restrict__ y,
         const I nc = unravel3(t, divP, divQ, p, q);
         const T* xp = x + (long long)nc * s.H * s.W;
         const int h0 = p * s.sh - s.ph, w0 = q * s.sw - s.pw;
-        T best = neg_inf<T>();
-        int bi = -1;
-        // the rule for one window element, in row-major window order
-        auto take = [&](T val, int at) {
-            if (best != best) return;                        // a NaN was taken: keep it
-            if (val > best || val != val || bi < 0) { best = val; bi = at; }
-        };
-        if (s.kh <= KFAST && s.kw <= KFAST) {
-            // windows up to KFAST x KFAST: every load issued before the first comparison
-            // needs its value (a loop with runtime bounds waits for each load in turn)
-            T val[KFAST][KFAST];
-            bool in[KFAST][KFAST];
+        T best;
+        int bi;
+        if constexpr (K > 0) {
+            if (h0 >= 0 && h0 + (K - 1) * s.dh < s.H && w0 >= 0 && w0 + (K - 1) * s.dw < s.W) {
+                const T* rp = xp + h0 * s.W + w0;
+                const int rs = s.dh * s.W;
+                T val[K][K];
 #pragma unroll
-            for (int r = 0; r < KFAST; ++r)
+                for (int r = 0; r < K; ++r)
 #pragma unroll
-                for (int c = 0; c < KFAST; ++c) {
-                    const int h = h0 + r * s.dh, v = w0 + c * s.dw;
-                    in[r][c] = r < s.kh && c < s.kw && h >= 0 && h < s.H && v >= 0 && v < s.W;
-                    // an unconditional load from the clamped (always valid) position: a
-                    // predicated one is sunk by the compiler next to its comparison
-                    const int hc = min(max(h, 0), s.H - 1), vc = min(max(v, 0), s.W - 1);
-                    val[r][c] = xp[hc * s.W + vc];
+                    for (int c = 0; c < K; ++c) val[r][c] = rp[r * rs + c * s.dw];
+                T m = val[0][0];
+#pragma unroll
+                for (int r = 0; r < K; ++r)
+#pragma unroll
+                    for (int c = 0; c < K; ++c)
+                        if (r + c > 0) m = max_nan(m, val[r][c]);
+                // the first position (row-major) of the maximum: assignments in reverse order
+                int at = 0;
+                best = m;
+                if (m == m) {
+#pragma unroll
+                    for (int r = K - 1; r >= 0; --r)
+#pragma unroll
+                        for (int c = K - 1; c >= 0; --c)
+                            if (same_value(val[r][c], m)) at = r * rs + c * s.dw;
+                } else {                                     // the first NaN, itself
+#pragma unroll
+                    for (int r = K - 1; r >= 0; --r)
+#pragma unroll
+                        for (int c = K - 1; c >= 0; --c)
+                            if (val[r][c] != val[r][c]) { at = r * rs + c * s.dw; best = val[r][c]; }
                 }
-            // the same answer as `take` in window order, from two passes over the registers:
-            // the maximum (a tree, which needs every value at once) and whether a NaN is
-            // among them; then the first position holding the first NaN, else the maximum
-            T m = neg_inf<T>();
-            bool nan = false;
-#pragma unroll
-            for (int r = 0; r < KFAST; ++r)
-#pragma unroll
-                for (int c = 0; c < KFAST; ++c) {
-                    const T v = in[r][c] ? val[r][c] : neg_inf<T>();
-                    m = max(m, v);                           // fmax: NaN-free maximum
-                    nan = nan || v != v;
-                }
-#pragma unroll
-            for (int r = 0; r < KFAST; ++r)
-#pragma unroll
-                for (int c = 0; c < KFAST; ++c) {
-                    const T v = val[r][c];
-                    if (bi < 0 && in[r][c] && (nan ? v != v : v == m)) {
-                        best = v;
-                        bi = (h0 + r * s.dh) * s.W + w0 + c * s.dw;
-                    }
-                }
+                bi = h0 * s.W + w0 + at;
+            } else {
+                window_masked<K>(xp, h0, w0, s, best, bi);
+            }
+        } else if (s.kh <= KFAST && s.kw <= KFAST) {
+            window_masked<KFAST>(xp, h0, w0, s, best, bi);
         } else {
+            best = neg_inf<T>();
+            bi = -1;
             for (int r = 0; r < s.kh; ++r) {
                 const int h = h0 + r * s.dh;
                 if (h < 0 || h >= s.H) continue;
                 for (int c = 0; c < s.kw; ++c) {
                     const int v = w0 + c * s.dw;
                     if (v < 0 || v >= s.W) continue;
-                    take(xp[h * s.W + v], h * s.W + v);
+                    const T val = xp[h * s.W + v];
+                    if (best != best) continue;              // a NaN was taken: keep it
+                    if (val > best || val != val || bi < 0) { best = val; bi = h * s.W + v; }
                 }
             }
         }
@@ -172,6 +250,65 @@ __global__ void max_pool2d_bwd_gather(const T* __restrict__ gy, const long long*
             }
         }
         gx[t] = acc;
+    }
+}
+
+// max_pool2d_bwd_cells<T, I>: the gather by cells, for strides up to 2 whose windows reach at
+// most one stride back ((k - 1) * d < 2 * s on each axis: 3x3/2 and 2x2/2, padded or not,
+// ceil_mode or not). One thread per cell of sh x sw input elements, cells aligned to the
+// window grid: cell (i, j) holds rows i*sh - ph + [0, sh) and columns j*sw - pw + [0, sw).
+// A window p covering row h has p*sh - ph <= h <= p*sh - ph + (kh-1)*dh, so for a row of
+// cell i, p <= i and p >= i - (kh-1)*dh/sh >= i - 1: the 2 x 2 windows (i-1..i) x (j-1..j)
+// hold every candidate of every element of the cell. Their indices and gradients are loaded
+// once per cell (the element-per-thread gather loads up to 4 of each per element, and
+// divides 6 times per element: ncu at f49e222 put the issue slots at 85% busy and DRAM at
+// 27%), then each element sums, in the same (p, q) order as the gather, the candidates
+// whose index points at it; an element no window picked gets 0. Deterministic.
+template <typename T, typename I>
+__global__ void max_pool2d_bwd_cells(const T* __restrict__ gy, const long long* __restrict__ idx,
+                                     T* __restrict__ gx, I NC, int CH, int CW,
+                                     unsigned long long mCH, unsigned long long mCW,
+                                     POOL_SHAPE_PARAMS) {
+    const POOL_SHAPE;
+    POOL_DIV(I, divCW, CW, mCW);
+    POOL_DIV(I, divCH, CH, mCH);
+    const I total = NC * CH * CW;
+    for (I t = blockIdx.x * (I)blockDim.x + threadIdx.x; t < total; t += (I)gridDim.x * blockDim.x) {
+        int i, j;
+        const I nc = unravel3(t, divCH, divCW, i, j);
+        const long long base = (long long)nc * s.P * s.Q;
+        long long id[2][2];
+        T g[2][2];
+#pragma unroll
+        for (int a = 0; a < 2; ++a)
+#pragma unroll
+            for (int b = 0; b < 2; ++b) {
+                const int p = i - 1 + a, q = j - 1 + b;
+                const bool in = p >= 0 && p < s.P && q >= 0 && q < s.Q;
+                // unconditional loads from clamped (valid) positions, masked after
+                const long long at = base + (long long)min(max(p, 0), s.P - 1) * s.Q +
+                                     min(max(q, 0), s.Q - 1);
+                id[a][b] = in ? idx[at] : -1;
+                g[a][b] = gy[at];
+            }
+        const int hb = i * s.sh - s.ph, wb = j * s.sw - s.pw;
+        T* gp = gx + (long long)nc * s.H * s.W;
+#pragma unroll
+        for (int u = 0; u < 2; ++u)
+#pragma unroll
+            for (int z = 0; z < 2; ++z) {
+                const int h = hb + u, v = wb + z;
+                if (u < s.sh && z < s.sw && h >= 0 && h < s.H && v >= 0 && v < s.W) {
+                    const int me = h * s.W + v;
+                    T acc = T(0);
+#pragma unroll
+                    for (int a = 0; a < 2; ++a)
+#pragma unroll
+                        for (int b = 0; b < 2; ++b)
+                            if (id[a][b] == me) acc += g[a][b];
+                    gp[me] = acc;
+                }
+            }
     }
 }
 

@@ -495,7 +495,15 @@ def test_linear_and_backward(rng, dtype, M, K, O):
         assert_close(g, r, TOL[dtype])
 
 
-MAXP = MAXP_SMALL
+MAXP = MAXP_SMALL + [
+    # max_pool2d_fwd<.., 3> interior and border paths with the backward by cells (odd sizes)
+    (2, 3, 11, 13, (3, 3), (2, 2), (0, 0), (1, 1), False),
+    # 2x2/1 pad 1: one-element cells, and cells of padding only (ph == sh)
+    (1, 2, 9, 10, (2, 2), (1, 1), (1, 0), (1, 1), True),
+    # dilated square windows: the interior path with dilation; cells with (k-1)*d = 2 < 2*s
+    (1, 2, 10, 9, (2, 2), (2, 2), (1, 1), (2, 2), False),
+    (1, 2, 13, 12, (3, 3), (3, 2), (1, 1), (2, 1), True),
+]
 
 
 @pytest.fixture(params=["int", "long long"])
@@ -544,6 +552,44 @@ def test_max_pool2d_ties_nan_and_minus_inf():
         gx = both_orders(lambda: convgpu.max_pool2d_backward(gy, i, inp.shape, *args,
                                                              backend="cuda"))
         np.testing.assert_array_equal(gx, convgpu.max_pool2d_backward(gy, ir, inp.shape))
+
+
+@pytest.mark.parametrize("args", [(3, 2), (2, 2), (3, 2, 1), (3, 2, 1, 1, True)])
+def test_max_pool2d_interior_and_cells_with_ties_nan_and_inf(rng, args):
+    """The unmasked interior path of max_pool2d_fwd<.., K> and the backward by cells on a
+    plane full of ties (five values), NaNs and -infs: the indices of the sequential rule
+    (first maximum, first NaN), exactly."""
+    x = rng.integers(0, 5, (2, 3, 13, 11)).astype(np.float32)
+    x[rng.random(x.shape) < 0.03] = np.nan
+    x[rng.random(x.shape) < 0.1] = -np.inf
+    x[0, 0, :4, :4] = -np.inf                                # whole windows of -inf
+    yr, ir = convgpu.max_pool2d(x, *args, return_indices=True)
+    y, i = both_orders(lambda: convgpu.max_pool2d(x, *args, return_indices=True,
+                                                  backend="cuda"))
+    np.testing.assert_array_equal(i, ir)
+    np.testing.assert_array_equal(y, yr)
+    gy = np.arange(1, y.size + 1, dtype=np.float32).reshape(y.shape)
+    gx = both_orders(lambda: convgpu.max_pool2d_backward(gy, i, x.shape, *args,
+                                                         backend="cuda"))
+    np.testing.assert_array_equal(gx, convgpu.max_pool2d_backward(gy, ir, x.shape))
+
+
+def test_max_pool2d_kernel_choice():
+    """Which pool.cu kernels serve which windows (the fast paths above must be the ones run)."""
+    from convgpu.kernels import cuda_ops
+    from convgpu.ops._args import pool_geometry
+    def geometry(H, k, s, p, d=1):
+        return pool_geometry("max_pool2d", (2, 3, H, H), k, s, p, d, False, np.float32,
+                             kind="max")
+    assert cuda_ops.max_pool2d_window(geometry(55, 3, 2, 0)) == 3
+    assert cuda_ops.max_pool2d_window(geometry(224, 2, 2, 0)) == 2
+    assert cuda_ops.max_pool2d_window(geometry(20, 4, 2, 1)) == 0
+    assert cuda_ops.max_pool2d_window(geometry(20, (3, 2), 2, 1)) == 0
+    assert cuda_ops.max_pool2d_cells(geometry(55, 3, 2, 0)) == (28, 28)
+    assert cuda_ops.max_pool2d_cells(geometry(112, 3, 2, 1)) == (57, 57)
+    assert cuda_ops.max_pool2d_cells(geometry(224, 2, 2, 0)) == (112, 112)
+    assert cuda_ops.max_pool2d_cells(geometry(20, 3, 1, 1)) is None    # 3 candidates per axis
+    assert cuda_ops.max_pool2d_cells(geometry(20, 3, 3, 1)) is None    # cells of 3
 
 
 AVGP = AVGP_SMALL

@@ -132,6 +132,28 @@ def test_backward_passes_are_bitwise_deterministic():
             assert np.array_equal(a.view(np.uint32), b_.view(np.uint32))
 
 
+@pytest.mark.parametrize("args", [(3, 2), (2, 2), (3, 2, 1), (3, 1, 1), (4, 2, 1)])
+def test_max_pool_exact_with_ties_nan_inf_and_subnormals(args):
+    """Indices exactly as the sequential rule picks them (first maximum, first NaN, first
+    element of an all -inf window) on the device, where the kernels are compiled with
+    -ftz=true: windows of distinct subnormals must not compare equal. Backward gathers
+    (by cells and by element) exactly, with integer gradients."""
+    rng = np.random.default_rng(11)
+    x = rng.integers(0, 5, (4, 3, 29, 27)).astype(np.float32)
+    x[rng.random(x.shape) < 0.02] = np.nan
+    x[rng.random(x.shape) < 0.1] = -np.inf
+    x[0, 0, :5, :5] = -np.inf
+    x[1, 1] = rng.integers(1, 2 ** 20, x.shape[2:]) * np.float32(2.0 ** -149)   # subnormals
+    k, st, pad = (args + (0,))[:3]
+    yr, ir = ref.max_pool2d(x.astype(np.float64), (k, k), (st, st), (pad, pad), (1, 1), False)
+    y, idx = convgpu.max_pool2d(cupy.asarray(x), *args, return_indices=True)
+    np.testing.assert_array_equal(cupy.asnumpy(idx), ir)
+    np.testing.assert_array_equal(cupy.asnumpy(y), yr.astype(np.float32))
+    gy = np.arange(1, yr.size + 1, dtype=np.float32).reshape(yr.shape) % 64
+    gx = convgpu.max_pool2d_backward(cupy.asarray(gy), idx, x.shape, *args, algo="gather")
+    np.testing.assert_array_equal(cupy.asnumpy(gx), ref.max_pool2d_backward(gy, ir, x.shape))
+
+
 def test_max_pool_past_2_31_elements():
     """A tensor of more than 2**31 elements: flat indices and addresses need 64 bits."""
     N, C, H, W = 2, 1, 32768, 32800                       # 2,149,580,800 elements
