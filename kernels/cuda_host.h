@@ -119,6 +119,7 @@ template <typename A, typename B> inline std::common_type_t<A, B> max(A a, B b) 
 // Fibers run one at a time and never in the middle of an expression: atomics are plain.
 template <typename T> inline T atomicAdd(T* p, T v) { T old = *p; *p = old + v; return old; }
 template <typename T> inline T atomicMax(T* p, T v) { T old = *p; *p = max(old, v); return old; }
+template <typename T> inline T atomicOr(T* p, T v) { T old = *p; *p = old | v; return old; }
 
 namespace cuda_host {
 

@@ -500,22 +500,49 @@ def max_pool2d_cells(a):
     return tuple((n - 1 + p) // s + 1 for n, p, s in zip((a.H, a.W), a.padding, a.stride))
 
 
+POOL_BAD_RANGE, POOL_BAD_WINDOW = 1, 2      # pool.cu's validation flag bits
+
+
+def _raise_bad_indices(flags: int, a) -> None:
+    if flags & POOL_BAD_RANGE:
+        raise ValueError(f"max_pool2d_backward: indices must lie in [0, {a.H * a.W}) (H*W of "
+                         "the input); found one outside")
+    if flags:
+        raise ValueError("max_pool2d_backward: an index lies outside its window: indices must "
+                         f"be those max_pool2d returned for kernel_size={a.kernel}, "
+                         f"stride={a.stride}, padding={a.padding}, dilation={a.dilation}")
+
+
 def max_pool2d_backward_gather(m, gy, idx):
+    """The gather by cells where it serves (max_pool2d_cells), else by element. Both only
+    compare indices, so each index is validated on the device (in its plane, inside its
+    window: the by-cells kernel inline, the by-element path with max_pool2d_check_indices)
+    and a bad one raises ValueError after the launch: one 4-byte read, which waits for the
+    kernel. m.check_indices=False skips it (indices known to come from max_pool2d)."""
     a = m.pool
     gx = empty(a.x_shape, gy.dtype, gy)
+    bad = xp_of(gy).zeros(1, np.int32) if m.check_indices else None
     cells = max_pool2d_cells(a)
     if cells:
         CH, CW = cells
         it, ic = _index_type(max(gx.size, a.N * a.C * CH * CW))
         fn = get_function("pool.cu", f"max_pool2d_bwd_cells<{ctype(gy.dtype)}, {it}>")
         fn(_elementwise_grid(a.N * a.C * CH * CW), (THREADS,),
-           (gy, idx, gx, ic(a.N * a.C), *_i32(CH, CW), np.uint64(fastdiv(CH)),
-            np.uint64(fastdiv(CW)), *_pool_ints(a, a.H, a.W, a.P, a.Q)))
-        return gx
-    it, ic = _index_type(gx.size)
-    fn = get_function("pool.cu", f"max_pool2d_bwd_gather<{ctype(gy.dtype)}, {it}>")
-    fn(_elementwise_grid(gx.size), (THREADS,),
-       (gy, idx, gx, ic(a.N * a.C), *_pool_ints(a, a.H, a.W, a.P, a.Q)))
+           (gy, idx, gx, np.uint64(0) if bad is None else bad, ic(a.N * a.C), *_i32(CH, CW),
+            np.uint64(fastdiv(CH)), np.uint64(fastdiv(CW)), *_pool_ints(a, a.H, a.W, a.P, a.Q)))
+    else:
+        it, ic = _index_type(max(gx.size, idx.size))
+        if bad is not None:
+            get_function("pool.cu", f"max_pool2d_check_indices<{it}>")(
+                _elementwise_grid(idx.size), (THREADS,),
+                (idx, bad, ic(a.N * a.C), *_pool_ints(a, a.H, a.W, a.P, a.Q)))
+        fn = get_function("pool.cu", f"max_pool2d_bwd_gather<{ctype(gy.dtype)}, {it}>")
+        fn(_elementwise_grid(gx.size), (THREADS,),
+           (gy, idx, gx, ic(a.N * a.C), *_pool_ints(a, a.H, a.W, a.P, a.Q)))
+    if bad is not None:
+        flags = int(bad[0])
+        if flags:
+            _raise_bad_indices(flags, a)
     return gx
 
 

@@ -63,13 +63,22 @@ template <> __device__ __forceinline__ float max_nan<float>(float a, float b) {
 }
 #endif
 
-// a == b without flushing subnormals (CuPy compiles with -ftz=true, which would make two
-// different subnormals equal, and the first of them the "maximum"'s position)
+// a == b and a > b without flushing subnormals: CuPy compiles with -ftz=true, under which
+// two different subnormals compare equal (and fmaxf returns 0 for them), so the first of
+// them would be taken for the maximum. PTX setp without .ftz keeps them; the GPU test of
+// max pooling on a plane of subnormals checks it.
 template <typename T> __device__ __forceinline__ bool same_value(T a, T b) { return a == b; }
+template <typename T> __device__ __forceinline__ bool greater(T a, T b) { return a > b; }
 #ifndef CONVGPU_HOST
 template <> __device__ __forceinline__ bool same_value<float>(float a, float b) {
     unsigned r;
     asm("{\n .reg .pred p;\n setp.eq.f32 p, %1, %2;\n selp.u32 %0, 1, 0, p;\n}"
+        : "=r"(r) : "f"(a), "f"(b));
+    return r != 0;
+}
+template <> __device__ __forceinline__ bool greater<float>(float a, float b) {
+    unsigned r;
+    asm("{\n .reg .pred p;\n setp.gt.f32 p, %1, %2;\n selp.u32 %0, 1, 0, p;\n}"
         : "=r"(r) : "f"(a), "f"(b));
     return r != 0;
 }
@@ -81,8 +90,8 @@ template <> __device__ __forceinline__ bool same_value<float>(float a, float b) 
 // predicated load is sunk by the compiler next to its comparison). Then the answer of the
 // sequential rule (strict '>', first maximum; the first NaN taken and kept; the first
 // in-bounds element when all are -inf) from two passes over the registers: the maximum (a
-// tree, which needs every value at once) and whether a NaN is among them; then the first
-// position holding the first NaN, else the maximum.
+// NaN-propagating tree, which needs every value at once); then the first position holding
+// the first NaN, else the maximum.
 template <int KR, typename T>
 __device__ __forceinline__ void window_masked(const T* xp, int h0, int w0, const PoolShape& s,
                                               T& best, int& bi) {
@@ -97,25 +106,23 @@ __device__ __forceinline__ void window_masked(const T* xp, int h0, int w0, const
             const int hc = min(max(h, 0), s.H - 1), vc = min(max(v, 0), s.W - 1);
             val[r][c] = xp[hc * s.W + vc];
         }
+    // the maximum of the in-bounds values (NaN if one is NaN), then its first position:
+    // assignments in reverse window order
     T m = neg_inf<T>();
-    bool nan = false;
 #pragma unroll
     for (int r = 0; r < KR; ++r)
 #pragma unroll
-        for (int c = 0; c < KR; ++c) {
-            const T v = in[r][c] ? val[r][c] : neg_inf<T>();
-            m = max(m, v);                                   // fmax: NaN-free maximum
-            nan = nan || v != v;
-        }
-    best = neg_inf<T>();
+        for (int c = 0; c < KR; ++c) m = max_nan(m, in[r][c] ? val[r][c] : neg_inf<T>());
+    const bool nan = m != m;
+    best = m;
     bi = -1;
 #pragma unroll
-    for (int r = 0; r < KR; ++r)
+    for (int r = KR - 1; r >= 0; --r)
 #pragma unroll
-        for (int c = 0; c < KR; ++c) {
+        for (int c = KR - 1; c >= 0; --c) {
             const T v = val[r][c];
-            if (bi < 0 && in[r][c] && (nan ? v != v : v == m)) {
-                best = v;
+            if (in[r][c] && (nan ? v != v : same_value(v, m))) {
+                if (nan) best = v;                           // the first NaN, itself
                 bi = (h0 + r * s.dh) * s.W + w0 + c * s.dw;
             }
         }
@@ -190,13 +197,48 @@ __global__ void max_pool2d_fwd(const T* __restrict__ x, T* __restrict__ y,
                     if (v < 0 || v >= s.W) continue;
                     const T val = xp[h * s.W + v];
                     if (best != best) continue;              // a NaN was taken: keep it
-                    if (val > best || val != val || bi < 0) { best = val; bi = h * s.W + v; }
+                    if (greater(val, best) || val != val || bi < 0) { best = val; bi = h * s.W + v; }
                 }
             }
         }
         y[t] = best;
         idx[t] = bi;
     }
+}
+
+// Index validation for the backward gathers, which only compare indices (so a bad one
+// cannot fault, but would be silently dropped): the index of window (p, q) must lie in the
+// plane (bit 1 of the flag) and inside that window, on its dilation grid (bit 2). The
+// launcher reads the flag after the launch and raises ValueError.
+constexpr int BAD_RANGE = 1, BAD_WINDOW = 2;
+template <typename I>
+__device__ __forceinline__ int index_violation(long long id, int p, int q, const PoolShape& s,
+                                               const Divider<I>& divW) {
+    if (id < 0 || id >= (long long)s.H * s.W) return BAD_RANGE;
+    const int hh = (int)divW.div((I)id), vv = (int)id - hh * s.W;
+    const int dr = hh - (p * s.sh - s.ph), dc = vv - (q * s.sw - s.pw);
+    const bool ok = dr >= 0 && dr <= (s.kh - 1) * s.dh && dr % s.dh == 0 &&
+                    dc >= 0 && dc <= (s.kw - 1) * s.dw && dc % s.dw == 0;
+    return ok ? 0 : BAD_WINDOW;
+}
+
+// max_pool2d_check_indices<I>: one thread per output, the validation above (for the gather
+// by element, which has no single owner per window; the gather by cells validates inline)
+template <typename I>
+__global__ void max_pool2d_check_indices(const long long* __restrict__ idx, int* __restrict__ bad,
+                                         I NC, POOL_SHAPE_PARAMS) {
+    const POOL_SHAPE;
+    POOL_DIV(I, divQ, Q, mQ);
+    POOL_DIV(I, divP, P, mP);
+    POOL_DIV(I, divW, W, mW);
+    const I total = NC * s.P * s.Q;
+    int flags = 0;
+    for (I t = blockIdx.x * (I)blockDim.x + threadIdx.x; t < total; t += (I)gridDim.x * blockDim.x) {
+        int p, q;
+        unravel3(t, divP, divQ, p, q);
+        flags |= index_violation(idx[t], p, q, s, divW);
+    }
+    if (flags) atomicOr(bad, flags);
 }
 
 template <typename T, typename I>
@@ -266,13 +308,15 @@ __global__ void max_pool2d_bwd_gather(const T* __restrict__ gy, const long long*
 // whose index points at it; an element no window picked gets 0. Deterministic.
 template <typename T, typename I>
 __global__ void max_pool2d_bwd_cells(const T* __restrict__ gy, const long long* __restrict__ idx,
-                                     T* __restrict__ gx, I NC, int CH, int CW,
-                                     unsigned long long mCH, unsigned long long mCW,
+                                     T* __restrict__ gx, int* __restrict__ bad, I NC, int CH,
+                                     int CW, unsigned long long mCH, unsigned long long mCW,
                                      POOL_SHAPE_PARAMS) {
     const POOL_SHAPE;
     POOL_DIV(I, divCW, CW, mCW);
     POOL_DIV(I, divCH, CH, mCH);
+    POOL_DIV(I, divW, W, mW);
     const I total = NC * CH * CW;
+    int flags = 0;
     for (I t = blockIdx.x * (I)blockDim.x + threadIdx.x; t < total; t += (I)gridDim.x * blockDim.x) {
         int i, j;
         const I nc = unravel3(t, divCH, divCW, i, j);
@@ -291,6 +335,9 @@ __global__ void max_pool2d_bwd_cells(const T* __restrict__ gy, const long long* 
                 id[a][b] = in ? idx[at] : -1;
                 g[a][b] = gy[at];
             }
+        // cell (i, j) owns window (i, j) (every window has its cell: a window starts inside
+        // the input or its leading padding) and validates its index (bad == nullptr: no check)
+        if (bad && i < s.P && j < s.Q) flags |= index_violation(id[1][1], i, j, s, divW);
         const int hb = i * s.sh - s.ph, wb = j * s.sw - s.pw;
         T* gp = gx + (long long)nc * s.H * s.W;
 #pragma unroll
@@ -310,6 +357,7 @@ __global__ void max_pool2d_bwd_cells(const T* __restrict__ gy, const long long* 
                 }
             }
     }
+    if (flags) atomicOr(bad, flags);
 }
 
 template <typename T>

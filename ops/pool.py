@@ -21,6 +21,36 @@ from convgpu.ops._registry import dispatch, register
 class MaxBackwardArgs:
     x_shape: Tuple[int, int, int, int]
     pool: Optional[A.PoolArgs]          # the forward's geometry, if the caller gave it
+    check_indices: bool = True          # validate the indices (each implementation does)
+
+
+OP_BWD = "max_pool2d_backward"
+
+
+def _check_range(a, idx):
+    """Every index in [0, H*W): what the scatters (reference, numba plane) need to be safe."""
+    if a.check_indices and idx.size:
+        xp = xp_of(idx)
+        A.check_indices_range(OP_BWD, int(xp.min(idx)), int(xp.max(idx)),
+                              a.x_shape[2] * a.x_shape[3])
+
+
+def _check_window(a, idx):
+    """Every index inside its own window, on the dilation grid: what a gather needs, since it
+    only looks for an index among the windows that can cover an element (array operations;
+    the CUDA C gathers do the same test on the device, pool.cu index_violation)."""
+    if not a.check_indices or not idx.size:
+        return
+    xp, p = xp_of(idx), a.pool
+    rows = (xp.arange(p.P) * p.stride[0] - p.padding[0])[:, None]
+    cols = (xp.arange(p.Q) * p.stride[1] - p.padding[1])[None, :]
+    dr, dc = idx // p.W - rows, idx % p.W - cols
+    ok = ((dr >= 0) & (dr <= (p.kernel[0] - 1) * p.dilation[0]) & (dr % p.dilation[0] == 0)
+          & (dc >= 0) & (dc <= (p.kernel[1] - 1) * p.dilation[1]) & (dc % p.dilation[1] == 0))
+    if not bool(ok.all()):
+        raise ValueError(f"{OP_BWD}: an index lies outside its window: indices must be those "
+                         f"max_pool2d returned for kernel_size={p.kernel}, stride={p.stride}, "
+                         f"padding={p.padding}, dilation={p.dilation}")
 
 
 # ----------------------------------------------------------------------------------------
@@ -32,7 +62,21 @@ def _np_max_pool(a, x):
 
 
 def _np_max_backward(a, gy, idx):
+    _check_range(a, idx)
     return reference.max_pool2d_backward(gy, idx, a.x_shape)
+
+
+def _numba_max_backward_gather(a, gy, idx):
+    from convgpu.kernels import pool
+    _check_range(a, idx)
+    _check_window(a, idx)
+    return pool.max_pool2d_backward_gather(a, gy, idx)
+
+
+def _numba_max_backward_plane(a, gy, idx):
+    from convgpu.kernels import pool
+    _check_range(a, idx)
+    return pool.max_pool2d_backward_plane(a, gy, idx)
 
 
 def _np_avg_pool(a, x):
@@ -67,9 +111,9 @@ register("global_avg_pool2d_backward", "numpy", "reference", "convgpu.ops.pool:_
 
 _K = "convgpu.kernels.pool:"
 register("max_pool2d", "numba", "direct", _K + "max_pool2d")
-register("max_pool2d_backward", "numba", "gather", _K + "max_pool2d_backward_gather",
+register("max_pool2d_backward", "numba", "gather", "convgpu.ops.pool:_numba_max_backward_gather",
          supports=_needs_geometry)
-register("max_pool2d_backward", "numba", "plane", _K + "max_pool2d_backward_plane")
+register("max_pool2d_backward", "numba", "plane", "convgpu.ops.pool:_numba_max_backward_plane")
 register("avg_pool2d", "numba", "direct", _K + "avg_pool2d")
 register("avg_pool2d_backward", "numba", "gather", _K + "avg_pool2d_backward")
 register("global_avg_pool2d", "numba", "reduce", _K + "global_avg_pool2d")
@@ -118,9 +162,14 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
 
 
 def max_pool2d_backward(grad_output, indices, input_shape, kernel_size=None, stride=None,
-                        padding=0, dilation=1, ceil_mode=False, *, algo="auto", backend="auto"):
+                        padding=0, dilation=1, ceil_mode=False, *, algo="auto", backend="auto",
+                        check_indices=True):
     """Gradient of max pooling: each input element receives the sum of the grad_output entries
-    whose index points at it. Pass the forward's geometry to let device kernels gather."""
+    whose index points at it. Pass the forward's geometry to let device kernels gather.
+    Indices are validated (in [0, H*W); for the gathers, inside their own window, since a
+    gather cannot honour any other), raising ValueError; on the device that waits for the
+    kernel (one 4-byte read). check_indices=False skips it, for indices straight from
+    max_pool2d with the same geometry (what nn.MaxPool2d passes)."""
     op = "max_pool2d_backward"
     bd, a = unwrap(op, grad_output=grad_output, indices=indices)
     gy, unbatched = A.batched(op, "grad_output", a["grad_output"])
@@ -138,11 +187,12 @@ def max_pool2d_backward(grad_output, indices, input_shape, kernel_size=None, str
         pool = A.pool_geometry(op, shape, kernel_size, stride, padding, dilation, ceil_mode,
                                gy.dtype, kind="max")
         A.check_pooled_grad(op, gy.shape, pool)
-    if idx.size:
-        xp = xp_of(idx)
-        A.check_indices_range(op, int(xp.min(idx)), int(xp.max(idx)), shape[2] * shape[3])
     idx = idx.astype("int64", copy=False)
-    gx = dispatch(op, MaxBackwardArgs(shape, pool), backend, algo, bd.on_device, gy, idx)
+    # each implementation validates the indices it is given (the host scatter: in the plane;
+    # the gathers: inside their windows, the CUDA C ones on the device without a pass of
+    # their own); check_indices=False skips it for indices known to come from max_pool2d
+    gx = dispatch(op, MaxBackwardArgs(shape, pool, bool(check_indices)), backend, algo,
+                  bd.on_device, gy, idx)
     return bd.wrap(gx[0] if unbatched else gx)
 
 

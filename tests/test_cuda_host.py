@@ -574,6 +574,39 @@ def test_max_pool2d_interior_and_cells_with_ties_nan_and_inf(rng, args):
     np.testing.assert_array_equal(gx, convgpu.max_pool2d_backward(gy, ir, x.shape))
 
 
+@pytest.mark.parametrize("args", [(3, 2, 1), (3, 1, 1), (4, 3, 1)])   # by cells; by element x2
+def test_max_pool2d_backward_rejects_bad_indices(rng, args):
+    """The CUDA C gathers validate indices on the device: outside the plane, or inside it but
+    outside their window (which a gather would silently drop), is a ValueError; the same
+    good indices pass, and check_indices=False skips the test."""
+    x = rand(rng, (2, 3, 11, 10), np.float32)
+    y, i = convgpu.max_pool2d(x, *args, return_indices=True, backend="cuda")
+    gy = rand(rng, y.shape, np.float32)
+    call = lambda idx, **kw: convgpu.max_pool2d_backward(gy, idx, x.shape, *args,
+                                                         backend="cuda", **kw)
+    good = call(i)
+    far = i.copy()
+    far[1, 2, -1, -1] = x.shape[2] * x.shape[3]
+    with pytest.raises(ValueError, match=r"must lie in \[0, 110\)"):
+        call(far)
+    moved = i.copy()
+    moved[0, 1, 0, 0] = i[0, 1, -1, -1]                   # in the plane, not in window (0, 0)
+    with pytest.raises(ValueError, match="outside its window"):
+        call(moved)
+    np.testing.assert_array_equal(call(i, check_indices=False), good)
+    # the array form of the same test (ops/pool.py, before the numba gather) agrees
+    _check_window(i, x.shape, args)
+    with pytest.raises(ValueError, match="outside its window"):
+        _check_window(moved, x.shape, args)
+
+
+def _check_window(idx, shape, args):
+    from convgpu.ops import pool
+    from convgpu.ops._args import pool_geometry
+    geometry = pool_geometry("max_pool2d_backward", shape, *args, 1, False, np.float32, kind="max")
+    pool._check_window(pool.MaxBackwardArgs(shape, geometry), idx)
+
+
 def test_max_pool2d_kernel_choice():
     """Which pool.cu kernels serve which windows (the fast paths above must be the ones run)."""
     from convgpu.kernels import cuda_ops
