@@ -8,7 +8,7 @@
 //   max_pool2d_fwd<T, I, K>     one thread per output; -inf start, strict '>' so the first
 //                               maximum wins; the first NaN is taken and kept; windows up to
 //                               3x3 unrolled with every load issued before the comparisons,
-//                               and for K = 2, 3 (square windows) an unmasked interior path
+//                               exactly K x K for K = 2, 3 (square windows), no branches
 //   max_pool2d_bwd_gather<T, I> one thread per input element: sums gy over the windows that
 //                               can cover it and whose index points at it (deterministic); up
 //                               to 2x2 candidate windows unrolled, loads first
@@ -84,57 +84,75 @@ template <> __device__ __forceinline__ bool greater<float>(float a, float b) {
 }
 #endif
 
-// One window of at most KR x KR (kh, kw <= KR at run time), any part of it possibly outside
-// the input: every load is issued (from a clamped, always valid position) before the first
-// comparison needs its value (a loop with run-time bounds waits for each load in turn; a
-// predicated load is sunk by the compiler next to its comparison). Then the answer of the
-// sequential rule (strict '>', first maximum; the first NaN taken and kept; the first
-// in-bounds element when all are -inf) from two passes over the registers: the maximum (a
-// NaN-propagating tree, which needs every value at once); then the first position holding
-// the first NaN, else the maximum.
-template <int KR, typename T>
-__device__ __forceinline__ void window_masked(const T* xp, int h0, int w0, const PoolShape& s,
-                                              T& best, int& bi) {
+// One window of at most KR x KR (kh, kw <= KR at run time; EXACT: kh == kw == KR), any part
+// of it possibly outside the input. Rows and columns are clamped and tested once each (a
+// window element is in bounds iff its row and its column are), and every load is issued
+// from the clamped, always valid, position before the first comparison needs its value (a
+// loop with run-time bounds waits for each load in turn; a predicated load is sunk by the
+// compiler next to its comparison). Then the answer of the sequential rule (strict '>',
+// first maximum; the first NaN taken and kept; the first in-bounds element when all are
+// -inf): the maximum of the in-bounds values by a NaN-propagating tree, then its first
+// position by assignments in reverse window order. No branch on the window's position, so a
+// warp with border windows (a padded pool: more than half of a 56-wide plane's warps) runs
+// one path, not two.
+template <int KR, bool EXACT, typename T>
+__device__ __forceinline__ void max_window(const T* xp, int h0, int w0, const PoolShape& s,
+                                           T& best, int& bi) {
+    bool rin[KR], cin[KR];
+    int rpos[KR], cpos[KR];                                  // flat index: rpos[r] + cpos[c]
+    const T* rowp[KR];
+#pragma unroll
+    for (int r = 0; r < KR; ++r) {
+        const int h = h0 + r * s.dh;
+        rin[r] = (EXACT || r < s.kh) && h >= 0 && h < s.H;
+        rpos[r] = h * s.W;
+        rowp[r] = xp + (unsigned)(min(max(h, 0), s.H - 1) * s.W);
+    }
+#pragma unroll
+    for (int c = 0; c < KR; ++c) {
+        cpos[c] = w0 + c * s.dw;
+        cin[c] = (EXACT || c < s.kw) && cpos[c] >= 0 && cpos[c] < s.W;
+    }
     T val[KR][KR];
-    bool in[KR][KR];
 #pragma unroll
     for (int r = 0; r < KR; ++r)
 #pragma unroll
-        for (int c = 0; c < KR; ++c) {
-            const int h = h0 + r * s.dh, v = w0 + c * s.dw;
-            in[r][c] = r < s.kh && c < s.kw && h >= 0 && h < s.H && v >= 0 && v < s.W;
-            const int hc = min(max(h, 0), s.H - 1), vc = min(max(v, 0), s.W - 1);
-            val[r][c] = xp[hc * s.W + vc];
-        }
-    // the maximum of the in-bounds values (NaN if one is NaN), then its first position:
-    // assignments in reverse window order
+        for (int c = 0; c < KR; ++c)   // unsigned offsets: one IMAD.WIDE.U32 per address
+            val[r][c] = rowp[r][(unsigned)min(max(cpos[c], 0), s.W - 1)];
     T m = neg_inf<T>();
 #pragma unroll
     for (int r = 0; r < KR; ++r)
 #pragma unroll
-        for (int c = 0; c < KR; ++c) m = max_nan(m, in[r][c] ? val[r][c] : neg_inf<T>());
-    const bool nan = m != m;
+        for (int c = 0; c < KR; ++c)
+            m = max_nan(m, rin[r] && cin[c] ? val[r][c] : neg_inf<T>());
     best = m;
     bi = -1;
+    if (m == m) {                                            // selects, no branches
 #pragma unroll
-    for (int r = KR - 1; r >= 0; --r)
+        for (int r = KR - 1; r >= 0; --r)
 #pragma unroll
-        for (int c = KR - 1; c >= 0; --c) {
-            const T v = val[r][c];
-            if (in[r][c] && (nan ? v != v : same_value(v, m))) {
-                if (nan) best = v;                           // the first NaN, itself
-                bi = (h0 + r * s.dh) * s.W + w0 + c * s.dw;
+            for (int c = KR - 1; c >= 0; --c) {
+                const bool hit = rin[r] && cin[c] && same_value(val[r][c], m);
+                bi = hit ? rpos[r] + cpos[c] : bi;
             }
-        }
+    } else {                                                 // the first NaN, itself
+#pragma unroll
+        for (int r = KR - 1; r >= 0; --r)
+#pragma unroll
+            for (int c = KR - 1; c >= 0; --c) {
+                const T v = val[r][c];
+                const bool hit = rin[r] && cin[c] && v != v;
+                bi = hit ? rpos[r] + cpos[c] : bi;
+                best = hit ? v : best;
+            }
+    }
 }
 
-// max_pool2d_fwd<T, I, K>: K = 0 serves every window (up to KFAST x KFAST unrolled and
-// masked, larger ones by a loop); K = 2 or 3 serves kh == kw == K (any stride, padding and
-// dilation) and adds the interior path: a window wholly inside the input (all of it for an
-// unpadded pool, all but the border for a padded one) needs no bounds, no clamps and no
-// masks, so it costs K*K loads, a NaN-propagating max tree and one equality per element for
-// the first position of the maximum (ALU, not memory, bounded the masked path: ncu on the
-// H100 at f49e222 put the ALU pipe at 81% and DRAM at 49% for AlexNet's 3x3/2 pool).
+// max_pool2d_fwd<T, I, K>: K = 2 or 3 serves kh == kw == K (any stride, padding and
+// dilation) with the window above unrolled for exactly K x K; K = 0 serves every window (up
+// to KFAST x KFAST unrolled and masked, larger ones by a loop). Not memory but ALU bounded
+// the first version of this kernel (ncu on the H100 at f49e222: ALU pipe 81%, DRAM 49% for
+// AlexNet's 3x3/2 pool): hence no per-element bounds, shared row/column tests, a max tree.
 template <typename T, typename I, int K>
 __global__ void max_pool2d_fwd(const T* __restrict__ x, T* __restrict__ y,
                                long long* __restrict__ idx, I NC, POOL_SHAPE_PARAMS) {
@@ -150,42 +168,9 @@ __global__ void max_pool2d_fwd(const T* __restrict__ x, T* __restrict__ y,
         T best;
         int bi;
         if constexpr (K > 0) {
-            if (h0 >= 0 && h0 + (K - 1) * s.dh < s.H && w0 >= 0 && w0 + (K - 1) * s.dw < s.W) {
-                const T* rp = xp + h0 * s.W + w0;
-                const int rs = s.dh * s.W;
-                T val[K][K];
-#pragma unroll
-                for (int r = 0; r < K; ++r)
-#pragma unroll
-                    for (int c = 0; c < K; ++c) val[r][c] = rp[r * rs + c * s.dw];
-                T m = val[0][0];
-#pragma unroll
-                for (int r = 0; r < K; ++r)
-#pragma unroll
-                    for (int c = 0; c < K; ++c)
-                        if (r + c > 0) m = max_nan(m, val[r][c]);
-                // the first position (row-major) of the maximum: assignments in reverse order
-                int at = 0;
-                best = m;
-                if (m == m) {
-#pragma unroll
-                    for (int r = K - 1; r >= 0; --r)
-#pragma unroll
-                        for (int c = K - 1; c >= 0; --c)
-                            if (same_value(val[r][c], m)) at = r * rs + c * s.dw;
-                } else {                                     // the first NaN, itself
-#pragma unroll
-                    for (int r = K - 1; r >= 0; --r)
-#pragma unroll
-                        for (int c = K - 1; c >= 0; --c)
-                            if (val[r][c] != val[r][c]) { at = r * rs + c * s.dw; best = val[r][c]; }
-                }
-                bi = h0 * s.W + w0 + at;
-            } else {
-                window_masked<K>(xp, h0, w0, s, best, bi);
-            }
+            max_window<K, true>(xp, h0, w0, s, best, bi);
         } else if (s.kh <= KFAST && s.kw <= KFAST) {
-            window_masked<KFAST>(xp, h0, w0, s, best, bi);
+            max_window<KFAST, false>(xp, h0, w0, s, best, bi);
         } else {
             best = neg_inf<T>();
             bi = -1;
