@@ -148,11 +148,68 @@ __device__ __forceinline__ void max_window(const T* xp, int h0, int w0, const Po
     }
 }
 
+// p, opaque to the optimiser: the plane pointer stays a pointer, so an element's address is
+// one IMAD.WIDE.U32 from a 32-bit offset, instead of the compiler folding the plane offset
+// into a 64-bit index per element (IADD3, IMAD.X, LEA, LEA.HI.X each)
+template <typename T> __device__ __forceinline__ const T* opaque(const T* p) {
+#ifndef CONVGPU_HOST
+    asm("mov.b64 %0, %0;" : "+l"(p));
+#endif
+    return p;
+}
+
+// A K x K window at dilation 1 with no masks at all: rows and columns are clamped into the
+// input, and a clamped position holds the border element that the window also holds at the
+// adjacent position (a window always reaches into the input: padding <= K/2, and a
+// ceil_mode window starts inside it). The duplicates sit before (top/left) or after
+// (bottom/right) that element in window order, in the same order within a row, so the
+// first maximum (or NaN) found among them is the same element, and its index comes from
+// the clamped coordinates. Costs K + K clamps over the unpadded window.
+template <int K, typename T>
+__device__ __forceinline__ void max_window_clamped(const T* xp, int h0, int w0, const PoolShape& s,
+                                                   T& best, int& bi) {
+    int rpos[K], cpos[K];                                    // flat index: rpos[r] + cpos[c]
+#pragma unroll
+    for (int r = 0; r < K; ++r) rpos[r] = min(max(h0 + r, 0), s.H - 1) * s.W;
+#pragma unroll
+    for (int c = 0; c < K; ++c) cpos[c] = min(max(w0 + c, 0), s.W - 1);
+    T val[K][K];
+#pragma unroll
+    for (int r = 0; r < K; ++r)
+#pragma unroll
+        for (int c = 0; c < K; ++c) val[r][c] = xp[(unsigned)(rpos[r] + cpos[c])];
+    T m = val[0][0];
+#pragma unroll
+    for (int r = 0; r < K; ++r)
+#pragma unroll
+        for (int c = 0; c < K; ++c)
+            if (r + c > 0) m = max_nan(m, val[r][c]);
+    best = m;
+    bi = rpos[0] + cpos[0];
+    if (m == m) {
+#pragma unroll
+        for (int r = K - 1; r >= 0; --r)
+#pragma unroll
+            for (int c = K - 1; c >= 0; --c)
+                bi = same_value(val[r][c], m) ? rpos[r] + cpos[c] : bi;
+    } else {
+#pragma unroll
+        for (int r = K - 1; r >= 0; --r)
+#pragma unroll
+            for (int c = K - 1; c >= 0; --c) {
+                const T v = val[r][c];
+                bi = v != v ? rpos[r] + cpos[c] : bi;
+                best = v != v ? v : best;
+            }
+    }
+}
+
 // max_pool2d_fwd<T, I, K>: K = 2 or 3 serves kh == kw == K (any stride, padding and
-// dilation) with the window above unrolled for exactly K x K; K = 0 serves every window (up
-// to KFAST x KFAST unrolled and masked, larger ones by a loop). Not memory but ALU bounded
-// the first version of this kernel (ncu on the H100 at f49e222: ALU pipe 81%, DRAM 49% for
-// AlexNet's 3x3/2 pool): hence no per-element bounds, shared row/column tests, a max tree.
+// dilation): the clamped window at dilation 1, else the masked one, unrolled for exactly K.
+// K = 0 serves every window (up to KFAST x KFAST unrolled and masked, larger ones by a
+// loop). Not memory but ALU bounded the first version of this kernel (ncu on the H100 at
+// f49e222: ALU pipe 81%, DRAM 49% for AlexNet's 3x3/2 pool): hence no per-element bounds,
+// no branch on the window's position, a max tree.
 template <typename T, typename I, int K>
 __global__ void max_pool2d_fwd(const T* __restrict__ x, T* __restrict__ y,
                                long long* __restrict__ idx, I NC, POOL_SHAPE_PARAMS) {
@@ -168,7 +225,8 @@ __global__ void max_pool2d_fwd(const T* __restrict__ x, T* __restrict__ y,
         T best;
         int bi;
         if constexpr (K > 0) {
-            max_window<K, true>(xp, h0, w0, s, best, bi);
+            if (s.dh == 1 && s.dw == 1) max_window_clamped<K>(opaque(xp), h0, w0, s, best, bi);
+            else max_window<K, true>(xp, h0, w0, s, best, bi);
         } else if (s.kh <= KFAST && s.kw <= KFAST) {
             max_window<KFAST, false>(xp, h0, w0, s, best, bi);
         } else {
@@ -202,8 +260,8 @@ __device__ __forceinline__ int index_violation(long long id, int p, int q, const
     if (id < 0 || id >= (long long)s.H * s.W) return BAD_RANGE;
     const int hh = (int)divW.div((I)id), vv = (int)id - hh * s.W;
     const int dr = hh - (p * s.sh - s.ph), dc = vv - (q * s.sw - s.pw);
-    const bool ok = dr >= 0 && dr <= (s.kh - 1) * s.dh && dr % s.dh == 0 &&
-                    dc >= 0 && dc <= (s.kw - 1) * s.dw && dc % s.dw == 0;
+    const bool ok = dr >= 0 && dr <= (s.kh - 1) * s.dh && (s.dh == 1 || dr % s.dh == 0) &&
+                    dc >= 0 && dc <= (s.kw - 1) * s.dw && (s.dw == 1 || dc % s.dw == 0);
     return ok ? 0 : BAD_WINDOW;
 }
 
