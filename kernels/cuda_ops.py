@@ -72,12 +72,18 @@ GEMM_VARIANTS = ("auto", "vec", "tiled", "pipelined")
 
 
 def gemm(A, B, ta=False, tb=False, splits=1, tf32=False, variant="auto"):
-    """Batched C[b] = op(A[b]) @ op(B[b]); with splits > 1 the K range is cut into that many
-    parts whose partial products are summed afterwards in a fixed order (deterministic).
+    """Batched C[b] = op(A[b]) @ op(B[b]); an operand with a batch of 1 serves every batch
+    (stride 0: the weights of a 1x1 convolution against each image). With splits > 1 the K
+    range is cut into that many parts whose partial products are summed afterwards in a
+    fixed order (deterministic).
     variant: "vec" (gemm_vec: 16-deep tiles, 16-byte loads), "tiled" (gemm_tiled),
     "pipelined" (gemm_pipelined: TF32 only, cp.async pipeline, gemm_vec's conditions), or
     "auto": pipelined for TF32 and vec for FP32 where their conditions hold, else tiled."""
-    batch = A.shape[0]
+    batch = max(A.shape[0], B.shape[0])
+    if min(A.shape[0], B.shape[0]) not in (1, batch):
+        raise ValueError(f"gemm: batches of {A.shape[0]} and {B.shape[0]} (equal, or one of 1)")
+    stride_a = 0 if A.shape[0] == 1 else A[0].size
+    stride_b = 0 if B.shape[0] == 1 else B[0].size
     M, K = (A.shape[2], A.shape[1]) if ta else (A.shape[1], A.shape[2])
     N = B.shape[1] if tb else B.shape[2]
     if variant not in GEMM_VARIANTS:
@@ -112,7 +118,7 @@ def gemm(A, B, ta=False, tb=False, splits=1, tf32=False, variant="auto"):
         set_max_dynamic_shared(fn, smem)
     out = empty((splits, batch, M, N) if splits > 1 else (batch, M, N), A.dtype, A)
     grid = (ceil_div(N, TILE), ceil_div(M, TILE), batch * splits)
-    fn(grid, (threads,), (A, B, out, *_i32(M, N, K), np.int64(A[0].size), np.int64(B[0].size),
+    fn(grid, (threads,), (A, B, out, *_i32(M, N, K), np.int64(stride_a), np.int64(stride_b),
                           np.int64(M * N), np.int32(splits), np.int32(kchunk),
                           np.int64(batch * M * N)), shared_mem=smem)
     if splits == 1:
@@ -402,7 +408,21 @@ def _gy_by_group(a, gy):
         .reshape(a.groups, a.Kg, a.N * a.P * a.Q)
 
 
+def pointwise(a) -> bool:
+    """1x1, stride 1, no padding, one group: the column matrix of image n is x[n] itself
+    (C x H*W, contiguous), so the im2col algorithms skip im2col/col2im and run one batched
+    GEMM over the images with the weights shared (batch stride 0), straight in NCHW."""
+    return (a.R, a.S, a.groups) == (1, 1, 1) and tuple(a.stride) == (1, 1) \
+        and tuple(a.padding) == (0, 0)
+
+
 def conv2d_im2col(a, x, w, b):
+    if pointwise(a):
+        y = gemm(w.reshape(1, a.K, a.C), contiguous(x).reshape(a.N, a.C, a.H * a.W))
+        y = y.reshape(a.y_shape)
+        if b is not None:
+            y += b.reshape(1, -1, 1, 1)
+        return y
     yg = gemm(w.reshape(a.groups, a.Kg, a.Cg * a.R * a.S), im2col(a, x))
     y = contiguous(yg.reshape(a.K, a.N, a.P * a.Q).transpose(1, 0, 2)).reshape(a.y_shape)
     if b is not None:
@@ -411,11 +431,25 @@ def conv2d_im2col(a, x, w, b):
 
 
 def backward_input_col2im(a, gy, w):
+    if pointwise(a):
+        return gemm(w.reshape(1, a.K, a.C), contiguous(gy).reshape(a.N, a.K, a.P * a.Q),
+                    ta=True).reshape(a.x_shape)
     dcols = gemm(w.reshape(a.groups, a.Kg, a.Cg * a.R * a.S), _gy_by_group(a, gy), ta=True)
     return col2im(a, dcols)
 
 
 def backward_weight_im2col(a, x, gy):
+    if pointwise(a):
+        # one K x C product per image (gy[n] x[n]^T), summed over the images in order by
+        # sum_splits, as a split-K would be: deterministic
+        per = gemm(contiguous(gy).reshape(a.N, a.K, a.P * a.Q),
+                   contiguous(x).reshape(a.N, a.C, a.H * a.W), tb=True,
+                   splits=_split_for(a.K, a.C, a.N, a.P * a.Q))
+        gw = empty((1, a.K, a.C), gy.dtype, gy)
+        get_function("gemm.cu", f"sum_splits<{ctype(gy.dtype)}>")(
+            _elementwise_grid(gw.size), (THREADS,),
+            (per, gw, np.int64(gw.size), np.int32(a.N)))
+        return gw.reshape(a.w_shape)
     M, N, K = a.Kg, a.Cg * a.R * a.S, a.N * a.P * a.Q
     gw = gemm(_gy_by_group(a, gy), im2col(a, x), tb=True, splits=_split_for(M, N, a.groups, K))
     return gw.reshape(a.w_shape)

@@ -452,6 +452,41 @@ def test_conv2d_backward_weight(rng, algo, case):
             assert np.linalg.norm(gw - ref) / np.linalg.norm(ref) > 1e-6     # really TF32
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pointwise_im2col_is_one_batched_gemm(rng, monkeypatch, dtype):
+    """1x1/s1/p0 convolutions: the im2col algorithms run one GEMM over the images with the
+    weights shared (batch stride 0), no column matrix (im2col/col2im must not run); forward
+    with bias, both gradients, against the reference."""
+    from convgpu.kernels import cuda_ops
+    monkeypatch.setattr(cuda_ops, "im2col", lambda *a: pytest.fail("im2col ran"))
+    monkeypatch.setattr(cuda_ops, "col2im", lambda *a: pytest.fail("col2im ran"))
+    x, w, b = rand(rng, (3, 8, 5, 7)), rand(rng, (12, 8, 1, 1)), rand(rng, (12,))
+    gy = rand(rng, (3, 12, 5, 7))
+    c = lambda a: a.astype(dtype)
+    kw = dict(backend="cuda", algo="im2col")
+    assert_close(both_orders(lambda: convgpu.conv2d(c(x), c(w), c(b), **kw)),
+                 convgpu.conv2d(x, w, b), TOL[dtype])
+    assert_close(both_orders(lambda: convgpu.conv2d_backward_input(c(gy), c(w), x.shape,
+                                                                   backend="cuda", algo="col2im")),
+                 convgpu.conv2d_backward_input(gy, w, x.shape), TOL[dtype])
+    assert_close(both_orders(lambda: convgpu.conv2d_backward_weight(c(x), c(gy), w.shape, **kw)),
+                 convgpu.conv2d_backward_weight(x, gy, w.shape), TOL[dtype])
+
+
+def test_gemm_broadcasts_a_batch_of_one(rng):
+    from convgpu.kernels import cuda_ops
+    A, B = rand(rng, (1, 12, 20), np.float32), rand(rng, (5, 20, 16), np.float32)
+    for variant in ("vec", "tiled"):
+        C = cuda_ops.gemm(A, B, variant=variant)
+        assert_close(C, np.matmul(A.astype(np.float64), B), TOL[np.float32])
+        C = cuda_ops.gemm(B.transpose(0, 2, 1).copy(), A.transpose(0, 2, 1).copy(),
+                          variant=variant)        # the other operand broadcast
+        assert_close(C, np.matmul(B.transpose(0, 2, 1), A.transpose(0, 2, 1).astype(np.float64)),
+                     TOL[np.float32])
+    with pytest.raises(ValueError, match="batches of 2 and 5"):
+        cuda_ops.gemm(rand(rng, (2, 12, 20), np.float32), B)
+
+
 @pytest.mark.parametrize("algo", cuda_algos("conv2d_backward_input"))
 def test_conv_transpose2d(rng, algo):
     x, w, b = rand(rng, (1, 4, 3, 4)), rand(rng, (4, 3, 3, 2)), rand(rng, (6,))
