@@ -48,9 +48,18 @@ for op in ("conv2d_backward_input", "conv2d_backward_weight"):
         if b:
             g = math.exp(sum(math.log(v) for v, _ in b.values()) / len(b))
             print(f"  {op[16:]} {'TF32' if tf else 'fp32'} geometric mean of best per shape: {g:.3f}x")
+copy = d.get("ceilings", {}).get("copy_GBps")
+torch_ms = {(r["op"], r["shape"]): r["median_ms"] for r in d["results"]
+            if r["impl"] == "torch" and r["median_ms"]}
 for r in d["results"]:
     if r["op"] == "gemm" or (r["op"].startswith("max_pool") and r["gbps"]):
+        extra = ""
+        if r["op"].startswith("max_pool") and copy:
+            extra = f" = {r['gbps'] / copy:4.0%} of copy"
+            t = torch_ms.get((r["op"], r["shape"]))
+            if t and r["impl"] != "torch" and r["median_ms"]:
+                extra += f", {t / r['median_ms']:.2f}x torch"
         print(f"  {r['op']:20s} {r['shape'][:40]:40s} {r['impl']:26s} {r['median_ms'] or 0:8.3f} ms "
-              f"{(r['tflops'] or 0):6.2f} TFLOP/s {(r['gbps'] or 0):7.0f} GB/s")
+              f"{(r['tflops'] or 0):6.2f} TFLOP/s {(r['gbps'] or 0):7.0f} GB/s{extra}")
 bad = [r for r in d["results"] if r["status"].startswith("FAIL")]
 print(f"bench validation failures: {len(bad)}", [(r['op'], r['impl'], r['shape'][:30]) for r in bad])
