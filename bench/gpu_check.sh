@@ -12,8 +12,8 @@ say() { echo "[$(( $(date +%s) - T0 ))s] $*"; }
 # a step gets its own limit or what is left after the reserve kept for the steps after it,
 # whichever is less (at least 10 s), so a slow step cannot crowd the benchmark out.
 BUDGET=${BUDGET:-540}
-lim() {  # lim WANT RESERVE
-  local left=$(( T0 + BUDGET - $2 - $(date +%s) ))
+lim() {  # lim WANT RESERVE (reserves are for BUDGET=540 and scale with it)
+  local left=$(( T0 + BUDGET - $2 * BUDGET / 540 - $(date +%s) ))
   (( left < 10 )) && left=10
   echo $(( $1 < left ? $1 : left ))
 }

@@ -112,33 +112,12 @@ template <int M = BM> __device__ __forceinline__ int slot_col(int slot, int tid)
     return Warps<M>::col0(tid) + (slot / 2) * 8 + 2 * t + (slot & 1);
 }
 
-// Round a landed stage to TF32 in place, once per element (cvt.rna: to nearest, ties away
-// from zero, as CUTLASS's sm80 transform), each thread a strided share of float4s, so the
-// fragment reads feed mma.sync directly. Rounding as fragments were read cost 256 cvt per
-// thread per slice (each element is read by two warps) and put a fixed-latency cvt between
-// every shared load and its mma: "wait" stalls were 4.0 of the 6.2 cycles between a warp's
-// instructions (ncu, gemm_pipelined 4096^3 on the H100 at f49e222, tensor pipe 36% busy).
-// Here: 64 cvt, 16 LDS.128 and 16 STS.128 per thread, and one more barrier per slice.
-template <int FLOATS>
-__device__ __forceinline__ void round_tf32(float* S, int tid) {
-    static_assert(FLOATS % 4 == 0, "stage tiles are whole float4s");
-    float4* V = reinterpret_cast<float4*>(S);
-    constexpr int N4 = FLOATS / 4, PER = (N4 + THREADS - 1) / THREADS;
-#pragma unroll
-    for (int j = 0; j < PER; ++j) {
-        const int i = tid + j * THREADS;
-        if (N4 % THREADS != 0 && j == PER - 1 && i >= N4) break;
-        float4 v = V[i];
-        v.x = __uint_as_float(tile::to_tf32(v.x));
-        v.y = __uint_as_float(tile::to_tf32(v.y));
-        v.z = __uint_as_float(tile::to_tf32(v.z));
-        v.w = __uint_as_float(tile::to_tf32(v.w));
-        V[i] = v;
-    }
-}
-
-// acc += A_tile x B_tile over one staged BK slice (already rounded to TF32), on the tensor
-// cores
+// acc += A_tile x B_tile over one staged BK slice, on the tensor cores. Operands are rounded
+// to TF32 as fragments are read. Rounding each landed stage once in shared memory instead (a
+// float4 pass per thread and one more barrier per slice; 4bc3c94, reverted) measured slower
+// on the H200, same machine, same call: VGG 3x3 forward 0.439 vs 0.399 ms (N16) and 1.673
+// vs 1.507 ms (N64), ResNet 1x1 0.045 vs 0.042 and 0.125 vs 0.114 ms, the 1x1 late and
+// 1x1/2 layers 2-8% slower; gemm 4096^3 114.8 TFLOP/s (H200) against 116.8 before (H100).
 template <bool KA, bool KB, int M = BM>
 __device__ __forceinline__ void mma_slice(const float* As, const float* Bs, int tid,
                                           float (&acc)[Warps<M>::NACC]) {
@@ -152,17 +131,17 @@ __device__ __forceinline__ void mma_slice(const float* As, const float* Bs, int 
 #pragma unroll
         for (int ni = 0; ni < NI; ++ni) {
             const int c = c0 + ni * 8 + g;
-            b[ni][0] = __float_as_uint(Bs[at<KB>(c, t)]);
-            b[ni][1] = __float_as_uint(Bs[at<KB>(c, t + 4)]);
+            b[ni][0] = tile::to_tf32(Bs[at<KB>(c, t)]);
+            b[ni][1] = tile::to_tf32(Bs[at<KB>(c, t + 4)]);
         }
 #pragma unroll
         for (int mi = 0; mi < MI; ++mi) {
             const int r = r0 + mi * 16 + g;
             unsigned a[4];
-            a[0] = __float_as_uint(As[at<KA>(r, t)]);
-            a[1] = __float_as_uint(As[at<KA>(r + 8, t)]);
-            a[2] = __float_as_uint(As[at<KA>(r, t + 4)]);
-            a[3] = __float_as_uint(As[at<KA>(r + 8, t + 4)]);
+            a[0] = tile::to_tf32(As[at<KA>(r, t)]);
+            a[1] = tile::to_tf32(As[at<KA>(r + 8, t)]);
+            a[2] = tile::to_tf32(As[at<KA>(r, t + 4)]);
+            a[3] = tile::to_tf32(As[at<KA>(r + 8, t + 4)]);
 #pragma unroll
             for (int ni = 0; ni < NI; ++ni)
                 tile::mma_m16n8k8_tf32(&acc[(mi * NI + ni) * 4], a, b[ni]);
@@ -187,12 +166,12 @@ struct NoPrepare {
 // The main loop: acc = sum over `steps` slices of A_tile x B_tile. load(As, Bs, step) issues
 // the cp.async copies of slice `step` into the given stage buffers (this thread's share);
 // prepare(step) writes what load(.., step) will read of the depth table (slot step % STAGES).
-// Slices step + 1 and step + 2 are in flight while slice `step` feeds the tensor cores; two
-// barriers per slice (landed; rounded). Every iteration commits one group (empty past the
-// end), so cp_async_wait<STAGES - 2> always means "slice `step` has landed". Table slot
-// (step + STAGES) % STAGES = step % STAGES is rewritten after the first barrier of
-// iteration `step` (its last reader, load of slice `step`, ran two iterations before) and
-// read after the next iteration's first barrier.
+// Slices step + 1 and step + 2 are in flight while slice `step` feeds the tensor cores; one
+// barrier per slice. Every iteration commits one group (empty past the end), so
+// cp_async_wait<STAGES - 2> always means "slice `step` has landed". Table slot
+// (step + STAGES) % STAGES = step % STAGES is rewritten after the barrier of iteration
+// `step` (its last reader, load of slice `step`, ran two iterations before) and read after
+// the next barrier.
 template <bool KA, bool KB, int M = BM, typename Load, typename Prepare = NoPrepare>
 __device__ __forceinline__ void mainloop(float* smem, int steps, int tid,
                                          float (&acc)[Warps<M>::NACC], Load&& load,
@@ -219,9 +198,6 @@ __device__ __forceinline__ void mainloop(float* smem, int steps, int tid,
         cp_async_commit();
         if (step + STAGES < steps) prepare(step + STAGES);
         const int cur = step % STAGES;
-        round_tf32<SA>(As + cur * SA, tid);
-        round_tf32<SB>(Bs + cur * SB, tid);
-        __syncthreads();               // the whole stage is rounded
         mma_slice<KA, KB, M>(As + cur * SA, Bs + cur * SB, tid, acc);
     }
     cp_async_wait<0>();                // only empty groups remain; leave none behind
