@@ -326,6 +326,25 @@ def test_dynamic_shared_memory_is_poisoned_and_limited():
         k((1,), (64,), (x, y, np.int32(1)), shared_mem=228 * 1024)
 
 
+def test_set_max_dynamic_shared_uses_only_the_rawkernel_api(monkeypatch):
+    """The device branch of _module.set_max_dynamic_shared (which the emulation above does
+    not reach) against a stand-in with exactly cupy.RawKernel's attributes: at fd868cd it
+    read fn.ptr, which RawKernel lacks, and every pipelined launch on the GPU failed."""
+    cupy = pytest.importorskip("cupy")
+    from unittest import mock
+    from convgpu.kernels import _module
+    monkeypatch.setattr(_module, "host_emulation", lambda: False)
+    monkeypatch.setattr(cupy.cuda, "Device", lambda *a: mock.Mock(id=0))
+    fn = mock.create_autospec(cupy.RawKernel, instance=True)
+    _module.set_max_dynamic_shared(fn, 100_000)
+    assert fn.max_dynamic_shared_size_bytes == 100_000
+    fn.max_dynamic_shared_size_bytes = 0            # set once per function and size
+    _module.set_max_dynamic_shared(fn, 90_000)
+    assert fn.max_dynamic_shared_size_bytes == 0
+    with pytest.raises(AttributeError):
+        fn.ptr                                       # what the autospec refuses, as RawKernel
+
+
 def test_access_past_dynamic_shared_memory_stops_with_a_message():
     r = _crash("""
         y = np.zeros(1024, np.float32)
