@@ -222,7 +222,9 @@ conv2d_wgrad_implicit_gemm(const T* __restrict__ x, const T* __restrict__ gy, T*
     const int c = crs / RS, r = (crs % RS) / s.S, sc = crs % s.S;
     const long long x_chan = ((long long)g * Cg + c) * HW;
     const int dr = r * s.dh - s.ph, ds = sc * s.dw - s.pw;
-
+    // (the depth's (n, p, q) stay integer divisions: multiply-shift Dividers, as in the
+    // input gradient, cost this kernel more than they save: its 128-register cap (two blocks
+    // per SM) has no room for their constants, 999 -> 1088 SASS instructions per step)
     T ra[4], rb[4];
     auto fetch = [&](int k0) {
 #pragma unroll
@@ -295,23 +297,29 @@ conv2d_dgrad_implicit_gemm(const T* __restrict__ gy, const T* __restrict__ w, T*
             hh[i] = vv[i] = 0;
         }
     }
+    // (k, r, s) of a depth and the strided output position by multiply-shift (14 integer
+    // divisions per step otherwise)
+    const Divider<int> divRS = divider_for(RS), divS = divider_for(s.S);
+    const Divider<int> divSH = divider_for(s.sh), divSW = divider_for(s.sw);
     T ra[4], rb[4];
     auto fetch = [&](int k0) {
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-            const int krs = k0 + ak0 + i;
-            ra[i] = (c_a < Cg && krs < KRS) ? wg[(long long)(krs / RS) * CRS + krs % RS] : T(0);
+            const int krs = k0 + ak0 + i, ka = divRS.div(krs);
+            ra[i] = (c_a < Cg && krs < KRS) ? wg[(long long)ka * CRS + (krs - ka * RS)] : T(0);
         }
         const int krs = k0 + bk;
-        const int k = krs / RS, rs = krs % RS;
-        const int dr = (rs / s.S) * s.dh, ds = (rs % s.S) * s.dw;
+        const int k = divRS.div(krs), rs = krs - k * RS;
+        const int rr = divS.div(rs);
+        const int dr = rr * s.dh, ds = (rs - rr * s.S) * s.dw;
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             const int hp = hh[i] - dr, vq = vv[i] - ds;
+            // hp, vq >= 0 is tested first: the quotients of negative ones are never used
+            const int p = divSH.div(hp), q = divSW.div(vq);
             const bool hit = krs < KRS && gybase[i] >= 0 && hp >= 0 && vq >= 0 &&
-                             hp % s.sh == 0 && vq % s.sw == 0 && hp / s.sh < s.P &&
-                             vq / s.sw < s.Q;
-            rb[i] = hit ? gy[gybase[i] + (long long)k * PQ + (hp / s.sh) * s.Q + vq / s.sw] : T(0);
+                             hp == p * s.sh && vq == q * s.sw && p < s.P && q < s.Q;
+            rb[i] = hit ? gy[gybase[i] + (long long)k * PQ + p * s.Q + q] : T(0);
         }
     };
     auto stage = [&](int buf) { stage_gathered<T, TF32>(As[buf], Bs[buf], ra, rb, tid); };

@@ -975,3 +975,22 @@ def test_fastdiv_constants_divide_exactly():
         np.testing.assert_array_equal(q, n // np.uint64(d), err_msg=f"d = {d}")
     with pytest.raises(ValueError):
         fastdiv(0)
+
+
+def test_device_divider_constants_equal_the_hosts():
+    """common.cuh divider_for (worked out in the kernel) gives fastdiv's constants."""
+    from convgpu.kernels.cuda_ops import fastdiv
+    k = cuda_host.module_from_source(r"""
+        #include "common.cuh"
+        __global__ void constants(const int* d, unsigned long long* out, int n) {
+            const int i = blockIdx.x * blockDim.x + threadIdx.x;
+            if (i >= n) return;
+            const Divider<int> v = divider_for(d[i]);
+            out[i] = v.mul | ((unsigned long long)v.shr << 32); }
+    """, ("constants",))["constants"]
+    rng = np.random.default_rng(1)
+    d = np.concatenate([np.arange(1, 2049), rng.integers(2049, 2 ** 31 - 1, 300),
+                        [2 ** 30, 2 ** 30 + 1, 2 ** 31 - 1]]).astype(np.int32)
+    out = np.zeros(d.size, np.uint64)
+    k(((d.size + 127) // 128,), (128,), (d, out, np.int32(d.size)))
+    np.testing.assert_array_equal(out, [fastdiv(int(v)) for v in d])
