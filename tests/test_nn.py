@@ -193,3 +193,29 @@ def test_cli_train_writes_weights_and_plots(tmp_path, capsys):
     assert "final test accuracy" in text
     assert sorted(os.listdir(out)) == ["curves.png", "filters.png", "saliency.png"]
     assert set(np.load(tmp_path / "w.npz").files) == set(nn.lenet5().named_parameters())
+
+
+def test_label_check_can_be_skipped_and_the_loss_layer_checks_once(monkeypatch):
+    """softmax_cross_entropy validates labels by default (ValueError) and skips it with
+    check_labels=False; SoftmaxCrossEntropy checks in forward only (on a GPU each check waits
+    for the device), and not at all with check_labels=False (train.py checks once)."""
+    import convgpu
+    from convgpu import nn
+    from convgpu.ops import _args as A
+    z = np.random.default_rng(0).standard_normal((4, 3))
+    bad = np.array([0, 3, 1, 2])
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        convgpu.softmax_cross_entropy(z, bad)
+    convgpu.softmax_cross_entropy_backward(z, bad % 3, check_labels=False)
+    calls = []
+    real = A.check_labels_range
+    monkeypatch.setattr(A, "check_labels_range", lambda *a: (calls.append(a), real(*a)))
+    good = np.array([0, 2, 1, 2])
+    layer = nn.SoftmaxCrossEntropy()
+    layer.forward(z, good)
+    layer.backward()
+    assert len(calls) == 1
+    layer = nn.SoftmaxCrossEntropy(check_labels=False)
+    layer.forward(z, good)
+    layer.backward()
+    assert len(calls) == 1

@@ -299,17 +299,21 @@ class Sequential(Module):
 
 
 class SoftmaxCrossEntropy:
-    """Mean softmax cross-entropy over the batch; backward gives d loss / d logits."""
+    """Mean softmax cross-entropy over the batch; backward gives d loss / d logits.
+    forward validates the labels unless check_labels=False (labels known to be in range:
+    on a GPU the test waits for the device); backward reuses forward's labels unchecked."""
 
-    def __init__(self, backend="auto"):
-        self.backend = backend
+    def __init__(self, backend="auto", check_labels=True):
+        self.backend, self.check_labels = backend, check_labels
 
     def forward(self, logits, labels):
         self.logits, self.labels = logits, labels
-        return F.softmax_cross_entropy(logits, labels, backend=self.backend)
+        return F.softmax_cross_entropy(logits, labels, backend=self.backend,
+                                       check_labels=self.check_labels)
 
     def backward(self):
-        return F.softmax_cross_entropy_backward(self.logits, self.labels, backend=self.backend)
+        return F.softmax_cross_entropy_backward(self.logits, self.labels, backend=self.backend,
+                                                check_labels=False)
 
 
 # ----------------------------------------------------------------------------------------
