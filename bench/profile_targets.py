@@ -47,4 +47,6 @@ y, idx = once("max_pool2d forward", lambda: convgpu.max_pool2d(xp, 3, 2, return_
                                                                backend="cuda"))
 gy = cp.asarray(np.ones(y.shape, np.float32))
 once("max_pool2d backward", lambda: convgpu.max_pool2d_backward(gy, idx, xp.shape, 3, 2,
-                                                                backend="cuda"))
+                                                                algo="gather", backend="cuda"))
+once("max_pool2d backward tiled", lambda: convgpu.max_pool2d_backward(
+    gy, idx, xp.shape, 3, 2, algo="tiled", backend="cuda"))

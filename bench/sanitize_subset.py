@@ -129,6 +129,13 @@ for k, st in ((3, 1), (4, 3)):
           convgpu.max_pool2d_backward(cp.asarray(gq.astype(np.float32)), ic, xp.shape, k, st, 1,
                                       algo="gather", backend="cuda"),
           ref.max_pool2d_backward(gq, iq, xp.shape))
+# the tiled gather (shared memory, barriers): bands of one cell row, 3 blocks looping
+from convgpu.kernels import cuda_ops  # noqa: E402
+cuda_ops.TILED_MIN_BLOCKS, cuda_ops.TILED_MAX_GRID = 10 ** 6, 3
+check("max_pool2d_backward tiled cuda",
+      convgpu.max_pool2d_backward(gd, i, xp.shape, 3, 2, 1, 1, True, algo="tiled", backend="cuda"),
+      ref.max_pool2d_backward(g, ip, xp.shape))
+cuda_ops.TILED_MIN_BLOCKS, cuda_ops.TILED_MAX_GRID = 1024, 1 << 20
 check("max_pool2d_backward plane", convgpu.max_pool2d_backward(gd, i, xp.shape, algo="plane"),
       ref.max_pool2d_backward(g, ip, xp.shape))
 check("avg_pool2d", convgpu.avg_pool2d(cp.asarray(xp.astype(np.float32)), 3, 2, 1, True, False),

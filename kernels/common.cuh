@@ -283,3 +283,10 @@ __device__ __forceinline__ Divider<int> divider_for(int d) {
     const unsigned long long mul = ((1ull << p) + (unsigned long long)d - 1) / (unsigned long long)d;
     return Divider<int>{d, (unsigned)mul, (unsigned)(p - 32)};
 }
+
+// dynamic shared memory of the launch (the launcher's shared_mem bytes), 16-byte aligned
+#ifdef CONVGPU_HOST
+#define CONVGPU_DYNAMIC_SHARED(name) char* name = cuda_host::dynamic_shared()
+#else
+#define CONVGPU_DYNAMIC_SHARED(name) extern __shared__ __align__(16) char name[]
+#endif

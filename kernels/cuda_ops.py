@@ -580,6 +580,54 @@ def max_pool2d_backward_gather(m, gy, idx):
     return gx
 
 
+TILED_SHARED_BUDGET = 24 * 1024     # bytes of staged output rows per block of the tiled gather
+TILED_MIN_BLOCKS = 1024             # about 8 blocks per SM of a 132-SM GPU
+TILED_MAX_GRID = 1 << 20            # blocks launched; each loops over its share of the bands
+
+
+def max_pool2d_tiled_plan(a, itemsize):
+    """(TI, bands, shared bytes) of max_pool2d_bwd_tiled: bands of TI cell rows whose TI + 1
+    output rows (indices and gradients) fit TILED_SHARED_BUDGET, cut finer where the planes
+    are too few to give TILED_MIN_BLOCKS blocks; None where it does not serve (the cells
+    kernel's conditions, or a row too long for one band of one cell row)."""
+    cells = max_pool2d_cells(a)
+    if not cells:
+        return None
+    CH, entry = cells[0], 8 + itemsize
+    ti = min(CH, TILED_SHARED_BUDGET // (a.Q * entry) - 1)
+    if ti < 1:
+        return None
+    planes = a.N * a.C
+    if planes * ceil_div(CH, ti) < TILED_MIN_BLOCKS:
+        ti = max(1, min(ti, ceil_div(CH, ceil_div(TILED_MIN_BLOCKS, planes))))
+    return ti, ceil_div(CH, ti), (ti + 1) * a.Q * entry
+
+
+def max_pool2d_backward_tiled(m, gy, idx):
+    """The gather with a band of output rows staged in shared memory (max_pool2d_bwd_tiled):
+    the same sums in the same order as the cells kernel, coalesced loads and stores; indices
+    validated on the device as there."""
+    a = m.pool
+    plan = max_pool2d_tiled_plan(a, gy.dtype.itemsize)
+    if plan is None:
+        raise ValueError("max_pool2d_backward (cuda, tiled): the geometry needs strides <= 2 "
+                         "and windows reaching at most one stride back")
+    ti, bands, smem = plan
+    gx = empty(a.x_shape, gy.dtype, gy)
+    bad = xp_of(gy).zeros(1, np.int32) if m.check_indices else None
+    blocks = a.N * a.C * bands
+    it, ic = _index_type(max(gx.size, idx.size, blocks))
+    fn = get_function("pool.cu", f"max_pool2d_bwd_tiled<{ctype(gy.dtype)}, {it}>")
+    fn((min(blocks, TILED_MAX_GRID),), (THREADS,),
+       (gy, idx, gx, np.uint64(0) if bad is None else bad, ic(a.N * a.C), *_i32(ti, bands),
+        *_pool_ints(a, a.H, a.W, a.P, a.Q)), shared_mem=smem)
+    if bad is not None:
+        flags = int(bad[0])
+        if flags:
+            _raise_bad_indices(flags, a)
+    return gx
+
+
 def avg_pool2d(a, x):
     y = empty(a.y_shape, x.dtype, x)
     it, ic = _index_type(max(y.size, x.size))

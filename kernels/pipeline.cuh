@@ -341,9 +341,3 @@ __device__ __forceinline__ void store_columns(const float (&acc)[Warps<M>::NACC]
 }
 }  // namespace tc
 
-// dynamic shared memory of the launch (the launcher's shared_mem bytes), 16-byte aligned
-#ifdef CONVGPU_HOST
-#define CONVGPU_DYNAMIC_SHARED(name) char* name = cuda_host::dynamic_shared()
-#else
-#define CONVGPU_DYNAMIC_SHARED(name) extern __shared__ __align__(16) char name[]
-#endif

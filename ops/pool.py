@@ -134,6 +134,21 @@ _C = "convgpu.kernels.cuda_ops:"
 register("max_pool2d", "cuda", "direct", _C + "max_pool2d", supports=_cuda_plane_fits)
 register("max_pool2d_backward", "cuda", "gather", _C + "max_pool2d_backward_gather",
          supports=_cuda_plane_fits)
+
+
+def _cuda_tiled_fits(a):
+    why = _cuda_plane_fits(a)
+    if why:
+        return why
+    from convgpu.kernels.cuda_ops import max_pool2d_tiled_plan
+    if max_pool2d_tiled_plan(a.pool, a.pool.dtype.itemsize) is None:
+        return ("the tiled gather needs strides <= 2, windows reaching at most one stride "
+                "back ((k - 1) * d < 2 * s) and a row of outputs that fits shared memory")
+    return None
+
+
+register("max_pool2d_backward", "cuda", "tiled", _C + "max_pool2d_backward_tiled",
+         supports=_cuda_tiled_fits)
 register("avg_pool2d", "cuda", "direct", _C + "avg_pool2d", supports=_cuda_plane_fits)
 register("global_avg_pool2d", "cuda", "reduce", _C + "global_avg_pool2d")
 register("global_avg_pool2d_backward", "cuda", "direct", _C + "global_avg_pool2d_backward")

@@ -623,13 +623,15 @@ def test_max_pool2d_interior_and_cells_with_ties_nan_and_inf(rng, args):
     np.testing.assert_array_equal(i, ir)
     np.testing.assert_array_equal(y, yr)
     gy = np.arange(1, y.size + 1, dtype=np.float32).reshape(y.shape)
-    gx = both_orders(lambda: convgpu.max_pool2d_backward(gy, i, x.shape, *args,
-                                                         backend="cuda"))
-    np.testing.assert_array_equal(gx, convgpu.max_pool2d_backward(gy, ir, x.shape))
+    for algo in ("gather", "tiled"):
+        gx = both_orders(lambda: convgpu.max_pool2d_backward(gy, i, x.shape, *args,
+                                                             backend="cuda", algo=algo))
+        np.testing.assert_array_equal(gx, convgpu.max_pool2d_backward(gy, ir, x.shape))
 
 
-@pytest.mark.parametrize("args", [(3, 2, 1), (3, 1, 1), (4, 3, 1)])   # by cells; by element x2
-def test_max_pool2d_backward_rejects_bad_indices(rng, args):
+@pytest.mark.parametrize("args, algo", [((3, 2, 1), "gather"), ((3, 2, 1), "tiled"),  # cells
+                                        ((3, 1, 1), "gather"), ((4, 3, 1), "gather")])  # element
+def test_max_pool2d_backward_rejects_bad_indices(rng, args, algo):
     """The CUDA C gathers validate indices on the device: outside the plane, or inside it but
     outside their window (which a gather would silently drop), is a ValueError; the same
     good indices pass, and check_indices=False skips the test."""
@@ -637,7 +639,7 @@ def test_max_pool2d_backward_rejects_bad_indices(rng, args):
     y, i = convgpu.max_pool2d(x, *args, return_indices=True, backend="cuda")
     gy = rand(rng, y.shape, np.float32)
     call = lambda idx, **kw: convgpu.max_pool2d_backward(gy, idx, x.shape, *args,
-                                                         backend="cuda", **kw)
+                                                         backend="cuda", algo=algo, **kw)
     good = call(i)
     far = i.copy()
     far[1, 2, -1, -1] = x.shape[2] * x.shape[3]
@@ -661,6 +663,35 @@ def _check_window(idx, shape, args):
     pool._check_window(pool.MaxBackwardArgs(shape, geometry), idx)
 
 
+@pytest.mark.parametrize("min_blocks, grid", [(1, 1 << 20), (10 ** 6, 1 << 20), (10 ** 6, 3)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", MAXP)
+def test_max_pool2d_backward_tiled_equals_cells(rng, monkeypatch, case, dtype, index_type,
+                                                min_blocks, grid):
+    """The tiled gather (band of output rows in shared memory) gives bitwise the cells
+    kernel's result (same candidates, same order) wherever it serves: with bands of whole
+    planes, bands of one cell row (halo on every band), and 3 blocks looping over all the
+    bands (shared memory reused); elsewhere it declines."""
+    from convgpu.kernels import cuda_ops
+    from convgpu.ops._args import pool_geometry
+    monkeypatch.setattr(cuda_ops, "TILED_MIN_BLOCKS", min_blocks)
+    monkeypatch.setattr(cuda_ops, "TILED_MAX_GRID", grid)
+    N, C, H, W, k, s, p, d, cm = case
+    x = shuffled_linspace(rng, (N, C, H, W), dtype)
+    y, i = convgpu.max_pool2d(x, k, s, p, d, cm, return_indices=True)
+    gy = rand(rng, y.shape, dtype)
+    call = lambda algo: convgpu.max_pool2d_backward(gy, i, x.shape, k, s, p, d, cm,
+                                                    backend="cuda", algo=algo)
+    geom = pool_geometry("max_pool2d", x.shape, k, s, p, d, cm, np.dtype(dtype), kind="max")
+    if cuda_ops.max_pool2d_tiled_plan(geom, np.dtype(dtype).itemsize) is None:
+        with pytest.raises(ValueError, match="cannot serve"):
+            call("tiled")
+        return
+    gx = both_orders(lambda: call("tiled"))
+    np.testing.assert_array_equal(gx, call("gather"))
+    assert_close(gx, convgpu.max_pool2d_backward(gy.astype(np.float64), i, x.shape), TOL[dtype])
+
+
 def test_max_pool2d_kernel_choice():
     """Which pool.cu kernels serve which windows (the fast paths above must be the ones run)."""
     from convgpu.kernels import cuda_ops
@@ -677,6 +708,15 @@ def test_max_pool2d_kernel_choice():
     assert cuda_ops.max_pool2d_cells(geometry(224, 2, 2, 0)) == (112, 112)
     assert cuda_ops.max_pool2d_cells(geometry(20, 3, 1, 1)) is None    # 3 candidates per axis
     assert cuda_ops.max_pool2d_cells(geometry(20, 3, 3, 1)) is None    # cells of 3
+    # the tiled gather's bands: AlexNet pool1 (N128 C64, Q = 27) in one band per plane,
+    # VGG's (N64 C64, Q = 112) in bands of 17 cell rows under 24 KiB
+    alex = pool_geometry("max_pool2d", (128, 64, 55, 55), 3, 2, 0, 1, False, np.float32, kind="max")
+    assert cuda_ops.max_pool2d_tiled_plan(alex, 4) == (28, 1, 29 * 27 * 12)
+    vgg = pool_geometry("max_pool2d", (64, 64, 224, 224), 2, 2, 0, 1, False, np.float32, kind="max")
+    assert cuda_ops.max_pool2d_tiled_plan(vgg, 4) == (17, 7, 18 * 112 * 12)
+    one = pool_geometry("max_pool2d", (1, 2, 224, 224), 2, 2, 0, 1, False, np.float32, kind="max")
+    assert cuda_ops.max_pool2d_tiled_plan(one, 4)[1] == 112        # few planes: finer bands
+    assert cuda_ops.max_pool2d_tiled_plan(geometry(20, 3, 1, 1), 4) is None
 
 
 AVGP = AVGP_SMALL

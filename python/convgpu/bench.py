@@ -419,6 +419,10 @@ def bench_pool(timer, suite, dtype=np.float32, progress=print, impl_filter=None)
             runs[("max_pool2d_backward", f"{be}:gather", bwd_bytes)] = \
                 lambda be=be: convgpu.max_pool2d_backward(gy, idx, x.shape, k, s, p, 1, cm,
                                                           algo="gather", backend=be)
+        if ("cuda", "tiled") in convgpu.implementations("max_pool2d_backward"):
+            runs[("max_pool2d_backward", "cuda:tiled", bwd_bytes)] = \
+                lambda: convgpu.max_pool2d_backward(gy, idx, x.shape, k, s, p, 1, cm,
+                                                    algo="tiled", backend="cuda")
         if torch is not None:
             xt = torch.from_dlpack(x)
             yt, it = torch.nn.functional.max_pool2d(xt, k, s, p, ceil_mode=cm, return_indices=True)
@@ -429,7 +433,7 @@ def bench_pool(timer, suite, dtype=np.float32, progress=print, impl_filter=None)
                 lambda: torch.ops.aten.max_pool2d_with_indices_backward(
                     gyt, xt, [k, k], [s, s], [p, p], [1, 1], cm, it)
         # validate each implementation on the first image before timing it
-            x0 = cp.asnumpy(x[:1]).astype(np.float64)
+        x0 = cp.asnumpy(x[:1]).astype(np.float64)
         y0, i0 = reference.max_pool2d(x0, (k, k), (s, s), (p, p), (1, 1), cm)
         g0 = reference.max_pool2d_backward(np.ones(y0.shape), i0, x0.shape)
         bad = set()
@@ -441,6 +445,15 @@ def bench_pool(timer, suite, dtype=np.float32, progress=print, impl_filter=None)
                 bad.add(("max_pool2d", f"{be}:direct"))
             if not np.array_equal(cp.asnumpy(gb), g0.astype(np.float32)):
                 bad.add(("max_pool2d_backward", f"{be}:gather"))
+            if be == "cuda" and ("max_pool2d_backward", "cuda:tiled", bwd_bytes) in runs:
+                try:
+                    gt = convgpu.max_pool2d_backward(cp.ones_like(yb), ib, x0.shape, k, s, p, 1,
+                                                     cm, algo="tiled", backend="cuda")
+                except ValueError:          # a geometry it does not serve: not timed
+                    del runs[("max_pool2d_backward", "cuda:tiled", bwd_bytes)]
+                else:
+                    if not np.array_equal(cp.asnumpy(gt), g0.astype(np.float32)):
+                        bad.add(("max_pool2d_backward", "cuda:tiled"))
         for (op, label, nbytes), fn in runs.items():
             if label != "torch" and not _wanted(label, impl_filter):
                 continue
