@@ -44,7 +44,9 @@ for algo in ("implicit_gemm_pipelined_tf32", "implicit_gemm_tf32"):
 # max pooling 128x64x55x55 3x3/2 (AlexNet pool1): the copy-bandwidth target
 xp = rng.standard_normal((128, 64, 55, 55), dtype=cp.float32)
 y, idx = once("max_pool2d forward", lambda: convgpu.max_pool2d(xp, 3, 2, return_indices=True,
-                                                               backend="cuda"))
+                                                               algo="direct", backend="cuda"))
+once("max_pool2d forward tiled", lambda: convgpu.max_pool2d(xp, 3, 2, return_indices=True,
+                                                            algo="tiled", backend="cuda"))
 gy = cp.asarray(np.ones(y.shape, np.float32))
 once("max_pool2d backward", lambda: convgpu.max_pool2d_backward(gy, idx, xp.shape, 3, 2,
                                                                 algo="gather", backend="cuda"))

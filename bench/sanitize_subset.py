@@ -132,6 +132,10 @@ for k, st in ((3, 1), (4, 3)):
 # the tiled gather (shared memory, barriers): bands of one cell row, 3 blocks looping
 from convgpu.kernels import cuda_ops  # noqa: E402
 cuda_ops.TILED_MIN_BLOCKS, cuda_ops.TILED_MAX_GRID = 10 ** 6, 3
+yt_, it_ = convgpu.max_pool2d(cp.asarray(xp.astype(np.float32)), 3, 2, 1, ceil_mode=True,
+                              return_indices=True, algo="tiled", backend="cuda")
+check("max_pool2d tiled cuda", yt_, yp)
+bad += not np.array_equal(cp.asnumpy(it_), ip)
 check("max_pool2d_backward tiled cuda",
       convgpu.max_pool2d_backward(gd, i, xp.shape, 3, 2, 1, 1, True, algo="tiled", backend="cuda"),
       ref.max_pool2d_backward(g, ip, xp.shape))

@@ -52,6 +52,8 @@ NAME_EXPRESSIONS: Dict[str, Tuple[str, ...]] = {
                      for t in T_NAMES for i in ("int", "long long"))
     + tuple(f"max_pool2d_fwd<{t}, {i}, {k}>" for t in T_NAMES for i in ("int", "long long")
             for k in (0, 2, 3))
+    + tuple(f"max_pool2d_fwd_tiled<{t}, {i}, {k}>" for t in T_NAMES
+            for i in ("int", "long long") for k in (2, 3))
     + tuple(f"max_pool2d_check_indices<{i}>" for i in ("int", "long long")),
 }
 

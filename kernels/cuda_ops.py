@@ -524,6 +524,42 @@ def max_pool2d(a, x):
     return y, idx
 
 
+def max_pool2d_fwd_tiled_plan(a, itemsize):
+    """(TO, bands, shared bytes) of max_pool2d_fwd_tiled: bands of TO output rows whose input
+    rows ((TO - 1) * sh + K of them) fit TILED_SHARED_BUDGET, finer where planes are few; None
+    where it does not serve (windows other than square 2x2 / 3x3, dilation, a row too long)."""
+    K = max_pool2d_window(a)
+    if K == 0 or tuple(a.dilation) != (1, 1):
+        return None
+    sh = a.stride[0]
+    to = min(a.P, (TILED_SHARED_BUDGET // (a.W * itemsize) - K) // sh + 1)
+    if to < 1:
+        return None
+    planes = a.N * a.C
+    if planes * ceil_div(a.P, to) < TILED_MIN_BLOCKS:
+        to = max(1, min(to, ceil_div(a.P, ceil_div(TILED_MIN_BLOCKS, planes))))
+    return to, ceil_div(a.P, to), ((to - 1) * sh + K) * a.W * itemsize
+
+
+def max_pool2d_tiled(a, x):
+    """max_pool2d_fwd_tiled: the direct kernel's windows (bitwise its answer) from a band of
+    input rows in shared memory, loads and stores in warp-wide runs."""
+    plan = max_pool2d_fwd_tiled_plan(a, x.dtype.itemsize)
+    if plan is None:
+        raise ValueError("max_pool2d (cuda, tiled): square 2x2 or 3x3 windows at dilation 1")
+    to, bands, smem = plan
+    y = empty(a.y_shape, x.dtype, x)
+    idx = empty(a.y_shape, np.int64, x)
+    blocks = a.N * a.C * bands
+    it, ic = _index_type(max(y.size, x.size, blocks))
+    fn = get_function("pool.cu", f"max_pool2d_fwd_tiled<{ctype(x.dtype)}, {it}, "
+                                 f"{max_pool2d_window(a)}>")
+    fn((min(blocks, TILED_MAX_GRID),), (THREADS,),
+       (contiguous(x), y, idx, ic(a.N * a.C), *_i32(to, bands),
+        *_pool_ints(a, a.H, a.W, a.P, a.Q)), shared_mem=smem)
+    return y, idx
+
+
 def max_pool2d_cells(a):
     """(CH, CW), the grid of stride-sized input cells of max_pool2d_bwd_cells, or None where
     that kernel does not serve: strides up to 2 and windows reaching at most one stride back

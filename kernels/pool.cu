@@ -9,6 +9,8 @@
 //                               maximum wins; the first NaN is taken and kept; windows up to
 //                               3x3 unrolled with every load issued before the comparisons,
 //                               exactly K x K for K = 2, 3 (square windows), no branches
+//   max_pool2d_fwd_tiled<T,I,K> the same windows (K = 2, 3, dilation 1) from a band of input
+//                               rows staged in shared memory (the "tiled" algorithm)
 //   max_pool2d_bwd_gather<T, I> one thread per input element: sums gy over the windows that
 //                               can cover it and whose index points at it (deterministic); up
 //                               to 2x2 candidate windows unrolled, loads first
@@ -167,19 +169,11 @@ template <typename T> __device__ __forceinline__ const T* opaque(const T* p) {
 // (bottom/right) that element in window order, in the same order within a row, so the
 // first maximum (or NaN) found among them is the same element, and its index comes from
 // the clamped coordinates. Costs K + K clamps over the unpadded window.
+// The maximum of a K x K window's values (NaN if one is NaN) and the flat index of its first
+// position in window order (assignments in reverse order); rpos[r] + cpos[c] is element (r, c)
 template <int K, typename T>
-__device__ __forceinline__ void max_window_clamped(const T* xp, int h0, int w0, const PoolShape& s,
-                                                   T& best, int& bi) {
-    int rpos[K], cpos[K];                                    // flat index: rpos[r] + cpos[c]
-#pragma unroll
-    for (int r = 0; r < K; ++r) rpos[r] = min(max(h0 + r, 0), s.H - 1) * s.W;
-#pragma unroll
-    for (int c = 0; c < K; ++c) cpos[c] = min(max(w0 + c, 0), s.W - 1);
-    T val[K][K];
-#pragma unroll
-    for (int r = 0; r < K; ++r)
-#pragma unroll
-        for (int c = 0; c < K; ++c) val[r][c] = xp[(unsigned)(rpos[r] + cpos[c])];
+__device__ __forceinline__ void first_max(const T (&val)[K][K], const int (&rpos)[K],
+                                          const int (&cpos)[K], T& best, int& bi) {
     T m = val[0][0];
 #pragma unroll
     for (int r = 0; r < K; ++r)
@@ -204,6 +198,22 @@ __device__ __forceinline__ void max_window_clamped(const T* xp, int h0, int w0, 
                 best = v != v ? v : best;
             }
     }
+}
+
+template <int K, typename T>
+__device__ __forceinline__ void max_window_clamped(const T* xp, int h0, int w0, const PoolShape& s,
+                                                   T& best, int& bi) {
+    int rpos[K], cpos[K];                                    // flat index: rpos[r] + cpos[c]
+#pragma unroll
+    for (int r = 0; r < K; ++r) rpos[r] = min(max(h0 + r, 0), s.H - 1) * s.W;
+#pragma unroll
+    for (int c = 0; c < K; ++c) cpos[c] = min(max(w0 + c, 0), s.W - 1);
+    T val[K][K];
+#pragma unroll
+    for (int r = 0; r < K; ++r)
+#pragma unroll
+        for (int c = 0; c < K; ++c) val[r][c] = xp[(unsigned)(rpos[r] + cpos[c])];
+    first_max<K>(val, rpos, cpos, best, bi);
 }
 
 // max_pool2d_fwd<T, I, K>: K = 2 or 3 serves kh == kw == K (any stride, padding and
@@ -284,6 +294,63 @@ __global__ void max_pool2d_check_indices(const long long* __restrict__ idx, int*
         flags |= index_violation(idx[t], p, q, s, divW);
     }
     if (flags) atomicOr(bad, flags);
+}
+
+// max_pool2d_fwd_tiled<T, I, K>: square K x K windows (K = 2, 3) at dilation 1 with a band
+// of input rows staged in shared memory. Block b takes plane nc = b / bands and output rows
+// [p0, p0 + TO): a warp per row copies input rows p0*sh - ph + [0, RI), RI = (TO-1)*sh + K,
+// each clamped into [0, H) as max_window_clamped clamps them, whole rows with consecutive
+// lanes on consecutive columns; then a warp per output row, lanes along it, takes each
+// window from shared memory (columns clamped likewise) and stores values and indices in
+// warp-wide runs. Same answer as max_pool2d_fwd<T, I, K>, bitwise; the input crosses L2
+// (1 + (K - sh) / (TO * sh)) times instead of once per overlapping window (ncu, H200,
+// 670fe90: L2 85% busy for the direct kernel). Dynamic shared memory RI * W * sizeof(T).
+template <typename T, typename I, int K>
+__global__ void max_pool2d_fwd_tiled(const T* __restrict__ x, T* __restrict__ y,
+                                     long long* __restrict__ idx, I NC, int TO, int bands,
+                                     POOL_SHAPE_PARAMS) {
+    const POOL_SHAPE;
+    CONVGPU_DYNAMIC_SHARED(raw);
+    T* rows = reinterpret_cast<T*>(raw);
+    const int RI = (TO - 1) * s.sh + K;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = blockDim.x / 32;
+    const I blocks = NC * bands;
+    for (I blk = blockIdx.x; blk < blocks; blk += gridDim.x) {
+        const I nc = blk / bands;
+        const int p0 = (int)(blk - nc * bands) * TO, hfirst = p0 * s.sh - s.ph;
+        const T* xp = x + (long long)nc * s.H * s.W;
+        __syncthreads();                       // the previous band's readers are done
+        for (int rr = warp; rr < RI; rr += nwarps) {
+            const T* src = xp + (long long)min(max(hfirst + rr, 0), s.H - 1) * s.W;
+            for (int v = lane; v < s.W; v += 32) rows[rr * s.W + v] = src[v];
+        }
+        __syncthreads();
+        const long long obase = (long long)nc * s.P * s.Q;
+        for (int p = p0 + warp; p < min(p0 + TO, s.P); p += nwarps) {
+            const int h0 = p * s.sh - s.ph, rr0 = (p - p0) * s.sh;
+            int rpos[K], spos[K], cpos[K];
+#pragma unroll
+            for (int r = 0; r < K; ++r) {
+                rpos[r] = min(max(h0 + r, 0), s.H - 1) * s.W;    // global flat row offset
+                spos[r] = (rr0 + r) * s.W;                        // its row in shared memory
+            }
+            for (int q = lane; q < s.Q; q += 32) {
+                const int w0 = q * s.sw - s.pw;
+#pragma unroll
+                for (int c = 0; c < K; ++c) cpos[c] = min(max(w0 + c, 0), s.W - 1);
+                T val[K][K];
+#pragma unroll
+                for (int r = 0; r < K; ++r)
+#pragma unroll
+                    for (int c = 0; c < K; ++c) val[r][c] = rows[spos[r] + cpos[c]];
+                T best;
+                int bi;
+                first_max<K>(val, rpos, cpos, best, bi);
+                y[obase + (long long)p * s.Q + q] = best;
+                idx[obase + (long long)p * s.Q + q] = bi;
+            }
+        }
+    }
 }
 
 template <typename T, typename I>

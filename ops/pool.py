@@ -132,6 +132,20 @@ def _cuda_plane_fits(a):
 
 _C = "convgpu.kernels.cuda_ops:"
 register("max_pool2d", "cuda", "direct", _C + "max_pool2d", supports=_cuda_plane_fits)
+
+
+def _cuda_fwd_tiled_fits(a):
+    why = _cuda_plane_fits(a)
+    if why:
+        return why
+    from convgpu.kernels.cuda_ops import max_pool2d_fwd_tiled_plan
+    if max_pool2d_fwd_tiled_plan(a, a.dtype.itemsize) is None:
+        return ("the tiled max pooling needs square 2x2 or 3x3 windows at dilation 1 and an "
+                "input row that fits shared memory")
+    return None
+
+
+register("max_pool2d", "cuda", "tiled", _C + "max_pool2d_tiled", supports=_cuda_fwd_tiled_fits)
 register("max_pool2d_backward", "cuda", "gather", _C + "max_pool2d_backward_gather",
          supports=_cuda_plane_fits)
 
@@ -161,16 +175,17 @@ register("avg_pool2d_backward", "cuda", "gather", _C + "avg_pool2d_backward",
 
 
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
-               return_indices=False, *, backend="auto"):
+               return_indices=False, *, algo="auto", backend="auto"):
     """Max pooling as torch: -inf padding; with return_indices, int64 indices flat over each
-    unpadded input plane (h*W + w); the first maximum wins a tie; NaN propagates."""
+    unpadded input plane (h*W + w); the first maximum wins a tie; NaN propagates. algo picks
+    an implementation (convgpu.implementations("max_pool2d")); all give the same answer."""
     op = "max_pool2d"
     bd, a = unwrap(op, input=input)
     x, unbatched = A.batched(op, "input", a["input"])
     A.check_float(op, "input", x)
     args = A.pool_geometry(op, x.shape, kernel_size, stride, padding, dilation, ceil_mode,
                            x.dtype, kind="max")
-    y, idx = dispatch(op, args, backend, "auto", bd.on_device, x)
+    y, idx = dispatch(op, args, backend, algo, bd.on_device, x)
     if unbatched:
         y, idx = y[0], idx[0]
     return bd.wrap((y, idx)) if return_indices else bd.wrap(y)

@@ -618,10 +618,11 @@ def test_max_pool2d_interior_and_cells_with_ties_nan_and_inf(rng, args):
     x[rng.random(x.shape) < 0.1] = -np.inf
     x[0, 0, :4, :4] = -np.inf                                # whole windows of -inf
     yr, ir = convgpu.max_pool2d(x, *args, return_indices=True)
-    y, i = both_orders(lambda: convgpu.max_pool2d(x, *args, return_indices=True,
-                                                  backend="cuda"))
-    np.testing.assert_array_equal(i, ir)
-    np.testing.assert_array_equal(y, yr)
+    for algo in ("direct", "tiled"):
+        y, i = both_orders(lambda: convgpu.max_pool2d(x, *args, return_indices=True,
+                                                      backend="cuda", algo=algo))
+        np.testing.assert_array_equal(i, ir)
+        np.testing.assert_array_equal(y, yr)
     gy = np.arange(1, y.size + 1, dtype=np.float32).reshape(y.shape)
     for algo in ("gather", "tiled"):
         gx = both_orders(lambda: convgpu.max_pool2d_backward(gy, i, x.shape, *args,
@@ -661,6 +662,35 @@ def _check_window(idx, shape, args):
     from convgpu.ops._args import pool_geometry
     geometry = pool_geometry("max_pool2d_backward", shape, *args, 1, False, np.float32, kind="max")
     pool._check_window(pool.MaxBackwardArgs(shape, geometry), idx)
+
+
+@pytest.mark.parametrize("min_blocks, grid", [(1, 1 << 20), (10 ** 6, 1 << 20), (10 ** 6, 3)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", MAXP)
+def test_max_pool2d_tiled_equals_direct(rng, monkeypatch, case, dtype, index_type, min_blocks,
+                                        grid):
+    """The tiled forward (band of input rows in shared memory) gives bitwise the direct
+    kernel's values and indices wherever it serves (bands of whole planes, of one output
+    row, 3 blocks looping over all bands); elsewhere it declines."""
+    from convgpu.kernels import cuda_ops
+    from convgpu.ops._args import pool_geometry
+    monkeypatch.setattr(cuda_ops, "TILED_MIN_BLOCKS", min_blocks)
+    monkeypatch.setattr(cuda_ops, "TILED_MAX_GRID", grid)
+    N, C, H, W, k, s, p, d, cm = case
+    x = shuffled_linspace(rng, (N, C, H, W), dtype)
+    call = lambda algo: convgpu.max_pool2d(x, k, s, p, d, cm, return_indices=True,
+                                           backend="cuda", algo=algo)
+    geom = pool_geometry("max_pool2d", x.shape, k, s, p, d, cm, np.dtype(dtype), kind="max")
+    if cuda_ops.max_pool2d_fwd_tiled_plan(geom, np.dtype(dtype).itemsize) is None:
+        with pytest.raises(ValueError, match="cannot serve"):
+            call("tiled")
+        return
+    y, i = both_orders(lambda: call("tiled"))
+    yd, idd = call("direct")
+    np.testing.assert_array_equal(i, idd)
+    np.testing.assert_array_equal(y.view(np.uint8), yd.view(np.uint8))
+    yr, ir = convgpu.max_pool2d(x, k, s, p, d, cm, return_indices=True)
+    np.testing.assert_array_equal(i, ir)
 
 
 @pytest.mark.parametrize("min_blocks, grid", [(1, 1 << 20), (10 ** 6, 1 << 20), (10 ** 6, 3)])
@@ -717,6 +747,12 @@ def test_max_pool2d_kernel_choice():
     one = pool_geometry("max_pool2d", (1, 2, 224, 224), 2, 2, 0, 1, False, np.float32, kind="max")
     assert cuda_ops.max_pool2d_tiled_plan(one, 4)[1] == 112        # few planes: finer bands
     assert cuda_ops.max_pool2d_tiled_plan(geometry(20, 3, 1, 1), 4) is None
+    # the tiled forward's bands: AlexNet in one band per plane (27 output rows from all 55
+    # input rows), VGG (W = 224) in bands of 13 output rows (26 input rows, under 24 KiB)
+    assert cuda_ops.max_pool2d_fwd_tiled_plan(alex, 4) == (27, 1, 55 * 55 * 4)
+    assert cuda_ops.max_pool2d_fwd_tiled_plan(vgg, 4) == (13, 9, 26 * 224 * 4)
+    assert cuda_ops.max_pool2d_fwd_tiled_plan(geometry(20, 4, 2, 1), 4) is None
+    assert cuda_ops.max_pool2d_fwd_tiled_plan(geometry(20, 3, 2, 1, 2), 4) is None  # dilated
 
 
 AVGP = AVGP_SMALL

@@ -419,6 +419,10 @@ def bench_pool(timer, suite, dtype=np.float32, progress=print, impl_filter=None)
             runs[("max_pool2d_backward", f"{be}:gather", bwd_bytes)] = \
                 lambda be=be: convgpu.max_pool2d_backward(gy, idx, x.shape, k, s, p, 1, cm,
                                                           algo="gather", backend=be)
+        if ("cuda", "tiled") in convgpu.implementations("max_pool2d"):
+            runs[("max_pool2d", "cuda:tiled", fwd_bytes)] = \
+                lambda: convgpu.max_pool2d(x, k, s, p, ceil_mode=cm, return_indices=True,
+                                           algo="tiled", backend="cuda")
         if ("cuda", "tiled") in convgpu.implementations("max_pool2d_backward"):
             runs[("max_pool2d_backward", "cuda:tiled", bwd_bytes)] = \
                 lambda: convgpu.max_pool2d_backward(gy, idx, x.shape, k, s, p, 1, cm,
@@ -445,6 +449,17 @@ def bench_pool(timer, suite, dtype=np.float32, progress=print, impl_filter=None)
                 bad.add(("max_pool2d", f"{be}:direct"))
             if not np.array_equal(cp.asnumpy(gb), g0.astype(np.float32)):
                 bad.add(("max_pool2d_backward", f"{be}:gather"))
+            if be == "cuda" and ("max_pool2d", "cuda:tiled", fwd_bytes) in runs:
+                try:
+                    yt, it_ = convgpu.max_pool2d(x[:1], k, s, p, ceil_mode=cm,
+                                                 return_indices=True, algo="tiled",
+                                                 backend="cuda")
+                except ValueError:          # a geometry it does not serve: not timed
+                    del runs[("max_pool2d", "cuda:tiled", fwd_bytes)]
+                else:
+                    if not (np.array_equal(cp.asnumpy(it_), i0)
+                            and np.array_equal(cp.asnumpy(yt), y0.astype(np.float32))):
+                        bad.add(("max_pool2d", "cuda:tiled"))
             if be == "cuda" and ("max_pool2d_backward", "cuda:tiled", bwd_bytes) in runs:
                 try:
                     gt = convgpu.max_pool2d_backward(cp.ones_like(yb), ib, x0.shape, k, s, p, 1,
