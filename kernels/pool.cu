@@ -200,19 +200,27 @@ __device__ __forceinline__ void first_max(const T (&val)[K][K], const int (&rpos
     }
 }
 
+// The window's columns w0 + c clamped into [0, W) (cpos), and its values base[roff[r] +
+// cpos[c]]: base and roff address the clamped rows, in global memory or in a shared copy
+template <int K, typename T>
+__device__ __forceinline__ void clamped_window(const T* base, const int (&roff)[K], int w0, int W,
+                                               int (&cpos)[K], T (&val)[K][K]) {
+#pragma unroll
+    for (int c = 0; c < K; ++c) cpos[c] = min(max(w0 + c, 0), W - 1);
+#pragma unroll
+    for (int r = 0; r < K; ++r)
+#pragma unroll
+        for (int c = 0; c < K; ++c) val[r][c] = base[(unsigned)(roff[r] + cpos[c])];
+}
+
 template <int K, typename T>
 __device__ __forceinline__ void max_window_clamped(const T* xp, int h0, int w0, const PoolShape& s,
                                                    T& best, int& bi) {
     int rpos[K], cpos[K];                                    // flat index: rpos[r] + cpos[c]
 #pragma unroll
     for (int r = 0; r < K; ++r) rpos[r] = min(max(h0 + r, 0), s.H - 1) * s.W;
-#pragma unroll
-    for (int c = 0; c < K; ++c) cpos[c] = min(max(w0 + c, 0), s.W - 1);
     T val[K][K];
-#pragma unroll
-    for (int r = 0; r < K; ++r)
-#pragma unroll
-        for (int c = 0; c < K; ++c) val[r][c] = xp[(unsigned)(rpos[r] + cpos[c])];
+    clamped_window<K>(xp, rpos, w0, s.W, cpos, val);
     first_max<K>(val, rpos, cpos, best, bi);
 }
 
@@ -335,14 +343,8 @@ __global__ void max_pool2d_fwd_tiled(const T* __restrict__ x, T* __restrict__ y,
                 spos[r] = (rr0 + r) * s.W;                        // its row in shared memory
             }
             for (int q = lane; q < s.Q; q += 32) {
-                const int w0 = q * s.sw - s.pw;
-#pragma unroll
-                for (int c = 0; c < K; ++c) cpos[c] = min(max(w0 + c, 0), s.W - 1);
                 T val[K][K];
-#pragma unroll
-                for (int r = 0; r < K; ++r)
-#pragma unroll
-                    for (int c = 0; c < K; ++c) val[r][c] = rows[spos[r] + cpos[c]];
+                clamped_window<K>(rows, spos, q * s.sw - s.pw, s.W, cpos, val);
                 T best;
                 int bi;
                 first_max<K>(val, rpos, cpos, best, bi);

@@ -672,16 +672,10 @@ def test_max_pool2d_tiled_equals_direct(rng, monkeypatch, case, dtype, index_typ
     """The tiled forward (band of input rows in shared memory) gives bitwise the direct
     kernel's values and indices wherever it serves (bands of whole planes, of one output
     row, 3 blocks looping over all bands); elsewhere it declines."""
-    from convgpu.kernels import cuda_ops
-    from convgpu.ops._args import pool_geometry
-    monkeypatch.setattr(cuda_ops, "TILED_MIN_BLOCKS", min_blocks)
-    monkeypatch.setattr(cuda_ops, "TILED_MAX_GRID", grid)
-    N, C, H, W, k, s, p, d, cm = case
-    x = shuffled_linspace(rng, (N, C, H, W), dtype)
-    call = lambda algo: convgpu.max_pool2d(x, k, s, p, d, cm, return_indices=True,
-                                           backend="cuda", algo=algo)
-    geom = pool_geometry("max_pool2d", x.shape, k, s, p, d, cm, np.dtype(dtype), kind="max")
-    if cuda_ops.max_pool2d_fwd_tiled_plan(geom, np.dtype(dtype).itemsize) is None:
+    x, args, serves = _tiled_setup(rng, monkeypatch, case, dtype, min_blocks, grid, "fwd")
+    call = lambda algo: convgpu.max_pool2d(x, *args, return_indices=True, backend="cuda",
+                                           algo=algo)
+    if not serves:
         with pytest.raises(ValueError, match="cannot serve"):
             call("tiled")
         return
@@ -689,8 +683,22 @@ def test_max_pool2d_tiled_equals_direct(rng, monkeypatch, case, dtype, index_typ
     yd, idd = call("direct")
     np.testing.assert_array_equal(i, idd)
     np.testing.assert_array_equal(y.view(np.uint8), yd.view(np.uint8))
-    yr, ir = convgpu.max_pool2d(x, k, s, p, d, cm, return_indices=True)
+    yr, ir = convgpu.max_pool2d(x, *args, return_indices=True)
     np.testing.assert_array_equal(i, ir)
+
+
+def _tiled_setup(rng, monkeypatch, case, dtype, min_blocks, grid, which):
+    """A tiled-pooling case: the band and grid limits set, the input, the pooling arguments,
+    and whether the tiled kernel ("fwd" or "bwd") serves the geometry."""
+    from convgpu.kernels import cuda_ops
+    from convgpu.ops._args import pool_geometry
+    monkeypatch.setattr(cuda_ops, "TILED_MIN_BLOCKS", min_blocks)
+    monkeypatch.setattr(cuda_ops, "TILED_MAX_GRID", grid)
+    N, C, H, W, *args = case
+    x = shuffled_linspace(rng, (N, C, H, W), dtype)
+    geom = pool_geometry("max_pool2d", x.shape, *args, np.dtype(dtype), kind="max")
+    plan = cuda_ops.max_pool2d_fwd_tiled_plan if which == "fwd" else cuda_ops.max_pool2d_tiled_plan
+    return x, args, plan(geom, np.dtype(dtype).itemsize) is not None
 
 
 @pytest.mark.parametrize("min_blocks, grid", [(1, 1 << 20), (10 ** 6, 1 << 20), (10 ** 6, 3)])
@@ -702,18 +710,12 @@ def test_max_pool2d_backward_tiled_equals_cells(rng, monkeypatch, case, dtype, i
     kernel's result (same candidates, same order) wherever it serves: with bands of whole
     planes, bands of one cell row (halo on every band), and 3 blocks looping over all the
     bands (shared memory reused); elsewhere it declines."""
-    from convgpu.kernels import cuda_ops
-    from convgpu.ops._args import pool_geometry
-    monkeypatch.setattr(cuda_ops, "TILED_MIN_BLOCKS", min_blocks)
-    monkeypatch.setattr(cuda_ops, "TILED_MAX_GRID", grid)
-    N, C, H, W, k, s, p, d, cm = case
-    x = shuffled_linspace(rng, (N, C, H, W), dtype)
-    y, i = convgpu.max_pool2d(x, k, s, p, d, cm, return_indices=True)
+    x, args, serves = _tiled_setup(rng, monkeypatch, case, dtype, min_blocks, grid, "bwd")
+    y, i = convgpu.max_pool2d(x, *args, return_indices=True)
     gy = rand(rng, y.shape, dtype)
-    call = lambda algo: convgpu.max_pool2d_backward(gy, i, x.shape, k, s, p, d, cm,
-                                                    backend="cuda", algo=algo)
-    geom = pool_geometry("max_pool2d", x.shape, k, s, p, d, cm, np.dtype(dtype), kind="max")
-    if cuda_ops.max_pool2d_tiled_plan(geom, np.dtype(dtype).itemsize) is None:
+    call = lambda algo: convgpu.max_pool2d_backward(gy, i, x.shape, *args, backend="cuda",
+                                                    algo=algo)
+    if not serves:
         with pytest.raises(ValueError, match="cannot serve"):
             call("tiled")
         return
