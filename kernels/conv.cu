@@ -222,22 +222,42 @@ conv2d_wgrad_implicit_gemm(const T* __restrict__ x, const T* __restrict__ gy, T*
     const int c = crs / RS, r = (crs % RS) / s.S, sc = crs % s.S;
     const long long x_chan = ((long long)g * Cg + c) * HW;
     const int dr = r * s.dh - s.ph, ds = sc * s.dw - s.pw;
-    // (the depth's (n, p, q) stay integer divisions: multiply-shift Dividers, as in the
-    // input gradient, cost this kernel more than they save: its 128-register cap (two blocks
-    // per SM) has no room for their constants, 999 -> 1088 SASS instructions per step)
+    // (n, p, q) of a fetch's first depth k0 + k_in, then stepped by one per depth: two integer
+    // divisions per fetch instead of eight. TF32 (123 registers) also keeps that depth's
+    // (n, p, q) across fetches, stepped by BK (mainloop fetches in order): none at all. FP32
+    // cannot hold those three more registers under its 128-register cap (it spilled 44 bytes);
+    // nor the multiply-shift Dividers of the input gradient (999 -> 1088 instructions a step).
+    constexpr bool STEPPED = TF32;
+    int sn = 0, sp = 0, sq = 0;
+    auto locate = [&](int d, int& n, int& p, int& q) {
+        n = d / PQ;
+        const int pq = d - n * PQ;
+        p = pq / s.Q;
+        q = pq - p * s.Q;
+    };
+    if (STEPPED) locate(kbeg + k_in, sn, sp, sq);
     T ra[4], rb[4];
     auto fetch = [&](int k0) {
+        int n = sn, p = sp, q = sq;
+        if (!STEPPED) locate(k0 + k_in, n, p, q);
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             const int npq = k0 + k_in + i;
             ra[i] = rb[i] = T(0);
-            if (npq >= kend) continue;
-            const int n = npq / PQ, pq = npq % PQ;
-            if (m < Kg) ra[i] = gy[(long long)n * s.K * PQ + gy_row + pq];
-            const int h = (pq / s.Q) * s.sh + dr, v = (pq % s.Q) * s.sw + ds;
-            if (crs < CRS && h >= 0 && h < s.H && v >= 0 && v < s.W)
-                rb[i] = x[(long long)n * s.C * HW + x_chan + (long long)h * s.W + v];
+            if (npq < kend) {
+                if (m < Kg) ra[i] = gy[(long long)n * s.K * PQ + gy_row + p * s.Q + q];
+                const int h = p * s.sh + dr, v = q * s.sw + ds;
+                if (crs < CRS && h >= 0 && h < s.H && v >= 0 && v < s.W)
+                    rb[i] = x[(long long)n * s.C * HW + x_chan + (long long)h * s.W + v];
+            }
+            if (++q == s.Q) {                                   // the next depth
+                q = 0;
+                if (++p == s.P) { p = 0; ++n; }
+            }
         }
+        if (STEPPED)                                            // the next fetch's first depth
+            for (sq += BK; sq >= s.Q; sq -= s.Q)
+                if (++sp == s.P) { sp = 0; ++sn; }
     };
     auto stage = [&](int buf) {
 #pragma unroll
