@@ -508,8 +508,8 @@ def _index_type(total):
 
 
 def max_pool2d_window(a) -> int:
-    """The K of max_pool2d_fwd<T, I, K>: 2 or 3 for square windows of that size (with their
-    unmasked interior path), else 0 (the general kernel)."""
+    """The K of max_pool2d_fwd<T, I, K>: 2 or 3 for square windows of that size (unrolled
+    exactly, clamped without masks at dilation 1), else 0 (the general kernel)."""
     kh, kw = a.kernel
     return kh if kh == kw and kh in (2, 3) else 0
 
@@ -522,6 +522,13 @@ def max_pool2d(a, x):
     fn(_elementwise_grid(y.size), (THREADS,),
        (x, y, idx, ic(a.N * a.C), *_pool_ints(a, a.H, a.W, a.P, a.Q)))
     return y, idx
+
+
+# the tiled pooling kernels (max_pool2d_fwd_tiled, max_pool2d_bwd_tiled): shared memory per
+# block for the staged rows, the fewest blocks a launch should have, the most it launches
+TILED_SHARED_BUDGET = 24 * 1024
+TILED_MIN_BLOCKS = 1024             # about 8 blocks per SM of a 132-SM GPU
+TILED_MAX_GRID = 1 << 20            # blocks launched; each loops over its share of the bands
 
 
 def max_pool2d_fwd_tiled_plan(a, itemsize):
@@ -573,7 +580,19 @@ def max_pool2d_cells(a):
 POOL_BAD_RANGE, POOL_BAD_WINDOW = 1, 2      # pool.cu's validation flag bits
 
 
-def _raise_bad_indices(flags: int, a) -> None:
+def _index_flag(m, like):
+    """The device flag the gathers set for a bad index (pool.cu index_violation), or None
+    where the caller asked for no validation."""
+    return xp_of(like).zeros(1, np.int32) if m.check_indices else None
+
+
+def _flag_arg(bad):
+    return np.uint64(0) if bad is None else bad             # a null pointer: no validation
+
+
+def _raise_if_flagged(bad, a) -> None:
+    """After the launch: one 4-byte read (it waits for the kernel), ValueError if set."""
+    flags = 0 if bad is None else int(bad[0])
     if flags & POOL_BAD_RANGE:
         raise ValueError(f"max_pool2d_backward: indices must lie in [0, {a.H * a.W}) (H*W of "
                          "the input); found one outside")
@@ -591,14 +610,14 @@ def max_pool2d_backward_gather(m, gy, idx):
     kernel. m.check_indices=False skips it (indices known to come from max_pool2d)."""
     a = m.pool
     gx = empty(a.x_shape, gy.dtype, gy)
-    bad = xp_of(gy).zeros(1, np.int32) if m.check_indices else None
+    bad = _index_flag(m, gy)
     cells = max_pool2d_cells(a)
     if cells:
         CH, CW = cells
         it, ic = _index_type(max(gx.size, a.N * a.C * CH * CW))
         fn = get_function("pool.cu", f"max_pool2d_bwd_cells<{ctype(gy.dtype)}, {it}>")
         fn(_elementwise_grid(a.N * a.C * CH * CW), (THREADS,),
-           (gy, idx, gx, np.uint64(0) if bad is None else bad, ic(a.N * a.C), *_i32(CH, CW),
+           (gy, idx, gx, _flag_arg(bad), ic(a.N * a.C), *_i32(CH, CW),
             np.uint64(fastdiv(CH)), np.uint64(fastdiv(CW)), *_pool_ints(a, a.H, a.W, a.P, a.Q)))
     else:
         it, ic = _index_type(max(gx.size, idx.size))
@@ -609,16 +628,8 @@ def max_pool2d_backward_gather(m, gy, idx):
         fn = get_function("pool.cu", f"max_pool2d_bwd_gather<{ctype(gy.dtype)}, {it}>")
         fn(_elementwise_grid(gx.size), (THREADS,),
            (gy, idx, gx, ic(a.N * a.C), *_pool_ints(a, a.H, a.W, a.P, a.Q)))
-    if bad is not None:
-        flags = int(bad[0])
-        if flags:
-            _raise_bad_indices(flags, a)
+    _raise_if_flagged(bad, a)
     return gx
-
-
-TILED_SHARED_BUDGET = 24 * 1024     # bytes of staged output rows per block of the tiled gather
-TILED_MIN_BLOCKS = 1024             # about 8 blocks per SM of a 132-SM GPU
-TILED_MAX_GRID = 1 << 20            # blocks launched; each loops over its share of the bands
 
 
 def max_pool2d_tiled_plan(a, itemsize):
@@ -650,17 +661,14 @@ def max_pool2d_backward_tiled(m, gy, idx):
                          "and windows reaching at most one stride back")
     ti, bands, smem = plan
     gx = empty(a.x_shape, gy.dtype, gy)
-    bad = xp_of(gy).zeros(1, np.int32) if m.check_indices else None
+    bad = _index_flag(m, gy)
     blocks = a.N * a.C * bands
     it, ic = _index_type(max(gx.size, idx.size, blocks))
     fn = get_function("pool.cu", f"max_pool2d_bwd_tiled<{ctype(gy.dtype)}, {it}>")
     fn((min(blocks, TILED_MAX_GRID),), (THREADS,),
-       (gy, idx, gx, np.uint64(0) if bad is None else bad, ic(a.N * a.C), *_i32(ti, bands),
+       (gy, idx, gx, _flag_arg(bad), ic(a.N * a.C), *_i32(ti, bands),
         *_pool_ints(a, a.H, a.W, a.P, a.Q)), shared_mem=smem)
-    if bad is not None:
-        flags = int(bad[0])
-        if flags:
-            _raise_bad_indices(flags, a)
+    _raise_if_flagged(bad, a)
     return gx
 
 

@@ -162,13 +162,6 @@ template <typename T> __device__ __forceinline__ const T* opaque(const T* p) {
     return p;
 }
 
-// A K x K window at dilation 1 with no masks at all: rows and columns are clamped into the
-// input, and a clamped position holds the border element that the window also holds at the
-// adjacent position (a window always reaches into the input: padding <= K/2, and a
-// ceil_mode window starts inside it). The duplicates sit before (top/left) or after
-// (bottom/right) that element in window order, in the same order within a row, so the
-// first maximum (or NaN) found among them is the same element, and its index comes from
-// the clamped coordinates. Costs K + K clamps over the unpadded window.
 // The maximum of a K x K window's values (NaN if one is NaN) and the flat index of its first
 // position in window order (assignments in reverse order); rpos[r] + cpos[c] is element (r, c)
 template <int K, typename T>
@@ -213,6 +206,13 @@ __device__ __forceinline__ void clamped_window(const T* base, const int (&roff)[
         for (int c = 0; c < K; ++c) val[r][c] = base[(unsigned)(roff[r] + cpos[c])];
 }
 
+// A K x K window at dilation 1 with no masks at all: rows and columns are clamped into the
+// input, and a clamped position holds the border element that the window also holds at the
+// adjacent position (a window always reaches into the input: padding <= K/2, and a
+// ceil_mode window starts inside it). The duplicates sit before (top/left) or after
+// (bottom/right) that element in window order, in the same order within a row, so the
+// first maximum (or NaN) found among them is the same element, and its index comes from
+// the clamped coordinates. Costs K + K clamps over the unpadded window.
 template <int K, typename T>
 __device__ __forceinline__ void max_window_clamped(const T* xp, int h0, int w0, const PoolShape& s,
                                                    T& best, int& bi) {
