@@ -131,38 +131,33 @@ def _cuda_plane_fits(a):
 
 
 _C = "convgpu.kernels.cuda_ops:"
+
+
+def _cuda_tiled_fits(plan: str, why: str):
+    """supports() of a tiled pooling kernel: the plane test, then its launcher's plan (None
+    where it does not serve)."""
+    def supports(a):
+        reason = _cuda_plane_fits(a)
+        if reason:
+            return reason
+        from convgpu.kernels import cuda_ops
+        geometry = a.pool if isinstance(a, MaxBackwardArgs) else a
+        return why if getattr(cuda_ops, plan)(geometry, geometry.dtype.itemsize) is None else None
+    return supports
+
+
 register("max_pool2d", "cuda", "direct", _C + "max_pool2d", supports=_cuda_plane_fits)
-
-
-def _cuda_fwd_tiled_fits(a):
-    why = _cuda_plane_fits(a)
-    if why:
-        return why
-    from convgpu.kernels.cuda_ops import max_pool2d_fwd_tiled_plan
-    if max_pool2d_fwd_tiled_plan(a, a.dtype.itemsize) is None:
-        return ("the tiled max pooling needs square 2x2 or 3x3 windows at dilation 1 and an "
-                "input row that fits shared memory")
-    return None
-
-
-register("max_pool2d", "cuda", "tiled", _C + "max_pool2d_tiled", supports=_cuda_fwd_tiled_fits)
+register("max_pool2d", "cuda", "tiled", _C + "max_pool2d_tiled",
+         supports=_cuda_tiled_fits("max_pool2d_fwd_tiled_plan",
+                                   "the tiled max pooling needs square 2x2 or 3x3 windows at "
+                                   "dilation 1 and an input row that fits shared memory"))
 register("max_pool2d_backward", "cuda", "gather", _C + "max_pool2d_backward_gather",
          supports=_cuda_plane_fits)
-
-
-def _cuda_tiled_fits(a):
-    why = _cuda_plane_fits(a)
-    if why:
-        return why
-    from convgpu.kernels.cuda_ops import max_pool2d_tiled_plan
-    if max_pool2d_tiled_plan(a.pool, a.pool.dtype.itemsize) is None:
-        return ("the tiled gather needs strides <= 2, windows reaching at most one stride "
-                "back ((k - 1) * d < 2 * s) and a row of outputs that fits shared memory")
-    return None
-
-
 register("max_pool2d_backward", "cuda", "tiled", _C + "max_pool2d_backward_tiled",
-         supports=_cuda_tiled_fits)
+         supports=_cuda_tiled_fits("max_pool2d_tiled_plan",
+                                   "the tiled gather needs strides <= 2, windows reaching at "
+                                   "most one stride back ((k - 1) * d < 2 * s) and a row of "
+                                   "outputs that fits shared memory"))
 register("avg_pool2d", "cuda", "direct", _C + "avg_pool2d", supports=_cuda_plane_fits)
 register("global_avg_pool2d", "cuda", "reduce", _C + "global_avg_pool2d")
 register("global_avg_pool2d_backward", "cuda", "direct", _C + "global_avg_pool2d_backward")
