@@ -500,50 +500,60 @@ conv2d_dgrad_implicit_gemm_pipelined(const float* __restrict__ gy, const float* 
                          NchwColumns<float, long long>{gx, NHW, HW, s.C, g * Cg, Cg});
 }
 
+// im2col / col2im on a 2-D grid: blockIdx.y walks the rows of the column matrix (im2col:
+// g, c, r, s) or the planes of gx (col2im: n, c), whose coordinates are worked out once per
+// row; blockIdx.x and the threads walk the columns (n, p, q) or the plane's (h, v), divided
+// by multiply-shift (divider_for). The 1-D versions divided a 64-bit flat index per element
+// (four 64-bit and four 32-bit divisions in im2col), far more work than the copy itself.
+// Columns N*P*Q and planes H*W stay below 2**31 (the launchers check).
 template <typename T>
 __global__ void im2col(const T* __restrict__ x, T* __restrict__ cols, CONV_SHAPE_PARAMS) {
     const CONV_SHAPE;
-    const int Cg = s.C / s.groups, RS = s.R * s.S, PQ = s.P * s.Q;
-    const long long NPQ = (long long)s.N * PQ, CRS = (long long)Cg * RS;
-    const long long total = s.groups * CRS * NPQ;
-    for (long long t = blockIdx.x * (long long)blockDim.x + threadIdx.x; t < total;
-         t += (long long)gridDim.x * blockDim.x) {
-        const long long col = t % NPQ, row = (t / NPQ) % CRS;
-        const int g = (int)(t / (NPQ * CRS));
-        const int n = (int)(col / PQ), pq = (int)(col % PQ);
-        const int c = (int)(row / RS), rs = (int)(row % RS);
-        const int h = (pq / s.Q) * s.sh - s.ph + (rs / s.S) * s.dh;
-        const int v = (pq % s.Q) * s.sw - s.pw + (rs % s.S) * s.dw;
-        cols[t] = (h >= 0 && h < s.H && v >= 0 && v < s.W)
-                      ? x[(((long long)n * s.C + g * Cg + c) * s.H + h) * s.W + v] : T(0);
+    const int Cg = s.C / s.groups, RS = s.R * s.S, CRS = Cg * RS, PQ = s.P * s.Q;
+    const int NPQ = s.N * PQ, rows = s.groups * CRS;
+    const long long HW = (long long)s.H * s.W, CHW = (long long)s.C * HW;
+    const Divider<int> divPQ = divider_for(PQ), divQ = divider_for(s.Q);
+    for (int row = blockIdx.y; row < rows; row += gridDim.y) {
+        const int g = row / CRS, crs = row - g * CRS, c = crs / RS, rs = crs - c * RS;
+        const int r = rs / s.S, dh = r * s.dh - s.ph, dw = (rs - r * s.S) * s.dw - s.pw;
+        const T* xc = x + ((long long)g * Cg + c) * HW;
+        T* out = cols + (long long)row * NPQ;
+        for (int col = blockIdx.x * blockDim.x + threadIdx.x; col < NPQ;
+             col += gridDim.x * blockDim.x) {
+            const int n = divPQ.div(col), pq = col - n * PQ, p = divQ.div(pq);
+            const int h = p * s.sh + dh, v = (pq - p * s.Q) * s.sw + dw;
+            out[col] = (h >= 0 && h < s.H && v >= 0 && v < s.W)
+                           ? xc[n * CHW + (long long)h * s.W + v] : T(0);
+        }
     }
 }
 
 template <typename T>
 __global__ void col2im(const T* __restrict__ cols, T* __restrict__ gx, CONV_SHAPE_PARAMS) {
     const CONV_SHAPE;
-    const int Cg = s.C / s.groups, RS = s.R * s.S, PQ = s.P * s.Q;
+    const int Cg = s.C / s.groups, RS = s.R * s.S, PQ = s.P * s.Q, HW = s.H * s.W;
     const long long NPQ = (long long)s.N * PQ, CRS = (long long)Cg * RS;
-    const long long total = (long long)s.N * s.C * s.H * s.W;
-    for (long long t = blockIdx.x * (long long)blockDim.x + threadIdx.x; t < total;
-         t += (long long)gridDim.x * blockDim.x) {
-        const int v = (int)(t % s.W), h = (int)((t / s.W) % s.H);
-        const int c = (int)((t / ((long long)s.W * s.H)) % s.C);
-        const int n = (int)(t / ((long long)s.W * s.H * s.C));
-        const int g = c / Cg, cw = c % Cg;
-        const T* cg = cols + g * CRS * NPQ;
-        T acc = T(0);
-        for (int r = 0; r < s.R; ++r) {
-            const int hp = h + s.ph - r * s.dh;
-            if (hp < 0 || hp % s.sh != 0 || hp / s.sh >= s.P) continue;
-            const int p = hp / s.sh;
-            for (int q_s = 0; q_s < s.S; ++q_s) {
-                const int vq = v + s.pw - q_s * s.dw;
-                if (vq < 0 || vq % s.sw != 0 || vq / s.sw >= s.Q) continue;
-                const int q = vq / s.sw;
-                acc += cg[((long long)cw * RS + r * s.S + q_s) * NPQ + (long long)n * PQ + p * s.Q + q];
+    const Divider<int> divW = divider_for(s.W), divSH = divider_for(s.sh), divSW = divider_for(s.sw);
+    const int planes = s.N * s.C;
+    for (int plane = blockIdx.y; plane < planes; plane += gridDim.y) {
+        const int n = plane / s.C, c = plane - n * s.C, g = c / Cg, cw = c - g * Cg;
+        const T* cg = cols + g * CRS * NPQ + (long long)cw * RS * NPQ + (long long)n * PQ;
+        T* out = gx + (long long)plane * HW;
+        for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < HW; e += gridDim.x * blockDim.x) {
+            const int h = divW.div(e), v = e - h * s.W;
+            T acc = T(0);
+            for (int r = 0; r < s.R; ++r) {
+                const int hp = h + s.ph - r * s.dh;
+                const int p = divSH.div(hp);
+                if (hp < 0 || hp != p * s.sh || p >= s.P) continue;
+                for (int q_s = 0; q_s < s.S; ++q_s) {
+                    const int vq = v + s.pw - q_s * s.dw;
+                    const int q = divSW.div(vq);
+                    if (vq < 0 || vq != q * s.sw || q >= s.Q) continue;
+                    acc += cg[(long long)(r * s.S + q_s) * NPQ + p * s.Q + q];
+                }
             }
+            out[e] = acc;
         }
-        gx[t] = acc;
     }
 }

@@ -389,17 +389,30 @@ def backward_input_implicit_gemm_pipelined_tf32(a, gy, w):
                              contiguous(gy), contiguous(w))
 
 
+ROWS_GRID_X, ROWS_GRID_Y = 1 << 16, 65535   # the kernels loop past these
+
+
+def _rows_grid(rows, per_row):
+    """(x, y) grid of the row-wise kernels (im2col, col2im): y over the rows, x over one
+    row's per_row elements, 256 threads a block; both loop where the grid is smaller."""
+    if per_row >= INT_SAFE:
+        raise ValueError(f"im2col/col2im index a row of the column matrix or a plane in 32 "
+                         f"bits: {per_row} elements is too many")
+    return (min(ceil_div(per_row, THREADS), ROWS_GRID_X), min(rows, ROWS_GRID_Y))
+
+
 def im2col(a, x):
     cols = empty((a.groups, a.Cg * a.R * a.S, a.N * a.P * a.Q), x.dtype, x)
     fn = get_function("conv.cu", f"im2col<{ctype(x.dtype)}>")
-    fn(_elementwise_grid(cols.size), (THREADS,), (x, cols, *_conv_ints(a)))
+    fn(_rows_grid(a.groups * a.Cg * a.R * a.S, a.N * a.P * a.Q), (THREADS,),
+       (contiguous(x), cols, *_conv_ints(a)))
     return cols
 
 
 def col2im(a, cols):
     gx = empty(a.x_shape, cols.dtype, cols)
     fn = get_function("conv.cu", f"col2im<{ctype(cols.dtype)}>")
-    fn(_elementwise_grid(gx.size), (THREADS,), (cols, gx, *_conv_ints(a)))
+    fn(_rows_grid(a.N * a.C, a.H * a.W), (THREADS,), (cols, gx, *_conv_ints(a)))
     return gx
 
 

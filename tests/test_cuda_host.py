@@ -492,6 +492,32 @@ def test_pointwise_im2col_is_one_batched_gemm(rng, monkeypatch, dtype):
                  convgpu.conv2d_backward_weight(x, gy, w.shape), TOL[dtype])
 
 
+@pytest.mark.parametrize("grid", [(1 << 16, 65535), (1, 2)])
+def test_im2col_col2im_rows_grid(rng, monkeypatch, grid):
+    """im2col/col2im walk rows (blockIdx.y) and a row's elements (blockIdx.x, threads), also
+    where the grid is smaller than either and they loop: the column matrix equals the
+    reference's, col2im of it the reference's scatter-add (strides, dilation, groups)."""
+    from convgpu.kernels import cuda_ops
+    from convgpu.ops._args import conv_geometry
+    from convgpu import reference as R
+    monkeypatch.setattr(cuda_ops, "ROWS_GRID_X", grid[0])
+    monkeypatch.setattr(cuda_ops, "ROWS_GRID_Y", grid[1])
+    x = rand(rng, (2, 6, 9, 8))
+    w = rand(rng, (4, 3, 3, 2))
+    kw = dict(stride=(2, 1), padding=(1, 1), dilation=(1, 2), groups=2)
+    a = conv_geometry("conv2d", x.shape, w.shape, kw["stride"], kw["padding"], kw["dilation"],
+                      kw["groups"], x.dtype)
+    cols = both_orders(lambda: cuda_ops.im2col(a, x))
+    y = np.einsum("gkr,grm->gkm", w.reshape(2, 2, -1), cols)
+    y = y.reshape(4, 2, a.P * a.Q).transpose(1, 0, 2).reshape(2, 4, a.P, a.Q)
+    assert_close(y, R.conv2d(x, w, None, **kw), TOL[np.float64])
+    gy = rand(rng, y.shape)
+    gx = both_orders(lambda: cuda_ops.col2im(a, np.einsum(
+        "gkr,gkm->grm", w.reshape(2, 2, -1),
+        gy.reshape(2, 2, 2, a.P * a.Q).transpose(1, 2, 0, 3).reshape(2, 2, -1)).copy()))
+    assert_close(gx, R.conv2d_backward_input(gy, w, x.shape, **kw), TOL[np.float64])
+
+
 def test_gemm_broadcasts_a_batch_of_one(rng):
     from convgpu.kernels import cuda_ops
     A, B = rand(rng, (1, 12, 20), np.float32), rand(rng, (5, 20, 16), np.float32)
