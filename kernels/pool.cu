@@ -88,6 +88,50 @@ template <> __device__ __forceinline__ bool greater<float>(float a, float b) {
 }
 #endif
 
+// The maximum of a K x K window's in-bounds values (element (r, c) is in bounds where rin[r]
+// and cin[c]; NaN if one is NaN, by a NaN-propagating tree) and the flat index rpos[r] +
+// cpos[c] of its first position in window order (assignments in reverse order): the first
+// maximum, the first NaN (and that NaN itself), the first in-bounds element when all are
+// -inf. Callers without masks pass all-true ones, which the compiler folds away.
+template <int K, typename T>
+__device__ __forceinline__ void first_max(const T (&val)[K][K], const bool (&rin)[K],
+                                          const bool (&cin)[K], const int (&rpos)[K],
+                                          const int (&cpos)[K], T& best, int& bi) {
+    T m = rin[0] && cin[0] ? val[0][0] : neg_inf<T>();
+#pragma unroll
+    for (int r = 0; r < K; ++r)
+#pragma unroll
+        for (int c = 0; c < K; ++c)
+            if (r + c > 0) m = max_nan(m, rin[r] && cin[c] ? val[r][c] : neg_inf<T>());
+    best = m;
+    bi = -1;
+    if (m == m) {                                            // selects, no branches
+#pragma unroll
+        for (int r = K - 1; r >= 0; --r)
+#pragma unroll
+            for (int c = K - 1; c >= 0; --c)
+                bi = rin[r] && cin[c] && same_value(val[r][c], m) ? rpos[r] + cpos[c] : bi;
+    } else {                                                 // the first NaN, itself
+#pragma unroll
+        for (int r = K - 1; r >= 0; --r)
+#pragma unroll
+            for (int c = K - 1; c >= 0; --c) {
+                const T v = val[r][c];
+                const bool hit = rin[r] && cin[c] && v != v;
+                bi = hit ? rpos[r] + cpos[c] : bi;
+                best = hit ? v : best;
+            }
+    }
+}
+
+template <int K> struct AllTrue {
+    bool v[K];
+    __device__ __forceinline__ AllTrue() {
+#pragma unroll
+        for (int i = 0; i < K; ++i) v[i] = true;
+    }
+};
+
 // One window of at most KR x KR (kh, kw <= KR at run time; EXACT: kh == kw == KR), any part
 // of it possibly outside the input. Rows and columns are clamped and tested once each (a
 // window element is in bounds iff its row and its column are), and every load is issued
@@ -95,8 +139,7 @@ template <> __device__ __forceinline__ bool greater<float>(float a, float b) {
 // loop with run-time bounds waits for each load in turn; a predicated load is sunk by the
 // compiler next to its comparison). Then the answer of the sequential rule (strict '>',
 // first maximum; the first NaN taken and kept; the first in-bounds element when all are
-// -inf): the maximum of the in-bounds values by a NaN-propagating tree, then its first
-// position by assignments in reverse window order. No branch on the window's position, so a
+// -inf), by first_max with the row and column masks. No branch on the window's position, so a
 // warp with border windows (a padded pool: more than half of a 56-wide plane's warps) runs
 // one path, not two.
 template <int KR, bool EXACT, typename T>
@@ -123,33 +166,7 @@ __device__ __forceinline__ void max_window(const T* xp, int h0, int w0, const Po
 #pragma unroll
         for (int c = 0; c < KR; ++c)   // unsigned offsets: one IMAD.WIDE.U32 per address
             val[r][c] = rowp[r][(unsigned)min(max(cpos[c], 0), s.W - 1)];
-    T m = neg_inf<T>();
-#pragma unroll
-    for (int r = 0; r < KR; ++r)
-#pragma unroll
-        for (int c = 0; c < KR; ++c)
-            m = max_nan(m, rin[r] && cin[c] ? val[r][c] : neg_inf<T>());
-    best = m;
-    bi = -1;
-    if (m == m) {                                            // selects, no branches
-#pragma unroll
-        for (int r = KR - 1; r >= 0; --r)
-#pragma unroll
-            for (int c = KR - 1; c >= 0; --c) {
-                const bool hit = rin[r] && cin[c] && same_value(val[r][c], m);
-                bi = hit ? rpos[r] + cpos[c] : bi;
-            }
-    } else {                                                 // the first NaN, itself
-#pragma unroll
-        for (int r = KR - 1; r >= 0; --r)
-#pragma unroll
-            for (int c = KR - 1; c >= 0; --c) {
-                const T v = val[r][c];
-                const bool hit = rin[r] && cin[c] && v != v;
-                bi = hit ? rpos[r] + cpos[c] : bi;
-                best = hit ? v : best;
-            }
-    }
+    first_max<KR>(val, rin, cin, rpos, cpos, best, bi);
 }
 
 // p, opaque to the optimiser: the plane pointer stays a pointer, so an element's address is
@@ -160,37 +177,6 @@ template <typename T> __device__ __forceinline__ const T* opaque(const T* p) {
     asm("mov.b64 %0, %0;" : "+l"(p));
 #endif
     return p;
-}
-
-// The maximum of a K x K window's values (NaN if one is NaN) and the flat index of its first
-// position in window order (assignments in reverse order); rpos[r] + cpos[c] is element (r, c)
-template <int K, typename T>
-__device__ __forceinline__ void first_max(const T (&val)[K][K], const int (&rpos)[K],
-                                          const int (&cpos)[K], T& best, int& bi) {
-    T m = val[0][0];
-#pragma unroll
-    for (int r = 0; r < K; ++r)
-#pragma unroll
-        for (int c = 0; c < K; ++c)
-            if (r + c > 0) m = max_nan(m, val[r][c]);
-    best = m;
-    bi = rpos[0] + cpos[0];
-    if (m == m) {
-#pragma unroll
-        for (int r = K - 1; r >= 0; --r)
-#pragma unroll
-            for (int c = K - 1; c >= 0; --c)
-                bi = same_value(val[r][c], m) ? rpos[r] + cpos[c] : bi;
-    } else {
-#pragma unroll
-        for (int r = K - 1; r >= 0; --r)
-#pragma unroll
-            for (int c = K - 1; c >= 0; --c) {
-                const T v = val[r][c];
-                bi = v != v ? rpos[r] + cpos[c] : bi;
-                best = v != v ? v : best;
-            }
-    }
 }
 
 // The window's columns w0 + c clamped into [0, W) (cpos), and its values base[roff[r] +
@@ -221,7 +207,8 @@ __device__ __forceinline__ void max_window_clamped(const T* xp, int h0, int w0, 
     for (int r = 0; r < K; ++r) rpos[r] = min(max(h0 + r, 0), s.H - 1) * s.W;
     T val[K][K];
     clamped_window<K>(xp, rpos, w0, s.W, cpos, val);
-    first_max<K>(val, rpos, cpos, best, bi);
+    const AllTrue<K> all;
+    first_max<K>(val, all.v, all.v, rpos, cpos, best, bi);
 }
 
 // max_pool2d_fwd<T, I, K>: K = 2 or 3 serves kh == kw == K (any stride, padding and
@@ -337,6 +324,7 @@ __global__ void max_pool2d_fwd_tiled(const T* __restrict__ x, T* __restrict__ y,
         for (int p = p0 + warp; p < min(p0 + TO, s.P); p += nwarps) {
             const int h0 = p * s.sh - s.ph, rr0 = (p - p0) * s.sh;
             int rpos[K], spos[K], cpos[K];
+            const AllTrue<K> all;
 #pragma unroll
             for (int r = 0; r < K; ++r) {
                 rpos[r] = min(max(h0 + r, 0), s.H - 1) * s.W;    // global flat row offset
@@ -347,7 +335,7 @@ __global__ void max_pool2d_fwd_tiled(const T* __restrict__ x, T* __restrict__ y,
                 clamped_window<K>(rows, spos, q * s.sw - s.pw, s.W, cpos, val);
                 T best;
                 int bi;
-                first_max<K>(val, rpos, cpos, best, bi);
+                first_max<K>(val, all.v, all.v, rpos, cpos, best, bi);
                 y[obase + (long long)p * s.Q + q] = best;
                 idx[obase + (long long)p * s.Q + q] = bi;
             }
