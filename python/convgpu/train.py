@@ -106,9 +106,9 @@ def train(epochs=30, batch_size=32, lr=2e-3, optimizer="adam", momentum=0.9, wei
     op_backend = "auto" if backend == "cuda" else backend
     # the labels are checked once here, on the host, not in every step (on a GPU each check
     # is two reductions and two reads that wait for the device); the classes are 0..max
-    if min(ytr.min(), yte.min()) < 0:
-        raise ValueError("train: labels must be class indices >= 0, found "
-                         f"{min(ytr.min(), yte.min())}")
+    lowest = min(ytr.min(), yte.min())
+    if lowest < 0:
+        raise ValueError(f"train: labels must be class indices >= 0, found {lowest}")
     classes = int(max(ytr.max(), yte.max())) + 1
     model = nn.lenet5(xtr.shape[1], xtr.shape[2], classes, algo=algo,
                       backend=op_backend, dropout=dropout, seed=seed).to(xp)
