@@ -41,7 +41,8 @@ NAME_EXPRESSIONS: Dict[str, Tuple[str, ...]] = {
     + tuple(f"{k}<{t}>" for k in ("im2col", "col2im") for t in T_NAMES),
     "ceiling.cu": tuple(f"fma_peak<{t}>" for t in T_NAMES),
     "conv_direct.cu": tuple(f"conv2d_direct<{t}>" for t in T_NAMES),
-    "winograd.cu": tuple(f"winograd_{k}<{t}>" for k in ("filter", "input", "output")
+    "winograd.cu": tuple(f"winograd_{k}<{t}>" for k in ("filter", "input", "output",
+                                                          "grad_tiles", "grad_filter")
                          for t in T_NAMES),
     "elementwise.cu": tuple(f"{k}<{t}>" for k in ("relu_fwd", "relu_bwd", "bias_add_fwd",
                                                   "channel_sum", "plane_mean", "plane_spread",

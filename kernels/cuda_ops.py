@@ -264,28 +264,67 @@ def winograd_supports(a):
                 f"{a.R}x{a.S}, stride {a.stride}, dilation {a.dilation}")
     if a.groups * 16 > 65535:
         return f"Winograd batches groups x 16 GEMMs over gridDim.z <= 65535 ({a.groups} groups)"
+    if _winograd_tiles(a)[1] >= INT_SAFE:
+        return "Winograd indexes a channel's tiles (N * ceil(P/2) * ceil(Q/2)) in 32 bits"
     return None
+
+
+def _winograd_tiles(a):
+    """winograd.cu's TILES_PARAMS: the tiles T of a channel, the row length ld (T rounded up
+    to 4: gemm_vec's 16-byte loads), TH, TW and the divider constants of TH*TW and TW."""
+    TH, TW = ceil_div(a.P, 2), ceil_div(a.Q, 2)
+    tiles = a.N * TH * TW
+    ld = ceil_div(tiles, 4) * 4
+    return _i32(tiles, ld, TH, TW) + (np.uint64(fastdiv(TH * TW)), np.uint64(fastdiv(TW)))
+
+
+def _winograd_grid(channels, ld):
+    return (min(ceil_div(ld, THREADS), ROWS_GRID_X), min(channels, ROWS_GRID_Y))
+
+
+def winograd_input(a, x):
+    """V (groups*16, Cg, ld): the input tiles' transforms B^T d B (zero columns past T)."""
+    tl = _winograd_tiles(a)
+    V = empty((a.groups * 16, a.Cg, int(tl[1])), x.dtype, x)
+    get_function("winograd.cu", f"winograd_input<{ctype(x.dtype)}>")(
+        _winograd_grid(a.C, tl[1]), (THREADS,),
+        (contiguous(x), V, *_i32(a.N, a.C, a.H, a.W, a.padding[0], a.padding[1], a.groups), *tl))
+    return V
 
 
 def conv2d_winograd(a, x, w, b):
     t = ctype(x.dtype)
-    TH, TW = ceil_div(a.P, 2), ceil_div(a.Q, 2)
-    tiles = a.N * TH * TW
     G = a.groups
+    tl = _winograd_tiles(a)
     U = empty((G * 16, a.Kg, a.Cg), x.dtype, x)
     get_function("winograd.cu", f"winograd_filter<{t}>")(
         _elementwise_grid(a.K * a.Cg), (THREADS,), (contiguous(w), U, *_i32(a.K, a.Cg, G)))
-    V = empty((G * 16, a.Cg, tiles), x.dtype, x)
-    get_function("winograd.cu", f"winograd_input<{t}>")(
-        _elementwise_grid(a.C * tiles), (THREADS,),
-        (contiguous(x), V, *_i32(a.N, a.C, a.H, a.W, a.padding[0], a.padding[1], G, TH, TW)))
-    M = gemm(U, V)                                       # (G*16, Kg, tiles)
+    M = gemm(U, winograd_input(a, x))                    # (G*16, Kg, ld)
     y = empty(a.y_shape, x.dtype, x)
     bias = contiguous(b) if b is not None else np.uint64(0)
     get_function("winograd.cu", f"winograd_output<{t}>")(
-        _elementwise_grid(a.K * tiles), (THREADS,),
-        (M, bias, y, *_i32(a.N, a.K, a.P, a.Q, G, TH, TW)))
+        _winograd_grid(a.K, tl[1]), (THREADS,),
+        (M, bias, y, *_i32(a.N, a.K, a.P, a.Q, G), *tl))
     return y
+
+
+def backward_weight_winograd(a, x, gy):
+    """gw[k, c] = G^T [ sum over tiles (A dy A^T) .* (B^T d B) ] G (winograd.cu): the input
+    tiles' transforms as in the forward, the output gradient's 2x2 tiles transformed by A,
+    16 GEMMs per group over the tiles (split, summed in a fixed order), then G^T . G."""
+    t = ctype(x.dtype)
+    G = a.groups
+    tl = _winograd_tiles(a)
+    ld = int(tl[1])
+    V = winograd_input(a, x)                             # (G*16, Cg, ld)
+    Z = empty((G * 16, a.Kg, ld), x.dtype, x)
+    get_function("winograd.cu", f"winograd_grad_tiles<{t}>")(
+        _winograd_grid(a.K, ld), (THREADS,), (contiguous(gy), Z, *_i32(a.N, a.K, a.P, a.Q, G), *tl))
+    Mw = gemm(Z, V, tb=True, splits=_split_for(a.Kg, a.Cg, G * 16, ld))   # (G*16, Kg, Cg)
+    gw = empty(a.w_shape, x.dtype, x)
+    get_function("winograd.cu", f"winograd_grad_filter<{t}>")(
+        _elementwise_grid(a.K * a.Cg), (THREADS,), (Mw, gw, *_i32(a.K, a.Cg, G)))
+    return gw
 
 
 def winograd_backward_input_supports(a):

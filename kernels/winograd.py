@@ -8,10 +8,18 @@ for each of the 16 transform positions xi, a matrix product
 batched over groups x 16 on the Numba GEMM (kernels/gemm.py): 16 multiplies per tile and
 channel pair instead of the direct 36.
 
+The weight gradient runs the same matrices backwards: the gradient with respect to one
+tile's elementwise product is A dy A^T (dy the 2x2 output-gradient tile, zero outside
+P x Q), so
+    gw[k, c] = G^T [ sum over tiles (A dy A^T) .* (B^T d B) ] G,
+16 GEMMs Mw[xi] (Kg x Cg) = Z[xi] (Kg x T) @ V[xi]^T per group, reducing over the tiles.
+
 Kernels (one thread each, grid-stride):
-  winograd_filter_k  (k, c)        U[g*16 + xi, k, c] = (G w[k, c] G^T)[xi]
-  winograd_input_k   (c, tile)     V[g*16 + xi, c, t] = (B^T d B)[xi], d zero outside the input
-  winograd_output_k  (k, tile)     y[n, k, 2 th + i, 2 tw + j] = (A^T M[:, k, t] A)[i, j] (+ bias)
+  winograd_filter_k      (k, c)      U[g*16 + xi, k, c] = (G w[k, c] G^T)[xi]
+  winograd_input_k       (c, tile)   V[g*16 + xi, c, t] = (B^T d B)[xi], d zero outside the input
+  winograd_output_k      (k, tile)   y[n, k, 2 th + i, 2 tw + j] = (A^T M[:, k, t] A)[i, j] (+ bias)
+  winograd_grad_tiles_k  (k, tile)   Z[g*16 + xi, k, t] = (A dy A^T)[xi]
+  winograd_grad_filter_k (k, c)      gw[k, c] = G^T Mw[g*16 + :, k, c] G
 """
 from __future__ import annotations
 
@@ -119,21 +127,91 @@ def _kernels(dtype_name: str):
                     if q + 1 < Q:
                         y[n, k_all, p, q + 1] = at[r, 1] - at[r, 2] - at[r, 3] + bias
 
-    return dict(filter=winograd_filter_k, input=winograd_input_k, output=winograd_output_k)
+    @cuda.jit
+    def winograd_grad_tiles_k(gy, Z, groups, TH, TW):
+        N, K, P, Q = gy.shape
+        Kg = K // groups
+        tiles = N * TH * TW
+        for i in range(cuda.grid(1), K * tiles, cuda.gridsize(1)):
+            k_all, n, th, tw = unravel4(i, N, TH, TW)      # i over (K, N, TH, TW)
+            t = i - k_all * tiles
+            g = k_all // Kg
+            k = k_all % Kg
+            d = cuda.local.array((2, 2), dtype=T)          # the 2x2 tile, zero outside P x Q
+            for r in range(2):
+                for s in range(2):
+                    p = 2 * th + r
+                    q = 2 * tw + s
+                    d[r, s] = gy[n, k_all, p, q] if p < P and q < Q else T(0)
+            u = cuda.local.array((4, 2), dtype=T)          # A dy
+            for s in range(2):
+                u[0, s] = d[0, s]
+                u[1, s] = d[0, s] + d[1, s]
+                u[2, s] = d[0, s] - d[1, s]
+                u[3, s] = -d[1, s]
+            for r in range(4):                             # (A dy) A^T
+                Z[g * 16 + r * 4 + 0, k, t] = u[r, 0]
+                Z[g * 16 + r * 4 + 1, k, t] = u[r, 0] + u[r, 1]
+                Z[g * 16 + r * 4 + 2, k, t] = u[r, 0] - u[r, 1]
+                Z[g * 16 + r * 4 + 3, k, t] = -u[r, 1]
+
+    @cuda.jit
+    def winograd_grad_filter_k(Mw, gw, groups):
+        K, Cg = gw.shape[0], gw.shape[1]
+        Kg = K // groups
+        for i in range(cuda.grid(1), K * Cg, cuda.gridsize(1)):
+            k = i // Cg
+            c = i % Cg
+            g = k // Kg
+            kk = k % Kg
+            a = cuda.local.array((3, 4), dtype=T)          # G^T m
+            for s in range(4):
+                m0 = Mw[g * 16 + s, kk, c]
+                m1 = Mw[g * 16 + 4 + s, kk, c]
+                m2 = Mw[g * 16 + 8 + s, kk, c]
+                m3 = Mw[g * 16 + 12 + s, kk, c]
+                a[0, s] = m0 + half * (m1 + m2)
+                a[1, s] = half * (m1 - m2)
+                a[2, s] = half * (m1 + m2) + m3
+            for r in range(3):                             # (G^T m) G
+                gw[k, c, r, 0] = a[r, 0] + half * (a[r, 1] + a[r, 2])
+                gw[k, c, r, 1] = half * (a[r, 1] - a[r, 2])
+                gw[k, c, r, 2] = half * (a[r, 1] + a[r, 2]) + a[r, 3]
+
+    return dict(filter=winograd_filter_k, input=winograd_input_k, output=winograd_output_k,
+                grad_tiles=winograd_grad_tiles_k, grad_filter=winograd_grad_filter_k)
+
+
+def _input_tiles(k, a, x):
+    """V (groups*16, Cg, T): the input tiles' transforms B^T d B, and (TH, TW, T)."""
+    TH, TW = -(-a.P // 2), -(-a.Q // 2)
+    tiles = a.N * TH * TW
+    V = empty((a.groups * 16, a.Cg, tiles), x.dtype, x)
+    launch(k["input"], blocks_for(a.C * tiles), THREADS, x, contiguous(x), V, a.padding[0],
+           a.padding[1], a.groups, TH, TW)
+    return V, TH, TW, tiles
 
 
 def conv2d_winograd(a, x, w, b):
     k = _kernels(np.dtype(x.dtype).name)
-    TH, TW = -(-a.P // 2), -(-a.Q // 2)
-    tiles = a.N * TH * TW
     G = a.groups
     U = empty((G * 16, a.Kg, a.Cg), x.dtype, x)
     launch(k["filter"], blocks_for(a.K * a.Cg), THREADS, x, contiguous(w), U, G)
-    V = empty((G * 16, a.Cg, tiles), x.dtype, x)
-    launch(k["input"], blocks_for(a.C * tiles), THREADS, x, contiguous(x), V, a.padding[0],
-           a.padding[1], G, TH, TW)
+    V, TH, TW, tiles = _input_tiles(k, a, x)
     M = gemm(U, V)
     y = empty(a.y_shape, x.dtype, x)
     bias = b if b is not None else empty((1,), x.dtype, x)
     launch(k["output"], blocks_for(a.K * tiles), THREADS, x, M, bias, y, b is not None, G, TH, TW)
     return y
+
+
+def backward_weight_winograd(a, x, gy):
+    k = _kernels(np.dtype(x.dtype).name)
+    G = a.groups
+    V, TH, TW, tiles = _input_tiles(k, a, x)
+    Z = empty((G * 16, a.Kg, tiles), x.dtype, x)
+    launch(k["grad_tiles"], blocks_for(a.K * tiles), THREADS, x, contiguous(gy), Z, G, TH, TW)
+    Mw = gemm(Z, V, tb=True)                             # (G*16, Kg, Cg)
+    gw = empty(a.w_shape, x.dtype, x)
+    launch(k["grad_filter"], blocks_for(a.K * a.Cg), THREADS, x, Mw, gw, G)
+    return gw

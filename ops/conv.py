@@ -60,6 +60,8 @@ register("conv2d_backward_weight", "numba", "direct", _K + "conv_direct:backward
 register("conv2d_backward_weight", "numba", "im2col", _K + "im2col:backward_weight_im2col")
 register("conv2d_backward_weight", "numba", "fft", _K + "fft:backward_weight_fft",
          supports=_FFT_OK)
+register("conv2d_backward_weight", "numba", "winograd", _K + "winograd:backward_weight_winograd",
+         supports=_K + "winograd:supports")
 register("conv2d_backward_bias", "numba", "sum", _K + "elementwise:backward_bias")
 
 _C = _K + "cuda_ops:"
@@ -94,6 +96,8 @@ register("conv2d_backward_weight", "cuda", "implicit_gemm_pipelined_tf32",
          _C + "backward_weight_implicit_gemm_pipelined_tf32",
          supports=_C + "pipelined_weight_supports")
 register("conv2d_backward_weight", "cuda", "im2col", _C + "backward_weight_im2col")
+register("conv2d_backward_weight", "cuda", "winograd", _C + "backward_weight_winograd",
+         supports=_C + "winograd_supports")
 register("conv2d_backward_bias", "cuda", "sum", _C + "backward_bias")
 register("conv2d_backward_weight", "cuda", "fft", _C + "backward_weight_fft",
          supports=_C + "fft_supports")

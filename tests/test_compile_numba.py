@@ -63,7 +63,10 @@ def _drive_every_numba_launcher():
         for algo in [a for bk, a in convgpu.implementations("conv2d_backward_input") if bk == "numba"]:
             convgpu.conv2d_backward_input(gy, w, x.shape, **kw, backend="numba", algo=algo)
         for algo in [a for bk, a in convgpu.implementations("conv2d_backward_weight") if bk == "numba"]:
-            convgpu.conv2d_backward_weight(x, gy, w.shape, **kw, backend="numba", algo=algo)
+            if algo != "winograd":
+                convgpu.conv2d_backward_weight(x, gy, w.shape, **kw, backend="numba", algo=algo)
+        convgpu.conv2d_backward_weight(x, rng.standard_normal((2, 6, 9, 8)).astype(dt), w.shape,
+                                       padding=1, groups=2, backend="numba", algo="winograd")
         convgpu.conv2d_backward_bias(gy, backend="numba")
         y, idx = convgpu.max_pool2d(x, 3, 2, 1, return_indices=True, backend="numba")
         idx = np.zeros(y.shape, np.int64)
@@ -94,7 +97,7 @@ EXPECTED_KERNELS = {
     "avg_backward_k", "gap_k", "gap_backward_k", "conv_direct_k", "conv_tiled_k",
     "bwd_input_gather_k", "bwd_weight_k", "im2col_k", "col2im_k", "gemm_k", "mac_fwd_k",
     "mac_bwd_input_k", "mac_bwd_weight_k", "winograd_filter_k", "winograd_input_k",
-    "winograd_output_k",
+    "winograd_output_k", "winograd_grad_tiles_k", "winograd_grad_filter_k",
 }
 
 

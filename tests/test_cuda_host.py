@@ -460,7 +460,9 @@ def test_conv2d_backward_weight(rng, algo, case):
     x, w, b, kw = _conv(rng, case, np.float64)
     gy = rand(rng, convgpu.conv2d(x, w, None, **kw).shape)
     ref = convgpu.conv2d_backward_weight(x, gy, w.shape, **kw)
-    if algo.startswith("fft") and kw["dilation"] != (1, 1):
+    if not _serves(algo, case):
+        with pytest.raises(ValueError, match="cannot serve"):
+            convgpu.conv2d_backward_weight(x, gy, w.shape, **kw, backend="cuda", algo=algo)
         return
     for dt in _dtypes(algo):
         gw = both_orders(lambda: convgpu.conv2d_backward_weight(
@@ -516,6 +518,32 @@ def test_im2col_col2im_rows_grid(rng, monkeypatch, grid):
         "gkr,gkm->grm", w.reshape(2, 2, -1),
         gy.reshape(2, 2, 2, a.P * a.Q).transpose(1, 2, 0, 3).reshape(2, 2, -1)).copy()))
     assert_close(gx, R.conv2d_backward_input(gy, w, x.shape, **kw), TOL[np.float64])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_winograd_grid_loops_and_split_tiles(rng, monkeypatch, dtype):
+    """The Winograd transforms walk channels (blockIdx.y) and tiles (x), also where the grid
+    is smaller than either and they loop; the weight gradient's GEMM over the tiles split in
+    3 (partials summed in order); T = 2 * 5 * 3 = 30 tiles, so rows of 32 with two zero
+    columns. Forward, input and weight gradients against the reference."""
+    from convgpu.kernels import cuda_ops
+    monkeypatch.setattr(cuda_ops, "ROWS_GRID_X", 1)
+    monkeypatch.setattr(cuda_ops, "ROWS_GRID_Y", 2)
+    monkeypatch.setattr(cuda_ops, "_split_for", lambda *a, **k: 3)
+    x, w, b = rand(rng, (2, 6, 9, 7)), rand(rng, (8, 3, 3, 3)), rand(rng, (8,))
+    kw = dict(padding=(1, 0), groups=2)
+    gy = rand(rng, (2, 8, 9, 5))
+    c = lambda a: a.astype(dtype)
+    tol = tolerance("winograd", dtype)
+    run = dict(backend="cuda", algo="winograd")
+    assert_close(both_orders(lambda: convgpu.conv2d(c(x), c(w), c(b), **kw, **run)),
+                 convgpu.conv2d(x, w, b, **kw), tol)
+    assert_close(both_orders(lambda: convgpu.conv2d_backward_input(c(gy), c(w), x.shape, **kw,
+                                                                   **run)),
+                 convgpu.conv2d_backward_input(gy, w, x.shape, **kw), tol)
+    assert_close(both_orders(lambda: convgpu.conv2d_backward_weight(c(x), c(gy), w.shape, **kw,
+                                                                    **run)),
+                 convgpu.conv2d_backward_weight(x, gy, w.shape, **kw), tol)
 
 
 def test_gemm_broadcasts_a_batch_of_one(rng):

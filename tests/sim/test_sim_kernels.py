@@ -58,9 +58,9 @@ def test_conv2d(rng, algo, case, dtype):
 @pytest.mark.parametrize("N, C, H, W, K, pad, groups", [(1, 2, 5, 6, 3, 1, 1),
                                                         (1, 4, 4, 7, 2, 2, 2)])
 def test_conv2d_winograd(rng, N, C, H, W, K, pad, groups, dtype):
-    """Winograd F(2x2, 3x3): odd output sizes (partial tiles), paddings 1 and 2, groups; with
-    a bias in float32, without in float64. (Each launch batches 16 x groups simulated GEMMs:
-    kept small.)"""
+    """Winograd F(2x2, 3x3), forward and weight gradient: odd output sizes (partial tiles),
+    paddings 1 and 2, groups; with a bias in float32, without in float64. (Each launch
+    batches 16 x groups simulated GEMMs: kept small.)"""
     x, w, b = rand(rng, (N, C, H, W)), rand(rng, (K, C // groups, 3, 3)), rand(rng, (K,))
     bias = b if dtype == np.float32 else None
     ref = convgpu.conv2d(x, w, bias, padding=pad, groups=groups)
@@ -68,6 +68,11 @@ def test_conv2d_winograd(rng, N, C, H, W, K, pad, groups, dtype):
                        None if bias is None else bias.astype(dtype), padding=pad,
                        groups=groups, backend="numba", algo="winograd")
     assert_close(y, ref, tol("winograd", dtype))
+    gy = rand(rng, ref.shape)
+    gw = convgpu.conv2d_backward_weight(x.astype(dtype), gy.astype(dtype), w.shape, padding=pad,
+                                        groups=groups, backend="numba", algo="winograd")
+    assert_close(gw, convgpu.conv2d_backward_weight(x, gy, w.shape, padding=pad, groups=groups),
+                 tol("winograd", dtype))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
