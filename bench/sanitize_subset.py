@@ -71,6 +71,11 @@ ga, gb = rng.uniform(-1, 1, (2, 132, 100)), rng.uniform(-1, 1, (2, 100, 68))
 check("gemm_pipelined (TF32, split-K)",
       cuda_ops.gemm(cp.asarray(ga.astype(np.float32)), cp.asarray(gb.astype(np.float32)),
                     splits=2, tf32=True, variant="pipelined"), ga @ gb, tol=2e-3)
+for variant in ("vec", "vec64"):
+    check(f"gemm_{variant} (split-K, transposed B)",
+          cuda_ops.gemm(cp.asarray(ga.astype(np.float32)),
+                        cp.asarray(gb.transpose(0, 2, 1).astype(np.float32)), tb=True,
+                        splits=2, variant=variant), ga @ gb)
 check("conv2d_backward_input cuda fft",
       convgpu.conv2d_backward_input(gyd, wd, x.shape, **kw, backend="cuda", algo="fft"),
       ref.conv2d_backward_input(gy, w, x.shape, (2, 1), (1, 1), (1, 1), 2))

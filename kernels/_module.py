@@ -26,6 +26,8 @@ NAME_EXPRESSIONS: Dict[str, Tuple[str, ...]] = {
             for tb in ("false", "true"))
     + tuple(f"gemm_vec<{ta}, {tb}, {tf}>" for ta in ("false", "true")
             for tb in ("false", "true") for tf in ("false", "true"))
+    + tuple(f"gemm_vec<{ta}, {tb}, false, 64>" for ta in ("false", "true")
+            for tb in ("false", "true"))
     + tuple(f"gemm_pipelined<{ta}, {tb}>" for ta in ("false", "true")
             for tb in ("false", "true"))
     + tuple(f"sum_splits<{t}>" for t in T_NAMES),

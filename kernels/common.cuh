@@ -29,6 +29,8 @@ template <> __device__ __forceinline__ void lds4<double>(const double* p, double
 //   FFMA (TF32 = false): thread (tx, ty) = (tid % 16, tid / 16) owns rows ty*4 + {0..3} and
 //     64 + ty*4 + {0..3}, columns tx*4 + {0..3} and 64 + tx*4 + {0..3} (two 4-wide halves
 //     64 apart: the shared reads are 16-byte vectors without bank conflicts); acc[i*8 + j].
+//     A tile of RM = 64 rows (gemm_vec's short variant) has 128 threads, the row halves 32
+//     apart; every helper below takes RM (default BM).
 //   TF32 tensor cores (TF32 = true, float only): warp w owns the 64 x 32 sub-tile at rows
 //     (w / 4) * 64, columns (w % 4) * 32, as 4 x 4 mma.sync.m16n8k8 tiles; operands rounded
 //     to TF32 (cvt.rna) as they are staged (staged<T, TF32>), accumulation in FP32; acc[(mi*4 + ni)*4 + v] is fragment value v of
@@ -36,16 +38,18 @@ template <> __device__ __forceinline__ void lds4<double>(const double* p, double
 namespace tile {
 constexpr int BM = 128, BN = 128, BK = 8, THREADS = 256, NACC = 64, PAD = 8, LDS = BM + PAD;
 
-__device__ __forceinline__ int row_of(int ty, int i) { return (i < 4 ? 0 : 64) + ty * 4 + (i & 3); }
+template <int RM = BM> __device__ __forceinline__ int row_of(int ty, int i) {
+    return (i < 4 ? 0 : RM / 2) + ty * 4 + (i & 3);
+}
 __device__ __forceinline__ int col_of(int tx, int j) { return (j < 4 ? 0 : 64) + tx * 4 + (j & 3); }
 
-// row within the tile of accumulator e of thread tid
-template <bool TF32> __device__ __forceinline__ int acc_row(int e, int tid) {
+// row within the tile of accumulator e of thread tid (TF32: RM / 16 warps of 64 x 32)
+template <bool TF32, int RM = BM> __device__ __forceinline__ int acc_row(int e, int tid) {
     if constexpr (TF32) {
         const int warp = tid / 32, g = (tid % 32) / 4, mi = e / 16, v = e % 4;
         return (warp / 4) * 64 + mi * 16 + g + (v >= 2 ? 8 : 0);
     } else {
-        return row_of(tid / 16, e / 8);
+        return row_of<RM>(tid / 16, e / 8);
     }
 }
 // each thread's accumulators touch 8 distinct columns ("slots")
@@ -92,8 +96,8 @@ template <typename T, bool TF32> __device__ __forceinline__ T staged(T v) {
     else return v;
 }
 
-// acc += As x Bs over the BKT (a multiple of 8) slices of one staged tile
-template <typename T, bool TF32, int BKT = BK>
+// acc += As x Bs over the BKT (a multiple of 8) slices of one staged tile of RM rows
+template <typename T, bool TF32, int BKT = BK, int RM = BM>
 __device__ __forceinline__ void mma(const T (*As)[LDS], const T (*Bs)[LDS], int tid,
                                     T (&acc)[NACC]) {
     if constexpr (TF32) {
@@ -131,7 +135,7 @@ __device__ __forceinline__ void mma(const T (*As)[LDS], const T (*Bs)[LDS], int 
         for (int kk = 0; kk < BKT; ++kk) {
             T av[8], bv[8];
             lds4(&As[kk][ty * 4], av);
-            lds4(&As[kk][64 + ty * 4], av + 4);
+            lds4(&As[kk][RM / 2 + ty * 4], av + 4);
             lds4(&Bs[kk][tx * 4], bv);
             lds4(&Bs[kk][64 + tx * 4], bv + 4);
 #pragma unroll
@@ -148,7 +152,7 @@ __device__ __forceinline__ void mma(const T (*As)[LDS], const T (*Bs)[LDS], int 
 // for TF32) into shared buffer buf. The next slice is fetched while the current one feeds
 // the FMAs / tensor cores, then staged into the other buffer: double buffering with one
 // barrier per step.
-template <typename T, bool TF32, int BKT, typename Fetch, typename Stage>
+template <typename T, bool TF32, int RM = BM, int BKT, typename Fetch, typename Stage>
 __device__ __forceinline__ void mainloop(T (*As)[BKT][LDS], T (*Bs)[BKT][LDS], int kbeg, int steps,
                                          int tid, T (&acc)[NACC], Fetch&& fetch, Stage&& stage) {
 #pragma unroll
@@ -161,7 +165,7 @@ __device__ __forceinline__ void mainloop(T (*As)[BKT][LDS], T (*Bs)[BKT][LDS], i
     for (int t = 0; t < steps; ++t) {
         const int cur = t & 1;
         if (t + 1 < steps) fetch(kbeg + (t + 1) * BKT);
-        mma<T, TF32, BKT>(As[cur], Bs[cur], tid, acc);
+        mma<T, TF32, BKT, RM>(As[cur], Bs[cur], tid, acc);
         if (t + 1 < steps) stage(cur ^ 1);
         __syncthreads();
     }
@@ -182,12 +186,12 @@ __device__ __forceinline__ void stage_gathered(T (*As)[LDS], T (*Bs)[LDS], const
 
 // Epilogues: where each of a thread's accumulators goes.
 // store_rows: C row-major (leading dimension ldc) from tile origin (m0, n0), inside M x N.
-template <bool TF32, typename T>
+template <bool TF32, int RM = BM, typename T>
 __device__ __forceinline__ void store_rows(const T (&acc)[NACC], int tid, T* C, long long ldc,
                                            int m0, int n0, int M, int N) {
 #pragma unroll
     for (int e = 0; e < NACC; ++e) {
-        const int r = m0 + acc_row<TF32>(e, tid), c = n0 + slot_col<TF32>(acc_slot<TF32>(e), tid);
+        const int r = m0 + acc_row<TF32, RM>(e, tid), c = n0 + slot_col<TF32>(acc_slot<TF32>(e), tid);
         if (r < M && c < N) C[(long long)r * ldc + c] = acc[e];
     }
 }

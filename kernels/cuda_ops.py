@@ -68,7 +68,7 @@ def vec_gemm_fits(A, B, ta, tb) -> bool:
             and _address(A) % 16 == 0 and _address(B) % 16 == 0)
 
 
-GEMM_VARIANTS = ("auto", "vec", "tiled", "pipelined")
+GEMM_VARIANTS = ("auto", "vec", "vec64", "tiled", "pipelined")
 
 
 def gemm(A, B, ta=False, tb=False, splits=1, tf32=False, variant="auto"):
@@ -76,9 +76,10 @@ def gemm(A, B, ta=False, tb=False, splits=1, tf32=False, variant="auto"):
     (stride 0: the weights of a 1x1 convolution against each image). With splits > 1 the K
     range is cut into that many parts whose partial products are summed afterwards in a
     fixed order (deterministic).
-    variant: "vec" (gemm_vec: 16-deep tiles, 16-byte loads), "tiled" (gemm_tiled),
-    "pipelined" (gemm_pipelined: TF32 only, cp.async pipeline, gemm_vec's conditions), or
-    "auto": pipelined for TF32 and vec for FP32 where their conditions hold, else tiled."""
+    variant: "vec" (gemm_vec: 16-deep tiles, 16-byte loads), "vec64" (gemm_vec's 64-row
+    tile: FP32, for M <= 64), "tiled" (gemm_tiled), "pipelined" (gemm_pipelined: TF32 only,
+    cp.async pipeline, gemm_vec's conditions), or "auto": pipelined for TF32, vec64 for FP32
+    with M <= 64, else vec where their conditions hold, else tiled."""
     batch = max(A.shape[0], B.shape[0])
     if min(A.shape[0], B.shape[0]) not in (1, batch):
         raise ValueError(f"gemm: batches of {A.shape[0]} and {B.shape[0]} (equal, or one of 1)")
@@ -89,25 +90,31 @@ def gemm(A, B, ta=False, tb=False, splits=1, tf32=False, variant="auto"):
     if variant not in GEMM_VARIANTS:
         raise ValueError(f"gemm variant is one of {', '.join(GEMM_VARIANTS)}; got {variant!r}")
     fits = vec_gemm_fits(A, B, ta, tb)
-    if variant in ("vec", "pipelined") and not fits:
+    if variant in ("vec", "vec64", "pipelined") and not fits:
         raise ValueError(f"gemm_{variant} needs float32, contiguous extents that are multiples "
                          "of 4 and 16-byte aligned operands")
     if variant == "pipelined" and not tf32:
         raise ValueError("gemm_pipelined is the TF32 kernel: it needs tf32=True")
+    if variant == "vec64" and tf32:
+        raise ValueError("gemm_vec's 64-row tile is FP32 only (tf32=False)")
     pipe_fits = tf32 and fits and pipe_shared_bytes(not ta, tb) <= max_shared_per_block()
     if variant == "pipelined" and not pipe_fits:
         raise ValueError(f"gemm_pipelined needs {pipe_shared_bytes(not ta, tb)} bytes of shared "
                          f"memory per block; this device allows {max_shared_per_block()}")
     if variant == "auto":
-        variant = ("pipelined" if pipe_fits else "vec") if fits else "tiled"
-    depth = {"vec": 16, "tiled": 8, "pipelined": PIPE_BK}[variant]   # the split unit
+        variant = ("pipelined" if pipe_fits else "vec" if tf32 or M > 64 else "vec64") \
+            if fits else "tiled"
+    depth = {"vec": 16, "vec64": 16, "tiled": 8, "pipelined": PIPE_BK}[variant]   # the split unit
     splits = max(1, min(splits, ceil_div(K, depth)))
     kchunk = ceil_div(ceil_div(K, splits), depth) * depth
     splits = ceil_div(K, kchunk)
     t = ctype(A.dtype)
-    threads, smem = GEMM_THREADS, 0
+    threads, smem, rows = GEMM_THREADS, 0, TILE
     if variant == "vec":
         name = f"gemm_vec<{cbool(ta)}, {cbool(tb)}, {cbool(tf32)}>"
+    elif variant == "vec64":
+        name = f"gemm_vec<{cbool(ta)}, {cbool(tb)}, false, 64>"
+        threads, rows = GEMM_THREADS // 2, 64
     elif variant == "tiled":
         name = f"gemm_tiled<{t}, {cbool(ta)}, {cbool(tb)}, {cbool(tf32)}>"
     else:
@@ -117,7 +124,7 @@ def gemm(A, B, ta=False, tb=False, splits=1, tf32=False, variant="auto"):
     if smem:
         set_max_dynamic_shared(fn, smem)
     out = empty((splits, batch, M, N) if splits > 1 else (batch, M, N), A.dtype, A)
-    grid = (ceil_div(N, TILE), ceil_div(M, TILE), batch * splits)
+    grid = (ceil_div(N, TILE), ceil_div(M, rows), batch * splits)
     fn(grid, (threads,), (A, B, out, *_i32(M, N, K), np.int64(stride_a), np.int64(stride_b),
                           np.int64(M * N), np.int32(splits), np.int32(kchunk),
                           np.int64(batch * M * N)), shared_mem=smem)
@@ -320,10 +327,15 @@ def backward_weight_winograd(a, x, gy):
     Z = empty((G * 16, a.Kg, ld), x.dtype, x)
     get_function("winograd.cu", f"winograd_grad_tiles<{t}>")(
         _winograd_grid(a.K, ld), (THREADS,), (contiguous(gy), Z, *_i32(a.N, a.K, a.P, a.Q, G), *tl))
-    Mw = gemm(Z, V, tb=True, splits=_split_for(a.Kg, a.Cg, G * 16, ld))   # (G*16, Kg, Cg)
+    if a.Cg <= 64 < a.Kg:            # Mw^T = V Z^T: the Cg rows on gemm_vec's 64-row tile
+        Mw = gemm(V, Z, tb=True, splits=_split_for(a.Cg, a.Kg, G * 16, ld, 64))
+        strides = (1, a.Kg)                              # (G*16, Cg, Kg)
+    else:
+        Mw = gemm(Z, V, tb=True, splits=_split_for(a.Kg, a.Cg, G * 16, ld))
+        strides = (a.Cg, 1)                              # (G*16, Kg, Cg)
     gw = empty(a.w_shape, x.dtype, x)
     get_function("winograd.cu", f"winograd_grad_filter<{t}>")(
-        _elementwise_grid(a.K * a.Cg), (THREADS,), (Mw, gw, *_i32(a.K, a.Cg, G)))
+        _elementwise_grid(a.K * a.Cg), (THREADS,), (Mw, gw, *_i32(a.K, a.Cg, G, *strides)))
     return gw
 
 

@@ -9,7 +9,8 @@
 //       loads run along each operand's contiguous axis; shared reads are 16-byte vectors.
 //       blockIdx.z = batch * splits + split: split s sums k in [s*kchunk, (s+1)*kchunk) and
 //       writes its partial product to C + s * split_stride.
-//   gemm_vec<TA, TB, TF32>  float32 with 16-deep tiles and 16-byte global reads (below)
+//   gemm_vec<TA, TB, TF32, RM>  float32 with 16-deep tiles and 16-byte global reads, tiles
+//       of 128 or (for M <= 64) 64 rows (below)
 //   gemm_pipelined<TA, TB>  TF32 tensor cores, cp.async 3-stage pipeline, 64 x 64 warp
 //       tiles (pipeline.cuh)
 //   sum_splits<T>           out[i] = sum over s of parts[s * n + i], in order s = 0, 1, ...
@@ -67,27 +68,33 @@ gemm_tiled(const T* __restrict__ A, const T* __restrict__ B, T* __restrict__ C, 
     store_rows<TF32>(acc, tid, C, N, m0, n0, M, N);
 }
 
-// gemm_vec<TA, TB, TF32>: the same tile and main loop for float32 with 16-deep shared tiles
-// (half the barriers per FMA of gemm_tiled) and every global read a 16-byte vector: each
-// thread moves two float4 of A and two of B per step. Operands contiguous along k (A as
-// M x K, B as N x K) are stored transposed into shared memory, those contiguous along m / n
-// as vectors. Needs each operand's contiguous extent a multiple of 4 and 16-byte aligned
-// bases (the launcher checks, else uses gemm_tiled); a vector is then wholly inside or
-// wholly outside the matrix, so one bounds test covers four elements.
+// gemm_vec<TA, TB, TF32, RM>: the same tile and main loop for float32 with 16-deep shared
+// tiles (half the barriers per FMA of gemm_tiled) and every global read a 16-byte vector.
+// Operands contiguous along k (A as M x K, B as N x K) are stored transposed into shared
+// memory, those contiguous along m / n as vectors. Needs each operand's contiguous extent a
+// multiple of 4 and 16-byte aligned bases (the launcher checks, else uses gemm_tiled); a
+// vector is then wholly inside or wholly outside the matrix, so one bounds test covers four
+// elements. RM = 128: 256 threads, each moving two float4 of A and two of B per step;
+// RM = 64 (for M <= 64, where a 128-row tile would compute half zeros): a 64 x 128 tile of
+// 128 threads, each moving two float4 of A and four of B, same 8 x 8 outputs per thread.
 constexpr int BKV = 16;
-// two blocks per SM (<= 128 registers) on sm_90, where ptxas fits every variant without
-// spilling; sm_80's ptxas spills one variant (TA, !TB) at that cap, so it gets one block
+// RM = 128: two blocks per SM (<= 128 registers) on sm_90, where ptxas fits every variant
+// without spilling; sm_80's ptxas spills one variant (TA, !TB) at that cap, so it gets one.
+// RM = 64: three blocks (<= 168 registers; at four, 128, the B staging of (!TA, TB) spills)
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
-#define GEMM_VEC_MIN_BLOCKS 1
+#define GEMM_VEC_MIN_BLOCKS(RM) ((RM) == 64 ? 2 : 1)
 #else
-#define GEMM_VEC_MIN_BLOCKS 2
+#define GEMM_VEC_MIN_BLOCKS(RM) ((RM) == 64 ? 3 : 2)
 #endif
 
-template <bool TA, bool TB, bool TF32>
-__global__ void __launch_bounds__(THREADS, GEMM_VEC_MIN_BLOCKS)
+template <bool TA, bool TB, bool TF32, int RM = BM>
+__global__ void __launch_bounds__(2 * RM, GEMM_VEC_MIN_BLOCKS(RM))
 gemm_vec(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C, int M,
          int N, int K, long long batch_stride_a, long long batch_stride_b,
          long long batch_stride_c, int splits, int kchunk, long long split_stride) {
+    static_assert(RM == 64 || RM == 128, "gemm_vec tiles have 64 or 128 rows");
+    constexpr int NT = 2 * RM;                 // threads
+    constexpr int VB = BN * BKV / 4 / NT;      // float4 of B per thread per step: 2 or 4
     __shared__ __align__(16) float As[2][BKV][LDS];
     __shared__ __align__(16) float Bs[2][BKV][LDS];
     const int tid = threadIdx.x;
@@ -95,56 +102,63 @@ gemm_vec(const float* __restrict__ A, const float* __restrict__ B, float* __rest
     A += batch * batch_stride_a;
     B += batch * batch_stride_b;
     C += batch * batch_stride_c + split * split_stride;
-    const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+    const int m0 = blockIdx.y * RM, n0 = blockIdx.x * BN;
     const int kbeg = split * kchunk, kend = min(K, kbeg + kchunk);
-    // contiguous along k: row tid / 2, depths ((tid % 2) + 2i) * 4 + {0..3}
-    // contiguous along m / n: depth tid / 32 + 8i, columns (tid % 32) * 4 + {0..3}
-    const int row = tid / 2, col4 = (tid % 32) * 4;
+    // vector i of an operand contiguous along k: row tid / 2 + (i / 2) * NT / 2, depths
+    //   ((tid % 2) + 2 (i % 2)) * 4 + {0..3};
+    // contiguous along m / n: depth tid / (W / 4) + (i * NT) / (W / 4), columns
+    //   (tid % (W / 4)) * 4 + {0..3}, W the tile's width (RM for A, BN for B)
+    auto krow = [&](int i) { return tid / 2 + (i / 2) * (NT / 2); };
+    auto kdep = [&](int i) { return ((tid % 2) + 2 * (i % 2)) * 4; };
+    auto wdep = [&](int i, int W) { return tid / (W / 4) + i * (NT / (W / 4)); };
+    auto wcol = [&](int W) { return (tid % (W / 4)) * 4; };
     const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
-    float4 ra[2], rb[2];
+    float4 ra[2], rb[VB];
     auto fetch = [&](int k0) {
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
             if (!TA) {
-                const int gm = m0 + row, gk = k0 + ((tid % 2) + 2 * i) * 4;
+                const int gm = m0 + krow(i), gk = k0 + kdep(i);
                 ra[i] = (gm < M && gk < kend)
                             ? *reinterpret_cast<const float4*>(A + (long long)gm * K + gk) : zero;
             } else {
-                const int gk = k0 + tid / 32 + 8 * i, gm = m0 + col4;
+                const int gk = k0 + wdep(i, RM), gm = m0 + wcol(RM);
                 ra[i] = (gk < kend && gm < M)
                             ? *reinterpret_cast<const float4*>(A + (long long)gk * M + gm) : zero;
             }
+        }
+#pragma unroll
+        for (int i = 0; i < VB; ++i) {
             if (TB) {
-                const int gn = n0 + row, gk = k0 + ((tid % 2) + 2 * i) * 4;
+                const int gn = n0 + krow(i), gk = k0 + kdep(i);
                 rb[i] = (gn < N && gk < kend)
                             ? *reinterpret_cast<const float4*>(B + (long long)gn * K + gk) : zero;
             } else {
-                const int gk = k0 + tid / 32 + 8 * i, gn = n0 + col4;
+                const int gk = k0 + wdep(i, BN), gn = n0 + wcol(BN);
                 rb[i] = (gk < kend && gn < N)
                             ? *reinterpret_cast<const float4*>(B + (long long)gk * N + gn) : zero;
             }
         }
     };
-    auto put = [&](float (*S)[LDS], const float4& v, bool along_k, int i) {
+    auto put = [&](float (*S)[LDS], const float4& v, bool along_k, int i, int W) {
         const float4 t = make_float4(staged<float, TF32>(v.x), staged<float, TF32>(v.y),
                                      staged<float, TF32>(v.z), staged<float, TF32>(v.w));
         if (along_k) {
-            const int k = ((tid % 2) + 2 * i) * 4;
-            S[k][row] = t.x; S[k + 1][row] = t.y; S[k + 2][row] = t.z; S[k + 3][row] = t.w;
+            const int k = kdep(i), r = krow(i);
+            S[k][r] = t.x; S[k + 1][r] = t.y; S[k + 2][r] = t.z; S[k + 3][r] = t.w;
         } else {
-            *reinterpret_cast<float4*>(&S[tid / 32 + 8 * i][col4]) = t;
+            *reinterpret_cast<float4*>(&S[wdep(i, W)][wcol(W)]) = t;
         }
     };
     auto stage = [&](int buf) {
 #pragma unroll
-        for (int i = 0; i < 2; ++i) {
-            put(As[buf], ra[i], !TA, i);
-            put(Bs[buf], rb[i], TB, i);
-        }
+        for (int i = 0; i < 2; ++i) put(As[buf], ra[i], !TA, i, RM);
+#pragma unroll
+        for (int i = 0; i < VB; ++i) put(Bs[buf], rb[i], TB, i, BN);
     };
     float acc[NACC];
-    mainloop<float, TF32>(As, Bs, kbeg, (kend - kbeg + BKV - 1) / BKV, tid, acc, fetch, stage);
-    store_rows<TF32>(acc, tid, C, N, m0, n0, M, N);
+    mainloop<float, TF32, RM>(As, Bs, kbeg, (kend - kbeg + BKV - 1) / BKV, tid, acc, fetch, stage);
+    store_rows<TF32, RM>(acc, tid, C, N, m0, n0, M, N);
 }
 
 // gemm_pipelined<TA, TB>: C = op(A) @ op(B) in TF32 on the tensor cores, the operands copied

@@ -27,7 +27,10 @@
 //                                                                      y: channel, x: tile
 //   winograd_grad_tiles<T>   Z[(g*16 + xi)*Kg + k][t] = (A dy A^T)[xi], dy the 2x2 tile of
 //                            gy[n, g*Kg + k], zero outside P x Q       y: channel, x: tile
-//   winograd_grad_filter<T>  gw[g*Kg + k, c] = G^T Mw[g*16 + :, k, c] G   thread per (k, c)
+//   winograd_grad_filter<T>  gw[g*Kg + k, c] = G^T Mw[g*16 + :, k, c] G   thread per (k, c);
+//                            Mw stored (k, c) with strides (sk, sc): Kg x Cg, or Cg x Kg
+//                            where the GEMM ran transposed (Cg <= 64 < Kg: gemm_vec's
+//                            64-row tile)
 //
 // Tile t of a channel (below 2**31) is image n = t / (TH*TW), tile row th, column tw; the
 // divisions are multiply-shifts with the host's constants (kernels/cuda_ops.py: fastdiv).
@@ -207,14 +210,14 @@ __global__ void winograd_grad_tiles(const T* __restrict__ gy, T* __restrict__ Z,
 // G^T = [1 .5 .5 0; 0 .5 -.5 0; 0 .5 .5 1]: G^T (a, b, c, d) = (a + (b + c)/2, (b - c)/2, (b + c)/2 + d)
 template <typename T>
 __global__ void winograd_grad_filter(const T* __restrict__ Mw, T* __restrict__ gw, int K,
-                                     int Cg, int groups) {
+                                     int Cg, int groups, int sk, int sc) {
     const int Kg = K / groups;
     const long long total = (long long)K * Cg;
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
          i += (long long)gridDim.x * blockDim.x) {
         const int k = (int)(i / Cg), c = (int)(i % Cg);
         const int g = k / Kg, kk = k % Kg;
-        const T* in = Mw + ((long long)g * 16 * Kg + kk) * Cg + c;
+        const T* in = Mw + (long long)g * 16 * Kg * Cg + (long long)kk * sk + (long long)c * sc;
         const long long step = (long long)Kg * Cg;
         T m[4][4];
 #pragma unroll

@@ -940,11 +940,12 @@ def test_fma_peak_kernel_computes_its_chains():
         np.testing.assert_allclose(out, acc.sum(axis=1), rtol=tol)
 
 
-@pytest.mark.parametrize("tf32", [False, True])
+@pytest.mark.parametrize("variant, tf32", [("vec", False), ("vec", True), ("vec64", False)])
 @pytest.mark.parametrize("ta, tb", [(False, False), (True, False), (False, True), (True, True)])
-def test_gemm_vec_tails_and_split_k(rng, ta, tb, tf32):
-    """gemm_vec (16-deep tiles, float4 loads): tails in every dimension that are still
-    multiples of 4 (132 = 128 + 4 rows, 68 columns, depth 36 = 2 tiles + 4), split-K."""
+def test_gemm_vec_tails_and_split_k(rng, ta, tb, variant, tf32):
+    """gemm_vec (16-deep tiles, float4 loads), 128-row tiles and the 64-row tile of 128
+    threads: tails in every dimension that are still multiples of 4 (132 = 128 + 4 rows,
+    2 x 64 + 4 for the short tile; 68 columns, depth 36 = 2 tiles + 4), split-K."""
     from convgpu.kernels import cuda_ops
     batch, M, N, K = 2, 132, 68, 36
     A = rand(rng, (batch, K, M) if ta else (batch, M, K)).astype(np.float32)
@@ -953,7 +954,7 @@ def test_gemm_vec_tails_and_split_k(rng, ta, tb, tf32):
     assert cuda_ops.vec_gemm_fits(A, B, ta, tb)
     for splits in (1, 2):
         C = both_orders(lambda: cuda_ops.gemm(A, B, ta, tb, splits=splits, tf32=tf32,
-                                              variant="vec"))
+                                              variant=variant))
         assert_close(C, want.astype(np.float64), 2e-3 if tf32 else TOL[np.float32])
         if tf32:
             assert np.linalg.norm(C - want) / np.linalg.norm(want) > 1e-6
@@ -986,8 +987,12 @@ def test_gemm_auto_picks_pipelined_for_tf32_and_it_refuses_fp32(rng, monkeypatch
     monkeypatch.setattr(cuda_ops, "get_function",
                         lambda f, e: names.append(e) or real(f, e))
     cuda_ops.gemm(A, B, tf32=True)
-    cuda_ops.gemm(A, B)
-    assert names == ["gemm_pipelined<false, false>", "gemm_vec<false, false, false>"]
+    cuda_ops.gemm(A, B)                                           # M = 8: the 64-row tile
+    cuda_ops.gemm(rand(rng, (1, 68, 12)).astype(np.float32), B)   # M = 68: 128 rows
+    assert names == ["gemm_pipelined<false, false>", "gemm_vec<false, false, false, 64>",
+                     "gemm_vec<false, false, false>"]
+    with pytest.raises(ValueError, match="FP32 only"):
+        cuda_ops.gemm(A, B, tf32=True, variant="vec64")
     with pytest.raises(ValueError, match="needs tf32=True"):
         cuda_ops.gemm(A, B, variant="pipelined")
     with pytest.raises(ValueError, match="gemm_pipelined needs"):

@@ -304,12 +304,13 @@ def test_cuda_gemm_tf32_odd_sizes(ta, tb):
     assert 1e-6 < e <= 2e-3, e
 
 
-@pytest.mark.parametrize("tf32", [False, True])
+@pytest.mark.parametrize("variant, tf32", [("vec", False), ("vec", True), ("vec64", False)])
 @pytest.mark.parametrize("ta, tb", [(False, False), (True, False), (False, True), (True, True)])
 @pytest.mark.parametrize("splits", [1, 3])
-def test_cuda_gemm_vec(tf32, ta, tb, splits):
-    """gemm_vec (16-deep tiles, float4 loads) at sizes that are multiples of 4 but not of the
-    tile, every transpose, batched, with and without split-K, FP32 and TF32."""
+def test_cuda_gemm_vec(variant, tf32, ta, tb, splits):
+    """gemm_vec (16-deep tiles, float4 loads; 128-row tiles and the 64-row tile) at sizes
+    that are multiples of 4 but not of the tile, every transpose, batched, with and without
+    split-K, FP32 and TF32."""
     from convgpu.kernels import cuda_ops
     rng = np.random.default_rng(9)
     batch, M, N, K = 3, 132, 260, 100
@@ -317,7 +318,7 @@ def test_cuda_gemm_vec(tf32, ta, tb, splits):
     B = _rand(rng, (batch, N, K) if tb else (batch, K, N))
     want = np.matmul(np.swapaxes(A, 1, 2) if ta else A, np.swapaxes(B, 1, 2) if tb else B)
     got = cuda_ops.gemm(cupy.asarray(A.astype(np.float32)), cupy.asarray(B.astype(np.float32)),
-                        ta, tb, splits=splits, tf32=tf32, variant="vec")
+                        ta, tb, splits=splits, tf32=tf32, variant=variant)
     e = relerr(got, want)
     assert (1e-6 < e <= 2e-3) if tf32 else e <= tolerance("gemm", np.float32), e
 

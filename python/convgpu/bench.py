@@ -297,7 +297,7 @@ def bench_gemm(timer, sizes=((4096, 4096, 4096), (8192, 1024, 2048)), progress=p
         for tf32 in (False, True):
             if tf32 not in base:
                 continue
-            for variant in ("tiled", "vec") + (("pipelined",) if tf32 else ()):
+            for variant in ("tiled", "vec") + (("pipelined",) if tf32 else ("vec64",)):
                 label = f"cuda:gemm_{variant}" + ("_tf32" if tf32 else "")
                 run = lambda: cuda_ops.gemm(A, B, tf32=tf32, variant=variant)
                 got = run()[0, :64].astype(cp.float64)
