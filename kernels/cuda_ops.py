@@ -136,10 +136,16 @@ def gemm(A, B, ta=False, tb=False, splits=1, tf32=False, variant="auto"):
     return C
 
 
+MAX_SPLITS = 128
+
+
 def _split_for(M, N, batch, K, tile_rows=TILE):
-    """Enough K-splits that the grid has about two blocks per SM's worth of work (132 SMs)."""
+    """Enough K-splits that the grid has about two blocks per SM's worth of work (132 SMs),
+    each split at least 256 deep, at most MAX_SPLITS (a small output over a long reduction,
+    as ResNet conv1's 64 x 147 weight gradient over 200704 positions, takes ~128: at the
+    former cap of 32 it ran 64 blocks). The partials are at most about (264 + blocks) tiles."""
     blocks = ceil_div(M, tile_rows) * ceil_div(N, TILE) * batch
-    return max(1, min(32, ceil_div(264, blocks), ceil_div(K, 256)))
+    return max(1, min(MAX_SPLITS, ceil_div(264, blocks), ceil_div(K, 256)))
 
 
 # ----------------------------------------------------------------------------------------
@@ -276,6 +282,10 @@ def winograd_supports(a):
     return None
 
 
+def winograd_tf32_supports(a):
+    return tf32_supports(a) or winograd_supports(a)
+
+
 def _winograd_tiles(a):
     """winograd.cu's TILES_PARAMS: the tiles T of a channel, the row length ld (T rounded up
     to 4: gemm_vec's 16-byte loads), TH, TW and the divider constants of TH*TW and TW."""
@@ -299,14 +309,20 @@ def winograd_input(a, x):
     return V
 
 
-def conv2d_winograd(a, x, w, b):
+def conv2d_winograd_tf32(a, x, w, b):
+    return conv2d_winograd(a, x, w, b, tf32=True)
+
+
+def conv2d_winograd(a, x, w, b, tf32=False):
+    """tf32: the 16 GEMMs on the tensor cores (the transforms stay FP32; relative error
+    about 5e-4 on random data, within the TF32 bound 2e-3)."""
     t = ctype(x.dtype)
     G = a.groups
     tl = _winograd_tiles(a)
     U = empty((G * 16, a.Kg, a.Cg), x.dtype, x)
     get_function("winograd.cu", f"winograd_filter<{t}>")(
         _elementwise_grid(a.K * a.Cg), (THREADS,), (contiguous(w), U, *_i32(a.K, a.Cg, G)))
-    M = gemm(U, winograd_input(a, x))                    # (G*16, Kg, ld)
+    M = gemm(U, winograd_input(a, x), tf32=tf32)         # (G*16, Kg, ld)
     y = empty(a.y_shape, x.dtype, x)
     bias = contiguous(b) if b is not None else np.uint64(0)
     get_function("winograd.cu", f"winograd_output<{t}>")(
@@ -315,7 +331,11 @@ def conv2d_winograd(a, x, w, b):
     return y
 
 
-def backward_weight_winograd(a, x, gy):
+def backward_weight_winograd_tf32(a, x, gy):
+    return backward_weight_winograd(a, x, gy, tf32=True)
+
+
+def backward_weight_winograd(a, x, gy, tf32=False):
     """gw[k, c] = G^T [ sum over tiles (A dy A^T) .* (B^T d B) ] G (winograd.cu): the input
     tiles' transforms as in the forward, the output gradient's 2x2 tiles transformed by A,
     16 GEMMs per group over the tiles (split, summed in a fixed order), then G^T . G."""
@@ -327,16 +347,20 @@ def backward_weight_winograd(a, x, gy):
     Z = empty((G * 16, a.Kg, ld), x.dtype, x)
     get_function("winograd.cu", f"winograd_grad_tiles<{t}>")(
         _winograd_grid(a.K, ld), (THREADS,), (contiguous(gy), Z, *_i32(a.N, a.K, a.P, a.Q, G), *tl))
-    if a.Cg <= 64 < a.Kg:            # Mw^T = V Z^T: the Cg rows on gemm_vec's 64-row tile
+    if a.Cg <= 64 < a.Kg and not tf32:   # Mw^T = V Z^T: Cg rows on gemm_vec's 64-row tile
         Mw = gemm(V, Z, tb=True, splits=_split_for(a.Cg, a.Kg, G * 16, ld, 64))
         strides = (1, a.Kg)                              # (G*16, Cg, Kg)
     else:
-        Mw = gemm(Z, V, tb=True, splits=_split_for(a.Kg, a.Cg, G * 16, ld))
+        Mw = gemm(Z, V, tb=True, splits=_split_for(a.Kg, a.Cg, G * 16, ld), tf32=tf32)
         strides = (a.Cg, 1)                              # (G*16, Kg, Cg)
     gw = empty(a.w_shape, x.dtype, x)
     get_function("winograd.cu", f"winograd_grad_filter<{t}>")(
         _elementwise_grid(a.K * a.Cg), (THREADS,), (Mw, gw, *_i32(a.K, a.Cg, G, *strides)))
     return gw
+
+
+def winograd_backward_input_tf32_supports(a):
+    return tf32_supports(a) or winograd_backward_input_supports(a)
 
 
 def winograd_backward_input_supports(a):
@@ -348,7 +372,11 @@ def winograd_backward_input_supports(a):
     return None
 
 
-def backward_input_winograd(a, gy, w):
+def backward_input_winograd_tf32(a, gy, w):
+    return backward_input_winograd(a, gy, w, tf32=True)
+
+
+def backward_input_winograd(a, gy, w, tf32=False):
     """gx = the full convolution of gy with the flipped filters: a stride-1 3x3 conv of gy
     (K channels in) by w' [g*Cg + c, k] = w[g*Kg + k, c] rotated 180 degrees, padding 2 - p,
     run on the Winograd forward."""
@@ -358,7 +386,7 @@ def backward_input_winograd(a, gy, w):
                     .reshape(a.C, a.Kg, 3, 3))
     t = conv_geometry("conv2d_backward_input", (a.N, a.K, a.P, a.Q), wt.shape, 1,
                       (2 - a.padding[0], 2 - a.padding[1]), 1, G, a.dtype)
-    return conv2d_winograd(t, contiguous(gy), wt, None)
+    return conv2d_winograd(t, contiguous(gy), wt, None, tf32=tf32)
 
 
 def _split_launch(kernel, a, dtype, like, out_shape, grid_xy, M, N, depth, *arrays,
@@ -480,42 +508,56 @@ def pointwise(a) -> bool:
         and tuple(a.padding) == (0, 0)
 
 
-def conv2d_im2col(a, x, w, b):
+def conv2d_im2col_tf32(a, x, w, b):
+    return conv2d_im2col(a, x, w, b, tf32=True)
+
+
+def conv2d_im2col(a, x, w, b, tf32=False):
     if pointwise(a):
-        y = gemm(w.reshape(1, a.K, a.C), contiguous(x).reshape(a.N, a.C, a.H * a.W))
+        y = gemm(w.reshape(1, a.K, a.C), contiguous(x).reshape(a.N, a.C, a.H * a.W), tf32=tf32)
         y = y.reshape(a.y_shape)
         if b is not None:
             y += b.reshape(1, -1, 1, 1)
         return y
-    yg = gemm(w.reshape(a.groups, a.Kg, a.Cg * a.R * a.S), im2col(a, x))
+    yg = gemm(w.reshape(a.groups, a.Kg, a.Cg * a.R * a.S), im2col(a, x), tf32=tf32)
     y = contiguous(yg.reshape(a.K, a.N, a.P * a.Q).transpose(1, 0, 2)).reshape(a.y_shape)
     if b is not None:
         y += b.reshape(1, -1, 1, 1)
     return y
 
 
-def backward_input_col2im(a, gy, w):
+def backward_input_col2im_tf32(a, gy, w):
+    return backward_input_col2im(a, gy, w, tf32=True)
+
+
+def backward_input_col2im(a, gy, w, tf32=False):
     if pointwise(a):
         return gemm(w.reshape(1, a.K, a.C), contiguous(gy).reshape(a.N, a.K, a.P * a.Q),
-                    ta=True).reshape(a.x_shape)
-    dcols = gemm(w.reshape(a.groups, a.Kg, a.Cg * a.R * a.S), _gy_by_group(a, gy), ta=True)
+                    ta=True, tf32=tf32).reshape(a.x_shape)
+    dcols = gemm(w.reshape(a.groups, a.Kg, a.Cg * a.R * a.S), _gy_by_group(a, gy), ta=True,
+                 tf32=tf32)
     return col2im(a, dcols)
 
 
-def backward_weight_im2col(a, x, gy):
+def backward_weight_im2col_tf32(a, x, gy):
+    return backward_weight_im2col(a, x, gy, tf32=True)
+
+
+def backward_weight_im2col(a, x, gy, tf32=False):
     if pointwise(a):
         # one K x C product per image (gy[n] x[n]^T), summed over the images in order by
         # sum_splits, as a split-K would be: deterministic
         per = gemm(contiguous(gy).reshape(a.N, a.K, a.P * a.Q),
                    contiguous(x).reshape(a.N, a.C, a.H * a.W), tb=True,
-                   splits=_split_for(a.K, a.C, a.N, a.P * a.Q))
+                   splits=_split_for(a.K, a.C, a.N, a.P * a.Q), tf32=tf32)
         gw = empty((1, a.K, a.C), gy.dtype, gy)
         get_function("gemm.cu", f"sum_splits<{ctype(gy.dtype)}>")(
             _elementwise_grid(gw.size), (THREADS,),
             (per, gw, np.int64(gw.size), np.int32(a.N)))
         return gw.reshape(a.w_shape)
     M, N, K = a.Kg, a.Cg * a.R * a.S, a.N * a.P * a.Q
-    gw = gemm(_gy_by_group(a, gy), im2col(a, x), tb=True, splits=_split_for(M, N, a.groups, K))
+    gw = gemm(_gy_by_group(a, gy), im2col(a, x), tb=True, splits=_split_for(M, N, a.groups, K),
+              tf32=tf32)
     return gw.reshape(a.w_shape)
 
 

@@ -71,8 +71,11 @@ register("conv2d", "cuda", "implicit_gemm_tf32", _C + "conv2d_implicit_gemm_tf32
 register("conv2d", "cuda", "implicit_gemm_pipelined_tf32",
          _C + "conv2d_implicit_gemm_pipelined_tf32", supports=_C + "pipelined_supports")
 register("conv2d", "cuda", "im2col", _C + "conv2d_im2col")
+register("conv2d", "cuda", "im2col_tf32", _C + "conv2d_im2col_tf32", supports=_C + "tf32_supports")
 register("conv2d", "cuda", "direct", _C + "conv2d_direct", supports=_C + "direct_supports")
 register("conv2d", "cuda", "winograd", _C + "conv2d_winograd", supports=_C + "winograd_supports")
+register("conv2d", "cuda", "winograd_tf32", _C + "conv2d_winograd_tf32",
+         supports=_C + "winograd_tf32_supports")
 register("conv2d", "cuda", "fft", _C + "conv2d_fft", supports=_C + "fft_supports")
 register("conv2d", "cuda", "fft_tf32", _C + "conv2d_fft_tf32", supports=_C + "fft_tf32_supports")
 register("conv2d_backward_input", "cuda", "implicit_gemm", _C + "backward_input_implicit_gemm")
@@ -82,8 +85,12 @@ register("conv2d_backward_input", "cuda", "implicit_gemm_pipelined_tf32",
          _C + "backward_input_implicit_gemm_pipelined_tf32",
          supports=_C + "pipelined_input_supports")
 register("conv2d_backward_input", "cuda", "col2im", _C + "backward_input_col2im")
+register("conv2d_backward_input", "cuda", "col2im_tf32", _C + "backward_input_col2im_tf32",
+         supports=_C + "tf32_supports")
 register("conv2d_backward_input", "cuda", "winograd", _C + "backward_input_winograd",
          supports=_C + "winograd_backward_input_supports")
+register("conv2d_backward_input", "cuda", "winograd_tf32", _C + "backward_input_winograd_tf32",
+         supports=_C + "winograd_backward_input_tf32_supports")
 register("conv2d_backward_input", "cuda", "fft", _C + "backward_input_fft",
          supports=_C + "fft_supports")
 register("conv2d_backward_input", "cuda", "fft_tf32", _C + "backward_input_fft_tf32",
@@ -96,8 +103,12 @@ register("conv2d_backward_weight", "cuda", "implicit_gemm_pipelined_tf32",
          _C + "backward_weight_implicit_gemm_pipelined_tf32",
          supports=_C + "pipelined_weight_supports")
 register("conv2d_backward_weight", "cuda", "im2col", _C + "backward_weight_im2col")
+register("conv2d_backward_weight", "cuda", "im2col_tf32", _C + "backward_weight_im2col_tf32",
+         supports=_C + "tf32_supports")
 register("conv2d_backward_weight", "cuda", "winograd", _C + "backward_weight_winograd",
          supports=_C + "winograd_supports")
+register("conv2d_backward_weight", "cuda", "winograd_tf32", _C + "backward_weight_winograd_tf32",
+         supports=_C + "winograd_tf32_supports")
 register("conv2d_backward_bias", "cuda", "sum", _C + "backward_bias")
 register("conv2d_backward_weight", "cuda", "fft", _C + "backward_weight_fft",
          supports=_C + "fft_supports")
