@@ -47,6 +47,15 @@ check("conv2d_backward_input cuda winograd",
                                     cp.asarray(w3.astype(np.float32)), x3.shape, padding=1,
                                     groups=2, backend="cuda", algo="winograd"),
       ref.conv2d_backward_input(g3, w3, x3.shape, (1, 1), (1, 1), (1, 1), 2))
+check("conv2d cuda winograd_4x4 (odd tiles, groups)",
+      convgpu.conv2d(cp.asarray(x3.astype(np.float32)), cp.asarray(w3.astype(np.float32)),
+                     bd, padding=1, groups=2, backend="cuda", algo="winograd_4x4"),
+      ref.conv2d(x3, w3, b, (1, 1), (1, 1), (1, 1), 2))
+check("conv2d_backward_weight cuda winograd_4x4",
+      convgpu.conv2d_backward_weight(cp.asarray(x3.astype(np.float32)),
+                                     cp.asarray(g3.astype(np.float32)), w3.shape, padding=1,
+                                     groups=2, backend="cuda", algo="winograd_4x4"),
+      ref.conv2d_backward_weight(x3, g3, w3.shape, (1, 1), (1, 1), (1, 1), 2))
 check("conv2d_backward_weight cuda winograd (zero columns past the tiles)",
       convgpu.conv2d_backward_weight(cp.asarray(x3.astype(np.float32)),
                                      cp.asarray(g3.astype(np.float32)), w3.shape, padding=1,

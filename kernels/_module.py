@@ -43,9 +43,9 @@ NAME_EXPRESSIONS: Dict[str, Tuple[str, ...]] = {
     + tuple(f"{k}<{t}>" for k in ("im2col", "col2im") for t in T_NAMES),
     "ceiling.cu": tuple(f"fma_peak<{t}>" for t in T_NAMES),
     "conv_direct.cu": tuple(f"conv2d_direct<{t}>" for t in T_NAMES),
-    "winograd.cu": tuple(f"winograd_{k}<{t}>" for k in ("filter", "input", "output",
-                                                          "grad_tiles", "grad_filter")
-                         for t in T_NAMES),
+    "winograd.cu": tuple(f"winograd_{k}<{t}, {m}>" for k in ("filter", "input", "output",
+                                                                "grad_tiles", "grad_filter")
+                         for t in T_NAMES for m in (2, 4)),
     "elementwise.cu": tuple(f"{k}<{t}>" for k in ("relu_fwd", "relu_bwd", "bias_add_fwd",
                                                   "channel_sum", "plane_mean", "plane_spread",
                                                   "xent_rows", "xent_bwd") for t in T_NAMES),

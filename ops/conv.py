@@ -76,6 +76,8 @@ register("conv2d", "cuda", "direct", _C + "conv2d_direct", supports=_C + "direct
 register("conv2d", "cuda", "winograd", _C + "conv2d_winograd", supports=_C + "winograd_supports")
 register("conv2d", "cuda", "winograd_tf32", _C + "conv2d_winograd_tf32",
          supports=_C + "winograd_tf32_supports")
+register("conv2d", "cuda", "winograd_4x4", _C + "conv2d_winograd4",
+         supports=_C + "winograd4_supports")
 register("conv2d", "cuda", "fft", _C + "conv2d_fft", supports=_C + "fft_supports")
 register("conv2d", "cuda", "fft_tf32", _C + "conv2d_fft_tf32", supports=_C + "fft_tf32_supports")
 register("conv2d_backward_input", "cuda", "implicit_gemm", _C + "backward_input_implicit_gemm")
@@ -91,6 +93,8 @@ register("conv2d_backward_input", "cuda", "winograd", _C + "backward_input_winog
          supports=_C + "winograd_backward_input_supports")
 register("conv2d_backward_input", "cuda", "winograd_tf32", _C + "backward_input_winograd_tf32",
          supports=_C + "winograd_backward_input_tf32_supports")
+register("conv2d_backward_input", "cuda", "winograd_4x4", _C + "backward_input_winograd4",
+         supports=_C + "winograd4_backward_input_supports")
 register("conv2d_backward_input", "cuda", "fft", _C + "backward_input_fft",
          supports=_C + "fft_supports")
 register("conv2d_backward_input", "cuda", "fft_tf32", _C + "backward_input_fft_tf32",
@@ -109,6 +113,8 @@ register("conv2d_backward_weight", "cuda", "winograd", _C + "backward_weight_win
          supports=_C + "winograd_supports")
 register("conv2d_backward_weight", "cuda", "winograd_tf32", _C + "backward_weight_winograd_tf32",
          supports=_C + "winograd_tf32_supports")
+register("conv2d_backward_weight", "cuda", "winograd_4x4", _C + "backward_weight_winograd4",
+         supports=_C + "winograd4_supports")
 register("conv2d_backward_bias", "cuda", "sum", _C + "backward_bias")
 register("conv2d_backward_weight", "cuda", "fft", _C + "backward_weight_fft",
          supports=_C + "fft_supports")

@@ -521,11 +521,13 @@ def test_im2col_col2im_rows_grid(rng, monkeypatch, grid):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_winograd_grid_loops_and_split_tiles(rng, monkeypatch, dtype):
+@pytest.mark.parametrize("algo", ["winograd", "winograd_4x4"])
+def test_winograd_grid_loops_and_split_tiles(rng, monkeypatch, algo, dtype):
     """The Winograd transforms walk channels (blockIdx.y) and tiles (x), also where the grid
     is smaller than either and they loop; the weight gradient's GEMM over the tiles split in
-    3 (partials summed in order); T = 2 * 5 * 3 = 30 tiles, so rows of 32 with two zero
-    columns. Forward, input and weight gradients against the reference."""
+    3 (partials summed in order); T = 2 * 5 * 3 = 30 tiles of 2x2 (rows of 32 with two zero
+    columns), 2 * 3 * 2 = 12 of 4x4. Forward, input and weight gradients against the
+    reference."""
     from convgpu.kernels import cuda_ops
     monkeypatch.setattr(cuda_ops, "ROWS_GRID_X", 1)
     monkeypatch.setattr(cuda_ops, "ROWS_GRID_Y", 2)
@@ -534,8 +536,8 @@ def test_winograd_grid_loops_and_split_tiles(rng, monkeypatch, dtype):
     kw = dict(padding=(1, 0), groups=2)
     gy = rand(rng, (2, 8, 9, 5))
     c = lambda a: a.astype(dtype)
-    tol = tolerance("winograd", dtype)
-    run = dict(backend="cuda", algo="winograd")
+    tol = tolerance(algo, dtype)
+    run = dict(backend="cuda", algo=algo)
     assert_close(both_orders(lambda: convgpu.conv2d(c(x), c(w), c(b), **kw, **run)),
                  convgpu.conv2d(x, w, b, **kw), tol)
     assert_close(both_orders(lambda: convgpu.conv2d_backward_input(c(gy), c(w), x.shape, **kw,

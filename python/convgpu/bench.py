@@ -32,6 +32,7 @@ import numpy as np
 
 from convgpu import reference
 from convgpu import shapes as SH
+from convgpu.check import tolerance
 
 def quantiles(times_ms: List[float]) -> Dict[str, float]:
     a = np.asarray(times_ms, dtype=np.float64)
@@ -246,7 +247,7 @@ def bench_conv(timer, suite, dtype=np.float32, progress=print, impl_filter=None)
                 y = run()
                 yv = cp.asnumpy(y[:nv]).astype(np.float64)
                 err = float(np.linalg.norm(yv - yref) / np.linalg.norm(yref))
-                tol = 2e-3 if tf32 else 1e-4 if impl.algo in ("fft", "winograd") else 1e-5
+                tol = tolerance(impl.algo, dtype)
                 if not err <= tol:
                     out.append(Result("conv2d", shape, label, np.dtype(dtype).name,
                                       f"FAIL rel err {err:.2e}"))
@@ -377,7 +378,7 @@ def bench_conv_backward(timer, suite, dtype=np.float32, progress=print,
                 try:
                     got = cp.asnumpy(check()).astype(np.float64)
                     err = float(np.linalg.norm(got - refs[op]) / np.linalg.norm(refs[op]))
-                    tol = 2e-3 if tf32 else 1e-4 if impl.algo in ("fft", "winograd") else 1e-5
+                    tol = tolerance(impl.algo, dtype)
                     if not err <= tol:
                         out.append(Result(op, shape, label, np.dtype(dtype).name,
                                           f"FAIL rel err {err:.2e}"))

@@ -24,10 +24,11 @@ DEFAULT_TOL = {np.float32: 1e-5, np.float64: 1e-12}
 
 def tolerance(algo: str, dtype) -> float:
     """Relative error bound against the float64 reference: every TF32 algorithm (its name
-    ends in tf32) gets the TF32 bound, the transform algorithms theirs, the rest FP32/FP64."""
+    ends in tf32) gets the TF32 bound, the transform algorithms (fft..., winograd...) theirs,
+    the rest FP32/FP64."""
     if algo.endswith("tf32"):
         return TF32[np.dtype(dtype).type]
-    return TOLERANCE.get(algo, DEFAULT_TOL)[np.dtype(dtype).type]
+    return TOLERANCE.get(algo.split("_")[0], DEFAULT_TOL)[np.dtype(dtype).type]
 
 
 @dataclass
