@@ -48,7 +48,8 @@ NAME_EXPRESSIONS: Dict[str, Tuple[str, ...]] = {
                          for t in T_NAMES for m in (2, 4)),
     "elementwise.cu": tuple(f"{k}<{t}>" for k in ("relu_fwd", "relu_bwd", "bias_add_fwd",
                                                   "channel_sum", "plane_mean", "plane_spread",
-                                                  "xent_rows", "xent_bwd") for t in T_NAMES),
+                                                  "xent_rows", "xent_bwd", "adam_step",
+                                                  "sgd_step") for t in T_NAMES),
     "pool.cu": tuple(f"{k}<{t}, {i}>" for k in ("max_pool2d_bwd_gather", "max_pool2d_bwd_cells",
                                                  "max_pool2d_bwd_tiled",
                                                  "avg_pool2d_fwd", "avg_pool2d_bwd_gather")

@@ -1040,3 +1040,25 @@ def fma_peak(blocks, iters, dtype=np.float32, like=None):
     get_function("ceiling.cu", f"fma_peak<{ctype(dtype)}>")(
         (blocks,), (THREADS,), (out, np.int32(iters), t(1 - 2 ** -10), t(2 ** -6)))
     return out, 2 * FMA_CHAINS * FMA_UNROLL * iters * blocks * THREADS
+
+
+# ----------------------------------------------------------------------------------------
+# optimiser steps (in place): the registry's (key, *arrays, hyperparameters)
+
+
+def adam_step(key, p, g, m, v, h):
+    t = np.dtype(p.dtype).type
+    c = lambda x: t(x)
+    _ew("adam_step", p.dtype)(
+        _elementwise_grid(p.size), (THREADS,),
+        (p, contiguous(g), m, v, np.int64(p.size), c(h.lr), c(h.beta1), c(1 - h.beta1),
+         c(h.beta2), c(1 - h.beta2), c(h.eps), c(h.weight_decay), c(1 - h.beta1 ** h.step),
+         c(1 - h.beta2 ** h.step)))
+
+
+def sgd_step(key, p, g, buf, h):
+    t = np.dtype(p.dtype).type
+    _ew("sgd_step", p.dtype)(
+        _elementwise_grid(p.size), (THREADS,),
+        (p, contiguous(g), buf if buf is not None else np.uint64(0), np.int64(p.size),
+         t(h.lr), t(h.momentum), t(h.weight_decay)))

@@ -12,6 +12,11 @@
 //   plane_spread<T>      gx[p, i] = gy[p] / HW
 //   xent_rows<T>         loss[i] = logsumexp(z[i, :]) - z[i, label[i]]; one warp per row
 //   xent_bwd<T>          g[i, j] = (softmax(z[i])[j] - (j == label[i])) / N; one warp per row
+//   adam_step<T>         in place, one pass: g = grad + wd p; m = b1 m + c1 g; v = b2 v + c2 g^2;
+//                        p -= lr (m / bc1) / (sqrt(v / bc2) + eps)  (c1 = 1 - b1, c2 = 1 - b2,
+//                        bc1 = 1 - b1^step, bc2 = 1 - b2^step: worked out on the host)
+//   sgd_step<T>          in place: g = grad + wd p; with momentum buf = mu buf + g, g = buf;
+//                        p -= lr g
 #include "common.cuh"
 
 constexpr int EW_THREADS = 256;
@@ -120,5 +125,36 @@ __global__ void xent_bwd(const T* __restrict__ z, const long long* __restrict__ 
             const T p = exp_t(zr[j] - m) / s;
             g[(long long)i * C + j] = (j == t ? p - T(1) : p) / T(N);
         }
+    }
+}
+
+template <typename T>
+__global__ void adam_step(T* __restrict__ p, const T* __restrict__ grad, T* __restrict__ m,
+                          T* __restrict__ v, long long n, T lr, T b1, T c1, T b2, T c2, T eps,
+                          T wd, T bc1, T bc2) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
+        const T w = p[i];
+        const T g = wd != T(0) ? grad[i] + wd * w : grad[i];
+        const T mi = b1 * m[i] + c1 * g;
+        const T vi = b2 * v[i] + c2 * g * g;
+        m[i] = mi;
+        v[i] = vi;
+        p[i] = w - lr * (mi / bc1) / (sqrt(vi / bc2) + eps);
+    }
+}
+
+template <typename T>
+__global__ void sgd_step(T* __restrict__ p, const T* __restrict__ grad, T* __restrict__ buf,
+                         long long n, T lr, T mu, T wd) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
+        const T w = p[i];
+        T g = wd != T(0) ? grad[i] + wd * w : grad[i];
+        if (buf) {                                           // null without momentum
+            g = mu * buf[i] + g;
+            buf[i] = g;
+        }
+        p[i] = w - lr * g;
     }
 }

@@ -2,6 +2,7 @@
 fixed-order reduction), softmax cross-entropy forward and backward.
 
 Kernels (each built per dtype by a memoised factory so float32 arithmetic stays float32):
+  adam_step_k, sgd_step_k                 optimiser steps in place, one thread per element
   relu_k, relu_backward_k, bias_add_k      one thread per element, grid-stride
   channel_sum_k                           one block per channel: strided partial sums, then a
                                           shared-memory tree in a fixed order (deterministic)
@@ -93,8 +94,30 @@ def _kernels(dtype_name: str):
                 p = math.exp(z[i, j] - m) / s
                 g[i, j] = (p - T(1) if j == labels[i] else p) / n
 
+    @cuda.jit
+    def adam_step_k(p, grad, m, v, lr, b1, c1, b2, c2, eps, wd, bc1, bc2):
+        for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
+            w = p[i]
+            g = grad[i] + wd * w if wd != 0 else grad[i]
+            mi = b1 * m[i] + c1 * g
+            vi = b2 * v[i] + c2 * g * g
+            m[i] = mi
+            v[i] = vi
+            p[i] = w - lr * (mi / bc1) / (math.sqrt(vi / bc2) + eps)
+
+    @cuda.jit
+    def sgd_step_k(p, grad, buf, has_buf, lr, mu, wd):
+        for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
+            w = p[i]
+            g = grad[i] + wd * w if wd != 0 else grad[i]
+            if has_buf:
+                g = mu * buf[i] + g
+                buf[i] = g
+            p[i] = w - lr * g
+
     return dict(relu=relu_k, relu_backward=relu_backward_k, bias_add=bias_add_k,
-                channel_sum=channel_sum_k, xent_rows=xent_rows_k, xent_backward=xent_backward_k)
+                channel_sum=channel_sum_k, xent_rows=xent_rows_k, xent_backward=xent_backward_k,
+                adam_step=adam_step_k, sgd_step=sgd_step_k)
 
 
 def kernels_for(dtype):
@@ -150,3 +173,22 @@ def softmax_cross_entropy_backward(shape, z, labels):
     launch(kernels_for(z.dtype)["xent_backward"], blocks_for(z.shape[0]), THREADS, z,
            z, labels, g)
     return g
+
+
+def adam_step(key, p, g, m, v, h):
+    """In place (p, m, v: C-contiguous); the scalars in the parameters' dtype."""
+    t = np.dtype(p.dtype).type
+    launch(kernels_for(p.dtype)["adam_step"], blocks_for(p.size), THREADS, p, p.ravel(),
+           g.ravel(), m.ravel(), v.ravel(), t(h.lr), t(h.beta1), t(1 - h.beta1), t(h.beta2),
+           t(1 - h.beta2), t(h.eps), t(h.weight_decay), t(1 - h.beta1 ** h.step),
+           t(1 - h.beta2 ** h.step))
+
+
+def sgd_step(key, p, g, buf, h):
+    t = np.dtype(p.dtype).type
+    # without momentum the buffer is never read: a 1-element stand-in (not an alias of p,
+    # which the simulator would copy back over the update)
+    stand_in = buf if buf is not None else empty((1,), p.dtype, p)
+    launch(kernels_for(p.dtype)["sgd_step"], blocks_for(p.size), THREADS, p, p.ravel(),
+           g.ravel(), stand_in.ravel(), buf is not None, t(h.lr), t(h.momentum),
+           t(h.weight_decay))

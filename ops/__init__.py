@@ -12,11 +12,13 @@ from convgpu.ops.pool import (avg_pool2d, avg_pool2d_backward, global_avg_pool2d
 from convgpu.ops.activation import bias_add, relu, relu_backward  # noqa: F401
 from convgpu.ops.linear import linear, linear_backward  # noqa: F401
 from convgpu.ops.loss import softmax_cross_entropy, softmax_cross_entropy_backward  # noqa: F401
+from convgpu.ops.optim import adam_step, sgd_step  # noqa: F401
 
 __all__ = [
     "conv2d", "conv2d_backward_input", "conv2d_backward_weight", "conv2d_backward_bias",
     "conv_transpose2d", "max_pool2d", "max_pool2d_backward", "avg_pool2d",
     "avg_pool2d_backward", "global_avg_pool2d", "global_avg_pool2d_backward", "relu",
     "relu_backward", "bias_add", "linear", "linear_backward", "softmax_cross_entropy",
-    "softmax_cross_entropy_backward", "implementations", "set_allow_tf32", "allow_tf32",
+    "softmax_cross_entropy_backward", "adam_step", "sgd_step", "implementations",
+    "set_allow_tf32", "allow_tf32",
 ]

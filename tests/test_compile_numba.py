@@ -89,6 +89,10 @@ def _drive_every_numba_launcher():
         lw = rng.standard_normal((7, 10)).astype(dt)
         convgpu.linear(z, lw, lw[:, 0].copy(), backend="numba")
         convgpu.linear_backward(rng.standard_normal((5, 7)).astype(dt), z, lw, backend="numba")
+        st = [rng.standard_normal((4, 5)).astype(dt) for _ in range(4)]
+        convgpu.adam_step(*st, 1, lr=0.1, weight_decay=0.01, backend="numba")
+        convgpu.sgd_step(*st[:3], lr=0.1, momentum=0.9, backend="numba")
+        convgpu.sgd_step(*st[:2], lr=0.1, backend="numba")
 
 
 EXPECTED_KERNELS = {
@@ -97,7 +101,8 @@ EXPECTED_KERNELS = {
     "avg_backward_k", "gap_k", "gap_backward_k", "conv_direct_k", "conv_tiled_k",
     "bwd_input_gather_k", "bwd_weight_k", "im2col_k", "col2im_k", "gemm_k", "mac_fwd_k",
     "mac_bwd_input_k", "mac_bwd_weight_k", "winograd_filter_k", "winograd_input_k",
-    "winograd_output_k", "winograd_grad_tiles_k", "winograd_grad_filter_k",
+    "winograd_output_k", "winograd_grad_tiles_k", "winograd_grad_filter_k", "adam_step_k",
+    "sgd_step_k",
 }
 
 

@@ -78,3 +78,49 @@ def test_torch_cpu_tensors_round_trip(rng):
     assert isinstance(i, torch.Tensor) and i.dtype == torch.int64
     with pytest.raises(TypeError, match="torch-cpu"):
         convgpu.conv2d(x, w.numpy())
+
+
+@pytest.mark.parametrize("wd", [0.0, 0.01])
+def test_adam_step_matches_torch_optim_adam(rng, wd):
+    """Four adam_step calls (in place, float64) against torch.optim.Adam fed the same
+    gradients: parameter and both moment estimates."""
+    p0 = rand(rng, (7, 5))
+    grads = [rand(rng, (7, 5)) for _ in range(4)]
+    kw = dict(lr=0.05, betas=(0.8, 0.99), eps=1e-6, weight_decay=wd)
+    pt = torch.tensor(p0.copy(), requires_grad=True)
+    opt = torch.optim.Adam([pt], **kw)
+    p, m, v = p0.copy(), np.zeros_like(p0), np.zeros_like(p0)
+    for step, g in enumerate(grads, 1):
+        pt.grad = torch.from_numpy(g.copy())
+        opt.step()
+        assert convgpu.adam_step(p, g, m, v, step, lr=kw["lr"], beta1=0.8, beta2=0.99,
+                                 eps=1e-6, weight_decay=wd) is None
+    st = opt.state[pt]
+    assert_close(p, pt.detach().numpy(), 1e-12)
+    assert_close(m, st["exp_avg"].numpy(), 1e-12)
+    assert_close(v, st["exp_avg_sq"].numpy(), 1e-12)
+
+
+@pytest.mark.parametrize("momentum, wd", [(0.0, 0.0), (0.9, 0.0), (0.9, 0.01)])
+def test_sgd_step_matches_torch_optim_sgd(rng, momentum, wd):
+    p0 = rand(rng, (6, 4))
+    grads = [rand(rng, (6, 4)) for _ in range(3)]
+    pt = torch.tensor(p0.copy(), requires_grad=True)
+    opt = torch.optim.SGD([pt], lr=0.1, momentum=momentum, weight_decay=wd)
+    p, buf = p0.copy(), (np.zeros_like(p0) if momentum else None)
+    for g in grads:
+        pt.grad = torch.from_numpy(g.copy())
+        opt.step()
+        convgpu.sgd_step(p, g, buf, lr=0.1, momentum=momentum, weight_decay=wd)
+    assert_close(p, pt.detach().numpy(), 1e-12)
+    if momentum:
+        assert_close(buf, opt.state[pt]["momentum_buffer"].numpy(), 1e-12)
+
+
+def test_optimiser_steps_update_torch_tensors_in_place(rng):
+    p = torch.from_numpy(rand(rng, (3, 4)).astype(np.float32))
+    before = p.clone()
+    m, v = torch.zeros_like(p), torch.zeros_like(p)
+    g = torch.from_numpy(rand(rng, (3, 4)).astype(np.float32))
+    convgpu.adam_step(p, g, m, v, 1, lr=0.1)
+    assert not torch.equal(p, before) and torch.count_nonzero(m) == 12

@@ -154,7 +154,27 @@ def problems(size: str = "small") -> List[Problem]:
                 lambda r: dict(z=_rand(r, (33, 10)) * 3, t=r.integers(0, 10, 33)),
                 lambda i, be, al: cg.softmax_cross_entropy_backward(i["z"], i["t"], backend=be),
                 lambda i: ref.softmax_cross_entropy_backward(i["z"], i["t"])),
+        # the optimiser steps update in place: the call returns the updated arrays. lr 0.1 so
+        # the update itself, not only the parameter, is far above the tolerance
+        Problem("adam_step", "p(33, 45) step 3 wd 0.01",
+                lambda r: dict(p=_rand(r, (33, 45)), g=_rand(r, (33, 45)),
+                               m=0.1 * _rand(r, (33, 45)), v=0.01 * np.abs(_rand(r, (33, 45)))),
+                lambda i, be, al: (cg.adam_step(i["p"], i["g"], i["m"], i["v"], 3, **ADAM,
+                                                backend=be), (i["p"], i["m"], i["v"]))[1],
+                lambda i: ref.adam_step(i["p"], i["g"], i["m"], i["v"], 3, ADAM["lr"],
+                                        ADAM["beta1"], ADAM["beta2"], ADAM["eps"],
+                                        ADAM["weight_decay"])),
+        Problem("sgd_step", "p(33, 45) momentum 0.9 wd 0.01",
+                lambda r: dict(p=_rand(r, (33, 45)), g=_rand(r, (33, 45)), b=_rand(r, (33, 45))),
+                lambda i, be, al: (cg.sgd_step(i["p"], i["g"], i["b"], **SGD, backend=be),
+                                   (i["p"], i["b"]))[1],
+                lambda i: ref.sgd_step(i["p"], i["g"], i["b"], SGD["lr"], SGD["momentum"],
+                                       SGD["weight_decay"])),
     ]
+
+
+ADAM = dict(lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01)
+SGD = dict(lr=0.1, momentum=0.9, weight_decay=0.01)
 
 
 @dataclass

@@ -321,7 +321,8 @@ class SoftmaxCrossEntropy:
 
 
 class SGD:
-    """SGD with momentum (torch's form: v = mu*v + g; p -= lr*v) and L2 weight decay."""
+    """SGD with momentum (torch's form: v = mu*v + g; p -= lr*v) and L2 weight decay: one
+    fused in-place sgd_step per parameter."""
 
     def __init__(self, params: Iterable[Parameter], lr=0.01, momentum=0.0, weight_decay=0.0):
         self.params = list(params)
@@ -330,18 +331,15 @@ class SGD:
 
     def step(self):
         for i, p in enumerate(self.params):
-            g = p.grad
-            if self.weight_decay:
-                g = g + self.weight_decay * p.data
-            if self.momentum:
-                v = self.velocity[i]
-                self.velocity[i] = v = g.copy() if v is None else self.momentum * v + g
-                g = v
-            p.data = (p.data - self.lr * g).astype(p.data.dtype, copy=False)
+            if self.momentum and self.velocity[i] is None:
+                self.velocity[i] = _xp(p.data).zeros_like(p.data)    # buf = g on step 1
+            F.sgd_step(p.data, p.grad, self.velocity[i], lr=self.lr, momentum=self.momentum,
+                       weight_decay=self.weight_decay)
 
 
 class Adam:
-    """Adam (Kingma and Ba), bias-corrected, with L2 weight decay added to the gradient."""
+    """Adam (Kingma and Ba), bias-corrected, with L2 weight decay added to the gradient: one
+    fused in-place adam_step per parameter."""
 
     def __init__(self, params: Iterable[Parameter], lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
                  weight_decay=0.0):
@@ -355,19 +353,11 @@ class Adam:
         self.t += 1
         b1, b2 = self.betas
         for i, p in enumerate(self.params):
-            g = p.grad
-            if self.weight_decay:
-                g = g + self.weight_decay * p.data
-            xp = _xp(g)
             if self.m[i] is None:
-                self.m[i] = xp.zeros_like(g)
-                self.v[i] = xp.zeros_like(g)
-            self.m[i] = b1 * self.m[i] + (1 - b1) * g
-            self.v[i] = b2 * self.v[i] + (1 - b2) * g * g
-            mhat = self.m[i] / (1 - b1 ** self.t)
-            vhat = self.v[i] / (1 - b2 ** self.t)
-            p.data = (p.data - self.lr * mhat / (xp.sqrt(vhat) + self.eps)).astype(
-                p.data.dtype, copy=False)
+                xp = _xp(p.data)
+                self.m[i], self.v[i] = xp.zeros_like(p.data), xp.zeros_like(p.data)
+            F.adam_step(p.data, p.grad, self.m[i], self.v[i], self.t, lr=self.lr, beta1=b1,
+                        beta2=b2, eps=self.eps, weight_decay=self.weight_decay)
 
 
 def lenet5(in_channels=1, image_size=8, classes=10, *, algo="auto", backend="auto", dropout=0.0,

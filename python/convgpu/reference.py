@@ -311,3 +311,29 @@ def softmax_cross_entropy_backward(logits, labels):
     p = np.exp(_log_softmax(logits.astype(np.float64)))
     p[np.arange(n), labels] -= 1.0
     return np.ascontiguousarray(p / n, dtype=logits.dtype)
+
+
+# ----------------------------------------------------------------------------------------
+# optimiser steps (the new values; the ops write them in place)
+
+
+def adam_step(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, weight_decay):
+    """One Adam step (Kingma & Ba, bias-corrected; L2 weight decay added to the gradient, as
+    torch.optim.Adam): returns the new (param, exp_avg, exp_avg_sq)."""
+    g = grad + weight_decay * param if weight_decay else grad
+    m = beta1 * exp_avg + (1 - beta1) * g
+    v = beta2 * exp_avg_sq + (1 - beta2) * g * g
+    mhat = m / (1 - beta1 ** step)
+    vhat = v / (1 - beta2 ** step)
+    return param - lr * mhat / (np.sqrt(vhat) + eps), m, v
+
+
+def sgd_step(param, grad, momentum_buffer, lr, momentum, weight_decay):
+    """One SGD step in torch's form (g += wd * p; buf = momentum * buf + g; p -= lr * buf,
+    the buffer zero before the first step, so it starts as g): returns the new (param,
+    momentum_buffer); without momentum the buffer is None."""
+    g = grad + weight_decay * param if weight_decay else grad
+    if momentum:
+        momentum_buffer = momentum * momentum_buffer + g
+        g = momentum_buffer
+    return param - lr * g, momentum_buffer

@@ -1,0 +1,131 @@
+"""Optimiser steps as ops: adam_step and sgd_step update the parameter and the optimiser's
+state in place, one fused pass per parameter on a device (kernels/elementwise.cu: adam_step,
+sgd_step) instead of about a dozen elementwise array operations, each its own launch.
+
+Not in torch.nn.functional; the names follow torch.optim (Adam, SGD with momentum, L2
+weight decay added to the gradient). The step's numbers (lr, betas, the step count, ...)
+are plain Python numbers, not part of the implementation choice.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+from convgpu import reference
+from convgpu.arrays import unwrap
+from convgpu.ops import _args as A
+from convgpu.ops._registry import dispatch, register
+
+
+class AdamHyper(NamedTuple):
+    lr: float
+    beta1: float
+    beta2: float
+    eps: float
+    weight_decay: float
+    step: int
+
+
+class SgdHyper(NamedTuple):
+    lr: float
+    momentum: float
+    weight_decay: float
+
+
+def _np_adam_step(key, p, g, m, v, h):
+    p[...], m[...], v[...] = reference.adam_step(p, g, m, v, h.step, h.lr, h.beta1, h.beta2,
+                                                 h.eps, h.weight_decay)
+
+
+def _np_sgd_step(key, p, g, buf, h):
+    new_p, new_buf = reference.sgd_step(p, g, buf, h.lr, h.momentum, h.weight_decay)
+    p[...] = new_p
+    if buf is not None:
+        buf[...] = new_buf
+
+
+register("adam_step", "numpy", "reference", "convgpu.ops.optim:_np_adam_step")
+register("sgd_step", "numpy", "reference", "convgpu.ops.optim:_np_sgd_step")
+register("adam_step", "numba", "fused", "convgpu.kernels.elementwise:adam_step")
+register("sgd_step", "numba", "fused", "convgpu.kernels.elementwise:sgd_step")
+register("adam_step", "cuda", "fused", "convgpu.kernels.cuda_ops:adam_step")
+register("sgd_step", "cuda", "fused", "convgpu.kernels.cuda_ops:sgd_step")
+
+
+def _number(op, name, v, lo=-math.inf, hi=math.inf, lo_open=False, hi_open=False):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise TypeError(f"{op}: {name} must be a finite Python number, got {v!r}")
+    if v < lo or v > hi or (lo_open and v == lo) or (hi_open and v == hi):
+        span = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+        raise ValueError(f"{op}: {name} must lie in {span}, got {v}")
+    return float(v)
+
+
+def _contiguous(a) -> bool:
+    """Whether the caller's array (NumPy, CuPy or torch) is C-contiguous: unwrapping would
+    copy any other, and the step would update the copy."""
+    if hasattr(a, "is_contiguous"):
+        return a.is_contiguous()
+    flags = getattr(a, "flags", None)
+    return bool(flags is not None and flags.c_contiguous)
+
+
+def _check_state(op, arrays, originals):
+    """Same dtype (float), same shape; what is written in place C-contiguous (checked on
+    the caller's arrays) and writable."""
+    named = {n: a for n, a in arrays.items() if a is not None}
+    A.check_same_dtype(op, **named)
+    first, p = next(iter(named.items()))
+    for n, a in named.items():
+        if a.shape != p.shape:
+            raise ValueError(f"{op}: {n} has shape {tuple(a.shape)} but {first} has shape "
+                             f"{tuple(p.shape)}")
+    for n, a in named.items():
+        if n == "grad":
+            continue
+        if not _contiguous(originals[n]):
+            raise ValueError(f"{op}: {n} is updated in place and must be C-contiguous; pass "
+                             "a contiguous array")
+        if not getattr(a.flags, "writeable", True):
+            raise ValueError(f"{op}: {n} is updated in place and must be writable")
+
+
+def adam_step(param, grad, exp_avg, exp_avg_sq, step, *, lr=1e-3, beta1=0.9, beta2=0.999,
+              eps=1e-8, weight_decay=0.0, backend="auto"):
+    """One Adam step in place: exp_avg = beta1 * exp_avg + (1 - beta1) * g,
+    exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g^2 (g = grad + weight_decay * param),
+    param -= lr * (exp_avg / (1 - beta1^step)) / (sqrt(exp_avg_sq / (1 - beta2^step)) + eps).
+    step counts from 1. Returns None."""
+    op = "adam_step"
+    given = dict(param=param, grad=grad, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq)
+    bd, a = unwrap(op, **given)
+    _check_state(op, a, given)
+    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+        raise ValueError(f"{op}: step must be an int >= 1 (the steps taken, this one "
+                         f"included), got {step!r}")
+    h = AdamHyper(_number(op, "lr", lr, 0.0), _number(op, "beta1", beta1, 0.0, 1.0, hi_open=True),
+                  _number(op, "beta2", beta2, 0.0, 1.0, hi_open=True),
+                  _number(op, "eps", eps, 0.0, lo_open=True),
+                  _number(op, "weight_decay", weight_decay, 0.0), step)
+    p = a["param"]
+    dispatch(op, (tuple(p.shape), p.dtype.str), backend, "auto", bd.on_device, p, a["grad"],
+             a["exp_avg"], a["exp_avg_sq"], h)
+
+
+def sgd_step(param, grad, momentum_buffer=None, *, lr, momentum=0.0, weight_decay=0.0,
+             backend="auto"):
+    """One SGD step in place, torch's form: g = grad + weight_decay * param; with momentum,
+    momentum_buffer = momentum * momentum_buffer + g (pass it zeroed before the first step)
+    and g = momentum_buffer; param -= lr * g. Returns None."""
+    op = "sgd_step"
+    h = SgdHyper(_number(op, "lr", lr, 0.0), _number(op, "momentum", momentum, 0.0),
+                 _number(op, "weight_decay", weight_decay, 0.0))
+    if h.momentum and momentum_buffer is None:
+        raise ValueError(f"{op}: momentum {momentum} needs a momentum_buffer (zeros before "
+                         "the first step)")
+    given = dict(param=param, grad=grad, momentum_buffer=momentum_buffer if h.momentum else None)
+    bd, a = unwrap(op, **given)
+    _check_state(op, a, given)
+    p = a["param"]
+    dispatch(op, (tuple(p.shape), p.dtype.str), backend, "auto", bd.on_device, p, a["grad"],
+             a["momentum_buffer"], h)
