@@ -33,6 +33,11 @@ once("gemm_pipelined TF32 4096^3", lambda: cuda_ops.gemm(A, B, tf32=True, varian
 once("gemm_vec FP32 4096^3", lambda: cuda_ops.gemm(A, B, variant="vec"))
 once("gemm_tiled FP32 4096^3", lambda: cuda_ops.gemm(A, B, variant="tiled"))
 del A, B
+# the 64-row gemm_vec tile on the ResNet 1x1 layer's GEMM (64 x 3136 x 256, 16 images)
+A = rng.standard_normal((1, 64, 256), dtype=cp.float32)
+B = rng.standard_normal((16, 256, 3136), dtype=cp.float32)
+once("gemm_vec 64-row FP32 ResNet 1x1", lambda: cuda_ops.gemm(A, B, variant="vec64"))
+del A, B
 
 # conv2d forward, ResNet 3x3 (N16 C128 H28 K128): the pipelined TF32 kernel and tile:: TF32
 x = rng.standard_normal((16, 128, 28, 28), dtype=cp.float32)
