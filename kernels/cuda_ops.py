@@ -19,6 +19,7 @@ TILE = 128                 # the register-blocked tile of gemm.cu / conv.cu (til
 GEMM_THREADS = 256
 THREADS = 256              # one-thread-per-element kernels
 MAX_GRID_X = 2 ** 31 - 1
+MAX_GRID_YZ = 65535        # gridDim.y and gridDim.z
 INT_SAFE = 2 ** 31 - 2 ** 27   # flat indices below this (plus the grid stride) fit in int
 # pipeline.cuh's TF32 tile: 128 x 128 blocks of 128 threads, slices of 32, 3 stages in
 # dynamic shared memory of 4 bytes x 3 x (K-major 128 x 36 or row-major 32 x 136) per operand
@@ -108,13 +109,16 @@ def gemm(A, B, ta=False, tb=False, splits=1, tf32=False, variant="auto"):
     splits = max(1, min(splits, ceil_div(K, depth)))
     kchunk = ceil_div(ceil_div(K, splits), depth) * depth
     splits = ceil_div(K, kchunk)
+    rows = 64 if variant == "vec64" else TILE
+    if batch * splits > MAX_GRID_YZ or ceil_div(M, rows) > MAX_GRID_YZ:
+        return _gemm_in_parts(A, B, ta, tb, splits, tf32, variant, M, N, rows)
     t = ctype(A.dtype)
-    threads, smem, rows = GEMM_THREADS, 0, TILE
+    threads, smem = GEMM_THREADS, 0
     if variant == "vec":
         name = f"gemm_vec<{cbool(ta)}, {cbool(tb)}, {cbool(tf32)}>"
     elif variant == "vec64":
         name = f"gemm_vec<{cbool(ta)}, {cbool(tb)}, false, 64>"
-        threads, rows = GEMM_THREADS // 2, 64
+        threads = GEMM_THREADS // 2
     elif variant == "tiled":
         name = f"gemm_tiled<{t}, {cbool(ta)}, {cbool(tb)}, {cbool(tf32)}>"
     else:
@@ -137,6 +141,26 @@ def gemm(A, B, ta=False, tb=False, splits=1, tf32=False, variant="auto"):
 
 
 MAX_SPLITS = 128
+
+
+def _gemm_in_parts(A, B, ta, tb, splits, tf32, variant, M, N, rows):
+    """gemm past the grid's y and z limits (65535 row tiles, batch x splits): launches on
+    slices of at most that many batches and row tiles (A's rows are sliced where it is
+    stored M x K; a K x M operand that tall is refused)."""
+    batch = max(A.shape[0], B.shape[0])
+    per_batch = max(1, MAX_GRID_YZ // splits)
+    per_rows = MAX_GRID_YZ * rows
+    if ta and M > per_rows:
+        raise ValueError(f"gemm: a transposed A (K x M) with M = {M} rows needs more than "
+                         f"{MAX_GRID_YZ} row tiles; pass it as M x K")
+    C = empty((batch, M, N), A.dtype, A)
+    for b0 in range(0, batch, per_batch):
+        Ab = A if A.shape[0] == 1 else A[b0:b0 + per_batch]
+        Bb = B if B.shape[0] == 1 else B[b0:b0 + per_batch]
+        for m0 in range(0, M, per_rows):
+            Am = Ab if ta or M <= per_rows else contiguous(Ab[:, m0:m0 + per_rows])
+            C[b0:b0 + per_batch, m0:m0 + per_rows] = gemm(Am, Bb, ta, tb, splits, tf32, variant)
+    return C
 
 
 def _split_for(M, N, batch, K, tile_rows=TILE):
@@ -417,7 +441,10 @@ def _split_launch(kernel, a, dtype, like, out_shape, grid_xy, M, N, depth, *arra
     reduction `depth` split (in multiples of the kernel's slice, depth_unit) when the output
     (M x N per group) has too few tiles to fill the GPU; partials summed in a fixed order
     (gemm.cu's sum_splits)."""
-    splits = _split_for(M, N, a.groups, depth, tile_rows)
+    if a.groups > MAX_GRID_YZ:             # blockIdx.z = group * splits + split
+        raise ValueError(f"the implicit-GEMM convolutions launch one grid layer per group: "
+                         f"{a.groups} groups is more than {MAX_GRID_YZ}")
+    splits = min(_split_for(M, N, a.groups, depth, tile_rows), MAX_GRID_YZ // a.groups)
     kchunk = ceil_div(ceil_div(depth, splits), depth_unit) * depth_unit
     splits = ceil_div(depth, kchunk)
     size = int(np.prod(out_shape))

@@ -548,6 +548,42 @@ def test_winograd_grid_loops_and_split_tiles(rng, monkeypatch, algo, dtype):
                  convgpu.conv2d_backward_weight(x, gy, w.shape, **kw), tol)
 
 
+@pytest.mark.parametrize("variant", ["vec", "vec64", "tiled"])
+def test_gemm_past_the_grid_limits_runs_in_parts(rng, monkeypatch, variant):
+    """Batches x splits or row tiles past gridDim's 65535 (here 2): gemm launches on slices
+    of batches and of A's rows, with a broadcast operand and split-K; a K x M A that tall
+    is refused before any launch."""
+    from convgpu.kernels import cuda_ops
+    monkeypatch.setattr(cuda_ops, "MAX_GRID_YZ", 2)
+    A, B = rand(rng, (5, 300, 20), np.float32), rand(rng, (1, 20, 12), np.float32)
+    for splits in (1, 2):
+        C = cuda_ops.gemm(A, B, splits=splits, variant=variant)
+        assert C.shape == (5, 300, 12)
+        assert_close(C, np.matmul(A.astype(np.float64), B), TOL[np.float32])
+    C = cuda_ops.gemm(B.transpose(0, 2, 1).copy(), A.transpose(0, 2, 1).copy(), variant=variant)
+    assert_close(C, np.matmul(B.transpose(0, 2, 1), A.transpose(0, 2, 1).astype(np.float64)),
+                 TOL[np.float32])
+    with pytest.raises(ValueError, match="transposed A"):
+        cuda_ops.gemm(A[:1].transpose(0, 2, 1).copy(), B, ta=True, variant=variant)
+
+
+def test_implicit_gemm_groups_past_the_grid_are_refused_and_splits_clamped(rng, monkeypatch):
+    """blockIdx.z = group * splits + split: more groups than gridDim.z allows is a ValueError
+    before any launch; otherwise the splits shrink to fit (here 2 groups under a limit of 3:
+    one split each, the result still right)."""
+    from convgpu.kernels import cuda_ops
+    x, w = rand(rng, (1, 4, 6, 6)), rand(rng, (4, 2, 3, 3))
+    gy = rand(rng, (1, 4, 4, 4))
+    monkeypatch.setattr(cuda_ops, "_split_for", lambda *a, **k: 8)
+    monkeypatch.setattr(cuda_ops, "MAX_GRID_YZ", 3)
+    assert_close(convgpu.conv2d_backward_weight(x, gy, w.shape, groups=2, backend="cuda",
+                                                algo="implicit_gemm"),
+                 convgpu.conv2d_backward_weight(x, gy, w.shape, groups=2), TOL[np.float64])
+    monkeypatch.setattr(cuda_ops, "MAX_GRID_YZ", 1)
+    with pytest.raises(ValueError, match="2 groups is more than 1"):
+        convgpu.conv2d(x, w, groups=2, backend="cuda", algo="implicit_gemm")
+
+
 def test_gemm_broadcasts_a_batch_of_one(rng):
     from convgpu.kernels import cuda_ops
     A, B = rand(rng, (1, 12, 20), np.float32), rand(rng, (5, 20, 16), np.float32)
