@@ -915,11 +915,18 @@ def test_relu_keeps_nan():
     assert np.isnan(y[0]) and y[1] == 0 and y[2] == 2
 
 
-def test_a_training_step_on_the_cuda_backend_matches_numpy():
+@pytest.mark.parametrize("families", [("implicit_gemm", "im2col"), ("winograd", "winograd")])
+def test_a_training_step_on_the_cuda_backend_matches_numpy(families):
     """One step of a small conv net (conv-relu-maxpool-conv-relu-avgpool-linear-relu-linear),
-    every op on the emulated cuda backend: loss, input and parameter gradients as numpy's."""
+    every op on the emulated cuda backend, the two 3x3 convolutions on the given algorithm
+    families (Conv2d's forward, input and weight gradient): loss, input and parameter
+    gradients as numpy's. (Not winograd_4x4: an output whose 3x3 patch is all zeros, exactly
+    0 for numpy, comes out of its 4x4 tile's transforms as a ~1e-17 residue of the tile's
+    other outputs, which flips ReLU's mask there: the bias gradients then differ by 10-30%
+    while the weight gradients agree, since those outputs multiply zero inputs. A property
+    of the algorithm, as of any tiled transform.)"""
     out = {"numpy": training_step(small_net("numpy"), "numpy"),
-           "cuda": training_step(small_net("cuda", ("implicit_gemm", "im2col")), "cuda")}
+           "cuda": training_step(small_net("cuda", families), "cuda")}
     assert abs(out["numpy"][0] - out["cuda"][0]) <= 1e-12 * abs(out["numpy"][0])
     assert_close(out["cuda"][1], out["numpy"][1], TOL[np.float64])
     for k, g in out["numpy"][2].items():

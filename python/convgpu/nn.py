@@ -107,6 +107,9 @@ ALGO_FAMILIES = {
     "im2col": ("im2col", "col2im", "im2col"),
     "fft": ("fft", "fft", "fft"),
     "implicit_gemm": ("implicit_gemm", "implicit_gemm", "implicit_gemm"),     # cuda only
+    # 3x3, stride 1, dilation 1 (padding <= 2 for the input gradient); cuda only
+    "winograd": ("winograd", "winograd", "winograd"),
+    "winograd_4x4": ("winograd_4x4", "winograd_4x4", "winograd_4x4"),
 }
 
 
