@@ -82,29 +82,10 @@ template <> struct WinogradF<4> {
     }
 };
 
-// out (R x C) = L (R x I) @ in (I x C), L(i, j) a constant coefficient function (zero terms
-// skipped); right: out (R x C) = in (R x I) @ L^T, L (C x I)
-template <int R, int I, int C, typename T, typename L>
-__device__ __forceinline__ void left(L coef, const T (&in)[I][C], T (&out)[R][C]) {
-#pragma unroll
-    for (int i = 0; i < R; ++i)
-#pragma unroll
-        for (int c = 0; c < C; ++c) {
-            T acc = T(0);
-            bool first = true;
-#pragma unroll
-            for (int j = 0; j < I; ++j) {
-                const double w = coef(i, j);
-                if (w == 0) continue;
-                const T v = w == 1 ? in[j][c] : w == -1 ? -in[j][c] : T(w) * in[j][c];
-                acc = first ? v : acc + v;
-                first = false;
-            }
-            out[i][c] = acc;
-        }
-}
-template <int R, int I, int C, typename T, typename L>
-__device__ __forceinline__ void right(L coef, const T (&in)[R][I], T (&out)[R][C]) {
+// out[r][c] = sum over j < I of w(r, c, j) * x(r, c, j), w a compile-time constant once the
+// loops are unrolled: zero terms are dropped, +-1 terms need no multiply
+template <int R, int C, int I, typename T, typename W, typename X>
+__device__ __forceinline__ void combine(W w, X x, T (&out)[R][C]) {
 #pragma unroll
     for (int r = 0; r < R; ++r)
 #pragma unroll
@@ -113,14 +94,26 @@ __device__ __forceinline__ void right(L coef, const T (&in)[R][I], T (&out)[R][C
             bool first = true;
 #pragma unroll
             for (int j = 0; j < I; ++j) {
-                const double w = coef(c, j);
-                if (w == 0) continue;
-                const T v = w == 1 ? in[r][j] : w == -1 ? -in[r][j] : T(w) * in[r][j];
+                const double k = w(r, c, j);
+                if (k == 0) continue;
+                const T v = k == 1 ? x(r, c, j) : k == -1 ? -x(r, c, j) : T(k) * x(r, c, j);
                 acc = first ? v : acc + v;
                 first = false;
             }
             out[r][c] = acc;
         }
+}
+// left: out (R x C) = L (R x I) @ in (I x C); right: out (R x C) = in (R x I) @ L^T, L (C x I);
+// L(i, j) a constant coefficient function
+template <int R, int I, int C, typename T, typename L>
+__device__ __forceinline__ void left(L coef, const T (&in)[I][C], T (&out)[R][C]) {
+    combine<R, C, I>([&](int r, int, int j) { return coef(r, j); },
+                     [&](int, int c, int j) { return in[j][c]; }, out);
+}
+template <int R, int I, int C, typename T, typename L>
+__device__ __forceinline__ void right(L coef, const T (&in)[R][I], T (&out)[R][C]) {
+    combine<R, C, I>([&](int, int c, int j) { return coef(c, j); },
+                     [&](int r, int, int j) { return in[r][j]; }, out);
 }
 
 // the tiles of one channel: t -> (n, th, tw) by two multiply-shift divisions

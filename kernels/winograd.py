@@ -44,6 +44,13 @@ def supports(a):
     return None
 
 
+@cuda.jit(device=True, inline=True)      # inlined in Numba IR: compile_ptx needs no device
+def filter_index(i, Cg, Kg):
+    """Flat index over (K, Cg) -> (k, c, the group g, k within the group)."""
+    k = i // Cg
+    return k, i % Cg, k // Kg, k % Kg
+
+
 @functools.lru_cache(maxsize=None)
 def _kernels(dtype_name: str):
     T = NB_TYPES[np.dtype(dtype_name)]
@@ -54,10 +61,7 @@ def _kernels(dtype_name: str):
         K, Cg = w.shape[0], w.shape[1]
         Kg = K // groups
         for i in range(cuda.grid(1), K * Cg, cuda.gridsize(1)):
-            k = i // Cg
-            c = i % Cg
-            g = k // Kg
-            kk = k % Kg
+            k, c, g, kk = filter_index(i, Cg, Kg)
             t = cuda.local.array((4, 3), dtype=T)          # G g
             for s in range(3):
                 a, b, d = w[k, c, 0, s], w[k, c, 1, s], w[k, c, 2, s]
@@ -160,10 +164,7 @@ def _kernels(dtype_name: str):
         K, Cg = gw.shape[0], gw.shape[1]
         Kg = K // groups
         for i in range(cuda.grid(1), K * Cg, cuda.gridsize(1)):
-            k = i // Cg
-            c = i % Cg
-            g = k // Kg
-            kk = k % Kg
+            k, c, g, kk = filter_index(i, Cg, Kg)
             a = cuda.local.array((3, 4), dtype=T)          # G^T m
             for s in range(4):
                 m0 = Mw[g * 16 + s, kk, c]
