@@ -300,9 +300,6 @@ def winograd_supports(a, m=2):
     if (a.R, a.S) != (3, 3) or a.stride != (1, 1) or a.dilation != (1, 1):
         return (f"Winograd F({m}x{m}, 3x3) serves 3x3 filters at stride 1 and dilation 1; got "
                 f"{a.R}x{a.S}, stride {a.stride}, dilation {a.dilation}")
-    if a.groups * (m + 2) ** 2 > 65535:
-        return (f"Winograd batches groups x {(m + 2) ** 2} GEMMs over gridDim.z <= 65535 "
-                f"({a.groups} groups)")
     if _winograd_tiles(a, m)[1] >= INT_SAFE:
         return f"Winograd indexes a channel's tiles (N * ceil(P/{m}) * ceil(Q/{m})) in 32 bits"
     return None
@@ -855,18 +852,10 @@ def avg_pool2d_backward(a, gy):
 # The array module follows the inputs, so the tests can check this algebra on NumPy arrays
 # with a NumPy GEMM standing in (tests/test_fft_algebra.py); on a GPU it is CuPy throughout.
 
-MAX_BATCH = 65535          # gridDim.z of the GEMM
 
 
 def fft_supports(a):
-    reason = dilation_reason(a)
-    if reason:
-        return reason
-    L, F = transform_size(a)
-    if a.groups * F > MAX_BATCH:
-        return (f"the FFT path batches groups x frequencies ({a.groups} x {F}) over gridDim.z "
-                f"<= {MAX_BATCH}")
-    return None
+    return dilation_reason(a)
 
 
 def _spectrum(t, L, groups):

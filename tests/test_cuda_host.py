@@ -567,6 +567,23 @@ def test_gemm_past_the_grid_limits_runs_in_parts(rng, monkeypatch, variant):
         cuda_ops.gemm(A[:1].transpose(0, 2, 1).copy(), B, ta=True, variant=variant)
 
 
+@pytest.mark.parametrize("algo", ["fft", "winograd", "winograd_4x4"])
+def test_batched_gemm_algorithms_past_gridDim_z(rng, monkeypatch, algo):
+    """The FFT (groups x frequencies) and Winograd (groups x (m+2)^2) GEMM batches past
+    gridDim.z (here 8) run in parts: forward and both gradients against the reference."""
+    from convgpu.kernels import cuda_ops
+    monkeypatch.setattr(cuda_ops, "MAX_GRID_YZ", 8)
+    x, w, gy = rand(rng, (2, 4, 6, 5)), rand(rng, (4, 2, 3, 3)), rand(rng, (2, 4, 6, 5))
+    kw = dict(padding=1, groups=2, backend="cuda", algo=algo)
+    tol = tolerance(algo, np.float64)
+    ref = dict(padding=1, groups=2)
+    assert_close(convgpu.conv2d(x, w, **kw), convgpu.conv2d(x, w, **ref), tol)
+    assert_close(convgpu.conv2d_backward_input(gy, w, x.shape, **kw),
+                 convgpu.conv2d_backward_input(gy, w, x.shape, **ref), tol)
+    assert_close(convgpu.conv2d_backward_weight(x, gy, w.shape, **kw),
+                 convgpu.conv2d_backward_weight(x, gy, w.shape, **ref), tol)
+
+
 def test_implicit_gemm_groups_past_the_grid_are_refused_and_splits_clamped(rng, monkeypatch):
     """blockIdx.z = group * splits + split: more groups than gridDim.z allows is a ValueError
     before any launch; otherwise the splits shrink to fit (here 2 groups under a limit of 3:

@@ -242,7 +242,7 @@ def test_tf32_conv_and_linear(case):
             convgpu.conv2d(xd, wd, bd, **kw, algo=algo)
         try:
             y = convgpu.conv2d(xd, wd, bd, **kw, algo=algo, allow_tf32=True)
-        except ValueError as why:            # FFT: no dilation, bounded batch of frequencies;
+        except ValueError as why:            # FFT: no dilation;
             # Winograd: 3x3 at stride 1
             assert algo.startswith(("fft", "winograd")) and "cannot serve" in str(why), (algo, why)
             continue
@@ -282,7 +282,7 @@ def test_tf32_backward_passes(case):
                 call(al, False)
             try:
                 out = call(al, True)
-            except ValueError as why:        # FFT: no dilation, bounded batch of frequencies;
+            except ValueError as why:        # FFT: no dilation;
                 # Winograd: 3x3 at stride 1
                 assert al.startswith(("fft", "winograd")) and "cannot serve" in str(why), (al, why)
                 continue
