@@ -44,6 +44,8 @@ def _np_sgd_step(key, p, g, buf, h):
         buf[...] = new_buf
 
 
+# one implementation per backend: dispatch autotunes (times each candidate on the call's
+# own arrays) where several support a call, which would apply an in-place step again
 register("adam_step", "numpy", "reference", "convgpu.ops.optim:_np_adam_step")
 register("sgd_step", "numpy", "reference", "convgpu.ops.optim:_np_sgd_step")
 register("adam_step", "numba", "fused", "convgpu.kernels.elementwise:adam_step")

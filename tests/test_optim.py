@@ -93,3 +93,13 @@ def test_nn_optimisers_update_parameters_in_place_as_the_reference(rng, make):
             ref_p, ref_s[0] = R.sgd_step(ref_p, g, ref_s[0], 0.1, 0.9, 0.01)
     assert w.data is data                      # updated in place
     assert_close(w.data, ref_p, 1e-5)
+
+
+@pytest.mark.parametrize("op", ["adam_step", "sgd_step"])
+def test_in_place_ops_have_one_implementation_per_backend(op):
+    """On a device, dispatch times every implementation that supports a call (autotuning);
+    for an in-place step each timed call would apply the step again, so each backend must
+    offer exactly one."""
+    from convgpu.ops._registry import all_impls
+    backends = [i.backend for i in all_impls(op)]
+    assert sorted(backends) == sorted(set(backends)) == ["cuda", "numba", "numpy"]
