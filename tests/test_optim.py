@@ -103,3 +103,33 @@ def test_in_place_ops_have_one_implementation_per_backend(op):
     from convgpu.ops._registry import all_impls
     backends = [i.backend for i in all_impls(op)]
     assert sorted(backends) == sorted(set(backends)) == ["cuda", "numba", "numpy"]
+
+
+def test_reference_steps_match_a_scalar_loop(rng):
+    """reference.adam_step / sgd_step against the algorithms written element by element in
+    Python floats (Kingma & Ba, Algorithm 1, with L2 decay added to the gradient; torch's
+    SGD with momentum), over three steps. (torch.optim is the second oracle where torch is
+    installed: tests/test_torch_oracle.py.)"""
+    import math
+    p0, m0 = rand(rng, (3, 4)), np.zeros((3, 4))
+    grads = [rand(rng, (3, 4)) for _ in range(3)]
+    lr, b1, b2, eps, wd, mu = 0.05, 0.8, 0.99, 1e-6, 0.01, 0.9
+    p, m, v = p0.copy(), m0.copy(), m0.copy()
+    q, buf = p0.copy(), m0.copy()
+    for t, g in enumerate(grads, 1):
+        p, m, v = R.adam_step(p, g, m, v, t, lr, b1, b2, eps, wd)
+        q, buf = R.sgd_step(q, g, buf, lr, mu, wd)
+    for idx in np.ndindex(p0.shape):
+        theta, mt, vt = float(p0[idx]), 0.0, 0.0
+        w, b = float(p0[idx]), 0.0
+        for t, g in enumerate(grads, 1):
+            gt = float(g[idx]) + wd * theta
+            mt = b1 * mt + (1 - b1) * gt
+            vt = b2 * vt + (1 - b2) * gt * gt
+            theta -= lr * (mt / (1 - b1 ** t)) / (math.sqrt(vt / (1 - b2 ** t)) + eps)
+            gs = float(g[idx]) + wd * w
+            b = mu * b + gs
+            w -= lr * b
+        assert math.isclose(p[idx], theta, rel_tol=1e-12) and math.isclose(m[idx], mt, rel_tol=1e-12)
+        assert math.isclose(v[idx], vt, rel_tol=1e-12)
+        assert math.isclose(q[idx], w, rel_tol=1e-12) and math.isclose(buf[idx], b, rel_tol=1e-12)
