@@ -6,7 +6,8 @@
 //   relu_bwd<T>          gx = gy where x > 0, else 0
 //   bias_add_fwd<T>      y[i] = x[i] + b[(i / inner) % C]
 //   channel_sum<T>       out[k] = scale * sum over b, l of a[b, k, l]; one block per k: each
-//                        thread sums a strided slice, then a shared-memory tree
+//                        thread sums a strided slice (of each row, or of the (b, l) pairs
+//                        where rows are shorter than the block), then a shared-memory tree
 //   plane_mean<T>        y[p] = mean of x[p, 0 .. HW); one warp per plane, lanes strided,
 //                        then warp_sum
 //   plane_spread<T>      gx[p, i] = gy[p] / HW
@@ -52,9 +53,17 @@ channel_sum(const T* __restrict__ a, T* __restrict__ out, int B, int K, long lon
     __shared__ T buf[EW_THREADS];
     const int k = blockIdx.x, t = threadIdx.x;
     T acc = T(0);
-    for (int b = 0; b < B; ++b) {
-        const T* row = a + ((long long)b * K + k) * L;
-        for (long long l = t; l < L; l += EW_THREADS) acc += row[l];
+    if (L >= EW_THREADS) {                  // long rows (a bias gradient's P*Q): along them
+        for (int b = 0; b < B; ++b) {
+            const T* row = a + ((long long)b * K + k) * L;
+            for (long long l = t; l < L; l += EW_THREADS) acc += row[l];
+        }
+    } else {                                // short rows (a linear layer's: L = 1): over (b, l)
+        const long long n = (long long)B * L;
+        for (long long j = t; j < n; j += EW_THREADS) {
+            const long long b = j / L;
+            acc += a[(b * K + k) * L + (j - b * L)];
+        }
     }
     buf[t] = acc;
     __syncthreads();

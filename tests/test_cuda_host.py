@@ -927,6 +927,15 @@ def test_small_ops(rng, dtype):
                      convgpu.softmax_cross_entropy_backward(z, t), TOL[dtype])
 
 
+@pytest.mark.parametrize("B, K, L", [(1000, 3, 1), (7, 5, 300), (3, 4, 255)])
+def test_channel_sum_long_and_short_rows(rng, B, K, L):
+    """channel_sum (the bias gradients' reduction): rows longer than the block are summed
+    along, shorter ones (a linear layer's L = 1) over the (b, l) pairs by every thread."""
+    from convgpu.kernels import cuda_ops
+    a = rand(rng, (B, K, L))
+    assert_close(both_orders(lambda: cuda_ops.channel_sum(a)), a.sum(axis=(0, 2)), TOL[np.float64])
+
+
 def test_relu_keeps_nan():
     y = convgpu.relu(np.array([np.nan, -1.0, 2.0]), backend="cuda")
     assert np.isnan(y[0]) and y[1] == 0 and y[2] == 2
