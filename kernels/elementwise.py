@@ -4,8 +4,10 @@ fixed-order reduction), softmax cross-entropy forward and backward.
 Kernels (each built per dtype by a memoised factory so float32 arithmetic stays float32):
   adam_step_k, sgd_step_k                 optimiser steps in place, one thread per element
   relu_k, relu_backward_k, bias_add_k      one thread per element, grid-stride
-  channel_sum_k                           one block per channel: strided partial sums, then a
-                                          shared-memory tree in a fixed order (deterministic)
+  channel_sum_k                           one block per channel: strided partial sums (along
+                                          each row, or over the (b, l) pairs where rows are
+                                          shorter than the block), then a shared-memory tree
+                                          in a fixed order (deterministic)
   xent_rows_k                             one thread per row: log-sum-exp, the row's loss
   xent_backward_k                         one thread per row: (softmax - onehot) / N
 Then the launchers, with the registry's signature (args, *arrays).
@@ -53,9 +55,14 @@ def _kernels(dtype_name: str):
         t = cuda.threadIdx.x
         buf = cuda.shared.array(THREADS, dtype=T)
         acc = T(0)
-        for b in range(a.shape[0]):
-            for l in range(t, a.shape[2], THREADS):
-                acc += a[b, k, l]
+        B, L = a.shape[0], a.shape[2]
+        if L >= THREADS:                  # long rows: each thread strides along every row
+            for b in range(B):
+                for l in range(t, L, THREADS):
+                    acc += a[b, k, l]
+        else:                             # short rows (L = 1 for a linear layer): over (b, l)
+            for j in range(t, B * L, THREADS):
+                acc += a[j // L, k, j % L]
         buf[t] = acc
         cuda.syncthreads()
         step = THREADS // 2

@@ -275,3 +275,10 @@ def test_fused_optimiser_steps(rng, dtype):
         assert_close(a, w, TOL[dtype])
     convgpu.sgd_step(q, g.astype(dtype), lr=0.5, backend="numba")
     assert_close(q, rq - 0.5 * g, TOL[dtype])
+
+
+@pytest.mark.parametrize("B, K, L", [(300, 3, 1), (3, 2, 260)])
+def test_channel_sum_long_and_short_rows(rng, B, K, L):
+    from convgpu.kernels.elementwise import channel_sum
+    a = rand(rng, (B, K, L))
+    assert_close(channel_sum(a), a.sum(axis=(0, 2)), TOL[np.float64])
