@@ -2,7 +2,8 @@
 every CUDA C kernel launch, every GEMM (with its split-K sum) and every cuFFT call of one
 op call timed with CUDA events around it, after a warm-up call; what is left of the call's
 time ("other") is CuPy's own array work (copies, transposes, concatenations, casts) and
-launch gaps. bench/gpu_check.sh appends its output to bench.log.
+launch gaps. Then a LeNet-5 training step by phase (forward, loss, backward, optimiser):
+host wall time and CUDA C launches. bench/gpu_check.sh appends the output to bench.log.
 
     python3 bench/stage_times.py [--quick]
 """
@@ -132,6 +133,69 @@ def main():
     st.profile("conv2d_backward_weight im2col, ResNet conv1 7x7/2",
                lambda: convgpu.conv2d_backward_weight(x, gy, (K, C, 7, 7), stride=2, padding=3,
                                                       **cuda, algo="im2col"))
+
+    train_step_phases(st)
+
+
+def train_step_phases(st, batch=32, steps=20):
+    """The LeNet-5 step of `convgpu train --backend cuda` (digits, batch 32) by phase:
+    host wall time with the device synchronised after each phase (so a phase's time is its
+    launches and its kernels), the CUDA C kernel launches counted per phase. The step is
+    ~3x torch's (bench/results: train.log); this says whether the host or the kernels
+    hold it."""
+    import time
+
+    import numpy as np
+
+    from convgpu import data as D
+    from convgpu import nn
+    x, y = D.digits()
+    xd, yd = cp.asarray(x[:batch * 2]), cp.asarray(y[:batch * 2].astype(np.int64))
+    model = nn.lenet5(1, x.shape[2], 10).to(cp)
+    opt = nn.Adam(model.parameters(), lr=2e-3)
+    loss_fn = nn.SoftmaxCrossEntropy("auto", check_labels=False)
+    sync = cp.cuda.Device().synchronize
+    phases = collections.OrderedDict((k, [0.0, 0]) for k in ("forward", "loss", "backward",
+                                                              "optimiser"))
+    launches = [0]
+    real_timed = st.timed
+
+    def counted(label, fn, *a, **k):   # CUDA C kernels and cuFFT calls (not CuPy's own
+        if not label.startswith("gemm"):   # kernels; a GEMM counts its kernels)
+            launches[0] += 1
+        return fn(*a, **k)
+
+    st.timed = counted
+    try:
+        for it in range(steps + 3):                    # 3 warm-up steps (autotuning, caches)
+            xb, yb = xd[(it % 2) * batch:(it % 2 + 1) * batch], yd[(it % 2) * batch:(it % 2 + 1) * batch]
+            marks = []
+            sync()
+            t0 = time.perf_counter()
+            for name, fn in (("forward", lambda: model.forward(xb)),
+                             ("loss", lambda: loss_fn.forward(logits, yb)),
+                             ("backward", lambda: model.backward(loss_fn.backward(),
+                                                                 need_input_grad=False)),
+                             ("optimiser", opt.step)):
+                n0 = launches[0]
+                out = fn()
+                if name == "forward":
+                    logits = out
+                sync()
+                t1 = time.perf_counter()
+                marks.append((name, t1 - t0, launches[0] - n0))
+                t0 = t1
+            if it >= 3:
+                for name, dt, n in marks:
+                    phases[name][0] += dt
+                    phases[name][1] += n
+    finally:
+        st.timed = real_timed
+    total = sum(v[0] for v in phases.values()) / steps * 1e3
+    print(f"\nLeNet-5 training step (digits, batch {batch}, cuda backend): {total:.3f} ms "
+          f"(host wall time, synchronised per phase; mean of {steps} steps)")
+    for name, (dt, n) in phases.items():
+        print(f"  {name:12s} {dt / steps * 1e3:8.3f} ms  {n / steps:5.1f} CUDA C launches")
 
 
 if __name__ == "__main__":
