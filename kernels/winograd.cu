@@ -132,6 +132,15 @@ struct Tiles {
 #define TILES const Tiles tl{tiles, ld, TH, TW, \
     divider<int>(TH * TW, (unsigned)div_img, (unsigned)(div_img >> 32)), \
     divider<int>(TW, (unsigned)div_tw, (unsigned)(div_tw >> 32))}
+// column t of a transform row whose AA values lie `step` apart: past the T tiles (the padding
+// to ld) they are written zero and false is returned (nothing more to do for t)
+template <int AA, typename T>
+__device__ __forceinline__ bool live_column(const Tiles& tl, int t, T* out, long long step) {
+    if (t < tl.tiles) return true;
+#pragma unroll
+    for (int xi = 0; xi < AA; ++xi) out[xi * step] = T(0);
+    return false;
+}
 // a channel's tiles t: blockIdx.y walks the channels, x the tiles (both loop past the grid)
 #define FOR_CHANNEL_TILES(ch, channels, t)                                                 \
     for (int ch = blockIdx.y; ch < (channels); ch += gridDim.y)                            \
@@ -175,11 +184,7 @@ __global__ void winograd_input(const T* __restrict__ x, T* __restrict__ V, int N
     FOR_CHANNEL_TILES(c_all, C, t) {                          // consecutive threads: consecutive tiles
         const int g = c_all / Cg, c = c_all - g * Cg;
         T* out = V + ((long long)g * A * A * Cg + c) * ld + t;
-        if (t >= tl.tiles) {                                  // the zero columns past T
-#pragma unroll
-            for (int xi = 0; xi < A * A; ++xi) out[xi * step] = T(0);
-            continue;
-        }
+        if (!live_column<A * A>(tl, t, out, step)) continue;
         int n, th, tw;
         tl.of(t, n, th, tw);
         const T* xp = x + ((long long)n * C + c_all) * H * W;
@@ -249,11 +254,7 @@ __global__ void winograd_grad_tiles(const T* __restrict__ gy, T* __restrict__ Z,
     FOR_CHANNEL_TILES(k_all, K, t) {
         const int g = k_all / Kg, k = k_all - g * Kg;
         T* out = Z + ((long long)g * A * A * Kg + k) * ld + t;
-        if (t >= tl.tiles) {
-#pragma unroll
-            for (int xi = 0; xi < A * A; ++xi) out[xi * step] = T(0);
-            continue;
-        }
+        if (!live_column<A * A>(tl, t, out, step)) continue;
         int n, th, tw;
         tl.of(t, n, th, tw);
         const T* gp = gy + ((long long)n * K + k_all) * P * Q;
