@@ -53,7 +53,7 @@ say "sanitizer: $SAN"
 
 # 4. benchmark (quick suite) with cuDNN beside
 # (the Numba direct/GEMM kernels were timed in earlier runs; here the CUDA C ones and Numba FFT)
-timeout $(lim 220 120) python3 -m convgpu bench --quick --json "$OUT/bench.json" --plot "$OUT/bench.png" \
+timeout $(lim 220 195) python3 -m convgpu bench --quick --json "$OUT/bench.json" --plot "$OUT/bench.png" \
   --impl cuda numba:fft \
   2>&1 | tee "$OUT/bench.log" | grep -v Warning
 say "bench done"
@@ -61,8 +61,13 @@ say "bench done"
 # 4b. where the time goes inside the FFT and Winograd algorithms (each kernel, GEMM and
 # cuFFT call timed with events; the rest is CuPy's array work) and in a LeNet training step
 # (by phase, with its launch counts): appended to bench.log
-timeout $(lim 40 80) python3 bench/stage_times.py 2>&1 | tee -a "$OUT/bench.log" | tail -90
+timeout $(lim 40 155) python3 bench/stage_times.py 2>&1 | tee -a "$OUT/bench.log" | tail -90
 say "stage times done"
+
+# 4b'. the TF32 operand rounding three ways (cvt.rna, the same in integer arithmetic,
+# none) on the tensor-core kernels, exactness first: appended to bench.log
+timeout $(lim 75 80) python3 bench/tf32_rounding.py --rounds 5 2>&1 | tee -a "$OUT/bench.log" | tail -25
+say "tf32 rounding done"
 
 # 4c. Nsight Compute on one launch of each kernel behind a target (bench/profile_targets.py):
 # what limits it, for the note (ncu is on the Firecracker machines; skipped elsewhere)

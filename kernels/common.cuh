@@ -66,13 +66,36 @@ template <bool TF32> __device__ __forceinline__ int slot_col(int slot, int tid) 
     }
 }
 
+// x rounded to TF32 for mma.sync: to nearest, ties away from zero, as a .b32 whose low 13
+// bits the tensor cores ignore (they read an operand's top 19 bits: nvcc lowers cvt.rna
+// itself to "if finite, add 0x1000" and leaves those bits set). CONVGPU_TF32_ROUND picks
+// how; bench/tf32_rounding.py times the three side by side on a device:
+//   0 (default) the PTX instruction cvt.rna.tf32.f32: FSETP + predicated IADD, every one on
+//     the same predicate register, a chain the tensor-core loops wait on;
+//   1 the same rounding in integer arithmetic: two mins and an add, no predicate. The mins
+//     cap only NaNs whose top mantissa bits are all set (0x7fffffff, the device's canonical
+//     NaN, and 0xffffffff), which the add would carry into the exponent and sign (a NaN
+//     read as -0 / +0); capped, they stay NaN. In gemm_pipelined's main loop (nvcc 13.0,
+//     sm_90) the static stall cycles per slice fall from 2253 to 1428, in the implicit-GEMM
+//     convolutions' they rise 1-8% (the compiler had already hidden the chain there);
+//   2 no rounding: the FP32 bits as they are, which the tensor cores truncate toward zero
+//     (biased: products ~7e-4 small on average). The measurement's floor, not a mode to use.
+// The host emulation runs 1 for 0 (it has no PTX); its mma drops the low 13 bits as the
+// hardware does.
+#ifndef CONVGPU_TF32_ROUND
+#define CONVGPU_TF32_ROUND 0
+#endif
 __device__ __forceinline__ unsigned to_tf32(float x) {
-#ifdef CONVGPU_HOST
-    return cuda_host::cvt_rna_tf32(x);
-#else
+    const unsigned u = __float_as_uint(x);
+#if CONVGPU_TF32_ROUND == 2
+    return u;
+#elif CONVGPU_TF32_ROUND == 0 && !defined(CONVGPU_HOST)
     unsigned r;
     asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
     return r;
+#else
+    const unsigned capped = (unsigned)min((int)min(u, 0xffffefffu), 0x7fffefff);
+    return capped + 0x1000u;
 #endif
 }
 

@@ -217,17 +217,15 @@ template <typename T> inline T shfl(T v, int src_lane) {
     return r;
 }
 
-// cvt.rna.tf32.f32: round to 10 mantissa bits, ties away from zero (finite inputs)
-inline unsigned cvt_rna_tf32(float x) {
-    const unsigned u = __float_as_uint(x);
-    if ((u & 0x7f800000u) == 0x7f800000u) return u;
-    return (u + 0x1000u) & 0xffffe000u;
-}
+// a tensor-core operand register as the hardware reads it: the top 19 bits (sign, exponent,
+// 10 mantissa bits)
+inline float tf32_bits(unsigned long long slot) { return __uint_as_float((unsigned)slot & 0xffffe000u); }
 
 // mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32, fragments as in the PTX ISA: lane
 // (g = lane / 4, t = lane % 4) holds a0 = A[g][t], a1 = A[g+8][t], a2 = A[g][t+4],
 // a3 = A[g+8][t+4]; b0 = B[t][g], b1 = B[t+4][g]; c0..c3 = C[g][2t], C[g][2t+1],
-// C[g+8][2t], C[g+8][2t+1]. The products use the TF32 operands exactly, summed in float.
+// C[g+8][2t], C[g+8][2t+1]. Each operand is truncated to TF32 (its low 13 bits dropped, as
+// the tensor cores do: see tile::to_tf32); the products are exact, summed in float.
 inline void mma_m16n8k8_tf32(float* d, const unsigned* a, const unsigned* b) {
     auto& s = L.slots[warp()];
     for (int i = 0; i < 4; ++i) s[lane()][i] = a[i];
@@ -236,12 +234,12 @@ inline void mma_m16n8k8_tf32(float* d, const unsigned* a, const unsigned* b) {
     float A[16][8], B[8][8];
     for (int l = 0; l < 32; ++l) {
         const int g = l / 4, t = l % 4;
-        A[g][t] = __uint_as_float((unsigned)s[l][0]);
-        A[g + 8][t] = __uint_as_float((unsigned)s[l][1]);
-        A[g][t + 4] = __uint_as_float((unsigned)s[l][2]);
-        A[g + 8][t + 4] = __uint_as_float((unsigned)s[l][3]);
-        B[t][g] = __uint_as_float((unsigned)s[l][4]);
-        B[t + 4][g] = __uint_as_float((unsigned)s[l][5]);
+        A[g][t] = tf32_bits(s[l][0]);
+        A[g + 8][t] = tf32_bits(s[l][1]);
+        A[g][t + 4] = tf32_bits(s[l][2]);
+        A[g + 8][t + 4] = tf32_bits(s[l][3]);
+        B[t][g] = tf32_bits(s[l][4]);
+        B[t + 4][g] = tf32_bits(s[l][5]);
     }
     warp_sync();
     const int g = lane() / 4, t = lane() % 4;

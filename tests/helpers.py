@@ -20,6 +20,23 @@ def shuffled_linspace(rng, shape, dtype=np.float64):
     return rng.permutation(v).reshape(shape).astype(dtype)
 
 
+def tf32_round(a):
+    """float32 rounded to TF32 (10 mantissa bits) to nearest, ties away from zero, as
+    cvt.rna (finite inputs): what the tensor-core GEMMs multiply."""
+    u = np.asarray(a, np.float32).view(np.uint32)
+    return ((u + np.uint32(0x1000)) & np.uint32(0xffffe000)).view(np.float32)
+
+
+def tf32_rounding_operands(rng, n):
+    """An n x n float32 matrix whose values sit on, just below and just above the halfway
+    points between TF32 neighbours (low 13 mantissa bits 0x1000, 0x0fff, 0x1001), and random
+    others; mixed signs and binades."""
+    u = rng.uniform(0.5, 1.5, (n, n)).astype(np.float32).view(np.uint32) & np.uint32(0xffffe000)
+    low = rng.choice(np.array([0x1000, 0x0fff, 0x1001, 0x1fff, 0x0001], np.uint32), (n, n))
+    v = (u | low).view(np.float32) * rng.choice(np.float32([-4, -1, 0.25, 1, 64]), (n, n))
+    return v.astype(np.float32)
+
+
 def relerr(out, ref):
     out = np.asarray(out, dtype=np.float64)
     ref = np.asarray(ref, dtype=np.float64)

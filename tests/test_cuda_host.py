@@ -25,7 +25,8 @@ import brute  # noqa: E402
 import convgpu  # noqa: E402
 from convgpu.check import tolerance  # noqa: E402
 from convgpu.ops._registry import all_impls  # noqa: E402
-from helpers import (AVGP_SMALL, CONV_SMALL, MAXP_SMALL, TOL, assert_close, rand,  # noqa: E402
+from helpers import (AVGP_SMALL, CONV_SMALL, MAXP_SMALL, TOL, assert_close, rand,
+                     tf32_round, tf32_rounding_operands,  # noqa: E402
                      shuffled_linspace, small_net, training_step)
 
 
@@ -261,16 +262,35 @@ def test_misaligned_vector_access_stops_with_a_message(offset):
 
 
 def test_tf32_rounding_is_to_nearest_ties_away():
-    # 1 + 2**-11 is halfway between two TF32 values: rounds away from zero
+    """tile::to_tf32 as the tensor cores read it (top 19 bits): to nearest, ties away from
+    zero; infinities and NaNs kept, the NaNs whose mantissa is all ones included (an add of
+    half an ulp would carry them into the exponent and sign: the device's canonical NaN
+    0x7fffffff would become -0)."""
     k = cuda_host.module_from_source(r"""
         #include "common.cuh"
-        __global__ void round_tf32(const float* x, float* y) {
-            y[threadIdx.x] = __uint_as_float(tile::to_tf32(x[threadIdx.x])); }
+        __global__ void round_tf32(const float* x, unsigned* y) {
+            y[threadIdx.x] = tile::to_tf32(x[threadIdx.x]); }
     """, ("round_tf32",))["round_tf32"]
-    x = np.array([1 + 2 ** -11, -(1 + 2 ** -11), 1 + 2 ** -12, 1 + 3 * 2 ** -11], np.float32)
-    y = np.zeros(4, np.float32)
-    k((1,), (4,), (x, y))
-    np.testing.assert_array_equal(y, [1 + 2 ** -10, -(1 + 2 ** -10), 1.0, 1 + 2 ** -9])
+    f = lambda v: int(np.float32(v).view(np.uint32))
+    cases = [   # (input bits, the TF32 value's bits; None: any NaN)
+        (f(1 + 2 ** -11), f(1 + 2 ** -10)), (f(-(1 + 2 ** -11)), f(-(1 + 2 ** -10))),
+        (f(1 + 2 ** -12), f(1.0)), (f(1 + 3 * 2 ** -11), f(1 + 2 ** -9)),
+        (f(1 + 2 ** -11 - 2 ** -23), f(1.0)),
+        (0x7f7fffff, 0x7f800000),                    # the largest float rounds up to inf
+        (0x7f800000, 0x7f800000), (0xff800000, 0xff800000),
+        (0x00081000, 0x00082000), (0x80080fff, 0x80080000),   # subnormals
+        (0x7fffffff, None), (0xffffffff, None), (0x7ffff000, None), (0xfffff001, None),
+        (0x7fc00000, None),
+        (0x7f800001, 0x7f800000)]   # a NaN payload only in the dropped bits: inf, as cvt.rna
+    x = np.array([c[0] for c in cases], np.uint32).view(np.float32)
+    y = np.zeros(x.size, np.uint32)
+    k((1,), (x.size,), (x, y))
+    got = y & np.uint32(0xffffe000)
+    for (inp, want), g in zip(cases, got):
+        if want is None:
+            assert np.isnan(np.uint32(g).view(np.float32)), (hex(inp), hex(g))
+        else:
+            assert g == want, (hex(inp), hex(g), hex(want))
 
 
 DYN = r"""
@@ -1047,6 +1067,23 @@ def test_gemm_pipelined_tails_and_split_k(rng, ta, tb):
                                               variant="pipelined"))
         assert_close(C, want.astype(np.float64), 2e-3)
         assert np.linalg.norm(C - want) / np.linalg.norm(want) > 1e-6     # really TF32
+
+
+@pytest.mark.parametrize("variant", ["tiled", "vec", "pipelined"])
+@pytest.mark.parametrize("side", ["A", "B"])
+def test_tf32_gemms_round_operands_to_nearest(rng, variant, side):
+    """Every TF32 GEMM multiplies its operands rounded to nearest, ties away (cvt.rna): with
+    the other operand the identity, C is exactly the rounded operand. Values on, below and
+    above the halfway points; truncation (the tensor cores' own reading of FP32 bits) or
+    a rounding to even would show here where an error norm would not."""
+    from convgpu.kernels import cuda_ops
+    n = 32
+    X = tf32_rounding_operands(rng, n)
+    eye = np.eye(n, dtype=np.float32)
+    A, B = (X, eye) if side == "A" else (eye, X)
+    C = cuda_ops.gemm(A[None], B[None], tf32=True, variant=variant)[0]
+    np.testing.assert_array_equal(C, tf32_round(X))
+    assert not np.array_equal(tf32_round(X), X)
 
 
 def test_gemm_auto_picks_pipelined_for_tf32_and_it_refuses_fp32(rng, monkeypatch):

@@ -306,6 +306,24 @@ def test_cuda_gemm_tf32_odd_sizes(ta, tb):
     assert 1e-6 < e <= 2e-3, e
 
 
+@pytest.mark.parametrize("variant", ["tiled", "vec", "pipelined"])
+@pytest.mark.parametrize("side", ["A", "B"])
+def test_cuda_tf32_gemms_round_operands_to_nearest(variant, side):
+    """On the tensor cores: each TF32 GEMM multiplies operands rounded to nearest, ties
+    away (cvt.rna). tile::to_tf32 rounds in integer arithmetic and leaves the low 13 bits
+    for the hardware to drop; with the identity as the other operand C is exactly the
+    rounded operand, so a rounding to even, a truncation or low bits that reach the product
+    fail here."""
+    from helpers import tf32_round, tf32_rounding_operands
+    from convgpu.kernels import cuda_ops
+    n = 32
+    X = tf32_rounding_operands(np.random.default_rng(12), n)
+    eye = np.eye(n, dtype=np.float32)
+    A, B = (X, eye) if side == "A" else (eye, X)
+    C = cuda_ops.gemm(cupy.asarray(A[None]), cupy.asarray(B[None]), tf32=True, variant=variant)
+    np.testing.assert_array_equal(cupy.asnumpy(C)[0], tf32_round(X))
+
+
 @pytest.mark.parametrize("variant, tf32", [("vec", False), ("vec", True), ("vec64", False)])
 @pytest.mark.parametrize("ta, tb", [(False, False), (True, False), (False, True), (True, True)])
 @pytest.mark.parametrize("splits", [1, 3])
