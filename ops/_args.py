@@ -181,6 +181,31 @@ class ConvArgs:
         return (self.N, self.K, self.P, self.Q)
 
 
+PADDING_STRINGS = ("valid", "same")
+
+
+def string_padding(op: str, padding, w_shape, stride, dilation):
+    """torch's padding="valid" / "same" for conv2d and its gradients -> (the padding to
+    run with, (rows, columns) to drop from the start of its output). "valid" is 0. "same"
+    keeps the input's size at stride 1 (torch refuses it at any other stride): dilation *
+    (kernel - 1) padding in all, half before and the rest after, so an odd total puts the
+    extra row (column) after. Run with the larger half on both sides, the output has one
+    row too many at the start. Anything else passes through for conv_geometry to check."""
+    if not isinstance(padding, str):
+        return padding, (0, 0)
+    if padding not in PADDING_STRINGS:
+        raise ValueError(f"{op}: padding must be an int, a pair of ints or one of "
+                         f"{', '.join(map(repr, PADDING_STRINGS))}; got {padding!r}")
+    if padding == "valid":
+        return 0, (0, 0)
+    stride = pair(op, "stride", stride, minimum=1)
+    dilation = pair(op, "dilation", dilation, minimum=1)
+    if stride != (1, 1):
+        raise ValueError(f"{op}: padding='same' needs stride 1 (as torch), got stride {stride}")
+    total = [d * (k - 1) for d, k in zip(dilation, tuple(w_shape)[2:])]
+    return tuple(t - t // 2 for t in total), tuple(t % 2 for t in total)
+
+
 def conv_geometry(op: str, x_shape, w_shape, stride, padding, dilation, groups,
                   dtype, *, out_shape=None) -> ConvArgs:
     """Validate a conv problem given the shapes of x and w. With out_shape (the shape of

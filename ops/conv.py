@@ -6,7 +6,7 @@ Each op: unwrap arrays -> validate (ops._args) -> pick an implementation
 from __future__ import annotations
 
 from convgpu import reference
-from convgpu.arrays import unwrap
+from convgpu.arrays import unwrap, xp_of
 from convgpu.ops import _args as A
 from convgpu.ops._registry import dispatch, register
 
@@ -133,28 +133,53 @@ def _bias_add(bd, y, b, backend):
     return bias_add_native(y, b, backend, bd.on_device)
 
 
+def _drop_front(y, trim):
+    """y without its first trim = (rows, columns) (padding="same" with an odd total)."""
+    th, tw = trim
+    return y[:, :, th:, tw:].copy() if th or tw else y
+
+
+def _zeros_front(gy, trim):
+    """gy after trim = (rows, columns) of zeros at the start: the gradient of _drop_front."""
+    th, tw = trim
+    if not (th or tw):
+        return gy
+    out = xp_of(gy).zeros(gy.shape[:2] + (gy.shape[2] + th, gy.shape[3] + tw), gy.dtype)
+    out[:, :, th:, tw:] = gy
+    return out
+
+
+def _check_same_size(op, padding, gy_shape, x_shape):
+    if padding == "same" and tuple(gy_shape[2:]) != tuple(x_shape[2:]):
+        raise ValueError(f"{op}: with padding='same' grad_output's size is the input's, "
+                         f"{tuple(x_shape[2:])}; got grad_output {tuple(gy_shape)}")
+
+
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
            algo="auto", backend="auto", allow_tf32=None):
     """2-D cross-correlation as torch.nn.functional.conv2d: input (N, C, H, W) or (C, H, W),
-    weight (K, C/groups, R, S), bias (K,) -> (N, K, P, Q). allow_tf32 (None: the module
-    setting, see set_allow_tf32) lets float32 calls use the TF32 tensor-core kernels."""
+    weight (K, C/groups, R, S), bias (K,) -> (N, K, P, Q). padding: an int, a pair, "valid"
+    (0) or "same" (stride 1: the output is the input's size; an odd total padding puts the
+    extra row / column after, as torch). allow_tf32 (None: the module setting, see
+    set_allow_tf32) lets float32 calls use the TF32 tensor-core kernels."""
     op = "conv2d"
     bd, a = unwrap(op, input=input, weight=weight, bias=bias)
     x, unbatched = A.batched(op, "input", a["input"])
     w, b = a["weight"], a["bias"]
     A.check_conv_weight(op, w)
     dtype = A.check_same_dtype(op, input=x, weight=w, bias=b)
+    padding, trim = A.string_padding(op, padding, w.shape, stride, dilation)
     args = A.conv_geometry(op, x.shape, w.shape, stride, padding, dilation, groups, dtype)
     args.allow_tf32 = A.allow_tf32(allow_tf32)
     A.check_bias(op, b, args.K)
-    y = dispatch(op, args, backend, algo, bd.on_device, x, w, b)
+    y = _drop_front(dispatch(op, args, backend, algo, bd.on_device, x, w, b), trim)
     return bd.wrap(y[0] if unbatched else y)
 
 
 def conv2d_backward_input(grad_output, weight, input_shape, stride=1, padding=0, dilation=1,
                           groups=1, *, algo="auto", backend="auto", allow_tf32=None):
-    """Gradient of conv2d with respect to its input: (N, K, P, Q) -> input_shape. allow_tf32
-    as in conv2d."""
+    """Gradient of conv2d with respect to its input: (N, K, P, Q) -> input_shape. padding
+    and allow_tf32 as in conv2d."""
     op = "conv2d_backward_input"
     bd, a = unwrap(op, grad_output=grad_output, weight=weight)
     gy, unbatched = A.batched(op, "grad_output", a["grad_output"])
@@ -162,6 +187,9 @@ def conv2d_backward_input(grad_output, weight, input_shape, stride=1, padding=0,
     A.check_conv_weight(op, w)
     dtype = A.check_same_dtype(op, grad_output=gy, weight=w)
     shape = A.check_input_shape(op, input_shape)
+    _check_same_size(op, padding, gy.shape, shape)
+    padding, trim = A.string_padding(op, padding, w.shape, stride, dilation)
+    gy = _zeros_front(gy, trim)
     args = A.conv_geometry(op, shape, w.shape, stride, padding, dilation, groups, dtype,
                            out_shape=gy.shape)
     args.allow_tf32 = A.allow_tf32(allow_tf32)
@@ -172,7 +200,7 @@ def conv2d_backward_input(grad_output, weight, input_shape, stride=1, padding=0,
 def conv2d_backward_weight(input, grad_output, weight_shape, stride=1, padding=0, dilation=1,
                            groups=1, *, algo="auto", backend="auto", allow_tf32=None):
     """Gradient of conv2d with respect to its weight -> weight_shape (K, C/groups, R, S).
-    allow_tf32 as in conv2d."""
+    padding and allow_tf32 as in conv2d."""
     op = "conv2d_backward_weight"
     bd, a = unwrap(op, input=input, grad_output=grad_output)
     x, unbatched = A.batched(op, "input", a["input"])
@@ -182,6 +210,9 @@ def conv2d_backward_weight(input, grad_output, weight_shape, stride=1, padding=0
         gy = gy[None]
     dtype = A.check_same_dtype(op, input=x, grad_output=gy)
     wshape = A.check_shape_tuple(op, "weight_shape", weight_shape, 4)
+    _check_same_size(op, padding, gy.shape, x.shape)
+    padding, trim = A.string_padding(op, padding, wshape, stride, dilation)
+    gy = _zeros_front(gy, trim)
     args = A.conv_geometry(op, x.shape, wshape, stride, padding, dilation, groups, dtype,
                            out_shape=gy.shape)
     args.allow_tf32 = A.allow_tf32(allow_tf32)

@@ -306,6 +306,26 @@ def test_cuda_gemm_tf32_odd_sizes(ta, tb):
     assert 1e-6 < e <= 2e-3, e
 
 
+@pytest.mark.parametrize("backend, algo", [("numba", "direct"), ("cuda", "implicit_gemm")])
+def test_padding_same_on_device(backend, algo):
+    """padding="same" with an odd total (a 4x2 kernel): the dropped first row / column of the
+    forward and the zeros before grad_output of the gradients, on device arrays, against the
+    float64 reference run on the input padded by hand."""
+    rng = np.random.default_rng(13)
+    x, w = _rand(rng, (2, 3, 9, 7)), _rand(rng, (5, 3, 4, 2))
+    gy = _rand(rng, (2, 5, 9, 7))
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 2), (0, 1)))
+    y_ref = ref.conv2d(xp, w, None, (1, 1), (0, 0), (1, 1), 1)
+    gx_ref = ref.conv2d_backward_input(gy, w, xp.shape, (1, 1), (0, 0), (1, 1), 1)[:, :, 1:10, 0:7]
+    gw_ref = ref.conv2d_backward_weight(xp, gy, w.shape, (1, 1), (0, 0), (1, 1), 1)
+    xd, wd, gyd = (cupy.asarray(a.astype(np.float32)) for a in (x, w, gy))
+    kw = dict(padding="same", backend=backend, algo=algo)
+    tol = tolerance(algo, np.float32)
+    assert relerr(convgpu.conv2d(xd, wd, **kw), y_ref) <= tol
+    assert relerr(convgpu.conv2d_backward_input(gyd, wd, x.shape, **kw), gx_ref) <= tol
+    assert relerr(convgpu.conv2d_backward_weight(xd, gyd, w.shape, **kw), gw_ref) <= tol
+
+
 @pytest.mark.parametrize("variant", ["tiled", "vec", "pipelined"])
 @pytest.mark.parametrize("side", ["A", "B"])
 def test_cuda_tf32_gemms_round_operands_to_nearest(variant, side):

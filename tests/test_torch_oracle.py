@@ -68,6 +68,17 @@ def test_conv_and_transpose_match_torch(rng, s, p, op, d, g):
                                         g, d).numpy(), 1e-12)
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+@pytest.mark.parametrize("k, d, g", [(3, 1, 1), (4, 1, 1), ((4, 3), (1, 2), 2), ((2, 5), (3, 1), 1)])
+def test_conv_padding_strings_match_torch(rng, k, d, g):
+    x, w = rand(rng, (2, 4, 9, 8)), rand(rng, (6, 4 // g) + ((k, k) if isinstance(k, int) else k))
+    for padding in ("same", "valid"):
+        y = convgpu.conv2d(x, w, padding=padding, dilation=d, groups=g)
+        yt = F.conv2d(torch.from_numpy(x), torch.from_numpy(w), padding=padding, dilation=d,
+                      groups=g)
+        assert_close(y, yt.numpy(), 1e-12)
+
+
 def test_torch_cpu_tensors_round_trip(rng):
     x = torch.from_numpy(rand(rng, (2, 3, 8, 8), np.float32))
     w = torch.from_numpy(rand(rng, (4, 3, 3, 3), np.float32))
