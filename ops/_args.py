@@ -16,6 +16,8 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from convgpu.arrays import xp_of
+
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 # Module-level TF32 permission (as torch.backends.cuda.matmul.allow_tf32): off by default.
@@ -124,11 +126,22 @@ def check_ndim(op: str, name: str, a, allowed: Tuple[int, ...], what: str) -> No
         raise ValueError(f"{op}: {name} must be {what}, got {a.ndim}-D with shape {tuple(a.shape)}")
 
 
-def check_shape_tuple(op: str, name: str, shape, n: int) -> Tuple[int, ...]:
+def check_shape_tuple(op: str, name: str, shape, n: int, may_be_empty=()) -> Tuple[int, ...]:
+    """n ints, positive except at the positions may_be_empty (a batch or channel count of 0:
+    an empty problem, which the ops answer without a launch)."""
     if (not isinstance(shape, (tuple, list)) or len(shape) != n
-            or not all(_is_int(s) and s > 0 for s in shape)):
-        raise ValueError(f"{op}: {name} must be a tuple of {n} positive ints, got {shape!r}")
+            or not all(_is_int(s) and (s > 0 or (s == 0 and i in may_be_empty))
+                       for i, s in enumerate(shape))):
+        zero = f" (entries {', '.join(map(str, may_be_empty))} may be 0)" if may_be_empty else ""
+        raise ValueError(f"{op}: {name} must be a tuple of {n} positive ints{zero}, "
+                         f"got {shape!r}")
     return tuple(int(s) for s in shape)
+
+
+def zeros(like, shape, dtype):
+    """Zeros in like's array module (numpy / cupy): the answer of an empty problem (an
+    empty array, or an empty sum), made without a launch."""
+    return xp_of(like).zeros(shape, dtype)
 
 
 # ----------------------------------------------------------------------------------------
@@ -216,6 +229,8 @@ def conv_geometry(op: str, x_shape, w_shape, stride, padding, dilation, groups,
     groups = positive_int(op, "groups", groups)
     N, C, H, W = x_shape
     K, Cg, R, S = w_shape
+    if R < 1 or S < 1:
+        raise ValueError(f"{op}: the kernel must be at least 1x1, got {R}x{S}")
     if C != Cg * groups:
         raise ValueError(f"{op}: input has {C} channels but weight expects {Cg * groups} "
                          f"({Cg} per group x {groups} groups)")
@@ -362,9 +377,10 @@ def pool_geometry(op: str, x_shape, kernel_size, stride, padding, dilation, ceil
 
 
 def check_input_shape(op: str, shape) -> Tuple[int, int, int, int]:
+    """(N, C, H, W) or (C, H, W); N and C may be 0 (an empty batch, no channels)."""
     if isinstance(shape, (tuple, list)) and len(shape) == 3:
-        shape = (1,) + tuple(shape)
-    return check_shape_tuple(op, "input_shape", shape, 4)
+        return check_shape_tuple(op, "input_shape", (1,) + tuple(shape), 4, (1,))
+    return check_shape_tuple(op, "input_shape", shape, 4, (0, 1))
 
 
 def check_indices(op: str, indices, gy_shape) -> None:

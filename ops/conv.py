@@ -133,6 +133,15 @@ def _bias_add(bd, y, b, backend):
     return bias_add_native(y, b, backend, bd.on_device)
 
 
+def _bias_zeros(like, shape, dtype, b):
+    """The answer of an empty problem: zeros of shape (an empty array where N or K is 0;
+    where the reduction is empty, C / groups = 0, an empty sum) plus the bias."""
+    y = A.zeros(like, shape, dtype)
+    if b is not None and y.size:
+        y += b.reshape(1, -1, 1, 1)
+    return y
+
+
 def _drop_front(y, trim):
     """y without its first trim = (rows, columns) (padding="same" with an odd total)."""
     th, tw = trim
@@ -172,7 +181,11 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     args = A.conv_geometry(op, x.shape, w.shape, stride, padding, dilation, groups, dtype)
     args.allow_tf32 = A.allow_tf32(allow_tf32)
     A.check_bias(op, b, args.K)
-    y = _drop_front(dispatch(op, args, backend, algo, bd.on_device, x, w, b), trim)
+    if args.N == 0 or args.K == 0 or args.Cg == 0:     # empty output, or an empty sum
+        y = _bias_zeros(x, args.y_shape, dtype, b)
+    else:
+        y = dispatch(op, args, backend, algo, bd.on_device, x, w, b)
+    y = _drop_front(y, trim)
     return bd.wrap(y[0] if unbatched else y)
 
 
@@ -193,7 +206,10 @@ def conv2d_backward_input(grad_output, weight, input_shape, stride=1, padding=0,
     args = A.conv_geometry(op, shape, w.shape, stride, padding, dilation, groups, dtype,
                            out_shape=gy.shape)
     args.allow_tf32 = A.allow_tf32(allow_tf32)
-    gx = dispatch(op, args, backend, algo, bd.on_device, gy, w)
+    if args.N == 0 or args.Cg == 0 or args.K == 0:
+        gx = A.zeros(gy, shape, dtype)
+    else:
+        gx = dispatch(op, args, backend, algo, bd.on_device, gy, w)
     return bd.wrap(gx[0] if unbatched else gx)
 
 
@@ -209,13 +225,15 @@ def conv2d_backward_weight(input, grad_output, weight_shape, stride=1, padding=0
     if unbatched:
         gy = gy[None]
     dtype = A.check_same_dtype(op, input=x, grad_output=gy)
-    wshape = A.check_shape_tuple(op, "weight_shape", weight_shape, 4)
+    wshape = A.check_shape_tuple(op, "weight_shape", weight_shape, 4, (0, 1))
     _check_same_size(op, padding, gy.shape, x.shape)
     padding, trim = A.string_padding(op, padding, wshape, stride, dilation)
     gy = _zeros_front(gy, trim)
     args = A.conv_geometry(op, x.shape, wshape, stride, padding, dilation, groups, dtype,
                            out_shape=gy.shape)
     args.allow_tf32 = A.allow_tf32(allow_tf32)
+    if args.N == 0 or args.K == 0 or args.Cg == 0:
+        return bd.wrap(A.zeros(x, wshape, dtype))
     return bd.wrap(dispatch(op, args, backend, algo, bd.on_device, x, gy))
 
 
@@ -225,6 +243,8 @@ def conv2d_backward_bias(grad_output, *, backend="auto"):
     bd, a = unwrap(op, grad_output=grad_output)
     gy, _ = A.batched(op, "grad_output", a["grad_output"])
     A.check_float(op, "grad_output", gy)
+    if gy.size == 0:
+        return bd.wrap(A.zeros(gy, (gy.shape[1],), gy.dtype))
     return bd.wrap(dispatch(op, tuple(gy.shape), backend, "auto", bd.on_device, gy))
 
 
@@ -243,6 +263,9 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
                                            groups, dilation, dtype)
     A.check_bias(op, b, out_shape[1])
     args.allow_tf32 = A.allow_tf32(allow_tf32)
-    y = dispatch("conv2d_backward_input", args, backend, algo, bd.on_device, x, w)
-    y = _bias_add(bd, y, b, backend)
+    if args.N == 0 or args.Cg == 0 or args.K == 0:
+        y = _bias_zeros(x, out_shape, dtype, b)
+    else:
+        y = dispatch("conv2d_backward_input", args, backend, algo, bd.on_device, x, w)
+        y = _bias_add(bd, y, b, backend)
     return bd.wrap(y[0] if unbatched else y)

@@ -46,6 +46,11 @@ def linear(input, weight, bias=None, *, algo="auto", backend="auto", allow_tf32=
     A.check_same_dtype(op, input=x, weight=w, bias=b)
     A.check_linear(op, x, w, b)
     args = LinearArgs(tuple(x.shape), tuple(w.shape), x.dtype, A.allow_tf32(allow_tf32))
+    if x.size == 0 or w.size == 0:         # no rows, no outputs, or an empty sum (in = 0)
+        y = A.zeros(x, tuple(x.shape[:-1]) + (w.shape[0],), x.dtype)
+        if b is not None and y.size:
+            y += b
+        return bd.wrap(y)
     return bd.wrap(dispatch(op, args, backend, algo, bd.on_device, x, w, b))
 
 
@@ -60,5 +65,10 @@ def linear_backward(grad_output, input, weight, *, backend="auto"):
     if tuple(gy.shape) != want:
         raise ValueError(f"{op}: grad_output has shape {tuple(gy.shape)} but linear of input "
                          f"{tuple(x.shape)} by weight {tuple(w.shape)} gives {want}")
+    if x.size == 0 or w.size == 0:
+        gb = gy.reshape(-1, w.shape[0]).sum(axis=0) if gy.size else A.zeros(gy, (w.shape[0],),
+                                                                            gy.dtype)
+        return bd.wrap((A.zeros(x, tuple(x.shape), x.dtype),
+                        A.zeros(w, tuple(w.shape), w.dtype), gb))
     return bd.wrap(tuple(dispatch(op, (tuple(x.shape), tuple(w.shape)), backend, "auto",
                                   bd.on_device, gy, x, w)))

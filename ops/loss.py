@@ -32,6 +32,8 @@ def _validate(op, logits, labels, check_labels):
     z, t = a["logits"], a["labels"]
     A.check_float(op, "logits", z)
     A.check_ndim(op, "logits", z, (2,), "2-D (N, classes)")
+    if z.shape[1] == 0:
+        raise ValueError(f"{op}: logits need at least one class, got shape {tuple(z.shape)}")
     A.check_labels(op, t, z.shape[0], z.shape[1])
     if check_labels and t.size:
         # on the device: two reductions and two reads, each waiting for the queued work
@@ -46,6 +48,8 @@ def softmax_cross_entropy(logits, labels, *, backend="auto", check_labels=True):
     its wait for the device) for labels already known to be in range."""
     op = "softmax_cross_entropy"
     bd, z, t = _validate(op, logits, labels, check_labels)
+    if z.shape[0] == 0:                  # the mean of no rows: NaN, as torch
+        return bd.wrap(A.zeros(z, (), z.dtype) + float("nan"))
     return bd.wrap(dispatch(op, tuple(z.shape), backend, "auto", bd.on_device, z, t))
 
 
@@ -54,4 +58,6 @@ def softmax_cross_entropy_backward(logits, labels, *, backend="auto", check_labe
     check_labels as for softmax_cross_entropy."""
     op = "softmax_cross_entropy_backward"
     bd, z, t = _validate(op, logits, labels, check_labels)
+    if z.shape[0] == 0:
+        return bd.wrap(A.zeros(z, tuple(z.shape), z.dtype))
     return bd.wrap(dispatch(op, tuple(z.shape), backend, "auto", bd.on_device, z, t))

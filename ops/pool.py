@@ -180,7 +180,10 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     A.check_float(op, "input", x)
     args = A.pool_geometry(op, x.shape, kernel_size, stride, padding, dilation, ceil_mode,
                            x.dtype, kind="max")
-    y, idx = dispatch(op, args, backend, algo, bd.on_device, x)
+    if x.size == 0:                                   # no images or no channels
+        y, idx = A.zeros(x, args.y_shape, x.dtype), A.zeros(x, args.y_shape, "int64")
+    else:
+        y, idx = dispatch(op, args, backend, algo, bd.on_device, x)
     if unbatched:
         y, idx = y[0], idx[0]
     return bd.wrap((y, idx)) if return_indices else bd.wrap(y)
@@ -216,8 +219,11 @@ def max_pool2d_backward(grad_output, indices, input_shape, kernel_size=None, str
     # each implementation validates the indices it is given (the host scatter: in the plane;
     # the gathers: inside their windows, the CUDA C ones on the device without a pass of
     # their own); check_indices=False skips it for indices known to come from max_pool2d
-    gx = dispatch(op, MaxBackwardArgs(shape, pool, bool(check_indices)), backend, algo,
-                  bd.on_device, gy, idx)
+    if gy.size == 0:
+        gx = A.zeros(gy, shape, gy.dtype)
+    else:
+        gx = dispatch(op, MaxBackwardArgs(shape, pool, bool(check_indices)), backend, algo,
+                      bd.on_device, gy, idx)
     return bd.wrap(gx[0] if unbatched else gx)
 
 
@@ -231,7 +237,8 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
     args = A.pool_geometry(op, x.shape, kernel_size, stride, padding, 1, ceil_mode, x.dtype,
                            kind="avg", count_include_pad=count_include_pad,
                            divisor_override=divisor_override)
-    y = dispatch(op, args, backend, "auto", bd.on_device, x)
+    y = A.zeros(x, args.y_shape, x.dtype) if x.size == 0 else \
+        dispatch(op, args, backend, "auto", bd.on_device, x)
     return bd.wrap(y[0] if unbatched else y)
 
 
@@ -249,7 +256,8 @@ def avg_pool2d_backward(grad_output, input_shape, kernel_size, stride=None, padd
                            kind="avg", count_include_pad=count_include_pad,
                            divisor_override=divisor_override)
     A.check_pooled_grad(op, gy.shape, args)
-    gx = dispatch(op, args, backend, "auto", bd.on_device, gy)
+    gx = A.zeros(gy, shape, gy.dtype) if gy.size == 0 else \
+        dispatch(op, args, backend, "auto", bd.on_device, gy)
     return bd.wrap(gx[0] if unbatched else gx)
 
 
@@ -260,6 +268,10 @@ def global_avg_pool2d(input, *, backend="auto"):
     x = a["input"]
     A.check_ndim(op, "input", x, (4,), "4-D (N, C, H, W)")
     A.check_float(op, "input", x)
+    if min(x.shape[2:]) < 1:
+        raise ValueError(f"{op}: input planes must not be empty, got shape {tuple(x.shape)}")
+    if x.size == 0:
+        return bd.wrap(A.zeros(x, tuple(x.shape[:2]), x.dtype))
     return bd.wrap(dispatch(op, tuple(x.shape), backend, "auto", bd.on_device, x))
 
 
@@ -268,8 +280,10 @@ def global_avg_pool2d_backward(grad_output, input_shape, *, backend="auto"):
     bd, a = unwrap(op, grad_output=grad_output)
     gy = a["grad_output"]
     A.check_float(op, "grad_output", gy)
-    shape = A.check_shape_tuple(op, "input_shape", input_shape, 4)
+    shape = A.check_shape_tuple(op, "input_shape", input_shape, 4, (0, 1))
     if tuple(gy.shape) != shape[:2]:
         raise ValueError(f"{op}: grad_output has shape {tuple(gy.shape)} but input_shape "
                          f"{shape} needs {shape[:2]}")
+    if gy.size == 0:
+        return bd.wrap(A.zeros(gy, shape, gy.dtype))
     return bd.wrap(dispatch(op, shape, backend, "auto", bd.on_device, gy))

@@ -115,3 +115,89 @@ def training_step(model, backend):
     value = float(loss.forward(model.forward(x[:2].astype(np.float64)), y[:2]))
     gx = model.backward(loss.backward())
     return value, gx, {k: p.grad for k, p in model.named_parameters().items()}
+
+
+def empty_cases(rng):
+    """Problems with nothing to compute, as torch answers them: an empty batch, no channels,
+    no features, no rows. Each: (label, call(backend, to_array), expected) with expected the
+    result written out (empty arrays; zeros where a sum is empty, plus the bias)."""
+    import convgpu as cg
+    f = lambda *s: rand(rng, s, np.float32)                       # noqa: E731
+    i64 = lambda *s: np.zeros(s, np.int64)                        # noqa: E731
+    z = lambda *s: np.zeros(s, np.float32)                        # noqa: E731
+    b4, b2, b3 = f(4), f(2), f(3)
+    gy2, w35 = f(2, 3), f(3, 5)
+    conv = dict(padding=1)
+    return [
+        ("conv2d N=0", lambda be, a: cg.conv2d(a(f(0, 4, 8, 8)), a(f(4, 4, 3, 3)), a(b4), **conv,
+                                               backend=be), z(0, 4, 8, 8)),
+        ("conv2d K=0", lambda be, a: cg.conv2d(a(f(1, 4, 8, 8)), a(f(0, 4, 3, 3)), backend=be),
+         z(1, 0, 6, 6)),
+        ("conv2d C=0: the bias", lambda be, a: cg.conv2d(a(f(1, 0, 8, 8)), a(f(4, 0, 3, 3)),
+                                                         a(b4), backend=be),
+         np.broadcast_to(b4[None, :, None, None], (1, 4, 6, 6))),
+        ("conv2d same, N=0", lambda be, a: cg.conv2d(a(f(0, 4, 8, 8)), a(f(4, 4, 2, 2)),
+                                                     padding="same", backend=be), z(0, 4, 8, 8)),
+        ("backward_input N=0", lambda be, a: cg.conv2d_backward_input(
+            a(f(0, 4, 8, 8)), a(f(4, 4, 3, 3)), (0, 4, 8, 8), **conv, backend=be), z(0, 4, 8, 8)),
+        ("backward_input K=0", lambda be, a: cg.conv2d_backward_input(
+            a(f(1, 0, 6, 6)), a(f(0, 4, 3, 3)), (1, 4, 8, 8), backend=be), z(1, 4, 8, 8)),
+        ("backward_weight N=0", lambda be, a: cg.conv2d_backward_weight(
+            a(f(0, 4, 8, 8)), a(f(0, 4, 8, 8)), (4, 4, 3, 3), **conv, backend=be), z(4, 4, 3, 3)),
+        ("backward_weight K=0", lambda be, a: cg.conv2d_backward_weight(
+            a(f(1, 4, 8, 8)), a(f(1, 0, 6, 6)), (0, 4, 3, 3), backend=be), z(0, 4, 3, 3)),
+        ("backward_bias N=0", lambda be, a: cg.conv2d_backward_bias(a(f(0, 4, 8, 8)), backend=be),
+         z(4)),
+        ("conv_transpose2d N=0", lambda be, a: cg.conv_transpose2d(
+            a(f(0, 4, 8, 8)), a(f(4, 2, 3, 3)), a(b2), backend=be), z(0, 2, 10, 10)),
+        ("conv_transpose2d Cin=0: the bias", lambda be, a: cg.conv_transpose2d(
+            a(f(1, 0, 8, 8)), a(f(0, 2, 3, 3)), a(b2), backend=be),
+         np.broadcast_to(b2[None, :, None, None], (1, 2, 10, 10))),
+        ("max_pool2d N=0", lambda be, a: cg.max_pool2d(a(f(0, 3, 8, 8)), 2, return_indices=True,
+                                                       backend=be), (z(0, 3, 4, 4), i64(0, 3, 4, 4))),
+        ("max_pool2d C=0", lambda be, a: cg.max_pool2d(a(f(2, 0, 8, 8)), 3, 2, 1, backend=be),
+         z(2, 0, 4, 4)),
+        ("max_pool2d_backward N=0", lambda be, a: cg.max_pool2d_backward(
+            a(f(0, 3, 4, 4)), a(i64(0, 3, 4, 4)), (0, 3, 8, 8), 2, backend=be), z(0, 3, 8, 8)),
+        ("max_pool2d_backward N=0, no geometry", lambda be, a: cg.max_pool2d_backward(
+            a(f(0, 3, 4, 4)), a(i64(0, 3, 4, 4)), (0, 3, 8, 8), backend=be), z(0, 3, 8, 8)),
+        ("avg_pool2d N=0", lambda be, a: cg.avg_pool2d(a(f(0, 3, 8, 8)), 2, backend=be),
+         z(0, 3, 4, 4)),
+        ("avg_pool2d_backward C=0", lambda be, a: cg.avg_pool2d_backward(
+            a(f(2, 0, 4, 4)), (2, 0, 8, 8), 2, backend=be), z(2, 0, 8, 8)),
+        ("global_avg_pool2d N=0", lambda be, a: cg.global_avg_pool2d(a(f(0, 3, 5, 5)),
+                                                                     backend=be), z(0, 3)),
+        ("global_avg_pool2d_backward N=0", lambda be, a: cg.global_avg_pool2d_backward(
+            a(f(0, 3)), (0, 3, 5, 5), backend=be), z(0, 3, 5, 5)),
+        ("relu empty", lambda be, a: cg.relu(a(f(0, 3)), backend=be), z(0, 3)),
+        ("relu_backward empty", lambda be, a: cg.relu_backward(a(f(0, 3)), a(f(0, 3)),
+                                                               backend=be), z(0, 3)),
+        ("bias_add N=0", lambda be, a: cg.bias_add(a(f(0, 3, 2, 2)), a(b3), backend=be),
+         z(0, 3, 2, 2)),
+        ("linear N=0", lambda be, a: cg.linear(a(f(0, 5)), a(w35), a(b3), backend=be), z(0, 3)),
+        ("linear in=0: the bias", lambda be, a: cg.linear(a(f(2, 0)), a(f(3, 0)), a(b3),
+                                                          backend=be),
+         np.broadcast_to(b3, (2, 3))),
+        ("linear out=0", lambda be, a: cg.linear(a(f(2, 5)), a(f(0, 5)), backend=be), z(2, 0)),
+        ("linear_backward N=0", lambda be, a: cg.linear_backward(a(f(0, 3)), a(f(0, 5)), a(w35),
+                                                                 backend=be),
+         (z(0, 5), z(3, 5), z(3))),
+        ("linear_backward in=0", lambda be, a: cg.linear_backward(a(gy2), a(f(2, 0)), a(f(3, 0)),
+                                                                  backend=be),
+         (z(2, 0), z(3, 0), gy2.sum(axis=0))),
+        ("softmax_cross_entropy N=0: NaN", lambda be, a: cg.softmax_cross_entropy(
+            a(f(0, 5)), a(i64(0)), backend=be), np.float32(np.nan)),
+        ("softmax_cross_entropy_backward N=0", lambda be, a: cg.softmax_cross_entropy_backward(
+            a(f(0, 5)), a(i64(0)), backend=be), z(0, 5)),
+    ]
+
+
+def check_empty_case(got, want, to_numpy=np.asarray):
+    """Shapes, dtypes and values of an empty problem's answer."""
+    gots = got if isinstance(got, tuple) else (got,)
+    wants = want if isinstance(want, tuple) else (want,)
+    assert len(gots) == len(wants)
+    for g, w in zip(gots, wants):
+        g = to_numpy(g)
+        assert g.shape == np.shape(w) and g.dtype == np.asarray(w).dtype, (g.shape, g.dtype)
+        np.testing.assert_array_equal(g, w)

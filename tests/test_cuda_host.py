@@ -25,9 +25,9 @@ import brute  # noqa: E402
 import convgpu  # noqa: E402
 from convgpu.check import tolerance  # noqa: E402
 from convgpu.ops._registry import all_impls  # noqa: E402
-from helpers import (AVGP_SMALL, CONV_SMALL, MAXP_SMALL, TOL, assert_close, rand,
-                     tf32_round, tf32_rounding_operands,  # noqa: E402
-                     shuffled_linspace, small_net, training_step)
+from helpers import (AVGP_SMALL, CONV_SMALL, MAXP_SMALL, TOL, assert_close,  # noqa: E402
+                     check_empty_case, empty_cases, rand, shuffled_linspace, small_net,
+                     tf32_round, tf32_rounding_operands, training_step)
 
 
 @pytest.fixture(autouse=True)
@@ -1285,3 +1285,13 @@ def R_adam(p, g, m, v, step):
 def R_sgd(p, g, b):
     from convgpu import reference
     return reference.sgd_step(p, g, b, 0.1, 0.9, 0.01)
+
+
+EMPTY = empty_cases(np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("label, call, want", EMPTY, ids=[c[0] for c in EMPTY])
+def test_empty_problems_launch_nothing(label, call, want):
+    """An empty batch, no channels, no features: answered without a launch (a grid of 0
+    blocks, or a division by the empty extent, would fail here as on the device)."""
+    check_empty_case(call("cuda", np.asarray), want)

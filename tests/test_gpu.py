@@ -398,3 +398,18 @@ def test_fma_ceiling_kernel_runs_and_is_fast():
     A = cupy.ones((4096, 4096), cupy.float32)
     t = Timer(reps=5)(lambda: A @ A)
     assert rate > 0.9 * sgemm / (sorted(t)[len(t) // 2] * 1e-3), (rate, t)
+
+
+def _empty_cases():
+    from helpers import empty_cases
+    return empty_cases(np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("backend", DEVICE_BACKENDS)
+@pytest.mark.parametrize("case", range(len(_empty_cases())))
+def test_empty_problems_on_device(backend, case):
+    """An empty batch, no channels, no features, with CuPy arrays: answered without a
+    launch (a grid of 0 blocks is a launch error on the device)."""
+    from helpers import check_empty_case
+    label, call, want = _empty_cases()[case]
+    check_empty_case(call(backend, cupy.asarray), want, cupy.asnumpy)

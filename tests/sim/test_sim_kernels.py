@@ -8,8 +8,8 @@ import pytest
 import brute
 import convgpu
 from convgpu.ops._registry import all_impls
-from helpers import (AVGP_SMALL, CONV_SMALL, MAXP_SMALL, TOL, TOL_FFT, assert_close, rand,
-                     shuffled_linspace)
+from helpers import (AVGP_SMALL, CONV_SMALL, MAXP_SMALL, TOL, TOL_FFT, assert_close,
+                     check_empty_case, empty_cases, rand, shuffled_linspace)
 
 
 def numba_algos(op):
@@ -282,3 +282,13 @@ def test_channel_sum_long_and_short_rows(rng, B, K, L):
     from convgpu.kernels.elementwise import channel_sum
     a = rand(rng, (B, K, L))
     assert_close(channel_sum(a), a.sum(axis=(0, 2)), TOL[np.float64])
+
+
+EMPTY = empty_cases(np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("label, call, want", EMPTY, ids=[c[0] for c in EMPTY])
+def test_empty_problems_launch_nothing(label, call, want):
+    """An empty batch, no channels, no features on the Numba backend: answered without a
+    launch."""
+    check_empty_case(call("numba", np.asarray), want)
