@@ -924,10 +924,10 @@ def conv2d_fft(a, x, w, b, tf32=False):
     Ys = _spectra_unstack(Y, (N, a.K, L[0], L[1] // 2 + 1), G, N, Kg, Kg * F, a.K * F, F)
     full = cp.fft.irfft2(Ys, s=L)
     sh, sw = a.stride
-    y = contiguous(full[:, :, :(a.P - 1) * sh + 1:sh, :(a.Q - 1) * sw + 1:sw].astype(x.dtype))
-    if b is not None:
-        y += b.reshape(1, -1, 1, 1)
-    return y
+    y = full[:, :, :(a.P - 1) * sh + 1:sh, :(a.Q - 1) * sw + 1:sw]
+    if b is not None:                  # the crop and the bias in one pass
+        y = y + b.reshape(1, -1, 1, 1)
+    return contiguous(y.astype(x.dtype, copy=False))
 
 
 def backward_input_fft_tf32(a, gy, w):
