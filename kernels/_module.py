@@ -42,6 +42,7 @@ NAME_EXPRESSIONS: Dict[str, Tuple[str, ...]] = {
     + tuple(f"conv2d_{k}_implicit_gemm<float, true>" for k in ("wgrad", "dgrad"))
     + tuple(f"{k}<{t}>" for k in ("im2col", "col2im") for t in T_NAMES),
     "ceiling.cu": tuple(f"fma_peak<{t}>" for t in T_NAMES),
+    "spectra.cu": tuple(f"spectra_{k}<{t}>" for k in ("stack", "unstack") for t in T_NAMES),
     "conv_direct.cu": tuple(f"conv2d_direct<{t}>" for t in T_NAMES),
     "winograd.cu": tuple(f"winograd_{k}<{t}, {m}>" for k in ("filter", "input", "output",
                                                                 "grad_tiles", "grad_filter")

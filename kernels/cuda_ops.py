@@ -843,48 +843,63 @@ def avg_pool2d_backward(a, gy):
 
 # ----------------------------------------------------------------------------------------
 # FFT convolution: cuFFT transforms (cupy.fft), the multiply-accumulate over channels as a
-# batched GEMM on the hand-written gemm_tiled. A complex product per frequency f,
+# batched GEMM on the hand-written GEMMs. A complex product per frequency f,
 # Y[f] = X[f] @ conj(W[f])^T, is one real GEMM on stacked parts:
 #     [Xr | Xi] (N x 2C)  @  [[Wr, -Wi], [Wi, Wr]] (2C x 2K)  =  [Yr | Yi] (N x 2K)
 # batched over (group, frequency). One transform size L >= the padded input for all three
 # passes, so no wanted sample wraps around (kernels/fft.py derives the three products).
-# The array module follows the inputs, so the tests can check this algebra on NumPy arrays
-# with a NumPy GEMM standing in (tests/test_fft_algebra.py); on a GPU it is CuPy throughout.
+# The stacked operands are written straight from cuFFT's spectra (complex, contiguous along
+# f) and the GEMM's result straight back, by spectra.cu's two layout kernels: one coalesced
+# pass each. The array module follows the inputs, so the tests can check this algebra on
+# NumPy arrays under the host emulation (tests/test_fft_algebra.py); on a GPU it is CuPy.
 
+# which part and sign each quadrant of a stacked operand takes (spectra_stack's code):
+# bit 2q imaginary, bit 2q + 1 negated, quadrant q = 2 * (row block) + (column block)
+RE, IM, NEG = 0, 1, 2
+def _code(*quadrants):
+    return sum(v << (2 * q) for q, v in enumerate(quadrants))
+
+
+STACK_RE_IM = _code(RE, IM)                              # [re | im], side by side
+STACK_RE_OVER_IM = _code(RE, RE, IM)                     # [re; im], one above the other
+STACK_FORWARD_W = _code(RE, IM | NEG, IM, RE)            # [[re, -im], [im, re]]
+STACK_INPUT_GRAD_W = _code(RE, IM, IM | NEG, RE)         # [[re, im], [-im, re]]
+STACK_WEIGHT_GRAD_X = _code(RE, IM, IM, RE | NEG)        # [[re, im], [im, -re]]
+SPECTRA_TILE = 32
+
+
+def _spectra_grid(F, Rj, rows):
+    return (ceil_div(F, SPECTRA_TILE), ceil_div(Rj, SPECTRA_TILE), max(1, min(rows, MAX_GRID_YZ)))
+
+
+def _spectra_stack(S, dtype, G, Ri, Rj, QR, QC, sg, si, sj, code):
+    """Spectra S (complex, contiguous, frequencies F innermost; element (g, i, j, f) at
+    g sg + i si + j sj + f) -> the real (G * F, QR * Ri, QC * Rj) operand whose quadrants
+    `code` names (spectra_stack)."""
+    S = contiguous(S.astype(COMPLEX[np.dtype(dtype)], copy=False))    # NumPy's FFT: complex128
+    F = S.shape[-2] * S.shape[-1]
+    out = empty((G * F, QR * Ri, QC * Rj), dtype, S)
+    fn = get_function("spectra.cu", f"spectra_stack<{ctype(dtype)}>")
+    fn(_spectra_grid(F, Rj, G * Ri), (SPECTRA_TILE, 8),
+       (S.view(dtype), out, *_i32(G, F, Ri, Rj, QR, QC), np.int64(sg), np.int64(si),
+        np.int64(sj), np.int32(code)))
+    return out
+
+
+def _spectra_unstack(Y, shape, G, Ri, Rj, sg, si, sj):
+    """A GEMM result Y (G * F, Ri, 2 Rj), [real | imaginary] columns -> complex spectra of
+    `shape` (..., L0, L1 // 2 + 1) with element (g, i, j, f) at g sg + i si + j sj + f."""
+    F = shape[-2] * shape[-1]
+    S = empty(shape, COMPLEX[np.dtype(Y.dtype)], Y)
+    fn = get_function("spectra.cu", f"spectra_unstack<{ctype(Y.dtype)}>")
+    fn(_spectra_grid(F, Rj, G * Ri), (SPECTRA_TILE, 8),
+       (contiguous(Y), S.view(Y.dtype), *_i32(G, F, Ri, Rj), np.int64(sg), np.int64(si),
+        np.int64(sj)))
+    return S
 
 
 def fft_supports(a):
     return dilation_reason(a)
-
-
-def _spectrum(t, L, groups):
-    """Real (B, G*Cg, h, w) -> complex (G, F, B, Cg), frequency-major for the GEMM."""
-    cp = xp_of(t)
-    S = cp.fft.rfft2(t, s=L)
-    B, C = S.shape[:2]
-    return S.reshape(B, groups, C // groups, -1).transpose(1, 3, 0, 2)
-
-
-def _weight_spectrum(w, L, groups):
-    """Weights (K, Cg, R, S) -> complex (G, F, Kg, Cg): the groups split the K axis."""
-    cp = xp_of(w)
-    S = cp.fft.rfft2(w, s=L)
-    K, Cg = S.shape[:2]
-    return S.reshape(groups, K // groups, Cg, -1).transpose(0, 3, 1, 2)
-
-
-def _stack(re, im, axis):
-    cp = xp_of(re)
-    return cp.ascontiguousarray(cp.concatenate([re, im], axis=axis))
-
-
-def _to_spatial(Y, lead, groups, L, dtype):
-    """GEMM result (G, F, B, 2, Cg) real/imag stacked -> real (B, G*Cg, L0, L1)."""
-    cp = xp_of(Y)
-    G, F, B, _, Cg = Y.shape
-    Z = cp.ascontiguousarray(Y.transpose(2, 0, 4, 1, 3))            # B, G, Cg, F, 2
-    cplx = Z.view(COMPLEX[np.dtype(dtype)]).reshape(B, G * Cg, L[0], L[1] // 2 + 1)
-    return cp.fft.irfft2(cplx, s=L)
 
 
 def fft_tf32_supports(a):
@@ -898,21 +913,21 @@ def conv2d_fft_tf32(a, x, w, b):
 def conv2d_fft(a, x, w, b, tf32=False):
     """cuFFT transforms around the per-frequency GEMM (stacked real form); with tf32 that
     GEMM runs on the tensor cores (gemm_pipelined where it fits)."""
+    cp = xp_of(x)
     L, F = transform_size(a)
-    G = a.groups
-    X = _spectrum(padded(a, x), L, G)                               # G, F, N, Cg
-    Wt = _weight_spectrum(w, L, G)                                  # G, F, Kg, Cg
-    A = _stack(X.real, X.imag, -1).astype(x.dtype, copy=False)      # G, F, N, 2Cg
-    Wr = Wt.real.transpose(0, 1, 3, 2)                               # G, F, Cg, Kg
-    Wi = Wt.imag.transpose(0, 1, 3, 2)
-    Bm = _stack(_stack(Wr, -Wi, -1), _stack(Wi, Wr, -1), -2).astype(x.dtype, copy=False)
-    Y = gemm(A.reshape(G * F, a.N, 2 * a.Cg), Bm.reshape(G * F, 2 * a.Cg, 2 * a.Kg), tf32=tf32)
-    full = _to_spatial(Y.reshape(G, F, a.N, 2, a.Kg), a.N, G, L, x.dtype)
+    G, N, Cg, Kg = a.groups, a.N, a.Cg, a.Kg
+    X = cp.fft.rfft2(padded(a, x), s=L)                               # N, C, F
+    Wt = cp.fft.rfft2(w, s=L)                                         # K, Cg, F
+    A = _spectra_stack(X, x.dtype, G, N, Cg, 1, 2, Cg * F, a.C * F, F, STACK_RE_IM)
+    Bm = _spectra_stack(Wt, x.dtype, G, Cg, Kg, 2, 2, Kg * Cg * F, F, Cg * F, STACK_FORWARD_W)
+    Y = gemm(A, Bm, tf32=tf32)                                        # G F, N, 2 Kg
+    Ys = _spectra_unstack(Y, (N, a.K, L[0], L[1] // 2 + 1), G, N, Kg, Kg * F, a.K * F, F)
+    full = cp.fft.irfft2(Ys, s=L)
     sh, sw = a.stride
-    y = contiguous(full[:, :, :(a.P - 1) * sh + 1:sh, :(a.Q - 1) * sw + 1:sw].astype(x.dtype))
-    if b is not None:
-        y += b.reshape(1, -1, 1, 1)
-    return y
+    y = full[:, :, :(a.P - 1) * sh + 1:sh, :(a.Q - 1) * sw + 1:sw]
+    if b is not None:                  # the crop and the bias in one pass
+        y = y + b.reshape(1, -1, 1, 1)
+    return contiguous(y.astype(x.dtype, copy=False))
 
 
 def backward_input_fft_tf32(a, gy, w):
@@ -921,16 +936,17 @@ def backward_input_fft_tf32(a, gy, w):
 
 def backward_input_fft(a, gy, w, tf32=False):
     """GX[f] = GYu[f] @ W[f] (full convolution of the stride-stuffed gy with w)."""
+    cp = xp_of(gy)
     L, F = transform_size(a)
-    G = a.groups
-    Gs = _spectrum(stuffed(a, gy), L, G)                            # G, F, N, Kg
-    Wt = _weight_spectrum(w, L, G)                                  # G, F, Kg, Cg
-    A = _stack(Gs.real, Gs.imag, -1).astype(gy.dtype, copy=False)   # G, F, N, 2Kg
-    Wr, Wi = Wt.real, Wt.imag
-    Bm = _stack(_stack(Wr, Wi, -1), _stack(-Wi, Wr, -1), -2).astype(gy.dtype, copy=False)
-    GX = gemm(A.reshape(G * F, a.N, 2 * a.Kg), Bm.reshape(G * F, 2 * a.Kg, 2 * a.Cg),
-              tf32=tf32)
-    full = _to_spatial(GX.reshape(G, F, a.N, 2, a.Cg), a.N, G, L, gy.dtype)
+    G, N, Cg, Kg = a.groups, a.N, a.Cg, a.Kg
+    Gs = cp.fft.rfft2(stuffed(a, gy), s=L)                            # N, K, F
+    Wt = cp.fft.rfft2(w, s=L)                                         # K, Cg, F
+    A = _spectra_stack(Gs, gy.dtype, G, N, Kg, 1, 2, Kg * F, a.K * F, F, STACK_RE_IM)
+    Bm = _spectra_stack(Wt, gy.dtype, G, Kg, Cg, 2, 2, Kg * Cg * F, Cg * F, F,
+                        STACK_INPUT_GRAD_W)
+    GX = gemm(A, Bm, tf32=tf32)                                       # G F, N, 2 Cg
+    S = _spectra_unstack(GX, (N, a.C, L[0], L[1] // 2 + 1), G, N, Cg, Cg * F, a.C * F, F)
+    full = cp.fft.irfft2(S, s=L)
     ph, pw = a.padding
     return contiguous(full[:, :, ph:ph + a.H, pw:pw + a.W].astype(gy.dtype))
 
@@ -943,17 +959,14 @@ def backward_weight_fft(a, x, gy, tf32=False):
     """GW[f] = GYu[f]^H @ X[f], summed over the batch inside the GEMM (fixed order)."""
     cp = xp_of(x)
     L, F = transform_size(a)
-    G = a.groups
-    X = _spectrum(padded(a, x), L, G)                               # G, F, N, Cg
-    Gs = _spectrum(stuffed(a, gy), L, G)                            # G, F, N, Kg
-    A = _stack(Gs.real, Gs.imag, -2).astype(x.dtype, copy=False)    # G, F, 2N, Kg (stored K x M)
-    Bm = _stack(_stack(X.real, X.imag, -1), _stack(X.imag, -X.real, -1), -2).astype(
-        x.dtype, copy=False)                                         # G, F, 2N, 2Cg
-    GW = gemm(A.reshape(G * F, 2 * a.N, a.Kg), Bm.reshape(G * F, 2 * a.N, 2 * a.Cg), ta=True,
-              tf32=tf32)
-    Z = cp.ascontiguousarray(GW.reshape(G, F, a.Kg, 2, a.Cg).transpose(0, 2, 4, 1, 3))
-    cplx = Z.view(COMPLEX[np.dtype(x.dtype)]).reshape(a.K, a.Cg, L[0], L[1] // 2 + 1)
-    full = cp.fft.irfft2(cplx, s=L)
+    G, N, Cg, Kg = a.groups, a.N, a.Cg, a.Kg
+    X = cp.fft.rfft2(padded(a, x), s=L)                               # N, C, F
+    Gs = cp.fft.rfft2(stuffed(a, gy), s=L)                            # N, K, F
+    A = _spectra_stack(Gs, x.dtype, G, N, Kg, 2, 1, Kg * F, a.K * F, F, STACK_RE_OVER_IM)
+    Bm = _spectra_stack(X, x.dtype, G, N, Cg, 2, 2, Cg * F, a.C * F, F, STACK_WEIGHT_GRAD_X)
+    GW = gemm(A, Bm, ta=True, tf32=tf32)                              # G F, Kg, 2 Cg
+    S = _spectra_unstack(GW, (a.K, Cg, L[0], L[1] // 2 + 1), G, Kg, Cg, Kg * Cg * F, Cg * F, F)
+    full = cp.fft.irfft2(S, s=L)
     return contiguous(full[:, :, :a.R, :a.S].astype(x.dtype))
 
 

@@ -590,10 +590,11 @@ def test_gemm_past_the_grid_limits_runs_in_parts(rng, monkeypatch, variant):
 @pytest.mark.parametrize("algo", ["fft", "winograd", "winograd_4x4"])
 def test_batched_gemm_algorithms_past_gridDim_z(rng, monkeypatch, algo):
     """The FFT (groups x frequencies) and Winograd (groups x (m+2)^2) GEMM batches past
-    gridDim.z (here 8) run in parts: forward and both gradients against the reference."""
+    gridDim.z (here 8) run in parts, and the FFT's layout kernels walk their rows (groups x
+    5 images) in a grid-stride loop: forward and both gradients against the reference."""
     from convgpu.kernels import cuda_ops
     monkeypatch.setattr(cuda_ops, "MAX_GRID_YZ", 8)
-    x, w, gy = rand(rng, (2, 4, 6, 5)), rand(rng, (4, 2, 3, 3)), rand(rng, (2, 4, 6, 5))
+    x, w, gy = rand(rng, (5, 4, 6, 5)), rand(rng, (4, 2, 3, 3)), rand(rng, (5, 4, 6, 5))
     kw = dict(padding=1, groups=2, backend="cuda", algo=algo)
     tol = tolerance(algo, np.float64)
     ref = dict(padding=1, groups=2)

@@ -1,8 +1,9 @@
 """The CUDA backend's FFT convolution (kernels/cuda_ops.py) rests on stacking each complex
 product per frequency into one real GEMM. That algebra, the layouts and the crops are
 checked here on the CPU: the launchers take their array module from the inputs, so with
-NumPy arrays and a NumPy GEMM in place of the CUDA C one they run end to end against the
-reference. (The CUDA C GEMM itself is validated on a GPU: tests/test_gpu.py.)"""
+NumPy arrays, a NumPy GEMM in place of the CUDA C one and spectra.cu's layout kernels in
+the host emulation they run end to end against the reference. (The CUDA C GEMM itself is
+validated on a GPU: tests/test_gpu.py.)"""
 import numpy as np
 import pytest
 
@@ -25,6 +26,8 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES)
 def test_fft_launchers_with_numpy_gemm(monkeypatch, rng, case):
+    monkeypatch.setenv("CONVGPU_CUDA_HOST", "1")
+    monkeypatch.setenv("CONVGPU_POISON", "1")
     monkeypatch.setattr(cuda_ops, "gemm", numpy_gemm)
     N, C, H, W, K, R, S, st, pd, g = case
     x, w, b = rand(rng, (N, C, H, W)), rand(rng, (K, C // g, R, S)), rand(rng, (K,))
