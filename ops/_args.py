@@ -193,6 +193,12 @@ class ConvArgs:
     def y_shape(self):
         return (self.N, self.K, self.P, self.Q)
 
+    @property
+    def empty(self) -> bool:
+        """Nothing to compute: no images, no output channels, or an empty sum (no input
+        channels per group). The ops answer with zeros (plus a bias) and launch nothing."""
+        return self.N == 0 or self.K == 0 or self.Cg == 0
+
 
 PADDING_STRINGS = ("valid", "same")
 

@@ -6,7 +6,7 @@ Each op: unwrap arrays -> validate (ops._args) -> pick an implementation
 from __future__ import annotations
 
 from convgpu import reference
-from convgpu.arrays import unwrap, xp_of
+from convgpu.arrays import unwrap
 from convgpu.ops import _args as A
 from convgpu.ops._registry import dispatch, register
 
@@ -153,7 +153,7 @@ def _zeros_front(gy, trim):
     th, tw = trim
     if not (th or tw):
         return gy
-    out = xp_of(gy).zeros(gy.shape[:2] + (gy.shape[2] + th, gy.shape[3] + tw), gy.dtype)
+    out = A.zeros(gy, gy.shape[:2] + (gy.shape[2] + th, gy.shape[3] + tw), gy.dtype)
     out[:, :, th:, tw:] = gy
     return out
 
@@ -181,7 +181,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     args = A.conv_geometry(op, x.shape, w.shape, stride, padding, dilation, groups, dtype)
     args.allow_tf32 = A.allow_tf32(allow_tf32)
     A.check_bias(op, b, args.K)
-    if args.N == 0 or args.K == 0 or args.Cg == 0:     # empty output, or an empty sum
+    if args.empty:
         y = _bias_zeros(x, args.y_shape, dtype, b)
     else:
         y = dispatch(op, args, backend, algo, bd.on_device, x, w, b)
@@ -206,7 +206,7 @@ def conv2d_backward_input(grad_output, weight, input_shape, stride=1, padding=0,
     args = A.conv_geometry(op, shape, w.shape, stride, padding, dilation, groups, dtype,
                            out_shape=gy.shape)
     args.allow_tf32 = A.allow_tf32(allow_tf32)
-    if args.N == 0 or args.Cg == 0 or args.K == 0:
+    if args.empty:
         gx = A.zeros(gy, shape, dtype)
     else:
         gx = dispatch(op, args, backend, algo, bd.on_device, gy, w)
@@ -232,7 +232,7 @@ def conv2d_backward_weight(input, grad_output, weight_shape, stride=1, padding=0
     args = A.conv_geometry(op, x.shape, wshape, stride, padding, dilation, groups, dtype,
                            out_shape=gy.shape)
     args.allow_tf32 = A.allow_tf32(allow_tf32)
-    if args.N == 0 or args.K == 0 or args.Cg == 0:
+    if args.empty:
         return bd.wrap(A.zeros(x, wshape, dtype))
     return bd.wrap(dispatch(op, args, backend, algo, bd.on_device, x, gy))
 
@@ -263,7 +263,7 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
                                            groups, dilation, dtype)
     A.check_bias(op, b, out_shape[1])
     args.allow_tf32 = A.allow_tf32(allow_tf32)
-    if args.N == 0 or args.Cg == 0 or args.K == 0:
+    if args.empty:
         y = _bias_zeros(x, out_shape, dtype, b)
     else:
         y = dispatch("conv2d_backward_input", args, backend, algo, bd.on_device, x, w)
