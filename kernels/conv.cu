@@ -423,8 +423,8 @@ conv2d_wgrad_implicit_gemm_pipelined(const float* __restrict__ x, const float* _
 // gathers column (n, h, v) = n0 + tid (decomposed once) at the slice's depths, stepped as in
 // the forward; the strided gather's divisibility tests are skipped for UNIT (stride 1). M:
 // 128 input channels per block, or 64 where a group has at most 64.
-// (Two blocks per SM, as their shared memory allows on an H100: without the hint ptxas held
-// the 64-row tile to 128 registers and spilled 12 bytes.)
+// (Two blocks per SM, as their shared memory allows on an H100: without the hint, built
+// with CONVGPU_TF32_ROUND 1, ptxas held the 64-row tile to 128 registers and spilled 12 bytes.)
 template <bool UNIT, int M>
 __global__ void __launch_bounds__(tc::THREADS, 2)
 conv2d_dgrad_implicit_gemm_pipelined(const float* __restrict__ gy, const float* __restrict__ w,
