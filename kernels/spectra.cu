@@ -13,12 +13,19 @@
 //   spectra_unstack<T>  S[g sg + i si + j sj + f] = (in[g][f][i][j], in[g][f][i][Rj + j]): a
 //                       GEMM result's [real | imaginary] columns back into spectra
 //
-// S is complex, stored as T pairs (real, imaginary); F frequencies per spectrum. A block
+// S is complex, stored as T pairs (real, imaginary), read and written a pair at a time
+// (float2 / double2: the launcher passes arrays of complex64 / complex128, so aligned); F
+// frequencies per spectrum. A block
 // moves a tile of 32 frequencies x 32 columns j of one row (g, i); blockIdx.z walks the
 // G * Ri rows in a grid-stride loop (more rows than gridDim.z allows).
 #include "common.cuh"
 
 constexpr int SP_TILE = 32, SP_ROWS = 8;     // blockDim (32, 8): each thread moves 4 per pass
+
+// one complex value as a vector of its two parts: one 8- or 16-byte access instead of two
+template <typename T> struct Pair;
+template <> struct Pair<float> { using type = float2; };
+template <> struct Pair<double> { using type = double2; };
 
 template <typename T>
 __global__ void __launch_bounds__(SP_TILE * SP_ROWS)
@@ -35,9 +42,10 @@ spectra_stack(const T* __restrict__ S, T* __restrict__ out, int G, int F, int Ri
         for (int k = 0; k < SP_TILE; k += SP_ROWS) {
             const int j = j0 + ty + k, f = f0 + tx;
             if (j < Rj && f < F) {
-                const long long e = g * sg + i * si + j * sj + f;
-                re[ty + k][tx] = S[2 * e];
-                im[ty + k][tx] = S[2 * e + 1];
+                const auto v = reinterpret_cast<const typename Pair<T>::type*>(S)[
+                    g * sg + i * si + j * sj + f];
+                re[ty + k][tx] = v.x;
+                im[ty + k][tx] = v.y;
             }
         }
         __syncthreads();
@@ -86,9 +94,10 @@ spectra_unstack(const T* __restrict__ in, T* __restrict__ S, int G, int F, int R
         for (int k = 0; k < SP_TILE; k += SP_ROWS) {
             const int j = j0 + ty + k, f = f0 + tx;
             if (j < Rj && f < F) {
-                const long long e = g * sg + i * si + j * sj + f;
-                S[2 * e] = re[ty + k][tx];
-                S[2 * e + 1] = im[ty + k][tx];
+                typename Pair<T>::type v;
+                v.x = re[ty + k][tx];
+                v.y = im[ty + k][tx];
+                reinterpret_cast<typename Pair<T>::type*>(S)[g * sg + i * si + j * sj + f] = v;
             }
         }
         __syncthreads();
