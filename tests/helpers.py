@@ -105,6 +105,21 @@ def small_net(backend, algos=("auto", "auto")):
         nn.Linear(12, 5, **kw), nn.ReLU(backend), nn.Linear(5, 10, **kw))
 
 
+def decoder_net(backend, algo="auto"):
+    """A strided conv down, a transposed conv back up (output_padding, groups), a conv with
+    padding="same" and an even kernel, global average pooling, linear: on 8x8 digits,
+    float64, the same weights for every backend."""
+    import numpy as np
+    from convgpu import nn
+    kw = dict(rng=np.random.default_rng(4), dtype=np.float64, backend=backend, algo=algo)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, stride=2, padding=1, **kw), nn.ReLU(backend),
+        nn.ConvTranspose2d(4, 4, 3, stride=2, padding=1, output_padding=1, groups=2, **kw),
+        nn.ReLU(backend), nn.Conv2d(4, 3, 2, padding="same", **kw), nn.ReLU(backend),
+        nn.GlobalAvgPool2d(backend),
+        nn.Linear(3, 10, rng=np.random.default_rng(5), dtype=np.float64, backend=backend))
+
+
 def training_step(model, backend):
     """(loss, input gradient, {name: parameter gradient}) of one step on two digits."""
     import numpy as np

@@ -22,10 +22,24 @@ def small_net(seed=0):
         nn.Linear(4 * 2 * 1, 5, **kw), nn.ReLU(), nn.Linear(5, 3, **kw))
 
 
-def test_whole_network_gradient_check(rng):
-    """Every parameter's gradient and the input gradient of a conv-relu-maxpool-conv-relu-
-    avgpool-linear network against central differences in float64 along random directions."""
-    net = small_net()
+def decoder_net(seed=0):
+    """Strided conv down, transposed conv back up (output_padding, groups), a conv with
+    padding="same" and an even kernel, global average pooling."""
+    rng = np.random.default_rng(seed)
+    kw = dict(rng=rng, dtype=np.float64)
+    return nn.Sequential(
+        nn.Conv2d(2, 4, 3, stride=2, padding=1, **kw), nn.ReLU(),
+        nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2, **kw),
+        nn.ReLU(), nn.Conv2d(6, 5, (2, 4), padding="same", dilation=(2, 1), **kw), nn.ReLU(),
+        nn.GlobalAvgPool2d(), nn.Linear(5, 3, **kw))
+
+
+@pytest.mark.parametrize("make", [small_net, decoder_net])
+def test_whole_network_gradient_check(rng, make):
+    """Every parameter's gradient and the input gradient of a network against central
+    differences in float64 along random directions: conv-relu-maxpool-conv-relu-avgpool-
+    linear, and a decoder (strided conv, transposed conv, padding="same", global pooling)."""
+    net = make()
     for p in net.parameters():                   # non-zero biases
         p.data = p.data + rand(rng, p.shape) * 0.1
     x = rng.standard_normal((3, 2, 7, 7))

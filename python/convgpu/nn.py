@@ -151,6 +151,49 @@ class Conv2d(_Weighted):
                                        algo=self.algo_input, backend=self.backend)
 
 
+class ConvTranspose2d(_Weighted):
+    """2-D transposed convolution layer (torch.nn.ConvTranspose2d): weight (in, out/groups,
+    R, S). It is the adjoint of a convolution by the same weight, so its backward is that
+    convolution's forward (input gradient) and weight gradient with input and output
+    gradient exchanged. `algo` names a family as for Conv2d: its input-gradient
+    implementation runs the forward here, its forward the input gradient."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 output_padding=0, groups=1, bias=True, dilation=1, *, init="he",
+                 algo="auto", backend="auto", rng=None, dtype=np.float32):
+        rng = rng if rng is not None else np.random.default_rng(0)
+        k = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+        shape = (in_channels, out_channels // groups) + k
+        fan_in = in_channels * k[0] * k[1] // groups
+        fan_out = out_channels * k[0] * k[1] // groups
+        w = he_normal(rng, shape, fan_in, dtype) if init == "he" else \
+            glorot_uniform(rng, shape, fan_in, fan_out, dtype)
+        self._init_params(w, out_channels if bias else 0)
+        self.kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+        self.output_padding = output_padding
+        if algo not in ALGO_FAMILIES:
+            raise ValueError(f"ConvTranspose2d: algo must be one of {', '.join(ALGO_FAMILIES)}, "
+                             f"got {algo!r}")
+        self.algo, self.backend = algo, backend
+        self.algo_conv, self.algo_transpose, self.algo_weight = ALGO_FAMILIES[algo]
+
+    def forward(self, x):
+        self.x = x
+        return F.conv_transpose2d(x, self.weight.data, self.bias.data if self.bias else None,
+                                  output_padding=self.output_padding, **self.kw,
+                                  algo=self.algo_transpose, backend=self.backend)
+
+    def backward(self, gy):
+        # y = A^T x for the convolution A by this weight: dL/dx = A gy, and dL/dw is the
+        # convolution's weight gradient with gy as its input and x as its output gradient
+        self.weight.grad = F.conv2d_backward_weight(gy, self.x, self.weight.shape, **self.kw,
+                                                    algo=self.algo_weight, backend=self.backend)
+        if self.bias:
+            self.bias.grad = F.conv2d_backward_bias(gy, backend=self.backend)
+        return F.conv2d(gy, self.weight.data, **self.kw, algo=self.algo_conv,
+                        backend=self.backend)
+
+
 class Linear(_Weighted):
     def __init__(self, in_features, out_features, bias=True, *, init="glorot", backend="auto",
                  rng=None, dtype=np.float32):
@@ -219,6 +262,20 @@ class AvgPool2d(Module):
 
     def backward(self, gy):
         return F.avg_pool2d_backward(gy, self.shape, **self.kw, backend=self.backend)
+
+
+class GlobalAvgPool2d(Module):
+    """Mean over each plane: (N, C, H, W) -> (N, C), the head of ResNet-style networks."""
+
+    def __init__(self, backend="auto"):
+        self.backend = backend
+
+    def forward(self, x):
+        self.shape = x.shape
+        return F.global_avg_pool2d(x, backend=self.backend)
+
+    def backward(self, gy):
+        return F.global_avg_pool2d_backward(gy, self.shape, backend=self.backend)
 
 
 class Flatten(Module):
