@@ -5,7 +5,7 @@ time ("other") is CuPy's own array work (copies, transposes, concatenations, cas
 launch gaps. Then a LeNet-5 training step by phase (forward, loss, backward, optimiser):
 host wall time and CUDA C launches. bench/gpu_check.sh appends the output to bench.log.
 
-    python3 bench/stage_times.py [--quick]
+    python3 bench/stage_times.py [--quick] [--small]
 """
 import argparse
 import collections
@@ -99,7 +99,14 @@ CONV1 = (16, 3, 224, 64)      # ResNet conv1 7x7/2: N, C, H, K
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="the FFT and Winograd layers only")
+    ap.add_argument("--small", action="store_true",
+                    help="tiny layers and steps: to run the script itself through")
     args = ap.parse_args()
+    global FFT_LAYERS, WINOGRAD_LAYERS, CONV1
+    if args.small:
+        FFT_LAYERS = {"tiny 5x5": (2, 3, 9, 4, 5, 2)}
+        WINOGRAD_LAYERS = {"tiny 3x3": (2, 4, 9, 6)}
+        CONV1 = (2, 3, 16, 4)
     st = Stages()
     st.install()
     rng = cp.random.default_rng(0)
@@ -134,7 +141,7 @@ def main():
                lambda: convgpu.conv2d_backward_weight(x, gy, (K, C, 7, 7), stride=2, padding=3,
                                                       **cuda, algo="im2col"))
 
-    train_step_phases(st)
+    train_step_phases(st, *((2, 1) if args.small else ()))
 
 
 def train_step_phases(st, batch=32, steps=20):

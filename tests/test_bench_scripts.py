@@ -1,0 +1,35 @@
+"""The GPU-only bench scripts that bench/gpu_check.sh runs after the benchmark, run through
+here with a stand-in CuPy (tests/stand_in: NumPy arrays, kernels in the host emulation,
+host-clock events) on tiny shapes: a script that fails would lose its part of a device
+run, which this project gets rarely. What they print is checked for its parts; their
+numbers mean nothing here."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_script(*args):
+    env = dict(os.environ, CONVGPU_CUDA_HOST="1", CONVGPU_POISON="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT / "tests" / "stand_in"),
+                                           os.environ.get("PYTHONPATH", "")]))
+    r = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r.stdout
+
+
+def test_tf32_rounding_script_runs():
+    out = run_script(ROOT / "bench" / "tf32_rounding.py", "--small", "--rounds", "1")
+    assert out.count("exact: yes") == 3, out           # all three modes, bit-exact
+    assert "gemm_pipelined 64^3" in out and "conv wgrad pipelined tiny 3x3" in out, out
+
+
+def test_stage_times_script_runs():
+    out = run_script(ROOT / "bench" / "stage_times.py", "--small")
+    for part in ("conv2d fft, tiny 5x5", "spectra_stack", "spectra_unstack",
+                 "conv2d_backward_weight winograd_4x4, tiny 3x3", "winograd_grad_filter",
+                 "conv2d_backward_weight im2col", "LeNet-5 training step", "optimiser"):
+        assert part in out, (part, out)
