@@ -196,3 +196,29 @@ def test_device_dispatch_decides_once_per_problem(monkeypatch):
     assert R.autotune_cache() == {("toy", "auto", "auto", (2, 3)): "fast"}
     R.dispatch("toy", (4, 5), "auto", "auto", True, [1])        # a new problem decides again
     assert calls == {"supports": 4, "tune": 2}
+
+
+class _ArrayOnGpu:
+    """Looks like a CuPy array on GPU `dev` to convgpu.arrays (its module and .device): enough
+    for the device check, which comes before anything reads the data."""
+    __module__ = "cupy._core.core"
+
+    def __init__(self, dev):
+        import types
+        self.device = types.SimpleNamespace(id=dev)
+        self.shape, self.dtype = (1, 2, 4, 4), np.dtype(np.float32)
+
+
+@pytest.mark.parametrize("call", [
+    lambda x: convgpu.relu(x),
+    lambda x: convgpu.conv2d(x, x),
+    lambda x: convgpu.max_pool2d(x, 2),
+    lambda x: convgpu.adam_step(x, x, x, x, 1),
+])
+def test_arrays_on_another_gpu_than_the_current_are_refused(monkeypatch, call):
+    """Kernels launch on the current device: arrays on another GPU are a ValueError before
+    any launch (else an illegal address, which ends the CUDA context)."""
+    from convgpu import arrays
+    monkeypatch.setattr(arrays, "current_device", lambda: 0)
+    with pytest.raises(ValueError, match="is on GPU 1 but the current device is GPU 0"):
+        call(_ArrayOnGpu(1))

@@ -91,6 +91,8 @@ def unwrap(op: str, **named):
         if boundary is None:
             boundary = Boundary(op, kind, getattr(a, "device", None))
             first = name
+            if kind in (CUPY, TORCH_CUDA):
+                _check_current_device(op, name, a.device.id if kind == CUPY else a.device.index)
         elif kind != boundary.kind:
             raise TypeError(f"{op}: {name} is a {kind} array but {first} is a {boundary.kind} "
                             "array; pass arrays of one type on one device")
@@ -103,6 +105,23 @@ def unwrap(op: str, **named):
     if boundary is None:
         raise TypeError(f"{op}: no array argument given")
     return boundary, out
+
+
+def current_device() -> int:
+    """The CUDA device CuPy launches on and allocates from (its current device)."""
+    import cupy
+    return cupy.cuda.runtime.getDevice()
+
+
+def _check_current_device(op: str, name: str, device: int) -> None:
+    """The kernels launch on the current device and allocate there: arrays on another GPU
+    would be read through pointers that device cannot use (an illegal-address error, which
+    ends the CUDA context). So they are refused before any launch."""
+    current = current_device()
+    if device != current:
+        raise ValueError(f"{op}: {name} is on GPU {device} but the current device is GPU "
+                         f"{current}; make it current for the call (with "
+                         f"cupy.cuda.Device({device}): ...)")
 
 
 def xp_of(a):
