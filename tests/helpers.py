@@ -132,6 +132,15 @@ def training_step(model, backend):
     return value, gx, {k: p.grad for k, p in model.named_parameters().items()}
 
 
+def assert_steps_agree(step, ref):
+    """Two training_step results: the loss to 1e-12, the input and parameter gradients
+    within the float64 tolerance."""
+    assert abs(step[0] - ref[0]) <= 1e-12 * abs(ref[0]), (step[0], ref[0])
+    assert_close(step[1], ref[1], TOL[np.float64])
+    for k, g in ref[2].items():
+        assert_close(step[2][k], g, TOL[np.float64])
+
+
 def empty_cases(rng):
     """Problems with nothing to compute, as torch answers them: an empty batch, no channels,
     no features, no rows. Each: (label, call(backend, to_array), expected) with expected the

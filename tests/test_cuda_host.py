@@ -26,9 +26,9 @@ import convgpu  # noqa: E402
 from convgpu.check import tolerance  # noqa: E402
 from convgpu.ops._registry import all_impls  # noqa: E402
 from helpers import (AVGP_SMALL, CONV_SMALL, MAXP_SMALL, TOL, assert_close,  # noqa: E402
-                     check_empty_case, decoder_net, empty_cases, rand, shuffled_linspace,
-                     small_net,
-                     tf32_round, tf32_rounding_operands, training_step)
+                     assert_steps_agree, check_empty_case, decoder_net, empty_cases, rand,
+                     shuffled_linspace, small_net, tf32_round, tf32_rounding_operands,
+                     training_step)
 
 
 @pytest.fixture(autouse=True)
@@ -975,10 +975,7 @@ def test_a_training_step_on_the_cuda_backend_matches_numpy(families):
     of the algorithm, as of any tiled transform.)"""
     out = {"numpy": training_step(small_net("numpy"), "numpy"),
            "cuda": training_step(small_net("cuda", families), "cuda")}
-    assert abs(out["numpy"][0] - out["cuda"][0]) <= 1e-12 * abs(out["numpy"][0])
-    assert_close(out["cuda"][1], out["numpy"][1], TOL[np.float64])
-    for k, g in out["numpy"][2].items():
-        assert_close(out["cuda"][2][k], g, TOL[np.float64])
+    assert_steps_agree(out["cuda"], out["numpy"])
 
 
 def test_a_decoder_step_on_the_cuda_backend_matches_numpy():
@@ -987,10 +984,7 @@ def test_a_decoder_step_on_the_cuda_backend_matches_numpy():
     emulated cuda backend (implicit GEMM): loss and gradients as numpy's."""
     out = {"numpy": training_step(decoder_net("numpy"), "numpy"),
            "cuda": training_step(decoder_net("cuda", "implicit_gemm"), "cuda")}
-    assert abs(out["numpy"][0] - out["cuda"][0]) <= 1e-12 * abs(out["numpy"][0])
-    assert_close(out["cuda"][1], out["numpy"][1], TOL[np.float64])
-    for k, g in out["numpy"][2].items():
-        assert_close(out["cuda"][2][k], g, TOL[np.float64])
+    assert_steps_agree(out["cuda"], out["numpy"])
 
 
 def _random_geometry(rng):
