@@ -32,6 +32,15 @@ from convgpu.kernels._launch import THREADS, blocks_for, contiguous, empty, laun
 from convgpu.kernels.elementwise import NB_TYPES
 from convgpu.kernels.gemm import gemm
 
+@cuda.jit(device=True, inline=True)     # inlined in Numba IR, as unravel4
+def channel_tile(i, N, TH, TW, per_group):
+    """Flat index i over (channel, N, TH, TW) -> (channel, its group, its index in the group,
+    n, th, tw, t): the start every transform kernel shares; t is the tile's index within
+    its channel, the GEMM operands' column."""
+    ch, n, th, tw = unravel4(i, N, TH, TW)
+    return ch, ch // per_group, ch % per_group, n, th, tw, i - ch * (N * TH * TW)
+
+
 #   B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
 #   G   = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]
 #   A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]
@@ -82,10 +91,7 @@ def _kernels(dtype_name: str):
         Cg = C // groups
         tiles = N * TH * TW
         for i in range(cuda.grid(1), C * tiles, cuda.gridsize(1)):
-            c_all, n, th, tw = unravel4(i, N, TH, TW)      # i over (C, N, TH, TW)
-            t = i - c_all * tiles
-            g = c_all // Cg
-            c = c_all % Cg
+            c_all, g, c, n, th, tw, t = channel_tile(i, N, TH, TW, Cg)   # i over (C, N, TH, TW)
             d = cuda.local.array((4, 4), dtype=T)
             for r in range(4):
                 for s in range(4):
@@ -110,10 +116,7 @@ def _kernels(dtype_name: str):
         Kg = K // groups
         tiles = N * TH * TW
         for i in range(cuda.grid(1), K * tiles, cuda.gridsize(1)):
-            k_all, n, th, tw = unravel4(i, N, TH, TW)      # i over (K, N, TH, TW)
-            t = i - k_all * tiles
-            g = k_all // Kg
-            k = k_all % Kg
+            k_all, g, k, n, th, tw, t = channel_tile(i, N, TH, TW, Kg)   # i over (K, N, TH, TW)
             at = cuda.local.array((2, 4), dtype=T)         # A^T m
             for s in range(4):
                 m0 = M[g * 16 + s, k, t]
@@ -137,10 +140,7 @@ def _kernels(dtype_name: str):
         Kg = K // groups
         tiles = N * TH * TW
         for i in range(cuda.grid(1), K * tiles, cuda.gridsize(1)):
-            k_all, n, th, tw = unravel4(i, N, TH, TW)      # i over (K, N, TH, TW)
-            t = i - k_all * tiles
-            g = k_all // Kg
-            k = k_all % Kg
+            k_all, g, k, n, th, tw, t = channel_tile(i, N, TH, TW, Kg)   # i over (K, N, TH, TW)
             d = cuda.local.array((2, 2), dtype=T)          # the 2x2 tile, zero outside P x Q
             for r in range(2):
                 for s in range(2):
