@@ -1075,18 +1075,13 @@ def fma_peak(blocks, iters, dtype=np.float32, like=None):
 
 
 def adam_step(key, p, g, m, v, h):
-    t = np.dtype(p.dtype).type
-    c = lambda x: t(x)
     _ew("adam_step", p.dtype)(
         _elementwise_grid(p.size), (THREADS,),
-        (p, contiguous(g), m, v, np.int64(p.size), c(h.lr), c(h.beta1), c(1 - h.beta1),
-         c(h.beta2), c(1 - h.beta2), c(h.eps), c(h.weight_decay), c(1 - h.beta1 ** h.step),
-         c(1 - h.beta2 ** h.step)))
+        (p, contiguous(g), m, v, np.int64(p.size), *h.kernel_scalars(p.dtype)))
 
 
 def sgd_step(key, p, g, buf, h):
-    t = np.dtype(p.dtype).type
     _ew("sgd_step", p.dtype)(
         _elementwise_grid(p.size), (THREADS,),
         (p, contiguous(g), buf if buf is not None else np.uint64(0), np.int64(p.size),
-         t(h.lr), t(h.momentum), t(h.weight_decay)))
+         *h.kernel_scalars(p.dtype)))

@@ -184,18 +184,13 @@ def softmax_cross_entropy_backward(shape, z, labels):
 
 def adam_step(key, p, g, m, v, h):
     """In place (p, m, v: C-contiguous); the scalars in the parameters' dtype."""
-    t = np.dtype(p.dtype).type
     launch(kernels_for(p.dtype)["adam_step"], blocks_for(p.size), THREADS, p, p.ravel(),
-           g.ravel(), m.ravel(), v.ravel(), t(h.lr), t(h.beta1), t(1 - h.beta1), t(h.beta2),
-           t(1 - h.beta2), t(h.eps), t(h.weight_decay), t(1 - h.beta1 ** h.step),
-           t(1 - h.beta2 ** h.step))
+           g.ravel(), m.ravel(), v.ravel(), *h.kernel_scalars(p.dtype))
 
 
 def sgd_step(key, p, g, buf, h):
-    t = np.dtype(p.dtype).type
     # without momentum the buffer is never read: a 1-element stand-in (not an alias of p,
     # which the simulator would copy back over the update)
     stand_in = buf if buf is not None else empty((1,), p.dtype, p)
     launch(kernels_for(p.dtype)["sgd_step"], blocks_for(p.size), THREADS, p, p.ravel(),
-           g.ravel(), stand_in.ravel(), buf is not None, t(h.lr), t(h.momentum),
-           t(h.weight_decay))
+           g.ravel(), stand_in.ravel(), buf is not None, *h.kernel_scalars(p.dtype))

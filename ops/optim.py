@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import numpy as np
+
 from convgpu import reference
 from convgpu.arrays import unwrap
 from convgpu.ops import _args as A
@@ -25,11 +27,24 @@ class AdamHyper(NamedTuple):
     weight_decay: float
     step: int
 
+    def kernel_scalars(self, dtype):
+        """The fused kernels' scalar arguments (numba and CUDA C alike), in the parameters'
+        dtype: lr, b1, 1 - b1, b2, 1 - b2, eps, wd and the bias corrections 1 - b^step."""
+        t = np.dtype(dtype).type
+        return tuple(t(v) for v in (self.lr, self.beta1, 1 - self.beta1, self.beta2,
+                                    1 - self.beta2, self.eps, self.weight_decay,
+                                    1 - self.beta1 ** self.step, 1 - self.beta2 ** self.step))
+
 
 class SgdHyper(NamedTuple):
     lr: float
     momentum: float
     weight_decay: float
+
+    def kernel_scalars(self, dtype):
+        """The fused kernels' scalars in the parameters' dtype: lr, momentum, wd."""
+        t = np.dtype(dtype).type
+        return t(self.lr), t(self.momentum), t(self.weight_decay)
 
 
 def _np_adam_step(key, p, g, m, v, h):
