@@ -83,7 +83,7 @@ check("gemm_pipelined (TF32, split-K)",
 for variant in ("vec", "vec64"):
     check(f"gemm_{variant} (split-K, transposed B)",
           cuda_ops.gemm(cp.asarray(ga.astype(np.float32)),
-                        cp.asarray(gb.transpose(0, 2, 1).astype(np.float32)), tb=True,
+                        cp.asarray(gb.transpose(0, 2, 1).astype(np.float32, order="C")), tb=True,
                         splits=2, variant=variant), ga @ gb)
 check("conv2d_backward_input cuda fft",
       convgpu.conv2d_backward_input(gyd, wd, x.shape, **kw, backend="cuda", algo="fft"),
@@ -196,6 +196,31 @@ for name, gg, rr in zip(["gx", "gw", "gb"],
                         convgpu.linear_backward(*(cp.asarray(a.astype(np.float32)) for a in (lg, lx, lw))),
                         ref.linear_backward(lg, lx, lw)):
     check(f"linear_backward {name}", gg, rr)
+# batch normalisation: 8 splits per channel (shared-memory merges, the split merge) and
+# the apply kernels' channel walk past a grid of 3 blocks
+cuda_ops.NORM_MIN_PER_THREAD = 1
+real_grid = cuda_ops._elementwise_grid
+cuda_ops._elementwise_grid = lambda n: (3,)
+bx, bgy = rng.uniform(1, 5, (9, 2, 233)), rng.uniform(-1, 1, (9, 2, 233))
+bw, bb = rng.uniform(-1, 1, 2), rng.uniform(-1, 1, 2)
+for be in ("numba", "cuda"):
+    for training in (True, False):
+        rm, rv = cp.zeros(2, cp.float32), cp.ones(2, cp.float32)
+        y, mean, invstd = convgpu.batch_norm(*(cp.asarray(a.astype(np.float32)) for a in (bx,)),
+                                             rm, rv, cp.asarray(bw.astype(np.float32)),
+                                             cp.asarray(bb.astype(np.float32)), training,
+                                             return_stats=True, backend=be)
+        if training:
+            m64, i64, _ = ref.batch_norm_stats(bx, 1e-5)
+        else:
+            m64, i64 = np.zeros(2), np.full(2, 1 / np.sqrt(1 + 1e-5))
+        check(f"batch_norm {be} training={training}", y, ref.batch_norm(bx, m64, i64, bw, bb))
+        for name, got, want in zip(["gx", "gw", "gb"], convgpu.batch_norm_backward(
+                cp.asarray(bgy.astype(np.float32)), cp.asarray(bx.astype(np.float32)), mean,
+                invstd, cp.asarray(bw.astype(np.float32)), training, backend=be),
+                ref.batch_norm_backward(bgy, bx, m64, i64, bw, training)):
+            check(f"batch_norm_backward {name} {be} training={training}", got, want)
+cuda_ops._elementwise_grid = real_grid
 cp.cuda.Device().synchronize()
 print("sanitize subset:", "FAILED" if bad else "all ok")
 sys.exit(1 if bad else 0)

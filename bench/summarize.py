@@ -1,6 +1,6 @@
 """The headline ratios of one `convgpu bench --json` file, as bench/gpu_check.sh prints them
 last: conv2d best per shape against cuDNN (fp32, TF32, and TF32 allowed with any of our
-algorithms), both gradients, the GEMM and max-pooling rows, validation failures. Runs
+algorithms), both gradients, the GEMM, max-pooling and batch-norm rows, validation failures. Runs
 anywhere (no GPU): `python3 bench/summarize.py bench/results/<run>.json`."""
 import json, sys, collections
 try:
@@ -52,13 +52,16 @@ copy = d.get("ceilings", {}).get("copy_GBps")
 torch_ms = {(r["op"], r["shape"]): r["median_ms"] for r in d["results"]
             if r["impl"] == "torch" and r["median_ms"]}
 for r in d["results"]:
-    if r["op"] == "gemm" or (r["op"].startswith("max_pool") and r["gbps"]):
+    bandwidth_bound = r["op"].startswith(("max_pool", "batch_norm"))
+    if r["op"] == "gemm" or (bandwidth_bound and r["gbps"]):
         extra = ""
-        if r["op"].startswith("max_pool") and copy:
+        if bandwidth_bound and copy:
             extra = f" = {r['gbps'] / copy:4.0%} of copy"
             t = torch_ms.get((r["op"], r["shape"]))
             if t and r["impl"] != "torch" and r["median_ms"]:
                 extra += f", {t / r['median_ms']:.2f}x torch"
+            if r.get("vs_cudnn") and r["impl"] not in ("cudnn", "torch"):
+                extra += f", {r['vs_cudnn']:.2f}x cuDNN"
         print(f"  {r['op']:20s} {r['shape'][:40]:40s} {r['impl']:26s} {r['median_ms'] or 0:8.3f} ms "
               f"{(r['tflops'] or 0):6.2f} TFLOP/s {(r['gbps'] or 0):7.0f} GB/s{extra}")
 bad = [r for r in d["results"] if r["status"].startswith("FAIL")]

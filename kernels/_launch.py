@@ -54,6 +54,22 @@ def unravel4(t, B, H, W):
     return a, b, h, w
 
 
+@cuda.jit(device=True, inline=True)
+def block_sum(buf, t, v):
+    """The sum of every thread's v over a block of THREADS threads, through the shared array
+    buf (THREADS long), in a fixed tree order: deterministic. Every thread gets the sum."""
+    cuda.syncthreads()                    # buf may still be read from a previous call
+    buf[t] = v
+    cuda.syncthreads()
+    step = THREADS // 2
+    while step > 0:
+        if t < step:
+            buf[t] += buf[t + step]
+        cuda.syncthreads()
+        step //= 2
+    return buf[0]
+
+
 def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 

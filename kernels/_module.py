@@ -51,6 +51,9 @@ NAME_EXPRESSIONS: Dict[str, Tuple[str, ...]] = {
                                                   "channel_sum", "plane_mean", "plane_spread",
                                                   "xent_rows", "xent_bwd", "adam_step",
                                                   "sgd_step") for t in T_NAMES),
+    "norm.cu": tuple(f"batch_norm_{k}<{t}>" for k in ("partials", "finish", "apply",
+                                                       "bwd_partials", "bwd_finish", "bwd_apply")
+                     for t in T_NAMES),
     "pool.cu": tuple(f"{k}<{t}, {i}>" for k in ("max_pool2d_bwd_gather", "max_pool2d_bwd_cells",
                                                  "max_pool2d_bwd_tiled",
                                                  "avg_pool2d_fwd", "avg_pool2d_bwd_gather")

@@ -18,7 +18,7 @@ import functools
 import numpy as np
 from numba import cuda
 
-from convgpu.kernels._launch import THREADS, blocks_for, empty, launch, unravel4
+from convgpu.kernels._launch import THREADS, block_sum, blocks_for, empty, launch, unravel4
 from convgpu.kernels.elementwise import NB_TYPES
 
 TILE = 128          # output pixels per block in the tiled kernel (= threads per block)
@@ -142,16 +142,9 @@ def _kernels(dtype_name: str):
             v = q * sw - pw + s * dw
             if h >= 0 and h < H and v >= 0 and v < W:
                 acc += gy[n, k, p, q] * x[n, cx, h, v]
-        buf[tid] = acc
-        cuda.syncthreads()
-        step = THREADS // 2
-        while step > 0:
-            if tid < step:
-                buf[tid] += buf[tid + step]
-            cuda.syncthreads()
-            step //= 2
+        total = block_sum(buf, tid, acc)
         if tid == 0:
-            gw[k, c, r, s] = buf[0]
+            gw[k, c, r, s] = total
 
     return dict(direct=conv_direct_k, tiled=conv_tiled_k, bwd_input=bwd_input_gather_k,
                 bwd_weight=bwd_weight_k)

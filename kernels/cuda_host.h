@@ -94,6 +94,8 @@ inline unsigned __float_as_uint(float v) { return cuda_host_bits<unsigned>(v); }
 inline double __longlong_as_double(long long v) { return cuda_host_bits<double>(v); }
 inline long long __double_as_longlong(double v) { return cuda_host_bits<long long>(v); }
 inline float __fdividef(float a, float b) { return a / b; }
+inline float __frcp_rn(float a) { return 1.0f / a; }
+inline double __drcp_rn(double a) { return 1.0 / a; }
 inline float __expf(float a) { return std::exp(a); }
 inline float __logf(float a) { return std::log(a); }
 inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }

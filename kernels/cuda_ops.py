@@ -1085,3 +1085,69 @@ def sgd_step(key, p, g, buf, h):
         _elementwise_grid(p.size), (THREADS,),
         (p, contiguous(g), buf if buf is not None else np.uint64(0), np.int64(p.size),
          *h.kernel_scalars(p.dtype)))
+
+
+# ----------------------------------------------------------------------------------------
+# batch normalisation (norm.cu)
+
+NORM_THREADS = 256          # norm.cu: NORM_THREADS
+NORM_BLOCKS = 1024          # blocks the splits aim for: several per SM on any current GPU
+NORM_MIN_PER_THREAD = 4     # values each thread of a split reduces, at least
+
+
+def norm_splits(C: int, N: int, L: int) -> int:
+    """S, the blocks per channel of the reductions, each a run of whole rows: enough for
+    about NORM_BLOCKS blocks in all, but no more than the N rows and no split with fewer
+    than NORM_MIN_PER_THREAD values per thread. A function of the shape only, so the
+    summation order (and the result) is too."""
+    return max(1, min(ceil_div(NORM_BLOCKS, C), N, N * L // (NORM_THREADS * NORM_MIN_PER_THREAD),
+                      MAX_GRID_YZ))
+
+
+def _norm(name, dtype):
+    return get_function("norm.cu", f"batch_norm_{name}<{ctype(dtype)}>")
+
+
+def _or_null(a):
+    return a if a is not None else np.uint64(0)
+
+
+def batch_norm(a, x3, running_mean, running_var, w, b, h):
+    N, C, L = x3.shape
+    M, t = N * L, x3.dtype.type
+    mean, invstd = empty((C,), x3.dtype, x3), empty((C,), x3.dtype, x3)
+    S = norm_splits(C, N, L) if a.training else 0
+    part = empty((C, max(S, 1), 2), x3.dtype, x3)
+    if a.training:
+        _norm("partials", x3.dtype)((C, S), (NORM_THREADS,),
+                                    (x3, part, np.int32(N), np.int32(C), np.int64(L), np.int32(S)))
+    _norm("finish", x3.dtype)((ceil_div(C, THREADS),), (THREADS,),
+                              (part, mean, invstd, _or_null(running_mean), _or_null(running_var),
+                               np.int32(N), np.int32(C), np.int64(L), np.int32(S),
+                               np.int32(a.training),
+                               np.int32(a.update_running), t(h.momentum), t(h.eps),
+                               t(M / max(M - 1, 1))))
+    y = empty(x3.shape, x3.dtype, x3)
+    _norm("apply", x3.dtype)(_elementwise_grid(x3.size), (THREADS,),
+                             (x3, mean, invstd, _or_null(w), _or_null(b), y, np.int64(x3.size),
+                              np.int32(C), np.int64(L)))
+    return y, mean, invstd
+
+
+def batch_norm_backward(a, g3, x3, mean, invstd, w):
+    N, C, L = x3.shape
+    M, S = N * L, norm_splits(C, N, L)
+    g3 = contiguous(g3)
+    part = empty((C, S, 2), x3.dtype, x3)
+    _norm("bwd_partials", x3.dtype)((C, S), (NORM_THREADS,),
+                                    (g3, x3, mean, part, np.int32(N), np.int32(C), np.int64(L),
+                                     np.int32(S)))
+    gw, gb = empty((C,), x3.dtype, x3), empty((C,), x3.dtype, x3)
+    _norm("bwd_finish", x3.dtype)((ceil_div(C, THREADS),), (THREADS,),
+                                  (part, invstd, gw, gb, np.int32(C), np.int32(S)))
+    gx = empty(x3.shape, x3.dtype, x3)
+    _norm("bwd_apply", x3.dtype)(_elementwise_grid(x3.size), (THREADS,),
+                                 (g3, x3, mean, invstd, _or_null(w), gw, gb, gx,
+                                  np.int64(x3.size), np.int32(C), np.int64(L), np.int64(M),
+                                  np.int32(a.training)))
+    return gx, gw, gb

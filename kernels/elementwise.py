@@ -20,7 +20,7 @@ import math
 import numpy as np
 from numba import cuda, float32, float64
 
-from convgpu.kernels._launch import THREADS, blocks_for, empty, launch
+from convgpu.kernels._launch import THREADS, block_sum, blocks_for, empty, launch
 
 NB_TYPES = {np.dtype(np.float32): float32, np.dtype(np.float64): float64}
 
@@ -63,16 +63,9 @@ def _kernels(dtype_name: str):
         else:                             # short rows (L = 1 for a linear layer): over (b, l)
             for j in range(t, B * L, THREADS):
                 acc += a[j // L, k, j % L]
-        buf[t] = acc
-        cuda.syncthreads()
-        step = THREADS // 2
-        while step > 0:
-            if t < step:
-                buf[t] += buf[t + step]
-            cuda.syncthreads()
-            step //= 2
+        total = block_sum(buf, t, acc)
         if t == 0:
-            out[k] = buf[0]
+            out[k] = total
 
     @cuda.jit
     def xent_rows_k(z, labels, loss):

@@ -13,12 +13,14 @@ from convgpu.ops.activation import bias_add, relu, relu_backward  # noqa: F401
 from convgpu.ops.linear import linear, linear_backward  # noqa: F401
 from convgpu.ops.loss import softmax_cross_entropy, softmax_cross_entropy_backward  # noqa: F401
 from convgpu.ops.optim import adam_step, sgd_step  # noqa: F401
+from convgpu.ops.norm import batch_norm, batch_norm_backward  # noqa: F401
 
 __all__ = [
     "conv2d", "conv2d_backward_input", "conv2d_backward_weight", "conv2d_backward_bias",
     "conv_transpose2d", "max_pool2d", "max_pool2d_backward", "avg_pool2d",
     "avg_pool2d_backward", "global_avg_pool2d", "global_avg_pool2d_backward", "relu",
     "relu_backward", "bias_add", "linear", "linear_backward", "softmax_cross_entropy",
-    "softmax_cross_entropy_backward", "adam_step", "sgd_step", "implementations",
+    "softmax_cross_entropy_backward", "batch_norm", "batch_norm_backward", "adam_step",
+    "sgd_step", "implementations",
     "set_allow_tf32", "allow_tf32",
 ]

@@ -138,6 +138,24 @@ def check_shape_tuple(op: str, name: str, shape, n: int, may_be_empty=()) -> Tup
     return tuple(int(s) for s in shape)
 
 
+def number(op, name, v, lo=-math.inf, hi=math.inf, lo_open=False, hi_open=False):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise TypeError(f"{op}: {name} must be a finite Python number, got {v!r}")
+    if v < lo or v > hi or (lo_open and v == lo) or (hi_open and v == hi):
+        span = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+        raise ValueError(f"{op}: {name} must lie in {span}, got {v}")
+    return float(v)
+
+
+def caller_contiguous(a) -> bool:
+    """Whether the caller's array (NumPy, CuPy or torch) is C-contiguous: unwrapping would
+    copy any other, and an op that writes it in place would update the copy."""
+    if hasattr(a, "is_contiguous"):
+        return a.is_contiguous()
+    flags = getattr(a, "flags", None)
+    return bool(flags is not None and flags.c_contiguous)
+
+
 def zeros(like, shape, dtype):
     """Zeros in like's array module (numpy / cupy): the answer of an empty problem (an
     empty array, or an empty sum), made without a launch."""

@@ -8,7 +8,6 @@ are plain Python numbers, not part of the implementation choice.
 """
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import numpy as np
@@ -69,24 +68,6 @@ register("adam_step", "cuda", "fused", "convgpu.kernels.cuda_ops:adam_step")
 register("sgd_step", "cuda", "fused", "convgpu.kernels.cuda_ops:sgd_step")
 
 
-def _number(op, name, v, lo=-math.inf, hi=math.inf, lo_open=False, hi_open=False):
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise TypeError(f"{op}: {name} must be a finite Python number, got {v!r}")
-    if v < lo or v > hi or (lo_open and v == lo) or (hi_open and v == hi):
-        span = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-        raise ValueError(f"{op}: {name} must lie in {span}, got {v}")
-    return float(v)
-
-
-def _contiguous(a) -> bool:
-    """Whether the caller's array (NumPy, CuPy or torch) is C-contiguous: unwrapping would
-    copy any other, and the step would update the copy."""
-    if hasattr(a, "is_contiguous"):
-        return a.is_contiguous()
-    flags = getattr(a, "flags", None)
-    return bool(flags is not None and flags.c_contiguous)
-
-
 def _check_state(op, arrays, originals):
     """Same dtype (float), same shape; what is written in place C-contiguous (checked on
     the caller's arrays) and writable."""
@@ -100,7 +81,7 @@ def _check_state(op, arrays, originals):
     for n, a in named.items():
         if n == "grad":
             continue
-        if not _contiguous(originals[n]):
+        if not A.caller_contiguous(originals[n]):
             raise ValueError(f"{op}: {n} is updated in place and must be C-contiguous; pass "
                              "a contiguous array")
         if not getattr(a.flags, "writeable", True):
@@ -120,10 +101,10 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, step, *, lr=1e-3, beta1=0.9, bet
     if isinstance(step, bool) or not isinstance(step, int) or step < 1:
         raise ValueError(f"{op}: step must be an int >= 1 (the steps taken, this one "
                          f"included), got {step!r}")
-    h = AdamHyper(_number(op, "lr", lr, 0.0), _number(op, "beta1", beta1, 0.0, 1.0, hi_open=True),
-                  _number(op, "beta2", beta2, 0.0, 1.0, hi_open=True),
-                  _number(op, "eps", eps, 0.0, lo_open=True),
-                  _number(op, "weight_decay", weight_decay, 0.0), step)
+    h = AdamHyper(A.number(op, "lr", lr, 0.0), A.number(op, "beta1", beta1, 0.0, 1.0, hi_open=True),
+                  A.number(op, "beta2", beta2, 0.0, 1.0, hi_open=True),
+                  A.number(op, "eps", eps, 0.0, lo_open=True),
+                  A.number(op, "weight_decay", weight_decay, 0.0), step)
     p = a["param"]
     dispatch(op, (tuple(p.shape), p.dtype.str), backend, "auto", bd.on_device, p, a["grad"],
              a["exp_avg"], a["exp_avg_sq"], h)
@@ -135,8 +116,8 @@ def sgd_step(param, grad, momentum_buffer=None, *, lr, momentum=0.0, weight_deca
     momentum_buffer = momentum * momentum_buffer + g (pass it zeroed before the first step)
     and g = momentum_buffer; param -= lr * g. Returns None."""
     op = "sgd_step"
-    h = SgdHyper(_number(op, "lr", lr, 0.0), _number(op, "momentum", momentum, 0.0),
-                 _number(op, "weight_decay", weight_decay, 0.0))
+    h = SgdHyper(A.number(op, "lr", lr, 0.0), A.number(op, "momentum", momentum, 0.0),
+                 A.number(op, "weight_decay", weight_decay, 0.0))
     if h.momentum and momentum_buffer is None:
         raise ValueError(f"{op}: momentum {momentum} needs a momentum_buffer (zeros before "
                          "the first step)")

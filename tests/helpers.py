@@ -120,6 +120,22 @@ def decoder_net(backend, algo="auto"):
         nn.Linear(3, 10, rng=np.random.default_rng(5), dtype=np.float64, backend=backend))
 
 
+def bn_net(backend):
+    """conv-batchnorm2d-relu-maxpool-linear-batchnorm1d-relu-linear on 8x8 digits, float64,
+    the same weights for every backend (batch statistics: a training step). The layers
+    before a batch norm have no bias: its gradient would be 0 up to rounding (the
+    normalisation removes any per-channel shift), which no relative bound can compare."""
+    import numpy as np
+    from convgpu import nn
+    kw = dict(rng=np.random.default_rng(6), dtype=np.float64, backend=backend)
+    return nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1, bias=False, **kw),
+        nn.BatchNorm2d(3, dtype=np.float64, backend=backend),
+        nn.ReLU(backend), nn.MaxPool2d(2, backend=backend), nn.Flatten(),
+        nn.Linear(48, 5, bias=False, **kw), nn.BatchNorm1d(5, dtype=np.float64, backend=backend),
+        nn.ReLU(backend), nn.Linear(5, 10, **kw))
+
+
 def training_step(model, backend):
     """(loss, input gradient, {name: parameter gradient}) of one step on two digits."""
     import numpy as np
@@ -213,6 +229,14 @@ def empty_cases(rng):
             a(f(0, 5)), a(i64(0)), backend=be), np.float32(np.nan)),
         ("softmax_cross_entropy_backward N=0", lambda be, a: cg.softmax_cross_entropy_backward(
             a(f(0, 5)), a(i64(0)), backend=be), z(0, 5)),
+        ("batch_norm N=0", lambda be, a: cg.batch_norm(a(f(0, 3, 4, 4)), a(z(3)), a(z(3) + 1),
+                                                       a(b3), a(b3), True, backend=be),
+         z(0, 3, 4, 4)),
+        ("batch_norm C=0", lambda be, a: cg.batch_norm(a(f(2, 0, 4)), None, None, training=True,
+                                                       backend=be), z(2, 0, 4)),
+        ("batch_norm_backward N=0", lambda be, a: cg.batch_norm_backward(
+            a(f(0, 3, 4, 4)), a(f(0, 3, 4, 4)), a(b3), a(b3), a(b3), backend=be),
+         (z(0, 3, 4, 4), z(3), z(3))),
     ]
 
 
@@ -225,3 +249,65 @@ def check_empty_case(got, want, to_numpy=np.asarray):
         g = to_numpy(g)
         assert g.shape == np.shape(w) and g.dtype == np.asarray(w).dtype, (g.shape, g.dtype)
         np.testing.assert_array_equal(g, w)
+
+
+# ----------------------------------------------------------------------------------------
+# batch normalisation: every backend against the reference
+
+# (N, C, H, W); (N, C) as after a linear layer; (N, C, L) with rows shorter than a warp
+BN_SHAPES = [(4, 3, 5, 6), (6, 5), (3, 2, 9)]
+BN_MOMENTUM, BN_EPS = 0.1, 1e-5
+
+
+def batch_norm_inputs(rng, shape, dtype, affine=True, running=True):
+    """x off-centre (mean ~3, spread ~2, so a kernel that skips the mean shows), gy, weight,
+    bias, running mean and variance; the optional ones None where not asked for."""
+    C = shape[1]
+    x = rand(rng, shape) * 2 + 3
+    return dict(x=x.astype(dtype), gy=rand(rng, shape, dtype),
+                w=rand(rng, (C,), dtype) if affine else None,
+                b=rand(rng, (C,), dtype) if affine else None,
+                rm=rand(rng, (C,), dtype) if running else None,
+                rv=rng.uniform(0.5, 2.0, C).astype(dtype) if running else None)
+
+
+def batch_norm_run(backend, inp, training, to=np.asarray, back=np.asarray):
+    """batch_norm (return_stats) then batch_norm_backward on `backend`, on copies of the
+    running estimates: {y, mean, invstd, gx, gw, gb, rm, rv} as NumPy arrays."""
+    import convgpu as cg
+    opt = lambda k: None if inp[k] is None else to(inp[k].copy())    # noqa: E731
+    rm, rv = opt("rm"), opt("rv")
+    y, mean, invstd = cg.batch_norm(to(inp["x"]), rm, rv, opt("w"), opt("b"), training,
+                                    BN_MOMENTUM, BN_EPS, return_stats=True, backend=backend)
+    gx, gw, gb = cg.batch_norm_backward(to(inp["gy"]), to(inp["x"]), mean, invstd, opt("w"),
+                                        training, backend=backend)
+    out = dict(y=y, mean=mean, invstd=invstd, gx=gx, gw=gw, gb=gb, rm=rm, rv=rv)
+    return {k: None if v is None else back(v) for k, v in out.items()}
+
+
+def batch_norm_expected(inp, training):
+    """The same from the reference functions in float64 (running estimates updated by
+    hand: r = (1 - momentum) r + momentum * batch statistic, the variance unbiased)."""
+    from convgpu import reference as R
+    f = lambda k: None if inp[k] is None else inp[k].astype(np.float64)   # noqa: E731
+    x, rm, rv = f("x"), f("rm"), f("rv")
+    if training:
+        mean, invstd, var_unbiased = R.batch_norm_stats(x, BN_EPS)
+        if rm is not None:
+            rm = (1 - BN_MOMENTUM) * rm + BN_MOMENTUM * mean
+            rv = (1 - BN_MOMENTUM) * rv + BN_MOMENTUM * var_unbiased
+    else:
+        mean, invstd = rm, 1 / np.sqrt(rv + BN_EPS)
+    gx, gw, gb = R.batch_norm_backward(f("gy"), x, mean, invstd, f("w"), training)
+    return dict(y=R.batch_norm(x, mean, invstd, f("w"), f("b")), mean=mean, invstd=invstd,
+                gx=gx, gw=gw, gb=gb, rm=rm, rv=rv)
+
+
+def assert_batch_norm_close(got, want, dtype):
+    for k, w in want.items():
+        if w is None:
+            assert got[k] is None, k
+            continue
+        assert got[k].dtype == dtype and got[k].shape == w.shape, (k, got[k].dtype, got[k].shape)
+        e = relerr(got[k], w)
+        assert e <= TOL[np.dtype(dtype).type], f"{k}: relative error {e:.3e}"

@@ -90,3 +90,12 @@ def test_progress_redraws_one_bar_on_a_terminal_and_writes_lines_elsewhere():
     lines = []
     step(lines.append, "gemm", 1, 1, "y")                # any callable gets a plain line
     assert lines == ["[gemm 1/1] y"]
+
+
+def test_cpu_run_times_batch_norm():
+    doc = bench.run(quick=False, shapes=["layer4 bn3"], ops=["norm"], progress=lambda *a: None)
+    rows = [r for r in doc["results"] if r["op"] == "batch_norm"]
+    assert rows and rows[0]["impl"] == "numpy:reference" and rows[0]["status"] == "ok"
+    assert rows[0]["shape"] == "ResNet-50 layer4 bn3: 2x2048x7x7"
+    assert [s[0] for s in shapes.norm_suite(quick=True)] == ["ResNet-50 bn1",
+                                                             "ResNet-50 layer4 bn3"]

@@ -11,8 +11,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_script(*args):
+def run_script(*args, sim=False):
     env = dict(os.environ, CONVGPU_CUDA_HOST="1", CONVGPU_POISON="1",
+               **({"NUMBA_ENABLE_CUDASIM": "1"} if sim else {}),
                PYTHONPATH=os.pathsep.join([str(ROOT / "tests" / "stand_in"),
                                            os.environ.get("PYTHONPATH", "")]))
     r = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=env,
@@ -33,3 +34,17 @@ def test_stage_times_script_runs():
                  "conv2d_backward_weight winograd_4x4, tiny 3x3", "winograd_grad_filter",
                  "conv2d_backward_weight im2col", "LeNet-5 training step", "optimiser"):
         assert part in out, (part, out)
+
+
+def test_bench_norm_stage_runs():
+    """convgpu bench's batch-norm stage (the GPU path: validation against the reference, then
+    the timings) on a tiny suite, cuda in the host emulation and numba in the simulator."""
+    code = ("from convgpu import bench; "
+            "rows = bench.bench_norm(bench.Timer(reps=2, flush_bytes=1024), "
+            "[('tiny', (3, 2, 5, 4)), ('tiny 1d', (6, 3))]); "
+            "[print(r.op, r.shape, r.impl, r.status, r.gbps is not None) for r in rows]")
+    out = run_script("-c", code, sim=True)
+    for op in ("batch_norm ", "batch_norm_backward "):
+        for shape in ("tiny: 3x2x5x4", "tiny 1d: 6x3"):
+            for impl in ("cuda:split", "numba:two_pass"):
+                assert f"{op}{shape} {impl} ok True" in out, (op, shape, impl, out)

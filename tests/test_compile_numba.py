@@ -17,7 +17,8 @@ from numba import cuda  # noqa: E402
 import convgpu  # noqa: E402
 from convgpu.ops import _registry  # noqa: E402
 
-KERNEL_MODULES = ["elementwise", "pool", "conv_direct", "im2col", "gemm", "fft", "winograd"]
+KERNEL_MODULES = ["elementwise", "pool", "conv_direct", "im2col", "gemm", "fft", "winograd",
+                  "norm"]
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +94,11 @@ def _drive_every_numba_launcher():
         convgpu.adam_step(*st, 1, lr=0.1, weight_decay=0.01, backend="numba")
         convgpu.sgd_step(*st[:3], lr=0.1, momentum=0.9, backend="numba")
         convgpu.sgd_step(*st[:2], lr=0.1, backend="numba")
+        rs = [rng.standard_normal(4).astype(dt) for _ in range(3)]
+        for training in (True, False):
+            _, mean, invstd = convgpu.batch_norm(x, rs[0], np.abs(rs[1]), rs[2], rs[2], training,
+                                                 return_stats=True, backend="numba")
+            convgpu.batch_norm_backward(x, x, mean, invstd, rs[2], training, backend="numba")
 
 
 EXPECTED_KERNELS = {
@@ -102,7 +108,7 @@ EXPECTED_KERNELS = {
     "bwd_input_gather_k", "bwd_weight_k", "im2col_k", "col2im_k", "gemm_k", "mac_fwd_k",
     "mac_bwd_input_k", "mac_bwd_weight_k", "winograd_filter_k", "winograd_input_k",
     "winograd_output_k", "winograd_grad_tiles_k", "winograd_grad_filter_k", "adam_step_k",
-    "sgd_step_k",
+    "sgd_step_k", "stats_k", "apply_k", "bwd_sums_k", "bwd_apply_k",
 }
 
 

@@ -8,6 +8,7 @@ barrier, an access past an array, a shared array indexed out of bounds, a misali
 access, a barrier some threads never reach, a mistyped argument, a launch past the limits.
 
 Emulated is not validated: tests/test_gpu.py on a GPU is what validates these kernels."""
+import itertools
 import os
 import subprocess
 import sys
@@ -26,7 +27,7 @@ import convgpu  # noqa: E402
 from convgpu.check import tolerance  # noqa: E402
 from convgpu.ops._registry import all_impls  # noqa: E402
 from helpers import (AVGP_SMALL, CONV_SMALL, MAXP_SMALL, TOL, assert_close,  # noqa: E402
-                     assert_steps_agree, check_empty_case, decoder_net, empty_cases, rand,
+                     assert_steps_agree, bn_net, check_empty_case, decoder_net, empty_cases, rand,
                      shuffled_linspace, small_net, tf32_round, tf32_rounding_operands,
                      training_step)
 
@@ -987,6 +988,14 @@ def test_a_decoder_step_on_the_cuda_backend_matches_numpy():
     assert_steps_agree(out["cuda"], out["numpy"])
 
 
+def test_a_batch_norm_step_on_the_cuda_backend_matches_numpy():
+    """One step through BatchNorm2d (after a conv) and BatchNorm1d (after a linear layer),
+    batch statistics, every op on the emulated cuda backend: loss and gradients as numpy's."""
+    out = {"numpy": training_step(bn_net("numpy"), "numpy"),
+           "cuda": training_step(bn_net("cuda"), "cuda")}
+    assert_steps_agree(out["cuda"], out["numpy"])
+
+
 def _random_geometry(rng):
     g = int(rng.choice([1, 1, 2, 3]))
     C, K = g * int(rng.integers(1, 5)), g * int(rng.integers(1, 6))
@@ -1303,3 +1312,66 @@ def test_empty_problems_launch_nothing(label, call, want):
     """An empty batch, no channels, no features: answered without a launch (a grid of 0
     blocks, or a division by the empty extent, would fail here as on the device)."""
     check_empty_case(call("cuda", np.asarray), want)
+
+
+# ---------------------------------------------------------------------------------------
+# batch normalisation (norm.cu)
+
+from helpers import (BN_SHAPES, assert_batch_norm_close, batch_norm_expected,  # noqa: E402
+                     batch_norm_inputs, batch_norm_run)
+
+
+def _bn_each_order(inp, training):
+    """batch_norm_run in each of ORDERS from the same inputs (it updates copies of the
+    running estimates, so both_orders would update them twice): bitwise equal results."""
+    from convgpu import cuda_host
+    runs = []
+    for order in ORDERS:
+        with cuda_host.order(order):
+            runs.append(batch_norm_run("cuda", inp, training))
+    for k, v in runs[0].items():
+        for other in runs[1:]:
+            if v is not None:
+                np.testing.assert_array_equal(v, other[k], err_msg=f"{k} depends on the order")
+    return runs[0]
+
+
+@pytest.mark.parametrize("shape, dtype, training, affine, running", [
+    c for c in itertools.product(BN_SHAPES, [np.float32, np.float64], [True, False],
+                                 [True, False], [True, False]) if c[2] or c[4]])
+def test_batch_norm(rng, shape, dtype, training, affine, running):
+    inp = batch_norm_inputs(rng, shape, dtype, affine, running)
+    assert_batch_norm_close(_bn_each_order(inp, training), batch_norm_expected(inp, training),
+                            dtype)
+
+
+@pytest.mark.parametrize("shape, min_per_thread", [
+    ((3, 2, 701), 4),        # 2 splits of 2 and 1 rows; rows longer than the block
+    ((37, 2, 61), 4),        # 19 and 18 rows shorter than the block: a step crosses rows
+    ((9, 2, 233), 1),        # 8 splits of 1-2 rows
+    ((5, 3, 2, 130), 1),     # 5 splits of one row of 260: 4 threads get a second value
+])
+def test_batch_norm_splits(rng, monkeypatch, shape, min_per_thread):
+    """The statistics and gradient sums split over several blocks per channel (Welford per
+    thread, Chan's merge in the block and across splits), and the apply kernels' grid-stride
+    loops run with a grid of 3 blocks, so the channel walk advances past the grid."""
+    from convgpu.kernels import cuda_ops
+    monkeypatch.setattr(cuda_ops, "NORM_MIN_PER_THREAD", min_per_thread)
+    monkeypatch.setattr(cuda_ops, "_elementwise_grid", lambda n: (3,))
+    N, C = shape[:2]
+    L = int(np.prod(shape[2:]))
+    S = cuda_ops.norm_splits(C, N, L)
+    assert S == max(1, min(-(-1024 // C), N, N * L // (256 * min_per_thread))) and S > 1
+    for training in (True, False):
+        inp = batch_norm_inputs(rng, shape, np.float32)
+        assert_batch_norm_close(_bn_each_order(inp, training), batch_norm_expected(inp, training),
+                                np.float32)
+
+
+def test_batch_norm_splits_depend_on_the_shape_only():
+    from convgpu.kernels import cuda_ops
+    assert cuda_ops.norm_splits(64, 32, 112 * 112) == 16           # 1024 blocks
+    assert cuda_ops.norm_splits(64, 8, 112 * 112) == 8              # at most the N rows
+    assert cuda_ops.norm_splits(2048, 32, 7 * 7) == 1
+    assert cuda_ops.norm_splits(3, 1000, 1) == 1                    # < 4 values per thread
+    assert cuda_ops.norm_splits(1, 10 ** 6, 1000) == 1024

@@ -111,6 +111,38 @@ CASES = [
      ["softmax_cross_entropy_backward", "length 3"]),
     ("bias_add", lambda: convgpu.bias_add(z(2, 3, 4, 4), z(4)), ValueError, ["bias_add", "length 3"]),
     ("implementations", lambda: convgpu.implementations("conv3d"), ValueError, ["conv3d"]),
+    # batch_norm
+    ("bn ndim", lambda: convgpu.batch_norm(z(5), None, None, training=True), ValueError,
+     ["batch_norm", "(N, C, *)", "(5,)"]),
+    ("bn running length", lambda: convgpu.batch_norm(z(2, 3, 4), z(4), z(4)), ValueError,
+     ["batch_norm", "running_mean", "(3,)", "(4,)"]),
+    ("bn weight length", lambda: convgpu.batch_norm(z(2, 3, 4), z(3), z(3), z(2)), ValueError,
+     ["batch_norm", "weight", "(3,)", "(2,)"]),
+    ("bn one running", lambda: convgpu.batch_norm(z(2, 3), z(3), None, training=True), ValueError,
+     ["batch_norm", "both running_mean and running_var"]),
+    ("bn eval without running", lambda: convgpu.batch_norm(z(2, 3), None, None), ValueError,
+     ["batch_norm", "training=False", "None"]),
+    ("bn one value", lambda: convgpu.batch_norm(z(1, 3, 1), None, None, training=True),
+     ValueError, ["batch_norm", "more than one value per channel", "(1, 3, 1)"]),
+    ("bn momentum", lambda: convgpu.batch_norm(z(2, 3), None, None, training=True, momentum=1.5),
+     ValueError, ["batch_norm", "momentum", "1.5"]),
+    ("bn momentum None", lambda: convgpu.batch_norm(z(2, 3), None, None, training=True,
+                                                    momentum=None),
+     TypeError, ["batch_norm", "momentum", "None"]),
+    ("bn eps", lambda: convgpu.batch_norm(z(2, 3), None, None, training=True, eps=0.0),
+     ValueError, ["batch_norm", "eps", "(0.0"]),
+    ("bn training str", lambda: convgpu.batch_norm(z(2, 3), None, None, training="yes"),
+     TypeError, ["batch_norm", "training", "bool", "'yes'"]),
+    ("bn dtype", lambda: convgpu.batch_norm(z(2, 3), z(3, dtype=np.float64), z(3)), TypeError,
+     ["batch_norm", "running_mean", "float64", "float32"]),
+    ("bn int", lambda: convgpu.batch_norm(z(2, 3, dtype=np.int32), None, None, training=True),
+     TypeError, ["batch_norm", "input", "int32"]),
+    ("bn backward shape", lambda: convgpu.batch_norm_backward(z(2, 3, 4), z(2, 3, 5), z(3), z(3)),
+     ValueError, ["batch_norm_backward", "(2, 3, 4)", "(2, 3, 5)"]),
+    ("bn backward stats", lambda: convgpu.batch_norm_backward(z(2, 3, 4), z(2, 3, 4), z(3), z(2)),
+     ValueError, ["batch_norm_backward", "invstd", "(3,)", "(2,)"]),
+    ("bn backward no mean", lambda: convgpu.batch_norm_backward(z(2, 3, 4), z(2, 3, 4), None, z(3)),
+     ValueError, ["batch_norm_backward", "mean", "return_stats=True"]),
 ]
 
 
@@ -137,7 +169,7 @@ def test_implementations_listing():
                "conv_transpose2d", "max_pool2d", "max_pool2d_backward", "avg_pool2d",
                "avg_pool2d_backward", "global_avg_pool2d", "global_avg_pool2d_backward", "relu",
                "relu_backward", "bias_add", "linear", "linear_backward", "softmax_cross_entropy",
-               "softmax_cross_entropy_backward"]:
+               "softmax_cross_entropy_backward", "batch_norm", "batch_norm_backward"]:
         assert op in everything and ("numpy" in {b for b, _ in everything[op]}), op
 
 

@@ -34,13 +34,25 @@ def decoder_net(seed=0):
         nn.GlobalAvgPool2d(), nn.Linear(5, 3, **kw))
 
 
-@pytest.mark.parametrize("make", [small_net, decoder_net])
+def bn_net(seed=0):
+    """Batch normalisation after a conv (2d, over N, H, W) and after a linear layer (1d,
+    over N), one with running estimates and one without (batch statistics either way)."""
+    rng = np.random.default_rng(seed)
+    kw = dict(rng=rng, dtype=np.float64)
+    return nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1, bias=False, **kw), nn.BatchNorm2d(3, dtype=np.float64),
+        nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(3 * 3 * 3, 5, bias=False, **kw),
+        nn.BatchNorm1d(5, momentum=0.5, track_running_stats=False, dtype=np.float64), nn.ReLU(),
+        nn.Linear(5, 3, **kw))
+
+
+@pytest.mark.parametrize("make", [small_net, decoder_net, bn_net])
 def test_whole_network_gradient_check(rng, make):
     """Every parameter's gradient and the input gradient of a network against central
     differences in float64 along random directions: conv-relu-maxpool-conv-relu-avgpool-
     linear, and a decoder (strided conv, transposed conv, padding="same", global pooling)."""
     net = make()
-    for p in net.parameters():                   # non-zero biases
+    for p in net.parameters():                   # non-zero biases (and BN weights off 1)
         p.data = p.data + rand(rng, p.shape) * 0.1
     x = rng.standard_normal((3, 2, 7, 7))
     labels = np.array([0, 2, 1])
@@ -233,3 +245,52 @@ def test_label_check_can_be_skipped_and_the_loss_layer_checks_once(monkeypatch):
     layer.forward(z, good)
     layer.backward()
     assert len(calls) == 1
+
+
+def test_batch_norm_layers_train_and_eval(rng):
+    """Training moves the running estimates towards the batch's statistics; eval normalises
+    with them (and leaves them); state_dict carries them; a wrong rank is refused."""
+    bn = nn.BatchNorm2d(3, momentum=0.25, dtype=np.float64)
+    x = rand(rng, (4, 3, 5, 5)) * 2 + 1
+    y = bn.forward(x)
+    np.testing.assert_allclose(y.mean(axis=(0, 2, 3)), 0, atol=1e-12)
+    np.testing.assert_allclose(bn.running_mean, 0.25 * x.mean(axis=(0, 2, 3)), rtol=1e-12)
+    np.testing.assert_allclose(bn.running_var, 0.75 + 0.25 * x.var(axis=(0, 2, 3), ddof=1),
+                               rtol=1e-12)
+    net = nn.Sequential(bn).eval()
+    rm = bn.running_mean.copy()
+    ye = net.forward(x)
+    np.testing.assert_array_equal(bn.running_mean, rm)
+    want = (x - rm[None, :, None, None]) / np.sqrt(bn.running_var[None, :, None, None] + 1e-5)
+    np.testing.assert_allclose(ye, want, rtol=1e-12)
+    gy = rand(rng, x.shape)                       # eval backward: w invstd gy
+    np.testing.assert_allclose(net.backward(gy),
+                               gy / np.sqrt(bn.running_var[None, :, None, None] + 1e-5),
+                               rtol=1e-12)
+    state = net.state_dict()
+    assert set(state) == {"0.weight", "0.bias", "0.running_mean", "0.running_var"}
+    other = nn.Sequential(nn.BatchNorm2d(3, dtype=np.float64))
+    other.load_state_dict(state)
+    np.testing.assert_array_equal(other.layers[0].running_var, bn.running_var)
+    with pytest.raises(ValueError, match="BatchNorm2d: input must be 4-D"):
+        nn.BatchNorm2d(3).forward(rand(rng, (4, 3)))
+    with pytest.raises(ValueError, match="BatchNorm1d: input must be 2-D or 3-D"):
+        nn.BatchNorm1d(3).forward(x)
+
+
+def test_short_run_with_batch_norm_reaches_90_percent():
+    res = train(epochs=4, seed=0, batch_norm=True, progress=False)
+    kinds = [type(layer).__name__ for layer in res.model.layers]
+    assert kinds.count("BatchNorm2d") == 2 and kinds.count("BatchNorm1d") == 1
+    assert res.model.layers[0].bias is None                 # the norm cancels a conv bias
+    assert res.test_accuracy >= 0.90, res.history.test_acc
+    bn = res.model.layers[1]           # the running estimates moved (accuracy() evaluates
+    assert np.all(bn.running_var != 1) and np.all(bn.running_mean != 0)    # with them)
+
+
+def test_batch_norm_training_drops_a_last_batch_of_one_image():
+    x, y = D.digits()
+    (xtr, _), _ = D.split(x, y, 0.2, 0)
+    batch = max(b for b in range(2, len(xtr)) if len(xtr) % b == 1)     # 479 of 1438
+    res = train(epochs=1, batch_size=batch, seed=0, batch_norm=True, progress=False)
+    assert len(res.history.loss) == 1 and np.isfinite(res.history.loss[0])

@@ -135,3 +135,35 @@ def test_optimiser_steps_update_torch_tensors_in_place(rng):
     g = torch.from_numpy(rand(rng, (3, 4)).astype(np.float32))
     convgpu.adam_step(p, g, m, v, 1, lr=0.1)
     assert not torch.equal(p, before) and torch.count_nonzero(m) == 12
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 5, 6), (6, 5), (3, 2, 9), (2, 3, 2, 3, 2)])
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_matches_torch(rng, shape, training):
+    """F.batch_norm's output, running estimates (momentum 0.3) and gradients (autograd) for
+    x, weight and bias."""
+    C = shape[1]
+    x, gy = rand(rng, shape) * 2 + 3, rand(rng, shape)
+    w, b, rm = rand(rng, (C,)), rand(rng, (C,)), rand(rng, (C,))
+    rv = rng.uniform(0.5, 2.0, C)
+    rm_t, rv_t = torch.from_numpy(rm.copy()), torch.from_numpy(rv.copy())
+    xt, wt, bt = (torch.from_numpy(a).requires_grad_() for a in (x, w, b))
+    yt = F.batch_norm(xt, rm_t, rv_t, wt, bt, training, 0.3, 1e-4)
+    yt.backward(torch.from_numpy(gy))
+    y, mean, invstd = convgpu.batch_norm(x, rm, rv, w, b, training, 0.3, 1e-4, return_stats=True)
+    gx, gw, gb = convgpu.batch_norm_backward(gy, x, mean, invstd, w, training)
+    for got, want in [(y, yt), (rm, rm_t), (rv, rv_t), (gx, xt.grad), (gw, wt.grad),
+                      (gb, bt.grad)]:
+        assert_close(got, want.detach().numpy(), 1e-12)
+
+
+def test_batch_norm_refuses_what_torch_refuses():
+    one = np.ones((1, 3, 1, 1))
+    with pytest.raises(ValueError):
+        F.batch_norm(torch.from_numpy(one), None, None, training=True)
+    with pytest.raises(ValueError, match="more than one value per channel"):
+        convgpu.batch_norm(one, None, None, training=True)
+    with pytest.raises(RuntimeError, match="running_mean must be defined"):
+        F.batch_norm(torch.from_numpy(one), None, None, training=False)
+    with pytest.raises(ValueError, match="running_mean and running_var; they are None"):
+        convgpu.batch_norm(one, None, None, training=False)

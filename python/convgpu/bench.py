@@ -498,6 +498,101 @@ def bench_pool(timer, suite, dtype=np.float32, progress=print, impl_filter=None)
     return out
 
 
+def norm_bytes(x_elems, itemsize=4) -> Dict[str, int]:
+    """Fewest bytes each training pass must move: forward reads x and writes y; backward
+    reads gy and x and writes gx (the per-channel vectors are negligible). Ours reads x
+    (forward) and gy, x (backward) twice: once for the sums, once to apply them."""
+    return {"forward": 2 * x_elems * itemsize, "backward": 3 * x_elems * itemsize}
+
+
+def bench_norm(timer, suite, progress=print, impl_filter=None) -> List[Result]:
+    """batch_norm in training (running estimates updated) and its backward, float32: ours
+    beside cuDNN's (aten.cudnn_batch_norm, the kernel torch's BatchNorm2d calls on a GPU) and
+    torch's own CUDA kernels (aten.native_batch_norm), validated against the reference on
+    the same data before timing."""
+    import cupy as cp
+    import convgpu
+    from convgpu import reference
+    torch = _torch()
+    out = []
+    for at, (name, shape) in enumerate(suite, 1):
+        label = f"{name}: {'x'.join(map(str, shape))}"
+        step(progress, "batch norm", at, len(suite), label)
+        C = shape[1]
+        rng = cp.random.default_rng(0)
+        x = rng.standard_normal(shape, dtype=cp.float32) * 2 + 1
+        gy = rng.standard_normal(shape, dtype=cp.float32)
+        w = rng.standard_normal(C, dtype=cp.float32)
+        b = rng.standard_normal(C, dtype=cp.float32)
+        rm, rv = cp.zeros(C, cp.float32), cp.ones(C, cp.float32)
+        nbytes = norm_bytes(x.size)
+        runs, bad = {}, set()
+        x64, g64, w64, b64 = (cp.asnumpy(a).astype(np.float64) for a in (x, gy, w, b))
+        mean64, invstd64, _ = reference.batch_norm_stats(x64, 1e-5)
+        want = (reference.batch_norm(x64, mean64, invstd64, w64, b64),) + \
+            reference.batch_norm_backward(g64, x64, mean64, invstd64, w64, True)
+        for be in ("cuda", "numba"):
+            y, mean, invstd = convgpu.batch_norm(x, rm, rv, w, b, True, return_stats=True,
+                                                 backend=be)
+            got = (y,) + convgpu.batch_norm_backward(gy, x, mean, invstd, w, True, backend=be)
+            for g_, w_ in zip(got, want):
+                e = np.linalg.norm(cp.asnumpy(g_) - w_) / np.linalg.norm(w_)
+                if not e <= 1e-5:
+                    bad.add(be)
+            runs[("batch_norm", f"{be}:split" if be == "cuda" else f"{be}:two_pass",
+                  nbytes["forward"])] = lambda be=be: convgpu.batch_norm(
+                x, rm, rv, w, b, True, return_stats=True, backend=be)
+            runs[("batch_norm_backward", f"{be}:split" if be == "cuda" else f"{be}:two_pass",
+                  nbytes["backward"])] = lambda be=be, mean=mean, invstd=invstd: \
+                convgpu.batch_norm_backward(gy, x, mean, invstd, w, True, backend=be)
+        if torch is not None:
+            xt, gt, wt, bt = (torch.from_dlpack(a) for a in (x, gy, w, b))
+            rmt, rvt = torch.zeros(C, device="cuda"), torch.ones(C, device="cuda")
+            A = torch.ops.aten
+            for lib in ("cudnn", "torch"):
+                try:
+                    if lib == "cudnn":
+                        xt4 = xt if xt.dim() == 4 else xt.reshape(*xt.shape, 1, 1)
+                        gt4 = gt.reshape(xt4.shape)
+                        yt, sm, sv, rs = A.cudnn_batch_norm(xt4, wt, bt, rmt, rvt, True, 0.1, 1e-5)
+                        fwd = lambda: A.cudnn_batch_norm(xt4, wt, bt, rmt, rvt, True, 0.1, 1e-5)
+                        bwd = lambda: A.cudnn_batch_norm_backward(xt4, gt4, wt, rmt, rvt, sm, sv,
+                                                                  1e-5, rs)
+                    else:
+                        yt, sm, sv = A.native_batch_norm(xt, wt, bt, rmt, rvt, True, 0.1, 1e-5)
+                        fwd = lambda: A.native_batch_norm(xt, wt, bt, rmt, rvt, True, 0.1, 1e-5)
+                        bwd = lambda: A.native_batch_norm_backward(gt, xt, wt, rmt, rvt, sm, sv,
+                                                                   True, 1e-5, [True] * 3)
+                    e = np.linalg.norm(yt.reshape(shape).cpu().double().numpy() - want[0]) \
+                        / np.linalg.norm(want[0])
+                    if not e <= 1e-4:
+                        raise ValueError(f"relative error {e:.1e}")
+                    runs[("batch_norm", lib, nbytes["forward"])] = fwd
+                    runs[("batch_norm_backward", lib, nbytes["backward"])] = bwd
+                except Exception as err:            # a baseline that cannot run is reported
+                    progress(f"  batch_norm baseline {lib}: {type(err).__name__}: {err}")
+        base = {}
+        for (op, impl, nb), fn in runs.items():
+            if impl not in ("cudnn", "torch") and not _wanted(impl, impl_filter):
+                continue
+            if impl.split(":")[0] in bad:
+                out.append(Result(op, label, impl, "float32", "FAIL validation"))
+                continue
+            t = quantiles(timer(fn))
+            r = Result(op, label, impl, "float32", "ok", **t,
+                       gbps=nb / (t["median_ms"] * 1e-3) / 1e9)
+            if impl == "cudnn":
+                base[op] = t["median_ms"]
+            out.append(r)
+            progress(f"  {op:20s} {label:40s} {impl:14s} {t['median_ms']:8.3f} ms "
+                     f"{r.gbps:8.1f} GB/s")
+        for r in out:
+            if r.shape == label and r.op in base and r.median_ms and r.impl != "cudnn":
+                r.vs_cudnn = ratio(base[r.op], r.median_ms)
+        del x, gy
+    return out
+
+
 def environment() -> dict:
     env = {"python": platform.python_version(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                         time.gmtime())}
@@ -539,7 +634,7 @@ def ratio(baseline_ms: float, ours_ms: float) -> float:
     return baseline_ms / ours_ms
 
 
-ALL_OPS = ("gemm", "conv2d", "conv2d_backward", "pool")
+ALL_OPS = ("gemm", "conv2d", "conv2d_backward", "pool", "norm")
 
 
 def run(json_path=None, plot_path=None, quick=True, shapes=None, ops=None, impl=None,
@@ -552,8 +647,9 @@ def run(json_path=None, plot_path=None, quick=True, shapes=None, ops=None, impl=
         raise ValueError(f"bench: unknown --ops {sorted(unknown)}; choose from {ALL_OPS}")
     conv = SH.conv_suite(quick, shapes)
     pools = SH.pool_suite(quick, shapes)
+    norms = SH.norm_suite(quick, shapes)
     if gpu_count() == 0:
-        doc = run_cpu(conv, pools, ops, progress=progress)
+        doc = run_cpu(conv, pools, ops, progress=progress, norms=norms)
     else:
         timer = Timer()
         env = environment()
@@ -571,7 +667,9 @@ def run(json_path=None, plot_path=None, quick=True, shapes=None, ops=None, impl=
                   # by a time limit still has the pooling numbers (JSON after every stage)
                   ("pool", lambda: bench_pool(timer, pools, progress=progress, impl_filter=impl)),
                   ("conv2d_backward", lambda: bench_conv_backward(timer, conv, progress=progress,
-                                                                  impl_filter=impl))]
+                                                                  impl_filter=impl)),
+                  # the newest stage last: a failure in it loses no earlier stage's numbers
+                  ("norm", lambda: bench_norm(timer, norms, progress=progress, impl_filter=impl))]
         for name, stage in stages:
             if name not in ops:
                 continue
@@ -604,7 +702,7 @@ def run(json_path=None, plot_path=None, quick=True, shapes=None, ops=None, impl=
     return doc
 
 
-def run_cpu(conv, pools, ops, progress=print, reps=5) -> dict:
+def run_cpu(conv, pools, ops, progress=print, reps=5, norms=()) -> dict:
     """No GPU: time the numpy backend (batch 1) and torch's CPU ops beside it."""
     import convgpu
     from convgpu.ops._args import conv_out_size
@@ -664,6 +762,19 @@ def run_cpu(conv, pools, ops, progress=print, reps=5) -> dict:
                                                               ceil_mode=sh.ceil_mode,
                                                               return_indices=True))
             results.append(Result("max_pool2d", label, "torch-cpu", "float32", "ok", **tt))
+            results[-2].vs_cudnn = ratio(tt["median_ms"], t["median_ms"])
+    for name, shape in norms if "norm" in ops else []:
+        shape = (2,) + tuple(shape[1:])              # batch 2: training needs two values
+        x = rng.standard_normal(shape).astype(np.float32)
+        C = shape[1]
+        label = f"{name}: {'x'.join(map(str, shape))}"
+        rm, rv = np.zeros(C, np.float32), np.ones(C, np.float32)
+        t = clock(lambda: convgpu.batch_norm(x, rm, rv, training=True))
+        results.append(Result("batch_norm", label, "numpy:reference", "float32", "ok", **t))
+        if torch is not None:
+            xt, rmt, rvt = torch.from_numpy(x), torch.from_numpy(rm), torch.from_numpy(rv)
+            tt = clock(lambda: torch.nn.functional.batch_norm(xt, rmt, rvt, training=True))
+            results.append(Result("batch_norm", label, "torch-cpu", "float32", "ok", **tt))
             results[-2].vs_cudnn = ratio(tt["median_ms"], t["median_ms"])
     return {"environment": environment(), "device": "cpu", "ceilings": {},
             "results": [asdict(r) for r in results]}

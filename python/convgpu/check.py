@@ -170,7 +170,46 @@ def problems(size: str = "small") -> List[Problem]:
                                    (i["p"], i["b"]))[1],
                 lambda i: ref.sgd_step(i["p"], i["g"], i["b"], SGD["lr"], SGD["momentum"],
                                        SGD["weight_decay"])),
-    ]
+    ] + _batch_norm_problems(pool)
+
+
+def _batch_norm_problems(shape) -> List[Problem]:
+    """batch_norm in training (the call returns y, the batch statistics and the running
+    estimates it updated in place) and in evaluation; the backward in both modes. x is
+    off-centre (mean ~3) so a kernel that skipped the mean would show."""
+    import convgpu as cg
+    from convgpu import reference as ref
+    C, m, eps = shape[1], 0.1, 1e-5
+
+    def make(r):
+        x = _rand(r, shape) * 2 + 3
+        mean, invstd, _ = ref.batch_norm_stats(x, eps)
+        return dict(x=x, gy=_rand(r, shape), w=_rand(r, (C,)), b=_rand(r, (C,)),
+                    rm=_rand(r, (C,)), rv=r.uniform(0.5, 2.0, C), mean=mean, invstd=invstd)
+
+    def forward(i, be, training):
+        y, mean, invstd = cg.batch_norm(i["x"], i["rm"], i["rv"], i["w"], i["b"], training, m,
+                                        eps, return_stats=True, backend=be)
+        return (y, mean, invstd, i["rm"], i["rv"]) if training else (y, mean, invstd)
+
+    def forward_ref(i, training):
+        if training:
+            mean, invstd, var = ref.batch_norm_stats(i["x"], eps)
+            running = ((1 - m) * i["rm"] + m * mean, (1 - m) * i["rv"] + m * var)
+        else:
+            mean, invstd, running = i["rm"], 1 / np.sqrt(i["rv"] + eps), ()
+        return (ref.batch_norm(i["x"], mean, invstd, i["w"], i["b"]), mean, invstd) + running
+
+    label = f"x{shape}"
+    return [p for training in (True, False) for p in (
+        Problem("batch_norm", f"{label} {'training, momentum 0.1' if training else 'eval'}", make,
+                lambda i, be, al, t=training: forward(i, be, t),
+                lambda i, t=training: forward_ref(i, t)),
+        Problem("batch_norm_backward", f"x{shape} {'training' if training else 'eval'}", make,
+                lambda i, be, al, t=training: cg.batch_norm_backward(
+                    i["gy"], i["x"], i["mean"], i["invstd"], i["w"], t, backend=be),
+                lambda i, t=training: ref.batch_norm_backward(i["gy"], i["x"], i["mean"],
+                                                              i["invstd"], i["w"], t)))]
 
 
 ADAM = dict(lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01)

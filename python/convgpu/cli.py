@@ -135,7 +135,7 @@ def main(argv=None) -> int:
     bn.add_argument("--json", help="write the results to this JSON file")
     bn.add_argument("--plot", help="write a PNG: speed vs cuDNN per shape, and a roofline")
     bn.add_argument("--shapes", nargs="*", help="only shapes whose name contains one of these")
-    bn.add_argument("--ops", nargs="*", help="gemm, conv2d, conv2d_backward, pool")
+    bn.add_argument("--ops", nargs="*", help="gemm, conv2d, conv2d_backward, pool, norm")
     bn.add_argument("--impl", nargs="*", help="only implementations whose label contains these")
     args = ap.parse_args(argv)
     return {"info": cmd_info, "check": cmd_check, "bench": cmd_bench, "train": cmd_train}[args.cmd](args)

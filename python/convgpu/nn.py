@@ -67,6 +67,11 @@ class Module:
     def named_parameters(self, prefix="") -> Dict[str, Parameter]:
         return {}
 
+    def named_buffers(self, prefix=""):
+        """State that is not trained but saved and moved with the parameters (a batch
+        norm's running estimates): {name: (owner, attribute)}."""
+        return {}
+
     def train(self, mode=True):
         self.training = mode
         return self
@@ -75,10 +80,12 @@ class Module:
         return self.train(False)
 
     def to(self, xp):
-        """Move parameters to an array module (numpy or cupy)."""
+        """Move parameters and buffers to an array module (numpy or cupy)."""
         for p in self.parameters():
             p.data = xp.asarray(p.data)
             p.grad = None
+        for owner, attr in self.named_buffers().values():
+            setattr(owner, attr, xp.asarray(getattr(owner, attr)))
         return self
 
 
@@ -278,6 +285,70 @@ class GlobalAvgPool2d(Module):
         return F.global_avg_pool2d_backward(gy, self.shape, backend=self.backend)
 
 
+class _BatchNorm(Module):
+    """Batch normalisation over the channels of an (N, C, *) input (torch's BatchNorm1d /
+    BatchNorm2d): in training the batch's statistics normalise it and the running
+    estimates move towards them (momentum); in eval mode the running estimates normalise
+    it. weight (ones) and bias (zeros) are Parameters when affine; running_mean (zeros)
+    and running_var (ones) are buffers when track_running_stats, else the batch's
+    statistics are used in both modes."""
+
+    DIMS: tuple = ()
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, *, backend="auto", dtype=np.float32):
+        C = num_features
+        self.eps, self.momentum, self.backend = eps, momentum, backend
+        self.weight = Parameter(np.ones(C, dtype)) if affine else None
+        self.bias = Parameter(np.zeros(C, dtype)) if affine else None
+        self.running_mean = np.zeros(C, dtype) if track_running_stats else None
+        self.running_var = np.ones(C, dtype) if track_running_stats else None
+
+    def parameters(self):
+        return [self.weight, self.bias] if self.weight is not None else []
+
+    def named_parameters(self, prefix=""):
+        return ({prefix + "weight": self.weight, prefix + "bias": self.bias}
+                if self.weight is not None else {})
+
+    def named_buffers(self, prefix=""):
+        if self.running_mean is None:
+            return {}
+        return {prefix + "running_mean": (self, "running_mean"),
+                prefix + "running_var": (self, "running_var")}
+
+    def forward(self, x):
+        if x.ndim not in self.DIMS:
+            raise ValueError(f"{type(self).__name__}: input must be "
+                             f"{' or '.join(f'{d}-D' for d in self.DIMS)}, got shape "
+                             f"{tuple(x.shape)}")
+        w = self.weight.data if self.weight is not None else None
+        b = self.bias.data if self.bias is not None else None
+        self.x, self.batch_stats = x, self.training or self.running_mean is None
+        y, self.mean, self.invstd = F.batch_norm(
+            x, self.running_mean, self.running_var, w, b, self.batch_stats, self.momentum,
+            self.eps, return_stats=True, backend=self.backend)
+        return y
+
+    def backward(self, gy):
+        w = self.weight.data if self.weight is not None else None
+        gx, gw, gb = F.batch_norm_backward(gy, self.x, self.mean, self.invstd, w,
+                                           self.batch_stats, backend=self.backend)
+        if self.weight is not None:
+            self.weight.grad, self.bias.grad = gw, gb
+        return gx
+
+
+class BatchNorm1d(_BatchNorm):
+    """Over (N, C) features or (N, C, L) sequences."""
+    DIMS = (2, 3)
+
+
+class BatchNorm2d(_BatchNorm):
+    """Over (N, C, H, W) feature maps."""
+    DIMS = (4,)
+
+
 class Flatten(Module):
     def forward(self, x):
         self.shape = x.shape
@@ -322,6 +393,12 @@ class Sequential(Module):
             d.update(layer.named_parameters(f"{prefix}{i}."))
         return d
 
+    def named_buffers(self, prefix=""):
+        d = {}
+        for i, layer in enumerate(self.layers):
+            d.update(layer.named_buffers(f"{prefix}{i}."))
+        return d
+
     def train(self, mode=True):
         self.training = mode
         for layer in self.layers:
@@ -344,18 +421,28 @@ class Sequential(Module):
         return gy
 
     def state_dict(self) -> Dict[str, np.ndarray]:
+        """Parameters and buffers (running estimates) as host arrays, by torch-style name."""
         from convgpu.arrays import to_host
-        return {k: to_host(p.data) for k, p in self.named_parameters().items()}
+        d = {k: to_host(p.data) for k, p in self.named_parameters().items()}
+        d.update({k: to_host(getattr(o, a)).copy() for k, (o, a) in self.named_buffers().items()})
+        return d
 
     def load_state_dict(self, state: Dict[str, np.ndarray]):
-        params = self.named_parameters()
-        if set(params) != set(state):
-            raise ValueError(f"load_state_dict: keys differ: {sorted(set(params) ^ set(state))}")
-        for k, p in params.items():
-            if tuple(state[k].shape) != tuple(p.shape):
+        params, buffers = self.named_parameters(), self.named_buffers()
+        names = set(params) | set(buffers)
+        if names != set(state):
+            raise ValueError(f"load_state_dict: keys differ: {sorted(names ^ set(state))}")
+        current = {k: p.data for k, p in params.items()}
+        current.update({k: getattr(o, a) for k, (o, a) in buffers.items()})
+        for k, now in current.items():
+            if tuple(state[k].shape) != tuple(now.shape):
                 raise ValueError(f"load_state_dict: {k} has shape {state[k].shape}, "
-                                 f"expected {p.shape}")
+                                 f"expected {now.shape}")
+        for k, p in params.items():
             p.data = _xp(p.data).asarray(state[k], dtype=p.data.dtype)
+        for k, (o, a) in buffers.items():       # a copy: the running estimates change in place
+            now = getattr(o, a)
+            setattr(o, a, _xp(now).array(state[k], dtype=now.dtype))
 
 
 class SoftmaxCrossEntropy:
@@ -421,21 +508,30 @@ class Adam:
 
 
 def lenet5(in_channels=1, image_size=8, classes=10, *, algo="auto", backend="auto", dropout=0.0,
-           seed=0, dtype=np.float32) -> Sequential:
+           batch_norm=False, seed=0, dtype=np.float32) -> Sequential:
     """LeNet-5 style: conv(5x5, 6) -> relu -> maxpool 2 -> conv(5x5, 16) -> relu -> maxpool 2
     -> linear 120 -> relu -> linear 84 -> relu -> linear classes. Convolutions pad by 2 so the
-    network fits small images (8x8 digits: 8 -> 4 -> 2)."""
+    network fits small images (8x8 digits: 8 -> 4 -> 2). batch_norm=True puts a BatchNorm2d
+    after each convolution and a BatchNorm1d after the first linear layer (before the ReLU;
+    those three layers then have no bias, which the normalisation would cancel)."""
     rng = np.random.default_rng(seed)
     s = image_size // 4
     if s < 1:
         raise ValueError(f"lenet5: image_size must be at least 4, got {image_size}")
+    bias = not batch_norm
+
+    def norm(layer, features):
+        return [layer(features, backend=backend, dtype=dtype)] if batch_norm else []
+
     layers = [
-        Conv2d(in_channels, 6, 5, padding=2, algo=algo, backend=backend, rng=rng, dtype=dtype),
+        Conv2d(in_channels, 6, 5, padding=2, bias=bias, algo=algo, backend=backend, rng=rng,
+               dtype=dtype), *norm(BatchNorm2d, 6),
         ReLU(backend), MaxPool2d(2, backend=backend),
-        Conv2d(6, 16, 5, padding=2, algo=algo, backend=backend, rng=rng, dtype=dtype),
-        ReLU(backend), MaxPool2d(2, backend=backend),
+        Conv2d(6, 16, 5, padding=2, bias=bias, algo=algo, backend=backend, rng=rng, dtype=dtype),
+        *norm(BatchNorm2d, 16), ReLU(backend), MaxPool2d(2, backend=backend),
         Flatten(),
-        Linear(16 * s * s, 120, init="he", backend=backend, rng=rng, dtype=dtype), ReLU(backend),
+        Linear(16 * s * s, 120, bias=bias, init="he", backend=backend, rng=rng, dtype=dtype),
+        *norm(BatchNorm1d, 120), ReLU(backend),
     ]
     if dropout:
         layers.append(Dropout(dropout, seed=seed + 1))

@@ -337,3 +337,53 @@ def sgd_step(param, grad, momentum_buffer, lr, momentum, weight_decay):
         momentum_buffer = momentum * momentum_buffer + g
         g = momentum_buffer
     return param - lr * g, momentum_buffer
+
+
+# ----------------------------------------------------------------------------------------
+# batch normalisation (input (N, C, *): statistics per channel over N and the trailing axes)
+
+
+def _channels(x):
+    return x.reshape(x.shape[0], x.shape[1], -1).astype(np.float64)
+
+
+def batch_norm_stats(x, eps):
+    """The batch's per-channel mean and 1 / sqrt(var + eps), var the biased variance (as
+    torch's training forward); also the unbiased variance, for the running estimate."""
+    x3 = _channels(x)
+    m = x3.shape[0] * x3.shape[2]
+    mean = x3.mean(axis=(0, 2))
+    var = ((x3 - mean[None, :, None]) ** 2).sum(axis=(0, 2)) / m
+    invstd = 1.0 / np.sqrt(var + eps)
+    return mean.astype(x.dtype), invstd.astype(x.dtype), (var * m / max(m - 1, 1)).astype(x.dtype)
+
+
+def batch_norm(x, mean, invstd, weight=None, bias=None):
+    """y = (x - mean[c]) * invstd[c] * weight[c] + bias[c] (weight 1 and bias 0 if None)."""
+    C = x.shape[1]
+    w = np.ones(C) if weight is None else weight.astype(np.float64)
+    b = np.zeros(C) if bias is None else bias.astype(np.float64)
+    col = lambda v: v.astype(np.float64)[None, :, None]  # noqa: E731
+    y = (_channels(x) - col(mean)) * col(invstd) * col(w) + col(b)
+    return np.ascontiguousarray(y.reshape(x.shape), dtype=x.dtype)
+
+
+def batch_norm_backward(gy, x, mean, invstd, weight=None, training=True):
+    """(gx, gw, gb) of y = (x - mean) * invstd * w + b. In training mean and invstd are the
+    batch's own, so they depend on x: gx = w invstd (gy - gb / M - xhat gw / M), with
+    xhat = (x - mean) invstd, M = N * (the trailing sizes); in evaluation they are constants
+    (the running estimates): gx = w invstd gy. gw = sum gy xhat, gb = sum gy over N and the
+    trailing axes."""
+    g3, x3 = _channels(gy), _channels(x)
+    m = x3.shape[0] * x3.shape[2]
+    inv = invstd.astype(np.float64)[None, :, None]
+    xhat = (x3 - mean.astype(np.float64)[None, :, None]) * inv
+    gb = g3.sum(axis=(0, 2))
+    gw = (g3 * xhat).sum(axis=(0, 2))
+    w = (np.ones(x3.shape[1]) if weight is None else weight.astype(np.float64))[None, :, None]
+    if training:
+        gx = w * inv * (g3 - gb[None, :, None] / m - xhat * gw[None, :, None] / m)
+    else:
+        gx = w * inv * g3
+    cast = lambda a, shape: np.ascontiguousarray(a.reshape(shape), dtype=gy.dtype)  # noqa: E731
+    return cast(gx, x.shape), cast(gw, gw.shape), cast(gb, gb.shape)

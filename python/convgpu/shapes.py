@@ -66,6 +66,17 @@ POOL = [
 ]
 QUICK_POOL = {"AlexNet pool 3x3/2", "ResNet pool 3x3/2 p1", "VGG pool 2x2/2"}
 
+# batch normalisation: (name, input shape). ResNet-50's stem BN (few channels, many values
+# each), a bottleneck's, the last block's (many channels, few values), and a BatchNorm1d
+# after a wide linear layer
+NORM = [
+    ("ResNet-50 bn1", (32, 64, 112, 112)),
+    ("ResNet-50 layer1 bn3", (32, 256, 56, 56)),
+    ("ResNet-50 layer4 bn3", (32, 2048, 7, 7)),
+    ("BatchNorm1d 4096", (256, 4096)),
+]
+QUICK_NORM = {"ResNet-50 bn1", "ResNet-50 layer4 bn3"}
+
 # global average pooling: (name, N, C, H)
 GLOBAL_POOL = [("ResNet-50 head", 64, 2048, 7)]
 
@@ -83,6 +94,10 @@ def conv_suite(quick: bool = False, filters=None) -> List[ConvShape]:
 
 def pool_suite(quick: bool = False, filters=None) -> List[PoolShape]:
     return [s for s in POOL if (not quick or s.name in QUICK_POOL) and _keep(s.name, filters)]
+
+
+def norm_suite(quick: bool = False, filters=None):
+    return [s for s in NORM if (not quick or s[0] in QUICK_NORM) and _keep(s[0], filters)]
 
 
 def _keep(name, filters):

@@ -97,7 +97,7 @@ def load(data_dir: Optional[str], upsample: int, seed: int, test_fraction: float
 
 def train(epochs=30, batch_size=32, lr=2e-3, optimizer="adam", momentum=0.9, weight_decay=0.0,
           backend="numpy", algo="auto", seed=0, data_dir=None, upsample=1, dropout=0.0,
-          test_fraction=0.2, progress=True) -> Result:
+          batch_norm=False, test_fraction=0.2, progress=True) -> Result:
     t_start = time.perf_counter()
     backend, xp = _resolve(backend)
     xtr, ytr, xte, yte = load(data_dir, upsample, seed, test_fraction)
@@ -111,7 +111,8 @@ def train(epochs=30, batch_size=32, lr=2e-3, optimizer="adam", momentum=0.9, wei
         raise ValueError(f"train: labels must be class indices >= 0, found {lowest}")
     classes = int(max(ytr.max(), yte.max())) + 1
     model = nn.lenet5(xtr.shape[1], xtr.shape[2], classes, algo=algo,
-                      backend=op_backend, dropout=dropout, seed=seed).to(xp)
+                      backend=op_backend, dropout=dropout, batch_norm=batch_norm,
+                      seed=seed).to(xp)
     params = model.parameters()
     opt = nn.Adam(params, lr=lr, weight_decay=weight_decay) if optimizer == "adam" else \
         nn.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -119,6 +120,8 @@ def train(epochs=30, batch_size=32, lr=2e-3, optimizer="adam", momentum=0.9, wei
     rng = np.random.default_rng(seed + 2)
     hist = History()
     steps = -(-len(xtr) // batch_size)
+    if batch_norm and len(xtr) % batch_size == 1:
+        steps -= 1          # a last batch of one image has no batch statistics: dropped
     # the training set goes to the device once; batches are gathered there (a copy from
     # pageable host memory per step would block the host, as would reading the loss back
     # every step: without a progress bar the running sums stay on the device until the
@@ -227,7 +230,7 @@ def main_train(args) -> int:
                 optimizer=args.optimizer, momentum=args.momentum,
                 weight_decay=args.weight_decay, backend=args.backend, algo=args.algo,
                 seed=args.seed, data_dir=args.data, upsample=args.upsample, dropout=args.dropout,
-                progress=not args.quiet)
+                batch_norm=args.batch_norm, progress=not args.quiet)
     per_epoch = np.median(res.history.epoch_seconds)
     print(f"final test accuracy {res.test_accuracy:.4f} on {len(res.y_test)} images; "
           f"{res.seconds:.1f} s in all, median epoch {per_epoch:.3f} s ({res.backend} backend)")
@@ -248,6 +251,8 @@ def add_arguments(p):
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--batch-norm", action="store_true",
+                   help="BatchNorm2d after each conv, BatchNorm1d after the first linear layer")
     p.add_argument("--backend", choices=["numpy", "numba", "cuda", "auto"], default="auto",
                    help="auto: cuda on a GPU, numpy otherwise")
     p.add_argument("--algo", default="auto", help="conv algorithm for the device backends")

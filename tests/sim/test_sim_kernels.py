@@ -292,3 +292,18 @@ def test_empty_problems_launch_nothing(label, call, want):
     """An empty batch, no channels, no features on the Numba backend: answered without a
     launch."""
     check_empty_case(call("numba", np.asarray), want)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, training, affine, running", [
+    ((4, 3, 5, 6), True, True, True),         # rows of 30: a thread's values span rows
+    ((6, 5), True, False, False),             # (N, C): one value per row
+    ((3, 2, 9), False, True, True),           # evaluation
+])
+def test_batch_norm(rng, dtype, shape, training, affine, running):
+    """Forward with the running estimates' update, then the three gradients (kernels/norm.py)
+    against the reference."""
+    from helpers import assert_batch_norm_close, batch_norm_expected, batch_norm_inputs, batch_norm_run
+    inp = batch_norm_inputs(rng, shape, dtype, affine, running)
+    assert_batch_norm_close(batch_norm_run("numba", inp, training),
+                            batch_norm_expected(inp, training), dtype)

@@ -1,8 +1,9 @@
 """The layers on the numba backend (simulated): one training step of a small conv net
 (conv-relu-maxpool-conv-relu-avgpool-linear-relu-linear), and of a decoder (strided conv,
-transposed conv, padding="same", global average pooling), on two digits gives the same
-loss, input gradient and parameter gradients as the numpy backend."""
-from helpers import assert_steps_agree, decoder_net, small_net, training_step
+transposed conv, padding="same", global average pooling), and of a net with batch
+normalisation, on two digits gives the same loss, input gradient and parameter gradients
+as the numpy backend."""
+from helpers import assert_steps_agree, bn_net, decoder_net, small_net, training_step
 
 
 def test_small_net_step_numba_matches_numpy():
@@ -14,4 +15,10 @@ def test_small_net_step_numba_matches_numpy():
 def test_decoder_step_numba_matches_numpy():
     out = {"numpy": training_step(decoder_net("numpy"), "numpy"),
            "numba": training_step(decoder_net("numba", "im2col"), "numba")}
+    assert_steps_agree(out["numba"], out["numpy"])
+
+
+def test_batch_norm_step_numba_matches_numpy():
+    out = {"numpy": training_step(bn_net("numpy"), "numpy"),
+           "numba": training_step(bn_net("numba"), "numba")}
     assert_steps_agree(out["numba"], out["numpy"])

@@ -11,6 +11,7 @@ import numpy as np
 float32, float64, int64 = np.float32, np.float64, np.int64
 asarray = np.asarray
 asnumpy = np.asarray
+zeros, ones, empty = np.zeros, np.ones, np.empty
 zeros_like = np.zeros_like
 ones_like = np.ones_like
 fft = types.SimpleNamespace(rfft2=np.fft.rfft2, irfft2=np.fft.irfft2)
