@@ -94,3 +94,21 @@ def test_linear(benchmark, backend):
         convgpu.linear(x, w, backend=be)
         _sync(backend)
     benchmark(call)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batch_norm_forward_backward(benchmark, backend):
+    rng = np.random.default_rng(4)
+    x, gy, w, b = _arrays(backend, rng.standard_normal((8, 64, 56, 56)).astype(np.float32),
+                          rng.standard_normal((8, 64, 56, 56)).astype(np.float32),
+                          rng.standard_normal(64).astype(np.float32),
+                          rng.standard_normal(64).astype(np.float32))
+    rm, rv = _arrays(backend, np.zeros(64, np.float32), np.ones(64, np.float32))
+    be = "auto" if backend == "cuda" else backend
+
+    def call():
+        y, mean, invstd = convgpu.batch_norm(x, rm, rv, w, b, True, return_stats=True,
+                                             backend=be)
+        convgpu.batch_norm_backward(gy, x, mean, invstd, w, True, backend=be)
+        _sync(backend)
+    benchmark(call)

@@ -56,7 +56,9 @@ NAME_EXPRESSIONS: Dict[str, Tuple[str, ...]] = {
                      for t in T_NAMES),
     "pool.cu": tuple(f"{k}<{t}, {i}>" for k in ("max_pool2d_bwd_gather", "max_pool2d_bwd_cells",
                                                  "max_pool2d_bwd_tiled",
-                                                 "avg_pool2d_fwd", "avg_pool2d_bwd_gather")
+                                                 "avg_pool2d_fwd", "avg_pool2d_bwd_gather",
+                                                 "adaptive_avg_pool2d_fwd",
+                                                 "adaptive_avg_pool2d_bwd")
                      for t in T_NAMES for i in ("int", "long long"))
     + tuple(f"max_pool2d_fwd<{t}, {i}, {k}>" for t in T_NAMES for i in ("int", "long long")
             for k in (0, 2, 3))

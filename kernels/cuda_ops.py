@@ -841,6 +841,23 @@ def avg_pool2d_backward(a, gy):
     return gx
 
 
+def adaptive_avg_pool2d(a, x):
+    y = empty(a.y_shape, x.dtype, x)
+    it, ic = _index_type(max(y.size, x.size))
+    fn = get_function("pool.cu", f"adaptive_avg_pool2d_fwd<{ctype(x.dtype)}, {it}>")
+    fn(_elementwise_grid(y.size), (THREADS,), (x, y, ic(a.N * a.C), *_i32(a.H, a.W, a.P, a.Q)))
+    return y
+
+
+def adaptive_avg_pool2d_backward(a, gy):
+    gx = empty(a.x_shape, gy.dtype, gy)
+    it, ic = _index_type(max(gx.size, gy.size))
+    fn = get_function("pool.cu", f"adaptive_avg_pool2d_bwd<{ctype(gy.dtype)}, {it}>")
+    fn(_elementwise_grid(gx.size), (THREADS,),
+       (contiguous(gy), gx, ic(a.N * a.C), *_i32(a.H, a.W, a.P, a.Q)))
+    return gx
+
+
 # ----------------------------------------------------------------------------------------
 # FFT convolution: cuFFT transforms (cupy.fft), the multiply-accumulate over channels as a
 # batched GEMM on the hand-written GEMMs. A complex product per frequency f,

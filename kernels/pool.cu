@@ -19,6 +19,12 @@
 //   max_pool2d_bwd_tiled<T, I>  the same sums with a band of output rows staged in shared
 //                               memory: coalesced loads and stores (the "tiled" algorithm)
 //   avg_pool2d_fwd<T, I>, avg_pool2d_bwd_gather<T, I>   torch's divisor rule
+//   adaptive_avg_pool2d_fwd<T, I>   one thread per output: the mean of its window, output p
+//                               of P over [floor(p H / P), ceil((p + 1) H / P)) (same along W)
+//   adaptive_avg_pool2d_bwd<T, I>   one thread per input element: the sum of gy / area over
+//                               the outputs whose windows hold it, p in [floor(h P / H),
+//                               ceil((h + 1) P / H)) (neighbouring windows overlap where P
+//                               does not divide H). Not tuned: plain divisions per element
 #include "common.cuh"
 
 // unrolled paths: max-pool windows up to KFAST x KFAST, backward candidates up to CFAST x CFAST
@@ -587,6 +593,52 @@ __global__ void avg_pool2d_bwd_gather(const T* __restrict__ gy, T* __restrict__ 
         for (int p = first_cover(h, s.ph, s.kh, divSH, 1); p <= p_hi; ++p)
             for (int q = q_lo; q <= q_hi; ++q)
                 acc += g[p * s.Q + q] / avg_divisor<T>(p, q, s);
+        gx[t] = acc;
+    }
+}
+
+// Adaptive average pooling: the window bounds along one axis of `size` inputs pooled to
+// `out` outputs, and the outputs whose windows hold input i (64-bit products: out * size
+// may pass 2**31 where neither does).
+__device__ __forceinline__ int adaptive_start(int o, int size, int out) {
+    return (int)((long long)o * size / out);
+}
+__device__ __forceinline__ int adaptive_end(int o, int size, int out) {
+    return (int)(((long long)(o + 1) * size + out - 1) / out);
+}
+
+template <typename T, typename I>
+__global__ void adaptive_avg_pool2d_fwd(const T* __restrict__ x, T* __restrict__ y, I NC, int H,
+                                        int W, int P, int Q) {
+    const I total = NC * P * Q;
+    for (I t = blockIdx.x * (I)blockDim.x + threadIdx.x; t < total; t += (I)gridDim.x * blockDim.x) {
+        const int q = (int)(t % Q), p = (int)((t / Q) % P);
+        const T* xp = x + (long long)(t / ((I)P * Q)) * H * W;
+        const int h0 = adaptive_start(p, H, P), h1 = adaptive_end(p, H, P);
+        const int w0 = adaptive_start(q, W, Q), w1 = adaptive_end(q, W, Q);
+        T acc = T(0);
+        for (int h = h0; h < h1; ++h)
+            for (int v = w0; v < w1; ++v) acc += xp[(long long)h * W + v];
+        y[t] = acc / T((h1 - h0) * (w1 - w0));
+    }
+}
+
+template <typename T, typename I>
+__global__ void adaptive_avg_pool2d_bwd(const T* __restrict__ gy, T* __restrict__ gx, I NC, int H,
+                                        int W, int P, int Q) {
+    const I total = NC * H * W;
+    for (I t = blockIdx.x * (I)blockDim.x + threadIdx.x; t < total; t += (I)gridDim.x * blockDim.x) {
+        const int v = (int)(t % W), h = (int)((t / W) % H);
+        const T* g = gy + (long long)(t / ((I)H * W)) * P * Q;
+        // the outputs covering h: the windows of adaptive_start / adaptive_end, solved for p
+        const int p0 = adaptive_start(h, P, H), p1 = adaptive_end(h, P, H);
+        const int q0 = adaptive_start(v, Q, W), q1 = adaptive_end(v, Q, W);
+        T acc = T(0);
+        for (int p = p0; p < p1; ++p) {
+            const int rows = adaptive_end(p, H, P) - adaptive_start(p, H, P);
+            for (int q = q0; q < q1; ++q)
+                acc += g[p * Q + q] / T(rows * (adaptive_end(q, W, Q) - adaptive_start(q, W, Q)));
+        }
         gx[t] = acc;
     }
 }

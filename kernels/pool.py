@@ -11,6 +11,10 @@ backwards, which gather and so are deterministic; 64-bit flat indices, grid-stri
   avg_pool_k           torch's divisor rule (count_include_pad, divisor_override, ceil_mode)
   avg_backward_k       input element gathers gy / divisor over the covering windows
   gap_k, gap_backward_k  global average: one thread per (n, c) plane / per input element
+  adaptive_k           adaptive average: output p of P averages rows [floor(p H / P),
+                       ceil((p + 1) H / P)), the same along W
+  adaptive_backward_k  input element (h, w) gathers gy / area over the outputs whose windows
+                       hold it: p in [floor(h P / H), ceil((h + 1) P / H))
 Then the launchers.
 """
 from __future__ import annotations
@@ -22,6 +26,18 @@ from numba import cuda
 
 from convgpu.kernels._launch import THREADS, blocks_for, empty, launch, unravel4, zeros
 from convgpu.kernels.elementwise import NB_TYPES
+
+
+@cuda.jit(device=True, inline=True)
+def _adaptive_start(o, size, out):
+    """First input of adaptive window o (of `out` over `size` inputs)."""
+    return (o * size) // out
+
+
+@cuda.jit(device=True, inline=True)
+def _adaptive_end(o, size, out):
+    """One past the last input of adaptive window o."""
+    return ((o + 1) * size + out - 1) // out
 
 
 @cuda.jit(device=True, inline=True)
@@ -158,9 +174,38 @@ def _kernels(dtype_name: str):
         for t in range(cuda.grid(1), NC * L, cuda.gridsize(1)):
             gx[t // L, t % L] = gy[t // L] / T(L)
 
+    @cuda.jit
+    def adaptive_k(x, y):
+        N, C, H, W = x.shape
+        P, Q = y.shape[2], y.shape[3]
+        for t in range(cuda.grid(1), N * C * P * Q, cuda.gridsize(1)):
+            n, c, p, q = unravel4(t, C, P, Q)
+            h0, h1 = _adaptive_start(p, H, P), _adaptive_end(p, H, P)
+            w0, w1 = _adaptive_start(q, W, Q), _adaptive_end(q, W, Q)
+            acc = T(0)
+            for h in range(h0, h1):
+                for w in range(w0, w1):
+                    acc += x[n, c, h, w]
+            y[n, c, p, q] = acc / T((h1 - h0) * (w1 - w0))
+
+    @cuda.jit
+    def adaptive_backward_k(gy, gx):
+        N, C, H, W = gx.shape
+        P, Q = gy.shape[2], gy.shape[3]
+        for t in range(cuda.grid(1), N * C * H * W, cuda.gridsize(1)):
+            n, c, h, w = unravel4(t, C, H, W)
+            acc = T(0)
+            for p in range(_adaptive_start(h, P, H), _adaptive_end(h, P, H)):
+                rows = _adaptive_end(p, H, P) - _adaptive_start(p, H, P)
+                for q in range(_adaptive_start(w, Q, W), _adaptive_end(w, Q, W)):
+                    cols = _adaptive_end(q, W, Q) - _adaptive_start(q, W, Q)
+                    acc += gy[n, c, p, q] / T(rows * cols)
+            gx[n, c, h, w] = acc
+
     return dict(max_pool=max_pool_k, max_backward_gather=max_backward_gather_k,
                 max_backward_plane=max_backward_plane_k, avg_pool=avg_pool_k,
-                avg_backward=avg_backward_k, gap=gap_k, gap_backward=gap_backward_k)
+                avg_backward=avg_backward_k, gap=gap_k, gap_backward=gap_backward_k,
+                adaptive=adaptive_k, adaptive_backward=adaptive_backward_k)
 
 
 def kernels_for(dtype):
@@ -226,4 +271,16 @@ def global_avg_pool2d_backward(shape, gy):
     gx = empty(shape, gy.dtype, gy)
     launch(kernels_for(gy.dtype)["gap_backward"], blocks_for(gx.size), THREADS, gy,
            gy.reshape(N * C), gx.reshape(N * C, H * W))
+    return gx
+
+
+def adaptive_avg_pool2d(a, x):
+    y = empty(a.y_shape, x.dtype, x)
+    launch(kernels_for(x.dtype)["adaptive"], blocks_for(y.size), THREADS, x, x, y)
+    return y
+
+
+def adaptive_avg_pool2d_backward(a, gy):
+    gx = empty(a.x_shape, gy.dtype, gy)
+    launch(kernels_for(gy.dtype)["adaptive_backward"], blocks_for(gx.size), THREADS, gy, gy, gx)
     return gx

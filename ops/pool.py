@@ -1,4 +1,5 @@
-"""Pooling ops: max (with argmax indices) and average, forward and backward; global average.
+"""Pooling ops: max (with argmax indices) and average, forward and backward; global and
+adaptive average.
 
 max_pool2d_backward takes torch's (grad_output, indices, input_shape) and, optionally, the
 forward's window geometry (kernel_size, stride, padding, dilation, ceil_mode), as torch's
@@ -22,6 +23,25 @@ class MaxBackwardArgs:
     x_shape: Tuple[int, int, int, int]
     pool: Optional[A.PoolArgs]          # the forward's geometry, if the caller gave it
     check_indices: bool = True          # validate the indices (each implementation does)
+
+
+@dataclass(frozen=True)
+class AdaptiveArgs:
+    N: int
+    C: int
+    H: int
+    W: int
+    P: int
+    Q: int
+    dtype: str
+
+    @property
+    def x_shape(self):
+        return (self.N, self.C, self.H, self.W)
+
+    @property
+    def y_shape(self):
+        return (self.N, self.C, self.P, self.Q)
 
 
 OP_BWD = "max_pool2d_backward"
@@ -97,6 +117,14 @@ def _np_gap_backward(a, gy):
     return reference.global_avg_pool2d_backward(gy, a)
 
 
+def _np_adaptive(a, x):
+    return reference.adaptive_avg_pool2d(x, (a.P, a.Q))
+
+
+def _np_adaptive_backward(a, gy):
+    return reference.adaptive_avg_pool2d_backward(gy, a.x_shape)
+
+
 def _needs_geometry(a):
     return None if a.pool is not None else \
         "needs the forward's kernel_size/stride/padding/dilation to gather"
@@ -108,6 +136,9 @@ register("avg_pool2d", "numpy", "reference", "convgpu.ops.pool:_np_avg_pool")
 register("avg_pool2d_backward", "numpy", "reference", "convgpu.ops.pool:_np_avg_backward")
 register("global_avg_pool2d", "numpy", "reference", "convgpu.ops.pool:_np_gap")
 register("global_avg_pool2d_backward", "numpy", "reference", "convgpu.ops.pool:_np_gap_backward")
+register("adaptive_avg_pool2d", "numpy", "reference", "convgpu.ops.pool:_np_adaptive")
+register("adaptive_avg_pool2d_backward", "numpy", "reference",
+         "convgpu.ops.pool:_np_adaptive_backward")
 
 _K = "convgpu.kernels.pool:"
 register("max_pool2d", "numba", "direct", _K + "max_pool2d")
@@ -118,6 +149,8 @@ register("avg_pool2d", "numba", "direct", _K + "avg_pool2d")
 register("avg_pool2d_backward", "numba", "gather", _K + "avg_pool2d_backward")
 register("global_avg_pool2d", "numba", "reduce", _K + "global_avg_pool2d")
 register("global_avg_pool2d_backward", "numba", "direct", _K + "global_avg_pool2d_backward")
+register("adaptive_avg_pool2d", "numba", "direct", _K + "adaptive_avg_pool2d")
+register("adaptive_avg_pool2d_backward", "numba", "gather", _K + "adaptive_avg_pool2d_backward")
 
 
 def _cuda_plane_fits(a):
@@ -163,6 +196,8 @@ register("global_avg_pool2d", "cuda", "reduce", _C + "global_avg_pool2d")
 register("global_avg_pool2d_backward", "cuda", "direct", _C + "global_avg_pool2d_backward")
 register("avg_pool2d_backward", "cuda", "gather", _C + "avg_pool2d_backward",
          supports=_cuda_plane_fits)
+register("adaptive_avg_pool2d", "cuda", "direct", _C + "adaptive_avg_pool2d")
+register("adaptive_avg_pool2d_backward", "cuda", "gather", _C + "adaptive_avg_pool2d_backward")
 
 
 # ----------------------------------------------------------------------------------------
@@ -287,3 +322,47 @@ def global_avg_pool2d_backward(grad_output, input_shape, *, backend="auto"):
     if gy.size == 0:
         return bd.wrap(A.zeros(gy, shape, gy.dtype))
     return bd.wrap(dispatch(op, shape, backend, "auto", bd.on_device, gy))
+
+
+def _adaptive_size(op, output_size, H, W):
+    """torch's output_size: an int, or a pair whose None entries keep the input's size."""
+    pair = output_size if isinstance(output_size, (tuple, list)) else (output_size, output_size)
+    if len(pair) != 2 or not all(v is None or (A._is_int(v) and v >= 0) for v in pair):
+        raise ValueError(f"{op}: output_size must be an int >= 0 or a pair of them (None keeps "
+                         f"the input's size), got {output_size!r}")
+    return tuple(int(size if v is None else v) for v, size in zip(pair, (H, W)))
+
+
+def adaptive_avg_pool2d(input, output_size, *, backend="auto"):
+    """Average pooling to a given output size, as torch: output p of P averages rows
+    [floor(p H / P), ceil((p + 1) H / P)), the same along W (neighbouring windows overlap
+    where P does not divide H; P > H repeats rows)."""
+    op = "adaptive_avg_pool2d"
+    bd, a = unwrap(op, input=input)
+    x, unbatched = A.batched(op, "input", a["input"])
+    A.check_float(op, "input", x)
+    N, C, H, W = x.shape
+    if H == 0 or W == 0:
+        raise ValueError(f"{op}: input planes must not be empty, got shape {tuple(x.shape)}")
+    P, Q = _adaptive_size(op, output_size, H, W)
+    args = AdaptiveArgs(N, C, H, W, P, Q, x.dtype.str)
+    y = A.zeros(x, args.y_shape, x.dtype) if x.size == 0 or P * Q == 0 else \
+        dispatch(op, args, backend, "auto", bd.on_device, x)
+    return bd.wrap(y[0] if unbatched else y)
+
+
+def adaptive_avg_pool2d_backward(grad_output, input_shape, *, backend="auto"):
+    """Gradient of adaptive_avg_pool2d: each input element gathers gy / (window area) over
+    the outputs whose windows hold it. The output size is grad_output's."""
+    op = "adaptive_avg_pool2d_backward"
+    bd, a = unwrap(op, grad_output=grad_output)
+    gy, unbatched = A.batched(op, "grad_output", a["grad_output"])
+    A.check_float(op, "grad_output", gy)
+    shape = A.check_input_shape(op, input_shape)
+    if tuple(gy.shape[:2]) != shape[:2]:
+        raise ValueError(f"{op}: grad_output has shape {tuple(gy.shape)} but input_shape "
+                         f"{shape} has (N, C) = {shape[:2]}")
+    args = AdaptiveArgs(*shape, *gy.shape[2:], gy.dtype.str)
+    gx = A.zeros(gy, shape, gy.dtype) if gy.size == 0 else \
+        dispatch(op, args, backend, "auto", bd.on_device, gy)
+    return bd.wrap(gx[0] if unbatched else gx)

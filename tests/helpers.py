@@ -229,6 +229,14 @@ def empty_cases(rng):
             a(f(0, 5)), a(i64(0)), backend=be), np.float32(np.nan)),
         ("softmax_cross_entropy_backward N=0", lambda be, a: cg.softmax_cross_entropy_backward(
             a(f(0, 5)), a(i64(0)), backend=be), z(0, 5)),
+        ("adaptive_avg_pool2d N=0", lambda be, a: cg.adaptive_avg_pool2d(
+            a(f(0, 3, 7, 5)), (3, 2), backend=be), z(0, 3, 3, 2)),
+        ("adaptive_avg_pool2d to 0 rows", lambda be, a: cg.adaptive_avg_pool2d(
+            a(f(2, 3, 7, 5)), (0, 2), backend=be), z(2, 3, 0, 2)),
+        ("adaptive_avg_pool2d_backward N=0", lambda be, a: cg.adaptive_avg_pool2d_backward(
+            a(f(0, 3, 3, 2)), (0, 3, 7, 5), backend=be), z(0, 3, 7, 5)),
+        ("adaptive_avg_pool2d_backward from 0 rows", lambda be, a: cg.adaptive_avg_pool2d_backward(
+            a(f(2, 3, 0, 2)), (2, 3, 7, 5), backend=be), z(2, 3, 7, 5)),
         ("batch_norm N=0", lambda be, a: cg.batch_norm(a(f(0, 3, 4, 4)), a(z(3)), a(z(3) + 1),
                                                        a(b3), a(b3), True, backend=be),
          z(0, 3, 4, 4)),
@@ -249,6 +257,12 @@ def check_empty_case(got, want, to_numpy=np.asarray):
         g = to_numpy(g)
         assert g.shape == np.shape(w) and g.dtype == np.asarray(w).dtype, (g.shape, g.dtype)
         np.testing.assert_array_equal(g, w)
+
+
+# adaptive average pooling: (input shape, output_size): windows overlapping (7 -> 3), more
+# outputs than inputs (5 -> 9: rows repeat), the global case, None keeping a size, unbatched
+ADAPTIVE_SMALL = [((2, 3, 7, 5), (3, 2)), ((1, 2, 5, 6), (9, 11)), ((2, 2, 6, 6), 1),
+                  ((1, 2, 7, 7), (None, 3)), ((2, 9, 4), (2, 3))]
 
 
 # ----------------------------------------------------------------------------------------

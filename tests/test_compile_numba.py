@@ -80,6 +80,8 @@ def _drive_every_numba_launcher():
         convgpu.avg_pool2d_backward(y, x.shape, 3, 2, 1, backend="numba")
         convgpu.global_avg_pool2d(x, backend="numba")
         convgpu.global_avg_pool2d_backward(x[:, :, 0, 0].copy(), x.shape, backend="numba")
+        convgpu.adaptive_avg_pool2d(x, (4, 3), backend="numba")
+        convgpu.adaptive_avg_pool2d_backward(x[:, :, :4, :3].copy(), x.shape, backend="numba")
         convgpu.relu(x, backend="numba")
         convgpu.relu_backward(x, x, backend="numba")
         convgpu.bias_add(x, b[:4].copy(), backend="numba")
@@ -108,7 +110,7 @@ EXPECTED_KERNELS = {
     "bwd_input_gather_k", "bwd_weight_k", "im2col_k", "col2im_k", "gemm_k", "mac_fwd_k",
     "mac_bwd_input_k", "mac_bwd_weight_k", "winograd_filter_k", "winograd_input_k",
     "winograd_output_k", "winograd_grad_tiles_k", "winograd_grad_filter_k", "adam_step_k",
-    "sgd_step_k", "stats_k", "apply_k", "bwd_sums_k", "bwd_apply_k",
+    "sgd_step_k", "adaptive_k", "adaptive_backward_k", "stats_k", "apply_k", "bwd_sums_k", "bwd_apply_k",
 }
 
 

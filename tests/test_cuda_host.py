@@ -26,10 +26,10 @@ import brute  # noqa: E402
 import convgpu  # noqa: E402
 from convgpu.check import tolerance  # noqa: E402
 from convgpu.ops._registry import all_impls  # noqa: E402
-from helpers import (AVGP_SMALL, CONV_SMALL, MAXP_SMALL, TOL, assert_close,  # noqa: E402
-                     assert_steps_agree, bn_net, check_empty_case, decoder_net, empty_cases, rand,
-                     shuffled_linspace, small_net, tf32_round, tf32_rounding_operands,
-                     training_step)
+from helpers import (ADAPTIVE_SMALL, AVGP_SMALL, CONV_SMALL, MAXP_SMALL, TOL,  # noqa: E402
+                     assert_close, assert_steps_agree, bn_net, check_empty_case, decoder_net,
+                     empty_cases, rand, shuffled_linspace, small_net, tf32_round,
+                     tf32_rounding_operands, training_step)
 
 
 @pytest.fixture(autouse=True)
@@ -910,6 +910,18 @@ def test_every_name_expression_builds_and_is_found():
     from convgpu.kernels import _module
     for file, expr in _module.all_name_expressions():
         assert cuda_host.get_function(file, expr).name == expr
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, out", ADAPTIVE_SMALL)
+def test_adaptive_avg_pool(rng, dtype, shape, out):
+    x = rand(rng, shape)
+    y = both_orders(lambda: convgpu.adaptive_avg_pool2d(x.astype(dtype), out, backend="cuda"))
+    assert_close(y, convgpu.adaptive_avg_pool2d(x, out), TOL[dtype])
+    gy = rand(rng, y.shape)
+    gx = both_orders(lambda: convgpu.adaptive_avg_pool2d_backward(gy.astype(dtype), shape,
+                                                                  backend="cuda"))
+    assert_close(gx, convgpu.adaptive_avg_pool2d_backward(gy, shape), TOL[dtype])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -111,6 +111,20 @@ CASES = [
      ["softmax_cross_entropy_backward", "length 3"]),
     ("bias_add", lambda: convgpu.bias_add(z(2, 3, 4, 4), z(4)), ValueError, ["bias_add", "length 3"]),
     ("implementations", lambda: convgpu.implementations("conv3d"), ValueError, ["conv3d"]),
+    # adaptive_avg_pool2d
+    ("adaptive size", lambda: convgpu.adaptive_avg_pool2d(z(1, 1, 5, 5), (2, -1)), ValueError,
+     ["adaptive_avg_pool2d", "output_size", "(2, -1)"]),
+    ("adaptive size float", lambda: convgpu.adaptive_avg_pool2d(z(1, 1, 5, 5), 2.5), ValueError,
+     ["adaptive_avg_pool2d", "output_size", "2.5"]),
+    ("adaptive size triple", lambda: convgpu.adaptive_avg_pool2d(z(1, 1, 5, 5), (1, 2, 3)),
+     ValueError, ["adaptive_avg_pool2d", "output_size", "(1, 2, 3)"]),
+    ("adaptive empty plane", lambda: convgpu.adaptive_avg_pool2d(z(1, 1, 0, 5), 2), ValueError,
+     ["adaptive_avg_pool2d", "empty", "(1, 1, 0, 5)"]),
+    ("adaptive 2-D", lambda: convgpu.adaptive_avg_pool2d(z(5, 5), 2), ValueError,
+     ["adaptive_avg_pool2d", "input"]),
+    ("adaptive backward (N, C)", lambda: convgpu.adaptive_avg_pool2d_backward(z(2, 3, 2, 2),
+                                                                              (2, 4, 5, 5)),
+     ValueError, ["adaptive_avg_pool2d_backward", "(2, 3, 2, 2)", "(2, 4)"]),
     # batch_norm
     ("bn ndim", lambda: convgpu.batch_norm(z(5), None, None, training=True), ValueError,
      ["batch_norm", "(N, C, *)", "(5,)"]),
@@ -169,7 +183,8 @@ def test_implementations_listing():
                "conv_transpose2d", "max_pool2d", "max_pool2d_backward", "avg_pool2d",
                "avg_pool2d_backward", "global_avg_pool2d", "global_avg_pool2d_backward", "relu",
                "relu_backward", "bias_add", "linear", "linear_backward", "softmax_cross_entropy",
-               "softmax_cross_entropy_backward", "batch_norm", "batch_norm_backward"]:
+               "softmax_cross_entropy_backward", "batch_norm", "batch_norm_backward",
+               "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward"]:
         assert op in everything and ("numpy" in {b for b, _ in everything[op]}), op
 
 

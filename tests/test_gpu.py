@@ -438,3 +438,25 @@ def test_batch_norm_on_device(backend, shape, dtype):
         again = batch_norm_run(backend, inp, training, cupy.asarray, cupy.asnumpy)
         for k, v in first.items():
             assert v is None or np.array_equal(v, again[k]), k
+
+
+# adaptive average pooling on real shapes: AlexNet's 13 -> 6 (overlapping windows), a
+# ResNet head's 7 -> 1, 7 -> 7 (torchvision's VGG head on 224 inputs: the identity), and
+# an odd upsampling 5 -> 9
+ADAPTIVE_GPU = [((64, 256, 13, 13), 6), ((64, 2048, 7, 7), 1), ((16, 512, 7, 7), 7),
+                ((3, 17, 5, 6), (9, 11))]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, out", ADAPTIVE_GPU)
+@pytest.mark.parametrize("backend", DEVICE_BACKENDS)
+def test_adaptive_avg_pool_on_device(backend, shape, out, dtype):
+    rng = np.random.default_rng(8)
+    x = _rand(rng, shape)
+    want = ref.adaptive_avg_pool2d(x, (out, out) if isinstance(out, int) else out)
+    y = convgpu.adaptive_avg_pool2d(cupy.asarray(x.astype(dtype)), out, backend=backend)
+    assert relerr(y, want) <= tolerance("direct", dtype)
+    gy = _rand(rng, want.shape)
+    gx = convgpu.adaptive_avg_pool2d_backward(cupy.asarray(gy.astype(dtype)), shape,
+                                              backend=backend)
+    assert relerr(gx, ref.adaptive_avg_pool2d_backward(gy, shape)) <= tolerance("direct", dtype)

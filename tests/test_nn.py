@@ -24,14 +24,15 @@ def small_net(seed=0):
 
 def decoder_net(seed=0):
     """Strided conv down, transposed conv back up (output_padding, groups), a conv with
-    padding="same" and an even kernel, global average pooling."""
+    padding="same" and an even kernel, adaptive average pooling (8 -> 3 rows: overlapping
+    windows), global average pooling."""
     rng = np.random.default_rng(seed)
     kw = dict(rng=rng, dtype=np.float64)
     return nn.Sequential(
         nn.Conv2d(2, 4, 3, stride=2, padding=1, **kw), nn.ReLU(),
         nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2, **kw),
         nn.ReLU(), nn.Conv2d(6, 5, (2, 4), padding="same", dilation=(2, 1), **kw), nn.ReLU(),
-        nn.GlobalAvgPool2d(), nn.Linear(5, 3, **kw))
+        nn.AdaptiveAvgPool2d((3, 2)), nn.GlobalAvgPool2d(), nn.Linear(5, 3, **kw))
 
 
 def bn_net(seed=0):

@@ -148,6 +148,37 @@ def test_global_avg_pool(rng):
     grad_check(lambda x_: float(np.sum(convgpu.global_avg_pool2d(x_) * gy)), gx, x, rng)
 
 
+def test_adaptive_avg_pool_worked_example():
+    """5 rows pooled to 3: windows [0, 2), [1, 4), [3, 5) (floor(p 5 / 3) to
+    ceil((p + 1) 5 / 3)); rows 1 and 3 belong to two windows each."""
+    x = np.arange(5.0).reshape(1, 1, 5, 1)
+    y = convgpu.adaptive_avg_pool2d(x, (3, 1))
+    np.testing.assert_array_equal(y[0, 0, :, 0], [0.5, 2.0, 3.5])
+    gx = convgpu.adaptive_avg_pool2d_backward(np.ones((1, 1, 3, 1)), x.shape)
+    np.testing.assert_allclose(gx[0, 0, :, 0], [1 / 2, 1 / 2 + 1 / 3, 1 / 3, 1 / 3 + 1 / 2, 1 / 2],
+                               rtol=1e-15)
+
+
+def test_adaptive_avg_pool_special_cases(rng):
+    """The output size dividing the input is avg_pool2d with kernel = stride = the quotient;
+    1 x 1 is the global mean; the input's own size is the identity."""
+    x = rand(rng, (2, 3, 12, 8))
+    assert_close(convgpu.adaptive_avg_pool2d(x, (4, 2)), convgpu.avg_pool2d(x, (3, 4)), 1e-15)
+    assert_close(convgpu.adaptive_avg_pool2d(x, 1)[:, :, 0, 0], x.mean(axis=(2, 3)), 1e-14)
+    np.testing.assert_array_equal(convgpu.adaptive_avg_pool2d(x, (None, None)), x)
+    gy = rand(rng, (2, 3, 4, 2))
+    assert_close(convgpu.adaptive_avg_pool2d_backward(gy, x.shape),
+                 convgpu.avg_pool2d_backward(gy, x.shape, (3, 4)), 1e-15)
+
+
+@pytest.mark.parametrize("shape, out", [((2, 3, 7, 5), (3, 2)), ((1, 2, 5, 6), (9, 11))])
+def test_adaptive_avg_pool_gradient(rng, shape, out):
+    x = rand(rng, shape)
+    gy = rand(rng, convgpu.adaptive_avg_pool2d(x, out).shape)
+    gx = convgpu.adaptive_avg_pool2d_backward(gy, x.shape)
+    grad_check(lambda x_: float(np.sum(convgpu.adaptive_avg_pool2d(x_, out) * gy)), gx, x, rng)
+
+
 def test_unbatched_pooling(rng):
     x = shuffled_linspace(rng, (3, 6, 6))
     y, idx = convgpu.max_pool2d(x, 2, return_indices=True)

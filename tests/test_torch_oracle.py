@@ -167,3 +167,19 @@ def test_batch_norm_refuses_what_torch_refuses():
         F.batch_norm(torch.from_numpy(one), None, None, training=False)
     with pytest.raises(ValueError, match="running_mean and running_var; they are None"):
         convgpu.batch_norm(one, None, None, training=False)
+
+
+@pytest.mark.parametrize("shape, out", [((2, 3, 7, 5), (3, 2)), ((1, 2, 5, 6), (9, 11)),
+                                        ((2, 2, 13, 13), 6), ((1, 3, 7, 9), (None, 4)),
+                                        ((3, 11, 10), (4, 3)), ((2, 3, 7, 5), (0, 2))])
+def test_adaptive_avg_pool_matches_torch(rng, shape, out):
+    x = rand(rng, shape)
+    xt = torch.from_numpy(x).requires_grad_()
+    yt = F.adaptive_avg_pool2d(xt, out)
+    y = convgpu.adaptive_avg_pool2d(x, out)
+    assert y.shape == tuple(yt.shape)
+    if y.size:
+        assert_close(y, yt.detach().numpy(), 1e-12)
+        gy = rand(rng, y.shape)
+        yt.backward(torch.from_numpy(gy))
+        assert_close(convgpu.adaptive_avg_pool2d_backward(gy, shape), xt.grad.numpy(), 1e-12)

@@ -170,6 +170,13 @@ def problems(size: str = "small") -> List[Problem]:
                                    (i["p"], i["b"]))[1],
                 lambda i: ref.sgd_step(i["p"], i["g"], i["b"], SGD["lr"], SGD["momentum"],
                                        SGD["weight_decay"])),
+        Problem("adaptive_avg_pool2d", f"x{pool} -> (4, 3)", lambda r: dict(x=_rand(r, pool)),
+                lambda i, be, al: cg.adaptive_avg_pool2d(i["x"], (4, 3), backend=be),
+                lambda i: ref.adaptive_avg_pool2d(i["x"], (4, 3))),
+        Problem("adaptive_avg_pool2d_backward", f"x{pool} -> (4, 3)",
+                lambda r: dict(gy=_rand(r, pool[:2] + (4, 3))),
+                lambda i, be, al: cg.adaptive_avg_pool2d_backward(i["gy"], pool, backend=be),
+                lambda i: ref.adaptive_avg_pool2d_backward(i["gy"], pool)),
     ] + _batch_norm_problems(pool)
 
 

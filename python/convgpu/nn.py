@@ -285,6 +285,21 @@ class GlobalAvgPool2d(Module):
         return F.global_avg_pool2d_backward(gy, self.shape, backend=self.backend)
 
 
+class AdaptiveAvgPool2d(Module):
+    """Average pooling to a fixed output size (torch's AdaptiveAvgPool2d): an int or a pair,
+    None keeping the input's size."""
+
+    def __init__(self, output_size, backend="auto"):
+        self.output_size, self.backend = output_size, backend
+
+    def forward(self, x):
+        self.shape = x.shape
+        return F.adaptive_avg_pool2d(x, self.output_size, backend=self.backend)
+
+    def backward(self, gy):
+        return F.adaptive_avg_pool2d_backward(gy, self.shape, backend=self.backend)
+
+
 class _BatchNorm(Module):
     """Batch normalisation over the channels of an (N, C, *) input (torch's BatchNorm1d /
     BatchNorm2d): in training the batch's statistics normalise it and the running

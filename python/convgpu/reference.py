@@ -257,6 +257,38 @@ def global_avg_pool2d_backward(gy, input_shape):
     return np.ascontiguousarray(np.broadcast_to(g[:, :, None, None], (N, C, H, W)), dtype=gy.dtype)
 
 
+def adaptive_windows(size, out):
+    """torch's adaptive pooling windows along one axis: output i averages
+    [floor(i * size / out), ceil((i + 1) * size / out)), so the windows cover the axis,
+    neighbours overlapping where out does not divide size."""
+    i = np.arange(out)
+    return (i * size) // out, -((-(i + 1) * size) // out)
+
+
+def adaptive_avg_pool2d(x, output_size):
+    N, C, H, W = x.shape
+    P, Q = output_size
+    (h0, h1), (w0, w1) = adaptive_windows(H, P), adaptive_windows(W, Q)
+    y = np.empty((N, C, P, Q))
+    for p in range(P):
+        for q in range(Q):
+            y[:, :, p, q] = x[:, :, h0[p]:h1[p], w0[q]:w1[q]].mean(axis=(2, 3), dtype=np.float64)
+    return np.ascontiguousarray(y, dtype=x.dtype)
+
+
+def adaptive_avg_pool2d_backward(gy, input_shape):
+    """Each output's gradient spread evenly over its window (windows may overlap: sums)."""
+    N, C, H, W = input_shape
+    P, Q = gy.shape[2:]
+    (h0, h1), (w0, w1) = adaptive_windows(H, P), adaptive_windows(W, Q)
+    gx = np.zeros((N, C, H, W))
+    for p in range(P):
+        for q in range(Q):
+            area = (h1[p] - h0[p]) * (w1[q] - w0[q])
+            gx[:, :, h0[p]:h1[p], w0[q]:w1[q]] += gy[:, :, p, q, None, None] / area
+    return np.ascontiguousarray(gx, dtype=gy.dtype)
+
+
 # ----------------------------------------------------------------------------------------
 # small ops
 

@@ -8,8 +8,8 @@ import pytest
 import brute
 import convgpu
 from convgpu.ops._registry import all_impls
-from helpers import (AVGP_SMALL, CONV_SMALL, MAXP_SMALL, TOL, TOL_FFT, assert_close,
-                     check_empty_case, empty_cases, rand, shuffled_linspace)
+from helpers import (ADAPTIVE_SMALL, AVGP_SMALL, CONV_SMALL, MAXP_SMALL, TOL, TOL_FFT,
+                     assert_close, check_empty_case, empty_cases, rand, shuffled_linspace)
 
 
 def numba_algos(op):
@@ -206,6 +206,17 @@ def test_avg_pool2d_and_backward(rng, case, dtype):
     assert_close(convgpu.avg_pool2d_backward(gy.astype(dtype), x.shape, k, s, p, cm, cip, dov,
                                              backend="numba"),
                  convgpu.avg_pool2d_backward(gy, x.shape, k, s, p, cm, cip, dov), TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, out", ADAPTIVE_SMALL[:3] + ADAPTIVE_SMALL[4:])
+def test_adaptive_avg_pool(rng, dtype, shape, out):
+    x = rand(rng, shape)
+    y = convgpu.adaptive_avg_pool2d(x.astype(dtype), out, backend="numba")
+    assert_close(y, convgpu.adaptive_avg_pool2d(x, out), TOL[dtype])
+    gy = rand(rng, y.shape)
+    assert_close(convgpu.adaptive_avg_pool2d_backward(gy.astype(dtype), shape, backend="numba"),
+                 convgpu.adaptive_avg_pool2d_backward(gy, shape), TOL[dtype])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
