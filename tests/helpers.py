@@ -136,6 +136,13 @@ def bn_net(backend):
         nn.ReLU(backend), nn.Linear(5, 10, **kw))
 
 
+def res_net(backend, algo="auto", width=4):
+    """nn.resnet_small on 8x8 digits, float64, the same weights for every backend."""
+    from convgpu import nn
+    return nn.resnet_small(1, 8, 10, width=width, algo=algo, backend=backend, seed=7,
+                           dtype=np.float64)
+
+
 def training_step(model, backend):
     """(loss, input gradient, {name: parameter gradient}) of one step on two digits."""
     import numpy as np

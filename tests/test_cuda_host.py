@@ -28,7 +28,7 @@ from convgpu.check import tolerance  # noqa: E402
 from convgpu.ops._registry import all_impls  # noqa: E402
 from helpers import (ADAPTIVE_SMALL, AVGP_SMALL, CONV_SMALL, MAXP_SMALL, TOL,  # noqa: E402
                      assert_close, assert_steps_agree, bn_net, check_empty_case, decoder_net,
-                     empty_cases, rand, shuffled_linspace, small_net, tf32_round,
+                     empty_cases, rand, res_net, shuffled_linspace, small_net, tf32_round,
                      tf32_rounding_operands, training_step)
 
 
@@ -1005,6 +1005,14 @@ def test_a_batch_norm_step_on_the_cuda_backend_matches_numpy():
     batch statistics, every op on the emulated cuda backend: loss and gradients as numpy's."""
     out = {"numpy": training_step(bn_net("numpy"), "numpy"),
            "cuda": training_step(bn_net("cuda"), "cuda")}
+    assert_steps_agree(out["cuda"], out["numpy"])
+
+
+def test_a_resnet_step_on_the_cuda_backend_matches_numpy():
+    """One step of nn.resnet_small (batch norms, an identity and a strided residual block
+    with a 1x1 conv shortcut, global pooling), every op on the emulated cuda backend."""
+    out = {"numpy": training_step(res_net("numpy"), "numpy"),
+           "cuda": training_step(res_net("cuda", "implicit_gemm"), "cuda")}
     assert_steps_agree(out["cuda"], out["numpy"])
 
 

@@ -47,7 +47,13 @@ def bn_net(seed=0):
         nn.Linear(5, 3, **kw))
 
 
-@pytest.mark.parametrize("make", [small_net, decoder_net, bn_net])
+def res_net(seed=0):
+    """nn.resnet_small: a stem, an identity residual block and a strided one whose shortcut
+    is a 1x1 strided conv + batch norm."""
+    return nn.resnet_small(2, 7, 3, width=3, seed=seed, dtype=np.float64)
+
+
+@pytest.mark.parametrize("make", [small_net, decoder_net, bn_net, res_net])
 def test_whole_network_gradient_check(rng, make):
     """Every parameter's gradient and the input gradient of a network against central
     differences in float64 along random directions: conv-relu-maxpool-conv-relu-avgpool-
@@ -295,3 +301,28 @@ def test_batch_norm_training_drops_a_last_batch_of_one_image():
     batch = max(b for b in range(2, len(xtr)) if len(xtr) % b == 1)     # 479 of 1438
     res = train(epochs=1, batch_size=batch, seed=0, batch_norm=True, progress=False)
     assert len(res.history.loss) == 1 and np.isfinite(res.history.loss[0])
+
+
+def test_short_resnet_run_reaches_90_percent():
+    res = train(epochs=2, seed=0, model="resnet", progress=False)
+    kinds = [type(layer).__name__ for layer in res.model.layers]
+    assert kinds.count("Residual") == 2 and kinds[-2:] == ["GlobalAvgPool2d", "Linear"]
+    assert res.test_accuracy >= 0.90, res.history.test_acc
+
+
+def test_residual_state_dict_names_and_round_trip(rng):
+    a, b = res_net(seed=1), res_net(seed=2)
+    a.forward(rand(rng, (4, 2, 7, 7)))                      # move the running estimates
+    state = a.state_dict()
+    for name in ("3.body.0.weight", "3.body.1.running_var", "5.shortcut.0.weight",
+                 "5.shortcut.1.running_mean", "8.bias"):
+        assert name in state, sorted(state)
+    assert "3.shortcut.0.weight" not in state                # the identity block has none
+    b.load_state_dict(state)
+    x = rand(rng, (3, 2, 7, 7))
+    np.testing.assert_array_equal(a.eval().forward(x), b.eval().forward(x))
+
+
+def test_unknown_model_is_refused_before_any_work():
+    with pytest.raises(ValueError, match="model must be 'lenet5' or 'resnet'"):
+        train(epochs=1, model="vgg", progress=False)

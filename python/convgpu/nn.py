@@ -460,6 +460,47 @@ class Sequential(Module):
             setattr(o, a, _xp(now).array(state[k], dtype=now.dtype))
 
 
+class Residual(Module):
+    """y = body(x) + shortcut(x), a ResNet block (He et al. 2016) without its final ReLU:
+    shortcut None is the identity, else a layer that matches the body's output shape (a
+    strided 1x1 Conv2d and a BatchNorm2d, say). The backward sends gy through both branches
+    and adds their input gradients."""
+
+    def __init__(self, body, shortcut=None):
+        self.body, self.shortcut = body, shortcut
+
+    def _branches(self):
+        return [("body.", self.body)] + ([("shortcut.", self.shortcut)] if self.shortcut else [])
+
+    def parameters(self):
+        return [p for _, m in self._branches() for p in m.parameters()]
+
+    def named_parameters(self, prefix=""):
+        d = {}
+        for name, m in self._branches():
+            d.update(m.named_parameters(prefix + name))
+        return d
+
+    def named_buffers(self, prefix=""):
+        d = {}
+        for name, m in self._branches():
+            d.update(m.named_buffers(prefix + name))
+        return d
+
+    def train(self, mode=True):
+        self.training = mode
+        for _, m in self._branches():
+            m.train(mode)
+        return self
+
+    def forward(self, x):
+        return self.body.forward(x) + (self.shortcut.forward(x) if self.shortcut else x)
+
+    def backward(self, gy):
+        gx = self.body.backward(gy)
+        return gx + (self.shortcut.backward(gy) if self.shortcut else gy)
+
+
 class SoftmaxCrossEntropy:
     """Mean softmax cross-entropy over the batch; backward gives d loss / d logits.
     forward validates the labels unless check_labels=False (labels known to be in range:
@@ -553,3 +594,31 @@ def lenet5(in_channels=1, image_size=8, classes=10, *, algo="auto", backend="aut
     layers += [Linear(120, 84, init="he", backend=backend, rng=rng, dtype=dtype), ReLU(backend),
                Linear(84, classes, backend=backend, rng=rng, dtype=dtype)]
     return Sequential(*layers)
+
+
+def resnet_small(in_channels=1, image_size=8, classes=10, *, width=16, algo="auto",
+                 backend="auto", seed=0, dtype=np.float32) -> Sequential:
+    """A small ResNet for small images: a 3x3 stem conv + BatchNorm2d + ReLU, two basic
+    blocks (3x3 conv, BN, ReLU, 3x3 conv, BN, plus the shortcut, then ReLU), the second
+    strided by 2 with a 1x1 strided conv + BN on its shortcut and twice the channels, global
+    average pooling and a linear classifier. Convolutions before a BN have no bias."""
+    if image_size < 2:
+        raise ValueError(f"resnet_small: image_size must be at least 2, got {image_size}")
+    rng = np.random.default_rng(seed)
+    kw = dict(bias=False, algo=algo, backend=backend, rng=rng, dtype=dtype)
+
+    def bn(c):
+        return BatchNorm2d(c, backend=backend, dtype=dtype)
+
+    def block(cin, cout, stride):
+        body = Sequential(Conv2d(cin, cout, 3, stride=stride, padding=1, **kw), bn(cout),
+                          ReLU(backend), Conv2d(cout, cout, 3, padding=1, **kw), bn(cout))
+        shortcut = None if stride == 1 and cin == cout else \
+            Sequential(Conv2d(cin, cout, 1, stride=stride, **kw), bn(cout))
+        return [Residual(body, shortcut), ReLU(backend)]
+
+    return Sequential(
+        Conv2d(in_channels, width, 3, padding=1, **kw), bn(width), ReLU(backend),
+        *block(width, width, 1), *block(width, 2 * width, 2),
+        GlobalAvgPool2d(backend), Linear(2 * width, classes, backend=backend, rng=rng,
+                                         dtype=dtype))

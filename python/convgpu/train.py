@@ -97,8 +97,10 @@ def load(data_dir: Optional[str], upsample: int, seed: int, test_fraction: float
 
 def train(epochs=30, batch_size=32, lr=2e-3, optimizer="adam", momentum=0.9, weight_decay=0.0,
           backend="numpy", algo="auto", seed=0, data_dir=None, upsample=1, dropout=0.0,
-          batch_norm=False, test_fraction=0.2, progress=True) -> Result:
+          batch_norm=False, model="lenet5", test_fraction=0.2, progress=True) -> Result:
     t_start = time.perf_counter()
+    if model not in ("lenet5", "resnet"):
+        raise ValueError(f"train: model must be 'lenet5' or 'resnet', got {model!r}")
     backend, xp = _resolve(backend)
     xtr, ytr, xte, yte = load(data_dir, upsample, seed, test_fraction)
     # "cuda" runs the CUDA C kernels where an op has them and the Numba kernels elsewhere
@@ -110,9 +112,14 @@ def train(epochs=30, batch_size=32, lr=2e-3, optimizer="adam", momentum=0.9, wei
     if lowest < 0:
         raise ValueError(f"train: labels must be class indices >= 0, found {lowest}")
     classes = int(max(ytr.max(), yte.max())) + 1
-    model = nn.lenet5(xtr.shape[1], xtr.shape[2], classes, algo=algo,
-                      backend=op_backend, dropout=dropout, batch_norm=batch_norm,
-                      seed=seed).to(xp)
+    if model == "resnet":
+        net = nn.resnet_small(xtr.shape[1], xtr.shape[2], classes, algo=algo,
+                              backend=op_backend, seed=seed)
+        batch_norm = True                    # its batch norms need two images per batch
+    else:
+        net = nn.lenet5(xtr.shape[1], xtr.shape[2], classes, algo=algo, backend=op_backend,
+                        dropout=dropout, batch_norm=batch_norm, seed=seed)
+    model = net.to(xp)
     params = model.parameters()
     opt = nn.Adam(params, lr=lr, weight_decay=weight_decay) if optimizer == "adam" else \
         nn.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -230,7 +237,7 @@ def main_train(args) -> int:
                 optimizer=args.optimizer, momentum=args.momentum,
                 weight_decay=args.weight_decay, backend=args.backend, algo=args.algo,
                 seed=args.seed, data_dir=args.data, upsample=args.upsample, dropout=args.dropout,
-                batch_norm=args.batch_norm, progress=not args.quiet)
+                batch_norm=args.batch_norm, model=args.model, progress=not args.quiet)
     per_epoch = np.median(res.history.epoch_seconds)
     print(f"final test accuracy {res.test_accuracy:.4f} on {len(res.y_test)} images; "
           f"{res.seconds:.1f} s in all, median epoch {per_epoch:.3f} s ({res.backend} backend)")
@@ -251,6 +258,8 @@ def add_arguments(p):
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--model", choices=["lenet5", "resnet"], default="lenet5",
+                   help="resnet: a 3x3 stem and two residual blocks with batch norms")
     p.add_argument("--batch-norm", action="store_true",
                    help="BatchNorm2d after each conv, BatchNorm1d after the first linear layer")
     p.add_argument("--backend", choices=["numpy", "numba", "cuda", "auto"], default="auto",
