@@ -221,6 +221,22 @@ for be in ("numba", "cuda"):
                 ref.batch_norm_backward(bgy, bx, m64, i64, bw, training)):
             check(f"batch_norm_backward {name} {be} training={training}", got, want)
 cuda_ops._elementwise_grid = real_grid
+# depthwise convolution (shared-memory patch and filter, the weight gradient's tree):
+# multiplier 2, stride 2, a plane of several partial 8 x 32 tiles
+dx, dwt = rng.uniform(-1, 1, (2, 3, 19, 37)), rng.uniform(-1, 1, (6, 1, 3, 3))
+dkw = dict(stride=2, padding=1, groups=3)
+dy = ref.conv2d(dx, dwt, None, (2, 2), (1, 1), (1, 1), 3)
+dg = rng.uniform(-1, 1, dy.shape)
+dxd, dwd, dgd = (cp.asarray(a.astype(np.float32)) for a in (dx, dwt, dg))
+check("conv2d cuda depthwise", convgpu.conv2d(dxd, dwd, **dkw, backend="cuda", algo="depthwise"),
+      dy)
+check("conv2d_backward_input cuda depthwise",
+      convgpu.conv2d_backward_input(dgd, dwd, dx.shape, **dkw, backend="cuda", algo="depthwise"),
+      ref.conv2d_backward_input(dg, dwt, dx.shape, (2, 2), (1, 1), (1, 1), 3))
+check("conv2d_backward_weight cuda depthwise",
+      convgpu.conv2d_backward_weight(dxd, dgd, dwt.shape, **dkw, backend="cuda",
+                                     algo="depthwise"),
+      ref.conv2d_backward_weight(dx, dg, dwt.shape, (2, 2), (1, 1), (1, 1), 3))
 cp.cuda.Device().synchronize()
 print("sanitize subset:", "FAILED" if bad else "all ok")
 sys.exit(1 if bad else 0)

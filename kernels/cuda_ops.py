@@ -1168,3 +1168,67 @@ def batch_norm_backward(a, g3, x3, mean, invstd, w):
                                   np.int64(x3.size), np.int32(C), np.int64(L), np.int64(M),
                                   np.int32(a.training)))
     return gx, gw, gb
+
+
+# ----------------------------------------------------------------------------------------
+# depthwise convolution (depthwise.cu): groups = C, one input channel per group
+
+DW_TP, DW_TQ, DW_THREADS = 8, 32, 256       # depthwise.cu: dw::TP, dw::TQ, dw::THREADS
+DW_SMEM = 48 * 1024                         # the patch and filter, without an opt-in
+
+
+def _dw_patch(a):
+    """Rows and columns of the input patch a TP x TQ output tile reads."""
+    (sh, sw), (dh, dw) = a.stride, a.dilation
+    return (DW_TP - 1) * sh + (a.R - 1) * dh + 1, (DW_TQ - 1) * sw + (a.S - 1) * dw + 1
+
+
+def _dw_smem(a):
+    ph, pw = _dw_patch(a)
+    return (ph * pw + a.R * a.S) * np.dtype(a.dtype).itemsize
+
+
+def depthwise_supports(a):
+    if a.Cg != 1 or a.groups != a.C:
+        return (f"the depthwise kernels serve groups = C (one input channel per group); got "
+                f"C={a.C}, groups={a.groups}")
+    if _dw_smem(a) > DW_SMEM:
+        return (f"the input patch of an {DW_TP}x{DW_TQ} output tile ({a.R}x{a.S}, stride "
+                f"{a.stride}, dilation {a.dilation}) needs {_dw_smem(a)} B of shared memory, "
+                f"over {DW_SMEM}")
+    if a.P * a.Q >= INT_SAFE or a.H * a.W >= INT_SAFE:
+        return "the depthwise kernels index within a plane in 32 bits"
+    if ceil_div(a.P, DW_TP) * ceil_div(a.Q, DW_TQ) > MAX_GRID_YZ:
+        return f"a plane of {a.P}x{a.Q} outputs has more than {MAX_GRID_YZ} tiles"
+    return None
+
+
+def _dw_ints(a):
+    return _i32(a.C, a.H, a.W, a.K, a.R, a.S, a.P, a.Q, *a.stride, *a.padding, *a.dilation)
+
+
+def conv2d_depthwise(a, x, w, b):
+    y = empty(a.y_shape, x.dtype, x)
+    fn = get_function("depthwise.cu", f"conv2d_depthwise<{ctype(x.dtype)}>")
+    smem = _dw_smem(a)
+    bias = contiguous(b) if b is not None else np.uint64(0)
+    fn((a.N * a.K, ceil_div(a.P, DW_TP) * ceil_div(a.Q, DW_TQ)), (DW_THREADS,),
+       (contiguous(x), contiguous(w), bias, y, *_dw_ints(a), *_i32(*_dw_patch(a))),
+       shared_mem=smem)
+    return y
+
+
+def backward_input_depthwise(a, gy, w):
+    gx = empty(a.x_shape, gy.dtype, gy)
+    fn = get_function("depthwise.cu", f"conv2d_depthwise_dgrad<{ctype(gy.dtype)}>")
+    fn(_elementwise_grid(gx.size), (THREADS,),
+       (contiguous(gy), contiguous(w), gx, np.int64(gx.size), *_dw_ints(a)))
+    return gx
+
+
+def backward_weight_depthwise(a, x, gy):
+    gw = empty(a.w_shape, x.dtype, x)
+    fn = get_function("depthwise.cu", f"conv2d_depthwise_wgrad<{ctype(x.dtype)}>")
+    fn((a.K * a.R * a.S,), (DW_THREADS,),
+       (contiguous(x), contiguous(gy), gw, np.int32(a.N), *_dw_ints(a)))
+    return gw

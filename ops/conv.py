@@ -73,6 +73,11 @@ register("conv2d", "cuda", "implicit_gemm_pipelined_tf32",
 register("conv2d", "cuda", "im2col", _C + "conv2d_im2col")
 register("conv2d", "cuda", "im2col_tf32", _C + "conv2d_im2col_tf32", supports=_C + "tf32_supports")
 register("conv2d", "cuda", "direct", _C + "conv2d_direct", supports=_C + "direct_supports")
+register("conv2d", "cuda", "depthwise", _C + "conv2d_depthwise", supports=_C + "depthwise_supports")
+register("conv2d_backward_input", "cuda", "depthwise", _C + "backward_input_depthwise",
+         supports=_C + "depthwise_supports")
+register("conv2d_backward_weight", "cuda", "depthwise", _C + "backward_weight_depthwise",
+         supports=_C + "depthwise_supports")
 register("conv2d", "cuda", "winograd", _C + "conv2d_winograd", supports=_C + "winograd_supports")
 register("conv2d", "cuda", "winograd_tf32", _C + "conv2d_winograd_tf32",
          supports=_C + "winograd_tf32_supports")

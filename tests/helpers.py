@@ -120,6 +120,18 @@ def decoder_net(backend, algo="auto"):
         nn.Linear(3, 10, rng=np.random.default_rng(5), dtype=np.float64, backend=backend))
 
 
+def _off_init(net, seed):
+    """Every parameter moved off its initial value (deterministically, the same for every
+    backend): a batch norm's bias starts at 0, and with it the loss does not depend on the
+    scale of a batch norm whose output reaches the next batch norm through ReLU, pooling and
+    bias-free layers, so that scale's gradient is 0 up to rounding, a cancellation (sums
+    ~1e6 times their result) that no relative bound can compare."""
+    rng = np.random.default_rng(seed)
+    for p in net.parameters():
+        p.data = p.data + 0.1 * rand(rng, p.shape)
+    return net
+
+
 def bn_net(backend):
     """conv-batchnorm2d-relu-maxpool-linear-batchnorm1d-relu-linear on 8x8 digits, float64,
     the same weights for every backend (batch statistics: a training step). The layers
@@ -128,29 +140,47 @@ def bn_net(backend):
     import numpy as np
     from convgpu import nn
     kw = dict(rng=np.random.default_rng(6), dtype=np.float64, backend=backend)
-    return nn.Sequential(
+    return _off_init(nn.Sequential(
         nn.Conv2d(1, 3, 3, padding=1, bias=False, **kw),
         nn.BatchNorm2d(3, dtype=np.float64, backend=backend),
         nn.ReLU(backend), nn.MaxPool2d(2, backend=backend), nn.Flatten(),
         nn.Linear(48, 5, bias=False, **kw), nn.BatchNorm1d(5, dtype=np.float64, backend=backend),
-        nn.ReLU(backend), nn.Linear(5, 10, **kw))
+        nn.ReLU(backend), nn.Linear(5, 10, **kw)), 16)
 
 
 def res_net(backend, algo="auto", width=4):
     """nn.resnet_small on 8x8 digits, float64, the same weights for every backend."""
     from convgpu import nn
-    return nn.resnet_small(1, 8, 10, width=width, algo=algo, backend=backend, seed=7,
-                           dtype=np.float64)
+    return _off_init(nn.resnet_small(1, 8, 10, width=width, algo=algo, backend=backend, seed=7,
+                                     dtype=np.float64), 17)
 
 
-def training_step(model, backend):
-    """(loss, input gradient, {name: parameter gradient}) of one step on two digits."""
+def mobile_net(backend, dw_algo="auto"):
+    """A MobileNet-style stack on 8x8 digits: two depthwise 3x3 convs (dw_algo; the image's
+    one channel to 4, then 4 to 8 at stride 2: channel multipliers 4 and 2), a pointwise 1x1
+    conv, each followed by a batch norm and a ReLU; global pooling, linear. float64, the
+    same weights for every backend."""
+    from convgpu import nn
+    kw = dict(rng=np.random.default_rng(8), dtype=np.float64, backend=backend, bias=False)
+    bn = lambda c: nn.BatchNorm2d(c, dtype=np.float64, backend=backend)   # noqa: E731
+    return _off_init(nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1, algo=dw_algo, **kw), bn(4), nn.ReLU(backend),
+        nn.Conv2d(4, 8, 3, stride=2, padding=1, groups=4, algo=dw_algo, **kw), bn(8),
+        nn.ReLU(backend), nn.Conv2d(8, 6, 1, **kw), bn(6), nn.ReLU(backend),
+        nn.GlobalAvgPool2d(backend),
+        nn.Linear(6, 10, rng=np.random.default_rng(9), dtype=np.float64, backend=backend)), 18)
+
+
+def training_step(model, backend, images=2):
+    """(loss, input gradient, {name: parameter gradient}) of one step on the first digits
+    (two by default; a BatchNorm1d needs more: over two values its output is +-1 whatever
+    the input, so its input gradient is 0 up to eps and rounding)."""
     import numpy as np
     from convgpu import data as D
     from convgpu import nn
     x, y = D.digits()
     loss = nn.SoftmaxCrossEntropy(backend)
-    value = float(loss.forward(model.forward(x[:2].astype(np.float64)), y[:2]))
+    value = float(loss.forward(model.forward(x[:images].astype(np.float64)), y[:images]))
     gx = model.backward(loss.backward())
     return value, gx, {k: p.grad for k, p in model.named_parameters().items()}
 

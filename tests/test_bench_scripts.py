@@ -48,3 +48,19 @@ def test_bench_norm_stage_runs():
         for shape in ("tiny: 3x2x5x4", "tiny 1d: 6x3"):
             for impl in ("cuda:split", "numba:two_pass"):
                 assert f"{op}{shape} {impl} ok True" in out, (op, shape, impl, out)
+
+
+def test_bench_conv_stages_run_a_grouped_shape():
+    """convgpu bench's conv2d and conv2d_backward stages (the GPU path) on a tiny depthwise
+    shape (groups = C), two cuda implementations, in the host emulation."""
+    code = ("from convgpu import bench; from convgpu.shapes import ConvShape; "
+            "suite = [ConvShape('tiny dw', 2, 4, 9, 8, 3, 1, 1, 4)]; "
+            "t = bench.Timer(reps=2, flush_bytes=1024); "
+            "f = ['cuda:depthwise', 'cuda:implicit_gemm']; "
+            "rows = bench.bench_conv(t, suite, impl_filter=f) + "
+            "bench.bench_conv_backward(t, suite, impl_filter=f); "
+            "[print(r.op, r.shape, r.impl, r.status) for r in rows]")
+    out = run_script("-c", code)
+    for op in ("conv2d ", "conv2d_backward_input ", "conv2d_backward_weight "):
+        for impl in ("cuda:depthwise", "cuda:implicit_gemm"):
+            assert f"{op}tiny dw: N2 C4 H9 K8 R3 s1 p1 g4 {impl} ok" in out, (op, impl, out)

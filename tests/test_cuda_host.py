@@ -28,7 +28,7 @@ from convgpu.check import tolerance  # noqa: E402
 from convgpu.ops._registry import all_impls  # noqa: E402
 from helpers import (ADAPTIVE_SMALL, AVGP_SMALL, CONV_SMALL, MAXP_SMALL, TOL,  # noqa: E402
                      assert_close, assert_steps_agree, bn_net, check_empty_case, decoder_net,
-                     empty_cases, rand, res_net, shuffled_linspace, small_net, tf32_round,
+                     empty_cases, mobile_net, rand, res_net, shuffled_linspace, small_net, tf32_round,
                      tf32_rounding_operands, training_step)
 
 
@@ -410,7 +410,14 @@ CONV = CONV_SMALL + [
 # The TF32 FFT paths run the FFT code of "fft" (every case above) with the per-frequency GEMM
 # on gemm_pipelined (its own tests above): the large cases' hundreds of batched tensor-core
 # GEMMs would cost minutes of emulation for nothing new, so they get the small cases only.
-EMULATION_HEAVY = {"fft_tf32": CONV_SMALL}
+# The depthwise kernels serve groups = C only: a grouped case they must decline, then
+# depthwise geometries (several 8 x 32 tiles and partial ones; multipliers 2 and 3; stride
+# 2; dilated, non-square; 7x7).
+DEPTHWISE = [CONV_SMALL[1], CONV[-2],
+             (1, 4, 10, 9, 8, 3, 3, (2, 2), (1, 1), (1, 1), 4),
+             (2, 2, 19, 35, 2, 5, 3, (1, 2), (2, 0), (2, 1), 2),
+             (1, 3, 6, 7, 9, 7, 7, (1, 1), (3, 3), (1, 1), 3)]
+EMULATION_HEAVY = {"fft_tf32": CONV_SMALL, "depthwise": DEPTHWISE}
 
 
 def _algo_cases(op):
@@ -431,6 +438,8 @@ def _serves(algo, case):
         return dl == (1, 1)
     if algo.startswith("winograd"):
         return (R, S) == (3, 3) and st == (1, 1) and dl == (1, 1)
+    if algo == "depthwise":
+        return C == g
     return True
 
 
@@ -493,6 +502,16 @@ def test_conv2d_backward_weight(rng, algo, case):
         assert_close(gw, ref, _tol(algo, dt))
         if "tf32" in algo:
             assert np.linalg.norm(gw - ref) / np.linalg.norm(ref) > 1e-6     # really TF32
+
+
+def test_depthwise_declines_a_patch_past_shared_memory():
+    from convgpu.kernels import cuda_ops
+    from convgpu.ops import _args
+    a = _args.conv_geometry("conv2d", (1, 4, 400, 400), (4, 1, 3, 3), 1, 100, 100, 4,
+                            np.float32)
+    assert "shared memory" in cuda_ops.depthwise_supports(a)
+    a = _args.conv_geometry("conv2d", (1, 4, 40, 40), (4, 1, 3, 3), 1, 1, 1, 4, np.float32)
+    assert cuda_ops.depthwise_supports(a) is None
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -645,6 +664,8 @@ def test_conv_transpose2d(rng, algo):
     if algo.startswith("winograd"):         # 3x3 stride 1 only
         w = rand(rng, (4, 3, 3, 3))
         kw = dict(stride=1, padding=1, groups=2)
+    if algo == "depthwise":                 # one output channel per group (the forward's
+        w, b = rand(rng, (4, 1, 3, 2)), rand(rng, (2,))     # one input channel per group)
     ref = convgpu.conv_transpose2d(x, w, b, **kw)
     y = both_orders(lambda: convgpu.conv_transpose2d(
         x.astype(np.float32), w.astype(np.float32), b.astype(np.float32), **kw,
@@ -1003,8 +1024,8 @@ def test_a_decoder_step_on_the_cuda_backend_matches_numpy():
 def test_a_batch_norm_step_on_the_cuda_backend_matches_numpy():
     """One step through BatchNorm2d (after a conv) and BatchNorm1d (after a linear layer),
     batch statistics, every op on the emulated cuda backend: loss and gradients as numpy's."""
-    out = {"numpy": training_step(bn_net("numpy"), "numpy"),
-           "cuda": training_step(bn_net("cuda"), "cuda")}
+    out = {"numpy": training_step(bn_net("numpy"), "numpy", images=8),
+           "cuda": training_step(bn_net("cuda"), "cuda", images=8)}
     assert_steps_agree(out["cuda"], out["numpy"])
 
 
@@ -1013,6 +1034,14 @@ def test_a_resnet_step_on_the_cuda_backend_matches_numpy():
     with a 1x1 conv shortcut, global pooling), every op on the emulated cuda backend."""
     out = {"numpy": training_step(res_net("numpy"), "numpy"),
            "cuda": training_step(res_net("cuda", "implicit_gemm"), "cuda")}
+    assert_steps_agree(out["cuda"], out["numpy"])
+
+
+def test_a_mobilenet_step_with_the_depthwise_kernels_matches_numpy():
+    """One step of a 3x3 conv / depthwise 3x3 (stride 2, multiplier 2) / pointwise 1x1 stack
+    with batch norms, the depthwise layer's three passes on the depthwise kernels."""
+    out = {"numpy": training_step(mobile_net("numpy"), "numpy"),
+           "cuda": training_step(mobile_net("cuda", "depthwise"), "cuda")}
     assert_steps_agree(out["cuda"], out["numpy"])
 
 

@@ -206,22 +206,23 @@ def bench_conv(timer, suite, dtype=np.float32, progress=print, impl_filter=None)
     torch = _torch()
     out = []
     rng = np.random.default_rng(0)
-    for at, (name, N, C, H, K, R, s, p) in enumerate(suite, 1):
+    for at, (name, N, C, H, K, R, s, p, g) in enumerate(suite, 1):
         P = Q = conv_out_size(H, R, s, p, 1)
-        shape = shape_label(name, N, C, H, K, R, s, p)
+        shape = shape_label(name, N, C, H, K, R, s, p, g)
         step(progress, "conv2d", at, len(suite), shape)
-        fl = conv_flops(N, C, K, R, R, P, Q)
-        by = conv_bytes(N, C, H, H, K, R, R, P, Q, 1, np.dtype(dtype).itemsize)
+        fl = conv_flops(N, C, K, R, R, P, Q, g)
+        by = conv_bytes(N, C, H, H, K, R, R, P, Q, g, np.dtype(dtype).itemsize)
         x = cp.asarray(rng.uniform(-1, 1, (N, C, H, H)).astype(dtype))
-        w = cp.asarray(rng.uniform(-1, 1, (K, C, R, R)).astype(dtype))
+        w = cp.asarray(rng.uniform(-1, 1, (K, C // g, R, R)).astype(dtype))
         # validation on a slice of the batch against the float64 reference
         nv = min(N, 2)
         yref = reference.conv2d(cp.asnumpy(x[:nv]).astype(np.float64),
-                                cp.asnumpy(w).astype(np.float64), None, (s, s), (p, p))
+                                cp.asnumpy(w).astype(np.float64), None, (s, s), (p, p),
+                                (1, 1), g)
         cudnn_ms = None
         if torch is not None:
             xt, wt = torch.from_dlpack(x), torch.from_dlpack(w)
-            t = quantiles(timer(lambda: torch.nn.functional.conv2d(xt, wt, None, s, p)))
+            t = quantiles(timer(lambda: torch.nn.functional.conv2d(xt, wt, None, s, p, 1, g)))
             cudnn_ms = t["median_ms"]
             out.append(Result("conv2d", shape, "cudnn", np.dtype(dtype).name, "ok", **t,
                               tflops=fl / (t["median_ms"] * 1e-3) / 1e12,
@@ -229,7 +230,7 @@ def bench_conv(timer, suite, dtype=np.float32, progress=print, impl_filter=None)
         cudnn_tf32_ms = None
         if torch is not None:
             torch.backends.cudnn.allow_tf32 = True
-            t = quantiles(timer(lambda: torch.nn.functional.conv2d(xt, wt, None, s, p)))
+            t = quantiles(timer(lambda: torch.nn.functional.conv2d(xt, wt, None, s, p, 1, g)))
             torch.backends.cudnn.allow_tf32 = False
             cudnn_tf32_ms = t["median_ms"]
             out.append(Result("conv2d", shape, "cudnn_tf32", np.dtype(dtype).name, "ok", **t,
@@ -242,8 +243,8 @@ def bench_conv(timer, suite, dtype=np.float32, progress=print, impl_filter=None)
             tf32 = impl.algo.endswith("tf32")
             base_ms = cudnn_tf32_ms if tf32 else cudnn_ms
             try:
-                run = lambda: convgpu.conv2d(x, w, None, s, p, backend=impl.backend, algo=impl.algo,
-                                             allow_tf32=tf32)
+                run = lambda: convgpu.conv2d(x, w, None, s, p, groups=g, backend=impl.backend,
+                                             algo=impl.algo, allow_tf32=tf32)
                 y = run()
                 yv = cp.asnumpy(y[:nv]).astype(np.float64)
                 err = float(np.linalg.norm(yv - yref) / np.linalg.norm(yref))
@@ -329,13 +330,13 @@ def bench_conv_backward(timer, suite, dtype=np.float32, progress=print,
     torch = _torch()
     out = []
     rng = np.random.default_rng(1)
-    for at, (name, N, C, H, K, R, s, p) in enumerate(suite, 1):
+    for at, (name, N, C, H, K, R, s, p, g) in enumerate(suite, 1):
         P = conv_out_size(H, R, s, p, 1)
-        shape = shape_label(name, N, C, H, K, R, s, p)
+        shape = shape_label(name, N, C, H, K, R, s, p, g)
         step(progress, "conv2d backward", at, len(suite), shape)
-        fl = conv_flops(N, C, K, R, R, P, P)
+        fl = conv_flops(N, C, K, R, R, P, P, g)
         x = cp.asarray(rng.uniform(-1, 1, (N, C, H, H)).astype(dtype))
-        w = cp.asarray(rng.uniform(-1, 1, (K, C, R, R)).astype(dtype))
+        w = cp.asarray(rng.uniform(-1, 1, (K, C // g, R, R)).astype(dtype))
         gy = cp.asarray(rng.uniform(-1, 1, (N, K, P, P)).astype(dtype))
         theirs = {}
         if torch is not None:
@@ -343,7 +344,7 @@ def bench_conv_backward(timer, suite, dtype=np.float32, progress=print,
             for op, mask in (("conv2d_backward_input", [True, False, False]),
                              ("conv2d_backward_weight", [False, True, False])):
                 fn = lambda m=mask: torch.ops.aten.convolution_backward(
-                    gt, xt, wt, None, [s, s], [p, p], [1, 1], False, [0, 0], 1, m)
+                    gt, xt, wt, None, [s, s], [p, p], [1, 1], False, [0, 0], g, m)
                 for tf32 in (False, True):
                     torch.backends.cudnn.allow_tf32 = tf32
                     t = quantiles(timer(fn))
@@ -357,17 +358,17 @@ def bench_conv_backward(timer, suite, dtype=np.float32, progress=print,
         nv = min(N, 2)
         x2, gy2 = cp.asnumpy(x[:nv]).astype(np.float64), cp.asnumpy(gy[:nv]).astype(np.float64)
         w64 = cp.asnumpy(w).astype(np.float64)
-        refs = {"conv2d_backward_input": reference.conv2d_backward_input(gy2, w64, x2.shape, (s, s),
-                                                                         (p, p)),
-                "conv2d_backward_weight": reference.conv2d_backward_weight(x2, gy2, w64.shape,
-                                                                           (s, s), (p, p))}
+        refs = {"conv2d_backward_input": reference.conv2d_backward_input(
+                    gy2, w64, x2.shape, (s, s), (p, p), (1, 1), g),
+                "conv2d_backward_weight": reference.conv2d_backward_weight(
+                    x2, gy2, w64.shape, (s, s), (p, p), (1, 1), g)}
         for op in ("conv2d_backward_input", "conv2d_backward_weight"):
             for impl in all_impls(op):
                 label = f"{impl.backend}:{impl.algo}"
                 if impl.backend == "numpy" or not _wanted(label, impl_filter):
                     continue
                 tf32 = impl.algo.endswith("tf32")
-                kw = dict(stride=s, padding=p, backend=impl.backend, algo=impl.algo,
+                kw = dict(stride=s, padding=p, groups=g, backend=impl.backend, algo=impl.algo,
                           allow_tf32=tf32)
                 if op == "conv2d_backward_input":
                     run = lambda kw=kw: convgpu.conv2d_backward_input(gy, w, x.shape, **kw)
@@ -618,8 +619,8 @@ def environment() -> dict:
     return env
 
 
-def shape_label(name, N, C, H, K, R, s, p) -> str:
-    return f"{name}: N{N} C{C} H{H} K{K} R{R} s{s} p{p}"
+def shape_label(name, N, C, H, K, R, s, p, g=1) -> str:
+    return f"{name}: N{N} C{C} H{H} K{K} R{R} s{s} p{p}" + (f" g{g}" if g > 1 else "")
 
 
 def pool_bytes(x_elems, y_elems, itemsize=4, index_bytes=8) -> Dict[str, int]:
@@ -728,22 +729,23 @@ def run_cpu(conv, pools, ops, progress=print, reps=5, norms=()) -> dict:
         step(progress, "conv2d (CPU)", at, len(conv), sh.name)
         N = 1
         P = conv_out_size(sh.H, sh.R, sh.stride, sh.pad, 1)
-        label = shape_label(sh.name, N, sh.C, sh.H, sh.K, sh.R, sh.stride, sh.pad)
-        fl = conv_flops(N, sh.C, sh.K, sh.R, sh.R, P, P)
+        g = sh.groups
+        label = shape_label(sh.name, N, sh.C, sh.H, sh.K, sh.R, sh.stride, sh.pad, g)
+        fl = conv_flops(N, sh.C, sh.K, sh.R, sh.R, P, P, g)
         x = rng.uniform(-1, 1, (N, sh.C, sh.H, sh.H)).astype(np.float32)
-        w = rng.uniform(-1, 1, (sh.K, sh.C, sh.R, sh.R)).astype(np.float32)
+        w = rng.uniform(-1, 1, (sh.K, sh.C // g, sh.R, sh.R)).astype(np.float32)
         base = None
         if torch is not None:
             xt, wt = torch.from_numpy(x), torch.from_numpy(w)
-            t = clock(lambda: torch.nn.functional.conv2d(xt, wt, None, sh.stride, sh.pad))
+            t = clock(lambda: torch.nn.functional.conv2d(xt, wt, None, sh.stride, sh.pad, 1, g))
             base = t["median_ms"]
             results.append(Result("conv2d", label, "torch-cpu", "float32", "ok", **t,
                                   tflops=fl / (base * 1e-3) / 1e12, vs_cudnn=1.0,
-                                  gbps=conv_bytes(N, sh.C, sh.H, sh.H, sh.K, sh.R, sh.R, P, P, 1, 4)
+                                  gbps=conv_bytes(N, sh.C, sh.H, sh.H, sh.K, sh.R, sh.R, P, P, g, 4)
                                   / (base * 1e-3) / 1e9))
-        by = conv_bytes(N, sh.C, sh.H, sh.H, sh.K, sh.R, sh.R, P, P, 1, 4)
+        by = conv_bytes(N, sh.C, sh.H, sh.H, sh.K, sh.R, sh.R, P, P, g, 4)
         for algo in ("im2col", "fft"):
-            t = clock(lambda: convgpu.conv2d(x, w, None, sh.stride, sh.pad, algo=algo))
+            t = clock(lambda: convgpu.conv2d(x, w, None, sh.stride, sh.pad, groups=g, algo=algo))
             results.append(Result("conv2d", label, f"numpy:{algo}", "float32", "ok", **t,
                                   tflops=fl / (t["median_ms"] * 1e-3) / 1e12,
                                   gbps=by / (t["median_ms"] * 1e-3) / 1e9,

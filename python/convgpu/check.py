@@ -81,15 +81,21 @@ def problems(size: str = "small") -> List[Problem]:
     from convgpu import reference as ref
     from convgpu.ops._args import conv_out_size, pool_out_size
     if size == "small":
-        # strided, grouped, non-square; and a 3x3 stride-1 layer (the Winograd geometry)
+        # strided, grouped, non-square; a 3x3 stride-1 layer (the Winograd geometry);
+        # depthwise
         convs = [((2, 4, 7, 6), (4, 2, 3, 2), dict(stride=(2, 1), padding=(1, 1),
                                                     dilation=(1, 1), groups=2)),
                  ((2, 4, 7, 5), (6, 2, 3, 3), dict(stride=(1, 1), padding=(1, 1),
-                                                    dilation=(1, 1), groups=2))]
+                                                    dilation=(1, 1), groups=2)),
+                 # depthwise (groups = C), channel multiplier 2
+                 ((2, 3, 9, 8), (6, 1, 3, 3), dict(stride=(2, 1), padding=(1, 1),
+                                                    dilation=(1, 1), groups=3))]
         pool = (2, 3, 9, 7)
     else:
         convs = [((8, 64, 31, 29), (96, 64, 3, 3), dict(stride=(1, 1), padding=(1, 1),
-                                                         dilation=(1, 1), groups=1))]
+                                                         dilation=(1, 1), groups=1)),
+                 ((8, 96, 31, 29), (96, 1, 3, 3), dict(stride=(2, 2), padding=(1, 1),
+                                                        dilation=(1, 1), groups=96))]
         pool = (16, 64, 55, 55)
     kp = dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)
     pP = pool_out_size(pool[2], 3, 2, 1, 1, True)

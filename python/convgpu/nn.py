@@ -117,6 +117,8 @@ ALGO_FAMILIES = {
     # 3x3, stride 1, dilation 1 (padding <= 2 for the input gradient); cuda only
     "winograd": ("winograd", "winograd", "winograd"),
     "winograd_4x4": ("winograd_4x4", "winograd_4x4", "winograd_4x4"),
+    # groups = in_channels, one input channel per group; cuda only
+    "depthwise": ("depthwise", "depthwise", "depthwise"),
 }
 
 

@@ -1,6 +1,6 @@
 """The benchmark suite: real layer shapes with their sources.
 
-Conv layers as (name, N, C, H=W, K, R=S, stride, pad). The layers run at batch 16 in their
+Conv layers as (name, N, C, H=W, K, R=S, stride, pad, groups=1). The layers run at batch 16 in their
 source are also run at N=64 (suffix "@N64"). `quick=True` keeps a subset that finishes in
 about two minutes on an H100 with every implementation and cuDNN beside it.
 """
@@ -18,6 +18,7 @@ class ConvShape(NamedTuple):
     R: int
     stride: int
     pad: int
+    groups: int = 1
 
 
 class PoolShape(NamedTuple):
@@ -52,10 +53,14 @@ CONV = [
     ConvShape("GoogLeNet 5x5", 16, 192, 28, 32, 5, 1, 2),
     ConvShape("VGG 3x3", 16, 64, 112, 128, 3, 1, 1),
     ConvShape("3x3 mid", 16, 256, 28, 512, 3, 1, 1),
+    # MobileNet (Howard et al. 2017) depthwise 3x3 layers: groups = C
+    ConvShape("MobileNet dw 3x3", 16, 256, 28, 256, 3, 1, 1, 256),
+    ConvShape("MobileNet dw 3x3/2", 16, 128, 56, 128, 3, 2, 1, 128),
 ]
 
 QUICK_CONV = {"ResNet conv1 7x7/2", "ResNet 3x3", "VGG 3x3", "AlexNet conv2 5x5",
-              "convnet-bench L4 7x7", "convnet-bench L2 9x9", "ResNet 1x1", "ResNet 3x3 late"}
+              "convnet-bench L4 7x7", "convnet-bench L2 9x9", "ResNet 1x1", "ResNet 3x3 late",
+              "MobileNet dw 3x3"}
 
 POOL = [
     PoolShape("AlexNet pool 3x3/2", 128, 64, 55, 3, 2, 0, False),
