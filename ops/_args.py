@@ -332,8 +332,20 @@ def transpose_geometry(op: str, x_shape, w_shape, stride, padding, output_paddin
 # pooling
 
 
+class PlaneShapes:
+    """The input (N, C, H, W) and output (N, C, P, Q) shapes of a pooling record."""
+
+    @property
+    def x_shape(self):
+        return (self.N, self.C, self.H, self.W)
+
+    @property
+    def y_shape(self):
+        return (self.N, self.C, self.P, self.Q)
+
+
 @dataclass
-class PoolArgs:
+class PoolArgs(PlaneShapes):
     op: str
     N: int
     C: int
@@ -349,14 +361,6 @@ class PoolArgs:
     count_include_pad: bool = True
     divisor_override: Optional[int] = None
     dtype: np.dtype = np.dtype(np.float32)
-
-    @property
-    def x_shape(self):
-        return (self.N, self.C, self.H, self.W)
-
-    @property
-    def y_shape(self):
-        return (self.N, self.C, self.P, self.Q)
 
 
 def pool_geometry(op: str, x_shape, kernel_size, stride, padding, dilation, ceil_mode,

@@ -26,7 +26,7 @@ class MaxBackwardArgs:
 
 
 @dataclass(frozen=True)
-class AdaptiveArgs:
+class AdaptiveArgs(A.PlaneShapes):
     N: int
     C: int
     H: int
@@ -34,14 +34,6 @@ class AdaptiveArgs:
     P: int
     Q: int
     dtype: str
-
-    @property
-    def x_shape(self):
-        return (self.N, self.C, self.H, self.W)
-
-    @property
-    def y_shape(self):
-        return (self.N, self.C, self.P, self.Q)
 
 
 OP_BWD = "max_pool2d_backward"
