@@ -1134,14 +1134,14 @@ def batch_norm(a, x3, running_mean, running_var, w, b, h):
     M, t = N * L, x3.dtype.type
     mean, invstd = empty((C,), x3.dtype, x3), empty((C,), x3.dtype, x3)
     S = norm_splits(C, N, L) if a.training else 0
-    part = empty((C, max(S, 1), 2), x3.dtype, x3)
+    part = empty((C, S, 2), x3.dtype, x3) if a.training else None   # evaluation reads none
     if a.training:
         _norm("partials", x3.dtype)((C, S), (NORM_THREADS,),
                                     (x3, part, np.int32(N), np.int32(C), np.int64(L), np.int32(S)))
     _norm("finish", x3.dtype)((ceil_div(C, THREADS),), (THREADS,),
-                              (part, mean, invstd, _or_null(running_mean), _or_null(running_var),
-                               np.int32(N), np.int32(C), np.int64(L), np.int32(S),
-                               np.int32(a.training),
+                              (_or_null(part), mean, invstd, _or_null(running_mean),
+                               _or_null(running_var), np.int32(N), np.int32(C), np.int64(L),
+                               np.int32(S), np.int32(a.training),
                                np.int32(a.update_running), t(h.momentum), t(h.eps),
                                t(M / max(M - 1, 1))))
     y = empty(x3.shape, x3.dtype, x3)

@@ -156,6 +156,16 @@ def caller_contiguous(a) -> bool:
     return bool(flags is not None and flags.c_contiguous)
 
 
+def check_written_in_place(op: str, name: str, native, original) -> None:
+    """An array an op updates in place: C-contiguous as the caller passed it (unwrapping
+    would copy any other, and the copy would be updated) and writable."""
+    if not caller_contiguous(original):
+        raise ValueError(f"{op}: {name} is updated in place and must be C-contiguous; pass a "
+                         "contiguous array")
+    if not getattr(native.flags, "writeable", True):
+        raise ValueError(f"{op}: {name} is updated in place and must be writable")
+
+
 def zeros(like, shape, dtype):
     """Zeros in like's array module (numpy / cupy): the answer of an empty problem (an
     empty array, or an empty sum), made without a launch."""

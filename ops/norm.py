@@ -129,10 +129,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     update = training and rm is not None
     if update:
         for n in ("running_mean", "running_var"):
-            if not A.caller_contiguous(given[n]):
-                raise ValueError(f"{op}: {n} is updated in place and must be C-contiguous")
-            if not getattr(a[n].flags, "writeable", True):
-                raise ValueError(f"{op}: {n} is updated in place and must be writable")
+            A.check_written_in_place(op, n, a[n], given[n])
     x3, L = _split(x)
     args = NormArgs(x.shape[0], C, L, x.dtype.str, training, update)
     if training and args.M == 1:

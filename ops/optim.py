@@ -79,13 +79,8 @@ def _check_state(op, arrays, originals):
             raise ValueError(f"{op}: {n} has shape {tuple(a.shape)} but {first} has shape "
                              f"{tuple(p.shape)}")
     for n, a in named.items():
-        if n == "grad":
-            continue
-        if not A.caller_contiguous(originals[n]):
-            raise ValueError(f"{op}: {n} is updated in place and must be C-contiguous; pass "
-                             "a contiguous array")
-        if not getattr(a.flags, "writeable", True):
-            raise ValueError(f"{op}: {n} is updated in place and must be writable")
+        if n != "grad":
+            A.check_written_in_place(op, n, a, originals[n])
 
 
 def adam_step(param, grad, exp_avg, exp_avg_sq, step, *, lr=1e-3, beta1=0.9, beta2=0.999,
