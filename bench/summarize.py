@@ -66,3 +66,5 @@ for r in d["results"]:
               f"{(r['tflops'] or 0):6.2f} TFLOP/s {(r['gbps'] or 0):7.0f} GB/s{extra}")
 bad = [r for r in d["results"] if r["status"].startswith("FAIL")]
 print(f"bench validation failures: {len(bad)}", [(r['op'], r['impl'], r['shape'][:30]) for r in bad])
+for err in d.get("stage_errors", []):
+    print("bench stage FAILED:", err)

@@ -667,14 +667,20 @@ def run(json_path=None, plot_path=None, quick=True, shapes=None, ops=None, impl=
                   # pooling before the backward passes, the longest stage: a run cut short
                   # by a time limit still has the pooling numbers (JSON after every stage)
                   ("pool", lambda: bench_pool(timer, pools, progress=progress, impl_filter=impl)),
+                  ("norm", lambda: bench_norm(timer, norms, progress=progress, impl_filter=impl)),
                   ("conv2d_backward", lambda: bench_conv_backward(timer, conv, progress=progress,
-                                                                  impl_filter=impl)),
-                  # the newest stage last: a failure in it loses no earlier stage's numbers
-                  ("norm", lambda: bench_norm(timer, norms, progress=progress, impl_filter=impl))]
+                                                                  impl_filter=impl))]
+        errors = []
         for name, stage in stages:
             if name not in ops:
                 continue
-            results += stage()
+            try:                                # a stage that raises is reported and the
+                results += stage()              # next stages still run (the JSON says so)
+            except Exception as e:
+                import traceback
+                traceback.print_exc()
+                errors.append(f"{name}: {type(e).__name__}: {e}")
+                progress(f"stage {name} FAILED: {errors[-1]}")
             for r in results:
                 if r.tflops is not None and "tf32" in r.impl and "tf32_TFLOPs" in ceil:
                     r.extra["frac_tf32_rate"] = r.tflops / ceil["tf32_TFLOPs"]
@@ -684,12 +690,12 @@ def run(json_path=None, plot_path=None, quick=True, shapes=None, ops=None, impl=
                 if r.gbps is not None:
                     r.extra["frac_copy_bw"] = r.gbps / ceil["copy_GBps"]
             doc = {"environment": env, "ceilings": ceil, "device": "gpu",
-                   "results": [asdict(r) for r in results]}
+                   "results": [asdict(r) for r in results], "stage_errors": errors}
             if json_path:                       # written after every stage: a run cut short
                 with open(json_path, "w") as f:  # keeps what it measured
                     json.dump(doc, f, indent=1)
         doc = {"environment": env, "ceilings": ceil, "device": "gpu",
-               "results": [asdict(r) for r in results]}
+               "results": [asdict(r) for r in results], "stage_errors": errors}
     if hasattr(progress, "close"):
         progress.close()
     progress("\n" + format_table(doc["results"]))
