@@ -73,7 +73,7 @@ say "tf32 rounding done"
 # what limits it, for the note (ncu is on the Firecracker machines; skipped elsewhere)
 if command -v ncu >/dev/null; then
   timeout $(lim 75 35) ncu --clock-control none --target-processes all \
-    -k regex:"${NCU_KERNELS:-gemm_pipelined|gemm_vec|gemm_tiled|implicit_gemm|max_pool2d_fwd|max_pool2d_bwd}" \
+    -k regex:"${NCU_KERNELS:-gemm_pipelined|gemm_vec|gemm_tiled|implicit_gemm|max_pool2d_fwd|max_pool2d_bwd|conv2d_depthwise|batch_norm}" \
     --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
     --section Occupancy --section WarpStateStats --section LaunchStats \
     python3 bench/profile_targets.py > "$OUT/ncu.txt" 2>&1

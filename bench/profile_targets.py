@@ -57,3 +57,24 @@ once("max_pool2d backward", lambda: convgpu.max_pool2d_backward(gy, idx, xp.shap
                                                                 algo="gather", backend="cuda"))
 once("max_pool2d backward tiled", lambda: convgpu.max_pool2d_backward(
     gy, idx, xp.shape, 3, 2, algo="tiled", backend="cuda"))
+
+# depthwise 3x3, MobileNet (N16 C256 H28, groups 256): forward and both gradients
+xd = rng.standard_normal((16, 256, 28, 28), dtype=cp.float32)
+wd = rng.standard_normal((256, 1, 3, 3), dtype=cp.float32)
+yd = once("conv2d depthwise MobileNet", lambda: convgpu.conv2d(
+    xd, wd, padding=1, groups=256, backend="cuda", algo="depthwise"))
+once("conv2d depthwise input gradient", lambda: convgpu.conv2d_backward_input(
+    yd, wd, xd.shape, padding=1, groups=256, backend="cuda", algo="depthwise"))
+once("conv2d depthwise weight gradient", lambda: convgpu.conv2d_backward_weight(
+    xd, yd, wd.shape, padding=1, groups=256, backend="cuda", algo="depthwise"))
+del xd, wd, yd
+
+# batch norm, ResNet-50 bn1 (32x64x112x112): training forward and backward
+xb = rng.standard_normal((32, 64, 112, 112), dtype=cp.float32)
+gb = rng.standard_normal(xb.shape, dtype=cp.float32)
+wb, bb = cp.ones(64, cp.float32), cp.zeros(64, cp.float32)
+rm, rv = cp.zeros(64, cp.float32), cp.ones(64, cp.float32)
+yb, mean, invstd = once("batch_norm training forward", lambda: convgpu.batch_norm(
+    xb, rm, rv, wb, bb, training=True, return_stats=True, backend="cuda"))
+once("batch_norm backward", lambda: convgpu.batch_norm_backward(
+    gb, xb, mean, invstd, wb, training=True, backend="cuda"))

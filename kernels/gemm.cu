@@ -14,6 +14,15 @@
 //   gemm_pipelined<TA, TB>  TF32 tensor cores, cp.async 3-stage pipeline, 64 x 64 warp
 //       tiles (pipeline.cuh)
 //   sum_splits<T>           out[i] = sum over s of parts[s * n + i], in order s = 0, 1, ...
+//
+// TF32 operands are rounded in integer arithmetic here (CONVGPU_TF32_ROUND 1, common.cuh),
+// not by cvt.rna as in conv.cu: bench/tf32_rounding.py on the H100 at e8f4431 found it
+// bit-exact on every TF32 GEMM variant and faster on every call through this file
+// (gemm_pipelined 4096^3 1.177 -> 0.942 ms; im2col_tf32 ResNet 1x1 1.09x, winograd_tf32
+// 1.02-1.07x), while the implicit-GEMM convolutions' input gradient ran 2-3% slower with it.
+#ifndef CONVGPU_TF32_ROUND
+#define CONVGPU_TF32_ROUND 1
+#endif
 #include "common.cuh"
 #include "pipeline.cuh"
 

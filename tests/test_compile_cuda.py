@@ -83,23 +83,30 @@ def test_cu_compiles_without_spills_under_nvcc(file, tmp_path):
     assert not bad, "\n".join(bad)
 
 
-def rounds_to_tf32(ptx):
-    """tile::to_tf32's default rounding (CONVGPU_TF32_ROUND 0: cvt.rna) is in the PTX."""
+def rounds_to_tf32(ptx, file):
+    """tile::to_tf32's rounding for this file is in the PTX: cvt.rna (CONVGPU_TF32_ROUND 0,
+    the default) in conv.cu; in gemm.cu, which sets mode 1, the same rounding in integer
+    arithmetic (two mins and an add of half a TF32 ulp) and no cvt.rna."""
+    integer = ("min.u32" in ptx and "min.s32" in ptx
+               and re.search(r"add\.s32\s+%r\d+, %r\d+, 4096;", ptx) is not None)
+    if file == "gemm.cu":
+        return integer and "cvt.rna" not in ptx
     return "cvt.rna.tf32.f32" in ptx
 
 
 def test_tf32_rounding_modes_compile():
-    """CONVGPU_TF32_ROUND 1 (the integer rounding: two mins and an add of half a TF32 ulp)
-    and 2 (none) compile, as bench/tf32_rounding.py builds them, and put their rounding in
-    place of cvt.rna."""
-    for mode in (1, 2):
+    """Each CONVGPU_TF32_ROUND, given on the command line as bench/tf32_rounding.py builds
+    them, overrides gemm.cu's own (1) and compiles: 0 to cvt.rna, 1 to the integer rounding
+    (two mins and an add of half a TF32 ulp), 2 to neither."""
+    for mode in (0, 1, 2):
         prog = nvrtc.createProgram(_module.source("gemm.cu"), "gemm.cu", [], [])
         nvrtc.addNameExpression(prog, "gemm_pipelined<false, true>")
         nvrtc.compileProgram(prog, list(_module.options()) + list(_module.RUNTIME_ADDED_OPTIONS)
                              + ["-arch=compute_90", f"-DCONVGPU_TF32_ROUND={mode}"])
         ptx = nvrtc.getPTX(prog)
         ptx = ptx.decode() if isinstance(ptx, bytes) else ptx
-        assert "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32" in ptx and "cvt.rna" not in ptx
+        assert "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32" in ptx
+        assert ("cvt.rna" in ptx) == (mode == 0), mode
         integer = ("min.u32" in ptx and "min.s32" in ptx
                    and re.search(r"add\.s32\s+%r\d+, %r\d+, 4096;", ptx) is not None)
         assert integer == (mode == 1), mode
@@ -116,7 +123,7 @@ def test_tf32_kernels_use_tensor_core_mma():
                              + ["-arch=compute_90"])
         ptx = nvrtc.getPTX(prog).decode() if isinstance(nvrtc.getPTX(prog), bytes) else nvrtc.getPTX(prog)
         assert "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32" in ptx, file
-        assert rounds_to_tf32(ptx), file
+        assert rounds_to_tf32(ptx, file), file
 
 
 def _ptx_entries(file, exprs):
@@ -148,7 +155,7 @@ def test_pipelined_kernels_copy_asynchronously_and_use_tensor_cores():
         assert exprs, file
         for e, body in _ptx_entries(file, exprs).items():
             assert "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32" in body, e
-            assert rounds_to_tf32(body), e
+            assert rounds_to_tf32(body, file), e
             assert "cp.async.wait_group 1;" in body and "cp.async.commit_group;" in body, e
             # gemm: all 16-byte; forward <VA, VB>: 16-byte where VA or VB, 4-byte where not
             # both; the gradients: 4-byte gathers only
