@@ -14,7 +14,7 @@ counts, so the device's own NVRTC build is what this looks at:
 Each version is a folder holding gemm.cu and the headers it includes: bench/_ab/<revision>
 (taken from git, see versions()), any other folder there, and kernels/ itself.
 
-    python3 bench/gemm_vec_ab.py [--rounds 7] [--sass PATH] [--small]
+    python3 bench/gemm_vec_ab.py [--rounds 7] [--sass PATH] [--small] [--dir bench/_ab]
 """
 import argparse
 import os
@@ -38,7 +38,7 @@ REVISIONS = ("f49e222", "e8f4431")
 FILES = ("gemm.cu", "common.cuh", "pipeline.cuh", "cuda_host.h")
 
 
-def versions():
+def versions(AB=AB):
     """[(name, folder, name expression)]: the REVISIONS (their files taken from git where the
     folder is missing: the device machine has no .git, so run this once here and carry
     bench/_ab), any other folder under bench/_ab (a hand-made variant), the working tree."""
@@ -117,49 +117,58 @@ def main():
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--sass", default=None)
     ap.add_argument("--small", action="store_true")
+    ap.add_argument("--dir", default=str(AB), help="the versions' folders (default bench/_ab)")
     args = ap.parse_args()
-    shapes = [(256, 256, 128)] if args.small else [(4096, 4096, 4096), (8192, 1024, 2048)]
-    kernels, dumps = [], []
-    for name, folder, expr in versions():
-        fn = build(folder, expr)
-        regs = getattr(fn, "num_regs", None)
-        local = getattr(fn, "local_size_bytes", None)
-        print(f"{name:26s} {expr:38s} registers {regs}  local memory {local} B")
-        kernels.append((name, fn))
-        if args.sass:
-            dumps.append(f"===== {name}: {expr}\n{sass(folder, expr)}")
+    # (M, N, K, tile rows): the SGEMM target's shapes on the 128-row tile, and the ResNet 1x1
+    # layer's GEMM (64 x 3136 x 256 over 16 images, here as one 64 x 50176 x 256) on the 64-row
+    shapes = ([(256, 256, 128, 128), (64, 256, 128, 64)] if args.small else
+              [(4096, 4096, 4096, 128), (8192, 1024, 2048, 128), (64, 50176, 256, 64)])
+    kernels, dumps = {128: [], 64: []}, []
+    for name, folder, expr in versions(Path(args.dir)):
+        for rows in (128, 64):
+            if rows == 64:
+                if not expr.endswith(", 128>"):
+                    continue                   # a version without the 64-row tile
+                expr = expr.replace(", 128>", ", 64>")
+            fn = build(folder, expr)
+            regs = getattr(fn, "num_regs", None)
+            local = getattr(fn, "local_size_bytes", None)
+            print(f"{name:26s} {expr:38s} registers {regs}  local memory {local} B")
+            kernels[rows].append((name, fn))
+            if args.sass:
+                dumps.append(f"===== {name}: {expr}\n{sass(folder, expr)}")
     if args.sass:
         Path(args.sass).write_text("\n".join(dumps))
     rng = np.random.default_rng(0)
-    for M, N, K in shapes:
+    for M, N, K, rows in shapes:
         A = cp.asarray(rng.standard_normal((M, K), dtype=np.float32))
         B = cp.asarray(rng.standard_normal((K, N), dtype=np.float32))
         ref = cp.matmul(A, B)                  # cuBLAS (CuPy: FP32 compute unless CUPY_TF32)
         C = cp.empty((M, N), cp.float32)
-        grid = ((N + 127) // 128, (M + 127) // 128, 1)
+        grid = ((N + 127) // 128, (M + rows - 1) // rows, 1)
         kchunk = (K + 15) // 16 * 16
         argv = (A, B, C, np.int32(M), np.int32(N), np.int32(K), np.int64(0), np.int64(0),
                 np.int64(0), np.int32(1), np.int32(kchunk), np.int64(0))
         outs = {}
-        for name, fn in kernels:
+        for name, fn in kernels[rows]:
             C.fill(cp.nan)
-            fn(grid, (256,), argv)
+            fn(grid, (2 * rows,), argv)
             outs[name] = C.copy()
-        first = kernels[0][0]
+        first = kernels[rows][0][0]
         err = float(cp.linalg.norm(outs[first] - ref) / cp.linalg.norm(ref))
         same = all(bool(cp.array_equal(outs[first], o)) for o in outs.values())
-        print(f"{M}x{N}x{K}: outputs bitwise equal across versions: {same}; "
+        print(f"{M}x{N}x{K}, {rows}-row tile: outputs bitwise equal across versions: {same}; "
               f"rel. error vs cuBLAS {err:.2e} ({'ok' if err < 1e-5 else 'FAILED'})")
-        times = {name: [] for name, _ in kernels + [("cuBLAS", None)]}
+        times = {name: [] for name, _ in kernels[rows] + [("cuBLAS", None)]}
         start, stop = cp.cuda.Event(), cp.cuda.Event()
         for _ in range(args.rounds):
-            for name, fn in kernels + [("cuBLAS", None)]:
+            for name, fn in kernels[rows] + [("cuBLAS", None)]:
                 start.record()
                 for _ in range(args.reps):
                     if fn is None:
                         cp.matmul(A, B, out=C)
                     else:
-                        fn(grid, (256,), argv)
+                        fn(grid, (2 * rows,), argv)
                 stop.record()
                 stop.synchronize()
                 times[name].append(cp.cuda.get_elapsed_time(start, stop) / args.reps)

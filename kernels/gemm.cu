@@ -116,11 +116,17 @@ gemm_vec(const float* __restrict__ A, const float* __restrict__ B, float* __rest
     // vector i of an operand contiguous along k: row tid / 2 + (i / 2) * NT / 2, depths
     //   ((tid % 2) + 2 (i % 2)) * 4 + {0..3};
     // contiguous along m / n: depth tid / (W / 4) + (i * NT) / (W / 4), columns
-    //   (tid % (W / 4)) * 4 + {0..3}, W the tile's width (RM for A, BN for B)
-    auto krow = [&](int i) { return tid / 2 + (i / 2) * (NT / 2); };
-    auto kdep = [&](int i) { return ((tid % 2) + 2 * (i % 2)) * 4; };
-    auto wdep = [&](int i, int W) { return tid / (W / 4) + i * (NT / (W / 4)); };
-    auto wcol = [&](int W) { return (tid % (W / 4)) * 4; };
+    //   (tid % (W / 4)) * 4 + {0..3}, W the tile's width (RM for A, BN for B).
+    // The thread's parts are worked out once, here: computed from tid inside the lambdas,
+    // NVRTC 13.0 (the runtime's on the H100) re-read threadIdx (S2R) in the main loop, 17
+    // more instructions per step than at f49e222, and the 128-row kernel ran 7% slower.
+    const int kr = tid / 2, kd = (tid % 2) * 4;                  // along k
+    const int ad = tid / (RM / 4), ac = (tid % (RM / 4)) * 4;    // A along m
+    const int bd = tid / (BN / 4), bc = (tid % (BN / 4)) * 4;    // B along n
+    auto krow = [&](int i) { return kr + (i / 2) * (NT / 2); };
+    auto kdep = [&](int i) { return kd + 8 * (i % 2); };
+    auto adep = [&](int i) { return ad + i * (NT / (RM / 4)); };
+    auto bdep = [&](int i) { return bd + i * (NT / (BN / 4)); };
     const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
     float4 ra[2], rb[VB];
     auto fetch = [&](int k0) {
@@ -131,7 +137,7 @@ gemm_vec(const float* __restrict__ A, const float* __restrict__ B, float* __rest
                 ra[i] = (gm < M && gk < kend)
                             ? *reinterpret_cast<const float4*>(A + (long long)gm * K + gk) : zero;
             } else {
-                const int gk = k0 + wdep(i, RM), gm = m0 + wcol(RM);
+                const int gk = k0 + adep(i), gm = m0 + ac;
                 ra[i] = (gk < kend && gm < M)
                             ? *reinterpret_cast<const float4*>(A + (long long)gk * M + gm) : zero;
             }
@@ -143,27 +149,27 @@ gemm_vec(const float* __restrict__ A, const float* __restrict__ B, float* __rest
                 rb[i] = (gn < N && gk < kend)
                             ? *reinterpret_cast<const float4*>(B + (long long)gn * K + gk) : zero;
             } else {
-                const int gk = k0 + wdep(i, BN), gn = n0 + wcol(BN);
+                const int gk = k0 + bdep(i), gn = n0 + bc;
                 rb[i] = (gk < kend && gn < N)
                             ? *reinterpret_cast<const float4*>(B + (long long)gk * N + gn) : zero;
             }
         }
     };
-    auto put = [&](float (*S)[LDS], const float4& v, bool along_k, int i, int W) {
+    auto put = [&](float (*S)[LDS], const float4& v, bool along_k, int i, bool a) {
         const float4 t = make_float4(staged<float, TF32>(v.x), staged<float, TF32>(v.y),
                                      staged<float, TF32>(v.z), staged<float, TF32>(v.w));
         if (along_k) {
             const int k = kdep(i), r = krow(i);
             S[k][r] = t.x; S[k + 1][r] = t.y; S[k + 2][r] = t.z; S[k + 3][r] = t.w;
         } else {
-            *reinterpret_cast<float4*>(&S[wdep(i, W)][wcol(W)]) = t;
+            *reinterpret_cast<float4*>(&S[a ? adep(i) : bdep(i)][a ? ac : bc]) = t;
         }
     };
     auto stage = [&](int buf) {
 #pragma unroll
-        for (int i = 0; i < 2; ++i) put(As[buf], ra[i], !TA, i, RM);
+        for (int i = 0; i < 2; ++i) put(As[buf], ra[i], !TA, i, true);
 #pragma unroll
-        for (int i = 0; i < VB; ++i) put(Bs[buf], rb[i], TB, i, BN);
+        for (int i = 0; i < VB; ++i) put(Bs[buf], rb[i], TB, i, false);
     };
     float acc[NACC];
     mainloop<float, TF32, RM>(As, Bs, kbeg, (kend - kbeg + BKV - 1) / BKV, tid, acc, fetch, stage);

@@ -28,6 +28,17 @@ def test_tf32_rounding_script_runs():
     assert "gemm_pipelined 64^3" in out and "conv wgrad pipelined tiny 3x3" in out, out
 
 
+def test_gemm_vec_ab_script_runs(tmp_path):
+    """bench/gemm_vec_ab.py: the revisions' gemm.cu taken from git (where this checkout has
+    them) and the working tree's, built, compared bitwise and timed on both tile heights."""
+    out = run_script(ROOT / "bench" / "gemm_vec_ab.py", "--small", "--rounds", "1", "--reps",
+                     "1", "--dir", tmp_path)
+    for rows in (128, 64):
+        assert f"working tree               gemm_vec<false, false, false, {rows}>" in out, out
+        assert f"{rows}-row tile: outputs bitwise equal across versions: True" in out, out
+    assert out.count("(ok)") == 2 and "FAILED" not in out, out
+
+
 def test_stage_times_script_runs():
     out = run_script(ROOT / "bench" / "stage_times.py", "--small")
     for part in ("conv2d fft, tiny 5x5", "spectra_stack", "spectra_unstack",

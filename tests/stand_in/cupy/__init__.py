@@ -15,6 +15,7 @@ zeros, ones, empty = np.zeros, np.ones, np.empty
 zeros_like = np.zeros_like
 ones_like = np.ones_like
 fft = types.SimpleNamespace(rfft2=np.fft.rfft2, irfft2=np.fft.irfft2)
+matmul, array_equal, linalg, nan = np.matmul, np.array_equal, np.linalg, np.nan
 
 
 class _Event:
