@@ -8,10 +8,15 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test gpu-test clean
 
-$(STAMP): pyproject.toml
+# the NVRTC of the lent GPUs' CuPy, beside the one pip picks: the compile tier builds every
+# .cu with it too (tests/test_compile_cuda.py), since the two allocate registers differently
+RUNTIME_NVRTC := nvidia-cuda-nvrtc==13.0.88
+
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e ".[all]"
+	$(BIN)/python -m pip install -q --no-deps --upgrade --target $(VENV)/runtime-nvrtc "$(RUNTIME_NVRTC)"
 	touch $(STAMP)
 
 demo: $(STAMP)

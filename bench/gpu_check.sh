@@ -30,6 +30,9 @@ if ! python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >/
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/device.txt"
 python3 -m convgpu info 2>&1 | tee -a "$OUT/device.txt"
+# the NVRTC that builds the kernels here (the compile tier pins the same: Makefile RUNTIME_NVRTC)
+python3 -c "from cupy.cuda import nvrtc; print('NVRTC', nvrtc.getVersion())" 2>&1 | tee -a "$OUT/device.txt"
+python3 -m pip show nvidia-cuda-nvrtc 2>/dev/null | grep -i '^version' | tee -a "$OUT/device.txt"
 say "installed"
 
 # 2. gpu tier: every failure listed
