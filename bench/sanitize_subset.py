@@ -221,6 +221,29 @@ for be in ("numba", "cuda"):
                 ref.batch_norm_backward(bgy, bx, m64, i64, bw, training)):
             check(f"batch_norm_backward {name} {be} training={training}", got, want)
 cuda_ops._elementwise_grid = real_grid
+# the plane kernels of batch norm's apply passes, forced onto a small shape: float4 loads,
+# two slices per plane and 3 rows of plane blocks stepping over 12 planes
+saved = cuda_ops.NORM_PLANE_MIN, cuda_ops.NORM_SLICE_MIN, cuda_ops.MAX_GRID_YZ
+cuda_ops.NORM_PLANE_MIN, cuda_ops.NORM_SLICE_MIN, cuda_ops.MAX_GRID_YZ = 1, 64, 3
+px, pgy = rng.uniform(1, 5, (4, 3, 16, 8)), rng.uniform(-1, 1, (4, 3, 16, 8))
+pw, pb = rng.uniform(-1, 1, 3), rng.uniform(-1, 1, 3)
+for training in (True, False):
+    rm, rv = cp.zeros(3, cp.float32), cp.ones(3, cp.float32)
+    y, mean, invstd = convgpu.batch_norm(cp.asarray(px.astype(np.float32)), rm, rv,
+                                         cp.asarray(pw.astype(np.float32)),
+                                         cp.asarray(pb.astype(np.float32)), training,
+                                         return_stats=True, backend="cuda")
+    if training:
+        m64, i64, _ = ref.batch_norm_stats(px, 1e-5)
+    else:
+        m64, i64 = np.zeros(3), np.full(3, 1 / np.sqrt(1 + 1e-5))
+    check(f"batch_norm planes training={training}", y, ref.batch_norm(px, m64, i64, pw, pb))
+    for name, got, want in zip(["gx", "gw", "gb"], convgpu.batch_norm_backward(
+            cp.asarray(pgy.astype(np.float32)), cp.asarray(px.astype(np.float32)), mean, invstd,
+            cp.asarray(pw.astype(np.float32)), training, backend="cuda"),
+            ref.batch_norm_backward(pgy, px, m64, i64, pw, training)):
+        check(f"batch_norm_backward planes {name} training={training}", got, want)
+cuda_ops.NORM_PLANE_MIN, cuda_ops.NORM_SLICE_MIN, cuda_ops.MAX_GRID_YZ = saved
 # depthwise convolution (shared-memory patch and filter, the weight gradient's tree):
 # multiplier 2, stride 2, a plane of several partial 8 x 32 tiles
 dx, dwt = rng.uniform(-1, 1, (2, 3, 19, 37)), rng.uniform(-1, 1, (6, 1, 3, 3))

@@ -55,7 +55,9 @@ NAME_EXPRESSIONS: Dict[str, Tuple[str, ...]] = {
                                                   "sgd_step") for t in T_NAMES),
     "norm.cu": tuple(f"batch_norm_{k}<{t}>" for k in ("partials", "finish", "apply",
                                                        "bwd_partials", "bwd_finish", "bwd_apply")
-                     for t in T_NAMES),
+                     for t in T_NAMES)
+    + tuple(f"batch_norm_{k}_planes<{t}, {v}>" for k in ("apply", "bwd_apply")
+            for t, vec in (("float", 4), ("double", 2)) for v in (1, vec)),
     "pool.cu": tuple(f"{k}<{t}, {i}>" for k in ("max_pool2d_bwd_gather", "max_pool2d_bwd_cells",
                                                  "max_pool2d_bwd_tiled",
                                                  "avg_pool2d_fwd", "avg_pool2d_bwd_gather",

@@ -1121,8 +1121,36 @@ def norm_splits(C: int, N: int, L: int) -> int:
                       MAX_GRID_YZ))
 
 
+NORM_PLANE_MIN = 1024                    # planes this long take the plane kernels
+NORM_SLICE_MIN = 4 * NORM_THREADS        # a plane block's slice: 4 values per thread at least
+NORM_FLAT_PER_THREAD = 4                 # the flat kernels' values per thread (grid-stride)
+
+
+def norm_plane_grid(N: int, C: int, L: int):
+    """(slices, plane blocks, slice length) of the plane kernels, or None where the N * C
+    planes are shorter than NORM_PLANE_MIN (the flat kernels then): a plane is cut into
+    slices only where there are too few planes for about 2 * NORM_BLOCKS blocks, each slice
+    at least NORM_SLICE_MIN values and a multiple of 4 (a whole number of vectors)."""
+    if L < NORM_PLANE_MIN:
+        return None
+    planes = N * C
+    slices = max(1, min(ceil_div(2 * NORM_BLOCKS, planes), L // NORM_SLICE_MIN))
+    length = ceil_div(ceil_div(L, slices), 4) * 4
+    return ceil_div(L, length), min(planes, MAX_GRID_YZ), length
+
+
 def _norm(name, dtype):
     return get_function("norm.cu", f"batch_norm_{name}<{ctype(dtype)}>")
+
+
+def _norm_planes(name, L, arrays):
+    """The plane kernel: 16-byte vectors where the planes' length and every array's base
+    allow them, single values otherwise."""
+    dtype = arrays[0].dtype
+    v = 16 // dtype.itemsize
+    if L % v or any(_address(a) % 16 for a in arrays):
+        v = 1
+    return get_function("norm.cu", f"batch_norm_{name}_planes<{ctype(dtype)}, {v}>")
 
 
 def _or_null(a):
@@ -1145,9 +1173,18 @@ def batch_norm(a, x3, running_mean, running_var, w, b, h):
                                np.int32(a.update_running), t(h.momentum), t(h.eps),
                                t(M / max(M - 1, 1))))
     y = empty(x3.shape, x3.dtype, x3)
-    _norm("apply", x3.dtype)(_elementwise_grid(x3.size), (THREADS,),
-                             (x3, mean, invstd, _or_null(w), _or_null(b), y, np.int64(x3.size),
-                              np.int32(C), np.int64(L)))
+    plan = norm_plane_grid(N, C, L)
+    if plan is not None:
+        slices, rows, length = plan
+        _norm_planes("apply", L, (x3, y))((slices, rows), (NORM_THREADS,),
+                                          (x3, mean, invstd, _or_null(w), _or_null(b), y,
+                                           np.int64(N * C), np.int32(C), np.int64(L),
+                                           np.int64(length)))
+    else:
+        _norm("apply", x3.dtype)(_elementwise_grid(ceil_div(x3.size, NORM_FLAT_PER_THREAD)),
+                                 (THREADS,),
+                                 (x3, mean, invstd, _or_null(w), _or_null(b), y,
+                                  np.int64(x3.size), np.int32(C), np.int64(L)))
     return y, mean, invstd
 
 
@@ -1163,10 +1200,19 @@ def batch_norm_backward(a, g3, x3, mean, invstd, w):
     _norm("bwd_finish", x3.dtype)((ceil_div(C, THREADS),), (THREADS,),
                                   (part, invstd, gw, gb, np.int32(C), np.int32(S)))
     gx = empty(x3.shape, x3.dtype, x3)
-    _norm("bwd_apply", x3.dtype)(_elementwise_grid(x3.size), (THREADS,),
-                                 (g3, x3, mean, invstd, _or_null(w), gw, gb, gx,
-                                  np.int64(x3.size), np.int32(C), np.int64(L), np.int64(M),
-                                  np.int32(a.training)))
+    plan = norm_plane_grid(N, C, L)
+    if plan is not None:
+        slices, rows, length = plan
+        _norm_planes("bwd_apply", L, (g3, x3, gx))(
+            (slices, rows), (NORM_THREADS,),
+            (g3, x3, mean, invstd, _or_null(w), gw, gb, gx, np.int64(N * C), np.int32(C),
+             np.int64(L), np.int64(length), np.int64(M), np.int32(a.training)))
+    else:
+        _norm("bwd_apply", x3.dtype)(_elementwise_grid(ceil_div(x3.size, NORM_FLAT_PER_THREAD)),
+                                     (THREADS,),
+                                     (g3, x3, mean, invstd, _or_null(w), gw, gb, gx,
+                                      np.int64(x3.size), np.int32(C), np.int64(L), np.int64(M),
+                                      np.int32(a.training)))
     return gx, gw, gb
 
 

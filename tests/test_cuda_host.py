@@ -1417,6 +1417,50 @@ def test_batch_norm_splits(rng, monkeypatch, shape, min_per_thread):
                                 np.float32)
 
 
+@pytest.mark.parametrize("shape, dtype, vector", [
+    ((3, 2, 5, 6), np.float32, 1),      # planes of 30: no vectors; slices of 8, the last of 6
+    ((4, 3, 16), np.float32, 4),        # float4
+    ((4, 3, 2, 8), np.float64, 2),      # double2
+    ((2, 5, 12), np.float64, 2),        # three slices of 4
+])
+def test_batch_norm_plane_kernels(rng, monkeypatch, shape, dtype, vector):
+    """The apply kernels over planes (a block per plane slice, the channel's constants once,
+    vectors where the plane length allows), forced onto small shapes: several slices per
+    plane, and 3 plane rows in the grid so blocks step over the planes."""
+    from convgpu.kernels import cuda_ops
+    monkeypatch.setattr(cuda_ops, "NORM_PLANE_MIN", 1)
+    monkeypatch.setattr(cuda_ops, "NORM_SLICE_MIN", 4)
+    monkeypatch.setattr(cuda_ops, "MAX_GRID_YZ", 3)
+    used = []
+    real = cuda_ops.get_function
+
+    def spy(file, expr):
+        used.append(expr)
+        return real(file, expr)
+    monkeypatch.setattr(cuda_ops, "get_function", spy)
+    N, C = shape[:2]
+    L = int(np.prod(shape[2:]))
+    slices, rows, length = cuda_ops.norm_plane_grid(N, C, L)
+    assert slices > 1 and rows == 3 < N * C and length % 4 == 0
+    for training in (True, False):
+        inp = batch_norm_inputs(rng, shape, dtype)
+        assert_batch_norm_close(_bn_each_order(inp, training), batch_norm_expected(inp, training),
+                                dtype)
+    t = "float" if dtype == np.float32 else "double"
+    assert {e for e in used if "apply" in e} == {f"batch_norm_apply_planes<{t}, {vector}>",
+                                                 f"batch_norm_bwd_apply_planes<{t}, {vector}>"}
+
+
+def test_batch_norm_plane_grid():
+    from convgpu.kernels import cuda_ops
+    assert cuda_ops.norm_plane_grid(32, 64, 112 * 112) == (1, 2048, 12544)   # ResNet-50 stem
+    assert cuda_ops.norm_plane_grid(32, 2048, 7 * 7) is None                # flat kernels
+    assert cuda_ops.norm_plane_grid(1, 64, 50176) == (32, 64, 1568)         # 2048 blocks
+    assert cuda_ops.norm_plane_grid(1, 1, 1030) == (1, 1, 1032)             # one slice
+    s, r, n = cuda_ops.norm_plane_grid(2, 3, 100003)
+    assert (s - 1) * n < 100003 <= s * n and n % 4 == 0 and n >= cuda_ops.NORM_SLICE_MIN
+
+
 def test_batch_norm_splits_depend_on_the_shape_only():
     from convgpu.kernels import cuda_ops
     assert cuda_ops.norm_splits(64, 32, 112 * 112) == 16           # 1024 blocks
