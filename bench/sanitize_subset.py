@@ -196,53 +196,41 @@ for name, gg, rr in zip(["gx", "gw", "gb"],
                         convgpu.linear_backward(*(cp.asarray(a.astype(np.float32)) for a in (lg, lx, lw))),
                         ref.linear_backward(lg, lx, lw)):
     check(f"linear_backward {name}", gg, rr)
+def bn_checks(label, x, gy, w, b, backends):
+    """batch_norm and its backward, training and evaluation, against the reference."""
+    C = x.shape[1]
+    f32 = lambda a: cp.asarray(a.astype(np.float32))  # noqa: E731
+    for be in backends:
+        for training in (True, False):
+            rm, rv = cp.zeros(C, cp.float32), cp.ones(C, cp.float32)
+            y, mean, invstd = convgpu.batch_norm(f32(x), rm, rv, f32(w), f32(b), training,
+                                                 return_stats=True, backend=be)
+            if training:
+                m64, i64, _ = ref.batch_norm_stats(x, 1e-5)
+            else:
+                m64, i64 = np.zeros(C), np.full(C, 1 / np.sqrt(1 + 1e-5))
+            check(f"batch_norm {label}{be} training={training}", y,
+                  ref.batch_norm(x, m64, i64, w, b))
+            for name, got, want in zip(["gx", "gw", "gb"], convgpu.batch_norm_backward(
+                    f32(gy), f32(x), mean, invstd, f32(w), training, backend=be),
+                    ref.batch_norm_backward(gy, x, m64, i64, w, training)):
+                check(f"batch_norm_backward {name} {label}{be} training={training}", got, want)
+
+
 # batch normalisation: 8 splits per channel (shared-memory merges, the split merge) and
 # the apply kernels' channel walk past a grid of 3 blocks
 cuda_ops.NORM_MIN_PER_THREAD = 1
 real_grid = cuda_ops._elementwise_grid
 cuda_ops._elementwise_grid = lambda n: (3,)
-bx, bgy = rng.uniform(1, 5, (9, 2, 233)), rng.uniform(-1, 1, (9, 2, 233))
-bw, bb = rng.uniform(-1, 1, 2), rng.uniform(-1, 1, 2)
-for be in ("numba", "cuda"):
-    for training in (True, False):
-        rm, rv = cp.zeros(2, cp.float32), cp.ones(2, cp.float32)
-        y, mean, invstd = convgpu.batch_norm(*(cp.asarray(a.astype(np.float32)) for a in (bx,)),
-                                             rm, rv, cp.asarray(bw.astype(np.float32)),
-                                             cp.asarray(bb.astype(np.float32)), training,
-                                             return_stats=True, backend=be)
-        if training:
-            m64, i64, _ = ref.batch_norm_stats(bx, 1e-5)
-        else:
-            m64, i64 = np.zeros(2), np.full(2, 1 / np.sqrt(1 + 1e-5))
-        check(f"batch_norm {be} training={training}", y, ref.batch_norm(bx, m64, i64, bw, bb))
-        for name, got, want in zip(["gx", "gw", "gb"], convgpu.batch_norm_backward(
-                cp.asarray(bgy.astype(np.float32)), cp.asarray(bx.astype(np.float32)), mean,
-                invstd, cp.asarray(bw.astype(np.float32)), training, backend=be),
-                ref.batch_norm_backward(bgy, bx, m64, i64, bw, training)):
-            check(f"batch_norm_backward {name} {be} training={training}", got, want)
+bn_checks("", rng.uniform(1, 5, (9, 2, 233)), rng.uniform(-1, 1, (9, 2, 233)),
+          rng.uniform(-1, 1, 2), rng.uniform(-1, 1, 2), ("numba", "cuda"))
 cuda_ops._elementwise_grid = real_grid
 # the plane kernels of batch norm's apply passes, forced onto a small shape: float4 loads,
 # two slices per plane and 3 rows of plane blocks stepping over 12 planes
 saved = cuda_ops.NORM_PLANE_MIN, cuda_ops.NORM_SLICE_MIN, cuda_ops.MAX_GRID_YZ
 cuda_ops.NORM_PLANE_MIN, cuda_ops.NORM_SLICE_MIN, cuda_ops.MAX_GRID_YZ = 1, 64, 3
-px, pgy = rng.uniform(1, 5, (4, 3, 16, 8)), rng.uniform(-1, 1, (4, 3, 16, 8))
-pw, pb = rng.uniform(-1, 1, 3), rng.uniform(-1, 1, 3)
-for training in (True, False):
-    rm, rv = cp.zeros(3, cp.float32), cp.ones(3, cp.float32)
-    y, mean, invstd = convgpu.batch_norm(cp.asarray(px.astype(np.float32)), rm, rv,
-                                         cp.asarray(pw.astype(np.float32)),
-                                         cp.asarray(pb.astype(np.float32)), training,
-                                         return_stats=True, backend="cuda")
-    if training:
-        m64, i64, _ = ref.batch_norm_stats(px, 1e-5)
-    else:
-        m64, i64 = np.zeros(3), np.full(3, 1 / np.sqrt(1 + 1e-5))
-    check(f"batch_norm planes training={training}", y, ref.batch_norm(px, m64, i64, pw, pb))
-    for name, got, want in zip(["gx", "gw", "gb"], convgpu.batch_norm_backward(
-            cp.asarray(pgy.astype(np.float32)), cp.asarray(px.astype(np.float32)), mean, invstd,
-            cp.asarray(pw.astype(np.float32)), training, backend="cuda"),
-            ref.batch_norm_backward(pgy, px, m64, i64, pw, training)):
-        check(f"batch_norm_backward planes {name} training={training}", got, want)
+bn_checks("planes ", rng.uniform(1, 5, (4, 3, 16, 8)), rng.uniform(-1, 1, (4, 3, 16, 8)),
+          rng.uniform(-1, 1, 3), rng.uniform(-1, 1, 3), ("cuda",))
 cuda_ops.NORM_PLANE_MIN, cuda_ops.NORM_SLICE_MIN, cuda_ops.MAX_GRID_YZ = saved
 # depthwise convolution (shared-memory patch and filter, the weight gradient's tree):
 # multiplier 2, stride 2, a plane of several partial 8 x 32 tiles
