@@ -39,8 +39,16 @@ def _i32(*v):
     return tuple(np.int32(int(a)) for a in v)
 
 
+# A grid-stride loop steps past its last index by blocks x THREADS; over int indices (the
+# pooling kernels take I = int below INT_SAFE) that overshoot must fit in the 2**27 left
+# above INT_SAFE, or the index wraps negative and the loop runs on. The cap was 65535 * 64
+# blocks (a 2**30 stride): a pooling call of 2**30 to INT_SAFE elements overflowed.
+# 2**19 blocks of 256 threads are still ~4000 per SM of an H100.
+GRID_STRIDE_BLOCKS = (2 ** 31 - INT_SAFE) // THREADS
+
+
 def _elementwise_grid(n):
-    return (max(1, min(ceil_div(n, THREADS), 65535 * 64)),)
+    return (max(1, min(ceil_div(n, THREADS), GRID_STRIDE_BLOCKS)),)
 
 
 # ----------------------------------------------------------------------------------------
@@ -998,7 +1006,7 @@ def _ew(name, dtype):
 
 
 def _warp_grid(rows):
-    return (max(1, min(ceil_div(rows, THREADS // WARP), 65535 * 64)),)
+    return (max(1, min(ceil_div(rows, THREADS // WARP), GRID_STRIDE_BLOCKS)),)
 
 
 def relu(shape, x):

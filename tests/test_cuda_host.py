@@ -1461,6 +1461,19 @@ def test_batch_norm_plane_grid():
     assert (s - 1) * n < 100003 <= s * n and n % 4 == 0 and n >= cuda_ops.NORM_SLICE_MIN
 
 
+def test_grid_stride_loops_cannot_overflow_int_indices():
+    """The pooling kernels index with int below INT_SAFE; their grid-stride loops step the
+    last index by the grid's stride, which must keep it below 2**31 (with the old cap of
+    65535 * 64 blocks, a call of 2**30 to INT_SAFE elements wrapped negative)."""
+    from convgpu.kernels import cuda_ops
+    for n in (1, 1000, 2 ** 27, 2 ** 30, cuda_ops.INT_SAFE - 1, 2 ** 31, 2 ** 40):
+        for grid in (cuda_ops._elementwise_grid(n), cuda_ops._warp_grid(n)):
+            (blocks,) = grid
+            assert 1 <= blocks and (cuda_ops.INT_SAFE - 1) + blocks * cuda_ops.THREADS < 2 ** 31
+    assert cuda_ops._elementwise_grid(2 ** 30) == (cuda_ops.GRID_STRIDE_BLOCKS,)
+    assert cuda_ops._elementwise_grid(1000) == (4,)
+
+
 def test_batch_norm_splits_depend_on_the_shape_only():
     from convgpu.kernels import cuda_ops
     assert cuda_ops.norm_splits(64, 32, 112 * 112) == 16           # 1024 blocks
