@@ -486,6 +486,10 @@ template <typename T> inline T __shfl_down_sync(unsigned, T v, unsigned d) {
     const T r = cuda_host::shfl(v, src < 32 ? src : cuda_host::lane());
     return r;
 }
+template <typename T> inline T __shfl_up_sync(unsigned, T v, unsigned d) {
+    const int src = cuda_host::lane() - int(d);
+    return cuda_host::shfl(v, src >= 0 ? src : cuda_host::lane());
+}
 
 // The table each generated translation unit defines: CUDA_HOST_TABLE(entries).
 #define CUDA_HOST_TABLE(entries)                                                           \

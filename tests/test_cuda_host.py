@@ -710,6 +710,9 @@ MAXP = MAXP_SMALL + [
     # dilated square windows: the interior path with dilation; cells with (k-1)*d = 2 < 2*s
     (1, 2, 10, 9, (2, 2), (2, 2), (1, 1), (2, 2), False),
     (1, 2, 13, 12, (3, 3), (3, 2), (1, 1), (2, 1), True),
+    # one column of cells: every cell starts a row, so the cells kernel must not take the
+    # windows of the cell before it (the row above, whose window overlaps this cell's rows)
+    (2, 3, 9, 1, (3, 3), (2, 2), (1, 1), (1, 1), False),
 ]
 
 
