@@ -44,8 +44,9 @@ NAME_EXPRESSIONS: Dict[str, Tuple[str, ...]] = {
     "ceiling.cu": tuple(f"fma_peak<{t}>" for t in T_NAMES),
     "spectra.cu": tuple(f"spectra_{k}<{t}>" for k in ("stack", "unstack") for t in T_NAMES),
     "conv_direct.cu": tuple(f"conv2d_direct<{t}>" for t in T_NAMES),
-    "depthwise.cu": tuple(f"conv2d_depthwise{k}<{t}>" for k in ("", "_dgrad", "_wgrad")
-                          for t in T_NAMES),
+    "depthwise.cu": tuple(f"conv2d_depthwise<{t}, {ks}, {rp}>" for t in T_NAMES
+                          for ks in (0, 3) for rp in (1, 2))
+    + tuple(f"conv2d_depthwise{k}<{t}>" for k in ("_dgrad", "_wgrad") for t in T_NAMES),
     "winograd.cu": tuple(f"winograd_{k}<{t}, {m}>" for k in ("filter", "input", "output",
                                                                 "grad_tiles", "grad_filter")
                          for t in T_NAMES for m in (2, 4)),

@@ -1231,15 +1231,24 @@ DW_TP, DW_TQ, DW_THREADS = 8, 32, 256       # depthwise.cu: dw::TP, dw::TQ, dw::
 DW_SMEM = 48 * 1024                         # the patch and filter, without an opt-in
 
 
-def _dw_patch(a):
-    """Rows and columns of the input patch a TP x TQ output tile reads."""
+def _dw_patch(a, rp=1):
+    """Rows and columns of the input patch a TP * rp x TQ output tile reads."""
     (sh, sw), (dh, dw) = a.stride, a.dilation
-    return (DW_TP - 1) * sh + (a.R - 1) * dh + 1, (DW_TQ - 1) * sw + (a.S - 1) * dw + 1
+    return (DW_TP * rp - 1) * sh + (a.R - 1) * dh + 1, (DW_TQ - 1) * sw + (a.S - 1) * dw + 1
 
 
-def _dw_smem(a):
-    ph, pw = _dw_patch(a)
+def _dw_smem(a, rp=1):
+    ph, pw = _dw_patch(a, rp)
     return (ph * pw + a.R * a.S) * np.dtype(a.dtype).itemsize
+
+
+def depthwise_kernel(a):
+    """(KS, RP) of conv2d_depthwise<T, KS, RP>: KS = 3 (the unrolled path) for 3 x 3
+    filters, else 0; RP = 2 outputs per thread down a column (tiles of 16 x 32) where the
+    plane has 16 rows or more and the larger patch fits, else 1 (8 x 32): a 16-row tile on a
+    7- or 14-row plane would leave more threads idle than the 8-row one."""
+    ks = 3 if (a.R, a.S) == (3, 3) else 0
+    return ks, 2 if a.P >= 2 * DW_TP and _dw_smem(a, 2) <= DW_SMEM else 1
 
 
 def depthwise_supports(a):
@@ -1263,12 +1272,12 @@ def _dw_ints(a):
 
 def conv2d_depthwise(a, x, w, b):
     y = empty(a.y_shape, x.dtype, x)
-    fn = get_function("depthwise.cu", f"conv2d_depthwise<{ctype(x.dtype)}>")
-    smem = _dw_smem(a)
+    ks, rp = depthwise_kernel(a)
+    fn = get_function("depthwise.cu", f"conv2d_depthwise<{ctype(x.dtype)}, {ks}, {rp}>")
     bias = contiguous(b) if b is not None else np.uint64(0)
-    fn((a.N * a.K, ceil_div(a.P, DW_TP) * ceil_div(a.Q, DW_TQ)), (DW_THREADS,),
-       (contiguous(x), contiguous(w), bias, y, *_dw_ints(a), *_i32(*_dw_patch(a))),
-       shared_mem=smem)
+    fn((a.N * a.K, ceil_div(a.P, DW_TP * rp) * ceil_div(a.Q, DW_TQ)), (DW_THREADS,),
+       (contiguous(x), contiguous(w), bias, y, *_dw_ints(a), *_i32(*_dw_patch(a, rp))),
+       shared_mem=_dw_smem(a, rp))
     return y
 
 

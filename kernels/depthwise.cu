@@ -4,11 +4,12 @@
 // the implicit GEMM: 128), of which a depthwise group has m (usually 1): these kernels tile
 // over output pixels of one plane instead.
 //
-//   conv2d_depthwise<T>      one 256-thread block per TP x TQ = 8 x 32 tile (blockIdx.y) of
-//                            one output plane (n, k) (blockIdx.x): the input patch the tile needs and the plane's
-//                            R x S filter are staged in shared memory (zeros where the
-//                            window is in the padding), then each thread sums the R*S
-//                            products of its output in a fixed order
+//   conv2d_depthwise<T, KS, RP>  one 256-thread block per TP * RP x TQ = 8 RP x 32 tile
+//                            (blockIdx.y) of one output plane (n, k) (blockIdx.x): the
+//                            input patch the tile needs and the plane's R x S filter are
+//                            staged in shared memory (zeros where the window is in the
+//                            padding), then each thread sums the R*S products of each of its
+//                            RP outputs in a fixed order (below)
 //   conv2d_depthwise_dgrad<T>  one thread per input element (n, c, h, w): the sum over the
 //                            c's m filters and the (r, s) whose window holds (h, w) on the
 //                            stride grid of w * gy (a gather: deterministic)
@@ -22,36 +23,95 @@ namespace dw {
 constexpr int TP = 8, TQ = 32, THREADS = 256;
 }
 
-template <typename T>
+// conv2d_depthwise<T, KS, RP>: thread (ty, tx) = (tid / TQ, tid % TQ) computes the RP
+// outputs of column q0 + tx at rows p0 + ty * RP + o, o < RP (a tile of TP * RP x TQ).
+// KS = 3: the filter is 3 x 3 (MobileNet's), its taps held in registers and the loops
+// unrolled; with stride and dilation 1 a thread also reads each of its RP + 2 input rows
+// once for all its outputs (3 + 6 / RP shared loads per output where the general loop does
+// 9, and 9 / RP filter loads instead of 9). KS = 0: any R x S, from shared memory. Every
+// output sums its products in the same (r, s) order whichever path runs: bitwise equal.
+template <typename T, int KS, int RP>
 __global__ void __launch_bounds__(dw::THREADS)
 conv2d_depthwise(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
                  T* __restrict__ y, int C, int H, int W, int K, int R, int S, int P, int Q,
                  int sh, int sw, int ph, int pw, int dh, int dw_, int patch_h, int patch_w) {
     using namespace dw;
+    static_assert(KS == 0 || KS == 3, "the unrolled path is for 3 x 3 filters");
+    if constexpr (KS == 3) { R = 3; S = 3; }
     CONVGPU_DYNAMIC_SHARED(smem_raw);
     T* xs = reinterpret_cast<T*>(smem_raw);              // patch_h x patch_w
     T* fs = xs + patch_h * patch_w;                      // R x S
     const int tid = threadIdx.x, m = K / C;
     const int tiles_q = (Q + TQ - 1) / TQ;
-    const int p0 = (blockIdx.y / tiles_q) * TP, q0 = (blockIdx.y % tiles_q) * TQ;
+    const int p0 = (blockIdx.y / tiles_q) * (TP * RP), q0 = (blockIdx.y % tiles_q) * TQ;
     const long long plane = blockIdx.x;                  // n * K + k
     const int k = (int)(plane % K);
     const long long n = plane / K;
     const T* xp = x + (n * C + k / m) * (long long)H * W;
     const int h0 = p0 * sh - ph, w0 = q0 * sw - pw;      // the patch's top-left input pixel
-    for (int i = tid; i < patch_h * patch_w; i += THREADS) {
-        const int h = h0 + i / patch_w, v = w0 + i % patch_w;
-        xs[i] = (h >= 0 && h < H && v >= 0 && v < W) ? xp[(long long)h * W + v] : T(0);
+    // a warp per patch row, lanes along it: no division per element
+    for (int i = tid / 32; i < patch_h; i += THREADS / 32) {
+        const int h = h0 + i;
+        const bool hin = h >= 0 && h < H;
+        for (int c = tid % 32; c < patch_w; c += 32) {
+            const int v = w0 + c;
+            xs[i * patch_w + c] = (hin && v >= 0 && v < W) ? xp[(long long)h * W + v] : T(0);
+        }
     }
     for (int i = tid; i < R * S; i += THREADS) fs[i] = w[(long long)k * R * S + i];
     __syncthreads();
-    const int p = p0 + tid / TQ, q = q0 + tid % TQ;
-    if (p >= P || q >= Q) return;
-    const T* row = xs + ((tid / TQ) * sh) * patch_w + (tid % TQ) * sw;
-    T acc = T(0);
-    for (int r = 0; r < R; ++r)
-        for (int s = 0; s < S; ++s) acc += fs[r * S + s] * row[r * dh * patch_w + s * dw_];
-    y[plane * P * Q + (long long)p * Q + q] = acc + (bias ? bias[k] : T(0));
+    const int ty = tid / TQ, tx = tid % TQ, q = q0 + tx;
+    if (q >= Q || p0 + ty * RP >= P) return;
+    T acc[RP];
+#pragma unroll
+    for (int o = 0; o < RP; ++o) acc[o] = T(0);
+    if constexpr (KS == 3) {
+        T f[9];
+#pragma unroll
+        for (int t = 0; t < 9; ++t) f[t] = fs[t];
+        if (sh == 1 && sw == 1 && dh == 1 && dw_ == 1) {
+            const T* base = xs + (ty * RP) * patch_w + tx;
+#pragma unroll
+            for (int ir = 0; ir < RP + 2; ++ir) {        // input row ir feeds outputs ir - r
+                const T v0 = base[ir * patch_w], v1 = base[ir * patch_w + 1],
+                        v2 = base[ir * patch_w + 2];
+#pragma unroll
+                for (int o = 0; o < RP; ++o) {
+                    const int r = ir - o;
+                    if (r >= 0 && r < 3) {
+                        acc[o] += f[r * 3] * v0;
+                        acc[o] += f[r * 3 + 1] * v1;
+                        acc[o] += f[r * 3 + 2] * v2;
+                    }
+                }
+            }
+        } else {
+#pragma unroll
+            for (int o = 0; o < RP; ++o) {
+                const T* row = xs + ((ty * RP + o) * sh) * patch_w + tx * sw;
+#pragma unroll
+                for (int r = 0; r < 3; ++r)
+#pragma unroll
+                    for (int s2 = 0; s2 < 3; ++s2)
+                        acc[o] += f[r * 3 + s2] * row[r * dh * patch_w + s2 * dw_];
+            }
+        }
+    } else {
+#pragma unroll
+        for (int o = 0; o < RP; ++o) {
+            const T* row = xs + ((ty * RP + o) * sh) * patch_w + tx * sw;
+            for (int r = 0; r < R; ++r)
+                for (int s2 = 0; s2 < S; ++s2)
+                    acc[o] += fs[r * S + s2] * row[r * dh * patch_w + s2 * dw_];
+        }
+    }
+    const T b = bias ? bias[k] : T(0);
+    T* yp = y + plane * P * Q + q;
+#pragma unroll
+    for (int o = 0; o < RP; ++o) {
+        const int p = p0 + ty * RP + o;
+        if (p < P) yp[(long long)p * Q] = acc[o] + b;
+    }
 }
 
 template <typename T>

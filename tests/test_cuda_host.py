@@ -416,7 +416,14 @@ CONV = CONV_SMALL + [
 DEPTHWISE = [CONV_SMALL[1], CONV[-2],
              (1, 4, 10, 9, 8, 3, 3, (2, 2), (1, 1), (1, 1), 4),
              (2, 2, 19, 35, 2, 5, 3, (1, 2), (2, 0), (2, 1), 2),
-             (1, 3, 6, 7, 9, 7, 7, (1, 1), (3, 3), (1, 1), 3)]
+             (1, 3, 6, 7, 9, 7, 7, (1, 1), (3, 3), (1, 1), 3),
+             # two outputs per thread (16-row tiles, partial ones) on the three paths: 3x3
+             # at stride and dilation 1, 3x3 strided and dilated, 5x5
+             (2, 3, 37, 35, 6, 3, 3, (1, 1), (1, 1), (1, 1), 3),
+             (1, 2, 40, 21, 2, 3, 3, (2, 1), (1, 1), (1, 2), 2),
+             (1, 2, 18, 30, 2, 3, 3, (1, 2), (1, 1), (1, 1), 2),     # only the columns
+             (1, 2, 17, 20, 2, 3, 3, (1, 1), (1, 2), (1, 2), 2),     # strided or dilated
+             (1, 2, 20, 12, 4, 5, 5, (1, 1), (2, 2), (1, 1), 2)]
 EMULATION_HEAVY = {"fft_tf32": CONV_SMALL, "depthwise": DEPTHWISE}
 
 
@@ -502,6 +509,36 @@ def test_conv2d_backward_weight(rng, algo, case):
         assert_close(gw, ref, _tol(algo, dt))
         if "tf32" in algo:
             assert np.linalg.norm(gw - ref) / np.linalg.norm(ref) > 1e-6     # really TF32
+
+
+@pytest.mark.parametrize("case", DEPTHWISE[2:])
+def test_depthwise_forward_paths_agree_bitwise(rng, monkeypatch, case):
+    """conv2d_depthwise's variants (3x3 unrolled or general; one or two outputs per thread)
+    sum each output's products in the same order: all give bitwise the same result."""
+    from convgpu.kernels import cuda_ops
+    x, w, b, kw = _conv(rng, case, np.float32)
+    R, S = w.shape[2:]
+    results = {}
+    for ks in ((0, 3) if (R, S) == (3, 3) else (0,)):
+        for rp in (1, 2):
+            monkeypatch.setattr(cuda_ops, "depthwise_kernel", lambda a, v=(ks, rp): v)
+            results[(ks, rp)] = both_orders(lambda: convgpu.conv2d(
+                x.astype(np.float32), w.astype(np.float32), b.astype(np.float32), **kw,
+                backend="cuda", algo="depthwise"))
+    first = next(iter(results.values()))
+    for v, y in results.items():
+        np.testing.assert_array_equal(y, first, err_msg=str(v))
+    assert_close(first, convgpu.conv2d(x, w, b, **kw), TOL[np.float32])
+
+
+def test_depthwise_kernel_choice():
+    from convgpu.kernels import cuda_ops
+    from convgpu.ops import _args
+    geom = lambda shape, k, s, p: _args.conv_geometry("conv2d", shape, (shape[1], 1, k, k), s,
+                                                      p, 1, shape[1], np.float32)
+    assert cuda_ops.depthwise_kernel(geom((16, 256, 28, 28), 3, 1, 1)) == (3, 2)   # MobileNet
+    assert cuda_ops.depthwise_kernel(geom((16, 512, 14, 14), 3, 1, 1)) == (3, 1)
+    assert cuda_ops.depthwise_kernel(geom((16, 64, 56, 56), 5, 1, 2)) == (0, 2)
 
 
 def test_depthwise_declines_a_patch_past_shared_memory():
