@@ -412,9 +412,8 @@ __global__ void max_pool2d_bwd_gather(const T* __restrict__ gy, const long long*
 // hold every candidate of every element of the cell. Their indices and gradients are loaded
 // once per cell (the element-per-thread gather loads up to 4 of each per element, and
 // divides 6 times per element: ncu at f49e222 put the issue slots at 85% busy and DRAM at
-// 27%), two of the four from memory and two from the thread of the cell to the left by a
-// warp shuffle; then each element sums, in the same (p, q) order as the gather, the
-// candidates whose index points at it; an element no window picked gets 0. Deterministic.
+// 27%), then each element sums, in the same (p, q) order as the gather, the candidates
+// whose index points at it; an element no window picked gets 0. Deterministic.
 template <typename T, typename I>
 __global__ void max_pool2d_bwd_cells(const T* __restrict__ gy, const long long* __restrict__ idx,
                                      T* __restrict__ gx, int* __restrict__ bad, I NC, int CH,
@@ -425,43 +424,25 @@ __global__ void max_pool2d_bwd_cells(const T* __restrict__ gy, const long long* 
     POOL_DIV(I, divCH, CH, mCH);
     POOL_DIV(I, divW, W, mW);
     const I total = NC * CH * CW;
-    const int lane = threadIdx.x % 32;
     int flags = 0;
-    // the block's threads loop together (a shuffle needs its whole warp): past the end a
-    // thread works on the last cell again and stores nothing
-    for (I t0 = blockIdx.x * (I)blockDim.x; t0 < total; t0 += (I)gridDim.x * blockDim.x) {
-        const I t = t0 + (I)threadIdx.x;
-        const bool live = t < total;
+    for (I t = blockIdx.x * (I)blockDim.x + threadIdx.x; t < total; t += (I)gridDim.x * blockDim.x) {
         int i, j;
-        const I nc = unravel3(live ? t : total - 1, divCH, divCW, i, j);
+        const I nc = unravel3(t, divCH, divCW, i, j);
         const long long base = (long long)nc * s.P * s.Q;
         long long id[2][2];
         T g[2][2];
-        // unconditional loads from clamped (valid) positions, masked after
-        auto load = [&](int a, int b) {
-            const int p = i - 1 + a, q = j - 1 + b;
-            const bool in = p >= 0 && p < s.P && q >= 0 && q < s.Q;
-            const long long at = base + (long long)min(max(p, 0), s.P - 1) * s.Q +
-                                 min(max(q, 0), s.Q - 1);
-            id[a][b] = in ? idx[at] : -1;
-            g[a][b] = gy[at];
-        };
-        // windows (i-1, j) and (i, j) from memory; (i-1, j-1) and (i, j-1) are the left
-        // neighbour's: cells run along j with the threads, so lane - 1 holds cell (i, j - 1)
-        // unless this cell starts a row or its warp. Each window is read by 2 cells, not 4
-        // (ncu, H100, e8f4431: L2 94% busy, DRAM 50% with the four loads per cell)
-        load(0, 1);
-        load(1, 1);
 #pragma unroll
-        for (int a = 0; a < 2; ++a) {
-            id[a][0] = __shfl_up_sync(0xffffffffu, id[a][1], 1);
-            g[a][0] = __shfl_up_sync(0xffffffffu, g[a][1], 1);
-        }
-        if (lane == 0 || j == 0) {
-            load(0, 0);
-            load(1, 0);
-        }
-        if (!live) continue;
+        for (int a = 0; a < 2; ++a)
+#pragma unroll
+            for (int b = 0; b < 2; ++b) {
+                const int p = i - 1 + a, q = j - 1 + b;
+                const bool in = p >= 0 && p < s.P && q >= 0 && q < s.Q;
+                // unconditional loads from clamped (valid) positions, masked after
+                const long long at = base + (long long)min(max(p, 0), s.P - 1) * s.Q +
+                                     min(max(q, 0), s.Q - 1);
+                id[a][b] = in ? idx[at] : -1;
+                g[a][b] = gy[at];
+            }
         // cell (i, j) owns window (i, j) (every window has its cell: a window starts inside
         // the input or its leading padding) and validates its index (bad == nullptr: no check)
         if (bad && i < s.P && j < s.Q) flags |= index_violation(id[1][1], i, j, s, divW);
