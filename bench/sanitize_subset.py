@@ -248,6 +248,13 @@ check("conv2d_backward_weight cuda depthwise",
       convgpu.conv2d_backward_weight(dxd, dgd, dwt.shape, **dkw, backend="cuda",
                                      algo="depthwise"),
       ref.conv2d_backward_weight(dx, dg, dwt.shape, (2, 2), (1, 1), (1, 1), 3))
+# the depthwise forward's unrolled 3x3 path at stride 1: two outputs per thread sharing
+# input rows, 16 x 32 tiles (partial: 37 x 35 outputs)
+ux, uw = rng.uniform(-1, 1, (1, 2, 37, 35)), rng.uniform(-1, 1, (2, 1, 3, 3))
+check("conv2d cuda depthwise 3x3/1 (two rows a thread)",
+      convgpu.conv2d(cp.asarray(ux.astype(np.float32)), cp.asarray(uw.astype(np.float32)),
+                     padding=1, groups=2, backend="cuda", algo="depthwise"),
+      ref.conv2d(ux, uw, None, (1, 1), (1, 1), (1, 1), 2))
 cp.cuda.Device().synchronize()
 print("sanitize subset:", "FAILED" if bad else "all ok")
 sys.exit(1 if bad else 0)
