@@ -1161,6 +1161,23 @@ def _norm_planes(name, L, arrays):
     return get_function("norm.cu", f"batch_norm_{name}_planes<{ctype(dtype)}, {v}>")
 
 
+def _norm_apply(name, x3, vectored, head, tail):
+    """An elementwise pass of batch norm (apply, bwd_apply) over x3's (N, C, L): the plane
+    kernel where norm_plane_grid gives a grid (vectors if every array in `vectored` allows
+    them), else the flat one; its arguments head + the shape's + tail."""
+    N, C, L = x3.shape
+    plan = norm_plane_grid(N, C, L)
+    if plan is not None:
+        slices, rows, length = plan
+        _norm_planes(name, L, vectored)(
+            (slices, rows), (NORM_THREADS,),
+            (*head, np.int64(N * C), np.int32(C), np.int64(L), np.int64(length), *tail))
+    else:
+        _norm(name, x3.dtype)(
+            _elementwise_grid(ceil_div(x3.size, NORM_FLAT_PER_THREAD)), (THREADS,),
+            (*head, np.int64(x3.size), np.int32(C), np.int64(L), *tail))
+
+
 def _or_null(a):
     return a if a is not None else np.uint64(0)
 
@@ -1181,18 +1198,7 @@ def batch_norm(a, x3, running_mean, running_var, w, b, h):
                                np.int32(a.update_running), t(h.momentum), t(h.eps),
                                t(M / max(M - 1, 1))))
     y = empty(x3.shape, x3.dtype, x3)
-    plan = norm_plane_grid(N, C, L)
-    if plan is not None:
-        slices, rows, length = plan
-        _norm_planes("apply", L, (x3, y))((slices, rows), (NORM_THREADS,),
-                                          (x3, mean, invstd, _or_null(w), _or_null(b), y,
-                                           np.int64(N * C), np.int32(C), np.int64(L),
-                                           np.int64(length)))
-    else:
-        _norm("apply", x3.dtype)(_elementwise_grid(ceil_div(x3.size, NORM_FLAT_PER_THREAD)),
-                                 (THREADS,),
-                                 (x3, mean, invstd, _or_null(w), _or_null(b), y,
-                                  np.int64(x3.size), np.int32(C), np.int64(L)))
+    _norm_apply("apply", x3, (x3, y), (x3, mean, invstd, _or_null(w), _or_null(b), y), ())
     return y, mean, invstd
 
 
@@ -1208,19 +1214,8 @@ def batch_norm_backward(a, g3, x3, mean, invstd, w):
     _norm("bwd_finish", x3.dtype)((ceil_div(C, THREADS),), (THREADS,),
                                   (part, invstd, gw, gb, np.int32(C), np.int32(S)))
     gx = empty(x3.shape, x3.dtype, x3)
-    plan = norm_plane_grid(N, C, L)
-    if plan is not None:
-        slices, rows, length = plan
-        _norm_planes("bwd_apply", L, (g3, x3, gx))(
-            (slices, rows), (NORM_THREADS,),
-            (g3, x3, mean, invstd, _or_null(w), gw, gb, gx, np.int64(N * C), np.int32(C),
-             np.int64(L), np.int64(length), np.int64(M), np.int32(a.training)))
-    else:
-        _norm("bwd_apply", x3.dtype)(_elementwise_grid(ceil_div(x3.size, NORM_FLAT_PER_THREAD)),
-                                     (THREADS,),
-                                     (g3, x3, mean, invstd, _or_null(w), gw, gb, gx,
-                                      np.int64(x3.size), np.int32(C), np.int64(L), np.int64(M),
-                                      np.int32(a.training)))
+    _norm_apply("bwd_apply", x3, (g3, x3, gx), (g3, x3, mean, invstd, _or_null(w), gw, gb, gx),
+                (np.int64(M), np.int32(a.training)))
     return gx, gw, gb
 
 
