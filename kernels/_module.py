@@ -46,7 +46,8 @@ NAME_EXPRESSIONS: Dict[str, Tuple[str, ...]] = {
     "conv_direct.cu": tuple(f"conv2d_direct<{t}>" for t in T_NAMES),
     "depthwise.cu": tuple(f"conv2d_depthwise<{t}, {ks}, {rp}>" for t in T_NAMES
                           for ks in (0, 3) for rp in (1, 2))
-    + tuple(f"conv2d_depthwise{k}<{t}>" for k in ("_dgrad", "_wgrad") for t in T_NAMES),
+    + tuple(f"conv2d_depthwise{k}<{t}>" for k in ("_dgrad", "_wgrad", "_wgrad3")
+            for t in T_NAMES),
     "winograd.cu": tuple(f"winograd_{k}<{t}, {m}>" for k in ("filter", "input", "output",
                                                                 "grad_tiles", "grad_filter")
                          for t in T_NAMES for m in (2, 4)),

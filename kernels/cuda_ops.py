@@ -1284,9 +1284,32 @@ def backward_input_depthwise(a, gy, w):
     return gx
 
 
+DW_WGRAD_BLOCKS = 2048      # blocks conv2d_depthwise_wgrad3's image splits aim for
+
+
+def depthwise_wgrad_splits(a) -> int:
+    """Image splits of conv2d_depthwise_wgrad3: about DW_WGRAD_BLOCKS blocks over the K
+    output channels, at most N and the grid's y limit. A function of the shape only, so the
+    summation order (and the result) is too."""
+    return max(1, min(a.N, ceil_div(DW_WGRAD_BLOCKS, a.K), MAX_GRID_YZ))
+
+
 def backward_weight_depthwise(a, x, gy):
     gw = empty(a.w_shape, x.dtype, x)
-    fn = get_function("depthwise.cu", f"conv2d_depthwise_wgrad<{ctype(x.dtype)}>")
-    fn((a.K * a.R * a.S,), (DW_THREADS,),
-       (contiguous(x), contiguous(gy), gw, np.int32(a.N), *_dw_ints(a)))
+    t = ctype(x.dtype)
+    if (a.R, a.S) != (3, 3):
+        fn = get_function("depthwise.cu", f"conv2d_depthwise_wgrad<{t}>")
+        fn((a.K * a.R * a.S,), (DW_THREADS,),
+           (contiguous(x), contiguous(gy), gw, np.int32(a.N), *_dw_ints(a)))
+        return gw
+    splits = depthwise_wgrad_splits(a)
+    part = gw if splits == 1 else empty((splits,) + a.w_shape, x.dtype, x)
+    (sh, sw), (ph, pw), (dh, dw) = a.stride, a.padding, a.dilation
+    get_function("depthwise.cu", f"conv2d_depthwise_wgrad3<{t}>")(
+        (a.K, splits), (DW_THREADS,),
+        (contiguous(x), contiguous(gy), part,
+         *_i32(a.N, a.C, a.H, a.W, a.K, a.P, a.Q, sh, sw, ph, pw, dh, dw, splits)))
+    if splits > 1:
+        get_function("gemm.cu", f"sum_splits<{t}>")(
+            _elementwise_grid(gw.size), (THREADS,), (part, gw, np.int64(gw.size), np.int32(splits)))
     return gw

@@ -423,6 +423,7 @@ DEPTHWISE = [CONV_SMALL[1], CONV[-2],
              (1, 2, 40, 21, 2, 3, 3, (2, 1), (1, 1), (1, 2), 2),
              (1, 2, 18, 30, 2, 3, 3, (1, 2), (1, 1), (1, 1), 2),     # only the columns
              (1, 2, 17, 20, 2, 3, 3, (1, 1), (1, 2), (1, 2), 2),     # strided or dilated
+             (3, 2, 5, 300, 4, 3, 3, (1, 1), (1, 1), (1, 1), 2),     # rows past 256 threads
              (1, 2, 20, 12, 4, 5, 5, (1, 1), (2, 2), (1, 1), 2)]
 EMULATION_HEAVY = {"fft_tf32": CONV_SMALL, "depthwise": DEPTHWISE}
 
@@ -531,6 +532,27 @@ def test_depthwise_forward_paths_agree_bitwise(rng, monkeypatch, case):
     assert_close(first, convgpu.conv2d(x, w, b, **kw), TOL[np.float32])
 
 
+@pytest.mark.parametrize("case", [(5, 2, 9, 11, 4, 3, 3, (1, 1), (1, 1), (1, 1), 2),
+                                  (3, 3, 12, 7, 3, 3, 3, (2, 1), (0, 1), (1, 2), 3)])
+def test_depthwise_wgrad3_splits(rng, monkeypatch, case):
+    """The 3x3 weight gradient's image splits, uneven (5 images in 2 splits, 3 in 2), summed
+    in order by sum_splits; the kernel taken is wgrad3."""
+    from convgpu.kernels import cuda_ops
+    monkeypatch.setattr(cuda_ops, "DW_WGRAD_BLOCKS", 6)
+    used = []
+    real = cuda_ops.get_function
+    monkeypatch.setattr(cuda_ops, "get_function",
+                        lambda f, e: (used.append(e), real(f, e))[1])
+    x, w, _, kw = _conv(rng, case, np.float32)
+    y = convgpu.conv2d(x, w, **kw)
+    gy = rand(rng, y.shape)
+    gw = both_orders(lambda: convgpu.conv2d_backward_weight(
+        x.astype(np.float32), gy.astype(np.float32), w.shape, **kw, backend="cuda",
+        algo="depthwise"))
+    assert_close(gw, convgpu.conv2d_backward_weight(x, gy, w.shape, **kw), TOL[np.float32])
+    assert "conv2d_depthwise_wgrad3<float>" in used and "sum_splits<float>" in used, used
+
+
 def test_depthwise_kernel_choice():
     from convgpu.kernels import cuda_ops
     from convgpu.ops import _args
@@ -539,6 +561,8 @@ def test_depthwise_kernel_choice():
     assert cuda_ops.depthwise_kernel(geom((16, 256, 28, 28), 3, 1, 1)) == (3, 2)   # MobileNet
     assert cuda_ops.depthwise_kernel(geom((16, 512, 14, 14), 3, 1, 1)) == (3, 1)
     assert cuda_ops.depthwise_kernel(geom((16, 64, 56, 56), 5, 1, 2)) == (0, 2)
+    assert cuda_ops.depthwise_wgrad_splits(geom((16, 256, 28, 28), 3, 1, 1)) == 8
+    assert cuda_ops.depthwise_wgrad_splits(geom((4, 32, 28, 28), 3, 1, 1)) == 4      # <= N
 
 
 def test_depthwise_declines_a_patch_past_shared_memory():
