@@ -1277,6 +1277,17 @@ def conv2d_depthwise(a, x, w, b):
 
 
 def backward_input_depthwise(a, gy, w):
+    """One filter per channel (K = C) at stride 1: gx is the depthwise convolution of gy with
+    the filters rotated 180 degrees, padding (R - 1) d - p, run on the forward kernel (its 3x3
+    unrolled path, two outputs a thread). Otherwise a gather per input element."""
+    (sh, sw), (ph, pw), (dh, dw) = a.stride, a.padding, a.dilation
+    if (a.K == a.C and (sh, sw) == (1, 1) and ph <= (a.R - 1) * dh
+            and pw <= (a.S - 1) * dw):
+        from convgpu.ops._args import conv_geometry
+        t = conv_geometry("conv2d_backward_input", (a.N, a.K, a.P, a.Q), a.w_shape, 1,
+                          ((a.R - 1) * dh - ph, (a.S - 1) * dw - pw), a.dilation, a.C, a.dtype)
+        if depthwise_supports(t) is None:
+            return conv2d_depthwise(t, contiguous(gy), contiguous(w[:, :, ::-1, ::-1]), None)
     gx = empty(a.x_shape, gy.dtype, gy)
     fn = get_function("depthwise.cu", f"conv2d_depthwise_dgrad<{ctype(gy.dtype)}>")
     fn(_elementwise_grid(gx.size), (THREADS,),

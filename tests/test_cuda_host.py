@@ -553,6 +553,32 @@ def test_depthwise_wgrad3_splits(rng, monkeypatch, case):
     assert "conv2d_depthwise_wgrad3<float>" in used and "sum_splits<float>" in used, used
 
 
+@pytest.mark.parametrize("case, forward", [
+    ((2, 3, 19, 21, 3, 3, 3, (1, 1), (1, 1), (1, 1), 3), True),     # MobileNet's: 3x3/1 p1
+    ((1, 2, 17, 20, 2, 3, 3, (1, 1), (1, 2), (1, 2), 2), True),     # dilated columns
+    ((1, 2, 9, 8, 2, 5, 3, (1, 1), (0, 1), (1, 1), 2), True),       # 5x3, the general path
+    ((1, 2, 6, 6, 2, 3, 3, (1, 1), (3, 3), (1, 1), 2), False),      # padding past R - 1
+    ((1, 2, 9, 8, 4, 3, 3, (1, 1), (1, 1), (1, 1), 2), False),      # two filters a channel
+    ((1, 2, 9, 8, 2, 3, 3, (2, 2), (1, 1), (1, 1), 2), False),      # stride 2
+])
+def test_depthwise_input_gradient_on_the_forward_kernel(rng, monkeypatch, case, forward):
+    """With one filter per channel at stride 1 the input gradient runs as the forward of the
+    rotated filters; elsewhere the gather. Both against the reference, in both orders."""
+    from convgpu.kernels import cuda_ops
+    used = []
+    real = cuda_ops.get_function
+    monkeypatch.setattr(cuda_ops, "get_function",
+                        lambda f, e: (used.append(e), real(f, e))[1])
+    x, w, _, kw = _conv(rng, case, np.float32)
+    gy = rand(rng, convgpu.conv2d(x, w, **kw).shape)
+    gx = both_orders(lambda: convgpu.conv2d_backward_input(
+        gy.astype(np.float32), w.astype(np.float32), x.shape, **kw, backend="cuda",
+        algo="depthwise"))
+    assert_close(gx, convgpu.conv2d_backward_input(gy, w, x.shape, **kw), TOL[np.float32])
+    assert any(e.startswith("conv2d_depthwise<") for e in used) == forward, used
+    assert any(e.startswith("conv2d_depthwise_dgrad<") for e in used) == (not forward), used
+
+
 def test_depthwise_kernel_choice():
     from convgpu.kernels import cuda_ops
     from convgpu.ops import _args
