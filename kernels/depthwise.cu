@@ -12,8 +12,11 @@
 //                            RP outputs in a fixed order (below)
 //   conv2d_depthwise_dgrad<T>  one thread per input element (n, c, h, w): the sum over the
 //                            c's m filters and the (r, s) whose window holds (h, w) on the
-//                            stride grid of w * gy (a gather: deterministic)
-//   conv2d_depthwise_wgrad<T>  one 256-thread block per filter tap (k, r, s): the products
+//                            stride grid of w * gy (a gather: deterministic). With m = 1 at
+//                            stride 1 the launcher runs conv2d_depthwise on the rotated
+//                            filters instead
+//   conv2d_depthwise_wgrad<T>  (filters other than 3 x 3) one 256-thread block per filter
+//                            tap (k, r, s): the products
 //                            gy[n, k, p, q] * x[n, k / m, p sh - ph + r dh, q sw - pw + s dw]
 //                            over every (n, p, q), each thread a strided share, then a
 //                            fixed shared-memory tree
