@@ -59,7 +59,10 @@ ORDERS = ("forward", "reverse", "shuffle")
 _state = {"order": 0}
 
 
+@functools.lru_cache(maxsize=None)
 def available() -> bool:
+    """A C++ compiler to build the emulation with (looked up once: dispatch asks on every
+    call, and the PATH search was two thirds of an emulated relu's host time)."""
     return shutil.which(CXX) is not None
 
 
