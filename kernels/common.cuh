@@ -311,6 +311,12 @@ __device__ __forceinline__ Divider<int> divider_for(int d) {
     return Divider<int>{d, (unsigned)mul, (unsigned)(p - 32)};
 }
 
+// The first of split s's items when N items are cut into S splits in order: splits differ
+// by at most one item (batch norm's rows, the depthwise weight gradient's images).
+__device__ __forceinline__ int split_start(int N, int S, int s) {
+    return N / S * s + min(s, N % S);
+}
+
 // dynamic shared memory of the launch (the launcher's shared_mem bytes), 16-byte aligned
 #ifdef CONVGPU_HOST
 #define CONVGPU_DYNAMIC_SHARED(name) char* name = cuda_host::dynamic_shared()

@@ -200,8 +200,7 @@ conv2d_depthwise_wgrad3(const T* __restrict__ x, const T* __restrict__ gy, T* __
     __shared__ T buf[9][THREADS];
     const int k = blockIdx.x, split = blockIdx.y, tid = threadIdx.x;
     const int c = k / (K / C);
-    const int n0 = N / splits * split + min(split, N % splits);
-    const int n1 = N / splits * (split + 1) + min(split + 1, N % splits);
+    const int n0 = split_start(N, splits, split), n1 = split_start(N, splits, split + 1);
     const int PQ = P * Q;
     // the position step THREADS as rows and columns
     const int dp = Q >= THREADS ? 0 : THREADS / Q, dq = Q >= THREADS ? THREADS : THREADS % Q;

@@ -28,11 +28,6 @@
 
 constexpr int NORM_THREADS = 256;
 
-// The first row of split s of N rows cut into S: splits differ by at most one row.
-__device__ __forceinline__ int split_start(int N, int S, int s) {
-    return N / S * s + min(s, N % S);
-}
-
 // Walks thread t's values of rows [n, ...) of channel c of an (N, C, L) array, NORM_THREADS
 // values apart: the offset (n * C + c) * L + l, kept up to date with adds and compares (a
 // 64-bit division per value would cost more than the value's load; the only division is
