@@ -10,8 +10,9 @@ later test, as both have the same soname.
 import ctypes
 import json
 import os
-import re
 import sys
+
+import ptxas_report  # tests/ptxas_report.py (this script's folder is on sys.path)
 
 
 def load(libdir):
@@ -53,18 +54,13 @@ def main():
     buf = ctypes.create_string_buffer(n.value)
     lib.nvrtcGetProgramLog(prog, buf)
     log = buf.value.decode(errors="replace")
-    report = {}
-    for block in re.split(r"Compiling entry function '", log)[1:]:
-        name = block.split("'", 1)[0]
-        m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, "
-                      r"(\d+) bytes spill loads", block)
-        r = re.search(r"Used (\d+) registers", block)
-        report[name] = [int(r.group(1)), *map(int, m.groups())]
+    report = ptxas_report.report(log)
     kernels = {}
     for e in exprs:
         low = ctypes.c_char_p()
         check(lib.nvrtcGetLoweredName(prog, e.encode(), ctypes.byref(low)), "nvrtcGetLoweredName")
-        kernels[e] = report.get(low.value.decode())
+        rep = report.get(low.value.decode())
+        kernels[e] = list(rep) if rep is not None else None
     print(json.dumps({"version": [major.value, minor.value], "kernels": kernels}))
 
 

@@ -20,6 +20,8 @@ from cupy.cuda import nvrtc  # noqa: E402  (a Cython module: importorskip can't 
 
 from convgpu.kernels import _module  # noqa: E402
 
+import ptxas_report  # noqa: E402  (tests/ptxas_report.py)
+
 
 def _compile(file, arch):
     prog = nvrtc.createProgram(_module.source(file), file, [], [])
@@ -36,15 +38,7 @@ def _compile(file, arch):
 
 
 def _report(log):
-    """{mangled kernel: (registers, stack bytes, spill stores, spill loads)} from ptxas -v."""
-    out = {}
-    for block in re.split(r"Compiling entry function '", log)[1:]:
-        name = block.split("'", 1)[0]
-        m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads",
-                      block)
-        r = re.search(r"Used (\d+) registers", block)
-        out[name] = (int(r.group(1)), int(m.group(1)), int(m.group(2)), int(m.group(3)))
-    return out
+    return ptxas_report.report(log)
 
 
 @pytest.mark.parametrize("arch", [80, 90])
