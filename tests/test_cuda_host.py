@@ -38,6 +38,16 @@ def emulated(monkeypatch):
     monkeypatch.setenv("CONVGPU_POISON", "1")
 
 
+@pytest.fixture
+def launched(monkeypatch):
+    """The name expressions cuda_ops looks up (the kernels a call launches), in order."""
+    from convgpu.kernels import cuda_ops
+    names = []
+    real = cuda_ops.get_function
+    monkeypatch.setattr(cuda_ops, "get_function", lambda f, e: names.append(e) or real(f, e))
+    return names
+
+
 # the thread/block orders every call is run in (CONVGPU_HOST_ORDERS=forward,shuffle for a
 # sweep with seeded random orders; cuda_host.ORDERS)
 ORDERS = os.environ.get("CONVGPU_HOST_ORDERS", "forward,reverse").split(",")
@@ -534,15 +544,12 @@ def test_depthwise_forward_paths_agree_bitwise(rng, monkeypatch, case):
 
 @pytest.mark.parametrize("case", [(5, 2, 9, 11, 4, 3, 3, (1, 1), (1, 1), (1, 1), 2),
                                   (3, 3, 12, 7, 3, 3, 3, (2, 1), (0, 1), (1, 2), 3)])
-def test_depthwise_wgrad3_splits(rng, monkeypatch, case):
+def test_depthwise_wgrad3_splits(rng, monkeypatch, case, launched):
     """The 3x3 weight gradient's image splits, uneven (5 images in 2 splits, 3 in 2), summed
     in order by sum_splits; the kernel taken is wgrad3."""
     from convgpu.kernels import cuda_ops
     monkeypatch.setattr(cuda_ops, "DW_WGRAD_BLOCKS", 6)
-    used = []
-    real = cuda_ops.get_function
-    monkeypatch.setattr(cuda_ops, "get_function",
-                        lambda f, e: (used.append(e), real(f, e))[1])
+    used = launched
     x, w, _, kw = _conv(rng, case, np.float32)
     y = convgpu.conv2d(x, w, **kw)
     gy = rand(rng, y.shape)
@@ -561,14 +568,10 @@ def test_depthwise_wgrad3_splits(rng, monkeypatch, case):
     ((1, 2, 9, 8, 4, 3, 3, (1, 1), (1, 1), (1, 1), 2), False),      # two filters a channel
     ((1, 2, 9, 8, 2, 3, 3, (2, 2), (1, 1), (1, 1), 2), False),      # stride 2
 ])
-def test_depthwise_input_gradient_on_the_forward_kernel(rng, monkeypatch, case, forward):
+def test_depthwise_input_gradient_on_the_forward_kernel(rng, case, forward, launched):
     """With one filter per channel at stride 1 the input gradient runs as the forward of the
     rotated filters; elsewhere the gather. Both against the reference, in both orders."""
-    from convgpu.kernels import cuda_ops
-    used = []
-    real = cuda_ops.get_function
-    monkeypatch.setattr(cuda_ops, "get_function",
-                        lambda f, e: (used.append(e), real(f, e))[1])
+    used = launched
     x, w, _, kw = _conv(rng, case, np.float32)
     gy = rand(rng, convgpu.conv2d(x, w, **kw).shape)
     gx = both_orders(lambda: convgpu.conv2d_backward_input(
@@ -1271,16 +1274,13 @@ def test_gemm_auto_picks_pipelined_for_tf32_and_it_refuses_fp32(rng, monkeypatch
     ((1, 4, 5, 6, 64, 1, 1, (1, 1), (0, 0), (1, 1), 1), (True, False)),     # 64 rows: M = 64
     ((1, 4, 6, 6, 65, 1, 1, (1, 1), (0, 0), (1, 1), 1), (True, True)),      # 65: M = 128
 ])
-def test_conv2d_pipelined_vector_paths(rng, monkeypatch, case, vectors):
+def test_conv2d_pipelined_vector_paths(rng, case, vectors, launched):
     """conv2d_implicit_gemm_pipelined's 16-byte copy paths (weights: VA; 1x1 input: VB) are
     taken exactly where pipelined_vectors allows them, and the 64-row tile exactly where the
     output has at most 64 channels per group; all agree with the reference."""
-    from convgpu.kernels import cuda_ops
     x, w, b, kw = _conv(rng, case, np.float64)
     ref = convgpu.conv2d(x, w, b, **kw)
-    names = []
-    real = cuda_ops.get_function
-    monkeypatch.setattr(cuda_ops, "get_function", lambda f, e: names.append(e) or real(f, e))
+    names = launched
     y = both_orders(lambda: convgpu.conv2d(
         *(a.astype(np.float32) for a in (x, w, b)), **kw, backend="cuda",
         algo="implicit_gemm_pipelined_tf32", allow_tf32=True))
@@ -1295,16 +1295,13 @@ def test_conv2d_pipelined_vector_paths(rng, monkeypatch, case, vectors):
     (1, 72, 5, 6, 8, 3, 3, (1, 1), (1, 1), (1, 1), 1),      # 72 input channels: 128 rows
     (2, 66, 6, 5, 6, 3, 2, (2, 1), (1, 0), (1, 1), 1),      # strided gather, 128 rows
 ], ids=lambda c: str(c[:7]))
-def test_pipelined_gradients_tile_rows(rng, monkeypatch, case):
+def test_pipelined_gradients_tile_rows(rng, case, launched):
     """The gradients' 64-row tile where a group has at most 64 channels on the output side of
     the GEMM (input channels for the input gradient, output channels for the weight
     gradient), the 128-row tile above; both agree with the reference."""
-    from convgpu.kernels import cuda_ops
     x, w, b, kw = _conv(rng, case, np.float64)
     gy = rand(rng, convgpu.conv2d(x, w, None, **kw).shape)
-    names = []
-    real = cuda_ops.get_function
-    monkeypatch.setattr(cuda_ops, "get_function", lambda f, e: names.append(e) or real(f, e))
+    names = launched
     x32, w32, gy32 = (a.astype(np.float32) for a in (x, w, gy))
     gx = both_orders(lambda: convgpu.conv2d_backward_input(
         gy32, w32, x.shape, **kw, backend="cuda", algo="implicit_gemm_pipelined_tf32",
@@ -1322,7 +1319,8 @@ def test_pipelined_gradients_tile_rows(rng, monkeypatch, case):
     assert f"conv2d_wgrad_implicit_gemm_pipelined<{64 if K // g <= 64 else 128}>" in names
 
 
-def test_pipelined_kernels_step_aside_on_devices_with_less_shared_memory(rng, monkeypatch):
+def test_pipelined_kernels_step_aside_on_devices_with_less_shared_memory(rng, monkeypatch,
+                                                                          launched):
     """sm_86 / sm_89 let a block opt in to 99 KiB of shared memory, less than the pipelined
     tile's ~107 KiB: the conv passes are declined with the reason (never a failed launch) and
     gemm(tf32=True) falls back to gemm_vec."""
@@ -1335,9 +1333,7 @@ def test_pipelined_kernels_step_aside_on_devices_with_less_shared_memory(rng, mo
                        allow_tf32=True)
     A = rand(rng, (1, 8, 12)).astype(np.float32)
     B = rand(rng, (1, 12, 8)).astype(np.float32)
-    names = []
-    real = cuda_ops.get_function
-    monkeypatch.setattr(cuda_ops, "get_function", lambda f, e: names.append(e) or real(f, e))
+    names = launched
     C = cuda_ops.gemm(A, B, tf32=True)
     assert names == ["gemm_vec<false, false, true>"]
     assert_close(C, A.astype(np.float64) @ B, 2e-3)
@@ -1513,7 +1509,7 @@ def test_batch_norm_splits(rng, monkeypatch, shape, min_per_thread):
     ((4, 3, 2, 8), np.float64, 2),      # double2
     ((2, 5, 12), np.float64, 2),        # three slices of 4
 ])
-def test_batch_norm_plane_kernels(rng, monkeypatch, shape, dtype, vector):
+def test_batch_norm_plane_kernels(rng, monkeypatch, shape, dtype, vector, launched):
     """The apply kernels over planes (a block per plane slice, the channel's constants once,
     vectors where the plane length allows), forced onto small shapes: several slices per
     plane, and 3 plane rows in the grid so blocks step over the planes."""
@@ -1521,13 +1517,7 @@ def test_batch_norm_plane_kernels(rng, monkeypatch, shape, dtype, vector):
     monkeypatch.setattr(cuda_ops, "NORM_PLANE_MIN", 1)
     monkeypatch.setattr(cuda_ops, "NORM_SLICE_MIN", 4)
     monkeypatch.setattr(cuda_ops, "MAX_GRID_YZ", 3)
-    used = []
-    real = cuda_ops.get_function
-
-    def spy(file, expr):
-        used.append(expr)
-        return real(file, expr)
-    monkeypatch.setattr(cuda_ops, "get_function", spy)
+    used = launched
     N, C = shape[:2]
     L = int(np.prod(shape[2:]))
     slices, rows, length = cuda_ops.norm_plane_grid(N, C, L)
