@@ -11,10 +11,15 @@ STAMP  := $(VENV)/.installed
 # the NVRTC of the lent GPUs' CuPy, beside the one pip picks: the compile tier builds every
 # .cu with it too (tests/test_compile_cuda.py), since the two allocate registers differently
 RUNTIME_NVRTC := nvidia-cuda-nvrtc==13.0.88
+# torch is the tests' independent oracle and the PyTorch bridge's host; this release is the
+# CPU build (a plain `torch` from PyPI is a CUDA build of several GB), installed first so
+# the `torch` extra's range is already met
+TORCH := torch==2.13.0
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
 	$(BIN)/python -m pip install -q -e ".[all]"
 	$(BIN)/python -m pip install -q --no-deps --upgrade --target $(VENV)/runtime-nvrtc "$(RUNTIME_NVRTC)"
 	touch $(STAMP)
