@@ -23,16 +23,13 @@ def test_quantiles_and_ratio():
     assert bench.ratio(3.0, 1.5) == 2.0          # twice as fast as the baseline
 
 
-def test_suite_quick_subset_and_n64_variants():
+def test_suite_quick_subset_and_filters():
     full = shapes.conv_suite()
     quick = shapes.conv_suite(quick=True)
     names = {s.name for s in full}
     assert {s.name for s in quick} <= names and len(quick) < len(full)
-    for s in full:
-        if s.N == 16:
-            assert s.name + " @N64" in names
-    assert [s.name for s in shapes.conv_suite(filters=["late"])] == [
-        "ResNet 3x3 late", "ResNet 3x3 late @N64", "ResNet 1x1 late", "ResNet 1x1 late @N64"]
+    assert [s.name for s in shapes.conv_suite(filters=["layer4 3x3"])] == [
+        "resnet50 layer4 3x3/2 C512 K512 H14", "resnet50 layer4 3x3 C512 K512 H7"]
     assert all(s.ceil_mode for s in shapes.pool_suite(filters=["ceil"]))
 
 
@@ -40,17 +37,17 @@ def test_cpu_run_writes_json_and_plot(tmp_path):
     out = tmp_path / "b.json"
     png = tmp_path / "b.png"
     pytest.importorskip("matplotlib")
-    doc = bench.run(json_path=str(out), plot_path=str(png), quick=True, shapes=["3x3 late"],
-                    ops=["conv2d"], progress=lambda *a: None)
+    doc = bench.run(json_path=str(out), plot_path=str(png), quick=True,
+                    shapes=["layer4 3x3 C512 K512 H7"], ops=["conv2d"], progress=lambda *a: None)
     saved = json.loads(out.read_text())
     assert saved["device"] == "cpu" and saved == json.loads(json.dumps(doc))
-    for key in ("commit", "python", "numpy", "time"):
+    for key in ("commit", "source_hash", "python", "numpy", "time"):
         assert key in saved["environment"]
     rows = saved["results"]
     assert {r["impl"] for r in rows} >= {"numpy:im2col", "numpy:fft"}
     for r in rows:
         assert set(r) >= {"op", "shape", "impl", "dtype", "status", "median_ms", "q20_ms",
-                          "q80_ms", "tflops", "gbps", "vs_cudnn"}
+                          "q80_ms", "batch_ms", "tflops", "gbps", "vs_cudnn", "suite", "count"}
         assert r["q20_ms"] <= r["median_ms"] <= r["q80_ms"]
     assert png.stat().st_size > 10_000
 

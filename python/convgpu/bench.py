@@ -1,28 +1,41 @@
-"""`convgpu bench`: kernel timings against cuDNN (through torch) on real layer shapes.
+"""`convgpu bench`: kernel timings against cuDNN / cuBLAS (through torch) on the layers of
+real networks, and `time_op` for one problem of one's own.
 
-Method (ARCHITECTURE, Benchmarks): each implementation is validated against the reference
-once before it is timed (a failing one is reported, never timed); timing uses CUDA events
-after warm-up, with the L2 flushed (a 256 MiB buffer rewritten) before every repetition;
-the median and the 20%/80% quantiles are reported, with TFLOP/s (2*N*K*(C/g)*R*S*P*Q for
-conv), GB/s (each input read once, each output written once) and the ratio to cuDNN
-measured in the same run (TF32 off for float32). The machine's ceilings are measured in
-the same run too: device-to-device copy bandwidth, the FP32 rate as cuBLAS SGEMM reaches
-it (TF32 off) and the TF32 rate of cuBLAS's TF32 GEMM. (The design asks for an FP32 FMA
-rate from a kernel of ours; that kernel has not been written yet: cuBLAS's SGEMM is the
-attainable FP32 matrix rate meanwhile.)
+The method (ARCHITECTURE, Benchmarks), the same for both sides:
 
-    convgpu bench [--quick] [--json PATH] [--plot PATH] [--shapes S ...] [--ops OP ...]
-                  [--impl I ...]
+- the baseline at its best: `torch.backends.cudnn.benchmark = True` with
+  `benchmark_limit = 0` (every cuDNN algorithm tried, not the first 10 heuristics), TF32 off
+  for the FP32 rows; cuDNN with TF32 allowed is the baseline of our TF32 rows; torch's
+  out-of-the-box setting (TF32 on for convolutions, no benchmark) is its own column
+  (`torch_default`). The kernels cuDNN ran are recorded (torch.profiler) in the row.
+- two timings of each call, after warm-up: `cold` (the L2 flushed by rewriting a 256 MiB
+  buffer, the device synchronised, then CUDA events around the one call, so the host's
+  dispatch is inside the span) and `batch` (K calls back to back between two events, time
+  per call: host work shows where it exceeds the GPU's). The ratios and the headline use
+  `cold`; `median_ms`, `q20_ms`, `q80_ms` are cold, `batch_ms` the batch per-call time.
+- every implementation is validated against the float64 reference before it is timed (a
+  failing one is reported, never timed).
+- a speed ratio is always the baseline's time / ours (above 1: we are faster): `vs_cudnn`
+  (cold), `vs_cudnn_batch`; per network, the count-weighted sum of each layer's time, ours
+  the best implementation per layer (what algo="auto" keeps), against cuDNN's.
+- TFLOP/s counts 2*N*K*(C/g)*R*S*P*Q for conv; GB/s each input read once, each output
+  written once; the machine's ceilings (copy bandwidth, our FP32 FMA rate, cuBLAS SGEMM and
+  TF32 GEMM) are measured in the same run.
+- each run records the commit and `source_hash` (convgpu.provenance).
 
-The suite (convgpu.shapes) holds real layer shapes with their sources. Without a GPU the
-command says so and times the numpy backend at batch 1 on the quick shapes, with torch's
-CPU convolution beside it when torch is importable.
+    convgpu bench [--quick] [--suite NAME ...] [--shape SPEC ...] [--json PATH] [--plot PATH]
+                  [--shapes S ...] [--ops OP ...] [--impl I ...]
+
+Python: `convgpu.bench.time_op("conv:N=32,C=64,H=56,K=64,R=3,pad=1")` returns the rows of
+one problem (the same records as the JSON's `results`). Without a GPU the numpy backend is
+timed with torch's CPU ops beside it (when torch is importable), and the run says so.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import platform
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -33,6 +46,17 @@ import numpy as np
 from convgpu import reference
 from convgpu import shapes as SH
 from convgpu.check import tolerance
+
+# what a run under this method records in its JSON (`method`)
+METHOD = {"cudnn_benchmark_limit": 0, "cudnn_benchmark": True, "fp32_rows_tf32": False,
+          "timing": "cold", "cold": "L2 flushed, device synchronised, events around one call",
+          "batch": "K calls back to back between two events, per call"}
+# what runs before this method recorded none: torch's default benchmark_limit (10) and the
+# flush enqueued before the events with no synchronise, so host dispatch overlapped it
+OLD_METHOD = {"cudnn_benchmark_limit": 10, "cudnn_benchmark": True, "fp32_rows_tf32": False,
+              "timing": "flush-overlapped"}
+BATCH_CALLS = 10
+
 
 def quantiles(times_ms: List[float]) -> Dict[str, float]:
     a = np.asarray(times_ms, dtype=np.float64)
@@ -48,6 +72,11 @@ def conv_bytes(N, C, H, W, K, R, S, P, Q, groups, itemsize) -> int:
     return itemsize * (N * C * H * W + K * (C // groups) * R * S + N * K * P * Q)
 
 
+def ratio(baseline_ms: float, ours_ms: float) -> float:
+    """Speed relative to the baseline measured in the same run: above 1 is faster."""
+    return baseline_ms / ours_ms
+
+
 @dataclass
 class Result:
     op: str
@@ -55,13 +84,17 @@ class Result:
     impl: str
     dtype: str
     status: str
-    median_ms: Optional[float] = None
+    median_ms: Optional[float] = None       # cold
     q20_ms: Optional[float] = None
     q80_ms: Optional[float] = None
     tflops: Optional[float] = None
     gbps: Optional[float] = None
-    vs_cudnn: Optional[float] = None
+    vs_cudnn: Optional[float] = None        # baseline cold time / ours (the baseline: extra)
     extra: dict = field(default_factory=dict)
+    batch_ms: Optional[float] = None        # per call, K calls back to back
+    vs_cudnn_batch: Optional[float] = None
+    suite: Optional[str] = None             # the network (suite) the layer belongs to
+    count: int = 1                          # how many times the network runs it
 
 
 class Progress:
@@ -115,17 +148,56 @@ def step(progress, stage, at, total, label):
 
 
 class Timer:
-    """CUDA-event timing with an L2 flush before every repetition."""
+    """CUDA-event timing, cold and batch (module docstring). `xp` is the CuPy module (a
+    stand-in in the tests); by default the real one."""
 
-    def __init__(self, warmup=2, reps=10, flush_bytes=256 * 2 ** 20):
-        import cupy
-        self.cupy = cupy
-        self.warmup, self.reps = warmup, reps
-        self.flush = cupy.empty(flush_bytes // 4, dtype=cupy.float32)
+    def __init__(self, warmup=2, reps=10, flush_bytes=256 * 2 ** 20, batch=BATCH_CALLS,
+                 xp=None):
+        if xp is None:
+            import cupy as xp
+        self.cupy = xp
+        self.warmup, self.reps, self.batch = warmup, reps, batch
+        self.flush = xp.empty(flush_bytes // 4, dtype=xp.float32)
+
+    def cold(self, fn, reps=None) -> List[float]:
+        """ms per call: L2 flushed and the device idle before each call's first event, so
+        the call's host work (dispatch, argument checks, launches) is inside the span."""
+        cp = self.cupy
+        dev = cp.cuda.Device()
+        out = []
+        for _ in range(reps or self.reps):
+            self.flush.fill(1.0)
+            dev.synchronize()
+            a, b = cp.cuda.Event(), cp.cuda.Event()
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            out.append(cp.cuda.get_elapsed_time(a, b))
+        return out
+
+    def batched(self, fn, k=None, spans=3) -> float:
+        """ms per call, median over `spans` runs of k calls back to back (L2 warm)."""
+        cp = self.cupy
+        k = k or self.batch
+        cp.cuda.Device().synchronize()
+        per = []
+        for _ in range(spans):
+            a, b = cp.cuda.Event(), cp.cuda.Event()
+            a.record()
+            for _ in range(k):
+                fn()
+            b.record()
+            b.synchronize()
+            per.append(cp.cuda.get_elapsed_time(a, b) / k)
+        return float(np.median(per))
 
     def __call__(self, fn) -> List[float]:
-        """Times fn: warm-up calls, then `reps` timed ones (fewer, at least 3, when one call
+        """The cold times of fn after warm-up (fewer repetitions, at least 3, when one call
         takes over 100 ms, so slow reference kernels don't eat the run)."""
+        return self._cold_after_warmup(fn)[0]
+
+    def _cold_after_warmup(self, fn):
         cp = self.cupy
         t0 = time.perf_counter()
         fn()
@@ -134,15 +206,14 @@ class Timer:
         for _ in range(self.warmup - 1 if first < 0.1 else 0):
             fn()
         reps = self.reps if first < 0.1 else max(3, min(self.reps, int(1.0 / first)))
-        out = []
-        for _ in range(reps):
-            self.flush.fill(1.0)
-            a, b = cp.cuda.Event(), cp.cuda.Event()
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            out.append(cp.cuda.get_elapsed_time(a, b))
+        return self.cold(fn, reps), first
+
+    def time(self, fn) -> Dict[str, float]:
+        """Both timings: {median_ms, q20_ms, q80_ms} cold and batch_ms."""
+        cold, first = self._cold_after_warmup(fn)
+        out = quantiles(cold)
+        slow = first >= 0.1
+        out["batch_ms"] = self.batched(fn, k=2 if slow else None, spans=1 if slow else 3)
         return out
 
 
@@ -181,101 +252,274 @@ def fma_rate(timer, iters=4096) -> float:
     return flops / (t * 1e-3) / 1e12
 
 
-def _torch():
+# ----------------------------------------------------------------------------------------
+# the baseline
+
+
+def baseline_unavailable() -> Optional[str]:
+    """None when cuDNN/cuBLAS through torch can be timed here, else why not (one line)."""
     try:
         import torch
-        if torch.cuda.is_available():
-            torch.backends.cudnn.allow_tf32 = False
-            torch.backends.cuda.matmul.allow_tf32 = False
-            torch.backends.cudnn.benchmark = True
-            return torch
-    except Exception:
-        pass
+    except Exception as e:
+        return f"torch is not importable ({type(e).__name__}: {e})"
+    try:
+        if not torch.cuda.is_available():
+            return (f"torch {torch.__version__} sees no CUDA device"
+                    + (" (a CPU-only build)" if torch.version.cuda is None else ""))
+    except Exception as e:
+        return f"torch cannot query CUDA ({type(e).__name__}: {e})"
     return None
+
+
+def _torch():
+    """torch with cuDNN at its best for FP32 rows (benchmark, every algorithm tried, TF32
+    off), or None where no CUDA torch is available."""
+    if baseline_unavailable() is not None:
+        return None
+    import torch
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.benchmark_limit = 0
+    return torch
+
+
+# baseline columns of the conv rows: (impl label, TF32 allowed, cudnn.benchmark)
+CUDNN_MODES = (("cudnn", False, True), ("cudnn_tf32", True, True),
+               ("torch_default", True, False))
+
+
+@contextlib.contextmanager
+def cudnn_mode(torch, tf32: bool, benchmark: bool):
+    b = torch.backends.cudnn
+    old = (b.allow_tf32, b.benchmark)
+    b.allow_tf32, b.benchmark = tf32, benchmark
+    b.benchmark_limit = 0
+    try:
+        yield
+    finally:
+        b.allow_tf32, b.benchmark = old
+
+
+def kernel_names(torch, fn) -> Optional[List[str]]:
+    """The device kernels one call of fn runs (torch.profiler), in launch order, or None."""
+    try:
+        from torch.profiler import ProfilerActivity, profile
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            fn()
+            torch.cuda.synchronize()
+        names = []
+        for e in prof.events():
+            if "cuda" in str(getattr(e, "device_type", "")).lower() and e.name not in names:
+                names.append(e.name)
+        return names
+    except Exception:                        # the names are a record, never a reason to fail
+        return None
+
+
+def _oom(e: Exception) -> bool:
+    return type(e).__name__ in ("OutOfMemoryError", "MemoryError")
 
 
 def _wanted(impl_label, impl_filter):
     return not impl_filter or any(f in impl_label for f in impl_filter)
 
 
+def shape_label(name, N, C, H, K, R, s, p, g=1) -> str:
+    return f"{name}: N{N} C{C} H{H} K{K} R{R} s{s} p{p}" + (f" g{g}" if g > 1 else "")
+
+
+def conv_label(sh) -> str:
+    return shape_label(sh.name, sh.N, sh.C, sh.H, sh.K, sh.R, sh.stride, sh.pad, sh.groups)
+
+
+def _ratios(r: Result, base: Optional[dict]):
+    if base and r.median_ms:
+        r.vs_cudnn = ratio(base["median_ms"], r.median_ms)
+        if base.get("batch_ms") and r.batch_ms:
+            r.vs_cudnn_batch = ratio(base["batch_ms"], r.batch_ms)
+
+
+# ----------------------------------------------------------------------------------------
+# stages
+
+
+def _conv_baselines(torch, timer, op, sh, call, fl, by, dtype, out):
+    """The cuDNN columns of one conv problem (CUDNN_MODES); {label: timing}."""
+    got = {}
+    for label, tf32, bench_on in CUDNN_MODES:
+        with cudnn_mode(torch, tf32, bench_on):
+            try:
+                t = timer.time(call)
+                names = kernel_names(torch, call)
+            except Exception as e:
+                if not _oom(e):
+                    raise
+                out.append(Result(op, conv_label(sh), label, np.dtype(dtype).name,
+                                  "not run: out of device memory", suite=sh.suite,
+                                  count=sh.count))
+                continue
+        got[label] = t
+        out.append(Result(op, conv_label(sh), label, np.dtype(dtype).name, "ok", **t,
+                          tflops=fl / (t["median_ms"] * 1e-3) / 1e12,
+                          gbps=by / (t["median_ms"] * 1e-3) / 1e9 if by else None,
+                          extra={"kernels": names, "tf32": tf32, "cudnn_benchmark": bench_on,
+                                 "cudnn_benchmark_limit": 0},
+                          suite=sh.suite, count=sh.count))
+    return got
+
+
+def _our_conv_row(timer, op, sh, label, algo, dtype, run, check, ref, fl, by, base):
+    """Validate (check() against ref), then time run(); one Result."""
+    tf32 = algo.endswith("tf32")
+    common = dict(suite=sh.suite, count=sh.count)
+    name = np.dtype(dtype).name
+    try:
+        got = np.asarray(_host(check())).astype(np.float64)
+        err = float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
+        tol = tolerance(algo, dtype)
+        if not err <= tol:
+            return Result(op, conv_label(sh), label, name, f"FAIL rel err {err:.2e}", **common)
+        t = timer.time(run)
+    except ValueError as e:
+        return Result(op, conv_label(sh), label, name, f"not served: {e}", **common)
+    except Exception as e:
+        if not _oom(e):
+            raise
+        return Result(op, conv_label(sh), label, name, "not run: out of device memory", **common)
+    key = "cudnn_tf32" if tf32 else "cudnn"
+    r = Result(op, conv_label(sh), label, name, "ok", **t,
+               tflops=fl / (t["median_ms"] * 1e-3) / 1e12,
+               gbps=by / (t["median_ms"] * 1e-3) / 1e9 if by else None,
+               extra={"rel_err": err, "baseline": key}, **common)
+    _ratios(r, base.get(key))
+    if base.get("torch_default"):
+        r.extra["vs_torch_default"] = ratio(base["torch_default"]["median_ms"], r.median_ms)
+    return r
+
+
+def _host(a):
+    get = getattr(a, "get", None)
+    return get() if callable(get) and not isinstance(a, np.ndarray) else np.asarray(a)
+
+
 def bench_conv(timer, suite, dtype=np.float32, progress=print, impl_filter=None) -> List[Result]:
+    """conv2d forward of every device implementation against cuDNN's three columns."""
     import cupy as cp
     import convgpu
-    from convgpu.ops._args import conv_out_size
     from convgpu.ops._registry import all_impls
     torch = _torch()
     out = []
     rng = np.random.default_rng(0)
-    for at, (name, N, C, H, K, R, s, p, g) in enumerate(suite, 1):
-        P = Q = conv_out_size(H, R, s, p, 1)
-        shape = shape_label(name, N, C, H, K, R, s, p, g)
-        step(progress, "conv2d", at, len(suite), shape)
-        fl = conv_flops(N, C, K, R, R, P, Q, g)
-        by = conv_bytes(N, C, H, H, K, R, R, P, Q, g, np.dtype(dtype).itemsize)
-        x = cp.asarray(rng.uniform(-1, 1, (N, C, H, H)).astype(dtype))
-        w = cp.asarray(rng.uniform(-1, 1, (K, C // g, R, R)).astype(dtype))
-        # validation on a slice of the batch against the float64 reference
-        nv = min(N, 2)
+    for at, sh in enumerate(suite, 1):
+        W, S, s, p, d, g = sh.width, sh.filter_width, sh.stride, sh.pad, sh.dilation, sh.groups
+        P, Q = sh.out_size()
+        step(progress, "conv2d", at, len(suite), conv_label(sh))
+        fl = conv_flops(sh.N, sh.C, sh.K, sh.R, S, P, Q, g)
+        by = conv_bytes(sh.N, sh.C, sh.H, W, sh.K, sh.R, S, P, Q, g, np.dtype(dtype).itemsize)
+        x = cp.asarray(rng.uniform(-1, 1, (sh.N, sh.C, sh.H, W)).astype(dtype))
+        w = cp.asarray(rng.uniform(-1, 1, (sh.K, sh.C // g, sh.R, S)).astype(dtype))
+        nv = min(sh.N, 2)              # validation on a slice of the batch, float64 reference
         yref = reference.conv2d(cp.asnumpy(x[:nv]).astype(np.float64),
                                 cp.asnumpy(w).astype(np.float64), None, (s, s), (p, p),
-                                (1, 1), g)
-        cudnn_ms = None
+                                (d, d), g)
+        base = {}
         if torch is not None:
             xt, wt = torch.from_dlpack(x), torch.from_dlpack(w)
-            t = quantiles(timer(lambda: torch.nn.functional.conv2d(xt, wt, None, s, p, 1, g)))
-            cudnn_ms = t["median_ms"]
-            out.append(Result("conv2d", shape, "cudnn", np.dtype(dtype).name, "ok", **t,
-                              tflops=fl / (t["median_ms"] * 1e-3) / 1e12,
-                              gbps=by / (t["median_ms"] * 1e-3) / 1e9, vs_cudnn=1.0))
-        cudnn_tf32_ms = None
-        if torch is not None:
-            torch.backends.cudnn.allow_tf32 = True
-            t = quantiles(timer(lambda: torch.nn.functional.conv2d(xt, wt, None, s, p, 1, g)))
-            torch.backends.cudnn.allow_tf32 = False
-            cudnn_tf32_ms = t["median_ms"]
-            out.append(Result("conv2d", shape, "cudnn_tf32", np.dtype(dtype).name, "ok", **t,
-                              tflops=fl / (t["median_ms"] * 1e-3) / 1e12,
-                              gbps=by / (t["median_ms"] * 1e-3) / 1e9, vs_cudnn=1.0))
+            base = _conv_baselines(torch, timer, "conv2d", sh,
+                                   lambda: torch.nn.functional.conv2d(xt, wt, None, s, p, d, g),
+                                   fl, by, dtype, out)
         for impl in all_impls("conv2d"):
             label = f"{impl.backend}:{impl.algo}"
             if impl.backend == "numpy" or not _wanted(label, impl_filter):
                 continue
             tf32 = impl.algo.endswith("tf32")
-            base_ms = cudnn_tf32_ms if tf32 else cudnn_ms
-            try:
-                run = lambda: convgpu.conv2d(x, w, None, s, p, groups=g, backend=impl.backend,
-                                             algo=impl.algo, allow_tf32=tf32)
-                y = run()
-                yv = cp.asnumpy(y[:nv]).astype(np.float64)
-                err = float(np.linalg.norm(yv - yref) / np.linalg.norm(yref))
-                tol = tolerance(impl.algo, dtype)
-                if not err <= tol:
-                    out.append(Result("conv2d", shape, label, np.dtype(dtype).name,
-                                      f"FAIL rel err {err:.2e}"))
-                    continue
-                t = quantiles(timer(run))
-            except ValueError as e:
-                out.append(Result("conv2d", shape, label, np.dtype(dtype).name, f"not served: {e}"))
-                continue
-            r = Result("conv2d", shape, label, np.dtype(dtype).name, "ok", **t,
-                       tflops=fl / (t["median_ms"] * 1e-3) / 1e12,
-                       gbps=by / (t["median_ms"] * 1e-3) / 1e9,
-                       vs_cudnn=(base_ms / t["median_ms"]) if base_ms else None,
-                       extra={"rel_err": err, "baseline": "cudnn_tf32" if tf32 else "cudnn"})
+            kw = dict(stride=s, padding=p, dilation=d, groups=g, backend=impl.backend,
+                      algo=impl.algo, allow_tf32=tf32)
+            r = _our_conv_row(timer, "conv2d", sh, label, impl.algo, dtype,
+                              lambda kw=kw: convgpu.conv2d(x, w, None, **kw),
+                              lambda kw=kw: convgpu.conv2d(x[:nv], w, None, **kw),
+                              yref, fl, by, base)
             out.append(r)
-            progress(f"  {shape:55s} {label:20s} {t['median_ms']:9.3f} ms "
-                     f"{r.tflops:7.2f} TFLOP/s  x{r.vs_cudnn or float('nan'):.3f} of cuDNN")
+            if r.median_ms:
+                progress(f"  {conv_label(sh)[:55]:55s} {label:20s} {r.median_ms:9.3f} ms "
+                         f"{r.tflops:7.2f} TFLOP/s  x{r.vs_cudnn or float('nan'):.3f} cuDNN")
         del x, w
     return out
 
 
-def bench_gemm(timer, sizes=((4096, 4096, 4096), (8192, 1024, 2048)), progress=print):
-    """The hand-written GEMMs (gemm_tiled, gemm_vec; FP32 and TF32; gemm_pipelined, TF32) against cuBLAS through
-    cupy.matmul (TF32 off) and torch.matmul (TF32 on), each validated first."""
+def bench_conv_backward(timer, suite, dtype=np.float32, progress=print,
+                        impl_filter=None) -> List[Result]:
+    """Input and weight gradients of every device implementation against cuDNN's
+    (aten.convolution_backward), each validated on the first images first."""
+    import cupy as cp
+    import convgpu
+    from convgpu.ops._registry import all_impls
+    torch = _torch()
+    out = []
+    rng = np.random.default_rng(1)
+    for at, sh in enumerate(suite, 1):
+        W, S, s, p, d, g = sh.width, sh.filter_width, sh.stride, sh.pad, sh.dilation, sh.groups
+        P, Q = sh.out_size()
+        step(progress, "conv2d backward", at, len(suite), conv_label(sh))
+        fl = conv_flops(sh.N, sh.C, sh.K, sh.R, S, P, Q, g)
+        x = cp.asarray(rng.uniform(-1, 1, (sh.N, sh.C, sh.H, W)).astype(dtype))
+        w = cp.asarray(rng.uniform(-1, 1, (sh.K, sh.C // g, sh.R, S)).astype(dtype))
+        gy = cp.asarray(rng.uniform(-1, 1, (sh.N, sh.K, P, Q)).astype(dtype))
+        base = {}
+        if torch is not None:
+            xt, wt, gt = (torch.from_dlpack(a) for a in (x, w, gy))
+            for op, mask in (("conv2d_backward_input", [True, False, False]),
+                             ("conv2d_backward_weight", [False, True, False])):
+                fn = lambda m=mask: torch.ops.aten.convolution_backward(
+                    gt, xt, wt, None, [s, s], [p, p], [d, d], False, [0, 0], g, m)
+                base[op] = _conv_baselines(torch, timer, op, sh, fn, fl, None, dtype, out)
+        # the input gradient of the first images is exact on a slice; the weight gradient
+        # sums over the batch, so it is validated on a 2-image problem
+        nv = min(sh.N, 2)
+        x2, gy2 = cp.asnumpy(x[:nv]).astype(np.float64), cp.asnumpy(gy[:nv]).astype(np.float64)
+        w64 = cp.asnumpy(w).astype(np.float64)
+        refs = {"conv2d_backward_input": reference.conv2d_backward_input(
+                    gy2, w64, x2.shape, (s, s), (p, p), (d, d), g),
+                "conv2d_backward_weight": reference.conv2d_backward_weight(
+                    x2, gy2, w64.shape, (s, s), (p, p), (d, d), g)}
+        for op in ("conv2d_backward_input", "conv2d_backward_weight"):
+            for impl in all_impls(op):
+                label = f"{impl.backend}:{impl.algo}"
+                if impl.backend == "numpy" or not _wanted(label, impl_filter):
+                    continue
+                tf32 = impl.algo.endswith("tf32")
+                kw = dict(stride=s, padding=p, dilation=d, groups=g, backend=impl.backend,
+                          algo=impl.algo, allow_tf32=tf32)
+                if op == "conv2d_backward_input":
+                    run = lambda kw=kw: convgpu.conv2d_backward_input(gy, w, x.shape, **kw)
+                    check = lambda kw=kw: convgpu.conv2d_backward_input(gy[:nv], w, x2.shape,
+                                                                        **kw)
+                else:
+                    run = lambda kw=kw: convgpu.conv2d_backward_weight(x, gy, w.shape, **kw)
+                    check = lambda kw=kw: convgpu.conv2d_backward_weight(x[:nv], gy[:nv],
+                                                                         w.shape, **kw)
+                r = _our_conv_row(timer, op, sh, label, impl.algo, dtype, run, check,
+                                  refs[op], fl, None, base.get(op, {}))
+                out.append(r)
+                if r.median_ms:
+                    progress(f"  {op[16:]:16s} {conv_label(sh)[:50]:50s} {label:18s} "
+                             f"{r.median_ms:9.3f} ms {r.tflops:6.2f} TFLOP/s "
+                             f"x{r.vs_cudnn or float('nan'):.3f} cuDNN")
+        del x, w, gy
+    return out
+
+
+def bench_gemm(timer, sizes=None, progress=print):
+    """The hand-written GEMMs (gemm_tiled, gemm_vec; FP32 and TF32; gemm_pipelined, TF32)
+    against cuBLAS through cupy.matmul (TF32 off) and torch.matmul (TF32 on), each validated
+    first."""
     import cupy as cp
     from convgpu.kernels import cuda_ops
     out = []
     torch = _torch()
+    sizes = sizes or SH.GEMM
     for at, (M, N, K) in enumerate(sizes, 1):
         shape = f"{M}x{N}x{K}"
         step(progress, "gemm", at, len(sizes), shape)
@@ -284,18 +528,18 @@ def bench_gemm(timer, sizes=((4096, 4096, 4096), (8192, 1024, 2048)), progress=p
         ref = (A[0, :64].astype(cp.float64) @ B[0].astype(cp.float64))
         fl = 2 * M * N * K
         base = {}
-        t = quantiles(timer(lambda: cp.matmul(A[0], B[0])))
-        base[False] = t["median_ms"]
+        t = timer.time(lambda: cp.matmul(A[0], B[0]))
+        base[False] = t
         out.append(Result("gemm", shape, "cublas", "float32", "ok", **t,
-                          tflops=fl / (t["median_ms"] * 1e-3) / 1e12, vs_cudnn=1.0))
+                          tflops=fl / (t["median_ms"] * 1e-3) / 1e12))
         if torch is not None:                       # TF32 on both sides
             At, Bt = torch.from_dlpack(A[0]), torch.from_dlpack(B[0])
             torch.backends.cuda.matmul.allow_tf32 = True
-            t = quantiles(timer(lambda: torch.matmul(At, Bt)))
+            t = timer.time(lambda: torch.matmul(At, Bt))
             torch.backends.cuda.matmul.allow_tf32 = False
-            base[True] = t["median_ms"]
+            base[True] = t
             out.append(Result("gemm", shape, "cublas_tf32", "float32", "ok", **t,
-                              tflops=fl / (t["median_ms"] * 1e-3) / 1e12, vs_cudnn=1.0))
+                              tflops=fl / (t["median_ms"] * 1e-3) / 1e12))
         for tf32 in (False, True):
             if tf32 not in base:
                 continue
@@ -307,96 +551,15 @@ def bench_gemm(timer, sizes=((4096, 4096, 4096), (8192, 1024, 2048)), progress=p
                 if not err <= (2e-3 if tf32 else 1e-5):
                     out.append(Result("gemm", shape, label, "float32", f"FAIL rel err {err:.2e}"))
                     continue
-                t = quantiles(timer(run))
+                t = timer.time(run)
                 r = Result("gemm", shape, label, "float32", "ok", **t,
                            tflops=fl / (t["median_ms"] * 1e-3) / 1e12,
-                           vs_cudnn=base[tf32] / t["median_ms"],
                            extra={"rel_err": err, "baseline": "cublas_tf32" if tf32 else "cublas"})
+                _ratios(r, base[tf32])
                 out.append(r)
                 progress(f"  gemm {shape:20s} {label:22s} {t['median_ms']:8.3f} ms "
-                         f"{r.tflops:6.2f} TFLOP/s = x{r.vs_cudnn:.3f} of cuBLAS"
-                         f"{' TF32' if tf32 else ''} ({base[tf32]:.3f} ms)")
-    return out
-
-
-def bench_conv_backward(timer, suite, dtype=np.float32, progress=print,
-                        impl_filter=None) -> List[Result]:
-    """Input and weight gradients of every device implementation against cuDNN's
-    (aten.convolution_backward), each validated on the first images first."""
-    import cupy as cp
-    import convgpu
-    from convgpu.ops._args import conv_out_size
-    from convgpu.ops._registry import all_impls
-    torch = _torch()
-    out = []
-    rng = np.random.default_rng(1)
-    for at, (name, N, C, H, K, R, s, p, g) in enumerate(suite, 1):
-        P = conv_out_size(H, R, s, p, 1)
-        shape = shape_label(name, N, C, H, K, R, s, p, g)
-        step(progress, "conv2d backward", at, len(suite), shape)
-        fl = conv_flops(N, C, K, R, R, P, P, g)
-        x = cp.asarray(rng.uniform(-1, 1, (N, C, H, H)).astype(dtype))
-        w = cp.asarray(rng.uniform(-1, 1, (K, C // g, R, R)).astype(dtype))
-        gy = cp.asarray(rng.uniform(-1, 1, (N, K, P, P)).astype(dtype))
-        theirs = {}
-        if torch is not None:
-            xt, wt, gt = (torch.from_dlpack(a) for a in (x, w, gy))
-            for op, mask in (("conv2d_backward_input", [True, False, False]),
-                             ("conv2d_backward_weight", [False, True, False])):
-                fn = lambda m=mask: torch.ops.aten.convolution_backward(
-                    gt, xt, wt, None, [s, s], [p, p], [1, 1], False, [0, 0], g, m)
-                for tf32 in (False, True):
-                    torch.backends.cudnn.allow_tf32 = tf32
-                    t = quantiles(timer(fn))
-                    torch.backends.cudnn.allow_tf32 = False
-                    theirs[(op, tf32)] = t["median_ms"]
-                    out.append(Result(op, shape, "cudnn_tf32" if tf32 else "cudnn",
-                                      np.dtype(dtype).name, "ok", **t,
-                                      tflops=fl / (t["median_ms"] * 1e-3) / 1e12, vs_cudnn=1.0))
-        # references on a slice: the input gradient of the first images is exact on a slice;
-        # the weight gradient sums over the batch, so validate it on a 2-image problem
-        nv = min(N, 2)
-        x2, gy2 = cp.asnumpy(x[:nv]).astype(np.float64), cp.asnumpy(gy[:nv]).astype(np.float64)
-        w64 = cp.asnumpy(w).astype(np.float64)
-        refs = {"conv2d_backward_input": reference.conv2d_backward_input(
-                    gy2, w64, x2.shape, (s, s), (p, p), (1, 1), g),
-                "conv2d_backward_weight": reference.conv2d_backward_weight(
-                    x2, gy2, w64.shape, (s, s), (p, p), (1, 1), g)}
-        for op in ("conv2d_backward_input", "conv2d_backward_weight"):
-            for impl in all_impls(op):
-                label = f"{impl.backend}:{impl.algo}"
-                if impl.backend == "numpy" or not _wanted(label, impl_filter):
-                    continue
-                tf32 = impl.algo.endswith("tf32")
-                kw = dict(stride=s, padding=p, groups=g, backend=impl.backend, algo=impl.algo,
-                          allow_tf32=tf32)
-                if op == "conv2d_backward_input":
-                    run = lambda kw=kw: convgpu.conv2d_backward_input(gy, w, x.shape, **kw)
-                    check = lambda kw=kw: convgpu.conv2d_backward_input(gy[:nv], w, x2.shape, **kw)
-                else:
-                    run = lambda kw=kw: convgpu.conv2d_backward_weight(x, gy, w.shape, **kw)
-                    check = lambda kw=kw: convgpu.conv2d_backward_weight(x[:nv], gy[:nv], w.shape, **kw)
-                try:
-                    got = cp.asnumpy(check()).astype(np.float64)
-                    err = float(np.linalg.norm(got - refs[op]) / np.linalg.norm(refs[op]))
-                    tol = tolerance(impl.algo, dtype)
-                    if not err <= tol:
-                        out.append(Result(op, shape, label, np.dtype(dtype).name,
-                                          f"FAIL rel err {err:.2e}"))
-                        continue
-                    t = quantiles(timer(run))
-                except ValueError as e:
-                    out.append(Result(op, shape, label, np.dtype(dtype).name, f"not served: {e}"))
-                    continue
-                r = Result(op, shape, label, np.dtype(dtype).name, "ok", **t,
-                           tflops=fl / (t["median_ms"] * 1e-3) / 1e12,
-                           vs_cudnn=(theirs[(op, tf32)] / t["median_ms"])
-                           if (op, tf32) in theirs else None,
-                           extra={"rel_err": err, "baseline": "cudnn_tf32" if tf32 else "cudnn"})
-                out.append(r)
-                progress(f"  {op[16:]:16s} {shape:50s} {label:18s} {t['median_ms']:9.3f} ms "
-                         f"{r.tflops:6.2f} TFLOP/s x{r.vs_cudnn or float('nan'):.3f} of cuDNN")
-        del x, w, gy
+                         f"{r.tflops:6.2f} TFLOP/s = x{r.vs_cudnn:.3f} cuBLAS"
+                         f"{' TF32' if tf32 else ''} ({base[tf32]['median_ms']:.3f} ms)")
     return out
 
 
@@ -405,10 +568,11 @@ def bench_pool(timer, suite, dtype=np.float32, progress=print, impl_filter=None)
     import convgpu
     torch = _torch()
     out = []
-    for at, (name, N, C, H, k, s, p, cm) in enumerate(suite, 1):
-        shape = f"{name}: N{N} C{C} H{H} k{k} s{s} p{p}"
+    for at, sh in enumerate(suite, 1):
+        name, N, C, H, k, s, p, cm = sh[:8]
+        shape = pool_label(sh)
         step(progress, "pooling", at, len(suite), shape)
-        x = cp.random.default_rng(0).standard_normal((N, C, H, H), dtype=cp.float32)
+        x = cp.random.default_rng(0).standard_normal((N, C, H, sh.width), dtype=cp.float32)
         y, idx = convgpu.max_pool2d(x, k, s, p, ceil_mode=cm, return_indices=True)
         nbytes = pool_bytes(x.size, y.size)
         fwd_bytes, bwd_bytes = nbytes["forward"], nbytes["backward"]
@@ -483,18 +647,25 @@ def bench_pool(timer, suite, dtype=np.float32, progress=print, impl_filter=None)
                     if not np.array_equal(cp.asnumpy(gt), g0.astype(np.float32)):
                         bad.add(("max_pool2d_backward", "cuda:tiled"))
                         bad.add(("max_pool2d_backward", "cuda:tiled unchecked"))
+        base = {}
         for (op, label, nbytes), fn in runs.items():
             if label != "torch" and not _wanted(label, impl_filter):
                 continue
             if (op, label) in bad:
                 out.append(Result(op, shape, label, "float32", "FAIL validation"))
                 continue
-            t = quantiles(timer(fn))
+            t = timer.time(fn)
             r = Result(op, shape, label, "float32", "ok", **t,
-                       gbps=nbytes / (t["median_ms"] * 1e-3) / 1e9)
+                       gbps=nbytes / (t["median_ms"] * 1e-3) / 1e9,
+                       extra={"baseline": "torch"} if label != "torch" else {})
+            if label == "torch":
+                base[op] = t
             out.append(r)
             progress(f"  {op:20s} {shape:40s} {label:14s} {t['median_ms']:8.3f} ms "
                      f"{r.gbps:8.1f} GB/s")
+        for r in out:
+            if r.shape == shape and r.op in base and r.median_ms and r.impl != "torch":
+                _ratios(r, base[r.op])
         del x, y, idx, gy
     return out
 
@@ -579,30 +750,36 @@ def bench_norm(timer, suite, progress=print, impl_filter=None) -> List[Result]:
             if impl.split(":")[0] in bad:
                 out.append(Result(op, label, impl, "float32", "FAIL validation"))
                 continue
-            t = quantiles(timer(fn))
+            t = timer.time(fn)
             r = Result(op, label, impl, "float32", "ok", **t,
-                       gbps=nb / (t["median_ms"] * 1e-3) / 1e9)
+                       gbps=nb / (t["median_ms"] * 1e-3) / 1e9,
+                       extra={"baseline": "cudnn"} if impl not in ("cudnn", "torch") else {})
             if impl == "cudnn":
-                base[op] = t["median_ms"]
+                base[op] = t
             out.append(r)
             progress(f"  {op:20s} {label:40s} {impl:14s} {t['median_ms']:8.3f} ms "
                      f"{r.gbps:8.1f} GB/s")
         for r in out:
             if r.shape == label and r.op in base and r.median_ms and r.impl != "cudnn":
-                r.vs_cudnn = ratio(base[r.op], r.median_ms)
+                _ratios(r, base[r.op])
         del x, gy
     return out
 
 
+def pool_label(sh) -> str:
+    return (f"{sh.name}: N{sh.N} C{sh.C} H{sh.H}" + (f" W{sh.W}" if sh.width != sh.H else "")
+            + f" k{sh.kernel} s{sh.stride} p{sh.pad}")
+
+
 def environment() -> dict:
-    env = {"python": platform.python_version(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                        time.gmtime())}
-    import os
+    from convgpu import provenance
+    env = {"python": platform.python_version(),
+           "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "commit": provenance.commit()}
     try:
-        env["commit"] = os.environ.get("CONVGPU_COMMIT") or subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
-                                       text=True, check=False).stdout.strip() or None
+        env["source_hash"] = provenance.source_hash()
     except OSError:
-        env["commit"] = None
+        env["source_hash"] = None
     for mod in ("numpy", "numba", "cupy", "torch"):
         try:
             env[mod] = __import__(mod).__version__
@@ -616,11 +793,12 @@ def environment() -> dict:
         env["cuda_runtime"] = cupy.cuda.runtime.runtimeGetVersion()
     except Exception:
         env["device"] = None
+    try:
+        import torch
+        env["cudnn"] = torch.backends.cudnn.version() if torch.cuda.is_available() else None
+    except Exception:
+        env["cudnn"] = None
     return env
-
-
-def shape_label(name, N, C, H, K, R, s, p, g=1) -> str:
-    return f"{name}: N{N} C{C} H{H} K{K} R{R} s{s} p{p}" + (f" g{g}" if g > 1 else "")
 
 
 def pool_bytes(x_elems, y_elems, itemsize=4, index_bytes=8) -> Dict[str, int]:
@@ -630,95 +808,134 @@ def pool_bytes(x_elems, y_elems, itemsize=4, index_bytes=8) -> Dict[str, int]:
             "backward": y_elems * (itemsize + index_bytes) + x_elems * itemsize}
 
 
-def ratio(baseline_ms: float, ours_ms: float) -> float:
-    """Speed relative to the baseline measured in the same run: above 1 is faster."""
-    return baseline_ms / ours_ms
-
-
 ALL_OPS = ("gemm", "conv2d", "conv2d_backward", "pool", "norm")
 
 
+def _resolve(quick, shapes, suites, shape_specs):
+    """(conv layers, pool shapes, norm shapes, gemm sizes) a run times."""
+    if shape_specs:
+        user = [SH.parse_shape(s) if isinstance(s, str) else s for s in shape_specs]
+        conv = [s for s in user if isinstance(s, SH.ConvShape)]
+        pools = [s for s in user if isinstance(s, SH.PoolShape)]
+        return conv, pools, [], []
+    conv = SH.conv_suite(quick, shapes, suites)
+    gemm = [] if shapes or suites else (SH.GEMM[:1] if quick else SH.GEMM)
+    if suites:                              # a suite run is conv layers only
+        return conv, [], [], []
+    return conv, SH.pool_suite(quick, shapes), SH.norm_suite(quick, shapes), gemm
+
+
 def run(json_path=None, plot_path=None, quick=True, shapes=None, ops=None, impl=None,
-        progress=None) -> dict:
+        progress=None, suites=None, shape_specs=None) -> dict:
+    """The benchmark; returns the JSON document (and writes it to json_path). suites: names
+    of convgpu.shapes suites ("resnet50", "vgg16@128", ...; default the four networks, or
+    ResNet-50 alone when quick); shape_specs: a user's problems ("conv:N=..,C=..", ...)."""
     from convgpu.cli import gpu_count
     progress = progress if progress is not None else Progress()
     ops = set(ops or ALL_OPS)
     unknown = ops - set(ALL_OPS)
     if unknown:
         raise ValueError(f"bench: unknown --ops {sorted(unknown)}; choose from {ALL_OPS}")
-    conv = SH.conv_suite(quick, shapes)
-    pools = SH.pool_suite(quick, shapes)
-    norms = SH.norm_suite(quick, shapes)
+    conv, pools, norms, gemms = _resolve(quick, shapes, suites, shape_specs)
     if gpu_count() == 0:
-        doc = run_cpu(conv, pools, ops, progress=progress, norms=norms)
+        doc = run_cpu(conv, pools, ops, progress=progress, norms=norms,
+                      batch=None if shape_specs else 1, gemm=bool(gemms))
     else:
-        timer = Timer()
-        env = environment()
-        progress(f"device {env.get('device')}  commit {env.get('commit')}")
-        ceil = ceilings(timer)
-        progress(f"ceilings: copy {ceil['copy_GBps']:.0f} GB/s, FP32 FMA (ours) "
-                 f"{ceil['fma_TFLOPs']:.1f} TFLOP/s, SGEMM (cuBLAS, TF32 off) "
-                 f"{ceil['sgemm_TFLOPs']:.1f} TFLOP/s"
-                 + (f", TF32 GEMM (cuBLAS) {ceil['tf32_TFLOPs']:.1f} TFLOP/s"
-                    if "tf32_TFLOPs" in ceil else ""))
-        results = []
-        stages = [("gemm", lambda: bench_gemm(timer, progress=progress) if not shapes else []),
-                  ("conv2d", lambda: bench_conv(timer, conv, progress=progress, impl_filter=impl)),
-                  # pooling before the backward passes, the longest stage: a run cut short
-                  # by a time limit still has the pooling numbers (JSON after every stage)
-                  ("pool", lambda: bench_pool(timer, pools, progress=progress, impl_filter=impl)),
-                  ("norm", lambda: bench_norm(timer, norms, progress=progress, impl_filter=impl)),
-                  ("conv2d_backward", lambda: bench_conv_backward(timer, conv, progress=progress,
-                                                                  impl_filter=impl))]
-        errors = []
-        for name, stage in stages:
-            if name not in ops:
-                continue
-            try:                                # a stage that raises is reported and the
-                results += stage()              # next stages still run (the JSON says so)
-            except Exception as e:
-                import traceback
-                traceback.print_exc()
-                errors.append(f"{name}: {type(e).__name__}: {e}")
-                progress(f"stage {name} FAILED: {errors[-1]}")
-            for r in results:
-                if r.tflops is not None and "tf32" in r.impl and "tf32_TFLOPs" in ceil:
-                    r.extra["frac_tf32_rate"] = r.tflops / ceil["tf32_TFLOPs"]
-                elif r.tflops is not None:
-                    r.extra["frac_fp32_rate"] = r.tflops / ceil["fma_TFLOPs"]
-                    r.extra["frac_sgemm"] = r.tflops / ceil["sgemm_TFLOPs"]
-                if r.gbps is not None:
-                    r.extra["frac_copy_bw"] = r.gbps / ceil["copy_GBps"]
-            doc = {"environment": env, "ceilings": ceil, "device": "gpu",
-                   "results": [asdict(r) for r in results], "stage_errors": errors}
-            if json_path:                       # written after every stage: a run cut short
-                with open(json_path, "w") as f:  # keeps what it measured
-                    json.dump(doc, f, indent=1)
-        doc = {"environment": env, "ceilings": ceil, "device": "gpu",
-               "results": [asdict(r) for r in results], "stage_errors": errors}
+        doc = _run_gpu(conv, pools, norms, gemms, ops, impl, json_path, progress)
     if hasattr(progress, "close"):
         progress.close()
-    progress("\n" + format_table(doc["results"]))
+    if doc["results"]:
+        progress("\n" + format_table(doc["results"]))
+        nets = format_networks(network_totals(doc["results"]))
+        if nets:
+            progress("\n" + nets)
+    else:
+        progress("bench: nothing was timed (" + "; ".join(doc.get("skipped") or
+                                                         ["no shape matched"]) + ")")
     if json_path:
         with open(json_path, "w") as f:
             json.dump(doc, f, indent=1)
         progress(f"wrote {json_path}")
     if plot_path:
-        plot(doc, plot_path)
-        progress(f"wrote {plot_path}")
+        drawn = plot(doc, plot_path)
+        progress(f"wrote {plot_path} ({', '.join(drawn)})" if drawn else
+                 f"plot: nothing measured to draw, {plot_path} not written")
     return doc
 
 
-def run_cpu(conv, pools, ops, progress=print, reps=5, norms=()) -> dict:
-    """No GPU: time the numpy backend (batch 1) and torch's CPU ops beside it."""
+def _run_gpu(conv, pools, norms, gemms, ops, impl, json_path, progress) -> dict:
+    timer = Timer()
+    env = environment()
+    why = baseline_unavailable()
+    progress(f"device {env.get('device')}  commit {env.get('commit')}  "
+             f"source {str(env.get('source_hash'))[:12]}")
+    progress("baseline: cuDNN/cuBLAS through torch (benchmark_limit 0, TF32 off for FP32)"
+             if why is None else f"baseline: none ({why}); ours are timed alone")
+    ceil = ceilings(timer)
+    progress(f"ceilings: copy {ceil['copy_GBps']:.0f} GB/s, FP32 FMA (ours) "
+             f"{ceil['fma_TFLOPs']:.1f} TFLOP/s, SGEMM (cuBLAS, TF32 off) "
+             f"{ceil['sgemm_TFLOPs']:.1f} TFLOP/s"
+             + (f", TF32 GEMM (cuBLAS) {ceil['tf32_TFLOPs']:.1f} TFLOP/s"
+                if "tf32_TFLOPs" in ceil else ""))
+    results = []
+    stages = [("gemm", lambda: bench_gemm(timer, gemms, progress=progress) if gemms else []),
+              ("conv2d", lambda: bench_conv(timer, conv, progress=progress, impl_filter=impl)),
+              # pooling before the backward passes, the longest stage: a run cut short by
+              # a time limit still has the pooling numbers (JSON after every stage)
+              ("pool", lambda: bench_pool(timer, pools, progress=progress, impl_filter=impl)),
+              ("norm", lambda: bench_norm(timer, norms, progress=progress, impl_filter=impl)),
+              ("conv2d_backward", lambda: bench_conv_backward(timer, conv, progress=progress,
+                                                              impl_filter=impl))]
+    errors = []
+    doc = {}
+    for name, stage in stages:
+        if name not in ops:
+            continue
+        try:                                # a stage that raises is reported and the
+            results += stage()              # next stages still run (the JSON says so)
+        except Exception as e:
+            import traceback
+            traceback.print_exc()
+            errors.append(f"{name}: {type(e).__name__}: {e}")
+            progress(f"stage {name} FAILED: {errors[-1]}")
+        for r in results:
+            if r.tflops is not None and "tf32" in r.impl and "tf32_TFLOPs" in ceil:
+                r.extra["frac_tf32_rate"] = r.tflops / ceil["tf32_TFLOPs"]
+            elif r.tflops is not None:
+                r.extra["frac_fp32_rate"] = r.tflops / ceil["fma_TFLOPs"]
+                r.extra["frac_sgemm"] = r.tflops / ceil["sgemm_TFLOPs"]
+            if r.gbps is not None:
+                r.extra["frac_copy_bw"] = r.gbps / ceil["copy_GBps"]
+        doc = {"environment": env, "method": METHOD, "ceilings": ceil, "device": "gpu",
+               "baseline": {"name": "cudnn" if why is None else None, "why_not": why},
+               "results": [asdict(r) for r in results], "stage_errors": errors}
+        if json_path:                       # written after every stage: a run cut short
+            with open(json_path, "w") as f:  # keeps what it measured
+                json.dump(doc, f, indent=1)
+    doc["networks"] = network_totals(doc["results"])
+    return doc
+
+
+def run_cpu(conv, pools, ops, progress=print, reps=5, norms=(), batch=1, gemm=False) -> dict:
+    """No GPU: time the numpy backend and torch's CPU ops beside it (at batch `batch`;
+    None keeps each shape's own batch)."""
     import convgpu
-    from convgpu.ops._args import conv_out_size
     progress("convgpu bench: no GPU visible, so no device kernel is timed here. Timing the "
-             "numpy backend at batch 1 on the CPU, with torch's CPU ops beside it if importable.")
+             "numpy backend on the CPU"
+             + (f" at batch {batch}" if batch else "") + ".")
+    why = None
     try:
         import torch
-    except Exception:
+    except Exception as e:
         torch = None
+        why = f"torch is not importable ({type(e).__name__}: {e})"
+    progress("baseline: torch's CPU ops" if torch is not None else
+             f"baseline: none ({why}); the numpy backend is timed alone")
+    skipped = []
+    if "gemm" in ops and gemm:
+        skipped.append("gemm: the hand-written GEMMs are device kernels and no GPU is "
+                       "visible")
+        progress("gemm: not timed: " + skipped[-1].split(": ", 1)[1])
 
     def clock(fn):
         fn()
@@ -733,44 +950,54 @@ def run_cpu(conv, pools, ops, progress=print, reps=5, norms=()) -> dict:
     results = []
     for at, sh in enumerate(conv if "conv2d" in ops else [], 1):
         step(progress, "conv2d (CPU)", at, len(conv), sh.name)
-        N = 1
-        P = conv_out_size(sh.H, sh.R, sh.stride, sh.pad, 1)
-        g = sh.groups
-        label = shape_label(sh.name, N, sh.C, sh.H, sh.K, sh.R, sh.stride, sh.pad, g)
-        fl = conv_flops(N, sh.C, sh.K, sh.R, sh.R, P, P, g)
-        x = rng.uniform(-1, 1, (N, sh.C, sh.H, sh.H)).astype(np.float32)
-        w = rng.uniform(-1, 1, (sh.K, sh.C // g, sh.R, sh.R)).astype(np.float32)
+        sh = sh._replace(N=batch or sh.N)
+        W, S, g, d = sh.width, sh.filter_width, sh.groups, sh.dilation
+        P, Q = sh.out_size()
+        label = conv_label(sh)
+        fl = conv_flops(sh.N, sh.C, sh.K, sh.R, S, P, Q, g)
+        by = conv_bytes(sh.N, sh.C, sh.H, W, sh.K, sh.R, S, P, Q, g, 4)
+        x = rng.uniform(-1, 1, (sh.N, sh.C, sh.H, W)).astype(np.float32)
+        w = rng.uniform(-1, 1, (sh.K, sh.C // g, sh.R, S)).astype(np.float32)
+        common = dict(suite=sh.suite, count=sh.count)
         base = None
         if torch is not None:
             xt, wt = torch.from_numpy(x), torch.from_numpy(w)
-            t = clock(lambda: torch.nn.functional.conv2d(xt, wt, None, sh.stride, sh.pad, 1, g))
-            base = t["median_ms"]
-            results.append(Result("conv2d", label, "torch-cpu", "float32", "ok", **t,
-                                  tflops=fl / (base * 1e-3) / 1e12, vs_cudnn=1.0,
-                                  gbps=conv_bytes(N, sh.C, sh.H, sh.H, sh.K, sh.R, sh.R, P, P, g, 4)
-                                  / (base * 1e-3) / 1e9))
-        by = conv_bytes(N, sh.C, sh.H, sh.H, sh.K, sh.R, sh.R, P, P, g, 4)
+            base = clock(lambda: torch.nn.functional.conv2d(xt, wt, None, sh.stride, sh.pad,
+                                                            d, g))
+            results.append(Result("conv2d", label, "torch-cpu", "float32", "ok", **base,
+                                  tflops=fl / (base["median_ms"] * 1e-3) / 1e12,
+                                  gbps=by / (base["median_ms"] * 1e-3) / 1e9, **common))
         for algo in ("im2col", "fft"):
-            t = clock(lambda: convgpu.conv2d(x, w, None, sh.stride, sh.pad, groups=g, algo=algo))
-            results.append(Result("conv2d", label, f"numpy:{algo}", "float32", "ok", **t,
-                                  tflops=fl / (t["median_ms"] * 1e-3) / 1e12,
-                                  gbps=by / (t["median_ms"] * 1e-3) / 1e9,
-                                  vs_cudnn=ratio(base, t["median_ms"]) if base else None,
-                                  extra={"baseline": "torch-cpu"}))
-            progress(f"  {label:55s} numpy:{algo:8s} {t['median_ms']:9.2f} ms")
+            try:
+                t = clock(lambda: convgpu.conv2d(x, w, None, sh.stride, sh.pad, d, g,
+                                                 algo=algo))
+            except ValueError as e:
+                results.append(Result("conv2d", label, f"numpy:{algo}", "float32",
+                                      f"not served: {e}", **common))
+                continue
+            r = Result("conv2d", label, f"numpy:{algo}", "float32", "ok", **t,
+                       tflops=fl / (t["median_ms"] * 1e-3) / 1e12,
+                       gbps=by / (t["median_ms"] * 1e-3) / 1e9,
+                       extra={"baseline": "torch-cpu"} if base else {}, **common)
+            _ratios(r, base)
+            results.append(r)
+            progress(f"  {label[:55]:55s} numpy:{algo:8s} {t['median_ms']:9.2f} ms")
     for sh in pools if "pool" in ops else []:
-        x = rng.standard_normal((1, sh.C, sh.H, sh.H)).astype(np.float32)
-        label = f"{sh.name}: N1 C{sh.C} H{sh.H} k{sh.kernel} s{sh.stride} p{sh.pad}"
+        sh = sh._replace(N=batch or sh.N)
+        x = rng.standard_normal((sh.N, sh.C, sh.H, sh.width)).astype(np.float32)
+        label = pool_label(sh)
         t = clock(lambda: convgpu.max_pool2d(x, sh.kernel, sh.stride, sh.pad,
                                              ceil_mode=sh.ceil_mode, return_indices=True))
-        results.append(Result("max_pool2d", label, "numpy:reference", "float32", "ok", **t))
+        r = Result("max_pool2d", label, "numpy:reference", "float32", "ok", **t)
+        results.append(r)
         if torch is not None:
             xt = torch.from_numpy(x)
             tt = clock(lambda: torch.nn.functional.max_pool2d(xt, sh.kernel, sh.stride, sh.pad,
                                                               ceil_mode=sh.ceil_mode,
                                                               return_indices=True))
             results.append(Result("max_pool2d", label, "torch-cpu", "float32", "ok", **tt))
-            results[-2].vs_cudnn = ratio(tt["median_ms"], t["median_ms"])
+            r.extra["baseline"] = "torch-cpu"
+            _ratios(r, tt)
     for name, shape in norms if "norm" in ops else []:
         shape = (2,) + tuple(shape[1:])              # batch 2: training needs two values
         x = rng.standard_normal(shape).astype(np.float32)
@@ -778,74 +1005,386 @@ def run_cpu(conv, pools, ops, progress=print, reps=5, norms=()) -> dict:
         label = f"{name}: {'x'.join(map(str, shape))}"
         rm, rv = np.zeros(C, np.float32), np.ones(C, np.float32)
         t = clock(lambda: convgpu.batch_norm(x, rm, rv, training=True))
-        results.append(Result("batch_norm", label, "numpy:reference", "float32", "ok", **t))
+        r = Result("batch_norm", label, "numpy:reference", "float32", "ok", **t)
+        results.append(r)
         if torch is not None:
             xt, rmt, rvt = torch.from_numpy(x), torch.from_numpy(rm), torch.from_numpy(rv)
             tt = clock(lambda: torch.nn.functional.batch_norm(xt, rmt, rvt, training=True))
             results.append(Result("batch_norm", label, "torch-cpu", "float32", "ok", **tt))
-            results[-2].vs_cudnn = ratio(tt["median_ms"], t["median_ms"])
-    return {"environment": environment(), "device": "cpu", "ceilings": {},
-            "results": [asdict(r) for r in results]}
+            r.extra["baseline"] = "torch-cpu"
+            _ratios(r, tt)
+    rows = [asdict(r) for r in results]
+    return {"environment": environment(), "method": {"timing": "host clock (CPU)"},
+            "device": "cpu", "ceilings": {},
+            "baseline": {"name": "torch-cpu" if torch is not None else None, "why_not": why},
+            "results": rows, "networks": network_totals(rows), "skipped": skipped}
+
+
+def time_op(spec, *, ops=None, impl=None, timer=None, progress=None) -> List[dict]:
+    """Time one problem of one's own: every implementation that serves it, the baseline
+    beside, each validated first; the rows as the JSON's `results` hold them.
+
+    spec: "conv:N=32,C=64,H=56,W=56,K=64,R=3,S=3,stride=1,pad=1[,groups=G,dilation=D]",
+    "pool:N=32,C=64,H=112,k=3,stride=2,pad=1[,ceil_mode=1]", or a convgpu.shapes
+    ConvShape / PoolShape. ops: which passes ("conv2d", "conv2d_backward", "pool"; default
+    all that apply). impl: only implementations whose label contains one of these strings.
+    On a GPU the device kernels are timed against cuDNN; without one, the numpy backend
+    against torch's CPU ops at the problem's own batch."""
+    from convgpu.cli import gpu_count
+    sh = SH.parse_shape(spec) if isinstance(spec, str) else spec
+    if not isinstance(sh, (SH.ConvShape, SH.PoolShape)):
+        raise TypeError(f"time_op: spec must be a 'conv:...'/'pool:...' string, a ConvShape "
+                        f"or a PoolShape; got {type(spec).__name__}")
+    ops = set(ops or ("conv2d", "conv2d_backward", "pool"))
+    unknown = ops - {"conv2d", "conv2d_backward", "pool"}
+    if unknown:
+        raise ValueError(f"time_op: unknown ops {sorted(unknown)}; choose from conv2d, "
+                         "conv2d_backward, pool")
+    impl = [impl] if isinstance(impl, str) else impl
+    progress = progress if progress is not None else (lambda *a: None)
+    conv = [sh] if isinstance(sh, SH.ConvShape) else []
+    pools = [sh] if isinstance(sh, SH.PoolShape) else []
+    if gpu_count() == 0 and timer is None:
+        return run_cpu(conv, pools, ops, progress=progress, batch=None)["results"]
+    timer = timer or Timer()
+    rows = []
+    if "conv2d" in ops and conv:
+        rows += bench_conv(timer, conv, progress=progress, impl_filter=impl)
+    if "conv2d_backward" in ops and conv:
+        rows += bench_conv_backward(timer, conv, progress=progress, impl_filter=impl)
+    if "pool" in ops and pools:
+        rows += bench_pool(timer, pools, progress=progress, impl_filter=impl)
+    return [asdict(r) for r in rows]
+
+
+# ----------------------------------------------------------------------------------------
+# networks: count-weighted sums
+
+
+_BASELINES = ("cudnn", "cudnn_tf32", "torch_default", "torch-cpu", "torch", "cublas",
+              "cublas_tf32")
+
+
+def _ours(r) -> bool:
+    return r["impl"] not in _BASELINES
+
+
+def best_per_layer(results, op, tf32=False) -> Dict[str, dict]:
+    """shape -> our fastest timed row of `op` (cold): FP32 implementations only, or with TF32
+    allowed any of ours (as algo="auto" would pick with allow_tf32)."""
+    best: Dict[str, dict] = {}
+    for r in results:
+        if (r["op"] == op and _ours(r) and r["status"] == "ok" and r.get("median_ms")
+                and (tf32 or not r["impl"].endswith("tf32"))):
+            if r["shape"] not in best or r["median_ms"] < best[r["shape"]]["median_ms"]:
+                best[r["shape"]] = r
+    return best
+
+
+def network_totals(results, tf32_too=True) -> Dict[str, dict]:
+    """For each suite in the results and each pass: the count-weighted sum of the layer
+    times, ours (the best per layer) and the baseline's, and the speed ratio baseline /
+    ours; None where a layer lacks either side (its names under `missing`)."""
+    suites = list(dict.fromkeys(r.get("suite") for r in results if r.get("suite")))
+    out = {}
+    for suite in suites:
+        rows = [r for r in results if r.get("suite") == suite]
+        for op in ("conv2d", "conv2d_backward_input", "conv2d_backward_weight"):
+            for tf32 in ((False, True) if tf32_too else (False,)):
+                if not any(r["op"] == op for r in rows):
+                    continue
+                on_cpu = any(r["impl"] == "torch-cpu" for r in rows)
+                if on_cpu and tf32:                 # no TF32 on the CPU
+                    continue
+                base_impl = "torch-cpu" if on_cpu else ("cudnn_tf32" if tf32 else "cudnn")
+                ours = best_per_layer(rows, op, tf32)
+                layers = list(dict.fromkeys(r["shape"] for r in rows if r["op"] == op))
+                counts = {r["shape"]: r.get("count", 1) for r in rows if r["op"] == op}
+                base = {r["shape"]: r["median_ms"] for r in rows if r["op"] == op
+                        and r["impl"] == base_impl and r["status"] == "ok" and r["median_ms"]}
+                missing = [s for s in layers if s not in ours or s not in base]
+                ours_ms = sum(counts[s] * ours[s]["median_ms"] for s in layers if s in ours)
+                base_ms = sum(counts[s] * base[s] for s in layers if s in base)
+                key = f"{suite} {op}{' tf32' if tf32 else ''}"
+                out[key] = {
+                    "suite": suite, "op": op, "tf32": tf32, "baseline": base_impl,
+                    "layers": len(layers), "convolutions": sum(counts.values()),
+                    "ours_ms": ours_ms if not missing else None,
+                    "baseline_ms": base_ms if not missing else None,
+                    "ratio": ratio(base_ms, ours_ms) if not missing and ours_ms else None,
+                    "layer_geomean": _geomean([base[s] / ours[s]["median_ms"] for s in layers
+                                               if s in ours and s in base]),
+                    "best": {s: ours[s]["impl"] for s in layers if s in ours},
+                    "missing": missing}
+    return out
+
+
+def _geomean(vals):
+    vals = [v for v in vals if v]
+    return math.exp(sum(map(math.log, vals)) / len(vals)) if vals else None
+
+
+def format_networks(nets) -> str:
+    if not nets:
+        return ""
+    lines = ["per network (count-weighted sums of each layer's cold time; ours: the best "
+             "implementation per layer; speed ratio = baseline / ours):"]
+    for key, n in nets.items():
+        tot = (f"ours {n['ours_ms']:9.3f} ms  {n['baseline']} {n['baseline_ms']:9.3f} ms  "
+               f"{n['ratio']:.3f}x" if n["ratio"] else
+               f"incomplete: {len(n['missing'])} of {n['layers']} layers lack a timing")
+        lines.append(f"  {key:45s} {n['convolutions']:3d} convs  {tot}")
+    return "\n".join(lines)
 
 
 def format_table(results) -> str:
-    head = ("op", "shape", "impl", "median ms", "q20-q80", "TFLOP/s", "GB/s", "vs base", "status")
+    head = ("op", "shape", "impl", "cold ms", "q20-q80", "batch ms", "TFLOP/s", "GB/s",
+            "speed", "status")
     rows = []
     for r in results:
         ms = r.get("median_ms")
         rows.append((r["op"], r["shape"][:44], r["impl"], f"{ms:.3f}" if ms else "-",
                      f"{r['q20_ms']:.3f}-{r['q80_ms']:.3f}" if ms else "-",
+                     f"{r['batch_ms']:.3f}" if r.get("batch_ms") else "-",
                      f"{r['tflops']:.2f}" if r.get("tflops") else "-",
                      f"{r['gbps']:.0f}" if r.get("gbps") else "-",
                      f"{r['vs_cudnn']:.3f}x" if r.get("vs_cudnn") else "-", r["status"][:40]))
     widths = [max(len(str(x[i])) for x in [head] + rows) for i in range(len(head))]
     fmt = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
-    return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
+    return "\n".join(["speed = the baseline's time / ours (above 1: faster than the baseline)",
+                      fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
 
 
-def plot(doc, path) -> None:
-    """Left: per conv shape, the speed of each implementation relative to its baseline
-    (cuDNN, or torch on the CPU). Right: roofline, achieved TFLOP/s against arithmetic
-    intensity (FLOP per byte) with the measured ceilings."""
+def plot(doc, path) -> List[str]:
+    """The panels that have data, side by side: per conv shape, the speed of each
+    implementation relative to its baseline (cuDNN, or torch on the CPU); a roofline
+    (achieved TFLOP/s against FLOP per byte) with the ceilings where they were measured.
+    Returns the names of the panels drawn; nothing is written when there are none."""
+    res = [r for r in doc["results"] if r["op"] == "conv2d" and r.get("vs_cudnn")
+           and r["status"] == "ok" and _ours(r)]
+    pts = [r for r in doc["results"] if r.get("tflops") and r.get("gbps") and r["status"] == "ok"]
+    panels = (["speed vs baseline"] if res else []) + (["roofline"] if pts else [])
+    if not panels:
+        return []
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    res = [r for r in doc["results"] if r["op"] == "conv2d" and r.get("vs_cudnn")
-           and r["status"] == "ok" and not r["impl"].startswith(("cudnn", "torch"))]
-    shapes_ = list(dict.fromkeys(r["shape"] for r in res))
-    impls = list(dict.fromkeys(r["impl"] for r in res))
-    fig, ax = plt.subplots(1, 2, figsize=(15, 5.5))
-    width = 0.8 / max(1, len(impls))
-    for j, im in enumerate(impls):
-        vals = [next((r["vs_cudnn"] for r in res if r["shape"] == s and r["impl"] == im), 0)
-                for s in shapes_]
-        ax[0].bar(np.arange(len(shapes_)) + j * width, vals, width, label=im)
-    ax[0].axhline(1.0, color="k", lw=0.8)
-    ax[0].set_xticks(np.arange(len(shapes_)) + 0.4 - width / 2)
-    ax[0].set_xticklabels([s.split(":")[0] for s in shapes_], rotation=40, ha="right", fontsize=7)
-    ax[0].set_ylabel("speed relative to baseline (1 = cuDNN on a GPU, torch on the CPU)")
-    ax[0].set_yscale("log")
-    ax[0].set_title(f"conv2d forward, float32 ({doc['environment'].get('device') or 'CPU'})")
-    if impls:
-        ax[0].legend(fontsize=7)
-    pts = [r for r in doc["results"] if r.get("tflops") and r.get("gbps") and r["status"] == "ok"]
-    for im in dict.fromkeys(r["impl"] for r in pts):
-        sel = [r for r in pts if r["impl"] == im]
-        ax[1].scatter([r["tflops"] * 1e3 / r["gbps"] for r in sel], [r["tflops"] for r in sel],
-                      s=14, label=im)
-    ceil = doc.get("ceilings") or {}
-    if ceil:
-        ai = np.logspace(-1, 3.5, 100)
-        fp32 = ceil.get("fma_TFLOPs", ceil["sgemm_TFLOPs"])      # older runs: cuBLAS SGEMM
-        ax[1].plot(ai, np.minimum(ceil["copy_GBps"] * ai / 1e3, fp32), "k--", lw=1,
-                   label="measured ceilings (copy, FP32 FMA)")
-        if "tf32_TFLOPs" in ceil:
-            ax[1].plot(ai, np.minimum(ceil["copy_GBps"] * ai / 1e3, ceil["tf32_TFLOPs"]), "k:",
-                       lw=1, label="TF32 (cuBLAS GEMM)")
-    ax[1].set(xscale="log", yscale="log", xlabel="arithmetic intensity (FLOP / byte)",
-              ylabel="achieved TFLOP/s", title="roofline")
-    if pts or ceil:
-        ax[1].legend(fontsize=6, ncol=2)
+    fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), 5.5), squeeze=False)
+    axes = list(axes[0])
+    base_name = (doc.get("baseline") or {}).get("name") or "baseline"
+    if res:
+        ax = axes.pop(0)
+        shapes_ = list(dict.fromkeys(r["shape"] for r in res))
+        impls = list(dict.fromkeys(r["impl"] for r in res))
+        width = 0.8 / max(1, len(impls))
+        for j, im in enumerate(impls):
+            xs, vals = [], []
+            for i, s in enumerate(shapes_):       # only the bars that were measured
+                v = next((r["vs_cudnn"] for r in res if r["shape"] == s and r["impl"] == im),
+                         None)
+                if v:
+                    xs.append(i + j * width)
+                    vals.append(v)
+            ax.bar(xs, vals, width, label=im)
+        ax.axhline(1.0, color="k", lw=0.8)
+        ax.set_xticks(np.arange(len(shapes_)) + 0.4 - width / 2)
+        ax.set_xticklabels([s.split(":")[0] for s in shapes_], rotation=40, ha="right",
+                           fontsize=7)
+        ax.set_ylabel(f"speed = {base_name} time / ours (TF32 rows: cuDNN TF32)")
+        ax.set_yscale("log")
+        ax.set_title(f"conv2d forward, float32 ({doc['environment'].get('device') or 'CPU'})")
+        ax.legend(fontsize=7)
+    if pts:
+        ax = axes.pop(0)
+        for im in dict.fromkeys(r["impl"] for r in pts):
+            sel = [r for r in pts if r["impl"] == im]
+            ax.scatter([r["tflops"] * 1e3 / r["gbps"] for r in sel], [r["tflops"] for r in sel],
+                       s=14, label=im)
+        ceil = doc.get("ceilings") or {}
+        if ceil.get("copy_GBps"):
+            ai = np.logspace(-1, 3.5, 100)
+            fp32 = ceil.get("fma_TFLOPs", ceil.get("sgemm_TFLOPs"))
+            if fp32:
+                ax.plot(ai, np.minimum(ceil["copy_GBps"] * ai / 1e3, fp32), "k--", lw=1,
+                        label="measured ceilings (copy, FP32 FMA)")
+            if "tf32_TFLOPs" in ceil:
+                ax.plot(ai, np.minimum(ceil["copy_GBps"] * ai / 1e3, ceil["tf32_TFLOPs"]),
+                        "k:", lw=1, label="TF32 (cuBLAS GEMM)")
+        ax.set(xscale="log", yscale="log", xlabel="arithmetic intensity (FLOP / byte)",
+               ylabel="achieved TFLOP/s",
+               title="roofline" + ("" if ceil else " (no ceilings measured: no GPU)"))
+        ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return panels
+
+
+# ----------------------------------------------------------------------------------------
+# the headline: bench/results/HEADLINE.json (bench/summarize.py writes it from a run)
+
+HEADLINE_KEYS = ("resnet50_fwd_fp32", "resnet50_bwd_input_fp32", "resnet50_bwd_weight_fp32",
+                 "resnet50_fwd_tf32", "vgg16_fwd_fp32", "mobilenetv2_fwd_fp32",
+                 "resnet50_layers_geomean_fwd_fp32", "sgemm_4096", "tf32_gemm_4096",
+                 "maxpool_fwd_copy_fraction", "maxpool_bwd_copy_fraction", "batchnorm_fwd",
+                 "batchnorm_bwd", "lenet_train_epoch")
+# what each key is: baseline time / ours. For the pooling keys the baseline is a
+# device-to-device copy of the fewest bytes the pass must move (so the ratio is our
+# fraction of the copy bandwidth measured in the same run)
+HEADLINE_MEANING = {
+    "resnet50_fwd_fp32": "ResNet-50 (batch 32) forward convolutions, summed, FP32: cuDNN / ours",
+    "resnet50_bwd_input_fp32": "ResNet-50 input gradients, summed, FP32: cuDNN / ours",
+    "resnet50_bwd_weight_fp32": "ResNet-50 weight gradients, summed, FP32: cuDNN / ours",
+    "resnet50_fwd_tf32": "ResNet-50 forward, summed, TF32 allowed on both sides",
+    "vgg16_fwd_fp32": "VGG-16 forward convolutions, summed, FP32",
+    "mobilenetv2_fwd_fp32": "MobileNetV2 forward convolutions, summed, FP32",
+    "resnet50_layers_geomean_fwd_fp32": "ResNet-50's distinct layers, geometric mean of the "
+                                        "per-layer forward ratios, FP32",
+    "sgemm_4096": "GEMM 4096^3 FP32: cuBLAS / our best",
+    "tf32_gemm_4096": "GEMM 4096^3 TF32: cuBLAS TF32 / our best",
+    "maxpool_fwd_copy_fraction": "max pooling forward: our best's fraction of the copy "
+                                 "bandwidth, geometric mean over the pooling shapes",
+    "maxpool_bwd_copy_fraction": "max pooling backward, the same",
+    "batchnorm_fwd": "batch norm training forward: cuDNN / ours, geometric mean over shapes",
+    "batchnorm_bwd": "batch norm backward: cuDNN / ours, geometric mean over shapes",
+    "lenet_train_epoch": "LeNet-5 training epoch on the digits: torch + cuDNN / ours",
+}
+
+
+def _gemm_ratio(results, tf32):
+    shape = "4096x4096x4096"
+    base = next((r["median_ms"] for r in results if r["op"] == "gemm" and r["shape"] == shape
+                 and r["impl"] == ("cublas_tf32" if tf32 else "cublas") and r["median_ms"]),
+                None)
+    ours = [r["median_ms"] for r in results if r["op"] == "gemm" and r["shape"] == shape
+            and _ours(r) and r["status"] == "ok" and r["median_ms"]
+            and r["impl"].endswith("tf32") == tf32]
+    return ratio(base, min(ours)) if base and ours else None
+
+
+def _copy_fraction(results, op, copy_gbps):
+    if not copy_gbps:
+        return None
+    best: Dict[str, float] = {}
+    for r in results:
+        if r["op"] == op and _ours(r) and r["status"] == "ok" and r.get("gbps"):
+            best[r["shape"]] = max(best.get(r["shape"], 0.0), r["gbps"] / copy_gbps)
+    return _geomean(list(best.values()))
+
+
+def _norm_ratio(results, op):
+    base = {r["shape"]: r["median_ms"] for r in results if r["op"] == op
+            and r["impl"] == "cudnn" and r["status"] == "ok" and r["median_ms"]}
+    best: Dict[str, float] = {}
+    for r in results:
+        if r["op"] == op and _ours(r) and r["status"] == "ok" and r["median_ms"] \
+                and r["shape"] in base:
+            best[r["shape"]] = min(best.get(r["shape"], math.inf), r["median_ms"])
+    return _geomean([base[s] / t for s, t in best.items()])
+
+
+def lenet_ratio(train_log: Optional[str]) -> Optional[float]:
+    """torch's median epoch / ours from bench/torch_lenet.py's output."""
+    import re
+    if not train_log:
+        return None
+    t = re.search(r"^torch .*median epoch ([0-9.]+) s", train_log, re.M)
+    o = re.search(r"^convgpu .*median epoch ([0-9.]+) s", train_log, re.M)
+    return ratio(float(t.group(1)), float(o.group(1))) if t and o and float(o.group(1)) else None
+
+
+def headline(doc, train_log: Optional[str] = None) -> dict:
+    """The headline ratios of one run (HEADLINE_KEYS; None where the run has no such
+    measurement), with the run's provenance and method."""
+    env = doc.get("environment", {})
+    res = doc["results"]
+    nets = network_totals(res)
+
+    def net(suite, op, tf32=False):
+        n = nets.get(f"{suite} {op}{' tf32' if tf32 else ''}")
+        return n["ratio"] if n else None
+
+    rn = nets.get("resnet50 conv2d")
+    copy = (doc.get("ceilings") or {}).get("copy_GBps")
+    ratios = {
+        "resnet50_fwd_fp32": net("resnet50", "conv2d"),
+        "resnet50_bwd_input_fp32": net("resnet50", "conv2d_backward_input"),
+        "resnet50_bwd_weight_fp32": net("resnet50", "conv2d_backward_weight"),
+        "resnet50_fwd_tf32": net("resnet50", "conv2d", True),
+        "vgg16_fwd_fp32": net("vgg16", "conv2d"),
+        "mobilenetv2_fwd_fp32": net("mobilenetv2", "conv2d"),
+        "resnet50_layers_geomean_fwd_fp32": rn["layer_geomean"] if rn and not rn["missing"]
+        else None,
+        "sgemm_4096": _gemm_ratio(res, False),
+        "tf32_gemm_4096": _gemm_ratio(res, True),
+        "maxpool_fwd_copy_fraction": _copy_fraction(res, "max_pool2d", copy),
+        "maxpool_bwd_copy_fraction": _copy_fraction(res, "max_pool2d_backward", copy),
+        "batchnorm_fwd": _norm_ratio(res, "batch_norm"),
+        "batchnorm_bwd": _norm_ratio(res, "batch_norm_backward"),
+        "lenet_train_epoch": lenet_ratio(train_log),
+    }
+    return {"commit": env.get("commit"), "source_hash": env.get("source_hash"),
+            "device": env.get("device"), "date": env.get("time"),
+            "method": {k: (doc.get("method") or OLD_METHOD)[k]
+                       for k in ("cudnn_benchmark_limit", "timing")},
+            "ratios": {k: (round(v, 4) if v is not None else None) for k, v in ratios.items()},
+            "meaning": "speed ratio = baseline time / ours (above 1: ours is faster); "
+                       "null: the run has no such measurement"}
+
+
+# ----------------------------------------------------------------------------------------
+# `convgpu tune`: algo="auto" over a suite's layers, so the choices are made (and cached)
+# before training rather than during its first steps
+
+TUNE_PASSES = ("conv2d", "conv2d_backward_input", "conv2d_backward_weight")
+
+
+def tune(layers, passes=TUNE_PASSES, dtype=np.float32, allow_tf32=False, progress=print,
+         xp=None, ops=None) -> List[dict]:
+    """Call each pass of each layer once with algo="auto" on device arrays, so dispatch
+    times the implementations that serve it and keeps the fastest (ops/_registry.py's tuning
+    cache). Returns one record per (layer, pass): the choice where dispatch recorded one.
+    xp, ops: the array module and the op namespace (CuPy and convgpu by default)."""
+    if xp is None:
+        import cupy as xp
+    if ops is None:
+        import convgpu as ops
+    unknown = set(passes) - set(TUNE_PASSES)
+    if unknown:
+        raise ValueError(f"tune: unknown passes {sorted(unknown)}; choose from {TUNE_PASSES}")
+    try:
+        from convgpu.ops._registry import autotune_cache
+    except ImportError:                     # pragma: no cover
+        autotune_cache = dict
+    rng = np.random.default_rng(0)
+    out = []
+    for at, sh in enumerate(layers, 1):
+        step(progress, "tune", at, len(layers), sh.name)
+        W, S, P_Q = sh.width, sh.filter_width, sh.out_size()
+        x = xp.asarray(rng.uniform(-1, 1, (sh.N, sh.C, sh.H, W)).astype(dtype))
+        w = xp.asarray(rng.uniform(-1, 1, (sh.K, sh.C // sh.groups, sh.R, S)).astype(dtype))
+        gy = xp.asarray(rng.uniform(-1, 1, (sh.N, sh.K) + tuple(P_Q)).astype(dtype))
+        kw = dict(stride=sh.stride, padding=sh.pad, dilation=sh.dilation, groups=sh.groups,
+                  algo="auto", allow_tf32=allow_tf32)
+        calls = {"conv2d": lambda: ops.conv2d(x, w, None, **kw),
+                 "conv2d_backward_input": lambda: ops.conv2d_backward_input(gy, w, x.shape,
+                                                                            **kw),
+                 "conv2d_backward_weight": lambda: ops.conv2d_backward_weight(x, gy, w.shape,
+                                                                              **kw)}
+        for p in passes:
+            before = dict(autotune_cache())
+            try:
+                calls[p]()
+                status = "ok"
+            except Exception as e:          # one layer that cannot run does not stop the rest
+                if not (_oom(e) or isinstance(e, ValueError)):
+                    raise
+                status = f"not tuned: {type(e).__name__}: {e}"
+            new = {k: v for k, v in autotune_cache().items() if k not in before and k[0] == p}
+            choice = next(iter(new.values()), None)
+            out.append({"layer": sh.name, "suite": sh.suite, "op": p, "choice": choice,
+                        "status": status})
+            progress(f"  {sh.name[:50]:50s} {p:24s} "
+                     f"{choice or ('(cached or one candidate)' if status == 'ok' else status)}")
+        del x, w, gy
+    return out

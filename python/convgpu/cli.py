@@ -2,7 +2,8 @@
 
     convgpu info                 devices, versions, backends, registered implementations
     convgpu check [--size S]     every implementation that can run here against the reference
-    convgpu bench [--json PATH]  device kernels against cuDNN on real layer shapes (GPU only)
+    convgpu bench [--json PATH]  device kernels against cuDNN on the layers of real networks
+    convgpu tune --suite NAME    algo="auto" over a suite's layers, to fill the tuning cache
     convgpu train [options]      LeNet-5 on the digits (numpy backend on a CPU, --backend cuda on a GPU)
 
 Without a GPU, `check` runs the Numba kernels in the CUDA simulator (it sets
@@ -103,11 +104,48 @@ def cmd_bench(args) -> int:
     _prepare_backends()
     from convgpu.bench import run
     doc = run(json_path=args.json, plot_path=args.plot, quick=args.quick, shapes=args.shapes,
-              ops=args.ops, impl=args.impl)
+              ops=args.ops, impl=args.impl, suites=args.suite, shape_specs=args.shape)
     failed = [r for r in doc["results"] if r["status"].startswith("FAIL")]
     for r in failed:
         print(f"FAILED validation: {r['op']} {r['impl']} {r['shape']}: {r['status']}")
-    return 1 if failed else 0
+    return 1 if failed or not doc["results"] else 0
+
+
+def cmd_tune(args) -> int:
+    """algo="auto" over every layer of the suites, forward and both gradients, on the GPU."""
+    n = _prepare_backends()
+    if n == 0:
+        print("convgpu tune: no GPU visible; the tuning cache holds device timings (without a "
+              "GPU, algo=\"auto\" takes the first implementation that serves a call, untimed)",
+              file=sys.stderr)
+        return 1
+    from convgpu.bench import Progress, tune
+    from convgpu.shapes import parse_suite
+    layers = [sh for spec in args.suite for sh in parse_suite(spec)]
+    rows = tune(layers, allow_tf32=args.allow_tf32, progress=Progress())
+    bad = [r for r in rows if r["status"] != "ok"]
+    print(f"tuned {len(rows) - len(bad)} of {len(rows)} layer passes"
+          + (f"; {len(bad)} not tuned (listed above)" if bad else ""))
+    return 1 if bad else 0
+
+
+def _suite_arg(text: str) -> str:
+    """argparse type for --suite: a known suite, optionally NAME@BATCH."""
+    from convgpu.shapes import parse_suite
+    try:
+        parse_suite(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def _shape_arg(text: str):
+    """argparse type for --shape: conv:KEY=V,... or pool:KEY=V,..."""
+    from convgpu.shapes import parse_shape
+    try:
+        return parse_shape(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--shape ")) from None
 
 
 def cmd_train(args) -> int:
@@ -131,14 +169,30 @@ def main(argv=None) -> int:
     from convgpu.train import add_arguments
     add_arguments(tr)
     bn = sub.add_parser("bench", help="time the kernels against cuDNN/cuBLAS on real layer shapes")
-    bn.add_argument("--quick", action="store_true", help="the subset that runs in ~2 minutes")
+    bn.add_argument("--quick", action="store_true", help="ResNet-50's layers, one GEMM, three "
+                    "pools, two batch norms")
+    bn.add_argument("--suite", nargs="+", type=_suite_arg, metavar="NAME",
+                    help="conv layers of these suites only: resnet50, vgg16, mobilenetv2, "
+                    "alexnet, classic; NAME@BATCH for another batch (default batch 32)")
+    bn.add_argument("--shape", nargs="+", type=_shape_arg, metavar="SPEC",
+                    help="one's own problem(s) instead of the suites, e.g. "
+                    "conv:N=32,C=64,H=56,W=56,K=64,R=3,S=3,stride=1,pad=1 or "
+                    "pool:N=32,C=64,H=112,k=3,stride=2,pad=1")
     bn.add_argument("--json", help="write the results to this JSON file")
     bn.add_argument("--plot", help="write a PNG: speed vs cuDNN per shape, and a roofline")
     bn.add_argument("--shapes", nargs="*", help="only shapes whose name contains one of these")
     bn.add_argument("--ops", nargs="*", help="gemm, conv2d, conv2d_backward, pool, norm")
     bn.add_argument("--impl", nargs="*", help="only implementations whose label contains these")
+    tu = sub.add_parser("tune", help='run algo="auto" over a suite\'s layers to fill the '
+                        "tuning cache before training (GPU only)")
+    tu.add_argument("--suite", nargs="+", required=True, type=_suite_arg, metavar="NAME",
+                    help="resnet50, vgg16, mobilenetv2, alexnet, classic (NAME@BATCH for "
+                    "another batch; default 32)")
+    tu.add_argument("--allow-tf32", action="store_true",
+                    help="tune with TF32 allowed (as a model run with allow_tf32 calls)")
     args = ap.parse_args(argv)
-    return {"info": cmd_info, "check": cmd_check, "bench": cmd_bench, "train": cmd_train}[args.cmd](args)
+    return {"info": cmd_info, "check": cmd_check, "bench": cmd_bench, "train": cmd_train,
+            "tune": cmd_tune}[args.cmd](args)
 
 
 if __name__ == "__main__":
