@@ -1323,13 +1323,19 @@ def headline(doc, train_log: Optional[str] = None) -> dict:
         "batchnorm_bwd": _norm_ratio(res, "batch_norm_backward"),
         "lenet_train_epoch": lenet_ratio(train_log),
     }
-    return {"commit": env.get("commit"), "source_hash": env.get("source_hash"),
-            "device": env.get("device"), "date": env.get("time"),
-            "method": {k: (doc.get("method") or OLD_METHOD)[k]
-                       for k in ("cudnn_benchmark_limit", "timing")},
-            "ratios": {k: (round(v, 4) if v is not None else None) for k, v in ratios.items()},
-            "meaning": "speed ratio = baseline time / ours (above 1: ours is faster); "
-                       "null: the run has no such measurement"}
+    method = doc.get("method") or OLD_METHOD
+    out = {"commit": env.get("commit"), "source_hash": env.get("source_hash"),
+           "device": env.get("device"), "date": env.get("time"),
+           "method": {k: method[k] for k in ("cudnn_benchmark_limit", "timing")},
+           "ratios": {k: (round(v, 4) if v is not None else None) for k, v in ratios.items()},
+           "meaning": "speed ratio = baseline time / ours (above 1: ours is faster); "
+                      "null: the run has no such measurement"}
+    if method["timing"] != METHOD["timing"]:
+        out["note"] = ("measured before the current method: cuDNN tried only its first "
+                       f"{method['cudnn_benchmark_limit']} algorithms and the L2 flush was "
+                       "queued before the events without a synchronise, so host dispatch "
+                       "overlapped it; not comparable with runs under the current method")
+    return out
 
 
 # ----------------------------------------------------------------------------------------
