@@ -1,99 +1,125 @@
 #!/usr/bin/env bash
-# The project's one device script (shared GPU.md): install, gpu tests, sanitizer subset,
-# benchmark, Nsight Compute on the target kernels; logs and JSON under $OUT; a short summary
-# last. About 7 minutes on an H100; the steps share one deadline (BUDGET, 540 s by default).
+# The project's one device script (shared GPU.md): stages in priority order, each with its
+# own time budget, the whole under BUDGET seconds (480 = 8 minutes on an H100, install and
+# compiles included). A stage gets its budget or what is left before the deadline (less the
+# summary's reserve), whichever is less; one that would get under 10 s is cut, one that
+# reaches its limit is stopped; the summary lists both. Logs and JSON under $OUT.
+#
+#   bench/gpu_check.sh                      the run
+#   GPU_CHECK_DRY_RUN=1 bench/gpu_check.sh  print the stage plan (name, budget, command) only
+#
+# On a machine without .git, set CONVGPU_COMMIT to the commit being measured; the source
+# hash of kernels/ and ops/ is computed from the files either way.
 set -uo pipefail
-OUT=${OUT:-$(mktemp -d)}
 cd "$(dirname "$0")/.."
+DRY=${GPU_CHECK_DRY_RUN:-}
+OUT=${OUT:-$( [[ -n $DRY ]] && echo /tmp/gpu_check_plan || mktemp -d )}
+BUDGET=${BUDGET:-480}
+RESERVE=15                        # kept for the summary at the end
 export PYTHONUNBUFFERED=1 CUPY_CACHE_DIR=/tmp/cupy_cache NUMBA_CACHE_DIR=/tmp/numba_cache
 T0=$(date +%s)
+DEADLINE=$(( T0 + BUDGET ))
 say() { echo "[$(( $(date +%s) - T0 ))s] $*"; }
-# One deadline for the whole script (BUDGET seconds, default 540, inside a 600 s device call):
-# a step gets its own limit or what is left after the reserve kept for the steps after it,
-# whichever is less (at least 10 s), so a slow step cannot crowd the benchmark out.
-BUDGET=${BUDGET:-540}
-lim() {  # lim WANT RESERVE (reserves are for BUDGET=540 and scale with it)
-  local left=$(( T0 + BUDGET - $2 * BUDGET / 540 - $(date +%s) ))
-  (( left < 10 )) && left=10
-  echo $(( $1 < left ? $1 : left ))
+CUT=()
+STAGES=()
+
+# stage NAME BUDGET LOG COMMAND...: run COMMAND (output to $OUT/LOG) within its limit
+stage() {
+  local name=$1 want=$2 log=$3; shift 3
+  if [[ -n $DRY ]]; then
+    printf 'stage %-15s budget %4ss  log %-22s %s\n' "$name" "$want" "$log" "$*"
+    return 0
+  fi
+  local left=$(( DEADLINE - RESERVE - $(date +%s) ))
+  if (( left < 10 )); then
+    CUT+=("$name (not started: ${left}s left of the budget)")
+    STAGES+=("$(printf '%-15s %5s %5s  %s' "$name" "-" "-" "cut: no time left")")
+    say "stage $name: cut, ${left}s left"
+    return 0
+  fi
+  if ! command -v "$1" >/dev/null; then
+    STAGES+=("$(printf '%-15s %5s %5s  %s' "$name" "-" "-" "skipped: $1 not on this machine")")
+    say "stage $name: skipped, $1 not on this machine"
+    return 0
+  fi
+  local lim=$(( want < left ? want : left )) t=$(date +%s)
+  say "stage $name (limit ${lim}s of its ${want}s)"
+  timeout -k 10 "$lim" "$@" >>"$OUT/$log" 2>&1
+  local rc=$? used=$(( $(date +%s) - t )) what
+  if (( rc == 124 || rc == 137 )); then
+    CUT+=("$name (stopped at its ${lim}s limit)"); what="stopped at its limit"
+  elif (( rc == 0 )); then what="ok"
+  else what="rc=$rc"
+  fi
+  STAGES+=("$(printf '%-15s %5s %5s  %s' "$name" "$lim" "$used" "$what")")
+  tail -n "${TAIL:-25}" "$OUT/$log" | grep -v Warning
+  say "stage $name: $what in ${used}s"
 }
 
-# 1. install (offline) and describe the machine
-if ! python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >/tmp/install.log 2>&1; then
-  # fallback: assemble the package from its three folders (see pyproject package-dir)
-  mkdir -p /tmp/cgpkg/convgpu
-  for f in python/convgpu/*; do ln -sf "$PWD/$f" /tmp/cgpkg/convgpu/; done
-  ln -sfn "$PWD/kernels" /tmp/cgpkg/convgpu/kernels
-  ln -sfn "$PWD/ops" /tmp/cgpkg/convgpu/ops
-  export PYTHONPATH=/tmp/cgpkg
-  say "pip install failed; using PYTHONPATH=/tmp/cgpkg"; tail -5 /tmp/install.log
+# 0. install (offline) and describe the machine and the source
+if [[ -z $DRY ]]; then
+  if ! python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >/tmp/install.log 2>&1; then
+    # fallback: assemble the package from its three folders (see pyproject package-dir)
+    mkdir -p /tmp/cgpkg/convgpu
+    for f in python/convgpu/*; do ln -sf "$PWD/$f" /tmp/cgpkg/convgpu/; done
+    ln -sfn "$PWD/kernels" /tmp/cgpkg/convgpu/kernels
+    ln -sfn "$PWD/ops" /tmp/cgpkg/convgpu/ops
+    export PYTHONPATH=/tmp/cgpkg
+    say "pip install failed; using PYTHONPATH=/tmp/cgpkg"; tail -5 /tmp/install.log
+  fi
+  say "installed"
 fi
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/device.txt"
-python3 -m convgpu info 2>&1 | tee -a "$OUT/device.txt"
-# the NVRTC that builds the kernels here (the compile tier pins the same: Makefile RUNTIME_NVRTC)
-python3 -c "from cupy.cuda import nvrtc; print('NVRTC', nvrtc.getVersion())" 2>&1 | tee -a "$OUT/device.txt"
-python3 -m pip show nvidia-cuda-nvrtc 2>/dev/null | grep -i '^version' | tee -a "$OUT/device.txt"
-say "installed"
+stage describe 30 device.txt bash bench/describe_device.sh
 
-# 2. gpu tier: every failure listed
-timeout $(lim 150 330) python3 -m pytest tests -m gpu -q -p no:cacheprovider -rfE \
-  2>&1 | tee "$OUT/gpu_tests.log" | tail -40
-GPU_RC=${PIPESTATUS[0]}
-say "gpu tests rc=$GPU_RC"
+# 1. the gpu tier: every registered GPU implementation against the reference (144 s at
+# e8f4431; the budget leaves room)
+stage gpu_tests 180 gpu_tests.log python3 -m pytest tests -m gpu -q -p no:cacheprovider -rfE
 
-# 3. compute-sanitizer on a small subset (memcheck, then racecheck for the shared-memory kernels)
-SAN="not run"
-if command -v compute-sanitizer >/dev/null; then
-  timeout $(lim 50 290) compute-sanitizer --tool memcheck --report-api-errors no --error-exitcode 9 python3 bench/sanitize_subset.py \
-    >/tmp/memcheck.log 2>&1; MC=$?
-  timeout $(lim 50 280) compute-sanitizer --tool racecheck --error-exitcode 9 python3 bench/sanitize_subset.py \
-    >/tmp/racecheck.log 2>&1; RC=$?
-  cat /tmp/memcheck.log /tmp/racecheck.log > "$OUT/sanitizer.log"
-  SAN="memcheck rc=$MC ($(grep -c 'Invalid\|Error' /tmp/memcheck.log) error lines), racecheck rc=$RC ($(grep -ci 'hazard' /tmp/racecheck.log) hazard lines)"
-  tail -3 /tmp/memcheck.log; tail -3 /tmp/racecheck.log
+# 2. the sanitizer subset: memcheck, then racecheck for the shared-memory kernels
+stage memcheck 35 sanitizer.log compute-sanitizer --tool memcheck --report-api-errors no \
+  --error-exitcode 9 python3 bench/sanitize_subset.py
+stage racecheck 35 sanitizer.log compute-sanitizer --tool racecheck --error-exitcode 9 \
+  python3 bench/sanitize_subset.py
+
+# 3. the headline network: ResNet-50's layers, forward and both gradients, cuDNN beside
+stage resnet50 110 bench.log python3 -m convgpu bench --suite resnet50 \
+  --ops conv2d conv2d_backward --impl cuda: --json "$OUT/bench_resnet50.json"
+
+# 4. GEMM, pooling and batch norm (the quick sizes), then the LeNet epoch against torch
+stage gemm_pool_norm 45 bench.log python3 -m convgpu bench --quick --ops gemm pool norm \
+  --json "$OUT/bench_gemm_pool_norm.json"
+stage train 30 train.log python3 bench/torch_lenet.py --backend cuda --epochs 8
+
+# 5. the rest, as time allows: the other networks' forward, then the diagnostics
+stage networks 90 bench.log python3 -m convgpu bench --suite vgg16 mobilenetv2 alexnet \
+  --ops conv2d --impl cuda: --json "$OUT/bench_networks.json"
+stage stage_times 40 bench.log python3 bench/stage_times.py
+stage tf32_rounding 60 bench.log python3 bench/tf32_rounding.py --rounds 5
+stage ncu 75 ncu.txt ncu --clock-control none --target-processes all \
+  -k "regex:${NCU_KERNELS:-gemm_pipelined|gemm_vec|implicit_gemm|max_pool2d_fwd|max_pool2d_bwd|conv2d_depthwise|batch_norm}" \
+  --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
+  --section Occupancy --section WarpStateStats --section LaunchStats \
+  python3 bench/profile_targets.py
+
+# 6. summary: the stages, what was cut, the headline of this run
+if [[ -n $DRY ]]; then
+  echo "budget ${BUDGET}s, ${RESERVE}s of it kept for the summary; stages run in this order"
+  exit 0
 fi
-say "sanitizer: $SAN"
-
-# 4. benchmark (quick suite) with cuDNN beside
-# (the Numba direct/GEMM kernels were timed in earlier runs; here the CUDA C ones and Numba FFT)
-timeout $(lim 220 195) python3 -m convgpu bench --quick --json "$OUT/bench.json" --plot "$OUT/bench.png" \
-  --impl cuda numba:fft \
-  2>&1 | tee "$OUT/bench.log" | grep -v Warning
-say "bench done"
-
-# 4b. where the time goes inside the FFT and Winograd algorithms (each kernel, GEMM and
-# cuFFT call timed with events; the rest is CuPy's array work) and in a LeNet training step
-# (by phase, with its launch counts): appended to bench.log
-timeout $(lim 40 155) python3 bench/stage_times.py 2>&1 | tee -a "$OUT/bench.log" | tail -90
-say "stage times done"
-
-# 4b'. the TF32 operand rounding three ways (cvt.rna, the same in integer arithmetic,
-# none) on the tensor-core kernels, exactness first: appended to bench.log
-timeout $(lim 75 80) python3 bench/tf32_rounding.py --rounds 5 2>&1 | tee -a "$OUT/bench.log" | tail -25
-say "tf32 rounding done"
-
-# 4c. Nsight Compute on one launch of each kernel behind a target (bench/profile_targets.py):
-# what limits it, for the note (ncu is on the Firecracker machines; skipped elsewhere)
-if command -v ncu >/dev/null; then
-  timeout $(lim 75 35) ncu --clock-control none --target-processes all \
-    -k regex:"${NCU_KERNELS:-gemm_pipelined|gemm_vec|gemm_tiled|implicit_gemm|max_pool2d_fwd|max_pool2d_bwd|conv2d_depthwise|batch_norm}" \
-    --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
-    --section Occupancy --section WarpStateStats --section LaunchStats \
-    python3 bench/profile_targets.py > "$OUT/ncu.txt" 2>&1
-  say "ncu rc=$? ($(grep -c '^  [a-z_0-9]*.*(' "$OUT/ncu.txt") kernels profiled)"
-  grep -E '^  [A-Za-z_].*\(|Duration|Compute \(SM\) Throughput|Memory Throughput|Issue Slots Busy|Achieved Occupancy|Registers Per Thread|Bank Conflicts|Stall' "$OUT/ncu.txt" | head -80
-else
-  say "ncu: not on this machine"
-fi
-
-# 5. the training loop on the GPU against the same LeNet-5 in torch + cuDNN
-timeout $(lim 40 5) python3 bench/torch_lenet.py --backend cuda --epochs 8 2>&1 | tee "$OUT/train.log" | tail -4
-say "training comparison done"
-
-# 6. summary
 echo "===== summary ====="
-head -1 "$OUT/device.txt"; sed -n 2p "$OUT/device.txt"
-echo "gpu tests: $(grep -E '^[0-9]+ (passed|failed)|passed|failed' "$OUT/gpu_tests.log" | tail -1) (rc=$GPU_RC)"
-echo "sanitizer: $SAN"
-echo "training (LeNet-5, digits): $(grep -E '^(torch|convgpu|ratio)' "$OUT/train.log" | tr '\n' ' ')"
-python3 bench/summarize.py "$OUT/bench.json"
+head -3 "$OUT/device.txt" 2>/dev/null
+printf '%-15s %5s %5s  %s\n' stage limit used result
+printf '%s\n' "${STAGES[@]}"
+if (( ${#CUT[@]} )); then printf 'cut: %s\n' "${CUT[@]}"; else echo "cut: nothing"; fi
+echo "gpu tests: $(grep -E '(passed|failed)' "$OUT/gpu_tests.log" 2>/dev/null | tail -1)"
+echo "sanitizer: $(grep -c 'Invalid\|Error' "$OUT/sanitizer.log" 2>/dev/null) error lines, $(grep -ci 'hazard' "$OUT/sanitizer.log" 2>/dev/null) hazard lines"
+echo "training (LeNet-5, digits): $(grep -E '^(torch|convgpu|speed)' "$OUT/train.log" 2>/dev/null | tr '\n' ' ')"
+shopt -s nullglob
+RUNS=("$OUT"/bench_*.json)
+if (( ${#RUNS[@]} )); then
+  timeout 60 python3 bench/summarize.py "${RUNS[@]}" --merged "$OUT/bench.json" \
+    --train "$OUT/train.log" --headline "$OUT/HEADLINE.json"
+else
+  echo "bench: no JSON (every benchmark stage was cut or failed)"
+fi
+say "done"

@@ -67,19 +67,46 @@ def write_headline(d, json_path, out_path, train=None):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("run", help="a convgpu bench --json file")
+    ap.add_argument("runs", nargs="+", metavar="RUN.json",
+                    help="convgpu bench --json files of one run (gpu_check.sh writes one per "
+                    "stage); several are merged")
+    ap.add_argument("--merged", help="write the merged run here (the file to commit)")
     ap.add_argument("--train", help="bench/torch_lenet.py's output (the LeNet epoch ratio)")
     ap.add_argument("--headline", help="write the headline JSON here")
     a = ap.parse_args(argv)
-    try:
-        d = json.load(open(a.run))
-    except (OSError, ValueError) as e:
-        print(f"bench: no JSON ({e})")
+    docs = []
+    for path in a.runs:
+        try:
+            docs.append(json.load(open(path)))
+        except (OSError, ValueError) as e:
+            print(f"bench: no JSON in {path} ({e})")
+    if not docs:
         return 1
+    d = merge(docs)
+    json_path = a.runs[0]
+    if a.merged:
+        with open(a.merged, "w") as f:
+            json.dump(d, f, indent=1)
+        json_path = a.merged
     summarize(d)
     if a.headline:
-        write_headline(d, a.run, a.headline, a.train)
+        write_headline(d, json_path, a.headline, a.train)
     return 0
+
+
+def merge(docs):
+    """One run from several JSONs of the same run: the first's environment, method and
+    ceilings, every result, every stage error."""
+    if len(docs) == 1:
+        return docs[0]
+    out = dict(docs[0])
+    out["results"] = [r for d in docs for r in d.get("results", [])]
+    out["stage_errors"] = [e for d in docs for e in d.get("stage_errors", [])]
+    out.pop("networks", None)
+    sources = {(d.get("environment") or {}).get("source_hash") for d in docs}
+    if len(sources) > 1:
+        raise SystemExit(f"summarize: the JSONs measured different sources: {sources}")
+    return out
 
 
 def summarize(d):

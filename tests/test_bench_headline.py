@@ -109,3 +109,23 @@ def test_readme_speaks_speed_ratios_one_way():
         text = path.read_text()
         assert not re.search(r"\d(\.\d+)?x slower", text), path
         assert "convgpu / torch" not in text, path
+
+
+def test_summarize_merges_a_run_split_over_stage_files(tmp_path):
+    """gpu_check.sh writes one JSON per benchmark stage; summarize.py merges them into the
+    file to commit, and the headline of the parts equals that of the whole."""
+    spec = importlib.util.spec_from_file_location("summarize", ROOT / "bench" / "summarize.py")
+    summarize = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summarize)
+    run = json.loads((RESULTS / HEADLINE["run"]).read_text())
+    parts = []
+    for i, keep in enumerate((lambda r: r["op"] == "gemm", lambda r: r["op"] != "gemm")):
+        p = tmp_path / f"bench_{i}.json"
+        p.write_text(json.dumps(dict(run, results=[r for r in run["results"] if keep(r)])))
+        parts.append(str(p))
+    train = RESULTS / (HEADLINE["run"][:-len(".json")] + "_train.log")
+    merged, head = tmp_path / "bench.json", tmp_path / "HEADLINE.json"
+    assert summarize.main(parts + ["--merged", str(merged), "--train", str(train),
+                                   "--headline", str(head)]) == 0
+    assert len(json.loads(merged.read_text())["results"]) == len(run["results"])
+    assert json.loads(head.read_text())["ratios"] == HEADLINE["ratios"]

@@ -70,8 +70,10 @@ def test_bench_conv_stages_run_a_grouped_shape():
             "f = ['cuda:depthwise', 'cuda:implicit_gemm']; "
             "rows = bench.bench_conv(t, suite, impl_filter=f) + "
             "bench.bench_conv_backward(t, suite, impl_filter=f); "
-            "[print(r.op, r.shape, r.impl, r.status) for r in rows]")
+            "[print(r.op, r.shape, r.impl, r.status, r.batch_ms is not None, r.count) "
+            "for r in rows]")
     out = run_script("-c", code)
     for op in ("conv2d ", "conv2d_backward_input ", "conv2d_backward_weight "):
         for impl in ("cuda:depthwise", "cuda:implicit_gemm"):
-            assert f"{op}tiny dw: N2 C4 H9 K8 R3 s1 p1 g4 {impl} ok" in out, (op, impl, out)
+            assert f"{op}tiny dw: N2 C4 H9 K8 R3 s1 p1 g4 {impl} ok True 1" in out, \
+                (op, impl, out)

@@ -1,0 +1,80 @@
+"""bench/gpu_check.sh without a GPU: its stage plan (priority order, budgets that fit the
+window, commands that the command line accepts) and its time keeping (a stage stopped at its
+limit, the stages after it cut, both listed in the summary), the latter with stand-in
+programs on PATH."""
+import os
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "bench" / "gpu_check.sh"
+ORDER = ["describe", "gpu_tests", "memcheck", "racecheck", "resnet50", "gemm_pool_norm",
+         "train", "networks", "stage_times", "tf32_rounding", "ncu"]
+# the stages every run must have time for; the rest run as time allows
+MUST = ORDER[:ORDER.index("train") + 1]
+
+
+def plan():
+    r = subprocess.run(["bash", str(SCRIPT)], env=dict(os.environ, GPU_CHECK_DRY_RUN="1"),
+                       capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    stages = []
+    for line in r.stdout.splitlines():
+        m = re.match(r"stage (\S+)\s+budget\s+(\d+)s\s+log (\S+)\s+(.*)$", line)
+        if m:
+            stages.append((m.group(1), int(m.group(2)), m.group(3), m.group(4)))
+    total = re.search(r"budget (\d+)s, (\d+)s of it kept", r.stdout)
+    return stages, int(total.group(1)), int(total.group(2))
+
+
+def test_stage_plan_in_priority_order_within_eight_minutes():
+    stages, budget, reserve = plan()
+    assert [s[0] for s in stages] == ORDER
+    assert budget <= 480
+    assert sum(b for name, b, _, _ in stages if name in MUST) + reserve <= budget
+    gpu = dict((s[0], s) for s in stages)["gpu_tests"]
+    assert gpu[1] >= 1.2 * 144                    # the tier took 144 s at e8f4431
+    assert "-m gpu" in gpu[3]
+
+
+def test_stage_commands_exist_and_parse(monkeypatch):
+    from convgpu import cli
+    seen = []
+    monkeypatch.setattr(cli, "cmd_bench", lambda args: seen.append(args) or 0)
+    stages, _, _ = plan()
+    for name, _, _, cmd in stages:
+        argv = shlex.split(cmd)
+        for a in argv:
+            if a.startswith("bench/"):
+                assert (ROOT / a).is_file(), (name, a)
+        if argv[:3] == ["python3", "-m", "convgpu"]:
+            assert cli.main(argv[3:]) == 0, name
+    suites = [s for a in seen for s in (a.suite or [])]
+    assert suites == ["resnet50", "vgg16", "mobilenetv2", "alexnet"]
+    assert all(a.json for a in seen)
+
+
+def test_a_stage_past_its_limit_is_stopped_and_the_rest_cut(tmp_path):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "python3").write_text('#!/bin/sh\ncase "$*" in *pytest*) exec sleep 100;; '
+                                  '*) echo "fake python3 $*";; esac\n')
+    (fake / "nvidia-smi").write_text("#!/bin/sh\necho 'name, driver'\necho 'Stand-in GPU, 0'\n")
+    for f in fake.iterdir():
+        f.chmod(0o755)
+    out = tmp_path / "out"
+    out.mkdir()
+    env = dict(os.environ, PATH=f"{fake}:/usr/bin:/bin", OUT=str(out), BUDGET="28")
+    r = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True,
+                       timeout=120, cwd=ROOT)
+    text = r.stdout
+    assert "===== summary =====" in text, text + r.stderr
+    assert re.search(r"^gpu_tests\s+\d+\s+\d+\s+stopped at its limit", text, re.M), text
+    assert "cut: gpu_tests (stopped at its" in text
+    for name in ORDER[ORDER.index("gpu_tests") + 1:]:
+        assert f"cut: {name} (not started" in text, (name, text)
+    assert "bench: no JSON" in text
