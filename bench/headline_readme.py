@@ -49,8 +49,8 @@ def paragraph(h) -> str:
              f"(`bench/results/{h.get('run', 'HEADLINE.json')}`; cuDNN benchmark_limit "
              f"{h['method']['cudnn_benchmark_limit']}, timing `{h['method']['timing']}`)."]
     if h.get("note"):
-        lines.append(f"**Old method:** {h['note']}. README quotes them until the first run "
-                     "under the current method (bench/gpu_check.sh) replaces them.")
+        lines.append(f"**Measured by {h['note']}.** README quotes these numbers until the "
+                     "first run under the current method (bench/gpu_check.sh) replaces them.")
     lines.append("")
     measured = [(k, v) for k, v in h["ratios"].items() if v is not None]
     for k, v in measured:

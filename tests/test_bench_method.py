@@ -259,3 +259,36 @@ def test_cli_tune_without_a_gpu_says_so():
         pytest.skip("a GPU is visible")
     r = _cli("tune", "--suite", "resnet50")
     assert r.returncode == 1 and "no GPU visible" in r.stderr and len(r.stderr.splitlines()) == 1
+
+
+def test_kernel_names_keeps_device_kernels_once_in_launch_order(monkeypatch):
+    """What a cuDNN row records as the kernels it ran: the device events of one profiled
+    call, each name once; a profiler that fails leaves None, never a failed row."""
+    class Ev:
+        def __init__(self, name, dev):
+            self.name, self.device_type = name, dev
+
+    class Prof:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+        def events(self):
+            return [Ev("aten::conv2d", "DeviceType.CPU"), Ev("sm90_xmma_fprop", "DeviceType.CUDA"),
+                    Ev("cudnn::winograd", "DeviceType.CUDA"), Ev("sm90_xmma_fprop", "DeviceType.CUDA")]
+
+    profiler = types.SimpleNamespace(ProfilerActivity=types.SimpleNamespace(CUDA="cuda"),
+                                     profile=lambda activities: Prof())
+    monkeypatch.setitem(sys.modules, "torch.profiler", profiler)
+    torch = types.SimpleNamespace(cuda=types.SimpleNamespace(synchronize=lambda: None))
+    assert bench.kernel_names(torch, lambda: None) == ["sm90_xmma_fprop", "cudnn::winograd"]
+
+    def broken(activities):
+        raise RuntimeError("CUPTI unavailable")
+
+    monkeypatch.setitem(sys.modules, "torch.profiler",
+                        types.SimpleNamespace(ProfilerActivity=profiler.ProfilerActivity,
+                                              profile=broken))
+    assert bench.kernel_names(torch, lambda: None) is None

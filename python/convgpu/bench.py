@@ -1331,7 +1331,7 @@ def headline(doc, train_log: Optional[str] = None) -> dict:
            "meaning": "speed ratio = baseline time / ours (above 1: ours is faster); "
                       "null: the run has no such measurement"}
     if method["timing"] != METHOD["timing"]:
-        out["note"] = ("measured before the current method: cuDNN tried only its first "
+        out["note"] = ("an earlier method: cuDNN tried only its first "
                        f"{method['cudnn_benchmark_limit']} algorithms and the L2 flush was "
                        "queued before the events without a synchronise, so host dispatch "
                        "overlapped it; not comparable with runs under the current method")
