@@ -125,7 +125,8 @@ def test_network_totals_weight_by_count_and_divide_baseline_by_ours():
             _row("conv2d", "a", "cuda:y", 4.0, count=3),
             _row("conv2d", "b", "cudnn", 1.0), _row("conv2d", "b", "cuda:y", 2.0),
             _row("conv2d", "b", "cuda:x_tf32", 0.1),        # not an FP32 implementation
-            _row("conv2d", "b", "cuda:z", 0.01, status="FAIL rel err 1e-1")]
+            _row("conv2d", "b", "cuda:z", 0.01, status="FAIL rel err 1e-1"),
+            _row("conv2d", "b", "numba:fft", 0.5)]           # auto prefers cuda where it serves
     n = bench.network_totals(rows)["net conv2d"]
     # ours: 3 x 1.0 (best of a) + 1 x 2.0 = 5; cuDNN: 3 x 2.0 + 1.0 = 7
     assert (n["ours_ms"], n["baseline_ms"], n["convolutions"]) == (5.0, 7.0, 4)

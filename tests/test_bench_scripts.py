@@ -3,6 +3,7 @@ here with a stand-in CuPy (tests/stand_in: NumPy arrays, kernels in the host emu
 host-clock events) on tiny shapes: a script that fails would lose its part of a device
 run, which this project gets rarely. What they print is checked for its parts; their
 numbers mean nothing here."""
+import json
 import os
 import subprocess
 import sys
@@ -77,3 +78,43 @@ def test_bench_conv_stages_run_a_grouped_shape():
         for impl in ("cuda:depthwise", "cuda:implicit_gemm"):
             assert f"{op}tiny dw: N2 C4 H9 K8 R3 s1 p1 g4 {impl} ok True 1" in out, \
                 (op, impl, out)
+
+
+def test_bench_pool_and_gemm_stages_run():
+    """convgpu bench's pooling and GEMM stages (gpu_check's gemm_pool_norm stage) on tiny
+    problems: a non-square plane, every device implementation validated, then timed cold and
+    batch; the GEMMs against the stand-in's matmul as the cuBLAS row."""
+    code = ("from convgpu import bench, shapes; "
+            "t = bench.Timer(reps=2, flush_bytes=1024); "
+            "rows = bench.bench_pool(t, [shapes.PoolShape('tiny', 2, 3, 9, 3, 2, 1, False, 11)])"
+            " + bench.bench_gemm(t, [(64, 32, 16)]); "
+            "[print(r.op, r.shape, r.impl, r.status, r.batch_ms is not None) for r in rows]")
+    out = run_script("-c", code, sim=True)
+    for op, impl in [("max_pool2d", "cuda:direct"), ("max_pool2d", "numba:direct"),
+                     ("max_pool2d_backward", "cuda:gather unchecked"),
+                     ("max_pool2d_backward", "cuda:tiled")]:
+        assert f"{op} tiny: N2 C3 H9 W11 k3 s2 p1 {impl} ok True" in out, (op, impl, out)
+    for impl in ("cublas", "cuda:gemm_tiled", "cuda:gemm_vec", "cuda:gemm_vec64"):
+        assert f"gemm 64x32x16 {impl} ok True" in out, (impl, out)
+
+
+def test_bench_run_on_the_device_path_writes_the_method_and_provenance(tmp_path):
+    """bench.run's device path (convgpu bench --shape on a GPU) with the stand-in as the
+    device: the JSON names the method, the missing baseline and why, the source hash."""
+    out = tmp_path / "b.json"
+    code = ("import json, convgpu.cli as c; c.gpu_count = lambda: 1; "
+            "from convgpu import bench; "
+            "bench.ceilings = lambda t: {'copy_GBps': 1.0, 'fma_TFLOPs': 1.0, "
+            "'sgemm_TFLOPs': 1.0}; "
+            "bench.Timer.__init__.__defaults__ = (1, 2, 4096, 2, None); "
+            f"d = bench.run(json_path={str(out)!r}, shape_specs=['conv:N=2,C=4,H=6,W=7,K=4,R=3,pad=1'], "
+            "ops=['conv2d'], impl=['cuda:implicit_gemm'])")
+    text = run_script("-c", code)
+    assert "baseline: none (torch" in text and text.count("baseline:") == 1, text
+    doc = json.loads(out.read_text())
+    assert doc["method"]["cudnn_benchmark_limit"] == 0 and doc["method"]["timing"] == "cold"
+    assert doc["baseline"]["name"] is None and "torch" in doc["baseline"]["why_not"]
+    assert len(doc["environment"]["source_hash"]) == 64
+    rows = [r for r in doc["results"] if r["impl"] == "cuda:implicit_gemm"]
+    assert len(rows) == 1 and rows[0]["status"] == "ok" and rows[0]["batch_ms"] is not None
+    assert rows[0]["vs_cudnn"] is None and "frac_copy_bw" in rows[0]["extra"]

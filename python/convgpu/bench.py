@@ -1070,13 +1070,15 @@ def _ours(r) -> bool:
 
 
 def best_per_layer(results, op, tf32=False) -> Dict[str, dict]:
-    """shape -> our fastest timed row of `op` (cold): FP32 implementations only, or with TF32
-    allowed any of ours (as algo="auto" would pick with allow_tf32)."""
+    """shape -> our fastest timed row of `op` (cold), among the implementations algo="auto"
+    chooses from on a device: the cuda backend's where one serves the layer, else numba's;
+    FP32 ones only, or with TF32 allowed any of them."""
     best: Dict[str, dict] = {}
+    rank = lambda r: (0 if r["impl"].startswith("cuda:") else 1, r["median_ms"])
     for r in results:
         if (r["op"] == op and _ours(r) and r["status"] == "ok" and r.get("median_ms")
                 and (tf32 or not r["impl"].endswith("tf32"))):
-            if r["shape"] not in best or r["median_ms"] < best[r["shape"]]["median_ms"]:
+            if r["shape"] not in best or rank(r) < rank(best[r["shape"]]):
                 best[r["shape"]] = r
     return best
 
