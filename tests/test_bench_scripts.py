@@ -118,3 +118,30 @@ def test_bench_run_on_the_device_path_writes_the_method_and_provenance(tmp_path)
     rows = [r for r in doc["results"] if r["impl"] == "cuda:implicit_gemm"]
     assert len(rows) == 1 and rows[0]["status"] == "ok" and rows[0]["batch_ms"] is not None
     assert rows[0]["vs_cudnn"] is None and "frac_copy_bw" in rows[0]["extra"]
+
+
+def test_a_run_killed_mid_stage_keeps_the_shapes_it_measured(tmp_path):
+    """gpu_check stops a benchmark stage at its time limit: the JSON written after every
+    shape holds the shapes measured before the kill (here: the process ends hard in the
+    second shape's timing)."""
+    out = tmp_path / "b.json"
+    code = ("import os, convgpu.cli as c; c.gpu_count = lambda: 1; "
+            "from convgpu import bench; "
+            "bench.ceilings = lambda t: {'copy_GBps': 1.0, 'fma_TFLOPs': 1.0, "
+            "'sgemm_TFLOPs': 1.0}; "
+            "bench.Timer.__init__.__defaults__ = (1, 2, 4096, 2, None); "
+            "calls = []; real = bench.Timer.time; "
+            "bench.Timer.time = lambda self, fn: (calls.append(1), "
+            "os._exit(3) if len(calls) == 4 else real(self, fn))[1]; "
+            f"bench.run(json_path={str(out)!r}, shape_specs=['conv:N=1,C=2,H=5,K=2,R=3', "
+            "'conv:N=1,C=2,H=6,K=2,R=3'], ops=['conv2d'], impl=['cuda:implicit_gemm'])")
+    env = dict(os.environ, CONVGPU_CUDA_HOST="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT / "tests" / "stand_in"),
+                                           os.environ.get("PYTHONPATH", "")]))
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 3, r.stdout[-2000:] + r.stderr[-2000:]
+    rows = json.loads(out.read_text())["results"]
+    # the filter matches implicit_gemm and its two TF32 versions: three timings a shape
+    assert [(r["shape"].split(":")[0], r["status"]) for r in rows] == \
+        [("user 3x3 C2 K2 H5", "ok")] * 3

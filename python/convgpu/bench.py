@@ -404,13 +404,14 @@ def _host(a):
     return get() if callable(get) and not isinstance(a, np.ndarray) else np.asarray(a)
 
 
-def bench_conv(timer, suite, dtype=np.float32, progress=print, impl_filter=None) -> List[Result]:
+def bench_conv(timer, suite, dtype=np.float32, progress=print, impl_filter=None, out=None,
+               saved=None) -> List[Result]:
     """conv2d forward of every device implementation against cuDNN's three columns."""
     import cupy as cp
     import convgpu
     from convgpu.ops._registry import all_impls
     torch = _torch()
-    out = []
+    out = [] if out is None else out      # rows appended as they are measured
     rng = np.random.default_rng(0)
     for at, sh in enumerate(suite, 1):
         W, S, s, p, d, g = sh.width, sh.filter_width, sh.stride, sh.pad, sh.dilation, sh.groups
@@ -444,20 +445,23 @@ def bench_conv(timer, suite, dtype=np.float32, progress=print, impl_filter=None)
             out.append(r)
             if r.median_ms:
                 progress(f"  {conv_label(sh)[:55]:55s} {label:20s} {r.median_ms:9.3f} ms "
-                         f"{r.tflops:7.2f} TFLOP/s  x{r.vs_cudnn or float('nan'):.3f} cuDNN")
+                         f"{r.tflops:7.2f} TFLOP/s"
+                         + (f"  x{r.vs_cudnn:.3f} cuDNN" if r.vs_cudnn else ""))
+        if saved:                   # a run stopped mid-stage keeps these
+            saved()
         del x, w
     return out
 
 
 def bench_conv_backward(timer, suite, dtype=np.float32, progress=print,
-                        impl_filter=None) -> List[Result]:
+                        impl_filter=None, out=None, saved=None) -> List[Result]:
     """Input and weight gradients of every device implementation against cuDNN's
     (aten.convolution_backward), each validated on the first images first."""
     import cupy as cp
     import convgpu
     from convgpu.ops._registry import all_impls
     torch = _torch()
-    out = []
+    out = [] if out is None else out      # rows appended as they are measured
     rng = np.random.default_rng(1)
     for at, sh in enumerate(suite, 1):
         W, S, s, p, d, g = sh.width, sh.filter_width, sh.stride, sh.pad, sh.dilation, sh.groups
@@ -505,19 +509,21 @@ def bench_conv_backward(timer, suite, dtype=np.float32, progress=print,
                 out.append(r)
                 if r.median_ms:
                     progress(f"  {op[16:]:16s} {conv_label(sh)[:50]:50s} {label:18s} "
-                             f"{r.median_ms:9.3f} ms {r.tflops:6.2f} TFLOP/s "
-                             f"x{r.vs_cudnn or float('nan'):.3f} cuDNN")
+                             f"{r.median_ms:9.3f} ms {r.tflops:6.2f} TFLOP/s"
+                             + (f" x{r.vs_cudnn:.3f} cuDNN" if r.vs_cudnn else ""))
+        if saved:                   # a run stopped mid-stage keeps these
+            saved()
         del x, w, gy
     return out
 
 
-def bench_gemm(timer, sizes=None, progress=print):
+def bench_gemm(timer, sizes=None, progress=print, out=None, saved=None):
     """The hand-written GEMMs (gemm_tiled, gemm_vec; FP32 and TF32; gemm_pipelined, TF32)
     against cuBLAS through cupy.matmul (TF32 off) and torch.matmul (TF32 on), each validated
     first."""
     import cupy as cp
     from convgpu.kernels import cuda_ops
-    out = []
+    out = [] if out is None else out      # rows appended as they are measured
     torch = _torch()
     sizes = sizes or SH.GEMM
     for at, (M, N, K) in enumerate(sizes, 1):
@@ -560,14 +566,17 @@ def bench_gemm(timer, sizes=None, progress=print):
                 progress(f"  gemm {shape:20s} {label:22s} {t['median_ms']:8.3f} ms "
                          f"{r.tflops:6.2f} TFLOP/s = x{r.vs_cudnn:.3f} cuBLAS"
                          f"{' TF32' if tf32 else ''} ({base[tf32]['median_ms']:.3f} ms)")
+        if saved:
+            saved()
     return out
 
 
-def bench_pool(timer, suite, dtype=np.float32, progress=print, impl_filter=None) -> List[Result]:
+def bench_pool(timer, suite, dtype=np.float32, progress=print, impl_filter=None, out=None,
+               saved=None) -> List[Result]:
     import cupy as cp
     import convgpu
     torch = _torch()
-    out = []
+    out = [] if out is None else out      # rows appended as they are measured
     for at, sh in enumerate(suite, 1):
         name, N, C, H, k, s, p, cm = sh[:8]
         shape = pool_label(sh)
@@ -666,6 +675,8 @@ def bench_pool(timer, suite, dtype=np.float32, progress=print, impl_filter=None)
         for r in out:
             if r.shape == shape and r.op in base and r.median_ms and r.impl != "torch":
                 _ratios(r, base[r.op])
+        if saved:                   # a run stopped mid-stage keeps these
+            saved()
         del x, y, idx, gy
     return out
 
@@ -677,7 +688,8 @@ def norm_bytes(x_elems, itemsize=4) -> Dict[str, int]:
     return {"forward": 2 * x_elems * itemsize, "backward": 3 * x_elems * itemsize}
 
 
-def bench_norm(timer, suite, progress=print, impl_filter=None) -> List[Result]:
+def bench_norm(timer, suite, progress=print, impl_filter=None, out=None,
+               saved=None) -> List[Result]:
     """batch_norm in training (running estimates updated) and its backward, float32: ours
     beside cuDNN's (aten.cudnn_batch_norm, the kernel torch's BatchNorm2d calls on a GPU) and
     torch's own CUDA kernels (aten.native_batch_norm), validated against the reference on
@@ -686,7 +698,7 @@ def bench_norm(timer, suite, progress=print, impl_filter=None) -> List[Result]:
     import convgpu
     from convgpu import reference
     torch = _torch()
-    out = []
+    out = [] if out is None else out      # rows appended as they are measured
     for at, (name, shape) in enumerate(suite, 1):
         label = f"{name}: {'x'.join(map(str, shape))}"
         step(progress, "batch norm", at, len(suite), label)
@@ -762,6 +774,8 @@ def bench_norm(timer, suite, progress=print, impl_filter=None) -> List[Result]:
         for r in out:
             if r.shape == label and r.op in base and r.median_ms and r.impl != "cudnn":
                 _ratios(r, base[r.op])
+        if saved:                   # a run stopped mid-stage keeps these
+            saved()
         del x, gy
     return out
 
@@ -877,27 +891,10 @@ def _run_gpu(conv, pools, norms, gemms, ops, impl, json_path, progress) -> dict:
              f"{ceil['sgemm_TFLOPs']:.1f} TFLOP/s"
              + (f", TF32 GEMM (cuBLAS) {ceil['tf32_TFLOPs']:.1f} TFLOP/s"
                 if "tf32_TFLOPs" in ceil else ""))
-    results = []
-    stages = [("gemm", lambda: bench_gemm(timer, gemms, progress=progress) if gemms else []),
-              ("conv2d", lambda: bench_conv(timer, conv, progress=progress, impl_filter=impl)),
-              # pooling before the backward passes, the longest stage: a run cut short by
-              # a time limit still has the pooling numbers (JSON after every stage)
-              ("pool", lambda: bench_pool(timer, pools, progress=progress, impl_filter=impl)),
-              ("norm", lambda: bench_norm(timer, norms, progress=progress, impl_filter=impl)),
-              ("conv2d_backward", lambda: bench_conv_backward(timer, conv, progress=progress,
-                                                              impl_filter=impl))]
-    errors = []
-    doc = {}
-    for name, stage in stages:
-        if name not in ops:
-            continue
-        try:                                # a stage that raises is reported and the
-            results += stage()              # next stages still run (the JSON says so)
-        except Exception as e:
-            import traceback
-            traceback.print_exc()
-            errors.append(f"{name}: {type(e).__name__}: {e}")
-            progress(f"stage {name} FAILED: {errors[-1]}")
+    results: List[Result] = []
+    errors: List[str] = []
+
+    def document():
         for r in results:
             if r.tflops is not None and "tf32" in r.impl and "tf32_TFLOPs" in ceil:
                 r.extra["frac_tf32_rate"] = r.tflops / ceil["tf32_TFLOPs"]
@@ -906,12 +903,35 @@ def _run_gpu(conv, pools, norms, gemms, ops, impl, json_path, progress) -> dict:
                 r.extra["frac_sgemm"] = r.tflops / ceil["sgemm_TFLOPs"]
             if r.gbps is not None:
                 r.extra["frac_copy_bw"] = r.gbps / ceil["copy_GBps"]
-        doc = {"environment": env, "method": METHOD, "ceilings": ceil, "device": "gpu",
-               "baseline": {"name": "cudnn" if why is None else None, "why_not": why},
-               "results": [asdict(r) for r in results], "stage_errors": errors}
-        if json_path:                       # written after every stage: a run cut short
-            with open(json_path, "w") as f:  # keeps what it measured
-                json.dump(doc, f, indent=1)
+        return {"environment": env, "method": METHOD, "ceilings": ceil, "device": "gpu",
+                "baseline": {"name": "cudnn" if why is None else None, "why_not": why},
+                "results": [asdict(r) for r in results], "stage_errors": errors}
+
+    def save():                             # after every shape: a run stopped by a time
+        if json_path:                       # limit keeps what it measured
+            with open(json_path, "w") as f:
+                json.dump(document(), f, indent=1)
+
+    kw = dict(progress=progress, out=results, saved=save)
+    stages = [("gemm", lambda: bench_gemm(timer, gemms, **kw) if gemms else []),
+              ("conv2d", lambda: bench_conv(timer, conv, impl_filter=impl, **kw)),
+              # pooling before the backward passes, the longest stage
+              ("pool", lambda: bench_pool(timer, pools, impl_filter=impl, **kw)),
+              ("norm", lambda: bench_norm(timer, norms, impl_filter=impl, **kw)),
+              ("conv2d_backward", lambda: bench_conv_backward(timer, conv, impl_filter=impl,
+                                                              **kw))]
+    for name, stage in stages:
+        if name not in ops:
+            continue
+        try:                                # a stage that raises is reported (its rows so
+            stage()                         # far kept) and the next stages still run
+        except Exception as e:
+            import traceback
+            traceback.print_exc()
+            errors.append(f"{name}: {type(e).__name__}: {e}")
+            progress(f"stage {name} FAILED: {errors[-1]}")
+        save()
+    doc = document()
     doc["networks"] = network_totals(doc["results"])
     return doc
 
