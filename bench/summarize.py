@@ -90,7 +90,11 @@ def main(argv=None):
         json_path = a.merged
     summarize(d)
     if a.headline:
-        write_headline(d, json_path, a.headline, a.train)
+        try:
+            write_headline(d, json_path, a.headline, a.train)
+        except ValueError as e:
+            print(e)
+            return 1
     return 0
 
 
@@ -112,7 +116,7 @@ def merge(docs):
 def summarize(d):
     from convgpu.bench import OLD_METHOD, format_networks, network_totals
     method = d.get("method") or OLD_METHOD
-    print("method:", {k: method[k] for k in ("cudnn_benchmark_limit", "timing")},
+    print("method:", {k: method.get(k) for k in ("cudnn_benchmark_limit", "timing")},
           "" if d.get("method") else "(the run predates the current method)")
     print("ceilings:", {k: round(v, 1) for k, v in d.get("ceilings", {}).items()})
     nets = format_networks(network_totals(d["results"]))

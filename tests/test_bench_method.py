@@ -162,6 +162,8 @@ def test_headline_of_a_network_run():
     old = bench.headline(dict(doc, method=None))
     assert old["method"] == {"cudnn_benchmark_limit": 10, "timing": "flush-overlapped"}
     assert "first 10 algorithms" in old["note"]
+    with pytest.raises(ValueError, match="CPU run"):
+        bench.headline(dict(doc, device="cpu"))
 
 
 def test_time_op_on_the_cpu_returns_json_rows():

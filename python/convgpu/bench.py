@@ -1323,6 +1323,9 @@ def lenet_ratio(train_log: Optional[str]) -> Optional[float]:
 def headline(doc, train_log: Optional[str] = None) -> dict:
     """The headline ratios of one run (HEADLINE_KEYS; None where the run has no such
     measurement), with the run's provenance and method."""
+    if doc.get("device") == "cpu":
+        raise ValueError("headline: this is a CPU run (numpy against torch's CPU ops); the "
+                         "headline holds device runs against cuDNN / cuBLAS only")
     env = doc.get("environment", {})
     res = doc["results"]
     nets = network_totals(res)
