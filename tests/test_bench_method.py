@@ -240,6 +240,7 @@ def _cli(*args):
     (("bench", "--suite", "vgg16@0"), "positive integer"),
     (("bench", "--shape", "conv:N=32,C=64,H=56,K=64,R=3,Q=2"), "unknown key 'Q'"),
     (("bench", "--shape", "conv:N=32,C=64"), "missing H, K, R"),
+    (("bench", "--suite", "vgg16", "--shape", "pool:N=1,C=1,H=4,k=2"), "not allowed with"),
 ])
 def test_cli_mistakes_answer_in_one_line_with_exit_2(args, words):
     r = _cli(*args)

@@ -171,10 +171,11 @@ def main(argv=None) -> int:
     bn = sub.add_parser("bench", help="time the kernels against cuDNN/cuBLAS on real layer shapes")
     bn.add_argument("--quick", action="store_true", help="ResNet-50's layers, one GEMM, three "
                     "pools, two batch norms")
-    bn.add_argument("--suite", nargs="+", type=_suite_arg, metavar="NAME",
+    what = bn.add_mutually_exclusive_group()
+    what.add_argument("--suite", nargs="+", type=_suite_arg, metavar="NAME",
                     help="conv layers of these suites only: resnet50, vgg16, mobilenetv2, "
                     "alexnet, classic; NAME@BATCH for another batch (default batch 32)")
-    bn.add_argument("--shape", nargs="+", type=_shape_arg, metavar="SPEC",
+    what.add_argument("--shape", nargs="+", type=_shape_arg, metavar="SPEC",
                     help="one's own problem(s) instead of the suites, e.g. "
                     "conv:N=32,C=64,H=56,W=56,K=64,R=3,S=3,stride=1,pad=1 or "
                     "pool:N=32,C=64,H=112,k=3,stride=2,pad=1")
