@@ -71,8 +71,8 @@ if [[ -z $DRY ]]; then
 fi
 stage describe 30 device.txt bash bench/describe_device.sh
 
-# 1. the gpu tier: every registered GPU implementation against the reference (144 s at
-# e8f4431; the budget leaves room)
+# 1. the gpu tier: every registered GPU implementation against the reference (94 s at
+# e8f4431, 144 s on a fresh machine at 9bcca5b: the budget leaves room)
 stage gpu_tests 180 gpu_tests.log python3 -m pytest tests -m gpu -q -p no:cacheprovider -rfE
 
 # 2. the sanitizer subset: memcheck, then racecheck for the shared-memory kernels
