@@ -8,8 +8,6 @@ import shlex
 import subprocess
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "bench" / "gpu_check.sh"
 ORDER = ["describe", "gpu_tests", "memcheck", "racecheck", "resnet50", "gemm_pool_norm",
