@@ -1053,8 +1053,8 @@ def time_op(spec, *, ops=None, impl=None, timer=None, progress=None) -> List[dic
     "pool:N=32,C=64,H=112,k=3,stride=2,pad=1[,ceil_mode=1]", or a convgpu.shapes
     ConvShape / PoolShape. ops: which passes ("conv2d", "conv2d_backward", "pool"; default
     all that apply). impl: only implementations whose label contains one of these strings.
-    On a GPU the device kernels are timed against cuDNN; without one, the numpy backend
-    against torch's CPU ops at the problem's own batch."""
+    On a GPU the device kernels are timed against cuDNN; without one, the numpy backend's
+    forward passes against torch's CPU ops at the problem's own batch."""
     from convgpu.cli import gpu_count
     sh = SH.parse_shape(spec) if isinstance(spec, str) else spec
     if not isinstance(sh, (SH.ConvShape, SH.PoolShape)):
