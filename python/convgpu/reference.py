@@ -342,9 +342,8 @@ def _array_module(a):
 
 def _xent_terms(logits, labels, weight, ignore_index, reduction):
     """log softmax in float64, the labels with ignored rows set to class 0, the per-class
-    weights, each row's nll weight (0 where ignored) and keep mask, and the normalisers of
-    the nll and smoothing terms under reduction="mean" (torch: the sum of the kept rows'
-    weights; the smoothing term of an unweighted loss is averaged over all N rows)."""
+    weights, each row's nll weight (0 where ignored) and keep mask, and the normaliser of
+    the mean (torch: the sum of the kept rows' weights, for both terms)."""
     xp = _array_module(logits)
     n, c = logits.shape
     lp = _log_softmax(logits.astype(np.float64))
@@ -352,31 +351,29 @@ def _xent_terms(logits, labels, weight, ignore_index, reduction):
     t = xp.where(keep, labels, 0)
     wc = xp.ones(c) if weight is None else weight.astype(np.float64)
     wt = wc[t] * keep
-    if reduction == "mean":
-        nll_norm = wt.sum()
-        smooth_norm = nll_norm if weight is not None else float(n)
-    else:
-        nll_norm = smooth_norm = 1.0
-    return xp, lp, t, wc, wt, keep, nll_norm, smooth_norm
+    norm = wt.sum() if reduction == "mean" else 1.0
+    return xp, lp, t, wc, wt, keep, norm
 
 
 def softmax_cross_entropy(logits, labels, weight=None, ignore_index=-100, reduction="mean",
                           label_smoothing=0.0):
     """F.cross_entropy of (N, C) logits and class-index labels: row i's loss is
     (1 - eps) w[y_i] (-log p[i, y_i]) + eps / C sum_c w[c] (-log p[i, c]), zero where
-    y_i == ignore_index; "mean" divides by the kept rows' summed w[y_i] (the smoothing term
-    of an unweighted loss by N, as torch), "sum" adds, "none" returns the rows."""
+    y_i == ignore_index; "mean" divides by the kept rows' summed w[y_i] (their count when
+    unweighted; NaN when every row is ignored, as torch), "sum" adds, "none" returns the
+    rows."""
     n, c = logits.shape
-    xp, lp, t, wc, wt, keep, nn, sn = _xent_terms(logits, labels, weight, ignore_index,
-                                                  reduction)
+    xp, lp, t, wc, wt, keep, norm = _xent_terms(logits, labels, weight, ignore_index,
+                                                reduction)
     rows = -lp[xp.arange(n), t] * wt
-    if reduction != "none":
-        rows = rows.sum() / nn
-    if label_smoothing:
-        smooth = -(lp * wc).sum(axis=1) * keep
+    with np.errstate(invalid="ignore", divide="ignore"):        # every row ignored: NaN
         if reduction != "none":
-            smooth = smooth.sum() / sn
-        rows = (1 - label_smoothing) * rows + label_smoothing / c * smooth
+            rows = rows.sum() / norm
+        if label_smoothing:
+            smooth = -(lp * wc).sum(axis=1) * keep
+            if reduction != "none":
+                smooth = smooth.sum() / norm
+            rows = (1 - label_smoothing) * rows + label_smoothing / c * smooth
     return xp.asarray(rows, dtype=logits.dtype)
 
 
@@ -386,11 +383,12 @@ def softmax_cross_entropy_backward(logits, labels, weight=None, ignore_index=-10
     row i gets (1 - eps) a_i (p_i - onehot(y_i)) + eps / C b_i (sum(w) p_i - w), with
     a_i = w[y_i] and b_i = 1 on kept rows (0 on ignored ones) over the normalisers."""
     n, c = logits.shape
-    xp, lp, t, wc, wt, keep, nn, sn = _xent_terms(logits, labels, weight, ignore_index,
-                                                  reduction)
+    xp, lp, t, wc, wt, keep, norm = _xent_terms(logits, labels, weight, ignore_index,
+                                                reduction)
     p = xp.exp(lp)
-    a = (1 - label_smoothing) * wt / nn
-    b = label_smoothing / c * keep / sn
+    with np.errstate(invalid="ignore", divide="ignore"):
+        a = (1 - label_smoothing) * wt / norm
+        b = label_smoothing / c * keep / norm
     if grad_output is not None:
         g = grad_output.astype(np.float64)
         a, b = a * g, b * g
