@@ -167,7 +167,7 @@ def softmax_cross_entropy(logits, labels, weight=None, *, ignore_index=-100, red
     if args.N == 0:                  # torch: the mean of no rows is NaN, their sum 0
         if reduction == "none":
             return bd.wrap(A.zeros(z, (0,), z.dtype))
-        return bd.wrap(A.zeros(z, (), z.dtype) + (float("nan") if reduction == "mean" else 0))
+        return bd.wrap(xp_of(z).full((), float("nan") if reduction == "mean" else 0.0, z.dtype))
     return bd.wrap(dispatch(op, args, backend, "auto", bd.on_device, z, t, w))
 
 
