@@ -117,6 +117,7 @@ OURS = {nn.Conv2d: Conv2d, nn.ConvTranspose2d: ConvTranspose2d, nn.MaxPool2d: Ma
         nn.BatchNorm2d: BatchNorm2d, nn.Linear: Linear, nn.ReLU: ReLU,
         nn.CrossEntropyLoss: CrossEntropyLoss}
 
+_OUR_TYPES = frozenset(OURS.values())
 SERVED_DTYPES = (torch.float32, torch.float64)
 
 
@@ -145,14 +146,15 @@ def convert(model, algo="auto", backend="auto"):
     """Turns model's torch.nn layers (Conv2d, ConvTranspose2d, MaxPool2d, AvgPool2d,
     AdaptiveAvgPool2d, BatchNorm2d, Linear, ReLU, CrossEntropyLoss; exactly these types) into
     ours in place, sharing their parameters and buffers, and returns model. Layers of other
-    types are left as they are. Raises ValueError, before changing anything, listing every
-    layer it can't serve (a padding_mode other than 'zeros', float16 / bfloat16 parameters,
-    a device other than CPU / CUDA). algo and backend go to every converted layer."""
+    types are left as they are; layers already ours take the new algo and backend. Raises
+    ValueError, before changing anything, listing every layer it can't serve (a
+    padding_mode other than 'zeros', float16 / bfloat16 parameters, a device other than
+    CPU / CUDA). algo and backend go to every converted layer."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert: model must be a torch.nn.Module, got {type(model).__name__}")
     todo, refused = [], []
     for name, layer in model.named_modules():
-        ours = OURS.get(type(layer))
+        ours = OURS.get(type(layer), type(layer) if type(layer) in _OUR_TYPES else None)
         if ours is None:
             continue
         why = _refusal(name or type(layer).__name__, layer)
