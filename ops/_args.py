@@ -154,6 +154,13 @@ def caller_contiguous(a) -> bool:
     if hasattr(a, "is_contiguous"):
         return a.is_contiguous()
     flags = getattr(a, "flags", None)
+    if flags is None and hasattr(a, "__dlpack__"):         # another DLPack producer: its view
+        from convgpu.arrays import DLPACK_CPU, kind_of
+        if kind_of(a) == DLPACK_CPU:
+            flags = np.from_dlpack(a).flags
+        else:
+            import cupy
+            flags = cupy.from_dlpack(a).flags
     return bool(flags is not None and flags.c_contiguous)
 
 

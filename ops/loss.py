@@ -155,12 +155,14 @@ def _validate(op, logits, labels, weight, grad_output, ignore_index, reduction,
 
 @on_torch_stream
 def softmax_cross_entropy(logits, labels, weight=None, *, ignore_index=-100, reduction="mean",
-                          label_smoothing=0.0, backend="auto", check_labels=True):
+                          label_smoothing=0.0, algo="auto", backend="auto", check_labels=True):
     """torch.nn.functional.cross_entropy of (N, classes) logits and int labels: the mean (or
     sum, or per row with reduction="none") of -log softmax(logits)[label], with torch's
     per-class weight, ignore_index and label_smoothing. Labels outside [0, classes) other
     than ignore_index raise ValueError; check_labels=False skips that test (and its wait for
-    the device) for labels known to lie in [0, classes)."""
+    the device) for labels known to lie in [0, classes). algo: "rowwise" (the plain mean
+    loss) or "array_ops" (the cuda backend, for the options); "auto" picks the one that
+    serves the call."""
     op = "softmax_cross_entropy"
     bd, args, z, t, w, _ = _validate(op, logits, labels, weight, None, ignore_index, reduction,
                                      label_smoothing, check_labels)
@@ -168,13 +170,13 @@ def softmax_cross_entropy(logits, labels, weight=None, *, ignore_index=-100, red
         if reduction == "none":
             return bd.wrap(A.zeros(z, (0,), z.dtype))
         return bd.wrap(xp_of(z).full((), float("nan") if reduction == "mean" else 0.0, z.dtype))
-    return bd.wrap(dispatch(op, args, backend, "auto", bd.on_device, z, t, w))
+    return bd.wrap(dispatch(op, args, backend, algo, bd.on_device, z, t, w))
 
 
 @on_torch_stream
 def softmax_cross_entropy_backward(logits, labels, weight=None, *, grad_output=None,
                                    ignore_index=-100, reduction="mean", label_smoothing=0.0,
-                                   backend="auto", check_labels=True):
+                                   algo="auto", backend="auto", check_labels=True):
     """Gradient of softmax_cross_entropy with respect to logits, times grad_output (the
     loss's gradient: a scalar, or (N,) for reduction="none"; None is 1). The plain mean loss
     gives (softmax - onehot) / N. Options and check_labels as for softmax_cross_entropy."""
@@ -183,4 +185,4 @@ def softmax_cross_entropy_backward(logits, labels, weight=None, *, grad_output=N
                                      reduction, label_smoothing, check_labels)
     if args.N == 0:
         return bd.wrap(A.zeros(z, tuple(z.shape), z.dtype))
-    return bd.wrap(dispatch(op, args, backend, "auto", bd.on_device, z, t, w, g))
+    return bd.wrap(dispatch(op, args, backend, algo, bd.on_device, z, t, w, g))

@@ -388,6 +388,11 @@ def test_any_dlpack_array_is_accepted(gen):
         convgpu.conv2d(DLPackOnly(x), w)
     with pytest.raises(TypeError, match="__dlpack__"):
         convgpu.relu([1.0, 2.0])
+    p, g = np.ones(5), np.full(5, 0.5)                       # written in place through DLPack
+    convgpu.sgd_step(DLPackOnly(p), DLPackOnly(g), lr=0.1)
+    np.testing.assert_array_equal(p, np.full(5, 0.95))
+    with pytest.raises(ValueError, match="param is updated in place and must be C-contiguous"):
+        convgpu.sgd_step(DLPackOnly(np.ones((3, 4)).T), DLPackOnly(np.ones((4, 3))), lr=0.1)
 
 
 def test_channels_last_in_channels_last_out(gen):
