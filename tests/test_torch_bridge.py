@@ -408,3 +408,23 @@ def test_channels_last_in_channels_last_out(gen):
     model = ct.convert(resnet())
     xc = torch.randn(2, 1, 8, 8, dtype=D).contiguous(memory_format=torch.channels_last)
     assert rel(model(xc), model(xc.contiguous())) <= TOL
+
+
+def test_step_bench_smoke(tmp_path):
+    """bench/torch_convert_step.py runs (CPU, tiny): the JSON it writes holds both sides'
+    timings and their ratio, torch's time over ours."""
+    import json
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "step.json"
+    subprocess.run([sys.executable, os.path.join(root, "bench", "torch_convert_step.py"),
+                    "--device", "cpu", "--batch", "2", "--size", "32", "--width", "2",
+                    "--warmup", "1", "--reps", "1", "--batch-k", "1", "--out", str(out)],
+                   check=True, timeout=300, capture_output=True)
+    r = json.loads(out.read_text())
+    t = r["timings"]
+    assert r["speed_ratio"]["cold"] == t["torch"]["cold_ms"] / t["convgpu"]["cold_ms"]
+    run = subprocess.run([sys.executable, os.path.join(root, "bench", "torch_convert_step.py"),
+                          "--device", "cpu", "--size", "8"], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 2 and "--size must be at least 32" in run.stderr

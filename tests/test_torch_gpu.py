@@ -188,3 +188,18 @@ def test_ddp_nccl_one_process(tmp_path):
             assert rel(a, b) <= 1e-12, n
     finally:
         dist.destroy_process_group()
+
+
+def test_resnet18_step_bench(tmp_path):
+    """bench/torch_convert_step.py: a ResNet-18 step, torch vs converted, cold and batch,
+    float32 at batch 32 (the JSON goes to $OUT when the GPU script sets it)."""
+    import json
+    import subprocess
+    import sys
+    out = os.path.join(os.environ.get("OUT", str(tmp_path)), "torch_convert_step.json")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([sys.executable, os.path.join(root, "bench", "torch_convert_step.py"),
+                    "--reps", "5", "--batch-k", "5", "--out", out], check=True, timeout=600)
+    result = json.load(open(out))
+    assert set(result["speed_ratio"]) == {"cold", "batch"}
+    assert all(v > 0 for v in result["speed_ratio"].values())
