@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import sys
 import warnings
+
 import numpy as np
 
 NUMPY, CUPY, TORCH_CPU, TORCH_CUDA = "numpy", "cupy", "torch-cpu", "torch-cuda"
@@ -106,7 +107,7 @@ def _warn_requires_grad(op: str, name: str) -> None:
     warnings.warn(f"{op}: {name} requires grad, but convgpu.{op} returns a tensor outside "
                   "torch's autograd graph (backward will not reach it); use "
                   "convgpu.torch.functional or convgpu.torch.convert(model) to train "
-                  "through our kernels", UserWarning, stacklevel=4)
+                  "through our kernels", UserWarning, stacklevel=5)   # the op's caller
 
 
 class Boundary:
@@ -132,7 +133,7 @@ class Boundary:
             t = torch.from_numpy(np.asarray(out))
         else:
             t = torch.from_dlpack(out)
-        if self.channels_last and t.dim() == 4 and t.is_floating_point():
+        if self.channels_last and t.dim() == 4:
             t = t.contiguous(memory_format=torch.channels_last)
         return t
 

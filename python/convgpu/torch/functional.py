@@ -139,7 +139,7 @@ class ConvTranspose2dFunction(torch.autograd.Function):
                              zip((H, W), (R, S), ctx.stride, ctx.dilation))
                 (ph, pw), (Ho, Wo) = ctx.padding, gy.shape[-2:]
                 g = gy.new_zeros(tuple(gy.shape[:-2]) + full)
-                h, w_ = min(Ho, full[0] - ph), min(Wo, full[1] - pw)
+                h, w_ = max(0, min(Ho, full[0] - ph)), max(0, min(Wo, full[1] - pw))
                 g[..., ph:ph + h, pw:pw + w_] = gy[..., :h, :w_]
                 gw = O.conv2d_backward_weight(g, x, ctx.w_shape, ctx.stride, 0, ctx.dilation,
                                               ctx.groups, **kw)
@@ -413,9 +413,10 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
                             reduction, label_smoothing, backend=backend)
         return out.reshape(()) if reduction == "none" else out
     if input.dim() > 2:                           # (N, C, d1, ...): one row per position
-        if tuple(target.shape) != (input.shape[0],) + tuple(input.shape[2:]):
+        want = (input.shape[0],) + tuple(input.shape[2:])
+        if tuple(target.shape) != want:
             raise ValueError(f"{op}: target has shape {tuple(target.shape)} but input "
-                             f"{tuple(input.shape)} needs {(input.shape[0],) + tuple(input.shape[2:])}")
+                             f"{tuple(input.shape)} needs {want}")
         C = input.shape[1]
         rows = input.movedim(1, -1).reshape(-1, C)
         out = cross_entropy(rows, target.reshape(-1), weight, None, ignore_index, None,
