@@ -262,7 +262,9 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
                      dilation=1, *, algo="auto", backend="auto", allow_tf32=None):
     """Transposed convolution as torch.nn.functional.conv_transpose2d: input (N, Cin, H, W),
     weight (Cin, Cout/groups, R, S). It is conv2d_backward_input with Cin as K, so it runs
-    on the input-gradient implementations."""
+    on the input-gradient implementations. output_padding must be smaller than the stride or
+    the dilation (torch's rule); where it reaches the stride, the result is cut from the
+    uncropped one (padding 0), since no forward conv of that size gives the input's."""
     op = "conv_transpose2d"
     bd, a = unwrap(op, input=input, weight=weight, bias=bias)
     x, unbatched = A.batched(op, "input", a["input"])
