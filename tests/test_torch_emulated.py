@@ -66,8 +66,13 @@ def test_conv2d(stride, padding, dilation, groups):
           t(1, 2, 4, 5), t(2, 2 // groups, 2, 3), t(2))
 
 
-def test_conv_transpose2d():
-    check(lambda x, w, b, **kw: CF.conv_transpose2d(x, w, b, (2, 1), 1, (1, 0), 2, (1, 2), **kw),
+@pytest.mark.parametrize("stride, padding, output_padding, dilation", [
+    ((2, 1), 1, (1, 0), (1, 2)),
+    ((1, 2), (1, 0), (1, 1), (2, 1)),       # output_padding reaches the stride along H
+])
+def test_conv_transpose2d(stride, padding, output_padding, dilation):
+    check(lambda x, w, b, **kw: CF.conv_transpose2d(x, w, b, stride, padding, output_padding, 2,
+                                                    dilation, **kw),
           t(1, 2, 3, 2), t(2, 1, 2, 2), t(2))
 
 
