@@ -294,11 +294,16 @@ def test_convert_leaves_subclasses_and_other_layers():
         def forward(self, x):
             return super().forward(x) * 2
 
-    model = nn.Sequential(MyConv(1, 2, 3), nn.GELU(), nn.Conv2d(2, 2, 1))
-    ct.convert(model, algo="im2col")
+    model = nn.Sequential(MyConv(1, 2, 3), nn.GELU(), nn.Conv2d(2, 2, 1), nn.MaxPool2d(2))
+    ct.convert(model, algo="fft")
     assert type(model[0]) is MyConv and type(model[1]) is nn.GELU
-    assert type(model[2]) is ct.Conv2d and model[2].algo == "im2col"
-    assert "algo='im2col'" in repr(model[2])
+    assert type(model[2]) is ct.Conv2d and model[2].algo == "fft"
+    assert "algo='fft'" in repr(model[2])
+    assert model[3].algo == "auto"                     # a conv algorithm, for the convs only
+    x = torch.rand(1, 1, 6, 6, dtype=D)
+    model.double()
+    want = F.max_pool2d(F.conv2d(F.gelu(model[0](x)), model[2].weight, model[2].bias), 2)
+    assert rel(model(x), want) <= 1e-10                 # the FFT bound in float64
 
 
 def test_resnet_and_its_converted_copy_agree():

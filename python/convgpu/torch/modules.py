@@ -149,7 +149,9 @@ def convert(model, algo="auto", backend="auto"):
     types are left as they are; layers already ours take the new algo and backend. Raises
     ValueError, before changing anything, listing every layer it can't serve (a
     padding_mode other than 'zeros', float16 / bfloat16 parameters, a device other than
-    CPU / CUDA). algo and backend go to every converted layer."""
+    CPU / CUDA). backend goes to every converted layer; algo (a convolution algorithm,
+    convgpu.implementations("conv2d")) to the Conv2d and ConvTranspose2d layers' forward,
+    the others keep "auto"."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert: model must be a torch.nn.Module, got {type(model).__name__}")
     todo, refused = [], []
@@ -166,5 +168,5 @@ def convert(model, algo="auto", backend="auto"):
         raise ValueError("convert: these layers can't run on convgpu's kernels (nothing was "
                          "converted): " + "; ".join(refused))
     for layer, ours in todo:
-        ours.from_torch(layer, algo, backend)
+        ours.from_torch(layer, algo if ours in (Conv2d, ConvTranspose2d) else "auto", backend)
     return model
