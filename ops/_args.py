@@ -52,11 +52,12 @@ def _is_int(v) -> bool:
 
 
 def pair(op: str, name: str, v, *, minimum: int) -> Pair:
-    """An int or a pair of ints (torch's int-or-tuple), each at least `minimum`."""
+    """An int or a pair of ints (torch's int-or-tuple), each at least `minimum`. A 1-element
+    tuple or list stands for both, as torch expands it."""
     if _is_int(v):
         t = (int(v), int(v))
-    elif isinstance(v, (tuple, list)) and len(v) == 2 and all(_is_int(e) for e in v):
-        t = (int(v[0]), int(v[1]))
+    elif isinstance(v, (tuple, list)) and len(v) in (1, 2) and all(_is_int(e) for e in v):
+        t = (int(v[0]), int(v[-1]))
     else:
         raise ValueError(f"{op}: {name} must be an int or a pair of ints, got {v!r}")
     if t[0] < minimum or t[1] < minimum:
@@ -153,6 +154,13 @@ def caller_contiguous(a) -> bool:
     if hasattr(a, "is_contiguous"):
         return a.is_contiguous()
     flags = getattr(a, "flags", None)
+    if flags is None and hasattr(a, "__dlpack__"):         # another DLPack producer: its view
+        from convgpu.arrays import DLPACK_CPU, kind_of
+        if kind_of(a) == DLPACK_CPU:
+            flags = np.from_dlpack(a).flags
+        else:
+            import cupy
+            flags = cupy.from_dlpack(a).flags
     return bool(flags is not None and flags.c_contiguous)
 
 
@@ -308,9 +316,13 @@ def check_bias(op: str, b, K: int) -> None:
 
 
 def transpose_geometry(op: str, x_shape, w_shape, stride, padding, output_padding, groups,
-                       dilation, dtype) -> Tuple[ConvArgs, Tuple[int, int, int, int]]:
+                       dilation, dtype):
     """conv_transpose2d(x, w) is conv2d_backward_input(x, w, out_shape): w (Cin, Cout/g, R, S)
-    is a forward conv weight with K=Cin. Returns the ConvArgs of that forward conv."""
+    is a forward conv weight with K=Cin. Returns (the ConvArgs of that forward conv,
+    out_shape, frame). frame is None, or, where output_padding reaches the stride (torch
+    allows it below the dilation), the padding: no forward conv of out_shape then gives
+    x's size, so the args describe the uncropped result ((H - 1) s + d (R - 1) + 1 rows,
+    padding 0) and out_shape is its window starting at the padding (see full_frame)."""
     stride_ = pair(op, "stride", stride, minimum=1)
     padding_ = pair(op, "padding", padding, minimum=0)
     dilation_ = pair(op, "dilation", dilation, minimum=1)
@@ -333,9 +345,30 @@ def transpose_geometry(op: str, x_shape, w_shape, stride, padding, output_paddin
         raise ValueError(f"{op}: output would be empty ({Ho}x{Wo}) for input {H}x{W}, kernel "
                          f"{R}x{S}, stride {stride_}, padding {padding_}")
     out_shape = (N, Coutg * groups_, Ho, Wo)
-    args = conv_geometry(op, out_shape, w_shape, stride_, padding_, dilation_, groups_, dtype,
+    if op_pad[0] < stride_[0] and op_pad[1] < stride_[1]:
+        args = conv_geometry(op, out_shape, w_shape, stride_, padding_, dilation_, groups_,
+                             dtype, out_shape=x_shape)
+        return args, out_shape, None
+    full = (N, Coutg * groups_, conv_transpose_out_size(H, R, stride_[0], 0, dilation_[0], 0),
+            conv_transpose_out_size(W, S, stride_[1], 0, dilation_[1], 0))
+    args = conv_geometry(op, full, w_shape, stride_, 0, dilation_, groups_, dtype,
                          out_shape=x_shape)
-    return args, out_shape
+    return args, out_shape, padding_
+
+
+def full_frame(a, shape, offset, xp):
+    """The window of `a` (N, C, H, W) of size shape[2:] starting at offset = (rows, columns),
+    zero where it passes a's end; with a negative offset, `a` placed at -offset in zeros of
+    `shape` (the adjoint). conv_transpose2d's output is the window at its padding of the
+    uncropped result; its gradient goes back the other way."""
+    out = xp.zeros(tuple(a.shape[:2]) + tuple(shape[2:]), a.dtype)
+    (oh, ow), (H, W), (Ho, Wo) = offset, a.shape[2:], shape[2:]
+    src_h, dst_h = (slice(max(oh, 0), min(H, oh + Ho)), slice(max(-oh, 0), None))
+    src_w, dst_w = (slice(max(ow, 0), min(W, ow + Wo)), slice(max(-ow, 0), None))
+    block = a[:, :, src_h, src_w]
+    out[:, :, dst_h.start:dst_h.start + block.shape[2],
+        dst_w.start:dst_w.start + block.shape[3]] = block
+    return out
 
 
 # ----------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from convgpu import reference
-from convgpu.arrays import unwrap
+from convgpu.arrays import on_torch_stream, unwrap
 from convgpu.ops import _args as A
 from convgpu.ops._registry import dispatch, register
 
@@ -32,6 +32,7 @@ register("relu_backward", "cuda", "direct", _C + "relu_backward")
 register("bias_add", "cuda", "direct", _C + "bias_add")
 
 
+@on_torch_stream
 def relu(input, *, backend="auto"):
     """max(x, 0); NaN stays NaN (as torch)."""
     op = "relu"
@@ -41,6 +42,7 @@ def relu(input, *, backend="auto"):
     return bd.wrap(dispatch(op, tuple(x.shape), backend, "auto", bd.on_device, x))
 
 
+@on_torch_stream
 def relu_backward(grad_output, input, *, backend="auto"):
     """grad_output where input > 0, else 0."""
     op = "relu_backward"
@@ -62,6 +64,7 @@ def _check_bias_add(op, x, b):
                          f"{tuple(x.shape)}), got shape {tuple(b.shape)}")
 
 
+@on_torch_stream
 def bias_add(input, bias, *, backend="auto"):
     """x + b broadcast over channel axis 1: (N, C, ...) + (C,)."""
     op = "bias_add"

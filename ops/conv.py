@@ -6,7 +6,7 @@ Each op: unwrap arrays -> validate (ops._args) -> pick an implementation
 from __future__ import annotations
 
 from convgpu import reference
-from convgpu.arrays import unwrap
+from convgpu.arrays import on_torch_stream, unwrap, xp_of
 from convgpu.ops import _args as A
 from convgpu.ops._registry import dispatch, register
 
@@ -169,6 +169,7 @@ def _check_same_size(op, padding, gy_shape, x_shape):
                          f"{tuple(x_shape[2:])}; got grad_output {tuple(gy_shape)}")
 
 
+@on_torch_stream
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
            algo="auto", backend="auto", allow_tf32=None):
     """2-D cross-correlation as torch.nn.functional.conv2d: input (N, C, H, W) or (C, H, W),
@@ -194,6 +195,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     return bd.wrap(y[0] if unbatched else y)
 
 
+@on_torch_stream
 def conv2d_backward_input(grad_output, weight, input_shape, stride=1, padding=0, dilation=1,
                           groups=1, *, algo="auto", backend="auto", allow_tf32=None):
     """Gradient of conv2d with respect to its input: (N, K, P, Q) -> input_shape. padding
@@ -218,6 +220,7 @@ def conv2d_backward_input(grad_output, weight, input_shape, stride=1, padding=0,
     return bd.wrap(gx[0] if unbatched else gx)
 
 
+@on_torch_stream
 def conv2d_backward_weight(input, grad_output, weight_shape, stride=1, padding=0, dilation=1,
                            groups=1, *, algo="auto", backend="auto", allow_tf32=None):
     """Gradient of conv2d with respect to its weight -> weight_shape (K, C/groups, R, S).
@@ -242,6 +245,7 @@ def conv2d_backward_weight(input, grad_output, weight_shape, stride=1, padding=0
     return bd.wrap(dispatch(op, args, backend, algo, bd.on_device, x, gy))
 
 
+@on_torch_stream
 def conv2d_backward_bias(grad_output, *, backend="auto"):
     """Gradient of conv2d with respect to its bias: the sum of grad_output over N, P, Q."""
     op = "conv2d_backward_bias"
@@ -253,24 +257,29 @@ def conv2d_backward_bias(grad_output, *, backend="auto"):
     return bd.wrap(dispatch(op, tuple(gy.shape), backend, "auto", bd.on_device, gy))
 
 
+@on_torch_stream
 def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
                      dilation=1, *, algo="auto", backend="auto", allow_tf32=None):
     """Transposed convolution as torch.nn.functional.conv_transpose2d: input (N, Cin, H, W),
     weight (Cin, Cout/groups, R, S). It is conv2d_backward_input with Cin as K, so it runs
-    on the input-gradient implementations."""
+    on the input-gradient implementations. output_padding must be smaller than the stride or
+    the dilation (torch's rule); where it reaches the stride, the result is cut from the
+    uncropped one (padding 0), since no forward conv of that size gives the input's."""
     op = "conv_transpose2d"
     bd, a = unwrap(op, input=input, weight=weight, bias=bias)
     x, unbatched = A.batched(op, "input", a["input"])
     w, b = a["weight"], a["bias"]
     A.check_conv_weight(op, w)
     dtype = A.check_same_dtype(op, input=x, weight=w, bias=b)
-    args, out_shape = A.transpose_geometry(op, x.shape, w.shape, stride, padding, output_padding,
-                                           groups, dilation, dtype)
+    args, out_shape, frame = A.transpose_geometry(op, x.shape, w.shape, stride, padding,
+                                                  output_padding, groups, dilation, dtype)
     A.check_bias(op, b, out_shape[1])
     args.allow_tf32 = A.allow_tf32(allow_tf32)
     if args.empty:
         y = _bias_zeros(x, out_shape, dtype, b)
     else:
         y = dispatch("conv2d_backward_input", args, backend, algo, bd.on_device, x, w)
+        if frame is not None:
+            y = A.full_frame(y, out_shape, frame, xp_of(y))
         y = _bias_add(bd, y, b, backend)
     return bd.wrap(y[0] if unbatched else y)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from convgpu import reference
-from convgpu.arrays import unwrap
+from convgpu.arrays import on_torch_stream, unwrap
 from convgpu.ops import _args as A
 from convgpu.ops._registry import dispatch, register
 
@@ -37,6 +37,7 @@ class LinearArgs:
     allow_tf32: bool = False
 
 
+@on_torch_stream
 def linear(input, weight, bias=None, *, algo="auto", backend="auto", allow_tf32=None):
     """y = x w^T + b as torch.nn.functional.linear: x (*, in), w (out, in), b (out,).
     allow_tf32 as in conv2d."""
@@ -54,6 +55,7 @@ def linear(input, weight, bias=None, *, algo="auto", backend="auto", allow_tf32=
     return bd.wrap(dispatch(op, args, backend, algo, bd.on_device, x, w, b))
 
 
+@on_torch_stream
 def linear_backward(grad_output, input, weight, *, backend="auto"):
     """Returns (grad_input, grad_weight, grad_bias) of linear."""
     op = "linear_backward"

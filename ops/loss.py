@@ -1,63 +1,188 @@
-"""Softmax cross-entropy (mean over the batch, as torch.nn.functional.cross_entropy)."""
+"""Softmax cross-entropy as torch.nn.functional.cross_entropy over (N, classes) logits and
+class-index labels: per-class weight, ignore_index, reduction and label_smoothing.
+
+The device's row kernels (numba and cuda "rowwise") serve the plain mean loss; they decline
+the options through supports(), and the cuda backend's "array_ops" (the reference's
+formulas on CuPy arrays) serves those.
+"""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
 from convgpu import reference
-from convgpu.arrays import unwrap, xp_of
+from convgpu.arrays import on_torch_stream, unwrap, xp_of
 from convgpu.ops import _args as A
 from convgpu.ops._registry import dispatch, register
 
-
-def _np_xent(a, z, t):
-    return reference.softmax_cross_entropy(z, t)
+REDUCTIONS = ("mean", "sum", "none")
 
 
-def _np_xent_backward(a, z, t):
-    return reference.softmax_cross_entropy_backward(z, t)
+@dataclass(frozen=True)
+class XentArgs:
+    N: int
+    C: int
+    reduction: str
+    weighted: bool
+    ignore_index: Optional[int]     # None: no row is ignored in this call
+    label_smoothing: float
+
+    @property
+    def plain(self) -> bool:
+        return (self.reduction == "mean" and not self.weighted and self.ignore_index is None
+                and self.label_smoothing == 0.0)
+
+
+def _ref_options(a):
+    return dict(ignore_index=-100 if a.ignore_index is None else a.ignore_index,
+                reduction=a.reduction, label_smoothing=a.label_smoothing)
+
+
+def _np_xent(a, z, t, w):
+    return reference.softmax_cross_entropy(z, t, w, **_ref_options(a))
+
+
+def _np_xent_backward(a, z, t, w, g):
+    return reference.softmax_cross_entropy_backward(z, t, w, grad_output=g, **_ref_options(a))
+
+
+def rowwise_supports(a):
+    if a.plain:
+        return None
+    return ("the row kernels compute the unweighted mean loss only (no weight, no ignored "
+            "rows, label_smoothing 0, reduction 'mean')")
+
+
+def array_ops_supports(a):
+    return "the row kernels serve the plain mean loss" if a.plain else None
 
 
 register("softmax_cross_entropy", "numpy", "reference", "convgpu.ops.loss:_np_xent")
 register("softmax_cross_entropy_backward", "numpy", "reference",
          "convgpu.ops.loss:_np_xent_backward")
 _K = "convgpu.kernels.elementwise:"
-register("softmax_cross_entropy", "numba", "rowwise", _K + "softmax_cross_entropy")
+_ROW = "convgpu.ops.loss:rowwise_supports"
+_ARR = "convgpu.ops.loss:array_ops_supports"
+register("softmax_cross_entropy", "numba", "rowwise", "convgpu.ops.loss:_numba_xent",
+         supports=_ROW)
 register("softmax_cross_entropy_backward", "numba", "rowwise",
-         _K + "softmax_cross_entropy_backward")
-_C = "convgpu.kernels.cuda_ops:"
-register("softmax_cross_entropy", "cuda", "rowwise", _C + "softmax_cross_entropy")
-register("softmax_cross_entropy_backward", "cuda", "rowwise", _C + "softmax_cross_entropy_backward")
+         "convgpu.ops.loss:_numba_xent_backward", supports=_ROW)
+register("softmax_cross_entropy", "cuda", "rowwise", "convgpu.ops.loss:_cuda_xent",
+         supports=_ROW)
+register("softmax_cross_entropy_backward", "cuda", "rowwise",
+         "convgpu.ops.loss:_cuda_xent_backward", supports=_ROW)
+register("softmax_cross_entropy", "cuda", "array_ops", "convgpu.ops.loss:_np_xent",
+         supports=_ARR, note="the reference's formulas on CuPy arrays")
+register("softmax_cross_entropy_backward", "cuda", "array_ops",
+         "convgpu.ops.loss:_np_xent_backward", supports=_ARR,
+         note="the reference's formulas on CuPy arrays")
 
 
-def _validate(op, logits, labels, check_labels):
-    bd, a = unwrap(op, logits=logits, labels=labels)
-    z, t = a["logits"], a["labels"]
+def _scaled(g, scale):
+    """The plain gradient times a scalar grad_output (1 needs no pass)."""
+    if scale is None:
+        return g
+    return g * scale.astype(g.dtype).reshape(())
+
+
+def _numba_xent(a, z, t, w):
+    from convgpu.kernels import elementwise
+    return elementwise.softmax_cross_entropy((a.N, a.C), z, t)
+
+
+def _numba_xent_backward(a, z, t, w, g):
+    from convgpu.kernels import elementwise
+    return _scaled(elementwise.softmax_cross_entropy_backward((a.N, a.C), z, t), g)
+
+
+def _cuda_xent(a, z, t, w):
+    from convgpu.kernels import cuda_ops
+    return cuda_ops.softmax_cross_entropy((a.N, a.C), z, t)
+
+
+def _cuda_xent_backward(a, z, t, w, g):
+    from convgpu.kernels import cuda_ops
+    return _scaled(cuda_ops.softmax_cross_entropy_backward((a.N, a.C), z, t), g)
+
+
+def _validate(op, logits, labels, weight, grad_output, ignore_index, reduction,
+              label_smoothing, check_labels):
+    bd, a = unwrap(op, logits=logits, labels=labels, weight=weight, grad_output=grad_output)
+    z, t, w, g = a["logits"], a["labels"], a["weight"], a["grad_output"]
     A.check_float(op, "logits", z)
     A.check_ndim(op, "logits", z, (2,), "2-D (N, classes)")
-    if z.shape[1] == 0:
+    n, c = z.shape
+    if c == 0:
         raise ValueError(f"{op}: logits need at least one class, got shape {tuple(z.shape)}")
-    A.check_labels(op, t, z.shape[0], z.shape[1])
+    A.check_labels(op, t, n, c)
+    if w is not None:
+        A.check_same_dtype(op, logits=z, weight=w)
+        if tuple(w.shape) != (c,):
+            raise ValueError(f"{op}: weight must be 1-D of length {c} (one per class), got "
+                             f"shape {tuple(w.shape)}")
+    if not A._is_int(ignore_index):
+        raise TypeError(f"{op}: ignore_index must be an int, got {ignore_index!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"{op}: reduction must be one of {', '.join(map(repr, REDUCTIONS))}, "
+                         f"got {reduction!r}")
+    eps = A.number(op, "label_smoothing", label_smoothing, 0.0, 1.0)
+    if g is not None:
+        A.check_same_dtype(op, logits=z, grad_output=g)
+        want = (n,) if reduction == "none" else ()
+        if tuple(g.shape) != want and not (want == () and g.size == 1):
+            raise ValueError(f"{op}: grad_output must have shape {want} (the loss's, "
+                             f"reduction={reduction!r}), got {tuple(g.shape)}")
+    ignore = int(ignore_index)
+    in_range = 0 <= ignore < c
     if check_labels and t.size:
-        # on the device: two reductions and two reads, each waiting for the queued work
+        # on the device: reductions and reads, each waiting for the queued work
         xp = xp_of(t)
-        A.check_labels_range(op, int(xp.min(t)), int(xp.max(t)), z.shape[1])
-    return bd, z, t.astype("int64", copy=False)
+        lo, hi = int(xp.min(t)), int(xp.max(t))
+        if lo < 0 or hi >= c:              # ignored rows, or labels out of range
+            kept = t[t != ignore]
+            lo, hi = (int(xp.min(kept)), int(xp.max(kept))) if kept.size else (0, 0)
+            ignored = True
+        else:
+            ignored = in_range and bool((t == ignore).any())
+        A.check_labels_range(op, lo, hi, c)
+    else:
+        ignored = in_range
+    args = XentArgs(n, c, reduction, w is not None, ignore if ignored else None, eps)
+    return bd, args, z, t.astype("int64", copy=False), w, g
 
 
-def softmax_cross_entropy(logits, labels, *, backend="auto", check_labels=True):
-    """Mean over rows of -log softmax(logits)[label]; a 0-d array of logits' dtype.
-    Labels outside [0, classes) raise ValueError; check_labels=False skips that test (and
-    its wait for the device) for labels already known to be in range."""
+@on_torch_stream
+def softmax_cross_entropy(logits, labels, weight=None, *, ignore_index=-100, reduction="mean",
+                          label_smoothing=0.0, algo="auto", backend="auto", check_labels=True):
+    """torch.nn.functional.cross_entropy of (N, classes) logits and int labels: the mean (or
+    sum, or per row with reduction="none") of -log softmax(logits)[label], with torch's
+    per-class weight, ignore_index and label_smoothing. Labels outside [0, classes) other
+    than ignore_index raise ValueError; check_labels=False skips that test (and its wait for
+    the device) for labels known to lie in [0, classes). algo: "rowwise" (the plain mean
+    loss) or "array_ops" (the cuda backend, for the options); "auto" picks the one that
+    serves the call."""
     op = "softmax_cross_entropy"
-    bd, z, t = _validate(op, logits, labels, check_labels)
-    if z.shape[0] == 0:                  # the mean of no rows: NaN, as torch
-        return bd.wrap(A.zeros(z, (), z.dtype) + float("nan"))
-    return bd.wrap(dispatch(op, tuple(z.shape), backend, "auto", bd.on_device, z, t))
+    bd, args, z, t, w, _ = _validate(op, logits, labels, weight, None, ignore_index, reduction,
+                                     label_smoothing, check_labels)
+    if args.N == 0:                  # torch: the mean of no rows is NaN, their sum 0
+        if reduction == "none":
+            return bd.wrap(A.zeros(z, (0,), z.dtype))
+        return bd.wrap(xp_of(z).full((), float("nan") if reduction == "mean" else 0.0, z.dtype))
+    return bd.wrap(dispatch(op, args, backend, algo, bd.on_device, z, t, w))
 
 
-def softmax_cross_entropy_backward(logits, labels, *, backend="auto", check_labels=True):
-    """Gradient of the mean loss with respect to logits: (softmax - onehot) / N.
-    check_labels as for softmax_cross_entropy."""
+@on_torch_stream
+def softmax_cross_entropy_backward(logits, labels, weight=None, *, grad_output=None,
+                                   ignore_index=-100, reduction="mean", label_smoothing=0.0,
+                                   algo="auto", backend="auto", check_labels=True):
+    """Gradient of softmax_cross_entropy with respect to logits, times grad_output (the
+    loss's gradient: a scalar, or (N,) for reduction="none"; None is 1). The plain mean loss
+    gives (softmax - onehot) / N. Options and check_labels as for softmax_cross_entropy."""
     op = "softmax_cross_entropy_backward"
-    bd, z, t = _validate(op, logits, labels, check_labels)
-    if z.shape[0] == 0:
+    bd, args, z, t, w, g = _validate(op, logits, labels, weight, grad_output, ignore_index,
+                                     reduction, label_smoothing, check_labels)
+    if args.N == 0:
         return bd.wrap(A.zeros(z, tuple(z.shape), z.dtype))
-    return bd.wrap(dispatch(op, tuple(z.shape), backend, "auto", bd.on_device, z, t))
+    return bd.wrap(dispatch(op, args, backend, algo, bd.on_device, z, t, w, g))

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import numpy as np
 
 from convgpu import reference
-from convgpu.arrays import unwrap, xp_of
+from convgpu.arrays import on_torch_stream, unwrap, xp_of
 from convgpu.ops import _args as A
 from convgpu.ops._registry import dispatch, register
 
@@ -92,12 +92,24 @@ def _check_training(op, training):
     return bool(training)
 
 
+def _momentum(op, momentum):
+    """Any real number, as torch: it extrapolates outside [0, 1] (the running estimates are
+    the caller's to keep sensible). momentum=None is nn.BatchNorm2d's cumulative average,
+    which needs the module's batch count: F.batch_norm refuses it, so does this op."""
+    if isinstance(momentum, (bool, np.bool_)) or not isinstance(momentum, (int, float, np.number)):
+        raise TypeError(f"{op}: momentum must be a Python number, got {momentum!r}"
+                        + (" (None, the cumulative average, is convgpu.torch.BatchNorm2d's)"
+                           if momentum is None else ""))
+    return float(momentum)
+
+
 def _split(x):
     """(N, C, *) -> (N, C, L) view and L."""
     L = int(np.prod(x.shape[2:], dtype=np.int64))
     return x.reshape(x.shape[0], x.shape[1], L), L
 
 
+@on_torch_stream
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
                momentum=0.1, eps=1e-5, *, return_stats=False, backend="auto"):
     """y = (x - mean[c]) / sqrt(var[c] + eps) * weight[c] + bias[c] over an (N, C, *) input,
@@ -124,7 +136,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     if rm is None and not training:
         raise ValueError(f"{op}: evaluation (training=False) normalises with running_mean and "
                          "running_var; they are None")
-    h = NormHyper(A.number(op, "momentum", momentum, 0.0, 1.0),
+    h = NormHyper(_momentum(op, momentum),
                   A.number(op, "eps", eps, 0.0, lo_open=True))
     update = training and rm is not None
     if update:
@@ -150,6 +162,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     return bd.wrap((y, mean, invstd) if return_stats else y)
 
 
+@on_torch_stream
 def batch_norm_backward(grad_output, input, mean, invstd, weight=None, training=True, *,
                         backend="auto"):
     """The gradients of batch_norm: (grad_input, grad_weight, grad_bias). mean and invstd are

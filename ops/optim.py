@@ -13,7 +13,7 @@ from typing import NamedTuple
 import numpy as np
 
 from convgpu import reference
-from convgpu.arrays import unwrap
+from convgpu.arrays import on_torch_stream, unwrap
 from convgpu.ops import _args as A
 from convgpu.ops._registry import dispatch, register
 
@@ -83,6 +83,7 @@ def _check_state(op, arrays, originals):
             A.check_written_in_place(op, n, a, originals[n])
 
 
+@on_torch_stream
 def adam_step(param, grad, exp_avg, exp_avg_sq, step, *, lr=1e-3, beta1=0.9, beta2=0.999,
               eps=1e-8, weight_decay=0.0, backend="auto"):
     """One Adam step in place: exp_avg = beta1 * exp_avg + (1 - beta1) * g,
@@ -105,6 +106,7 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, step, *, lr=1e-3, beta1=0.9, bet
              a["exp_avg"], a["exp_avg_sq"], h)
 
 
+@on_torch_stream
 def sgd_step(param, grad, momentum_buffer=None, *, lr, momentum=0.0, weight_decay=0.0,
              backend="auto"):
     """One SGD step in place, torch's form: g = grad + weight_decay * param; with momentum,

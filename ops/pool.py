@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 from convgpu import reference
-from convgpu.arrays import unwrap, xp_of
+from convgpu.arrays import on_torch_stream, unwrap, xp_of
 from convgpu.ops import _args as A
 from convgpu.ops._registry import dispatch, register
 
@@ -196,6 +196,7 @@ register("adaptive_avg_pool2d_backward", "cuda", "gather", _C + "adaptive_avg_po
 # the ops
 
 
+@on_torch_stream
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                return_indices=False, *, algo="auto", backend="auto"):
     """Max pooling as torch: -inf padding; with return_indices, int64 indices flat over each
@@ -216,6 +217,7 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     return bd.wrap((y, idx)) if return_indices else bd.wrap(y)
 
 
+@on_torch_stream
 def max_pool2d_backward(grad_output, indices, input_shape, kernel_size=None, stride=None,
                         padding=0, dilation=1, ceil_mode=False, *, algo="auto", backend="auto",
                         check_indices=True):
@@ -254,6 +256,7 @@ def max_pool2d_backward(grad_output, indices, input_shape, kernel_size=None, str
     return bd.wrap(gx[0] if unbatched else gx)
 
 
+@on_torch_stream
 def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
                count_include_pad=True, divisor_override=None, *, backend="auto"):
     """Average pooling as torch.nn.functional.avg_pool2d."""
@@ -269,6 +272,7 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
     return bd.wrap(y[0] if unbatched else y)
 
 
+@on_torch_stream
 def avg_pool2d_backward(grad_output, input_shape, kernel_size, stride=None, padding=0,
                         ceil_mode=False, count_include_pad=True, divisor_override=None, *,
                         backend="auto"):
@@ -288,6 +292,7 @@ def avg_pool2d_backward(grad_output, input_shape, kernel_size, stride=None, padd
     return bd.wrap(gx[0] if unbatched else gx)
 
 
+@on_torch_stream
 def global_avg_pool2d(input, *, backend="auto"):
     """Mean over H and W: (N, C, H, W) -> (N, C)."""
     op = "global_avg_pool2d"
@@ -302,6 +307,7 @@ def global_avg_pool2d(input, *, backend="auto"):
     return bd.wrap(dispatch(op, tuple(x.shape), backend, "auto", bd.on_device, x))
 
 
+@on_torch_stream
 def global_avg_pool2d_backward(grad_output, input_shape, *, backend="auto"):
     op = "global_avg_pool2d_backward"
     bd, a = unwrap(op, grad_output=grad_output)
@@ -325,6 +331,7 @@ def _adaptive_size(op, output_size, H, W):
     return tuple(int(size if v is None else v) for v, size in zip(pair, (H, W)))
 
 
+@on_torch_stream
 def adaptive_avg_pool2d(input, output_size, *, backend="auto"):
     """Average pooling to a given output size, as torch: output p of P averages rows
     [floor(p H / P), ceil((p + 1) H / P)), the same along W (neighbouring windows overlap
@@ -343,6 +350,7 @@ def adaptive_avg_pool2d(input, output_size, *, backend="auto"):
     return bd.wrap(y[0] if unbatched else y)
 
 
+@on_torch_stream
 def adaptive_avg_pool2d_backward(grad_output, input_shape, *, backend="auto"):
     """Gradient of adaptive_avg_pool2d: each input element gathers gy / (window area) over
     the outputs whose windows hold it. The output size is grad_output's."""

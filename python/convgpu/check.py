@@ -74,6 +74,12 @@ def _conv_problems(xs, ws, ys, conv_kw) -> List[Problem]:
     ]
 
 
+def _xent_labels(r):
+    t = r.integers(0, 10, 33)
+    t[5] = -100                                       # F.cross_entropy's ignore_index
+    return t
+
+
 def problems(size: str = "small") -> List[Problem]:
     """The problem set. 'small' fits the simulator (a few blocks per launch); 'large' is
     real-layer-sized and odd (for a GPU)."""
@@ -154,12 +160,28 @@ def problems(size: str = "small") -> List[Problem]:
                 lambda i: ref.linear_backward(i["gy"], i["x"], i["w"])),
         Problem("softmax_cross_entropy", "logits(33, 10)",
                 lambda r: dict(z=_rand(r, (33, 10)) * 3, t=r.integers(0, 10, 33)),
-                lambda i, be, al: cg.softmax_cross_entropy(i["z"], i["t"], backend=be),
+                lambda i, be, al: cg.softmax_cross_entropy(i["z"], i["t"], backend=be, algo=al),
                 lambda i: ref.softmax_cross_entropy(i["z"], i["t"])),
         Problem("softmax_cross_entropy_backward", "logits(33, 10)",
                 lambda r: dict(z=_rand(r, (33, 10)) * 3, t=r.integers(0, 10, 33)),
-                lambda i, be, al: cg.softmax_cross_entropy_backward(i["z"], i["t"], backend=be),
+                lambda i, be, al: cg.softmax_cross_entropy_backward(i["z"], i["t"], backend=be,
+                                                                    algo=al),
                 lambda i: ref.softmax_cross_entropy_backward(i["z"], i["t"])),
+        # weight, an ignored row, label smoothing: what the row kernels decline
+        Problem("softmax_cross_entropy", "logits(33, 10) weight ignore smoothing",
+                lambda r: dict(z=_rand(r, (33, 10)) * 3, t=_xent_labels(r),
+                               w=r.uniform(0.5, 2.0, 10)),
+                lambda i, be, al: cg.softmax_cross_entropy(i["z"], i["t"], i["w"],
+                                                           label_smoothing=0.1, backend=be,
+                                                           algo=al),
+                lambda i: ref.softmax_cross_entropy(i["z"], i["t"], i["w"], label_smoothing=0.1)),
+        Problem("softmax_cross_entropy_backward", "logits(33, 10) weight ignore smoothing",
+                lambda r: dict(z=_rand(r, (33, 10)) * 3, t=_xent_labels(r),
+                               w=r.uniform(0.5, 2.0, 10)),
+                lambda i, be, al: cg.softmax_cross_entropy_backward(
+                    i["z"], i["t"], i["w"], label_smoothing=0.1, backend=be, algo=al),
+                lambda i: ref.softmax_cross_entropy_backward(i["z"], i["t"], i["w"],
+                                                             label_smoothing=0.1)),
         # the optimiser steps update in place: the call returns the updated arrays. lr 0.1 so
         # the update itself, not only the parameter, is far above the tolerance
         Problem("adam_step", "p(33, 45) step 3 wd 0.01",

@@ -325,24 +325,78 @@ def linear_backward(gy, x, w):
 
 
 def _log_softmax(z):
+    xp = _array_module(z)
     m = z.max(axis=1, keepdims=True)
     s = z - m
-    return s - np.log(np.exp(s).sum(axis=1, keepdims=True))
+    return s - xp.log(xp.exp(s).sum(axis=1, keepdims=True))
 
 
-def softmax_cross_entropy(logits, labels):
-    """Mean over the batch of -log softmax(logits)[label], as F.cross_entropy."""
-    n = logits.shape[0]
+def _array_module(a):
+    """numpy, or cupy for a CuPy array: the cross-entropy below also serves, unchanged, the
+    options the device's row kernels decline (ops/loss.py)."""
+    if isinstance(a, np.ndarray):
+        return np
+    import cupy
+    return cupy
+
+
+def _xent_terms(logits, labels, weight, ignore_index, reduction):
+    """log softmax in float64, the labels with ignored rows set to class 0, the per-class
+    weights, each row's nll weight (0 where ignored) and keep mask, and the normaliser of
+    the mean (torch: the sum of the kept rows' weights, for both terms)."""
+    xp = _array_module(logits)
+    n, c = logits.shape
     lp = _log_softmax(logits.astype(np.float64))
-    loss = -lp[np.arange(n), labels].mean()
-    return np.asarray(loss, dtype=logits.dtype)
+    keep = labels != ignore_index
+    t = xp.where(keep, labels, 0)
+    wc = xp.ones(c) if weight is None else weight.astype(np.float64)
+    wt = wc[t] * keep
+    norm = wt.sum() if reduction == "mean" else 1.0
+    return xp, lp, t, wc, wt, keep, norm
 
 
-def softmax_cross_entropy_backward(logits, labels):
-    n = logits.shape[0]
-    p = np.exp(_log_softmax(logits.astype(np.float64)))
-    p[np.arange(n), labels] -= 1.0
-    return np.ascontiguousarray(p / n, dtype=logits.dtype)
+def softmax_cross_entropy(logits, labels, weight=None, ignore_index=-100, reduction="mean",
+                          label_smoothing=0.0):
+    """F.cross_entropy of (N, C) logits and class-index labels: row i's loss is
+    (1 - eps) w[y_i] (-log p[i, y_i]) + eps / C sum_c w[c] (-log p[i, c]), zero where
+    y_i == ignore_index; "mean" divides by the kept rows' summed w[y_i] (their count when
+    unweighted; NaN when every row is ignored, as torch), "sum" adds, "none" returns the
+    rows."""
+    n, c = logits.shape
+    xp, lp, t, wc, wt, keep, norm = _xent_terms(logits, labels, weight, ignore_index,
+                                                reduction)
+    rows = -lp[xp.arange(n), t] * wt
+    with np.errstate(invalid="ignore", divide="ignore"):        # every row ignored: NaN
+        if reduction != "none":
+            rows = rows.sum() / norm
+        if label_smoothing:
+            smooth = -(lp * wc).sum(axis=1) * keep
+            if reduction != "none":
+                smooth = smooth.sum() / norm
+            rows = (1 - label_smoothing) * rows + label_smoothing / c * smooth
+    return xp.asarray(rows, dtype=logits.dtype)
+
+
+def softmax_cross_entropy_backward(logits, labels, weight=None, ignore_index=-100,
+                                   reduction="mean", label_smoothing=0.0, grad_output=None):
+    """d loss / d logits, times grad_output (a scalar, or per row for reduction="none"):
+    row i gets (1 - eps) a_i (p_i - onehot(y_i)) + eps / C b_i (sum(w) p_i - w), with
+    a_i = w[y_i] and b_i = 1 on kept rows (0 on ignored ones) over the normalisers."""
+    n, c = logits.shape
+    xp, lp, t, wc, wt, keep, norm = _xent_terms(logits, labels, weight, ignore_index,
+                                                reduction)
+    p = xp.exp(lp)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        a = (1 - label_smoothing) * wt / norm
+        b = label_smoothing / c * keep / norm
+    if grad_output is not None:
+        g = grad_output.astype(np.float64)
+        a, b = a * g, b * g
+    grad = a[:, None] * p
+    grad[xp.arange(n), t] -= a
+    if label_smoothing:
+        grad += b[:, None] * (wc.sum() * p - wc[None, :])
+    return xp.ascontiguousarray(grad, dtype=logits.dtype)
 
 
 # ----------------------------------------------------------------------------------------
