@@ -17,9 +17,11 @@ several support the call, each is timed once per problem and the fastest is cach
 from __future__ import annotations
 
 import importlib
-import os
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
+
+from convgpu.arrays import cupy_module
+from convgpu.core import env
 
 BACKENDS = ("numpy", "numba", "cuda")
 
@@ -88,13 +90,13 @@ def ops() -> List[str]:
 
 
 def simulator_enabled() -> bool:
-    return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+    return env.simulator()
 
 
 def cuda_host_enabled() -> bool:
     """CONVGPU_CUDA_HOST=1: the cuda backend's kernels run on the CPU, emulated thread by
-    thread (convgpu.cuda_host), on NumPy arrays: the host-emulation test tier."""
-    return os.environ.get("CONVGPU_CUDA_HOST", "0") not in ("", "0")
+    thread (kernels/cuda/emulator), on NumPy arrays: the host-emulation test tier."""
+    return env.host_emulation()
 
 
 _AVAIL: Dict[str, Optional[str]] = {}
@@ -103,7 +105,7 @@ _AVAIL: Dict[str, Optional[str]] = {}
 def backend_unavailable(backend: str) -> Optional[str]:
     """None if the backend can run here, else why not (cached)."""
     if backend == "cuda" and cuda_host_enabled():
-        from convgpu import cuda_host
+        from convgpu.kernels.cuda.emulator import cuda_host   # deferred: import convgpu stays light
         return None if cuda_host.available() else f"no C++ compiler ({cuda_host.CXX}) to emulate"
     if backend in _AVAIL:
         return _AVAIL[backend]
@@ -116,7 +118,6 @@ def backend_unavailable(backend: str) -> Optional[str]:
         except Exception as e:              # numba not installed or broken
             reason = f"numba is not importable ({e.__class__.__name__}: {e})"
     elif backend == "cuda":
-        from convgpu.arrays import cupy_module
         if cupy_module() is None:
             reason = "CuPy with a CUDA GPU is not available"
     _AVAIL[backend] = reason

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from convgpu import reference
 from convgpu.arrays import unwrap, xp_of
-from convgpu.ops import _args as A
+from convgpu.core import args as A
 from convgpu.ops._registry import dispatch, register
 
 
@@ -18,13 +18,13 @@ def _np_xent_backward(a, z, t):
 register("softmax_cross_entropy", "numpy", "reference", "convgpu.ops.loss:_np_xent")
 register("softmax_cross_entropy_backward", "numpy", "reference",
          "convgpu.ops.loss:_np_xent_backward")
-_K = "convgpu.kernels.elementwise:"
+_K = "convgpu.kernels.numba.elementwise:"
 register("softmax_cross_entropy", "numba", "rowwise", _K + "softmax_cross_entropy")
 register("softmax_cross_entropy_backward", "numba", "rowwise",
          _K + "softmax_cross_entropy_backward")
-_C = "convgpu.kernels.cuda_ops:"
-register("softmax_cross_entropy", "cuda", "rowwise", _C + "softmax_cross_entropy")
-register("softmax_cross_entropy_backward", "cuda", "rowwise", _C + "softmax_cross_entropy_backward")
+_C = "convgpu.kernels.cuda."
+register("softmax_cross_entropy", "cuda", "rowwise", _C + "elementwise:softmax_cross_entropy")
+register("softmax_cross_entropy_backward", "cuda", "rowwise", _C + "elementwise:softmax_cross_entropy_backward")
 
 
 def _validate(op, logits, labels, check_labels):

@@ -22,7 +22,7 @@ template <> __device__ __forceinline__ void lds4<double>(const double* p, double
     out[0] = a.x; out[1] = a.y; out[2] = b.x; out[3] = b.y;
 }
 
-// The register-blocked tile shared by gemm.cu and conv.cu: a 256-thread block computes a
+// The register-blocked tile shared by gemm.cu and conv_implicit.cu: a 256-thread block computes a
 // 128 x 128 tile of C from operand tiles staged in shared memory as As[k][m] and Bs[k][n]
 // (rows padded by PAD floats so the tensor-core fragment reads hit 32 distinct banks).
 // Each thread holds 64 accumulators; two ways to fill them:
@@ -280,7 +280,7 @@ template <typename T> __device__ __forceinline__ T warp_sum(T v) {
 
 // Division by a divisor fixed for the whole launch. Divider<int> multiplies instead
 // (Granlund & Montgomery): n / d = umulhi(n, mul) >> shr, exact for 0 <= n < 2**31, with mul
-// and shr computed on the host (kernels/cuda_ops.py: fastdiv; mul = 0 means d = 1); an
+// and shr computed on the host (launch.py: fastdiv; mul = 0 means d = 1); an
 // integer division costs ~20 instructions, this two. Divider<long long> divides.
 template <typename I> struct Divider;
 template <> struct Divider<int> {

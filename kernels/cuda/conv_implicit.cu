@@ -1,5 +1,5 @@
-// Convolution in CUDA C: implicit-GEMM forward and backward passes, and the im2col / col2im
-// kernels that pair with gemm.cu for the GEMM-based paths.
+// Convolution in CUDA C: implicit-GEMM forward and backward passes (launched by
+// conv_implicit.py).
 //
 //   conv2d_implicit_gemm<T, TF32>  y[n, g*Kg + m, p, q] = b + sum_{c,r,s} w[g*Kg + m, c, r, s] *
 //       x[n, g*Cg + c, p*sh - ph + r*dh, q*sw - pw + s*dw], as the GEMM
@@ -16,21 +16,11 @@
 //   conv2d_implicit_gemm_pipelined<VA, VB, M>, conv2d_wgrad_implicit_gemm_pipelined<M>,
 //   conv2d_dgrad_implicit_gemm_pipelined<UNIT, M>  the forward and both gradients in TF32 on
 //       pipeline.cuh's tile: operands copied to shared memory by cp.async two slices ahead
-//   im2col<T>   cols[g, (c*R + r)*S + s, (n*P + p)*Q + q] = x[...] or 0 (one thread each)
-//   col2im<T>   gx[n, c, h, w] = sum of the column entries that read x[n, c, h, w] (a
-//       gather: one thread per input element, fixed order, no atomics)
 #include "common.cuh"
 #include "pipeline.cuh"
+#include "conv_shape.cuh"
 
 using namespace tile;
-
-struct ConvShape {
-    int N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw, dh, dw, groups;
-};
-// Kernels take the shape as plain ints (portable kernel arguments) and pack it here.
-#define CONV_SHAPE_PARAMS int N, int C, int H, int W, int K, int R, int S, int P, int Q, \
-    int sh, int sw, int ph, int pw, int dh, int dw, int groups
-#define CONV_SHAPE ConvShape s{N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw, dh, dw, groups}
 
 template <typename T, bool TF32>
 __global__ void __launch_bounds__(THREADS, sizeof(T) == 4 ? 2 : 1)   // float: two blocks per SM
@@ -423,8 +413,8 @@ conv2d_wgrad_implicit_gemm_pipelined(const float* __restrict__ x, const float* _
 // gathers column (n, h, v) = n0 + tid (decomposed once) at the slice's depths, stepped as in
 // the forward; the strided gather's divisibility tests are skipped for UNIT (stride 1). M:
 // 128 input channels per block, or 64 where a group has at most 64.
-// (Two blocks per SM, as their shared memory allows on an H100: without the hint, built
-// with CONVGPU_TF32_ROUND 1, ptxas held the 64-row tile to 128 registers and spilled 12 bytes.)
+// Two blocks per SM, as their shared memory allows; the hint also keeps the 64-row tile from
+// spilling (bench/NOTES.md, kernel history).
 template <bool UNIT, int M>
 __global__ void __launch_bounds__(tc::THREADS, 2)
 conv2d_dgrad_implicit_gemm_pipelined(const float* __restrict__ gy, const float* __restrict__ w,
@@ -500,62 +490,4 @@ conv2d_dgrad_implicit_gemm_pipelined(const float* __restrict__ gy, const float* 
     tc::mainloop<true, false, M>(smem, steps, tid, acc, load, prepare);
     tc::store_columns<M>(acc, tid, m0, n0,
                          NchwColumns<float, long long>{gx, NHW, HW, s.C, g * Cg, Cg});
-}
-
-// im2col / col2im on a 2-D grid: blockIdx.y walks the rows of the column matrix (im2col:
-// g, c, r, s) or the planes of gx (col2im: n, c), whose coordinates are worked out once per
-// row; blockIdx.x and the threads walk the columns (n, p, q) or the plane's (h, v), divided
-// by multiply-shift (divider_for). The 1-D versions divided a 64-bit flat index per element
-// (four 64-bit and four 32-bit divisions in im2col), far more work than the copy itself.
-// Columns N*P*Q and planes H*W stay below 2**31 (the launchers check).
-template <typename T>
-__global__ void im2col(const T* __restrict__ x, T* __restrict__ cols, CONV_SHAPE_PARAMS) {
-    const CONV_SHAPE;
-    const int Cg = s.C / s.groups, RS = s.R * s.S, CRS = Cg * RS, PQ = s.P * s.Q;
-    const int NPQ = s.N * PQ, rows = s.groups * CRS;
-    const long long HW = (long long)s.H * s.W, CHW = (long long)s.C * HW;
-    const Divider<int> divPQ = divider_for(PQ), divQ = divider_for(s.Q);
-    for (int row = blockIdx.y; row < rows; row += gridDim.y) {
-        const int g = row / CRS, crs = row - g * CRS, c = crs / RS, rs = crs - c * RS;
-        const int r = rs / s.S, dh = r * s.dh - s.ph, dw = (rs - r * s.S) * s.dw - s.pw;
-        const T* xc = x + ((long long)g * Cg + c) * HW;
-        T* out = cols + (long long)row * NPQ;
-        for (int col = blockIdx.x * blockDim.x + threadIdx.x; col < NPQ;
-             col += gridDim.x * blockDim.x) {
-            const int n = divPQ.div(col), pq = col - n * PQ, p = divQ.div(pq);
-            const int h = p * s.sh + dh, v = (pq - p * s.Q) * s.sw + dw;
-            out[col] = (h >= 0 && h < s.H && v >= 0 && v < s.W)
-                           ? xc[n * CHW + (long long)h * s.W + v] : T(0);
-        }
-    }
-}
-
-template <typename T>
-__global__ void col2im(const T* __restrict__ cols, T* __restrict__ gx, CONV_SHAPE_PARAMS) {
-    const CONV_SHAPE;
-    const int Cg = s.C / s.groups, RS = s.R * s.S, PQ = s.P * s.Q, HW = s.H * s.W;
-    const long long NPQ = (long long)s.N * PQ, CRS = (long long)Cg * RS;
-    const Divider<int> divW = divider_for(s.W), divSH = divider_for(s.sh), divSW = divider_for(s.sw);
-    const int planes = s.N * s.C;
-    for (int plane = blockIdx.y; plane < planes; plane += gridDim.y) {
-        const int n = plane / s.C, c = plane - n * s.C, g = c / Cg, cw = c - g * Cg;
-        const T* cg = cols + g * CRS * NPQ + (long long)cw * RS * NPQ + (long long)n * PQ;
-        T* out = gx + (long long)plane * HW;
-        for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < HW; e += gridDim.x * blockDim.x) {
-            const int h = divW.div(e), v = e - h * s.W;
-            T acc = T(0);
-            for (int r = 0; r < s.R; ++r) {
-                const int hp = h + s.ph - r * s.dh;
-                const int p = divSH.div(hp);
-                if (hp < 0 || hp != p * s.sh || p >= s.P) continue;
-                for (int q_s = 0; q_s < s.S; ++q_s) {
-                    const int vq = v + s.pw - q_s * s.dw;
-                    const int q = divSW.div(vq);
-                    if (vq < 0 || vq != q * s.sw || q >= s.Q) continue;
-                    acc += cg[(long long)(r * s.S + q_s) * NPQ + p * s.Q + q];
-                }
-            }
-            out[e] = acc;
-        }
-    }
 }

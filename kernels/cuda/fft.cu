@@ -1,4 +1,4 @@
-// The FFT convolution's layout kernels (cuda_ops.py): between cuFFT's spectra, complex and
+// The FFT convolution's layout kernels (fft.py): between cuFFT's spectra, complex and
 // contiguous along the frequency f, and the per-frequency GEMMs' real operands, stacked
 // [real | imaginary] and frequency-major. One pass each way, through a shared-memory tile
 // so that both the frequency-contiguous side and the column-contiguous side are read and

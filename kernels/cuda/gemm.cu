@@ -16,10 +16,8 @@
 //   sum_splits<T>           out[i] = sum over s of parts[s * n + i], in order s = 0, 1, ...
 //
 // TF32 operands are rounded in integer arithmetic here (CONVGPU_TF32_ROUND 1, common.cuh),
-// not by cvt.rna as in conv.cu: bench/tf32_rounding.py on the H100 at e8f4431 found it
-// bit-exact on every TF32 GEMM variant and faster on every call through this file
-// (gemm_pipelined 4096^3 1.177 -> 0.942 ms; im2col_tf32 ResNet 1x1 1.09x, winograd_tf32
-// 1.02-1.07x), while the implicit-GEMM convolutions' input gradient ran 2-3% slower with it.
+// not by cvt.rna as in conv_implicit.cu: bit-exact either way, and faster for the GEMMs of
+// this file only (bench/tf32_rounding.py; the timings in bench/NOTES.md).
 #ifndef CONVGPU_TF32_ROUND
 #define CONVGPU_TF32_ROUND 1
 #endif
@@ -118,8 +116,7 @@ gemm_vec(const float* __restrict__ A, const float* __restrict__ B, float* __rest
     // contiguous along m / n: depth tid / (W / 4) + (i * NT) / (W / 4), columns
     //   (tid % (W / 4)) * 4 + {0..3}, W the tile's width (RM for A, BN for B).
     // The thread's parts are worked out once, here: computed from tid inside the lambdas,
-    // NVRTC 13.0 (the runtime's on the H100) re-read threadIdx (S2R) in the main loop, 17
-    // more instructions per step than at f49e222, and the 128-row kernel ran 7% slower.
+    // NVRTC 13.0 re-reads threadIdx in the main loop (bench/NOTES.md, kernel history).
     const int kr = tid / 2, kd = (tid % 2) * 4;                  // along k
     const int ad = tid / (RM / 4), ac = (tid % (RM / 4)) * 4;    // A along m
     const int bd = tid / (BN / 4), bc = (tid % (BN / 4)) * 4;    // B along n

@@ -1,10 +1,10 @@
-// The pipelined TF32 tensor-core tile shared by gemm.cu (gemm_pipelined) and conv.cu
+// The pipelined TF32 tensor-core tile shared by gemm.cu (gemm_pipelined) and conv_implicit.cu
 // (conv2d_implicit_gemm_pipelined): what tile:: (common.cuh) lacks on the tensor cores.
 //
 // tile:: stages each slice through registers (global -> registers -> shared) with one slice
 // of look-ahead and BK = 8: per barrier a warp issues 16 mma.sync, far too little work to
-// cover a global load, and the measured TF32 GEMM (57.7 TFLOP/s on the H200, 0.14x cuBLAS)
-// is that latency. Here:
+// cover a global load, and on the tensor cores that latency is what tile:: measures
+// (bench/NOTES.md). Here:
 //   - operands go global -> shared by cp.async (no registers, no staging stores), 16-byte
 //     copies where the operand allows it, 4-byte copies (zero-filled past the edges) for
 //     gathers; STAGES = 3 slices of BK = 32 in flight: two slices of look-ahead, each 4x
@@ -113,11 +113,8 @@ template <int M = BM> __device__ __forceinline__ int slot_col(int slot, int tid)
 }
 
 // acc += A_tile x B_tile over one staged BK slice, on the tensor cores. Operands are rounded
-// to TF32 as fragments are read. Rounding each landed stage once in shared memory instead (a
-// float4 pass per thread and one more barrier per slice; 4bc3c94, reverted) measured slower
-// on the H200, same machine, same call: VGG 3x3 forward 0.439 vs 0.399 ms (N16) and 1.673
-// vs 1.507 ms (N64), ResNet 1x1 0.045 vs 0.042 and 0.125 vs 0.114 ms, the 1x1 late and
-// 1x1/2 layers 2-8% slower; gemm 4096^3 114.8 TFLOP/s (H200) against 116.8 before (H100).
+// to TF32 as fragments are read: rounding each landed stage once in shared memory instead
+// costs a pass and a barrier per slice and measured slower (bench/NOTES.md, kernel history).
 template <bool KA, bool KB, int M = BM>
 __device__ __forceinline__ void mma_slice(const float* As, const float* Bs, int tid,
                                           float (&acc)[Warps<M>::NACC]) {

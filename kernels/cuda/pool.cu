@@ -220,9 +220,8 @@ __device__ __forceinline__ void max_window_clamped(const T* xp, int h0, int w0, 
 // max_pool2d_fwd<T, I, K>: K = 2 or 3 serves kh == kw == K (any stride, padding and
 // dilation): the clamped window at dilation 1, else the masked one, unrolled for exactly K.
 // K = 0 serves every window (up to KFAST x KFAST unrolled and masked, larger ones by a
-// loop). Not memory but ALU bounded the first version of this kernel (ncu on the H100 at
-// f49e222: ALU pipe 81%, DRAM 49% for AlexNet's 3x3/2 pool): hence no per-element bounds,
-// no branch on the window's position, a max tree.
+// loop). Per-element bounds and branches made this kernel ALU-bound, not memory-bound: hence
+// none here, and a max tree.
 template <typename T, typename I, int K>
 __global__ void max_pool2d_fwd(const T* __restrict__ x, T* __restrict__ y,
                                long long* __restrict__ idx, I NC, POOL_SHAPE_PARAMS) {
@@ -411,8 +410,8 @@ __global__ void max_pool2d_bwd_gather(const T* __restrict__ gy, const long long*
 // cell i, p <= i and p >= i - (kh-1)*dh/sh >= i - 1: the 2 x 2 windows (i-1..i) x (j-1..j)
 // hold every candidate of every element of the cell. Their indices and gradients are loaded
 // once per cell (the element-per-thread gather loads up to 4 of each per element, and
-// divides 6 times per element: ncu at f49e222 put the issue slots at 85% busy and DRAM at
-// 27%), then each element sums, in the same (p, q) order as the gather, the candidates
+// divides 6 times per element: issue-bound), then each element sums, in the same (p, q)
+// order as the gather, the candidates
 // whose index points at it; an element no window picked gets 0. Deterministic.
 template <typename T, typename I>
 __global__ void max_pool2d_bwd_cells(const T* __restrict__ gy, const long long* __restrict__ idx,

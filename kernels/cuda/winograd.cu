@@ -42,7 +42,7 @@
 // the zero terms are dropped at compile time.
 //
 // Tile t of a channel (below 2**31) is image n = t / (TH*TW), tile row th, column tw; the
-// divisions are multiply-shifts with the host's constants (kernels/cuda_ops.py: fastdiv).
+// divisions are multiply-shifts with the host's constants (launch.py: fastdiv).
 #include "common.cuh"
 
 template <int M> struct WinogradF;

@@ -18,8 +18,9 @@ import functools
 import numpy as np
 from numba import cuda
 
-from convgpu.kernels._launch import THREADS, block_sum, blocks_for, empty, launch, unravel4
-from convgpu.kernels.elementwise import NB_TYPES
+from convgpu.kernels.numba.elementwise import NB_TYPES
+from convgpu.kernels.numba.launch import THREADS, block_sum, blocks_for, launch, unravel4
+from convgpu.kernels.outputs import empty
 
 TILE = 128          # output pixels per block in the tiled kernel (= threads per block)
 CCHUNK = 8          # input channels per shared-memory stage

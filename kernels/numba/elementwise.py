@@ -20,7 +20,8 @@ import math
 import numpy as np
 from numba import cuda, float32, float64
 
-from convgpu.kernels._launch import THREADS, block_sum, blocks_for, empty, launch
+from convgpu.kernels.numba.launch import THREADS, block_sum, blocks_for, launch
+from convgpu.kernels.outputs import empty
 
 NB_TYPES = {np.dtype(np.float32): float32, np.dtype(np.float64): float64}
 

@@ -23,9 +23,10 @@ import numpy as np
 from numba import cuda
 
 from convgpu.arrays import xp_of
-from convgpu.kernels._fft_common import COMPLEX, dilation_reason, padded, stuffed, transform_size
-from convgpu.kernels._launch import THREADS, blocks_for, contiguous, empty, launch
-from convgpu.kernels.elementwise import NB_TYPES, bias_add
+from convgpu.kernels.fft_common import COMPLEX, dilation_reason, padded, stuffed, transform_size
+from convgpu.kernels.numba.elementwise import NB_TYPES, bias_add
+from convgpu.kernels.numba.launch import THREADS, blocks_for, launch
+from convgpu.kernels.outputs import contiguous, empty
 
 
 @functools.lru_cache(maxsize=None)

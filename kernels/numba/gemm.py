@@ -16,8 +16,10 @@ import functools
 import numpy as np
 from numba import cuda
 
-from convgpu.kernels._launch import ceil_div, empty, launch
-from convgpu.kernels.elementwise import NB_TYPES, bias_add, channel_sum
+from convgpu.core.args import ceil_div
+from convgpu.kernels.numba.elementwise import NB_TYPES, bias_add, channel_sum
+from convgpu.kernels.numba.launch import launch
+from convgpu.kernels.outputs import empty
 
 BM = 32      # tile rows of C
 BN = 32      # tile columns of C

@@ -1,5 +1,6 @@
-"""What every Numba launcher shares: array module, output allocation (poisoned in tests),
-the stream, and the launch-size arithmetic.
+"""What every Numba launcher shares: the block size, the device functions every
+one-thread-per-element kernel starts with, the stream, and the launch-size arithmetic (outputs
+are allocated by kernels/outputs.py).
 
 On a GPU the launchers take CuPy arrays and launch on CuPy's current stream (through
 __cuda_array_interface__, no copies). Under NUMBA_ENABLE_CUDASIM=1 the same launchers take
@@ -15,32 +16,10 @@ os.environ.setdefault("NUMBA_CUDA_ARRAY_INTERFACE_SYNC", "0")
 import numpy as np  # noqa: E402
 from numba import cuda  # noqa: E402
 
-from convgpu.arrays import xp_of  # noqa: E402
+from convgpu.core.args import ceil_div  # noqa: E402
 
 THREADS = 128            # threads per block for one-thread-per-element kernels
 MAX_BLOCKS = 65535 * 32  # grid-stride loops cover anything larger (and > 2**31 elements)
-
-
-def simulated() -> bool:
-    return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
-
-
-def poison_enabled() -> bool:
-    """Tests set CONVGPU_POISON=1: every output starts as NaN (or -1 for indices), so an
-    element a kernel forgot to write fails the comparison."""
-    return os.environ.get("CONVGPU_POISON", "0") not in ("", "0")
-
-
-def empty(shape, dtype, like):
-    xp = xp_of(like)
-    if poison_enabled():
-        fill = np.nan if np.dtype(dtype).kind in "fc" else -1
-        return xp.full(shape, fill, dtype=dtype)
-    return xp.empty(shape, dtype=dtype)
-
-
-def zeros(shape, dtype, like):
-    return xp_of(like).zeros(shape, dtype=dtype)
 
 
 @cuda.jit(device=True, inline=True)      # inlined in Numba IR: compile_ptx needs no device
@@ -70,10 +49,6 @@ def block_sum(buf, t, v):
     return buf[0]
 
 
-def ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 def blocks_for(n: int, threads: int = THREADS) -> int:
     return max(1, min(ceil_div(n, threads), MAX_BLOCKS))
 
@@ -89,7 +64,3 @@ def stream_for(a):
 
 def launch(kernel, grid, block, like, *args):
     kernel[grid, block, stream_for(like)](*args)
-
-
-def contiguous(a):
-    return xp_of(a).ascontiguousarray(a)

@@ -21,8 +21,9 @@ import numpy as np
 from numba import cuda
 
 from convgpu.arrays import xp_of
-from convgpu.kernels._launch import THREADS, block_sum, blocks_for, empty, launch
-from convgpu.kernels.elementwise import NB_TYPES
+from convgpu.kernels.numba.elementwise import NB_TYPES
+from convgpu.kernels.numba.launch import THREADS, block_sum, blocks_for, launch
+from convgpu.kernels.outputs import empty
 
 
 @functools.lru_cache(maxsize=None)

@@ -24,8 +24,9 @@ import functools
 import numpy as np
 from numba import cuda
 
-from convgpu.kernels._launch import THREADS, blocks_for, empty, launch, unravel4, zeros
-from convgpu.kernels.elementwise import NB_TYPES
+from convgpu.kernels.numba.elementwise import NB_TYPES
+from convgpu.kernels.numba.launch import THREADS, blocks_for, launch, unravel4
+from convgpu.kernels.outputs import empty, zeros
 
 
 @cuda.jit(device=True, inline=True)

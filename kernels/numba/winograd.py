@@ -28,9 +28,10 @@ import functools
 import numpy as np
 from numba import cuda
 
-from convgpu.kernels._launch import THREADS, blocks_for, contiguous, empty, launch, unravel4
-from convgpu.kernels.elementwise import NB_TYPES
-from convgpu.kernels.gemm import gemm
+from convgpu.kernels.numba.elementwise import NB_TYPES
+from convgpu.kernels.numba.gemm import gemm
+from convgpu.kernels.numba.launch import THREADS, blocks_for, launch, unravel4
+from convgpu.kernels.outputs import contiguous, empty
 
 @cuda.jit(device=True, inline=True)     # inlined in Numba IR, as unravel4
 def channel_tile(i, N, TH, TW, per_group):

@@ -170,14 +170,14 @@ def ceilings(timer) -> Dict[str, float]:
 
 
 def fma_rate(timer, iters=4096) -> float:
-    """FP32 FMA rate of our ceiling kernel (kernels/ceiling.cu): 8 blocks of 256 threads per
+    """FP32 FMA rate of our ceiling kernel (kernels/cuda/ceiling.cu): 8 blocks of 256 threads per
     SM, each thread 8 independent FFMA chains; TFLOP/s counting an FMA as 2 FLOPs."""
     cp = timer.cupy
-    from convgpu.kernels import cuda_ops
+    from convgpu.kernels.cuda import ceiling
     sms = cp.cuda.Device().attributes["MultiProcessorCount"]
     like = cp.zeros(1, dtype=cp.float32)
-    _, flops = cuda_ops.fma_peak(sms * 8, iters, np.float32, like)
-    t = quantiles(timer(lambda: cuda_ops.fma_peak(sms * 8, iters, np.float32, like)))["median_ms"]
+    _, flops = ceiling.fma_peak(sms * 8, iters, np.float32, like)
+    t = quantiles(timer(lambda: ceiling.fma_peak(sms * 8, iters, np.float32, like)))["median_ms"]
     return flops / (t * 1e-3) / 1e12
 
 
@@ -201,7 +201,7 @@ def _wanted(impl_label, impl_filter):
 def bench_conv(timer, suite, dtype=np.float32, progress=print, impl_filter=None) -> List[Result]:
     import cupy as cp
     import convgpu
-    from convgpu.ops._args import conv_out_size
+    from convgpu.core.args import conv_out_size
     from convgpu.ops._registry import all_impls
     torch = _torch()
     out = []
@@ -273,7 +273,7 @@ def bench_gemm(timer, sizes=((4096, 4096, 4096), (8192, 1024, 2048)), progress=p
     """The hand-written GEMMs (gemm_tiled, gemm_vec; FP32 and TF32; gemm_pipelined, TF32) against cuBLAS through
     cupy.matmul (TF32 off) and torch.matmul (TF32 on), each validated first."""
     import cupy as cp
-    from convgpu.kernels import cuda_ops
+    from convgpu.kernels.cuda import gemm
     out = []
     torch = _torch()
     for at, (M, N, K) in enumerate(sizes, 1):
@@ -301,7 +301,7 @@ def bench_gemm(timer, sizes=((4096, 4096, 4096), (8192, 1024, 2048)), progress=p
                 continue
             for variant in ("tiled", "vec") + (("pipelined",) if tf32 else ("vec64",)):
                 label = f"cuda:gemm_{variant}" + ("_tf32" if tf32 else "")
-                run = lambda: cuda_ops.gemm(A, B, tf32=tf32, variant=variant)
+                run = lambda: gemm.gemm(A, B, tf32=tf32, variant=variant)
                 got = run()[0, :64].astype(cp.float64)
                 err = float(cp.linalg.norm(got - ref) / cp.linalg.norm(ref))
                 if not err <= (2e-3 if tf32 else 1e-5):
@@ -325,7 +325,7 @@ def bench_conv_backward(timer, suite, dtype=np.float32, progress=print,
     (aten.convolution_backward), each validated on the first images first."""
     import cupy as cp
     import convgpu
-    from convgpu.ops._args import conv_out_size
+    from convgpu.core.args import conv_out_size
     from convgpu.ops._registry import all_impls
     torch = _torch()
     out = []
@@ -640,7 +640,7 @@ ALL_OPS = ("gemm", "conv2d", "conv2d_backward", "pool", "norm")
 
 def run(json_path=None, plot_path=None, quick=True, shapes=None, ops=None, impl=None,
         progress=None) -> dict:
-    from convgpu.cli import gpu_count
+    from convgpu.core.env import gpu_count
     progress = progress if progress is not None else Progress()
     ops = set(ops or ALL_OPS)
     unknown = ops - set(ALL_OPS)
@@ -712,7 +712,7 @@ def run(json_path=None, plot_path=None, quick=True, shapes=None, ops=None, impl=
 def run_cpu(conv, pools, ops, progress=print, reps=5, norms=()) -> dict:
     """No GPU: time the numpy backend (batch 1) and torch's CPU ops beside it."""
     import convgpu
-    from convgpu.ops._args import conv_out_size
+    from convgpu.core.args import conv_out_size
     progress("convgpu bench: no GPU visible, so no device kernel is timed here. Timing the "
              "numpy backend at batch 1 on the CPU, with torch's CPU ops beside it if importable.")
     try:

@@ -1,5 +1,5 @@
-// Host emulation of the CUDA C subset our kernels use, so that kernels/*.cu run on a CPU,
-// thread by thread, in tests on machines without a GPU (python/convgpu/cuda_host.py builds
+// Host emulation of the CUDA C subset our kernels use, so that kernels/cuda/*.cu run on a CPU,
+// thread by thread, in tests on machines without a GPU (emulator/cuda_host.py builds
 // each .cu with g++ -include cuda_host.h and launches through ctypes).
 //
 // Model: one OS thread. The blocks of a grid run one after another; the threads of a block

@@ -1,13 +1,13 @@
-"""Runs the CUDA C kernels (kernels/*.cu) on the CPU, thread by thread: the host-emulation
+"""Runs the CUDA C kernels (kernels/cuda/*.cu) on the CPU, thread by thread: the host-emulation
 tier of the tests, for machines without a GPU.
 
-Each .cu is compiled by g++ with kernels/cuda_host.h in front (fibers for the threads of a
+Each .cu is compiled by g++ with cuda_host.h (beside this module) in front (fibers for the threads of a
 block, switched at barriers; warp collectives and cp.async emulated; shared memory poisoned
-per block), every name expression of kernels/_module.py instantiated, and loaded through
+per block), every name expression of kernels/cuda/sources.py instantiated, and loaded through
 ctypes. `get_function(file, expr)` returns a callable with CuPy's RawKernel call
 convention, `kernel(grid, block, args)`, taking NumPy arrays where CuPy takes device arrays;
-kernels/_module.get_function hands these out when CONVGPU_CUDA_HOST=1, so the launchers in
-kernels/cuda_ops.py run unchanged on NumPy arrays.
+kernels/cuda/module.get_function hands these out when CONVGPU_CUDA_HOST=1, so the launchers
+in kernels/cuda/ run unchanged on NumPy arrays.
 
 Every launch checks each argument against the kernel's C parameter type (a numpy scalar of
 the parameter's exact size and kind; an array whose element size and kind match the
@@ -43,7 +43,7 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from convgpu.kernels import _module
+from convgpu.kernels.cuda import sources
 
 CXX = os.environ.get("CXX", "g++")
 # -fno-weak / -fno-gnu-unique: each library keeps its own copy of the emulator's state;
@@ -52,6 +52,7 @@ CXXFLAGS = ("-std=c++17", "-O1", "-fPIC", "-shared", "-fno-strict-aliasing", "-f
             "-fno-weak", "-ftrivial-auto-var-init=pattern", "-fsanitize=bounds,alignment",
             "-fsanitize-undefined-trap-on-error", "-DCONVGPU_HOST=1", "-w")
 HEADER = "cuda_host.h"
+HEADER_DIR = os.path.dirname(os.path.abspath(__file__))
 KIND_INT, KIND_FLOAT, KIND_BOOL, KIND_PTR_INT, KIND_PTR_FLOAT, KIND_PTR_OTHER = range(6)
 CONST = 8                      # added to a pointer's kind when the pointee is const
 
@@ -106,9 +107,8 @@ def _translation_unit(include: str, exprs) -> str:
 
 
 def _includes() -> Dict[str, str]:
-    d = _module.kernels_dir()
-    return {n: open(os.path.join(d, n)).read() for n in sorted(os.listdir(d))
-            if n.endswith((".cu", ".cuh", ".h"))}
+    return {n: open(os.path.join(d, n)).read() for d in (sources.kernels_dir(), HEADER_DIR)
+            for n in sorted(os.listdir(d)) if n.endswith((".cu", ".cuh", ".h"))}
 
 
 def _build(label: str, include: str, exprs, extra_source: Optional[str] = None):
@@ -127,7 +127,7 @@ def _build(label: str, include: str, exprs, extra_source: Optional[str] = None):
             with open(src, "w") as f:
                 f.write(tu)
             out = os.path.join(tmp, "lib.so")
-            cmd = [CXX, *CXXFLAGS, f"-I{tmp}", f"-I{_module.kernels_dir()}", src, "-o", out]
+            cmd = [CXX, *CXXFLAGS, f"-I{tmp}", f"-I{HEADER_DIR}", f"-I{sources.kernels_dir()}", src, "-o", out]
             r = subprocess.run(cmd, capture_output=True, text=True)
             if r.returncode:
                 raise RuntimeError(f"host build of {label} failed:\n{' '.join(cmd)}\n{r.stderr}")
@@ -179,7 +179,7 @@ def _register_shared(lib, so: str):
 
 @functools.lru_cache(maxsize=None)
 def _library(file: str):
-    return _build(file, file, _module.NAME_EXPRESSIONS[file])
+    return _build(file, file, sources.NAME_EXPRESSIONS[file])
 
 
 def get_function(file: str, expr: str) -> "HostKernel":
@@ -269,7 +269,7 @@ MAX_SHARED_PER_BLOCK = 227 * 1024
 class HostKernel:
     def __init__(self, lib, index, name, kinds, sizes):
         self.lib, self.index, self.name, self.kinds, self.sizes = lib, index, name, kinds, sizes
-        # CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES (kernels/_module.py sets it)
+        # CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES (kernels/cuda/module.py sets it)
         self.max_dynamic_shared_size_bytes = DEFAULT_DYNAMIC_SHARED
 
     def _check(self, p: int, a):
@@ -302,7 +302,7 @@ class HostKernel:
         if shared_mem > self.max_dynamic_shared_size_bytes:
             raise ValueError(f"{self.name}: {shared_mem} bytes of dynamic shared memory, past "
                              f"the function's limit of {self.max_dynamic_shared_size_bytes} "
-                             "(raise it first: kernels/_module.py set_max_dynamic_shared)")
+                             "(raise it first: kernels/cuda/module.py set_max_dynamic_shared)")
         grid = tuple(int(g) for g in grid) + (1,) * (3 - len(grid))
         block = tuple(int(b) for b in block) + (1,) * (3 - len(block))
         # the launch limits of every GPU since sm_30: a launch past them fails on the device
