@@ -8,11 +8,14 @@ module loaded) before the launch that is profiled, so each matched name is launc
 
 Without ncu it just runs them (a smoke test of the script).
 """
+import os
+
 import cupy as cp
 import numpy as np
 
-import convgpu
-from convgpu.kernels.cuda import gemm
+os.environ.setdefault("CONVGPU_DEV", "1")     # the tiled pooling kernels (kernels/dev) too
+import convgpu  # noqa: E402
+from convgpu.kernels.cuda import gemm  # noqa: E402
 
 rng = cp.random.default_rng(0)
 

@@ -1,7 +1,10 @@
 """A small run of every device kernel family for compute-sanitizer (memcheck, racecheck).
 Small shapes with odd tails so boundary guards are exercised; exits non-zero on a wrong
 answer so a sanitizer run is also a correctness run."""
+import os
 import sys
+
+os.environ.setdefault("CONVGPU_DEV", "1")     # kernels/dev's kernels (algo="tiled") too
 
 import cupy as cp
 import numpy as np
@@ -149,7 +152,8 @@ for k, st in ((3, 1), (4, 3)):
                                       algo="gather", backend="cuda"),
           ref.max_pool2d_backward(gq, iq, xp.shape))
 # the tiled gather (shared memory, barriers): bands of one cell row, 3 blocks looping
-pool.TILED_MIN_BLOCKS, pool.TILED_MAX_GRID = 10 ** 6, 3
+from convgpu.kernels.dev import pool_tiled  # noqa: E402
+pool_tiled.TILED_MIN_BLOCKS, pool_tiled.TILED_MAX_GRID = 10 ** 6, 3
 yt_, it_ = convgpu.max_pool2d(cp.asarray(xp.astype(np.float32)), 3, 2, 1, ceil_mode=True,
                               return_indices=True, algo="tiled", backend="cuda")
 check("max_pool2d tiled cuda", yt_, yp)
@@ -157,7 +161,7 @@ bad += not np.array_equal(cp.asnumpy(it_), ip)
 check("max_pool2d_backward tiled cuda",
       convgpu.max_pool2d_backward(gd, i, xp.shape, 3, 2, 1, 1, True, algo="tiled", backend="cuda"),
       ref.max_pool2d_backward(g, ip, xp.shape))
-pool.TILED_MIN_BLOCKS, pool.TILED_MAX_GRID = 1024, 1 << 20
+pool_tiled.TILED_MIN_BLOCKS, pool_tiled.TILED_MAX_GRID = 1024, 1 << 20
 check("max_pool2d_backward plane", convgpu.max_pool2d_backward(gd, i, xp.shape, algo="plane"),
       ref.max_pool2d_backward(g, ip, xp.shape))
 check("avg_pool2d", convgpu.avg_pool2d(cp.asarray(xp.astype(np.float32)), 3, 2, 1, True, False),

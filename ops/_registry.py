@@ -34,6 +34,7 @@ class Impl:
     target: str                                   # "module:function"
     supports: Optional[Callable] = None
     note: str = ""
+    dev: bool = False                             # kernels/dev: by name only, never "auto"
     _fn: Optional[Callable] = field(default=None, repr=False)
 
     @property
@@ -58,13 +59,18 @@ _REGISTRY: Dict[str, List[Impl]] = {}
 ALIASES = {"conv_transpose2d": "conv2d_backward_input"}
 
 
-def register(op: str, backend: str, algo: str, target: str, supports=None, note: str = ""):
+def register(op: str, backend: str, algo: str, target: str, supports=None, note: str = "",
+             dev: bool = False):
+    """dev=True: a candidate or superseded kernel (kernels/dev), registered only under
+    CONVGPU_DEV=1 and then run only when named (algo="..."), never by algo="auto"."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}")
+    if dev and not env.dev():
+        return
     impls = _REGISTRY.setdefault(op, [])
     if any(i.backend == backend and i.algo == algo for i in impls):
         raise ValueError(f"{op}: ({backend}, {algo}) registered twice")
-    impls.append(Impl(op, backend, algo, target, supports, note))
+    impls.append(Impl(op, backend, algo, target, supports, note, dev))
 
 
 def implementations(op: Optional[str] = None):
@@ -170,7 +176,7 @@ def select(op: str, args, backend: str, algo: str, on_device: bool) -> List[Impl
             raise ValueError(f"{op}: ({i.backend}, {i.algo}) cannot serve this call: {r}")
         return ok[:1]
     for b in order:
-        ok = [i for i in impls if i.backend == b and i.why_not(args) is None]
+        ok = [i for i in impls if i.backend == b and not i.dev and i.why_not(args) is None]
         if ok:
             return ok
     tried = "; ".join(f"({i.backend}, {i.algo}): {i.why_not(args)}"

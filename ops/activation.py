@@ -26,10 +26,10 @@ _K = "convgpu.kernels.numba.elementwise:"
 register("relu", "numba", "direct", _K + "relu")
 register("relu_backward", "numba", "direct", _K + "relu_backward")
 register("bias_add", "numba", "direct", _K + "bias_add")
-_C = "convgpu.kernels.cuda."
-register("relu", "cuda", "direct", _C + "elementwise:relu")
-register("relu_backward", "cuda", "direct", _C + "elementwise:relu_backward")
-register("bias_add", "cuda", "direct", _C + "elementwise:bias_add")
+_EW = "convgpu.kernels.cuda.elementwise:"
+register("relu", "cuda", "direct", _EW + "relu")
+register("relu_backward", "cuda", "direct", _EW + "relu_backward")
+register("bias_add", "cuda", "direct", _EW + "bias_add")
 
 
 def relu(input, *, backend="auto"):

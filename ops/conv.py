@@ -66,66 +66,77 @@ register("conv2d_backward_weight", "numba", "winograd", _K + "winograd:backward_
 register("conv2d_backward_bias", "numba", "sum", _K + "elementwise:backward_bias")
 
 _C = "convgpu.kernels.cuda."
-register("conv2d", "cuda", "implicit_gemm", _C + "conv_implicit:conv2d_implicit_gemm")
-register("conv2d", "cuda", "implicit_gemm_tf32", _C + "conv_implicit:conv2d_implicit_gemm_tf32",
-         supports=_C + "launch:tf32_supports")
+_IG = _C + "conv_implicit:"
+_I2C = _C + "im2col:"
+_DIR = _C + "conv_direct:"
+_DW = _C + "depthwise:"
+_WG = _C + "winograd:"
+_FFT = _C + "fft:"
+_L = _C + "launch:"
+_EW = _C + "elementwise:"
+register("conv2d", "cuda", "implicit_gemm", _IG + "conv2d_implicit_gemm")
+register("conv2d", "cuda", "implicit_gemm_tf32", _IG + "conv2d_implicit_gemm_tf32",
+         supports=_L + "tf32_supports")
 register("conv2d", "cuda", "implicit_gemm_pipelined_tf32",
-         _C + "conv_implicit:conv2d_implicit_gemm_pipelined_tf32", supports=_C + "conv_implicit:pipelined_supports")
-register("conv2d", "cuda", "im2col", _C + "im2col:conv2d_im2col")
-register("conv2d", "cuda", "im2col_tf32", _C + "im2col:conv2d_im2col_tf32", supports=_C + "launch:tf32_supports")
-register("conv2d", "cuda", "direct", _C + "conv_direct:conv2d_direct", supports=_C + "conv_direct:direct_supports")
-register("conv2d", "cuda", "depthwise", _C + "depthwise:conv2d_depthwise", supports=_C + "depthwise:depthwise_supports")
-register("conv2d_backward_input", "cuda", "depthwise", _C + "depthwise:backward_input_depthwise",
-         supports=_C + "depthwise:depthwise_supports")
-register("conv2d_backward_weight", "cuda", "depthwise", _C + "depthwise:backward_weight_depthwise",
-         supports=_C + "depthwise:depthwise_supports")
-register("conv2d", "cuda", "winograd", _C + "winograd:conv2d_winograd", supports=_C + "winograd:winograd_supports")
-register("conv2d", "cuda", "winograd_tf32", _C + "winograd:conv2d_winograd_tf32",
-         supports=_C + "winograd:winograd_tf32_supports")
-register("conv2d", "cuda", "winograd_4x4", _C + "winograd:conv2d_winograd4",
-         supports=_C + "winograd:winograd4_supports")
-register("conv2d", "cuda", "fft", _C + "fft:conv2d_fft", supports=_C + "fft:fft_supports")
-register("conv2d", "cuda", "fft_tf32", _C + "fft:conv2d_fft_tf32", supports=_C + "fft:fft_tf32_supports")
-register("conv2d_backward_input", "cuda", "implicit_gemm", _C + "conv_implicit:backward_input_implicit_gemm")
+         _IG + "conv2d_implicit_gemm_pipelined_tf32", supports=_IG + "pipelined_supports")
+register("conv2d", "cuda", "im2col", _I2C + "conv2d_im2col")
+register("conv2d", "cuda", "im2col_tf32", _I2C + "conv2d_im2col_tf32",
+         supports=_L + "tf32_supports")
+register("conv2d", "cuda", "direct", _DIR + "conv2d_direct", supports=_DIR + "direct_supports")
+register("conv2d", "cuda", "depthwise", _DW + "conv2d_depthwise",
+         supports=_DW + "depthwise_supports")
+register("conv2d_backward_input", "cuda", "depthwise", _DW + "backward_input_depthwise",
+         supports=_DW + "depthwise_supports")
+register("conv2d_backward_weight", "cuda", "depthwise", _DW + "backward_weight_depthwise",
+         supports=_DW + "depthwise_supports")
+register("conv2d", "cuda", "winograd", _WG + "conv2d_winograd", supports=_WG + "winograd_supports")
+register("conv2d", "cuda", "winograd_tf32", _WG + "conv2d_winograd_tf32",
+         supports=_WG + "winograd_tf32_supports")
+register("conv2d", "cuda", "winograd_4x4", _WG + "conv2d_winograd4",
+         supports=_WG + "winograd4_supports")
+register("conv2d", "cuda", "fft", _FFT + "conv2d_fft", supports=_FFT + "fft_supports")
+register("conv2d", "cuda", "fft_tf32", _FFT + "conv2d_fft_tf32",
+         supports=_FFT + "fft_tf32_supports")
+register("conv2d_backward_input", "cuda", "implicit_gemm", _IG + "backward_input_implicit_gemm")
 register("conv2d_backward_input", "cuda", "implicit_gemm_tf32",
-         _C + "conv_implicit:backward_input_implicit_gemm_tf32", supports=_C + "launch:tf32_supports")
+         _IG + "backward_input_implicit_gemm_tf32", supports=_L + "tf32_supports")
 register("conv2d_backward_input", "cuda", "implicit_gemm_pipelined_tf32",
-         _C + "conv_implicit:backward_input_implicit_gemm_pipelined_tf32",
-         supports=_C + "conv_implicit:pipelined_input_supports")
-register("conv2d_backward_input", "cuda", "col2im", _C + "im2col:backward_input_col2im")
-register("conv2d_backward_input", "cuda", "col2im_tf32", _C + "im2col:backward_input_col2im_tf32",
-         supports=_C + "launch:tf32_supports")
-register("conv2d_backward_input", "cuda", "winograd", _C + "winograd:backward_input_winograd",
-         supports=_C + "winograd:winograd_backward_input_supports")
-register("conv2d_backward_input", "cuda", "winograd_tf32", _C + "winograd:backward_input_winograd_tf32",
-         supports=_C + "winograd:winograd_backward_input_tf32_supports")
-register("conv2d_backward_input", "cuda", "winograd_4x4", _C + "winograd:backward_input_winograd4",
-         supports=_C + "winograd:winograd4_backward_input_supports")
-register("conv2d_backward_input", "cuda", "fft", _C + "fft:backward_input_fft",
-         supports=_C + "fft:fft_supports")
-register("conv2d_backward_input", "cuda", "fft_tf32", _C + "fft:backward_input_fft_tf32",
-         supports=_C + "fft:fft_tf32_supports")
-register("conv2d_backward_weight", "cuda", "implicit_gemm", _C + "conv_implicit:backward_weight_implicit_gemm",
-         supports=_C + "conv_implicit:wgrad_implicit_supports")
+         _IG + "backward_input_implicit_gemm_pipelined_tf32",
+         supports=_IG + "pipelined_input_supports")
+register("conv2d_backward_input", "cuda", "col2im", _I2C + "backward_input_col2im")
+register("conv2d_backward_input", "cuda", "col2im_tf32", _I2C + "backward_input_col2im_tf32",
+         supports=_L + "tf32_supports")
+register("conv2d_backward_input", "cuda", "winograd", _WG + "backward_input_winograd",
+         supports=_WG + "winograd_backward_input_supports")
+register("conv2d_backward_input", "cuda", "winograd_tf32", _WG + "backward_input_winograd_tf32",
+         supports=_WG + "winograd_backward_input_tf32_supports")
+register("conv2d_backward_input", "cuda", "winograd_4x4", _WG + "backward_input_winograd4",
+         supports=_WG + "winograd4_backward_input_supports")
+register("conv2d_backward_input", "cuda", "fft", _FFT + "backward_input_fft",
+         supports=_FFT + "fft_supports")
+register("conv2d_backward_input", "cuda", "fft_tf32", _FFT + "backward_input_fft_tf32",
+         supports=_FFT + "fft_tf32_supports")
+register("conv2d_backward_weight", "cuda", "implicit_gemm", _IG + "backward_weight_implicit_gemm",
+         supports=_IG + "wgrad_implicit_supports")
 register("conv2d_backward_weight", "cuda", "implicit_gemm_tf32",
-         _C + "conv_implicit:backward_weight_implicit_gemm_tf32", supports=_C + "conv_implicit:wgrad_implicit_tf32_supports")
+         _IG + "backward_weight_implicit_gemm_tf32", supports=_IG + "wgrad_implicit_tf32_supports")
 register("conv2d_backward_weight", "cuda", "implicit_gemm_pipelined_tf32",
-         _C + "conv_implicit:backward_weight_implicit_gemm_pipelined_tf32",
-         supports=_C + "conv_implicit:pipelined_weight_supports")
-register("conv2d_backward_weight", "cuda", "im2col", _C + "im2col:backward_weight_im2col")
-register("conv2d_backward_weight", "cuda", "im2col_tf32", _C + "im2col:backward_weight_im2col_tf32",
-         supports=_C + "launch:tf32_supports")
-register("conv2d_backward_weight", "cuda", "winograd", _C + "winograd:backward_weight_winograd",
-         supports=_C + "winograd:winograd_supports")
-register("conv2d_backward_weight", "cuda", "winograd_tf32", _C + "winograd:backward_weight_winograd_tf32",
-         supports=_C + "winograd:winograd_tf32_supports")
-register("conv2d_backward_weight", "cuda", "winograd_4x4", _C + "winograd:backward_weight_winograd4",
-         supports=_C + "winograd:winograd4_supports")
-register("conv2d_backward_bias", "cuda", "sum", _C + "elementwise:backward_bias")
-register("conv2d_backward_weight", "cuda", "fft", _C + "fft:backward_weight_fft",
-         supports=_C + "fft:fft_supports")
-register("conv2d_backward_weight", "cuda", "fft_tf32", _C + "fft:backward_weight_fft_tf32",
-         supports=_C + "fft:fft_tf32_supports")
+         _IG + "backward_weight_implicit_gemm_pipelined_tf32",
+         supports=_IG + "pipelined_weight_supports")
+register("conv2d_backward_weight", "cuda", "im2col", _I2C + "backward_weight_im2col")
+register("conv2d_backward_weight", "cuda", "im2col_tf32", _I2C + "backward_weight_im2col_tf32",
+         supports=_L + "tf32_supports")
+register("conv2d_backward_weight", "cuda", "winograd", _WG + "backward_weight_winograd",
+         supports=_WG + "winograd_supports")
+register("conv2d_backward_weight", "cuda", "winograd_tf32", _WG + "backward_weight_winograd_tf32",
+         supports=_WG + "winograd_tf32_supports")
+register("conv2d_backward_weight", "cuda", "winograd_4x4", _WG + "backward_weight_winograd4",
+         supports=_WG + "winograd4_supports")
+register("conv2d_backward_bias", "cuda", "sum", _EW + "backward_bias")
+register("conv2d_backward_weight", "cuda", "fft", _FFT + "backward_weight_fft",
+         supports=_FFT + "fft_supports")
+register("conv2d_backward_weight", "cuda", "fft_tf32", _FFT + "backward_weight_fft_tf32",
+         supports=_FFT + "fft_tf32_supports")
 
 
 # ----------------------------------------------------------------------------------------

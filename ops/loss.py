@@ -22,9 +22,10 @@ _K = "convgpu.kernels.numba.elementwise:"
 register("softmax_cross_entropy", "numba", "rowwise", _K + "softmax_cross_entropy")
 register("softmax_cross_entropy_backward", "numba", "rowwise",
          _K + "softmax_cross_entropy_backward")
-_C = "convgpu.kernels.cuda."
-register("softmax_cross_entropy", "cuda", "rowwise", _C + "elementwise:softmax_cross_entropy")
-register("softmax_cross_entropy_backward", "cuda", "rowwise", _C + "elementwise:softmax_cross_entropy_backward")
+_EW = "convgpu.kernels.cuda.elementwise:"
+register("softmax_cross_entropy", "cuda", "rowwise", _EW + "softmax_cross_entropy")
+register("softmax_cross_entropy_backward", "cuda", "rowwise",
+         _EW + "softmax_cross_entropy_backward")
 
 
 def _validate(op, logits, labels, check_labels):

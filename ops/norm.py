@@ -70,7 +70,8 @@ def _np_batch_norm_backward(a, g3, x3, mean, invstd, w):
 register("batch_norm", "numpy", "reference", "convgpu.ops.norm:_np_batch_norm")
 register("batch_norm_backward", "numpy", "reference", "convgpu.ops.norm:_np_batch_norm_backward")
 register("batch_norm", "numba", "two_pass", "convgpu.kernels.numba.norm:batch_norm")
-register("batch_norm_backward", "numba", "two_pass", "convgpu.kernels.numba.norm:batch_norm_backward")
+register("batch_norm_backward", "numba", "two_pass",
+         "convgpu.kernels.numba.norm:batch_norm_backward")
 register("batch_norm", "cuda", "split", "convgpu.kernels.cuda.norm:batch_norm")
 register("batch_norm_backward", "cuda", "split", "convgpu.kernels.cuda.norm:batch_norm_backward")
 

@@ -46,12 +46,12 @@ class SgdHyper(NamedTuple):
         return t(self.lr), t(self.momentum), t(self.weight_decay)
 
 
-def _np_adam_step(key, p, g, m, v, h):
+def _np_adam_step(a, p, g, m, v, h):
     p[...], m[...], v[...] = reference.adam_step(p, g, m, v, h.step, h.lr, h.beta1, h.beta2,
                                                  h.eps, h.weight_decay)
 
 
-def _np_sgd_step(key, p, g, buf, h):
+def _np_sgd_step(a, p, g, buf, h):
     new_p, new_buf = reference.sgd_step(p, g, buf, h.lr, h.momentum, h.weight_decay)
     p[...] = new_p
     if buf is not None:

@@ -158,6 +158,9 @@ def _cuda_plane_fits(a):
 _C = "convgpu.kernels.cuda."
 
 
+_D = "convgpu.kernels.dev."
+
+
 def _cuda_tiled_fits(plan: str, why: str):
     """supports() of a tiled pooling kernel: the plane test, then its launcher's plan (None
     where it does not serve)."""
@@ -165,27 +168,41 @@ def _cuda_tiled_fits(plan: str, why: str):
         reason = _cuda_plane_fits(a)
         if reason:
             return reason
-        from convgpu.kernels.cuda import pool   # deferred, as the registry's targets are
+        from convgpu.kernels.dev import pool_tiled   # deferred, as the registry's targets are
         geometry = a.pool if isinstance(a, MaxBackwardArgs) else a
-        return why if getattr(pool, plan)(geometry, geometry.dtype.itemsize) is None else None
+        return why if getattr(pool_tiled, plan)(geometry, geometry.dtype.itemsize) is None \
+            else None
     return supports
 
 
+def _cuda_shuffle_fits(a):
+    reason = _cuda_plane_fits(a)
+    if reason:
+        return reason
+    from convgpu.kernels.dev import pool_cells_shuffle   # deferred, as the registry's targets are
+    return pool_cells_shuffle.supports(a)
+
+
 register("max_pool2d", "cuda", "direct", _C + "pool:max_pool2d", supports=_cuda_plane_fits)
-register("max_pool2d", "cuda", "tiled", _C + "pool:max_pool2d_tiled",
+register("max_pool2d", "cuda", "tiled", _D + "pool_tiled:max_pool2d_tiled", dev=True,
          supports=_cuda_tiled_fits("max_pool2d_fwd_tiled_plan",
                                    "the tiled max pooling needs square 2x2 or 3x3 windows at "
                                    "dilation 1 and an input row that fits shared memory"))
 register("max_pool2d_backward", "cuda", "gather", _C + "pool:max_pool2d_backward_gather",
          supports=_cuda_plane_fits)
-register("max_pool2d_backward", "cuda", "tiled", _C + "pool:max_pool2d_backward_tiled",
+register("max_pool2d_backward", "cuda", "tiled", _D + "pool_tiled:max_pool2d_backward_tiled",
+         dev=True,
          supports=_cuda_tiled_fits("max_pool2d_tiled_plan",
                                    "the tiled gather needs strides <= 2, windows reaching at "
                                    "most one stride back ((k - 1) * d < 2 * s) and a row of "
                                    "outputs that fits shared memory"))
+register("max_pool2d_backward", "cuda", "cells_shuffle",
+         _D + "pool_cells_shuffle:max_pool2d_backward_cells_shuffle", dev=True,
+         supports=_cuda_shuffle_fits)
 register("avg_pool2d", "cuda", "direct", _C + "pool:avg_pool2d", supports=_cuda_plane_fits)
 register("global_avg_pool2d", "cuda", "reduce", _C + "elementwise:global_avg_pool2d")
-register("global_avg_pool2d_backward", "cuda", "direct", _C + "elementwise:global_avg_pool2d_backward")
+register("global_avg_pool2d_backward", "cuda", "direct",
+         _C + "elementwise:global_avg_pool2d_backward")
 register("avg_pool2d_backward", "cuda", "gather", _C + "pool:avg_pool2d_backward",
          supports=_cuda_plane_fits)
 register("adaptive_avg_pool2d", "cuda", "direct", _C + "pool:adaptive_avg_pool2d")

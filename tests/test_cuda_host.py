@@ -878,13 +878,14 @@ def test_max_pool2d_interior_and_cells_with_ties_nan_and_inf(rng, args):
         np.testing.assert_array_equal(i, ir)
         np.testing.assert_array_equal(y, yr)
     gy = np.arange(1, y.size + 1, dtype=np.float32).reshape(y.shape)
-    for algo in ("gather", "tiled"):
+    for algo in ("gather", "tiled", "cells_shuffle"):
         gx = both_orders(lambda: convgpu.max_pool2d_backward(gy, i, x.shape, *args,
                                                              backend="cuda", algo=algo))
         np.testing.assert_array_equal(gx, convgpu.max_pool2d_backward(gy, ir, x.shape))
 
 
 @pytest.mark.parametrize("args, algo", [((3, 2, 1), "gather"), ((3, 2, 1), "tiled"),  # cells
+                                        ((3, 2, 1), "cells_shuffle"),
                                         ((3, 1, 1), "gather"), ((4, 3, 1), "gather")])  # element
 def test_max_pool2d_backward_rejects_bad_indices(rng, args, algo):
     """The CUDA C gathers validate indices on the device: outside the plane, or inside it but
@@ -944,8 +945,8 @@ def test_max_pool2d_tiled_equals_direct(rng, monkeypatch, case, dtype, index_typ
 def _tiled_setup(rng, monkeypatch, case, dtype, min_blocks, grid, which):
     """A tiled-pooling case: the band and grid limits set, the input, the pooling arguments,
     and whether the tiled kernel ("fwd" or "bwd") serves the geometry."""
-    from convgpu.kernels.cuda import pool
     from convgpu.core.args import pool_geometry
+    from convgpu.kernels.dev import pool_tiled as pool
     monkeypatch.setattr(pool, "TILED_MIN_BLOCKS", min_blocks)
     monkeypatch.setattr(pool, "TILED_MAX_GRID", grid)
     N, C, H, W, *args = case
@@ -997,18 +998,19 @@ def test_max_pool2d_kernel_choice():
     # the tiled gather's bands: AlexNet pool1 (N128 C64, Q = 27) in one band per plane,
     # VGG's (N64 C64, Q = 112) in bands of 17 cell rows under 24 KiB
     alex = pool_geometry("max_pool2d", (128, 64, 55, 55), 3, 2, 0, 1, False, np.float32, kind="max")
-    assert pool.max_pool2d_tiled_plan(alex, 4) == (28, 1, 29 * 27 * 12)
+    from convgpu.kernels.dev import pool_tiled
+    assert pool_tiled.max_pool2d_tiled_plan(alex, 4) == (28, 1, 29 * 27 * 12)
     vgg = pool_geometry("max_pool2d", (64, 64, 224, 224), 2, 2, 0, 1, False, np.float32, kind="max")
-    assert pool.max_pool2d_tiled_plan(vgg, 4) == (17, 7, 18 * 112 * 12)
+    assert pool_tiled.max_pool2d_tiled_plan(vgg, 4) == (17, 7, 18 * 112 * 12)
     one = pool_geometry("max_pool2d", (1, 2, 224, 224), 2, 2, 0, 1, False, np.float32, kind="max")
-    assert pool.max_pool2d_tiled_plan(one, 4)[1] == 112        # few planes: finer bands
-    assert pool.max_pool2d_tiled_plan(geometry(20, 3, 1, 1), 4) is None
+    assert pool_tiled.max_pool2d_tiled_plan(one, 4)[1] == 112        # few planes: finer bands
+    assert pool_tiled.max_pool2d_tiled_plan(geometry(20, 3, 1, 1), 4) is None
     # the tiled forward's bands: AlexNet in one band per plane (27 output rows from all 55
     # input rows), VGG (W = 224) in bands of 13 output rows (26 input rows, under 24 KiB)
-    assert pool.max_pool2d_fwd_tiled_plan(alex, 4) == (27, 1, 55 * 55 * 4)
-    assert pool.max_pool2d_fwd_tiled_plan(vgg, 4) == (13, 9, 26 * 224 * 4)
-    assert pool.max_pool2d_fwd_tiled_plan(geometry(20, 4, 2, 1), 4) is None
-    assert pool.max_pool2d_fwd_tiled_plan(geometry(20, 3, 2, 1, 2), 4) is None  # dilated
+    assert pool_tiled.max_pool2d_fwd_tiled_plan(alex, 4) == (27, 1, 55 * 55 * 4)
+    assert pool_tiled.max_pool2d_fwd_tiled_plan(vgg, 4) == (13, 9, 26 * 224 * 4)
+    assert pool_tiled.max_pool2d_fwd_tiled_plan(geometry(20, 4, 2, 1), 4) is None
+    assert pool_tiled.max_pool2d_fwd_tiled_plan(geometry(20, 3, 2, 1, 2), 4) is None  # dilated
 
 
 AVGP = AVGP_SMALL

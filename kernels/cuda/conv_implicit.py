@@ -77,9 +77,10 @@ def conv2d_implicit_gemm_pipelined_tf32(a, x, w, b):
 
 
 def _pipelined_launch(kernel, a, like, out_shape, M, N, depth, *arrays):
-    """Launch a conv_implicit.cu kernel on pipeline.cuh's tile: `kernel` is its name expression up to
-    the last template argument, the tile's rows (64 where the GEMM has at most 64 rows, where
-    128 would spend half the mma on zero rows; else 128); M x N per group, reduction depth."""
+    """Launch a conv_implicit.cu kernel on pipeline.cuh's tile: `kernel` is its name expression
+    up to the last template argument, the tile's rows (64 where the GEMM has at most 64 rows,
+    where 128 would spend half the mma on zero rows; else 128); M x N per group, reduction
+    depth."""
     rows = 64 if M <= 64 else 128
     return _split_launch(f"{kernel}{rows}>", a, like.dtype, like, out_shape,
                          (ceil_div(N, TILE), ceil_div(M, rows)), M, N, depth, *arrays,
@@ -90,10 +91,10 @@ def _pipelined_launch(kernel, a, like, out_shape, M, N, depth, *arrays):
 
 def _split_launch(kernel, a, dtype, like, out_shape, grid_xy, M, N, depth, *arrays,
                   threads=GEMM_THREADS, depth_unit=8, shared_mem=0, tile_rows=TILE):
-    """Launch the implicit-GEMM conv kernel `kernel` (a name expression of conv_implicit.cu) with the
-    reduction `depth` split (in multiples of the kernel's slice, depth_unit) when the output
-    (M x N per group) has too few tiles to fill the GPU; partials summed in a fixed order
-    (gemm.cu's sum_splits)."""
+    """Launch the implicit-GEMM conv kernel `kernel` (a name expression of conv_implicit.cu)
+    with the reduction `depth` split (in multiples of the kernel's slice, depth_unit) when the
+    output (M x N per group) has too few tiles to fill the GPU; partials summed in a fixed
+    order (gemm.cu's sum_splits)."""
     if a.groups > MAX_GRID_YZ:             # blockIdx.z = group * splits + split
         raise ValueError(f"the implicit-GEMM convolutions launch one grid layer per group: "
                          f"{a.groups} groups is more than {MAX_GRID_YZ}")

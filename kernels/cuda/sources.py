@@ -60,28 +60,49 @@ NAME_EXPRESSIONS: Dict[str, Tuple[str, ...]] = {
     + tuple(f"batch_norm_{k}_planes<{t}, {v}>" for k in ("apply", "bwd_apply")
             for t, vec in (("float", 4), ("double", 2)) for v in (1, vec)),
     "pool.cu": tuple(f"{k}<{t}, {i}>" for k in ("max_pool2d_bwd_gather", "max_pool2d_bwd_cells",
-                                                 "max_pool2d_bwd_tiled",
                                                  "avg_pool2d_fwd", "avg_pool2d_bwd_gather",
                                                  "adaptive_avg_pool2d_fwd",
                                                  "adaptive_avg_pool2d_bwd")
                      for t in T_NAMES for i in ("int", "long long"))
     + tuple(f"max_pool2d_fwd<{t}, {i}, {k}>" for t in T_NAMES for i in ("int", "long long")
             for k in (0, 2, 3))
-    + tuple(f"max_pool2d_fwd_tiled<{t}, {i}, {k}>" for t in T_NAMES
-            for i in ("int", "long long") for k in (2, 3))
     + tuple(f"max_pool2d_check_indices<{i}>" for i in ("int", "long long")),
 }
+
+
+# kernels/dev's .cu files (candidate and superseded kernels, registered only under
+# CONVGPU_DEV=1), built and compile-tested like the others; each includes the .cu it shadows
+DEV_NAME_EXPRESSIONS: Dict[str, Tuple[str, ...]] = {
+    "pool_tiled.cu": tuple(f"max_pool2d_fwd_tiled<{t}, {i}, {k}>" for t in T_NAMES
+                           for i in ("int", "long long") for k in (2, 3))
+    + tuple(f"max_pool2d_bwd_tiled<{t}, {i}>" for t in T_NAMES for i in ("int", "long long")),
+    "pool_cells_shuffle.cu": tuple(f"max_pool2d_bwd_cells_shuffle<{t}, {i}>" for t in T_NAMES
+                                   for i in ("int", "long long")),
+}
+NAME_EXPRESSIONS.update(DEV_NAME_EXPRESSIONS)
 
 
 def kernels_dir() -> str:
     return str(resources.files("convgpu.kernels.cuda"))
 
 
+def dev_dir() -> str:
+    return str(resources.files("convgpu.kernels.dev"))
+
+
+def source_dirs() -> Tuple[str, ...]:
+    """Where .cu files are: kernels/cuda, then kernels/dev."""
+    return kernels_dir(), dev_dir()
+
+
 def source(name: str) -> str:
-    return resources.files("convgpu.kernels.cuda").joinpath(name).read_text()
+    package = "convgpu.kernels.dev" if name in DEV_NAME_EXPRESSIONS else "convgpu.kernels.cuda"
+    return resources.files(package).joinpath(name).read_text()
 
 
 def options() -> Tuple[str, ...]:
+    """NVRTC's options: ours, and kernels/cuda on the include path (the dev files include
+    the .cu they shadow from there)."""
     return NVRTC_OPTIONS + (f"-I{kernels_dir()}",)
 
 

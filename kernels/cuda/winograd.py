@@ -126,7 +126,8 @@ def winograd_backward_input_supports(a, m=2):
     if reason:
         return reason
     if max(a.padding) > 2:
-        return f"Winograd input gradient: padding {a.padding} above 2 (the full-conv padding 2 - p < 0)"
+        return (f"Winograd input gradient: padding {a.padding} above 2 (the full-conv padding "
+                "2 - p < 0)")
     return None
 
 

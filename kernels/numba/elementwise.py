@@ -129,20 +129,20 @@ def kernels_for(dtype):
 # launchers
 
 
-def relu(shape, x):
+def relu(a, x):
     y = empty(x.shape, x.dtype, x)
     launch(kernels_for(x.dtype)["relu"], blocks_for(x.size), THREADS, x, x.ravel(), y.ravel())
     return y
 
 
-def relu_backward(shape, gy, x):
+def relu_backward(a, gy, x):
     gx = empty(x.shape, x.dtype, x)
     launch(kernels_for(x.dtype)["relu_backward"], blocks_for(x.size), THREADS, x,
            gy.ravel(), x.ravel(), gx.ravel())
     return gx
 
 
-def bias_add(shape, x, b):
+def bias_add(a, x, b):
     y = empty(x.shape, x.dtype, x)
     inner = int(np.prod(x.shape[2:], dtype=np.int64))
     launch(kernels_for(x.dtype)["bias_add"], blocks_for(x.size), THREADS, x,
@@ -157,32 +157,32 @@ def channel_sum(a3):
     return out
 
 
-def backward_bias(shape, gy):
+def backward_bias(a, gy):
     N, K = gy.shape[:2]
     return channel_sum(gy.reshape(N, K, -1))
 
 
-def softmax_cross_entropy(shape, z, labels):
+def softmax_cross_entropy(a, z, labels):
     n = z.shape[0]
     rows = empty((1, 1, n), z.dtype, z)
     launch(kernels_for(z.dtype)["xent_rows"], blocks_for(n), THREADS, z, z, labels, rows)
     return (channel_sum(rows) / z.dtype.type(n)).reshape(())
 
 
-def softmax_cross_entropy_backward(shape, z, labels):
+def softmax_cross_entropy_backward(a, z, labels):
     g = empty(z.shape, z.dtype, z)
     launch(kernels_for(z.dtype)["xent_backward"], blocks_for(z.shape[0]), THREADS, z,
            z, labels, g)
     return g
 
 
-def adam_step(key, p, g, m, v, h):
+def adam_step(a, p, g, m, v, h):
     """In place (p, m, v: C-contiguous); the scalars in the parameters' dtype."""
     launch(kernels_for(p.dtype)["adam_step"], blocks_for(p.size), THREADS, p, p.ravel(),
            g.ravel(), m.ravel(), v.ravel(), *h.kernel_scalars(p.dtype))
 
 
-def sgd_step(key, p, g, buf, h):
+def sgd_step(a, p, g, buf, h):
     # without momentum the buffer is never read: a 1-element stand-in (not an alias of p,
     # which the simulator would copy back over the update)
     stand_in = buf if buf is not None else empty((1,), p.dtype, p)

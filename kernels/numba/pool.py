@@ -259,17 +259,17 @@ def avg_pool2d_backward(a, gy):
     return gx
 
 
-def global_avg_pool2d(shape, x):
-    N, C, H, W = shape
+def global_avg_pool2d(a, x):
+    N, C, H, W = a
     y = empty((N, C), x.dtype, x)
     launch(kernels_for(x.dtype)["gap"], blocks_for(N * C), THREADS, x,
            x.reshape(N * C, H * W), y.reshape(N * C))
     return y
 
 
-def global_avg_pool2d_backward(shape, gy):
-    N, C, H, W = shape
-    gx = empty(shape, gy.dtype, gy)
+def global_avg_pool2d_backward(a, gy):
+    N, C, H, W = a
+    gx = empty(a, gy.dtype, gy)
     launch(kernels_for(gy.dtype)["gap_backward"], blocks_for(gx.size), THREADS, gy,
            gy.reshape(N * C), gx.reshape(N * C, H * W))
     return gx

@@ -1,9 +1,9 @@
-"""Runs the CUDA C kernels (kernels/cuda/*.cu) on the CPU, thread by thread: the host-emulation
-tier of the tests, for machines without a GPU.
+"""Runs the CUDA C kernels (kernels/cuda/*.cu, kernels/dev/*.cu) on the CPU, thread by
+thread: the host-emulation tier of the tests, for machines without a GPU.
 
-Each .cu is compiled by g++ with cuda_host.h (beside this module) in front (fibers for the threads of a
-block, switched at barriers; warp collectives and cp.async emulated; shared memory poisoned
-per block), every name expression of kernels/cuda/sources.py instantiated, and loaded through
+Each .cu is compiled by g++ with cuda_host.h (beside this module) in front (fibers for the
+threads of a block, switched at barriers; warp collectives and cp.async emulated; shared
+memory poisoned per block), every name expression of kernels/cuda/sources.py instantiated, and loaded through
 ctypes. `get_function(file, expr)` returns a callable with CuPy's RawKernel call
 convention, `kernel(grid, block, args)`, taking NumPy arrays where CuPy takes device arrays;
 kernels/cuda/module.get_function hands these out when CONVGPU_CUDA_HOST=1, so the launchers
@@ -107,7 +107,7 @@ def _translation_unit(include: str, exprs) -> str:
 
 
 def _includes() -> Dict[str, str]:
-    return {n: open(os.path.join(d, n)).read() for d in (sources.kernels_dir(), HEADER_DIR)
+    return {n: open(os.path.join(d, n)).read() for d in sources.source_dirs() + (HEADER_DIR,)
             for n in sorted(os.listdir(d)) if n.endswith((".cu", ".cuh", ".h"))}
 
 
@@ -127,7 +127,8 @@ def _build(label: str, include: str, exprs, extra_source: Optional[str] = None):
             with open(src, "w") as f:
                 f.write(tu)
             out = os.path.join(tmp, "lib.so")
-            cmd = [CXX, *CXXFLAGS, f"-I{tmp}", f"-I{HEADER_DIR}", f"-I{sources.kernels_dir()}", src, "-o", out]
+            cmd = [CXX, *CXXFLAGS, f"-I{tmp}", f"-I{HEADER_DIR}",
+                   *(f"-I{d}" for d in sources.source_dirs()), src, "-o", out]
             r = subprocess.run(cmd, capture_output=True, text=True)
             if r.returncode:
                 raise RuntimeError(f"host build of {label} failed:\n{' '.join(cmd)}\n{r.stderr}")
