@@ -5,7 +5,9 @@ arguments raise ValueError; dtypes, array types and mixed devices raise TypeErro
 Each message names the op, the argument and the numbers. Nothing here uses assert.
 
 The array-type side (NumPy / CuPy / torch) lives in convgpu.arrays; this module sees
-the arrays after they were unwrapped to NumPy or CuPy.
+the arrays after they were unwrapped to NumPy or CuPy. It sits below both the op layer and
+the kernels (convgpu.core): the launchers and the reference build and read these records
+too, so it imports nothing of convgpu but convgpu.arrays.
 """
 from __future__ import annotations
 
