@@ -31,7 +31,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from kernels import _module  # noqa: E402
+from kernels.cuda import sources as _module  # noqa: E402
 
 AB = ROOT / "bench" / "_ab"          # one folder per version (git-ignored)
 REVISIONS = ("f49e222", "e8f4431")
@@ -57,10 +57,10 @@ def versions(AB=AB):
     folders = [AB / r for r in REVISIONS] + sorted(
         d for d in (AB.iterdir() if AB.exists() else []) if d.name not in REVISIONS)
     out = []
-    for d in folders + [ROOT / "kernels"]:
+    for d in folders + [ROOT / "kernels" / "cuda"]:
         if (d / "gemm.cu").exists():
             rm = "int RM" in (d / "gemm.cu").read_text()
-            out.append(("working tree" if d.name == "kernels" else d.name, d,
+            out.append(("working tree" if d == ROOT / "kernels" / "cuda" else d.name, d,
                         "gemm_vec<false, false, false" + (", 128>" if rm else ">")))
     return out
 

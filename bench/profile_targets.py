@@ -8,11 +8,14 @@ module loaded) before the launch that is profiled, so each matched name is launc
 
 Without ncu it just runs them (a smoke test of the script).
 """
+import os
+
 import cupy as cp
 import numpy as np
 
-import convgpu
-from convgpu.kernels import cuda_ops
+os.environ.setdefault("CONVGPU_DEV", "1")     # the tiled pooling kernels (kernels/dev) too
+import convgpu  # noqa: E402
+from convgpu.kernels.cuda import gemm  # noqa: E402
 
 rng = cp.random.default_rng(0)
 
@@ -29,14 +32,14 @@ def once(label, fn):
 # GEMM 4096^3: TF32 on the pipelined tile; FP32 on gemm_vec and gemm_tiled (SGEMM target)
 A = rng.standard_normal((1, 4096, 4096), dtype=cp.float32)
 B = rng.standard_normal((1, 4096, 4096), dtype=cp.float32)
-once("gemm_pipelined TF32 4096^3", lambda: cuda_ops.gemm(A, B, tf32=True, variant="pipelined"))
-once("gemm_vec FP32 4096^3", lambda: cuda_ops.gemm(A, B, variant="vec"))
-once("gemm_tiled FP32 4096^3", lambda: cuda_ops.gemm(A, B, variant="tiled"))
+once("gemm_pipelined TF32 4096^3", lambda: gemm.gemm(A, B, tf32=True, variant="pipelined"))
+once("gemm_vec FP32 4096^3", lambda: gemm.gemm(A, B, variant="vec"))
+once("gemm_tiled FP32 4096^3", lambda: gemm.gemm(A, B, variant="tiled"))
 del A, B
 # the 64-row gemm_vec tile on the ResNet 1x1 layer's GEMM (64 x 3136 x 256, 16 images)
 A = rng.standard_normal((1, 64, 256), dtype=cp.float32)
 B = rng.standard_normal((16, 256, 3136), dtype=cp.float32)
-once("gemm_vec 64-row FP32 ResNet 1x1", lambda: cuda_ops.gemm(A, B, variant="vec64"))
+once("gemm_vec 64-row FP32 ResNet 1x1", lambda: gemm.gemm(A, B, variant="vec64"))
 del A, B
 
 # conv2d forward, ResNet 3x3 (N16 C128 H28 K128): the pipelined TF32 kernel and tile:: TF32

@@ -1,7 +1,10 @@
 """A small run of every device kernel family for compute-sanitizer (memcheck, racecheck).
 Small shapes with odd tails so boundary guards are exercised; exits non-zero on a wrong
 answer so a sanitizer run is also a correctness run."""
+import os
 import sys
+
+os.environ.setdefault("CONVGPU_DEV", "1")     # kernels/dev's kernels (algo="tiled") too
 
 import cupy as cp
 import numpy as np
@@ -75,14 +78,14 @@ check("conv2d cuda implicit_gemm_pipelined_tf32 (vector weights)",
                      groups=2, backend="cuda", algo="implicit_gemm_pipelined_tf32",
                      allow_tf32=True),
       ref.conv2d(x4, w4, b4, (1, 1), (1, 1), (1, 1), 2), tol=2e-3)
-from convgpu.kernels import cuda_ops  # noqa: E402
+from convgpu.kernels.cuda import gemm, pool  # noqa: E402
 ga, gb = rng.uniform(-1, 1, (2, 132, 100)), rng.uniform(-1, 1, (2, 100, 68))
 check("gemm_pipelined (TF32, split-K)",
-      cuda_ops.gemm(cp.asarray(ga.astype(np.float32)), cp.asarray(gb.astype(np.float32)),
+      gemm.gemm(cp.asarray(ga.astype(np.float32)), cp.asarray(gb.astype(np.float32)),
                     splits=2, tf32=True, variant="pipelined"), ga @ gb, tol=2e-3)
 for variant in ("vec", "vec64"):
     check(f"gemm_{variant} (split-K, transposed B)",
-          cuda_ops.gemm(cp.asarray(ga.astype(np.float32)),
+          gemm.gemm(cp.asarray(ga.astype(np.float32)),
                         cp.asarray(gb.transpose(0, 2, 1).astype(np.float32, order="C")), tb=True,
                         splits=2, variant=variant), ga @ gb)
 check("conv2d_backward_input cuda fft",
@@ -149,8 +152,8 @@ for k, st in ((3, 1), (4, 3)):
                                       algo="gather", backend="cuda"),
           ref.max_pool2d_backward(gq, iq, xp.shape))
 # the tiled gather (shared memory, barriers): bands of one cell row, 3 blocks looping
-from convgpu.kernels import cuda_ops  # noqa: E402
-cuda_ops.TILED_MIN_BLOCKS, cuda_ops.TILED_MAX_GRID = 10 ** 6, 3
+from convgpu.kernels.dev import pool_tiled  # noqa: E402
+pool_tiled.TILED_MIN_BLOCKS, pool_tiled.TILED_MAX_GRID = 10 ** 6, 3
 yt_, it_ = convgpu.max_pool2d(cp.asarray(xp.astype(np.float32)), 3, 2, 1, ceil_mode=True,
                               return_indices=True, algo="tiled", backend="cuda")
 check("max_pool2d tiled cuda", yt_, yp)
@@ -158,7 +161,7 @@ bad += not np.array_equal(cp.asnumpy(it_), ip)
 check("max_pool2d_backward tiled cuda",
       convgpu.max_pool2d_backward(gd, i, xp.shape, 3, 2, 1, 1, True, algo="tiled", backend="cuda"),
       ref.max_pool2d_backward(g, ip, xp.shape))
-cuda_ops.TILED_MIN_BLOCKS, cuda_ops.TILED_MAX_GRID = 1024, 1 << 20
+pool_tiled.TILED_MIN_BLOCKS, pool_tiled.TILED_MAX_GRID = 1024, 1 << 20
 check("max_pool2d_backward plane", convgpu.max_pool2d_backward(gd, i, xp.shape, algo="plane"),
       ref.max_pool2d_backward(g, ip, xp.shape))
 check("avg_pool2d", convgpu.avg_pool2d(cp.asarray(xp.astype(np.float32)), 3, 2, 1, True, False),
@@ -219,19 +222,20 @@ def bn_checks(label, x, gy, w, b, backends):
 
 # batch normalisation: 8 splits per channel (shared-memory merges, the split merge) and
 # the apply kernels' channel walk past a grid of 3 blocks
-cuda_ops.NORM_MIN_PER_THREAD = 1
-real_grid = cuda_ops._elementwise_grid
-cuda_ops._elementwise_grid = lambda n: (3,)
+from convgpu.kernels.cuda import norm  # noqa: E402
+norm.NORM_MIN_PER_THREAD = 1
+real_grid = norm.elementwise_grid
+norm.elementwise_grid = lambda n: (3,)
 bn_checks("", rng.uniform(1, 5, (9, 2, 233)), rng.uniform(-1, 1, (9, 2, 233)),
           rng.uniform(-1, 1, 2), rng.uniform(-1, 1, 2), ("numba", "cuda"))
-cuda_ops._elementwise_grid = real_grid
+norm.elementwise_grid = real_grid
 # the plane kernels of batch norm's apply passes, forced onto a small shape: float4 loads,
 # two slices per plane and 3 rows of plane blocks stepping over 12 planes
-saved = cuda_ops.NORM_PLANE_MIN, cuda_ops.NORM_SLICE_MIN, cuda_ops.MAX_GRID_YZ
-cuda_ops.NORM_PLANE_MIN, cuda_ops.NORM_SLICE_MIN, cuda_ops.MAX_GRID_YZ = 1, 64, 3
+saved = norm.NORM_PLANE_MIN, norm.NORM_SLICE_MIN, norm.MAX_GRID_YZ
+norm.NORM_PLANE_MIN, norm.NORM_SLICE_MIN, norm.MAX_GRID_YZ = 1, 64, 3
 bn_checks("planes ", rng.uniform(1, 5, (4, 3, 16, 8)), rng.uniform(-1, 1, (4, 3, 16, 8)),
           rng.uniform(-1, 1, 3), rng.uniform(-1, 1, 3), ("cuda",))
-cuda_ops.NORM_PLANE_MIN, cuda_ops.NORM_SLICE_MIN, cuda_ops.MAX_GRID_YZ = saved
+norm.NORM_PLANE_MIN, norm.NORM_SLICE_MIN, norm.MAX_GRID_YZ = saved
 # depthwise convolution (shared-memory patch and filter, the weight gradient's tree):
 # multiplier 2, stride 2, a plane of several partial 8 x 32 tiles
 dx, dwt = rng.uniform(-1, 1, (2, 3, 19, 37)), rng.uniform(-1, 1, (6, 1, 3, 3))

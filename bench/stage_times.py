@@ -13,11 +13,13 @@ import collections
 import cupy as cp
 
 import convgpu
-from convgpu.kernels import cuda_ops
+from convgpu.kernels.cuda import launcher_modules
+from convgpu.kernels.cuda.gemm import gemm as real_gemm
+from convgpu.kernels.cuda.module import get_function as real_get
 
 
 class Stages:
-    """Wraps the launch points of kernels/cuda_ops.py: get_function (each kernel), gemm (a
+    """Wraps the launch points of the CUDA C launchers: get_function (each kernel), gemm (a
     whole GEMM, its kernels not counted again) and cupy.fft's 2-D transforms."""
 
     def __init__(self):
@@ -38,7 +40,6 @@ class Stages:
 
     def install(self):
         stages = self
-        real_get, real_gemm = cuda_ops.get_function, cuda_ops.gemm
         real_rfft2, real_irfft2 = cp.fft.rfft2, cp.fft.irfft2
 
         class Kernel:                         # forwards attributes (max_dynamic_shared_size_bytes)
@@ -63,7 +64,11 @@ class Stages:
             label = f"gemm (batch {max(A.shape[0], B.shape[0])}, M {M}{', TF32' if k.get('tf32') else ''})"
             return stages.timed(label, real_gemm, A, B, *a, **k)
 
-        cuda_ops.get_function, cuda_ops.gemm = get_function, gemm
+        for mod in launcher_modules():       # wherever a launcher imported them
+            if getattr(mod, "get_function", None) is real_get:
+                mod.get_function = get_function
+            if getattr(mod, "gemm", None) is real_gemm:
+                mod.gemm = gemm
         cp.fft.rfft2 = lambda *a, **k: stages.timed("cuFFT rfft2", real_rfft2, *a, **k)
         cp.fft.irfft2 = lambda *a, **k: stages.timed("cuFFT irfft2", real_irfft2, *a, **k)
 

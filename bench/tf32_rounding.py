@@ -1,5 +1,5 @@
 """How the TF32 kernels round their operands, side by side on one device: gemm.cu and
-conv.cu built with each CONVGPU_TF32_ROUND (kernels/common.cuh), then
+conv_implicit.cu built with each CONVGPU_TF32_ROUND (kernels/cuda/common.cuh), then
 
   1. exactness: every TF32 GEMM variant (tiled, vec, pipelined) times the identity gives the
      operand rounded to nearest, ties away (modes 0 and 1), or truncated (mode 2), bit for
@@ -23,31 +23,35 @@ import cupy as cp
 import numpy as np
 
 import convgpu
-from convgpu.kernels import _module, cuda_ops
+from convgpu.kernels.cuda import gemm, launcher_modules
+from convgpu.kernels.cuda import module as loader
+from convgpu.kernels.cuda import sources as _module
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from helpers import tf32_round, tf32_rounding_operands  # noqa: E402
 
 MODES = {0: "cvt.rna (PTX)", 1: "integer rna", 2: "none (truncated)"}
-FILES = ("gemm.cu", "conv.cu")
+FILES = ("gemm.cu", "conv_implicit.cu")
 
 
 def used(expr):
-    """The kernels these calls reach in gemm.cu / conv.cu (about half of them: NVRTC takes
+    """The kernels these calls reach in gemm.cu / conv_implicit.cu (about half of them: NVRTC takes
     ~15 s per mode for these on two cores, ~25 s for all)."""
     return ("pipelined" in expr or expr in ("im2col<float>", "col2im<float>", "sum_splits<float>")
             or (expr.startswith("gemm_") and expr.endswith("true>")))
 
 
 class Modes:
-    """cuda_ops.get_function answering from a module of the current mode's gemm.cu / conv.cu
-    (compiled once per mode, the name expressions `used`; mode 0 is the default, the
-    library's own module); other files as usual."""
+    """The launchers' get_function answering from a module of the current mode's gemm.cu /
+    conv_implicit.cu (compiled once per mode, the name expressions `used`; mode 0 is the
+    default, the library's own module); other files as usual."""
 
     def __init__(self):
         self.mode, self.modules = 0, {}
-        self.real_get = cuda_ops.get_function
-        cuda_ops.get_function = self.get_function
+        self.real_get = loader.get_function
+        for mod in launcher_modules():      # wherever a launcher imported it
+            if getattr(mod, "get_function", None) is self.real_get:
+                mod.get_function = self.get_function
 
     def module(self, mode, file):
         key = (mode, file)
@@ -80,7 +84,7 @@ def exactness(mode, rng):
     for variant in ("tiled", "vec", "pipelined"):
         for side in "AB":
             A, B = (X, eye) if side == "A" else (eye, X)
-            C = cuda_ops.gemm(cp.asarray(A[None]), cp.asarray(B[None]), tf32=True,
+            C = gemm.gemm(cp.asarray(A[None]), cp.asarray(B[None]), tf32=True,
                               variant=variant)
             got = cp.asnumpy(C)[0]
             if not np.array_equal(got, want[mode]):
@@ -91,7 +95,7 @@ def exactness(mode, rng):
 def gemm_error(rng, n=1024):
     A = rng.uniform(-1, 1, (1, n, n))
     B = rng.uniform(-1, 1, (1, n, n))
-    C = cuda_ops.gemm(cp.asarray(A, np.float32), cp.asarray(B, np.float32), tf32=True,
+    C = gemm.gemm(cp.asarray(A, np.float32), cp.asarray(B, np.float32), tf32=True,
                       variant="pipelined")
     ref = A[0] @ B[0]
     return float(np.linalg.norm(cp.asnumpy(C)[0] - ref) / np.linalg.norm(ref))
@@ -107,7 +111,7 @@ def cases(rng, small=False):
               "3x3 late": (16, 512, 7, 512)}
     if small:
         layers = {"tiny 3x3": (1, 8, 6, 8)}
-    out = [(f"gemm_pipelined {n}^3", lambda: cuda_ops.gemm(A4, B4, tf32=True,
+    out = [(f"gemm_pipelined {n}^3", lambda: gemm.gemm(A4, B4, tf32=True,
                                                            variant="pipelined"))]
     for name, (N, C, H, K) in layers.items():
         x, w = f32(N, C, H, H), f32(K, C, 3, 3)

@@ -1,9 +1,9 @@
 """The op API: validate -> pick an implementation -> launch.
 
 Names, argument order, defaults and results follow torch.nn.functional; backward ops
-are named <op>_backward_<what>. See ARCHITECTURE (the op contract).
+are named <op>_backward_<what>. docs/architecture.md: the layers and a call's path.
 """
-from convgpu.ops._args import allow_tf32, set_allow_tf32  # noqa: F401
+from convgpu.core.args import allow_tf32, set_allow_tf32  # noqa: F401
 from convgpu.ops._registry import implementations, ops as registered_ops  # noqa: F401
 from convgpu.ops.conv import (conv2d, conv2d_backward_bias, conv2d_backward_input,  # noqa: F401
                               conv2d_backward_weight, conv_transpose2d)

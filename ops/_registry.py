@@ -17,9 +17,11 @@ several support the call, each is timed once per problem and the fastest is cach
 from __future__ import annotations
 
 import importlib
-import os
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
+
+from convgpu.arrays import cupy_module
+from convgpu.core import env
 
 BACKENDS = ("numpy", "numba", "cuda")
 
@@ -32,6 +34,7 @@ class Impl:
     target: str                                   # "module:function"
     supports: Optional[Callable] = None
     note: str = ""
+    dev: bool = False                             # kernels/dev: by name only, never "auto"
     _fn: Optional[Callable] = field(default=None, repr=False)
 
     @property
@@ -56,13 +59,18 @@ _REGISTRY: Dict[str, List[Impl]] = {}
 ALIASES = {"conv_transpose2d": "conv2d_backward_input"}
 
 
-def register(op: str, backend: str, algo: str, target: str, supports=None, note: str = ""):
+def register(op: str, backend: str, algo: str, target: str, supports=None, note: str = "",
+             dev: bool = False):
+    """dev=True: a candidate or superseded kernel (kernels/dev), registered only under
+    CONVGPU_DEV=1 and then run only when named (algo="..."), never by algo="auto"."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}")
+    if dev and not env.dev():
+        return
     impls = _REGISTRY.setdefault(op, [])
     if any(i.backend == backend and i.algo == algo for i in impls):
         raise ValueError(f"{op}: ({backend}, {algo}) registered twice")
-    impls.append(Impl(op, backend, algo, target, supports, note))
+    impls.append(Impl(op, backend, algo, target, supports, note, dev))
 
 
 def implementations(op: Optional[str] = None):
@@ -88,13 +96,13 @@ def ops() -> List[str]:
 
 
 def simulator_enabled() -> bool:
-    return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+    return env.simulator()
 
 
 def cuda_host_enabled() -> bool:
     """CONVGPU_CUDA_HOST=1: the cuda backend's kernels run on the CPU, emulated thread by
-    thread (convgpu.cuda_host), on NumPy arrays: the host-emulation test tier."""
-    return os.environ.get("CONVGPU_CUDA_HOST", "0") not in ("", "0")
+    thread (kernels/cuda/emulator), on NumPy arrays: the host-emulation test tier."""
+    return env.host_emulation()
 
 
 _AVAIL: Dict[str, Optional[str]] = {}
@@ -103,7 +111,7 @@ _AVAIL: Dict[str, Optional[str]] = {}
 def backend_unavailable(backend: str) -> Optional[str]:
     """None if the backend can run here, else why not (cached)."""
     if backend == "cuda" and cuda_host_enabled():
-        from convgpu import cuda_host
+        from convgpu.kernels.cuda.emulator import cuda_host   # deferred: import convgpu stays light
         return None if cuda_host.available() else f"no C++ compiler ({cuda_host.CXX}) to emulate"
     if backend in _AVAIL:
         return _AVAIL[backend]
@@ -116,7 +124,6 @@ def backend_unavailable(backend: str) -> Optional[str]:
         except Exception as e:              # numba not installed or broken
             reason = f"numba is not importable ({e.__class__.__name__}: {e})"
     elif backend == "cuda":
-        from convgpu.arrays import cupy_module
         if cupy_module() is None:
             reason = "CuPy with a CUDA GPU is not available"
     _AVAIL[backend] = reason
@@ -169,7 +176,7 @@ def select(op: str, args, backend: str, algo: str, on_device: bool) -> List[Impl
             raise ValueError(f"{op}: ({i.backend}, {i.algo}) cannot serve this call: {r}")
         return ok[:1]
     for b in order:
-        ok = [i for i in impls if i.backend == b and i.why_not(args) is None]
+        ok = [i for i in impls if i.backend == b and not i.dev and i.why_not(args) is None]
         if ok:
             return ok
     tried = "; ".join(f"({i.backend}, {i.algo}): {i.why_not(args)}"

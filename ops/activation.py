@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from convgpu import reference
 from convgpu.arrays import on_torch_stream, unwrap
-from convgpu.ops import _args as A
+from convgpu.core import args as A
 from convgpu.ops._registry import dispatch, register
 
 
@@ -22,14 +22,14 @@ def _np_bias_add(a, x, b):
 register("relu", "numpy", "reference", "convgpu.ops.activation:_np_relu")
 register("relu_backward", "numpy", "reference", "convgpu.ops.activation:_np_relu_backward")
 register("bias_add", "numpy", "reference", "convgpu.ops.activation:_np_bias_add")
-_K = "convgpu.kernels.elementwise:"
+_K = "convgpu.kernels.numba.elementwise:"
 register("relu", "numba", "direct", _K + "relu")
 register("relu_backward", "numba", "direct", _K + "relu_backward")
 register("bias_add", "numba", "direct", _K + "bias_add")
-_C = "convgpu.kernels.cuda_ops:"
-register("relu", "cuda", "direct", _C + "relu")
-register("relu_backward", "cuda", "direct", _C + "relu_backward")
-register("bias_add", "cuda", "direct", _C + "bias_add")
+_EW = "convgpu.kernels.cuda.elementwise:"
+register("relu", "cuda", "direct", _EW + "relu")
+register("relu_backward", "cuda", "direct", _EW + "relu_backward")
+register("bias_add", "cuda", "direct", _EW + "bias_add")
 
 
 @on_torch_stream

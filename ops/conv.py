@@ -1,14 +1,15 @@
 """Convolution ops: conv2d, its three backward passes, conv_transpose2d.
 
-Each op: unwrap arrays -> validate (ops._args) -> pick an implementation
+Each op: unwrap arrays -> validate (convgpu.core.args) -> pick an implementation
 (ops._registry) -> run -> wrap the result in the caller's array type.
 """
 from __future__ import annotations
 
 from convgpu import reference
 from convgpu.arrays import on_torch_stream, unwrap, xp_of
-from convgpu.ops import _args as A
+from convgpu.core import args as A
 from convgpu.ops._registry import dispatch, register
+from convgpu.ops.activation import bias_add_native
 
 
 # ----------------------------------------------------------------------------------------
@@ -43,7 +44,7 @@ register("conv2d_backward_input", "numpy", "col2im", "convgpu.ops.conv:_np_backw
 register("conv2d_backward_weight", "numpy", "im2col", "convgpu.ops.conv:_np_backward_weight")
 register("conv2d_backward_bias", "numpy", "sum", "convgpu.ops.conv:_np_backward_bias")
 
-_K = "convgpu.kernels."
+_K = "convgpu.kernels.numba."
 _FFT_OK = _K + "fft:supports"
 register("conv2d", "numba", "direct", _K + "conv_direct:conv2d_direct")
 register("conv2d", "numba", "direct_tiled", _K + "conv_direct:conv2d_direct_tiled",
@@ -64,67 +65,78 @@ register("conv2d_backward_weight", "numba", "winograd", _K + "winograd:backward_
          supports=_K + "winograd:supports")
 register("conv2d_backward_bias", "numba", "sum", _K + "elementwise:backward_bias")
 
-_C = _K + "cuda_ops:"
-register("conv2d", "cuda", "implicit_gemm", _C + "conv2d_implicit_gemm")
-register("conv2d", "cuda", "implicit_gemm_tf32", _C + "conv2d_implicit_gemm_tf32",
-         supports=_C + "tf32_supports")
+_C = "convgpu.kernels.cuda."
+_IG = _C + "conv_implicit:"
+_I2C = _C + "im2col:"
+_DIR = _C + "conv_direct:"
+_DW = _C + "depthwise:"
+_WG = _C + "winograd:"
+_FFT = _C + "fft:"
+_L = _C + "launch:"
+_EW = _C + "elementwise:"
+register("conv2d", "cuda", "implicit_gemm", _IG + "conv2d_implicit_gemm")
+register("conv2d", "cuda", "implicit_gemm_tf32", _IG + "conv2d_implicit_gemm_tf32",
+         supports=_L + "tf32_supports")
 register("conv2d", "cuda", "implicit_gemm_pipelined_tf32",
-         _C + "conv2d_implicit_gemm_pipelined_tf32", supports=_C + "pipelined_supports")
-register("conv2d", "cuda", "im2col", _C + "conv2d_im2col")
-register("conv2d", "cuda", "im2col_tf32", _C + "conv2d_im2col_tf32", supports=_C + "tf32_supports")
-register("conv2d", "cuda", "direct", _C + "conv2d_direct", supports=_C + "direct_supports")
-register("conv2d", "cuda", "depthwise", _C + "conv2d_depthwise", supports=_C + "depthwise_supports")
-register("conv2d_backward_input", "cuda", "depthwise", _C + "backward_input_depthwise",
-         supports=_C + "depthwise_supports")
-register("conv2d_backward_weight", "cuda", "depthwise", _C + "backward_weight_depthwise",
-         supports=_C + "depthwise_supports")
-register("conv2d", "cuda", "winograd", _C + "conv2d_winograd", supports=_C + "winograd_supports")
-register("conv2d", "cuda", "winograd_tf32", _C + "conv2d_winograd_tf32",
-         supports=_C + "winograd_tf32_supports")
-register("conv2d", "cuda", "winograd_4x4", _C + "conv2d_winograd4",
-         supports=_C + "winograd4_supports")
-register("conv2d", "cuda", "fft", _C + "conv2d_fft", supports=_C + "fft_supports")
-register("conv2d", "cuda", "fft_tf32", _C + "conv2d_fft_tf32", supports=_C + "fft_tf32_supports")
-register("conv2d_backward_input", "cuda", "implicit_gemm", _C + "backward_input_implicit_gemm")
+         _IG + "conv2d_implicit_gemm_pipelined_tf32", supports=_IG + "pipelined_supports")
+register("conv2d", "cuda", "im2col", _I2C + "conv2d_im2col")
+register("conv2d", "cuda", "im2col_tf32", _I2C + "conv2d_im2col_tf32",
+         supports=_L + "tf32_supports")
+register("conv2d", "cuda", "direct", _DIR + "conv2d_direct", supports=_DIR + "direct_supports")
+register("conv2d", "cuda", "depthwise", _DW + "conv2d_depthwise",
+         supports=_DW + "depthwise_supports")
+register("conv2d_backward_input", "cuda", "depthwise", _DW + "backward_input_depthwise",
+         supports=_DW + "depthwise_supports")
+register("conv2d_backward_weight", "cuda", "depthwise", _DW + "backward_weight_depthwise",
+         supports=_DW + "depthwise_supports")
+register("conv2d", "cuda", "winograd", _WG + "conv2d_winograd", supports=_WG + "winograd_supports")
+register("conv2d", "cuda", "winograd_tf32", _WG + "conv2d_winograd_tf32",
+         supports=_WG + "winograd_tf32_supports")
+register("conv2d", "cuda", "winograd_4x4", _WG + "conv2d_winograd4",
+         supports=_WG + "winograd4_supports")
+register("conv2d", "cuda", "fft", _FFT + "conv2d_fft", supports=_FFT + "fft_supports")
+register("conv2d", "cuda", "fft_tf32", _FFT + "conv2d_fft_tf32",
+         supports=_FFT + "fft_tf32_supports")
+register("conv2d_backward_input", "cuda", "implicit_gemm", _IG + "backward_input_implicit_gemm")
 register("conv2d_backward_input", "cuda", "implicit_gemm_tf32",
-         _C + "backward_input_implicit_gemm_tf32", supports=_C + "tf32_supports")
+         _IG + "backward_input_implicit_gemm_tf32", supports=_L + "tf32_supports")
 register("conv2d_backward_input", "cuda", "implicit_gemm_pipelined_tf32",
-         _C + "backward_input_implicit_gemm_pipelined_tf32",
-         supports=_C + "pipelined_input_supports")
-register("conv2d_backward_input", "cuda", "col2im", _C + "backward_input_col2im")
-register("conv2d_backward_input", "cuda", "col2im_tf32", _C + "backward_input_col2im_tf32",
-         supports=_C + "tf32_supports")
-register("conv2d_backward_input", "cuda", "winograd", _C + "backward_input_winograd",
-         supports=_C + "winograd_backward_input_supports")
-register("conv2d_backward_input", "cuda", "winograd_tf32", _C + "backward_input_winograd_tf32",
-         supports=_C + "winograd_backward_input_tf32_supports")
-register("conv2d_backward_input", "cuda", "winograd_4x4", _C + "backward_input_winograd4",
-         supports=_C + "winograd4_backward_input_supports")
-register("conv2d_backward_input", "cuda", "fft", _C + "backward_input_fft",
-         supports=_C + "fft_supports")
-register("conv2d_backward_input", "cuda", "fft_tf32", _C + "backward_input_fft_tf32",
-         supports=_C + "fft_tf32_supports")
-register("conv2d_backward_weight", "cuda", "implicit_gemm", _C + "backward_weight_implicit_gemm",
-         supports=_C + "wgrad_implicit_supports")
+         _IG + "backward_input_implicit_gemm_pipelined_tf32",
+         supports=_IG + "pipelined_input_supports")
+register("conv2d_backward_input", "cuda", "col2im", _I2C + "backward_input_col2im")
+register("conv2d_backward_input", "cuda", "col2im_tf32", _I2C + "backward_input_col2im_tf32",
+         supports=_L + "tf32_supports")
+register("conv2d_backward_input", "cuda", "winograd", _WG + "backward_input_winograd",
+         supports=_WG + "winograd_backward_input_supports")
+register("conv2d_backward_input", "cuda", "winograd_tf32", _WG + "backward_input_winograd_tf32",
+         supports=_WG + "winograd_backward_input_tf32_supports")
+register("conv2d_backward_input", "cuda", "winograd_4x4", _WG + "backward_input_winograd4",
+         supports=_WG + "winograd4_backward_input_supports")
+register("conv2d_backward_input", "cuda", "fft", _FFT + "backward_input_fft",
+         supports=_FFT + "fft_supports")
+register("conv2d_backward_input", "cuda", "fft_tf32", _FFT + "backward_input_fft_tf32",
+         supports=_FFT + "fft_tf32_supports")
+register("conv2d_backward_weight", "cuda", "implicit_gemm", _IG + "backward_weight_implicit_gemm",
+         supports=_IG + "wgrad_implicit_supports")
 register("conv2d_backward_weight", "cuda", "implicit_gemm_tf32",
-         _C + "backward_weight_implicit_gemm_tf32", supports=_C + "wgrad_implicit_tf32_supports")
+         _IG + "backward_weight_implicit_gemm_tf32", supports=_IG + "wgrad_implicit_tf32_supports")
 register("conv2d_backward_weight", "cuda", "implicit_gemm_pipelined_tf32",
-         _C + "backward_weight_implicit_gemm_pipelined_tf32",
-         supports=_C + "pipelined_weight_supports")
-register("conv2d_backward_weight", "cuda", "im2col", _C + "backward_weight_im2col")
-register("conv2d_backward_weight", "cuda", "im2col_tf32", _C + "backward_weight_im2col_tf32",
-         supports=_C + "tf32_supports")
-register("conv2d_backward_weight", "cuda", "winograd", _C + "backward_weight_winograd",
-         supports=_C + "winograd_supports")
-register("conv2d_backward_weight", "cuda", "winograd_tf32", _C + "backward_weight_winograd_tf32",
-         supports=_C + "winograd_tf32_supports")
-register("conv2d_backward_weight", "cuda", "winograd_4x4", _C + "backward_weight_winograd4",
-         supports=_C + "winograd4_supports")
-register("conv2d_backward_bias", "cuda", "sum", _C + "backward_bias")
-register("conv2d_backward_weight", "cuda", "fft", _C + "backward_weight_fft",
-         supports=_C + "fft_supports")
-register("conv2d_backward_weight", "cuda", "fft_tf32", _C + "backward_weight_fft_tf32",
-         supports=_C + "fft_tf32_supports")
+         _IG + "backward_weight_implicit_gemm_pipelined_tf32",
+         supports=_IG + "pipelined_weight_supports")
+register("conv2d_backward_weight", "cuda", "im2col", _I2C + "backward_weight_im2col")
+register("conv2d_backward_weight", "cuda", "im2col_tf32", _I2C + "backward_weight_im2col_tf32",
+         supports=_L + "tf32_supports")
+register("conv2d_backward_weight", "cuda", "winograd", _WG + "backward_weight_winograd",
+         supports=_WG + "winograd_supports")
+register("conv2d_backward_weight", "cuda", "winograd_tf32", _WG + "backward_weight_winograd_tf32",
+         supports=_WG + "winograd_tf32_supports")
+register("conv2d_backward_weight", "cuda", "winograd_4x4", _WG + "backward_weight_winograd4",
+         supports=_WG + "winograd4_supports")
+register("conv2d_backward_bias", "cuda", "sum", _EW + "backward_bias")
+register("conv2d_backward_weight", "cuda", "fft", _FFT + "backward_weight_fft",
+         supports=_FFT + "fft_supports")
+register("conv2d_backward_weight", "cuda", "fft_tf32", _FFT + "backward_weight_fft_tf32",
+         supports=_FFT + "fft_tf32_supports")
 
 
 # ----------------------------------------------------------------------------------------
@@ -134,7 +146,6 @@ register("conv2d_backward_weight", "cuda", "fft_tf32", _C + "backward_weight_fft
 def _bias_add(bd, y, b, backend):
     if b is None:
         return y
-    from convgpu.ops.activation import bias_add_native
     return bias_add_native(y, b, backend, bd.on_device)
 
 

@@ -7,7 +7,7 @@ import numpy as np
 
 from convgpu import reference
 from convgpu.arrays import on_torch_stream, unwrap
-from convgpu.ops import _args as A
+from convgpu.core import args as A
 from convgpu.ops._registry import dispatch, register
 
 
@@ -21,12 +21,12 @@ def _np_linear_backward(a, gy, x, w):
 
 register("linear", "numpy", "reference", "convgpu.ops.linear:_np_linear")
 register("linear_backward", "numpy", "reference", "convgpu.ops.linear:_np_linear_backward")
-register("linear", "numba", "gemm", "convgpu.kernels.gemm:linear")
-register("linear_backward", "numba", "gemm", "convgpu.kernels.gemm:linear_backward")
-register("linear", "cuda", "gemm", "convgpu.kernels.cuda_ops:linear")
-register("linear", "cuda", "gemm_tf32", "convgpu.kernels.cuda_ops:linear_tf32",
-         supports="convgpu.kernels.cuda_ops:tf32_supports")
-register("linear_backward", "cuda", "gemm", "convgpu.kernels.cuda_ops:linear_backward")
+register("linear", "numba", "gemm", "convgpu.kernels.numba.gemm:linear")
+register("linear_backward", "numba", "gemm", "convgpu.kernels.numba.gemm:linear_backward")
+register("linear", "cuda", "gemm", "convgpu.kernels.cuda.gemm:linear")
+register("linear", "cuda", "gemm_tf32", "convgpu.kernels.cuda.gemm:linear_tf32",
+         supports="convgpu.kernels.cuda.launch:tf32_supports")
+register("linear_backward", "cuda", "gemm", "convgpu.kernels.cuda.gemm:linear_backward")
 
 
 @dataclass

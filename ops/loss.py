@@ -14,7 +14,7 @@ import numpy as np
 
 from convgpu import reference
 from convgpu.arrays import on_torch_stream, unwrap, xp_of
-from convgpu.ops import _args as A
+from convgpu.core import args as A
 from convgpu.ops._registry import dispatch, register
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -62,7 +62,6 @@ def array_ops_supports(a):
 register("softmax_cross_entropy", "numpy", "reference", "convgpu.ops.loss:_np_xent")
 register("softmax_cross_entropy_backward", "numpy", "reference",
          "convgpu.ops.loss:_np_xent_backward")
-_K = "convgpu.kernels.elementwise:"
 _ROW = "convgpu.ops.loss:rowwise_supports"
 _ARR = "convgpu.ops.loss:array_ops_supports"
 register("softmax_cross_entropy", "numba", "rowwise", "convgpu.ops.loss:_numba_xent",
@@ -88,23 +87,23 @@ def _scaled(g, scale):
 
 
 def _numba_xent(a, z, t, w):
-    from convgpu.kernels import elementwise
+    from convgpu.kernels.numba import elementwise  # deferred: Numba is optional
     return elementwise.softmax_cross_entropy((a.N, a.C), z, t)
 
 
 def _numba_xent_backward(a, z, t, w, g):
-    from convgpu.kernels import elementwise
+    from convgpu.kernels.numba import elementwise  # deferred: Numba is optional
     return _scaled(elementwise.softmax_cross_entropy_backward((a.N, a.C), z, t), g)
 
 
 def _cuda_xent(a, z, t, w):
-    from convgpu.kernels import cuda_ops
-    return cuda_ops.softmax_cross_entropy((a.N, a.C), z, t)
+    from convgpu.kernels.cuda import elementwise  # deferred: CuPy is optional
+    return elementwise.softmax_cross_entropy((a.N, a.C), z, t)
 
 
 def _cuda_xent_backward(a, z, t, w, g):
-    from convgpu.kernels import cuda_ops
-    return _scaled(cuda_ops.softmax_cross_entropy_backward((a.N, a.C), z, t), g)
+    from convgpu.kernels.cuda import elementwise  # deferred: CuPy is optional
+    return _scaled(elementwise.softmax_cross_entropy_backward((a.N, a.C), z, t), g)
 
 
 def _validate(op, logits, labels, weight, grad_output, ignore_index, reduction,

@@ -21,7 +21,7 @@ import numpy as np
 
 from convgpu import reference
 from convgpu.arrays import on_torch_stream, unwrap, xp_of
-from convgpu.ops import _args as A
+from convgpu.core import args as A
 from convgpu.ops._registry import dispatch, register
 
 
@@ -69,10 +69,11 @@ def _np_batch_norm_backward(a, g3, x3, mean, invstd, w):
 # would update the running estimates once per candidate
 register("batch_norm", "numpy", "reference", "convgpu.ops.norm:_np_batch_norm")
 register("batch_norm_backward", "numpy", "reference", "convgpu.ops.norm:_np_batch_norm_backward")
-register("batch_norm", "numba", "two_pass", "convgpu.kernels.norm:batch_norm")
-register("batch_norm_backward", "numba", "two_pass", "convgpu.kernels.norm:batch_norm_backward")
-register("batch_norm", "cuda", "split", "convgpu.kernels.cuda_ops:batch_norm")
-register("batch_norm_backward", "cuda", "split", "convgpu.kernels.cuda_ops:batch_norm_backward")
+register("batch_norm", "numba", "two_pass", "convgpu.kernels.numba.norm:batch_norm")
+register("batch_norm_backward", "numba", "two_pass",
+         "convgpu.kernels.numba.norm:batch_norm_backward")
+register("batch_norm", "cuda", "split", "convgpu.kernels.cuda.norm:batch_norm")
+register("batch_norm_backward", "cuda", "split", "convgpu.kernels.cuda.norm:batch_norm_backward")
 
 
 # ----------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """Optimiser steps as ops: adam_step and sgd_step update the parameter and the optimiser's
-state in place, one fused pass per parameter on a device (kernels/elementwise.cu: adam_step,
+state in place, one fused pass per parameter on a device (kernels/cuda/elementwise.cu: adam_step,
 sgd_step) instead of about a dozen elementwise array operations, each its own launch.
 
 Not in torch.nn.functional; the names follow torch.optim (Adam, SGD with momentum, L2
@@ -14,7 +14,7 @@ import numpy as np
 
 from convgpu import reference
 from convgpu.arrays import on_torch_stream, unwrap
-from convgpu.ops import _args as A
+from convgpu.core import args as A
 from convgpu.ops._registry import dispatch, register
 
 
@@ -46,12 +46,12 @@ class SgdHyper(NamedTuple):
         return t(self.lr), t(self.momentum), t(self.weight_decay)
 
 
-def _np_adam_step(key, p, g, m, v, h):
+def _np_adam_step(a, p, g, m, v, h):
     p[...], m[...], v[...] = reference.adam_step(p, g, m, v, h.step, h.lr, h.beta1, h.beta2,
                                                  h.eps, h.weight_decay)
 
 
-def _np_sgd_step(key, p, g, buf, h):
+def _np_sgd_step(a, p, g, buf, h):
     new_p, new_buf = reference.sgd_step(p, g, buf, h.lr, h.momentum, h.weight_decay)
     p[...] = new_p
     if buf is not None:
@@ -62,10 +62,10 @@ def _np_sgd_step(key, p, g, buf, h):
 # own arrays) where several support a call, which would apply an in-place step again
 register("adam_step", "numpy", "reference", "convgpu.ops.optim:_np_adam_step")
 register("sgd_step", "numpy", "reference", "convgpu.ops.optim:_np_sgd_step")
-register("adam_step", "numba", "fused", "convgpu.kernels.elementwise:adam_step")
-register("sgd_step", "numba", "fused", "convgpu.kernels.elementwise:sgd_step")
-register("adam_step", "cuda", "fused", "convgpu.kernels.cuda_ops:adam_step")
-register("sgd_step", "cuda", "fused", "convgpu.kernels.cuda_ops:sgd_step")
+register("adam_step", "numba", "fused", "convgpu.kernels.numba.elementwise:adam_step")
+register("sgd_step", "numba", "fused", "convgpu.kernels.numba.elementwise:sgd_step")
+register("adam_step", "cuda", "fused", "convgpu.kernels.cuda.elementwise:adam_step")
+register("sgd_step", "cuda", "fused", "convgpu.kernels.cuda.elementwise:sgd_step")
 
 
 def _check_state(op, arrays, originals):

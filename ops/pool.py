@@ -14,7 +14,7 @@ from typing import Optional, Tuple
 
 from convgpu import reference
 from convgpu.arrays import on_torch_stream, unwrap, xp_of
-from convgpu.ops import _args as A
+from convgpu.core import args as A
 from convgpu.ops._registry import dispatch, register
 
 
@@ -79,14 +79,14 @@ def _np_max_backward(a, gy, idx):
 
 
 def _numba_max_backward_gather(a, gy, idx):
-    from convgpu.kernels import pool
+    from convgpu.kernels.numba import pool    # deferred: imports Numba, an optional dependency
     _check_range(a, idx)
     _check_window(a, idx)
     return pool.max_pool2d_backward_gather(a, gy, idx)
 
 
 def _numba_max_backward_plane(a, gy, idx):
-    from convgpu.kernels import pool
+    from convgpu.kernels.numba import pool    # deferred: imports Numba, an optional dependency
     _check_range(a, idx)
     return pool.max_pool2d_backward_plane(a, gy, idx)
 
@@ -132,7 +132,7 @@ register("adaptive_avg_pool2d", "numpy", "reference", "convgpu.ops.pool:_np_adap
 register("adaptive_avg_pool2d_backward", "numpy", "reference",
          "convgpu.ops.pool:_np_adaptive_backward")
 
-_K = "convgpu.kernels.pool:"
+_K = "convgpu.kernels.numba.pool:"
 register("max_pool2d", "numba", "direct", _K + "max_pool2d")
 register("max_pool2d_backward", "numba", "gather", "convgpu.ops.pool:_numba_max_backward_gather",
          supports=_needs_geometry)
@@ -155,7 +155,10 @@ def _cuda_plane_fits(a):
     return None
 
 
-_C = "convgpu.kernels.cuda_ops:"
+_C = "convgpu.kernels.cuda."
+
+
+_D = "convgpu.kernels.dev."
 
 
 def _cuda_tiled_fits(plan: str, why: str):
@@ -165,31 +168,45 @@ def _cuda_tiled_fits(plan: str, why: str):
         reason = _cuda_plane_fits(a)
         if reason:
             return reason
-        from convgpu.kernels import cuda_ops
+        from convgpu.kernels.dev import pool_tiled   # deferred, as the registry's targets are
         geometry = a.pool if isinstance(a, MaxBackwardArgs) else a
-        return why if getattr(cuda_ops, plan)(geometry, geometry.dtype.itemsize) is None else None
+        return why if getattr(pool_tiled, plan)(geometry, geometry.dtype.itemsize) is None \
+            else None
     return supports
 
 
-register("max_pool2d", "cuda", "direct", _C + "max_pool2d", supports=_cuda_plane_fits)
-register("max_pool2d", "cuda", "tiled", _C + "max_pool2d_tiled",
+def _cuda_shuffle_fits(a):
+    reason = _cuda_plane_fits(a)
+    if reason:
+        return reason
+    from convgpu.kernels.dev import pool_cells_shuffle   # deferred, as the registry's targets are
+    return pool_cells_shuffle.supports(a)
+
+
+register("max_pool2d", "cuda", "direct", _C + "pool:max_pool2d", supports=_cuda_plane_fits)
+register("max_pool2d", "cuda", "tiled", _D + "pool_tiled:max_pool2d_tiled", dev=True,
          supports=_cuda_tiled_fits("max_pool2d_fwd_tiled_plan",
                                    "the tiled max pooling needs square 2x2 or 3x3 windows at "
                                    "dilation 1 and an input row that fits shared memory"))
-register("max_pool2d_backward", "cuda", "gather", _C + "max_pool2d_backward_gather",
+register("max_pool2d_backward", "cuda", "gather", _C + "pool:max_pool2d_backward_gather",
          supports=_cuda_plane_fits)
-register("max_pool2d_backward", "cuda", "tiled", _C + "max_pool2d_backward_tiled",
+register("max_pool2d_backward", "cuda", "tiled", _D + "pool_tiled:max_pool2d_backward_tiled",
+         dev=True,
          supports=_cuda_tiled_fits("max_pool2d_tiled_plan",
                                    "the tiled gather needs strides <= 2, windows reaching at "
                                    "most one stride back ((k - 1) * d < 2 * s) and a row of "
                                    "outputs that fits shared memory"))
-register("avg_pool2d", "cuda", "direct", _C + "avg_pool2d", supports=_cuda_plane_fits)
-register("global_avg_pool2d", "cuda", "reduce", _C + "global_avg_pool2d")
-register("global_avg_pool2d_backward", "cuda", "direct", _C + "global_avg_pool2d_backward")
-register("avg_pool2d_backward", "cuda", "gather", _C + "avg_pool2d_backward",
+register("max_pool2d_backward", "cuda", "cells_shuffle",
+         _D + "pool_cells_shuffle:max_pool2d_backward_cells_shuffle", dev=True,
+         supports=_cuda_shuffle_fits)
+register("avg_pool2d", "cuda", "direct", _C + "pool:avg_pool2d", supports=_cuda_plane_fits)
+register("global_avg_pool2d", "cuda", "reduce", _C + "elementwise:global_avg_pool2d")
+register("global_avg_pool2d_backward", "cuda", "direct",
+         _C + "elementwise:global_avg_pool2d_backward")
+register("avg_pool2d_backward", "cuda", "gather", _C + "pool:avg_pool2d_backward",
          supports=_cuda_plane_fits)
-register("adaptive_avg_pool2d", "cuda", "direct", _C + "adaptive_avg_pool2d")
-register("adaptive_avg_pool2d_backward", "cuda", "gather", _C + "adaptive_avg_pool2d_backward")
+register("adaptive_avg_pool2d", "cuda", "direct", _C + "pool:adaptive_avg_pool2d")
+register("adaptive_avg_pool2d_backward", "cuda", "gather", _C + "pool:adaptive_avg_pool2d_backward")
 
 
 # ----------------------------------------------------------------------------------------

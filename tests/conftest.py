@@ -5,6 +5,9 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))   # tests/brute.py, tests/helpers.py
+# kernels/dev's candidate and superseded kernels are registered (CONVGPU_DEV=1) so that the
+# tests keep checking them against the reference; algo="auto" never picks them
+os.environ.setdefault("CONVGPU_DEV", "1")
 
 # The simulator tier (tests/sim) needs NUMBA_ENABLE_CUDASIM=1 before numba is imported, so it
 # runs in its own pytest process: `NUMBA_ENABLE_CUDASIM=1 pytest tests` collects tests/sim

@@ -25,7 +25,7 @@ def load(libdir):
 
 def main():
     libdir, file, arch = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    from convgpu.kernels import _module
+    from convgpu.kernels.cuda import sources as _module
     lib = load(libdir)
     major, minor = ctypes.c_int(), ctypes.c_int()
     lib.nvrtcVersion(ctypes.byref(major), ctypes.byref(minor))

@@ -1,6 +1,6 @@
 """Compile tier for the CUDA C kernels: every .cu compiled through NVRTC (the low-level
 cupy.cuda.nvrtc API, which needs no GPU) with exactly the options the runtime uses
-(kernels/_module.py: ours plus what CuPy adds), for sm_80 and sm_90, every name expression
+(kernels/cuda/sources.py: ours plus what CuPy adds), for sm_80 and sm_90, every name expression
 instantiated; ptxas' report (through NVRTC's --ptxas-options=-v) must show no spill bytes
 and no stack frame for any kernel. Then the same for sm_90 with the NVRTC the lent GPUs run
 (13.0), where three builds spill a measured or accounted-for amount (RUNTIME_SPILLS); and
@@ -18,7 +18,7 @@ import pytest
 pytest.importorskip("cupy")
 from cupy.cuda import nvrtc  # noqa: E402  (a Cython module: importorskip can't name it)
 
-from convgpu.kernels import _module  # noqa: E402
+from convgpu.kernels.cuda import sources as _module  # noqa: E402
 
 import ptxas_report  # noqa: E402  (tests/ptxas_report.py)
 
@@ -72,7 +72,7 @@ RUNTIME_SPILLS = {
     ("gemm.cu", "gemm_vec<true, true, false>"): (16, 16, 16),
     # the FP32 implicit-GEMM weight gradient: the build every device measurement so far ran
     # (0.46x cuDNN on ResNet conv1, e8f4431); not yet timed against a spill-free variant
-    ("conv.cu", "conv2d_wgrad_implicit_gemm<float, false>"): (24, 20, 20),
+    ("conv_implicit.cu", "conv2d_wgrad_implicit_gemm<float, false>"): (24, 20, 20),
 }
 
 
@@ -113,8 +113,8 @@ def test_cu_compiles_without_spills_under_nvcc(file, tmp_path):
     tu.write_text(f'#include "{file}"\n' + "".join(
         f"void* keep{i}() {{ return (void*)&{e}; }}\n"
         for i, e in enumerate(_module.NAME_EXPRESSIONS[file])))
-    cmd = [NVCC, "-cubin", "-arch=sm_90", "-std=c++17", "-ftz=true", f"-I{_module.kernels_dir()}",
-           "--resource-usage", str(tu), "-o", str(tmp_path / "tu.cubin")]
+    cmd = [NVCC, "-cubin", "-arch=sm_90", "-std=c++17", "-ftz=true",
+           *(f"-I{d}" for d in _module.source_dirs()), "--resource-usage", str(tu), "-o", str(tmp_path / "tu.cubin")]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     report = r.stdout + r.stderr
@@ -129,7 +129,7 @@ def test_cu_compiles_without_spills_under_nvcc(file, tmp_path):
 
 def rounds_to_tf32(ptx, file):
     """tile::to_tf32's rounding for this file is in the PTX: cvt.rna (CONVGPU_TF32_ROUND 0,
-    the default) in conv.cu; in gemm.cu, which sets mode 1, the same rounding in integer
+    the default) in conv_implicit.cu; in gemm.cu, which sets mode 1, the same rounding in integer
     arithmetic (two mins and an add of half a TF32 ulp) and no cvt.rna."""
     integer = ("min.u32" in ptx and "min.s32" in ptx
                and re.search(r"add\.s32\s+%r\d+, %r\d+, 4096;", ptx) is not None)
@@ -157,7 +157,7 @@ def test_tf32_rounding_modes_compile():
 
 
 def test_tf32_kernels_use_tensor_core_mma():
-    for file in ("gemm.cu", "conv.cu"):
+    for file in ("gemm.cu", "conv_implicit.cu"):
         tf32 = [e for e in _module.NAME_EXPRESSIONS[file] if e.endswith("true>")]
         assert tf32, file
         prog = nvrtc.createProgram(_module.source(file), file, [], [])
@@ -194,7 +194,8 @@ def test_pipelined_kernels_copy_asynchronously_and_use_tensor_cores():
     mma.sync TF32 with operands rounded to nearest (tile::to_tf32), and no plain global loads
     of operands."""
     cases = {"gemm.cu": [e for e in _module.NAME_EXPRESSIONS["gemm.cu"] if "pipelined" in e],
-             "conv.cu": [e for e in _module.NAME_EXPRESSIONS["conv.cu"] if "pipelined" in e]}
+             "conv_implicit.cu": [e for e in _module.NAME_EXPRESSIONS["conv_implicit.cu"]
+                                  if "pipelined" in e]}
     for file, exprs in cases.items():
         assert exprs, file
         for e, body in _ptx_entries(file, exprs).items():
@@ -212,15 +213,14 @@ def test_pipelined_kernels_copy_asynchronously_and_use_tensor_cores():
             assert ("cp.async.cg.shared.global" in body) == (va or vb), e
             assert ("cp.async.ca.shared.global" in body) == (not (va and vb)), e
             # operands arrive only through cp.async; the conv epilogue reads its 8 bias values
-            assert len(re.findall(r"\bld\.global", body)) <= (8 if file == "conv.cu" else 0), e
+            assert len(re.findall(r"\bld\.global", body)) <= (8 if file == "conv_implicit.cu" else 0), e
 
 
 def test_every_launcher_expression_is_declared():
     """The strings the launchers ask for must be among the compiled name expressions."""
-    import inspect
-    from convgpu.kernels import cuda_ops
-    src = inspect.getsource(cuda_ops)
+    src = "".join(p.read_text() for d in _module.source_dirs() for p in sorted(Path(d).glob("*.py")))
     asked = set(re.findall(r'get_function\("(\w+\.cu)", f?"(\w+)<', src))
+    assert len(asked) >= 26, asked          # every family's launches were read
     declared = {(f, e.split("<")[0]) for f, e in _module.all_name_expressions()}
     assert asked <= declared, asked - declared
 

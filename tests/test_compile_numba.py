@@ -35,7 +35,7 @@ def recorded():
 
     mp = pytest.MonkeyPatch()
     for m in KERNEL_MODULES:
-        mod = importlib.import_module(f"convgpu.kernels.{m}")
+        mod = importlib.import_module(f"convgpu.kernels.numba.{m}")
         if hasattr(mod, "launch"):
             mp.setattr(mod, "launch", record)
     mp.setattr(_registry, "backend_unavailable", lambda b: None)

@@ -1,5 +1,5 @@
-"""Host-emulation tier: every `cuda` implementation (kernels/*.cu through the launchers of
-kernels/cuda_ops.py) run on the CPU by convgpu.cuda_host, against the float64 reference,
+"""Host-emulation tier: every `cuda` implementation (kernels/cuda/*.cu through their launcher
+modules) run on the CPU by the host emulation (kernels/cuda/emulator), against the float64 reference,
 float32 and float64, outputs poisoned; each call is made twice, threads and blocks in
 forward and in reverse order (or, with CONVGPU_HOST_ORDERS, others such as seeded shuffles),
 and the results must be bitwise equal (a kernel whose result depends on the order has a
@@ -17,7 +17,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from convgpu import cuda_host
+from convgpu.kernels.cuda.emulator import cuda_host
 
 if not cuda_host.available():
     pytest.skip(f"no C++ compiler ({cuda_host.CXX}) for the host emulation", allow_module_level=True)
@@ -40,11 +40,18 @@ def emulated(monkeypatch):
 
 @pytest.fixture
 def launched(monkeypatch):
-    """The name expressions cuda_ops looks up (the kernels a call launches), in order."""
-    from convgpu.kernels import cuda_ops
+    """The name expressions the CUDA C launchers look up (the kernels a call launches), in
+    order: get_function spied on in every launcher module that imported it."""
+    return spy_get_function(monkeypatch)
+
+
+def spy_get_function(monkeypatch):
+    from convgpu.kernels.cuda import launcher_modules, module
     names = []
-    real = cuda_ops.get_function
-    monkeypatch.setattr(cuda_ops, "get_function", lambda f, e: names.append(e) or real(f, e))
+    real = module.get_function
+    for mod in launcher_modules():
+        if getattr(mod, "get_function", None) is real:
+            monkeypatch.setattr(mod, "get_function", lambda f, e: names.append(e) or real(f, e))
     return names
 
 
@@ -223,7 +230,7 @@ def test_launch_limits_are_enforced():
 def _crash(code):
     """Run `code` in a fresh interpreter (an emulated fault ends the process)."""
     env = dict(os.environ, CONVGPU_CUDA_HOST="1")
-    prelude = ("import numpy as np\nfrom convgpu import cuda_host\nimport test_cuda_host as t\n")
+    prelude = ("import numpy as np\nfrom convgpu.kernels.cuda.emulator import cuda_host\nimport test_cuda_host as t\n")
     return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)],
                           capture_output=True, text=True, env=env,
                           cwd=os.path.dirname(__file__), timeout=300)
@@ -347,7 +354,7 @@ def test_dynamic_shared_memory_is_poisoned_and_limited():
         k((1,), (64,), (x, y, np.int32(0)), shared_mem=256)
     assert np.isnan(y).sum() == 32                  # read before written: poison
     # past 48 KiB a launch needs the function's limit raised first, as on a GPU
-    from convgpu.kernels import _module
+    from convgpu.kernels.cuda import module as _module
     big = 64 * 1024
     with pytest.raises(ValueError, match="past the function's limit"):
         k((1,), (64,), (x, y, np.int32(1)), shared_mem=big)
@@ -364,7 +371,7 @@ def test_set_max_dynamic_shared_uses_only_the_rawkernel_api(monkeypatch):
     read fn.ptr, which RawKernel lacks, and every pipelined launch on the GPU failed."""
     cupy = pytest.importorskip("cupy")
     from unittest import mock
-    from convgpu.kernels import _module
+    from convgpu.kernels.cuda import module as _module
     monkeypatch.setattr(_module, "host_emulation", lambda: False)
     monkeypatch.setattr(cupy.cuda, "Device", lambda *a: mock.Mock(id=0))
     fn = mock.create_autospec(cupy.RawKernel, instance=True)
@@ -526,13 +533,13 @@ def test_conv2d_backward_weight(rng, algo, case):
 def test_depthwise_forward_paths_agree_bitwise(rng, monkeypatch, case):
     """conv2d_depthwise's variants (3x3 unrolled or general; one or two outputs per thread)
     sum each output's products in the same order: all give bitwise the same result."""
-    from convgpu.kernels import cuda_ops
+    from convgpu.kernels.cuda import depthwise
     x, w, b, kw = _conv(rng, case, np.float32)
     R, S = w.shape[2:]
     results = {}
     for ks in ((0, 3) if (R, S) == (3, 3) else (0,)):
         for rp in (1, 2):
-            monkeypatch.setattr(cuda_ops, "depthwise_kernel", lambda a, v=(ks, rp): v)
+            monkeypatch.setattr(depthwise, "depthwise_kernel", lambda a, v=(ks, rp): v)
             results[(ks, rp)] = both_orders(lambda: convgpu.conv2d(
                 x.astype(np.float32), w.astype(np.float32), b.astype(np.float32), **kw,
                 backend="cuda", algo="depthwise"))
@@ -547,8 +554,8 @@ def test_depthwise_forward_paths_agree_bitwise(rng, monkeypatch, case):
 def test_depthwise_wgrad3_splits(rng, monkeypatch, case, launched):
     """The 3x3 weight gradient's image splits, uneven (5 images in 2 splits, 3 in 2), summed
     in order by sum_splits; the kernel taken is wgrad3."""
-    from convgpu.kernels import cuda_ops
-    monkeypatch.setattr(cuda_ops, "DW_WGRAD_BLOCKS", 6)
+    from convgpu.kernels.cuda import depthwise
+    monkeypatch.setattr(depthwise, "DW_WGRAD_BLOCKS", 6)
     used = launched
     x, w, _, kw = _conv(rng, case, np.float32)
     y = convgpu.conv2d(x, w, **kw)
@@ -583,25 +590,25 @@ def test_depthwise_input_gradient_on_the_forward_kernel(rng, case, forward, laun
 
 
 def test_depthwise_kernel_choice():
-    from convgpu.kernels import cuda_ops
-    from convgpu.ops import _args
+    from convgpu.core import args as _args
+    from convgpu.kernels.cuda import depthwise
     geom = lambda shape, k, s, p: _args.conv_geometry("conv2d", shape, (shape[1], 1, k, k), s,
                                                       p, 1, shape[1], np.float32)
-    assert cuda_ops.depthwise_kernel(geom((16, 256, 28, 28), 3, 1, 1)) == (3, 2)   # MobileNet
-    assert cuda_ops.depthwise_kernel(geom((16, 512, 14, 14), 3, 1, 1)) == (3, 1)
-    assert cuda_ops.depthwise_kernel(geom((16, 64, 56, 56), 5, 1, 2)) == (0, 2)
-    assert cuda_ops.depthwise_wgrad_splits(geom((16, 256, 28, 28), 3, 1, 1)) == 8
-    assert cuda_ops.depthwise_wgrad_splits(geom((4, 32, 28, 28), 3, 1, 1)) == 4      # <= N
+    assert depthwise.depthwise_kernel(geom((16, 256, 28, 28), 3, 1, 1)) == (3, 2)   # MobileNet
+    assert depthwise.depthwise_kernel(geom((16, 512, 14, 14), 3, 1, 1)) == (3, 1)
+    assert depthwise.depthwise_kernel(geom((16, 64, 56, 56), 5, 1, 2)) == (0, 2)
+    assert depthwise.depthwise_wgrad_splits(geom((16, 256, 28, 28), 3, 1, 1)) == 8
+    assert depthwise.depthwise_wgrad_splits(geom((4, 32, 28, 28), 3, 1, 1)) == 4      # <= N
 
 
 def test_depthwise_declines_a_patch_past_shared_memory():
-    from convgpu.kernels import cuda_ops
-    from convgpu.ops import _args
+    from convgpu.core import args as _args
+    from convgpu.kernels.cuda import depthwise
     a = _args.conv_geometry("conv2d", (1, 4, 400, 400), (4, 1, 3, 3), 1, 100, 100, 4,
                             np.float32)
-    assert "shared memory" in cuda_ops.depthwise_supports(a)
+    assert "shared memory" in depthwise.depthwise_supports(a)
     a = _args.conv_geometry("conv2d", (1, 4, 40, 40), (4, 1, 3, 3), 1, 1, 1, 4, np.float32)
-    assert cuda_ops.depthwise_supports(a) is None
+    assert depthwise.depthwise_supports(a) is None
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -609,9 +616,9 @@ def test_pointwise_im2col_is_one_batched_gemm(rng, monkeypatch, dtype):
     """1x1/s1/p0 convolutions: the im2col algorithms run one GEMM over the images with the
     weights shared (batch stride 0), no column matrix (im2col/col2im must not run); forward
     with bias, both gradients, against the reference."""
-    from convgpu.kernels import cuda_ops
-    monkeypatch.setattr(cuda_ops, "im2col", lambda *a: pytest.fail("im2col ran"))
-    monkeypatch.setattr(cuda_ops, "col2im", lambda *a: pytest.fail("col2im ran"))
+    from convgpu.kernels.cuda import im2col
+    monkeypatch.setattr(im2col, "im2col", lambda *a: pytest.fail("im2col ran"))
+    monkeypatch.setattr(im2col, "col2im", lambda *a: pytest.fail("col2im ran"))
     x, w, b = rand(rng, (3, 8, 5, 7)), rand(rng, (12, 8, 1, 1)), rand(rng, (12,))
     gy = rand(rng, (3, 12, 5, 7))
     c = lambda a: a.astype(dtype)
@@ -630,22 +637,22 @@ def test_im2col_col2im_rows_grid(rng, monkeypatch, grid):
     """im2col/col2im walk rows (blockIdx.y) and a row's elements (blockIdx.x, threads), also
     where the grid is smaller than either and they loop: the column matrix equals the
     reference's, col2im of it the reference's scatter-add (strides, dilation, groups)."""
-    from convgpu.kernels import cuda_ops
-    from convgpu.ops._args import conv_geometry
+    from convgpu.kernels.cuda import im2col
+    from convgpu.core.args import conv_geometry
     from convgpu import reference as R
-    monkeypatch.setattr(cuda_ops, "ROWS_GRID_X", grid[0])
-    monkeypatch.setattr(cuda_ops, "ROWS_GRID_Y", grid[1])
+    monkeypatch.setattr(im2col, "ROWS_GRID_X", grid[0])
+    monkeypatch.setattr(im2col, "ROWS_GRID_Y", grid[1])
     x = rand(rng, (2, 6, 9, 8))
     w = rand(rng, (4, 3, 3, 2))
     kw = dict(stride=(2, 1), padding=(1, 1), dilation=(1, 2), groups=2)
     a = conv_geometry("conv2d", x.shape, w.shape, kw["stride"], kw["padding"], kw["dilation"],
                       kw["groups"], x.dtype)
-    cols = both_orders(lambda: cuda_ops.im2col(a, x))
+    cols = both_orders(lambda: im2col.im2col(a, x))
     y = np.einsum("gkr,grm->gkm", w.reshape(2, 2, -1), cols)
     y = y.reshape(4, 2, a.P * a.Q).transpose(1, 0, 2).reshape(2, 4, a.P, a.Q)
     assert_close(y, R.conv2d(x, w, None, **kw), TOL[np.float64])
     gy = rand(rng, y.shape)
-    gx = both_orders(lambda: cuda_ops.col2im(a, np.einsum(
+    gx = both_orders(lambda: im2col.col2im(a, np.einsum(
         "gkr,gkm->grm", w.reshape(2, 2, -1),
         gy.reshape(2, 2, 2, a.P * a.Q).transpose(1, 2, 0, 3).reshape(2, 2, -1)).copy()))
     assert_close(gx, R.conv2d_backward_input(gy, w, x.shape, **kw), TOL[np.float64])
@@ -659,10 +666,10 @@ def test_winograd_grid_loops_and_split_tiles(rng, monkeypatch, algo, dtype):
     3 (partials summed in order); T = 2 * 5 * 3 = 30 tiles of 2x2 (rows of 32 with two zero
     columns), 2 * 3 * 2 = 12 of 4x4. Forward, input and weight gradients against the
     reference."""
-    from convgpu.kernels import cuda_ops
-    monkeypatch.setattr(cuda_ops, "ROWS_GRID_X", 1)
-    monkeypatch.setattr(cuda_ops, "ROWS_GRID_Y", 2)
-    monkeypatch.setattr(cuda_ops, "_split_for", lambda *a, **k: 3)
+    from convgpu.kernels.cuda import winograd
+    monkeypatch.setattr(winograd, "ROWS_GRID_X", 1)
+    monkeypatch.setattr(winograd, "ROWS_GRID_Y", 2)
+    monkeypatch.setattr(winograd, "split_for", lambda *a, **k: 3)
     x, w, b = rand(rng, (2, 6, 9, 7)), rand(rng, (8, 3, 3, 3)), rand(rng, (8,))
     kw = dict(padding=(1, 0), groups=2)
     gy = rand(rng, (2, 8, 9, 5))
@@ -684,18 +691,18 @@ def test_gemm_past_the_grid_limits_runs_in_parts(rng, monkeypatch, variant):
     """Batches x splits or row tiles past gridDim's 65535 (here 2): gemm launches on slices
     of batches and of A's rows, with a broadcast operand and split-K; a K x M A that tall
     is refused before any launch."""
-    from convgpu.kernels import cuda_ops
-    monkeypatch.setattr(cuda_ops, "MAX_GRID_YZ", 2)
+    from convgpu.kernels.cuda import gemm
+    monkeypatch.setattr(gemm, "MAX_GRID_YZ", 2)
     A, B = rand(rng, (5, 300, 20), np.float32), rand(rng, (1, 20, 12), np.float32)
     for splits in (1, 2):
-        C = cuda_ops.gemm(A, B, splits=splits, variant=variant)
+        C = gemm.gemm(A, B, splits=splits, variant=variant)
         assert C.shape == (5, 300, 12)
         assert_close(C, np.matmul(A.astype(np.float64), B), TOL[np.float32])
-    C = cuda_ops.gemm(B.transpose(0, 2, 1).copy(), A.transpose(0, 2, 1).copy(), variant=variant)
+    C = gemm.gemm(B.transpose(0, 2, 1).copy(), A.transpose(0, 2, 1).copy(), variant=variant)
     assert_close(C, np.matmul(B.transpose(0, 2, 1), A.transpose(0, 2, 1).astype(np.float64)),
                  TOL[np.float32])
     with pytest.raises(ValueError, match="transposed A"):
-        cuda_ops.gemm(A[:1].transpose(0, 2, 1).copy(), B, ta=True, variant=variant)
+        gemm.gemm(A[:1].transpose(0, 2, 1).copy(), B, ta=True, variant=variant)
 
 
 @pytest.mark.parametrize("algo", ["fft", "winograd", "winograd_4x4"])
@@ -703,8 +710,9 @@ def test_batched_gemm_algorithms_past_gridDim_z(rng, monkeypatch, algo):
     """The FFT (groups x frequencies) and Winograd (groups x (m+2)^2) GEMM batches past
     gridDim.z (here 8) run in parts, and the FFT's layout kernels walk their rows (groups x
     5 images) in a grid-stride loop: forward and both gradients against the reference."""
-    from convgpu.kernels import cuda_ops
-    monkeypatch.setattr(cuda_ops, "MAX_GRID_YZ", 8)
+    from convgpu.kernels.cuda import fft, gemm
+    monkeypatch.setattr(gemm, "MAX_GRID_YZ", 8)      # the GEMM's batches
+    monkeypatch.setattr(fft, "MAX_GRID_YZ", 8)       # the layout kernels' rows
     x, w, gy = rand(rng, (5, 4, 6, 5)), rand(rng, (4, 2, 3, 3)), rand(rng, (5, 4, 6, 5))
     kw = dict(padding=1, groups=2, backend="cuda", algo=algo)
     tol = tolerance(algo, np.float64)
@@ -720,31 +728,31 @@ def test_implicit_gemm_groups_past_the_grid_are_refused_and_splits_clamped(rng, 
     """blockIdx.z = group * splits + split: more groups than gridDim.z allows is a ValueError
     before any launch; otherwise the splits shrink to fit (here 2 groups under a limit of 3:
     one split each, the result still right)."""
-    from convgpu.kernels import cuda_ops
+    from convgpu.kernels.cuda import conv_implicit
     x, w = rand(rng, (1, 4, 6, 6)), rand(rng, (4, 2, 3, 3))
     gy = rand(rng, (1, 4, 4, 4))
-    monkeypatch.setattr(cuda_ops, "_split_for", lambda *a, **k: 8)
-    monkeypatch.setattr(cuda_ops, "MAX_GRID_YZ", 3)
+    monkeypatch.setattr(conv_implicit, "split_for", lambda *a, **k: 8)
+    monkeypatch.setattr(conv_implicit, "MAX_GRID_YZ", 3)
     assert_close(convgpu.conv2d_backward_weight(x, gy, w.shape, groups=2, backend="cuda",
                                                 algo="implicit_gemm"),
                  convgpu.conv2d_backward_weight(x, gy, w.shape, groups=2), TOL[np.float64])
-    monkeypatch.setattr(cuda_ops, "MAX_GRID_YZ", 1)
+    monkeypatch.setattr(conv_implicit, "MAX_GRID_YZ", 1)
     with pytest.raises(ValueError, match="2 groups is more than 1"):
         convgpu.conv2d(x, w, groups=2, backend="cuda", algo="implicit_gemm")
 
 
 def test_gemm_broadcasts_a_batch_of_one(rng):
-    from convgpu.kernels import cuda_ops
+    from convgpu.kernels.cuda import gemm
     A, B = rand(rng, (1, 12, 20), np.float32), rand(rng, (5, 20, 16), np.float32)
     for variant in ("vec", "tiled"):
-        C = cuda_ops.gemm(A, B, variant=variant)
+        C = gemm.gemm(A, B, variant=variant)
         assert_close(C, np.matmul(A.astype(np.float64), B), TOL[np.float32])
-        C = cuda_ops.gemm(B.transpose(0, 2, 1).copy(), A.transpose(0, 2, 1).copy(),
+        C = gemm.gemm(B.transpose(0, 2, 1).copy(), A.transpose(0, 2, 1).copy(),
                           variant=variant)        # the other operand broadcast
         assert_close(C, np.matmul(B.transpose(0, 2, 1), A.transpose(0, 2, 1).astype(np.float64)),
                      TOL[np.float32])
     with pytest.raises(ValueError, match="batches of 2 and 5"):
-        cuda_ops.gemm(rand(rng, (2, 12, 20), np.float32), B)
+        gemm.gemm(rand(rng, (2, 12, 20), np.float32), B)
 
 
 @pytest.mark.parametrize("algo", cuda_algos("conv2d_backward_input"))
@@ -766,14 +774,14 @@ def test_conv_transpose2d(rng, algo):
 @pytest.mark.parametrize("tf32", [False, True])
 @pytest.mark.parametrize("ta, tb", [(False, False), (True, False), (False, True), (True, True)])
 def test_gemm_tails_and_split_k(rng, ta, tb, tf32):
-    from convgpu.kernels import cuda_ops
+    from convgpu.kernels.cuda import gemm
     batch, M, N, K = 2, 133, 70, 37
     A = rand(rng, (batch, K, M) if ta else (batch, M, K))
     B = rand(rng, (batch, N, K) if tb else (batch, K, N))
     want = np.matmul(np.swapaxes(A, 1, 2) if ta else A, np.swapaxes(B, 1, 2) if tb else B)
     for dt in ([np.float32] if tf32 else [np.float32, np.float64]):
         for splits in (1, 3):
-            C = both_orders(lambda: cuda_ops.gemm(A.astype(dt), B.astype(dt), ta, tb,
+            C = both_orders(lambda: gemm.gemm(A.astype(dt), B.astype(dt), ta, tb,
                                                   splits=splits, tf32=tf32))
             assert_close(C, want, 2e-3 if tf32 else TOL[dt])
 
@@ -810,9 +818,9 @@ MAXP = MAXP_SMALL + [
 def index_type(request, monkeypatch):
     """Both instantiations of the pooling kernels: 32-bit indexing, and 64-bit as used past
     2**31 elements (forced here on small arrays)."""
-    from convgpu.kernels import cuda_ops
+    from convgpu.kernels.cuda import launch
     if request.param == "long long":
-        monkeypatch.setattr(cuda_ops, "INT_SAFE", 0)
+        monkeypatch.setattr(launch, "INT_SAFE", 0)     # read by launch.index_type
     return request.param
 
 
@@ -870,13 +878,14 @@ def test_max_pool2d_interior_and_cells_with_ties_nan_and_inf(rng, args):
         np.testing.assert_array_equal(i, ir)
         np.testing.assert_array_equal(y, yr)
     gy = np.arange(1, y.size + 1, dtype=np.float32).reshape(y.shape)
-    for algo in ("gather", "tiled"):
+    for algo in ("gather", "tiled", "cells_shuffle"):
         gx = both_orders(lambda: convgpu.max_pool2d_backward(gy, i, x.shape, *args,
                                                              backend="cuda", algo=algo))
         np.testing.assert_array_equal(gx, convgpu.max_pool2d_backward(gy, ir, x.shape))
 
 
 @pytest.mark.parametrize("args, algo", [((3, 2, 1), "gather"), ((3, 2, 1), "tiled"),  # cells
+                                        ((3, 2, 1), "cells_shuffle"),
                                         ((3, 1, 1), "gather"), ((4, 3, 1), "gather")])  # element
 def test_max_pool2d_backward_rejects_bad_indices(rng, args, algo):
     """The CUDA C gathers validate indices on the device: outside the plane, or inside it but
@@ -905,7 +914,7 @@ def test_max_pool2d_backward_rejects_bad_indices(rng, args, algo):
 
 def _check_window(idx, shape, args):
     from convgpu.ops import pool
-    from convgpu.ops._args import pool_geometry
+    from convgpu.core.args import pool_geometry
     geometry = pool_geometry("max_pool2d_backward", shape, *args, 1, False, np.float32, kind="max")
     pool._check_window(pool.MaxBackwardArgs(shape, geometry), idx)
 
@@ -936,14 +945,14 @@ def test_max_pool2d_tiled_equals_direct(rng, monkeypatch, case, dtype, index_typ
 def _tiled_setup(rng, monkeypatch, case, dtype, min_blocks, grid, which):
     """A tiled-pooling case: the band and grid limits set, the input, the pooling arguments,
     and whether the tiled kernel ("fwd" or "bwd") serves the geometry."""
-    from convgpu.kernels import cuda_ops
-    from convgpu.ops._args import pool_geometry
-    monkeypatch.setattr(cuda_ops, "TILED_MIN_BLOCKS", min_blocks)
-    monkeypatch.setattr(cuda_ops, "TILED_MAX_GRID", grid)
+    from convgpu.core.args import pool_geometry
+    from convgpu.kernels.dev import pool_tiled as pool
+    monkeypatch.setattr(pool, "TILED_MIN_BLOCKS", min_blocks)
+    monkeypatch.setattr(pool, "TILED_MAX_GRID", grid)
     N, C, H, W, *args = case
     x = shuffled_linspace(rng, (N, C, H, W), dtype)
     geom = pool_geometry("max_pool2d", x.shape, *args, np.dtype(dtype), kind="max")
-    plan = cuda_ops.max_pool2d_fwd_tiled_plan if which == "fwd" else cuda_ops.max_pool2d_tiled_plan
+    plan = pool.max_pool2d_fwd_tiled_plan if which == "fwd" else pool.max_pool2d_tiled_plan
     return x, args, plan(geom, np.dtype(dtype).itemsize) is not None
 
 
@@ -972,35 +981,36 @@ def test_max_pool2d_backward_tiled_equals_cells(rng, monkeypatch, case, dtype, i
 
 def test_max_pool2d_kernel_choice():
     """Which pool.cu kernels serve which windows (the fast paths above must be the ones run)."""
-    from convgpu.kernels import cuda_ops
-    from convgpu.ops._args import pool_geometry
+    from convgpu.kernels.cuda import pool
+    from convgpu.core.args import pool_geometry
     def geometry(H, k, s, p, d=1):
         return pool_geometry("max_pool2d", (2, 3, H, H), k, s, p, d, False, np.float32,
                              kind="max")
-    assert cuda_ops.max_pool2d_window(geometry(55, 3, 2, 0)) == 3
-    assert cuda_ops.max_pool2d_window(geometry(224, 2, 2, 0)) == 2
-    assert cuda_ops.max_pool2d_window(geometry(20, 4, 2, 1)) == 0
-    assert cuda_ops.max_pool2d_window(geometry(20, (3, 2), 2, 1)) == 0
-    assert cuda_ops.max_pool2d_cells(geometry(55, 3, 2, 0)) == (28, 28)
-    assert cuda_ops.max_pool2d_cells(geometry(112, 3, 2, 1)) == (57, 57)
-    assert cuda_ops.max_pool2d_cells(geometry(224, 2, 2, 0)) == (112, 112)
-    assert cuda_ops.max_pool2d_cells(geometry(20, 3, 1, 1)) is None    # 3 candidates per axis
-    assert cuda_ops.max_pool2d_cells(geometry(20, 3, 3, 1)) is None    # cells of 3
+    assert pool.max_pool2d_window(geometry(55, 3, 2, 0)) == 3
+    assert pool.max_pool2d_window(geometry(224, 2, 2, 0)) == 2
+    assert pool.max_pool2d_window(geometry(20, 4, 2, 1)) == 0
+    assert pool.max_pool2d_window(geometry(20, (3, 2), 2, 1)) == 0
+    assert pool.max_pool2d_cells(geometry(55, 3, 2, 0)) == (28, 28)
+    assert pool.max_pool2d_cells(geometry(112, 3, 2, 1)) == (57, 57)
+    assert pool.max_pool2d_cells(geometry(224, 2, 2, 0)) == (112, 112)
+    assert pool.max_pool2d_cells(geometry(20, 3, 1, 1)) is None    # 3 candidates per axis
+    assert pool.max_pool2d_cells(geometry(20, 3, 3, 1)) is None    # cells of 3
     # the tiled gather's bands: AlexNet pool1 (N128 C64, Q = 27) in one band per plane,
     # VGG's (N64 C64, Q = 112) in bands of 17 cell rows under 24 KiB
     alex = pool_geometry("max_pool2d", (128, 64, 55, 55), 3, 2, 0, 1, False, np.float32, kind="max")
-    assert cuda_ops.max_pool2d_tiled_plan(alex, 4) == (28, 1, 29 * 27 * 12)
+    from convgpu.kernels.dev import pool_tiled
+    assert pool_tiled.max_pool2d_tiled_plan(alex, 4) == (28, 1, 29 * 27 * 12)
     vgg = pool_geometry("max_pool2d", (64, 64, 224, 224), 2, 2, 0, 1, False, np.float32, kind="max")
-    assert cuda_ops.max_pool2d_tiled_plan(vgg, 4) == (17, 7, 18 * 112 * 12)
+    assert pool_tiled.max_pool2d_tiled_plan(vgg, 4) == (17, 7, 18 * 112 * 12)
     one = pool_geometry("max_pool2d", (1, 2, 224, 224), 2, 2, 0, 1, False, np.float32, kind="max")
-    assert cuda_ops.max_pool2d_tiled_plan(one, 4)[1] == 112        # few planes: finer bands
-    assert cuda_ops.max_pool2d_tiled_plan(geometry(20, 3, 1, 1), 4) is None
+    assert pool_tiled.max_pool2d_tiled_plan(one, 4)[1] == 112        # few planes: finer bands
+    assert pool_tiled.max_pool2d_tiled_plan(geometry(20, 3, 1, 1), 4) is None
     # the tiled forward's bands: AlexNet in one band per plane (27 output rows from all 55
     # input rows), VGG (W = 224) in bands of 13 output rows (26 input rows, under 24 KiB)
-    assert cuda_ops.max_pool2d_fwd_tiled_plan(alex, 4) == (27, 1, 55 * 55 * 4)
-    assert cuda_ops.max_pool2d_fwd_tiled_plan(vgg, 4) == (13, 9, 26 * 224 * 4)
-    assert cuda_ops.max_pool2d_fwd_tiled_plan(geometry(20, 4, 2, 1), 4) is None
-    assert cuda_ops.max_pool2d_fwd_tiled_plan(geometry(20, 3, 2, 1, 2), 4) is None  # dilated
+    assert pool_tiled.max_pool2d_fwd_tiled_plan(alex, 4) == (27, 1, 55 * 55 * 4)
+    assert pool_tiled.max_pool2d_fwd_tiled_plan(vgg, 4) == (13, 9, 26 * 224 * 4)
+    assert pool_tiled.max_pool2d_fwd_tiled_plan(geometry(20, 4, 2, 1), 4) is None
+    assert pool_tiled.max_pool2d_fwd_tiled_plan(geometry(20, 3, 2, 1, 2), 4) is None  # dilated
 
 
 AVGP = AVGP_SMALL
@@ -1021,8 +1031,8 @@ def test_avg_pool2d_and_backward(rng, case, dtype, index_type):
 
 
 def test_every_name_expression_builds_and_is_found():
-    from convgpu.kernels import _module
-    for file, expr in _module.all_name_expressions():
+    from convgpu.kernels.cuda import sources
+    for file, expr in sources.all_name_expressions():
         assert cuda_host.get_function(file, expr).name == expr
 
 
@@ -1080,9 +1090,9 @@ def test_small_ops(rng, dtype):
 def test_channel_sum_long_and_short_rows(rng, B, K, L):
     """channel_sum (the bias gradients' reduction): rows longer than the block are summed
     along, shorter ones (a linear layer's L = 1) over the (b, l) pairs by every thread."""
-    from convgpu.kernels import cuda_ops
+    from convgpu.kernels.cuda import elementwise
     a = rand(rng, (B, K, L))
-    assert_close(both_orders(lambda: cuda_ops.channel_sum(a)), a.sum(axis=(0, 2)), TOL[np.float64])
+    assert_close(both_orders(lambda: elementwise.channel_sum(a)), a.sum(axis=(0, 2)), TOL[np.float64])
 
 
 def test_relu_keeps_nan():
@@ -1177,10 +1187,10 @@ def test_implicit_gemm_and_direct_on_random_geometries(seed):
 def test_fma_peak_kernel_computes_its_chains():
     """The FP32 ceiling kernel of convgpu bench: each thread's output is the sum of its 8
     chains acc = acc * a + b after 16 * iters steps (float64 recurrence as the oracle)."""
-    from convgpu.kernels import cuda_ops
+    from convgpu.kernels.cuda import ceiling
     blocks, iters = 2, 3
     for dt, tol in ((np.float32, 1e-5), (np.float64, 1e-13)):
-        out, flops = both_orders(lambda: cuda_ops.fma_peak(blocks, iters, dt))
+        out, flops = both_orders(lambda: ceiling.fma_peak(blocks, iters, dt))
         assert flops == 2 * 8 * 16 * iters * blocks * 256
         a, b = 1 - 2 ** -10, 2 ** -6
         lane = np.arange(blocks * 256) % 256 % 32
@@ -1196,14 +1206,14 @@ def test_gemm_vec_tails_and_split_k(rng, ta, tb, variant, tf32):
     """gemm_vec (16-deep tiles, float4 loads), 128-row tiles and the 64-row tile of 128
     threads: tails in every dimension that are still multiples of 4 (132 = 128 + 4 rows,
     2 x 64 + 4 for the short tile; 68 columns, depth 36 = 2 tiles + 4), split-K."""
-    from convgpu.kernels import cuda_ops
+    from convgpu.kernels.cuda import gemm
     batch, M, N, K = 2, 132, 68, 36
     A = rand(rng, (batch, K, M) if ta else (batch, M, K)).astype(np.float32)
     B = rand(rng, (batch, N, K) if tb else (batch, K, N)).astype(np.float32)
     want = np.matmul(np.swapaxes(A, 1, 2) if ta else A, np.swapaxes(B, 1, 2) if tb else B)
-    assert cuda_ops.vec_gemm_fits(A, B, ta, tb)
+    assert gemm.vec_gemm_fits(A, B, ta, tb)
     for splits in (1, 2):
-        C = both_orders(lambda: cuda_ops.gemm(A, B, ta, tb, splits=splits, tf32=tf32,
+        C = both_orders(lambda: gemm.gemm(A, B, ta, tb, splits=splits, tf32=tf32,
                                               variant=variant))
         assert_close(C, want.astype(np.float64), 2e-3 if tf32 else TOL[np.float32])
         if tf32:
@@ -1216,13 +1226,13 @@ def test_gemm_pipelined_tails_and_split_k(rng, ta, tb):
     dimension that are multiples of 4 (132 rows, 68 columns, depth 164 = 5 slices of 32 + 4,
     more slices than stages), split-K into chunks of 64, 64 and 36 (fewer slices than
     stages), batched."""
-    from convgpu.kernels import cuda_ops
+    from convgpu.kernels.cuda import gemm
     batch, M, N, K = 2, 132, 68, 164
     A = rand(rng, (batch, K, M) if ta else (batch, M, K)).astype(np.float32)
     B = rand(rng, (batch, N, K) if tb else (batch, K, N)).astype(np.float32)
     want = np.matmul(np.swapaxes(A, 1, 2) if ta else A, np.swapaxes(B, 1, 2) if tb else B)
     for splits in (1, 3):
-        C = both_orders(lambda: cuda_ops.gemm(A, B, ta, tb, splits=splits, tf32=True,
+        C = both_orders(lambda: gemm.gemm(A, B, ta, tb, splits=splits, tf32=True,
                                               variant="pipelined"))
         assert_close(C, want.astype(np.float64), 2e-3)
         assert np.linalg.norm(C - want) / np.linalg.norm(want) > 1e-6     # really TF32
@@ -1235,35 +1245,32 @@ def test_tf32_gemms_round_operands_to_nearest(rng, variant, side):
     the other operand the identity, C is exactly the rounded operand. Values on, below and
     above the halfway points; truncation (the tensor cores' own reading of FP32 bits) or
     a rounding to even would show here where an error norm would not."""
-    from convgpu.kernels import cuda_ops
+    from convgpu.kernels.cuda import gemm
     n = 32
     X = tf32_rounding_operands(rng, n)
     eye = np.eye(n, dtype=np.float32)
     A, B = (X, eye) if side == "A" else (eye, X)
-    C = cuda_ops.gemm(A[None], B[None], tf32=True, variant=variant)[0]
+    C = gemm.gemm(A[None], B[None], tf32=True, variant=variant)[0]
     np.testing.assert_array_equal(C, tf32_round(X))
     assert not np.array_equal(tf32_round(X), X)
 
 
 def test_gemm_auto_picks_pipelined_for_tf32_and_it_refuses_fp32(rng, monkeypatch):
-    from convgpu.kernels import _module, cuda_ops
+    from convgpu.kernels.cuda import gemm
     A = rand(rng, (1, 8, 12)).astype(np.float32)
     B = rand(rng, (1, 12, 8)).astype(np.float32)
-    names = []
-    real = _module.get_function
-    monkeypatch.setattr(cuda_ops, "get_function",
-                        lambda f, e: names.append(e) or real(f, e))
-    cuda_ops.gemm(A, B, tf32=True)
-    cuda_ops.gemm(A, B)                                           # M = 8: the 64-row tile
-    cuda_ops.gemm(rand(rng, (1, 68, 12)).astype(np.float32), B)   # M = 68: 128 rows
+    names = spy_get_function(monkeypatch)
+    gemm.gemm(A, B, tf32=True)
+    gemm.gemm(A, B)                                           # M = 8: the 64-row tile
+    gemm.gemm(rand(rng, (1, 68, 12)).astype(np.float32), B)   # M = 68: 128 rows
     assert names == ["gemm_pipelined<false, false>", "gemm_vec<false, false, false, 64>",
                      "gemm_vec<false, false, false>"]
     with pytest.raises(ValueError, match="FP32 only"):
-        cuda_ops.gemm(A, B, tf32=True, variant="vec64")
+        gemm.gemm(A, B, tf32=True, variant="vec64")
     with pytest.raises(ValueError, match="needs tf32=True"):
-        cuda_ops.gemm(A, B, variant="pipelined")
+        gemm.gemm(A, B, variant="pipelined")
     with pytest.raises(ValueError, match="gemm_pipelined needs"):
-        cuda_ops.gemm(A[:, :, :6].copy(), B[:, :6].copy(), tf32=True, variant="pipelined")
+        gemm.gemm(A[:, :, :6].copy(), B[:, :6].copy(), tf32=True, variant="pipelined")
 
 
 @pytest.mark.parametrize("case, vectors", [
@@ -1324,8 +1331,9 @@ def test_pipelined_kernels_step_aside_on_devices_with_less_shared_memory(rng, mo
     """sm_86 / sm_89 let a block opt in to 99 KiB of shared memory, less than the pipelined
     tile's ~107 KiB: the conv passes are declined with the reason (never a failed launch) and
     gemm(tf32=True) falls back to gemm_vec."""
-    from convgpu.kernels import cuda_ops
-    monkeypatch.setattr(cuda_ops, "max_shared_per_block", lambda: 99 * 1024)
+    from convgpu.kernels.cuda import conv_implicit, gemm
+    monkeypatch.setattr(gemm, "max_shared_per_block", lambda: 99 * 1024)
+    monkeypatch.setattr(conv_implicit, "max_shared_per_block", lambda: 99 * 1024)
     x, w, b, kw = (a.astype(np.float32) if isinstance(a, np.ndarray) else a
                    for a in _conv(rng, CONV[0], np.float64))
     with pytest.raises(ValueError, match="this device allows 101376"):
@@ -1334,28 +1342,28 @@ def test_pipelined_kernels_step_aside_on_devices_with_less_shared_memory(rng, mo
     A = rand(rng, (1, 8, 12)).astype(np.float32)
     B = rand(rng, (1, 12, 8)).astype(np.float32)
     names = launched
-    C = cuda_ops.gemm(A, B, tf32=True)
+    C = gemm.gemm(A, B, tf32=True)
     assert names == ["gemm_vec<false, false, true>"]
     assert_close(C, A.astype(np.float64) @ B, 2e-3)
     with pytest.raises(ValueError, match="this device allows"):
-        cuda_ops.gemm(A, B, tf32=True, variant="pipelined")
+        gemm.gemm(A, B, tf32=True, variant="pipelined")
 
 
 def test_gemm_vec_refuses_what_it_cannot_serve(rng):
-    from convgpu.kernels import cuda_ops
+    from convgpu.kernels.cuda import gemm
     A = rand(rng, (1, 8, 6)).astype(np.float32)           # K = 6: rows not 16-byte aligned
     B = rand(rng, (1, 6, 8)).astype(np.float32)
-    assert not cuda_ops.vec_gemm_fits(A, B, False, False)
+    assert not gemm.vec_gemm_fits(A, B, False, False)
     with pytest.raises(ValueError, match="gemm_vec needs"):
-        cuda_ops.gemm(A, B, variant="vec")
-    assert_close(cuda_ops.gemm(A, B), A.astype(np.float64) @ B, TOL[np.float32])   # auto: tiled
-    assert not cuda_ops.vec_gemm_fits(A.astype(np.float64), B.astype(np.float64), False, False)
+        gemm.gemm(A, B, variant="vec")
+    assert_close(gemm.gemm(A, B), A.astype(np.float64) @ B, TOL[np.float32])   # auto: tiled
+    assert not gemm.vec_gemm_fits(A.astype(np.float64), B.astype(np.float64), False, False)
 
 
 def test_fastdiv_constants_divide_exactly():
     """Divider<int>'s multiply-shift equals integer division for every 31-bit numerator
     (checked on edges and random numerators, divisors 1..3000 and random large ones)."""
-    from convgpu.kernels.cuda_ops import fastdiv
+    from convgpu.kernels.cuda.launch import fastdiv
     rng = np.random.default_rng(0)
     divisors = list(range(1, 3001)) + [int(v) for v in rng.integers(3001, 2 ** 31 - 1, 500)] + \
         [2 ** 31 - 1, 2 ** 30, 2 ** 30 + 1]
@@ -1376,7 +1384,7 @@ def test_fastdiv_constants_divide_exactly():
 
 def test_device_divider_constants_equal_the_hosts():
     """common.cuh divider_for (worked out in the kernel) gives fastdiv's constants."""
-    from convgpu.kernels.cuda_ops import fastdiv
+    from convgpu.kernels.cuda.launch import fastdiv
     k = cuda_host.module_from_source(r"""
         #include "common.cuh"
         __global__ void constants(const int* d, unsigned long long* out, int n) {
@@ -1398,7 +1406,7 @@ def test_fused_optimiser_steps(rng, dtype):
     """adam_step / sgd_step (elementwise.cu) in place against the reference over three
     steps with weight decay; each order of threads from the same start, bitwise equal
     (both_orders would apply the step twice)."""
-    from convgpu import cuda_host
+    from convgpu.kernels.cuda.emulator import cuda_host
     shape = (37, 29)                                   # 1073 elements: a partial block
     p0, g, m0 = (rand(rng, shape) for _ in range(3))
     v0 = np.abs(rand(rng, shape))
@@ -1459,7 +1467,7 @@ from helpers import (BN_SHAPES, assert_batch_norm_close, batch_norm_expected,  #
 def _bn_each_order(inp, training):
     """batch_norm_run in each of ORDERS from the same inputs (it updates copies of the
     running estimates, so both_orders would update them twice): bitwise equal results."""
-    from convgpu import cuda_host
+    from convgpu.kernels.cuda.emulator import cuda_host
     runs = []
     for order in ORDERS:
         with cuda_host.order(order):
@@ -1490,12 +1498,12 @@ def test_batch_norm_splits(rng, monkeypatch, shape, min_per_thread):
     """The statistics and gradient sums split over several blocks per channel (Welford per
     thread, Chan's merge in the block and across splits), and the apply kernels' grid-stride
     loops run with a grid of 3 blocks, so the channel walk advances past the grid."""
-    from convgpu.kernels import cuda_ops
-    monkeypatch.setattr(cuda_ops, "NORM_MIN_PER_THREAD", min_per_thread)
-    monkeypatch.setattr(cuda_ops, "_elementwise_grid", lambda n: (3,))
+    from convgpu.kernels.cuda import norm
+    monkeypatch.setattr(norm, "NORM_MIN_PER_THREAD", min_per_thread)
+    monkeypatch.setattr(norm, "elementwise_grid", lambda n: (3,))
     N, C = shape[:2]
     L = int(np.prod(shape[2:]))
-    S = cuda_ops.norm_splits(C, N, L)
+    S = norm.norm_splits(C, N, L)
     assert S == max(1, min(-(-1024 // C), N, N * L // (256 * min_per_thread))) and S > 1
     for training in (True, False):
         inp = batch_norm_inputs(rng, shape, np.float32)
@@ -1513,14 +1521,14 @@ def test_batch_norm_plane_kernels(rng, monkeypatch, shape, dtype, vector, launch
     """The apply kernels over planes (a block per plane slice, the channel's constants once,
     vectors where the plane length allows), forced onto small shapes: several slices per
     plane, and 3 plane rows in the grid so blocks step over the planes."""
-    from convgpu.kernels import cuda_ops
-    monkeypatch.setattr(cuda_ops, "NORM_PLANE_MIN", 1)
-    monkeypatch.setattr(cuda_ops, "NORM_SLICE_MIN", 4)
-    monkeypatch.setattr(cuda_ops, "MAX_GRID_YZ", 3)
+    from convgpu.kernels.cuda import norm
+    monkeypatch.setattr(norm, "NORM_PLANE_MIN", 1)
+    monkeypatch.setattr(norm, "NORM_SLICE_MIN", 4)
+    monkeypatch.setattr(norm, "MAX_GRID_YZ", 3)
     used = launched
     N, C = shape[:2]
     L = int(np.prod(shape[2:]))
-    slices, rows, length = cuda_ops.norm_plane_grid(N, C, L)
+    slices, rows, length = norm.norm_plane_grid(N, C, L)
     assert slices > 1 and rows == 3 < N * C and length % 4 == 0
     for training in (True, False):
         inp = batch_norm_inputs(rng, shape, dtype)
@@ -1532,32 +1540,32 @@ def test_batch_norm_plane_kernels(rng, monkeypatch, shape, dtype, vector, launch
 
 
 def test_batch_norm_plane_grid():
-    from convgpu.kernels import cuda_ops
-    assert cuda_ops.norm_plane_grid(32, 64, 112 * 112) == (1, 2048, 12544)   # ResNet-50 stem
-    assert cuda_ops.norm_plane_grid(32, 2048, 7 * 7) is None                # flat kernels
-    assert cuda_ops.norm_plane_grid(1, 64, 50176) == (32, 64, 1568)         # 2048 blocks
-    assert cuda_ops.norm_plane_grid(1, 1, 1030) == (1, 1, 1032)             # one slice
-    s, r, n = cuda_ops.norm_plane_grid(2, 3, 100003)
-    assert (s - 1) * n < 100003 <= s * n and n % 4 == 0 and n >= cuda_ops.NORM_SLICE_MIN
+    from convgpu.kernels.cuda import norm
+    assert norm.norm_plane_grid(32, 64, 112 * 112) == (1, 2048, 12544)   # ResNet-50 stem
+    assert norm.norm_plane_grid(32, 2048, 7 * 7) is None                # flat kernels
+    assert norm.norm_plane_grid(1, 64, 50176) == (32, 64, 1568)         # 2048 blocks
+    assert norm.norm_plane_grid(1, 1, 1030) == (1, 1, 1032)             # one slice
+    s, r, n = norm.norm_plane_grid(2, 3, 100003)
+    assert (s - 1) * n < 100003 <= s * n and n % 4 == 0 and n >= norm.NORM_SLICE_MIN
 
 
 def test_grid_stride_loops_cannot_overflow_int_indices():
     """The pooling kernels index with int below INT_SAFE; their grid-stride loops step the
     last index by the grid's stride, which must keep it below 2**31 (with the old cap of
     65535 * 64 blocks, a call of 2**30 to INT_SAFE elements wrapped negative)."""
-    from convgpu.kernels import cuda_ops
-    for n in (1, 1000, 2 ** 27, 2 ** 30, cuda_ops.INT_SAFE - 1, 2 ** 31, 2 ** 40):
-        for grid in (cuda_ops._elementwise_grid(n), cuda_ops._warp_grid(n)):
+    from convgpu.kernels.cuda import launch
+    for n in (1, 1000, 2 ** 27, 2 ** 30, launch.INT_SAFE - 1, 2 ** 31, 2 ** 40):
+        for grid in (launch.elementwise_grid(n), launch.warp_grid(n)):
             (blocks,) = grid
-            assert 1 <= blocks and (cuda_ops.INT_SAFE - 1) + blocks * cuda_ops.THREADS < 2 ** 31
-    assert cuda_ops._elementwise_grid(2 ** 30) == (cuda_ops.GRID_STRIDE_BLOCKS,)
-    assert cuda_ops._elementwise_grid(1000) == (4,)
+            assert 1 <= blocks and (launch.INT_SAFE - 1) + blocks * launch.THREADS < 2 ** 31
+    assert launch.elementwise_grid(2 ** 30) == (launch.GRID_STRIDE_BLOCKS,)
+    assert launch.elementwise_grid(1000) == (4,)
 
 
 def test_batch_norm_splits_depend_on_the_shape_only():
-    from convgpu.kernels import cuda_ops
-    assert cuda_ops.norm_splits(64, 32, 112 * 112) == 16           # 1024 blocks
-    assert cuda_ops.norm_splits(64, 8, 112 * 112) == 8              # at most the N rows
-    assert cuda_ops.norm_splits(2048, 32, 7 * 7) == 1
-    assert cuda_ops.norm_splits(3, 1000, 1) == 1                    # < 4 values per thread
-    assert cuda_ops.norm_splits(1, 10 ** 6, 1000) == 1024
+    from convgpu.kernels.cuda import norm
+    assert norm.norm_splits(64, 32, 112 * 112) == 16           # 1024 blocks
+    assert norm.norm_splits(64, 8, 112 * 112) == 8              # at most the N rows
+    assert norm.norm_splits(2048, 32, 7 * 7) == 1
+    assert norm.norm_splits(3, 1000, 1) == 1                    # < 4 values per thread
+    assert norm.norm_splits(1, 10 ** 6, 1000) == 1024

@@ -190,8 +190,8 @@ def test_implementations_listing():
 
 
 def test_tf32_permission():
-    from convgpu.ops import _args
-    from convgpu.kernels.cuda_ops import tf32_supports
+    from convgpu.core import args as _args
+    from convgpu.kernels.cuda.launch import tf32_supports
     a = _args.conv_geometry("conv2d", (1, 1, 5, 5), (1, 1, 3, 3), 1, 0, 1, 1, np.float32)
     assert "not allowed" in tf32_supports(a)
     a.allow_tf32 = True

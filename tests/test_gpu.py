@@ -215,13 +215,13 @@ def test_mixed_host_and_device_is_a_type_error():
 def test_cuda_gemm_odd_sizes(dtype, ta, tb, splits):
     """The CUDA C GEMM at sizes that are not tile multiples, every transpose, batched, with
     and without split-K."""
-    from convgpu.kernels import cuda_ops
+    from convgpu.kernels.cuda import gemm
     rng = np.random.default_rng(6)
     batch, M, N, K = 3, 133, 257, 97
     A = _rand(rng, (batch, K, M) if ta else (batch, M, K))
     B = _rand(rng, (batch, N, K) if tb else (batch, K, N))
     want = np.matmul(np.swapaxes(A, 1, 2) if ta else A, np.swapaxes(B, 1, 2) if tb else B)
-    got = cuda_ops.gemm(cupy.asarray(A.astype(dtype)), cupy.asarray(B.astype(dtype)), ta, tb,
+    got = gemm.gemm(cupy.asarray(A.astype(dtype)), cupy.asarray(B.astype(dtype)), ta, tb,
                         splits=splits)
     assert relerr(got, want) <= tolerance("gemm", dtype)
 
@@ -294,13 +294,13 @@ def test_tf32_backward_passes(case):
 
 @pytest.mark.parametrize("ta, tb", [(False, False), (True, False), (False, True), (True, True)])
 def test_cuda_gemm_tf32_odd_sizes(ta, tb):
-    from convgpu.kernels import cuda_ops
+    from convgpu.kernels.cuda import gemm
     rng = np.random.default_rng(8)
     batch, M, N, K = 2, 133, 257, 97
     A = _rand(rng, (batch, K, M) if ta else (batch, M, K))
     B = _rand(rng, (batch, N, K) if tb else (batch, K, N))
     want = np.matmul(np.swapaxes(A, 1, 2) if ta else A, np.swapaxes(B, 1, 2) if tb else B)
-    got = cuda_ops.gemm(cupy.asarray(A.astype(np.float32)), cupy.asarray(B.astype(np.float32)),
+    got = gemm.gemm(cupy.asarray(A.astype(np.float32)), cupy.asarray(B.astype(np.float32)),
                         ta, tb, splits=2, tf32=True)
     e = relerr(got, want)
     assert 1e-6 < e <= 2e-3, e
@@ -335,12 +335,12 @@ def test_cuda_tf32_gemms_round_operands_to_nearest(variant, side):
     rounded operand, so a rounding to even, a truncation or low bits that reach the product
     fail here."""
     from helpers import tf32_round, tf32_rounding_operands
-    from convgpu.kernels import cuda_ops
+    from convgpu.kernels.cuda import gemm
     n = 32
     X = tf32_rounding_operands(np.random.default_rng(12), n)
     eye = np.eye(n, dtype=np.float32)
     A, B = (X, eye) if side == "A" else (eye, X)
-    C = cuda_ops.gemm(cupy.asarray(A[None]), cupy.asarray(B[None]), tf32=True, variant=variant)
+    C = gemm.gemm(cupy.asarray(A[None]), cupy.asarray(B[None]), tf32=True, variant=variant)
     np.testing.assert_array_equal(cupy.asnumpy(C)[0], tf32_round(X))
 
 
@@ -351,13 +351,13 @@ def test_cuda_gemm_vec(variant, tf32, ta, tb, splits):
     """gemm_vec (16-deep tiles, float4 loads; 128-row tiles and the 64-row tile) at sizes
     that are multiples of 4 but not of the tile, every transpose, batched, with and without
     split-K, FP32 and TF32."""
-    from convgpu.kernels import cuda_ops
+    from convgpu.kernels.cuda import gemm
     rng = np.random.default_rng(9)
     batch, M, N, K = 3, 132, 260, 100
     A = _rand(rng, (batch, K, M) if ta else (batch, M, K))
     B = _rand(rng, (batch, N, K) if tb else (batch, K, N))
     want = np.matmul(np.swapaxes(A, 1, 2) if ta else A, np.swapaxes(B, 1, 2) if tb else B)
-    got = cuda_ops.gemm(cupy.asarray(A.astype(np.float32)), cupy.asarray(B.astype(np.float32)),
+    got = gemm.gemm(cupy.asarray(A.astype(np.float32)), cupy.asarray(B.astype(np.float32)),
                         ta, tb, splits=splits, tf32=tf32, variant=variant)
     e = relerr(got, want)
     assert (1e-6 < e <= 2e-3) if tf32 else e <= tolerance("gemm", np.float32), e
@@ -369,13 +369,13 @@ def test_cuda_gemm_pipelined(ta, tb, splits):
     """gemm_pipelined (TF32, cp.async 3-stage pipeline, dynamic shared memory past 48 KiB)
     at sizes that are multiples of 4 but not of the tile or slice, every transpose, batched,
     with and without split-K; and at 1024^3, many slices per block."""
-    from convgpu.kernels import cuda_ops
+    from convgpu.kernels.cuda import gemm
     rng = np.random.default_rng(10)
     for batch, M, N, K in ((3, 132, 260, 100), (1, 1024, 1024, 1024)):
         A = _rand(rng, (batch, K, M) if ta else (batch, M, K))
         B = _rand(rng, (batch, N, K) if tb else (batch, K, N))
         want = np.matmul(np.swapaxes(A, 1, 2) if ta else A, np.swapaxes(B, 1, 2) if tb else B)
-        got = cuda_ops.gemm(cupy.asarray(A.astype(np.float32)),
+        got = gemm.gemm(cupy.asarray(A.astype(np.float32)),
                             cupy.asarray(B.astype(np.float32)), ta, tb, splits=splits,
                             tf32=True, variant="pipelined")
         e = relerr(got, want)
@@ -386,8 +386,8 @@ def test_fma_ceiling_kernel_runs_and_is_fast():
     """The FP32 ceiling of convgpu bench: correct chains, and a rate no GEMM can beat by
     much (a broken ceiling would make every fraction meaningless)."""
     from convgpu.bench import Timer, fma_rate
-    from convgpu.kernels import cuda_ops
-    out, _ = cuda_ops.fma_peak(4, 2, np.float32, cupy.zeros(1, cupy.float32))
+    from convgpu.kernels.cuda import ceiling
+    out, _ = ceiling.fma_peak(4, 2, np.float32, cupy.zeros(1, cupy.float32))
     a, b = 1 - 2 ** -10, 2 ** -6
     acc = (np.arange(4 * 256)[:, None] % 32 + np.arange(8)[None, :]) * 0.0625
     for _ in range(32):

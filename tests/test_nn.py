@@ -234,7 +234,7 @@ def test_label_check_can_be_skipped_and_the_loss_layer_checks_once(monkeypatch):
     for the device), and not at all with check_labels=False (train.py checks once)."""
     import convgpu
     from convgpu import nn
-    from convgpu.ops import _args as A
+    from convgpu.core import args as A
     z = np.random.default_rng(0).standard_normal((4, 3))
     bad = np.array([0, 3, 1, 2])
     with pytest.raises(ValueError, match=r"\[0, 3\)"):

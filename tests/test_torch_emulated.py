@@ -1,11 +1,11 @@
 """convgpu.torch through the cuda backend's kernels, emulated on the CPU (CONVGPU_CUDA_HOST=1:
-kernels/*.cu run by convgpu.cuda_host on the tensors' host memory): gradcheck (float64) of
+kernels/cuda/*.cu run by the emulator on the tensors' host memory): gradcheck (float64) of
 every Function on tiny shapes, and a training step of the converted ResNet against the
 NumPy backend's. Emulated is not validated: tests/test_torch_gpu.py runs on a GPU."""
 import pytest
 
 torch = pytest.importorskip("torch")
-from convgpu import cuda_host  # noqa: E402
+from convgpu.kernels.cuda.emulator import cuda_host  # noqa: E402
 
 if not cuda_host.available():
     pytest.skip(f"no C++ compiler ({cuda_host.CXX}) for the host emulation",
@@ -28,12 +28,15 @@ LAUNCHED = []
 def emulated(monkeypatch):
     """The emulation on, and the kernels each test launches recorded (none: a test that
     never reached the cuda backend fails)."""
-    from convgpu.kernels import cuda_ops
+    from convgpu.kernels.cuda import launcher_modules, module
     monkeypatch.setenv("CONVGPU_CUDA_HOST", "1")
     monkeypatch.setenv("CONVGPU_POISON", "1")          # outputs start as NaN
-    real = cuda_ops.get_function
+    real = module.get_function
     LAUNCHED.clear()
-    monkeypatch.setattr(cuda_ops, "get_function", lambda f, e: LAUNCHED.append(e) or real(f, e))
+    for mod in launcher_modules():
+        if getattr(mod, "get_function", None) is real:
+            monkeypatch.setattr(mod, "get_function",
+                                lambda f, e: LAUNCHED.append(e) or real(f, e))
     yield
     assert LAUNCHED, "no emulated kernel was launched"
 

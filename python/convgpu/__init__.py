@@ -6,7 +6,7 @@
 """
 import os as _os
 
-# Numba kernels launch on the stream CuPy exported with the arrays (kernels/_launch.py), so
+# Numba kernels launch on the stream CuPy exported with the arrays (kernels/numba/launch.py), so
 # Numba need not synchronise that stream on every launch. Set before Numba is imported.
 _os.environ.setdefault("NUMBA_CUDA_ARRAY_INTERFACE_SYNC", "0")
 

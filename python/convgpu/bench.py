@@ -241,14 +241,14 @@ def ceilings(timer) -> Dict[str, float]:
 
 
 def fma_rate(timer, iters=4096) -> float:
-    """FP32 FMA rate of our ceiling kernel (kernels/ceiling.cu): 8 blocks of 256 threads per
+    """FP32 FMA rate of our ceiling kernel (kernels/cuda/ceiling.cu): 8 blocks of 256 threads per
     SM, each thread 8 independent FFMA chains; TFLOP/s counting an FMA as 2 FLOPs."""
     cp = timer.cupy
-    from convgpu.kernels import cuda_ops
+    from convgpu.kernels.cuda import ceiling
     sms = cp.cuda.Device().attributes["MultiProcessorCount"]
     like = cp.zeros(1, dtype=cp.float32)
-    _, flops = cuda_ops.fma_peak(sms * 8, iters, np.float32, like)
-    t = quantiles(timer(lambda: cuda_ops.fma_peak(sms * 8, iters, np.float32, like)))["median_ms"]
+    _, flops = ceiling.fma_peak(sms * 8, iters, np.float32, like)
+    t = quantiles(timer(lambda: ceiling.fma_peak(sms * 8, iters, np.float32, like)))["median_ms"]
     return flops / (t * 1e-3) / 1e12
 
 
@@ -522,7 +522,7 @@ def bench_gemm(timer, sizes=None, progress=print, out=None, saved=None):
     against cuBLAS through cupy.matmul (TF32 off) and torch.matmul (TF32 on), each validated
     first."""
     import cupy as cp
-    from convgpu.kernels import cuda_ops
+    from convgpu.kernels.cuda import gemm
     out = [] if out is None else out      # rows appended as they are measured
     torch = _torch()
     sizes = sizes or SH.GEMM
@@ -551,7 +551,7 @@ def bench_gemm(timer, sizes=None, progress=print, out=None, saved=None):
                 continue
             for variant in ("tiled", "vec") + (("pipelined",) if tf32 else ("vec64",)):
                 label = f"cuda:gemm_{variant}" + ("_tf32" if tf32 else "")
-                run = lambda: cuda_ops.gemm(A, B, tf32=tf32, variant=variant)
+                run = lambda: gemm.gemm(A, B, tf32=tf32, variant=variant)
                 got = run()[0, :64].astype(cp.float64)
                 err = float(cp.linalg.norm(got - ref) / cp.linalg.norm(ref))
                 if not err <= (2e-3 if tf32 else 1e-5):
@@ -844,7 +844,7 @@ def run(json_path=None, plot_path=None, quick=True, shapes=None, ops=None, impl=
     """The benchmark; returns the JSON document (and writes it to json_path). suites: names
     of convgpu.shapes suites ("resnet50", "vgg16@128", ...; default the four networks, or
     ResNet-50 alone when quick); shape_specs: a user's problems ("conv:N=..,C=..", ...)."""
-    from convgpu.cli import gpu_count
+    from convgpu.core.env import gpu_count
     progress = progress if progress is not None else Progress()
     ops = set(ops or ALL_OPS)
     unknown = ops - set(ALL_OPS)
@@ -1055,7 +1055,7 @@ def time_op(spec, *, ops=None, impl=None, timer=None, progress=None) -> List[dic
     all that apply). impl: only implementations whose label contains one of these strings.
     On a GPU the device kernels are timed against cuDNN; without one, the numpy backend's
     forward passes against torch's CPU ops at the problem's own batch."""
-    from convgpu.cli import gpu_count
+    from convgpu.core.env import gpu_count
     sh = SH.parse_shape(spec) if isinstance(spec, str) else spec
     if not isinstance(sh, (SH.ConvShape, SH.PoolShape)):
         raise TypeError(f"time_op: spec must be a 'conv:...'/'pool:...' string, a ConvShape "

@@ -5,7 +5,7 @@ Each registered (op, backend, algo) is called on fresh random inputs (non-zero, 
 signs) in float32 and float64; its output is compared with the reference computed in
 float64 on the same values, as ||out - ref|| / ||ref|| against the design's tolerance.
 Device backends get CuPy arrays on a GPU; without one, NumPy arrays under the Numba
-simulator and the CUDA C host emulation (convgpu.cuda_host), both slow: their shapes are
+simulator and the CUDA C host emulation (kernels/cuda/emulator), both slow: their shapes are
 tiny. The exit status is non-zero if anything fails.
 """
 from __future__ import annotations
@@ -85,7 +85,7 @@ def problems(size: str = "small") -> List[Problem]:
     real-layer-sized and odd (for a GPU)."""
     import convgpu as cg
     from convgpu import reference as ref
-    from convgpu.ops._args import conv_out_size, pool_out_size
+    from convgpu.core.args import conv_out_size, pool_out_size
     if size == "small":
         # strided, grouped, non-square; a 3x3 stride-1 layer (the Winograd geometry);
         # depthwise

@@ -8,31 +8,18 @@
 
 Without a GPU, `check` runs the Numba kernels in the CUDA simulator (it sets
 NUMBA_ENABLE_CUDASIM=1 before Numba is imported) and the CUDA C kernels in the host
-emulation (CONVGPU_CUDA_HOST=1, convgpu.cuda_host: g++ builds each .cu for the CPU), so
+emulation (CONVGPU_CUDA_HOST=1, kernels/cuda/emulator: g++ builds each .cu for the CPU), so
 every device row is exercised on any machine, slowly and on small shapes. Emulated is not
 validated: only a GPU run validates a kernel.
 """
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import platform
 import sys
 
-
-def gpu_count() -> int:
-    """CUDA devices visible through the driver API, without importing Numba or CuPy."""
-    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
-        try:
-            lib = ctypes.CDLL(name)
-        except OSError:
-            continue
-        n = ctypes.c_int(0)
-        if lib.cuInit(0) == 0 and lib.cuDeviceGetCount(ctypes.byref(n)) == 0:
-            return n.value
-        return 0
-    return 0
+from convgpu.core.env import gpu_count
 
 
 def _prepare_backends(emulate_cuda: bool = False) -> int:

@@ -4,7 +4,7 @@ Readable first, vectorised second: convolution is im2col through
 ``sliding_window_view`` and a matrix product per group; a second path computes the
 forward convolution by FFT (``numpy.fft``) so the two can check each other. Every
 function takes C-contiguous float32 or float64 NumPy arrays in NCHW, with stride,
-padding and dilation as (h, w) pairs already validated by ``convgpu.ops._args``, and
+padding and dilation as (h, w) pairs already validated by ``convgpu.core.args``, and
 returns arrays of the input's dtype. Semantics are torch's throughout.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 # the size formulas live in one place, the argument layer
-from convgpu.ops._args import conv_out_size, conv_transpose_out_size, pool_out_size
+from convgpu.core.args import conv_out_size, conv_transpose_out_size, pool_out_size
 
 
 # ----------------------------------------------------------------------------------------

@@ -260,7 +260,7 @@ def test_relu_keeps_nan():
 def test_poisoning_is_on():
     """The premise of this tier: outputs start as NaN, so a kernel that skips an element
     fails. Check the allocator does poison."""
-    from convgpu.kernels._launch import empty
+    from convgpu.kernels.outputs import empty
     a = empty((3,), np.float32, np.zeros(1))
     assert np.isnan(a).all()
     assert (empty((2,), np.int64, np.zeros(1)) == -1).all()
@@ -290,7 +290,7 @@ def test_fused_optimiser_steps(rng, dtype):
 
 @pytest.mark.parametrize("B, K, L", [(300, 3, 1), (3, 2, 260)])
 def test_channel_sum_long_and_short_rows(rng, B, K, L):
-    from convgpu.kernels.elementwise import channel_sum
+    from convgpu.kernels.numba.elementwise import channel_sum
     a = rand(rng, (B, K, L))
     assert_close(channel_sum(a), a.sum(axis=(0, 2)), TOL[np.float64])
 
@@ -312,7 +312,7 @@ def test_empty_problems_launch_nothing(label, call, want):
     ((3, 2, 9), False, True, True),           # evaluation
 ])
 def test_batch_norm(rng, dtype, shape, training, affine, running):
-    """Forward with the running estimates' update, then the three gradients (kernels/norm.py)
+    """Forward with the running estimates' update, then the three gradients (kernels/numba/norm.py)
     against the reference."""
     from helpers import assert_batch_norm_close, batch_norm_expected, batch_norm_inputs, batch_norm_run
     inp = batch_norm_inputs(rng, shape, dtype, affine, running)

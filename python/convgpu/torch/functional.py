@@ -21,7 +21,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 import convgpu.ops as O
-from convgpu.ops import _args as A
+from convgpu.core import args as A
 
 __all__ = ["conv2d", "conv_transpose2d", "max_pool2d", "max_pool2d_with_indices", "avg_pool2d",
            "adaptive_avg_pool2d", "global_avg_pool2d", "batch_norm", "linear", "relu",

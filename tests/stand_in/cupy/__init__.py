@@ -56,7 +56,7 @@ class RawModule:
     become #defines in front of the source."""
 
     def __init__(self, code, options=(), name_expressions=()):
-        from convgpu import cuda_host
+        from convgpu.kernels.cuda.emulator import cuda_host
         defines = "".join(f"#define {m.group(1)} {m.group(2)}\n" for o in options
                           for m in [re.match(r"-D(\w+)=(\S+)$", o)] if m)
         self.kernels = cuda_host.module_from_source(defines + code, tuple(name_expressions))

@@ -1,0 +1,135 @@
+"""Launchers of gemm.cu: the batched GEMM every GEMM-based algorithm runs on (FP32, FP64,
+TF32), with split-K summed in a fixed order; and linear (the `linear` ops) on it."""
+from __future__ import annotations
+
+import numpy as np
+
+from convgpu.kernels.cuda.elementwise import channel_sum
+from convgpu.kernels.cuda.launch import (GEMM_THREADS, MAX_GRID_YZ, PIPE_BK, PIPE_THREADS, TILE,
+                                         address, ceil_div, elementwise_grid, i32,
+                                         pipe_shared_bytes, split_for, sum_splits)
+from convgpu.kernels.cuda.module import (cbool, ctype, get_function, max_shared_per_block,
+                                         set_max_dynamic_shared)
+from convgpu.kernels.outputs import contiguous, empty
+
+
+def vec_gemm_fits(A, B, ta, tb) -> bool:
+    """gemm_vec's conditions: float32, each operand's contiguous extent a multiple of 4 (so
+    rows stay 16-byte aligned and a vector never straddles the edge), 16-byte aligned bases."""
+    M, K = (A.shape[2], A.shape[1]) if ta else (A.shape[1], A.shape[2])
+    N = B.shape[1] if tb else B.shape[2]
+    return (np.dtype(A.dtype) == np.float32 and np.dtype(B.dtype) == np.float32
+            and (M if ta else K) % 4 == 0 and (K if tb else N) % 4 == 0
+            and address(A) % 16 == 0 and address(B) % 16 == 0)
+
+
+GEMM_VARIANTS = ("auto", "vec", "vec64", "tiled", "pipelined")
+
+
+def gemm(A, B, ta=False, tb=False, splits=1, tf32=False, variant="auto"):
+    """Batched C[b] = op(A[b]) @ op(B[b]); an operand with a batch of 1 serves every batch
+    (stride 0: the weights of a 1x1 convolution against each image). With splits > 1 the K
+    range is cut into that many parts whose partial products are summed afterwards in a
+    fixed order (deterministic).
+    variant: "vec" (gemm_vec: 16-deep tiles, 16-byte loads), "vec64" (gemm_vec's 64-row
+    tile: FP32, for M <= 64), "tiled" (gemm_tiled), "pipelined" (gemm_pipelined: TF32 only,
+    cp.async pipeline, gemm_vec's conditions), or "auto": pipelined for TF32, vec64 for FP32
+    with M <= 64, else vec where their conditions hold, else tiled."""
+    batch = max(A.shape[0], B.shape[0])
+    if min(A.shape[0], B.shape[0]) not in (1, batch):
+        raise ValueError(f"gemm: batches of {A.shape[0]} and {B.shape[0]} (equal, or one of 1)")
+    stride_a = 0 if A.shape[0] == 1 else A[0].size
+    stride_b = 0 if B.shape[0] == 1 else B[0].size
+    M, K = (A.shape[2], A.shape[1]) if ta else (A.shape[1], A.shape[2])
+    N = B.shape[1] if tb else B.shape[2]
+    if variant not in GEMM_VARIANTS:
+        raise ValueError(f"gemm variant is one of {', '.join(GEMM_VARIANTS)}; got {variant!r}")
+    fits = vec_gemm_fits(A, B, ta, tb)
+    if variant in ("vec", "vec64", "pipelined") and not fits:
+        raise ValueError(f"gemm_{variant} needs float32, contiguous extents that are multiples "
+                         "of 4 and 16-byte aligned operands")
+    if variant == "pipelined" and not tf32:
+        raise ValueError("gemm_pipelined is the TF32 kernel: it needs tf32=True")
+    if variant == "vec64" and tf32:
+        raise ValueError("gemm_vec's 64-row tile is FP32 only (tf32=False)")
+    pipe_fits = tf32 and fits and pipe_shared_bytes(not ta, tb) <= max_shared_per_block()
+    if variant == "pipelined" and not pipe_fits:
+        raise ValueError(f"gemm_pipelined needs {pipe_shared_bytes(not ta, tb)} bytes of shared "
+                         f"memory per block; this device allows {max_shared_per_block()}")
+    if variant == "auto":
+        variant = ("pipelined" if pipe_fits else "vec" if tf32 or M > 64 else "vec64") \
+            if fits else "tiled"
+    depth = {"vec": 16, "vec64": 16, "tiled": 8, "pipelined": PIPE_BK}[variant]   # the split unit
+    splits = max(1, min(splits, ceil_div(K, depth)))
+    kchunk = ceil_div(ceil_div(K, splits), depth) * depth
+    splits = ceil_div(K, kchunk)
+    rows = 64 if variant == "vec64" else TILE
+    if batch * splits > MAX_GRID_YZ or ceil_div(M, rows) > MAX_GRID_YZ:
+        return _gemm_in_parts(A, B, ta, tb, splits, tf32, variant, M, N, rows)
+    t = ctype(A.dtype)
+    threads, smem = GEMM_THREADS, 0
+    if variant == "vec":
+        name = f"gemm_vec<{cbool(ta)}, {cbool(tb)}, {cbool(tf32)}>"
+    elif variant == "vec64":
+        name = f"gemm_vec<{cbool(ta)}, {cbool(tb)}, false, 64>"
+        threads = GEMM_THREADS // 2
+    elif variant == "tiled":
+        name = f"gemm_tiled<{t}, {cbool(ta)}, {cbool(tb)}, {cbool(tf32)}>"
+    else:
+        name = f"gemm_pipelined<{cbool(ta)}, {cbool(tb)}>"
+        threads, smem = PIPE_THREADS, pipe_shared_bytes(not ta, tb)
+    fn = get_function("gemm.cu", name)
+    if smem:
+        set_max_dynamic_shared(fn, smem)
+    out = empty((splits, batch, M, N) if splits > 1 else (batch, M, N), A.dtype, A)
+    grid = (ceil_div(N, TILE), ceil_div(M, rows), batch * splits)
+    fn(grid, (threads,), (A, B, out, *i32(M, N, K), np.int64(stride_a), np.int64(stride_b),
+                          np.int64(M * N), np.int32(splits), np.int32(kchunk),
+                          np.int64(batch * M * N)), shared_mem=smem)
+    if splits == 1:
+        return out
+    return sum_splits(out, empty((batch, M, N), A.dtype, A), splits)
+
+
+
+def _gemm_in_parts(A, B, ta, tb, splits, tf32, variant, M, N, rows):
+    """gemm past the grid's y and z limits (65535 row tiles, batch x splits): launches on
+    slices of at most that many batches and row tiles (A's rows are sliced where it is
+    stored M x K; a K x M operand that tall is refused)."""
+    batch = max(A.shape[0], B.shape[0])
+    per_batch = max(1, MAX_GRID_YZ // splits)
+    per_rows = MAX_GRID_YZ * rows
+    if ta and M > per_rows:
+        raise ValueError(f"gemm: a transposed A (K x M) with M = {M} rows needs more than "
+                         f"{MAX_GRID_YZ} row tiles; pass it as M x K")
+    C = empty((batch, M, N), A.dtype, A)
+    for b0 in range(0, batch, per_batch):
+        Ab = A if A.shape[0] == 1 else A[b0:b0 + per_batch]
+        Bb = B if B.shape[0] == 1 else B[b0:b0 + per_batch]
+        for m0 in range(0, M, per_rows):
+            Am = Ab if ta or M <= per_rows else contiguous(Ab[:, m0:m0 + per_rows])
+            C[b0:b0 + per_batch, m0:m0 + per_rows] = gemm(Am, Bb, ta, tb, splits, tf32, variant)
+    return C
+
+
+
+def linear_tf32(a, x, w, b):
+    return linear(a, x, w, b, tf32=True)
+
+
+def linear(a, x, w, b, tf32=False):
+    y = gemm(x.reshape(1, -1, x.shape[-1]), w.reshape((1,) + w.shape), tb=True, tf32=tf32)[0]
+    if b is not None:
+        y += b
+    return y.reshape(x.shape[:-1] + (w.shape[0],))
+
+
+def linear_backward(a, gy, x, w):
+    g2 = gy.reshape(1, -1, gy.shape[-1])
+    x2 = x.reshape(1, -1, x.shape[-1])
+    gx = gemm(g2, w.reshape((1,) + w.shape))[0].reshape(x.shape)
+    gw = gemm(g2, x2, ta=True, splits=split_for(w.shape[0], w.shape[1], 1, g2.shape[1]))[0]
+    # the bias gradient (column sums of gy): channel_sum's fixed-order reduction, one launch
+    gb = channel_sum(g2.reshape(g2.shape[1], g2.shape[2], 1))
+    return gx, gw, gb
+

@@ -1,0 +1,112 @@
+"""Launchers of norm.cu: batch normalisation, each channel's rows split over several blocks
+(Welford per thread, Chan's merge in a fixed order), then an elementwise pass over planes or
+flat."""
+from __future__ import annotations
+
+import numpy as np
+
+from convgpu.kernels.cuda.launch import (MAX_GRID_YZ, THREADS, address, ceil_div,
+                                         elementwise_grid, null_or)
+from convgpu.kernels.cuda.module import ctype, get_function
+from convgpu.kernels.outputs import contiguous, empty
+
+NORM_THREADS = 256          # norm.cu: NORM_THREADS
+NORM_BLOCKS = 1024          # blocks the splits aim for: several per SM on any current GPU
+NORM_MIN_PER_THREAD = 4     # values each thread of a split reduces, at least
+
+
+def norm_splits(C: int, N: int, L: int) -> int:
+    """S, the blocks per channel of the reductions, each a run of whole rows: enough for
+    about NORM_BLOCKS blocks in all, but no more than the N rows and no split with fewer
+    than NORM_MIN_PER_THREAD values per thread. A function of the shape only, so the
+    summation order (and the result) is too."""
+    return max(1, min(ceil_div(NORM_BLOCKS, C), N, N * L // (NORM_THREADS * NORM_MIN_PER_THREAD),
+                      MAX_GRID_YZ))
+
+
+NORM_PLANE_MIN = 1024                    # planes this long take the plane kernels
+NORM_SLICE_MIN = 4 * NORM_THREADS        # a plane block's slice: 4 values per thread at least
+NORM_FLAT_PER_THREAD = 4                 # the flat kernels' values per thread (grid-stride)
+
+
+def norm_plane_grid(N: int, C: int, L: int):
+    """(slices, plane blocks, slice length) of the plane kernels, or None where the N * C
+    planes are shorter than NORM_PLANE_MIN (the flat kernels then): a plane is cut into
+    slices only where there are too few planes for about 2 * NORM_BLOCKS blocks, each slice
+    at least NORM_SLICE_MIN values and a multiple of 4 (a whole number of vectors)."""
+    if L < NORM_PLANE_MIN:
+        return None
+    planes = N * C
+    slices = max(1, min(ceil_div(2 * NORM_BLOCKS, planes), L // NORM_SLICE_MIN))
+    length = ceil_div(ceil_div(L, slices), 4) * 4
+    return ceil_div(L, length), min(planes, MAX_GRID_YZ), length
+
+
+def _norm(name, dtype):
+    return get_function("norm.cu", f"batch_norm_{name}<{ctype(dtype)}>")
+
+
+def _norm_planes(name, L, arrays):
+    """The plane kernel: 16-byte vectors where the planes' length and every array's base
+    allow them, single values otherwise."""
+    dtype = arrays[0].dtype
+    v = 16 // dtype.itemsize
+    if L % v or any(address(a) % 16 for a in arrays):
+        v = 1
+    return get_function("norm.cu", f"batch_norm_{name}_planes<{ctype(dtype)}, {v}>")
+
+
+def _norm_apply(name, x3, vectored, head, tail):
+    """An elementwise pass of batch norm (apply, bwd_apply) over x3's (N, C, L): the plane
+    kernel where norm_plane_grid gives a grid (vectors if every array in `vectored` allows
+    them), else the flat one; its arguments head + the shape's + tail."""
+    N, C, L = x3.shape
+    plan = norm_plane_grid(N, C, L)
+    if plan is not None:
+        slices, rows, length = plan
+        _norm_planes(name, L, vectored)(
+            (slices, rows), (NORM_THREADS,),
+            (*head, np.int64(N * C), np.int32(C), np.int64(L), np.int64(length), *tail))
+    else:
+        _norm(name, x3.dtype)(
+            elementwise_grid(ceil_div(x3.size, NORM_FLAT_PER_THREAD)), (THREADS,),
+            (*head, np.int64(x3.size), np.int32(C), np.int64(L), *tail))
+
+
+
+def batch_norm(a, x3, running_mean, running_var, w, b, h):
+    N, C, L = x3.shape
+    M, t = N * L, x3.dtype.type
+    mean, invstd = empty((C,), x3.dtype, x3), empty((C,), x3.dtype, x3)
+    S = norm_splits(C, N, L) if a.training else 0
+    part = empty((C, S, 2), x3.dtype, x3) if a.training else None   # evaluation reads none
+    if a.training:
+        _norm("partials", x3.dtype)((C, S), (NORM_THREADS,),
+                                    (x3, part, np.int32(N), np.int32(C), np.int64(L), np.int32(S)))
+    _norm("finish", x3.dtype)((ceil_div(C, THREADS),), (THREADS,),
+                              (null_or(part), mean, invstd, null_or(running_mean),
+                               null_or(running_var), np.int32(N), np.int32(C), np.int64(L),
+                               np.int32(S), np.int32(a.training),
+                               np.int32(a.update_running), t(h.momentum), t(h.eps),
+                               t(M / max(M - 1, 1))))
+    y = empty(x3.shape, x3.dtype, x3)
+    _norm_apply("apply", x3, (x3, y), (x3, mean, invstd, null_or(w), null_or(b), y), ())
+    return y, mean, invstd
+
+
+def batch_norm_backward(a, g3, x3, mean, invstd, w):
+    N, C, L = x3.shape
+    M, S = N * L, norm_splits(C, N, L)
+    g3 = contiguous(g3)
+    part = empty((C, S, 2), x3.dtype, x3)
+    _norm("bwd_partials", x3.dtype)((C, S), (NORM_THREADS,),
+                                    (g3, x3, mean, part, np.int32(N), np.int32(C), np.int64(L),
+                                     np.int32(S)))
+    gw, gb = empty((C,), x3.dtype, x3), empty((C,), x3.dtype, x3)
+    _norm("bwd_finish", x3.dtype)((ceil_div(C, THREADS),), (THREADS,),
+                                  (part, invstd, gw, gb, np.int32(C), np.int32(S)))
+    gx = empty(x3.shape, x3.dtype, x3)
+    _norm_apply("bwd_apply", x3, (g3, x3, gx), (g3, x3, mean, invstd, null_or(w), gw, gb, gx),
+                (np.int64(M), np.int32(a.training)))
+    return gx, gw, gb
+

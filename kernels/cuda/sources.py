@@ -1,0 +1,110 @@
+"""What the CUDA C kernels are built from: the .cu files beside this module, every template
+specialisation each file exports (the launchers look kernels up by these exact strings), and
+the NVRTC options. The loader (module.py), the host emulation (emulator/) and the compile tier
+(tests/test_compile_cuda.py) all build from these.
+
+NVRTC_OPTIONS are the options passed to RawModule; CuPy adds RUNTIME_ADDED_OPTIONS and
+`-arch=sm_XX` itself. The compile tier compiles every .cu with exactly these through the
+low-level cupy.cuda.nvrtc API, which needs no GPU.
+"""
+from __future__ import annotations
+
+from importlib import resources
+from typing import Dict, Sequence, Tuple
+
+NVRTC_OPTIONS: Tuple[str, ...] = ("-std=c++17",)
+RUNTIME_ADDED_OPTIONS: Tuple[str, ...] = ("-ftz=true", "--device-as-default-execution-space")
+
+# every specialisation each module exports, by file: the launchers look kernels up by these
+# exact strings
+T_NAMES = ("float", "double")
+NAME_EXPRESSIONS: Dict[str, Tuple[str, ...]] = {
+    "gemm.cu": tuple(f"gemm_tiled<{t}, {ta}, {tb}, false>" for t in T_NAMES
+                     for ta in ("false", "true") for tb in ("false", "true"))
+    + tuple(f"gemm_tiled<float, {ta}, {tb}, true>" for ta in ("false", "true")
+            for tb in ("false", "true"))
+    + tuple(f"gemm_vec<{ta}, {tb}, {tf}>" for ta in ("false", "true")
+            for tb in ("false", "true") for tf in ("false", "true"))
+    + tuple(f"gemm_vec<{ta}, {tb}, false, 64>" for ta in ("false", "true")
+            for tb in ("false", "true"))
+    + tuple(f"gemm_pipelined<{ta}, {tb}>" for ta in ("false", "true")
+            for tb in ("false", "true"))
+    + tuple(f"sum_splits<{t}>" for t in T_NAMES),
+    "conv_implicit.cu": tuple(f"conv2d_implicit_gemm<{t}, false>" for t in T_NAMES)
+    + ("conv2d_implicit_gemm<float, true>",)
+    + tuple(f"conv2d_implicit_gemm_pipelined<{va}, {vb}, {m}>" for va in ("false", "true")
+            for vb in ("false", "true") for m in (64, 128))
+    + tuple(f"conv2d_wgrad_implicit_gemm_pipelined<{m}>" for m in (64, 128))
+    + tuple(f"conv2d_dgrad_implicit_gemm_pipelined<{u}, {m}>" for u in ("false", "true")
+            for m in (64, 128))
+    + tuple(f"conv2d_{k}_implicit_gemm<{t}, false>" for k in ("wgrad", "dgrad") for t in T_NAMES)
+    + tuple(f"conv2d_{k}_implicit_gemm<float, true>" for k in ("wgrad", "dgrad")),
+    "im2col.cu": tuple(f"{k}<{t}>" for k in ("im2col", "col2im") for t in T_NAMES),
+    "ceiling.cu": tuple(f"fma_peak<{t}>" for t in T_NAMES),
+    "fft.cu": tuple(f"spectra_{k}<{t}>" for k in ("stack", "unstack") for t in T_NAMES),
+    "conv_direct.cu": tuple(f"conv2d_direct<{t}>" for t in T_NAMES),
+    "depthwise.cu": tuple(f"conv2d_depthwise<{t}, {ks}, {rp}>" for t in T_NAMES
+                          for ks in (0, 3) for rp in (1, 2))
+    + tuple(f"conv2d_depthwise{k}<{t}>" for k in ("_dgrad", "_wgrad", "_wgrad3")
+            for t in T_NAMES),
+    "winograd.cu": tuple(f"winograd_{k}<{t}, {m}>" for k in ("filter", "input", "output",
+                                                                "grad_tiles", "grad_filter")
+                         for t in T_NAMES for m in (2, 4)),
+    "elementwise.cu": tuple(f"{k}<{t}>" for k in ("relu_fwd", "relu_bwd", "bias_add_fwd",
+                                                  "channel_sum", "plane_mean", "plane_spread",
+                                                  "xent_rows", "xent_bwd", "adam_step",
+                                                  "sgd_step") for t in T_NAMES),
+    "norm.cu": tuple(f"batch_norm_{k}<{t}>" for k in ("partials", "finish", "apply",
+                                                       "bwd_partials", "bwd_finish", "bwd_apply")
+                     for t in T_NAMES)
+    + tuple(f"batch_norm_{k}_planes<{t}, {v}>" for k in ("apply", "bwd_apply")
+            for t, vec in (("float", 4), ("double", 2)) for v in (1, vec)),
+    "pool.cu": tuple(f"{k}<{t}, {i}>" for k in ("max_pool2d_bwd_gather", "max_pool2d_bwd_cells",
+                                                 "avg_pool2d_fwd", "avg_pool2d_bwd_gather",
+                                                 "adaptive_avg_pool2d_fwd",
+                                                 "adaptive_avg_pool2d_bwd")
+                     for t in T_NAMES for i in ("int", "long long"))
+    + tuple(f"max_pool2d_fwd<{t}, {i}, {k}>" for t in T_NAMES for i in ("int", "long long")
+            for k in (0, 2, 3))
+    + tuple(f"max_pool2d_check_indices<{i}>" for i in ("int", "long long")),
+}
+
+
+# kernels/dev's .cu files (candidate and superseded kernels, registered only under
+# CONVGPU_DEV=1), built and compile-tested like the others; each includes the .cu it shadows
+DEV_NAME_EXPRESSIONS: Dict[str, Tuple[str, ...]] = {
+    "pool_tiled.cu": tuple(f"max_pool2d_fwd_tiled<{t}, {i}, {k}>" for t in T_NAMES
+                           for i in ("int", "long long") for k in (2, 3))
+    + tuple(f"max_pool2d_bwd_tiled<{t}, {i}>" for t in T_NAMES for i in ("int", "long long")),
+    "pool_cells_shuffle.cu": tuple(f"max_pool2d_bwd_cells_shuffle<{t}, {i}>" for t in T_NAMES
+                                   for i in ("int", "long long")),
+}
+NAME_EXPRESSIONS.update(DEV_NAME_EXPRESSIONS)
+
+
+def kernels_dir() -> str:
+    return str(resources.files("convgpu.kernels.cuda"))
+
+
+def dev_dir() -> str:
+    return str(resources.files("convgpu.kernels.dev"))
+
+
+def source_dirs() -> Tuple[str, ...]:
+    """Where .cu files are: kernels/cuda, then kernels/dev."""
+    return kernels_dir(), dev_dir()
+
+
+def source(name: str) -> str:
+    package = "convgpu.kernels.dev" if name in DEV_NAME_EXPRESSIONS else "convgpu.kernels.cuda"
+    return resources.files(package).joinpath(name).read_text()
+
+
+def options() -> Tuple[str, ...]:
+    """NVRTC's options: ours, and kernels/cuda on the include path (the dev files include
+    the .cu they shadow from there)."""
+    return NVRTC_OPTIONS + (f"-I{kernels_dir()}",)
+
+
+def all_name_expressions() -> Sequence[Tuple[str, str]]:
+    return [(f, e) for f, exprs in NAME_EXPRESSIONS.items() for e in exprs]
