@@ -154,7 +154,10 @@ def select(op: str, args, backend: str, algo: str, on_device: bool) -> List[Impl
                             "got device arrays")
         if backend != "numpy" and not on_device and not device_backend_runs_on_host(backend):
             raise TypeError(f"{op}: backend {backend!r} needs device arrays (CuPy or CUDA torch); "
-                            "got host arrays")
+                            "got host arrays (on a CPU, NUMBA_ENABLE_CUDASIM=1 runs the numba "
+                            "kernels in the CUDA simulator and CONVGPU_CUDA_HOST=1 the cuda "
+                            "kernels in the host emulation, on NumPy arrays: both slow, for "
+                            "testing; set them in the environment before Python starts)")
         order = (backend,)
     if algo != "auto":
         named = sorted((i for i in impls if i.algo == algo and i.backend in order),
