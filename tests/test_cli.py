@@ -305,3 +305,15 @@ def test_needs_device_arrays_says_how_to_run_the_kernels_on_a_cpu(monkeypatch):
             convgpu.conv2d(x, w, backend=backend)
         assert "NUMBA_ENABLE_CUDASIM=1" in str(info.value)
         assert "CONVGPU_CUDA_HOST=1" in str(info.value)
+
+
+def test_a_malformed_mnist_file_is_one_line(tmp_path):
+    from convgpu import data as D
+    for prefix, n in (("train", 4), ("t10k", 2)):
+        D.write_idx(str(tmp_path / f"{prefix}-images-idx3-ubyte"),
+                    np.zeros((n, 28, 28), np.uint8))
+        D.write_idx(str(tmp_path / f"{prefix}-labels-idx1-ubyte"), np.zeros(n, np.int32))
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x09ab")
+    r = convgpu("train", "--data", str(tmp_path), "--epochs", "1")
+    assert r.returncode == 1 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1
+    assert "t10k-labels-idx1-ubyte is truncated" in r.stderr

@@ -136,6 +136,11 @@ def cmd_info(args) -> int:
     for b in ("numpy", "numba", "cuda"):
         why = backend_unavailable(b)
         print(f"  {b:6s} {'available' + how.get(b, '') if why is None else 'unavailable: ' + why}")
+    from convgpu.cachedir import cache_root
+    from convgpu.ops._registry import tune_cache_enabled
+    print("\ntuning cache (algo=\"auto\"): " + (
+        f"{os.path.join(cache_root(), 'tune')}, one JSON per device" if tune_cache_enabled()
+        else "in memory only (CONVGPU_TUNE_CACHE=off)"))
     print("\nregistered implementations (backend: algos):")
     for op, impls in implementations().items():
         by = {}

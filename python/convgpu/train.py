@@ -507,8 +507,8 @@ def main_train(args) -> int:
                     seed=args.seed, data_dir=args.data, upsample=args.upsample,
                     dropout=args.dropout, batch_norm=args.batch_norm, model=args.model,
                     progress=not args.quiet, schedule=args.schedule, step_progress=simulated)
-    except RuntimeError as e:                  # no CuPy where a GPU is: say it in one line
-        print(f"convgpu train: {e}", file=sys.stderr)
+    except (RuntimeError, ValueError) as e:    # no CuPy where a GPU is, a malformed IDX
+        print(f"convgpu train: error: {e}", file=sys.stderr)     # file: one line
         return 1
     per_epoch = np.median(res.history.epoch_seconds)
     print(f"final test accuracy {res.test_accuracy:.4f} on {len(res.y_test)} images (best "
