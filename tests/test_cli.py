@@ -251,7 +251,6 @@ def test_save_eval_predict_round_trip(tmp_path):
     (lambda p: open(p, "w").write("not an array"), "image "),
 ])
 def test_predict_refuses_a_bad_image_in_one_line(tmp_path, make, says):
-    from convgpu import data as D
     from convgpu.train import build_model
     import convgpu.train as T
     model = build_model("lenet5", 1, 8, 10)

@@ -35,7 +35,8 @@ def fake_device(monkeypatch, tmp_path):
 
 
 def cands():
-    return [R.Impl("conv2d", "cuda", a, "x:y", _fn=lambda *a: None) for a in ("slow", "fast", "mid")]
+    return [R.Impl("conv2d", "cuda", a, "x:y", _fn=lambda *a: None)
+            for a in ("slow", "fast", "mid")]
 
 
 def key(n=8):
