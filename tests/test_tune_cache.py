@@ -213,3 +213,31 @@ def test_host_emulation_refuses_a_planted_build_folder_and_rebuilds_a_bad_entry(
     os.chmod(build, 0o777)
     with pytest.raises(RuntimeError, match=f"cache folder {build} is writable by others"):
         cuda_host.module_from_source(src, ["one"])
+
+
+def test_source_hash_by_hand(tmp_path):
+    """sha256 over path + NUL + bytes + NUL of the .py/.cu/.cuh/.h files under kernels/ and
+    ops/, in sorted POSIX relative path order; other files, other folders and __pycache__
+    left out (a folder that is not a git checkout: the files on disk)."""
+    import hashlib
+    from convgpu.provenance import source_hash
+    files = {"kernels/b.cu": b"B", "kernels/a.cuh": b"A", "kernels/sub/c.h": b"C",
+             "ops/z.py": b"Z", "kernels/notes.txt": b"no", "kernels/__pycache__/x.py": b"no",
+             "tests/t.py": b"no"}
+    for rel, data in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(data)
+    h = hashlib.sha256()
+    for rel in ("kernels/a.cuh", "kernels/b.cu", "kernels/sub/c.h", "ops/z.py"):
+        h.update(rel.encode() + b"\0" + files[rel] + b"\0")
+    assert source_hash(str(tmp_path)) == h.hexdigest()
+    (tmp_path / "kernels" / "b.cu").write_bytes(b"B2")              # a changed kernel
+    assert source_hash(str(tmp_path)) != h.hexdigest()
+
+
+def test_source_hash_of_the_checkout_covers_its_tracked_kernels():
+    from convgpu.provenance import source_files, source_hash
+    rels = [r for r, _ in source_files()]
+    assert "kernels/conv.cu" in rels and "ops/_registry.py" in rels
+    assert rels == sorted(rels) and all(r.startswith(("kernels/", "ops/")) for r in rels)
+    assert len(source_hash()) == 64
