@@ -316,3 +316,18 @@ def test_a_malformed_mnist_file_is_one_line(tmp_path):
     r = convgpu("train", "--data", str(tmp_path), "--epochs", "1")
     assert r.returncode == 1 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1
     assert "t10k-labels-idx1-ubyte is truncated" in r.stderr
+
+
+@pytest.mark.parametrize("kw,says", [
+    (dict(epochs=0), "train: epochs must be an int >= 1, got 0"),
+    (dict(batch_size=0), "train: batch_size must be an int >= 1, got 0"),
+    (dict(batch_size=1, model="resnet"), "batch_size must be an int >= 2 (batch norms need two"),
+    (dict(lr=0.0), "train: lr must be > 0, got 0.0"),
+    (dict(schedule="linear"), "train: schedule must be 'cosine' or 'step' or 'none'"),
+    (dict(dropout=1.0), "train: dropout must be in [0, 1), got 1.0"),
+])
+def test_train_refuses_bad_settings_before_any_work(kw, says):
+    from convgpu.train import train
+    with pytest.raises(ValueError) as info:
+        train(progress=False, **kw)
+    assert says in str(info.value)

@@ -12,6 +12,7 @@ train/test split, the batch order and the dropout masks.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import sys
 import time
@@ -122,10 +123,10 @@ def check_settings(epochs, batch_size, lr, optimizer, momentum, weight_decay, dr
         raise ValueError(f"train: {name} must be {want}, got {got!r}")
     if model not in MODELS:
         bad("model", "'lenet5' or 'resnet'", model)
-    if not isinstance(epochs, int) or epochs < 1:
+    if not isinstance(epochs, numbers.Integral) or epochs < 1:
         bad("epochs", "an int >= 1", epochs)
     need = 2 if batch_norm or model == "resnet" else 1
-    if not isinstance(batch_size, int) or batch_size < need:
+    if not isinstance(batch_size, numbers.Integral) or batch_size < need:
         bad("batch_size", f"an int >= {need}" + (" (batch norms need two images)"
                                                   if need == 2 else ""), batch_size)
     if not lr > 0:
@@ -140,7 +141,7 @@ def check_settings(epochs, batch_size, lr, optimizer, momentum, weight_decay, dr
         bad("dropout", "in [0, 1)", dropout)
     if schedule not in SCHEDULES:
         bad("schedule", " or ".join(map(repr, SCHEDULES)), schedule)
-    if not isinstance(upsample, int) or upsample < 1:
+    if not isinstance(upsample, numbers.Integral) or upsample < 1:
         bad("upsample", "an int >= 1", upsample)
     if not 0 < test_fraction < 1:
         bad("test_fraction", "in (0, 1)", test_fraction)
@@ -455,7 +456,7 @@ def _check_plotting(option: str, value) -> None:
                          "'convgpu[plot]')") from None
 
 
-def _backend_for(option_value: str, command: str) -> str:
+def _backend_for(option_value: str) -> str:
     """The backend a command runs on: refuses cuda without a GPU; numba without one runs in
     the CUDA simulator (NUMBA_ENABLE_CUDASIM=1 is set before Numba loads)."""
     from convgpu.cli import _prepare_backends
@@ -467,7 +468,7 @@ def _backend_for(option_value: str, command: str) -> str:
 
 
 def main_train(args) -> int:
-    backend = _backend_for(args.backend, "train")
+    backend = _backend_for(args.backend)
     if args.batch_size < 2 and (args.batch_norm or args.model == "resnet"):
         raise _usage(f"argument --batch-size: must be >= 2 with batch norms (--batch-norm, "
                      f"--model resnet), got {args.batch_size}")
@@ -525,7 +526,7 @@ def main_train(args) -> int:
 
 
 def _loaded(args):
-    backend = _backend_for(args.backend, "eval")
+    backend = _backend_for(args.backend)
     if backend == "numba":
         raise _usage("argument --backend: eval and predict run on numpy, or cuda on a GPU")
     if not os.path.isfile(args.load):
