@@ -331,3 +331,34 @@ def test_train_refuses_bad_settings_before_any_work(kw, says):
     with pytest.raises(ValueError) as info:
         train(progress=False, **kw)
     assert says in str(info.value)
+
+
+def test_readme_command_lines_name_real_options():
+    """Every --option README's command block shows exists on that command's parser."""
+    from convgpu.cli import build_parser
+    ap = build_parser()
+    sub = next(a for a in ap._actions if isinstance(a, type(ap._subparsers._group_actions[0])))
+    text = open(os.path.join(REPO, "README.md")).read()
+    block = text.split("More of the command line")[1].split("```")[1]
+    lines = [ln.split("#")[0].split() for ln in block.splitlines() if ln.startswith("convgpu ")]
+    assert {ln[1] for ln in lines} == {"info", "check", "train", "eval", "predict", "bench"}
+    for ln in lines:
+        known = sub.choices[ln[1]]._option_string_actions
+        for token in ln[2:]:
+            option = token.strip("[]").split("=")[0]
+            if option.startswith("--"):
+                assert option in known, (ln[1], option)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model,final", [("lenet5", 0.9916), ("resnet", 0.9944)])
+def test_defaults_end_where_readme_says_and_near_the_best_epoch(model, final):
+    """README's numbers: 30 epochs at the defaults (seed 0); the last epoch within 0.5
+    points of the best (the cosine schedule; at a constant rate the resnet ended at
+    0.8914 after 0.9944)."""
+    from convgpu.train import train
+    res = train(model=model, progress=False)
+    # the same seed gives the same run on one machine; another BLAS may sum in another
+    # order, so two of the 359 test images may go either way
+    assert res.test_accuracy >= final - 2 / 359, res.history.test_acc
+    assert res.test_accuracy >= res.best_test_accuracy - 0.005
