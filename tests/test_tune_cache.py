@@ -241,3 +241,23 @@ def test_source_hash_of_the_checkout_covers_its_tracked_kernels():
     assert "kernels/conv.cu" in rels and "ops/_registry.py" in rels
     assert rels == sorted(rels) and all(r.startswith(("kernels/", "ops/")) for r in rels)
     assert len(source_hash()) == 64
+
+
+def test_dispatch_on_the_device_goes_through_the_persisted_cache(fake_device, monkeypatch):
+    """The whole path: dispatch -> select -> the store -> the autotuner, and a new process
+    (empty in-memory choices) runs the stored choice without timing."""
+    ident, times, timed = fake_device
+    ran = []
+    impls = [R.Impl("fake_op", "cuda", a, "x:y", _fn=lambda args, *arrays, a=a: ran.append(a))
+             for a in ("slow", "fast", "mid")]
+    monkeypatch.setitem(R._REGISTRY, "fake_op", impls)
+    monkeypatch.setattr(R, "backend_unavailable", lambda b: None)
+    R.dispatch("fake_op", (4, 5), "auto", "auto", True)
+    assert timed == ["slow", "fast", "mid"] and ran == ["fast"]
+    R.dispatch("fake_op", (4, 5), "auto", "auto", True)            # in memory: no store read
+    assert ran == ["fast", "fast"] and len(timed) == 3
+    fresh_process(monkeypatch)
+    times["slow"] = 0.01
+    R.dispatch("fake_op", (4, 5), "auto", "auto", True)
+    assert ran[-1] == "fast" and len(timed) == 3
+    assert R.autotune_cache() == {("fake_op", "auto", "auto", (4, 5)): "fast"}
