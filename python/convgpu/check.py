@@ -6,7 +6,9 @@ signs) in float32 and float64; its output is compared with the reference compute
 float64 on the same values, as ||out - ref|| / ||ref|| against the design's tolerance.
 Device backends get CuPy arrays on a GPU; without one, NumPy arrays under the Numba
 simulator and the CUDA C host emulation (convgpu.cuda_host), both slow: their shapes are
-tiny. The exit status is non-zero if anything fails.
+tiny. The table (format_table) gives each row a status: ok, ok (emulated) where the
+simulator or the host emulation ran a device kernel, FAIL, not served, not run; the exit
+status is non-zero if anything fails.
 """
 from __future__ import annotations
 
