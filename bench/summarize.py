@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def git_source_hash(commit):
     """source_hash of a commit's tree, for runs that predate it (their kernels/ and ops/
     taken from git into a temporary folder: every file there is tracked)."""
-    from convgpu.provenance import source_hash
+    from convgpu.core.provenance import source_hash
     if not commit:
         return None
     with tempfile.TemporaryDirectory() as tmp:

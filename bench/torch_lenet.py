@@ -57,8 +57,9 @@ def main():
     from convgpu.train import train
     x, y = D.digits(a.upsample)
     (xtr, ytr), (xte, yte) = D.split(x, y, 0.2, a.seed)
+    # a constant rate, as the torch loop below trains (train's default is a cosine schedule)
     res = train(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed, progress=False,
-                backend=a.backend, upsample=a.upsample)
+                backend=a.backend, upsample=a.upsample, schedule="none")
     device = "cuda" if a.backend == "cuda" else "cpu"
     if device == "cuda":
         torch.backends.cudnn.allow_tf32 = False

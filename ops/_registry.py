@@ -22,6 +22,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from convgpu.arrays import cupy_module
 from convgpu.core import env
+from convgpu.core.cachedir import UnsafeCacheDir, user_dir
+from convgpu.core.provenance import source_hash
 
 BACKENDS = ("numpy", "numba", "cuda")
 
@@ -161,7 +163,10 @@ def select(op: str, args, backend: str, algo: str, on_device: bool) -> List[Impl
                             "got device arrays")
         if backend != "numpy" and not on_device and not device_backend_runs_on_host(backend):
             raise TypeError(f"{op}: backend {backend!r} needs device arrays (CuPy or CUDA torch); "
-                            "got host arrays")
+                            "got host arrays (on a CPU, NUMBA_ENABLE_CUDASIM=1 runs the numba "
+                            "kernels in the CUDA simulator and CONVGPU_CUDA_HOST=1 the cuda "
+                            "kernels in the host emulation, on NumPy arrays: both slow, for "
+                            "testing; set them in the environment before Python starts)")
         order = (backend,)
     if algo != "auto":
         named = sorted((i for i in impls if i.algo == algo and i.backend in order),
@@ -208,28 +213,29 @@ def dispatch(op: str, args, backend: str, algo: str, on_device: bool, *arrays):
     impl = _CHOICE.get(key)
     if impl is None:
         cands = select(op, args, backend, algo, on_device)
-        if len(cands) == 1:
-            impl = cands[0]
-        else:
-            best = _autotune(cands, args, arrays)
-            impl = next(i for i in cands if i.algo == best)
+        impl = cands[0] if len(cands) == 1 else _tuned(key, cands, args, arrays)
         _CHOICE[key] = impl
     return impl.fn(args, *arrays)
 
 
+def _time_once(impl, args, arrays) -> float:
+    """Milliseconds of one call (after a warm-up call), by CUDA events."""
+    import cupy
+    impl.fn(args, *arrays)
+    start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+    start.record()
+    impl.fn(args, *arrays)
+    stop.record()
+    stop.synchronize()
+    return cupy.cuda.get_elapsed_time(start, stop)
+
+
 def _autotune(cands, args, arrays) -> str:
     """Time each candidate once (after a warm-up call) with CUDA events; return the fastest."""
-    import cupy
     times = []
     for impl in cands:
         try:
-            impl.fn(args, *arrays)
-            start, stop = cupy.cuda.Event(), cupy.cuda.Event()
-            start.record()
-            impl.fn(args, *arrays)
-            stop.record()
-            stop.synchronize()
-            times.append((cupy.cuda.get_elapsed_time(start, stop), impl.algo))
+            times.append((_time_once(impl, args, arrays), impl.algo))
         except Exception:                   # an implementation that fails is never picked
             continue
     if not times:
@@ -237,6 +243,145 @@ def _autotune(cands, args, arrays) -> str:
     return min(times)[1]
 
 
+def _tuned(key, cands, args, arrays) -> Impl:
+    """The persisted choice for this problem on this device if it names a candidate, else
+    the autotuner's, which is then persisted."""
+    store = _tune_store()
+    skey = repr(key)
+    if store is not None:
+        algo = store.get(skey)
+        for i in cands:
+            if i.algo == algo:
+                return i
+    best = _autotune(cands, args, arrays)
+    if store is not None:
+        store.put(skey, best)
+    return next(i for i in cands if i.algo == best)
+
+
 def autotune_cache() -> Dict[tuple, str]:
     """What dispatch chose on the device so far: {(op, backend, algo, args key): algo}."""
     return {k: i.algo for k, i in _CHOICE.items()}
+
+
+# ----------------------------------------------------------------------------------------
+# the tuning cache on disk: one JSON per device under the user cache directory
+# (convgpu.core.cachedir: created 0700, refused unless ours alone), valid only for the device,
+# driver, library versions and kernel sources it was measured with
+
+
+def tune_cache_enabled() -> bool:
+    """CONVGPU_TUNE_CACHE=off (or 0, no, false) keeps the tuning choices in memory only."""
+    return os.environ.get("CONVGPU_TUNE_CACHE", "on").strip().lower() not in (
+        "off", "0", "no", "false")
+
+
+def _library_version(name: str) -> Optional[str]:
+    from importlib import metadata
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _device_identity() -> Optional[dict]:
+    """What a tuning choice is valid for: the current device's name, the driver and
+    runtime, the libraries' versions and the kernels' source hash. None where no device
+    can be asked (then nothing is persisted)."""
+    try:
+        import cupy
+        dev = cupy.cuda.Device().id
+        props = cupy.cuda.runtime.getDeviceProperties(dev)
+        name = props["name"]
+        name = name.decode() if isinstance(name, bytes) else str(name)
+        driver = int(cupy.cuda.runtime.driverGetVersion())
+        runtime = int(cupy.cuda.runtime.runtimeGetVersion())
+    except Exception:                       # no CuPy, no device, a partial stand-in
+        return None
+    return {"device_id": dev, "device": name, "driver": driver, "runtime": runtime,
+            "convgpu": _library_version("convgpu"), "cupy": _library_version("cupy") or
+            _library_version("cupy-cuda13x") or getattr(cupy, "__version__", None),
+            "numba": _library_version("numba"), "numba-cuda": _library_version("numba-cuda"),
+            "numpy": _library_version("numpy"), "source_hash": _source_hash()}
+
+
+_SOURCE_HASH: List[str] = []
+
+
+def _source_hash() -> str:
+    if not _SOURCE_HASH:
+        _SOURCE_HASH.append(source_hash())
+    return _SOURCE_HASH[0]
+
+
+class TuneStore:
+    """{problem key: algo} for one device, read from and written to `path`. A file that
+    fails to parse, or whose identity differs from this device's, is not trusted: it
+    starts empty and is overwritten by the next choice."""
+
+    def __init__(self, path: str, identity: dict):
+        self.path, self.identity = path, {k: v for k, v in identity.items() if k != "device_id"}
+        self.choices = self._read()
+
+    def _read(self) -> Dict[str, str]:
+        import json
+        try:
+            with open(self.path) as f:
+                doc = json.load(f)
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(doc, dict) or doc.get("identity") != self.identity:
+            return {}
+        choices = doc.get("choices")
+        if not isinstance(choices, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in choices.items()):
+            return {}
+        return choices
+
+    def get(self, key: str) -> Optional[str]:
+        return self.choices.get(key)
+
+    def put(self, key: str, algo: str) -> None:
+        """Record a choice: merged with what other processes wrote meanwhile, written to a
+        private temporary file and renamed over the cache (a reader never sees half)."""
+        import json
+        import tempfile
+        self.choices = {**self._read(), **self.choices, key: algo}
+        doc = {"identity": self.identity, "choices": self.choices}
+        try:
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path), suffix=".tmp")
+            with os.fdopen(fd, "w") as f:
+                json.dump(doc, f, indent=1, sort_keys=True)
+            os.replace(tmp, self.path)
+        except OSError as e:                # a full disk costs the persistence, not the call
+            import warnings
+            warnings.warn(f"tuning cache: could not write {self.path}: {e}", stacklevel=3)
+
+
+_STORES: Dict[int, Optional[TuneStore]] = {}
+
+
+def tune_cache_path(identity: dict) -> str:
+    """The device's JSON: tune/<device name>.json in the user cache directory."""
+    import re
+    name = re.sub(r"[^A-Za-z0-9.-]+", "_", identity["device"]).strip("_") or "device"
+    return os.path.join(user_dir("tune"), f"{name}.json")
+
+
+def _tune_store() -> Optional[TuneStore]:
+    """The current device's store (None when disabled, with no device to ask, or where the
+    folder is refused: then a one-line warning names it and choices stay in memory)."""
+    if not tune_cache_enabled():
+        return None
+    ident = _device_identity()
+    if ident is None:
+        return None
+    dev = ident["device_id"]
+    if dev not in _STORES:
+        try:
+            _STORES[dev] = TuneStore(tune_cache_path(ident), ident)
+        except (UnsafeCacheDir, OSError) as e:
+            import warnings
+            warnings.warn(f"tuning cache not persisted: {e}", stacklevel=3)
+            _STORES[dev] = None
+    return _STORES[dev]

@@ -15,6 +15,9 @@ os.environ.setdefault("CONVGPU_DEV", "1")
 SIMULATING = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
 collect_ignore = [] if SIMULATING else ["sim"]
 collect_ignore_glob = ["test_*.py"] if SIMULATING else []
+# the tuning cache on disk would carry choices between test runs (and into the user's
+# cache): the tests keep them in memory unless a test turns it on (tests/test_tune_cache.py)
+os.environ.setdefault("CONVGPU_TUNE_CACHE", "off")
 
 
 @pytest.fixture

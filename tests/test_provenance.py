@@ -1,11 +1,11 @@
-"""convgpu.provenance.source_hash against a hand computation, with and without git."""
+"""convgpu.core.provenance.source_hash against a hand computation, with and without git."""
 import hashlib
 import shutil
 import subprocess
 
 import pytest
 
-from convgpu import provenance
+from convgpu.core import provenance
 
 
 def _tree(root):

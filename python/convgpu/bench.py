@@ -21,7 +21,7 @@ The method (ARCHITECTURE, Benchmarks), the same for both sides:
 - TFLOP/s counts 2*N*K*(C/g)*R*S*P*Q for conv; GB/s each input read once, each output
   written once; the machine's ceilings (copy bandwidth, our FP32 FMA rate, cuBLAS SGEMM and
   TF32 GEMM) are measured in the same run.
-- each run records the commit and `source_hash` (convgpu.provenance).
+- each run records the commit and `source_hash` (convgpu.core.provenance).
 
     convgpu bench [--quick] [--suite NAME ...] [--shape SPEC ...] [--json PATH] [--plot PATH]
                   [--shapes S ...] [--ops OP ...] [--impl I ...]
@@ -786,7 +786,7 @@ def pool_label(sh) -> str:
 
 
 def environment() -> dict:
-    from convgpu import provenance
+    from convgpu.core import provenance
     env = {"python": platform.python_version(),
            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "commit": provenance.commit()}

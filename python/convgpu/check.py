@@ -6,7 +6,9 @@ signs) in float32 and float64; its output is compared with the reference compute
 float64 on the same values, as ||out - ref|| / ||ref|| against the design's tolerance.
 Device backends get CuPy arrays on a GPU; without one, NumPy arrays under the Numba
 simulator and the CUDA C host emulation (kernels/cuda/emulator), both slow: their shapes are
-tiny. The exit status is non-zero if anything fails.
+tiny. The table (format_table) gives each row a status: ok, ok (emulated) where the
+simulator or the host emulation ran a device kernel, FAIL, not served, not run; the exit
+status is non-zero if anything fails.
 """
 from __future__ import annotations
 
@@ -284,13 +286,16 @@ def _relerr(out, ref) -> float:
     return worst
 
 
-def run_checks(size: str = "small", ops=None, backends=None, seed: int = 0) -> List[Row]:
+def run_checks(size: str = "small", ops=None, backends=None, seed: int = 0,
+               progress: Optional[Callable[[str], None]] = None) -> List[Row]:
+    """Every (problem, implementation, dtype) as a Row; `progress` gets a line as each
+    problem finishes."""
     from convgpu.ops._registry import all_impls, backend_unavailable, device_backend_runs_on_host
     rng = np.random.default_rng(seed)
     rows = []
-    for prob in problems(size):
-        if ops and prob.op not in ops:
-            continue
+    todo = [p for p in problems(size) if not ops or p.op in ops]
+    for k, prob in enumerate(todo):
+        first, t_prob = len(rows), time.perf_counter()
         for impl in all_impls(prob.op):
             if backends and impl.backend not in backends:
                 continue
@@ -321,17 +326,73 @@ def run_checks(size: str = "small", ops=None, backends=None, seed: int = 0) -> L
                     err, status = None, f"FAIL: {type(e).__name__}: {e}"
                 rows.append(Row(prob.op, impl.backend, impl.algo, np.dtype(dt).name, prob.label,
                                 err, tol, status, time.perf_counter() - t0))
+        if progress:
+            counts = summary(rows[first:])
+            progress(f"check [{k + 1}/{len(todo)}] {prob.op} {prob.label}: "
+                     f"{counts or 'nothing to run'} ({time.perf_counter() - t_prob:.1f} s)")
     return rows
 
 
-def format_table(rows: List[Row]) -> str:
-    head = ("op", "backend", "algo", "dtype", "rel. error", "tol", "status", "shape")
-    body = [(r.op, r.backend, r.algo, r.dtype, "-" if r.error is None else f"{r.error:.2e}",
-             f"{r.tol:.0e}", r.status[:60], r.shape) for r in rows]
-    widths = [max(len(str(x[i])) for x in [head] + body) for i in range(len(head))]
-    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
-    out = [line(head), line(["-" * w for w in widths])] + [line(b) for b in body]
-    ok = sum(r.status == "ok" for r in rows)
-    bad = sum(r.status.startswith("FAIL") for r in rows)
-    out.append(f"\n{ok} passed, {bad} failed, {len(rows) - ok - bad} not run")
+STATUSES = ("ok", "ok (emulated)", "FAIL", "not served", "not run")
+
+
+def status_of(row: Row) -> str:
+    """The row's status word (STATUSES): 'ok (emulated)' where the Numba simulator or the
+    CUDA C host emulation ran a device kernel, which validates nothing about the device."""
+    from convgpu.ops._registry import device_backend_runs_on_host
+    word = next(s for s in ("FAIL", "not served", "not run", "ok") if row.status.startswith(s))
+    if word == "ok" and row.backend != "numpy" and device_backend_runs_on_host(row.backend):
+        return "ok (emulated)"
+    return word
+
+
+def reason_of(row: Row) -> str:
+    """What the status says beyond its word (why not served, not run, or failed)."""
+    word = next(s for s in ("FAIL", "not served", "not run", "ok") if row.status.startswith(s))
+    return row.status[len(word):].lstrip(": ").strip()
+
+
+def summary(rows: List[Row]) -> str:
+    """'12 ok, 30 ok (emulated), 2 not served': the statuses counted apart, zeros left out."""
+    counts = {s: 0 for s in STATUSES}
+    for r in rows:
+        counts[status_of(r)] += 1
+    return ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+
+
+def format_table(rows: List[Row], verbose: bool = False, width: int = 100) -> str:
+    """A block per problem (its op and shape), a line per implementation with both dtypes'
+    relative errors and statuses, within `width` columns; then the reasons (FAIL's always,
+    the others with verbose) and the summary."""
+    import textwrap
+    dts = list(dict.fromkeys(r.dtype for r in rows)) or ["float32", "float64"]
+    algo_w = max([len(r.algo) for r in rows] + [4])
+    cell = 8 + 2 + len("ok (emulated)")
+    head = f"  {'backend':7s}  {'algo':{algo_w}s}" + "".join(f"  {d:{cell}s}" for d in dts)
+    out = [head.rstrip(), "  " + "-" * (len(head.rstrip()) - 2)]
+    groups = {}
+    for r in rows:
+        groups.setdefault((r.op, r.shape), {}).setdefault((r.backend, r.algo), {})[r.dtype] = r
+    for (op, shape), impls in groups.items():
+        out.append(textwrap.shorten(f"{op}  {shape}", width, placeholder=" ..."))
+        for (backend, algo), by_dt in impls.items():
+            cells = []
+            for d in dts:
+                r = by_dt.get(d)
+                err = "" if r is None else ("-" if r.error is None else f"{r.error:.2e}")
+                cells.append(f"{err:8s}  {status_of(r) if r else '':{len('ok (emulated)')}s}")
+            out.append((f"  {backend:7s}  {algo:{algo_w}s}" + "".join(f"  {c}" for c in cells))
+                       .rstrip())
+    listed = [r for r in rows if status_of(r) == "FAIL" or (verbose and reason_of(r))]
+    if listed:
+        out.append("\nreasons:" if verbose else "\nfailures:")
+        for r in listed:
+            why = reason_of(r) or f"relative error {r.error:.2e} over the tolerance {r.tol:.0e}"
+            out.append(textwrap.fill(f"{r.op} ({r.backend}, {r.algo}) {r.dtype}: {status_of(r)}: "
+                                     f"{why}", width, subsequent_indent="    "))
+    hidden = sum(1 for r in rows if reason_of(r) and status_of(r) != "FAIL")
+    if hidden and not verbose:
+        out.append(f"\n{hidden} row{'s' if hidden > 1 else ''} not served or not run: "
+                   "--verbose lists why")
+    out.append(f"\n{summary(rows) or 'nothing ran'} (of {len(rows)} rows)")
     return "\n".join(out)

@@ -1,16 +1,21 @@
-"""The convgpu command line: info, check (and bench, train as they land).
+"""The convgpu command line.
 
-    convgpu info                 devices, versions, backends, registered implementations
-    convgpu check [--size S]     every implementation that can run here against the reference
-    convgpu bench [--json PATH]  device kernels against cuDNN on the layers of real networks
-    convgpu tune --suite NAME    algo="auto" over a suite's layers, to fill the tuning cache
-    convgpu train [options]      LeNet-5 on the digits (numpy backend on a CPU, --backend cuda on a GPU)
+    convgpu info                       devices, versions, backends, registered implementations
+    convgpu check [--ops OP ...]       every implementation that can run here against the reference
+    convgpu train [options]            LeNet-5 or a small ResNet on real digit images
+    convgpu eval --load w.npz          test accuracy and confusion matrix of saved weights
+    convgpu predict --load w.npz IMG   the class of each image
+    convgpu bench [options]            the kernels against cuDNN/cuBLAS on the layers of real networks
+    convgpu tune --suite NAME          algo="auto" over a suite's layers, to fill the tuning cache
 
 Without a GPU, `check` runs the Numba kernels in the CUDA simulator (it sets
 NUMBA_ENABLE_CUDASIM=1 before Numba is imported) and the CUDA C kernels in the host
 emulation (CONVGPU_CUDA_HOST=1, kernels/cuda/emulator: g++ builds each .cu for the CPU), so
 every device row is exercised on any machine, slowly and on small shapes. Emulated is not
 validated: only a GPU run validates a kernel.
+
+A mistake on the command line is answered by one line naming the option and what it
+allows, with exit status 2.
 """
 from __future__ import annotations
 
@@ -20,6 +25,27 @@ import platform
 import sys
 
 from convgpu.core.env import gpu_count
+
+
+class UsageError(Exception):
+    """A command-line mistake found after parsing: one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (the usage is one --help away)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown, except where there is none to show (None, a flag's False) or the
+    help already says it."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or "(default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _prepare_backends(emulate_cuda: bool = False) -> int:
@@ -38,6 +64,38 @@ def _version(mod: str) -> str:
         return getattr(m, "__version__", "?")
     except Exception as e:                      # missing or broken: say which
         return f"not importable ({type(e).__name__})"
+
+
+def _int_at_least(lo):
+    def parse(text):
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {lo}, got {text!r}")
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {lo}, got {v}")
+        return v
+    parse.__name__ = f"integer >= {lo}"
+    return parse
+
+
+def _float_in(lo, hi, lo_open=False, hi_open=False):
+    what = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+
+    def parse(text):
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number in {what}, got {text!r}")
+        if not (v > lo if lo_open else v >= lo) or not (v < hi if hi_open else v <= hi):
+            raise argparse.ArgumentTypeError(f"must be a number in {what}, got {text}")
+        return v
+    parse.__name__ = f"number in {what}"
+    return parse
+
+
+# ----------------------------------------------------------------------------------------
+# info, check
 
 
 def cmd_info(args) -> int:
@@ -66,6 +124,11 @@ def cmd_info(args) -> int:
     for b in ("numpy", "numba", "cuda"):
         why = backend_unavailable(b)
         print(f"  {b:6s} {'available' + how.get(b, '') if why is None else 'unavailable: ' + why}")
+    from convgpu.core.cachedir import cache_root
+    from convgpu.ops._registry import tune_cache_enabled
+    print("\ntuning cache (algo=\"auto\"): " + (
+        f"{os.path.join(cache_root(), 'tune')}, one JSON per device" if tune_cache_enabled()
+        else "in memory only (CONVGPU_TUNE_CACHE=off)"))
     print("\nregistered implementations (backend: algos):")
     for op, impls in implementations().items():
         by = {}
@@ -75,16 +138,62 @@ def cmd_info(args) -> int:
     return 0
 
 
+def _checked_names(given, allowed, option) -> None:
+    unknown = [g for g in given or () if g not in allowed]
+    if unknown:
+        raise UsageError(f"argument {option}: unknown {', '.join(map(repr, unknown))}; choose "
+                         f"from {', '.join(allowed)}")
+
+
 def cmd_check(args) -> int:
     n = _prepare_backends(emulate_cuda=True)
-    from convgpu.check import format_table, run_checks
+    from convgpu.check import format_table, problems, run_checks
     size = args.size or ("large" if n else "small")
-    where = "GPU" if n else "CPU (no GPU: numba in the CUDA simulator, cuda in host emulation)"
-    print(f"convgpu check: {size} problems, device backends on the {where}; "
-          "tolerance is ||out - ref|| / ||ref|| against the float64 reference\n", flush=True)
-    rows = run_checks(size, ops=args.ops, backends=args.backends, seed=args.seed)
-    print(format_table(rows))
+    _checked_names(args.ops, list(dict.fromkeys(p.op for p in problems(size))), "--ops")
+    if args.ops == [] or args.backends == []:
+        raise UsageError(f"argument {'--ops' if args.ops == [] else '--backends'}: give at "
+                         "least one name (or leave the option out for all)")
+    import textwrap
+    where = "GPU" if n else "CPU (no GPU: numba in the CUDA simulator, cuda in the host " \
+        "emulation, which are not validation)"
+    print(textwrap.fill(f"convgpu check: {size} problems, device backends on the {where}; the "
+                        "error is ||out - ref|| / ||ref|| against the float64 reference", 100)
+          + "\n", flush=True)
+    quiet = args.quiet
+
+    def progress(line):
+        if not quiet:
+            print(line, file=sys.stderr, flush=True)
+    rows = run_checks(size, ops=args.ops, backends=args.backends, seed=args.seed,
+                      progress=progress)
+    print(format_table(rows, verbose=args.verbose))
     return 1 if any(r.status.startswith("FAIL") for r in rows) else 0
+
+
+# ----------------------------------------------------------------------------------------
+# train, eval, predict
+
+
+def cmd_train(args) -> int:
+    from convgpu.train import main_train
+    return main_train(args)
+
+
+def cmd_eval(args) -> int:
+    from convgpu.train import main_eval
+    return main_eval(args)
+
+
+def cmd_predict(args) -> int:
+    from convgpu.train import main_predict
+    return main_predict(args)
+
+
+# ----------------------------------------------------------------------------------------
+# bench
+
+
+BENCH_OPS = ("gemm", "conv2d", "conv2d_backward", "pool", "norm")
 
 
 def cmd_bench(args) -> int:
@@ -135,52 +244,92 @@ def _shape_arg(text: str):
         raise argparse.ArgumentTypeError(str(e).removeprefix("--shape ")) from None
 
 
-def cmd_train(args) -> int:
-    if args.backend in ("numba", "cuda", "auto"):
-        _prepare_backends()
-    from convgpu.train import main_train
-    return main_train(args)
+# ----------------------------------------------------------------------------------------
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="convgpu", description=__doc__.split("\n")[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("info", help="devices, versions, backends, implementations")
-    c = sub.add_parser("check", help="validate every runnable implementation against the reference")
+def build_parser() -> argparse.ArgumentParser:
+    doc = __doc__.split("\n\n")
+    ap = _Parser(prog="convgpu", description="\n\n".join(doc[:3]), formatter_class=_Formatter)
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND",
+                            title="commands (convgpu COMMAND --help for each one's options)")
+    kw = dict(formatter_class=_Formatter)
+    p = sub.add_parser("info", help="devices, versions, backends, implementations", **kw)
+    p.set_defaults(func=cmd_info)
+
+    c = sub.add_parser("check", help="validate every runnable implementation against the "
+                       "float64 reference (emulated without a GPU)", **kw,
+                       description="Run every implementation that can run here against the "
+                       "float64 NumPy reference. Statuses: ok; ok (emulated): the Numba "
+                       "simulator or the CUDA C host emulation ran it, which is not a GPU; "
+                       "FAIL; not served: the implementation declines the problem; not run: "
+                       "its backend is unavailable here. Exit status 1 on any FAIL.")
     c.add_argument("--size", choices=["small", "large"], help="problem sizes (default: small "
                    "without a GPU, large with one)")
-    c.add_argument("--ops", nargs="*", help="only these ops")
-    c.add_argument("--backends", nargs="*", help="only these backends")
-    c.add_argument("--seed", type=int, default=0)
-    tr = sub.add_parser("train", help="train LeNet-5 on real digit images through the op API")
-    from convgpu.train import add_arguments
+    c.add_argument("--ops", nargs="*", metavar="OP", help="only these ops (default: all)")
+    c.add_argument("--backends", nargs="*", choices=["numpy", "numba", "cuda"],
+                   metavar="BACKEND", help="only these backends: numpy, numba, cuda "
+                   "(default: all)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    c.add_argument("--verbose", "-v", action="store_true",
+                   help="list every row's reason (why not served, not run, or failed)")
+    c.add_argument("--quiet", "-q", action="store_true", help="no progress lines on stderr")
+    c.set_defaults(func=cmd_check)
+
+    from convgpu.train import add_arguments, add_eval_arguments, add_predict_arguments
+    tr = sub.add_parser("train", help="train LeNet-5 or a small ResNet on real digit images "
+                        "through the op API", **kw)
     add_arguments(tr)
-    bn = sub.add_parser("bench", help="time the kernels against cuDNN/cuBLAS on real layer shapes")
+    tr.set_defaults(func=cmd_train)
+    ev = sub.add_parser("eval", help="test accuracy and confusion matrix of weights saved by "
+                        "train --save", **kw)
+    add_eval_arguments(ev)
+    ev.set_defaults(func=cmd_eval)
+    pr = sub.add_parser("predict", help="classify image files with weights saved by train "
+                        "--save", **kw)
+    add_predict_arguments(pr)
+    pr.set_defaults(func=cmd_predict)
+
+    bn = sub.add_parser("bench", help="time the kernels against cuDNN/cuBLAS on real layer "
+                        "shapes (numpy against torch's CPU ops without a GPU)", **kw)
     bn.add_argument("--quick", action="store_true", help="ResNet-50's layers, one GEMM, three "
                     "pools, two batch norms")
     what = bn.add_mutually_exclusive_group()
     what.add_argument("--suite", nargs="+", type=_suite_arg, metavar="NAME",
-                    help="conv layers of these suites only: resnet50, vgg16, mobilenetv2, "
-                    "alexnet, classic; NAME@BATCH for another batch (default batch 32)")
+                      help="conv layers of these suites only: resnet50, vgg16, mobilenetv2, "
+                      "alexnet, classic; NAME@BATCH for another batch (default batch 32)")
     what.add_argument("--shape", nargs="+", type=_shape_arg, metavar="SPEC",
-                    help="one's own problem(s) instead of the suites, e.g. "
-                    "conv:N=32,C=64,H=56,W=56,K=64,R=3,S=3,stride=1,pad=1 or "
-                    "pool:N=32,C=64,H=112,k=3,stride=2,pad=1")
+                      help="one's own problem(s) instead of the suites, e.g. "
+                      "conv:N=32,C=64,H=56,W=56,K=64,R=3,S=3,stride=1,pad=1 or "
+                      "pool:N=32,C=64,H=112,k=3,stride=2,pad=1")
     bn.add_argument("--json", help="write the results to this JSON file")
     bn.add_argument("--plot", help="write a PNG: speed vs cuDNN per shape, and a roofline")
     bn.add_argument("--shapes", nargs="*", help="only shapes whose name contains one of these")
-    bn.add_argument("--ops", nargs="*", help="gemm, conv2d, conv2d_backward, pool, norm")
+    bn.add_argument("--ops", nargs="*", choices=BENCH_OPS, metavar="OP",
+                    help=f"only these stages: {', '.join(BENCH_OPS)}")
     bn.add_argument("--impl", nargs="*", help="only implementations whose label contains these")
+    bn.set_defaults(func=cmd_bench)
     tu = sub.add_parser("tune", help='run algo="auto" over a suite\'s layers to fill the '
-                        "tuning cache before training (GPU only)")
+                        "tuning cache before training (GPU only)", **kw)
     tu.add_argument("--suite", nargs="+", required=True, type=_suite_arg, metavar="NAME",
                     help="resnet50, vgg16, mobilenetv2, alexnet, classic (NAME@BATCH for "
                     "another batch; default 32)")
     tu.add_argument("--allow-tf32", action="store_true",
                     help="tune with TF32 allowed (as a model run with allow_tf32 calls)")
+    tu.set_defaults(func=cmd_tune)
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
-    return {"info": cmd_info, "check": cmd_check, "bench": cmd_bench, "train": cmd_train,
-            "tune": cmd_tune}[args.cmd](args)
+    try:
+        return args.func(args)
+    except UsageError as e:
+        print(f"convgpu {args.cmd}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"convgpu {args.cmd}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -128,3 +128,44 @@ def batches(x, y, batch_size, *, shuffle=True, rng=None) -> Iterator[Tuple[np.nd
     for i in range(0, len(x), batch_size):
         j = idx[i:i + batch_size]
         yield x[j], y[j]
+
+
+def load_image(path: str, size: int, invert: bool = False) -> np.ndarray:
+    """One grey image (size, size) in [0, 1] with bright ink, for predicting: a .npy of a
+    2-D array (or (1, H, W)), floats in [0, 1] or uint8 0-255; or a .png read by
+    matplotlib (colour averaged to grey, alpha dropped). An image k times larger in both
+    directions is averaged over k x k blocks; invert=True takes dark ink on light paper."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".npy":
+        a = np.load(path, allow_pickle=False)
+        if a.ndim == 3 and a.shape[0] == 1:
+            a = a[0]
+        if a.dtype == np.uint8:
+            a = a / 255.0
+        elif a.dtype.kind != "f":
+            raise ValueError(f"dtype {a.dtype}: give floats in [0, 1] or uint8")
+    elif ext == ".png":
+        try:
+            from matplotlib.image import imread
+        except ImportError:
+            raise ValueError("reading .png needs matplotlib (pip install 'convgpu[plot]')") \
+                from None
+        a = imread(path)
+        if a.dtype == np.uint8:
+            a = a / 255.0
+        if a.ndim == 3:
+            a = a[..., :3].mean(axis=2)
+    else:
+        raise ValueError(f"unknown image format {ext or '(no extension)'!r}: give .npy or .png")
+    if a.ndim != 2:
+        raise ValueError(f"shape {a.shape}: an image is a 2-D array")
+    a = a.astype(np.float64)
+    if not np.all(np.isfinite(a)) or a.min() < 0 or a.max() > 1:
+        raise ValueError(f"values in [{a.min():g}, {a.max():g}]: give floats in [0, 1]")
+    h, w = a.shape
+    if h != w or h % size:
+        raise ValueError(f"size {h}x{w}: the network takes {size}x{size} images (or an integer "
+                         "multiple, averaged down)")
+    k = h // size
+    a = a.reshape(size, k, size, k).mean(axis=(1, 3))
+    return 1.0 - a if invert else a

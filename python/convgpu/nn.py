@@ -6,17 +6,21 @@ so a network runs on whichever backend its arrays and the `backend` keyword sele
 on any CPU, the Numba or CUDA C kernels on a GPU.
 
     net = Sequential(Conv2d(1, 6, 5, padding=2), ReLU(), MaxPool2d(2), Flatten(), Linear(6*4*4, 10))
-    logits = net.forward(x)                       # caches what backward needs
+    logits = net(x)                               # net.forward(x): caches what backward needs
     loss = softmax_cross_entropy(logits, labels)
     net.backward(softmax_cross_entropy_backward(logits, labels))
     opt.step()                                    # SGD or Adam over net.parameters()
 
 A Parameter holds `.data` and `.grad` (same array type). Backward *overwrites* grads.
+Modules start in training mode; `evaluate(net, x)` (or `with eval_mode(net):`) runs them in
+eval mode (dropout off, batch norms on their running estimates) and restores the mode
+after, so a test pass can't leave a network in the wrong mode or forget to switch.
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, Iterator, List, Optional
 
 import numpy as np
 
@@ -78,6 +82,10 @@ class Module:
 
     def eval(self):
         return self.train(False)
+
+    def __call__(self, x):
+        """module(x) is module.forward(x), as in torch (it caches what backward needs)."""
+        return self.forward(x)
 
     def to(self, xp):
         """Move parameters and buffers to an array module (numpy or cupy)."""
@@ -501,6 +509,35 @@ class Residual(Module):
     def backward(self, gy):
         gx = self.body.backward(gy)
         return gx + (self.shortcut.backward(gy) if self.shortcut else gy)
+
+
+def modules(root: Module, kind=Module) -> Iterator[Module]:
+    """root and every module inside it (Sequential layers, Residual branches), depth first,
+    that is an instance of `kind`."""
+    if isinstance(root, kind):
+        yield root
+    children = root.layers if isinstance(root, Sequential) else \
+        [m for _, m in root._branches()] if isinstance(root, Residual) else []
+    for child in children:
+        yield from modules(child, kind)
+
+
+@contextlib.contextmanager
+def eval_mode(model: Module):
+    """Inside: every module of `model` in eval mode; after: each back in its own mode."""
+    before = [(m, m.training) for m in modules(model)]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, mode in before:
+            m.training = mode
+
+
+def evaluate(model: Module, x):
+    """model.forward(x) in eval mode (eval_mode): the forward for testing and predicting."""
+    with eval_mode(model):
+        return model.forward(x)
 
 
 class SoftmaxCrossEntropy:

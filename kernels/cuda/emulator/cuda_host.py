@@ -43,6 +43,7 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
+from convgpu.core.cachedir import user_dir
 from convgpu.kernels.cuda import sources
 
 CXX = os.environ.get("CXX", "g++")
@@ -83,19 +84,30 @@ def order(which: str):
 
 
 def _cache_dir() -> str:
-    """Where built libraries are kept (keyed by a hash of sources and flags): CONVGPU_CACHE,
-    else $XDG_CACHE_HOME/convgpu or ~/.cache/convgpu, else a temporary folder."""
-    d = os.environ.get("CONVGPU_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "convgpu")
-    for base in (d, os.path.join(tempfile.gettempdir(), f"convgpu-{os.getuid()}")):
-        path = os.path.join(base, "cuda_host")
-        try:
-            os.makedirs(path, exist_ok=True)
-            if os.access(path, os.W_OK):
-                return path
-        except OSError:
-            continue
-    raise RuntimeError("no writable folder for the host-emulation builds (set CONVGPU_CACHE)")
+    """Where built libraries are kept (keyed by a hash of sources and flags): cuda_host under
+    CONVGPU_CACHE, else $XDG_CACHE_HOME/convgpu or ~/.cache/convgpu, else
+    /tmp/convgpu-<uid>; created 0700 and refused unless ours alone (convgpu.core.cachedir):
+    we load what is in it."""
+    try:
+        return user_dir("cuda_host")
+    except OSError as e:
+        raise RuntimeError(f"no folder for the host-emulation builds ({e}); set "
+                           "CONVGPU_CACHE") from None
+
+
+def _digest(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def _cached_library(so: str) -> bool:
+    """The cached build is used only when its recorded digest matches its bytes: a
+    truncated or altered library is rebuilt, never loaded."""
+    try:
+        with open(so + ".sha256") as f:
+            return f.read().strip() == _digest(so)
+    except OSError:
+        return False
 
 
 def _translation_unit(include: str, exprs) -> str:
@@ -118,7 +130,7 @@ def _build(label: str, include: str, exprs, extra_source: Optional[str] = None):
     for part in (tu, extra_source or "", " ".join(CXXFLAGS), *sorted(_includes().items())):
         h.update(repr(part).encode())
     so = os.path.join(_cache_dir(), f"{label.replace('.', '_')}-{h.hexdigest()[:16]}.so")
-    if not os.path.exists(so):
+    if not _cached_library(so):
         with tempfile.TemporaryDirectory() as tmp:
             if extra_source is not None:
                 with open(os.path.join(tmp, include), "w") as f:
@@ -134,7 +146,10 @@ def _build(label: str, include: str, exprs, extra_source: Optional[str] = None):
                 raise RuntimeError(f"host build of {label} failed:\n{' '.join(cmd)}\n{r.stderr}")
             tmp_so = so + f".{os.getpid()}"
             shutil.copy(out, tmp_so)
+            with open(tmp_so + ".sha256", "w") as f:
+                f.write(_digest(tmp_so))
             os.replace(tmp_so, so)
+            os.replace(tmp_so + ".sha256", so + ".sha256")
     lib = ctypes.CDLL(so, mode=ctypes.RTLD_LOCAL)
     _register_shared(lib, so)
     lib.cuda_host_name.restype = ctypes.c_char_p

@@ -22,7 +22,7 @@ SOURCE_SUFFIXES = (".py", ".cu", ".cuh", ".h")
 def source_root() -> Path:
     """The folder holding kernels/ and ops/: the repository root of a checkout (editable
     install), else the installed package, which holds them under the same names."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent.parent      # convgpu/core -> convgpu
     for cand in (here.parent.parent, here):
         if all((cand / d).is_dir() for d in SOURCE_DIRS):
             return cand
