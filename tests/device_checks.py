@@ -49,14 +49,14 @@ def decline_message(op: str, backend: str, algo: str, reason: str) -> str:
     return f"{op}: ({backend}, {algo}) cannot serve this call: {reason}"
 
 
-def plan(op: str, args, backends: Iterable[str] = DEVICE_BACKENDS
+def plan(op: str, args, backends: Iterable[str] = DEVICE_BACKENDS, only=None
          ) -> Tuple[List[Tuple[str, str]], Dict[Tuple[str, str], str]]:
     """([(backend, algo) that must serve], {(backend, algo): reason it must decline with}) for
-    the registered implementations of `op` on `backends`, from supports(). An unavailable
-    backend is an error here, not a decline."""
+    the registered implementations of `op` on `backends` (and with only(algo) true, if
+    given), from supports(). An unavailable backend is an error here, not a decline."""
     serve, decline = [], {}
     for impl in all_impls(op):
-        if impl.backend not in backends:
+        if impl.backend not in backends or (only is not None and not only(impl.algo)):
             continue
         unavailable = backend_unavailable(impl.backend)
         if unavailable:
@@ -71,16 +71,17 @@ def plan(op: str, args, backends: Iterable[str] = DEVICE_BACKENDS
 
 def run_planned(op: str, call: Callable[[str, str], object], check: Callable[[object, str, str],
                 Optional[str]], backends: Iterable[str] = DEVICE_BACKENDS,
-                expect_served: Iterable[Tuple[str, str]] = ()) -> Tuple[List[Tuple[str, str]],
-                                                                        List[str]]:
+                expect_served: Iterable[Tuple[str, str]] = (), only=None
+                ) -> Tuple[List[Tuple[str, str]], List[str]]:
     """Runs call(backend, algo) for every registered implementation of `op` on `backends`:
     those supports() accepts must return an output that check(out, backend, algo) passes
     (it returns None or a failure line); the others must raise ValueError with exactly the
     registry's refusal and their supports() reason. `expect_served` must be among the
     serving ones (so a supports() that wrongly declines cannot empty the test). Returns
-    (the implementations that served, failure lines)."""
+    (the implementations that served, failure lines). only(algo), if given, restricts the
+    implementations run."""
     args = argument_record(lambda: call("auto", "auto"))
-    serve, decline = plan(op, args, backends)
+    serve, decline = plan(op, args, backends, only)
     failures = [f"{op} ({b}, {a}): declined ({decline.get((b, a))}) but expected to serve"
                 for b, a in expect_served if (b, a) not in serve]
     for (b, a), message in decline.items():
