@@ -12,6 +12,7 @@ The tuning cache is reset between tests. Edge cases run on every algorithm by na
 On the stand-in device (tests/stand_in/cupy with CONVGPU_STAND_IN_DEVICE=1: the host
 emulation behind a CuPy-like device) the cuda backend's tests run too, at emulation speed:
 a way to try this module's logic without a GPU on a selection (-k) of its small tests."""
+import dataclasses
 import os
 
 import numpy as np
@@ -330,8 +331,11 @@ def test_every_kernel_launches_on_the_current_stream():
         r = prob.reference(inputs)
         host = {k: (v.astype(np.float32) if v.dtype.kind == "f" else v) for k, v in inputs.items()}
         fresh = lambda: {k: cupy.asarray(v) for k, v in host.items()}
-        served, _ = plan(prob.op, argument_record(lambda: prob.call(fresh(), "auto", "auto")),
-                         DEVICE_BACKENDS)
+        args = argument_record(lambda: prob.call(fresh(), "auto", "auto"))
+        if dataclasses.is_dataclass(args) and hasattr(args, "allow_tf32"):
+            args = dataclasses.replace(args, allow_tf32=True)    # prob.call allows TF32 to
+            # the TF32 implementations
+        served, _ = plan(prob.op, args, DEVICE_BACKENDS)
         for be, al in served:
             prob.call(fresh(), be, al)            # compiled, planned, loaded: only launches left
             clean, dev = fresh(), {k: cupy.zeros(v.shape, v.dtype) for k, v in host.items()}
@@ -347,7 +351,7 @@ def test_every_kernel_launches_on_the_current_stream():
             cupy.cuda.Device().synchronize()
             got = tuple(o.get() for o in out) if isinstance(out, tuple) else out.get()
             e = check_relerr(got, r)
-            if not e <= tolerance(al, np.float32):
+            if not e <= tolerance(al, np.float32):      # TF32 algorithms: the TF32 bound
                 failures.append(f"{prob.op} ({be}, {al}): rel err {e:.2e} (another stream?)")
             if STAND_IN:
                 wrong = {n for n, st in cupy.launches[start:] if st is not s}
