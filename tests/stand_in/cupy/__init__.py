@@ -186,7 +186,8 @@ class RawModule:
         from convgpu import cuda_host
         from convgpu.kernels import _module
         file = next((f for f in _module.NAME_EXPRESSIONS if _module.source(f) == code), None)
-        if file is not None and not any(o.startswith("-D") for o in options):
+        if (file is not None and not any(o.startswith("-D") for o in options)
+                and set(name_expressions) <= set(_module.NAME_EXPRESSIONS[file])):
             self.kernels = {e: cuda_host.get_function(file, e) for e in name_expressions}
         else:
             defines = "".join(f"#define {m.group(1)} {m.group(2)}\n" for o in options
