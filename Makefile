@@ -1,12 +1,13 @@
 # convgpu: the two commands of README.md.
 #   make demo   set up .venv, then `convgpu info` and `convgpu check`
 #   make test   set up .venv, then the reference + compile tiers and the simulator tier
+#   make mutants  before a release: every curated mutation must be caught (tests/mutants)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test gpu-test clean
+.PHONY: demo test gpu-test mutants clean
 
 # the NVRTC of the lent GPUs' CuPy, beside the one pip picks: the compile tier builds every
 # .cu with it too (tests/test_compile_cuda.py), since the two allocate registers differently
@@ -35,6 +36,11 @@ test: $(STAMP)
 # on a machine with a GPU (bench/gpu_check.sh runs this there)
 gpu-test: $(STAMP)
 	$(BIN)/python -m pytest tests -q -m gpu -p no:cacheprovider
+
+# one-line mutations applied one at a time to a scratch copy of HEAD, each run against the
+# tests that should catch it; writes tests/mutants/RESULTS.md (about half an hour of two cores)
+mutants: $(STAMP)
+	nice -n 10 $(BIN)/python tests/mutants/mutants.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

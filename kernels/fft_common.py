@@ -1,4 +1,4 @@
-"""What the Numba (kernels/fft.py) and CUDA C (kernels/cuda_ops.py) FFT convolutions share:
+"""What the Numba (kernels/numba/fft.py) and CUDA C (kernels/cuda/fft.py) FFT convolutions share:
 the transform size, the padded input, the stride-stuffed output gradient, the complex
 dtypes and the dilation rule. Plain array code: the array module follows the inputs, so it
 runs on NumPy arrays (simulator, host emulation, tests) as on CuPy arrays."""

@@ -18,6 +18,8 @@ CASES = [
     ("weight ndim", lambda: convgpu.conv2d(z(1, 1, 5, 5), z(3, 3)), ValueError, ["conv2d", "weight"]),
     ("channels", lambda: convgpu.conv2d(z(1, 3, 5, 5), z(4, 2, 3, 3), groups=2), ValueError,
      ["conv2d", "3 channels", "4 (2 per group x 2 groups)"]),
+    ("more channels", lambda: convgpu.conv2d(z(1, 5, 5, 5), z(4, 2, 3, 3), groups=2), ValueError,
+     ["conv2d", "5 channels", "4 (2 per group x 2 groups)"]),
     ("K % groups", lambda: convgpu.conv2d(z(1, 4, 5, 5), z(3, 2, 3, 3), groups=2), ValueError,
      ["conv2d", "3 output channels", "groups=2"]),
     ("bias", lambda: convgpu.conv2d(z(1, 3, 5, 5), z(4, 3, 3, 3), z(3)), ValueError,

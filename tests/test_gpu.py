@@ -1,7 +1,18 @@
 """GPU tier (`pytest -m gpu`, skipped without a CUDA GPU): every registered device
 implementation against the float64 reference on realistic and odd shapes, determinism of
 the backward passes, 64-bit indexing past 2**31 elements, array-type round trips (CuPy,
-torch through DLPack) and launches on a non-default CuPy stream."""
+torch through DLPack) and launches on the current (non-default) CuPy stream.
+
+Which implementations serve a problem is decided up front from supports() (through
+tests/device_checks.py): those must succeed within the tolerance, the others must decline
+with the registry's refusal and their own reason; any other ValueError is a failure. Every
+registered (op, backend, algo) on a device backend must have run by the end of the module.
+The tuning cache is reset between tests. Edge cases run on every algorithm by name.
+
+On the stand-in device (tests/stand_in/cupy with CONVGPU_STAND_IN_DEVICE=1: the host
+emulation behind a CuPy-like device) the cuda backend's tests run too, at emulation speed:
+a way to try this module's logic without a GPU on a selection (-k) of its small tests."""
+import dataclasses
 import os
 
 import numpy as np
@@ -21,10 +32,34 @@ os.environ["CONVGPU_POISON"] = "1"     # outputs start as NaN: unwritten element
 
 import convgpu  # noqa: E402
 from convgpu import reference as ref  # noqa: E402
+from convgpu.check import _relerr as check_relerr  # noqa: E402
 from convgpu.check import problems, run_checks, tolerance  # noqa: E402
+from convgpu.ops import _registry  # noqa: E402
 from convgpu.ops._registry import all_impls  # noqa: E402
 
-DEVICE_BACKENDS = ("numba", "cuda")
+from device_checks import (argument_record, never_ran, plan, recording_declines,  # noqa: E402
+                           recording_runs, run_planned, unjustified_rows)
+
+STAND_IN = getattr(cupy, "STAND_IN", False)
+# the stand-in device has no Numba (the simulator takes NumPy arrays only)
+DEVICE_BACKENDS = ("cuda",) if STAND_IN else ("numba", "cuda")
+
+# (op, backend, algo) of every implementation that returned during this module
+RAN = set()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def record_runs():
+    with recording_runs(RAN):
+        yield
+
+
+@pytest.fixture(autouse=True)
+def fresh_tuning_cache():
+    """algo="auto"'s choices are per process: a test must not inherit another's."""
+    _registry._CHOICE.clear()
+    yield
+    _registry._CHOICE.clear()
 
 
 def device_algos(op):
@@ -42,12 +77,26 @@ def relerr(out, r):
     return np.linalg.norm(out - r) / np.linalg.norm(r)
 
 
+def within(r, dtype):
+    """check(out, backend, algo) for run_planned: the design's bound for the algorithm."""
+    def check(out, backend, algo):
+        e = relerr(out, r)
+        return None if e <= tolerance(algo, dtype) else \
+            f"{np.dtype(dtype).name} rel err {e:.2e} > {tolerance(algo, dtype):.0e}"
+    return check
+
+
 @pytest.mark.parametrize("size", ["small", "large"])
 def test_check_table_all_ok(size):
-    """Every device implementation in `convgpu check`'s problem set, both sizes."""
-    rows = [r for r in run_checks(size, backends=list(DEVICE_BACKENDS)) if r.status != "ok"]
-    assert not [r for r in rows if r.status.startswith("FAIL")], \
-        "\n".join(f"{r.op} {r.backend} {r.algo} {r.dtype}: {r.status} err={r.error}" for r in rows)
+    """Every device implementation in `convgpu check`'s problem set, both sizes: each row
+    ok, or declined by the registry with its supports() reason (a backend not run, a
+    launcher's ValueError or a crash fails)."""
+    declines = set()
+    with recording_declines(declines):
+        rows = run_checks(size, backends=list(DEVICE_BACKENDS))
+    assert rows
+    bad = unjustified_rows(rows, declines)
+    assert not bad, "\n".join(bad)
 
 
 # real-layer and odd conv problems: (N, C, H, W, K, R, S, stride, padding, dilation, groups)
@@ -68,15 +117,43 @@ def _conv_problem(rng, case):
     return x, w, b, dict(stride=st, padding=pd, dilation=dl, groups=g)
 
 
+_CONV_REFS = {}
+
+
+def _conv_with_references(case):
+    """Inputs and float64 references of a CONV case, computed once for the module (both
+    dtypes, the TF32 tests): the references run on the host, the larger part of these
+    tests' time; all seven cases hold a few hundred MB."""
+    if case not in _CONV_REFS:
+        rng = np.random.default_rng(1)
+        x, w, b, kw = _conv_problem(rng, case)
+        y_ref = ref.conv2d(x, w, b, **kw)
+        gy = _rand(rng, y_ref.shape)
+        _CONV_REFS[case] = (x, w, b, gy, kw, y_ref,
+                            ref.conv2d_backward_input(gy, w, x.shape, **kw),
+                            ref.conv2d_backward_weight(x, gy, w.shape, **kw))
+    return _CONV_REFS[case]
+
+
+# the implementations that must serve a case (so a supports() that wrongly declines shows):
+# the general ones always, Winograd on 3x3 stride 1, depthwise where groups = C
+def _must_serve(op, case):
+    N, C, H, W, K, R, S, st, pd, dl, g = case
+    want = [("cuda", "implicit_gemm"), ("cuda", "col2im" if op.endswith("input") else "im2col"),
+            ("numba", "direct")]
+    if (R, S) == (3, 3) and st == (1, 1) and dl == (1, 1) and op != "conv2d_backward_input":
+        want += [("cuda", "winograd"), ("numba", "winograd")]
+    if g == C and g > 1:
+        want.append(("cuda", "depthwise"))
+    return [(b, a) for b, a in want if b in DEVICE_BACKENDS and (b, a) in device_algos(op)]
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", CONV, ids=[str(c[:7]) for c in CONV])
 def test_conv2d_forward_and_backward(case, dtype):
-    rng = np.random.default_rng(1)
-    x, w, b, kw = _conv_problem(rng, case)
-    y_ref = ref.conv2d(x, w, b, **kw)
-    gy = _rand(rng, y_ref.shape)
-    gx_ref = ref.conv2d_backward_input(gy, w, x.shape, **kw)
-    gw_ref = ref.conv2d_backward_weight(x, gy, w.shape, **kw)
+    """Every device implementation of the forward and both gradients: those supports()
+    accepts within their bound, the others declined with their reason."""
+    x, w, b, gy, kw, y_ref, gx_ref, gw_ref = _conv_with_references(case)
     xd, wd, bd, gyd = (cupy.asarray(a.astype(dtype)) for a in (x, w, b, gy))
     failures = []
     for op, call, r in [
@@ -88,15 +165,9 @@ def test_conv2d_forward_and_backward(case, dtype):
          lambda be, al: convgpu.conv2d_backward_weight(xd, gyd, w.shape, **kw, backend=be, algo=al),
          gw_ref),
     ]:
-        for be, al in device_algos(op):
-            try:
-                out = call(be, al)
-            except ValueError as e:          # declined by supports(): must say why
-                assert str(e), op
-                continue
-            e = relerr(out, r)
-            if not e <= tolerance(al, dtype):
-                failures.append(f"{op} ({be}, {al}) {np.dtype(dtype).name}: rel err {e:.2e}")
+        served, bad = run_planned(op, call, within(r, dtype), DEVICE_BACKENDS,
+                                  expect_served=_must_serve(op, case))
+        failures += bad
     assert not failures, "\n".join(failures)
 
 
@@ -106,38 +177,55 @@ def test_backward_passes_are_bitwise_deterministic():
     xd, wd = cupy.asarray(x.astype(np.float32)), cupy.asarray(w.astype(np.float32))
     y = convgpu.conv2d(xd, wd, **kw)
     gy = cupy.asarray(_rand(rng, y.shape).astype(np.float32))
+    calls = {
+        "conv2d_backward_input":
+            lambda be, al: convgpu.conv2d_backward_input(gy, wd, x.shape, **kw, backend=be, algo=al),
+        "conv2d_backward_weight":
+            lambda be, al: convgpu.conv2d_backward_weight(xd, gy, w.shape, **kw, backend=be, algo=al),
+    }
+    # decided up front: what serves runs, nothing is skipped on a ValueError
+    serving = {op: _served(op, c) for op, c in calls.items()}
+    assert all(len(v) >= 2 for v in serving.values()), serving
+    xp = cupy.asarray(_rand(np.random.default_rng(3), (8, 16, 33, 35)).astype(np.float32))
+    yp, idx = convgpu.max_pool2d(xp, 3, 2, 1, return_indices=True)
+    gp = cupy.ones_like(yp)
+    pool_bwd = _max_pool_backward_call(gp, idx, xp.shape, (3, 2, 1))
+    pool_serving = _served("max_pool2d_backward", pool_bwd)
     runs = []
     for _ in range(3):
-        outs = []
-        for be, al in device_algos("conv2d_backward_input"):
-            try:
-                outs.append(convgpu.conv2d_backward_input(gy, wd, x.shape, **kw, backend=be, algo=al))
-            except ValueError:
-                pass
-        for be, al in device_algos("conv2d_backward_weight"):
-            try:
-                outs.append(convgpu.conv2d_backward_weight(xd, gy, w.shape, **kw, backend=be, algo=al))
-            except ValueError:
-                pass
-        outs.append(convgpu.conv2d_backward_bias(gy, backend="numba"))
-        xp = cupy.asarray(_rand(np.random.default_rng(3), (8, 16, 33, 35)).astype(np.float32))
-        yp, idx = convgpu.max_pool2d(xp, 3, 2, 1, return_indices=True)
-        gp = cupy.ones_like(yp)
-        outs.append(convgpu.max_pool2d_backward(gp, idx, xp.shape, 3, 2, 1, algo="gather"))
-        outs.append(convgpu.max_pool2d_backward(gp, idx, xp.shape, algo="plane"))
-        outs.append(convgpu.avg_pool2d_backward(gp, xp.shape, 3, 2, 1))
+        outs = [calls[op](be, al) for op in calls for be, al in serving[op]]
+        outs += [convgpu.conv2d_backward_bias(gy, backend=be) for be in DEVICE_BACKENDS]
+        outs += [pool_bwd(be, al) for be, al in pool_serving]
+        outs += [convgpu.avg_pool2d_backward(gp, xp.shape, 3, 2, 1, backend=be)
+                 for be in DEVICE_BACKENDS]
         runs.append([cupy.asnumpy(o) for o in outs])
     for later in runs[1:]:
-        for a, b_ in zip(runs[0], later):
+        assert len(later) == len(runs[0])
+        for a, b_ in zip(runs[0], later, strict=True):
             assert np.array_equal(a.view(np.uint32), b_.view(np.uint32))
 
 
+def _max_pool_backward_call(gy, idx, shape, geometry):
+    """call(backend, algo) of max_pool2d_backward: the gathers take the forward's geometry,
+    the plane scatter none."""
+    return lambda be, al: convgpu.max_pool2d_backward(
+        gy, idx, shape, *(() if al == "plane" else geometry), backend=be, algo=al)
+
+
+def _served(op, call):
+    """The device implementations supports() accepts for call(backend, algo)'s problem."""
+    return plan(op, argument_record(lambda: call("auto", "auto")), DEVICE_BACKENDS)[0]
+
+
+@pytest.mark.parametrize("impl", [f"{b}:{a}" for b, a in device_algos("max_pool2d")])
 @pytest.mark.parametrize("args", [(3, 2), (2, 2), (3, 2, 1), (3, 1, 1), (4, 2, 1)])
-def test_max_pool_exact_with_ties_nan_inf_and_subnormals(args):
-    """Indices exactly as the sequential rule picks them (first maximum, first NaN, first
+def test_max_pool_exact_with_ties_nan_inf_and_subnormals(args, impl):
+    """Every max-pooling kernel by name (not only the one algo="auto" times fastest):
+    indices exactly as the sequential rule picks them (first maximum, first NaN, first
     element of an all -inf window) on the device, where the kernels are compiled with
-    -ftz=true: windows of distinct subnormals must not compare equal. Backward gathers
-    (by cells and by element) exactly, with integer gradients."""
+    -ftz=true: windows of distinct subnormals must not compare equal. Every backward
+    (gathers and plane scatter) exactly, with integer gradients."""
+    backend, algo = impl.split(":")
     rng = np.random.default_rng(11)
     x = rng.integers(0, 5, (4, 3, 29, 27)).astype(np.float32)
     x[rng.random(x.shape) < 0.02] = np.nan
@@ -146,12 +234,27 @@ def test_max_pool_exact_with_ties_nan_inf_and_subnormals(args):
     x[1, 1] = rng.integers(1, 2 ** 20, x.shape[2:]) * np.float32(2.0 ** -149)   # subnormals
     k, st, pad = (args + (0,))[:3]
     yr, ir = ref.max_pool2d(x.astype(np.float64), (k, k), (st, st), (pad, pad), (1, 1), False)
-    y, idx = convgpu.max_pool2d(cupy.asarray(x), *args, return_indices=True)
-    np.testing.assert_array_equal(cupy.asnumpy(idx), ir)
-    np.testing.assert_array_equal(cupy.asnumpy(y), yr.astype(np.float32))
+    fwd = lambda be, al: convgpu.max_pool2d(cupy.asarray(x), *args, return_indices=True,
+                                            backend=be, algo=al)
+    served, declined = plan("max_pool2d", argument_record(lambda: fwd("auto", "auto")),
+                            DEVICE_BACKENDS)
+    if (backend, algo) in served:
+        y, idx = fwd(backend, algo)
+        np.testing.assert_array_equal(cupy.asnumpy(idx), ir)
+        np.testing.assert_array_equal(cupy.asnumpy(y), yr.astype(np.float32))
+    else:                               # e.g. the tiled kernel takes 2x2 and 3x3 windows only
+        assert ("cuda", "direct") in served, served
+        with pytest.raises(ValueError) as declined_with:
+            fwd(backend, algo)
+        assert str(declined_with.value) == declined[(backend, algo)]
+        idx = cupy.asarray(ir)
     gy = np.arange(1, yr.size + 1, dtype=np.float32).reshape(yr.shape) % 64
-    gx = convgpu.max_pool2d_backward(cupy.asarray(gy), idx, x.shape, *args, algo="gather")
-    np.testing.assert_array_equal(cupy.asnumpy(gx), ref.max_pool2d_backward(gy, ir, x.shape))
+    gx_ref = ref.max_pool2d_backward(gy, ir, x.shape)
+    bwd = _max_pool_backward_call(cupy.asarray(gy), idx, x.shape, (k, st, pad))
+    served = _served("max_pool2d_backward", bwd)
+    assert ("cuda", "gather") in served, served
+    for be, al in served:
+        np.testing.assert_array_equal(cupy.asnumpy(bwd(be, al)), gx_ref, err_msg=f"{be}:{al}")
 
 
 def test_max_pool_past_2_31_elements():
@@ -204,6 +307,62 @@ def test_array_types_round_trip_and_streams():
         convgpu.conv2d(xt, cupy.asarray(w))
 
 
+# keeps one SM busy for `cycles` clocks (~10 ms at 2 GHz): the stream it runs on is still
+# busy when the host has queued the work behind it
+_SPIN = r"""extern "C" __global__ void spin(long long cycles) {
+    const long long t0 = clock64();
+    while (clock64() - t0 < cycles) { }
+}"""
+SPIN_CYCLES = 20_000_000
+
+
+def test_every_kernel_launches_on_the_current_stream():
+    """Each device implementation of `convgpu check`'s small problem set, by name, on a
+    non-blocking stream made busy first (a spinning kernel), its inputs written on that
+    stream behind the spin: a kernel launched on any other stream (the null stream, one of
+    its own) runs before its inputs are there and returns a wrong answer. On the stand-in
+    device, whose launches record their stream, every launch is checked directly."""
+    rng = np.random.default_rng(12)
+    s = cupy.cuda.Stream(non_blocking=True)
+    spin = None if STAND_IN else cupy.RawKernel(_SPIN, "spin")
+    failures, checked = [], 0
+    for prob in problems("small"):
+        inputs = prob.make(rng)
+        r = prob.reference(inputs)
+        host = {k: (v.astype(np.float32) if v.dtype.kind == "f" else v) for k, v in inputs.items()}
+        fresh = lambda: {k: cupy.asarray(v) for k, v in host.items()}
+        args = argument_record(lambda: prob.call(fresh(), "auto", "auto"))
+        if dataclasses.is_dataclass(args) and hasattr(args, "allow_tf32"):
+            args = dataclasses.replace(args, allow_tf32=True)    # prob.call allows TF32 to
+            # the TF32 implementations
+        served, _ = plan(prob.op, args, DEVICE_BACKENDS)
+        for be, al in served:
+            prob.call(fresh(), be, al)            # compiled, planned, loaded: only launches left
+            clean, dev = fresh(), {k: cupy.zeros(v.shape, v.dtype) for k, v in host.items()}
+            cupy.cuda.Device().synchronize()
+            start = len(cupy.launches) if STAND_IN else 0
+            with s:
+                if spin is not None:
+                    spin((1,), (1,), (np.int64(SPIN_CYCLES),))
+                for k in dev:
+                    dev[k][...] = clean[k]
+                out = prob.call(dev, be, al)
+            s.synchronize()
+            cupy.cuda.Device().synchronize()
+            got = tuple(o.get() for o in out) if isinstance(out, tuple) else out.get()
+            e = check_relerr(got, r)
+            if not e <= tolerance(al, np.float32):      # TF32 algorithms: the TF32 bound
+                failures.append(f"{prob.op} ({be}, {al}): rel err {e:.2e} (another stream?)")
+            if STAND_IN:
+                wrong = {n for n, st in cupy.launches[start:] if st is not s}
+                if wrong or len(cupy.launches) == start:
+                    failures.append(f"{prob.op} ({be}, {al}): launched {sorted(wrong)} on "
+                                    "another stream" if wrong else "no launch recorded")
+            checked += 1
+    assert checked >= 40, checked
+    assert not failures, "\n".join(failures)
+
+
 def test_mixed_host_and_device_is_a_type_error():
     with pytest.raises(TypeError):
         convgpu.conv2d(cupy.ones((1, 1, 4, 4), cupy.float32), np.ones((1, 1, 3, 3), np.float32))
@@ -226,69 +385,72 @@ def test_cuda_gemm_odd_sizes(dtype, ta, tb, splits):
     assert relerr(got, want) <= tolerance("gemm", dtype)
 
 
+def _is_tf32(algo):
+    return algo.endswith("tf32")
+
+
+def really_tf32(r):
+    """check(out, backend, algo) for the TF32 kernels: within the TF32 bound and above what
+    FP32 gives (~1e-7), so the operands really were rounded to TF32."""
+    def check(out, backend, algo):
+        e = relerr(out, r)
+        return None if 1e-6 < e <= 2e-3 else f"rel err {e:.2e} outside (1e-6, 2e-3]"
+    return check
+
+
 @pytest.mark.parametrize("case", [CONV[0], CONV[2], CONV[3], CONV[5], CONV[6]],
                          ids=lambda c: str(c[:7]))
 def test_tf32_conv_and_linear(case):
-    """TF32 tensor-core kernels: used only when allowed, within the design's TF32 tolerance."""
-    rng = np.random.default_rng(7)
-    x, w, b, kw = _conv_problem(rng, case)
-    r = ref.conv2d(x, w, b, **kw)
+    """TF32 tensor-core kernels: declined unless allowed; allowed, those supports() accepts
+    within the design's TF32 bound and really TF32, the others declined with their reason."""
+    x, w, b, gy, kw, r, _, _ = _conv_with_references(case)
     xd, wd, bd = (cupy.asarray(a.astype(np.float32)) for a in (x, w, b))
-    from convgpu.ops._registry import all_impls
-    algos = [i.algo for i in all_impls("conv2d") if i.backend == "cuda" and i.algo.endswith("tf32")]
+    algos = [a for be, a in device_algos("conv2d") if be == "cuda" and _is_tf32(a)]
     assert {"implicit_gemm_tf32", "implicit_gemm_pipelined_tf32", "fft_tf32"} <= set(algos)
     for algo in algos:
         with pytest.raises(ValueError, match="TF32 is not allowed"):
-            convgpu.conv2d(xd, wd, bd, **kw, algo=algo)
-        try:
-            y = convgpu.conv2d(xd, wd, bd, **kw, algo=algo, allow_tf32=True)
-        except ValueError as why:            # FFT: no dilation;
-            # Winograd: 3x3 at stride 1
-            assert algo.startswith(("fft", "winograd")) and "cannot serve" in str(why), (algo, why)
-            continue
-        e = relerr(y, r)
-        assert e <= 2e-3, (algo, e)
-        assert e > 1e-6, algo      # it really rounded to TF32 (FP32 lands near 1e-7)
+            convgpu.conv2d(xd, wd, bd, **kw, backend="cuda", algo=algo)
+    served, failures = run_planned(
+        "conv2d", lambda be, al: convgpu.conv2d(xd, wd, bd, **kw, backend=be, algo=al,
+                                                allow_tf32=True),
+        really_tf32(r), ("cuda",), expect_served=[("cuda", "implicit_gemm_tf32")], only=_is_tf32)
+    assert not failures, "\n".join(failures)
+    rng = np.random.default_rng(7)
     lx, lw, lb = _rand(rng, (300, 257)), _rand(rng, (130, 257)), _rand(rng, (130,))
-    yl = convgpu.linear(*(cupy.asarray(a.astype(np.float32)) for a in (lx, lw, lb)), allow_tf32=True)
-    assert relerr(yl, ref.linear(lx, lw, lb)) <= 2e-3
+    ld = [cupy.asarray(a.astype(np.float32)) for a in (lx, lw, lb)]
+    _, failures = run_planned(
+        "linear", lambda be, al: convgpu.linear(*ld, backend=be, algo=al, allow_tf32=True),
+        really_tf32(ref.linear(lx, lw, lb)), ("cuda",), expect_served=[("cuda", "gemm_tf32")],
+        only=_is_tf32)
+    assert not failures, "\n".join(failures)
 
 
 @pytest.mark.parametrize("case", CONV, ids=[str(c[:7]) for c in CONV])
 def test_tf32_backward_passes(case):
-    """Every TF32 input- and weight-gradient implementation (registry names ending in tf32)
-    within the design's TF32 tolerance, declined without allow_tf32, and really TF32."""
-    from convgpu.ops._registry import all_impls
-    rng = np.random.default_rng(11)
-    x, w, b, kw = _conv_problem(rng, case)
-    gy = _rand(rng, ref.conv2d(x, w, None, **kw).shape)
+    """Every TF32 input- and weight-gradient implementation (registry names ending in tf32):
+    declined without allow_tf32; allowed, those supports() accepts within the design's TF32
+    bound and really TF32, the others declined with their reason."""
+    x, w, b, gy, kw, _, gx_ref, gw_ref = _conv_with_references(case)
     xd, wd, gyd = (cupy.asarray(a.astype(np.float32)) for a in (x, w, gy))
     calls = {
         "conv2d_backward_input": (
             lambda al, t: convgpu.conv2d_backward_input(gyd, wd, x.shape, **kw, backend="cuda",
-                                                        algo=al, allow_tf32=t),
-            ref.conv2d_backward_input(gy, w, x.shape, **kw)),
+                                                        algo=al, allow_tf32=t), gx_ref),
         "conv2d_backward_weight": (
             lambda al, t: convgpu.conv2d_backward_weight(xd, gyd, w.shape, **kw, backend="cuda",
-                                                         algo=al, allow_tf32=t),
-            ref.conv2d_backward_weight(x, gy, w.shape, **kw)),
+                                                         algo=al, allow_tf32=t), gw_ref),
     }
     failures = []
     for op, (call, r) in calls.items():
-        algos = [i.algo for i in all_impls(op) if i.backend == "cuda" and i.algo.endswith("tf32")]
+        algos = [a for be, a in device_algos(op) if be == "cuda" and _is_tf32(a)]
         assert len(algos) >= 2, op
         for al in algos:
             with pytest.raises(ValueError, match="TF32 is not allowed"):
                 call(al, False)
-            try:
-                out = call(al, True)
-            except ValueError as why:        # FFT: no dilation;
-                # Winograd: 3x3 at stride 1
-                assert al.startswith(("fft", "winograd")) and "cannot serve" in str(why), (al, why)
-                continue
-            e = relerr(out, r)
-            if not 1e-6 < e <= 2e-3:
-                failures.append(f"{op} {al}: rel err {e:.2e}")
+        served, bad = run_planned(op, lambda be, al, c=call: c(al, True), really_tf32(r),
+                                  ("cuda",), expect_served=[("cuda", "implicit_gemm_tf32")],
+                                  only=_is_tf32)
+        failures += bad
     assert not failures, "\n".join(failures)
 
 
@@ -460,3 +622,20 @@ def test_adaptive_avg_pool_on_device(backend, shape, out, dtype):
     gx = convgpu.adaptive_avg_pool2d_backward(cupy.asarray(gy.astype(dtype)), shape,
                                               backend=backend)
     assert relerr(gx, ref.adaptive_avg_pool2d_backward(gy, shape)) <= tolerance("direct", dtype)
+
+
+def test_every_device_implementation_ran(request):
+    """Last in the module: every registered (op, backend, algo) on a device backend returned
+    at least once in this module (the check table, the conv cases, the edge cases, ...): an
+    implementation no test reached is unvalidated however green the rest is."""
+    mine = lambda item: item.path == request.path
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    deselected = [i for i in (reporter.stats.get("deselected", []) if reporter else [])
+                  if mine(i)]
+    selected = [i for i in request.session.items if mine(i)]
+    if deselected or request.config.option.keyword or STAND_IN or \
+            selected[-1].nodeid != request.node.nodeid:
+        pytest.skip("a partial run of the GPU tier: the coverage of implementations is "
+                    "judged on a full run")
+    missing = never_ran(RAN, DEVICE_BACKENDS)
+    assert not missing, "never ran on the device: " + ", ".join(missing)

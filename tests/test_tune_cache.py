@@ -193,7 +193,7 @@ def test_the_fallback_under_tmp_is_private(tmp_path, monkeypatch):
 
 def test_host_emulation_refuses_a_planted_build_folder_and_rebuilds_a_bad_entry(tmp_path,
                                                                               monkeypatch):
-    from convgpu import cuda_host
+    from convgpu.kernels.cuda.emulator import cuda_host
     if not cuda_host.available():
         pytest.skip(f"no {cuda_host.CXX}: the host emulation cannot build here")
     monkeypatch.setenv("CONVGPU_CACHE", str(tmp_path / "c"))

@@ -162,7 +162,7 @@ def algo_problems(model, in_channels, image_size, classes, algo, backend, on_dev
     """Why the conv algorithm family `algo` cannot serve every convolution of this network on
     this backend: one sentence per pass it cannot serve (empty: it can). The layers' input
     shapes come from a forward of two images through a NumPy copy of the network."""
-    from convgpu.ops import _args as A
+    from convgpu.core import args as A
     from convgpu.ops._registry import all_impls
     if algo == "auto":
         return []
