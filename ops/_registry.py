@@ -17,6 +17,7 @@ several support the call, each is timed once per problem and the fastest is cach
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -272,8 +273,7 @@ def autotune_cache() -> Dict[tuple, str]:
 
 def tune_cache_enabled() -> bool:
     """CONVGPU_TUNE_CACHE=off (or 0, no, false) keeps the tuning choices in memory only."""
-    return os.environ.get("CONVGPU_TUNE_CACHE", "on").strip().lower() not in (
-        "off", "0", "no", "false")
+    return env.tune_cache()
 
 
 def _library_version(name: str) -> Optional[str]:

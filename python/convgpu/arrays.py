@@ -191,7 +191,7 @@ def on_torch_stream(fn):
     ours (cupy's ExternalStream of torch.cuda.current_stream())."""
     @functools.wraps(fn)
     def op(*args, **kwargs):
-        if "torch" in sys.modules:
+        if sys.modules.get("torch") is not None:     # None: an import of torch was refused
             t = _first_torch_cuda(args, kwargs)
             if t is not None:
                 import cupy

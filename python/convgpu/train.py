@@ -412,7 +412,7 @@ def save_plots(result: Result, directory: str) -> List[str]:
 
 
 def _usage(message):
-    from convgpu.cli import UsageError
+    from convgpu.cliutil import UsageError
     return UsageError(message)
 
 
@@ -459,7 +459,7 @@ def _check_plotting(option: str, value) -> None:
 def _backend_for(option_value: str) -> str:
     """The backend a command runs on: refuses cuda without a GPU; numba without one runs in
     the CUDA simulator (NUMBA_ENABLE_CUDASIM=1 is set before Numba loads)."""
-    from convgpu.cli import _prepare_backends
+    from convgpu.cliutil import _prepare_backends
     gpus = _prepare_backends() if option_value in ("numba", "cuda", "auto") else 0
     if option_value == "cuda" and not gpus:
         raise _usage("argument --backend: cuda needs a CUDA GPU and none is visible; use "
@@ -477,7 +477,7 @@ def main_train(args) -> int:
     _check_output("--plots", args.plots, folder=True)
     _check_plotting("--plots", args.plots)
     from convgpu.ops._registry import simulator_enabled
-    from convgpu.cli import gpu_count
+    from convgpu.core.env import gpu_count
     gpus = gpu_count() if backend != "numpy" else 0
     simulated = backend == "numba" and not gpus and simulator_enabled()
     image = (28 if args.data else 8) * args.upsample
@@ -617,7 +617,7 @@ def main_predict(args) -> int:
 
 
 def add_arguments(p):
-    from convgpu.cli import _float_in, _int_at_least
+    from convgpu.cliutil import _float_in, _int_at_least
     inf = float("inf")
     p.add_argument("--epochs", type=_int_at_least(1), default=30, help="passes over the "
                    "training images")

@@ -18,7 +18,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from convgpu.arrays import xp_of
+from convgpu.arrays import DLPACK_CPU, kind_of, xp_of
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -157,7 +157,6 @@ def caller_contiguous(a) -> bool:
         return a.is_contiguous()
     flags = getattr(a, "flags", None)
     if flags is None and hasattr(a, "__dlpack__"):         # another DLPack producer: its view
-        from convgpu.arrays import DLPACK_CPU, kind_of
         if kind_of(a) == DLPACK_CPU:
             flags = np.from_dlpack(a).flags
         else:

@@ -10,6 +10,7 @@ SIMULATOR = "NUMBA_ENABLE_CUDASIM"   # Numba kernels run in Numba's CUDA simulat
 HOST_EMULATION = "CONVGPU_CUDA_HOST"  # CUDA C kernels run in the host emulation
 POISON = "CONVGPU_POISON"            # kernel outputs start as NaN (-1 for indices): tests
 DEV = "CONVGPU_DEV"                  # kernels/dev's candidate kernels may be named
+TUNE_CACHE = "CONVGPU_TUNE_CACHE"    # "off" (0, no, false): algo="auto" choices kept in memory
 
 
 def flag(name: str) -> bool:
@@ -30,6 +31,11 @@ def poison() -> bool:
 
 def dev() -> bool:
     return flag(DEV)
+
+
+def tune_cache() -> bool:
+    """On unless set to off, 0, no or false (the tuning cache on disk is the default)."""
+    return os.environ.get(TUNE_CACHE, "on").strip().lower() not in ("off", "0", "no", "false")
 
 
 def gpu_count() -> int:
