@@ -102,7 +102,7 @@ def test_bench_run_on_the_device_path_writes_the_method_and_provenance(tmp_path)
     """bench.run's device path (convgpu bench --shape on a GPU) with the stand-in as the
     device: the JSON names the method, the missing baseline and why, the source hash."""
     out = tmp_path / "b.json"
-    code = ("import json, convgpu.cli as c; c.gpu_count = lambda: 1; "
+    code = ("import json, convgpu.core.env as c; c.gpu_count = lambda: 1; "
             "from convgpu import bench; "
             "bench.ceilings = lambda t: {'copy_GBps': 1.0, 'fma_TFLOPs': 1.0, "
             "'sgemm_TFLOPs': 1.0}; "
@@ -125,7 +125,7 @@ def test_a_run_killed_mid_stage_keeps_the_shapes_it_measured(tmp_path):
     shape holds the shapes measured before the kill (here: the process ends hard in the
     second shape's timing)."""
     out = tmp_path / "b.json"
-    code = ("import os, convgpu.cli as c; c.gpu_count = lambda: 1; "
+    code = ("import os, convgpu.core.env as c; c.gpu_count = lambda: 1; "
             "from convgpu import bench; "
             "bench.ceilings = lambda t: {'copy_GBps': 1.0, 'fma_TFLOPs': 1.0, "
             "'sgemm_TFLOPs': 1.0}; "

@@ -355,7 +355,9 @@ def test_every_kernel_launches_on_the_current_stream():
                 failures.append(f"{prob.op} ({be}, {al}): rel err {e:.2e} (another stream?)")
             if STAND_IN:
                 wrong = {n for n, st in cupy.launches[start:] if st is not s}
-                if wrong or len(cupy.launches) == start:
+                # array_ops is CuPy's own array operations (no kernel of ours to record),
+                # which run on the current stream by CuPy's design
+                if wrong or (len(cupy.launches) == start and al != "array_ops"):
                     failures.append(f"{prob.op} ({be}, {al}): launched {sorted(wrong)} on "
                                     "another stream" if wrong else "no launch recorded")
             checked += 1
