@@ -24,11 +24,12 @@ if not cuda_host.available():
 
 import brute  # noqa: E402
 import convgpu  # noqa: E402
-from convgpu.check import tolerance  # noqa: E402
 from convgpu.ops._registry import all_impls  # noqa: E402
-from helpers import (ADAPTIVE_SMALL, AVGP_SMALL, CONV_SMALL, MAXP_SMALL, TOL,  # noqa: E402
-                     assert_close, assert_steps_agree, bn_net, check_empty_case, decoder_net,
-                     empty_cases, mobile_net, rand, res_net, shuffled_linspace, small_net, tf32_round,
+from helpers import (ADAPTIVE_EDGES, ADAPTIVE_SMALL, AVGP_EDGES, AVGP_SMALL,  # noqa: E402
+                     CONV_SMALL, MAXP_SMALL, SAME_EDGES, TOL, assert_bounded, assert_close,
+                     assert_conv_close, assert_steps_agree, bn_net, check_adaptive_edge,
+                     check_avg_pool_edge, check_empty_case, check_same_edge, decoder_net, empty_cases, mobile_net,
+                     rand, res_net, shuffled_linspace, small_net, tf32_round,
                      tf32_rounding_operands, training_step)
 
 
@@ -61,7 +62,8 @@ def both_orders(fn):
             outs.append(fn())
     a = outs[0]
     for b in outs[1:]:
-        for u, v in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
+        for u, v in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,),
+                        strict=True):
             np.testing.assert_array_equal(u, v, err_msg="result depends on thread/block order")
     return a
 
@@ -298,7 +300,7 @@ def test_tf32_rounding_is_to_nearest_ties_away():
     y = np.zeros(x.size, np.uint32)
     k((1,), (x.size,), (x, y))
     got = y & np.uint32(0xffffe000)
-    for (inp, want), g in zip(cases, got):
+    for (inp, want), g in zip(cases, got, strict=True):
         if want is None:
             assert np.isnan(np.uint32(g).view(np.float32)), (hex(inp), hex(g))
         else:
@@ -461,10 +463,6 @@ def _serves(algo, case):
     return True
 
 
-def _tol(algo, dtype):
-    return tolerance(algo, dtype)
-
-
 def _dtypes(algo):
     return [np.float32] if "tf32" in algo else [np.float32, np.float64]
 
@@ -483,7 +481,7 @@ def test_conv2d(rng, algo, case):
             continue
         y = both_orders(call)
         assert y.dtype == dt
-        assert_close(y, ref, _tol(algo, dt))
+        assert_conv_close(y, ref, "conv2d", algo, dt, x, w, bias=b, **kw)
         if "tf32" in algo:
             assert np.linalg.norm(y - ref) / np.linalg.norm(ref) > 1e-6   # really TF32
 
@@ -501,7 +499,7 @@ def test_conv2d_backward_input(rng, algo, case):
         gx = both_orders(lambda: convgpu.conv2d_backward_input(
             gy.astype(dt), w.astype(dt), x.shape, **kw, backend="cuda", algo=algo,
             allow_tf32="tf32" in algo))
-        assert_close(gx, ref, _tol(algo, dt))
+        assert_conv_close(gx, ref, "conv2d_backward_input", algo, dt, gy, w, x.shape, **kw)
 
 
 @pytest.mark.parametrize("algo, case", _algo_cases("conv2d_backward_weight"))
@@ -517,7 +515,7 @@ def test_conv2d_backward_weight(rng, algo, case):
         gw = both_orders(lambda: convgpu.conv2d_backward_weight(
             x.astype(dt), gy.astype(dt), w.shape, **kw, backend="cuda", algo=algo,
             allow_tf32="tf32" in algo))
-        assert_close(gw, ref, _tol(algo, dt))
+        assert_conv_close(gw, ref, "conv2d_backward_weight", algo, dt, x, gy, w.shape, **kw)
         if "tf32" in algo:
             assert np.linalg.norm(gw - ref) / np.linalg.norm(ref) > 1e-6     # really TF32
 
@@ -667,16 +665,17 @@ def test_winograd_grid_loops_and_split_tiles(rng, monkeypatch, algo, dtype):
     kw = dict(padding=(1, 0), groups=2)
     gy = rand(rng, (2, 8, 9, 5))
     c = lambda a: a.astype(dtype)
-    tol = tolerance(algo, dtype)
     run = dict(backend="cuda", algo=algo)
-    assert_close(both_orders(lambda: convgpu.conv2d(c(x), c(w), c(b), **kw, **run)),
-                 convgpu.conv2d(x, w, b, **kw), tol)
-    assert_close(both_orders(lambda: convgpu.conv2d_backward_input(c(gy), c(w), x.shape, **kw,
-                                                                   **run)),
-                 convgpu.conv2d_backward_input(gy, w, x.shape, **kw), tol)
-    assert_close(both_orders(lambda: convgpu.conv2d_backward_weight(c(x), c(gy), w.shape, **kw,
-                                                                    **run)),
-                 convgpu.conv2d_backward_weight(x, gy, w.shape, **kw), tol)
+    assert_conv_close(both_orders(lambda: convgpu.conv2d(c(x), c(w), c(b), **kw, **run)),
+                      convgpu.conv2d(x, w, b, **kw), "conv2d", algo, dtype, x, w, bias=b, **kw)
+    assert_conv_close(both_orders(lambda: convgpu.conv2d_backward_input(c(gy), c(w), x.shape,
+                                                                        **kw, **run)),
+                      convgpu.conv2d_backward_input(gy, w, x.shape, **kw),
+                      "conv2d_backward_input", algo, dtype, gy, w, x.shape, **kw)
+    assert_conv_close(both_orders(lambda: convgpu.conv2d_backward_weight(c(x), c(gy), w.shape,
+                                                                         **kw, **run)),
+                      convgpu.conv2d_backward_weight(x, gy, w.shape, **kw),
+                      "conv2d_backward_weight", algo, dtype, x, gy, w.shape, **kw)
 
 
 @pytest.mark.parametrize("variant", ["vec", "vec64", "tiled"])
@@ -707,13 +706,16 @@ def test_batched_gemm_algorithms_past_gridDim_z(rng, monkeypatch, algo):
     monkeypatch.setattr(cuda_ops, "MAX_GRID_YZ", 8)
     x, w, gy = rand(rng, (5, 4, 6, 5)), rand(rng, (4, 2, 3, 3)), rand(rng, (5, 4, 6, 5))
     kw = dict(padding=1, groups=2, backend="cuda", algo=algo)
-    tol = tolerance(algo, np.float64)
     ref = dict(padding=1, groups=2)
-    assert_close(convgpu.conv2d(x, w, **kw), convgpu.conv2d(x, w, **ref), tol)
-    assert_close(convgpu.conv2d_backward_input(gy, w, x.shape, **kw),
-                 convgpu.conv2d_backward_input(gy, w, x.shape, **ref), tol)
-    assert_close(convgpu.conv2d_backward_weight(x, gy, w.shape, **kw),
-                 convgpu.conv2d_backward_weight(x, gy, w.shape, **ref), tol)
+    f64 = np.float64
+    assert_conv_close(convgpu.conv2d(x, w, **kw), convgpu.conv2d(x, w, **ref), "conv2d", algo,
+                      f64, x, w, **ref)
+    assert_conv_close(convgpu.conv2d_backward_input(gy, w, x.shape, **kw),
+                      convgpu.conv2d_backward_input(gy, w, x.shape, **ref),
+                      "conv2d_backward_input", algo, f64, gy, w, x.shape, **ref)
+    assert_conv_close(convgpu.conv2d_backward_weight(x, gy, w.shape, **kw),
+                      convgpu.conv2d_backward_weight(x, gy, w.shape, **ref),
+                      "conv2d_backward_weight", algo, f64, x, gy, w.shape, **ref)
 
 
 def test_implicit_gemm_groups_past_the_grid_are_refused_and_splits_clamped(rng, monkeypatch):
@@ -760,7 +762,10 @@ def test_conv_transpose2d(rng, algo):
     y = both_orders(lambda: convgpu.conv_transpose2d(
         x.astype(np.float32), w.astype(np.float32), b.astype(np.float32), **kw,
         backend="cuda", algo=algo, allow_tf32="tf32" in algo))
-    assert_close(y, ref, _tol(algo, np.float32))
+    # the transposed conv is the conv's input gradient (x in gy's place) plus the bias
+    conv_kw = {k: v for k, v in kw.items() if k != "output_padding"}
+    assert_conv_close(y, ref, "conv2d_backward_input", algo, np.float32, x, w, ref.shape,
+                      bias=b, **conv_kw)
 
 
 @pytest.mark.parametrize("tf32", [False, True])
@@ -770,12 +775,20 @@ def test_gemm_tails_and_split_k(rng, ta, tb, tf32):
     batch, M, N, K = 2, 133, 70, 37
     A = rand(rng, (batch, K, M) if ta else (batch, M, K))
     B = rand(rng, (batch, N, K) if tb else (batch, K, N))
-    want = np.matmul(np.swapaxes(A, 1, 2) if ta else A, np.swapaxes(B, 1, 2) if tb else B)
+    want, mag = _gemm_want(A, B, ta, tb)
     for dt in ([np.float32] if tf32 else [np.float32, np.float64]):
         for splits in (1, 3):
             C = both_orders(lambda: cuda_ops.gemm(A.astype(dt), B.astype(dt), ta, tb,
                                                   splits=splits, tf32=tf32))
-            assert_close(C, want, 2e-3 if tf32 else TOL[dt])
+            assert_bounded(C, want, mag, K, "gemm_tf32" if tf32 else "gemm", dt)
+
+
+def _gemm_want(A, B, ta, tb):
+    """The float64 product of A and B (transposed as the GEMM is told) and the element-wise
+    bound's magnitude, |A| |B|."""
+    op = lambda M, t: np.swapaxes(M, 1, 2) if t else M                 # noqa: E731
+    A, B = np.asarray(A, np.float64), np.asarray(B, np.float64)
+    return np.matmul(op(A, ta), op(B, tb)), np.matmul(op(abs(A), ta), op(abs(B), tb))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -784,12 +797,14 @@ def test_linear_and_backward(rng, dtype, M, K, O):
     x, w, b = rand(rng, (M, K)), rand(rng, (O, K)), rand(rng, (O,))
     y = both_orders(lambda: convgpu.linear(x.astype(dtype), w.astype(dtype), b.astype(dtype),
                                            backend="cuda"))
-    assert_close(y, convgpu.linear(x, w, b), TOL[dtype])
+    assert_bounded(y, convgpu.linear(x, w, b), convgpu.linear(abs(x), abs(w), abs(b)), K,
+                   "gemm", dtype)
     gy = rand(rng, (M, O))
     got = both_orders(lambda: convgpu.linear_backward(gy.astype(dtype), x.astype(dtype),
                                                       w.astype(dtype), backend="cuda"))
-    for g, r in zip(got, convgpu.linear_backward(gy, x, w)):
-        assert_close(g, r, TOL[dtype])
+    mags = convgpu.linear_backward(abs(gy), abs(x), abs(w))
+    for g, r, m, n in zip(got, convgpu.linear_backward(gy, x, w), mags, (O, M, M), strict=True):
+        assert_bounded(g, r, m, n, "gemm", dtype)
 
 
 MAXP = MAXP_SMALL + [
@@ -1020,6 +1035,24 @@ def test_avg_pool2d_and_backward(rng, case, dtype, index_type):
     assert_close(gx, convgpu.avg_pool2d_backward(gy, x.shape, k, s, p, cm, cip, dov), TOL[dtype])
 
 
+# torch's answers at the corners of its semantics (helpers.AVGP_EDGES and the others)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", AVGP_EDGES)
+def test_avg_pool_divisor_edges_match_torch(rng, case, dtype):
+    check_avg_pool_edge(rng, "cuda", case, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", ADAPTIVE_EDGES)
+def test_adaptive_avg_pool_uneven_matches_torch(rng, case, dtype):
+    check_adaptive_edge(rng, "cuda", case, dtype)
+
+
+@pytest.mark.parametrize("case", SAME_EDGES)
+def test_padding_same_odd_total_matches_torch(rng, case):
+    check_same_edge(rng, "cuda", case)
+
+
 def test_every_name_expression_builds_and_is_found():
     from convgpu.kernels import _module
     for file, expr in _module.all_name_expressions():
@@ -1161,17 +1194,18 @@ def test_implicit_gemm_and_direct_on_random_geometries(seed):
     gy = rand(rng, y.shape)
     for algo in ("direct", "implicit_gemm", "winograd"):
         if _serves(algo, case):
-            assert_close(convgpu.conv2d(x, w, b, **kw, backend="cuda", algo=algo), y,
-                         _tol(algo, np.float64))
+            assert_conv_close(convgpu.conv2d(x, w, b, **kw, backend="cuda", algo=algo), y,
+                              "conv2d", algo, np.float64, x, w, bias=b, **kw)
     for algo in ("implicit_gemm", "winograd"):
         if _serves(algo, case):
-            assert_close(convgpu.conv2d_backward_input(gy, w, x.shape, **kw, backend="cuda",
-                                                       algo=algo),
-                         convgpu.conv2d_backward_input(gy, w, x.shape, **kw),
-                         _tol(algo, np.float64))
-    assert_close(convgpu.conv2d_backward_weight(x, gy, w.shape, **kw, backend="cuda",
-                                                algo="implicit_gemm"),
-                 convgpu.conv2d_backward_weight(x, gy, w.shape, **kw), TOL[np.float64])
+            assert_conv_close(convgpu.conv2d_backward_input(gy, w, x.shape, **kw,
+                                                            backend="cuda", algo=algo),
+                              convgpu.conv2d_backward_input(gy, w, x.shape, **kw),
+                              "conv2d_backward_input", algo, np.float64, gy, w, x.shape, **kw)
+    assert_conv_close(convgpu.conv2d_backward_weight(x, gy, w.shape, **kw, backend="cuda",
+                                                     algo="implicit_gemm"),
+                      convgpu.conv2d_backward_weight(x, gy, w.shape, **kw),
+                      "conv2d_backward_weight", "implicit_gemm", np.float64, x, gy, w.shape, **kw)
 
 
 def test_fma_peak_kernel_computes_its_chains():
@@ -1200,12 +1234,12 @@ def test_gemm_vec_tails_and_split_k(rng, ta, tb, variant, tf32):
     batch, M, N, K = 2, 132, 68, 36
     A = rand(rng, (batch, K, M) if ta else (batch, M, K)).astype(np.float32)
     B = rand(rng, (batch, N, K) if tb else (batch, K, N)).astype(np.float32)
-    want = np.matmul(np.swapaxes(A, 1, 2) if ta else A, np.swapaxes(B, 1, 2) if tb else B)
+    want, mag = _gemm_want(A, B, ta, tb)
     assert cuda_ops.vec_gemm_fits(A, B, ta, tb)
     for splits in (1, 2):
         C = both_orders(lambda: cuda_ops.gemm(A, B, ta, tb, splits=splits, tf32=tf32,
                                               variant=variant))
-        assert_close(C, want.astype(np.float64), 2e-3 if tf32 else TOL[np.float32])
+        assert_bounded(C, want, mag, K, "gemm_tf32" if tf32 else "gemm", np.float32)
         if tf32:
             assert np.linalg.norm(C - want) / np.linalg.norm(want) > 1e-6
 
@@ -1224,7 +1258,7 @@ def test_gemm_pipelined_tails_and_split_k(rng, ta, tb):
     for splits in (1, 3):
         C = both_orders(lambda: cuda_ops.gemm(A, B, ta, tb, splits=splits, tf32=True,
                                               variant="pipelined"))
-        assert_close(C, want.astype(np.float64), 2e-3)
+        assert_bounded(C, *_gemm_want(A, B, ta, tb), K, "gemm_tf32", np.float32)
         assert np.linalg.norm(C - want) / np.linalg.norm(want) > 1e-6     # really TF32
 
 
@@ -1284,7 +1318,8 @@ def test_conv2d_pipelined_vector_paths(rng, case, vectors, launched):
     y = both_orders(lambda: convgpu.conv2d(
         *(a.astype(np.float32) for a in (x, w, b)), **kw, backend="cuda",
         algo="implicit_gemm_pipelined_tf32", allow_tf32=True))
-    assert_close(y, ref, _tol("implicit_gemm_pipelined_tf32", np.float32))
+    assert_conv_close(y, ref, "conv2d", "implicit_gemm_pipelined_tf32", np.float32, x, w,
+                      bias=b, **kw)
     va, vb = vectors
     rows = 64 if case[4] // case[10] <= 64 else 128
     assert f"conv2d_implicit_gemm_pipelined<{str(va).lower()}, {str(vb).lower()}, {rows}>" in names
@@ -1306,13 +1341,15 @@ def test_pipelined_gradients_tile_rows(rng, case, launched):
     gx = both_orders(lambda: convgpu.conv2d_backward_input(
         gy32, w32, x.shape, **kw, backend="cuda", algo="implicit_gemm_pipelined_tf32",
         allow_tf32=True))
-    assert_close(gx, convgpu.conv2d_backward_input(gy, w, x.shape, **kw),
-                 _tol("implicit_gemm_pipelined_tf32", np.float32))
+    assert_conv_close(gx, convgpu.conv2d_backward_input(gy, w, x.shape, **kw),
+                      "conv2d_backward_input", "implicit_gemm_pipelined_tf32", np.float32, gy, w,
+                      x.shape, **kw)
     gw = both_orders(lambda: convgpu.conv2d_backward_weight(
         x32, gy32, w.shape, **kw, backend="cuda", algo="implicit_gemm_pipelined_tf32",
         allow_tf32=True))
-    assert_close(gw, convgpu.conv2d_backward_weight(x, gy, w.shape, **kw),
-                 _tol("implicit_gemm_pipelined_tf32", np.float32))
+    assert_conv_close(gw, convgpu.conv2d_backward_weight(x, gy, w.shape, **kw),
+                      "conv2d_backward_weight", "implicit_gemm_pipelined_tf32", np.float32, x,
+                      gy, w.shape, **kw)
     C, K, g = case[1], case[4], case[10]
     unit = "true" if case[7] == (1, 1) else "false"
     assert f"conv2d_dgrad_implicit_gemm_pipelined<{unit}, {64 if C // g <= 64 else 128}>" in names
@@ -1419,10 +1456,10 @@ def test_fused_optimiser_steps(rng, dtype):
         rp, rm, rv = R_adam(rp, g, rm, rv, step)
         rq, rb = R_sgd(rq, g, rb)
     for got in results:
-        for a, w in zip(got, (rp, rm, rv, rq, rb)):
+        for a, w in zip(got, (rp, rm, rv, rq, rb), strict=True):
             assert a.dtype == dtype
             assert_close(a, w, TOL[dtype])
-    for a, b in zip(results[0], results[-1]):
+    for a, b in zip(results[0], results[-1], strict=True):
         assert np.array_equal(a, b)
     p = p0.astype(dtype)
     convgpu.sgd_step(p, g.astype(dtype), lr=0.5, backend="cuda")     # no momentum buffer
