@@ -1,5 +1,8 @@
-"""Shared test helpers: random non-zero inputs, relative error, gradient checks."""
+"""Shared test helpers: random non-zero inputs, relative error, error bounds, gradient
+checks."""
 import numpy as np
+
+from convgpu import bounds
 
 # Tolerances of the design: ||out - ref|| / ||ref|| against the float64 reference.
 TOL = {np.float32: 1e-5, np.float64: 1e-12}
@@ -49,6 +52,36 @@ def relerr(out, ref):
 def assert_close(out, ref, tol):
     e = relerr(out, ref)
     assert e <= tol, f"relative error {e:.3e} > {tol:.1e}"
+
+
+def assert_conv_close(out, ref, op, algo, dtype, a, b, shape=None, bias=None, **conv_kw):
+    """A convolution's output against the float64 reference, by both checks of
+    docs/tolerances.md: norm-wise, ||out - ref|| / ||sum |a||b| || <= the design's tolerance
+    for (algo, dtype); element-wise, |out - ref| <= c u (sum over the reduction of |a||b|
+    + |bias|), c derived for the algorithm's family and reduction length (convgpu.bounds).
+    op: conv2d (a = x, b = w), conv2d_backward_input (a = gy, b = w, shape = x's shape) or
+    conv2d_backward_weight (a = x, b = gy, shape = w's shape); a, b, bias the float64 values
+    the reference was computed on."""
+    out = np.asarray(out)
+    assert out.shape == np.shape(ref), (out.shape, np.shape(ref))
+    assert np.all(np.isfinite(out)), "non-finite values in output (unwritten element?)"
+    norm, elem = bounds.conv_errors(out, ref, op, algo, dtype, a, b, shape, conv_kw, bias)
+    tol = bounds.tolerance(algo, dtype)
+    assert norm <= tol, f"{op} {algo}: norm-wise error {norm:.3e} > {tol:.1e}"
+    assert elem <= 1, (f"{op} {algo}: an element's error is {elem:.3g} times its bound "
+                       "(docs/tolerances.md)")
+
+
+def assert_bounded(out, ref, mag, n, algo, dtype):
+    """The same for a GEMM-shaped result: mag = the reference on absolute values (sum over
+    the reduction of |a||b|, + |bias|), n the reduction length."""
+    out = np.asarray(out)
+    assert out.shape == np.shape(ref), (out.shape, np.shape(ref))
+    assert np.all(np.isfinite(out)), "non-finite values in output (unwritten element?)"
+    norm, elem = bounds.gemm_errors(out, np.asarray(ref, np.float64), mag, n, algo, dtype)
+    tol = bounds.tolerance(algo, dtype)
+    assert norm <= tol, f"{algo}: norm-wise error {norm:.3e} > {tol:.1e}"
+    assert elem <= 1, f"{algo}: an element's error is {elem:.3g} times its bound"
 
 
 def directional_fd(f, x, v, eps=1e-6):
@@ -290,7 +323,7 @@ def check_empty_case(got, want, to_numpy=np.asarray):
     gots = got if isinstance(got, tuple) else (got,)
     wants = want if isinstance(want, tuple) else (want,)
     assert len(gots) == len(wants)
-    for g, w in zip(gots, wants):
+    for g, w in zip(gots, wants, strict=True):
         g = to_numpy(g)
         assert g.shape == np.shape(w) and g.dtype == np.asarray(w).dtype, (g.shape, g.dtype)
         np.testing.assert_array_equal(g, w)
@@ -362,3 +395,136 @@ def assert_batch_norm_close(got, want, dtype):
         assert got[k].dtype == dtype and got[k].shape == w.shape, (k, got[k].dtype, got[k].shape)
         e = relerr(got[k], w)
         assert e <= TOL[np.dtype(dtype).type], f"{k}: relative error {e:.3e}"
+
+
+# ----------------------------------------------------------------------------------------
+# torch as the oracle at the edges of its semantics, on every backend (the reference in
+# tests/test_torch_oracle.py, Numba in tests/sim, CUDA C in tests/test_cuda_host.py)
+
+# avg pooling: (input shape, kernel, stride, padding, ceil_mode, count_include_pad,
+# divisor_override) where the divisor rule has corners: a ceil-mode window running past
+# the input with no padding (torch divides by the part inside: 1 here, not k = 2), a ceil-
+# mode window running past the right padding (the include-pad divisor clipped to the
+# padded input), the same without counting the padding, non-square, and an override
+AVGP_EDGES = [
+    ((1, 2, 7, 10), 2, 3, 0, True, True, None),
+    ((1, 2, 6, 9), 3, 2, 1, True, True, None),
+    ((1, 2, 6, 9), 3, 2, 1, True, False, None),
+    ((2, 1, 8, 7), (3, 2), (2, 3), (1, 1), True, True, None),
+    ((1, 1, 5, 5), 4, 3, 2, True, True, None),
+    ((1, 2, 7, 10), 2, 3, 0, True, True, 3),
+]
+# adaptive average pooling where the sizes don't divide (overlapping, uneven windows), in
+# both directions, and more outputs than inputs
+ADAPTIVE_EDGES = [((1, 2, 7, 5), (3, 4)), ((2, 1, 10, 9), (4, 7)), ((1, 2, 5, 3), (7, 2))]
+# padding="same" with an odd total padding d (k - 1): torch pads the extra row/column at
+# the bottom/right. (x shape, w shape, dilation)
+SAME_EDGES = [((1, 2, 7, 6), (3, 2, 4, 2), (1, 1)),
+              ((2, 2, 6, 7), (2, 2, 2, 3), (1, 2))]
+
+
+def torch_avg_pool2d(x, gy, *args):
+    """F.avg_pool2d's output and input gradient (float64 autograd) for x, gy."""
+    import torch
+    xt = torch.from_numpy(np.asarray(x, np.float64)).requires_grad_()
+    yt = torch.nn.functional.avg_pool2d(xt, *args)
+    if gy is not None:
+        yt.backward(torch.from_numpy(np.asarray(gy, np.float64)))
+    return yt.detach().numpy(), None if gy is None else xt.grad.numpy()
+
+
+def torch_adaptive_avg_pool2d(x, gy, out):
+    import torch
+    xt = torch.from_numpy(np.asarray(x, np.float64)).requires_grad_()
+    yt = torch.nn.functional.adaptive_avg_pool2d(xt, out)
+    if gy is not None:
+        yt.backward(torch.from_numpy(np.asarray(gy, np.float64)))
+    return yt.detach().numpy(), None if gy is None else xt.grad.numpy()
+
+
+def torch_conv2d_same(x, w, b, dilation, gy=None):
+    """F.conv2d(padding="same")'s output and, given gy, its input and weight gradients."""
+    import warnings
+
+    import torch
+    xt, wt = (torch.from_numpy(np.asarray(a, np.float64)).requires_grad_() for a in (x, w))
+    bt = None if b is None else torch.from_numpy(np.asarray(b, np.float64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")     # "padding='same' ... may require a zero-padded copy"
+        yt = torch.nn.functional.conv2d(xt, wt, bt, padding="same", dilation=dilation)
+    if gy is None:
+        return yt.detach().numpy()
+    yt.backward(torch.from_numpy(np.asarray(gy, np.float64)))
+    return yt.detach().numpy(), xt.grad.numpy(), wt.grad.numpy()
+
+
+# every non-TF32 conv algorithm of each backend, for the padding="same" edges (one list per
+# op: forward, input gradient, weight gradient); FFT serves dilation 1 only
+SAME_ALGOS = {
+    "numpy": (("im2col", "fft"), ("col2im",), ("im2col",)),
+    "numba": (("direct", "direct_tiled", "im2col", "fft"), ("direct", "col2im", "fft"),
+              ("direct", "im2col", "fft")),
+    "cuda": (("implicit_gemm", "im2col", "direct", "fft"), ("implicit_gemm", "col2im", "fft"),
+             ("implicit_gemm", "im2col", "fft")),
+}
+
+
+def check_avg_pool_edge(rng, backend, case, dtype):
+    """avg_pool2d and its backward on `backend` against torch at a divisor corner, by the
+    element-wise bound of a sum of at most kh*kw terms (docs/tolerances.md)."""
+    import convgpu as cg
+    shape, *args = case
+    x = rand(rng, shape)
+    y_t, _ = torch_avg_pool2d(x, None, *args)
+    gy = rand(rng, y_t.shape)
+    y_t, gx_t = torch_avg_pool2d(x, gy, *args)
+    k = (args[0],) * 2 if isinstance(args[0], int) else args[0]
+    s = (args[1],) * 2 if isinstance(args[1], int) else args[1]
+    y = cg.avg_pool2d(x.astype(dtype), *args, backend=backend)
+    assert y.dtype == dtype
+    assert_bounded(y, y_t, torch_avg_pool2d(abs(x), None, *args)[0], k[0] * k[1], "direct",
+                   dtype)
+    gx = cg.avg_pool2d_backward(gy.astype(dtype), x.shape, *args, backend=backend)
+    covering = -(-k[0] // s[0]) * -(-k[1] // s[1])
+    assert_bounded(gx, gx_t, torch_avg_pool2d(abs(x), abs(gy), *args)[1], covering, "direct",
+                   dtype)
+
+
+def check_adaptive_edge(rng, backend, case, dtype):
+    import convgpu as cg
+    shape, out = case
+    x = rand(rng, shape)
+    y_t, _ = torch_adaptive_avg_pool2d(x, None, out)
+    gy = rand(rng, y_t.shape)
+    y_t, gx_t = torch_adaptive_avg_pool2d(x, gy, out)
+    # an adaptive window spans at most ceil(H / P) + 1 rows (and columns)
+    n = (-(-shape[-2] // y_t.shape[-2]) + 1) * (-(-shape[-1] // y_t.shape[-1]) + 1)
+    y = cg.adaptive_avg_pool2d(x.astype(dtype), out, backend=backend)
+    assert_bounded(y, y_t, torch_adaptive_avg_pool2d(abs(x), None, out)[0], n, "direct", dtype)
+    gx = cg.adaptive_avg_pool2d_backward(gy.astype(dtype), shape, backend=backend)
+    covering = (-(-y_t.shape[-2] // shape[-2]) + 1) * (-(-y_t.shape[-1] // shape[-1]) + 1)
+    assert_bounded(gx, gx_t, torch_adaptive_avg_pool2d(abs(x), abs(gy), out)[1], covering,
+                   "direct", dtype)
+
+
+def check_same_edge(rng, backend, case):
+    """padding="same" with an odd total: forward and both gradients, every algorithm of
+    SAME_ALGOS[backend] that serves the dilation, float64, against torch."""
+    import convgpu as cg
+    xs, ws, d = case
+    x, w, b = rand(rng, xs), rand(rng, ws), rand(rng, ws[:1])
+    gy = rand(rng, xs[:1] + ws[:1] + xs[2:])
+    y_t, gx_t, gw_t = torch_conv2d_same(x, w, b, d, gy)
+    fwd, bwd_in, bwd_w = (tuple(a for a in algos if d == (1, 1) or not a.startswith("fft"))
+                          for algos in SAME_ALGOS[backend])
+    kw = dict(padding="same", dilation=d, backend=backend)
+    for algo in fwd:
+        y = cg.conv2d(x, w, b, **kw, algo=algo)
+        assert y.shape == y_t.shape, (algo, y.shape)
+        assert_close(y, y_t, bounds.tolerance(algo, np.float64))
+    for algo in bwd_in:
+        assert_close(cg.conv2d_backward_input(gy, w, x.shape, **kw, algo=algo), gx_t,
+                     bounds.tolerance(algo, np.float64))
+    for algo in bwd_w:
+        assert_close(cg.conv2d_backward_weight(x, gy, w.shape, **kw, algo=algo), gw_t,
+                     bounds.tolerance(algo, np.float64))

@@ -4,6 +4,7 @@ answers an empty batch. The device backends run the same cases in test_cuda_host
 tests/sim (numba) and test_gpu.py (both, on the device)."""
 import numpy as np
 import pytest
+import torch
 
 import convgpu
 from helpers import check_empty_case, empty_cases, rand
@@ -20,7 +21,6 @@ def test_empty_problems_match_torch_shapes():
     """torch answers an empty batch the same way (it refuses most channel counts of 0, which
     are answered here as the empty sums they are), and a linear layer of no inputs with the
     bias."""
-    torch = pytest.importorskip("torch")
     F = torch.nn.functional
     rng = np.random.default_rng(1)
     t = lambda *s: torch.from_numpy(rand(rng, s))                 # noqa: E731

@@ -5,6 +5,7 @@ import itertools
 
 import numpy as np
 import pytest
+import torch
 
 import convgpu
 from helpers import (BN_SHAPES, assert_batch_norm_close, batch_norm_expected, batch_norm_inputs,
@@ -105,7 +106,6 @@ def test_unwritable_or_strided_running_estimates_are_refused(rng):
 
 
 def test_torch_cpu_running_estimates_are_updated_in_place(rng):
-    torch = pytest.importorskip("torch")
     x = torch.from_numpy(rand(rng, (4, 3, 5)))
     rm, rv = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
     y = convgpu.batch_norm(x, rm, rv, training=True)

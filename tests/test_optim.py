@@ -24,7 +24,7 @@ def test_adam_step_in_place_keeps_dtype_and_buffers(rng, dt):
                        v.astype(np.float64), 2, 0.1, 0.9, 0.999, 1e-8, 0.01)
     convgpu.adam_step(p, g, m, v, 2, lr=0.1, weight_decay=0.01)
     assert [a.__array_interface__["data"][0] for a in (p, m, v)] == ids
-    for got, w in zip((p, m, v), want):
+    for got, w in zip((p, m, v), want, strict=True):
         assert got.dtype == dt
         assert_close(got, w, 1e-6 if dt == np.float32 else 1e-12)
 
@@ -63,7 +63,7 @@ def test_optimiser_step_errors(rng, call, exc, words):
         call(p, g, m, v)
     for w in words:
         assert w in str(e.value), (w, str(e.value))
-    for a, b in zip((p, m, v), before):            # nothing was written
+    for a, b in zip((p, m, v), before, strict=True):            # nothing was written
         np.testing.assert_array_equal(a, b)
 
 

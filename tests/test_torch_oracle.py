@@ -1,27 +1,33 @@
 """torch as a second oracle for the semantics the contract borrows from it (output sizes,
 ceil_mode, count_include_pad, divisor_override, index layout, conv_transpose2d's
-output_padding), and torch CPU tensors in -> torch tensors out. Skipped where torch is not
-installed (it is not a dependency)."""
+output_padding), and torch CPU tensors in -> torch tensors out. Required: `make test`
+installs torch (the CPU build), so this oracle runs in every CI run. The edge cases of
+helpers.py (avg-pool divisors, adaptive pooling, padding="same") run here on the
+reference and in the simulator and host-emulation tiers on the kernels."""
 import itertools
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
+import convgpu
+from helpers import (ADAPTIVE_EDGES, AVGP_EDGES, SAME_EDGES, assert_close, check_adaptive_edge,
+                     check_avg_pool_edge, check_same_edge, rand)
+
 F = torch.nn.functional
 
-import convgpu  # noqa: E402
-from helpers import assert_close, rand  # noqa: E402
+
+def _k(k):
+    return (k, k) if isinstance(k, int) else k
 
 
+# the geometries torch accepts (padding at most half the (dilated) kernel)
 @pytest.mark.parametrize("k, s, p, d, ceil", [
     c for c in itertools.product([2, 3, (3, 2)], [1, 2, 3], [0, 1], [1, 2], [False, True])
+    if c[2] <= ((min(_k(c[0])) - 1) * c[3] + 1) // 2
 ])
 def test_max_pool_matches_torch(rng, k, s, p, d, ceil):
     x = rng.permutation(np.linspace(-1, 1, 2 * 3 * 11 * 10)).reshape(2, 3, 11, 10)
-    kk = (k, k) if isinstance(k, int) else k
-    if p > ((min(kk) - 1) * d + 1) // 2:
-        return
     try:
         y, i = convgpu.max_pool2d(x, k, s, p, d, ceil, return_indices=True)
     except ValueError as e:                  # our refusals: only the all-padding window
@@ -35,11 +41,9 @@ def test_max_pool_matches_torch(rng, k, s, p, d, ceil):
 @pytest.mark.parametrize("k, s, p, ceil, cip, dov", [
     c for c in itertools.product([2, 3, (3, 2)], [1, 2, 3], [0, 1], [False, True],
                                  [True, False], [None, 5])
+    if c[2] <= min(_k(c[0])) // 2
 ])
 def test_avg_pool_matches_torch(rng, k, s, p, ceil, cip, dov):
-    kk = (k, k) if isinstance(k, int) else k
-    if p > min(kk) // 2:
-        return
     x = rand(rng, (2, 3, 11, 10))
     y = convgpu.avg_pool2d(x, k, s, p, ceil, cip, dov)
     yt = F.avg_pool2d(torch.from_numpy(x), k, s, p, ceil, cip, dov)
@@ -183,3 +187,20 @@ def test_adaptive_avg_pool_matches_torch(rng, shape, out):
         gy = rand(rng, y.shape)
         yt.backward(torch.from_numpy(gy))
         assert_close(convgpu.adaptive_avg_pool2d_backward(gy, shape), xt.grad.numpy(), 1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", AVGP_EDGES)
+def test_avg_pool_divisor_edges_match_torch(rng, case, dtype):
+    check_avg_pool_edge(rng, "numpy", case, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", ADAPTIVE_EDGES)
+def test_adaptive_avg_pool_uneven_matches_torch(rng, case, dtype):
+    check_adaptive_edge(rng, "numpy", case, dtype)
+
+
+@pytest.mark.parametrize("case", SAME_EDGES)
+def test_padding_same_odd_total_matches_torch(rng, case):
+    check_same_edge(rng, "numpy", case)
