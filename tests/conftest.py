@@ -66,3 +66,24 @@ else:
     _hsettings.register_profile("ci", derandomize=True, database=None)
     _hsettings.register_profile("explore", derandomize=False, database=None)
     _hsettings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+# The backend switches are read when Numba is imported and on every dispatch: a test that
+# leaves one changed (an in-process CLI call sets them without a GPU) changes what every later
+# test in the process runs. Fail that test, naming the switch, instead of a later one.
+_SWITCHES = ("NUMBA_ENABLE_CUDASIM", "CONVGPU_CUDA_HOST")
+
+
+@pytest.fixture(autouse=True)
+def _switches_unchanged():
+    before = {k: os.environ.get(k) for k in _SWITCHES}
+    yield
+    after = {k: os.environ.get(k) for k in _SWITCHES}
+    for k in _SWITCHES:
+        if after[k] != before[k]:
+            if before[k] is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = before[k]
+    changed = {k: (before[k], after[k]) for k in _SWITCHES if after[k] != before[k]}
+    assert not changed, f"the test left backend switches changed (before, after): {changed}"

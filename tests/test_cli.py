@@ -159,6 +159,7 @@ def test_check_exits_non_zero_on_a_fail_and_reports_progress(monkeypatch, capsys
         progress("check [1/1] relu x(2, 3): 1 FAIL (0.0 s)")
         return [row("relu", "numpy", "reference", "float32", "FAIL", 1.0)]
     monkeypatch.setattr(check, "run_checks", fake)
+    monkeypatch.setattr(cli, "_prepare_backends", lambda *a, **k: 0)   # no switch set here
     assert cli.main(["check", "--ops", "relu"]) == 1
     out = capsys.readouterr()
     assert "check [1/1] relu" in out.err and "1 FAIL" in out.out
