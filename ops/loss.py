@@ -207,19 +207,40 @@ def softmax_cross_entropy_backward(logits, labels, weight=None, *, grad_output=N
     return bd.wrap(dispatch(op, args, backend, algo, bd.on_device, z, t, w, g))
 
 
-@on_torch_stream
-def softmax_cross_entropy_target_backward(logits, target, weight=None, *, grad_output=None,
-                                          reduction="mean", label_smoothing=0.0):
-    """Gradient of softmax_cross_entropy with respect to class-probability labels (target),
-    times grad_output: -(1 - label_smoothing) weight log softmax(logits) over the mean's N.
-    The reference's formulas on the arrays' own module (NumPy, or CuPy on the device): no
-    kernel of ours computes it."""
-    op = "softmax_cross_entropy_target_backward"
+def _soft_backward(op, fn, logits, target, weight, grad_output, reduction, label_smoothing):
+    """The reference's formulas on the arrays' own module (NumPy, or CuPy on the device) for
+    the gradients no kernel of ours computes: those with respect to soft targets and
+    weights."""
     bd, args, z, t, w, g = _validate(op, logits, target, weight, grad_output, -100,
                                      reduction, label_smoothing, False)
     if not args.soft:
         raise TypeError(f"{op}: target must be float class probabilities, got {t.dtype}")
-    if args.N == 0:
-        return bd.wrap(A.zeros(z, tuple(z.shape), z.dtype))
-    return bd.wrap(reference.softmax_cross_entropy_target_backward(
-        z, t, w, reduction=reduction, label_smoothing=args.label_smoothing, grad_output=g))
+    if args.N == 0:                  # no rows: zero gradients (torch's, and no 1 / 0)
+        like = t if fn is reference.softmax_cross_entropy_target_backward else w
+        return bd.wrap(A.zeros(z, tuple(like.shape), like.dtype))
+    out = fn(z, t, w, reduction=reduction, label_smoothing=args.label_smoothing,
+             grad_output=g)
+    return bd.wrap(out)
+
+
+@on_torch_stream
+def softmax_cross_entropy_target_backward(logits, target, weight=None, *, grad_output=None,
+                                          reduction="mean", label_smoothing=0.0):
+    """Gradient of softmax_cross_entropy with respect to class-probability labels (target),
+    times grad_output: -(1 - label_smoothing) weight log softmax(logits) over the mean's N."""
+    return _soft_backward("softmax_cross_entropy_target_backward",
+                          reference.softmax_cross_entropy_target_backward, logits, target,
+                          weight, grad_output, reduction, label_smoothing)
+
+
+@on_torch_stream
+def softmax_cross_entropy_weight_backward(logits, target, weight, *, grad_output=None,
+                                          reduction="mean", label_smoothing=0.0):
+    """Gradient of softmax_cross_entropy with respect to weight for class-probability
+    labels (target), times grad_output: -sum_i q'[i, c] log softmax(logits)[i, c] over the
+    mean's N (torch differentiates the weights only for probability targets)."""
+    if weight is None:
+        raise TypeError("softmax_cross_entropy_weight_backward: weight is required")
+    return _soft_backward("softmax_cross_entropy_weight_backward",
+                          reference.softmax_cross_entropy_weight_backward, logits, target,
+                          weight, grad_output, reduction, label_smoothing)

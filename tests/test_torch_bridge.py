@@ -212,16 +212,18 @@ def test_cross_entropy(gen, kw, shape):
 ])
 @pytest.mark.parametrize("shape", [(5, 4), (2, 4, 3), (4,)])
 def test_cross_entropy_probability_targets(gen, kw, shape):
-    """Soft targets: torch's values and gradients for the input and the target (torch's
-    mean divides by the rows, not the weights), then gradcheck of both. The targets are not
+    """Soft targets: torch's values and gradients for the input, the target and the weights
+    (torch's mean divides by the rows, not the weights), then gradcheck of all three. The targets are not
     normalised, so a wrong weighting of their sum shows."""
     kw = dict(kw)
     C = shape[1] if len(shape) > 1 else shape[0]
-    if kw.get("weight"):
-        kw["weight"] = torch.empty(C, dtype=D).uniform_(0.5, 2, generator=gen)
+    w = None
+    if kw.pop("weight", None):                  # torch differentiates it: so do we
+        w = torch.empty(C, dtype=D).uniform_(0.5, 2, generator=gen).requires_grad_()
     q = torch.empty(shape, dtype=D).uniform_(0.1, 1, generator=gen).requires_grad_()
-    against_torch(lambda z, q: CF.cross_entropy(z, q, **kw),
-                  lambda z, q: F.cross_entropy(z, q, **kw), (t(*shape, gen=gen), q), gen)
+    against_torch(lambda z, q, w: CF.cross_entropy(z, q, w, **kw),
+                  lambda z, q, w: F.cross_entropy(z, q, w, **kw), (t(*shape, gen=gen), q, w),
+                  gen)
 
 
 def test_cross_entropy_probability_targets_edges(gen):
@@ -261,6 +263,11 @@ def test_cross_entropy_legacy_and_refusals(gen):
         CF.cross_entropy(z, torch.tensor([0, 3, 1, 1]))
     with pytest.raises(ValueError, match="reduction"):
         CF.cross_entropy(z, y, reduction="avg")
+    w = torch.ones(3, dtype=D, requires_grad=True)     # torch refuses it too (RuntimeError)
+    with pytest.raises(ValueError, match="weight requiring grad is served with class-prob"):
+        CF.cross_entropy(z, y, w)
+    with torch.no_grad():
+        assert rel(CF.cross_entropy(z, y, w), F.cross_entropy(z, y, w)) <= TOL
 
 
 # ----------------------------------------------------------------------------------------

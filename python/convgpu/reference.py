@@ -450,6 +450,18 @@ def softmax_cross_entropy_target_backward(logits, target, weight=None, reduction
     return xp.ascontiguousarray(grad, dtype=target.dtype)
 
 
+def softmax_cross_entropy_weight_backward(logits, target, weight, reduction="mean",
+                                          label_smoothing=0.0, grad_output=None):
+    """d loss / d weight for class-probability targets, times grad_output: class c gets
+    -sum_i q'[i, c] log p[i, c] over the normaliser."""
+    n, c = logits.shape
+    xp, lp, q, _, norm = _soft_terms(logits, target, weight, reduction, label_smoothing)
+    scale = xp.full(n, -1.0 / norm)
+    if grad_output is not None:
+        scale = scale * grad_output.astype(np.float64)
+    return xp.ascontiguousarray((scale[:, None] * q * lp).sum(axis=0), dtype=weight.dtype)
+
+
 # ----------------------------------------------------------------------------------------
 # optimiser steps (the new values; the ops write them in place)
 

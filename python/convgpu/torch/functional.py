@@ -22,7 +22,8 @@ from torch.autograd.function import once_differentiable
 
 import convgpu.ops as O
 from convgpu.core import args as A
-from convgpu.ops.loss import softmax_cross_entropy_target_backward
+from convgpu.ops.loss import (softmax_cross_entropy_target_backward,
+                              softmax_cross_entropy_weight_backward)
 
 __all__ = ["conv2d", "conv_transpose2d", "max_pool2d", "max_pool2d_with_indices", "avg_pool2d",
            "adaptive_avg_pool2d", "global_avg_pool2d", "batch_norm", "linear", "relu",
@@ -397,11 +398,15 @@ class CrossEntropyFunction(torch.autograd.Function):
                 z, labels, weight, grad_output=gy.contiguous(), ignore_index=ignore_index,
                 reduction=reduction, label_smoothing=label_smoothing, backend=ctx.backend,
                 check_labels=False)
-        if _need(ctx, 1):            # class-probability targets only: index labels are ints
-            gt = softmax_cross_entropy_target_backward(
-                z, labels, weight, grad_output=gy.contiguous(), reduction=reduction,
-                label_smoothing=label_smoothing)
-        return gz, gt, None, None, None, None, None
+        # the target's and the weights' gradients: class-probability targets only (index
+        # labels are ints; cross_entropy refuses a weight requiring grad with them)
+        soft = dict(grad_output=gy.contiguous(), reduction=reduction,
+                    label_smoothing=label_smoothing)
+        gt = (softmax_cross_entropy_target_backward(z, labels, weight, **soft)
+              if _need(ctx, 1) else None)
+        gw = (softmax_cross_entropy_weight_backward(z, labels, weight, **soft)
+              if _need(ctx, 2) else None)
+        return gz, gt, gw, None, None, None, None
 
 
 def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
@@ -410,11 +415,15 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     (N, C, d1, ...) with class-index targets (N,), () or (N, d1, ...), or class-probability
     targets (floating point, the input's shape, mixed float dtypes promoted as torch;
     ignore_index must stay -100, the mean divides by the number of rows, and the target
-    gets a gradient when it requires one)."""
+    and the weights get gradients when they require them)."""
     op = "cross_entropy"
     if size_average is not None or reduce is not None:
         reduction = torch.nn._reduction.legacy_get_string(size_average, reduce)
     soft = target.is_floating_point()
+    if not soft and weight is not None and weight.requires_grad and torch.is_grad_enabled():
+        # as torch (RuntimeError there): weights are differentiated for probabilities only
+        raise ValueError(f"{op}: weight requiring grad is served with class-probability "
+                         "targets only; pass weight.detach() with class indices")
     if soft and tuple(target.shape) != tuple(input.shape):
         raise ValueError(f"{op}: class-probability target has shape {tuple(target.shape)} "
                          f"but must have the input's shape {tuple(input.shape)}")
