@@ -213,8 +213,8 @@ def test_cross_entropy(gen, kw, shape):
 @pytest.mark.parametrize("shape", [(5, 4), (2, 4, 3), (4,)])
 def test_cross_entropy_probability_targets(gen, kw, shape):
     """Soft targets: torch's values and gradients for the input, the target and the weights
-    (torch's mean divides by the rows, not the weights), then gradcheck of all three. The targets are not
-    normalised, so a wrong weighting of their sum shows."""
+    (torch's mean divides by the rows, not the weights), then gradcheck of all three. The
+    targets are not normalised, so a wrong weighting of their sum shows."""
     kw = dict(kw)
     C = shape[1] if len(shape) > 1 else shape[0]
     w = None
