@@ -1,5 +1,6 @@
 """Softmax cross-entropy as torch.nn.functional.cross_entropy over (N, classes) logits and
-class-index labels: per-class weight, ignore_index, reduction and label_smoothing.
+class-index labels or class probabilities: per-class weight, ignore_index (index labels
+only), reduction and label_smoothing.
 
 The device's row kernels (numba and cuda "rowwise") serve the plain mean loss; they decline
 the options through supports(), and the cuda backend's "array_ops" (the reference's
@@ -28,11 +29,12 @@ class XentArgs:
     weighted: bool
     ignore_index: Optional[int]     # None: no row is ignored in this call
     label_smoothing: float
+    soft: bool = False              # the labels are (N, C) class probabilities
 
     @property
     def plain(self) -> bool:
         return (self.reduction == "mean" and not self.weighted and self.ignore_index is None
-                and self.label_smoothing == 0.0)
+                and self.label_smoothing == 0.0 and not self.soft)
 
 
 def _ref_options(a):
@@ -51,6 +53,8 @@ def _np_xent_backward(a, z, t, w, g):
 def rowwise_supports(a):
     if a.plain:
         return None
+    if a.soft:
+        return "the row kernels take class-index labels, not class probabilities"
     return ("the row kernels compute the unweighted mean loss only (no weight, no ignored "
             "rows, label_smoothing 0, reduction 'mean')")
 
@@ -115,7 +119,14 @@ def _validate(op, logits, labels, weight, grad_output, ignore_index, reduction,
     n, c = z.shape
     if c == 0:
         raise ValueError(f"{op}: logits need at least one class, got shape {tuple(z.shape)}")
-    A.check_labels(op, t, n, c)
+    soft = t.dtype.kind == "f"
+    if soft:                         # class probabilities, one row per logits row
+        A.check_same_dtype(op, logits=z, labels=t)
+        if tuple(t.shape) != (n, c):
+            raise ValueError(f"{op}: class-probability labels must have the logits' shape "
+                             f"{(n, c)}, got {tuple(t.shape)}")
+    else:
+        A.check_labels(op, t, n, c)
     if w is not None:
         A.check_same_dtype(op, logits=z, weight=w)
         if tuple(w.shape) != (c,):
@@ -133,6 +144,11 @@ def _validate(op, logits, labels, weight, grad_output, ignore_index, reduction,
         if tuple(g.shape) != want and not (want == () and g.size == 1):
             raise ValueError(f"{op}: grad_output must have shape {want} (the loss's, "
                              f"reduction={reduction!r}), got {tuple(g.shape)}")
+    if soft:                         # torch refuses ignore_index with probabilities
+        if ignore_index != -100:
+            raise ValueError(f"{op}: ignore_index is not supported for class-probability "
+                             f"labels (got {ignore_index}; leave it -100)")
+        return bd, XentArgs(n, c, reduction, w is not None, None, eps, True), z, t, w, g
     ignore = int(ignore_index)
     in_range = 0 <= ignore < c
     if check_labels and t.size:
@@ -157,11 +173,15 @@ def softmax_cross_entropy(logits, labels, weight=None, *, ignore_index=-100, red
                           label_smoothing=0.0, algo="auto", backend="auto", check_labels=True):
     """torch.nn.functional.cross_entropy of (N, classes) logits and int labels: the mean (or
     sum, or per row with reduction="none") of -log softmax(logits)[label], with torch's
-    per-class weight, ignore_index and label_smoothing. Labels outside [0, classes) other
-    than ignore_index raise ValueError; check_labels=False skips that test (and its wait for
-    the device) for labels known to lie in [0, classes). algo: "rowwise" (the plain mean
-    loss) or "array_ops" (the cuda backend, for the options); "auto" picks the one that
-    serves the call."""
+    per-class weight, ignore_index and label_smoothing. Float labels of the logits' shape
+    and dtype are class probabilities q (torch's soft targets): the row loss is
+    -sum_c weight[c] q'[c] log softmax(logits)[c] (q' = q mixed with the uniform
+    distribution by label_smoothing), "mean" divides by N, ignore_index must be left -100
+    (as torch). Labels outside [0, classes) other than ignore_index raise ValueError;
+    check_labels=False skips that test (and its wait for the device) for labels known to
+    lie in [0, classes). algo: "rowwise" (the plain mean loss) or "array_ops" (the cuda
+    backend, for the options and class probabilities); "auto" picks the one that serves
+    the call."""
     op = "softmax_cross_entropy"
     bd, args, z, t, w, _ = _validate(op, logits, labels, weight, None, ignore_index, reduction,
                                      label_smoothing, check_labels)
@@ -185,3 +205,42 @@ def softmax_cross_entropy_backward(logits, labels, weight=None, *, grad_output=N
     if args.N == 0:
         return bd.wrap(A.zeros(z, tuple(z.shape), z.dtype))
     return bd.wrap(dispatch(op, args, backend, algo, bd.on_device, z, t, w, g))
+
+
+def _soft_backward(op, fn, logits, target, weight, grad_output, reduction, label_smoothing):
+    """The reference's formulas on the arrays' own module (NumPy, or CuPy on the device) for
+    the gradients no kernel of ours computes: those with respect to soft targets and
+    weights."""
+    bd, args, z, t, w, g = _validate(op, logits, target, weight, grad_output, -100,
+                                     reduction, label_smoothing, False)
+    if not args.soft:
+        raise TypeError(f"{op}: target must be float class probabilities, got {t.dtype}")
+    if args.N == 0:                  # no rows: zero gradients (torch's, and no 1 / 0)
+        like = t if fn is reference.softmax_cross_entropy_target_backward else w
+        return bd.wrap(A.zeros(z, tuple(like.shape), like.dtype))
+    out = fn(z, t, w, reduction=reduction, label_smoothing=args.label_smoothing,
+             grad_output=g)
+    return bd.wrap(out)
+
+
+@on_torch_stream
+def softmax_cross_entropy_target_backward(logits, target, weight=None, *, grad_output=None,
+                                          reduction="mean", label_smoothing=0.0):
+    """Gradient of softmax_cross_entropy with respect to class-probability labels (target),
+    times grad_output: -(1 - label_smoothing) weight log softmax(logits) over the mean's N."""
+    return _soft_backward("softmax_cross_entropy_target_backward",
+                          reference.softmax_cross_entropy_target_backward, logits, target,
+                          weight, grad_output, reduction, label_smoothing)
+
+
+@on_torch_stream
+def softmax_cross_entropy_weight_backward(logits, target, weight, *, grad_output=None,
+                                          reduction="mean", label_smoothing=0.0):
+    """Gradient of softmax_cross_entropy with respect to weight for class-probability
+    labels (target), times grad_output: -sum_i q'[i, c] log softmax(logits)[i, c] over the
+    mean's N (torch differentiates the weights only for probability targets)."""
+    if weight is None:
+        raise TypeError("softmax_cross_entropy_weight_backward: weight is required")
+    return _soft_backward("softmax_cross_entropy_weight_backward",
+                          reference.softmax_cross_entropy_weight_backward, logits, target,
+                          weight, grad_output, reduction, label_smoothing)

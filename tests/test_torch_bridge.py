@@ -204,17 +204,70 @@ def test_cross_entropy(gen, kw, shape):
                   (t(*shape, gen=gen),), gen)
 
 
+@pytest.mark.parametrize("kw", [
+    {}, {"reduction": "sum"}, {"reduction": "none"}, {"weight": True},
+    {"label_smoothing": 0.3}, {"weight": True, "label_smoothing": 0.2, "reduction": "sum"},
+    {"weight": True, "label_smoothing": 0.1, "reduction": "none"},
+    {"weight": True, "reduction": "mean"},
+])
+@pytest.mark.parametrize("shape", [(5, 4), (2, 4, 3), (4,)])
+def test_cross_entropy_probability_targets(gen, kw, shape):
+    """Soft targets: torch's values and gradients for the input, the target and the weights
+    (torch's mean divides by the rows, not the weights), then gradcheck of all three. The
+    targets are not normalised, so a wrong weighting of their sum shows."""
+    kw = dict(kw)
+    C = shape[1] if len(shape) > 1 else shape[0]
+    w = None
+    if kw.pop("weight", None):                  # torch differentiates it: so do we
+        w = torch.empty(C, dtype=D).uniform_(0.5, 2, generator=gen).requires_grad_()
+    q = torch.empty(shape, dtype=D).uniform_(0.1, 1, generator=gen).requires_grad_()
+    against_torch(lambda z, q, w: CF.cross_entropy(z, q, w, **kw),
+                  lambda z, q, w: F.cross_entropy(z, q, w, **kw), (t(*shape, gen=gen), q, w),
+                  gen)
+
+
+def test_cross_entropy_probability_targets_edges(gen):
+    z = t(4, 3, gen=gen)
+    q = torch.empty(4, 3, dtype=D).uniform_(0, 1, generator=gen)
+    # torch promotes mixed float dtypes; the gradients come back in each input's dtype
+    z32, q64 = z.detach().float().requires_grad_(), q.clone().requires_grad_()
+    out = CF.cross_entropy(z32, q64)
+    ref = F.cross_entropy(z32, q64)
+    assert out.dtype == ref.dtype == D and rel(out, ref) <= 1e-6        # torch: float32 log
+    gz, gq = torch.autograd.grad(out, (z32, q64))
+    rz, rq = torch.autograd.grad(ref, (z32, q64))
+    assert gz.dtype == torch.float32 and gq.dtype == D
+    assert rel(gz, rz) <= 1e-5 and rel(gq, rq) <= 1e-6
+    for reduction in ("mean", "sum", "none"):              # no rows: NaN mean, as torch
+        out = CF.cross_entropy(z[:0], q[:0], reduction=reduction)
+        ref = F.cross_entropy(z[:0], q[:0], reduction=reduction)
+        assert out.shape == ref.shape and torch.equal(out.isnan(), ref.isnan())
+        assert torch.allclose(out, ref, equal_nan=True)
+    with pytest.raises(ValueError, match="ignore_index is not supported"):   # torch refuses
+        CF.cross_entropy(z, q, ignore_index=1)
+    with pytest.raises(ValueError, match=r"input's shape \(4, 3\)"):
+        CF.cross_entropy(z, q[:, :2])
+    with pytest.raises(TypeError, match="float32 or float64, got float16"):
+        CF.cross_entropy(z.detach().half(), q.half())
+    m = ct.CrossEntropyLoss(weight=torch.ones(3, dtype=D), label_smoothing=0.1)
+    ref = nn.CrossEntropyLoss(weight=torch.ones(3, dtype=D), label_smoothing=0.1)
+    assert rel(m(z, q), ref(z, q)) <= TOL
+
+
 def test_cross_entropy_legacy_and_refusals(gen):
     z, y = t(4, 3, gen=gen), torch.tensor([0, 2, 1, 1])
     with pytest.warns(UserWarning, match="size_average and reduce args will be deprecated"):
         legacy = CF.cross_entropy(z, y, size_average=False)            # torch's own warning
     assert rel(legacy, F.cross_entropy(z, y, reduction="sum")) <= TOL
-    with pytest.raises(ValueError, match="class-probability targets"):
-        CF.cross_entropy(z, torch.full((4, 3), 1 / 3, dtype=D))
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
         CF.cross_entropy(z, torch.tensor([0, 3, 1, 1]))
     with pytest.raises(ValueError, match="reduction"):
         CF.cross_entropy(z, y, reduction="avg")
+    w = torch.ones(3, dtype=D, requires_grad=True)     # torch refuses it too (RuntimeError)
+    with pytest.raises(ValueError, match="weight requiring grad is served with class-prob"):
+        CF.cross_entropy(z, y, w)
+    with torch.no_grad():
+        assert rel(CF.cross_entropy(z, y, w), F.cross_entropy(z, y, w)) <= TOL
 
 
 # ----------------------------------------------------------------------------------------

@@ -97,6 +97,13 @@ def test_batch_norm_linear_relu_cross_entropy():
     check(lambda z, **kw: CF.cross_entropy(z, y, **kw), t(4, 3))
     check(lambda z, **kw: CF.cross_entropy(z, y, t(3).abs(), label_smoothing=0.2,
                                            ignore_index=0, **kw), t(4, 3))
+    q = t(4, 3, seed=3).abs()                 # class probabilities (soft targets)
+    check(lambda z, q, w, **kw: CF.cross_entropy(z, q, w, label_smoothing=0.2, **kw),
+          t(4, 3), q, t(3).abs())
+    import convgpu
+    with pytest.raises(ValueError, match="class-index labels, not class probabilities"):
+        convgpu.softmax_cross_entropy(t(4, 3).numpy(), q.detach().numpy(), backend="cuda",
+                                      algo="rowwise")
 
 
 def test_converted_resnet_step():

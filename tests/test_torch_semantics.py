@@ -97,6 +97,32 @@ def test_cross_entropy_options_and_empty_batch(r):
     both("cross_entropy", z, torch.full((5,), -100))                 # every row ignored: NaN
 
 
+def test_cross_entropy_probability_targets(r):
+    """Soft targets (float, the logits' shape): torch's values through the plain op and the
+    bridge, for every reduction, weight and label smoothing, and empty batches; the spatial
+    and unbatched forms through the bridge (the plain op takes (N, classes))."""
+    g = torch.Generator().manual_seed(2)
+    q = torch.rand((5, 4), dtype=D, generator=g)
+    z, w = r(5, 4), r(4).abs() + 0.5
+    for kw in ({}, {"weight": w}, {"reduction": "sum"}, {"reduction": "none", "weight": w},
+               {"label_smoothing": 0.25}, {"label_smoothing": 0.25, "weight": w},
+               {"label_smoothing": 1.0, "reduction": "none"}):
+        both("cross_entropy", z, q, **kw)
+        both("cross_entropy", z, q.softmax(1), **kw)
+    for reduction in ("mean", "sum", "none"):
+        both("cross_entropy", r(0, 4), q[:0], reduction=reduction)
+    for shape in [(4,), (2, 4, 3), (2, 4, 2, 3)]:
+        zz, qq = r(*shape), torch.rand(shape, dtype=D, generator=g)
+        for kw in ({}, {"reduction": "none", "weight": w}, {"label_smoothing": 0.1}):
+            same(CF.cross_entropy(zz, qq, **kw), F.cross_entropy(zz, qq, **kw))
+    with pytest.raises(ValueError, match="ignore_index is not supported"):   # torch refuses
+        convgpu.softmax_cross_entropy(z, q, ignore_index=0)
+    with pytest.raises(ValueError, match=r"logits' shape \(5, 4\), got \(5, 3\)"):
+        convgpu.softmax_cross_entropy(z, q[:, :3])
+    with pytest.raises(TypeError, match="labels is float32 but logits is float64"):
+        convgpu.softmax_cross_entropy(z.numpy(), q.float().numpy())
+
+
 # ----------------------------------------------------------------------------------------
 # sweeps over the signatures
 

@@ -355,14 +355,42 @@ def _xent_terms(logits, labels, weight, ignore_index, reduction):
     return xp, lp, t, wc, wt, keep, norm
 
 
+def _soft_terms(logits, target, weight, reduction, label_smoothing):
+    """For class-probability targets: log softmax in float64, the smoothed target
+    (1 - eps) q + eps / C, the per-class weights and the mean's normaliser (torch: the row
+    count, whatever the weights)."""
+    xp = _array_module(logits)
+    n, c = logits.shape
+    lp = _log_softmax(logits.astype(np.float64))
+    q = target.astype(np.float64)
+    if label_smoothing:
+        q = (1 - label_smoothing) * q + label_smoothing / c
+    wc = xp.ones(c) if weight is None else weight.astype(np.float64)
+    norm = n if reduction == "mean" else 1.0
+    return xp, lp, q, wc, norm
+
+
+def _is_soft(labels):
+    return labels.dtype.kind == "f"
+
+
 def softmax_cross_entropy(logits, labels, weight=None, ignore_index=-100, reduction="mean",
                           label_smoothing=0.0):
     """F.cross_entropy of (N, C) logits and class-index labels: row i's loss is
     (1 - eps) w[y_i] (-log p[i, y_i]) + eps / C sum_c w[c] (-log p[i, c]), zero where
     y_i == ignore_index; "mean" divides by the kept rows' summed w[y_i] (their count when
     unweighted; NaN when every row is ignored, as torch), "sum" adds, "none" returns the
-    rows."""
+    rows. Float labels of the logits' shape are class probabilities q: row i's loss is
+    -sum_c w[c] q'[i, c] log p[i, c] with q' = (1 - eps) q + eps / C, ignore_index does not
+    apply and "mean" divides by N."""
     n, c = logits.shape
+    if _is_soft(labels):
+        xp, lp, q, wc, norm = _soft_terms(logits, labels, weight, reduction, label_smoothing)
+        rows = -(lp * q * wc[None, :]).sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            if reduction != "none":
+                rows = rows.sum() / norm
+        return xp.asarray(rows, dtype=logits.dtype)
     xp, lp, t, wc, wt, keep, norm = _xent_terms(logits, labels, weight, ignore_index,
                                                 reduction)
     rows = -lp[xp.arange(n), t] * wt
@@ -381,8 +409,18 @@ def softmax_cross_entropy_backward(logits, labels, weight=None, ignore_index=-10
                                    reduction="mean", label_smoothing=0.0, grad_output=None):
     """d loss / d logits, times grad_output (a scalar, or per row for reduction="none"):
     row i gets (1 - eps) a_i (p_i - onehot(y_i)) + eps / C b_i (sum(w) p_i - w), with
-    a_i = w[y_i] and b_i = 1 on kept rows (0 on ignored ones) over the normalisers."""
+    a_i = w[y_i] and b_i = 1 on kept rows (0 on ignored ones) over the normalisers. For
+    class probabilities q: row i gets (sum_c w[c] q'[i, c]) p_i - w q'_i over the
+    normaliser."""
     n, c = logits.shape
+    if _is_soft(labels):
+        xp, lp, q, wc, norm = _soft_terms(logits, labels, weight, reduction, label_smoothing)
+        wq = q * wc[None, :]
+        scale = xp.full(n, 1.0 / norm)
+        if grad_output is not None:
+            scale = scale * grad_output.astype(np.float64)
+        grad = scale[:, None] * (wq.sum(axis=1)[:, None] * xp.exp(lp) - wq)
+        return xp.ascontiguousarray(grad, dtype=logits.dtype)
     xp, lp, t, wc, wt, keep, norm = _xent_terms(logits, labels, weight, ignore_index,
                                                 reduction)
     p = xp.exp(lp)
@@ -397,6 +435,31 @@ def softmax_cross_entropy_backward(logits, labels, weight=None, ignore_index=-10
     if label_smoothing:
         grad += b[:, None] * (wc.sum() * p - wc[None, :])
     return xp.ascontiguousarray(grad, dtype=logits.dtype)
+
+
+def softmax_cross_entropy_target_backward(logits, target, weight=None, reduction="mean",
+                                          label_smoothing=0.0, grad_output=None):
+    """d loss / d target for class-probability targets, times grad_output: row i gets
+    -(1 - eps) w log p_i over the normaliser."""
+    n, c = logits.shape
+    xp, lp, _, wc, norm = _soft_terms(logits, target, weight, reduction, label_smoothing)
+    scale = xp.full(n, -(1 - label_smoothing) / norm)
+    if grad_output is not None:
+        scale = scale * grad_output.astype(np.float64)
+    grad = scale[:, None] * wc[None, :] * lp
+    return xp.ascontiguousarray(grad, dtype=target.dtype)
+
+
+def softmax_cross_entropy_weight_backward(logits, target, weight, reduction="mean",
+                                          label_smoothing=0.0, grad_output=None):
+    """d loss / d weight for class-probability targets, times grad_output: class c gets
+    -sum_i q'[i, c] log p[i, c] over the normaliser."""
+    n, c = logits.shape
+    xp, lp, q, _, norm = _soft_terms(logits, target, weight, reduction, label_smoothing)
+    scale = xp.full(n, -1.0 / norm)
+    if grad_output is not None:
+        scale = scale * grad_output.astype(np.float64)
+    return xp.ascontiguousarray((scale[:, None] * q * lp).sum(axis=0), dtype=weight.dtype)
 
 
 # ----------------------------------------------------------------------------------------

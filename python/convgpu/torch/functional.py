@@ -22,6 +22,8 @@ from torch.autograd.function import once_differentiable
 
 import convgpu.ops as O
 from convgpu.core import args as A
+from convgpu.ops.loss import (softmax_cross_entropy_target_backward,
+                              softmax_cross_entropy_weight_backward)
 
 __all__ = ["conv2d", "conv_transpose2d", "max_pool2d", "max_pool2d_with_indices", "avg_pool2d",
            "adaptive_avg_pool2d", "global_avg_pool2d", "batch_norm", "linear", "relu",
@@ -390,37 +392,59 @@ class CrossEntropyFunction(torch.autograd.Function):
     def backward(ctx, gy):
         z, labels, weight = ctx.saved_tensors
         ignore_index, reduction, label_smoothing = ctx.options
-        gz = O.softmax_cross_entropy_backward(
-            z, labels, weight, grad_output=gy.contiguous(), ignore_index=ignore_index,
-            reduction=reduction, label_smoothing=label_smoothing, backend=ctx.backend,
-            check_labels=False)
-        return gz, None, None, None, None, None, None
+        gz = gt = None
+        if _need(ctx, 0):
+            gz = O.softmax_cross_entropy_backward(
+                z, labels, weight, grad_output=gy.contiguous(), ignore_index=ignore_index,
+                reduction=reduction, label_smoothing=label_smoothing, backend=ctx.backend,
+                check_labels=False)
+        # the target's and the weights' gradients: class-probability targets only (index
+        # labels are ints; cross_entropy refuses a weight requiring grad with them)
+        soft = dict(grad_output=gy.contiguous(), reduction=reduction,
+                    label_smoothing=label_smoothing)
+        gt = (softmax_cross_entropy_target_backward(z, labels, weight, **soft)
+              if _need(ctx, 1) else None)
+        gw = (softmax_cross_entropy_weight_backward(z, labels, weight, **soft)
+              if _need(ctx, 2) else None)
+        return gz, gt, gw, None, None, None, None
 
 
 def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
                   reduction="mean", label_smoothing=0.0, *, backend="auto"):
-    """torch.nn.functional.cross_entropy on our kernels for class-index targets: input (N, C),
-    (C,) or (N, C, d1, ...) with target (N,), () or (N, d1, ...). Class-probability targets
-    (a float target shaped like the input) are not served: ValueError."""
+    """torch.nn.functional.cross_entropy on our kernels: input (N, C), (C,) or
+    (N, C, d1, ...) with class-index targets (N,), () or (N, d1, ...), or class-probability
+    targets (floating point, the input's shape, mixed float dtypes promoted as torch;
+    ignore_index must stay -100, the mean divides by the number of rows, and the target
+    and the weights get gradients when they require them)."""
     op = "cross_entropy"
     if size_average is not None or reduce is not None:
         reduction = torch.nn._reduction.legacy_get_string(size_average, reduce)
-    if target.is_floating_point():
-        raise ValueError(f"{op}: class-probability targets ({target.dtype}) are not served; "
-                         "pass class indices (an integer tensor)")
+    soft = target.is_floating_point()
+    if not soft and weight is not None and weight.requires_grad and torch.is_grad_enabled():
+        # as torch (RuntimeError there): weights are differentiated for probabilities only
+        raise ValueError(f"{op}: weight requiring grad is served with class-probability "
+                         "targets only; pass weight.detach() with class indices")
+    if soft and tuple(target.shape) != tuple(input.shape):
+        raise ValueError(f"{op}: class-probability target has shape {tuple(target.shape)} "
+                         f"but must have the input's shape {tuple(input.shape)}")
+    if soft and target.dtype != input.dtype:      # torch promotes: float32 with float64 -> 64
+        dtype = torch.promote_types(input.dtype, target.dtype)
+        input, target = input.to(dtype), target.to(dtype)
     if input.dim() == 1:                          # one unbatched row
-        out = cross_entropy(input[None], target.reshape(1), weight, None, ignore_index, None,
-                            reduction, label_smoothing, backend=backend)
+        out = cross_entropy(input[None], target[None] if soft else target.reshape(1), weight,
+                            None, ignore_index, None, reduction, label_smoothing,
+                            backend=backend)
         return out.reshape(()) if reduction == "none" else out
     if input.dim() > 2:                           # (N, C, d1, ...): one row per position
         want = (input.shape[0],) + tuple(input.shape[2:])
-        if tuple(target.shape) != want:
+        if not soft and tuple(target.shape) != want:
             raise ValueError(f"{op}: target has shape {tuple(target.shape)} but input "
                              f"{tuple(input.shape)} needs {want}")
         C = input.shape[1]
         rows = input.movedim(1, -1).reshape(-1, C)
-        out = cross_entropy(rows, target.reshape(-1), weight, None, ignore_index, None,
+        t = target.movedim(1, -1).reshape(-1, C) if soft else target.reshape(-1)
+        out = cross_entropy(rows, t, weight, None, ignore_index, None,
                             reduction, label_smoothing, backend=backend)
-        return out.reshape(target.shape) if reduction == "none" else out
+        return out.reshape(want) if reduction == "none" else out
     return _run(CrossEntropyFunction, input, target, weight,
                 rest=(ignore_index, reduction, label_smoothing, backend))
