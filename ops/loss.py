@@ -120,6 +120,10 @@ def _validate(op, logits, labels, weight, grad_output, ignore_index, reduction,
     if c == 0:
         raise ValueError(f"{op}: logits need at least one class, got shape {tuple(z.shape)}")
     soft = t.dtype.kind == "f"
+    if soft and t.ndim == 1:         # as torch: not the logits' shape, so meant as indices
+        raise TypeError(f"{op}: labels of shape {tuple(t.shape)} are class indices and must be "
+                        f"integers, got {t.dtype} (class probabilities take the logits' shape "
+                        f"{(n, c)})")
     if soft:                         # class probabilities, one row per logits row
         A.check_same_dtype(op, logits=z, labels=t)
         if tuple(t.shape) != (n, c):
