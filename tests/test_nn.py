@@ -215,9 +215,13 @@ def test_short_run_reaches_90_percent():
     assert res.test_accuracy >= 0.90, res.history.test_acc
 
 
-def test_cli_train_writes_weights_and_plots(tmp_path, capsys):
+def test_cli_train_writes_weights_and_plots(tmp_path, capsys, monkeypatch):
     pytest.importorskip("matplotlib")
+    from convgpu import cliutil
     from convgpu.cli import main
+    # in this process: no backend switch set (without a GPU they would stay set for the
+    # tests after this one); the numpy backend runs either way
+    monkeypatch.setattr(cliutil, "_prepare_backends", lambda *a, **k: 0)
     out = tmp_path / "plots"
     rc = main(["train", "--epochs", "2", "--quiet", "--save", str(tmp_path / "w.npz"),
                "--plots", str(out)])
