@@ -3,8 +3,8 @@ reference and print a table.
 
 Each registered (op, backend, algo) is called on fresh random inputs (non-zero, mixed
 signs) in float32 and float64; its output is compared with the reference computed in
-float64 on the same values, as ||out - ref|| / ||ref|| against the design's tolerance, and
-for the convolutions and GEMMs also norm-wise against the absolute-value product and element
+float64 on the same values, as ||out - ref|| / ||ref|| against the design's tolerance; for
+the convolutions and GEMMs instead norm-wise against the absolute-value product and element
 by element against the derived bound (convgpu.bounds, docs/tolerances.md).
 Device backends get CuPy arrays on a GPU; without one, NumPy arrays under the Numba
 simulator and the CUDA C host emulation (kernels/cuda/emulator), both slow: their shapes are

@@ -100,7 +100,9 @@ def cmd_check(args) -> int:
     where = "GPU" if n else "CPU (no GPU: numba in the CUDA simulator, cuda in the host " \
         "emulation, which are not validation)"
     print(textwrap.fill(f"convgpu check: {size} problems, device backends on the {where}; the "
-                        "error is ||out - ref|| / ||ref|| against the float64 reference", 100)
+                        "error against the float64 reference is ||out - ref|| / ||ref||, for "
+                        "convolutions and GEMMs ||out - ref|| / || |a| |b| || with every element "
+                        "also within its derived bound (docs/tolerances.md)", 100)
           + "\n", flush=True)
     quiet = args.quiet
 
