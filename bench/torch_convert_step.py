@@ -10,33 +10,19 @@ step). cuDNN runs with benchmark = True and benchmark_limit = 0, TF32 off. Speed
 torch's time / ours. --device cpu is a smoke run (wall-clock timing, no flush)."""
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 
 import torch
 from torch import nn
 
-
-class Block(nn.Module):
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.relu = nn.ReLU(inplace=True)
-        self.down = None
-        if stride != 1 or cin != cout:
-            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                      nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        out += x if self.down is None else self.down(x)
-        return self.relu(out)
+# torchvision's BasicBlock, as the DDP example writes it out for its readers
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
+from ddp_train import Block  # noqa: E402
 
 
 def resnet18(width=64, classes=1000):
