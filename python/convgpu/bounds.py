@@ -16,9 +16,13 @@ Two checks, both against the float64 reference on the same values:
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 from typing import Optional
 
 import numpy as np
+
+from convgpu.core.args import conv_out_size
+from convgpu.kernels.fft_common import transform_size
 
 # unit roundoff of each format (round to nearest): 2^-p for p significand bits
 U = {"fp64": 2.0 ** -53, "fp32": 2.0 ** -24, "tf32": 2.0 ** -11}
@@ -153,8 +157,7 @@ def _pair(v):
 
 def _out_hw(xs, ws, s, p, d):
     s, p, d = _pair(s), _pair(p), _pair(d)
-    return tuple((xs[2 + i] + 2 * p[i] - d[i] * (ws[2 + i] - 1) - 1) // s[i] + 1
-                 for i in range(2))
+    return tuple(conv_out_size(xs[2 + i], ws[2 + i], s[i], p[i], d[i]) for i in range(2))
 
 
 def _grouped(na, nb, g, spec, transpose=False, wgrad=False):
@@ -193,11 +196,10 @@ def reduction_length(op: str, algo: str, a_shape, b_shape, shape, groups=1) -> i
 
 
 def fft_transform_len(x_shape, padding) -> int:
-    """The FFT paths' transform size (kernels/_fft_common.transform_size) for input x."""
-    from scipy.fft import next_fast_len
-    p = _pair(padding)
-    return (next_fast_len(x_shape[2] + 2 * p[0], real=True)
-            * next_fast_len(x_shape[3] + 2 * p[1], real=True))
+    """The FFT paths' transform size (kernels/fft_common.transform_size) for input x."""
+    (h, w), _ = transform_size(SimpleNamespace(H=x_shape[2], W=x_shape[3],
+                                               padding=_pair(padding)))
+    return h * w
 
 
 def conv_errors(out, ref, op, algo, dtype, a, b, shape, conv_kw, bias=None):
