@@ -21,12 +21,20 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
+import numpy as np
+
 from convgpu.arrays import cupy_module
 from convgpu.core import env
 from convgpu.core.cachedir import UnsafeCacheDir, user_dir
 from convgpu.core.provenance import source_hash
 
 BACKENDS = ("numpy", "numba", "cuda")
+DTYPE_NAMES = ("float16", "bfloat16", "float32", "float64")
+# what an implementation serves unless it registers dtypes=...: a device kernel the half
+# types (float16, bfloat16) only where it was written, run and compiled for them; the numpy
+# backend (the reference, in float64 from any input) every float dtype
+DEFAULT_DTYPES = ("float32", "float64")
+BACKEND_DTYPES = {"numpy": DTYPE_NAMES, "numba": DEFAULT_DTYPES, "cuda": DEFAULT_DTYPES}
 
 
 @dataclass
@@ -38,6 +46,7 @@ class Impl:
     supports: Optional[Callable] = None
     note: str = ""
     dev: bool = False                             # kernels/dev: by name only, never "auto"
+    dtypes: Tuple[str, ...] = DEFAULT_DTYPES      # the data dtypes it serves, by name
     _fn: Optional[Callable] = field(default=None, repr=False)
 
     @property
@@ -47,8 +56,19 @@ class Impl:
             self._fn = getattr(importlib.import_module(mod), name)
         return self._fn
 
-    def why_not(self, args) -> Optional[str]:
-        reason = backend_unavailable(self.backend)
+    def dtype_refusal(self, dtype) -> Optional[str]:
+        """None if this implementation serves the data dtype `dtype` (None: not known from
+        the record alone, then the caller checked it), else the sentence saying it doesn't."""
+        if dtype is None:
+            return None
+        name = np.dtype(dtype).name
+        if name in self.dtypes:
+            return None
+        return f"{self.op} {self.backend}:{self.algo} serves {', '.join(self.dtypes)}; not {name}"
+
+    def why_not(self, args, dtype=None) -> Optional[str]:
+        reason = backend_unavailable(self.backend) or \
+            self.dtype_refusal(dtype if dtype is not None else record_dtype(args))
         if reason:
             return reason
         if isinstance(self.supports, str):        # "module:function", imported lazily
@@ -63,17 +83,55 @@ ALIASES = {"conv_transpose2d": "conv2d_backward_input"}
 
 
 def register(op: str, backend: str, algo: str, target: str, supports=None, note: str = "",
-             dev: bool = False):
+             dev: bool = False, dtypes=None):
     """dev=True: a candidate or superseded kernel (kernels/dev), registered only under
-    CONVGPU_DEV=1 and then run only when named (algo="..."), never by algo="auto"."""
+    CONVGPU_DEV=1 and then run only when named (algo="..."), never by algo="auto".
+    dtypes: the data dtypes the implementation serves, by name (float16, bfloat16, float32,
+    float64; None: the backend's default, BACKEND_DTYPES); a call in another dtype passes
+    it over under algo="auto" and gets ValueError naming it when asked for by name."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}")
+    if dtypes is None:
+        dtypes = BACKEND_DTYPES[backend]
+    if isinstance(dtypes, str):
+        dtypes = (dtypes,)
+    dtypes = tuple(np.dtype(d).name if not isinstance(d, str) else d for d in dtypes)
+    if not dtypes or any(d not in DTYPE_NAMES for d in dtypes):
+        raise ValueError(f"{op}: dtypes must name some of {', '.join(DTYPE_NAMES)}; got {dtypes!r}")
     if dev and not env.dev():
         return
     impls = _REGISTRY.setdefault(op, [])
     if any(i.backend == backend and i.algo == algo for i in impls):
         raise ValueError(f"{op}: ({backend}, {algo}) registered twice")
-    impls.append(Impl(op, backend, algo, target, supports, note, dev))
+    impls.append(Impl(op, backend, algo, target, supports, note, dev, dtypes))
+
+
+def served_dtypes(op: str) -> Dict[Tuple[str, str], Tuple[str, ...]]:
+    """{(backend, algo): the dtypes it serves} for `op`."""
+    implementations(op)                     # unknown op -> ValueError
+    return {(i.backend, i.algo): i.dtypes for i in _REGISTRY[ALIASES.get(op, op)]}
+
+
+def record_dtype(args) -> Optional[np.dtype]:
+    """The data dtype an argument record carries (ConvArgs.dtype, PoolArgs.dtype, ...), or
+    None for a record without one (a shape tuple): dispatch then takes it from the arrays."""
+    d = getattr(args, "dtype", None)
+    if d is None:
+        return None
+    try:
+        return np.dtype(d)
+    except TypeError:
+        return None
+
+
+def data_dtype(arrays) -> Optional[np.dtype]:
+    """The dtype of the first floating-point array of a call (the data: input, grad_output,
+    logits, param), the one the implementation's dtypes are checked against."""
+    for a in arrays:
+        d = getattr(a, "dtype", None)
+        if d is not None and np.dtype(d).name in DTYPE_NAMES:
+            return np.dtype(d)
+    return None
 
 
 def implementations(op: Optional[str] = None):
@@ -148,8 +206,9 @@ def _listing(op: str) -> str:
     return ", ".join(f"({i.backend}, {i.algo})" for i in _REGISTRY[op])
 
 
-def select(op: str, args, backend: str, algo: str, on_device: bool) -> List[Impl]:
-    """The implementations that may serve this call, best first (one unless autotuning)."""
+def select(op: str, args, backend: str, algo: str, on_device: bool, dtype=None) -> List[Impl]:
+    """The implementations that may serve this call, best first (one unless autotuning).
+    dtype: the call's data dtype where the record does not carry one."""
     if backend not in ("auto",) + BACKENDS:
         raise ValueError(f"{op}: backend must be one of auto, {', '.join(BACKENDS)}; got {backend!r}")
     impls = _REGISTRY[op]
@@ -175,17 +234,17 @@ def select(op: str, args, backend: str, algo: str, on_device: bool) -> List[Impl
         if not named:
             raise ValueError(f"{op}: no implementation ({'/'.join(order)}, {algo}); "
                              f"registered: {_listing(op)}")
-        reasons = [(i, i.why_not(args)) for i in named]
+        reasons = [(i, i.why_not(args, dtype)) for i in named]
         ok = [i for i, r in reasons if r is None]
         if not ok:
             i, r = reasons[0]
             raise ValueError(f"{op}: ({i.backend}, {i.algo}) cannot serve this call: {r}")
         return ok[:1]
     for b in order:
-        ok = [i for i in impls if i.backend == b and not i.dev and i.why_not(args) is None]
+        ok = [i for i in impls if i.backend == b and not i.dev and i.why_not(args, dtype) is None]
         if ok:
             return ok
-    tried = "; ".join(f"({i.backend}, {i.algo}): {i.why_not(args)}"
+    tried = "; ".join(f"({i.backend}, {i.algo}): {i.why_not(args, dtype)}"
                       for i in impls if i.backend in order)
     raise ValueError(f"{op}: no implementation supports this call. {tried or _listing(op)}")
 
@@ -208,12 +267,16 @@ _CHOICE: Dict[tuple, Impl] = {}
 
 
 def dispatch(op: str, args, backend: str, algo: str, on_device: bool, *arrays):
+    dtype = data_dtype(arrays)
     if not on_device:
-        return select(op, args, backend, algo, on_device)[0].fn(args, *arrays)
-    key = (op, backend, algo, _args_key(args))
+        return select(op, args, backend, algo, on_device, dtype)[0].fn(args, *arrays)
+    akey = _args_key(args)
+    if dtype is not None and record_dtype(args) is None:      # a shape tuple: add the dtype
+        akey = (akey, dtype.name)
+    key = (op, backend, algo, akey)
     impl = _CHOICE.get(key)
     if impl is None:
-        cands = select(op, args, backend, algo, on_device)
+        cands = select(op, args, backend, algo, on_device, dtype)
         impl = cands[0] if len(cands) == 1 else _tuned(key, cands, args, arrays)
         _CHOICE[key] = impl
     return impl.fn(args, *arrays)

@@ -33,6 +33,7 @@ class NormArgs:
     dtype: str
     training: bool
     update_running: bool    # training with running estimates to update
+    stats_dtype: str = ""   # weight, bias, running and batch statistics ("": the input's)
 
     @property
     def M(self) -> int:
@@ -49,15 +50,16 @@ class NormHyper(NamedTuple):
 
 
 def _np_batch_norm(a, x3, running_mean, running_var, w, b, h):
+    sd = np.dtype(a.stats_dtype or a.dtype)
     if a.training:
-        mean, invstd, var = reference.batch_norm_stats(x3, h.eps)
+        mean, invstd, var = reference.batch_norm_stats(x3, h.eps, sd)
         if a.update_running:
             m = h.momentum
             running_mean[...] = (1 - m) * running_mean.astype(np.float64) + m * mean.astype(np.float64)
             running_var[...] = (1 - m) * running_var.astype(np.float64) + m * var.astype(np.float64)
     else:
         mean = running_mean.copy()
-        invstd = (1.0 / np.sqrt(running_var.astype(np.float64) + h.eps)).astype(x3.dtype)
+        invstd = (1.0 / np.sqrt(running_var.astype(np.float64) + h.eps)).astype(sd)
     return reference.batch_norm(x3, mean, invstd, w, b), mean, invstd
 
 
@@ -126,7 +128,9 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     if x.ndim < 2:
         raise ValueError(f"{op}: input must be (N, C, *), at least 2-D, got shape "
                          f"{tuple(x.shape)}")
-    A.check_same_dtype(op, **a)
+    A.check_float(op, "input", x)
+    sd = A.check_params_dtype(op, x.dtype, running_mean=a["running_mean"],
+                              running_var=a["running_var"], weight=a["weight"], bias=a["bias"])
     C = x.shape[1]
     rm, rv = a["running_mean"], a["running_var"]
     _check_channel_vectors(op, C, running_mean=rm, running_var=rv, weight=a["weight"],
@@ -144,18 +148,18 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
         for n in ("running_mean", "running_var"):
             A.check_written_in_place(op, n, a[n], given[n])
     x3, L = _split(x)
-    args = NormArgs(x.shape[0], C, L, x.dtype.str, training, update)
+    args = NormArgs(x.shape[0], C, L, x.dtype.name, training, update, sd.name)
     if training and args.M == 1:
         raise ValueError(f"{op}: training needs more than one value per channel (input shape "
                          f"{tuple(x.shape)}): the batch variance of one value is undefined")
     if x.size == 0:                                   # no images or no channels
         y = A.zeros(x, x.shape, x.dtype)
         if training:
-            mean = A.zeros(x, (C,), x.dtype)
-            invstd = xp_of(x).full((C,), 1.0 / np.sqrt(h.eps), x.dtype)
+            mean = A.zeros(x, (C,), sd)
+            invstd = xp_of(x).full((C,), 1.0 / np.sqrt(h.eps), sd)
         else:
             mean = rm.copy()
-            invstd = (1.0 / xp_of(x).sqrt(rv.astype(np.float64) + h.eps)).astype(x.dtype)
+            invstd = (1.0 / xp_of(x).sqrt(rv.astype(np.float64) + h.eps)).astype(sd)
     else:
         y3, mean, invstd = dispatch(op, args, backend, "auto", bd.on_device, x3, rm, rv,
                                     a["weight"], a["bias"], h)
@@ -175,7 +179,9 @@ def batch_norm_backward(grad_output, input, mean, invstd, weight=None, training=
     bd, a = unwrap(op, grad_output=grad_output, input=input, mean=mean, invstd=invstd,
                    weight=weight)
     gy, x = a["grad_output"], a["input"]
-    A.check_same_dtype(op, **a)
+    A.check_same_dtype(op, grad_output=gy, input=x)
+    sd = A.check_params_dtype(op, x.dtype, mean=a["mean"], invstd=a["invstd"],
+                              weight=a["weight"])
     if x.ndim < 2:
         raise ValueError(f"{op}: input must be (N, C, *), at least 2-D, got shape "
                          f"{tuple(x.shape)}")
@@ -189,10 +195,10 @@ def batch_norm_backward(grad_output, input, mean, invstd, weight=None, training=
     _check_channel_vectors(op, C, mean=a["mean"], invstd=a["invstd"], weight=a["weight"])
     training = _check_training(op, training)
     if x.size == 0:
-        return bd.wrap((A.zeros(x, x.shape, x.dtype), A.zeros(x, (C,), x.dtype),
-                        A.zeros(x, (C,), x.dtype)))
+        return bd.wrap((A.zeros(x, x.shape, x.dtype), A.zeros(x, (C,), sd),
+                        A.zeros(x, (C,), sd)))
     x3, L = _split(x)
-    args = NormArgs(x.shape[0], C, L, x.dtype.str, training, False)
+    args = NormArgs(x.shape[0], C, L, x.dtype.name, training, False, sd.name)
     gx3, gw, gb = dispatch(op, args, backend, "auto", bd.on_device, gy.reshape(x3.shape), x3,
                            a["mean"], a["invstd"], a["weight"])
     return bd.wrap((gx3.reshape(x.shape), gw, gb))

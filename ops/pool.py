@@ -361,7 +361,7 @@ def adaptive_avg_pool2d(input, output_size, *, backend="auto"):
     if H == 0 or W == 0:
         raise ValueError(f"{op}: input planes must not be empty, got shape {tuple(x.shape)}")
     P, Q = _adaptive_size(op, output_size, H, W)
-    args = AdaptiveArgs(N, C, H, W, P, Q, x.dtype.str)
+    args = AdaptiveArgs(N, C, H, W, P, Q, x.dtype.name)
     y = A.zeros(x, args.y_shape, x.dtype) if x.size == 0 or P * Q == 0 else \
         dispatch(op, args, backend, "auto", bd.on_device, x)
     return bd.wrap(y[0] if unbatched else y)
@@ -379,7 +379,7 @@ def adaptive_avg_pool2d_backward(grad_output, input_shape, *, backend="auto"):
     if tuple(gy.shape[:2]) != shape[:2]:
         raise ValueError(f"{op}: grad_output has shape {tuple(gy.shape)} but input_shape "
                          f"{shape} has (N, C) = {shape[:2]}")
-    args = AdaptiveArgs(*shape, *gy.shape[2:], gy.dtype.str)
+    args = AdaptiveArgs(*shape, *gy.shape[2:], gy.dtype.name)
     gx = A.zeros(gy, shape, gy.dtype) if gy.size == 0 else \
         dispatch(op, args, backend, "auto", bd.on_device, gy)
     return bd.wrap(gx[0] if unbatched else gx)

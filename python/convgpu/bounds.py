@@ -12,6 +12,12 @@ Two checks, both against the float64 reference on the same values:
 - norm-wise, a typical-error check:  ||out - ref|| / ||mag_gemm|| <= the design's tolerance
   (1e-5 FP32, 1e-4 FFT/Winograd, 2e-3 TF32), normalised by the absolute-value product
   rather than by ||ref||, which cancellation can make arbitrarily small.
+
+Half precision (float16, bfloat16: inputs exact in the half type, every sum in FP32, the
+result rounded once to the half type, the reference rounded once too): the element-wise
+bound adds the two final roundings, 2 u_h (1 + 2 u_h) |ref| + 2 eta_h (eta_h: half the
+smallest subnormal), to the FP32 computation's (1 + u_h) c u_acc mag; the norm-wise
+tolerance is 2 u_h plus the FP32 algorithm's. See half_bound.
 """
 from __future__ import annotations
 
@@ -25,7 +31,11 @@ from convgpu.core.args import conv_out_size
 from convgpu.kernels.fft_common import transform_size
 
 # unit roundoff of each format (round to nearest): 2^-p for p significand bits
-U = {"fp64": 2.0 ** -53, "fp32": 2.0 ** -24, "tf32": 2.0 ** -11}
+U = {"fp64": 2.0 ** -53, "fp32": 2.0 ** -24, "tf32": 2.0 ** -11,
+     "fp16": 2.0 ** -11, "bf16": 2.0 ** -8}
+# half the smallest subnormal of the half types: the absolute error of rounding into the
+# subnormal range, where the relative bound u_h |x| does not hold
+ETA = {"fp16": 2.0 ** -25, "bf16": 2.0 ** -134}
 # the tensor cores' FP32 accumulation truncates (no round to nearest): twice the FP32 u
 U_MMA_ACC = 2.0 ** -23
 
@@ -49,9 +59,20 @@ _WINOGRAD = {
 }
 
 
+def half_format(dtype) -> Optional[str]:
+    """'fp16' or 'bf16' for the half types, else None."""
+    name = np.dtype(dtype).name
+    return {"float16": "fp16", "bfloat16": "bf16"}.get(name)
+
+
 def tolerance(algo: str, dtype) -> float:
     """The design's norm-wise bound: every TF32 algorithm (its name ends in tf32) gets the
-    TF32 bound, the transform algorithms (fft..., winograd...) theirs, the rest FP32/FP64."""
+    TF32 bound, the transform algorithms (fft..., winograd...) theirs, the rest FP32/FP64.
+    A half type: the two final roundings (ours and the reference's), 2 u_h, plus the FP32
+    algorithm's bound for the computation in FP32 from the exact half inputs."""
+    h = half_format(dtype)
+    if h is not None:
+        return 2 * U[h] + TOLERANCE.get(algo.split("_")[0], DEFAULT_TOL)[np.float32]
     if algo.endswith("tf32"):
         return TF32[np.dtype(dtype).type]
     return TOLERANCE.get(algo.split("_")[0], DEFAULT_TOL)[np.dtype(dtype).type]
@@ -68,8 +89,12 @@ def family(algo: str) -> str:
 
 
 def fmt(algo: str, dtype) -> str:
+    """The format the arithmetic runs in: fp64, fp32, tf32, or 'half' (products of half
+    inputs, exact in FP32, accumulated in FP32)."""
     if np.dtype(dtype) == np.float64:
         return "fp64"
+    if half_format(dtype) is not None:
+        return "half"
     return "tf32" if algo.endswith("tf32") else "fp32"
 
 
@@ -95,6 +120,11 @@ def factor(algo: str, dtype, n: int, transform_len: Optional[int] = None) -> flo
     f, fam = fmt(algo, dtype), family(algo)
     u = U["fp64" if f == "fp64" else "fp32"]
     tf32 = 2 * U["tf32"] + U["tf32"] ** 2 + (n + 2) * U_MMA_ACC if f == "tf32" else 0.0
+    if f == "half" and fam == "gemm":
+        # inputs exact in FP32, products of two half significands exact (22 or 16 bits),
+        # n adds and the bias's add (2) at the tensor cores' truncating FP32 accumulation;
+        # the final rounding to the half type is half_bound's
+        return (n + 2) * U_MMA_ACC
     if fam == "gemm":
         # operands rounded from float64 (2), n products and adds (n), bias rounded and added (2)
         return (n + 4) * u if f != "tf32" else tf32 + 4 * U["fp32"]
@@ -109,6 +139,19 @@ def factor(algo: str, dtype, n: int, transform_len: Optional[int] = None) -> flo
     # input and output transforms (2t terms each), filter transform (8, with the inexact
     # 1/6 coefficients), n products summed, operands and bias rounded (4)
     return (4 * t + 8 + n + 4) * u + tf32
+
+
+def half_bound(dtype, ref, fp32_bound):
+    """The element-wise bound of a half-precision result against the reference rounded once
+    to the half type: with s the FP32 result (|s - exact| <= d = fp32_bound), out = fl_h(s)
+    and ref = fl_h(exact), |out - ref| <= u_h |s| + d + u_h |exact| + 2 eta_h
+    <= 2 u_h (1 + 2 u_h) |ref| + (1 + u_h) d + 2 eta_h. For float32/float64: fp32_bound."""
+    h = half_format(dtype)
+    if h is None:
+        return fp32_bound
+    u = U[h]
+    return 2 * u * (1 + 2 * u) * np.abs(np.asarray(ref, np.float64)) \
+        + (1 + u) * np.asarray(fp32_bound, np.float64) + 2 * ETA[h]
 
 
 def magnitude(op: str, algo: str, a, b, shape, conv_kw, bias=None):
@@ -216,7 +259,8 @@ def conv_errors(out, ref, op, algo, dtype, a, b, shape, conv_kw, bias=None):
     mag = magnitude(op, algo, a, b, shape, conv_kw, bias)
     gemm_mag = mag if family(algo) == "gemm" else magnitude(op, "direct", a, b, shape,
                                                             conv_kw, bias)
-    return normwise(out, ref, gemm_mag), elementwise(out, ref, factor(algo, dtype, n, L) * mag)
+    return normwise(out, ref, gemm_mag), elementwise(
+        out, ref, half_bound(dtype, ref, factor(algo, dtype, n, L) * mag))
 
 
 def gemm_errors(outs, refs, mags, n, algo, dtype):
@@ -233,7 +277,8 @@ def gemm_errors(outs, refs, mags, n, algo, dtype):
         if o.shape != np.shape(r) or not np.all(np.isfinite(o)):
             return math.inf, math.inf
         norm = max(norm, normwise(o, r, m))
-        elem = max(elem, elementwise(o, r, factor(algo, dtype, k) * np.asarray(m)))
+        elem = max(elem, elementwise(o, r, half_bound(dtype, r, factor(algo, dtype, k)
+                                                      * np.asarray(m))))
     return norm, elem
 
 

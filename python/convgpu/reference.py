@@ -6,14 +6,49 @@ forward convolution by FFT (``numpy.fft``) so the two can check each other. Ever
 function takes C-contiguous float32 or float64 NumPy arrays in NCHW, with stride,
 padding and dilation as (h, w) pairs already validated by ``convgpu.core.args``, and
 returns arrays of the input's dtype. Semantics are torch's throughout.
+
+Half-precision inputs (float16, bfloat16) are computed in float64 from their exact values
+and rounded once to the half type at the end: the correctly rounded result that the
+tolerances of the half-precision kernels are measured from (docs/tolerances.md). Batch
+norm's statistics and parameter gradients come back in the parameters' dtype (float32 in
+torch's mixed form).
 """
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 # the size formulas live in one place, the argument layer
-from convgpu.core.args import conv_out_size, conv_transpose_out_size, pool_out_size
+from convgpu.core.args import HALF_DTYPES, conv_out_size, conv_transpose_out_size, pool_out_size
+
+
+def _is_half_array(a) -> bool:
+    return isinstance(a, np.ndarray) and a.dtype in HALF_DTYPES
+
+
+def _rounded(out, dtype):
+    """Float results rounded once to the half type; indices and None as they are."""
+    if isinstance(out, tuple):
+        return tuple(_rounded(o, dtype) for o in out)
+    if isinstance(out, np.ndarray) and out.dtype.kind == "f":      # a 0-d loss stays 0-d
+        return out.astype(dtype) if out.ndim == 0 else np.ascontiguousarray(out, dtype=dtype)
+    return out
+
+
+def half_in_float64(fn):
+    """Runs `fn` in float64 on half-precision arguments and rounds its float results once
+    to that half type (the first half argument's); other calls go straight through."""
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        half = next((a.dtype for a in (*args, *kwargs.values()) if _is_half_array(a)), None)
+        if half is None:
+            return fn(*args, **kwargs)
+        wide = lambda a: a.astype(np.float64) if _is_half_array(a) else a  # noqa: E731
+        out = fn(*map(wide, args), **{k: wide(v) for k, v in kwargs.items()})
+        return _rounded(out, half)
+    return wrapped
 
 
 # ----------------------------------------------------------------------------------------
@@ -66,6 +101,7 @@ def _col2im(cols, x_shape, R, S, P, Q, stride, padding, dilation):
 # convolution
 
 
+@half_in_float64
 def conv2d(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
     """y[n, k, p, q] = b[k] + sum_{c, r, s} x[n, g*Cg + c, p*sh - ph + r*dh, q*sw - pw + s*dw]
     * w[k, c, r, s], g = k // (K/groups): cross-correlation, as torch."""
@@ -80,6 +116,7 @@ def conv2d(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=
     return np.ascontiguousarray(y, dtype=x.dtype)
 
 
+@half_in_float64
 def conv2d_fft(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
     """The same convolution through numpy.fft: a second, independent reference path.
     The dilated kernel is zero-stuffed, the full correlation is taken at stride 1 by
@@ -112,6 +149,7 @@ def conv2d_fft(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), gro
     return np.ascontiguousarray(y, dtype=x.dtype)
 
 
+@half_in_float64
 def conv2d_backward_input(gy, w, input_shape, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
                           groups=1):
     """gx = col2im(w^T gy): each input element sums w * gy over the outputs whose windows
@@ -127,6 +165,7 @@ def conv2d_backward_input(gy, w, input_shape, stride=(1, 1), padding=(0, 0), dil
     return np.ascontiguousarray(gx, dtype=gy.dtype)
 
 
+@half_in_float64
 def conv2d_backward_weight(x, gy, weight_shape, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
                            groups=1):
     """gw[k, c, r, s] = sum_{n, p, q} gy[n, k, p, q] * x[n, g*Cg + c, p*sh - ph + r*dh, ...]."""
@@ -139,10 +178,12 @@ def conv2d_backward_weight(x, gy, weight_shape, stride=(1, 1), padding=(0, 0), d
     return np.ascontiguousarray(gw, dtype=gy.dtype)
 
 
+@half_in_float64
 def conv2d_backward_bias(gy):
     return np.ascontiguousarray(gy.sum(axis=(0, 2, 3)), dtype=gy.dtype)
 
 
+@half_in_float64
 def conv_transpose2d(x, w, b=None, stride=(1, 1), padding=(0, 0), output_padding=(0, 0),
                      groups=1, dilation=(1, 1)):
     """The adjoint of conv2d: x (N, Cin, H, W), w (Cin, Cout/groups, R, S)."""
@@ -165,6 +206,7 @@ def _pool_extra(H, P, k, s, p, d):
     return max(0, (P - 1) * s + d * (k - 1) + 1 - (H + 2 * p))
 
 
+@half_in_float64
 def max_pool2d(x, kernel_size, stride, padding=(0, 0), dilation=(1, 1), ceil_mode=False):
     """Returns (y, indices): -inf padding, int64 indices flat over the unpadded input plane
     (h*W + w), the first maximum in window order wins a tie, NaN propagates with its index."""
@@ -190,6 +232,7 @@ def max_pool2d(x, kernel_size, stride, padding=(0, 0), dilation=(1, 1), ceil_mod
     return np.ascontiguousarray(y, dtype=x.dtype), idx
 
 
+@half_in_float64
 def max_pool2d_backward(gy, indices, input_shape):
     """gx[n, c].flat[indices[n, c, p, q]] += gy[n, c, p, q], summed in a fixed order."""
     N, C, H, W = input_shape
@@ -219,6 +262,7 @@ def _avg_divisor(H, W, P, Q, kernel_size, stride, padding, count_include_pad, di
     return np.outer(eh, ew).astype(np.float64)
 
 
+@half_in_float64
 def avg_pool2d(x, kernel_size, stride, padding=(0, 0), ceil_mode=False, count_include_pad=True,
                divisor_override=None):
     N, C, H, W = x.shape
@@ -233,6 +277,7 @@ def avg_pool2d(x, kernel_size, stride, padding=(0, 0), ceil_mode=False, count_in
     return np.ascontiguousarray(y, dtype=x.dtype)
 
 
+@half_in_float64
 def avg_pool2d_backward(gy, input_shape, kernel_size, stride, padding=(0, 0), ceil_mode=False,
                         count_include_pad=True, divisor_override=None):
     N, C, H, W = input_shape
@@ -246,11 +291,13 @@ def avg_pool2d_backward(gy, input_shape, kernel_size, stride, padding=(0, 0), ce
     return np.ascontiguousarray(gx, dtype=gy.dtype)
 
 
+@half_in_float64
 def global_avg_pool2d(x):
     N, C, H, W = x.shape
     return np.ascontiguousarray(x.mean(axis=(2, 3), dtype=np.float64), dtype=x.dtype)
 
 
+@half_in_float64
 def global_avg_pool2d_backward(gy, input_shape):
     N, C, H, W = input_shape
     g = gy.astype(np.float64) / (H * W)
@@ -265,6 +312,7 @@ def adaptive_windows(size, out):
     return (i * size) // out, -((-(i + 1) * size) // out)
 
 
+@half_in_float64
 def adaptive_avg_pool2d(x, output_size):
     N, C, H, W = x.shape
     P, Q = output_size
@@ -276,6 +324,7 @@ def adaptive_avg_pool2d(x, output_size):
     return np.ascontiguousarray(y, dtype=x.dtype)
 
 
+@half_in_float64
 def adaptive_avg_pool2d_backward(gy, input_shape):
     """Each output's gradient spread evenly over its window (windows may overlap: sums)."""
     N, C, H, W = input_shape
@@ -293,19 +342,23 @@ def adaptive_avg_pool2d_backward(gy, input_shape):
 # small ops
 
 
+@half_in_float64
 def relu(x):
     return np.where(x > 0, x, np.where(np.isnan(x), x, 0)).astype(x.dtype)
 
 
+@half_in_float64
 def relu_backward(gy, x):
     return np.where(x > 0, gy, 0).astype(gy.dtype)
 
 
+@half_in_float64
 def bias_add(x, b):
     shape = (1, -1) + (1,) * (x.ndim - 2)
     return np.ascontiguousarray(x + b.reshape(shape), dtype=x.dtype)
 
 
+@half_in_float64
 def linear(x, w, b=None):
     y = x @ w.T
     if b is not None:
@@ -313,6 +366,7 @@ def linear(x, w, b=None):
     return np.ascontiguousarray(y, dtype=x.dtype)
 
 
+@half_in_float64
 def linear_backward(gy, x, w):
     """Returns (gx, gw, gb) for y = x w^T + b with x (*, in)."""
     g2 = gy.reshape(-1, gy.shape[-1])
@@ -374,6 +428,7 @@ def _is_soft(labels):
     return labels.dtype.kind == "f"
 
 
+@half_in_float64
 def softmax_cross_entropy(logits, labels, weight=None, ignore_index=-100, reduction="mean",
                           label_smoothing=0.0):
     """F.cross_entropy of (N, C) logits and class-index labels: row i's loss is
@@ -405,6 +460,7 @@ def softmax_cross_entropy(logits, labels, weight=None, ignore_index=-100, reduct
     return xp.asarray(rows, dtype=logits.dtype)
 
 
+@half_in_float64
 def softmax_cross_entropy_backward(logits, labels, weight=None, ignore_index=-100,
                                    reduction="mean", label_smoothing=0.0, grad_output=None):
     """d loss / d logits, times grad_output (a scalar, or per row for reduction="none"):
@@ -437,6 +493,7 @@ def softmax_cross_entropy_backward(logits, labels, weight=None, ignore_index=-10
     return xp.ascontiguousarray(grad, dtype=logits.dtype)
 
 
+@half_in_float64
 def softmax_cross_entropy_target_backward(logits, target, weight=None, reduction="mean",
                                           label_smoothing=0.0, grad_output=None):
     """d loss / d target for class-probability targets, times grad_output: row i gets
@@ -450,6 +507,7 @@ def softmax_cross_entropy_target_backward(logits, target, weight=None, reduction
     return xp.ascontiguousarray(grad, dtype=target.dtype)
 
 
+@half_in_float64
 def softmax_cross_entropy_weight_backward(logits, target, weight, reduction="mean",
                                           label_smoothing=0.0, grad_output=None):
     """d loss / d weight for class-probability targets, times grad_output: class c gets
@@ -466,6 +524,7 @@ def softmax_cross_entropy_weight_backward(logits, target, weight, reduction="mea
 # optimiser steps (the new values; the ops write them in place)
 
 
+@half_in_float64
 def adam_step(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, weight_decay):
     """One Adam step (Kingma & Ba, bias-corrected; L2 weight decay added to the gradient, as
     torch.optim.Adam): returns the new (param, exp_avg, exp_avg_sq)."""
@@ -477,6 +536,7 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, wei
     return param - lr * mhat / (np.sqrt(vhat) + eps), m, v
 
 
+@half_in_float64
 def sgd_step(param, grad, momentum_buffer, lr, momentum, weight_decay):
     """One SGD step in torch's form (g += wd * p; buf = momentum * buf + g; p -= lr * buf,
     the buffer zero before the first step, so it starts as g): returns the new (param,
@@ -496,15 +556,17 @@ def _channels(x):
     return x.reshape(x.shape[0], x.shape[1], -1).astype(np.float64)
 
 
-def batch_norm_stats(x, eps):
+def batch_norm_stats(x, eps, dtype=None):
     """The batch's per-channel mean and 1 / sqrt(var + eps), var the biased variance (as
-    torch's training forward); also the unbiased variance, for the running estimate."""
+    torch's training forward); also the unbiased variance, for the running estimate. In
+    `dtype` (the parameters'; None: the input's)."""
+    dtype = x.dtype if dtype is None else dtype
     x3 = _channels(x)
     m = x3.shape[0] * x3.shape[2]
     mean = x3.mean(axis=(0, 2))
     var = ((x3 - mean[None, :, None]) ** 2).sum(axis=(0, 2)) / m
     invstd = 1.0 / np.sqrt(var + eps)
-    return mean.astype(x.dtype), invstd.astype(x.dtype), (var * m / max(m - 1, 1)).astype(x.dtype)
+    return mean.astype(dtype), invstd.astype(dtype), (var * m / max(m - 1, 1)).astype(dtype)
 
 
 def batch_norm(x, mean, invstd, weight=None, bias=None):
@@ -522,7 +584,7 @@ def batch_norm_backward(gy, x, mean, invstd, weight=None, training=True):
     batch's own, so they depend on x: gx = w invstd (gy - gb / M - xhat gw / M), with
     xhat = (x - mean) invstd, M = N * (the trailing sizes); in evaluation they are constants
     (the running estimates): gx = w invstd gy. gw = sum gy xhat, gb = sum gy over N and the
-    trailing axes."""
+    trailing axes. gx in gy's dtype, gw and gb in the statistics' (mean's)."""
     g3, x3 = _channels(gy), _channels(x)
     m = x3.shape[0] * x3.shape[2]
     inv = invstd.astype(np.float64)[None, :, None]
@@ -534,5 +596,6 @@ def batch_norm_backward(gy, x, mean, invstd, weight=None, training=True):
         gx = w * inv * (g3 - gb[None, :, None] / m - xhat * gw[None, :, None] / m)
     else:
         gx = w * inv * g3
-    cast = lambda a, shape: np.ascontiguousarray(a.reshape(shape), dtype=gy.dtype)  # noqa: E731
-    return cast(gx, x.shape), cast(gw, gw.shape), cast(gb, gb.shape)
+    cast = lambda a, shape, t: np.ascontiguousarray(a.reshape(shape), dtype=t)  # noqa: E731
+    return (cast(gx, x.shape, gy.dtype), cast(gw, gw.shape, mean.dtype),
+            cast(gb, gb.shape, mean.dtype))

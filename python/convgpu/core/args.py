@@ -16,11 +16,21 @@ import numbers
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+import ml_dtypes
 import numpy as np
 
 from convgpu.arrays import DLPACK_CPU, kind_of, xp_of
 
-FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+# the half types: inputs, weights and outputs in 16 bits, every sum accumulated in FP32;
+# bfloat16 is ml_dtypes' NumPy dtype (CuPy's too where ml_dtypes is installed)
+BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+HALF_DTYPES = (np.dtype(np.float16), BFLOAT16)
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64)) + HALF_DTYPES
+_FLOAT_NAMES = "float16, bfloat16, float32 or float64"
+
+
+def is_half(dtype) -> bool:
+    return np.dtype(dtype) in HALF_DTYPES
 
 # Module-level TF32 permission (as torch.backends.cuda.matmul.allow_tf32): off by default.
 # A per-call allow_tf32=True/False overrides it; None follows it.
@@ -109,7 +119,7 @@ def conv_transpose_out_size(size: int, k: int, stride: int, pad: int, dil: int,
 
 def check_float(op: str, name: str, a) -> None:
     if a.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{op}: {name} must be float32 or float64, got {a.dtype}")
+        raise TypeError(f"{op}: {name} must be {_FLOAT_NAMES}, got {a.dtype}")
 
 
 def check_same_dtype(op: str, **arrays) -> np.dtype:
@@ -121,6 +131,28 @@ def check_same_dtype(op: str, **arrays) -> np.dtype:
         if a.dtype != first.dtype:
             raise TypeError(f"{op}: {n} is {a.dtype} but {first_name} is {first.dtype}; "
                             "convert one so both have the same dtype")
+    return first.dtype
+
+
+def check_params_dtype(op: str, dtype, **params) -> np.dtype:
+    """The per-channel parameters of batch norm beside data of `dtype`: all of one dtype,
+    the data's or, for half data, float32 (torch's mixed form, as AMP keeps batch norm's
+    weight, bias and statistics in FP32). Returns that dtype (the data's if none given)."""
+    items = [(n, a) for n, a in params.items() if a is not None]
+    if not items:
+        return np.dtype(dtype)
+    for n, a in items:
+        check_float(op, n, a)
+    first_name, first = items[0]
+    for n, a in items[1:]:
+        if a.dtype != first.dtype:
+            raise TypeError(f"{op}: {n} is {a.dtype} but {first_name} is {first.dtype}; "
+                            "the per-channel parameters and statistics take one dtype")
+    allowed = (np.dtype(dtype), np.dtype(np.float32)) if is_half(dtype) else (np.dtype(dtype),)
+    if first.dtype not in allowed:
+        also = " or float32" if is_half(dtype) else ""
+        raise TypeError(f"{op}: {first_name} is {first.dtype} but the input is {np.dtype(dtype)}; "
+                        f"the per-channel parameters and statistics must be {np.dtype(dtype)}{also}")
     return first.dtype
 
 
