@@ -52,15 +52,17 @@ class NormHyper(NamedTuple):
 def _np_batch_norm(a, x3, running_mean, running_var, w, b, h):
     sd = np.dtype(a.stats_dtype or a.dtype)
     if a.training:
-        mean, invstd, var = reference.batch_norm_stats(x3, h.eps, sd)
+        # the statistics in float64 normalise x and update the running estimates; they are
+        # rounded once, to the parameters' dtype, only where they are returned
+        mean, invstd, var = reference.batch_norm_stats(x3, h.eps, np.float64)
         if a.update_running:
             m = h.momentum
-            running_mean[...] = (1 - m) * running_mean.astype(np.float64) + m * mean.astype(np.float64)
-            running_var[...] = (1 - m) * running_var.astype(np.float64) + m * var.astype(np.float64)
+            running_mean[...] = (1 - m) * running_mean.astype(np.float64) + m * mean
+            running_var[...] = (1 - m) * running_var.astype(np.float64) + m * var
     else:
-        mean = running_mean.copy()
-        invstd = (1.0 / np.sqrt(running_var.astype(np.float64) + h.eps)).astype(sd)
-    return reference.batch_norm(x3, mean, invstd, w, b), mean, invstd
+        mean = running_mean.astype(np.float64)
+        invstd = 1.0 / np.sqrt(running_var.astype(np.float64) + h.eps)
+    return reference.batch_norm(x3, mean, invstd, w, b), mean.astype(sd), invstd.astype(sd)
 
 
 def _np_batch_norm_backward(a, g3, x3, mean, invstd, w):

@@ -78,11 +78,29 @@ def _to_native(a, kind):
     if kind == DLPACK_CPU:
         return _contiguous(np, np.from_dlpack(a))
     if kind == TORCH_CPU:
+        if _is_torch_bfloat16(a):
+            import ml_dtypes
+            import torch
+            return _contiguous(np, a.detach().view(torch.int16).numpy().view(ml_dtypes.bfloat16))
         return _contiguous(np, a.detach().numpy())
     import cupy
     if kind == CUPY:
         return _contiguous(cupy, a)
     return _contiguous(cupy, cupy.from_dlpack(a.detach() if kind == TORCH_CUDA else a))
+
+
+def _is_torch_bfloat16(t) -> bool:
+    import torch
+    return t.dtype == torch.bfloat16
+
+
+def _torch_from_host(out):
+    """A NumPy result as a CPU tensor sharing its memory; bfloat16 through its int16 bits."""
+    import torch
+    out = np.asarray(out)
+    if out.dtype.name == "bfloat16":
+        return torch.from_numpy(out.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(out)
 
 
 def channels_last(a) -> bool:
@@ -130,7 +148,7 @@ class Boundary:
             return out
         import torch
         if self.kind == TORCH_CPU:
-            t = torch.from_numpy(np.asarray(out))
+            t = _torch_from_host(out)
         else:
             t = torch.from_dlpack(out)
         if self.channels_last and t.dim() == 4:

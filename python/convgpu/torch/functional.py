@@ -11,9 +11,11 @@ keywords: algo and backend (as the plain ops), allow_tf32 for conv and linear.
 
 CPU tensors run on the NumPy reference (backend "numpy"), or, with backend="cuda" under
 CONVGPU_CUDA_HOST=1 / backend="numba" under the simulator, through the emulated device
-kernels; CUDA tensors run on the device kernels on torch's current stream. Under autocast
-the inputs are cast to float32 (our kernels serve float32 and float64), as torch does for
-the ops it keeps in float32. Backward is once differentiable (no double backward).
+kernels; CUDA tensors run on the device kernels on torch's current stream. float16 and bfloat16 tensors run in their dtype
+(FP32 accumulation; batch norm's weight, bias and running estimates may stay float32, as
+torch's mixed form). Under torch.autocast the casts are torch's: conv2d, conv_transpose2d
+and linear in the autocast dtype, cross_entropy in float32, the other ops in their input's
+dtype. Backward is once differentiable (no double backward).
 """
 from __future__ import annotations
 
@@ -30,21 +32,30 @@ __all__ = ["conv2d", "conv_transpose2d", "max_pool2d", "max_pool2d_with_indices"
            "cross_entropy"]
 
 
-def _autocast(*tensors):
-    """The float tensors cast to float32 where autocast is on for their device (our kernels
-    have no float16 / bfloat16 yet), and whether it was on."""
+# torch.autocast's op lists: these run in the autocast dtype, these in float32; the others
+# in their input's dtype
+_LOWER, _FP32 = "lower", "fp32"
+
+
+def _autocast(tensors, policy):
+    """The float tensors (not float64) cast as torch.autocast casts them for an op of
+    `policy` (_LOWER: to the autocast dtype; _FP32: to float32; None: as they are), where
+    autocast is on for their device; and whether it was on."""
     dev = next(t.device.type for t in tensors if t is not None)
     if dev not in ("cpu", "cuda") or not torch.is_autocast_enabled(dev):
         return tensors, False
-    cast = tuple(t.float() if t is not None and t.is_floating_point() and t.dtype != torch.float64
+    if policy is None:
+        return tensors, True
+    to = torch.get_autocast_dtype(dev) if policy == _LOWER else torch.float32
+    cast = tuple(t.to(to) if t is not None and t.is_floating_point() and t.dtype != torch.float64
                  else t for t in tensors)
     return cast, True
 
 
-def _run(fn, *tensors, rest=()):
-    """fn.apply(*tensors, *rest), with autocast's float32 cast and autocast off inside (the
-    backward then sees the dtypes the forward saw)."""
-    tensors, autocasting = _autocast(*tensors)
+def _run(fn, *tensors, rest=(), autocast=None):
+    """fn.apply(*tensors, *rest), with autocast's casts for the op's policy and autocast off
+    inside (the backward then sees the dtypes the forward saw)."""
+    tensors, autocasting = _autocast(tensors, autocast)
     if not autocasting:
         return fn.apply(*tensors, *rest)
     with torch.autocast(tensors[0].device.type, enabled=False):
@@ -93,7 +104,8 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
            algo="auto", backend="auto", allow_tf32=None):
     """torch.nn.functional.conv2d on our kernels (see convgpu.conv2d)."""
     return _run(Conv2dFunction, input, weight, bias,
-                rest=(stride, padding, dilation, groups, algo, backend, allow_tf32))
+                rest=(stride, padding, dilation, groups, algo, backend, allow_tf32),
+                autocast=_LOWER)
 
 
 class ConvTranspose2dFunction(torch.autograd.Function):
@@ -158,7 +170,7 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     """torch.nn.functional.conv_transpose2d on our kernels (see convgpu.conv_transpose2d)."""
     return _run(ConvTranspose2dFunction, input, weight, bias,
                 rest=(stride, padding, output_padding, groups, dilation, algo, backend,
-                      allow_tf32))
+                      allow_tf32), autocast=_LOWER)
 
 
 # ----------------------------------------------------------------------------------------
@@ -338,7 +350,8 @@ class LinearFunction(torch.autograd.Function):
 
 def linear(input, weight, bias=None, *, algo="auto", backend="auto", allow_tf32=None):
     """torch.nn.functional.linear on our kernels (see convgpu.linear)."""
-    return _run(LinearFunction, input, weight, bias, rest=(algo, backend, allow_tf32))
+    return _run(LinearFunction, input, weight, bias, rest=(algo, backend, allow_tf32),
+                autocast=_LOWER)
 
 
 class ReLUFunction(torch.autograd.Function):
@@ -447,4 +460,4 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
                             reduction, label_smoothing, backend=backend)
         return out.reshape(want) if reduction == "none" else out
     return _run(CrossEntropyFunction, input, target, weight,
-                rest=(ignore_index, reduction, label_smoothing, backend))
+                rest=(ignore_index, reduction, label_smoothing, backend), autocast=_FP32)

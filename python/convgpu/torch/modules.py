@@ -118,7 +118,7 @@ OURS = {nn.Conv2d: Conv2d, nn.ConvTranspose2d: ConvTranspose2d, nn.MaxPool2d: Ma
         nn.CrossEntropyLoss: CrossEntropyLoss}
 
 _OUR_TYPES = frozenset(OURS.values())
-SERVED_DTYPES = (torch.float32, torch.float64)
+SERVED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def _refusal(name, layer):
@@ -130,8 +130,8 @@ def _refusal(name, layer):
     for pname, p in list(layer.named_parameters(recurse=False)) + \
             [(b, t) for b, t in layer.named_buffers(recurse=False) if t.is_floating_point()]:
         if p.dtype not in SERVED_DTYPES:
-            return (f"{name} ({kind}): {pname} is {p.dtype}; convgpu serves float32 and "
-                    "float64 (autocast runs our layers in float32)")
+            return (f"{name} ({kind}): {pname} is {p.dtype}; convgpu serves float16, "
+                    "bfloat16, float32 and float64")
         if p.device.type not in ("cpu", "cuda"):
             return f"{name} ({kind}): {pname} is on {p.device}; convgpu runs on CPU and CUDA"
         if p.device.type == "cuda":
@@ -148,8 +148,8 @@ def convert(model, algo="auto", backend="auto"):
     ours in place, sharing their parameters and buffers, and returns model. Layers of other
     types are left as they are; layers already ours take the new algo and backend. Raises
     ValueError, before changing anything, listing every layer it can't serve (a
-    padding_mode other than 'zeros', float16 / bfloat16 parameters, a device other than
-    CPU / CUDA). backend goes to every converted layer; algo (a convolution algorithm,
+    padding_mode other than 'zeros', parameters of a dtype other than float16, bfloat16,
+    float32, float64, a device other than CPU / CUDA). backend goes to every converted layer; algo (a convolution algorithm,
     convgpu.implementations("conv2d")) to the Conv2d and ConvTranspose2d layers' forward,
     the others keep "auto"."""
     if not isinstance(model, nn.Module):
