@@ -35,6 +35,8 @@ DTYPE_NAMES = ("float16", "bfloat16", "float32", "float64")
 # backend (the reference, in float64 from any input) every float dtype
 DEFAULT_DTYPES = ("float32", "float64")
 BACKEND_DTYPES = {"numpy": DTYPE_NAMES, "numba": DEFAULT_DTYPES, "cuda": DEFAULT_DTYPES}
+# the numba kernels written for float16 (FP32 sums); Numba CUDA has no bfloat16
+WITH_FLOAT16 = ("float16", "float32", "float64")
 
 
 @dataclass

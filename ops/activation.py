@@ -4,7 +4,7 @@ from __future__ import annotations
 from convgpu import reference
 from convgpu.arrays import on_torch_stream, unwrap
 from convgpu.core import args as A
-from convgpu.ops._registry import dispatch, register
+from convgpu.ops._registry import WITH_FLOAT16, dispatch, register
 
 
 def _np_relu(a, x):
@@ -23,9 +23,9 @@ register("relu", "numpy", "reference", "convgpu.ops.activation:_np_relu")
 register("relu_backward", "numpy", "reference", "convgpu.ops.activation:_np_relu_backward")
 register("bias_add", "numpy", "reference", "convgpu.ops.activation:_np_bias_add")
 _K = "convgpu.kernels.numba.elementwise:"
-register("relu", "numba", "direct", _K + "relu")
-register("relu_backward", "numba", "direct", _K + "relu_backward")
-register("bias_add", "numba", "direct", _K + "bias_add")
+register("relu", "numba", "direct", _K + "relu", dtypes=WITH_FLOAT16)
+register("relu_backward", "numba", "direct", _K + "relu_backward", dtypes=WITH_FLOAT16)
+register("bias_add", "numba", "direct", _K + "bias_add", dtypes=WITH_FLOAT16)
 _EW = "convgpu.kernels.cuda.elementwise:"
 register("relu", "cuda", "direct", _EW + "relu")
 register("relu_backward", "cuda", "direct", _EW + "relu_backward")

@@ -8,7 +8,7 @@ from __future__ import annotations
 from convgpu import reference
 from convgpu.arrays import on_torch_stream, unwrap, xp_of
 from convgpu.core import args as A
-from convgpu.ops._registry import dispatch, register
+from convgpu.ops._registry import WITH_FLOAT16, dispatch, register
 from convgpu.ops.activation import bias_add_native
 
 
@@ -46,24 +46,27 @@ register("conv2d_backward_bias", "numpy", "sum", "convgpu.ops.conv:_np_backward_
 
 _K = "convgpu.kernels.numba."
 _FFT_OK = _K + "fft:supports"
-register("conv2d", "numba", "direct", _K + "conv_direct:conv2d_direct")
+register("conv2d", "numba", "direct", _K + "conv_direct:conv2d_direct", dtypes=WITH_FLOAT16)
 register("conv2d", "numba", "direct_tiled", _K + "conv_direct:conv2d_direct_tiled",
-         supports=_K + "conv_direct:tiled_supports")
+         supports=_K + "conv_direct:tiled_supports", dtypes=WITH_FLOAT16)
 register("conv2d", "numba", "im2col", _K + "im2col:conv2d_im2col")
 register("conv2d", "numba", "fft", _K + "fft:conv2d_fft", supports=_FFT_OK)
 register("conv2d", "numba", "winograd", _K + "winograd:conv2d_winograd",
          supports=_K + "winograd:supports")
-register("conv2d_backward_input", "numba", "direct", _K + "conv_direct:backward_input_direct")
+register("conv2d_backward_input", "numba", "direct", _K + "conv_direct:backward_input_direct",
+         dtypes=WITH_FLOAT16)
 register("conv2d_backward_input", "numba", "col2im", _K + "im2col:backward_input_col2im")
 register("conv2d_backward_input", "numba", "fft", _K + "fft:backward_input_fft",
          supports=_FFT_OK)
-register("conv2d_backward_weight", "numba", "direct", _K + "conv_direct:backward_weight_direct")
+register("conv2d_backward_weight", "numba", "direct", _K + "conv_direct:backward_weight_direct",
+         dtypes=WITH_FLOAT16)
 register("conv2d_backward_weight", "numba", "im2col", _K + "im2col:backward_weight_im2col")
 register("conv2d_backward_weight", "numba", "fft", _K + "fft:backward_weight_fft",
          supports=_FFT_OK)
 register("conv2d_backward_weight", "numba", "winograd", _K + "winograd:backward_weight_winograd",
          supports=_K + "winograd:supports")
-register("conv2d_backward_bias", "numba", "sum", _K + "elementwise:backward_bias")
+register("conv2d_backward_bias", "numba", "sum", _K + "elementwise:backward_bias",
+         dtypes=WITH_FLOAT16)
 
 _C = "convgpu.kernels.cuda."
 _IG = _C + "conv_implicit:"

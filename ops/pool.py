@@ -15,7 +15,7 @@ from typing import Optional, Tuple
 from convgpu import reference
 from convgpu.arrays import on_torch_stream, unwrap, xp_of
 from convgpu.core import args as A
-from convgpu.ops._registry import dispatch, register
+from convgpu.ops._registry import WITH_FLOAT16, dispatch, register
 
 
 @dataclass
@@ -133,16 +133,20 @@ register("adaptive_avg_pool2d_backward", "numpy", "reference",
          "convgpu.ops.pool:_np_adaptive_backward")
 
 _K = "convgpu.kernels.numba.pool:"
-register("max_pool2d", "numba", "direct", _K + "max_pool2d")
+_F16 = dict(dtypes=WITH_FLOAT16)       # float16 data, float32 sums
+register("max_pool2d", "numba", "direct", _K + "max_pool2d", **_F16)
 register("max_pool2d_backward", "numba", "gather", "convgpu.ops.pool:_numba_max_backward_gather",
-         supports=_needs_geometry)
+         supports=_needs_geometry, **_F16)
+# adds into the output in place: in float16 every add would round, so float32 and float64
 register("max_pool2d_backward", "numba", "plane", "convgpu.ops.pool:_numba_max_backward_plane")
-register("avg_pool2d", "numba", "direct", _K + "avg_pool2d")
-register("avg_pool2d_backward", "numba", "gather", _K + "avg_pool2d_backward")
-register("global_avg_pool2d", "numba", "reduce", _K + "global_avg_pool2d")
-register("global_avg_pool2d_backward", "numba", "direct", _K + "global_avg_pool2d_backward")
-register("adaptive_avg_pool2d", "numba", "direct", _K + "adaptive_avg_pool2d")
-register("adaptive_avg_pool2d_backward", "numba", "gather", _K + "adaptive_avg_pool2d_backward")
+register("avg_pool2d", "numba", "direct", _K + "avg_pool2d", **_F16)
+register("avg_pool2d_backward", "numba", "gather", _K + "avg_pool2d_backward", **_F16)
+register("global_avg_pool2d", "numba", "reduce", _K + "global_avg_pool2d", **_F16)
+register("global_avg_pool2d_backward", "numba", "direct", _K + "global_avg_pool2d_backward",
+         **_F16)
+register("adaptive_avg_pool2d", "numba", "direct", _K + "adaptive_avg_pool2d", **_F16)
+register("adaptive_avg_pool2d_backward", "numba", "gather", _K + "adaptive_avg_pool2d_backward",
+         **_F16)
 
 
 def _cuda_plane_fits(a):

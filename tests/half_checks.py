@@ -179,7 +179,9 @@ def check_max_pool2d(rng, dtype, backend, algo, case, monkeypatch):
     assert_exact(y, ry, dtype)                          # a maximum is exact
     assert np.array_equal(idx, ridx)
     gy = half(rng, y.shape, dtype)
-    gx = run("max_pool2d_backward", backend, "auto", gy, ridx, x.shape, monkeypatch=monkeypatch)
+    # with the geometry: the gathers need it (the numba plane walk adds in the half type)
+    gx = run("max_pool2d_backward", backend, "auto", gy, ridx, x.shape, k, s, p, d, ceil,
+             monkeypatch=monkeypatch)
     ref = R.max_pool2d_backward(f64(gy), ridx, x.shape)
     mag = R.max_pool2d_backward(np.abs(f64(gy)), ridx, x.shape)
     assert_half(gx, ref.astype(dtype), mag, k[0] * k[1], dtype)   # windows that share an element

@@ -7,6 +7,7 @@ compiled with numba.cuda.compile_ptx from the arguments' numba types (C-contiguo
 of the launch's dtype and rank). The simulator accepts code that real Numba rejects (a
 shared array shaped by a run-time value, say): this tier catches that without a GPU."""
 import importlib
+import re
 
 import numpy as np
 import pytest
@@ -101,6 +102,34 @@ def _drive_every_numba_launcher():
             _, mean, invstd = convgpu.batch_norm(x, rs[0], np.abs(rs[1]), rs[2], rs[2], training,
                                                  return_stats=True, backend="numba")
             convgpu.batch_norm_backward(x, x, mean, invstd, rs[2], training, backend="numba")
+    _drive_float16_launchers(rng)
+
+
+def _drive_float16_launchers(rng):
+    """Every numba implementation registered for float16, launched on float16 arrays."""
+    dt = np.float16
+    x = rng.standard_normal((2, 4, 9, 8)).astype(dt)
+    w = rng.standard_normal((6, 2, 3, 3)).astype(dt)
+    gy = rng.standard_normal((2, 6, 5, 4)).astype(dt)
+    kw = dict(stride=2, padding=1, groups=2)
+    for bias in (rng.standard_normal(6).astype(dt), None):
+        convgpu.conv2d(x, w, bias, **kw, backend="numba", algo="direct")
+        convgpu.conv2d(x, w, bias, **kw, backend="numba", algo="direct_tiled")
+    convgpu.conv2d_backward_input(gy, w, x.shape, **kw, backend="numba", algo="direct")
+    convgpu.conv2d_backward_weight(x, gy, w.shape, **kw, backend="numba", algo="direct")
+    convgpu.conv2d_backward_bias(gy, backend="numba")
+    y, _ = convgpu.max_pool2d(x, 3, 2, 1, return_indices=True, backend="numba")
+    convgpu.max_pool2d_backward(y, np.zeros(y.shape, np.int64), x.shape, 3, 2, 1,
+                                backend="numba", algo="gather", check_indices=False)
+    convgpu.avg_pool2d(x, 3, 2, 1, backend="numba")
+    convgpu.avg_pool2d_backward(y, x.shape, 3, 2, 1, backend="numba")
+    convgpu.global_avg_pool2d(x, backend="numba")
+    convgpu.global_avg_pool2d_backward(x[:, :, 0, 0].copy(), x.shape, backend="numba")
+    convgpu.adaptive_avg_pool2d(x, (4, 3), backend="numba")
+    convgpu.adaptive_avg_pool2d_backward(x[:, :, :4, :3].copy(), x.shape, backend="numba")
+    convgpu.relu(x, backend="numba")
+    convgpu.relu_backward(x, x, backend="numba")
+    convgpu.bias_add(x, x[0, :, 0, 0].copy(), backend="numba")
 
 
 EXPECTED_KERNELS = {
@@ -112,6 +141,50 @@ EXPECTED_KERNELS = {
     "winograd_output_k", "winograd_grad_tiles_k", "winograd_grad_filter_k", "adam_step_k",
     "sgd_step_k", "adaptive_k", "adaptive_backward_k", "stats_k", "apply_k", "bwd_sums_k", "bwd_apply_k",
 }
+
+
+# the kernels of the numba implementations registered for float16 (float32 sums)
+EXPECTED_FLOAT16_KERNELS = {
+    "relu_k", "relu_backward_k", "bias_add_k", "channel_sum_k", "max_pool_k",
+    "max_backward_gather_k", "avg_pool_k", "avg_backward_k", "gap_k", "gap_backward_k",
+    "adaptive_k", "adaptive_backward_k", "conv_direct_k", "conv_tiled_k", "bwd_input_gather_k",
+    "bwd_weight_k",
+}
+
+
+def _float16_launches(recorded):
+    return {k: v for k, v in recorded.items()
+            if any(str(getattr(t, "dtype", "")) == "float16" for t in k[1])}
+
+
+def test_every_float16_implementation_is_compiled(recorded):
+    """Each numba implementation registered for float16 had its kernel compiled below on
+    float16 arrays (the simulator alone would accept code real Numba rejects)."""
+    served = {(op, i.algo) for op in _registry.ops() if op not in _registry.ALIASES
+              for i in _registry.all_impls(op) if i.backend == "numba" and "float16" in i.dtypes}
+    assert len(served) == 16, sorted(served)
+    assert {k[0] for k in _float16_launches(recorded)} == EXPECTED_FLOAT16_KERNELS
+
+
+# float64 arithmetic, or data widened to float64 (a constant's mov / cvt is neither)
+F64_WORK = re.compile(r"\b(add|sub|mul|fma|div|setp|min|max|sqrt|neg|abs)\.[a-z.]*f64\b"
+                      r"|\bcvt\.[a-z.]*f64\.f(16|32)\b")
+
+
+def test_float16_kernels_sum_in_float32(recorded):
+    """float16 data is converted to float32 (cvt.f32.f16) and summed there, never in float64,
+    and results are rounded back once (cvt.rn.f16.f32)."""
+    failures = []
+    for (name, types), (fn, argtypes) in sorted(_float16_launches(recorded).items(),
+                                                key=lambda kv: str(kv[0])):
+        ptx, _ = cuda.compile_ptx(fn, argtypes, cc=(9, 0))
+        if F64_WORK.search(ptx):
+            failures.append(f"{name}: float64 arithmetic in a float16 kernel: "
+                            f"{F64_WORK.search(ptx).group(0)}")
+        arith = name not in ("relu_k", "relu_backward_k", "max_pool_k")   # selections
+        if arith and not ("cvt.f32.f16" in ptx and "cvt.rn.f16.f32" in ptx):
+            failures.append(f"{name}: no float16 -> float32 -> float16 conversions")
+    assert not failures, "\n".join(failures)
 
 
 def test_every_kernel_is_launched_by_some_launcher(recorded):

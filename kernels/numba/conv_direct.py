@@ -18,7 +18,7 @@ import functools
 import numpy as np
 from numba import cuda
 
-from convgpu.kernels.numba.elementwise import NB_TYPES
+from convgpu.kernels.numba.elementwise import ACC_TYPES, NB_TYPES
 from convgpu.kernels.numba.launch import THREADS, block_sum, blocks_for, launch, unravel4
 from convgpu.kernels.outputs import empty
 
@@ -30,6 +30,7 @@ MAX_RS = 128        # largest R*S the tiled kernel's shared filter buffer holds
 @functools.lru_cache(maxsize=None)
 def _kernels(dtype_name: str):
     T = NB_TYPES[np.dtype(dtype_name)]
+    A = ACC_TYPES[np.dtype(dtype_name)]             # products and sums in float32 for float16
 
     @cuda.jit
     def conv_direct_k(x, w, b, y, has_bias, sh, sw, ph, pw, dh, dw, groups):
@@ -41,7 +42,7 @@ def _kernels(dtype_name: str):
         for t in range(cuda.grid(1), total, cuda.gridsize(1)):
             n, k, p, q = unravel4(t, K, P, Q)
             c0 = (k // Kg) * Cg
-            acc = b[k] if has_bias else T(0)
+            acc = A(b[k]) if has_bias else A(0)
             for c in range(Cg):
                 for r in range(R):
                     h = p * sh - ph + r * dh
@@ -50,8 +51,8 @@ def _kernels(dtype_name: str):
                     for s in range(S):
                         v = q * sw - pw + s * dw
                         if v >= 0 and v < W:
-                            acc += x[n, c0 + c, h, v] * w[k, c, r, s]
-            y[n, k, p, q] = acc
+                            acc += A(x[n, c0 + c, h, v]) * A(w[k, c, r, s])
+            y[n, k, p, q] = T(acc)
 
     @cuda.jit
     def conv_tiled_k(x, w, b, y, has_bias, sh, sw, ph, pw, dh, dw, groups):
@@ -68,7 +69,7 @@ def _kernels(dtype_name: str):
         q = pix % Q
         live = pix < P * Q
         c0 = (k // Kg) * Cg
-        acc = b[k] if has_bias else T(0)
+        acc = A(b[k]) if has_bias else A(0)
         RS = R * S
         for cc in range(0, Cg, CCHUNK):
             nc = min(CCHUNK, Cg - cc)
@@ -85,10 +86,10 @@ def _kernels(dtype_name: str):
                         for s in range(S):
                             v = q * sw - pw + s * dw
                             if v >= 0 and v < W:
-                                acc += x[n, c0 + cc + c, h, v] * wbuf[c, r * S + s]
+                                acc += A(x[n, c0 + cc + c, h, v]) * A(wbuf[c, r * S + s])
             cuda.syncthreads()
         if live:
-            y[n, k, p, q] = acc
+            y[n, k, p, q] = T(acc)
 
     @cuda.jit
     def bwd_input_gather_k(gy, w, gx, sh, sw, ph, pw, dh, dw, groups):
@@ -101,7 +102,7 @@ def _kernels(dtype_name: str):
             n, c, h, v = unravel4(t, C, H, W)
             g = c // Cg
             cw = c % Cg
-            acc = T(0)
+            acc = A(0)
             for r in range(R):
                 hp = h + ph - r * dh          # = p * sh for the output row that reads h
                 if hp < 0 or hp % sh != 0:
@@ -117,8 +118,8 @@ def _kernels(dtype_name: str):
                     if q >= Q:
                         continue
                     for k in range(g * Kg, (g + 1) * Kg):
-                        acc += gy[n, k, p, q] * w[k, cw, r, s]
-            gx[n, c, h, v] = acc
+                        acc += A(gy[n, k, p, q]) * A(w[k, cw, r, s])
+            gx[n, c, h, v] = T(acc)
 
     @cuda.jit
     def bwd_weight_k(x, gy, gw, sh, sw, ph, pw, dh, dw, groups):
@@ -126,7 +127,7 @@ def _kernels(dtype_name: str):
         K, Cg, R, S = gw.shape
         P, Q = gy.shape[2], gy.shape[3]
         Kg = K // groups
-        buf = cuda.shared.array(THREADS, dtype=T)
+        buf = cuda.shared.array(THREADS, dtype=A)
         e = cuda.blockIdx.x                    # flat weight element (k, c, r, s)
         s = e % S
         r = (e // S) % R
@@ -134,7 +135,7 @@ def _kernels(dtype_name: str):
         k = e // (Cg * R * S)
         cx = (k // Kg) * Cg + c
         tid = cuda.threadIdx.x
-        acc = T(0)
+        acc = A(0)
         for j in range(tid, N * P * Q, THREADS):
             q = j % Q
             p = (j // Q) % P
@@ -142,10 +143,10 @@ def _kernels(dtype_name: str):
             h = p * sh - ph + r * dh
             v = q * sw - pw + s * dw
             if h >= 0 and h < H and v >= 0 and v < W:
-                acc += gy[n, k, p, q] * x[n, cx, h, v]
+                acc += A(gy[n, k, p, q]) * A(x[n, cx, h, v])
         total = block_sum(buf, tid, acc)
         if tid == 0:
-            gw[k, c, r, s] = total
+            gw[k, c, r, s] = T(total)
 
     return dict(direct=conv_direct_k, tiled=conv_tiled_k, bwd_input=bwd_input_gather_k,
                 bwd_weight=bwd_weight_k)

@@ -1,7 +1,9 @@
 """Numba kernels for the small ops: relu, relu backward, bias add, the bias gradient (a
 fixed-order reduction), softmax cross-entropy forward and backward.
 
-Kernels (each built per dtype by a memoised factory so float32 arithmetic stays float32):
+Kernels (each built per dtype by a memoised factory so float32 arithmetic stays float32;
+float16 data is loaded into and summed in float32, A, and rounded to float16 once at the
+store; Numba has no bfloat16):
   adam_step_k, sgd_step_k                 optimiser steps in place, one thread per element
   relu_k, relu_backward_k, bias_add_k      one thread per element, grid-stride
   channel_sum_k                           one block per channel: strided partial sums (along
@@ -19,54 +21,60 @@ import math
 
 import numpy as np
 from numba import cuda, float32, float64
+from numba.core.types import float16
 
 from convgpu.kernels.numba.launch import THREADS, block_sum, blocks_for, launch
 from convgpu.kernels.outputs import empty
 
-NB_TYPES = {np.dtype(np.float32): float32, np.dtype(np.float64): float64}
+NB_TYPES = {np.dtype(np.float16): float16, np.dtype(np.float32): float32,
+            np.dtype(np.float64): float64}
+# the type every sum is carried in: float32 for float16 data (FP32 accumulation)
+ACC_TYPES = {np.dtype(np.float16): float32, np.dtype(np.float32): float32,
+             np.dtype(np.float64): float64}
 
 
 @functools.lru_cache(maxsize=None)
 def _kernels(dtype_name: str):
     T = NB_TYPES[np.dtype(dtype_name)]
+    A = ACC_TYPES[np.dtype(dtype_name)]
 
     @cuda.jit
     def relu_k(x, y):
         start = cuda.grid(1)
         for i in range(start, x.size, cuda.gridsize(1)):
             v = x[i]
-            y[i] = v if (v > 0 or v != v) else T(0)
+            y[i] = v if (v > T(0) or v != v) else T(0)
 
     @cuda.jit
     def relu_backward_k(gy, x, gx):
         start = cuda.grid(1)
         for i in range(start, x.size, cuda.gridsize(1)):
-            gx[i] = gy[i] if x[i] > 0 else T(0)
+            gx[i] = gy[i] if x[i] > T(0) else T(0)
 
     @cuda.jit
     def bias_add_k(x, b, y, C, inner):
         start = cuda.grid(1)
         for i in range(start, x.size, cuda.gridsize(1)):
-            y[i] = x[i] + b[(i // inner) % C]
+            y[i] = T(A(x[i]) + A(b[(i // inner) % C]))
 
     @cuda.jit
     def channel_sum_k(a, out):
         """a (B, K, L) -> out[k] = sum_{b, l} a[b, k, l]; block k, fixed summation order."""
         k = cuda.blockIdx.x
         t = cuda.threadIdx.x
-        buf = cuda.shared.array(THREADS, dtype=T)
-        acc = T(0)
+        buf = cuda.shared.array(THREADS, dtype=A)
+        acc = A(0)
         B, L = a.shape[0], a.shape[2]
         if L >= THREADS:                  # long rows: each thread strides along every row
             for b in range(B):
                 for l in range(t, L, THREADS):
-                    acc += a[b, k, l]
+                    acc += A(a[b, k, l])
         else:                             # short rows (L = 1 for a linear layer): over (b, l)
             for j in range(t, B * L, THREADS):
-                acc += a[j // L, k, j % L]
+                acc += A(a[j // L, k, j % L])
         total = block_sum(buf, t, acc)
         if t == 0:
-            out[k] = total
+            out[k] = T(total)
 
     @cuda.jit
     def xent_rows_k(z, labels, loss):

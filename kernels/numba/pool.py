@@ -24,7 +24,7 @@ import functools
 import numpy as np
 from numba import cuda
 
-from convgpu.kernels.numba.elementwise import NB_TYPES
+from convgpu.kernels.numba.elementwise import ACC_TYPES, NB_TYPES
 from convgpu.kernels.numba.launch import THREADS, blocks_for, launch, unravel4
 from convgpu.kernels.outputs import empty, zeros
 
@@ -54,6 +54,7 @@ def _first_cover(i, pad, k, s, d):
 @functools.lru_cache(maxsize=None)
 def _kernels(dtype_name: str):
     T = NB_TYPES[np.dtype(dtype_name)]
+    A = ACC_TYPES[np.dtype(dtype_name)]             # sums in float32 for float16 data
 
     @cuda.jit
     def max_pool_k(x, y, idx, kh, kw, sh, sw, ph, pw, dh, dw):
@@ -91,7 +92,7 @@ def _kernels(dtype_name: str):
         for t in range(cuda.grid(1), total, cuda.gridsize(1)):
             n, c, h, w = unravel4(t, C, H, W)
             me = h * W + w
-            acc = T(0)
+            acc = A(0)
             p_hi = min((h + ph) // sh, P - 1)
             q_hi = min((w + pw) // sw, Q - 1)
             for p in range(_first_cover(h, ph, kh, sh, dh), p_hi + 1):
@@ -101,8 +102,8 @@ def _kernels(dtype_name: str):
                     if (w + pw - q * sw) % dw != 0:
                         continue
                     if idx[n, c, p, q] == me:
-                        acc += gy[n, c, p, q]
-            gx[n, c, h, w] = acc
+                        acc += A(gy[n, c, p, q])
+            gx[n, c, h, w] = T(acc)
 
     @cuda.jit
     def max_backward_plane_k(gy, idx, gx):
@@ -121,14 +122,14 @@ def _kernels(dtype_name: str):
     @cuda.jit(device=True, inline=True)
     def _divisor(p, q, H, W, kh, kw, sh, sw, ph, pw, include_pad, override):
         if override != 0:
-            return T(override)
+            return A(override)
         h0 = p * sh - ph
         w0 = q * sw - pw
         h1 = min(h0 + kh, H + ph)
         w1 = min(w0 + kw, W + pw)
         if include_pad:
-            return T((h1 - h0) * (w1 - w0))
-        return T((min(h1, H) - max(h0, 0)) * (min(w1, W) - max(w0, 0)))
+            return A((h1 - h0) * (w1 - w0))
+        return A((min(h1, H) - max(h0, 0)) * (min(w1, W) - max(w0, 0)))
 
     @cuda.jit
     def avg_pool_k(x, y, kh, kw, sh, sw, ph, pw, include_pad, override):
@@ -139,12 +140,12 @@ def _kernels(dtype_name: str):
             n, c, p, q = unravel4(t, C, P, Q)
             h0 = p * sh - ph
             w0 = q * sw - pw
-            acc = T(0)
+            acc = A(0)
             for h in range(max(h0, 0), min(h0 + kh, H)):
                 for w in range(max(w0, 0), min(w0 + kw, W)):
-                    acc += x[n, c, h, w]
-            y[n, c, p, q] = acc / _divisor(p, q, H, W, kh, kw, sh, sw, ph, pw, include_pad,
-                                           override)
+                    acc += A(x[n, c, h, w])
+            y[n, c, p, q] = T(acc / _divisor(p, q, H, W, kh, kw, sh, sw, ph, pw, include_pad,
+                                             override))
 
     @cuda.jit
     def avg_backward_k(gy, gx, kh, kw, sh, sw, ph, pw, include_pad, override):
@@ -153,27 +154,27 @@ def _kernels(dtype_name: str):
         total = N * C * H * W
         for t in range(cuda.grid(1), total, cuda.gridsize(1)):
             n, c, h, w = unravel4(t, C, H, W)
-            acc = T(0)
+            acc = A(0)
             for p in range(_first_cover(h, ph, kh, sh, 1), min((h + ph) // sh, P - 1) + 1):
                 for q in range(_first_cover(w, pw, kw, sw, 1), min((w + pw) // sw, Q - 1) + 1):
-                    acc += gy[n, c, p, q] / _divisor(p, q, H, W, kh, kw, sh, sw, ph, pw,
-                                                     include_pad, override)
-            gx[n, c, h, w] = acc
+                    acc += A(gy[n, c, p, q]) / _divisor(p, q, H, W, kh, kw, sh, sw, ph, pw,
+                                                        include_pad, override)
+            gx[n, c, h, w] = T(acc)
 
     @cuda.jit
     def gap_k(x, y):
         NC, L = x.shape
         for t in range(cuda.grid(1), NC, cuda.gridsize(1)):
-            acc = T(0)
+            acc = A(0)
             for l in range(L):
-                acc += x[t, l]
-            y[t] = acc / T(L)
+                acc += A(x[t, l])
+            y[t] = T(acc / A(L))
 
     @cuda.jit
     def gap_backward_k(gy, gx):
         NC, L = gx.shape
         for t in range(cuda.grid(1), NC * L, cuda.gridsize(1)):
-            gx[t // L, t % L] = gy[t // L] / T(L)
+            gx[t // L, t % L] = T(A(gy[t // L]) / A(L))
 
     @cuda.jit
     def adaptive_k(x, y):
@@ -183,11 +184,11 @@ def _kernels(dtype_name: str):
             n, c, p, q = unravel4(t, C, P, Q)
             h0, h1 = _adaptive_start(p, H, P), _adaptive_end(p, H, P)
             w0, w1 = _adaptive_start(q, W, Q), _adaptive_end(q, W, Q)
-            acc = T(0)
+            acc = A(0)
             for h in range(h0, h1):
                 for w in range(w0, w1):
-                    acc += x[n, c, h, w]
-            y[n, c, p, q] = acc / T((h1 - h0) * (w1 - w0))
+                    acc += A(x[n, c, h, w])
+            y[n, c, p, q] = T(acc / A((h1 - h0) * (w1 - w0)))
 
     @cuda.jit
     def adaptive_backward_k(gy, gx):
@@ -195,13 +196,13 @@ def _kernels(dtype_name: str):
         P, Q = gy.shape[2], gy.shape[3]
         for t in range(cuda.grid(1), N * C * H * W, cuda.gridsize(1)):
             n, c, h, w = unravel4(t, C, H, W)
-            acc = T(0)
+            acc = A(0)
             for p in range(_adaptive_start(h, P, H), _adaptive_end(h, P, H)):
                 rows = _adaptive_end(p, H, P) - _adaptive_start(p, H, P)
                 for q in range(_adaptive_start(w, Q, W), _adaptive_end(w, Q, W)):
                     cols = _adaptive_end(q, W, Q) - _adaptive_start(q, W, Q)
-                    acc += gy[n, c, p, q] / T(rows * cols)
-            gx[n, c, h, w] = acc
+                    acc += A(gy[n, c, p, q]) / A(rows * cols)
+            gx[n, c, h, w] = T(acc)
 
     return dict(max_pool=max_pool_k, max_backward_gather=max_backward_gather_k,
                 max_backward_plane=max_backward_plane_k, avg_pool=avg_pool_k,
