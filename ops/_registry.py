@@ -68,9 +68,10 @@ class Impl:
             return None
         return f"{self.op} {self.backend}:{self.algo} serves {', '.join(self.dtypes)}; not {name}"
 
-    def why_not(self, args, dtype=None) -> Optional[str]:
-        reason = backend_unavailable(self.backend) or \
-            self.dtype_refusal(dtype if dtype is not None else record_dtype(args))
+    def why_not(self, args) -> Optional[str]:
+        """None if this implementation can serve the call described by the argument record,
+        else why not: the backend missing here, the record's dtype, or supports()."""
+        reason = backend_unavailable(self.backend) or self.dtype_refusal(record_dtype(args))
         if reason:
             return reason
         if isinstance(self.supports, str):        # "module:function", imported lazily
@@ -204,6 +205,13 @@ def device_backend_runs_on_host(backend: str) -> bool:
 # selection
 
 
+def _why_not(impl: Impl, args, dtype) -> Optional[str]:
+    """impl.why_not(args), the call's data dtype checked first where the record lacks it."""
+    reason = None if dtype is None else (backend_unavailable(impl.backend)
+                                         or impl.dtype_refusal(dtype))
+    return reason or impl.why_not(args)
+
+
 def _listing(op: str) -> str:
     return ", ".join(f"({i.backend}, {i.algo})" for i in _REGISTRY[op])
 
@@ -236,17 +244,18 @@ def select(op: str, args, backend: str, algo: str, on_device: bool, dtype=None) 
         if not named:
             raise ValueError(f"{op}: no implementation ({'/'.join(order)}, {algo}); "
                              f"registered: {_listing(op)}")
-        reasons = [(i, i.why_not(args, dtype)) for i in named]
+        reasons = [(i, _why_not(i, args, dtype)) for i in named]
         ok = [i for i, r in reasons if r is None]
         if not ok:
             i, r = reasons[0]
             raise ValueError(f"{op}: ({i.backend}, {i.algo}) cannot serve this call: {r}")
         return ok[:1]
     for b in order:
-        ok = [i for i in impls if i.backend == b and not i.dev and i.why_not(args, dtype) is None]
+        ok = [i for i in impls
+              if i.backend == b and not i.dev and _why_not(i, args, dtype) is None]
         if ok:
             return ok
-    tried = "; ".join(f"({i.backend}, {i.algo}): {i.why_not(args, dtype)}"
+    tried = "; ".join(f"({i.backend}, {i.algo}): {_why_not(i, args, dtype)}"
                       for i in impls if i.backend in order)
     raise ValueError(f"{op}: no implementation supports this call. {tried or _listing(op)}")
 

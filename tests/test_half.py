@@ -13,7 +13,8 @@ import convgpu.torch as ct
 import convgpu.torch.functional as CF
 from convgpu import bounds
 from convgpu.ops import _registry as REG
-from half_checks import (CONV_CASES, HALF, assert_half, assert_torch_half, bn_bounds, check_avg_pool2d,
+from half_checks import (CONV_CASES, HALF, assert_half, assert_torch_half, bn_bounds,
+                         check_avg_pool2d,
                          check_batch_norm, check_conv2d, check_conv2d_backward,
                          check_conv2d_backward_bias, check_elementwise,
                          check_global_and_adaptive, check_linear, check_max_pool2d,

@@ -151,8 +151,9 @@ def check_params_dtype(op: str, dtype, **params) -> np.dtype:
     allowed = (np.dtype(dtype), np.dtype(np.float32)) if is_half(dtype) else (np.dtype(dtype),)
     if first.dtype not in allowed:
         also = " or float32" if is_half(dtype) else ""
-        raise TypeError(f"{op}: {first_name} is {first.dtype} but the input is {np.dtype(dtype)}; "
-                        f"the per-channel parameters and statistics must be {np.dtype(dtype)}{also}")
+        raise TypeError(f"{op}: {first_name} is {first.dtype} but the input is "
+                        f"{np.dtype(dtype)}; the per-channel parameters and statistics must be "
+                        f"{np.dtype(dtype)}{also}")
     return first.dtype
 
 

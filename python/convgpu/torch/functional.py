@@ -11,11 +11,12 @@ keywords: algo and backend (as the plain ops), allow_tf32 for conv and linear.
 
 CPU tensors run on the NumPy reference (backend "numpy"), or, with backend="cuda" under
 CONVGPU_CUDA_HOST=1 / backend="numba" under the simulator, through the emulated device
-kernels; CUDA tensors run on the device kernels on torch's current stream. float16 and bfloat16 tensors run in their dtype
-(FP32 accumulation; batch norm's weight, bias and running estimates may stay float32, as
-torch's mixed form). Under torch.autocast the casts are torch's: conv2d, conv_transpose2d
-and linear in the autocast dtype, cross_entropy in float32, the other ops in their input's
-dtype. Backward is once differentiable (no double backward).
+kernels; CUDA tensors run on the device kernels on torch's current stream. float16 and
+bfloat16 tensors run in their dtype (FP32 accumulation; batch norm's weight, bias and
+running estimates may stay float32, torch's mixed form). Under torch.autocast the casts are
+torch's: conv2d, conv_transpose2d and linear in the autocast dtype, cross_entropy in
+float32, the other ops in their input's dtype. Backward is once differentiable (no double
+backward).
 """
 from __future__ import annotations
 

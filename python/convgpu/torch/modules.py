@@ -149,9 +149,9 @@ def convert(model, algo="auto", backend="auto"):
     types are left as they are; layers already ours take the new algo and backend. Raises
     ValueError, before changing anything, listing every layer it can't serve (a
     padding_mode other than 'zeros', parameters of a dtype other than float16, bfloat16,
-    float32, float64, a device other than CPU / CUDA). backend goes to every converted layer; algo (a convolution algorithm,
-    convgpu.implementations("conv2d")) to the Conv2d and ConvTranspose2d layers' forward,
-    the others keep "auto"."""
+    float32, float64, a device other than CPU / CUDA). backend goes to every converted
+    layer; algo (a convolution algorithm, convgpu.implementations("conv2d")) to the Conv2d
+    and ConvTranspose2d layers' forward, the others keep "auto"."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert: model must be a torch.nn.Module, got {type(model).__name__}")
     todo, refused = [], []
