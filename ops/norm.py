@@ -11,6 +11,11 @@ takes: the batch's mean and 1 / sqrt(var + eps) in training, the running mean an
 Not in torch.nn.functional: batch_norm_backward(grad_output, input, mean, invstd, weight,
 training) -> (grad_input, grad_weight, grad_bias), the three gradients of torch's
 native_batch_norm_backward.
+
+Half-precision input (float16, bfloat16) takes weight, bias and the running estimates all
+in its dtype or all in float32 (torch's mixed form, as AMP keeps them); the returned
+statistics and the weight and bias gradients come in that dtype of the parameters (the
+input's where none are given), as torch's native_batch_norm.
 """
 from __future__ import annotations
 

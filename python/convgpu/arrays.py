@@ -186,7 +186,15 @@ def unwrap(op: str, **named):
                 raise TypeError(f"{op}: {name} is on GPU {dev_a} but {first} is on GPU {dev_0}")
         if torch_kind and a.requires_grad:
             _warn_requires_grad(op, name)
-        out[name] = _to_native(a, kind)
+        try:
+            out[name] = _to_native(a, kind)
+        except (TypeError, ValueError, BufferError, RuntimeError) as e:
+            # CuPy reads bfloat16 through DLPack only with ml_dtypes (CuPy >= 14)
+            if kind in _CUDA_KINDS and "bfloat16" in str(getattr(a, "dtype", "")):
+                raise TypeError(f"{op}: {name} is a bfloat16 CUDA array that CuPy cannot "
+                                f"import ({type(e).__name__}: {e}); CuPy 14 with ml_dtypes "
+                                "installed reads it") from None
+            raise
     if boundary is None:
         raise TypeError(f"{op}: no array argument given")
     return boundary, out

@@ -3,7 +3,7 @@
 Readable first, vectorised second: convolution is im2col through
 ``sliding_window_view`` and a matrix product per group; a second path computes the
 forward convolution by FFT (``numpy.fft``) so the two can check each other. Every
-function takes C-contiguous float32 or float64 NumPy arrays in NCHW, with stride,
+function takes C-contiguous float NumPy arrays in NCHW, with stride,
 padding and dilation as (h, w) pairs already validated by ``convgpu.core.args``, and
 returns arrays of the input's dtype. Semantics are torch's throughout.
 
