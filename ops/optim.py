@@ -16,7 +16,7 @@ import numpy as np
 from convgpu import reference
 from convgpu.arrays import on_torch_stream, unwrap
 from convgpu.core import args as A
-from convgpu.ops._registry import dispatch, register
+from convgpu.ops._registry import WITH_FLOAT16, dispatch, register
 
 
 class AdamHyper(NamedTuple):
@@ -63,8 +63,10 @@ def _np_sgd_step(a, p, g, buf, h):
 # own arrays) where several support a call, which would apply an in-place step again
 register("adam_step", "numpy", "reference", "convgpu.ops.optim:_np_adam_step")
 register("sgd_step", "numpy", "reference", "convgpu.ops.optim:_np_sgd_step")
-register("adam_step", "numba", "fused", "convgpu.kernels.numba.elementwise:adam_step")
-register("sgd_step", "numba", "fused", "convgpu.kernels.numba.elementwise:sgd_step")
+register("adam_step", "numba", "fused", "convgpu.kernels.numba.elementwise:adam_step",
+         dtypes=WITH_FLOAT16)
+register("sgd_step", "numba", "fused", "convgpu.kernels.numba.elementwise:sgd_step",
+         dtypes=WITH_FLOAT16)
 register("adam_step", "cuda", "fused", "convgpu.kernels.cuda.elementwise:adam_step")
 register("sgd_step", "cuda", "fused", "convgpu.kernels.cuda.elementwise:sgd_step")
 

@@ -130,6 +130,10 @@ def _drive_float16_launchers(rng):
     convgpu.relu(x, backend="numba")
     convgpu.relu_backward(x, x, backend="numba")
     convgpu.bias_add(x, x[0, :, 0, 0].copy(), backend="numba")
+    st = [rng.standard_normal((4, 5)).astype(dt) for _ in range(4)]
+    convgpu.adam_step(*st, 1, lr=0.1, weight_decay=0.01, backend="numba")
+    convgpu.sgd_step(*st[:3], lr=0.1, momentum=0.9, backend="numba")
+    convgpu.sgd_step(*st[:2], lr=0.1, backend="numba")
 
 
 EXPECTED_KERNELS = {
@@ -148,7 +152,7 @@ EXPECTED_FLOAT16_KERNELS = {
     "relu_k", "relu_backward_k", "bias_add_k", "channel_sum_k", "max_pool_k",
     "max_backward_gather_k", "avg_pool_k", "avg_backward_k", "gap_k", "gap_backward_k",
     "adaptive_k", "adaptive_backward_k", "conv_direct_k", "conv_tiled_k", "bwd_input_gather_k",
-    "bwd_weight_k",
+    "bwd_weight_k", "adam_step_k", "sgd_step_k",
 }
 
 
@@ -162,7 +166,7 @@ def test_every_float16_implementation_is_compiled(recorded):
     float16 arrays (the simulator alone would accept code real Numba rejects)."""
     served = {(op, i.algo) for op in _registry.ops() if op not in _registry.ALIASES
               for i in _registry.all_impls(op) if i.backend == "numba" and "float16" in i.dtypes}
-    assert len(served) == 16, sorted(served)
+    assert len(served) == 18, sorted(served)
     assert {k[0] for k in _float16_launches(recorded)} == EXPECTED_FLOAT16_KERNELS
 
 

@@ -103,26 +103,28 @@ def _kernels(dtype_name: str):
                 p = math.exp(z[i, j] - m) / s
                 g[i, j] = (p - T(1) if j == labels[i] else p) / n
 
+    # the steps compute in A (float32 for float16 state, whose scalars come in float32:
+    # eps = 1e-8 is 0 in float16) and round each new value once
     @cuda.jit
     def adam_step_k(p, grad, m, v, lr, b1, c1, b2, c2, eps, wd, bc1, bc2):
         for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
-            w = p[i]
-            g = grad[i] + wd * w if wd != 0 else grad[i]
-            mi = b1 * m[i] + c1 * g
-            vi = b2 * v[i] + c2 * g * g
-            m[i] = mi
-            v[i] = vi
-            p[i] = w - lr * (mi / bc1) / (math.sqrt(vi / bc2) + eps)
+            w = A(p[i])
+            g = A(grad[i]) + wd * w if wd != 0 else A(grad[i])
+            mi = b1 * A(m[i]) + c1 * g
+            vi = b2 * A(v[i]) + c2 * g * g
+            m[i] = T(mi)
+            v[i] = T(vi)
+            p[i] = T(w - lr * (mi / bc1) / (math.sqrt(vi / bc2) + eps))
 
     @cuda.jit
     def sgd_step_k(p, grad, buf, has_buf, lr, mu, wd):
         for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
-            w = p[i]
-            g = grad[i] + wd * w if wd != 0 else grad[i]
+            w = A(p[i])
+            g = A(grad[i]) + wd * w if wd != 0 else A(grad[i])
             if has_buf:
-                g = mu * buf[i] + g
-                buf[i] = g
-            p[i] = w - lr * g
+                g = mu * A(buf[i]) + g
+                buf[i] = T(g)
+            p[i] = T(w - lr * g)
 
     return dict(relu=relu_k, relu_backward=relu_backward_k, bias_add=bias_add_k,
                 channel_sum=channel_sum_k, xent_rows=xent_rows_k, xent_backward=xent_backward_k,
@@ -184,10 +186,15 @@ def softmax_cross_entropy_backward(a, z, labels):
     return g
 
 
+def _scalar_dtype(dtype):
+    """The step's scalars: the parameters' dtype, float32 for float16."""
+    return np.float32 if np.dtype(dtype) == np.float16 else dtype
+
+
 def adam_step(a, p, g, m, v, h):
-    """In place (p, m, v: C-contiguous); the scalars in the parameters' dtype."""
+    """In place (p, m, v: C-contiguous); the scalars in the computation's dtype."""
     launch(kernels_for(p.dtype)["adam_step"], blocks_for(p.size), THREADS, p, p.ravel(),
-           g.ravel(), m.ravel(), v.ravel(), *h.kernel_scalars(p.dtype))
+           g.ravel(), m.ravel(), v.ravel(), *h.kernel_scalars(_scalar_dtype(p.dtype)))
 
 
 def sgd_step(a, p, g, buf, h):
@@ -195,4 +202,5 @@ def sgd_step(a, p, g, buf, h):
     # which the simulator would copy back over the update)
     stand_in = buf if buf is not None else empty((1,), p.dtype, p)
     launch(kernels_for(p.dtype)["sgd_step"], blocks_for(p.size), THREADS, p, p.ravel(),
-           g.ravel(), stand_in.ravel(), buf is not None, *h.kernel_scalars(p.dtype))
+           g.ravel(), stand_in.ravel(), buf is not None,
+           *h.kernel_scalars(_scalar_dtype(p.dtype)))

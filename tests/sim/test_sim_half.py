@@ -10,7 +10,8 @@ import convgpu
 from convgpu.ops._registry import all_impls
 from half_checks import (CONV_CASES, check_avg_pool2d, check_conv2d, check_conv2d_backward,
                          check_conv2d_backward_bias, check_elementwise,
-                         check_global_and_adaptive, check_max_pool2d, half, impl_params)
+                         check_global_and_adaptive, check_max_pool2d, check_optim, half,
+                         impl_params)
 from helpers import AVGP_SMALL, MAXP_SMALL
 
 BF16 = np.dtype("bfloat16")
@@ -59,6 +60,11 @@ def test_global_and_adaptive_pool(rng, dtype, backend, algo, monkeypatch):
 @pytest.mark.parametrize("dtype, backend, algo", impl_params("relu"))
 def test_elementwise(rng, dtype, backend, algo, monkeypatch):
     check_elementwise(rng, dtype, backend, monkeypatch)
+
+
+@pytest.mark.parametrize("dtype, backend, algo", impl_params("adam_step"))
+def test_optimiser_steps(rng, dtype, backend, algo, monkeypatch):
+    check_optim(rng, dtype, backend, monkeypatch)
 
 
 def test_float16_plane_walk_declines_and_the_gather_serves(rng):
