@@ -3,7 +3,9 @@
 An implementation is a function of the validated argument record (ConvArgs, PoolArgs,
 ...) and the native arrays. Its `supports(args)` returns None when it can serve the call
 or a sentence saying why not; dispatch never picks one that says no, and asking for it
-by name raises ValueError with that sentence.
+by name raises ValueError with that sentence. Each also names the data dtypes it serves
+(`dtypes=`; float32 and float64 unless it says otherwise, every float dtype on the numpy
+backend): a call in another dtype is refused the same way, with a sentence naming both.
 
 Implementations are named by "module:function" strings and imported on first use, so
 `import convgpu` stays cheap and works without Numba or CuPy installed.
@@ -100,7 +102,8 @@ def register(op: str, backend: str, algo: str, target: str, supports=None, note:
         dtypes = (dtypes,)
     dtypes = tuple(np.dtype(d).name if not isinstance(d, str) else d for d in dtypes)
     if not dtypes or any(d not in DTYPE_NAMES for d in dtypes):
-        raise ValueError(f"{op}: dtypes must name some of {', '.join(DTYPE_NAMES)}; got {dtypes!r}")
+        raise ValueError(f"{op}: dtypes must name some of {', '.join(DTYPE_NAMES)}; "
+                         f"got {dtypes!r}")
     if dev and not env.dev():
         return
     impls = _REGISTRY.setdefault(op, [])

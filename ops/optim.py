@@ -4,8 +4,8 @@ sgd_step) instead of about a dozen elementwise array operations, each its own la
 
 Not in torch.nn.functional; the names follow torch.optim (Adam, SGD with momentum, L2
 weight decay added to the gradient). The state has the parameter's dtype, half types
-included, as torch.optim keeps it (no float32 copy). The step's numbers (lr, betas, the step count, ...)
-are plain Python numbers, not part of the implementation choice.
+included, as torch.optim keeps it (no float32 copy). The step's numbers (lr, betas, the
+step count, ...) are plain Python numbers, not part of the implementation choice.
 """
 from __future__ import annotations
 
