@@ -341,8 +341,18 @@ def check_batch_norm(rng, dtype, backend, params_dtype, monkeypatch):
     # the statistics in the parameters' dtype: rounded once from the FP32 computation
     assert_half(mean, rmean.astype(pd), np.abs(f64(x)).reshape(4, 3, -1).mean(axis=(0, 2)),
                 n, pd)
-    assert_half(rm, (0.1 * rmean).astype(pd), 0.1 * np.abs(f64(x)).reshape(4, 3, -1)
-                .mean(axis=(0, 2)), n, pd)
+    absmean = np.abs(f64(x)).reshape(4, 3, -1).mean(axis=(0, 2))
+    assert_half(rm, (0.1 * rmean).astype(pd), 0.1 * absmean, n, pd)
+    # the unbiased variance's FP32 sums scale with the squares of |x - mean| and mean|x|
+    assert_half(rv, (0.9 + 0.1 * rvar).astype(pd), 0.9 + 0.1 * (rvar + absmean ** 2), n, pd)
+    # evaluation: the running estimates normalise, one pass of a few operations per element
+    ye = run("batch_norm", backend, None, x, rm, rv, w, b, False, monkeypatch=monkeypatch)
+    inv_e = 1 / np.sqrt(f64(rv) + 1e-5)
+    ref_e = R.batch_norm(f64(x), f64(rm), inv_e, f64(w), f64(b))
+    col = lambda v: v[None, :, None, None]      # noqa: E731
+    mag_e = (np.abs(f64(x)) + col(np.abs(f64(rm)))) * col(inv_e * np.abs(f64(w))) + \
+        col(np.abs(f64(b)))
+    assert_half(ye, ref_e.astype(dtype), mag_e, 8, dtype)
     gx, gw, gb = run("batch_norm_backward", backend, None, gy, x, mean, invstd, w, True,
                      monkeypatch=monkeypatch)
     assert gx.dtype == dtype and gw.dtype == gb.dtype == pd
