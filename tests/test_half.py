@@ -475,3 +475,23 @@ def test_autocast_casts_as_torch():
     assert y.dtype == torch.bfloat16
     assert torch.equal(y, convgpu.conv2d(x.bfloat16(), ours[0].weight.detach().bfloat16(),
                                          ours[0].bias.detach().bfloat16()))
+
+
+def test_bfloat16_through_plain_dlpack_is_one_type_error():
+    """NumPy reads no bfloat16 through DLPack: a producer other than torch (JAX, ...) gets
+    one TypeError saying how bfloat16 crosses; float16 goes through."""
+    class Producer:
+        def __init__(self, t):
+            self.t = t
+
+        def __dlpack__(self, **kw):
+            return self.t.__dlpack__(**kw)
+
+        def __dlpack_device__(self):
+            return self.t.__dlpack_device__()
+
+    t = torch.ones(2, 3)
+    with pytest.raises(TypeError, match=r"relu: input \(Producer\) could not be read through "
+                       r"DLPack .*bfloat16 crosses as a torch tensor"):
+        convgpu.relu(Producer(t.bfloat16()))
+    assert convgpu.relu(Producer(t.half())).dtype == np.float16

@@ -189,11 +189,13 @@ def unwrap(op: str, **named):
         try:
             out[name] = _to_native(a, kind)
         except (TypeError, ValueError, BufferError, RuntimeError) as e:
-            # CuPy reads bfloat16 through DLPack only with ml_dtypes (CuPy >= 14)
-            if kind in _CUDA_KINDS and "bfloat16" in str(getattr(a, "dtype", "")):
-                raise TypeError(f"{op}: {name} is a bfloat16 CUDA array that CuPy cannot "
-                                f"import ({type(e).__name__}: {e}); CuPy 14 with ml_dtypes "
-                                "installed reads it") from None
+            # NumPy reads no bfloat16 through DLPack; CuPy only with ml_dtypes (CuPy >= 14)
+            if kind in (DLPACK_CPU, DLPACK_CUDA) or (
+                    kind in _CUDA_KINDS and "bfloat16" in str(getattr(a, "dtype", ""))):
+                raise TypeError(f"{op}: {name} ({type(a).__name__}) could not be read through "
+                                f"DLPack ({type(e).__name__}: {e}); bfloat16 crosses as a "
+                                "torch tensor, an ml_dtypes.bfloat16 NumPy array, or on CUDA "
+                                "with CuPy 14 and ml_dtypes installed") from None
             raise
     if boundary is None:
         raise TypeError(f"{op}: no array argument given")
