@@ -3,7 +3,9 @@
 An implementation is a function of the validated argument record (ConvArgs, PoolArgs,
 ...) and the native arrays. Its `supports(args)` returns None when it can serve the call
 or a sentence saying why not; dispatch never picks one that says no, and asking for it
-by name raises ValueError with that sentence.
+by name raises ValueError with that sentence. `layouts` names the memory layouts it serves
+(NCHW unless registered otherwise): a record whose `layout` is another is refused with a
+sentence before supports() is asked.
 
 Implementations are named by "module:function" strings and imported on first use, so
 `import convgpu` stays cheap and works without Numba or CuPy installed.
@@ -38,6 +40,7 @@ class Impl:
     supports: Optional[Callable] = None
     note: str = ""
     dev: bool = False                             # kernels/dev: by name only, never "auto"
+    layouts: Tuple[str, ...] = ("NCHW",)          # the args.layout values it serves
     _fn: Optional[Callable] = field(default=None, repr=False)
 
     @property
@@ -51,6 +54,11 @@ class Impl:
         reason = backend_unavailable(self.backend)
         if reason:
             return reason
+        layout = getattr(args, "layout", "NCHW")
+        if layout not in self.layouts:
+            return (f"serves layout {' and '.join(self.layouts)} only, not {layout}"
+                    + ("; algo='transpose' runs the NCHW kernels between transposes"
+                       if self.backend != "numpy" and layout == "NHWC" else ""))
         if isinstance(self.supports, str):        # "module:function", imported lazily
             mod, name = self.supports.split(":")
             self.supports = getattr(importlib.import_module(mod), name)
@@ -63,31 +71,39 @@ ALIASES = {"conv_transpose2d": "conv2d_backward_input"}
 
 
 def register(op: str, backend: str, algo: str, target: str, supports=None, note: str = "",
-             dev: bool = False):
+             dev: bool = False, layouts: Tuple[str, ...] = ("NCHW",)):
     """dev=True: a candidate or superseded kernel (kernels/dev), registered only under
-    CONVGPU_DEV=1 and then run only when named (algo="..."), never by algo="auto"."""
+    CONVGPU_DEV=1 and then run only when named (algo="..."), never by algo="auto".
+    layouts: the memory layouts ("NCHW", "NHWC") the implementation serves."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}")
+    if not layouts or any(lay not in ("NCHW", "NHWC") for lay in layouts):
+        raise ValueError(f"{op}: ({backend}, {algo}) layouts must name NCHW and/or NHWC, "
+                         f"got {layouts!r}")
     if dev and not env.dev():
         return
     impls = _REGISTRY.setdefault(op, [])
     if any(i.backend == backend and i.algo == algo for i in impls):
         raise ValueError(f"{op}: ({backend}, {algo}) registered twice")
-    impls.append(Impl(op, backend, algo, target, supports, note, dev))
+    impls.append(Impl(op, backend, algo, target, supports, note, dev, tuple(layouts)))
 
 
-def implementations(op: Optional[str] = None):
-    """[(backend, algo), ...] registered for `op`, or {op: [...]} for all ops."""
+def implementations(op: Optional[str] = None, layout: Optional[str] = None):
+    """[(backend, algo), ...] registered for `op`, or {op: [...]} for all ops; with layout
+    ("NCHW" or "NHWC"), only those that serve it."""
     if op is None:
-        return {o: implementations(o) for o in ops()}
+        return {o: implementations(o, layout) for o in ops()}
     op = ALIASES.get(op, op)
     if op not in _REGISTRY:
         raise ValueError(f"unknown op {op!r}; ops: {', '.join(sorted(_REGISTRY))}")
-    return [(i.backend, i.algo) for i in _REGISTRY[op]]
+    return [(i.backend, i.algo) for i in _REGISTRY[op] if layout is None or layout in i.layouts]
 
 
-def all_impls(op: str) -> List[Impl]:
-    return list(_REGISTRY.get(ALIASES.get(op, op), []))
+def all_impls(op: str, layout: Optional[str] = "NCHW") -> List[Impl]:
+    """The implementations of `op` that serve `layout` (None: every one). NCHW by default:
+    the tiers and tools that run every implementation on NCHW problems iterate these."""
+    return [i for i in _REGISTRY.get(ALIASES.get(op, op), [])
+            if layout is None or layout in i.layouts]
 
 
 def ops() -> List[str]:

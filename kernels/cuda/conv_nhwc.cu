@@ -1,0 +1,96 @@
+// Convolution in CUDA C on channels-last (NHWC) tensors: x (N, H, W, C), w (K, R, S, C/groups),
+// y (N, P, Q, K). Launched by conv_nhwc.py.
+//
+//   conv2d_nhwc_implicit_gemm<float, TF32>  y[(n, p, q), g*Kg + k] = b[g*Kg + k] + sum_{r, s, c}
+//       x[n, p*sh - ph + r*dh, q*sw - pw + s*dw, g*Cg + c] * w[g*Kg + k, r, s, c], as the GEMM
+//       X_rows[g] (N*P*Q x R*S*Cg) @ W[g]^T (R*S*Cg x Kg) without materialising X_rows. The
+//       depth d = (r, s, c) runs with c fastest, contiguous in x and in w alike, so the eight
+//       threads that move one row's slice of a step read 8 consecutive elements (a 32-byte
+//       sector in float) of both operands; and y, row-major N*P*Q x K, is the GEMM's output
+//       as it stands. gemm.cu's 128 x 128 x 8 register-blocked, double-buffered tile
+//       (common.cuh, namespace tile), FP32 FFMA or TF32 tensor cores (mma.sync m16n8k8, operands
+//       rounded to TF32 as they are staged, FP32 accumulation). Rows are output positions
+//       (blockIdx.x), columns the group's output channels (blockIdx.y), blockIdx.z the group.
+//       Each thread decomposes its four rows (n, p, q) once and the step's depth (r, s, c)
+//       once per step; each output is one thread's sum in depth order (deterministic).
+#include "common.cuh"
+#include "conv_shape.cuh"
+
+using namespace tile;
+
+// One block per SM in the register budget: under two (128 registers) the float kernel
+// spilled, gathering both operands (its NCHW sibling gathers one). Float only: the double
+// instance spilled on sm_80 even at 255 registers (float64 NHWC runs algo="transpose").
+template <typename T, bool TF32>
+__global__ void __launch_bounds__(THREADS, 1)
+conv2d_nhwc_implicit_gemm(const T* __restrict__ x, const T* __restrict__ w,
+                          const T* __restrict__ bias, T* __restrict__ y, CONV_SHAPE_PARAMS) {
+    const CONV_SHAPE;
+    __shared__ __align__(16) T As[2][BK][LDS];
+    __shared__ __align__(16) T Bs[2][BK][LDS];
+    const int tid = threadIdx.x;
+    const int g = blockIdx.z;
+    const int Cg = s.C / s.groups, Kg = s.K / s.groups;
+    const int RSC = s.R * s.S * Cg, PQ = s.P * s.Q, NPQ = s.N * PQ;
+    const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
+
+    // thread tid moves depth kk = tid % BK of tile rows (A: output positions) and tile
+    // columns (B: output channels) j = tid / BK + 32 i, i = 0..3
+    // Two registers per row: the image's first position n*H*W (-1 past the end) and the
+    // window's origin (h0, w0) packed as 16-bit halves (the launcher keeps H + ph and W + pw
+    // below 2**15). With 64-bit bases, or h0 and w0 apart, the float kernel spilled under
+    // its two-blocks-per-SM register budget.
+    const int kk = tid % BK, j0 = tid / BK;
+    int pix0[4], hw0[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int row = m0 + j0 + 32 * i;
+        if (row < NPQ) {
+            const int n = row / PQ, pq = row % PQ;
+            pix0[i] = n * s.H * s.W;
+            hw0[i] = (int)((unsigned)((pq / s.Q) * s.sh - s.ph) << 16) |
+                     (((pq % s.Q) * s.sw - s.pw) & 0xffff);
+        } else {
+            pix0[i] = -1;
+            hw0[i] = 0;
+        }
+    }
+    // weight rows g*Kg + n0 + j0 + 32 i, i = 0..3: RSC * 32 elements apart
+    const T* wg = w + ((long long)g * Kg + n0 + j0) * RSC;
+    const int wrows = Kg - (n0 + j0);                       // rows i with 32 i < wrows exist
+    const T* xg = x + (long long)g * Cg;
+    T ra[4], rb[4];
+    auto fetch = [&](int k0) {
+        const int d = k0 + kk;
+        const bool inside = d < RSC;
+        const int rs = d / Cg, c = d - rs * Cg;
+        const int r = rs / s.S, sc = rs - r * s.S;
+        const int dr = r * s.dh, ds = sc * s.dw;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int h = (hw0[i] >> 16) + dr, v = (int)(short)(hw0[i] & 0xffff) + ds;
+            ra[i] = (inside && pix0[i] >= 0 && h >= 0 && h < s.H && v >= 0 && v < s.W)
+                        ? xg[(long long)(pix0[i] + h * s.W + v) * s.C + c] : T(0);
+            rb[i] = (inside && 32 * i < wrows) ? wg[(long long)(32 * i) * RSC + d] : T(0);
+        }
+    };
+    auto stage = [&](int buf) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            As[buf][kk][j0 + 32 * i] = staged<T, TF32>(ra[i]);
+            Bs[buf][kk][j0 + 32 * i] = staged<T, TF32>(rb[i]);
+        }
+    };
+
+    T acc[NACC];
+    mainloop<T, TF32>(As, Bs, 0, (RSC + BK - 1) / BK, tid, acc, fetch, stage);
+    // row r = output position (n, p, q): y's row; column = output channel g*Kg + c
+#pragma unroll
+    for (int e = 0; e < NACC; ++e) {
+        const int r = m0 + acc_row<TF32>(e, tid), c = n0 + slot_col<TF32>(acc_slot<TF32>(e), tid);
+        if (r < NPQ && c < Kg) {
+            const int k = g * Kg + c;
+            y[(long long)r * s.K + k] = bias != nullptr ? acc[e] + bias[k] : acc[e];
+        }
+    }
+}

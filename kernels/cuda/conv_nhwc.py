@@ -1,0 +1,49 @@
+"""Launchers of conv_nhwc.cu: the channels-last (NHWC) implicit-GEMM convolution forward,
+float32 on FFMA or on TF32 tensor cores (float64 NHWC runs algo="transpose")."""
+from __future__ import annotations
+
+import numpy as np
+
+from convgpu.kernels.cuda.launch import (GEMM_THREADS, MAX_GRID_YZ, TILE, ceil_div, conv_ints,
+                                         tf32_supports)
+from convgpu.kernels.cuda.module import cbool, ctype, get_function
+from convgpu.kernels.outputs import contiguous, empty
+
+
+def nhwc_supports(a):
+    """float32; the kernel's index ranges and grid: N*P*Q rows, N*H*W input positions and
+    R*S*C/groups depths below 2**31, window origins in 16 bits, one grid layer per group."""
+    if np.dtype(a.dtype) != np.float32:
+        return (f"the NHWC implicit GEMM takes float32, got {np.dtype(a.dtype).name} "
+                "(algo='transpose' serves it)")
+    if a.N * a.P * a.Q >= 2 ** 31 - TILE:
+        return "the NHWC implicit GEMM indexes N*P*Q output positions in 32 bits (below 2**31)"
+    if a.N * a.H * a.W >= 2 ** 31:
+        return "the NHWC implicit GEMM indexes N*H*W input positions in 32 bits (below 2**31)"
+    if a.R * a.S * a.Cg >= 2 ** 31 - TILE:
+        return "the NHWC implicit GEMM indexes R*S*C/groups in 32 bits (below 2**31)"
+    if max(a.H + a.padding[0], a.W + a.padding[1]) >= 2 ** 15:
+        return ("the NHWC implicit GEMM packs a window's origin in 16 bits: H + padding and "
+                "W + padding below 2**15")
+    if a.groups > MAX_GRID_YZ:
+        return f"one grid layer per group: {a.groups} groups is more than {MAX_GRID_YZ}"
+    return None
+
+
+def nhwc_tf32_supports(a):
+    return tf32_supports(a) or nhwc_supports(a)
+
+
+def conv2d_nhwc_implicit_gemm(a, x, w, b, tf32=False):
+    """y (N, P, Q, K) = x (N, H, W, C) * w (K, R, S, C/groups) + b."""
+    y = empty(a.y_shape, x.dtype, x)
+    bias = contiguous(b) if b is not None else np.uint64(0)          # a null pointer
+    fn = get_function("conv_nhwc.cu",
+                      f"conv2d_nhwc_implicit_gemm<{ctype(x.dtype)}, {cbool(tf32)}>")
+    fn((ceil_div(a.N * a.P * a.Q, TILE), ceil_div(a.Kg, TILE), a.groups), (GEMM_THREADS,),
+       (contiguous(x), contiguous(w), bias, y, *conv_ints(a)))
+    return y
+
+
+def conv2d_nhwc_implicit_gemm_tf32(a, x, w, b):
+    return conv2d_nhwc_implicit_gemm(a, x, w, b, tf32=True)
