@@ -167,3 +167,12 @@ def test_shapes_that_do_not_match_the_layout(rng):
         convgpu.batch_norm(rand(rng, (2, 3, 4)), None, None, training=True, layout="NHWC")
     with pytest.raises(ValueError, match=r"mean must have shape \(4,\)"):
         convgpu.batch_norm_backward(x, x, np.zeros(3), np.ones(3), layout="NHWC")
+
+
+def test_launcher_lanes_match_the_cu():
+    """norm_nhwc.py sizes its grid by LANES channels a block; the kernel indexes by
+    NHWC_LANES (tests/test_cuda_constants.py's check, for this file)."""
+    from convgpu.kernels.cuda import norm_nhwc
+    from test_cuda_constants import constexprs
+    assert constexprs("norm_nhwc.cu")["NHWC_LANES"] == norm_nhwc.LANES
+    assert norm_nhwc.ROWS * norm_nhwc.LANES == norm_nhwc.norm.NORM_THREADS
