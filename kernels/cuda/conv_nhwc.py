@@ -1,9 +1,13 @@
 """Launchers of conv_nhwc.cu: the channels-last (NHWC) implicit-GEMM convolution forward,
-float32 on FFMA or on TF32 tensor cores (float64 NHWC runs algo="transpose")."""
+float32 on FFMA or on TF32 tensor cores (float64 NHWC runs algo="transpose"), and the input
+gradient at stride 1 as that forward on the rotated filters."""
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 
+from convgpu.arrays import xp_of
 from convgpu.kernels.cuda.launch import (GEMM_THREADS, MAX_GRID_YZ, TILE, ceil_div, conv_ints,
                                          tf32_supports)
 from convgpu.kernels.cuda.module import cbool, ctype, get_function
@@ -47,3 +51,52 @@ def conv2d_nhwc_implicit_gemm(a, x, w, b, tf32=False):
 
 def conv2d_nhwc_implicit_gemm_tf32(a, x, w, b):
     return conv2d_nhwc_implicit_gemm(a, x, w, b, tf32=True)
+
+
+# The input gradient at stride 1 is a forward convolution: gx[n, h, w, g*Cg + c] = sum over
+# (r, s, k) of gy[n, h + ph - r*dh, w + pw - s*dw, g*Kg + k] * w[g*Kg + k, r, s, c], i.e. gy
+# convolved, with padding d*(R - 1) - p, by the filters rotated 180 degrees with their
+# channel axes swapped: w'[g*Cg + c, R-1-r, S-1-s, k] = w[g*Kg + k, r, s, c] (a copy of
+# the weights, the one extra pass).
+
+
+def _dgrad_forward(a):
+    """The forward problem (record) that computes a's input gradient, or a refusal."""
+    if a.stride != (1, 1):
+        return None, ("the NHWC input gradient runs as a forward convolution of the rotated "
+                      f"filters: stride 1 only, got stride {a.stride}")
+    pad = tuple(d * (k - 1) - p for d, k, p in zip(a.dilation, (a.R, a.S), a.padding))
+    if min(pad) < 0:
+        return None, (f"padding {a.padding} reaches past the dilated kernel's extent: the "
+                      "forward convolution of the rotated filters would need negative padding")
+    fwd = replace(a, C=a.K, H=a.P, W=a.Q, K=a.C, P=a.H, Q=a.W, padding=pad)
+    return fwd, None
+
+
+def dgrad_supports(a):
+    fwd, why = _dgrad_forward(a)
+    return why or nhwc_supports(fwd)
+
+
+def dgrad_tf32_supports(a):
+    return tf32_supports(a) or dgrad_supports(a)
+
+
+def _rotated_filters(a, w):
+    """w (K, R, S, Cg) -> w' (C, R, S, Kg), rotated 180 degrees, channel axes swapped per
+    group."""
+    G, Kg, Cg = a.groups, a.Kg, a.Cg
+    wg = w.reshape(G, Kg, a.R, a.S, Cg)[:, :, ::-1, ::-1, :]
+    return xp_of(w).ascontiguousarray(wg.transpose(0, 4, 2, 3, 1)).reshape(
+        G * Cg, a.R, a.S, Kg)
+
+
+def backward_input_nhwc_implicit_gemm(a, gy, w, tf32=False):
+    fwd, why = _dgrad_forward(a)
+    if why:
+        raise ValueError(why)
+    return conv2d_nhwc_implicit_gemm(fwd, gy, _rotated_filters(a, w), None, tf32)
+
+
+def backward_input_nhwc_implicit_gemm_tf32(a, gy, w):
+    return backward_input_nhwc_implicit_gemm(a, gy, w, tf32=True)
