@@ -237,6 +237,10 @@ register("max_pool2d", "cuda", "direct_nhwc", _PN + "max_pool2d", supports=_PN +
          layouts=("NHWC",))
 register("avg_pool2d", "cuda", "direct_nhwc", _PN + "avg_pool2d", supports=_PN + "nhwc_supports",
          layouts=("NHWC",))
+register("max_pool2d_backward", "cuda", "gather_nhwc", _PN + "max_pool2d_backward_gather",
+         supports=_PN + "nhwc_supports", layouts=("NHWC",))
+register("avg_pool2d_backward", "cuda", "gather_nhwc", _PN + "avg_pool2d_backward",
+         supports=_PN + "nhwc_supports", layouts=("NHWC",))
 
 # NHWC where a backend has no NHWC kernel: its NCHW kernels between layout copies, by name
 for _op in ("max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",

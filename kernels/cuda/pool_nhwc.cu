@@ -11,9 +11,18 @@
 //                               over the unpadded input plane (h*W + w), as torch gives them
 //                               for channels_last input
 //   avg_pool2d_nhwc_fwd<T, I>   the window's sum (rows, then columns) over torch's divisor
+//   max_pool2d_nhwc_bwd_gather<T, I>  one thread per input element: the sum of gy over the
+//                               windows that can cover it and whose index points at it, in
+//                               window order (p, then q), as pool.cu's gathers
+//   max_pool2d_nhwc_check_indices<I>  one thread per output: its index in the plane and
+//                               inside its window (pool.cu index_violation), a flag set
+//                               otherwise, which the launcher reads back
+//   avg_pool2d_nhwc_bwd_gather<T, I>  one thread per input element: gy / divisor summed over
+//                               the windows that cover it, in window order
 #include "pool.cu"
 
-// flat index t over (N, P, Q, C) -> n (returned), p, q, c
+// flat index t over (N, P, Q, C) -> n (returned), p, q, c (or over (N, H, W, C) with the
+// dividers of W and H)
 template <typename I>
 __device__ __forceinline__ I unravel_nhwc(I t, const Divider<I>& divC, const Divider<I>& divQ,
                                           const Divider<I>& divP, int& p, int& q, int& c) {
@@ -73,5 +82,79 @@ __global__ void avg_pool2d_nhwc_fwd(const T* __restrict__ x, T* __restrict__ y, 
         for (int h = max(h0, 0); h < min(h0 + s.kh, s.H); ++h)
             for (int v = max(w0, 0); v < min(w0 + s.kw, s.W); ++v) acc += xp[((long long)h * s.W + v) * C];
         y[t] = acc / avg_divisor<T>(p, q, s);
+    }
+}
+
+template <typename I>
+__global__ void max_pool2d_nhwc_check_indices(const long long* __restrict__ idx,
+                                              int* __restrict__ bad, I N, int C,
+                                              unsigned long long mC, POOL_SHAPE_PARAMS) {
+    const POOL_SHAPE;
+    POOL_DIV(I, divC, C, mC);
+    POOL_DIV(I, divQ, Q, mQ);
+    POOL_DIV(I, divP, P, mP);
+    POOL_DIV(I, divW, W, mW);
+    const I total = N * s.P * s.Q * C;
+    int flags = 0;
+    for (I t = blockIdx.x * (I)blockDim.x + threadIdx.x; t < total; t += (I)gridDim.x * blockDim.x) {
+        int p, q, c;
+        unravel_nhwc(t, divC, divQ, divP, p, q, c);
+        flags |= index_violation(idx[t], p, q, s, divW);
+    }
+    if (flags) atomicOr(bad, flags);
+}
+
+template <typename T, typename I>
+__global__ void max_pool2d_nhwc_bwd_gather(const T* __restrict__ gy,
+                                           const long long* __restrict__ idx,
+                                           T* __restrict__ gx, I N, int C, unsigned long long mC,
+                                           POOL_SHAPE_PARAMS) {
+    const POOL_SHAPE;
+    POOL_DIV(I, divC, C, mC);
+    POOL_DIV(I, divW, W, mW);
+    POOL_DIV(I, divH, H, mH);
+    POOL_DIV(I, divSH, sh, mSH);
+    POOL_DIV(I, divSW, sw, mSW);
+    const I total = N * s.H * s.W * C;
+    for (I t = blockIdx.x * (I)blockDim.x + threadIdx.x; t < total; t += (I)gridDim.x * blockDim.x) {
+        int h, v, c;
+        const I n = unravel_nhwc(t, divC, divW, divH, h, v, c);
+        const long long base = (long long)n * s.P * s.Q * C + c;
+        const int me = h * s.W + v;
+        const int p_hi = min((int)divSH.div(h + s.ph), s.P - 1);
+        const int q_hi = min((int)divSW.div(v + s.pw), s.Q - 1);
+        const int q_lo = first_cover(v, s.pw, s.kw, divSW, s.dw);
+        T acc = T(0);
+        for (int p = first_cover(h, s.ph, s.kh, divSH, s.dh); p <= p_hi; ++p)
+            for (int q = q_lo; q <= q_hi; ++q) {
+                const long long at = base + ((long long)p * s.Q + q) * C;
+                if (idx[at] == me) acc += gy[at];
+            }
+        gx[t] = acc;
+    }
+}
+
+template <typename T, typename I>
+__global__ void avg_pool2d_nhwc_bwd_gather(const T* __restrict__ gy, T* __restrict__ gx, I N,
+                                           int C, unsigned long long mC, POOL_SHAPE_PARAMS) {
+    const POOL_SHAPE;
+    POOL_DIV(I, divC, C, mC);
+    POOL_DIV(I, divW, W, mW);
+    POOL_DIV(I, divH, H, mH);
+    POOL_DIV(I, divSH, sh, mSH);
+    POOL_DIV(I, divSW, sw, mSW);
+    const I total = N * s.H * s.W * C;
+    for (I t = blockIdx.x * (I)blockDim.x + threadIdx.x; t < total; t += (I)gridDim.x * blockDim.x) {
+        int h, v, c;
+        const I n = unravel_nhwc(t, divC, divW, divH, h, v, c);
+        const T* g = gy + (long long)n * s.P * s.Q * C + c;
+        T acc = T(0);
+        const int p_hi = min((int)divSH.div(h + s.ph), s.P - 1);
+        const int q_hi = min((int)divSW.div(v + s.pw), s.Q - 1);
+        const int q_lo = first_cover(v, s.pw, s.kw, divSW, 1);
+        for (int p = first_cover(h, s.ph, s.kh, divSH, 1); p <= p_hi; ++p)
+            for (int q = q_lo; q <= q_hi; ++q)
+                acc += g[((long long)p * s.Q + q) * C] / avg_divisor<T>(p, q, s);
+        gx[t] = acc;
     }
 }

@@ -1,17 +1,23 @@
-"""Launchers of pool_nhwc.cu: max (with argmax indices) and average pooling forward on
-channels-last (NHWC) tensors."""
+"""Launchers of pool_nhwc.cu: max (with argmax indices) and average pooling on channels-last
+(NHWC) tensors, forward and the backward gathers (max: the indices validated on the device,
+as pool.py's gathers)."""
 from __future__ import annotations
 
 import numpy as np
 
 from convgpu.kernels.cuda.launch import THREADS, elementwise_grid, fastdiv, index_type
 from convgpu.kernels.cuda.module import ctype, get_function
-from convgpu.kernels.cuda.pool import pool_ints
+from convgpu.kernels.cuda.pool import index_flag, pool_ints, raise_if_flagged
 from convgpu.kernels.outputs import empty
 
 
 def nhwc_supports(a):
-    """The kernels index a plane (the stored indices h*W + w) in 32 bits."""
+    """The kernels index a plane (the stored indices h*W + w) in 32 bits; the max-pool
+    gather needs the forward's geometry."""
+    if hasattr(a, "pool"):                          # max_pool2d_backward's record
+        if a.pool is None:
+            return "needs the forward's kernel_size/stride/padding/dilation to gather"
+        a = a.pool
     if a.H * a.W >= 2 ** 31:
         return "the CUDA C kernels index within a plane in 32 bits (H*W < 2**31)"
     return None
@@ -36,3 +42,35 @@ def avg_pool2d(a, x):
        (x, y, ic(a.N), np.int32(a.C), np.uint64(fastdiv(a.C)),
         *pool_ints(a, a.H, a.W, a.P, a.Q, dil=False)))
     return y
+
+
+def _nc(a):
+    return np.int32(a.C), np.uint64(fastdiv(a.C))
+
+
+def max_pool2d_backward_gather(a, gy, idx):
+    """Each index is validated on the device (in its plane, inside its window) unless
+    a.check_indices is False; a bad one raises ValueError after the launch (one 4-byte
+    read, which waits for the kernel)."""
+    g = a.pool
+    gx = empty(g.x_shape, gy.dtype, gy)
+    bad = index_flag(a, gy)
+    it, ic = index_type(max(gx.size, idx.size))
+    if bad is not None:
+        get_function("pool_nhwc.cu", f"max_pool2d_nhwc_check_indices<{it}>")(
+            elementwise_grid(idx.size), (THREADS,),
+            (idx, bad, ic(g.N), *_nc(g), *pool_ints(g, g.H, g.W, g.P, g.Q)))
+    get_function("pool_nhwc.cu", f"max_pool2d_nhwc_bwd_gather<{ctype(gy.dtype)}, {it}>")(
+        elementwise_grid(gx.size), (THREADS,),
+        (gy, idx, gx, ic(g.N), *_nc(g), *pool_ints(g, g.H, g.W, g.P, g.Q)))
+    raise_if_flagged(bad, g)
+    return gx
+
+
+def avg_pool2d_backward(a, gy):
+    gx = empty(a.x_shape, gy.dtype, gy)
+    it, ic = index_type(max(gx.size, gy.size))
+    get_function("pool_nhwc.cu", f"avg_pool2d_nhwc_bwd_gather<{ctype(gy.dtype)}, {it}>")(
+        elementwise_grid(gx.size), (THREADS,),
+        (gy, gx, ic(a.N), *_nc(a), *pool_ints(a, a.H, a.W, a.P, a.Q, dil=False)))
+    return gx

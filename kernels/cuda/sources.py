@@ -112,9 +112,11 @@ def all_name_expressions() -> Sequence[Tuple[str, str]]:
 # channels-last (NHWC) kernels (issue 19)
 NAME_EXPRESSIONS["conv_nhwc.cu"] = ("conv2d_nhwc_implicit_gemm<float, false>",
                                     "conv2d_nhwc_implicit_gemm<float, true>")
-NAME_EXPRESSIONS["pool_nhwc.cu"] = tuple(f"{k}<{t}, {i}>" for k in ("max_pool2d_nhwc_fwd",
-                                                                    "avg_pool2d_nhwc_fwd")
-                                         for t in T_NAMES for i in ("int", "long long"))
+NAME_EXPRESSIONS["pool_nhwc.cu"] = (
+    tuple(f"{k}<{t}, {i}>" for k in ("max_pool2d_nhwc_fwd", "avg_pool2d_nhwc_fwd",
+                                      "max_pool2d_nhwc_bwd_gather", "avg_pool2d_nhwc_bwd_gather")
+          for t in T_NAMES for i in ("int", "long long"))
+    + tuple(f"max_pool2d_nhwc_check_indices<{i}>" for i in ("int", "long long")))
 NAME_EXPRESSIONS["norm_nhwc.cu"] = tuple(f"batch_norm_nhwc_{k}<{t}>"
                                          for k in ("partials", "finish", "bwd_partials")
                                          for t in T_NAMES)
