@@ -161,6 +161,12 @@ register("conv2d_backward_input", "cuda", "implicit_gemm_nhwc",
 register("conv2d_backward_input", "cuda", "implicit_gemm_nhwc_tf32",
          _NHWC + "backward_input_nhwc_implicit_gemm_tf32", supports=_NHWC + "dgrad_tf32_supports",
          layouts=("NHWC",))
+register("conv2d_backward_weight", "cuda", "implicit_gemm_nhwc",
+         _NHWC + "backward_weight_nhwc_implicit_gemm", supports=_NHWC + "wgrad_supports",
+         layouts=("NHWC",))
+register("conv2d_backward_weight", "cuda", "implicit_gemm_nhwc_tf32",
+         _NHWC + "backward_weight_nhwc_implicit_gemm_tf32", supports=_NHWC + "wgrad_tf32_supports",
+         layouts=("NHWC",))
 
 # NHWC on the device backends: the NCHW kernels between layout copies, by name (ops/_layout)
 for _op in ("conv2d", "conv2d_backward_input", "conv2d_backward_weight"):

@@ -13,6 +13,16 @@
 //       (blockIdx.x), columns the group's output channels (blockIdx.y), blockIdx.z the group.
 //       Each thread decomposes its four rows (n, p, q) once and the step's depth (r, s, c)
 //       once per step; each output is one thread's sum in depth order (deterministic).
+//   conv2d_nhwc_wgrad_implicit_gemm<float, TF32>  gw[g*Kg + k, (r, s, c)] = sum over output
+//       positions m = (n, p, q) of gy[m, g*Kg + k] * x[n, p*sh - ph + r*dh, q*sw - pw + s*dw,
+//       g*Cg + c], as the GEMM gy[g]^T (Kg x N*P*Q) @ X_rows[g] (N*P*Q x R*S*Cg) on the same
+//       tile: rows the output channels, columns the taps (r, s, c), whose row-major
+//       Kg x R*S*Cg output is the NHWC weight as it stands. A step's eight depths are eight
+//       output positions: 32 threads read 32 consecutive channels of gy, and 32 consecutive
+//       taps of x (consecutive c). Each thread decomposes its four taps once and the step's
+//       position once per step. blockIdx.z = group * splits + split: split s sums positions
+//       [s*kchunk, (s+1)*kchunk) into its own partial, which the launcher sums in order
+//       (gemm.cu's sum_splits): deterministic.
 #include "common.cuh"
 #include "conv_shape.cuh"
 
@@ -93,4 +103,69 @@ conv2d_nhwc_implicit_gemm(const T* __restrict__ x, const T* __restrict__ w,
             y[(long long)r * s.K + k] = bias != nullptr ? acc[e] + bias[k] : acc[e];
         }
     }
+}
+
+template <typename T, bool TF32>
+__global__ void __launch_bounds__(THREADS, 1)
+conv2d_nhwc_wgrad_implicit_gemm(const T* __restrict__ x, const T* __restrict__ gy,
+                                T* __restrict__ gw, CONV_SHAPE_PARAMS, int splits, int kchunk,
+                                long long split_stride) {
+    const CONV_SHAPE;
+    __shared__ __align__(16) T As[2][BK][LDS];
+    __shared__ __align__(16) T Bs[2][BK][LDS];
+    const int tid = threadIdx.x;
+    const int g = blockIdx.z / splits, split = blockIdx.z % splits;
+    const int Cg = s.C / s.groups, Kg = s.K / s.groups;
+    const int RSC = s.R * s.S * Cg, PQ = s.P * s.Q, NPQ = s.N * PQ;
+    const int kbeg = split * kchunk, kend = min(NPQ, kbeg + kchunk);
+    gw += split * split_stride;
+    const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+
+    // thread tid moves depth (output position) kk = tid / 32 of rows / columns
+    // j = tid % 32 + 32 i, i = 0..3
+    const int kk = tid / 32, j0 = tid % 32;
+    // its four taps (r, s, c): c (-1 past the end) and the offsets (r*dh, s*dw) packed as
+    // 16-bit halves (the launcher keeps them below 2**15)
+    int tc[4], tdd[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int col = n0 + j0 + 32 * i;
+        if (col < RSC) {
+            const int rs = col / Cg, r = rs / s.S;
+            tc[i] = col - rs * Cg;
+            tdd[i] = (int)((unsigned)(r * s.dh) << 16) | ((rs - r * s.S) * s.dw);
+        } else {
+            tc[i] = -1;
+            tdd[i] = 0;
+        }
+    }
+    const int arows = Kg - (m0 + j0);                  // rows i with 32 i < arows exist
+    const T* gyg = gy + (long long)g * Kg + m0 + j0;
+    const T* xg = x + (long long)g * Cg;
+    T ra[4], rb[4];
+    auto fetch = [&](int k0) {
+        const int m = k0 + kk;
+        const bool inside = m < kend;
+        const int n = m / PQ, pq = m - n * PQ, p = pq / s.Q;
+        const int h0 = p * s.sh - s.ph, w0 = (pq - p * s.Q) * s.sw - s.pw;
+        const long long pix0 = (long long)n * s.H * s.W;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            ra[i] = (inside && 32 * i < arows) ? gyg[(long long)m * s.K + 32 * i] : T(0);
+            const int h = h0 + (tdd[i] >> 16), v = w0 + (tdd[i] & 0xffff);
+            rb[i] = (inside && tc[i] >= 0 && h >= 0 && h < s.H && v >= 0 && v < s.W)
+                        ? xg[(pix0 + (long long)h * s.W + v) * s.C + tc[i]] : T(0);
+        }
+    };
+    auto stage = [&](int buf) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            As[buf][kk][j0 + 32 * i] = staged<T, TF32>(ra[i]);
+            Bs[buf][kk][j0 + 32 * i] = staged<T, TF32>(rb[i]);
+        }
+    };
+
+    T acc[NACC];
+    mainloop<T, TF32>(As, Bs, kbeg, (kend - kbeg + BK - 1) / BK, tid, acc, fetch, stage);
+    store_rows<TF32>(acc, tid, gw + (long long)g * Kg * RSC, RSC, m0, n0, Kg, RSC);
 }

@@ -1,6 +1,7 @@
-"""Launchers of conv_nhwc.cu: the channels-last (NHWC) implicit-GEMM convolution forward,
-float32 on FFMA or on TF32 tensor cores (float64 NHWC runs algo="transpose"), and the input
-gradient at stride 1 as that forward on the rotated filters."""
+"""Launchers of conv_nhwc.cu: the channels-last (NHWC) implicit-GEMM convolution forward and
+weight gradient (split over the output positions where the weight has too few tiles to fill
+the GPU), float32 on FFMA or on TF32 tensor cores (float64 NHWC runs algo="transpose"), and
+the input gradient at stride 1 as that forward on the rotated filters."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -9,7 +10,7 @@ import numpy as np
 
 from convgpu.arrays import xp_of
 from convgpu.kernels.cuda.launch import (GEMM_THREADS, MAX_GRID_YZ, TILE, ceil_div, conv_ints,
-                                         tf32_supports)
+                                         split_for, sum_splits, tf32_supports)
 from convgpu.kernels.cuda.module import cbool, ctype, get_function
 from convgpu.kernels.outputs import contiguous, empty
 
@@ -100,3 +101,47 @@ def backward_input_nhwc_implicit_gemm(a, gy, w, tf32=False):
 
 def backward_input_nhwc_implicit_gemm_tf32(a, gy, w):
     return backward_input_nhwc_implicit_gemm(a, gy, w, tf32=True)
+
+
+
+def wgrad_supports(a):
+    """float32; N*P*Q, N*H*W and R*S*C/groups below 2**31, the taps' offsets (R-1)*dh and
+    (S-1)*dw in 16 bits, the group's grid layers within the grid's z limit."""
+    if np.dtype(a.dtype) != np.float32:
+        return (f"the NHWC implicit GEMM takes float32, got {np.dtype(a.dtype).name} "
+                "(algo='transpose' serves it)")
+    if max(a.N * a.P * a.Q, a.N * a.H * a.W, a.R * a.S * a.Cg) >= 2 ** 31 - TILE:
+        return ("the NHWC weight gradient indexes N*P*Q, N*H*W and R*S*C/groups in 32 bits "
+                "(below 2**31)")
+    if max((a.R - 1) * a.dilation[0], (a.S - 1) * a.dilation[1]) >= 2 ** 15:
+        return "the NHWC weight gradient packs a tap's offsets in 16 bits: below 2**15"
+    if a.groups > MAX_GRID_YZ:
+        return f"one grid layer per group: {a.groups} groups is more than {MAX_GRID_YZ}"
+    return None
+
+
+def wgrad_tf32_supports(a):
+    return tf32_supports(a) or wgrad_supports(a)
+
+
+def backward_weight_nhwc_implicit_gemm(a, x, gy, tf32=False):
+    """gw (K, R, S, C/groups) from x (N, H, W, C) and gy (N, P, Q, K); the N*P*Q reduction
+    split where the grid would be small (launch.split_for), partials summed in order."""
+    depth, rsc = a.N * a.P * a.Q, a.R * a.S * a.Cg
+    splits = min(split_for(a.Kg, rsc, a.groups, depth), MAX_GRID_YZ // a.groups)
+    kchunk = ceil_div(ceil_div(depth, splits), 8) * 8
+    splits = ceil_div(depth, kchunk)
+    size = a.K * rsc
+    out = empty((splits,) + a.w_shape if splits > 1 else a.w_shape, gy.dtype, gy)
+    fn = get_function("conv_nhwc.cu",
+                      f"conv2d_nhwc_wgrad_implicit_gemm<{ctype(gy.dtype)}, {cbool(tf32)}>")
+    fn((ceil_div(rsc, TILE), ceil_div(a.Kg, TILE), a.groups * splits), (GEMM_THREADS,),
+       (contiguous(x), contiguous(gy), out, *conv_ints(a), np.int32(splits), np.int32(kchunk),
+        np.int64(size)))
+    if splits == 1:
+        return out
+    return sum_splits(out, empty(a.w_shape, gy.dtype, gy), splits)
+
+
+def backward_weight_nhwc_implicit_gemm_tf32(a, x, gy):
+    return backward_weight_nhwc_implicit_gemm(a, x, gy, tf32=True)

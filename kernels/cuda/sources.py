@@ -110,8 +110,8 @@ def all_name_expressions() -> Sequence[Tuple[str, str]]:
     return [(f, e) for f, exprs in NAME_EXPRESSIONS.items() for e in exprs]
 
 # channels-last (NHWC) kernels (issue 19)
-NAME_EXPRESSIONS["conv_nhwc.cu"] = ("conv2d_nhwc_implicit_gemm<float, false>",
-                                    "conv2d_nhwc_implicit_gemm<float, true>")
+NAME_EXPRESSIONS["conv_nhwc.cu"] = tuple(f"conv2d_nhwc_{k}implicit_gemm<float, {tf}>"
+                                         for k in ("", "wgrad_") for tf in ("false", "true"))
 NAME_EXPRESSIONS["pool_nhwc.cu"] = (
     tuple(f"{k}<{t}, {i}>" for k in ("max_pool2d_nhwc_fwd", "avg_pool2d_nhwc_fwd",
                                       "max_pool2d_nhwc_bwd_gather", "avg_pool2d_nhwc_bwd_gather")
