@@ -171,8 +171,8 @@ def test_conv2d_nhwc(rng, host_backend, algo, case):
             np.testing.assert_array_equal(nchw(y), y_nchw)
 
 
-# stride 1, dilated, grouped, padding below and at the dilated kernel's reach: the cases
-# the cuda NHWC input gradient (a forward of the rotated filters) serves
+# stride 1, dilated, grouped, padding below and at the dilated kernel's reach: the cuda NHWC
+# input gradient's forward on rotated filters (the other cases: its gather kernel)
 STRIDE1 = [(2, 4, 7, 6, 6, 3, 2, (1, 1), (2, 1), (2, 1), 2),
            (1, 3, 5, 8, 5, 2, 3, (1, 1), (0, 2), (1, 1), 1)]
 
@@ -184,12 +184,6 @@ def test_conv2d_backward_input_nhwc(rng, host_backend, algo, case):
     for dtype in _dtypes(algo):
         x, w, _, kw = problem(rng, case, dtype)
         gy = rand(rng, convgpu.conv2d(x, w, **kw, layout="NHWC").shape, dtype)
-        if "nhwc" in algo and case[7] != (1, 1):
-            with pytest.raises(ValueError, match=r"stride 1 only, got stride"):
-                convgpu.conv2d_backward_input(gy, w, x.shape, **kw, layout="NHWC",
-                                              backend=host_backend, algo=algo,
-                                              allow_tf32="tf32" in algo)
-            continue
         ref = reference.conv2d_backward_input(nchw(gy).astype(np.float64),
                                               nchw(w).astype(np.float64), nchw(x).shape,
                                               *pairs(kw))
@@ -409,15 +403,11 @@ def test_nchw_only_kernels_refuse_nhwc_with_a_sentence(rng, monkeypatch):
                        backend="cuda", algo="implicit_gemm_nhwc")
     with pytest.raises(ValueError, match="TF32 is not allowed"):
         convgpu.conv2d(x, w, layout="NHWC", backend="cuda", algo="implicit_gemm_nhwc_tf32")
-    w1 = rand(rng, (2, 1, 1, 3), np.float32)              # 1 x 1, padding 1: past its reach
+    # 1 x 1, padding 1: past its reach, the gather kernel at stride 1
+    w1 = rand(rng, (2, 1, 1, 3), np.float32)
     gy = rand(rng, (1, 7, 8, 2), np.float32)
-    with pytest.raises(ValueError, match=r"padding \(1, 1\) reaches past the dilated kernel's "
-                                         r"extent"):
-        convgpu.conv2d_backward_input(gy, w1, x.shape, padding=1, layout="NHWC",
-                                      backend="cuda", algo="implicit_gemm_nhwc")
-    # algo="auto" passes it over for one that serves it
     gx = convgpu.conv2d_backward_input(gy, w1, x.shape, padding=1, layout="NHWC",
-                                       backend="cuda")
+                                       backend="cuda", algo="implicit_gemm_nhwc")
     assert_close(nchw(gx), reference.conv2d_backward_input(
         nchw(gy).astype(np.float64), nchw(w1).astype(np.float64), nchw(x).shape, (1, 1),
         (1, 1), (1, 1), 1), TOL[np.float32])
@@ -456,7 +446,7 @@ def test_nhwc_kernels_use_the_instructions_they_claim():
         nxt = ptx.find(".entry ", start + 1)
         entries[e] = ptx[start:nxt if nxt > 0 else len(ptx)]
     mma = "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32"
-    for k in ("", "wgrad_"):
+    for k in ("", "wgrad_", "dgrad_"):
         assert mma in entries[f"conv2d_nhwc_{k}implicit_gemm<float, true>"]
         assert mma not in entries[f"conv2d_nhwc_{k}implicit_gemm<float, false>"]
         assert "fma.rn.ftz.f32" in entries[f"conv2d_nhwc_{k}implicit_gemm<float, false>"]

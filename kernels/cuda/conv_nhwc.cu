@@ -23,6 +23,13 @@
 //       position once per step. blockIdx.z = group * splits + split: split s sums positions
 //       [s*kchunk, (s+1)*kchunk) into its own partial, which the launcher sums in order
 //       (gemm.cu's sum_splits): deterministic.
+//   conv2d_nhwc_dgrad_implicit_gemm<float, TF32>  gx[(n, h, w), g*Cg + c] = sum over (r, s, k)
+//       of gy[n, p, q, g*Kg + k] * w[g*Kg + k, r, s, c], where h + ph - r*dh = p*sh and
+//       w + pw - s*dw = q*sw (a tap whose offset the stride does not divide contributes 0),
+//       as the GEMM Gy_rows[g] (N*H*W x R*S*Kg) @ W'[g] (R*S*Kg x Cg): rows input positions,
+//       columns the group's input channels, depth (r, s, k) with k fastest (contiguous in
+//       gy). Any stride: at stride s, about 1/(sh*sw) of the depth is nonzero (the launcher
+//       takes stride 1 to the forward kernel on rotated filters instead, which wastes none).
 #include "common.cuh"
 #include "conv_shape.cuh"
 
@@ -168,4 +175,68 @@ conv2d_nhwc_wgrad_implicit_gemm(const T* __restrict__ x, const T* __restrict__ g
     T acc[NACC];
     mainloop<T, TF32>(As, Bs, kbeg, (kend - kbeg + BK - 1) / BK, tid, acc, fetch, stage);
     store_rows<TF32>(acc, tid, gw + (long long)g * Kg * RSC, RSC, m0, n0, Kg, RSC);
+}
+
+template <typename T, bool TF32>
+__global__ void __launch_bounds__(THREADS, 1)
+conv2d_nhwc_dgrad_implicit_gemm(const T* __restrict__ gy, const T* __restrict__ w,
+                                T* __restrict__ gx, CONV_SHAPE_PARAMS) {
+    const CONV_SHAPE;
+    __shared__ __align__(16) T As[2][BK][LDS];
+    __shared__ __align__(16) T Bs[2][BK][LDS];
+    const int tid = threadIdx.x;
+    const int g = blockIdx.z;
+    const int Cg = s.C / s.groups, Kg = s.K / s.groups;
+    const int RSK = s.R * s.S * Kg, RSC = s.R * s.S * Cg, HW = s.H * s.W, NHW = s.N * HW;
+    const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
+
+    // thread tid moves depth kk = tid % BK of rows (input positions) and columns (input
+    // channels) j = tid / BK + 32 i; per row the image's first output position n*P*Q (-1
+    // past the end) and (h + ph, w + pw) packed as 16-bit halves
+    const int kk = tid % BK, j0 = tid / BK;
+    int pq0[4], hw[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int row = m0 + j0 + 32 * i;
+        if (row < NHW) {
+            const int n = row / HW, hv = row - n * HW, h = hv / s.W;
+            pq0[i] = n * s.P * s.Q;
+            hw[i] = (int)((unsigned)(h + s.ph) << 16) | (hv - h * s.W + s.pw);
+        } else {
+            pq0[i] = -1;
+            hw[i] = 0;
+        }
+    }
+    const int ccols = Cg - (n0 + j0);                  // columns i with 32 i < ccols exist
+    const T* gyg = gy + (long long)g * Kg;
+    const T* wg = w + (long long)g * Kg * RSC + n0 + j0;
+    T ra[4], rb[4];
+    auto fetch = [&](int k0) {
+        const int d = k0 + kk;
+        const bool inside = d < RSK;
+        const int rs = d / Kg, k = d - rs * Kg;
+        const int r = rs / s.S, sc = rs - r * s.S;
+        const int dr = r * s.dh, ds = sc * s.dw;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int hh = (hw[i] >> 16) - dr, vv = (hw[i] & 0xffff) - ds;
+            const int p = hh / s.sh, q = vv / s.sw;
+            ra[i] = (inside && pq0[i] >= 0 && hh >= 0 && vv >= 0 && p * s.sh == hh &&
+                     q * s.sw == vv && p < s.P && q < s.Q)
+                        ? gyg[(long long)(pq0[i] + p * s.Q + q) * s.K + k] : T(0);
+            rb[i] = (inside && 32 * i < ccols)
+                        ? wg[(long long)k * RSC + rs * Cg + 32 * i] : T(0);
+        }
+    };
+    auto stage = [&](int buf) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            As[buf][kk][j0 + 32 * i] = staged<T, TF32>(ra[i]);
+            Bs[buf][kk][j0 + 32 * i] = staged<T, TF32>(rb[i]);
+        }
+    };
+
+    T acc[NACC];
+    mainloop<T, TF32>(As, Bs, 0, (RSK + BK - 1) / BK, tid, acc, fetch, stage);
+    store_rows<TF32>(acc, tid, gx + (long long)g * Cg, s.C, m0, n0, NHW, Cg);
 }

@@ -54,7 +54,7 @@ def conv2d_nhwc_implicit_gemm_tf32(a, x, w, b):
     return conv2d_nhwc_implicit_gemm(a, x, w, b, tf32=True)
 
 
-# The input gradient at stride 1 is a forward convolution: gx[n, h, w, g*Cg + c] = sum over
+# The input gradient: at stride 1 a forward convolution, gx[n, h, w, g*Cg + c] = sum over
 # (r, s, k) of gy[n, h + ph - r*dh, w + pw - s*dw, g*Kg + k] * w[g*Kg + k, r, s, c], i.e. gy
 # convolved, with padding d*(R - 1) - p, by the filters rotated 180 degrees with their
 # channel axes swapped: w'[g*Cg + c, R-1-r, S-1-s, k] = w[g*Kg + k, r, s, c] (a copy of
@@ -62,21 +62,32 @@ def conv2d_nhwc_implicit_gemm_tf32(a, x, w, b):
 
 
 def _dgrad_forward(a):
-    """The forward problem (record) that computes a's input gradient, or a refusal."""
-    if a.stride != (1, 1):
-        return None, ("the NHWC input gradient runs as a forward convolution of the rotated "
-                      f"filters: stride 1 only, got stride {a.stride}")
+    """The forward problem (record) that computes a's input gradient, or None where it has
+    none (a stride, or padding past the dilated kernel's reach: negative padding)."""
     pad = tuple(d * (k - 1) - p for d, k, p in zip(a.dilation, (a.R, a.S), a.padding))
-    if min(pad) < 0:
-        return None, (f"padding {a.padding} reaches past the dilated kernel's extent: the "
-                      "forward convolution of the rotated filters would need negative padding")
+    if a.stride != (1, 1) or min(pad) < 0:
+        return None
     fwd = replace(a, C=a.K, H=a.P, W=a.Q, K=a.C, P=a.H, Q=a.W, padding=pad)
-    return fwd, None
+    return None if nhwc_supports(fwd) else fwd
 
 
 def dgrad_supports(a):
-    fwd, why = _dgrad_forward(a)
-    return why or nhwc_supports(fwd)
+    """The forward on rotated filters (stride 1) or the gather kernel (any stride: float32,
+    N*H*W and R*S*K/groups below 2**31, H + padding and W + padding in 16 bits)."""
+    if _dgrad_forward(a) is not None:
+        return None
+    if np.dtype(a.dtype) != np.float32:
+        return (f"the NHWC implicit GEMM takes float32, got {np.dtype(a.dtype).name} "
+                "(algo='transpose' serves it)")
+    if max(a.N * a.H * a.W, a.N * a.P * a.Q, a.R * a.S * a.K) >= 2 ** 31 - TILE:
+        return ("the NHWC input gradient indexes N*H*W, N*P*Q and R*S*K in 32 bits "
+                "(below 2**31)")
+    if max(a.H + a.padding[0], a.W + a.padding[1]) >= 2 ** 15:
+        return ("the NHWC input gradient packs a position in 16 bits: H + padding and "
+                "W + padding below 2**15")
+    if a.groups > MAX_GRID_YZ:
+        return f"one grid layer per group: {a.groups} groups is more than {MAX_GRID_YZ}"
+    return None
 
 
 def dgrad_tf32_supports(a):
@@ -93,10 +104,17 @@ def _rotated_filters(a, w):
 
 
 def backward_input_nhwc_implicit_gemm(a, gy, w, tf32=False):
-    fwd, why = _dgrad_forward(a)
-    if why:
-        raise ValueError(why)
-    return conv2d_nhwc_implicit_gemm(fwd, gy, _rotated_filters(a, w), None, tf32)
+    """gx (N, H, W, C) from gy (N, P, Q, K) and w (K, R, S, C/groups): at stride 1 the
+    forward kernel on the rotated filters, else the gather kernel (conv_nhwc.cu)."""
+    fwd = _dgrad_forward(a)
+    if fwd is not None:
+        return conv2d_nhwc_implicit_gemm(fwd, gy, _rotated_filters(a, w), None, tf32)
+    gx = empty(a.x_shape, gy.dtype, gy)
+    fn = get_function("conv_nhwc.cu",
+                      f"conv2d_nhwc_dgrad_implicit_gemm<{ctype(gy.dtype)}, {cbool(tf32)}>")
+    fn((ceil_div(a.N * a.H * a.W, TILE), ceil_div(a.Cg, TILE), a.groups), (GEMM_THREADS,),
+       (contiguous(gy), contiguous(w), gx, *conv_ints(a)))
+    return gx
 
 
 def backward_input_nhwc_implicit_gemm_tf32(a, gy, w):

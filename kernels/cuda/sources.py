@@ -111,7 +111,8 @@ def all_name_expressions() -> Sequence[Tuple[str, str]]:
 
 # channels-last (NHWC) kernels (issue 19)
 NAME_EXPRESSIONS["conv_nhwc.cu"] = tuple(f"conv2d_nhwc_{k}implicit_gemm<float, {tf}>"
-                                         for k in ("", "wgrad_") for tf in ("false", "true"))
+                                         for k in ("", "wgrad_", "dgrad_")
+                                         for tf in ("false", "true"))
 NAME_EXPRESSIONS["pool_nhwc.cu"] = (
     tuple(f"{k}<{t}, {i}>" for k in ("max_pool2d_nhwc_fwd", "avg_pool2d_nhwc_fwd",
                                       "max_pool2d_nhwc_bwd_gather", "avg_pool2d_nhwc_bwd_gather")
