@@ -450,3 +450,19 @@ def test_nhwc_kernels_use_the_instructions_they_claim():
         assert mma in entries[f"conv2d_nhwc_{k}implicit_gemm<float, true>"]
         assert mma not in entries[f"conv2d_nhwc_{k}implicit_gemm<float, false>"]
         assert "fma.rn.ftz.f32" in entries[f"conv2d_nhwc_{k}implicit_gemm<float, false>"]
+
+
+# ----------------------------------------------------------------------------------------
+# the channels-last GPU tier's own code, on the stand-in device (the host emulation behind
+# a CuPy-like device), on its odd shapes: what a GPU run will execute, tried without one
+
+
+def test_nhwc_gpu_tier_on_the_stand_in_device():
+    from convgpu.kernels.cuda.emulator import cuda_host
+    if not cuda_host.available():
+        pytest.skip(f"no C++ compiler ({cuda_host.CXX}) for the host emulation")
+    from test_stand_in_device import ROOT, run_on_stand_in
+    passed, rest, out = run_on_stand_in(ROOT / "tests" / "test_nhwc_gpu.py", "-k",
+                                        "conv4 or odd")
+    assert passed >= 14, out
+
