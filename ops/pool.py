@@ -241,6 +241,14 @@ register("max_pool2d_backward", "cuda", "gather_nhwc", _PN + "max_pool2d_backwar
          supports=_PN + "nhwc_supports", layouts=("NHWC",))
 register("avg_pool2d_backward", "cuda", "gather_nhwc", _PN + "avg_pool2d_backward",
          supports=_PN + "nhwc_supports", layouts=("NHWC",))
+register("adaptive_avg_pool2d", "cuda", "direct_nhwc", _PN + "adaptive_avg_pool2d",
+         layouts=("NHWC",))
+register("adaptive_avg_pool2d_backward", "cuda", "gather_nhwc",
+         _PN + "adaptive_avg_pool2d_backward", layouts=("NHWC",))
+register("global_avg_pool2d", "cuda", "reduce_nhwc", _PN + "global_avg_pool2d",
+         layouts=("NHWC",))
+register("global_avg_pool2d_backward", "cuda", "direct_nhwc", _PN + "global_avg_pool2d_backward",
+         layouts=("NHWC",))
 
 # NHWC where a backend has no NHWC kernel: its NCHW kernels between layout copies, by name
 for _op in ("max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",

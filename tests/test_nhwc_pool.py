@@ -176,28 +176,40 @@ def test_avg_pool2d_backward_nhwc(rng, host_backend, algo, case):
         gy, shape, **kw, backend=host_backend))
 
 
+def _algos(op, backend):
+    return [i.algo for i in all_impls(op, layout="NHWC") if i.backend == backend]
+
+
 @pytest.mark.parametrize("host_backend", ["numpy", "cuda"], indirect=True)
 @pytest.mark.parametrize("shape,out", [((2, 3, 7, 5), (3, 2)), ((1, 2, 5, 6), (9, 11))])
 def test_adaptive_and_global_nhwc(rng, host_backend, shape, out):
-    x = rand(rng, shape)
-    y = both_orders(host_backend, lambda: convgpu.adaptive_avg_pool2d(
-        nhwc(x), out, layout="NHWC", backend=host_backend))
-    np.testing.assert_array_equal(nchw(y), convgpu.adaptive_avg_pool2d(x, out,
-                                                                       backend=host_backend))
-    gy = rand(rng, (shape[0], shape[1]) + out)
-    gx = both_orders(host_backend, lambda: convgpu.adaptive_avg_pool2d_backward(
-        nhwc(gy), nhwc(x).shape, layout="NHWC", backend=host_backend))
-    np.testing.assert_array_equal(nchw(gx), convgpu.adaptive_avg_pool2d_backward(
-        gy, shape, backend=host_backend))
-    g = both_orders(host_backend, lambda: convgpu.global_avg_pool2d(
-        nhwc(x), layout="NHWC", backend=host_backend))
-    assert g.shape == shape[:2]
-    assert_close(g, x.mean(axis=(2, 3)), TOL[np.float64])
-    g2 = rand(rng, shape[:2])
-    gx = both_orders(host_backend, lambda: convgpu.global_avg_pool2d_backward(
-        g2, nhwc(x).shape, layout="NHWC", backend=host_backend))
-    np.testing.assert_array_equal(nchw(gx), convgpu.global_avg_pool2d_backward(
-        g2, shape, backend=host_backend))
+    """Every implementation of the four ops on this backend; bitwise the NCHW results
+    transposed (the same sums in the same order), global pooling's forward to the
+    tolerance (the NCHW kernel sums a plane by warp lanes)."""
+    x, gy, g2 = rand(rng, shape), rand(rng, (shape[0], shape[1]) + out), rand(rng, shape[:2])
+    for algo in _algos("adaptive_avg_pool2d", host_backend):
+        y = both_orders(host_backend, lambda: convgpu.adaptive_avg_pool2d(
+            nhwc(x), out, layout="NHWC", backend=host_backend, algo=algo))
+        np.testing.assert_array_equal(nchw(y), convgpu.adaptive_avg_pool2d(
+            x, out, backend=host_backend))
+    for algo in _algos("adaptive_avg_pool2d_backward", host_backend):
+        gx = both_orders(host_backend, lambda: convgpu.adaptive_avg_pool2d_backward(
+            nhwc(gy), nhwc(x).shape, layout="NHWC", backend=host_backend, algo=algo))
+        np.testing.assert_array_equal(nchw(gx), convgpu.adaptive_avg_pool2d_backward(
+            gy, shape, backend=host_backend))
+    for algo in _algos("global_avg_pool2d", host_backend):
+        g = both_orders(host_backend, lambda: convgpu.global_avg_pool2d(
+            nhwc(x), layout="NHWC", backend=host_backend, algo=algo))
+        assert g.shape == shape[:2]
+        assert_close(g, x.mean(axis=(2, 3)), TOL[np.float64])
+    for algo in _algos("global_avg_pool2d_backward", host_backend):
+        gx = both_orders(host_backend, lambda: convgpu.global_avg_pool2d_backward(
+            g2, nhwc(x).shape, layout="NHWC", backend=host_backend, algo=algo))
+        np.testing.assert_array_equal(nchw(gx), convgpu.global_avg_pool2d_backward(
+            g2, shape, backend=host_backend))
+    if host_backend == "cuda":
+        assert "direct_nhwc" in _algos("adaptive_avg_pool2d", "cuda")
+        assert "reduce_nhwc" in _algos("global_avg_pool2d", "cuda")
 
 
 def test_unbatched_nhwc(rng):

@@ -19,6 +19,9 @@
 //                               otherwise, which the launcher reads back
 //   avg_pool2d_nhwc_bwd_gather<T, I>  one thread per input element: gy / divisor summed over
 //                               the windows that cover it, in window order
+//   adaptive_avg_pool2d_nhwc_fwd<T, I>, adaptive_avg_pool2d_nhwc_bwd<T, I>  pool.cu's
+//                               adaptive kernels, channel fastest (global pooling: P = Q = 1).
+//                               Not tuned: plain divisions per element
 #include "pool.cu"
 
 // flat index t over (N, P, Q, C) -> n (returned), p, q, c (or over (N, H, W, C) with the
@@ -155,6 +158,44 @@ __global__ void avg_pool2d_nhwc_bwd_gather(const T* __restrict__ gy, T* __restri
         for (int p = first_cover(h, s.ph, s.kh, divSH, 1); p <= p_hi; ++p)
             for (int q = q_lo; q <= q_hi; ++q)
                 acc += g[((long long)p * s.Q + q) * C] / avg_divisor<T>(p, q, s);
+        gx[t] = acc;
+    }
+}
+
+template <typename T, typename I>
+__global__ void adaptive_avg_pool2d_nhwc_fwd(const T* __restrict__ x, T* __restrict__ y, I N,
+                                             int C, int H, int W, int P, int Q) {
+    const I total = N * P * Q * C;
+    for (I t = blockIdx.x * (I)blockDim.x + threadIdx.x; t < total; t += (I)gridDim.x * blockDim.x) {
+        const I pix = t / C, np = pix / Q;
+        const int c = (int)(t - pix * C), q = (int)(pix - np * Q), p = (int)(np % P);
+        const T* xp = x + (long long)(np / P) * H * W * C + c;
+        const int h0 = adaptive_start(p, H, P), h1 = adaptive_end(p, H, P);
+        const int w0 = adaptive_start(q, W, Q), w1 = adaptive_end(q, W, Q);
+        T acc = T(0);
+        for (int h = h0; h < h1; ++h)
+            for (int v = w0; v < w1; ++v) acc += xp[((long long)h * W + v) * C];
+        y[t] = acc / T((h1 - h0) * (w1 - w0));
+    }
+}
+
+template <typename T, typename I>
+__global__ void adaptive_avg_pool2d_nhwc_bwd(const T* __restrict__ gy, T* __restrict__ gx, I N,
+                                             int C, int H, int W, int P, int Q) {
+    const I total = N * H * W * C;
+    for (I t = blockIdx.x * (I)blockDim.x + threadIdx.x; t < total; t += (I)gridDim.x * blockDim.x) {
+        const I pix = t / C, nh = pix / W;
+        const int c = (int)(t - pix * C), v = (int)(pix - nh * W), h = (int)(nh % H);
+        const T* g = gy + (long long)(nh / H) * P * Q * C + c;
+        const int p0 = adaptive_start(h, P, H), p1 = adaptive_end(h, P, H);
+        const int q0 = adaptive_start(v, Q, W), q1 = adaptive_end(v, Q, W);
+        T acc = T(0);
+        for (int p = p0; p < p1; ++p) {
+            const int rows = adaptive_end(p, H, P) - adaptive_start(p, H, P);
+            for (int q = q0; q < q1; ++q)
+                acc += g[((long long)p * Q + q) * C] /
+                       T(rows * (adaptive_end(q, W, Q) - adaptive_start(q, W, Q)));
+        }
         gx[t] = acc;
     }
 }

@@ -1,6 +1,6 @@
 """Launchers of pool_nhwc.cu: max (with argmax indices) and average pooling on channels-last
 (NHWC) tensors, forward and the backward gathers (max: the indices validated on the device,
-as pool.py's gathers)."""
+as pool.py's gathers); adaptive and global average pooling and their gradients."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +8,7 @@ import numpy as np
 from convgpu.kernels.cuda.launch import THREADS, elementwise_grid, fastdiv, index_type
 from convgpu.kernels.cuda.module import ctype, get_function
 from convgpu.kernels.cuda.pool import index_flag, pool_ints, raise_if_flagged
-from convgpu.kernels.outputs import empty
+from convgpu.kernels.outputs import contiguous, empty
 
 
 def nhwc_supports(a):
@@ -74,3 +74,34 @@ def avg_pool2d_backward(a, gy):
         elementwise_grid(gx.size), (THREADS,),
         (gy, gx, ic(a.N), *_nc(a), *pool_ints(a, a.H, a.W, a.P, a.Q, dil=False)))
     return gx
+
+
+def _i32(*v):
+    return tuple(np.int32(x) for x in v)
+
+
+def _adaptive(name, out_shape, src, N, C, H, W, P, Q):
+    out = empty(out_shape, src.dtype, src)
+    it, ic = index_type(max(out.size, src.size))
+    get_function("pool_nhwc.cu", f"adaptive_avg_pool2d_nhwc_{name}<{ctype(src.dtype)}, {it}>")(
+        elementwise_grid(out.size), (THREADS,), (src, out, ic(N), *_i32(C, H, W, P, Q)))
+    return out
+
+
+def adaptive_avg_pool2d(a, x):
+    return _adaptive("fwd", a.y_shape, x, a.N, a.C, a.H, a.W, a.P, a.Q)
+
+
+def adaptive_avg_pool2d_backward(a, gy):
+    return _adaptive("bwd", a.x_shape, contiguous(gy), a.N, a.C, a.H, a.W, a.P, a.Q)
+
+
+def global_avg_pool2d(rec, x):
+    """(N, H, W, C) -> (N, C): the adaptive kernel with a 1 x 1 output."""
+    N, H, W, C = rec.shape
+    return _adaptive("fwd", (N, 1, 1, C), x, N, C, H, W, 1, 1).reshape(N, C)
+
+
+def global_avg_pool2d_backward(rec, gy):
+    N, H, W, C = rec.shape
+    return _adaptive("bwd", rec.shape, contiguous(gy), N, C, H, W, 1, 1)
