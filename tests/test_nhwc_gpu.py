@@ -171,6 +171,35 @@ def test_avg_pool_nhwc_on_the_device(rng, op, shape, kw):
         assert_close(got, want, TOL[np.float32])
 
 
+@pytest.mark.parametrize("shape,out", [((2, 7, 7, 2048), (1, 1)), ((3, 13, 11, 37), (4, 5))],
+                         ids=["resnet", "odd"])
+def test_adaptive_and_global_nhwc_on_the_device(rng, shape, out):
+    x = rand(rng, shape, np.float32)
+    gy = rand(rng, (shape[0],) + out + (shape[3],), np.float32)
+    g2 = rand(rng, (shape[0], shape[3]), np.float32)
+    x64, gy64, g264 = (a.astype(np.float64) for a in (x, gy, g2))
+    for op, call, want in (
+            ("adaptive_avg_pool2d",
+             lambda b, a: convgpu.adaptive_avg_pool2d(cupy.asarray(x), out, layout="NHWC",
+                                                      backend=b, algo=a),
+             convgpu.adaptive_avg_pool2d(x64, out, layout="NHWC")),
+            ("adaptive_avg_pool2d_backward",
+             lambda b, a: convgpu.adaptive_avg_pool2d_backward(cupy.asarray(gy), shape,
+                                                               layout="NHWC", backend=b,
+                                                               algo=a),
+             convgpu.adaptive_avg_pool2d_backward(gy64, shape, layout="NHWC")),
+            ("global_avg_pool2d",
+             lambda b, a: convgpu.global_avg_pool2d(cupy.asarray(x), layout="NHWC", backend=b,
+                                                    algo=a),
+             convgpu.global_avg_pool2d(x64, layout="NHWC")),
+            ("global_avg_pool2d_backward",
+             lambda b, a: convgpu.global_avg_pool2d_backward(cupy.asarray(g2), shape,
+                                                             layout="NHWC", backend=b, algo=a),
+             convgpu.global_avg_pool2d_backward(g264, shape, layout="NHWC"))):
+        for backend, algo in [p.values for p in device_impls(op)]:
+            assert_close(twice(lambda: call(backend, algo)), want, TOL[np.float32])
+
+
 @pytest.mark.parametrize("backend", DEVICE_BACKENDS)
 @pytest.mark.parametrize("shape", [(2, 56, 56, 256), (3, 5, 7, 33)], ids=["resnet", "odd"])
 @pytest.mark.parametrize("training", [True, False])
