@@ -76,16 +76,16 @@ def _np_batch_norm_backward(a, g3, x3, mean, invstd, w):
 # every one serves NHWC as the (N*H*W, C, 1) view; the cuda one with NHWC reductions
 _BOTH = ("NCHW", "NHWC")
 register("batch_norm", "numpy", "reference", "convgpu.ops.norm:_np_batch_norm", layouts=_BOTH)
-register("batch_norm_backward", "numpy", "reference", "convgpu.ops.norm:_np_batch_norm_backward",
-         layouts=_BOTH)
+register("batch_norm_backward", "numpy", "reference",
+         "convgpu.ops.norm:_np_batch_norm_backward", layouts=_BOTH)
 register("batch_norm", "numba", "two_pass", "convgpu.kernels.numba.norm:batch_norm",
          layouts=_BOTH)
 register("batch_norm_backward", "numba", "two_pass",
          "convgpu.kernels.numba.norm:batch_norm_backward", layouts=_BOTH)
 register("batch_norm", "cuda", "split", "convgpu.kernels.cuda.norm_nhwc:batch_norm",
          layouts=_BOTH)
-register("batch_norm_backward", "cuda", "split", "convgpu.kernels.cuda.norm_nhwc:batch_norm_backward",
-         layouts=_BOTH)
+register("batch_norm_backward", "cuda", "split",
+         "convgpu.kernels.cuda.norm_nhwc:batch_norm_backward", layouts=_BOTH)
 
 
 # ----------------------------------------------------------------------------------------

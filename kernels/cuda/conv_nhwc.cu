@@ -53,10 +53,9 @@ conv2d_nhwc_implicit_gemm(const T* __restrict__ x, const T* __restrict__ w,
 
     // thread tid moves depth kk = tid % BK of tile rows (A: output positions) and tile
     // columns (B: output channels) j = tid / BK + 32 i, i = 0..3
-    // Two registers per row: the image's first position n*H*W (-1 past the end) and the
-    // window's origin (h0, w0) packed as 16-bit halves (the launcher keeps H + ph and W + pw
-    // below 2**15). With 64-bit bases, or h0 and w0 apart, the float kernel spilled under
-    // its two-blocks-per-SM register budget.
+    // Two registers per row, as this kernel gathers both operands: the image's first
+    // position n*H*W (-1 past the end) and the window's origin (h0, w0) packed as 16-bit
+    // halves (the launcher keeps H + ph and W + pw below 2**15).
     const int kk = tid % BK, j0 = tid / BK;
     int pix0[4], hw0[4];
 #pragma unroll

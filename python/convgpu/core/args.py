@@ -69,11 +69,6 @@ def from_layout(shape, layout: str):
     return tuple(shape)
 
 
-def layout_axes(layout: str):
-    """(channel axis, (row axis, column axis)) of a 4-D array in `layout`."""
-    return (3, (1, 2)) if layout == "NHWC" else (1, (2, 3))
-
-
 # ----------------------------------------------------------------------------------------
 # scalars and pairs
 
