@@ -466,3 +466,30 @@ def test_nhwc_gpu_tier_on_the_stand_in_device():
                                         "conv4 or odd")
     assert passed >= 14, out
 
+
+
+@pytest.mark.parametrize("host_backend", ["numpy", "cuda"], indirect=True)
+def test_empty_nhwc_problems_launch_nothing(rng, host_backend, monkeypatch):
+    """An empty batch, no output channels, no input channels per group: answered as in NCHW
+    (empty arrays; zeros plus the bias for an empty sum) without dispatching."""
+    import convgpu.ops.conv as conv_ops
+    monkeypatch.setattr(conv_ops, "dispatch", lambda *a, **k: pytest.fail("dispatched"))
+    b = rand(rng, (4,))
+    y = convgpu.conv2d(np.zeros((0, 5, 6, 3)), rand(rng, (4, 3, 3, 3)), b, layout="NHWC",
+                       backend=host_backend)
+    assert y.shape == (0, 3, 4, 4)
+    y = convgpu.conv2d(np.zeros((2, 5, 6, 0)), np.zeros((4, 3, 3, 0)), b, layout="NHWC",
+                       backend=host_backend)
+    assert y.shape == (2, 3, 4, 4)
+    np.testing.assert_array_equal(y, np.broadcast_to(b, y.shape))
+    gx = convgpu.conv2d_backward_input(np.zeros((2, 3, 4, 0)), np.zeros((0, 3, 3, 3)),
+                                       (2, 5, 6, 3), layout="NHWC", backend=host_backend)
+    assert gx.shape == (2, 5, 6, 3) and not gx.any()
+    assert convgpu.conv2d_backward_bias(np.zeros((0, 3, 4, 4)), layout="NHWC").shape == (4,)
+    y, idx = convgpu.max_pool2d(np.zeros((0, 6, 6, 3)), 2, return_indices=True, layout="NHWC",
+                                backend=host_backend)
+    assert y.shape == idx.shape == (0, 3, 3, 3)
+    bn = convgpu.batch_norm(np.zeros((0, 4, 4, 3)), np.zeros(3), np.ones(3), training=True,
+                            layout="NHWC", backend=host_backend)
+    assert bn.shape == (0, 4, 4, 3)
+    assert convgpu.global_avg_pool2d(np.zeros((2, 4, 4, 0)), layout="NHWC").shape == (2, 0)
