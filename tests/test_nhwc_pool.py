@@ -265,6 +265,13 @@ def test_channels_last_pooling_matches_torch(rng):
                  TOL[np.float64])
     assert_close(convgpu.global_avg_pool2d(x.detach()).numpy(),
                  x.detach().mean((2, 3)).numpy(), TOL[np.float64])
+    # the channels_last path against our own NCHW path: the same sums in the same order
+    xc = x.detach().contiguous()
+    assert torch.equal(convgpu.max_pool2d(xc, **kw), y)
+    assert torch.equal(convgpu.avg_pool2d(xc, **akw), a)
+    assert torch.equal(convgpu.adaptive_avg_pool2d(xc, (4, 3)), ad)
+    assert torch.equal(convgpu.max_pool2d_backward(gy.contiguous(), idx.contiguous(),
+                                                   tuple(x.shape), **kw), gx)
 
 
 # ----------------------------------------------------------------------------------------
