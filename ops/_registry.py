@@ -6,6 +6,9 @@ or a sentence saying why not; dispatch never picks one that says no, and asking 
 by name raises ValueError with that sentence. Each also names the data dtypes it serves
 (`dtypes=`; float32 and float64 unless it says otherwise, every float dtype on the numpy
 backend): a call in another dtype is refused the same way, with a sentence naming both.
+`layouts` names the memory layouts it serves
+(NCHW unless registered otherwise): a record whose `layout` is another is refused with a
+sentence before supports() is asked.
 
 Implementations are named by "module:function" strings and imported on first use, so
 `import convgpu` stays cheap and works without Numba or CuPy installed.
@@ -51,6 +54,7 @@ class Impl:
     note: str = ""
     dev: bool = False                             # kernels/dev: by name only, never "auto"
     dtypes: Tuple[str, ...] = DEFAULT_DTYPES      # the data dtypes it serves, by name
+    layouts: Tuple[str, ...] = ("NCHW",)          # the args.layout values it serves
     _fn: Optional[Callable] = field(default=None, repr=False)
 
     @property
@@ -76,6 +80,11 @@ class Impl:
         reason = backend_unavailable(self.backend) or self.dtype_refusal(record_dtype(args))
         if reason:
             return reason
+        layout = getattr(args, "layout", "NCHW")
+        if layout not in self.layouts:
+            return (f"serves layout {' and '.join(self.layouts)} only, not {layout}"
+                    + ("; algo='transpose' runs the NCHW kernels between transposes"
+                       if self.backend != "numpy" and layout == "NHWC" else ""))
         if isinstance(self.supports, str):        # "module:function", imported lazily
             mod, name = self.supports.split(":")
             self.supports = getattr(importlib.import_module(mod), name)
@@ -88,12 +97,13 @@ ALIASES = {"conv_transpose2d": "conv2d_backward_input"}
 
 
 def register(op: str, backend: str, algo: str, target: str, supports=None, note: str = "",
-             dev: bool = False, dtypes=None):
+             dev: bool = False, dtypes=None, layouts: Tuple[str, ...] = ("NCHW",)):
     """dev=True: a candidate or superseded kernel (kernels/dev), registered only under
     CONVGPU_DEV=1 and then run only when named (algo="..."), never by algo="auto".
     dtypes: the data dtypes the implementation serves, by name (float16, bfloat16, float32,
     float64; None: the backend's default, BACKEND_DTYPES); a call in another dtype passes
-    it over under algo="auto" and gets ValueError naming it when asked for by name."""
+    it over under algo="auto" and gets ValueError naming it when asked for by name.
+    layouts: the memory layouts ("NCHW", "NHWC") the implementation serves."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}")
     if dtypes is None:
@@ -104,12 +114,16 @@ def register(op: str, backend: str, algo: str, target: str, supports=None, note:
     if not dtypes or any(d not in DTYPE_NAMES for d in dtypes):
         raise ValueError(f"{op}: dtypes must name some of {', '.join(DTYPE_NAMES)}; "
                          f"got {dtypes!r}")
+    if not layouts or any(lay not in ("NCHW", "NHWC") for lay in layouts):
+        raise ValueError(f"{op}: ({backend}, {algo}) layouts must name NCHW and/or NHWC, "
+                         f"got {layouts!r}")
     if dev and not env.dev():
         return
     impls = _REGISTRY.setdefault(op, [])
     if any(i.backend == backend and i.algo == algo for i in impls):
         raise ValueError(f"{op}: ({backend}, {algo}) registered twice")
-    impls.append(Impl(op, backend, algo, target, supports, note, dev, dtypes))
+    impls.append(Impl(op, backend, algo, target, supports, note, dev, dtypes,
+                      tuple(layouts)))
 
 
 def served_dtypes(op: str) -> Dict[Tuple[str, str], Tuple[str, ...]]:
@@ -140,18 +154,22 @@ def data_dtype(arrays) -> Optional[np.dtype]:
     return None
 
 
-def implementations(op: Optional[str] = None):
-    """[(backend, algo), ...] registered for `op`, or {op: [...]} for all ops."""
+def implementations(op: Optional[str] = None, layout: Optional[str] = None):
+    """[(backend, algo), ...] registered for `op`, or {op: [...]} for all ops; with layout
+    ("NCHW" or "NHWC"), only those that serve it."""
     if op is None:
-        return {o: implementations(o) for o in ops()}
+        return {o: implementations(o, layout) for o in ops()}
     op = ALIASES.get(op, op)
     if op not in _REGISTRY:
         raise ValueError(f"unknown op {op!r}; ops: {', '.join(sorted(_REGISTRY))}")
-    return [(i.backend, i.algo) for i in _REGISTRY[op]]
+    return [(i.backend, i.algo) for i in _REGISTRY[op] if layout is None or layout in i.layouts]
 
 
-def all_impls(op: str) -> List[Impl]:
-    return list(_REGISTRY.get(ALIASES.get(op, op), []))
+def all_impls(op: str, layout: Optional[str] = "NCHW") -> List[Impl]:
+    """The implementations of `op` that serve `layout` (None: every one). NCHW by default:
+    the tiers and tools that run every implementation on NCHW problems iterate these."""
+    return [i for i in _REGISTRY.get(ALIASES.get(op, op), [])
+            if layout is None or layout in i.layouts]
 
 
 def ops() -> List[str]:

@@ -6,8 +6,9 @@ Each op: unwrap arrays -> validate (convgpu.core.args) -> pick an implementation
 from __future__ import annotations
 
 from convgpu import reference
-from convgpu.arrays import on_torch_stream, unwrap, xp_of
+from convgpu.arrays import on_torch_stream, unwrap_layout, xp_of
 from convgpu.core import args as A
+from convgpu.ops._layout import register_transpose
 from convgpu.ops._registry import WITH_FLOAT16, dispatch, register
 from convgpu.ops.activation import bias_add_native
 
@@ -17,6 +18,8 @@ from convgpu.ops.activation import bias_add_native
 
 
 def _np_conv2d(a, x, w, b):
+    if a.layout == "NHWC":
+        return reference.conv2d_nhwc(x, w, b, a.stride, a.padding, a.dilation, a.groups)
     return reference.conv2d(x, w, b, a.stride, a.padding, a.dilation, a.groups)
 
 
@@ -25,11 +28,17 @@ def _np_conv2d_fft(a, x, w, b):
 
 
 def _np_backward_input(a, gy, w):
+    if a.layout == "NHWC":
+        return reference.conv2d_backward_input_nhwc(gy, w, a.x_shape, a.stride, a.padding,
+                                                    a.dilation, a.groups)
     return reference.conv2d_backward_input(gy, w, a.x_shape, a.stride, a.padding, a.dilation,
                                            a.groups)
 
 
 def _np_backward_weight(a, x, gy):
+    if a.layout == "NHWC":
+        return reference.conv2d_backward_weight_nhwc(x, gy, a.w_shape, a.stride, a.padding,
+                                                     a.dilation, a.groups)
     return reference.conv2d_backward_weight(x, gy, a.w_shape, a.stride, a.padding, a.dilation,
                                             a.groups)
 
@@ -38,10 +47,13 @@ def _np_backward_bias(a, gy):
     return reference.conv2d_backward_bias(gy)
 
 
-register("conv2d", "numpy", "im2col", "convgpu.ops.conv:_np_conv2d")
+_BOTH = ("NCHW", "NHWC")
+register("conv2d", "numpy", "im2col", "convgpu.ops.conv:_np_conv2d", layouts=_BOTH)
 register("conv2d", "numpy", "fft", "convgpu.ops.conv:_np_conv2d_fft")
-register("conv2d_backward_input", "numpy", "col2im", "convgpu.ops.conv:_np_backward_input")
-register("conv2d_backward_weight", "numpy", "im2col", "convgpu.ops.conv:_np_backward_weight")
+register("conv2d_backward_input", "numpy", "col2im", "convgpu.ops.conv:_np_backward_input",
+         layouts=_BOTH)
+register("conv2d_backward_weight", "numpy", "im2col", "convgpu.ops.conv:_np_backward_weight",
+         layouts=_BOTH)
 register("conv2d_backward_bias", "numpy", "sum", "convgpu.ops.conv:_np_backward_bias")
 
 _K = "convgpu.kernels.numba."
@@ -141,6 +153,29 @@ register("conv2d_backward_weight", "cuda", "fft", _FFT + "backward_weight_fft",
 register("conv2d_backward_weight", "cuda", "fft_tf32", _FFT + "backward_weight_fft_tf32",
          supports=_FFT + "fft_tf32_supports")
 
+_NHWC = _C + "conv_nhwc:"
+register("conv2d", "cuda", "implicit_gemm_nhwc", _NHWC + "conv2d_nhwc_implicit_gemm",
+         supports=_NHWC + "nhwc_supports", layouts=("NHWC",))
+register("conv2d", "cuda", "implicit_gemm_nhwc_tf32", _NHWC + "conv2d_nhwc_implicit_gemm_tf32",
+         supports=_NHWC + "nhwc_tf32_supports", layouts=("NHWC",))
+register("conv2d_backward_input", "cuda", "implicit_gemm_nhwc",
+         _NHWC + "backward_input_nhwc_implicit_gemm", supports=_NHWC + "dgrad_supports",
+         layouts=("NHWC",))
+register("conv2d_backward_input", "cuda", "implicit_gemm_nhwc_tf32",
+         _NHWC + "backward_input_nhwc_implicit_gemm_tf32", supports=_NHWC + "dgrad_tf32_supports",
+         layouts=("NHWC",))
+register("conv2d_backward_weight", "cuda", "implicit_gemm_nhwc",
+         _NHWC + "backward_weight_nhwc_implicit_gemm", supports=_NHWC + "wgrad_supports",
+         layouts=("NHWC",))
+register("conv2d_backward_weight", "cuda", "implicit_gemm_nhwc_tf32",
+         _NHWC + "backward_weight_nhwc_implicit_gemm_tf32", supports=_NHWC + "wgrad_tf32_supports",
+         layouts=("NHWC",))
+
+# NHWC on the device backends: the NCHW kernels between layout copies, by name (ops/_layout)
+for _op in ("conv2d", "conv2d_backward_input", "conv2d_backward_weight"):
+    for _backend in ("numba", "cuda"):
+        register_transpose(_op, _backend)
+
 
 # ----------------------------------------------------------------------------------------
 # the ops
@@ -152,80 +187,106 @@ def _bias_add(bd, y, b, backend):
     return bias_add_native(y, b, backend, bd.on_device)
 
 
-def _bias_zeros(like, shape, dtype, b):
+def _bias_zeros(like, shape, dtype, b, layout="NCHW"):
     """The answer of an empty problem: zeros of shape (an empty array where N or K is 0;
     where the reduction is empty, C / groups = 0, an empty sum) plus the bias."""
     y = A.zeros(like, shape, dtype)
     if b is not None and y.size:
-        y += b.reshape(1, -1, 1, 1)
+        y += b if layout == "NHWC" else b.reshape(1, -1, 1, 1)
     return y
 
 
-def _drop_front(y, trim):
+def _planes(a, layout):
+    """a (4-D) as an NCHW view: the spatial edits below are written once."""
+    return a.transpose(0, 3, 1, 2) if layout == "NHWC" else a
+
+
+def _drop_front(y, trim, layout="NCHW"):
     """y without its first trim = (rows, columns) (padding="same" with an odd total)."""
     th, tw = trim
-    return y[:, :, th:, tw:].copy() if th or tw else y
+    if not (th or tw):
+        return y
+    return y[:, th:, tw:, :].copy() if layout == "NHWC" else y[:, :, th:, tw:].copy()
 
 
-def _zeros_front(gy, trim):
+def _zeros_front(gy, trim, layout="NCHW"):
     """gy after trim = (rows, columns) of zeros at the start: the gradient of _drop_front."""
     th, tw = trim
     if not (th or tw):
         return gy
-    out = A.zeros(gy, gy.shape[:2] + (gy.shape[2] + th, gy.shape[3] + tw), gy.dtype)
-    out[:, :, th:, tw:] = gy
+    n, c, h, w = A.from_layout(gy.shape, layout)
+    out = A.zeros(gy, A.to_layout((n, c, h + th, w + tw), layout), gy.dtype)
+    _planes(out, layout)[:, :, th:, tw:] = _planes(gy, layout)
     return out
 
 
-def _check_same_size(op, padding, gy_shape, x_shape):
-    if padding == "same" and tuple(gy_shape[2:]) != tuple(x_shape[2:]):
+def _check_same_size(op, padding, gy_shape, x_shape, layout="NCHW"):
+    gy_hw = A.from_layout(gy_shape, layout)[2:]
+    x_hw = A.from_layout(x_shape, layout)[2:]
+    if padding == "same" and tuple(gy_hw) != tuple(x_hw):
         raise ValueError(f"{op}: with padding='same' grad_output's size is the input's, "
-                         f"{tuple(x_shape[2:])}; got grad_output {tuple(gy_shape)}")
+                         f"{tuple(x_hw)}; got grad_output {tuple(gy_shape)}")
+
+
+def _shape_in(shape, layout, given):
+    """A shape argument (input_shape, weight_shape) given in the caller's layout `given`,
+    in the layout the call runs in (a channels_last torch call runs in NHWC while the
+    caller speaks NCHW). Anything but 4 entries passes through for the checks to refuse."""
+    if layout == given or not isinstance(shape, (tuple, list)) or len(shape) != 4:
+        return shape
+    return A.to_layout(A.from_layout(tuple(shape), given), layout)
 
 
 @on_torch_stream
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-           algo="auto", backend="auto", allow_tf32=None):
+           algo="auto", backend="auto", allow_tf32=None, layout="NCHW"):
     """2-D cross-correlation as torch.nn.functional.conv2d: input (N, C, H, W) or (C, H, W),
     weight (K, C/groups, R, S), bias (K,) -> (N, K, P, Q). padding: an int, a pair, "valid"
     (0) or "same" (stride 1: the output is the input's size; an odd total padding puts the
     extra row / column after, as torch). allow_tf32 (None: the module setting, see
-    set_allow_tf32) lets float32 calls use the TF32 tensor-core kernels."""
+    set_allow_tf32) lets float32 calls use the TF32 tensor-core kernels. layout="NHWC":
+    input (N, H, W, C) or (H, W, C), weight (K, R, S, C/groups) -> (N, P, Q, K); a torch
+    channels_last input runs in NHWC by its strides and comes back channels_last."""
     op = "conv2d"
-    bd, a = unwrap(op, input=input, weight=weight, bias=bias)
-    x, unbatched = A.batched(op, "input", a["input"])
+    layout = A.check_layout(op, layout)
+    bd, a, layout = unwrap_layout(op, layout, input=input, weight=weight, bias=bias)
+    x, unbatched = A.batched(op, "input", a["input"], layout)
     w, b = a["weight"], a["bias"]
-    A.check_conv_weight(op, w)
+    A.check_conv_weight(op, w, layout)
     dtype = A.check_same_dtype(op, input=x, weight=w, bias=b)
-    padding, trim = A.string_padding(op, padding, w.shape, stride, dilation)
-    args = A.conv_geometry(op, x.shape, w.shape, stride, padding, dilation, groups, dtype)
+    padding, trim = A.string_padding(op, padding, w.shape, stride, dilation, layout)
+    args = A.conv_geometry(op, x.shape, w.shape, stride, padding, dilation, groups, dtype,
+                           layout=layout)
     args.allow_tf32 = A.allow_tf32(allow_tf32)
     A.check_bias(op, b, args.K)
     if args.empty:
-        y = _bias_zeros(x, args.y_shape, dtype, b)
+        y = _bias_zeros(x, args.y_shape, dtype, b, layout)
     else:
         y = dispatch(op, args, backend, algo, bd.on_device, x, w, b)
-    y = _drop_front(y, trim)
+    y = _drop_front(y, trim, layout)
     return bd.wrap(y[0] if unbatched else y)
 
 
 @on_torch_stream
 def conv2d_backward_input(grad_output, weight, input_shape, stride=1, padding=0, dilation=1,
-                          groups=1, *, algo="auto", backend="auto", allow_tf32=None):
-    """Gradient of conv2d with respect to its input: (N, K, P, Q) -> input_shape. padding
-    and allow_tf32 as in conv2d."""
+                          groups=1, *, algo="auto", backend="auto", allow_tf32=None,
+                          layout="NCHW"):
+    """Gradient of conv2d with respect to its input: (N, K, P, Q) -> input_shape. padding,
+    allow_tf32 and layout as in conv2d (NHWC: grad_output (N, P, Q, K), weight (K, R, S,
+    C/groups), input_shape (N, H, W, C))."""
     op = "conv2d_backward_input"
-    bd, a = unwrap(op, grad_output=grad_output, weight=weight)
-    gy, unbatched = A.batched(op, "grad_output", a["grad_output"])
+    given = A.check_layout(op, layout)
+    bd, a, layout = unwrap_layout(op, given, grad_output=grad_output, weight=weight)
+    gy, unbatched = A.batched(op, "grad_output", a["grad_output"], layout)
     w = a["weight"]
-    A.check_conv_weight(op, w)
+    A.check_conv_weight(op, w, layout)
     dtype = A.check_same_dtype(op, grad_output=gy, weight=w)
-    shape = A.check_input_shape(op, input_shape)
-    _check_same_size(op, padding, gy.shape, shape)
-    padding, trim = A.string_padding(op, padding, w.shape, stride, dilation)
-    gy = _zeros_front(gy, trim)
+    shape = A.check_input_shape(op, _shape_in(input_shape, layout, given), layout)
+    _check_same_size(op, padding, gy.shape, shape, layout)
+    padding, trim = A.string_padding(op, padding, w.shape, stride, dilation, layout)
+    gy = _zeros_front(gy, trim, layout)
     args = A.conv_geometry(op, shape, w.shape, stride, padding, dilation, groups, dtype,
-                           out_shape=gy.shape)
+                           out_shape=gy.shape, layout=layout)
     args.allow_tf32 = A.allow_tf32(allow_tf32)
     if args.empty:
         gx = A.zeros(gy, shape, dtype)
@@ -236,23 +297,28 @@ def conv2d_backward_input(grad_output, weight, input_shape, stride=1, padding=0,
 
 @on_torch_stream
 def conv2d_backward_weight(input, grad_output, weight_shape, stride=1, padding=0, dilation=1,
-                           groups=1, *, algo="auto", backend="auto", allow_tf32=None):
+                           groups=1, *, algo="auto", backend="auto", allow_tf32=None,
+                           layout="NCHW"):
     """Gradient of conv2d with respect to its weight -> weight_shape (K, C/groups, R, S).
-    padding and allow_tf32 as in conv2d."""
+    padding, allow_tf32 and layout as in conv2d (NHWC: input (N, H, W, C), grad_output
+    (N, P, Q, K), weight_shape (K, R, S, C/groups))."""
     op = "conv2d_backward_weight"
-    bd, a = unwrap(op, input=input, grad_output=grad_output)
-    x, unbatched = A.batched(op, "input", a["input"])
+    given = A.check_layout(op, layout)
+    bd, a, layout = unwrap_layout(op, given, input=input, grad_output=grad_output)
+    x, unbatched = A.batched(op, "input", a["input"], layout)
     gy = a["grad_output"]
-    A.check_nchw_input(op, "grad_output", gy)
+    A.check_nchw_input(op, "grad_output", gy, layout)
     if unbatched:
         gy = gy[None]
     dtype = A.check_same_dtype(op, input=x, grad_output=gy)
-    wshape = A.check_shape_tuple(op, "weight_shape", weight_shape, 4, (0, 1))
-    _check_same_size(op, padding, gy.shape, x.shape)
-    padding, trim = A.string_padding(op, padding, wshape, stride, dilation)
-    gy = _zeros_front(gy, trim)
+    wshape = A.check_shape_tuple(op, "weight_shape", weight_shape, 4,
+                                 (0, 3 if given == "NHWC" else 1))
+    wshape = _shape_in(wshape, layout, given)
+    _check_same_size(op, padding, gy.shape, x.shape, layout)
+    padding, trim = A.string_padding(op, padding, wshape, stride, dilation, layout)
+    gy = _zeros_front(gy, trim, layout)
     args = A.conv_geometry(op, x.shape, wshape, stride, padding, dilation, groups, dtype,
-                           out_shape=gy.shape)
+                           out_shape=gy.shape, layout=layout)
     args.allow_tf32 = A.allow_tf32(allow_tf32)
     if args.empty:
         return bd.wrap(A.zeros(x, wshape, dtype))
@@ -260,12 +326,17 @@ def conv2d_backward_weight(input, grad_output, weight_shape, stride=1, padding=0
 
 
 @on_torch_stream
-def conv2d_backward_bias(grad_output, *, backend="auto"):
-    """Gradient of conv2d with respect to its bias: the sum of grad_output over N, P, Q."""
+def conv2d_backward_bias(grad_output, *, backend="auto", layout="NCHW"):
+    """Gradient of conv2d with respect to its bias: the sum of grad_output over N, P, Q.
+    In NHWC grad_output (N, P, Q, K) is the NCHW array (N*P*Q, K, 1, 1), a view: every
+    implementation serves it."""
     op = "conv2d_backward_bias"
-    bd, a = unwrap(op, grad_output=grad_output)
-    gy, _ = A.batched(op, "grad_output", a["grad_output"])
+    layout = A.check_layout(op, layout)
+    bd, a, layout = unwrap_layout(op, layout, grad_output=grad_output)
+    gy, _ = A.batched(op, "grad_output", a["grad_output"], layout)
     A.check_float(op, "grad_output", gy)
+    if layout == "NHWC":
+        gy = gy.reshape(-1, gy.shape[3], 1, 1)
     if gy.size == 0:
         return bd.wrap(A.zeros(gy, (gy.shape[1],), gy.dtype))
     return bd.wrap(dispatch(op, tuple(gy.shape), backend, "auto", bd.on_device, gy))
@@ -273,27 +344,35 @@ def conv2d_backward_bias(grad_output, *, backend="auto"):
 
 @on_torch_stream
 def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
-                     dilation=1, *, algo="auto", backend="auto", allow_tf32=None):
+                     dilation=1, *, algo="auto", backend="auto", allow_tf32=None,
+                     layout="NCHW"):
     """Transposed convolution as torch.nn.functional.conv_transpose2d: input (N, Cin, H, W),
     weight (Cin, Cout/groups, R, S). It is conv2d_backward_input with Cin as K, so it runs
     on the input-gradient implementations. output_padding must be smaller than the stride or
     the dilation (torch's rule); where it reaches the stride, the result is cut from the
-    uncropped one (padding 0), since no forward conv of that size gives the input's."""
+    uncropped one (padding 0), since no forward conv of that size gives the input's.
+    layout="NHWC": input (N, H, W, Cin), weight (Cin, R, S, Cout/groups) -> (N, Ho, Wo,
+    Cout); a torch channels_last input selects it by its strides."""
     op = "conv_transpose2d"
-    bd, a = unwrap(op, input=input, weight=weight, bias=bias)
-    x, unbatched = A.batched(op, "input", a["input"])
+    layout = A.check_layout(op, layout)
+    bd, a, layout = unwrap_layout(op, layout, input=input, weight=weight, bias=bias)
+    x, unbatched = A.batched(op, "input", a["input"], layout)
     w, b = a["weight"], a["bias"]
-    A.check_conv_weight(op, w)
+    A.check_conv_weight(op, w, layout)
     dtype = A.check_same_dtype(op, input=x, weight=w, bias=b)
     args, out_shape, frame = A.transpose_geometry(op, x.shape, w.shape, stride, padding,
-                                                  output_padding, groups, dilation, dtype)
-    A.check_bias(op, b, out_shape[1])
+                                                  output_padding, groups, dilation, dtype,
+                                                  layout)
+    A.check_bias(op, b, A.from_layout(out_shape, layout)[1])
     args.allow_tf32 = A.allow_tf32(allow_tf32)
     if args.empty:
-        y = _bias_zeros(x, out_shape, dtype, b)
+        y = _bias_zeros(x, out_shape, dtype, b, layout)
     else:
         y = dispatch("conv2d_backward_input", args, backend, algo, bd.on_device, x, w)
         if frame is not None:
-            y = A.full_frame(y, out_shape, frame, xp_of(y))
-        y = _bias_add(bd, y, b, backend)
+            y = A.full_frame(y, out_shape, frame, xp_of(y), layout)
+        if b is not None and layout == "NHWC":
+            y = y + b                       # channels last: the bias broadcasts as it is
+        else:
+            y = _bias_add(bd, y, b, backend)
     return bd.wrap(y[0] if unbatched else y)

@@ -8,6 +8,11 @@ normalise it. `return_stats=True` also returns (mean, invstd), what batch_norm_b
 takes: the batch's mean and 1 / sqrt(var + eps) in training, the running mean and
 1 / sqrt(running_var + eps) in evaluation.
 
+layout="NHWC" (4-D input (N, H, W, C), channels last): the input is the (N*H*W, C, 1)
+array of the same memory, a view, so every implementation serves it without a copy (the
+cuda backend reduces it with NHWC kernels, 32 channels a block, norm_nhwc.cu); a torch
+channels_last input runs this way by its strides.
+
 Not in torch.nn.functional: batch_norm_backward(grad_output, input, mean, invstd, weight,
 training) -> (grad_input, grad_weight, grad_bias), the three gradients of torch's
 native_batch_norm_backward.
@@ -25,7 +30,7 @@ from typing import NamedTuple
 import numpy as np
 
 from convgpu import reference
-from convgpu.arrays import on_torch_stream, unwrap, xp_of
+from convgpu.arrays import on_torch_stream, unwrap_layout, xp_of
 from convgpu.core import args as A
 from convgpu.ops._registry import dispatch, register
 
@@ -39,6 +44,7 @@ class NormArgs:
     training: bool
     update_running: bool    # training with running estimates to update
     stats_dtype: str = ""   # weight, bias, running and batch statistics ("": the input's)
+    layout: str = "NCHW"    # NHWC: N is M = N*H*W rows of C channels, L = 1 (the view)
 
     @property
     def M(self) -> int:
@@ -76,13 +82,19 @@ def _np_batch_norm_backward(a, g3, x3, mean, invstd, w):
 
 # one implementation per backend: dispatch autotunes where several support a call, which
 # would update the running estimates once per candidate
-register("batch_norm", "numpy", "reference", "convgpu.ops.norm:_np_batch_norm")
-register("batch_norm_backward", "numpy", "reference", "convgpu.ops.norm:_np_batch_norm_backward")
-register("batch_norm", "numba", "two_pass", "convgpu.kernels.numba.norm:batch_norm")
+# every one serves NHWC as the (N*H*W, C, 1) view; the cuda one with NHWC reductions
+_BOTH = ("NCHW", "NHWC")
+register("batch_norm", "numpy", "reference", "convgpu.ops.norm:_np_batch_norm", layouts=_BOTH)
+register("batch_norm_backward", "numpy", "reference",
+         "convgpu.ops.norm:_np_batch_norm_backward", layouts=_BOTH)
+register("batch_norm", "numba", "two_pass", "convgpu.kernels.numba.norm:batch_norm",
+         layouts=_BOTH)
 register("batch_norm_backward", "numba", "two_pass",
-         "convgpu.kernels.numba.norm:batch_norm_backward")
-register("batch_norm", "cuda", "split", "convgpu.kernels.cuda.norm:batch_norm")
-register("batch_norm_backward", "cuda", "split", "convgpu.kernels.cuda.norm:batch_norm_backward")
+         "convgpu.kernels.numba.norm:batch_norm_backward", layouts=_BOTH)
+register("batch_norm", "cuda", "split", "convgpu.kernels.cuda.norm_nhwc:batch_norm",
+         layouts=_BOTH)
+register("batch_norm_backward", "cuda", "split",
+         "convgpu.kernels.cuda.norm_nhwc:batch_norm_backward", layouts=_BOTH)
 
 
 # ----------------------------------------------------------------------------------------
@@ -113,32 +125,44 @@ def _momentum(op, momentum):
     return float(momentum)
 
 
-def _split(x):
-    """(N, C, *) -> (N, C, L) view and L."""
+def _split(x, layout="NCHW"):
+    """(N, C, *) -> (N, C, L) view and L; NHWC (N, H, W, C) -> the (N*H*W, C, 1) view, 1."""
+    if layout == "NHWC":
+        return x.reshape(-1, x.shape[3], 1), 1
     L = int(np.prod(x.shape[2:], dtype=np.int64))
     return x.reshape(x.shape[0], x.shape[1], L), L
 
 
+def _input(op, x, layout):
+    """The input's channel count, after the layout's shape check."""
+    if layout == "NHWC":
+        A.check_ndim(op, "input", x, (4,), "4-D (N, H, W, C) with layout='NHWC'")
+        return x.shape[3]
+    if x.ndim < 2:
+        raise ValueError(f"{op}: input must be (N, C, *), at least 2-D, got shape "
+                         f"{tuple(x.shape)}")
+    return x.shape[1]
+
+
 @on_torch_stream
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
-               momentum=0.1, eps=1e-5, *, return_stats=False, backend="auto"):
+               momentum=0.1, eps=1e-5, *, return_stats=False, backend="auto", layout="NCHW"):
     """y = (x - mean[c]) / sqrt(var[c] + eps) * weight[c] + bias[c] over an (N, C, *) input,
     torch's semantics (see the module's docstring). running_mean / running_var may be None
     in training only; they are written in place, so they must be C-contiguous. An empty
     batch gives an empty output and leaves the running estimates as they are (its returned
-    statistics are mean 0, var 0)."""
+    statistics are mean 0, var 0). layout="NHWC": a 4-D (N, H, W, C) input (see the
+    module)."""
     op = "batch_norm"
+    layout = A.check_layout(op, layout)
     given = dict(input=input, running_mean=running_mean, running_var=running_var,
                  weight=weight, bias=bias)
-    bd, a = unwrap(op, **given)
+    bd, a, layout = unwrap_layout(op, layout, **given)
     x = a["input"]
-    if x.ndim < 2:
-        raise ValueError(f"{op}: input must be (N, C, *), at least 2-D, got shape "
-                         f"{tuple(x.shape)}")
+    C = _input(op, x, layout)
     A.check_float(op, "input", x)
     sd = A.check_params_dtype(op, x.dtype, running_mean=a["running_mean"],
                               running_var=a["running_var"], weight=a["weight"], bias=a["bias"])
-    C = x.shape[1]
     rm, rv = a["running_mean"], a["running_var"]
     _check_channel_vectors(op, C, running_mean=rm, running_var=rv, weight=a["weight"],
                            bias=a["bias"])
@@ -154,8 +178,8 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     if update:
         for n in ("running_mean", "running_var"):
             A.check_written_in_place(op, n, a[n], given[n])
-    x3, L = _split(x)
-    args = NormArgs(x.shape[0], C, L, x.dtype.name, training, update, sd.name)
+    x3, L = _split(x, layout)
+    args = NormArgs(x3.shape[0], C, L, x.dtype.name, training, update, sd.name, layout)
     if training and args.M == 1:
         raise ValueError(f"{op}: training needs more than one value per channel (input shape "
                          f"{tuple(x.shape)}): the batch variance of one value is undefined")
@@ -176,26 +200,25 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
 
 @on_torch_stream
 def batch_norm_backward(grad_output, input, mean, invstd, weight=None, training=True, *,
-                        backend="auto"):
+                        backend="auto", layout="NCHW"):
     """The gradients of batch_norm: (grad_input, grad_weight, grad_bias). mean and invstd are
     what batch_norm returned with return_stats=True. grad_weight = sum gy * xhat and
     grad_bias = sum gy over N and the trailing axes (xhat = (x - mean) invstd); in training
     the batch statistics depend on x, so grad_input = w invstd (gy - grad_bias / M -
-    xhat grad_weight / M); in evaluation grad_input = w invstd gy."""
+    xhat grad_weight / M); in evaluation grad_input = w invstd gy. layout as in
+    batch_norm."""
     op = "batch_norm_backward"
-    bd, a = unwrap(op, grad_output=grad_output, input=input, mean=mean, invstd=invstd,
-                   weight=weight)
+    layout = A.check_layout(op, layout)
+    bd, a, layout = unwrap_layout(op, layout, grad_output=grad_output, input=input, mean=mean,
+                                  invstd=invstd, weight=weight)
     gy, x = a["grad_output"], a["input"]
     A.check_same_dtype(op, grad_output=gy, input=x)
     sd = A.check_params_dtype(op, x.dtype, mean=a["mean"], invstd=a["invstd"],
                               weight=a["weight"])
-    if x.ndim < 2:
-        raise ValueError(f"{op}: input must be (N, C, *), at least 2-D, got shape "
-                         f"{tuple(x.shape)}")
+    C = _input(op, x, layout)
     if tuple(gy.shape) != tuple(x.shape):
         raise ValueError(f"{op}: grad_output has shape {tuple(gy.shape)} but input has "
                          f"{tuple(x.shape)}; they must match")
-    C = x.shape[1]
     for n in ("mean", "invstd"):
         if a[n] is None:
             raise ValueError(f"{op}: {n} is needed (batch_norm(..., return_stats=True) gives it)")
@@ -204,8 +227,8 @@ def batch_norm_backward(grad_output, input, mean, invstd, weight=None, training=
     if x.size == 0:
         return bd.wrap((A.zeros(x, x.shape, x.dtype), A.zeros(x, (C,), sd),
                         A.zeros(x, (C,), sd)))
-    x3, L = _split(x)
-    args = NormArgs(x.shape[0], C, L, x.dtype.name, training, False, sd.name)
+    x3, L = _split(x, layout)
+    args = NormArgs(x3.shape[0], C, L, x.dtype.name, training, False, sd.name, layout)
     gx3, gw, gb = dispatch(op, args, backend, "auto", bd.on_device, gy.reshape(x3.shape), x3,
                            a["mean"], a["invstd"], a["weight"])
     return bd.wrap((gx3.reshape(x.shape), gw, gb))

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 from convgpu import reference
-from convgpu.arrays import on_torch_stream, unwrap, xp_of
+from convgpu.arrays import on_torch_stream, unwrap_layout, xp_of
 from convgpu.core import args as A
+from convgpu.ops._layout import LayoutShape, register_transpose
 from convgpu.ops._registry import WITH_FLOAT16, dispatch, register
 
 
@@ -23,6 +24,7 @@ class MaxBackwardArgs:
     x_shape: Tuple[int, int, int, int]
     pool: Optional[A.PoolArgs]          # the forward's geometry, if the caller gave it
     check_indices: bool = True          # validate the indices (each implementation does)
+    layout: str = "NCHW"                # of x_shape, grad_output and indices
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class AdaptiveArgs(A.PlaneShapes):
     P: int
     Q: int
     dtype: str
+    layout: str = "NCHW"
 
 
 OP_BWD = "max_pool2d_backward"
@@ -43,8 +46,8 @@ def _check_range(a, idx):
     """Every index in [0, H*W): what the scatters (reference, numba plane) need to be safe."""
     if a.check_indices and idx.size:
         xp = xp_of(idx)
-        A.check_indices_range(OP_BWD, int(xp.min(idx)), int(xp.max(idx)),
-                              a.x_shape[2] * a.x_shape[3])
+        _, _, H, W = A.from_layout(a.x_shape, a.layout)
+        A.check_indices_range(OP_BWD, int(xp.min(idx)), int(xp.max(idx)), H * W)
 
 
 def _check_window(a, idx):
@@ -53,6 +56,8 @@ def _check_window(a, idx):
     the CUDA C gathers do the same test on the device, pool.cu index_violation)."""
     if not a.check_indices or not idx.size:
         return
+    if a.layout == "NHWC":
+        idx = idx.transpose(0, 3, 1, 2)             # the per-window test below is per plane
     xp, p = xp_of(idx), a.pool
     rows = (xp.arange(p.P) * p.stride[0] - p.padding[0])[:, None]
     cols = (xp.arange(p.Q) * p.stride[1] - p.padding[1])[None, :]
@@ -70,12 +75,15 @@ def _check_window(a, idx):
 
 
 def _np_max_pool(a, x):
-    return reference.max_pool2d(x, a.kernel, a.stride, a.padding, a.dilation, a.ceil_mode)
+    f = reference.max_pool2d_nhwc if a.layout == "NHWC" else reference.max_pool2d
+    return f(x, a.kernel, a.stride, a.padding, a.dilation, a.ceil_mode)
 
 
 def _np_max_backward(a, gy, idx):
     _check_range(a, idx)
-    return reference.max_pool2d_backward(gy, idx, a.x_shape)
+    f = reference.max_pool2d_backward_nhwc if a.layout == "NHWC" else \
+        reference.max_pool2d_backward
+    return f(gy, idx, a.x_shape)
 
 
 def _numba_max_backward_gather(a, gy, idx):
@@ -92,29 +100,40 @@ def _numba_max_backward_plane(a, gy, idx):
 
 
 def _np_avg_pool(a, x):
-    return reference.avg_pool2d(x, a.kernel, a.stride, a.padding, a.ceil_mode,
-                                a.count_include_pad, a.divisor_override)
+    f = reference.avg_pool2d_nhwc if a.layout == "NHWC" else reference.avg_pool2d
+    return f(x, a.kernel, a.stride, a.padding, a.ceil_mode, a.count_include_pad,
+             a.divisor_override)
 
 
 def _np_avg_backward(a, gy):
-    return reference.avg_pool2d_backward(gy, a.x_shape, a.kernel, a.stride, a.padding,
-                                         a.ceil_mode, a.count_include_pad, a.divisor_override)
+    f = reference.avg_pool2d_backward_nhwc if a.layout == "NHWC" else \
+        reference.avg_pool2d_backward
+    return f(gy, a.x_shape, a.kernel, a.stride, a.padding, a.ceil_mode, a.count_include_pad,
+             a.divisor_override)
 
 
 def _np_gap(a, x):
+    if isinstance(a, LayoutShape):                  # NHWC (NCHW calls pass the shape tuple)
+        return reference.global_avg_pool2d_nhwc(x)
     return reference.global_avg_pool2d(x)
 
 
 def _np_gap_backward(a, gy):
+    if isinstance(a, LayoutShape):
+        return reference.global_avg_pool2d_backward_nhwc(gy, a.shape)
     return reference.global_avg_pool2d_backward(gy, a)
 
 
 def _np_adaptive(a, x):
-    return reference.adaptive_avg_pool2d(x, (a.P, a.Q))
+    f = reference.adaptive_avg_pool2d_nhwc if a.layout == "NHWC" else \
+        reference.adaptive_avg_pool2d
+    return f(x, (a.P, a.Q))
 
 
 def _np_adaptive_backward(a, gy):
-    return reference.adaptive_avg_pool2d_backward(gy, a.x_shape)
+    f = reference.adaptive_avg_pool2d_backward_nhwc if a.layout == "NHWC" else \
+        reference.adaptive_avg_pool2d_backward
+    return f(gy, a.x_shape)
 
 
 def _needs_geometry(a):
@@ -122,15 +141,20 @@ def _needs_geometry(a):
         "needs the forward's kernel_size/stride/padding/dilation to gather"
 
 
-register("max_pool2d", "numpy", "reference", "convgpu.ops.pool:_np_max_pool")
-register("max_pool2d_backward", "numpy", "reference", "convgpu.ops.pool:_np_max_backward")
-register("avg_pool2d", "numpy", "reference", "convgpu.ops.pool:_np_avg_pool")
-register("avg_pool2d_backward", "numpy", "reference", "convgpu.ops.pool:_np_avg_backward")
-register("global_avg_pool2d", "numpy", "reference", "convgpu.ops.pool:_np_gap")
-register("global_avg_pool2d_backward", "numpy", "reference", "convgpu.ops.pool:_np_gap_backward")
-register("adaptive_avg_pool2d", "numpy", "reference", "convgpu.ops.pool:_np_adaptive")
+_BOTH = ("NCHW", "NHWC")
+register("max_pool2d", "numpy", "reference", "convgpu.ops.pool:_np_max_pool", layouts=_BOTH)
+register("max_pool2d_backward", "numpy", "reference", "convgpu.ops.pool:_np_max_backward",
+         layouts=_BOTH)
+register("avg_pool2d", "numpy", "reference", "convgpu.ops.pool:_np_avg_pool", layouts=_BOTH)
+register("avg_pool2d_backward", "numpy", "reference", "convgpu.ops.pool:_np_avg_backward",
+         layouts=_BOTH)
+register("global_avg_pool2d", "numpy", "reference", "convgpu.ops.pool:_np_gap", layouts=_BOTH)
+register("global_avg_pool2d_backward", "numpy", "reference", "convgpu.ops.pool:_np_gap_backward",
+         layouts=_BOTH)
+register("adaptive_avg_pool2d", "numpy", "reference", "convgpu.ops.pool:_np_adaptive",
+         layouts=_BOTH)
 register("adaptive_avg_pool2d_backward", "numpy", "reference",
-         "convgpu.ops.pool:_np_adaptive_backward")
+         "convgpu.ops.pool:_np_adaptive_backward", layouts=_BOTH)
 
 _K = "convgpu.kernels.numba.pool:"
 _F16 = dict(dtypes=WITH_FLOAT16)       # float16 data, float32 sums
@@ -212,6 +236,31 @@ register("avg_pool2d_backward", "cuda", "gather", _C + "pool:avg_pool2d_backward
 register("adaptive_avg_pool2d", "cuda", "direct", _C + "pool:adaptive_avg_pool2d")
 register("adaptive_avg_pool2d_backward", "cuda", "gather", _C + "pool:adaptive_avg_pool2d_backward")
 
+_PN = _C + "pool_nhwc:"
+register("max_pool2d", "cuda", "direct_nhwc", _PN + "max_pool2d", supports=_PN + "nhwc_supports",
+         layouts=("NHWC",))
+register("avg_pool2d", "cuda", "direct_nhwc", _PN + "avg_pool2d", supports=_PN + "nhwc_supports",
+         layouts=("NHWC",))
+register("max_pool2d_backward", "cuda", "gather_nhwc", _PN + "max_pool2d_backward_gather",
+         supports=_PN + "nhwc_supports", layouts=("NHWC",))
+register("avg_pool2d_backward", "cuda", "gather_nhwc", _PN + "avg_pool2d_backward",
+         supports=_PN + "nhwc_supports", layouts=("NHWC",))
+register("adaptive_avg_pool2d", "cuda", "direct_nhwc", _PN + "adaptive_avg_pool2d",
+         layouts=("NHWC",))
+register("adaptive_avg_pool2d_backward", "cuda", "gather_nhwc",
+         _PN + "adaptive_avg_pool2d_backward", layouts=("NHWC",))
+register("global_avg_pool2d", "cuda", "reduce_nhwc", _PN + "global_avg_pool2d",
+         layouts=("NHWC",))
+register("global_avg_pool2d_backward", "cuda", "direct_nhwc", _PN + "global_avg_pool2d_backward",
+         layouts=("NHWC",))
+
+# NHWC where a backend has no NHWC kernel: its NCHW kernels between layout copies, by name
+for _op in ("max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
+            "global_avg_pool2d", "global_avg_pool2d_backward", "adaptive_avg_pool2d",
+            "adaptive_avg_pool2d_backward"):
+    for _backend in ("numba", "cuda"):
+        register_transpose(_op, _backend)
+
 
 # ----------------------------------------------------------------------------------------
 # the ops
@@ -219,16 +268,19 @@ register("adaptive_avg_pool2d_backward", "cuda", "gather", _C + "pool:adaptive_a
 
 @on_torch_stream
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
-               return_indices=False, *, algo="auto", backend="auto"):
+               return_indices=False, *, algo="auto", backend="auto", layout="NCHW"):
     """Max pooling as torch: -inf padding; with return_indices, int64 indices flat over each
     unpadded input plane (h*W + w); the first maximum wins a tie; NaN propagates. algo picks
-    an implementation (convgpu.implementations("max_pool2d")); all give the same answer."""
+    an implementation (convgpu.implementations("max_pool2d")); all give the same answer.
+    layout="NHWC": input (N, H, W, C) -> y and indices (N, P, Q, C), the indices still flat
+    over the plane (h*W + w), as torch gives them for a channels_last input."""
     op = "max_pool2d"
-    bd, a = unwrap(op, input=input)
-    x, unbatched = A.batched(op, "input", a["input"])
+    layout = A.check_layout(op, layout)
+    bd, a, layout = unwrap_layout(op, layout, input=input)
+    x, unbatched = A.batched(op, "input", a["input"], layout)
     A.check_float(op, "input", x)
     args = A.pool_geometry(op, x.shape, kernel_size, stride, padding, dilation, ceil_mode,
-                           x.dtype, kind="max")
+                           x.dtype, kind="max", layout=layout)
     if x.size == 0:                                   # no images or no channels
         y, idx = A.zeros(x, args.y_shape, x.dtype), A.zeros(x, args.y_shape, "int64")
     else:
@@ -241,29 +293,33 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
 @on_torch_stream
 def max_pool2d_backward(grad_output, indices, input_shape, kernel_size=None, stride=None,
                         padding=0, dilation=1, ceil_mode=False, *, algo="auto", backend="auto",
-                        check_indices=True):
+                        check_indices=True, layout="NCHW"):
     """Gradient of max pooling: each input element receives the sum of the grad_output entries
     whose index points at it. Pass the forward's geometry to let device kernels gather.
     Indices are validated (in [0, H*W); for the gathers, inside their own window, since a
     gather cannot honour any other), raising ValueError; on the device that waits for the
     kernel (one 4-byte read). check_indices=False skips it, for indices straight from
-    max_pool2d with the same geometry (what nn.MaxPool2d passes)."""
+    max_pool2d with the same geometry (what nn.MaxPool2d passes). layout="NHWC":
+    grad_output and indices (N, P, Q, C), input_shape (N, H, W, C)."""
     op = "max_pool2d_backward"
-    bd, a = unwrap(op, grad_output=grad_output, indices=indices)
-    gy, unbatched = A.batched(op, "grad_output", a["grad_output"])
+    given = A.check_layout(op, layout)
+    bd, a, layout = unwrap_layout(op, given, grad_output=grad_output, indices=indices)
+    gy, unbatched = A.batched(op, "grad_output", a["grad_output"], layout)
     idx = a["indices"]
     if unbatched:
         idx = idx[None] if idx.ndim == 3 else idx
     A.check_float(op, "grad_output", gy)
-    shape = A.check_input_shape(op, input_shape)
-    if shape[:2] != tuple(gy.shape[:2]):
+    shape = A.check_input_shape(op, _shape_in(input_shape, layout, given), layout)
+    nc, gy_nc = A.from_layout(shape, layout)[:2], A.from_layout(gy.shape, layout)[:2]
+    if nc != gy_nc:
         raise ValueError(f"{op}: grad_output has shape {tuple(gy.shape)} but input_shape "
-                         f"{shape} has (N, C) = {shape[:2]}")
+                         f"{shape} has (N, C) = {nc}"
+                         + (f" (layout={layout!r})" if layout != "NCHW" else ""))
     A.check_indices(op, idx, gy.shape)
     pool = None
     if kernel_size is not None:
         pool = A.pool_geometry(op, shape, kernel_size, stride, padding, dilation, ceil_mode,
-                               gy.dtype, kind="max")
+                               gy.dtype, kind="max", layout=layout)
         A.check_pooled_grad(op, gy.shape, pool)
     idx = idx.astype("int64", copy=False)
     # each implementation validates the indices it is given (the host scatter: in the plane;
@@ -272,75 +328,102 @@ def max_pool2d_backward(grad_output, indices, input_shape, kernel_size=None, str
     if gy.size == 0:
         gx = A.zeros(gy, shape, gy.dtype)
     else:
-        gx = dispatch(op, MaxBackwardArgs(shape, pool, bool(check_indices)), backend, algo,
-                      bd.on_device, gy, idx)
+        gx = dispatch(op, MaxBackwardArgs(shape, pool, bool(check_indices), layout), backend,
+                      algo, bd.on_device, gy, idx)
     return bd.wrap(gx[0] if unbatched else gx)
 
 
 @on_torch_stream
 def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
-               count_include_pad=True, divisor_override=None, *, backend="auto"):
-    """Average pooling as torch.nn.functional.avg_pool2d."""
+               count_include_pad=True, divisor_override=None, *, backend="auto", algo="auto",
+               layout="NCHW"):
+    """Average pooling as torch.nn.functional.avg_pool2d. layout="NHWC": (N, H, W, C) ->
+    (N, P, Q, C)."""
     op = "avg_pool2d"
-    bd, a = unwrap(op, input=input)
-    x, unbatched = A.batched(op, "input", a["input"])
+    layout = A.check_layout(op, layout)
+    bd, a, layout = unwrap_layout(op, layout, input=input)
+    x, unbatched = A.batched(op, "input", a["input"], layout)
     A.check_float(op, "input", x)
     args = A.pool_geometry(op, x.shape, kernel_size, stride, padding, 1, ceil_mode, x.dtype,
                            kind="avg", count_include_pad=count_include_pad,
-                           divisor_override=divisor_override)
+                           divisor_override=divisor_override, layout=layout)
     y = A.zeros(x, args.y_shape, x.dtype) if x.size == 0 else \
-        dispatch(op, args, backend, "auto", bd.on_device, x)
+        dispatch(op, args, backend, algo, bd.on_device, x)
     return bd.wrap(y[0] if unbatched else y)
+
+
+def _shape_in(shape, layout, given):
+    """input_shape given in the caller's layout, in the layout the call runs in (a
+    channels_last torch call runs in NHWC while the caller speaks NCHW); a 3-D shape is
+    one image, anything else passes through for the checks to refuse."""
+    if layout == given or not isinstance(shape, (tuple, list)) or len(shape) not in (3, 4):
+        return shape
+    if len(shape) == 3:
+        return tuple(_shape_in((1,) + tuple(shape), layout, given)[1:])
+    return A.to_layout(A.from_layout(tuple(shape), given), layout)
 
 
 @on_torch_stream
 def avg_pool2d_backward(grad_output, input_shape, kernel_size, stride=None, padding=0,
                         ceil_mode=False, count_include_pad=True, divisor_override=None, *,
-                        backend="auto"):
+                        backend="auto", algo="auto", layout="NCHW"):
     """Gradient of avg_pool2d: each input element gathers grad_output / divisor over the
-    windows that cover it."""
+    windows that cover it. layout="NHWC": grad_output (N, P, Q, C), input_shape (N, H, W,
+    C)."""
     op = "avg_pool2d_backward"
-    bd, a = unwrap(op, grad_output=grad_output)
-    gy, unbatched = A.batched(op, "grad_output", a["grad_output"])
+    given = A.check_layout(op, layout)
+    bd, a, layout = unwrap_layout(op, given, grad_output=grad_output)
+    gy, unbatched = A.batched(op, "grad_output", a["grad_output"], layout)
     A.check_float(op, "grad_output", gy)
-    shape = A.check_input_shape(op, input_shape)
+    shape = A.check_input_shape(op, _shape_in(input_shape, layout, given), layout)
     args = A.pool_geometry(op, shape, kernel_size, stride, padding, 1, ceil_mode, gy.dtype,
                            kind="avg", count_include_pad=count_include_pad,
-                           divisor_override=divisor_override)
+                           divisor_override=divisor_override, layout=layout)
     A.check_pooled_grad(op, gy.shape, args)
     gx = A.zeros(gy, shape, gy.dtype) if gy.size == 0 else \
-        dispatch(op, args, backend, "auto", bd.on_device, gy)
+        dispatch(op, args, backend, algo, bd.on_device, gy)
     return bd.wrap(gx[0] if unbatched else gx)
 
 
 @on_torch_stream
-def global_avg_pool2d(input, *, backend="auto"):
-    """Mean over H and W: (N, C, H, W) -> (N, C)."""
+def global_avg_pool2d(input, *, backend="auto", algo="auto", layout="NCHW"):
+    """Mean over H and W: (N, C, H, W) -> (N, C); layout="NHWC": (N, H, W, C) -> (N, C)."""
     op = "global_avg_pool2d"
-    bd, a = unwrap(op, input=input)
+    layout = A.check_layout(op, layout)
+    bd, a, layout = unwrap_layout(op, layout, input=input)
     x = a["input"]
-    A.check_ndim(op, "input", x, (4,), "4-D (N, C, H, W)")
+    A.check_ndim(op, "input", x, (4,), "4-D (N, H, W, C)" if layout == "NHWC"
+                 else "4-D (N, C, H, W)")
     A.check_float(op, "input", x)
-    if min(x.shape[2:]) < 1:
+    N, C, H, W = A.from_layout(x.shape, layout)
+    if min(H, W) < 1:
         raise ValueError(f"{op}: input planes must not be empty, got shape {tuple(x.shape)}")
     if x.size == 0:
-        return bd.wrap(A.zeros(x, tuple(x.shape[:2]), x.dtype))
-    return bd.wrap(dispatch(op, tuple(x.shape), backend, "auto", bd.on_device, x))
+        return bd.wrap(A.zeros(x, (N, C), x.dtype))
+    rec = LayoutShape(tuple(x.shape), layout) if layout == "NHWC" else tuple(x.shape)
+    return bd.wrap(dispatch(op, rec, backend, algo, bd.on_device, x))
 
 
 @on_torch_stream
-def global_avg_pool2d_backward(grad_output, input_shape, *, backend="auto"):
+def global_avg_pool2d_backward(grad_output, input_shape, *, backend="auto", algo="auto",
+                               layout="NCHW"):
+    """Gradient of global_avg_pool2d: grad_output (N, C) spread evenly over input_shape
+    (N, C, H, W), or (N, H, W, C) with layout="NHWC"."""
     op = "global_avg_pool2d_backward"
-    bd, a = unwrap(op, grad_output=grad_output)
+    layout = A.check_layout(op, layout)
+    bd, a, layout = unwrap_layout(op, layout, grad_output=grad_output)
     gy = a["grad_output"]
     A.check_float(op, "grad_output", gy)
-    shape = A.check_shape_tuple(op, "input_shape", input_shape, 4, (0, 1))
-    if tuple(gy.shape) != shape[:2]:
+    shape = A.check_shape_tuple(op, "input_shape", input_shape, 4,
+                                (0, 3 if layout == "NHWC" else 1))
+    nc = A.from_layout(shape, layout)[:2]
+    if tuple(gy.shape) != nc:
         raise ValueError(f"{op}: grad_output has shape {tuple(gy.shape)} but input_shape "
-                         f"{shape} needs {shape[:2]}")
+                         f"{shape} needs {nc}")
     if gy.size == 0:
         return bd.wrap(A.zeros(gy, shape, gy.dtype))
-    return bd.wrap(dispatch(op, shape, backend, "auto", bd.on_device, gy))
+    rec = LayoutShape(shape, layout) if layout == "NHWC" else shape
+    return bd.wrap(dispatch(op, rec, backend, algo, bd.on_device, gy))
 
 
 def _adaptive_size(op, output_size, H, W):
@@ -353,37 +436,43 @@ def _adaptive_size(op, output_size, H, W):
 
 
 @on_torch_stream
-def adaptive_avg_pool2d(input, output_size, *, backend="auto"):
+def adaptive_avg_pool2d(input, output_size, *, backend="auto", algo="auto", layout="NCHW"):
     """Average pooling to a given output size, as torch: output p of P averages rows
     [floor(p H / P), ceil((p + 1) H / P)), the same along W (neighbouring windows overlap
-    where P does not divide H; P > H repeats rows)."""
+    where P does not divide H; P > H repeats rows). layout="NHWC": (N, H, W, C) -> (N, P,
+    Q, C)."""
     op = "adaptive_avg_pool2d"
-    bd, a = unwrap(op, input=input)
-    x, unbatched = A.batched(op, "input", a["input"])
+    layout = A.check_layout(op, layout)
+    bd, a, layout = unwrap_layout(op, layout, input=input)
+    x, unbatched = A.batched(op, "input", a["input"], layout)
     A.check_float(op, "input", x)
-    N, C, H, W = x.shape
+    N, C, H, W = A.from_layout(x.shape, layout)
     if H == 0 or W == 0:
         raise ValueError(f"{op}: input planes must not be empty, got shape {tuple(x.shape)}")
     P, Q = _adaptive_size(op, output_size, H, W)
-    args = AdaptiveArgs(N, C, H, W, P, Q, x.dtype.name)
+    args = AdaptiveArgs(N, C, H, W, P, Q, x.dtype.name, layout)
     y = A.zeros(x, args.y_shape, x.dtype) if x.size == 0 or P * Q == 0 else \
-        dispatch(op, args, backend, "auto", bd.on_device, x)
+        dispatch(op, args, backend, algo, bd.on_device, x)
     return bd.wrap(y[0] if unbatched else y)
 
 
 @on_torch_stream
-def adaptive_avg_pool2d_backward(grad_output, input_shape, *, backend="auto"):
+def adaptive_avg_pool2d_backward(grad_output, input_shape, *, backend="auto", algo="auto",
+                                 layout="NCHW"):
     """Gradient of adaptive_avg_pool2d: each input element gathers gy / (window area) over
-    the outputs whose windows hold it. The output size is grad_output's."""
+    the outputs whose windows hold it. The output size is grad_output's. layout="NHWC":
+    grad_output (N, P, Q, C), input_shape (N, H, W, C)."""
     op = "adaptive_avg_pool2d_backward"
-    bd, a = unwrap(op, grad_output=grad_output)
-    gy, unbatched = A.batched(op, "grad_output", a["grad_output"])
+    given = A.check_layout(op, layout)
+    bd, a, layout = unwrap_layout(op, given, grad_output=grad_output)
+    gy, unbatched = A.batched(op, "grad_output", a["grad_output"], layout)
     A.check_float(op, "grad_output", gy)
-    shape = A.check_input_shape(op, input_shape)
-    if tuple(gy.shape[:2]) != shape[:2]:
+    shape = A.check_input_shape(op, _shape_in(input_shape, layout, given), layout)
+    g = A.from_layout(gy.shape, layout)
+    if g[:2] != A.from_layout(shape, layout)[:2]:
         raise ValueError(f"{op}: grad_output has shape {tuple(gy.shape)} but input_shape "
-                         f"{shape} has (N, C) = {shape[:2]}")
-    args = AdaptiveArgs(*shape, *gy.shape[2:], gy.dtype.name)
+                         f"{shape} has (N, C) = {A.from_layout(shape, layout)[:2]}")
+    args = AdaptiveArgs(*A.from_layout(shape, layout), *g[2:], gy.dtype.name, layout)
     gx = A.zeros(gy, shape, gy.dtype) if gy.size == 0 else \
-        dispatch(op, args, backend, "auto", bd.on_device, gy)
+        dispatch(op, args, backend, algo, bd.on_device, gy)
     return bd.wrap(gx[0] if unbatched else gx)

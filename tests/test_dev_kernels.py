@@ -19,7 +19,8 @@ def _listing(dev: str) -> str:
     env = dict(os.environ, CONVGPU_DEV=dev)
     code = ("import convgpu\n"
             "for op in ('max_pool2d', 'max_pool2d_backward'):\n"
-            "    print(op, sorted(a for b, a in convgpu.implementations(op) if b == 'cuda'))\n"
+            "    print(op, sorted(a for b, a in convgpu.implementations(op, layout='NCHW') "
+            "if b == 'cuda'))\n"
             "import numpy as np\n"
             "try:\n"
             "    convgpu.max_pool2d(np.zeros((1, 1, 4, 4), np.float32), 2, algo='tiled')\n"

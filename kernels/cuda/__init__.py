@@ -6,6 +6,7 @@ emulator/ the host emulation that runs every .cu on the CPU."""
 
 FAMILIES = ("gemm", "conv_implicit", "im2col", "conv_direct", "winograd", "fft", "depthwise",
             "pool", "norm", "elementwise", "ceiling")
+FAMILIES += ("conv_nhwc", "pool_nhwc", "norm_nhwc")          # channels-last kernels (NHWC)
 
 
 def launcher_modules():

@@ -108,3 +108,18 @@ def options() -> Tuple[str, ...]:
 
 def all_name_expressions() -> Sequence[Tuple[str, str]]:
     return [(f, e) for f, exprs in NAME_EXPRESSIONS.items() for e in exprs]
+
+# channels-last (NHWC) kernels (issue 19)
+NAME_EXPRESSIONS["conv_nhwc.cu"] = tuple(f"conv2d_nhwc_{k}implicit_gemm<float, {tf}>"
+                                         for k in ("", "wgrad_", "dgrad_")
+                                         for tf in ("false", "true"))
+NAME_EXPRESSIONS["pool_nhwc.cu"] = (
+    tuple(f"{k}<{t}, {i}>" for k in ("max_pool2d_nhwc_fwd", "avg_pool2d_nhwc_fwd",
+                                      "max_pool2d_nhwc_bwd_gather", "avg_pool2d_nhwc_bwd_gather",
+                                      "adaptive_avg_pool2d_nhwc_fwd",
+                                      "adaptive_avg_pool2d_nhwc_bwd")
+          for t in T_NAMES for i in ("int", "long long"))
+    + tuple(f"max_pool2d_nhwc_check_indices<{i}>" for i in ("int", "long long")))
+NAME_EXPRESSIONS["norm_nhwc.cu"] = tuple(f"batch_norm_nhwc_{k}<{t}>"
+                                         for k in ("partials", "finish", "bwd_partials")
+                                         for t in T_NAMES)

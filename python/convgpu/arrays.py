@@ -136,6 +136,7 @@ class Boundary:
         self.kind = kind
         self.torch_device = torch_device
         self.channels_last = channels_last
+        self.nhwc = False           # 4-D results are NHWC arrays of channels_last tensors
 
     @property
     def on_device(self) -> bool:
@@ -151,7 +152,9 @@ class Boundary:
             t = _torch_from_host(out)
         else:
             t = torch.from_dlpack(out)
-        if self.channels_last and t.dim() == 4:
+        if self.nhwc and t.dim() == 4:
+            t = t.permute(0, 3, 1, 2)              # (N, C, H, W) with channels_last strides
+        elif self.channels_last and t.dim() == 4:
             t = t.contiguous(memory_format=torch.channels_last)
         return t
 
@@ -200,6 +203,24 @@ def unwrap(op: str, **named):
     if boundary is None:
         raise TypeError(f"{op}: no array argument given")
     return boundary, out
+
+
+def unwrap_layout(op: str, layout: str, **named):
+    """unwrap for the ops with a layout= keyword (conv, pooling, batch norm). Where layout is
+    "NCHW" and the first array is a torch tensor in channels_last memory format, the call
+    runs in NHWC: every 4-D torch tensor is taken as its (N, H, W, C) permutation (no copy
+    for a channels_last one; others are copied into that order) and every 4-D result comes
+    back as an (N, C, H, W) tensor with channels_last strides. Returns (Boundary, {name:
+    native array or None}, the layout the native arrays are in)."""
+    first = next((a for a in named.values() if a is not None), None)
+    if layout == "NCHW" and kind_of(first) in (TORCH_CPU, TORCH_CUDA) and channels_last(first):
+        views = {n: a.permute(0, 2, 3, 1) if kind_of(a) in (TORCH_CPU, TORCH_CUDA)
+                 and a.dim() == 4 else a for n, a in named.items()}
+        boundary, out = unwrap(op, **views)
+        boundary.nhwc, boundary.channels_last = True, False
+        return boundary, out, "NHWC"
+    boundary, out = unwrap(op, **named)
+    return boundary, out, layout
 
 
 def _first_torch_cuda(args, kwargs):

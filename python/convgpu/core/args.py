@@ -54,6 +54,30 @@ def allow_tf32(per_call=None) -> bool:
 
 Pair = Tuple[int, int]
 
+# memory layouts of the 4-D arrays of conv, pooling and batch norm: NCHW (torch's default)
+# and NHWC (torch.channels_last: channels contiguous, the GEMM's reduction axis of a conv)
+LAYOUTS = ("NCHW", "NHWC")
+
+
+def check_layout(op: str, layout) -> str:
+    if not isinstance(layout, str) or layout not in LAYOUTS:
+        raise ValueError(f"{op}: layout must be 'NCHW' or 'NHWC', got {layout!r}")
+    return layout
+
+
+def to_layout(shape, layout: str):
+    """An NCHW-ordered 4-tuple (N, C, H, W) in `layout`'s axis order."""
+    n, c, h, w = shape
+    return (n, h, w, c) if layout == "NHWC" else (n, c, h, w)
+
+
+def from_layout(shape, layout: str):
+    """A 4-tuple in `layout`'s axis order as (N, C, H, W)."""
+    if layout == "NHWC":
+        n, h, w, c = shape
+        return (n, c, h, w)
+    return tuple(shape)
+
 
 # ----------------------------------------------------------------------------------------
 # scalars and pairs
@@ -238,6 +262,7 @@ class ConvArgs:
     groups: int
     dtype: np.dtype
     allow_tf32: bool = False
+    layout: str = "NCHW"        # the axis order of x, w and y (NHWC: w is (K, R, S, C/groups))
 
     @property
     def Cg(self) -> int:
@@ -253,15 +278,15 @@ class ConvArgs:
 
     @property
     def x_shape(self):
-        return (self.N, self.C, self.H, self.W)
+        return to_layout((self.N, self.C, self.H, self.W), self.layout)
 
     @property
     def w_shape(self):
-        return (self.K, self.Cg, self.R, self.S)
+        return to_layout((self.K, self.Cg, self.R, self.S), self.layout)
 
     @property
     def y_shape(self):
-        return (self.N, self.K, self.P, self.Q)
+        return to_layout((self.N, self.K, self.P, self.Q), self.layout)
 
     @property
     def empty(self) -> bool:
@@ -273,7 +298,7 @@ class ConvArgs:
 PADDING_STRINGS = ("valid", "same")
 
 
-def string_padding(op: str, padding, w_shape, stride, dilation):
+def string_padding(op: str, padding, w_shape, stride, dilation, layout="NCHW"):
     """torch's padding="valid" / "same" for conv2d and its gradients -> (the padding to
     run with, (rows, columns) to drop from the start of its output). "valid" is 0. "same"
     keeps the input's size at stride 1 (torch refuses it at any other stride): dilation *
@@ -291,25 +316,25 @@ def string_padding(op: str, padding, w_shape, stride, dilation):
     dilation = pair(op, "dilation", dilation, minimum=1)
     if stride != (1, 1):
         raise ValueError(f"{op}: padding='same' needs stride 1 (as torch), got stride {stride}")
-    total = [d * (k - 1) for d, k in zip(dilation, tuple(w_shape)[2:])]
+    total = [d * (k - 1) for d, k in zip(dilation, from_layout(w_shape, layout)[2:])]
     return tuple(t - t // 2 for t in total), tuple(t % 2 for t in total)
 
 
 def conv_geometry(op: str, x_shape, w_shape, stride, padding, dilation, groups,
-                  dtype, *, out_shape=None) -> ConvArgs:
-    """Validate a conv problem given the shapes of x and w. With out_shape (the shape of
-    gy in a backward op) the output size must agree with it."""
+                  dtype, *, out_shape=None, layout="NCHW") -> ConvArgs:
+    """Validate a conv problem given the shapes of x and w (in `layout`'s axis order). With
+    out_shape (the shape of gy in a backward op) the output size must agree with it."""
     stride = pair(op, "stride", stride, minimum=1)
     padding = pair(op, "padding", padding, minimum=0)
     dilation = pair(op, "dilation", dilation, minimum=1)
     groups = positive_int(op, "groups", groups)
-    N, C, H, W = x_shape
-    K, Cg, R, S = w_shape
+    N, C, H, W = from_layout(x_shape, layout)
+    K, Cg, R, S = from_layout(w_shape, layout)
     if R < 1 or S < 1:
         raise ValueError(f"{op}: the kernel must be at least 1x1, got {R}x{S}")
     if C != Cg * groups:
         raise ValueError(f"{op}: input has {C} channels but weight expects {Cg * groups} "
-                         f"({Cg} per group x {groups} groups)")
+                         f"({Cg} per group x {groups} groups)" + _layout_hint(layout))
     if K % groups:
         raise ValueError(f"{op}: weight has {K} output channels, not divisible by groups={groups}")
     P = conv_out_size(H, R, stride[0], padding[0], dilation[0])
@@ -319,25 +344,36 @@ def conv_geometry(op: str, x_shape, w_shape, stride, padding, dilation, groups,
         raise ValueError(f"{op}: kernel {R}x{S} (dilated {eff[0]}x{eff[1]}) is larger than the "
                          f"padded input {H + 2 * padding[0]}x{W + 2 * padding[1]} "
                          f"(input {H}x{W}, padding {padding}): the output would be empty")
-    if out_shape is not None and tuple(out_shape) != (N, K, P, Q):
+    if out_shape is not None and tuple(out_shape) != to_layout((N, K, P, Q), layout):
         raise ValueError(f"{op}: grad_output has shape {tuple(out_shape)} but the convolution of "
                          f"input {tuple(x_shape)} by weight {tuple(w_shape)} with stride {stride}, "
-                         f"padding {padding}, dilation {dilation} gives {(N, K, P, Q)}")
+                         f"padding {padding}, dilation {dilation} gives "
+                         f"{to_layout((N, K, P, Q), layout)}" + _layout_hint(layout))
     return ConvArgs(op, N, C, H, W, K, R, S, P, Q, stride, padding, dilation, groups,
-                    np.dtype(dtype))
+                    np.dtype(dtype), layout=layout)
 
 
-def check_conv_weight(op: str, w) -> None:
-    check_ndim(op, "weight", w, (4,), "4-D (K, C/groups, R, S)")
+def _layout_hint(layout: str) -> str:
+    """What the shapes mean in this layout, for the messages of shapes that disagree."""
+    if layout == "NHWC":
+        return " (layout='NHWC': input (N, H, W, C), weight (K, R, S, C/groups))"
+    return ""
 
 
-def check_nchw_input(op: str, name: str, x) -> None:
-    check_ndim(op, name, x, (3, 4), "3-D (C, H, W) or 4-D (N, C, H, W)")
+def check_conv_weight(op: str, w, layout="NCHW") -> None:
+    check_ndim(op, "weight", w, (4,), "4-D (K, R, S, C/groups)" if layout == "NHWC"
+               else "4-D (K, C/groups, R, S)")
 
 
-def batched(op: str, name: str, x):
-    """(x as 4-D, whether it came unbatched): torch accepts (C, H, W) for one image."""
-    check_nchw_input(op, name, x)
+def check_nchw_input(op: str, name: str, x, layout="NCHW") -> None:
+    check_ndim(op, name, x, (3, 4), "3-D (H, W, C) or 4-D (N, H, W, C)" if layout == "NHWC"
+               else "3-D (C, H, W) or 4-D (N, C, H, W)")
+
+
+def batched(op: str, name: str, x, layout="NCHW"):
+    """(x as 4-D, whether it came unbatched): torch accepts (C, H, W) for one image ((H, W,
+    C) in NHWC)."""
+    check_nchw_input(op, name, x, layout)
     return (x[None], True) if x.ndim == 3 else (x, False)
 
 
@@ -350,23 +386,26 @@ def check_bias(op: str, b, K: int) -> None:
 
 
 def transpose_geometry(op: str, x_shape, w_shape, stride, padding, output_padding, groups,
-                       dilation, dtype):
+                       dilation, dtype, layout="NCHW"):
     """conv_transpose2d(x, w) is conv2d_backward_input(x, w, out_shape): w (Cin, Cout/g, R, S)
     is a forward conv weight with K=Cin. Returns (the ConvArgs of that forward conv,
     out_shape, frame). frame is None, or, where output_padding reaches the stride (torch
     allows it below the dilation), the padding: no forward conv of out_shape then gives
     x's size, so the args describe the uncropped result ((H - 1) s + d (R - 1) + 1 rows,
-    padding 0) and out_shape is its window starting at the padding (see full_frame)."""
+    padding 0) and out_shape is its window starting at the padding (see full_frame). In
+    NHWC, x is (N, H, W, Cin) and w (Cin, R, S, Cout/g)."""
     stride_ = pair(op, "stride", stride, minimum=1)
     padding_ = pair(op, "padding", padding, minimum=0)
     dilation_ = pair(op, "dilation", dilation, minimum=1)
     op_pad = pair(op, "output_padding", output_padding, minimum=0)
     groups_ = positive_int(op, "groups", groups)
-    N, Cin, H, W = x_shape
-    Cin_w, Coutg, R, S = w_shape
+    N, Cin, H, W = from_layout(x_shape, layout)
+    Cin_w, Coutg, R, S = from_layout(w_shape, layout)
     if Cin != Cin_w:
         raise ValueError(f"{op}: input has {Cin} channels but weight expects {Cin_w} "
-                         "(weight is (in_channels, out_channels/groups, R, S))")
+                         "(weight is (in_channels, "
+                         + ("R, S, out_channels/groups))" if layout == "NHWC"
+                            else "out_channels/groups, R, S))"))
     if Cin % groups_:
         raise ValueError(f"{op}: input channels {Cin} not divisible by groups={groups_}")
     for i, ax in enumerate("HW"):
@@ -378,23 +417,30 @@ def transpose_geometry(op: str, x_shape, w_shape, stride, padding, output_paddin
     if Ho < 1 or Wo < 1:
         raise ValueError(f"{op}: output would be empty ({Ho}x{Wo}) for input {H}x{W}, kernel "
                          f"{R}x{S}, stride {stride_}, padding {padding_}")
-    out_shape = (N, Coutg * groups_, Ho, Wo)
+    out_shape = to_layout((N, Coutg * groups_, Ho, Wo), layout)
     if op_pad[0] < stride_[0] and op_pad[1] < stride_[1]:
         args = conv_geometry(op, out_shape, w_shape, stride_, padding_, dilation_, groups_,
-                             dtype, out_shape=x_shape)
+                             dtype, out_shape=x_shape, layout=layout)
         return args, out_shape, None
-    full = (N, Coutg * groups_, conv_transpose_out_size(H, R, stride_[0], 0, dilation_[0], 0),
-            conv_transpose_out_size(W, S, stride_[1], 0, dilation_[1], 0))
+    full = to_layout((N, Coutg * groups_,
+                      conv_transpose_out_size(H, R, stride_[0], 0, dilation_[0], 0),
+                      conv_transpose_out_size(W, S, stride_[1], 0, dilation_[1], 0)), layout)
     args = conv_geometry(op, full, w_shape, stride_, 0, dilation_, groups_, dtype,
-                         out_shape=x_shape)
+                         out_shape=x_shape, layout=layout)
     return args, out_shape, padding_
 
 
-def full_frame(a, shape, offset, xp):
+def full_frame(a, shape, offset, xp, layout="NCHW"):
     """The window of `a` (N, C, H, W) of size shape[2:] starting at offset = (rows, columns),
     zero where it passes a's end; with a negative offset, `a` placed at -offset in zeros of
     `shape` (the adjoint). conv_transpose2d's output is the window at its padding of the
-    uncropped result; its gradient goes back the other way."""
+    uncropped result; its gradient goes back the other way. In NHWC `a` and shape are
+    (N, H, W, C): the same on the NCHW views of both."""
+    if layout == "NHWC":
+        out = xp.zeros(shape, a.dtype)
+        out.transpose(0, 3, 1, 2)[...] = full_frame(a.transpose(0, 3, 1, 2),
+                                                    from_layout(shape, layout), offset, xp)
+        return out
     out = xp.zeros(tuple(a.shape[:2]) + tuple(shape[2:]), a.dtype)
     (oh, ow), (H, W), (Ho, Wo) = offset, a.shape[2:], shape[2:]
     src_h, dst_h = (slice(max(oh, 0), min(H, oh + Ho)), slice(max(-oh, 0), None))
@@ -410,15 +456,16 @@ def full_frame(a, shape, offset, xp):
 
 
 class PlaneShapes:
-    """The input (N, C, H, W) and output (N, C, P, Q) shapes of a pooling record."""
+    """The input (N, C, H, W) and output (N, C, P, Q) shapes of a pooling record, in its
+    layout's axis order ((N, H, W, C) and (N, P, Q, C) in NHWC)."""
 
     @property
     def x_shape(self):
-        return (self.N, self.C, self.H, self.W)
+        return to_layout((self.N, self.C, self.H, self.W), getattr(self, "layout", "NCHW"))
 
     @property
     def y_shape(self):
-        return (self.N, self.C, self.P, self.Q)
+        return to_layout((self.N, self.C, self.P, self.Q), getattr(self, "layout", "NCHW"))
 
 
 @dataclass
@@ -438,10 +485,12 @@ class PoolArgs(PlaneShapes):
     count_include_pad: bool = True
     divisor_override: Optional[int] = None
     dtype: np.dtype = np.dtype(np.float32)
+    layout: str = "NCHW"
 
 
 def pool_geometry(op: str, x_shape, kernel_size, stride, padding, dilation, ceil_mode,
-                  dtype, *, kind: str, count_include_pad=True, divisor_override=None) -> PoolArgs:
+                  dtype, *, kind: str, count_include_pad=True, divisor_override=None,
+                  layout="NCHW") -> PoolArgs:
     k = pair(op, "kernel_size", kernel_size, minimum=1)
     s = k if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0) \
         else pair(op, "stride", stride, minimum=1)
@@ -458,7 +507,7 @@ def pool_geometry(op: str, x_shape, kernel_size, stride, padding, dilation, ceil
     if divisor_override is not None:
         if not _is_int(divisor_override) or divisor_override == 0:
             raise ValueError(f"{op}: divisor_override must be a non-zero int, got {divisor_override!r}")
-    N, C, H, W = x_shape
+    N, C, H, W = from_layout(x_shape, layout)
     P = pool_out_size(H, k[0], s[0], p[0], d[0], bool(ceil_mode))
     Q = pool_out_size(W, k[1], s[1], p[1], d[1], bool(ceil_mode))
     if P < 1 or Q < 1:
@@ -478,14 +527,17 @@ def pool_geometry(op: str, x_shape, kernel_size, stride, padding, dilation, ceil
                                  f"dilation {d[axis]}, padding {p[axis]}, stride {s[axis]}) "
                                  f"lies entirely in the padding of an input of size {n}")
     return PoolArgs(op, N, C, H, W, P, Q, k, s, p, d, bool(ceil_mode), bool(count_include_pad),
-                    None if divisor_override is None else int(divisor_override), np.dtype(dtype))
+                    None if divisor_override is None else int(divisor_override), np.dtype(dtype),
+                    layout)
 
 
-def check_input_shape(op: str, shape) -> Tuple[int, int, int, int]:
-    """(N, C, H, W) or (C, H, W); N and C may be 0 (an empty batch, no channels)."""
+def check_input_shape(op: str, shape, layout="NCHW") -> Tuple[int, int, int, int]:
+    """(N, C, H, W) or (C, H, W); N and C may be 0 (an empty batch, no channels). In NHWC
+    (N, H, W, C) or (H, W, C)."""
+    c = 3 if layout == "NHWC" else 1
     if isinstance(shape, (tuple, list)) and len(shape) == 3:
-        return check_shape_tuple(op, "input_shape", (1,) + tuple(shape), 4, (1,))
-    return check_shape_tuple(op, "input_shape", shape, 4, (0, 1))
+        return check_shape_tuple(op, "input_shape", (1,) + tuple(shape), 4, (c,))
+    return check_shape_tuple(op, "input_shape", shape, 4, (0, c))
 
 
 def check_indices(op: str, indices, gy_shape) -> None:
@@ -506,7 +558,8 @@ def check_indices_range(op: str, lo: int, hi: int, plane: int) -> None:
 def check_pooled_grad(op: str, gy_shape, args: PoolArgs) -> None:
     if tuple(gy_shape) != args.y_shape:
         raise ValueError(f"{op}: grad_output has shape {tuple(gy_shape)} but pooling input "
-                         f"{args.x_shape} gives {args.y_shape}")
+                         f"{args.x_shape} gives {args.y_shape}"
+                         + (f" (layout={args.layout!r})" if args.layout != "NCHW" else ""))
 
 
 # ----------------------------------------------------------------------------------------
