@@ -57,7 +57,7 @@ def run(op, backend, algo, *args, monkeypatch=None, **kw):
     if backend == "cuda" and not SIMULATING:
         monkeypatch.setenv("CONVGPU_CUDA_HOST", "1")
     fn = getattr(convgpu, op)
-    if "algo" in inspect.signature(fn).parameters:
+    if algo is not None and "algo" in inspect.signature(fn).parameters:
         kw["algo"] = algo
     return fn(*args, backend=backend, **kw)
 
