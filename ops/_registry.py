@@ -3,7 +3,7 @@
 An implementation is a function of the validated argument record (ConvArgs, PoolArgs,
 ...) and the native arrays. Its `supports(args)` returns None when it can serve the call
 or a sentence saying why not; dispatch never picks one that says no, and asking for it
-by name raises ValueError with that sentence.
+by name raises NotServed (a ValueError) with that sentence.
 
 Implementations are named by "module:function" strings and imported on first use, so
 `import convgpu` stays cheap and works without Numba or CuPy installed.
@@ -27,6 +27,13 @@ from convgpu.core.cachedir import UnsafeCacheDir, user_dir
 from convgpu.core.provenance import source_hash
 
 BACKENDS = ("numpy", "numba", "cuda")
+
+
+class NotServed(ValueError):
+    """The registry's refusal: no registered implementation serves this call (supports()
+    declines it, or none is registered under that name). A ValueError so callers that catch
+    bad input still catch it; `convgpu check` counts only this as a decline, so a launcher's
+    own ValueError shows as the failure it is."""
 
 
 @dataclass
@@ -173,13 +180,13 @@ def select(op: str, args, backend: str, algo: str, on_device: bool) -> List[Impl
         named = sorted((i for i in impls if i.algo == algo and i.backend in order),
                        key=lambda i: order.index(i.backend))
         if not named:
-            raise ValueError(f"{op}: no implementation ({'/'.join(order)}, {algo}); "
+            raise NotServed(f"{op}: no implementation ({'/'.join(order)}, {algo}); "
                              f"registered: {_listing(op)}")
         reasons = [(i, i.why_not(args)) for i in named]
         ok = [i for i, r in reasons if r is None]
         if not ok:
             i, r = reasons[0]
-            raise ValueError(f"{op}: ({i.backend}, {i.algo}) cannot serve this call: {r}")
+            raise NotServed(f"{op}: ({i.backend}, {i.algo}) cannot serve this call: {r}")
         return ok[:1]
     for b in order:
         ok = [i for i in impls if i.backend == b and not i.dev and i.why_not(args) is None]
@@ -187,7 +194,7 @@ def select(op: str, args, backend: str, algo: str, on_device: bool) -> List[Impl
             return ok
     tried = "; ".join(f"({i.backend}, {i.algo}): {i.why_not(args)}"
                       for i in impls if i.backend in order)
-    raise ValueError(f"{op}: no implementation supports this call. {tried or _listing(op)}")
+    raise NotServed(f"{op}: no implementation supports this call. {tried or _listing(op)}")
 
 
 def _args_key(args):

@@ -165,6 +165,45 @@ def test_check_exits_non_zero_on_a_fail_and_reports_progress(monkeypatch, capsys
     assert "check [1/1] relu" in out.err and "1 FAIL" in out.out
 
 
+def test_check_counts_a_launchers_own_value_error_as_a_failure(monkeypatch, capsys):
+    """Only the registry's refusal (NotServed) is a decline: a ValueError raised inside an
+    implementation is a bug in it, and the row must say FAIL, not "not served"."""
+    from convgpu import cli
+    from convgpu.ops import _registry as R
+    impl = next(i for i in R.all_impls("relu") if i.backend == "numpy")
+
+    def broken(*arrays):
+        raise ValueError("planted: an index computed wrong")
+    monkeypatch.setattr(impl, "_fn", broken)
+    monkeypatch.setattr(cli, "_prepare_backends", lambda *a, **k: 0)
+    assert cli.main(["check", "--ops", "relu", "--backends", "numpy", "-q"]) == 1
+    out = capsys.readouterr().out
+    assert "relu (numpy, reference) float32: FAIL: ValueError: planted" in out, out
+    assert "not served" not in out and out.rstrip().endswith("2 FAIL (of 2 rows)")
+
+
+def test_check_counts_a_supports_refusal_as_not_served(monkeypatch, capsys):
+    """The registry's refusal is a NotServed, still a ValueError for callers that catch
+    bad input; `convgpu check` lists it as "not served" with supports()'s reason."""
+    import convgpu as cg
+    from convgpu import cli
+    from convgpu.ops import _registry as R
+    impl = next(i for i in R.all_impls("relu") if i.backend == "numpy")
+    monkeypatch.setattr(impl, "supports", lambda a: "planted refusal")
+    with pytest.raises(R.NotServed, match=r"relu: \(numpy, reference\) cannot serve this "
+                       r"call: planted refusal") as e:
+        R.select("relu", (3,), "numpy", "reference", on_device=False)
+    assert isinstance(e.value, ValueError)
+    with pytest.raises(R.NotServed, match="no implementation supports this call"):
+        cg.relu(np.ones(3), backend="numpy")
+    monkeypatch.setattr(cli, "_prepare_backends", lambda *a, **k: 0)
+    assert cli.main(["check", "--ops", "relu", "--backends", "numpy", "-q", "-v"]) == 0
+    out = capsys.readouterr().out
+    assert "relu (numpy, reference) float32: not served: relu: no implementation supports " \
+        "this call. (numpy, reference): planted refusal" in " ".join(out.split()), out
+    assert out.rstrip().endswith("2 not served (of 2 rows)")
+
+
 def test_check_prints_a_progress_line_per_op_as_it_goes():
     r = convgpu("check", "--ops", "relu", "bias_add", "--backends", "numpy")
     assert r.returncode == 0, r.stderr

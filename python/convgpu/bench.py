@@ -46,6 +46,7 @@ import numpy as np
 from convgpu import reference
 from convgpu import shapes as SH
 from convgpu.check import tolerance
+from convgpu.ops._registry import NotServed
 
 # what a run under this method records in its JSON (`method`)
 METHOD = {"cudnn_benchmark_limit": 0, "cudnn_benchmark": True, "fp32_rows_tf32": False,
@@ -382,7 +383,7 @@ def _our_conv_row(timer, op, sh, label, algo, dtype, run, check, ref, fl, by, ba
         if not err <= tol:
             return Result(op, conv_label(sh), label, name, f"FAIL rel err {err:.2e}", **common)
         t = timer.time(run)
-    except ValueError as e:
+    except NotServed as e:
         return Result(op, conv_label(sh), label, name, f"not served: {e}", **common)
     except Exception as e:
         if not _oom(e):
@@ -639,7 +640,7 @@ def bench_pool(timer, suite, dtype=np.float32, progress=print, impl_filter=None,
                     yt, it_ = convgpu.max_pool2d(x[:1], k, s, p, ceil_mode=cm,
                                                  return_indices=True, algo="tiled",
                                                  backend="cuda")
-                except ValueError:          # a geometry it does not serve: not timed
+                except NotServed:           # a geometry it does not serve: not timed
                     del runs[("max_pool2d", "cuda:tiled", fwd_bytes)]
                 else:
                     if not (np.array_equal(cp.asnumpy(it_), i0)
@@ -649,7 +650,7 @@ def bench_pool(timer, suite, dtype=np.float32, progress=print, impl_filter=None,
                 try:
                     gt = convgpu.max_pool2d_backward(cp.ones_like(yb), ib, x0.shape, k, s, p, 1,
                                                      cm, algo="tiled", backend="cuda")
-                except ValueError:          # a geometry it does not serve: not timed
+                except NotServed:           # a geometry it does not serve: not timed
                     del runs[("max_pool2d_backward", "cuda:tiled", bwd_bytes)]
                     runs.pop(("max_pool2d_backward", "cuda:tiled unchecked", bwd_bytes), None)
                 else:
@@ -996,7 +997,7 @@ def run_cpu(conv, pools, ops, progress=print, reps=5, norms=(), batch=1, gemm=Fa
             try:
                 t = clock(lambda: convgpu.conv2d(x, w, None, sh.stride, sh.pad, d, g,
                                                  algo=algo))
-            except ValueError as e:
+            except NotServed as e:
                 results.append(Result("conv2d", label, f"numpy:{algo}", "float32",
                                       f"not served: {e}", **common))
                 continue
