@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from convgpu import bench, shapes
+from convgpu.tools import bench, shapes
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -249,7 +249,7 @@ def test_cli_mistakes_answer_in_one_line_with_exit_2(args, words):
 
 
 def test_cli_bench_gemm_on_a_cpu_says_why_and_prints_no_empty_table():
-    from convgpu.cli import gpu_count
+    from convgpu.tools.cli import gpu_count
     if gpu_count():
         pytest.skip("a GPU is visible")
     r = _cli("bench", "--ops", "gemm")
@@ -258,7 +258,7 @@ def test_cli_bench_gemm_on_a_cpu_says_why_and_prints_no_empty_table():
 
 
 def test_cli_tune_without_a_gpu_says_so():
-    from convgpu.cli import gpu_count
+    from convgpu.tools.cli import gpu_count
     if gpu_count():
         pytest.skip("a GPU is visible")
     r = _cli("tune", "--suite", "resnet50")

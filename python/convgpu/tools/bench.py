@@ -26,7 +26,7 @@ The method (ARCHITECTURE, Benchmarks), the same for both sides:
     convgpu bench [--quick] [--suite NAME ...] [--shape SPEC ...] [--json PATH] [--plot PATH]
                   [--shapes S ...] [--ops OP ...] [--impl I ...]
 
-Python: `convgpu.bench.time_op("conv:N=32,C=64,H=56,K=64,R=3,pad=1")` returns the rows of
+Python: `convgpu.tools.bench.time_op("conv:N=32,C=64,H=56,K=64,R=3,pad=1")` returns the rows of
 one problem (the same records as the JSON's `results`). Without a GPU the numpy backend is
 timed with torch's CPU ops beside it (when torch is importable), and the run says so.
 """
@@ -44,8 +44,8 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from convgpu import reference
-from convgpu import shapes as SH
-from convgpu.check import tolerance
+from convgpu.tools import shapes as SH
+from convgpu.tools.check import tolerance
 from convgpu.ops._registry import NotServed
 
 # what a run under this method records in its JSON (`method`)
@@ -843,7 +843,7 @@ def _resolve(quick, shapes, suites, shape_specs):
 def run(json_path=None, plot_path=None, quick=True, shapes=None, ops=None, impl=None,
         progress=None, suites=None, shape_specs=None) -> dict:
     """The benchmark; returns the JSON document (and writes it to json_path). suites: names
-    of convgpu.shapes suites ("resnet50", "vgg16@128", ...; default the four networks, or
+    of convgpu.tools.shapes suites ("resnet50", "vgg16@128", ...; default the four networks, or
     ResNet-50 alone when quick); shape_specs: a user's problems ("conv:N=..,C=..", ...)."""
     from convgpu.core.env import gpu_count
     progress = progress if progress is not None else Progress()
@@ -1051,7 +1051,7 @@ def time_op(spec, *, ops=None, impl=None, timer=None, progress=None) -> List[dic
     beside, each validated first; the rows as the JSON's `results` hold them.
 
     spec: "conv:N=32,C=64,H=56,W=56,K=64,R=3,S=3,stride=1,pad=1[,groups=G,dilation=D]",
-    "pool:N=32,C=64,H=112,k=3,stride=2,pad=1[,ceil_mode=1]", or a convgpu.shapes
+    "pool:N=32,C=64,H=112,k=3,stride=2,pad=1[,ceil_mode=1]", or a convgpu.tools.shapes
     ConvShape / PoolShape. ops: which passes ("conv2d", "conv2d_backward", "pool"; default
     all that apply). impl: only implementations whose label contains one of these strings.
     On a GPU the device kernels are timed against cuDNN; without one, the numpy backend's
