@@ -1,5 +1,7 @@
 """Shared test helpers: random non-zero inputs, relative error, error bounds, gradient
 checks."""
+import os
+
 import numpy as np
 
 from convgpu import bounds
@@ -528,3 +530,27 @@ def check_same_edge(rng, backend, case):
     for algo in bwd_w:
         assert_close(cg.conv2d_backward_weight(x, gy, w.shape, **kw, algo=algo), gw_t,
                      bounds.tolerance(algo, np.float64))
+
+
+# ----------------------------------------------------------------------------------------
+# the host emulation's thread orders
+
+# the thread/block orders every emulated call is run in (CONVGPU_HOST_ORDERS=forward,shuffle
+# for a sweep with seeded random orders; cuda_host.ORDERS)
+ORDERS = os.environ.get("CONVGPU_HOST_ORDERS", "forward,reverse").split(",")
+
+
+def both_orders(fn):
+    """fn() in each of ORDERS under the host emulation (forward, then reversed): the results
+    must be identical (a kernel whose result depends on the order has a race)."""
+    from convgpu.kernels.cuda.emulator import cuda_host
+    outs = []
+    for which in ORDERS:
+        with cuda_host.order(which):
+            outs.append(fn())
+    a = outs[0]
+    for b in outs[1:]:
+        for u, v in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,),
+                        strict=True):
+            np.testing.assert_array_equal(u, v, err_msg="result depends on thread/block order")
+    return a

@@ -42,6 +42,7 @@ class Mutant:
 
 CH = "tests/test_cuda_host.py::"
 SIM = "tests/sim/test_sim_kernels.py"
+POOL = "tests/ops/test_pool.py"         # numpy and cuda in the plain run, numba in the simulator's
 STAND_IN = ("tests/test_stand_in_device.py",)
 
 MUTANTS = [
@@ -87,13 +88,13 @@ MUTANTS = [
     # pool.cu
     Mutant("pool_max_nan", "kernels/cuda/pool.cu",
            "return (a > b || a != a) ? a : b;", "return (a > b) ? a : b;",
-           (CH + "test_max_pool2d_ties_nan_and_minus_inf",
-            CH + "test_max_pool2d_interior_and_cells_with_ties_nan_and_inf"),
+           (POOL + "::test_max_pool2d_ties_nan_and_minus_inf",
+            POOL + "::test_max_pool2d_interior_and_cells_with_ties_nan_and_inf", "-k", "cuda"),
            why="max pooling stops propagating NaN"),
     Mutant("pool_avg_include_pad_ceil", "kernels/cuda/pool.cu",
            "const int h1 = min(h0 + s.kh, s.H + s.ph), w1 = min(w0 + s.kw, s.W + s.pw);",
            "const int h1 = h0 + s.kh, w1 = w0 + s.kw;",
-           ("tests/test_cuda_host.py", "-k", "avg_pool"),
+           (POOL, "-k", "avg_pool and cuda"),
            why="the include-pad divisor of a ceil-mode window past the right padding unclipped "
                "(the issue's mutation: x (1, 2, 7, 10), k 2, s 3, p 0, ceil_mode); caught "
                "once the emulation tier has such a case (issue 22's avg-pool divisor cases)"),
@@ -115,7 +116,7 @@ MUTANTS = [
            (CH + "test_batch_norm_splits", CH + "test_depthwise_wgrad3_splits"), why="split ranges drop the remainder"),
     Mutant("common_tf32_round", "kernels/cuda/common.cuh",
            "return capped + 0x1000u;", "return capped + 0x0fffu;",
-           (CH + "test_tf32_rounding_is_to_nearest_ties_away",
+           ("tests/test_emulator.py::test_tf32_rounding_is_to_nearest_ties_away",
             CH + "test_tf32_gemms_round_operands_to_nearest"), why="TF32 ties rounded down"),
     Mutant("pipeline_wait_one_stage_early", "kernels/cuda/pipeline.cuh",
            "cp_async_wait<STAGES - 2>();   // this thread's copies",
@@ -129,7 +130,7 @@ MUTANTS = [
     Mutant("numba_norm_variance", "kernels/numba/norm.py", "acc += d * d", "acc += d",
            (SIM + "::test_batch_norm",), sim=True, why="batch norm's variance is the mean deviation"),
     Mutant("numba_pool_bottom_edge", "kernels/numba/pool.py", "if h < 0 or h >= H:", "if h < 0 or h > H:",
-           (SIM + "::test_max_pool2d_and_backward",), sim=True,
+           (POOL + "::test_max_pool2d_and_backward",), sim=True,
            why="max pooling reads a row past the input (a window in the bottom padding)"),
     # the NumPy reference
     Mutant("reference_pad_axes", "python/convgpu/reference.py",

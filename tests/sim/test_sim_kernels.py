@@ -5,13 +5,10 @@ before each launch (tests/sim/conftest.py). Each launch is kept to about 30 bloc
 import numpy as np
 import pytest
 
-import brute
 import convgpu
 from convgpu.ops._registry import all_impls
-from helpers import (ADAPTIVE_EDGES, ADAPTIVE_SMALL, AVGP_EDGES, AVGP_SMALL, CONV_SMALL,
-                     MAXP_SMALL, SAME_EDGES, TOL, TOL_FFT, assert_bounded, assert_close,
-                     assert_conv_close, check_adaptive_edge, check_avg_pool_edge,
-                     check_same_edge, check_empty_case, empty_cases, rand, shuffled_linspace)
+from helpers import (CONV_SMALL, SAME_EDGES, TOL, TOL_FFT, assert_bounded, assert_close,
+                     assert_conv_close, check_same_edge, check_empty_case, empty_cases, rand)
 
 
 def numba_algos(op):
@@ -175,107 +172,12 @@ def test_linear_batched_leading_dims(rng):
     assert_close(convgpu.linear(x, w, backend="numba"), convgpu.linear(x, w), TOL[np.float64])
 
 
-# ---- pooling
-
-
-MAXP = MAXP_SMALL
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("case", MAXP)
-def test_max_pool2d_and_backward(rng, case, dtype):
-    N, C, H, W, k, s, p, d, cm = case
-    x = shuffled_linspace(rng, (N, C, H, W), dtype)
-    yr, ir = convgpu.max_pool2d(x, k, s, p, d, cm, return_indices=True)
-    y, i = convgpu.max_pool2d(x, k, s, p, d, cm, return_indices=True, backend="numba")
-    np.testing.assert_array_equal(y, yr)
-    np.testing.assert_array_equal(i, ir)
-    gy = rand(rng, y.shape, dtype)
-    ref = convgpu.max_pool2d_backward(gy.astype(np.float64), ir, x.shape)
-    for algo, geom in [("gather", (k, s, p, d, cm)), ("plane", ())]:
-        gx = convgpu.max_pool2d_backward(gy, i, x.shape, *geom, backend="numba", algo=algo)
-        assert_close(gx, ref, TOL[dtype])
-
-
-def test_max_pool2d_gather_needs_geometry(rng):
-    x = rand(rng, (1, 1, 4, 4))
-    y, i = convgpu.max_pool2d(x, 2, return_indices=True)
-    with pytest.raises(ValueError, match="gather"):
-        convgpu.max_pool2d_backward(y, i, x.shape, backend="numba", algo="gather")
-
-
-def test_max_pool2d_ties_nan_and_minus_inf():
-    x = np.zeros((1, 2, 4, 4))
-    x[0, 0, :2, :2] = 5.0
-    x[0, 0, 2, 3] = x[0, 0, 3, 2] = 7.0
-    x[0, 1] = np.arange(16).reshape(4, 4)
-    x[0, 1, 1, 0] = x[0, 1, 3, 3] = x[0, 1, 3, 2] = np.nan
-    xi = np.full((1, 1, 3, 3), -np.inf)
-    for inp, args in [(x, (2,)), (xi, (3, 2, 1))]:
-        yr, ir = convgpu.max_pool2d(inp, *args, return_indices=True)
-        y, i = convgpu.max_pool2d(inp, *args, return_indices=True, backend="numba")
-        np.testing.assert_array_equal(i, ir)
-        np.testing.assert_array_equal(y, yr)     # NaN == NaN in assert_array_equal
-
-
-AVGP = AVGP_SMALL
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("case", AVGP)
-def test_avg_pool2d_and_backward(rng, case, dtype):
-    N, C, H, W, k, s, p, cm, cip, dov = case
-    x = rand(rng, (N, C, H, W))
-    # sums of at most kh * kw terms (backward: of the windows covering an element), divided
-    assert_bounded(convgpu.avg_pool2d(x.astype(dtype), k, s, p, cm, cip, dov, backend="numba"),
-                   brute.avg_pool2d(x, k, s, p, cm, cip, dov),
-                   brute.avg_pool2d(abs(x), k, s, p, cm, cip, dov), k[0] * k[1], "direct", dtype)
-    y = convgpu.avg_pool2d(x, k, s, p, cm, cip, dov)
-    gy = rand(rng, y.shape)
-    assert_bounded(convgpu.avg_pool2d_backward(gy.astype(dtype), x.shape, k, s, p, cm, cip, dov,
-                                               backend="numba"),
-                   convgpu.avg_pool2d_backward(gy, x.shape, k, s, p, cm, cip, dov),
-                   convgpu.avg_pool2d_backward(abs(gy), x.shape, k, s, p, cm, cip, dov),
-                   -(-k[0] // s[0]) * -(-k[1] // s[1]), "direct", dtype)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape, out", ADAPTIVE_SMALL[:3] + ADAPTIVE_SMALL[4:])
-def test_adaptive_avg_pool(rng, dtype, shape, out):
-    x = rand(rng, shape)
-    y = convgpu.adaptive_avg_pool2d(x.astype(dtype), out, backend="numba")
-    assert_close(y, convgpu.adaptive_avg_pool2d(x, out), TOL[dtype])
-    gy = rand(rng, y.shape)
-    assert_close(convgpu.adaptive_avg_pool2d_backward(gy.astype(dtype), shape, backend="numba"),
-                 convgpu.adaptive_avg_pool2d_backward(gy, shape), TOL[dtype])
-
-
-# torch's answers at the corners of its semantics (helpers.AVGP_EDGES and the others)
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("case", AVGP_EDGES)
-def test_avg_pool_divisor_edges_match_torch(rng, case, dtype):
-    check_avg_pool_edge(rng, "numba", case, dtype)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("case", ADAPTIVE_EDGES)
-def test_adaptive_avg_pool_uneven_matches_torch(rng, case, dtype):
-    check_adaptive_edge(rng, "numba", case, dtype)
+# ---- padding="same" (the pooling tests: tests/ops/test_pool.py)
 
 
 @pytest.mark.parametrize("case", SAME_EDGES)
 def test_padding_same_odd_total_matches_torch(rng, case):
     check_same_edge(rng, "numba", case)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_global_avg_pool(rng, dtype):
-    x = rand(rng, (3, 5, 4, 3))
-    assert_close(convgpu.global_avg_pool2d(x.astype(dtype), backend="numba"), x.mean(axis=(2, 3)),
-                 TOL[dtype])
-    gy = rand(rng, (3, 5))
-    assert_close(convgpu.global_avg_pool2d_backward(gy.astype(dtype), x.shape, backend="numba"),
-                 convgpu.global_avg_pool2d_backward(gy, x.shape), TOL[dtype])
 
 
 # ---- small ops
