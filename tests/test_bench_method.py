@@ -85,10 +85,11 @@ def test_baseline_at_its_best(monkeypatch):
     torch = pytest.importorskip("torch")
     c = torch.backends.cudnn
     saved = (c.benchmark, c.benchmark_limit, c.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    monkeypatch.setattr(bench, "baseline_unavailable", lambda: None)
+    from convgpu.tools.bench import baseline
+    monkeypatch.setattr(baseline, "baseline_unavailable", lambda: None)
     try:
         c.benchmark_limit, c.allow_tf32 = 10, True
-        assert bench._torch() is torch
+        assert baseline._torch() is torch
         assert (c.benchmark, c.benchmark_limit, c.allow_tf32) == (True, 0, False)
         assert torch.backends.cuda.matmul.allow_tf32 is False
         modes = {label: (tf32, b) for label, tf32, b in bench.CUDNN_MODES}

@@ -183,6 +183,18 @@ def test_cycle_finder_finds_a_planted_circle():
     assert cycles({"a": {"b"}, "b": set()}) == []
 
 
+# a module a maintainer can read whole (the tests excepted): docs/architecture.md
+MAX_LINES = 600
+
+
+def test_no_module_is_over_600_lines():
+    """Over ~600 lines a module holds several things: split it by what each part does, as
+    tools/bench/ and nn/ are."""
+    long = {name: n for name, path in MODULES.items()
+            if (n := len(path.read_text().splitlines())) > MAX_LINES}
+    assert not long, f"split these (lines): {long}"
+
+
 def test_the_tools_sit_on_top():
     """nn, train, the bridge and the rest of the package never reach up into the CLI's
     subpackage (function-level imports included)."""
