@@ -554,3 +554,21 @@ def both_orders(fn):
                         strict=True):
             np.testing.assert_array_equal(u, v, err_msg="result depends on thread/block order")
     return a
+
+
+def spy_get_function(monkeypatch):
+    """The name expressions the CUDA C launchers look up (the kernels a call launches), in
+    order: get_function spied on in every launcher module that imported it."""
+    from convgpu.kernels.cuda import launcher_modules, module
+    names = []
+    real = module.get_function
+    for mod in launcher_modules():
+        if getattr(mod, "get_function", None) is real:
+            monkeypatch.setattr(mod, "get_function", lambda f, e: names.append(e) or real(f, e))
+    return names
+
+
+# the backends a pytest process runs (tests/ops/conftest.py): the simulator must be on
+# before Numba is imported, so numba runs in a process of its own
+SIMULATING = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+RUNNABLE = ("numba",) if SIMULATING else ("numpy", "cuda")

@@ -4,11 +4,10 @@ float32 and float64, outputs poisoned; each call is made twice, threads and bloc
 forward and in reverse order (or, with CONVGPU_HOST_ORDERS, others such as seeded shuffles),
 and the results must be bitwise equal (a kernel whose result depends on the order has a
 race). The emulator's own tests are in tests/test_emulator.py; the op families moved to
-tests/ops (one body per backend) are there: pooling (tests/ops/test_pool.py).
+tests/ops (one body per backend) are there: pooling, batch normalisation, linear, the
+small ops.
 
 Emulated is not validated: tests/test_gpu.py on a GPU is what validates these kernels."""
-import itertools
-
 import numpy as np
 import pytest
 
@@ -22,8 +21,8 @@ from convgpu.ops._registry import all_impls  # noqa: E402
 from helpers import (CONV_SMALL, ORDERS, SAME_EDGES, TOL, assert_bounded,  # noqa: E402
                      assert_close, assert_conv_close, assert_steps_agree, bn_net, both_orders,
                      check_empty_case, check_same_edge, decoder_net, empty_cases, mobile_net,
-                     rand, res_net, small_net, tf32_round, tf32_rounding_operands,
-                     training_step)
+                     rand, res_net, small_net, spy_get_function, tf32_round,
+                     tf32_rounding_operands, training_step)
 
 
 @pytest.fixture(autouse=True)
@@ -37,16 +36,6 @@ def launched(monkeypatch):
     """The name expressions the CUDA C launchers look up (the kernels a call launches), in
     order: get_function spied on in every launcher module that imported it."""
     return spy_get_function(monkeypatch)
-
-
-def spy_get_function(monkeypatch):
-    from convgpu.kernels.cuda import launcher_modules, module
-    names = []
-    real = module.get_function
-    for mod in launcher_modules():
-        if getattr(mod, "get_function", None) is real:
-            monkeypatch.setattr(mod, "get_function", lambda f, e: names.append(e) or real(f, e))
-    return names
 
 
 def cuda_algos(op):
@@ -446,55 +435,9 @@ def _gemm_want(A, B, ta, tb):
     return np.matmul(op(A, ta), op(B, tb)), np.matmul(op(abs(A), ta), op(abs(B), tb))
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("M, K, O", [(37, 19, 45), (1, 1, 1), (5, 64, 3)])
-def test_linear_and_backward(rng, dtype, M, K, O):
-    x, w, b = rand(rng, (M, K)), rand(rng, (O, K)), rand(rng, (O,))
-    y = both_orders(lambda: convgpu.linear(x.astype(dtype), w.astype(dtype), b.astype(dtype),
-                                           backend="cuda"))
-    assert_bounded(y, convgpu.linear(x, w, b), convgpu.linear(abs(x), abs(w), abs(b)), K,
-                   "gemm", dtype)
-    gy = rand(rng, (M, O))
-    got = both_orders(lambda: convgpu.linear_backward(gy.astype(dtype), x.astype(dtype),
-                                                      w.astype(dtype), backend="cuda"))
-    mags = convgpu.linear_backward(abs(gy), abs(x), abs(w))
-    for g, r, m, n in zip(got, convgpu.linear_backward(gy, x, w), mags, (O, M, M), strict=True):
-        assert_bounded(g, r, m, n, "gemm", dtype)
-
-
 @pytest.mark.parametrize("case", SAME_EDGES)
 def test_padding_same_odd_total_matches_torch(rng, case):
     check_same_edge(rng, "cuda", case)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_small_ops(rng, dtype):
-    x = rand(rng, (3, 4, 5, 2))
-    xd = x.astype(dtype)
-    run = lambda f: both_orders(f)
-    # a selection and a copy: exact (docs/tolerances.md)
-    np.testing.assert_array_equal(run(lambda: convgpu.relu(xd, backend="cuda")),
-                                  np.maximum(xd, 0))
-    gy = rand(rng, x.shape)
-    gyd = gy.astype(dtype)
-    np.testing.assert_array_equal(run(lambda: convgpu.relu_backward(gyd, xd, backend="cuda")),
-                                  np.where(xd > 0, gyd, 0))
-    b = rand(rng, (4,))
-    assert_bounded(run(lambda: convgpu.bias_add(xd, b.astype(dtype), backend="cuda")),
-                   x + b[None, :, None, None], abs(x) + abs(b[None, :, None, None]), 1,
-                   "direct", dtype)
-    assert_bounded(run(lambda: convgpu.conv2d_backward_bias(xd, backend="cuda")),
-                   x.sum(axis=(0, 2, 3)), abs(x).sum(axis=(0, 2, 3)), 3 * 5 * 2, "direct", dtype)
-    for n, c in [(7, 10), (3, 45), (40, 3)]:           # rows narrower and wider than a warp
-        z = rand(rng, (n, c)) * 4
-        t = rng.integers(0, c, size=n)
-        loss = run(lambda: convgpu.softmax_cross_entropy(z.astype(dtype), t, backend="cuda"))
-        assert loss.dtype == dtype
-        want = float(convgpu.softmax_cross_entropy(z, t))
-        assert abs(float(loss) - want) <= 10 * TOL[dtype] * abs(want)
-        assert_close(run(lambda: convgpu.softmax_cross_entropy_backward(z.astype(dtype), t,
-                                                                         backend="cuda")),
-                     convgpu.softmax_cross_entropy_backward(z, t), TOL[dtype])
 
 
 @pytest.mark.parametrize("B, K, L", [(1000, 3, 1), (7, 5, 300), (3, 4, 255)])
@@ -504,11 +447,6 @@ def test_channel_sum_long_and_short_rows(rng, B, K, L):
     from convgpu.kernels.cuda import elementwise
     a = rand(rng, (B, K, L))
     assert_close(both_orders(lambda: elementwise.channel_sum(a)), a.sum(axis=(0, 2)), TOL[np.float64])
-
-
-def test_relu_keeps_nan():
-    y = convgpu.relu(np.array([np.nan, -1.0, 2.0]), backend="cuda")
-    assert np.isnan(y[0]) and y[1] == 0 and y[2] == 2
 
 
 @pytest.mark.parametrize("families", [("implicit_gemm", "im2col"), ("winograd", "winograd")])
@@ -873,95 +811,7 @@ def test_empty_problems_launch_nothing(label, call, want):
 
 
 # ---------------------------------------------------------------------------------------
-# batch normalisation (norm.cu)
-
-from helpers import (BN_SHAPES, assert_batch_norm_close, batch_norm_expected,  # noqa: E402
-                     batch_norm_inputs, batch_norm_run)
-
-
-def _bn_each_order(inp, training):
-    """batch_norm_run in each of ORDERS from the same inputs (it updates copies of the
-    running estimates, so both_orders would update them twice): bitwise equal results."""
-    from convgpu.kernels.cuda.emulator import cuda_host
-    runs = []
-    for order in ORDERS:
-        with cuda_host.order(order):
-            runs.append(batch_norm_run("cuda", inp, training))
-    for k, v in runs[0].items():
-        for other in runs[1:]:
-            if v is not None:
-                np.testing.assert_array_equal(v, other[k], err_msg=f"{k} depends on the order")
-    return runs[0]
-
-
-@pytest.mark.parametrize("shape, dtype, training, affine, running", [
-    c for c in itertools.product(BN_SHAPES, [np.float32, np.float64], [True, False],
-                                 [True, False], [True, False]) if c[2] or c[4]])
-def test_batch_norm(rng, shape, dtype, training, affine, running):
-    inp = batch_norm_inputs(rng, shape, dtype, affine, running)
-    assert_batch_norm_close(_bn_each_order(inp, training), batch_norm_expected(inp, training),
-                            dtype)
-
-
-@pytest.mark.parametrize("shape, min_per_thread", [
-    ((3, 2, 701), 4),        # 2 splits of 2 and 1 rows; rows longer than the block
-    ((37, 2, 61), 4),        # 19 and 18 rows shorter than the block: a step crosses rows
-    ((9, 2, 233), 1),        # 8 splits of 1-2 rows
-    ((5, 3, 2, 130), 1),     # 5 splits of one row of 260: 4 threads get a second value
-])
-def test_batch_norm_splits(rng, monkeypatch, shape, min_per_thread):
-    """The statistics and gradient sums split over several blocks per channel (Welford per
-    thread, Chan's merge in the block and across splits), and the apply kernels' grid-stride
-    loops run with a grid of 3 blocks, so the channel walk advances past the grid."""
-    from convgpu.kernels.cuda import norm
-    monkeypatch.setattr(norm, "NORM_MIN_PER_THREAD", min_per_thread)
-    monkeypatch.setattr(norm, "elementwise_grid", lambda n: (3,))
-    N, C = shape[:2]
-    L = int(np.prod(shape[2:]))
-    S = norm.norm_splits(C, N, L)
-    assert S == max(1, min(-(-1024 // C), N, N * L // (256 * min_per_thread))) and S > 1
-    for training in (True, False):
-        inp = batch_norm_inputs(rng, shape, np.float32)
-        assert_batch_norm_close(_bn_each_order(inp, training), batch_norm_expected(inp, training),
-                                np.float32)
-
-
-@pytest.mark.parametrize("shape, dtype, vector", [
-    ((3, 2, 5, 6), np.float32, 1),      # planes of 30: no vectors; slices of 8, the last of 6
-    ((4, 3, 16), np.float32, 4),        # float4
-    ((4, 3, 2, 8), np.float64, 2),      # double2
-    ((2, 5, 12), np.float64, 2),        # three slices of 4
-])
-def test_batch_norm_plane_kernels(rng, monkeypatch, shape, dtype, vector, launched):
-    """The apply kernels over planes (a block per plane slice, the channel's constants once,
-    vectors where the plane length allows), forced onto small shapes: several slices per
-    plane, and 3 plane rows in the grid so blocks step over the planes."""
-    from convgpu.kernels.cuda import norm
-    monkeypatch.setattr(norm, "NORM_PLANE_MIN", 1)
-    monkeypatch.setattr(norm, "NORM_SLICE_MIN", 4)
-    monkeypatch.setattr(norm, "MAX_GRID_YZ", 3)
-    used = launched
-    N, C = shape[:2]
-    L = int(np.prod(shape[2:]))
-    slices, rows, length = norm.norm_plane_grid(N, C, L)
-    assert slices > 1 and rows == 3 < N * C and length % 4 == 0
-    for training in (True, False):
-        inp = batch_norm_inputs(rng, shape, dtype)
-        assert_batch_norm_close(_bn_each_order(inp, training), batch_norm_expected(inp, training),
-                                dtype)
-    t = "float" if dtype == np.float32 else "double"
-    assert {e for e in used if "apply" in e} == {f"batch_norm_apply_planes<{t}, {vector}>",
-                                                 f"batch_norm_bwd_apply_planes<{t}, {vector}>"}
-
-
-def test_batch_norm_plane_grid():
-    from convgpu.kernels.cuda import norm
-    assert norm.norm_plane_grid(32, 64, 112 * 112) == (1, 2048, 12544)   # ResNet-50 stem
-    assert norm.norm_plane_grid(32, 2048, 7 * 7) is None                # flat kernels
-    assert norm.norm_plane_grid(1, 64, 50176) == (32, 64, 1568)         # 2048 blocks
-    assert norm.norm_plane_grid(1, 1, 1030) == (1, 1, 1032)             # one slice
-    s, r, n = norm.norm_plane_grid(2, 3, 100003)
-    assert (s - 1) * n < 100003 <= s * n and n % 4 == 0 and n >= norm.NORM_SLICE_MIN
+# launch limits (batch normalisation: tests/ops/test_batch_norm.py)
 
 
 def test_grid_stride_loops_cannot_overflow_int_indices():
@@ -977,10 +827,3 @@ def test_grid_stride_loops_cannot_overflow_int_indices():
     assert launch.elementwise_grid(1000) == (4,)
 
 
-def test_batch_norm_splits_depend_on_the_shape_only():
-    from convgpu.kernels.cuda import norm
-    assert norm.norm_splits(64, 32, 112 * 112) == 16           # 1024 blocks
-    assert norm.norm_splits(64, 8, 112 * 112) == 8              # at most the N rows
-    assert norm.norm_splits(2048, 32, 7 * 7) == 1
-    assert norm.norm_splits(3, 1000, 1) == 1                    # < 4 values per thread
-    assert norm.norm_splits(1, 10 ** 6, 1000) == 1024

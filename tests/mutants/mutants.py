@@ -43,6 +43,8 @@ class Mutant:
 CH = "tests/test_cuda_host.py::"
 SIM = "tests/sim/test_sim_kernels.py"
 POOL = "tests/ops/test_pool.py"         # numpy and cuda in the plain run, numba in the simulator's
+BN = "tests/ops/test_batch_norm.py"
+EW = "tests/ops/test_elementwise.py"
 STAND_IN = ("tests/test_stand_in_device.py",)
 
 MUTANTS = [
@@ -101,19 +103,20 @@ MUTANTS = [
     # norm.cu
     Mutant("norm_running_var_unbiased", "kernels/cuda/norm.cu",
            "momentum * var * unbias;", "momentum * var;",
-           (CH + "test_batch_norm",), why="running_var updated with the biased variance"),
+           (BN + "::test_batch_norm", "-k", "cuda"),
+           why="running_var updated with the biased variance"),
     # elementwise.cu
     Mutant("elementwise_relu_nan", "kernels/cuda/elementwise.cu",
            "y[i] = (v > T(0) || v != v) ? v : T(0);", "y[i] = (v > T(0)) ? v : T(0);",
-           (CH + "test_relu_keeps_nan",), why="relu turns NaN into 0"),
+           (EW + "::test_relu_keeps_nan", "-k", "cuda"), why="relu turns NaN into 0"),
     Mutant("elementwise_xent_mean", "kernels/cuda/elementwise.cu",
            "g[(long long)i * C + j] = (j == t ? p - T(1) : p) / T(N);",
            "g[(long long)i * C + j] = (j == t ? p - T(1) : p);",
-           (CH + "test_small_ops",), why="cross-entropy's gradient not divided by N"),
+           (EW + "::test_small_ops", "-k", "cuda"), why="cross-entropy's gradient not divided by N"),
     # common.cuh, pipeline.cuh
     Mutant("common_split_start", "kernels/cuda/common.cuh",
            "return N / S * s + min(s, N % S);", "return N / S * s;",
-           (CH + "test_batch_norm_splits", CH + "test_depthwise_wgrad3_splits"), why="split ranges drop the remainder"),
+           (BN + "::test_batch_norm_splits", CH + "test_depthwise_wgrad3_splits"), why="split ranges drop the remainder"),
     Mutant("common_tf32_round", "kernels/cuda/common.cuh",
            "return capped + 0x1000u;", "return capped + 0x0fffu;",
            ("tests/test_emulator.py::test_tf32_rounding_is_to_nearest_ties_away",
@@ -128,7 +131,7 @@ MUTANTS = [
            (SIM + "::test_conv2d", "-k", "direct and not tiled"), sim=True,
            why="the direct kernel reads the filter transposed"),
     Mutant("numba_norm_variance", "kernels/numba/norm.py", "acc += d * d", "acc += d",
-           (SIM + "::test_batch_norm",), sim=True, why="batch norm's variance is the mean deviation"),
+           (BN + "::test_batch_norm",), sim=True, why="batch norm's variance is the mean deviation"),
     Mutant("numba_pool_bottom_edge", "kernels/numba/pool.py", "if h < 0 or h >= H:", "if h < 0 or h > H:",
            (POOL + "::test_max_pool2d_and_backward",), sim=True,
            why="max pooling reads a row past the input (a window in the bottom padding)"),

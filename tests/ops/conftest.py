@@ -15,14 +15,10 @@ CuPy's numpy_cupy_allclose runs one body with two array modules:
 has); in a process that runs none of them the test is deselected, not skipped.
 Emulated and simulated runs validate nothing about a device: tests/test_gpu.py does.
 """
-import os
-
 import pytest
 
-from helpers import both_orders
+from helpers import RUNNABLE, both_orders
 
-SIMULATING = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
-RUNNABLE = ("numba",) if SIMULATING else ("numpy", "cuda")
 _NONE = "none-here"
 
 

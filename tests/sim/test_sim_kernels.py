@@ -7,7 +7,7 @@ import pytest
 
 import convgpu
 from convgpu.ops._registry import all_impls
-from helpers import (CONV_SMALL, SAME_EDGES, TOL, TOL_FFT, assert_bounded, assert_close,
+from helpers import (CONV_SMALL, SAME_EDGES, TOL, TOL_FFT, assert_close,
                      assert_conv_close, check_same_edge, check_empty_case, empty_cases, rand)
 
 
@@ -149,30 +149,7 @@ def test_conv2d_auto_picks_a_numba_algo_under_the_simulator(rng):
     assert_close(convgpu.conv2d(x, w, backend="numba"), convgpu.conv2d(x, w), TOL[np.float64])
 
 
-# ---- GEMM tails through linear
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("M, K, O", [(37, 19, 45), (1, 1, 1), (33, 17, 31), (5, 64, 3)])
-def test_linear_gemm_tails(rng, dtype, M, K, O):
-    x, w, b = rand(rng, (M, K)), rand(rng, (O, K)), rand(rng, (O,))
-    y = convgpu.linear(x.astype(dtype), w.astype(dtype), b.astype(dtype), backend="numba")
-    assert_bounded(y, convgpu.linear(x, w, b), convgpu.linear(abs(x), abs(w), abs(b)), K,
-                   "gemm", dtype)
-    gy = rand(rng, (M, O))
-    got = convgpu.linear_backward(gy.astype(dtype), x.astype(dtype), w.astype(dtype),
-                                  backend="numba")
-    mags = convgpu.linear_backward(abs(gy), abs(x), abs(w))
-    for g, r, m, n in zip(got, convgpu.linear_backward(gy, x, w), mags, (O, M, M), strict=True):
-        assert_bounded(g, r, m, n, "gemm", dtype)
-
-
-def test_linear_batched_leading_dims(rng):
-    x, w = rand(rng, (2, 3, 7)), rand(rng, (4, 7))
-    assert_close(convgpu.linear(x, w, backend="numba"), convgpu.linear(x, w), TOL[np.float64])
-
-
-# ---- padding="same" (the pooling tests: tests/ops/test_pool.py)
+# ---- padding="same" (pooling, linear, batch norm, the small ops: tests/ops)
 
 
 @pytest.mark.parametrize("case", SAME_EDGES)
@@ -180,35 +157,7 @@ def test_padding_same_odd_total_matches_torch(rng, case):
     check_same_edge(rng, "numba", case)
 
 
-# ---- small ops
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_small_ops(rng, dtype):
-    x = rand(rng, (3, 4, 5, 2))
-    xd = x.astype(dtype)
-    # a selection and a copy: exact; one add: a few ulps (docs/tolerances.md)
-    np.testing.assert_array_equal(convgpu.relu(xd, backend="numba"), np.maximum(xd, 0))
-    gy = rand(rng, x.shape)
-    gyd = gy.astype(dtype)
-    np.testing.assert_array_equal(convgpu.relu_backward(gyd, xd, backend="numba"),
-                                  np.where(xd > 0, gyd, 0))
-    b = rand(rng, (4,))
-    assert_bounded(convgpu.bias_add(xd, b.astype(dtype), backend="numba"),
-                   x + b[None, :, None, None], abs(x) + abs(b[None, :, None, None]), 1,
-                   "direct", dtype)
-    z = rand(rng, (7, 10)) * 4
-    t = rng.integers(0, 10, size=7)
-    loss = convgpu.softmax_cross_entropy(z.astype(dtype), t, backend="numba")
-    assert loss.dtype == dtype
-    assert abs(float(loss) - float(convgpu.softmax_cross_entropy(z, t))) <= 1e-6 * abs(float(loss))
-    assert_close(convgpu.softmax_cross_entropy_backward(z.astype(dtype), t, backend="numba"),
-                 convgpu.softmax_cross_entropy_backward(z, t), TOL[dtype])
-
-
-def test_relu_keeps_nan():
-    y = convgpu.relu(np.array([np.nan, -1.0, 2.0]), backend="numba")
-    assert np.isnan(y[0]) and y[1] == 0 and y[2] == 2
+# ---- small ops (relu, bias_add, the loss: tests/ops/test_elementwise.py)
 
 
 def test_poisoning_is_on():
@@ -259,16 +208,3 @@ def test_empty_problems_launch_nothing(label, call, want):
     check_empty_case(call("numba", np.asarray), want)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape, training, affine, running", [
-    ((4, 3, 5, 6), True, True, True),         # rows of 30: a thread's values span rows
-    ((6, 5), True, False, False),             # (N, C): one value per row
-    ((3, 2, 9), False, True, True),           # evaluation
-])
-def test_batch_norm(rng, dtype, shape, training, affine, running):
-    """Forward with the running estimates' update, then the three gradients (kernels/numba/norm.py)
-    against the reference."""
-    from helpers import assert_batch_norm_close, batch_norm_expected, batch_norm_inputs, batch_norm_run
-    inp = batch_norm_inputs(rng, shape, dtype, affine, running)
-    assert_batch_norm_close(batch_norm_run("numba", inp, training),
-                            batch_norm_expected(inp, training), dtype)
