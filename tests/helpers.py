@@ -109,6 +109,31 @@ CONV_SMALL = [
     (1, 2, 9, 4, 2, 1, 1, (1, 2), (0, 0), (1, 1), 1),
     (2, 1, 6, 7, 2, 2, 2, (3, 2), (1, 0), (1, 3), 1),
 ]
+# the CUDA C kernels' tile edges, beside the small cases (host emulation and numpy)
+CONV_TILES = CONV_SMALL + [
+    # two tile rows (K > 128), three tile columns, a reduction split in two (split-K);
+    # the direct kernel takes its 40 channels in three chunks
+    (2, 40, 12, 12, 130, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+    # several 8 x 32 pixel tiles of the direct kernel, depthwise
+    (1, 3, 20, 70, 3, 3, 3, (1, 1), (1, 1), (1, 1), 3),
+    # 3x3 at stride 1: Winograd, odd output sizes (partial 2x2 tiles), no padding, groups
+    (2, 6, 9, 8, 4, 3, 3, (1, 1), (0, 0), (1, 1), 2),
+]
+# The depthwise kernels serve groups = C only: a grouped case they must decline, then
+# depthwise geometries (several 8 x 32 tiles and partial ones; multipliers 2 and 3; stride
+# 2; dilated, non-square; 7x7).
+DEPTHWISE = [CONV_SMALL[1], CONV_TILES[-2],
+             (1, 4, 10, 9, 8, 3, 3, (2, 2), (1, 1), (1, 1), 4),
+             (2, 2, 19, 35, 2, 5, 3, (1, 2), (2, 0), (2, 1), 2),
+             (1, 3, 6, 7, 9, 7, 7, (1, 1), (3, 3), (1, 1), 3),
+             # two outputs per thread (16-row tiles, partial ones) on the three paths: 3x3
+             # at stride and dilation 1, 3x3 strided and dilated, 5x5
+             (2, 3, 37, 35, 6, 3, 3, (1, 1), (1, 1), (1, 1), 3),
+             (1, 2, 40, 21, 2, 3, 3, (2, 1), (1, 1), (1, 2), 2),
+             (1, 2, 18, 30, 2, 3, 3, (1, 2), (1, 1), (1, 1), 2),     # only the columns
+             (1, 2, 17, 20, 2, 3, 3, (1, 1), (1, 2), (1, 2), 2),     # strided or dilated
+             (3, 2, 5, 300, 4, 3, 3, (1, 1), (1, 1), (1, 1), 2),     # rows past 256 threads
+             (1, 2, 20, 12, 4, 5, 5, (1, 1), (2, 2), (1, 1), 2)]
 # max pooling: (N, C, H, W, kernel, stride, padding, dilation, ceil_mode)
 MAXP_SMALL = [
     (2, 3, 7, 9, (3, 3), (2, 2), (1, 1), (1, 1), True),
@@ -401,7 +426,7 @@ def assert_batch_norm_close(got, want, dtype):
 
 # ----------------------------------------------------------------------------------------
 # torch as the oracle at the edges of its semantics, on every backend (the reference in
-# tests/test_torch_oracle.py, Numba in tests/sim, CUDA C in tests/test_cuda_host.py)
+# tests/test_torch_oracle.py, every backend in tests/ops/test_pool.py and test_conv.py)
 
 # avg pooling: (input shape, kernel, stride, padding, ceil_mode, count_include_pad,
 # divisor_override) where the divisor rule has corners: a ceil-mode window running past

@@ -4,8 +4,9 @@ float32 and float64, outputs poisoned; each call is made twice, threads and bloc
 forward and in reverse order (or, with CONVGPU_HOST_ORDERS, others such as seeded shuffles),
 and the results must be bitwise equal (a kernel whose result depends on the order has a
 race). The emulator's own tests are in tests/test_emulator.py; the op families moved to
-tests/ops (one body per backend) are there: pooling, batch normalisation, linear, the
-small ops.
+tests/ops (one body per backend) are there: the convolutions' every implementation,
+pooling, batch normalisation, linear, the small ops. What stays here is the CUDA C paths:
+depthwise variants, grid limits, split-K, the pipelined kernels, training steps.
 
 Emulated is not validated: tests/test_gpu.py on a GPU is what validates these kernels."""
 import numpy as np
@@ -18,9 +19,9 @@ if not cuda_host.available():
 
 import convgpu  # noqa: E402
 from convgpu.ops._registry import all_impls  # noqa: E402
-from helpers import (CONV_SMALL, ORDERS, SAME_EDGES, TOL, assert_bounded,  # noqa: E402
+from helpers import (CONV_TILES, DEPTHWISE, ORDERS, TOL, assert_bounded,  # noqa: E402
                      assert_close, assert_conv_close, assert_steps_agree, bn_net, both_orders,
-                     check_empty_case, check_same_edge, decoder_net, empty_cases, mobile_net,
+                     check_empty_case, decoder_net, empty_cases, mobile_net,
                      rand, res_net, small_net, spy_get_function, tf32_round,
                      tf32_rounding_operands, training_step)
 
@@ -43,44 +44,10 @@ def cuda_algos(op):
 
 
 # ---------------------------------------------------------------------------------------
-# every cuda implementation against the reference
+# the convolutions' CUDA C paths (every implementation against the reference on every
+# backend: tests/ops/test_conv.py)
 
-# (N, C, H, W, K, R, S, stride, padding, dilation, groups): the simulator tier's cases, and
-CONV = CONV_SMALL + [
-    # two tile rows (K > 128), three tile columns, a reduction split in two (split-K);
-    # the direct kernel takes its 40 channels in three chunks
-    (2, 40, 12, 12, 130, 3, 3, (1, 1), (1, 1), (1, 1), 1),
-    # several 8 x 32 pixel tiles of the direct kernel, depthwise
-    (1, 3, 20, 70, 3, 3, 3, (1, 1), (1, 1), (1, 1), 3),
-    # 3x3 at stride 1: Winograd, odd output sizes (partial 2x2 tiles), no padding, groups
-    (2, 6, 9, 8, 4, 3, 3, (1, 1), (0, 0), (1, 1), 2),
-]
-
-
-# The TF32 FFT paths run the FFT code of "fft" (every case above) with the per-frequency GEMM
-# on gemm_pipelined (its own tests above): the large cases' hundreds of batched tensor-core
-# GEMMs would cost minutes of emulation for nothing new, so they get the small cases only.
-# The depthwise kernels serve groups = C only: a grouped case they must decline, then
-# depthwise geometries (several 8 x 32 tiles and partial ones; multipliers 2 and 3; stride
-# 2; dilated, non-square; 7x7).
-DEPTHWISE = [CONV_SMALL[1], CONV[-2],
-             (1, 4, 10, 9, 8, 3, 3, (2, 2), (1, 1), (1, 1), 4),
-             (2, 2, 19, 35, 2, 5, 3, (1, 2), (2, 0), (2, 1), 2),
-             (1, 3, 6, 7, 9, 7, 7, (1, 1), (3, 3), (1, 1), 3),
-             # two outputs per thread (16-row tiles, partial ones) on the three paths: 3x3
-             # at stride and dilation 1, 3x3 strided and dilated, 5x5
-             (2, 3, 37, 35, 6, 3, 3, (1, 1), (1, 1), (1, 1), 3),
-             (1, 2, 40, 21, 2, 3, 3, (2, 1), (1, 1), (1, 2), 2),
-             (1, 2, 18, 30, 2, 3, 3, (1, 2), (1, 1), (1, 1), 2),     # only the columns
-             (1, 2, 17, 20, 2, 3, 3, (1, 1), (1, 2), (1, 2), 2),     # strided or dilated
-             (3, 2, 5, 300, 4, 3, 3, (1, 1), (1, 1), (1, 1), 2),     # rows past 256 threads
-             (1, 2, 20, 12, 4, 5, 5, (1, 1), (2, 2), (1, 1), 2)]
-EMULATION_HEAVY = {"fft_tf32": CONV_SMALL, "depthwise": DEPTHWISE}
-
-
-def _algo_cases(op):
-    return [pytest.param(algo, case, id=f"{algo}-{case[:7]}") for algo in cuda_algos(op)
-            for case in EMULATION_HEAVY.get(algo, CONV)]
+CONV = CONV_TILES       # (N, C, H, W, K, R, S, stride, padding, dilation, groups)
 
 
 def _conv(rng, case, dtype):
@@ -99,63 +66,6 @@ def _serves(algo, case):
     if algo == "depthwise":
         return C == g
     return True
-
-
-def _dtypes(algo):
-    return [np.float32] if "tf32" in algo else [np.float32, np.float64]
-
-
-@pytest.mark.parametrize("algo, case", _algo_cases("conv2d"))
-def test_conv2d(rng, algo, case):
-    x, w, b, kw = _conv(rng, case, np.float64)
-    ref = convgpu.conv2d(x, w, b, **kw)
-    for dt in _dtypes(algo):
-        args = (x.astype(dt), w.astype(dt), b.astype(dt))
-        call = lambda: convgpu.conv2d(*args, **kw, backend="cuda", algo=algo,
-                                      allow_tf32="tf32" in algo)
-        if not _serves(algo, case):
-            with pytest.raises(ValueError, match="cannot serve"):
-                call()
-            continue
-        y = both_orders(call)
-        assert y.dtype == dt
-        assert_conv_close(y, ref, "conv2d", algo, dt, x, w, bias=b, **kw)
-        if "tf32" in algo:
-            assert np.linalg.norm(y - ref) / np.linalg.norm(ref) > 1e-6   # really TF32
-
-
-@pytest.mark.parametrize("algo, case", _algo_cases("conv2d_backward_input"))
-def test_conv2d_backward_input(rng, algo, case):
-    x, w, b, kw = _conv(rng, case, np.float64)
-    gy = rand(rng, convgpu.conv2d(x, w, None, **kw).shape)
-    ref = convgpu.conv2d_backward_input(gy, w, x.shape, **kw)
-    if not _serves(algo, case) or (algo.startswith("winograd") and max(case[8]) > 2):
-        with pytest.raises(ValueError, match="cannot serve"):
-            convgpu.conv2d_backward_input(gy, w, x.shape, **kw, backend="cuda", algo=algo)
-        return
-    for dt in _dtypes(algo):
-        gx = both_orders(lambda: convgpu.conv2d_backward_input(
-            gy.astype(dt), w.astype(dt), x.shape, **kw, backend="cuda", algo=algo,
-            allow_tf32="tf32" in algo))
-        assert_conv_close(gx, ref, "conv2d_backward_input", algo, dt, gy, w, x.shape, **kw)
-
-
-@pytest.mark.parametrize("algo, case", _algo_cases("conv2d_backward_weight"))
-def test_conv2d_backward_weight(rng, algo, case):
-    x, w, b, kw = _conv(rng, case, np.float64)
-    gy = rand(rng, convgpu.conv2d(x, w, None, **kw).shape)
-    ref = convgpu.conv2d_backward_weight(x, gy, w.shape, **kw)
-    if not _serves(algo, case):
-        with pytest.raises(ValueError, match="cannot serve"):
-            convgpu.conv2d_backward_weight(x, gy, w.shape, **kw, backend="cuda", algo=algo)
-        return
-    for dt in _dtypes(algo):
-        gw = both_orders(lambda: convgpu.conv2d_backward_weight(
-            x.astype(dt), gy.astype(dt), w.shape, **kw, backend="cuda", algo=algo,
-            allow_tf32="tf32" in algo))
-        assert_conv_close(gw, ref, "conv2d_backward_weight", algo, dt, x, gy, w.shape, **kw)
-        if "tf32" in algo:
-            assert np.linalg.norm(gw - ref) / np.linalg.norm(ref) > 1e-6     # really TF32
 
 
 @pytest.mark.parametrize("case", DEPTHWISE[2:])
@@ -393,25 +303,6 @@ def test_gemm_broadcasts_a_batch_of_one(rng):
         gemm.gemm(rand(rng, (2, 12, 20), np.float32), B)
 
 
-@pytest.mark.parametrize("algo", cuda_algos("conv2d_backward_input"))
-def test_conv_transpose2d(rng, algo):
-    x, w, b = rand(rng, (1, 4, 3, 4)), rand(rng, (4, 3, 3, 2)), rand(rng, (6,))
-    kw = dict(stride=(2, 1), padding=(1, 0), output_padding=(1, 0), groups=2)
-    if algo.startswith("winograd"):         # 3x3 stride 1 only
-        w = rand(rng, (4, 3, 3, 3))
-        kw = dict(stride=1, padding=1, groups=2)
-    if algo == "depthwise":                 # one output channel per group (the forward's
-        w, b = rand(rng, (4, 1, 3, 2)), rand(rng, (2,))     # one input channel per group)
-    ref = convgpu.conv_transpose2d(x, w, b, **kw)
-    y = both_orders(lambda: convgpu.conv_transpose2d(
-        x.astype(np.float32), w.astype(np.float32), b.astype(np.float32), **kw,
-        backend="cuda", algo=algo, allow_tf32="tf32" in algo))
-    # the transposed conv is the conv's input gradient (x in gy's place) plus the bias
-    conv_kw = {k: v for k, v in kw.items() if k != "output_padding"}
-    assert_conv_close(y, ref, "conv2d_backward_input", algo, np.float32, x, w, ref.shape,
-                      bias=b, **conv_kw)
-
-
 @pytest.mark.parametrize("tf32", [False, True])
 @pytest.mark.parametrize("ta, tb", [(False, False), (True, False), (False, True), (True, True)])
 def test_gemm_tails_and_split_k(rng, ta, tb, tf32):
@@ -433,11 +324,6 @@ def _gemm_want(A, B, ta, tb):
     op = lambda M, t: np.swapaxes(M, 1, 2) if t else M                 # noqa: E731
     A, B = np.asarray(A, np.float64), np.asarray(B, np.float64)
     return np.matmul(op(A, ta), op(B, tb)), np.matmul(op(abs(A), ta), op(abs(B), tb))
-
-
-@pytest.mark.parametrize("case", SAME_EDGES)
-def test_padding_same_odd_total_matches_torch(rng, case):
-    check_same_edge(rng, "cuda", case)
 
 
 @pytest.mark.parametrize("B, K, L", [(1000, 3, 1), (7, 5, 300), (3, 4, 255)])

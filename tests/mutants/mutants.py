@@ -45,6 +45,7 @@ SIM = "tests/sim/test_sim_kernels.py"
 POOL = "tests/ops/test_pool.py"         # numpy and cuda in the plain run, numba in the simulator's
 BN = "tests/ops/test_batch_norm.py"
 EW = "tests/ops/test_elementwise.py"
+CONV = "tests/ops/test_conv.py"
 STAND_IN = ("tests/test_stand_in_device.py",)
 
 MUTANTS = [
@@ -60,33 +61,33 @@ MUTANTS = [
     # conv.cu
     Mutant("conv_wgrad_walk", "kernels/cuda/conv_implicit.cu",
            "for (sq += BK; sq >= s.Q; sq -= s.Q)", "for (sq += BK; sq > s.Q; sq -= s.Q)",
-           (CH + "test_conv2d_backward_weight", "-k", "implicit_gemm_tf32"),
+           (CONV + "::test_conv2d_backward_weight", "-k", "cuda and implicit_gemm_tf32"),
            why="the TF32 weight gradient's stepped (n, p, q) walk misses a row end"),
     Mutant("conv_pipelined_bias", "kernels/cuda/conv_implicit.cu",
            "if (bias) tc::add_row_bias<M>(acc, tid, bias + g * Kg, m0, Kg);",
            "if (false) tc::add_row_bias<M>(acc, tid, bias + g * Kg, m0, Kg);",
-           (CH + "test_conv2d", "-k", "pipelined"), why="the pipelined kernel's bias dropped"),
+           (CONV + "::test_conv2d", "-k", "cuda and pipelined"), why="the pipelined kernel's bias dropped"),
     # conv_direct.cu
     Mutant("conv_direct_right_padding", "kernels/cuda/conv_direct.cu",
            "xs[i] = (h >= 0 && h < H && v >= 0 && v < W)",
            "xs[i] = (h >= 0 && h < H && v >= 0 && v <= W)",
-           (CH + "test_conv2d", "-k", "direct"), why="a column past the input read as data"),
+           (CONV + "::test_conv2d", "-k", "cuda and direct"), why="a column past the input read as data"),
     # winograd.cu
     Mutant("winograd2_filter_matrix", "kernels/cuda/winograd.cu",
            "{.5, -.5, .5}, {0, 0, 1}}", "{.5, .5, .5}, {0, 0, 1}}",
-           (CH + "test_conv2d", "-k", "winograd and not 4x4 and not tf32"), why="F(2x2, 3x3)'s G has a wrong sign"),
+           (CONV + "::test_conv2d", "-k", "cuda and winograd and not 4x4 and not tf32"), why="F(2x2, 3x3)'s G has a wrong sign"),
     Mutant("winograd4_filter_matrix", "kernels/cuda/winograd.cu",
            "{1. / 24, 1. / 12, 1. / 6},", "{1. / 24, 1. / 12, 1. / 8},",
-           (CH + "test_conv2d", "-k", "winograd_4x4"),
+           (CONV + "::test_conv2d", "-k", "cuda and winograd_4x4"),
            why="F(4x4, 3x3)'s G has a wrong coefficient"),
     # spectra.cu
     Mutant("spectra_negation_bit", "kernels/cuda/fft.cu",
            "if ((code >> (2 * q + 1)) & 1) v = -v;", "if ((code >> (2 * q)) & 1) v = -v;",
-           (CH + "test_conv2d", "-k", "fft and not tf32"), why="the stacked spectra negate the wrong quadrant"),
+           (CONV + "::test_conv2d", "-k", "cuda and fft and not tf32"), why="the stacked spectra negate the wrong quadrant"),
     # depthwise.cu
     Mutant("depthwise_3x3_tap", "kernels/cuda/depthwise.cu",
            "acc[o] += f[r * 3 + 1] * v1;", "acc[o] += f[r * 3] * v1;",
-           (CH + "test_conv2d", "-k", "depthwise"), why="the 3x3 path's middle tap uses the first"),
+           (CONV + "::test_conv2d", "-k", "cuda and depthwise"), why="the 3x3 path's middle tap uses the first"),
     # pool.cu
     Mutant("pool_max_nan", "kernels/cuda/pool.cu",
            "return (a > b || a != a) ? a : b;", "return (a > b) ? a : b;",
@@ -128,7 +129,7 @@ MUTANTS = [
     # Numba kernels (the simulator)
     Mutant("numba_direct_filter_transposed", "kernels/numba/conv_direct.py",
            "acc += x[n, c0 + c, h, v] * w[k, c, r, s]", "acc += x[n, c0 + c, h, v] * w[k, c, s % R, r % S]",
-           (SIM + "::test_conv2d", "-k", "direct and not tiled"), sim=True,
+           (CONV + "::test_conv2d", "-k", "numba and direct and not tiled"), sim=True,
            why="the direct kernel reads the filter transposed"),
     Mutant("numba_norm_variance", "kernels/numba/norm.py", "acc += d * d", "acc += d",
            (BN + "::test_batch_norm",), sim=True, why="batch norm's variance is the mean deviation"),

@@ -1,78 +1,13 @@
-"""Simulator tier: every Numba implementation against the NumPy reference (float64 oracle),
-float32 and float64, on tiny shapes that sweep stride, padding, dilation, groups,
-non-square kernels, odd GEMM tails, ceil_mode, ties and NaN. Outputs are poisoned (NaN)
-before each launch (tests/sim/conftest.py). Each launch is kept to about 30 blocks."""
+"""Simulator tier: the Numba implementations' tests not yet moved to tests/ops (where the
+convolutions, pooling, linear, batch norm and the small ops run one body per backend, the
+numba one in this process): Winograd's own shapes, the fused optimiser steps, channel
+sums, empty problems. Outputs are poisoned (NaN) before each launch
+(tests/sim/conftest.py). Each launch is kept to about 30 blocks."""
 import numpy as np
 import pytest
 
 import convgpu
-from convgpu.ops._registry import all_impls
-from helpers import (CONV_SMALL, SAME_EDGES, TOL, TOL_FFT, assert_close,
-                     assert_conv_close, check_same_edge, check_empty_case, empty_cases, rand)
-
-
-def numba_algos(op):
-    return [i.algo for i in all_impls(op) if i.backend == "numba"]
-
-
-def tol(algo, dtype):
-    return (TOL_FFT if algo in ("fft", "winograd") else TOL)[dtype]
-
-
-CONV = CONV_SMALL
-
-
-def _conv(rng, case, dtype):
-    N, C, H, W, K, R, S, st, pd, dl, g = case
-    x64, w64, b64 = rand(rng, (N, C, H, W)), rand(rng, (K, C // g, R, S)), rand(rng, (K,))
-    kw = dict(stride=st, padding=pd, dilation=dl, groups=g)
-    return x64, w64, b64, kw, (x64.astype(dtype), w64.astype(dtype), b64.astype(dtype))
-
-
-def _serves(algo, case):
-    """Which geometries each algorithm takes; the others it must decline, with the reason."""
-    R, S, st, dl = case[5], case[6], case[7], case[9]
-    if algo == "winograd":
-        return (R, S) == (3, 3) and st == (1, 1) and dl == (1, 1)
-    return not (algo == "fft" and dl != (1, 1))
-
-
-DECLINE = {"fft": "serves dilation 1 only", "winograd": "serves 3x3 filters at stride 1"}
-
-
-def _conv_cases(op):
-    """(algo, case) for every Numba algorithm and the cases it serves, and one case each
-    declining algorithm must refuse (declining costs no launch: one is enough). The Numba
-    Winograd weight gradient serves 3x3 at stride and dilation 1 only, which no small case
-    is: test_conv2d_winograd checks it on its own shapes."""
-    out = []
-    for algo in numba_algos(op):
-        served = [c for c in CONV if _serves(algo, c)]
-        declined = [c for c in CONV if not _serves(algo, c)]
-        out += [pytest.param(algo, c, id=f"{algo}-{c[:7]}") for c in served]
-        out += [pytest.param(algo, c, id=f"{algo}-declines-{c[:7]}") for c in declined[:1]]
-    return out
-
-
-def _declines(algo, call):
-    with pytest.raises(ValueError, match=DECLINE[algo]):
-        call()
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("algo, case", _conv_cases("conv2d"))
-def test_conv2d(rng, algo, case, dtype):
-    x64, w64, b64, kw, (x, w, b) = _conv(rng, case, dtype)
-    if not _serves(algo, case):
-        return _declines(algo, lambda: convgpu.conv2d(x, w, b, **kw, backend="numba", algo=algo))
-    ref = convgpu.conv2d(x64, w64, b64, **kw)
-    y = convgpu.conv2d(x, w, b, **kw, backend="numba", algo=algo)
-    assert y.dtype == dtype
-    assert_conv_close(y, ref, "conv2d", algo, dtype, x64, w64, bias=b64, **kw)
-    # and without bias
-    assert_conv_close(convgpu.conv2d(x, w, None, **kw, backend="numba", algo=algo),
-                      convgpu.conv2d(x64, w64, None, **kw), "conv2d", algo, dtype, x64, w64,
-                      **kw)
+from helpers import TOL, assert_close, assert_conv_close, check_empty_case, empty_cases, rand
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -97,67 +32,7 @@ def test_conv2d_winograd(rng, N, C, H, W, K, pad, groups, dtype):
                       "conv2d_backward_weight", "winograd", dtype, x, gy, w.shape, **kw)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("algo, case", _conv_cases("conv2d_backward_input"))
-def test_conv2d_backward_input(rng, algo, case, dtype):
-    x64, w64, b64, kw, (x, w, b) = _conv(rng, case, dtype)
-    y = convgpu.conv2d(x64, w64, None, **kw)
-    gy64 = rand(rng, y.shape)
-    call = lambda: convgpu.conv2d_backward_input(gy64.astype(dtype), w, x.shape, **kw,  # noqa
-                                                 backend="numba", algo=algo)
-    if not _serves(algo, case):
-        return _declines(algo, call)
-    assert_conv_close(call(), convgpu.conv2d_backward_input(gy64, w64, x.shape, **kw),
-                      "conv2d_backward_input", algo, dtype, gy64, w64, x.shape, **kw)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("algo, case", _conv_cases("conv2d_backward_weight"))
-def test_conv2d_backward_weight(rng, algo, case, dtype):
-    x64, w64, b64, kw, (x, w, b) = _conv(rng, case, dtype)
-    y = convgpu.conv2d(x64, w64, None, **kw)
-    gy64 = rand(rng, y.shape)
-    call = lambda: convgpu.conv2d_backward_weight(x, gy64.astype(dtype), w.shape, **kw,  # noqa
-                                                  backend="numba", algo=algo)
-    if not _serves(algo, case):
-        return _declines(algo, call)
-    assert_conv_close(call(), convgpu.conv2d_backward_weight(x64, gy64, w64.shape, **kw),
-                      "conv2d_backward_weight", algo, dtype, x64, gy64, w64.shape, **kw)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_conv2d_backward_bias(rng, dtype):
-    gy = rand(rng, (2, 5, 3, 7))
-    assert_close(convgpu.conv2d_backward_bias(gy.astype(dtype), backend="numba"),
-                 gy.sum(axis=(0, 2, 3)), TOL[dtype])
-
-
-@pytest.mark.parametrize("algo", numba_algos("conv2d_backward_input"))
-def test_conv_transpose2d(rng, algo):
-    x = rand(rng, (1, 4, 3, 4))
-    w = rand(rng, (4, 3, 3, 2))
-    b = rand(rng, (6,))
-    kw = dict(stride=(2, 1), padding=(1, 0), output_padding=(1, 0), groups=2)
-    ref = convgpu.conv_transpose2d(x, w, b, **kw)
-    assert_close(convgpu.conv_transpose2d(x.astype(np.float32), w.astype(np.float32),
-                                          b.astype(np.float32), **kw, backend="numba", algo=algo),
-                 ref, tol(algo, np.float32))
-
-
-def test_conv2d_auto_picks_a_numba_algo_under_the_simulator(rng):
-    x, w = rand(rng, (1, 2, 5, 5)), rand(rng, (2, 2, 3, 3))
-    assert_close(convgpu.conv2d(x, w, backend="numba"), convgpu.conv2d(x, w), TOL[np.float64])
-
-
-# ---- padding="same" (pooling, linear, batch norm, the small ops: tests/ops)
-
-
-@pytest.mark.parametrize("case", SAME_EDGES)
-def test_padding_same_odd_total_matches_torch(rng, case):
-    check_same_edge(rng, "numba", case)
-
-
-# ---- small ops (relu, bias_add, the loss: tests/ops/test_elementwise.py)
+# ---- the optimisers, sums, empty problems
 
 
 def test_poisoning_is_on():
