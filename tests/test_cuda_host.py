@@ -21,9 +21,8 @@ import convgpu  # noqa: E402
 from convgpu.ops._registry import all_impls  # noqa: E402
 from helpers import (CONV_TILES, DEPTHWISE, ORDERS, TOL, assert_bounded,  # noqa: E402
                      assert_close, assert_conv_close, assert_steps_agree, bn_net, both_orders,
-                     check_empty_case, decoder_net, empty_cases, mobile_net,
-                     rand, res_net, small_net, spy_get_function, tf32_round,
-                     tf32_rounding_operands, training_step)
+                     decoder_net, mobile_net, rand, res_net, small_net, spy_get_function,
+                     tf32_round, tf32_rounding_operands, training_step)
 
 
 @pytest.fixture(autouse=True)
@@ -684,16 +683,6 @@ def R_adam(p, g, m, v, step):
 def R_sgd(p, g, b):
     from convgpu import reference
     return reference.sgd_step(p, g, b, 0.1, 0.9, 0.01)
-
-
-EMPTY = empty_cases(np.random.default_rng(0))
-
-
-@pytest.mark.parametrize("label, call, want", EMPTY, ids=[c[0] for c in EMPTY])
-def test_empty_problems_launch_nothing(label, call, want):
-    """An empty batch, no channels, no features: answered without a launch (a grid of 0
-    blocks, or a division by the empty extent, would fail here as on the device)."""
-    check_empty_case(call("cuda", np.asarray), want)
 
 
 # ---------------------------------------------------------------------------------------

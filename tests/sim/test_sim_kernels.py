@@ -1,13 +1,13 @@
 """Simulator tier: the Numba implementations' tests not yet moved to tests/ops (where the
 convolutions, pooling, linear, batch norm and the small ops run one body per backend, the
 numba one in this process): Winograd's own shapes, the fused optimiser steps, channel
-sums, empty problems. Outputs are poisoned (NaN) before each launch
+sums. Outputs are poisoned (NaN) before each launch
 (tests/sim/conftest.py). Each launch is kept to about 30 blocks."""
 import numpy as np
 import pytest
 
 import convgpu
-from helpers import TOL, assert_close, assert_conv_close, check_empty_case, empty_cases, rand
+from helpers import TOL, assert_close, assert_conv_close, rand
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -32,7 +32,7 @@ def test_conv2d_winograd(rng, N, C, H, W, K, pad, groups, dtype):
                       "conv2d_backward_weight", "winograd", dtype, x, gy, w.shape, **kw)
 
 
-# ---- the optimisers, sums, empty problems
+# ---- the optimisers and sums
 
 
 def test_poisoning_is_on():
@@ -71,15 +71,5 @@ def test_channel_sum_long_and_short_rows(rng, B, K, L):
     from convgpu.kernels.numba.elementwise import channel_sum
     a = rand(rng, (B, K, L))
     assert_close(channel_sum(a), a.sum(axis=(0, 2)), TOL[np.float64])
-
-
-EMPTY = empty_cases(np.random.default_rng(0))
-
-
-@pytest.mark.parametrize("label, call, want", EMPTY, ids=[c[0] for c in EMPTY])
-def test_empty_problems_launch_nothing(label, call, want):
-    """An empty batch, no channels, no features on the Numba backend: answered without a
-    launch."""
-    check_empty_case(call("numba", np.asarray), want)
 
 
