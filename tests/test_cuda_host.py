@@ -5,8 +5,9 @@ forward and in reverse order (or, with CONVGPU_HOST_ORDERS, others such as seede
 and the results must be bitwise equal (a kernel whose result depends on the order has a
 race). The emulator's own tests are in tests/test_emulator.py; the op families moved to
 tests/ops (one body per backend) are there: the convolutions' every implementation,
-pooling, batch normalisation, linear, the small ops. What stays here is the CUDA C paths:
-depthwise variants, grid limits, split-K, the pipelined kernels, training steps.
+pooling, batch normalisation, linear, the small ops, the optimiser steps, empty problems.
+What stays here is the CUDA C paths: depthwise variants, grid limits, split-K, the
+pipelined kernels, training steps.
 
 Emulated is not validated: tests/test_gpu.py on a GPU is what validates these kernels."""
 import numpy as np
@@ -19,7 +20,7 @@ if not cuda_host.available():
 
 import convgpu  # noqa: E402
 from convgpu.ops._registry import all_impls  # noqa: E402
-from helpers import (CONV_TILES, DEPTHWISE, ORDERS, TOL, assert_bounded,  # noqa: E402
+from helpers import (CONV_TILES, DEPTHWISE, TOL, assert_bounded,  # noqa: E402
                      assert_close, assert_conv_close, assert_steps_agree, bn_net, both_orders,
                      decoder_net, mobile_net, rand, res_net, small_net, spy_get_function,
                      tf32_round, tf32_rounding_operands, training_step)
@@ -637,52 +638,6 @@ def test_device_divider_constants_equal_the_hosts():
     out = np.zeros(d.size, np.uint64)
     k(((d.size + 127) // 128,), (128,), (d, out, np.int32(d.size)))
     np.testing.assert_array_equal(out, [fastdiv(int(v)) for v in d])
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_fused_optimiser_steps(rng, dtype):
-    """adam_step / sgd_step (elementwise.cu) in place against the reference over three
-    steps with weight decay; each order of threads from the same start, bitwise equal
-    (both_orders would apply the step twice)."""
-    from convgpu.kernels.cuda.emulator import cuda_host
-    shape = (37, 29)                                   # 1073 elements: a partial block
-    p0, g, m0 = (rand(rng, shape) for _ in range(3))
-    v0 = np.abs(rand(rng, shape))
-    results = []
-    for order in ORDERS:
-        p, m, v = (a.astype(dtype) for a in (p0, m0, v0))
-        b = m0.astype(dtype)
-        q = p0.astype(dtype)
-        with cuda_host.order(order):
-            for step in (1, 2, 3):
-                convgpu.adam_step(p, g.astype(dtype), m, v, step, lr=0.1, beta1=0.8,
-                                  beta2=0.99, eps=1e-6, weight_decay=0.01, backend="cuda")
-                convgpu.sgd_step(q, g.astype(dtype), b, lr=0.1, momentum=0.9,
-                                 weight_decay=0.01, backend="cuda")
-        results.append((p, m, v, q, b))
-    rp, rm, rv, rq, rb = p0, m0, v0, p0, m0
-    for step in (1, 2, 3):
-        rp, rm, rv = R_adam(rp, g, rm, rv, step)
-        rq, rb = R_sgd(rq, g, rb)
-    for got in results:
-        for a, w in zip(got, (rp, rm, rv, rq, rb), strict=True):
-            assert a.dtype == dtype
-            assert_close(a, w, TOL[dtype])
-    for a, b in zip(results[0], results[-1], strict=True):
-        assert np.array_equal(a, b)
-    p = p0.astype(dtype)
-    convgpu.sgd_step(p, g.astype(dtype), lr=0.5, backend="cuda")     # no momentum buffer
-    assert_close(p, p0 - 0.5 * g, TOL[dtype])
-
-
-def R_adam(p, g, m, v, step):
-    from convgpu import reference
-    return reference.adam_step(p, g, m, v, step, 0.1, 0.8, 0.99, 1e-6, 0.01)
-
-
-def R_sgd(p, g, b):
-    from convgpu import reference
-    return reference.sgd_step(p, g, b, 0.1, 0.9, 0.01)
 
 
 # ---------------------------------------------------------------------------------------

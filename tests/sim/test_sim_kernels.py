@@ -1,8 +1,8 @@
 """Simulator tier: the Numba implementations' tests not yet moved to tests/ops (where the
-convolutions, pooling, linear, batch norm and the small ops run one body per backend, the
-numba one in this process): Winograd's own shapes, the fused optimiser steps, channel
-sums. Outputs are poisoned (NaN) before each launch
-(tests/sim/conftest.py). Each launch is kept to about 30 blocks."""
+convolutions, pooling, linear, batch norm, the small ops, the optimiser steps and the empty
+problems run one body per backend, the numba one in this process): Winograd's own shapes,
+channel sums. Outputs are poisoned (NaN) before each launch (tests/sim/conftest.py). Each
+launch is kept to about 30 blocks."""
 import numpy as np
 import pytest
 
@@ -32,7 +32,7 @@ def test_conv2d_winograd(rng, N, C, H, W, K, pad, groups, dtype):
                       "conv2d_backward_weight", "winograd", dtype, x, gy, w.shape, **kw)
 
 
-# ---- the optimisers and sums
+# ---- sums
 
 
 def test_poisoning_is_on():
@@ -42,28 +42,6 @@ def test_poisoning_is_on():
     a = empty((3,), np.float32, np.zeros(1))
     assert np.isnan(a).all()
     assert (empty((2,), np.int64, np.zeros(1)) == -1).all()
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_fused_optimiser_steps(rng, dtype):
-    """adam_step / sgd_step (numba, in place) against the reference over two steps."""
-    from convgpu import reference as R
-    p0, g, m0 = (rand(rng, (9, 7)) for _ in range(3))
-    v0 = np.abs(rand(rng, (9, 7)))
-    p, m, v, q, b = (a.astype(dtype) for a in (p0, m0, v0, p0, m0))
-    rp, rm, rv, rq, rb = p0, m0, v0, p0, m0
-    for step in (1, 2):
-        convgpu.adam_step(p, g.astype(dtype), m, v, step, lr=0.1, weight_decay=0.01,
-                          backend="numba")
-        convgpu.sgd_step(q, g.astype(dtype), b, lr=0.1, momentum=0.9, weight_decay=0.01,
-                         backend="numba")
-        rp, rm, rv = R.adam_step(rp, g, rm, rv, step, 0.1, 0.9, 0.999, 1e-8, 0.01)
-        rq, rb = R.sgd_step(rq, g, rb, 0.1, 0.9, 0.01)
-    for a, w in zip((p, m, v, q, b), (rp, rm, rv, rq, rb), strict=True):
-        assert a.dtype == dtype
-        assert_close(a, w, TOL[dtype])
-    convgpu.sgd_step(q, g.astype(dtype), lr=0.5, backend="numba")
-    assert_close(q, rq - 0.5 * g, TOL[dtype])
 
 
 @pytest.mark.parametrize("B, K, L", [(300, 3, 1), (3, 2, 260)])
