@@ -6,7 +6,7 @@ baseline's time / ours (above 1: ours is faster). Runs anywhere (no GPU):
 
     python3 bench/summarize.py RUN.json [--train TRAIN.log] [--headline HEADLINE.json]
 
---headline writes the run's headline (convgpu.bench.headline: HEADLINE_KEYS, null where the
+--headline writes the run's headline (convgpu.tools.bench.headline: HEADLINE_KEYS, null where the
 run has no such measurement) with its commit, source hash, device, date and method; a run
 that predates `method` is labelled with the old one (benchmark_limit 10, flush-overlapped
 timing). The LeNet epoch ratio comes from bench/torch_lenet.py's log (--train, default the
@@ -50,7 +50,7 @@ def train_log_for(json_path, given=None):
 
 
 def write_headline(d, json_path, out_path, train=None):
-    from convgpu.bench import headline
+    from convgpu.tools.bench import headline
     h = headline(d, train_log_for(json_path, train))
     h["run"] = os.path.basename(json_path)
     if h["source_hash"] is None:
@@ -114,7 +114,7 @@ def merge(docs):
 
 
 def summarize(d):
-    from convgpu.bench import OLD_METHOD, format_networks, network_totals
+    from convgpu.tools.bench import OLD_METHOD, format_networks, network_totals
     method = d.get("method") or OLD_METHOD
     print("method:", {k: method.get(k) for k in ("cudnn_benchmark_limit", "timing")},
           "" if d.get("method") else "(the run predates the current method)")

@@ -3,7 +3,7 @@
 An implementation is a function of the validated argument record (ConvArgs, PoolArgs,
 ...) and the native arrays. Its `supports(args)` returns None when it can serve the call
 or a sentence saying why not; dispatch never picks one that says no, and asking for it
-by name raises ValueError with that sentence. Each also names the data dtypes it serves
+by name raises NotServed (a ValueError) with that sentence. Each also names the data dtypes it serves
 (`dtypes=`; float32 and float64 unless it says otherwise, every float dtype on the numpy
 backend): a call in another dtype is refused the same way, with a sentence naming both.
 `layouts` names the memory layouts it serves
@@ -42,6 +42,13 @@ DEFAULT_DTYPES = ("float32", "float64")
 BACKEND_DTYPES = {"numpy": DTYPE_NAMES, "numba": DEFAULT_DTYPES, "cuda": DEFAULT_DTYPES}
 # the numba kernels written for float16 (FP32 sums); Numba CUDA has no bfloat16
 WITH_FLOAT16 = ("float16", "float32", "float64")
+
+
+class NotServed(ValueError):
+    """The registry's refusal: no registered implementation serves this call (supports()
+    declines it, or none is registered under that name). A ValueError so callers that catch
+    bad input still catch it; `convgpu check` counts only this as a decline, so a launcher's
+    own ValueError shows as the failure it is."""
 
 
 @dataclass
@@ -263,13 +270,13 @@ def select(op: str, args, backend: str, algo: str, on_device: bool, dtype=None) 
         named = sorted((i for i in impls if i.algo == algo and i.backend in order),
                        key=lambda i: order.index(i.backend))
         if not named:
-            raise ValueError(f"{op}: no implementation ({'/'.join(order)}, {algo}); "
+            raise NotServed(f"{op}: no implementation ({'/'.join(order)}, {algo}); "
                              f"registered: {_listing(op)}")
         reasons = [(i, _why_not(i, args, dtype)) for i in named]
         ok = [i for i, r in reasons if r is None]
         if not ok:
             i, r = reasons[0]
-            raise ValueError(f"{op}: ({i.backend}, {i.algo}) cannot serve this call: {r}")
+            raise NotServed(f"{op}: ({i.backend}, {i.algo}) cannot serve this call: {r}")
         return ok[:1]
     for b in order:
         ok = [i for i in impls
@@ -278,7 +285,7 @@ def select(op: str, args, backend: str, algo: str, on_device: bool, dtype=None) 
             return ok
     tried = "; ".join(f"({i.backend}, {i.algo}): {_why_not(i, args, dtype)}"
                       for i in impls if i.backend in order)
-    raise ValueError(f"{op}: no implementation supports this call. {tried or _listing(op)}")
+    raise NotServed(f"{op}: no implementation supports this call. {tried or _listing(op)}")
 
 
 def _args_key(args):

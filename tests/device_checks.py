@@ -13,7 +13,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Set, Tuple
 from unittest import mock
 
 from convgpu.ops import _registry
-from convgpu.ops._registry import all_impls, backend_unavailable
+from convgpu.ops._registry import NotServed, all_impls, backend_unavailable
 
 DEVICE_BACKENDS = ("numba", "cuda")
 
@@ -75,7 +75,7 @@ def run_planned(op: str, call: Callable[[str, str], object], check: Callable[[ob
                 ) -> Tuple[List[Tuple[str, str]], List[str]]:
     """Runs call(backend, algo) for every registered implementation of `op` on `backends`:
     those supports() accepts must return an output that check(out, backend, algo) passes
-    (it returns None or a failure line); the others must raise ValueError with exactly the
+    (it returns None or a failure line); the others must raise NotServed with exactly the
     registry's refusal and their supports() reason. `expect_served` must be among the
     serving ones (so a supports() that wrongly declines cannot empty the test). Returns
     (the implementations that served, failure lines). only(algo), if given, restricts the
@@ -87,7 +87,7 @@ def run_planned(op: str, call: Callable[[str, str], object], check: Callable[[ob
     for (b, a), message in decline.items():
         try:
             call(b, a)
-        except ValueError as e:
+        except NotServed as e:
             if str(e) != message:
                 failures.append(f"{op} ({b}, {a}): declined with {str(e)!r}, expected {message!r}")
         except Exception as e:              # noqa: BLE001 - a crash is a failure, reported

@@ -1,5 +1,7 @@
 """Shared test helpers: random non-zero inputs, relative error, error bounds, gradient
 checks."""
+import os
+
 import numpy as np
 
 from convgpu import bounds
@@ -107,6 +109,31 @@ CONV_SMALL = [
     (1, 2, 9, 4, 2, 1, 1, (1, 2), (0, 0), (1, 1), 1),
     (2, 1, 6, 7, 2, 2, 2, (3, 2), (1, 0), (1, 3), 1),
 ]
+# the CUDA C kernels' tile edges, beside the small cases (host emulation and numpy)
+CONV_TILES = CONV_SMALL + [
+    # two tile rows (K > 128), three tile columns, a reduction split in two (split-K);
+    # the direct kernel takes its 40 channels in three chunks
+    (2, 40, 12, 12, 130, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+    # several 8 x 32 pixel tiles of the direct kernel, depthwise
+    (1, 3, 20, 70, 3, 3, 3, (1, 1), (1, 1), (1, 1), 3),
+    # 3x3 at stride 1: Winograd, odd output sizes (partial 2x2 tiles), no padding, groups
+    (2, 6, 9, 8, 4, 3, 3, (1, 1), (0, 0), (1, 1), 2),
+]
+# The depthwise kernels serve groups = C only: a grouped case they must decline, then
+# depthwise geometries (several 8 x 32 tiles and partial ones; multipliers 2 and 3; stride
+# 2; dilated, non-square; 7x7).
+DEPTHWISE = [CONV_SMALL[1], CONV_TILES[-2],
+             (1, 4, 10, 9, 8, 3, 3, (2, 2), (1, 1), (1, 1), 4),
+             (2, 2, 19, 35, 2, 5, 3, (1, 2), (2, 0), (2, 1), 2),
+             (1, 3, 6, 7, 9, 7, 7, (1, 1), (3, 3), (1, 1), 3),
+             # two outputs per thread (16-row tiles, partial ones) on the three paths: 3x3
+             # at stride and dilation 1, 3x3 strided and dilated, 5x5
+             (2, 3, 37, 35, 6, 3, 3, (1, 1), (1, 1), (1, 1), 3),
+             (1, 2, 40, 21, 2, 3, 3, (2, 1), (1, 1), (1, 2), 2),
+             (1, 2, 18, 30, 2, 3, 3, (1, 2), (1, 1), (1, 1), 2),     # only the columns
+             (1, 2, 17, 20, 2, 3, 3, (1, 1), (1, 2), (1, 2), 2),     # strided or dilated
+             (3, 2, 5, 300, 4, 3, 3, (1, 1), (1, 1), (1, 1), 2),     # rows past 256 threads
+             (1, 2, 20, 12, 4, 5, 5, (1, 1), (2, 2), (1, 1), 2)]
 # max pooling: (N, C, H, W, kernel, stride, padding, dilation, ceil_mode)
 MAXP_SMALL = [
     (2, 3, 7, 9, (3, 3), (2, 2), (1, 1), (1, 1), True),
@@ -399,7 +426,7 @@ def assert_batch_norm_close(got, want, dtype):
 
 # ----------------------------------------------------------------------------------------
 # torch as the oracle at the edges of its semantics, on every backend (the reference in
-# tests/test_torch_oracle.py, Numba in tests/sim, CUDA C in tests/test_cuda_host.py)
+# tests/test_torch_oracle.py, every backend in tests/ops/test_pool.py and test_conv.py)
 
 # avg pooling: (input shape, kernel, stride, padding, ceil_mode, count_include_pad,
 # divisor_override) where the divisor rule has corners: a ceil-mode window running past
@@ -528,3 +555,45 @@ def check_same_edge(rng, backend, case):
     for algo in bwd_w:
         assert_close(cg.conv2d_backward_weight(x, gy, w.shape, **kw, algo=algo), gw_t,
                      bounds.tolerance(algo, np.float64))
+
+
+# ----------------------------------------------------------------------------------------
+# the host emulation's thread orders
+
+# the thread/block orders every emulated call is run in (CONVGPU_HOST_ORDERS=forward,shuffle
+# for a sweep with seeded random orders; cuda_host.ORDERS)
+ORDERS = os.environ.get("CONVGPU_HOST_ORDERS", "forward,reverse").split(",")
+
+
+def both_orders(fn):
+    """fn() in each of ORDERS under the host emulation (forward, then reversed): the results
+    must be identical (a kernel whose result depends on the order has a race)."""
+    from convgpu.kernels.cuda.emulator import cuda_host
+    outs = []
+    for which in ORDERS:
+        with cuda_host.order(which):
+            outs.append(fn())
+    a = outs[0]
+    for b in outs[1:]:
+        for u, v in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,),
+                        strict=True):
+            np.testing.assert_array_equal(u, v, err_msg="result depends on thread/block order")
+    return a
+
+
+def spy_get_function(monkeypatch):
+    """The name expressions the CUDA C launchers look up (the kernels a call launches), in
+    order: get_function spied on in every launcher module that imported it."""
+    from convgpu.kernels.cuda import launcher_modules, module
+    names = []
+    real = module.get_function
+    for mod in launcher_modules():
+        if getattr(mod, "get_function", None) is real:
+            monkeypatch.setattr(mod, "get_function", lambda f, e: names.append(e) or real(f, e))
+    return names
+
+
+# the backends a pytest process runs (tests/ops/conftest.py): the simulator must be on
+# before Numba is imported, so numba runs in a process of its own
+SIMULATING = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+RUNNABLE = ("numba",) if SIMULATING else ("numpy", "cuda")

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from convgpu import bench, shapes
+from convgpu.tools import bench, shapes
 
 
 def test_conv_flop_and_byte_counts():
@@ -67,7 +67,7 @@ class _Stream(io.StringIO):
 
 
 def test_progress_redraws_one_bar_on_a_terminal_and_writes_lines_elsewhere():
-    from convgpu.bench import Progress, step
+    from convgpu.tools.bench import Progress, step
     tty = _Stream(True)
     p = Progress(tty, width=10)
     step(p, "conv2d", 1, 4, "first shape")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from convgpu import bench
+from convgpu.tools import bench
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"

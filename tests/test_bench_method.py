@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from convgpu import bench, shapes
+from convgpu.tools import bench, shapes
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -85,10 +85,11 @@ def test_baseline_at_its_best(monkeypatch):
     torch = pytest.importorskip("torch")
     c = torch.backends.cudnn
     saved = (c.benchmark, c.benchmark_limit, c.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    monkeypatch.setattr(bench, "baseline_unavailable", lambda: None)
+    from convgpu.tools.bench import baseline
+    monkeypatch.setattr(baseline, "baseline_unavailable", lambda: None)
     try:
         c.benchmark_limit, c.allow_tf32 = 10, True
-        assert bench._torch() is torch
+        assert baseline._torch() is torch
         assert (c.benchmark, c.benchmark_limit, c.allow_tf32) == (True, 0, False)
         assert torch.backends.cuda.matmul.allow_tf32 is False
         modes = {label: (tf32, b) for label, tf32, b in bench.CUDNN_MODES}
@@ -249,7 +250,7 @@ def test_cli_mistakes_answer_in_one_line_with_exit_2(args, words):
 
 
 def test_cli_bench_gemm_on_a_cpu_says_why_and_prints_no_empty_table():
-    from convgpu.cli import gpu_count
+    from convgpu.tools.cli import gpu_count
     if gpu_count():
         pytest.skip("a GPU is visible")
     r = _cli("bench", "--ops", "gemm")
@@ -258,7 +259,7 @@ def test_cli_bench_gemm_on_a_cpu_says_why_and_prints_no_empty_table():
 
 
 def test_cli_tune_without_a_gpu_says_so():
-    from convgpu.cli import gpu_count
+    from convgpu.tools.cli import gpu_count
     if gpu_count():
         pytest.skip("a GPU is visible")
     r = _cli("tune", "--suite", "resnet50")

@@ -51,7 +51,7 @@ def test_stage_times_script_runs():
 def test_bench_norm_stage_runs():
     """convgpu bench's batch-norm stage (the GPU path: validation against the reference, then
     the timings) on a tiny suite, cuda in the host emulation and numba in the simulator."""
-    code = ("from convgpu import bench; "
+    code = ("from convgpu.tools import bench; "
             "rows = bench.bench_norm(bench.Timer(reps=2, flush_bytes=1024), "
             "[('tiny', (3, 2, 5, 4)), ('tiny 1d', (6, 3))]); "
             "[print(r.op, r.shape, r.impl, r.status, r.gbps is not None) for r in rows]")
@@ -65,7 +65,7 @@ def test_bench_norm_stage_runs():
 def test_bench_conv_stages_run_a_grouped_shape():
     """convgpu bench's conv2d and conv2d_backward stages (the GPU path) on a tiny depthwise
     shape (groups = C), two cuda implementations, in the host emulation."""
-    code = ("from convgpu import bench; from convgpu.shapes import ConvShape; "
+    code = ("from convgpu.tools import bench; from convgpu.tools.shapes import ConvShape; "
             "suite = [ConvShape('tiny dw', 2, 4, 9, 8, 3, 1, 1, 4)]; "
             "t = bench.Timer(reps=2, flush_bytes=1024); "
             "f = ['cuda:depthwise', 'cuda:implicit_gemm']; "
@@ -84,7 +84,7 @@ def test_bench_pool_and_gemm_stages_run():
     """convgpu bench's pooling and GEMM stages (gpu_check's gemm_pool_norm stage) on tiny
     problems: a non-square plane, every device implementation validated, then timed cold and
     batch; the GEMMs against the stand-in's matmul as the cuBLAS row."""
-    code = ("from convgpu import bench, shapes; "
+    code = ("from convgpu.tools import bench, shapes; "
             "t = bench.Timer(reps=2, flush_bytes=1024); "
             "rows = bench.bench_pool(t, [shapes.PoolShape('tiny', 2, 3, 9, 3, 2, 1, False, 11)])"
             " + bench.bench_gemm(t, [(64, 32, 16)]); "
@@ -103,8 +103,8 @@ def test_bench_run_on_the_device_path_writes_the_method_and_provenance(tmp_path)
     device: the JSON names the method, the missing baseline and why, the source hash."""
     out = tmp_path / "b.json"
     code = ("import json, convgpu.core.env as c; c.gpu_count = lambda: 1; "
-            "from convgpu import bench; "
-            "bench.ceilings = lambda t: {'copy_GBps': 1.0, 'fma_TFLOPs': 1.0, "
+            "from convgpu.tools import bench; "
+            "bench.runner.ceilings = lambda t: {'copy_GBps': 1.0, 'fma_TFLOPs': 1.0, "
             "'sgemm_TFLOPs': 1.0}; "
             "bench.Timer.__init__.__defaults__ = (1, 2, 4096, 2, None); "
             f"d = bench.run(json_path={str(out)!r}, shape_specs=['conv:N=2,C=4,H=6,W=7,K=4,R=3,pad=1'], "
@@ -126,8 +126,8 @@ def test_a_run_killed_mid_stage_keeps_the_shapes_it_measured(tmp_path):
     second shape's timing)."""
     out = tmp_path / "b.json"
     code = ("import os, convgpu.core.env as c; c.gpu_count = lambda: 1; "
-            "from convgpu import bench; "
-            "bench.ceilings = lambda t: {'copy_GBps': 1.0, 'fma_TFLOPs': 1.0, "
+            "from convgpu.tools import bench; "
+            "bench.runner.ceilings = lambda t: {'copy_GBps': 1.0, 'fma_TFLOPs': 1.0, "
             "'sgemm_TFLOPs': 1.0}; "
             "bench.Timer.__init__.__defaults__ = (1, 2, 4096, 2, None); "
             "calls = []; real = bench.Timer.time; "

@@ -1,4 +1,4 @@
-"""The network suites (convgpu.shapes) against independent counts: ResNet-50's 53
+"""The network suites (convgpu.tools.shapes) against independent counts: ResNet-50's 53
 convolutions, each network's multiply-adds against torchvision's published totals, and the
 distinct layers against a network built in torch as torchvision builds it (shapes recorded
 by hooks on the meta device, so nothing is computed); `--shape` parsing."""
@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from convgpu import shapes
+from convgpu.tools import shapes
 
 # torchvision's model cards (GFLOPS there are multiply-adds of one 224 x 224 image, the
 # classifier included): resnet50 4.09, vgg16 15.47, mobilenet_v2 0.30, alexnet 0.71

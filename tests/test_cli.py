@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from convgpu import nn
-from convgpu.check import Row, format_table, status_of, summary
+from convgpu.tools.check import Row, format_table, status_of, summary
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,7 +22,7 @@ def convgpu(*argv, timeout=120, env=None):
 
 
 def no_gpu():
-    from convgpu.cli import gpu_count
+    from convgpu.tools.cli import gpu_count
     return gpu_count() == 0
 
 
@@ -116,8 +116,8 @@ def test_help_lists_the_commands_and_shows_defaults():
 
 
 def test_bench_stages_match_the_harness():
-    from convgpu import bench
-    from convgpu.cli import BENCH_OPS
+    from convgpu.tools import bench
+    from convgpu.tools.cli import BENCH_OPS
     assert BENCH_OPS == bench.ALL_OPS
 
 
@@ -153,7 +153,7 @@ def test_check_table_fits_100_columns_and_counts_statuses_apart(monkeypatch):
 
 
 def test_check_exits_non_zero_on_a_fail_and_reports_progress(monkeypatch, capsys):
-    from convgpu import check, cli
+    from convgpu.tools import check, cli
 
     def fake(size, ops=None, backends=None, seed=0, progress=None):
         progress("check [1/1] relu x(2, 3): 1 FAIL (0.0 s)")
@@ -163,6 +163,45 @@ def test_check_exits_non_zero_on_a_fail_and_reports_progress(monkeypatch, capsys
     assert cli.main(["check", "--ops", "relu"]) == 1
     out = capsys.readouterr()
     assert "check [1/1] relu" in out.err and "1 FAIL" in out.out
+
+
+def test_check_counts_a_launchers_own_value_error_as_a_failure(monkeypatch, capsys):
+    """Only the registry's refusal (NotServed) is a decline: a ValueError raised inside an
+    implementation is a bug in it, and the row must say FAIL, not "not served"."""
+    from convgpu.tools import cli
+    from convgpu.ops import _registry as R
+    impl = next(i for i in R.all_impls("relu") if i.backend == "numpy")
+
+    def broken(*arrays):
+        raise ValueError("planted: an index computed wrong")
+    monkeypatch.setattr(impl, "_fn", broken)
+    monkeypatch.setattr(cli, "_prepare_backends", lambda *a, **k: 0)
+    assert cli.main(["check", "--ops", "relu", "--backends", "numpy", "-q"]) == 1
+    out = capsys.readouterr().out
+    assert "relu (numpy, reference) float32: FAIL: ValueError: planted" in out, out
+    assert "not served" not in out and out.rstrip().endswith("2 FAIL (of 2 rows)")
+
+
+def test_check_counts_a_supports_refusal_as_not_served(monkeypatch, capsys):
+    """The registry's refusal is a NotServed, still a ValueError for callers that catch
+    bad input; `convgpu check` lists it as "not served" with supports()'s reason."""
+    import convgpu as cg
+    from convgpu.tools import cli
+    from convgpu.ops import _registry as R
+    impl = next(i for i in R.all_impls("relu") if i.backend == "numpy")
+    monkeypatch.setattr(impl, "supports", lambda a: "planted refusal")
+    with pytest.raises(R.NotServed, match=r"relu: \(numpy, reference\) cannot serve this "
+                       r"call: planted refusal") as e:
+        R.select("relu", (3,), "numpy", "reference", on_device=False)
+    assert isinstance(e.value, ValueError)
+    with pytest.raises(R.NotServed, match="no implementation supports this call"):
+        cg.relu(np.ones(3), backend="numpy")
+    monkeypatch.setattr(cli, "_prepare_backends", lambda *a, **k: 0)
+    assert cli.main(["check", "--ops", "relu", "--backends", "numpy", "-q", "-v"]) == 0
+    out = capsys.readouterr().out
+    assert "relu (numpy, reference) float32: not served: relu: no implementation supports " \
+        "this call. (numpy, reference): planted refusal" in " ".join(out.split()), out
+    assert out.rstrip().endswith("2 not served (of 2 rows)")
 
 
 def test_check_prints_a_progress_line_per_op_as_it_goes():
@@ -336,7 +375,7 @@ def test_train_refuses_bad_settings_before_any_work(kw, says):
 
 def test_readme_command_lines_name_real_options():
     """Every --option README's command block shows exists on that command's parser."""
-    from convgpu.cli import build_parser
+    from convgpu.tools.cli import build_parser
     ap = build_parser()
     sub = next(a for a in ap._actions if isinstance(a, type(ap._subparsers._group_actions[0])))
     text = open(os.path.join(REPO, "README.md")).read()

@@ -1,20 +1,13 @@
 """Problems with nothing to compute (an empty batch, no channels, no features) are answered
 without a launch: an empty array, or zeros where a sum is empty (plus the bias), as torch
-answers an empty batch. The device backends run the same cases in test_cuda_host.py (cuda, emulated),
-tests/sim (numba) and test_gpu.py (both, on the device)."""
+answers an empty batch. Every backend runs the cases in tests/ops/test_empty_problems.py
+(cuda emulated, numba in the simulator), and test_gpu.py on the device."""
 import numpy as np
 import pytest
 import torch
 
 import convgpu
-from helpers import check_empty_case, empty_cases, rand
-
-CASES = empty_cases(np.random.default_rng(0))
-
-
-@pytest.mark.parametrize("label, call, want", CASES, ids=[c[0] for c in CASES])
-def test_empty_problems_numpy(label, call, want):
-    check_empty_case(call("numpy", np.asarray), want)
+from helpers import rand
 
 
 def test_empty_problems_match_torch_shapes():

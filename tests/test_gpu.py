@@ -32,8 +32,8 @@ os.environ["CONVGPU_POISON"] = "1"     # outputs start as NaN: unwritten element
 
 import convgpu  # noqa: E402
 from convgpu import reference as ref  # noqa: E402
-from convgpu.check import _relerr as check_relerr  # noqa: E402
-from convgpu.check import problems, run_checks, tolerance  # noqa: E402
+from convgpu.tools.check import _relerr as check_relerr  # noqa: E402
+from convgpu.tools.check import problems, run_checks, tolerance  # noqa: E402
 from convgpu.ops import _registry  # noqa: E402
 from convgpu.ops._registry import all_impls  # noqa: E402
 
@@ -549,7 +549,7 @@ def test_cuda_gemm_pipelined(ta, tb, splits):
 def test_fma_ceiling_kernel_runs_and_is_fast():
     """The FP32 ceiling of convgpu bench: correct chains, and a rate no GEMM can beat by
     much (a broken ceiling would make every fraction meaningless)."""
-    from convgpu.bench import Timer, fma_rate
+    from convgpu.tools.bench import Timer, fma_rate
     from convgpu.kernels.cuda import ceiling
     out, _ = ceiling.fma_peak(4, 2, np.float32, cupy.zeros(1, cupy.float32))
     a, b = 1 - 2 ** -10, 2 ** -6

@@ -40,7 +40,7 @@ def test_stage_plan_in_priority_order_within_eight_minutes():
 
 
 def test_stage_commands_exist_and_parse(monkeypatch):
-    from convgpu import cli
+    from convgpu.tools import cli
     seen = []
     monkeypatch.setattr(cli, "cmd_bench", lambda args: seen.append(args) or 0)
     stages, _, _ = plan()

@@ -9,6 +9,9 @@ describes the layers; LAYERS below is their order, lowest first.
     3 ops        convgpu.ops                       (validate -> pick -> launch)
     4 package    everything else under convgpu     (the package, nn, train, the tools)
 
+The tools (convgpu.tools: the CLI, check, bench, shapes) sit on top of rank 4: nothing
+outside them imports them but `python -m convgpu` (convgpu.__main__).
+
 Inside kernels/, the two backends stay apart (numba/ and cuda/ never import each other;
 dev/ may import both), and the emulator sits below the loader that hands its kernels out.
 """
@@ -109,7 +112,7 @@ def test_the_walk_sees_the_tree():
     pass every test below)."""
     for must in ("convgpu.core.args", "convgpu.kernels.cuda.gemm", "convgpu.kernels.numba.gemm",
                  "convgpu.kernels.cuda.emulator.cuda_host", "convgpu.ops.conv",
-                 "convgpu.reference", "convgpu.cli"):
+                 "convgpu.reference", "convgpu.tools.cli"):
         assert must in MODULES, must
     assert ("convgpu.core.args" in {t for t, *_ in GRAPH["convgpu.ops.conv"]})
     assert sum(len(v) for v in GRAPH.values()) > 100
@@ -178,6 +181,28 @@ def test_cycle_finder_finds_a_planted_circle():
     planted = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert cycles(planted) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+# a module a maintainer can read whole (the tests excepted): docs/architecture.md
+MAX_LINES = 600
+
+
+def test_no_module_is_over_600_lines():
+    """Over ~600 lines a module holds several things: split it by what each part does, as
+    tools/bench/ and nn/ are."""
+    long = {name: n for name, path in MODULES.items()
+            if (n := len(path.read_text().splitlines())) > MAX_LINES}
+    assert not long, f"split these (lines): {long}"
+
+
+def test_the_tools_sit_on_top():
+    """nn, train, the bridge and the rest of the package never reach up into the CLI's
+    subpackage (function-level imports included)."""
+    bad = [f"{src} imports {dst} at line {line}" for src, edges in GRAPH.items()
+           for dst, line, *_ in edges
+           if dst and within(dst, "convgpu.tools") and not within(src, "convgpu.tools")
+           and src != "convgpu.__main__"]
+    assert not bad, "\n".join(bad)
 
 
 @pytest.mark.parametrize("prefix", EXPLAINED)

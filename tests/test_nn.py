@@ -217,8 +217,8 @@ def test_short_run_reaches_90_percent():
 
 def test_cli_train_writes_weights_and_plots(tmp_path, capsys, monkeypatch):
     pytest.importorskip("matplotlib")
-    from convgpu import cliutil
-    from convgpu.cli import main
+    from convgpu.tools import cliutil
+    from convgpu.tools.cli import main
     # in this process: no backend switch set (without a GPU they would stay set for the
     # tests after this one); the numpy backend runs either way
     monkeypatch.setattr(cliutil, "_prepare_backends", lambda *a, **k: 0)

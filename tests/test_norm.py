@@ -1,6 +1,7 @@
 """Batch normalisation on the numpy backend: the reference checked by what does not come
 from it (a worked example by hand, finite differences, the output's own statistics), the
-op layer's running estimates, modes and array types."""
+op layer's running estimates, modes and array types. Every mode on every backend against
+the reference: tests/ops/test_batch_norm.py."""
 import itertools
 
 import numpy as np
@@ -8,8 +9,7 @@ import pytest
 import torch
 
 import convgpu
-from helpers import (BN_SHAPES, assert_batch_norm_close, batch_norm_expected, batch_norm_inputs,
-                     batch_norm_run, grad_check, rand)
+from helpers import BN_SHAPES, batch_norm_inputs, grad_check, rand
 
 
 def test_worked_example_by_hand():
@@ -61,17 +61,6 @@ def test_gradients_match_finite_differences(rng, shape, training):
     grad_check(lambda x_: f(x_=x_), gx, x, rng)
     grad_check(lambda w_: f(w_=w_), gw, w, rng)
     grad_check(lambda b_: f(b_=b_), gb, b, rng)
-
-
-@pytest.mark.parametrize("shape, dtype, training, affine, running", [
-    c for c in itertools.product(BN_SHAPES, [np.float32, np.float64], [True, False],
-                                 [True, False], [True, False]) if c[2] or c[4]])
-def test_numpy_backend_modes(rng, shape, dtype, training, affine, running):
-    """Every mode through the op layer: the running estimates updated in place only in
-    training, evaluation with them, weight and bias optional."""
-    inp = batch_norm_inputs(rng, shape, dtype, affine, running)
-    assert_batch_norm_close(batch_norm_run("numpy", inp, training),
-                            batch_norm_expected(inp, training), dtype)
 
 
 def test_running_estimates_are_left_alone_in_evaluation_and_by_an_empty_batch(rng):

@@ -1,5 +1,5 @@
 import sys
 
-from convgpu.cli import main
+from convgpu.tools.cli import main
 
 sys.exit(main())

@@ -42,6 +42,10 @@ class Mutant:
 
 CH = "tests/test_cuda_host.py::"
 SIM = "tests/sim/test_sim_kernels.py"
+POOL = "tests/ops/test_pool.py"         # numpy and cuda in the plain run, numba in the simulator's
+BN = "tests/ops/test_batch_norm.py"
+EW = "tests/ops/test_elementwise.py"
+CONV = "tests/ops/test_conv.py"
 STAND_IN = ("tests/test_stand_in_device.py",)
 
 MUTANTS = [
@@ -57,65 +61,66 @@ MUTANTS = [
     # conv.cu
     Mutant("conv_wgrad_walk", "kernels/cuda/conv_implicit.cu",
            "for (sq += BK; sq >= s.Q; sq -= s.Q)", "for (sq += BK; sq > s.Q; sq -= s.Q)",
-           (CH + "test_conv2d_backward_weight", "-k", "implicit_gemm_tf32"),
+           (CONV + "::test_conv2d_backward_weight", "-k", "cuda and implicit_gemm_tf32"),
            why="the TF32 weight gradient's stepped (n, p, q) walk misses a row end"),
     Mutant("conv_pipelined_bias", "kernels/cuda/conv_implicit.cu",
            "if (bias) tc::add_row_bias<M>(acc, tid, bias + g * Kg, m0, Kg);",
            "if (false) tc::add_row_bias<M>(acc, tid, bias + g * Kg, m0, Kg);",
-           (CH + "test_conv2d", "-k", "pipelined"), why="the pipelined kernel's bias dropped"),
+           (CONV + "::test_conv2d", "-k", "cuda and pipelined"), why="the pipelined kernel's bias dropped"),
     # conv_direct.cu
     Mutant("conv_direct_right_padding", "kernels/cuda/conv_direct.cu",
            "xs[i] = (h >= 0 && h < H && v >= 0 && v < W)",
            "xs[i] = (h >= 0 && h < H && v >= 0 && v <= W)",
-           (CH + "test_conv2d", "-k", "direct"), why="a column past the input read as data"),
+           (CONV + "::test_conv2d", "-k", "cuda and direct"), why="a column past the input read as data"),
     # winograd.cu
     Mutant("winograd2_filter_matrix", "kernels/cuda/winograd.cu",
            "{.5, -.5, .5}, {0, 0, 1}}", "{.5, .5, .5}, {0, 0, 1}}",
-           (CH + "test_conv2d", "-k", "winograd and not 4x4 and not tf32"), why="F(2x2, 3x3)'s G has a wrong sign"),
+           (CONV + "::test_conv2d", "-k", "cuda and winograd and not 4x4 and not tf32"), why="F(2x2, 3x3)'s G has a wrong sign"),
     Mutant("winograd4_filter_matrix", "kernels/cuda/winograd.cu",
            "{1. / 24, 1. / 12, 1. / 6},", "{1. / 24, 1. / 12, 1. / 8},",
-           (CH + "test_conv2d", "-k", "winograd_4x4"),
+           (CONV + "::test_conv2d", "-k", "cuda and winograd_4x4"),
            why="F(4x4, 3x3)'s G has a wrong coefficient"),
     # spectra.cu
     Mutant("spectra_negation_bit", "kernels/cuda/fft.cu",
            "if ((code >> (2 * q + 1)) & 1) v = -v;", "if ((code >> (2 * q)) & 1) v = -v;",
-           (CH + "test_conv2d", "-k", "fft and not tf32"), why="the stacked spectra negate the wrong quadrant"),
+           (CONV + "::test_conv2d", "-k", "cuda and fft and not tf32"), why="the stacked spectra negate the wrong quadrant"),
     # depthwise.cu
     Mutant("depthwise_3x3_tap", "kernels/cuda/depthwise.cu",
            "acc[o] += f[r * 3 + 1] * v1;", "acc[o] += f[r * 3] * v1;",
-           (CH + "test_conv2d", "-k", "depthwise"), why="the 3x3 path's middle tap uses the first"),
+           (CONV + "::test_conv2d", "-k", "cuda and depthwise"), why="the 3x3 path's middle tap uses the first"),
     # pool.cu
     Mutant("pool_max_nan", "kernels/cuda/pool.cu",
            "return (a > b || a != a) ? a : b;", "return (a > b) ? a : b;",
-           (CH + "test_max_pool2d_ties_nan_and_minus_inf",
-            CH + "test_max_pool2d_interior_and_cells_with_ties_nan_and_inf"),
+           (POOL + "::test_max_pool2d_ties_nan_and_minus_inf",
+            POOL + "::test_max_pool2d_interior_and_cells_with_ties_nan_and_inf", "-k", "cuda"),
            why="max pooling stops propagating NaN"),
     Mutant("pool_avg_include_pad_ceil", "kernels/cuda/pool.cu",
            "const int h1 = min(h0 + s.kh, s.H + s.ph), w1 = min(w0 + s.kw, s.W + s.pw);",
            "const int h1 = h0 + s.kh, w1 = w0 + s.kw;",
-           ("tests/test_cuda_host.py", "-k", "avg_pool"),
+           (POOL, "-k", "avg_pool and cuda"),
            why="the include-pad divisor of a ceil-mode window past the right padding unclipped "
                "(the issue's mutation: x (1, 2, 7, 10), k 2, s 3, p 0, ceil_mode); caught "
                "once the emulation tier has such a case (issue 22's avg-pool divisor cases)"),
     # norm.cu
     Mutant("norm_running_var_unbiased", "kernels/cuda/norm.cu",
            "momentum * var * unbias;", "momentum * var;",
-           (CH + "test_batch_norm",), why="running_var updated with the biased variance"),
+           (BN + "::test_batch_norm", "-k", "cuda"),
+           why="running_var updated with the biased variance"),
     # elementwise.cu
     Mutant("elementwise_relu_nan", "kernels/cuda/elementwise.cu",
            "y[i] = (v > T(0) || v != v) ? v : T(0);", "y[i] = (v > T(0)) ? v : T(0);",
-           (CH + "test_relu_keeps_nan",), why="relu turns NaN into 0"),
+           (EW + "::test_relu_keeps_nan", "-k", "cuda"), why="relu turns NaN into 0"),
     Mutant("elementwise_xent_mean", "kernels/cuda/elementwise.cu",
            "g[(long long)i * C + j] = (j == t ? p - T(1) : p) / T(N);",
            "g[(long long)i * C + j] = (j == t ? p - T(1) : p);",
-           (CH + "test_small_ops",), why="cross-entropy's gradient not divided by N"),
+           (EW + "::test_small_ops", "-k", "cuda"), why="cross-entropy's gradient not divided by N"),
     # common.cuh, pipeline.cuh
     Mutant("common_split_start", "kernels/cuda/common.cuh",
            "return N / S * s + min(s, N % S);", "return N / S * s;",
-           (CH + "test_batch_norm_splits", CH + "test_depthwise_wgrad3_splits"), why="split ranges drop the remainder"),
+           (BN + "::test_batch_norm_splits", CH + "test_depthwise_wgrad3_splits"), why="split ranges drop the remainder"),
     Mutant("common_tf32_round", "kernels/cuda/common.cuh",
            "return capped + 0x1000u;", "return capped + 0x0fffu;",
-           (CH + "test_tf32_rounding_is_to_nearest_ties_away",
+           ("tests/test_emulator.py::test_tf32_rounding_is_to_nearest_ties_away",
             CH + "test_tf32_gemms_round_operands_to_nearest"), why="TF32 ties rounded down"),
     Mutant("pipeline_wait_one_stage_early", "kernels/cuda/pipeline.cuh",
            "cp_async_wait<STAGES - 2>();   // this thread's copies",
@@ -124,12 +129,12 @@ MUTANTS = [
     # Numba kernels (the simulator)
     Mutant("numba_direct_filter_transposed", "kernels/numba/conv_direct.py",
            "acc += x[n, c0 + c, h, v] * w[k, c, r, s]", "acc += x[n, c0 + c, h, v] * w[k, c, s % R, r % S]",
-           (SIM + "::test_conv2d", "-k", "direct and not tiled"), sim=True,
+           (CONV + "::test_conv2d", "-k", "numba and direct and not tiled"), sim=True,
            why="the direct kernel reads the filter transposed"),
     Mutant("numba_norm_variance", "kernels/numba/norm.py", "acc += d * d", "acc += d",
-           (SIM + "::test_batch_norm",), sim=True, why="batch norm's variance is the mean deviation"),
+           (BN + "::test_batch_norm",), sim=True, why="batch norm's variance is the mean deviation"),
     Mutant("numba_pool_bottom_edge", "kernels/numba/pool.py", "if h < 0 or h >= H:", "if h < 0 or h > H:",
-           (SIM + "::test_max_pool2d_and_backward",), sim=True,
+           (POOL + "::test_max_pool2d_and_backward",), sim=True,
            why="max pooling reads a row past the input (a window in the bottom padding)"),
     # the NumPy reference
     Mutant("reference_pad_axes", "python/convgpu/reference.py",

@@ -21,7 +21,7 @@ if not getattr(cupy, "STAND_IN", False) or not cupy.DEVICE_MODE:
 import convgpu  # noqa: E402
 from convgpu import reference as ref  # noqa: E402
 from convgpu.arrays import CUPY, kind_of  # noqa: E402
-from convgpu.check import run_checks, tolerance  # noqa: E402
+from convgpu.tools.check import run_checks, tolerance  # noqa: E402
 from convgpu.ops import _registry  # noqa: E402
 from convgpu.ops._registry import all_impls  # noqa: E402
 

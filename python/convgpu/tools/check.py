@@ -303,7 +303,8 @@ def run_checks(size: str = "small", ops=None, backends=None, seed: int = 0,
                progress: Optional[Callable[[str], None]] = None) -> List[Row]:
     """Every (problem, implementation, dtype) as a Row; `progress` gets a line as each
     problem finishes."""
-    from convgpu.ops._registry import all_impls, backend_unavailable, device_backend_runs_on_host
+    from convgpu.ops._registry import (NotServed, all_impls, backend_unavailable,
+                                       device_backend_runs_on_host)
     rng = np.random.default_rng(seed)
     rows = []
     todo = [p for p in problems(size) if not ops or p.op in ops]
@@ -339,9 +340,10 @@ def run_checks(size: str = "small", ops=None, backends=None, seed: int = 0,
                     status = "ok" if err <= tol and ratio <= 1 else "FAIL"
                     if ratio > 1:
                         status = f"FAIL: an element's error is {ratio:.3g}x its bound"
-                except ValueError as e:            # the implementation declines this problem
+                except NotServed as e:             # the registry's refusal: supports() says no
                     err, status = None, f"not served: {e}"
-                except Exception as e:             # a crash is a failure, reported not raised
+                except Exception as e:             # a crash, or a launcher's own ValueError:
+                    # a failure, reported not raised
                     err, status = None, f"FAIL: {type(e).__name__}: {e}"
                 rows.append(Row(prob.op, impl.backend, impl.algo, np.dtype(dt).name, prob.label,
                                 err, tol, status, time.perf_counter() - t0))

@@ -24,8 +24,8 @@ import os
 import platform
 import sys
 
-from convgpu.cliutil import (UsageError, _float_in, _Formatter, _int_at_least, _Parser,
-                             _prepare_backends)
+from convgpu.tools.cliutil import (UsageError, _float_in, _Formatter, _int_at_least,
+                                   _Parser, _prepare_backends)
 from convgpu.core.env import gpu_count
 
 
@@ -90,7 +90,7 @@ def _checked_names(given, allowed, option) -> None:
 
 def cmd_check(args) -> int:
     n = _prepare_backends(emulate_cuda=True)
-    from convgpu.check import format_table, problems, run_checks
+    from convgpu.tools.check import format_table, problems, run_checks
     size = args.size or ("large" if n else "small")
     _checked_names(args.ops, list(dict.fromkeys(p.op for p in problems(size))), "--ops")
     if args.ops == [] or args.backends == []:
@@ -120,17 +120,17 @@ def cmd_check(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from convgpu.train import main_train
+    from convgpu.tools.train_cli import main_train
     return main_train(args)
 
 
 def cmd_eval(args) -> int:
-    from convgpu.train import main_eval
+    from convgpu.tools.train_cli import main_eval
     return main_eval(args)
 
 
 def cmd_predict(args) -> int:
-    from convgpu.train import main_predict
+    from convgpu.tools.train_cli import main_predict
     return main_predict(args)
 
 
@@ -143,7 +143,7 @@ BENCH_OPS = ("gemm", "conv2d", "conv2d_backward", "pool", "norm")
 
 def cmd_bench(args) -> int:
     _prepare_backends()
-    from convgpu.bench import run
+    from convgpu.tools.bench import run
     doc = run(json_path=args.json, plot_path=args.plot, quick=args.quick, shapes=args.shapes,
               ops=args.ops, impl=args.impl, suites=args.suite, shape_specs=args.shape)
     failed = [r for r in doc["results"] if r["status"].startswith("FAIL")]
@@ -160,8 +160,8 @@ def cmd_tune(args) -> int:
               "GPU, algo=\"auto\" takes the first implementation that serves a call, untimed)",
               file=sys.stderr)
         return 1
-    from convgpu.bench import Progress, tune
-    from convgpu.shapes import parse_suite
+    from convgpu.tools.bench import Progress, tune
+    from convgpu.tools.shapes import parse_suite
     layers = [sh for spec in args.suite for sh in parse_suite(spec)]
     rows = tune(layers, allow_tf32=args.allow_tf32, progress=Progress())
     bad = [r for r in rows if r["status"] != "ok"]
@@ -172,7 +172,7 @@ def cmd_tune(args) -> int:
 
 def _suite_arg(text: str) -> str:
     """argparse type for --suite: a known suite, optionally NAME@BATCH."""
-    from convgpu.shapes import parse_suite
+    from convgpu.tools.shapes import parse_suite
     try:
         parse_suite(text)
     except ValueError as e:
@@ -182,7 +182,7 @@ def _suite_arg(text: str) -> str:
 
 def _shape_arg(text: str):
     """argparse type for --shape: conv:KEY=V,... or pool:KEY=V,..."""
-    from convgpu.shapes import parse_shape
+    from convgpu.tools.shapes import parse_shape
     try:
         return parse_shape(text)
     except ValueError as e:
@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--quiet", "-q", action="store_true", help="no progress lines on stderr")
     c.set_defaults(func=cmd_check)
 
-    from convgpu.train import add_arguments, add_eval_arguments, add_predict_arguments
+    from convgpu.tools.train_cli import add_arguments, add_eval_arguments, add_predict_arguments
     tr = sub.add_parser("train", help="train LeNet-5 or a small ResNet on real digit images "
                         "through the op API", **kw)
     add_arguments(tr)
