@@ -5,7 +5,7 @@ Each op: unwrap arrays -> validate (convgpu.core.args) -> pick an implementation
 """
 from __future__ import annotations
 
-from convgpu import reference
+from convgpu import reference, reference_nhwc
 from convgpu.arrays import on_torch_stream, unwrap_layout, xp_of
 from convgpu.core import args as A
 from convgpu.ops._layout import register_transpose
@@ -19,7 +19,7 @@ from convgpu.ops.activation import bias_add_native
 
 def _np_conv2d(a, x, w, b):
     if a.layout == "NHWC":
-        return reference.conv2d_nhwc(x, w, b, a.stride, a.padding, a.dilation, a.groups)
+        return reference_nhwc.conv2d_nhwc(x, w, b, a.stride, a.padding, a.dilation, a.groups)
     return reference.conv2d(x, w, b, a.stride, a.padding, a.dilation, a.groups)
 
 
@@ -29,7 +29,7 @@ def _np_conv2d_fft(a, x, w, b):
 
 def _np_backward_input(a, gy, w):
     if a.layout == "NHWC":
-        return reference.conv2d_backward_input_nhwc(gy, w, a.x_shape, a.stride, a.padding,
+        return reference_nhwc.conv2d_backward_input_nhwc(gy, w, a.x_shape, a.stride, a.padding,
                                                     a.dilation, a.groups)
     return reference.conv2d_backward_input(gy, w, a.x_shape, a.stride, a.padding, a.dilation,
                                            a.groups)
@@ -37,7 +37,7 @@ def _np_backward_input(a, gy, w):
 
 def _np_backward_weight(a, x, gy):
     if a.layout == "NHWC":
-        return reference.conv2d_backward_weight_nhwc(x, gy, a.w_shape, a.stride, a.padding,
+        return reference_nhwc.conv2d_backward_weight_nhwc(x, gy, a.w_shape, a.stride, a.padding,
                                                      a.dilation, a.groups)
     return reference.conv2d_backward_weight(x, gy, a.w_shape, a.stride, a.padding, a.dilation,
                                             a.groups)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-from convgpu import reference
+from convgpu import reference, reference_nhwc
 from convgpu.arrays import on_torch_stream, unwrap_layout, xp_of
 from convgpu.core import args as A
 from convgpu.ops._layout import LayoutShape, register_transpose
@@ -75,13 +75,13 @@ def _check_window(a, idx):
 
 
 def _np_max_pool(a, x):
-    f = reference.max_pool2d_nhwc if a.layout == "NHWC" else reference.max_pool2d
+    f = reference_nhwc.max_pool2d_nhwc if a.layout == "NHWC" else reference.max_pool2d
     return f(x, a.kernel, a.stride, a.padding, a.dilation, a.ceil_mode)
 
 
 def _np_max_backward(a, gy, idx):
     _check_range(a, idx)
-    f = reference.max_pool2d_backward_nhwc if a.layout == "NHWC" else \
+    f = reference_nhwc.max_pool2d_backward_nhwc if a.layout == "NHWC" else \
         reference.max_pool2d_backward
     return f(gy, idx, a.x_shape)
 
@@ -100,13 +100,13 @@ def _numba_max_backward_plane(a, gy, idx):
 
 
 def _np_avg_pool(a, x):
-    f = reference.avg_pool2d_nhwc if a.layout == "NHWC" else reference.avg_pool2d
+    f = reference_nhwc.avg_pool2d_nhwc if a.layout == "NHWC" else reference.avg_pool2d
     return f(x, a.kernel, a.stride, a.padding, a.ceil_mode, a.count_include_pad,
              a.divisor_override)
 
 
 def _np_avg_backward(a, gy):
-    f = reference.avg_pool2d_backward_nhwc if a.layout == "NHWC" else \
+    f = reference_nhwc.avg_pool2d_backward_nhwc if a.layout == "NHWC" else \
         reference.avg_pool2d_backward
     return f(gy, a.x_shape, a.kernel, a.stride, a.padding, a.ceil_mode, a.count_include_pad,
              a.divisor_override)
@@ -114,24 +114,24 @@ def _np_avg_backward(a, gy):
 
 def _np_gap(a, x):
     if isinstance(a, LayoutShape):                  # NHWC (NCHW calls pass the shape tuple)
-        return reference.global_avg_pool2d_nhwc(x)
+        return reference_nhwc.global_avg_pool2d_nhwc(x)
     return reference.global_avg_pool2d(x)
 
 
 def _np_gap_backward(a, gy):
     if isinstance(a, LayoutShape):
-        return reference.global_avg_pool2d_backward_nhwc(gy, a.shape)
+        return reference_nhwc.global_avg_pool2d_backward_nhwc(gy, a.shape)
     return reference.global_avg_pool2d_backward(gy, a)
 
 
 def _np_adaptive(a, x):
-    f = reference.adaptive_avg_pool2d_nhwc if a.layout == "NHWC" else \
+    f = reference_nhwc.adaptive_avg_pool2d_nhwc if a.layout == "NHWC" else \
         reference.adaptive_avg_pool2d
     return f(x, (a.P, a.Q))
 
 
 def _np_adaptive_backward(a, gy):
-    f = reference.adaptive_avg_pool2d_backward_nhwc if a.layout == "NHWC" else \
+    f = reference_nhwc.adaptive_avg_pool2d_backward_nhwc if a.layout == "NHWC" else \
         reference.adaptive_avg_pool2d_backward
     return f(gy, a.x_shape)
 

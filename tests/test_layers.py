@@ -25,12 +25,13 @@ ROOT = Path(__file__).resolve().parent.parent
 SOURCES = {"convgpu": ROOT / "python" / "convgpu", "convgpu.kernels": ROOT / "kernels",
            "convgpu.ops": ROOT / "ops"}
 LAYERS = [("base", ("convgpu.arrays", "convgpu.core")),
-          ("reference", ("convgpu.reference",)),
+          ("reference", ("convgpu.reference", "convgpu.reference_nhwc")),
           ("kernels", ("convgpu.kernels",)),
           ("ops", ("convgpu.ops",)),
           ("package", ("convgpu",))]
 # folders whose function-level project imports must say why they are not at the top
 EXPLAINED = ("convgpu.core", "convgpu.kernels", "convgpu.ops", "convgpu.reference",
+             "convgpu.reference_nhwc",
              "convgpu.arrays")
 
 

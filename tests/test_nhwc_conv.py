@@ -18,7 +18,7 @@ import pytest
 
 import brute
 import convgpu
-from convgpu import reference
+from convgpu import reference, reference_nhwc
 from convgpu.core import args as A
 from convgpu.ops._registry import all_impls
 from helpers import CONV_SMALL, TOL, assert_close, rand
@@ -65,18 +65,18 @@ CASES = CONV_SMALL + [
 def test_reference_nhwc_against_nchw_and_brute(rng, case):
     x, w, b, kw = problem(rng, case)
     st, pd, dl, g = pairs(kw)
-    y = reference.conv2d_nhwc(x, w, b, st, pd, dl, g)
+    y = reference_nhwc.conv2d_nhwc(x, w, b, st, pd, dl, g)
     y_nchw = reference.conv2d(nchw(x), nchw(w), b, st, pd, dl, g)
     assert_close(nchw(y), y_nchw, TOL[np.float64])
     assert_close(nchw(y), brute.conv2d(nchw(x), nchw(w), b, st, pd, dl, g), TOL[np.float64])
     gy = rand(rng, y.shape)
-    gx = reference.conv2d_backward_input_nhwc(gy, w, x.shape, st, pd, dl, g)
-    gw = reference.conv2d_backward_weight_nhwc(x, gy, w.shape, st, pd, dl, g)
+    gx = reference_nhwc.conv2d_backward_input_nhwc(gy, w, x.shape, st, pd, dl, g)
+    gw = reference_nhwc.conv2d_backward_weight_nhwc(x, gy, w.shape, st, pd, dl, g)
     gx_ref, gw_ref = brute.conv2d_backward(nchw(x).shape, nchw(w), nchw(x), nchw(gy), st, pd,
                                            dl, g)[:2]
     assert_close(nchw(gx), gx_ref, TOL[np.float64])
     assert_close(nchw(gw), gw_ref, TOL[np.float64])
-    assert_close(reference.conv2d_backward_bias_nhwc(gy), gy.sum(axis=(0, 1, 2)),
+    assert_close(reference_nhwc.conv2d_backward_bias_nhwc(gy), gy.sum(axis=(0, 1, 2)),
                  TOL[np.float64])
 
 
@@ -85,12 +85,12 @@ def test_reference_nhwc_gradients_are_adjoints(rng):
     the input gradient and the einsum of the weight gradient are the forward's adjoints."""
     x, w, _, kw = problem(rng, CASES[1])
     st, pd, dl, g = pairs(kw)
-    y = reference.conv2d_nhwc(x, w, None, st, pd, dl, g)
+    y = reference_nhwc.conv2d_nhwc(x, w, None, st, pd, dl, g)
     gy = rand(rng, y.shape)
     lhs = np.vdot(y, gy)
-    assert abs(lhs - np.vdot(x, reference.conv2d_backward_input_nhwc(
+    assert abs(lhs - np.vdot(x, reference_nhwc.conv2d_backward_input_nhwc(
         gy, w, x.shape, st, pd, dl, g))) <= 1e-12 * abs(lhs)
-    assert abs(lhs - np.vdot(w, reference.conv2d_backward_weight_nhwc(
+    assert abs(lhs - np.vdot(w, reference_nhwc.conv2d_backward_weight_nhwc(
         x, gy, w.shape, st, pd, dl, g))) <= 1e-12 * abs(lhs)
 
 
