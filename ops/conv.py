@@ -8,7 +8,7 @@ from __future__ import annotations
 from convgpu import reference
 from convgpu.arrays import on_torch_stream, unwrap, xp_of
 from convgpu.core import args as A
-from convgpu.ops._registry import WITH_FLOAT16, dispatch, register
+from convgpu.ops._registry import DTYPE_NAMES, WITH_FLOAT16, dispatch, register
 from convgpu.ops.activation import bias_add_native
 
 
@@ -135,7 +135,7 @@ register("conv2d_backward_weight", "cuda", "winograd_tf32", _WG + "backward_weig
          supports=_WG + "winograd_tf32_supports")
 register("conv2d_backward_weight", "cuda", "winograd_4x4", _WG + "backward_weight_winograd4",
          supports=_WG + "winograd4_supports")
-register("conv2d_backward_bias", "cuda", "sum", _EW + "backward_bias")
+register("conv2d_backward_bias", "cuda", "sum", _EW + "backward_bias", dtypes=DTYPE_NAMES)
 register("conv2d_backward_weight", "cuda", "fft", _FFT + "backward_weight_fft",
          supports=_FFT + "fft_supports")
 register("conv2d_backward_weight", "cuda", "fft_tf32", _FFT + "backward_weight_fft_tf32",

@@ -27,7 +27,7 @@ import numpy as np
 from convgpu import reference
 from convgpu.arrays import on_torch_stream, unwrap, xp_of
 from convgpu.core import args as A
-from convgpu.ops._registry import dispatch, register
+from convgpu.ops._registry import DTYPE_NAMES, dispatch, register
 
 
 @dataclass(frozen=True)
@@ -81,8 +81,11 @@ register("batch_norm_backward", "numpy", "reference", "convgpu.ops.norm:_np_batc
 register("batch_norm", "numba", "two_pass", "convgpu.kernels.numba.norm:batch_norm")
 register("batch_norm_backward", "numba", "two_pass",
          "convgpu.kernels.numba.norm:batch_norm_backward")
-register("batch_norm", "cuda", "split", "convgpu.kernels.cuda.norm:batch_norm")
-register("batch_norm_backward", "cuda", "split", "convgpu.kernels.cuda.norm:batch_norm_backward")
+# the half types too: FP32 arithmetic, parameters in float32 or the data's type
+register("batch_norm", "cuda", "split", "convgpu.kernels.cuda.norm:batch_norm",
+         dtypes=DTYPE_NAMES)
+register("batch_norm_backward", "cuda", "split", "convgpu.kernels.cuda.norm:batch_norm_backward",
+         dtypes=DTYPE_NAMES)
 
 
 # ----------------------------------------------------------------------------------------

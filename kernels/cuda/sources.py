@@ -18,6 +18,8 @@ RUNTIME_ADDED_OPTIONS: Tuple[str, ...] = ("-ftz=true", "--device-as-default-exec
 # every specialisation each module exports, by file: the launchers look kernels up by these
 # exact strings
 T_NAMES = ("float", "double")
+# the half types (half.cuh): data in 16 bits, arithmetic in FP32
+H_NAMES = ("__half", "__nv_bfloat16")
 NAME_EXPRESSIONS: Dict[str, Tuple[str, ...]] = {
     "gemm.cu": tuple(f"gemm_tiled<{t}, {ta}, {tb}, false>" for t in T_NAMES
                      for ta in ("false", "true") for tb in ("false", "true"))
@@ -53,12 +55,21 @@ NAME_EXPRESSIONS: Dict[str, Tuple[str, ...]] = {
     "elementwise.cu": tuple(f"{k}<{t}>" for k in ("relu_fwd", "relu_bwd", "bias_add_fwd",
                                                   "channel_sum", "plane_mean", "plane_spread",
                                                   "xent_rows", "xent_bwd", "adam_step",
-                                                  "sgd_step") for t in T_NAMES),
+                                                  "sgd_step") for t in T_NAMES + H_NAMES)
+    + tuple(f"{k}_vec8<{t}>" for k in ("relu_fwd", "relu_bwd", "bias_add") for t in H_NAMES)
+    + tuple(f"channel_sum<float, {t}>" for t in H_NAMES),
     "norm.cu": tuple(f"batch_norm_{k}<{t}>" for k in ("partials", "finish", "apply",
                                                        "bwd_partials", "bwd_finish", "bwd_apply")
                      for t in T_NAMES)
     + tuple(f"batch_norm_{k}_planes<{t}, {v}>" for k in ("apply", "bwd_apply")
-            for t, vec in (("float", 4), ("double", 2)) for v in (1, vec)),
+            for t, vec in (("float", 4), ("double", 2)) for v in (1, vec))
+    # the half types: parameters and statistics in the data's type (P = T) or in float
+    + tuple(f"batch_norm_partials<{t}>" for t in H_NAMES)
+    + tuple(f"batch_norm_{k}<{t}{p}>" for k in ("finish", "apply", "bwd_partials", "bwd_finish",
+                                                 "bwd_apply")
+            for t in H_NAMES for p in ("", ", float"))
+    + tuple(f"batch_norm_{k}_planes<{t}, {v}{p}>" for k in ("apply", "bwd_apply")
+            for t in H_NAMES for v in (1, 8) for p in ("", ", float")),
     "pool.cu": tuple(f"{k}<{t}, {i}>" for k in ("max_pool2d_bwd_gather", "max_pool2d_bwd_cells",
                                                  "avg_pool2d_fwd", "avg_pool2d_bwd_gather",
                                                  "adaptive_avg_pool2d_fwd",
@@ -66,7 +77,11 @@ NAME_EXPRESSIONS: Dict[str, Tuple[str, ...]] = {
                      for t in T_NAMES for i in ("int", "long long"))
     + tuple(f"max_pool2d_fwd<{t}, {i}, {k}>" for t in T_NAMES for i in ("int", "long long")
             for k in (0, 2, 3))
-    + tuple(f"max_pool2d_check_indices<{i}>" for i in ("int", "long long")),
+    + tuple(f"max_pool2d_check_indices<{i}>" for i in ("int", "long long"))
+    + tuple(f"{k}_half<{t}, {i}>" for k in ("max_pool2d_fwd", "max_pool2d_bwd_gather",
+                                             "avg_pool2d_fwd", "avg_pool2d_bwd_gather",
+                                             "adaptive_avg_pool2d_fwd", "adaptive_avg_pool2d_bwd")
+            for t in H_NAMES for i in ("int", "long long")),
 }
 
 
