@@ -124,7 +124,8 @@ def test_misaligned_views_take_the_scalar_kernels(rng, dtype, monkeypatch):
 @pytest.mark.parametrize("dtype", HALF)
 def test_max_pool_nan_ties_and_infinities(dtype):
     x = np.zeros((1, 2, 4, 4), dtype)
-    x[0, 0] = [[1, 3, 3, 0], [3, np.nan, 2, np.nan], [-np.inf, -np.inf, 5, 5], [-np.inf, -np.inf, 5, 1]]
+    inf = np.inf
+    x[0, 0] = [[1, 3, 3, 0], [3, np.nan, 2, np.nan], [-inf, -inf, 5, 5], [-inf, -inf, 5, 1]]
     x[0, 1] = [[-0.0, 0.0, 2, 2], [0.0, -0.0, 2, 2], [-np.inf] * 4, [-np.inf] * 4]
     for order in ("forward", "reverse"):
         with cuda_host.order(order):

@@ -22,13 +22,8 @@ def pool_ints(a, H, W, P, Q, dil=True):
 
 
 
-def _kernel(name, dtype, it, fast=None):
-    """pool.cu's `name` for dtype and index type: the *_half kernel for a half type, else the
-    FP32 / FP64 one (with its window-size argument `fast` where it takes one)."""
-    if np.dtype(dtype) in HALF_DTYPES:
-        return get_function("pool.cu", f"{name}_half<{ctype(dtype)}, {it}>")
-    extra = "" if fast is None else f", {fast}"
-    return get_function("pool.cu", f"{name}<{ctype(dtype)}, {it}{extra}>")
+def _half(dtype) -> bool:
+    return np.dtype(dtype) in HALF_DTYPES
 
 
 def max_pool2d_window(a) -> int:
@@ -42,7 +37,11 @@ def max_pool2d(a, x):
     y = empty(a.y_shape, x.dtype, x)
     idx = empty(a.y_shape, np.int64, x)
     it, ic = index_type(max(y.size, x.size))
-    fn = _kernel("max_pool2d_fwd", x.dtype, it, max_pool2d_window(a))
+    if _half(x.dtype):
+        fn = get_function("pool.cu", f"max_pool2d_fwd_half<{ctype(x.dtype)}, {it}>")
+    else:
+        fn = get_function("pool.cu",
+                          f"max_pool2d_fwd<{ctype(x.dtype)}, {it}, {max_pool2d_window(a)}>")
     fn(elementwise_grid(y.size), (THREADS,),
        (x, y, idx, ic(a.N * a.C), *pool_ints(a, a.H, a.W, a.P, a.Q)))
     return y, idx
@@ -89,7 +88,7 @@ def max_pool2d_backward_gather(a, gy, idx):
     gx = empty(g.x_shape, gy.dtype, gy)
     bad = index_flag(a, gy)
     # the half types: by element only (the cells kernel sums in the data type)
-    cells = None if np.dtype(gy.dtype) in HALF_DTYPES else max_pool2d_cells(g)
+    cells = None if _half(gy.dtype) else max_pool2d_cells(g)
     if cells:
         CH, CW = cells
         it, ic = index_type(max(gx.size, g.N * g.C * CH * CW))
@@ -103,7 +102,10 @@ def max_pool2d_backward_gather(a, gy, idx):
             get_function("pool.cu", f"max_pool2d_check_indices<{it}>")(
                 elementwise_grid(idx.size), (THREADS,),
                 (idx, bad, ic(g.N * g.C), *pool_ints(g, g.H, g.W, g.P, g.Q)))
-        fn = _kernel("max_pool2d_bwd_gather", gy.dtype, it)
+        if _half(gy.dtype):
+            fn = get_function("pool.cu", f"max_pool2d_bwd_gather_half<{ctype(gy.dtype)}, {it}>")
+        else:
+            fn = get_function("pool.cu", f"max_pool2d_bwd_gather<{ctype(gy.dtype)}, {it}>")
         fn(elementwise_grid(gx.size), (THREADS,),
            (gy, idx, gx, ic(g.N * g.C), *pool_ints(g, g.H, g.W, g.P, g.Q)))
     raise_if_flagged(bad, g)
@@ -113,7 +115,10 @@ def max_pool2d_backward_gather(a, gy, idx):
 def avg_pool2d(a, x):
     y = empty(a.y_shape, x.dtype, x)
     it, ic = index_type(max(y.size, x.size))
-    fn = _kernel("avg_pool2d_fwd", x.dtype, it)
+    if _half(x.dtype):
+        fn = get_function("pool.cu", f"avg_pool2d_fwd_half<{ctype(x.dtype)}, {it}>")
+    else:
+        fn = get_function("pool.cu", f"avg_pool2d_fwd<{ctype(x.dtype)}, {it}>")
     fn(elementwise_grid(y.size), (THREADS,),
        (x, y, ic(a.N * a.C), *pool_ints(a, a.H, a.W, a.P, a.Q, dil=False)))
     return y
@@ -122,7 +127,10 @@ def avg_pool2d(a, x):
 def avg_pool2d_backward(a, gy):
     gx = empty(a.x_shape, gy.dtype, gy)
     it, ic = index_type(gx.size)
-    fn = _kernel("avg_pool2d_bwd_gather", gy.dtype, it)
+    if _half(gy.dtype):
+        fn = get_function("pool.cu", f"avg_pool2d_bwd_gather_half<{ctype(gy.dtype)}, {it}>")
+    else:
+        fn = get_function("pool.cu", f"avg_pool2d_bwd_gather<{ctype(gy.dtype)}, {it}>")
     fn(elementwise_grid(gx.size), (THREADS,),
        (gy, gx, ic(a.N * a.C), *pool_ints(a, a.H, a.W, a.P, a.Q, dil=False)))
     return gx
@@ -131,7 +139,10 @@ def avg_pool2d_backward(a, gy):
 def adaptive_avg_pool2d(a, x):
     y = empty(a.y_shape, x.dtype, x)
     it, ic = index_type(max(y.size, x.size))
-    fn = _kernel("adaptive_avg_pool2d_fwd", x.dtype, it)
+    if _half(x.dtype):
+        fn = get_function("pool.cu", f"adaptive_avg_pool2d_fwd_half<{ctype(x.dtype)}, {it}>")
+    else:
+        fn = get_function("pool.cu", f"adaptive_avg_pool2d_fwd<{ctype(x.dtype)}, {it}>")
     fn(elementwise_grid(y.size), (THREADS,), (x, y, ic(a.N * a.C), *i32(a.H, a.W, a.P, a.Q)))
     return y
 
@@ -139,7 +150,10 @@ def adaptive_avg_pool2d(a, x):
 def adaptive_avg_pool2d_backward(a, gy):
     gx = empty(a.x_shape, gy.dtype, gy)
     it, ic = index_type(max(gx.size, gy.size))
-    fn = _kernel("adaptive_avg_pool2d_bwd", gy.dtype, it)
+    if _half(gy.dtype):
+        fn = get_function("pool.cu", f"adaptive_avg_pool2d_bwd_half<{ctype(gy.dtype)}, {it}>")
+    else:
+        fn = get_function("pool.cu", f"adaptive_avg_pool2d_bwd<{ctype(gy.dtype)}, {it}>")
     fn(elementwise_grid(gx.size), (THREADS,),
        (contiguous(gy), gx, ic(a.N * a.C), *i32(a.H, a.W, a.P, a.Q)))
     return gx

@@ -9,6 +9,7 @@ low-level cupy.cuda.nvrtc API, which needs no GPU.
 """
 from __future__ import annotations
 
+import os
 from importlib import resources
 from typing import Dict, Sequence, Tuple
 
@@ -116,9 +117,31 @@ def source(name: str) -> str:
 
 
 def options() -> Tuple[str, ...]:
-    """NVRTC's options: ours, and kernels/cuda on the include path (the dev files include
-    the .cu they shadow from there)."""
-    return NVRTC_OPTIONS + (f"-I{kernels_dir()}",)
+    """NVRTC's options: ours, kernels/cuda on the include path (the dev files include the
+    .cu they shadow from there), and the CUDA toolkit's headers (cuda_include_options)."""
+    return NVRTC_OPTIONS + (f"-I{kernels_dir()}",) + cuda_include_options()
+
+
+def cuda_include_options() -> Tuple[str, ...]:
+    """-I for the CUDA toolkit's include directory, where half.cuh's <cuda_fp16.h> and
+    <cuda_bf16.h> are: the directory CuPy adds for RawModule itself (cupy.cuda.get_cuda_path()
+    /include: a pip install's nvidia/cu13/include), named here too so the compile tier's
+    bare NVRTC calls find the same headers. Where that toolkit path has no such header (a
+    process that loaded another libnvrtc first: tests/runtime_nvrtc.py), the pip wheels'
+    nvidia/cu*/include that has it. Empty without CuPy or any such directory."""
+    try:
+        from cupy.cuda import get_cuda_path
+    except ImportError:
+        return ()
+    candidates = [os.path.join(get_cuda_path() or "", "include")]
+    try:
+        import nvidia                                   # the pip wheels' namespace package
+        candidates += sorted(os.path.join(d, sub, "include") for d in nvidia.__path__
+                             for sub in os.listdir(d) if sub.startswith("cu"))
+    except ImportError:
+        pass
+    found = next((c for c in candidates if os.path.isfile(os.path.join(c, "cuda_fp16.h"))), None)
+    return (f"-I{found}",) if found else ()
 
 
 def all_name_expressions() -> Sequence[Tuple[str, str]]:
