@@ -85,7 +85,8 @@ register("conv2d", "cuda", "implicit_gemm_pipelined_tf32",
 register("conv2d", "cuda", "im2col", _I2C + "conv2d_im2col")
 register("conv2d", "cuda", "im2col_tf32", _I2C + "conv2d_im2col_tf32",
          supports=_L + "tf32_supports")
-register("conv2d", "cuda", "direct", _DIR + "conv2d_direct", supports=_DIR + "direct_supports")
+register("conv2d", "cuda", "direct", _DIR + "conv2d_direct", supports=_DIR + "direct_supports",
+         dtypes=DTYPE_NAMES)
 register("conv2d", "cuda", "depthwise", _DW + "conv2d_depthwise",
          supports=_DW + "depthwise_supports")
 register("conv2d_backward_input", "cuda", "depthwise", _DW + "backward_input_depthwise",

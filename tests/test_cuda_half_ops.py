@@ -4,7 +4,7 @@ reverse order (test_half.py runs them forward; a result that changes with the or
 race), and what those bodies do not reach: the 16-byte vector kernels' tails and their
 scalar fallback for misaligned views, NaN, ties and infinities in max pooling, a max-pool
 backward whose windows overlap (a half output added into in place, one rounding per window,
-fails its bound), batch norm's plane kernels (long planes, vectors of 8) in both parameter
+fails its bound), the direct convolution, batch norm's plane kernels (long planes, vectors of 8) in both parameter
 dtypes, and the optimiser steps' float32 scalars (eps = 1e-8 is 0 in float16).
 
 Against the float64 reference on the same half inputs, rounded once, at docs/tolerances.md's
@@ -67,6 +67,8 @@ def test_bodies_in_reverse_order(rng, dtype, monkeypatch):
         H.check_optim(rng, dtype, "cuda", monkeypatch)
         for pd in (np.float32, dtype):
             H.check_batch_norm(rng, dtype, "cuda", pd, monkeypatch)
+        for case in H.CONV_CASES:
+            H.check_conv2d(rng, dtype, "cuda", "direct", case, monkeypatch)
 
 
 @pytest.mark.parametrize("dtype", HALF)

@@ -45,7 +45,7 @@ NAME_EXPRESSIONS: Dict[str, Tuple[str, ...]] = {
     "im2col.cu": tuple(f"{k}<{t}>" for k in ("im2col", "col2im") for t in T_NAMES),
     "ceiling.cu": tuple(f"fma_peak<{t}>" for t in T_NAMES),
     "fft.cu": tuple(f"spectra_{k}<{t}>" for k in ("stack", "unstack") for t in T_NAMES),
-    "conv_direct.cu": tuple(f"conv2d_direct<{t}>" for t in T_NAMES),
+    "conv_direct.cu": tuple(f"conv2d_direct<{t}>" for t in T_NAMES + H_NAMES),
     "depthwise.cu": tuple(f"conv2d_depthwise<{t}, {ks}, {rp}>" for t in T_NAMES
                           for ks in (0, 3) for rp in (1, 2))
     + tuple(f"conv2d_depthwise{k}<{t}>" for k in ("_dgrad", "_wgrad", "_wgrad3")
