@@ -88,11 +88,11 @@ register("conv2d", "cuda", "im2col_tf32", _I2C + "conv2d_im2col_tf32",
 register("conv2d", "cuda", "direct", _DIR + "conv2d_direct", supports=_DIR + "direct_supports",
          dtypes=DTYPE_NAMES)
 register("conv2d", "cuda", "depthwise", _DW + "conv2d_depthwise",
-         supports=_DW + "depthwise_supports")
+         supports=_DW + "depthwise_supports", dtypes=DTYPE_NAMES)
 register("conv2d_backward_input", "cuda", "depthwise", _DW + "backward_input_depthwise",
-         supports=_DW + "depthwise_supports")
+         supports=_DW + "depthwise_supports", dtypes=DTYPE_NAMES)
 register("conv2d_backward_weight", "cuda", "depthwise", _DW + "backward_weight_depthwise",
-         supports=_DW + "depthwise_supports")
+         supports=_DW + "depthwise_supports", dtypes=DTYPE_NAMES)
 register("conv2d", "cuda", "winograd", _WG + "conv2d_winograd", supports=_WG + "winograd_supports")
 register("conv2d", "cuda", "winograd_tf32", _WG + "conv2d_winograd_tf32",
          supports=_WG + "winograd_tf32_supports")

@@ -4,7 +4,7 @@ reverse order (test_half.py runs them forward; a result that changes with the or
 race), and what those bodies do not reach: the 16-byte vector kernels' tails and their
 scalar fallback for misaligned views, NaN, ties and infinities in max pooling, a max-pool
 backward whose windows overlap (a half output added into in place, one rounding per window,
-fails its bound), the direct convolution, batch norm's plane kernels (long planes, vectors of 8) in both parameter
+fails its bound), the direct and depthwise convolutions, batch norm's plane kernels (long planes, vectors of 8) in both parameter
 dtypes, and the optimiser steps' float32 scalars (eps = 1e-8 is 0 in float16).
 
 Against the float64 reference on the same half inputs, rounded once, at docs/tolerances.md's
@@ -81,6 +81,27 @@ def test_conv_bias_gradient_sums_in_fp32(rng, dtype):
         n = shape[0] * shape[2] * shape[3]
         H.assert_half(gb, H.f64(gy).sum(axis=(0, 2, 3)).astype(dtype),
                       np.abs(H.f64(gy)).sum(axis=(0, 2, 3)), n, dtype)
+
+
+# depthwise convolution (groups = C): the forward (3x3 unrolled and general, 1 or 2 rows a
+# thread), the input gradient (the forward on rotated filters: one filter a channel at stride
+# 1; else the gather), the weight gradient (3x3: FP32 split partials, here 3 splits; else a
+# block per tap). (N, C, H, W, K, R, S, stride, padding, dilation, groups)
+DEPTHWISE = [
+    (3, 4, 19, 9, 4, 3, 3, (1, 1), (1, 1), (1, 1), 4),      # rotated input gradient, RP = 2
+    (3, 3, 9, 10, 6, 3, 3, (2, 1), (1, 0), (1, 2), 3),      # two filters a channel: gather
+    (2, 2, 8, 7, 2, 5, 3, (1, 2), (2, 1), (1, 1), 2),       # the general (R x S) paths
+]
+
+
+@pytest.mark.parametrize("case", DEPTHWISE, ids=lambda c: str(c[:7]))
+@pytest.mark.parametrize("order", ["forward", "reverse"])
+@pytest.mark.parametrize("dtype", HALF)
+def test_depthwise(rng, dtype, order, case, monkeypatch):
+    with cuda_host.order(order):
+        H.check_conv2d(rng, dtype, "cuda", "depthwise", case, monkeypatch)
+        for which in ("input", "weight"):
+            H.check_conv2d_backward(rng, dtype, "cuda", "depthwise", case, which, monkeypatch)
 
 
 # ----------------------------------------------------------------------------------------

@@ -46,10 +46,11 @@ NAME_EXPRESSIONS: Dict[str, Tuple[str, ...]] = {
     "ceiling.cu": tuple(f"fma_peak<{t}>" for t in T_NAMES),
     "fft.cu": tuple(f"spectra_{k}<{t}>" for k in ("stack", "unstack") for t in T_NAMES),
     "conv_direct.cu": tuple(f"conv2d_direct<{t}>" for t in T_NAMES + H_NAMES),
-    "depthwise.cu": tuple(f"conv2d_depthwise<{t}, {ks}, {rp}>" for t in T_NAMES
+    "depthwise.cu": tuple(f"conv2d_depthwise<{t}, {ks}, {rp}>" for t in T_NAMES + H_NAMES
                           for ks in (0, 3) for rp in (1, 2))
     + tuple(f"conv2d_depthwise{k}<{t}>" for k in ("_dgrad", "_wgrad", "_wgrad3")
-            for t in T_NAMES),
+            for t in T_NAMES + H_NAMES)
+    + tuple(f"conv2d_depthwise_wgrad3_finish<{t}>" for t in H_NAMES),
     "winograd.cu": tuple(f"winograd_{k}<{t}, {m}>" for k in ("filter", "input", "output",
                                                                 "grad_tiles", "grad_filter")
                          for t in T_NAMES for m in (2, 4)),
