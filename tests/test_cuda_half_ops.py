@@ -194,7 +194,8 @@ def test_max_pool_backward_sums_once(dtype):
 # batch norm's plane kernels: planes of >= 1024 values, vectors of 8 or single values
 
 
-@pytest.mark.parametrize("L", [32 * 40, 32 * 40 + 3])       # vectors of 8; single values
+# vectors of 8; single values; two slices a plane (each a whole number of vectors of 8)
+@pytest.mark.parametrize("L", [32 * 40, 32 * 40 + 3, 2056])
 @pytest.mark.parametrize("pd", ["float32", "half"])
 @pytest.mark.parametrize("dtype", HALF)
 def test_batch_norm_planes(rng, dtype, pd, L, monkeypatch):

@@ -30,16 +30,17 @@ NORM_SLICE_MIN = 4 * NORM_THREADS        # a plane block's slice: 4 values per t
 NORM_FLAT_PER_THREAD = 4                 # the flat kernels' values per thread (grid-stride)
 
 
-def norm_plane_grid(N: int, C: int, L: int):
+def norm_plane_grid(N: int, C: int, L: int, vec: int = 4):
     """(slices, plane blocks, slice length) of the plane kernels, or None where the N * C
     planes are shorter than NORM_PLANE_MIN (the flat kernels then): a plane is cut into
     slices only where there are too few planes for about 2 * NORM_BLOCKS blocks, each slice
-    at least NORM_SLICE_MIN values and a multiple of 4 (a whole number of vectors)."""
+    at least NORM_SLICE_MIN values and a multiple of vec (a whole number of 16-byte vectors:
+    4 floats or doubles' pairs, 8 for the half types)."""
     if L < NORM_PLANE_MIN:
         return None
     planes = N * C
     slices = max(1, min(ceil_div(2 * NORM_BLOCKS, planes), L // NORM_SLICE_MIN))
-    length = ceil_div(ceil_div(L, slices), 4) * 4
+    length = ceil_div(ceil_div(L, slices), vec) * vec
     return ceil_div(L, length), min(planes, MAX_GRID_YZ), length
 
 
@@ -71,7 +72,7 @@ def _norm_apply(name, x3, vectored, head, tail, pdtype=None):
     kernel where norm_plane_grid gives a grid (vectors if every array in `vectored` allows
     them), else the flat one; its arguments head + the shape's + tail."""
     N, C, L = x3.shape
-    plan = norm_plane_grid(N, C, L)
+    plan = norm_plane_grid(N, C, L, max(4, 16 // x3.dtype.itemsize))
     if plan is not None:
         slices, rows, length = plan
         _norm_planes(name, L, vectored, pdtype)(
