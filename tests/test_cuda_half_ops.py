@@ -258,3 +258,15 @@ def test_half_kernels_are_registered():
                   and {"float16", "bfloat16"} <= set(i.dtypes)]
         assert served, op
     assert BFLOAT16.name == "bfloat16"
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_sgd_without_momentum(rng, dtype):
+    """No buffer (a null pointer to the kernel): p -= lr (g + wd p) in FP32, rounded once."""
+    p, g = H.half(rng, (5, 7), dtype), H.half(rng, (5, 7), dtype)
+    p0 = H.f64(p)
+    with cuda_host.order("reverse"):
+        convgpu.sgd_step(p, g, None, lr=0.1, weight_decay=0.01, backend="cuda")
+    rp, _ = R.sgd_step(p0, H.f64(g), None, 0.1, 0.0, 0.01)
+    H.assert_half(p, rp.astype(dtype), np.abs(p0) + 0.1 * (np.abs(H.f64(g)) + 0.01 * np.abs(p0)),
+                  3, dtype)
