@@ -107,7 +107,9 @@ def _cuda_xent(a, z, t, w):
 
 def _cuda_xent_backward(a, z, t, w, g):
     from convgpu.kernels.cuda import elementwise  # deferred: CuPy is optional
-    return _scaled(elementwise.softmax_cross_entropy_backward((a.N, a.C), z, t), g)
+    # grad_output scales inside the kernel: one rounding (a half gradient scaled after its
+    # store would round twice)
+    return elementwise.softmax_cross_entropy_backward((a.N, a.C), z, t, g)
 
 
 def _validate(op, logits, labels, weight, grad_output, ignore_index, reduction,

@@ -270,3 +270,15 @@ def test_sgd_without_momentum(rng, dtype):
     rp, _ = R.sgd_step(p0, H.f64(g), None, 0.1, 0.0, 0.01)
     H.assert_half(p, rp.astype(dtype), np.abs(p0) + 0.1 * (np.abs(H.f64(g)) + 0.01 * np.abs(p0)),
                   3, dtype)
+
+
+@pytest.mark.parametrize("dtype", HALF + [pytest.param(np.dtype(np.float32), id="float32")])
+def test_cross_entropy_backward_scales_in_the_kernel(rng, dtype):
+    """grad_output multiplies inside xent_bwd, before the one rounding."""
+    z, t = H.half(rng, (6, 11), dtype), rng.integers(0, 11, 6)
+    s = np.asarray(-1.375, dtype)
+    with cuda_host.order("reverse"):
+        g = convgpu.softmax_cross_entropy_backward(z, t, grad_output=s, backend="cuda")
+    ref, mag, n, gref, gmag, gn = H.xent_bounds(H.f64(z), t)
+    assert g.dtype == dtype
+    H.assert_half(g, (gref * 1.375 * -1).astype(dtype), gmag * 1.375, gn + 1, dtype)

@@ -15,7 +15,8 @@
 //                        then warp_sum
 //   plane_spread<T>      gx[p, i] = gy[p] / HW
 //   xent_rows<T>         loss[i] = logsumexp(z[i, :]) - z[i, label[i]]; one warp per row
-//   xent_bwd<T>          g[i, j] = (softmax(z[i])[j] - (j == label[i])) / N; one warp per row
+//   xent_bwd<T>          g[i, j] = (softmax(z[i])[j] - (j == label[i])) / N (times *scale, the
+//                        loss's gradient, where scale is not null); one warp per row
 //   adam_step<T>         in place, one pass: g = grad + wd p; m = b1 m + c1 g; v = b2 v + c2 g^2;
 //                        p -= lr (m / bc1) / (sqrt(v / bc2) + eps)  (c1 = 1 - b1, c2 = 1 - b2,
 //                        bc1 = 1 - b1^step, bc2 = 1 - b2^step: worked out on the host)
@@ -192,8 +193,9 @@ __global__ void xent_rows(const T* __restrict__ z, const long long* __restrict__
 
 template <typename T>
 __global__ void xent_bwd(const T* __restrict__ z, const long long* __restrict__ labels,
-                         T* __restrict__ g, int N, int C) {
+                         const T* __restrict__ scale, T* __restrict__ g, int N, int C) {
     using A = acc_t<T>;
+    const A sc = scale ? to_acc(*scale) : A(1);              // x * 1 is exact
     const int lane = threadIdx.x % 32;
     const int warps = gridDim.x * (blockDim.x / 32);
     for (int i = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32; i < N; i += warps) {
@@ -203,7 +205,7 @@ __global__ void xent_bwd(const T* __restrict__ z, const long long* __restrict__ 
         const long long t = labels[i];
         for (int j = lane; j < C; j += 32) {
             const A p = exp_t(to_acc(zr[j]) - m) / s;
-            g[(long long)i * C + j] = from_acc<T>((j == t ? p - A(1) : p) / A(N));
+            g[(long long)i * C + j] = from_acc<T>((j == t ? p - A(1) : p) / A(N) * sc);
         }
     }
 }

@@ -106,11 +106,15 @@ def softmax_cross_entropy(a, z, labels):
     return channel_sum(rows, 1.0 / n, z.dtype).reshape(())
 
 
-def softmax_cross_entropy_backward(a, z, labels):
+def softmax_cross_entropy_backward(a, z, labels, scale=None):
+    """The plain mean loss's gradient, times the scalar grad_output `scale` (an array of
+    z's dtype) where given."""
     n, c = z.shape
     g = empty(z.shape, z.dtype, z)
     _ew("xent_bwd", z.dtype)(warp_grid(n), (THREADS,),
-                             (contiguous(z), contiguous(labels), g, np.int32(n), np.int32(c)))
+                             (contiguous(z), contiguous(labels),
+                              contiguous(scale.reshape(1)) if scale is not None else np.uint64(0),
+                              g, np.int32(n), np.int32(c)))
     return g
 
 
