@@ -4,7 +4,7 @@ from __future__ import annotations
 from convgpu import reference
 from convgpu.arrays import on_torch_stream, unwrap
 from convgpu.core import args as A
-from convgpu.ops._registry import WITH_FLOAT16, dispatch, register
+from convgpu.ops._registry import DTYPE_NAMES, WITH_FLOAT16, dispatch, register
 
 
 def _np_relu(a, x):
@@ -27,9 +27,10 @@ register("relu", "numba", "direct", _K + "relu", dtypes=WITH_FLOAT16)
 register("relu_backward", "numba", "direct", _K + "relu_backward", dtypes=WITH_FLOAT16)
 register("bias_add", "numba", "direct", _K + "bias_add", dtypes=WITH_FLOAT16)
 _EW = "convgpu.kernels.cuda.elementwise:"
-register("relu", "cuda", "direct", _EW + "relu")
-register("relu_backward", "cuda", "direct", _EW + "relu_backward")
-register("bias_add", "cuda", "direct", _EW + "bias_add")
+# the CUDA C kernels serve the half types too (half.cuh: FP32 arithmetic, one rounding)
+register("relu", "cuda", "direct", _EW + "relu", dtypes=DTYPE_NAMES)
+register("relu_backward", "cuda", "direct", _EW + "relu_backward", dtypes=DTYPE_NAMES)
+register("bias_add", "cuda", "direct", _EW + "bias_add", dtypes=DTYPE_NAMES)
 
 
 @on_torch_stream

@@ -9,7 +9,7 @@ from convgpu import reference, reference_nhwc
 from convgpu.arrays import on_torch_stream, unwrap_layout, xp_of
 from convgpu.core import args as A
 from convgpu.ops._layout import register_transpose
-from convgpu.ops._registry import WITH_FLOAT16, dispatch, register
+from convgpu.ops._registry import DTYPE_NAMES, WITH_FLOAT16, dispatch, register
 from convgpu.ops.activation import bias_add_native
 
 
@@ -97,13 +97,14 @@ register("conv2d", "cuda", "implicit_gemm_pipelined_tf32",
 register("conv2d", "cuda", "im2col", _I2C + "conv2d_im2col")
 register("conv2d", "cuda", "im2col_tf32", _I2C + "conv2d_im2col_tf32",
          supports=_L + "tf32_supports")
-register("conv2d", "cuda", "direct", _DIR + "conv2d_direct", supports=_DIR + "direct_supports")
+register("conv2d", "cuda", "direct", _DIR + "conv2d_direct", supports=_DIR + "direct_supports",
+         dtypes=DTYPE_NAMES)
 register("conv2d", "cuda", "depthwise", _DW + "conv2d_depthwise",
-         supports=_DW + "depthwise_supports")
+         supports=_DW + "depthwise_supports", dtypes=DTYPE_NAMES)
 register("conv2d_backward_input", "cuda", "depthwise", _DW + "backward_input_depthwise",
-         supports=_DW + "depthwise_supports")
+         supports=_DW + "depthwise_supports", dtypes=DTYPE_NAMES)
 register("conv2d_backward_weight", "cuda", "depthwise", _DW + "backward_weight_depthwise",
-         supports=_DW + "depthwise_supports")
+         supports=_DW + "depthwise_supports", dtypes=DTYPE_NAMES)
 register("conv2d", "cuda", "winograd", _WG + "conv2d_winograd", supports=_WG + "winograd_supports")
 register("conv2d", "cuda", "winograd_tf32", _WG + "conv2d_winograd_tf32",
          supports=_WG + "winograd_tf32_supports")
@@ -147,7 +148,7 @@ register("conv2d_backward_weight", "cuda", "winograd_tf32", _WG + "backward_weig
          supports=_WG + "winograd_tf32_supports")
 register("conv2d_backward_weight", "cuda", "winograd_4x4", _WG + "backward_weight_winograd4",
          supports=_WG + "winograd4_supports")
-register("conv2d_backward_bias", "cuda", "sum", _EW + "backward_bias")
+register("conv2d_backward_bias", "cuda", "sum", _EW + "backward_bias", dtypes=DTYPE_NAMES)
 register("conv2d_backward_weight", "cuda", "fft", _FFT + "backward_weight_fft",
          supports=_FFT + "fft_supports")
 register("conv2d_backward_weight", "cuda", "fft_tf32", _FFT + "backward_weight_fft_tf32",

@@ -16,7 +16,7 @@ import numpy as np
 from convgpu import reference
 from convgpu.arrays import on_torch_stream, unwrap, xp_of
 from convgpu.core import args as A
-from convgpu.ops._registry import dispatch, register
+from convgpu.ops._registry import DTYPE_NAMES, dispatch, register
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -73,9 +73,9 @@ register("softmax_cross_entropy", "numba", "rowwise", "convgpu.ops.loss:_numba_x
 register("softmax_cross_entropy_backward", "numba", "rowwise",
          "convgpu.ops.loss:_numba_xent_backward", supports=_ROW)
 register("softmax_cross_entropy", "cuda", "rowwise", "convgpu.ops.loss:_cuda_xent",
-         supports=_ROW)
+         supports=_ROW, dtypes=DTYPE_NAMES)
 register("softmax_cross_entropy_backward", "cuda", "rowwise",
-         "convgpu.ops.loss:_cuda_xent_backward", supports=_ROW)
+         "convgpu.ops.loss:_cuda_xent_backward", supports=_ROW, dtypes=DTYPE_NAMES)
 register("softmax_cross_entropy", "cuda", "array_ops", "convgpu.ops.loss:_np_xent",
          supports=_ARR, note="the reference's formulas on CuPy arrays")
 register("softmax_cross_entropy_backward", "cuda", "array_ops",
@@ -107,7 +107,9 @@ def _cuda_xent(a, z, t, w):
 
 def _cuda_xent_backward(a, z, t, w, g):
     from convgpu.kernels.cuda import elementwise  # deferred: CuPy is optional
-    return _scaled(elementwise.softmax_cross_entropy_backward((a.N, a.C), z, t), g)
+    # grad_output scales inside the kernel: one rounding (a half gradient scaled after its
+    # store would round twice)
+    return elementwise.softmax_cross_entropy_backward((a.N, a.C), z, t, g)
 
 
 def _validate(op, logits, labels, weight, grad_output, ignore_index, reduction,

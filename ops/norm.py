@@ -32,7 +32,7 @@ import numpy as np
 from convgpu import reference
 from convgpu.arrays import on_torch_stream, unwrap_layout, xp_of
 from convgpu.core import args as A
-from convgpu.ops._registry import dispatch, register
+from convgpu.ops._registry import DTYPE_NAMES, dispatch, register
 
 
 @dataclass(frozen=True)
@@ -91,10 +91,12 @@ register("batch_norm", "numba", "two_pass", "convgpu.kernels.numba.norm:batch_no
          layouts=_BOTH)
 register("batch_norm_backward", "numba", "two_pass",
          "convgpu.kernels.numba.norm:batch_norm_backward", layouts=_BOTH)
-register("batch_norm", "cuda", "split", "convgpu.kernels.cuda.norm_nhwc:batch_norm",
-         layouts=_BOTH)
-register("batch_norm_backward", "cuda", "split",
-         "convgpu.kernels.cuda.norm_nhwc:batch_norm_backward", layouts=_BOTH)
+# the half types too (FP32 arithmetic, parameters in float32 or the data's type), NCHW only
+_NN = "convgpu.kernels.cuda.norm_nhwc:"
+register("batch_norm", "cuda", "split", _NN + "batch_norm", supports=_NN + "supports",
+         layouts=_BOTH, dtypes=DTYPE_NAMES)
+register("batch_norm_backward", "cuda", "split", _NN + "batch_norm_backward",
+         supports=_NN + "supports", layouts=_BOTH, dtypes=DTYPE_NAMES)
 
 
 # ----------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import numpy as np
 from convgpu import reference
 from convgpu.arrays import on_torch_stream, unwrap
 from convgpu.core import args as A
-from convgpu.ops._registry import WITH_FLOAT16, dispatch, register
+from convgpu.ops._registry import DTYPE_NAMES, WITH_FLOAT16, dispatch, register
 
 
 class AdamHyper(NamedTuple):
@@ -67,8 +67,10 @@ register("adam_step", "numba", "fused", "convgpu.kernels.numba.elementwise:adam_
          dtypes=WITH_FLOAT16)
 register("sgd_step", "numba", "fused", "convgpu.kernels.numba.elementwise:sgd_step",
          dtypes=WITH_FLOAT16)
-register("adam_step", "cuda", "fused", "convgpu.kernels.cuda.elementwise:adam_step")
-register("sgd_step", "cuda", "fused", "convgpu.kernels.cuda.elementwise:sgd_step")
+register("adam_step", "cuda", "fused", "convgpu.kernels.cuda.elementwise:adam_step",
+         dtypes=DTYPE_NAMES)
+register("sgd_step", "cuda", "fused", "convgpu.kernels.cuda.elementwise:sgd_step",
+         dtypes=DTYPE_NAMES)
 
 
 def _check_state(op, arrays, originals):

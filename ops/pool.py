@@ -16,7 +16,7 @@ from convgpu import reference, reference_nhwc
 from convgpu.arrays import on_torch_stream, unwrap_layout, xp_of
 from convgpu.core import args as A
 from convgpu.ops._layout import LayoutShape, register_transpose
-from convgpu.ops._registry import WITH_FLOAT16, dispatch, register
+from convgpu.ops._registry import DTYPE_NAMES, WITH_FLOAT16, dispatch, register
 
 
 @dataclass
@@ -211,13 +211,14 @@ def _cuda_shuffle_fits(a):
     return pool_cells_shuffle.supports(a)
 
 
-register("max_pool2d", "cuda", "direct", _C + "pool:max_pool2d", supports=_cuda_plane_fits)
+_H = dict(dtypes=DTYPE_NAMES)         # and the half types (pool.cu's *_half kernels)
+register("max_pool2d", "cuda", "direct", _C + "pool:max_pool2d", supports=_cuda_plane_fits, **_H)
 register("max_pool2d", "cuda", "tiled", _D + "pool_tiled:max_pool2d_tiled", dev=True,
          supports=_cuda_tiled_fits("max_pool2d_fwd_tiled_plan",
                                    "the tiled max pooling needs square 2x2 or 3x3 windows at "
                                    "dilation 1 and an input row that fits shared memory"))
 register("max_pool2d_backward", "cuda", "gather", _C + "pool:max_pool2d_backward_gather",
-         supports=_cuda_plane_fits)
+         supports=_cuda_plane_fits, **_H)
 register("max_pool2d_backward", "cuda", "tiled", _D + "pool_tiled:max_pool2d_backward_tiled",
          dev=True,
          supports=_cuda_tiled_fits("max_pool2d_tiled_plan",
@@ -227,14 +228,16 @@ register("max_pool2d_backward", "cuda", "tiled", _D + "pool_tiled:max_pool2d_bac
 register("max_pool2d_backward", "cuda", "cells_shuffle",
          _D + "pool_cells_shuffle:max_pool2d_backward_cells_shuffle", dev=True,
          supports=_cuda_shuffle_fits)
-register("avg_pool2d", "cuda", "direct", _C + "pool:avg_pool2d", supports=_cuda_plane_fits)
-register("global_avg_pool2d", "cuda", "reduce", _C + "elementwise:global_avg_pool2d")
+register("avg_pool2d", "cuda", "direct", _C + "pool:avg_pool2d", supports=_cuda_plane_fits, **_H)
+register("global_avg_pool2d", "cuda", "reduce", _C + "elementwise:global_avg_pool2d",
+         dtypes=DTYPE_NAMES)
 register("global_avg_pool2d_backward", "cuda", "direct",
-         _C + "elementwise:global_avg_pool2d_backward")
+         _C + "elementwise:global_avg_pool2d_backward", dtypes=DTYPE_NAMES)
 register("avg_pool2d_backward", "cuda", "gather", _C + "pool:avg_pool2d_backward",
-         supports=_cuda_plane_fits)
-register("adaptive_avg_pool2d", "cuda", "direct", _C + "pool:adaptive_avg_pool2d")
-register("adaptive_avg_pool2d_backward", "cuda", "gather", _C + "pool:adaptive_avg_pool2d_backward")
+         supports=_cuda_plane_fits, **_H)
+register("adaptive_avg_pool2d", "cuda", "direct", _C + "pool:adaptive_avg_pool2d", **_H)
+register("adaptive_avg_pool2d_backward", "cuda", "gather", _C + "pool:adaptive_avg_pool2d_backward",
+         **_H)
 
 _PN = _C + "pool_nhwc:"
 register("max_pool2d", "cuda", "direct_nhwc", _PN + "max_pool2d", supports=_PN + "nhwc_supports",

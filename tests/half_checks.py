@@ -8,6 +8,7 @@ Inputs are drawn in the half type (exact there), so the reference sees the same 
 kernels do. `mag` below is the magnitude the FP32 computation's error scales with (the op
 applied to absolute values) and `n` the reduction length: see bounds.factor.
 """
+import importlib
 import inspect
 import os
 import shutil
@@ -48,6 +49,30 @@ def impl_params(op):
         dtype = d.values[0]
         out += [pytest.param(dtype, b, a, id=f"{d.id}-{b}-{a}") for b, a in served(op, dtype)]
     return out or [pytest.param(None, None, None, marks=pytest.mark.skip(
+        reason=f"no implementation of {op} serves a half type here"))]
+
+
+def conv_impl_params(op, cases):
+    """pytest params (dtype, backend, algo, case) for a conv op: every half dtype x
+    implementation x case whose supports() accepts the case (the depthwise kernels serve
+    groups = C only); a pair it refuses is not generated, so nothing is skipped."""
+    from convgpu.core.args import conv_geometry
+    out = []
+    for d in HALF:
+        dtype = d.values[0]
+        for b, algo in served(op, dtype):
+            impl = next(i for i in all_impls(op) if (i.backend, i.algo) == (b, algo))
+            supports = impl.supports
+            if isinstance(supports, str):           # "module:function", as the registry's
+                mod, name = supports.split(":")
+                supports = getattr(importlib.import_module(mod), name)
+            for case in cases:
+                N, C, H, W, K, Rk, S, st, pd, dl, g = case
+                a = conv_geometry(op, (N, C, H, W), (K, C // g, Rk, S), st, pd, dl, g, dtype)
+                if supports is None or supports(a) is None:
+                    out.append(pytest.param(dtype, b, algo, case,
+                                            id=f"{d.id}-{b}-{algo}-{case[:7]}"))
+    return out or [pytest.param(None, None, None, None, marks=pytest.mark.skip(
         reason=f"no implementation of {op} serves a half type here"))]
 
 

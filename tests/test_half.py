@@ -18,7 +18,8 @@ from half_checks import (CONV_CASES, HALF, assert_half, assert_torch_half, bn_bo
                          check_batch_norm, check_conv2d, check_conv2d_backward,
                          check_conv2d_backward_bias, check_elementwise,
                          check_global_and_adaptive, check_linear, check_max_pool2d,
-                         check_optim, check_xent, f64, half, impl_params, xent_bounds)
+                         check_optim, check_xent, conv_impl_params, f64, half, impl_params,
+                         xent_bounds)
 from helpers import AVGP_SMALL, MAXP_SMALL, assert_conv_close
 
 TORCH = {"float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -46,8 +47,7 @@ def torch_conv_close(out_t, ref, op, a, b, shape, kw, bias=None):
 # reference path against torch's CPU op in the same dtype, at the same bound
 
 
-@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: str(c[:7]))
-@pytest.mark.parametrize("dtype, backend, algo", impl_params("conv2d"))
+@pytest.mark.parametrize("dtype, backend, algo, case", conv_impl_params("conv2d", CONV_CASES))
 def test_conv2d(rng, dtype, backend, algo, case, monkeypatch):
     x, w, b, kw, ref64 = check_conv2d(rng, dtype, backend, algo, case, monkeypatch)
     yt = F.conv2d(tt(x), tt(w), tt(b), **kw)
@@ -55,8 +55,8 @@ def test_conv2d(rng, dtype, backend, algo, case, monkeypatch):
     torch_conv_close(yt, ref64.astype(dtype), "conv2d", f64(x), f64(w), None, kw, f64(b))
 
 
-@pytest.mark.parametrize("case", CONV_CASES[:2], ids=lambda c: str(c[:7]))
-@pytest.mark.parametrize("dtype, backend, algo", impl_params("conv2d_backward_input"))
+@pytest.mark.parametrize("dtype, backend, algo, case",
+                         conv_impl_params("conv2d_backward_input", CONV_CASES[:2]))
 def test_conv2d_backward_input(rng, dtype, backend, algo, case, monkeypatch):
     x, w, gy, kw, out = check_conv2d_backward(rng, dtype, backend, algo, case, "input",
                                               monkeypatch)
@@ -72,8 +72,8 @@ def test_conv2d_backward_input(rng, dtype, backend, algo, case, monkeypatch):
                      x.shape, kw)
 
 
-@pytest.mark.parametrize("case", CONV_CASES[:2], ids=lambda c: str(c[:7]))
-@pytest.mark.parametrize("dtype, backend, algo", impl_params("conv2d_backward_weight"))
+@pytest.mark.parametrize("dtype, backend, algo, case",
+                         conv_impl_params("conv2d_backward_weight", CONV_CASES[:2]))
 def test_conv2d_backward_weight(rng, dtype, backend, algo, case, monkeypatch):
     x, w, gy, kw, out = check_conv2d_backward(rng, dtype, backend, algo, case, "weight",
                                               monkeypatch)

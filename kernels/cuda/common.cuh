@@ -112,6 +112,46 @@ __device__ __forceinline__ void mma_m16n8k8_tf32(float* d, const unsigned* a, co
 #endif
 }
 
+// d (16 x 8, FP32) += a (16 x 16) @ b (16 x 8) in f16 or, with BF16, bf16, one warp, PTX ISA
+// m16n8k16 fragment layout: each register holds two 16-bit operands, the lower index in the
+// low half (a: 4 registers, b: 2; cuda_host.h spells out the lanes)
+template <bool BF16>
+__device__ __forceinline__ void mma_m16n8k16(float* d, const unsigned* a, const unsigned* b) {
+#ifdef CONVGPU_HOST
+    cuda_host::mma_m16n8k16<BF16>(d, a, b);
+#else
+    if constexpr (BF16)
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+            "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    else
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+            "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
+// four 8 x 8 matrices of 16-bit values from shared memory, one register each per lane: lane l
+// passes the address of row l % 8 of matrix l / 8 (16-byte aligned); lane l gets row l / 4,
+// columns 2 (l % 4) + {0, 1} of each, or with TRANS column l / 4, rows 2 (l % 4) + {0, 1}
+template <bool TRANS> __device__ __forceinline__ void ldmatrix_x4(unsigned* r, const void* row) {
+#ifdef CONVGPU_HOST
+    cuda_host::ldmatrix_x4<TRANS>(r, row);
+#else
+    const unsigned s = (unsigned)__cvta_generic_to_shared(row);
+    if constexpr (TRANS)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(s));
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(s));
+#endif
+}
+
 // the value staged into shared memory: rounded to TF32 once there (for the tensor-core
 // path), so the inner loop reads ready operands
 template <typename T, bool TF32> __device__ __forceinline__ T staged(T v) {

@@ -14,21 +14,24 @@
 //      input patch each output tile needs as xs[c][row][col] (rows padded so that four rows
 //      of eight columns fall in distinct banks); zero where the window is in the padding;
 //   2. every thread walks (c, r, s): 4 input values + 8 weights from shared memory, 32 FMAs.
-// Each output is summed in the same order on every launch (deterministic).
+// Each output is summed in the same order on every launch (deterministic). The half types
+// (half.cuh) are staged into shared memory converted to float and accumulate in FP32
+// (A = acc_t<T>: every product of two halves is exact there), one rounding per output.
 #include "common.cuh"
+#include "half.cuh"
 
 namespace direct {
 constexpr int KT = 32, TP = 8, TQ = 32, THREADS = 256, SMEM_BYTES = 40960;
 }
 
-template <typename T>
-__global__ void __launch_bounds__(direct::THREADS, sizeof(T) == 4 ? 3 : 1)
+template <typename T, typename A = acc_t<T>>
+__global__ void __launch_bounds__(direct::THREADS, sizeof(A) == 4 ? 3 : 1)
 conv2d_direct(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
               T* __restrict__ y, int N, int C, int H, int W, int K, int R, int S, int P, int Q,
               int sh, int sw, int ph, int pw, int dh, int dw, int groups, int CB, int patch_h,
               int ldx) {
     using namespace direct;
-    __shared__ __align__(16) T smem[SMEM_BYTES / sizeof(T)];
+    __shared__ __align__(16) A smem[SMEM_BYTES / sizeof(A)];
     const int tid = threadIdx.x;
     const int Cg = C / groups, Kg = K / groups, RS = R * S;
     const int tiles_q = (Q + TQ - 1) / TQ, tiles_p = (P + TP - 1) / TP;
@@ -39,16 +42,16 @@ conv2d_direct(const T* __restrict__ x, const T* __restrict__ w, const T* __restr
     const int n = (int)(b / groups);
     const int p0 = tp * TP, q0 = tq * TQ, k0 = blockIdx.y * KT;
 
-    T* fs = smem;                                   // CB * RS * KT filters
-    T* xs = smem + CB * RS * KT;                    // CB * patch_h * ldx inputs
+    A* fs = smem;                                   // CB * RS * KT filters
+    A* xs = smem + CB * RS * KT;                    // CB * patch_h * ldx inputs
     const int cg = tid / 64, prow = (tid % 64) / 8, qg = tid % 8;
     const long long HW = (long long)H * W;
     const T* xn = x + ((long long)n * C + (long long)g * Cg) * HW;
     const T* wg = w + (long long)g * Kg * Cg * RS;
 
-    T acc[32];
+    A acc[32];
 #pragma unroll
-    for (int e = 0; e < 32; ++e) acc[e] = T(0);
+    for (int e = 0; e < 32; ++e) acc[e] = A(0);
 
     for (int c0 = 0; c0 < Cg; c0 += CB) {
         const int cb = min(CB, Cg - c0);
@@ -57,7 +60,8 @@ conv2d_direct(const T* __restrict__ x, const T* __restrict__ w, const T* __restr
         for (int i = tid; i < cb * RS * KT; i += THREADS) {
             const int crs = i % (cb * RS), kk = i / (cb * RS);
             const int k = k0 + kk;
-            fs[crs * KT + kk] = k < Kg ? wg[((long long)k * Cg + c0) * RS + crs] : T(0);
+            fs[crs * KT + kk] =
+                k < Kg ? A(to_acc(wg[((long long)k * Cg + c0) * RS + crs])) : A(0);
         }
         // input patch rows p0*sh - ph + [0, patch_h), columns q0*sw - pw + [0, ldx)
         const int h0 = p0 * sh - ph, v0 = q0 * sw - pw;
@@ -66,15 +70,15 @@ conv2d_direct(const T* __restrict__ x, const T* __restrict__ w, const T* __restr
             const int row = t % patch_h, c = t / patch_h;
             const int h = h0 + row, v = v0 + col;
             xs[i] = (h >= 0 && h < H && v >= 0 && v < W)
-                        ? xn[(long long)(c0 + c) * HW + (long long)h * W + v] : T(0);
+                        ? A(to_acc(xn[(long long)(c0 + c) * HW + (long long)h * W + v])) : A(0);
         }
         __syncthreads();
         for (int c = 0; c < cb; ++c) {
             for (int r = 0; r < R; ++r) {
-                const T* xrow = xs + (c * patch_h + prow * sh + r * dh) * ldx + qg * sw;
-                const T* frow = fs + (c * RS + r * S) * KT + cg * 8;
+                const A* xrow = xs + (c * patch_h + prow * sh + r * dh) * ldx + qg * sw;
+                const A* frow = fs + (c * RS + r * S) * KT + cg * 8;
                 for (int sc = 0; sc < S; ++sc) {
-                    T xv[4], wv[8];
+                    A xv[4], wv[8];
 #pragma unroll
                     for (int j = 0; j < 4; ++j) xv[j] = xrow[j * 8 * sw + sc * dw];
                     lds4(frow + sc * KT, wv);
@@ -95,11 +99,11 @@ conv2d_direct(const T* __restrict__ x, const T* __restrict__ w, const T* __restr
         if (k >= Kg) continue;
         const long long kk = (long long)g * Kg + k;
         T* yr = y + (((long long)n * K + kk) * P + p) * Q;
-        const T bk = bias ? bias[kk] : T(0);
+        const A bk = bias ? A(to_acc(bias[kk])) : A(0);
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
             const int q = q0 + qg + 8 * j;
-            if (q < Q) yr[q] = acc[i * 4 + j] + bk;
+            if (q < Q) yr[q] = from_acc<T>(acc[i * 4 + j] + bk);
         }
     }
 }

@@ -1,11 +1,12 @@
 """Launcher of conv_direct.cu: the direct convolution, KT output channels x TP x TQ output
-pixels per block, a chunk of input channels' patches and filters in shared memory."""
+pixels per block, a chunk of input channels' patches and filters in shared memory (for the
+half types converted to float32 there: FP32 accumulation)."""
 from __future__ import annotations
 
 import numpy as np
 
 from convgpu.kernels.cuda.launch import ceil_div, conv_ints, i32
-from convgpu.kernels.cuda.module import ctype, get_function
+from convgpu.kernels.cuda.module import acc_dtype, ctype, get_function
 from convgpu.kernels.outputs import contiguous, empty
 
 # conv_direct.cu's direct::KT, TP, TQ, THREADS, SMEM_BYTES (tests/test_cuda_constants.py):
@@ -22,7 +23,7 @@ def _direct_plan(a):
     patch_w = (DIRECT_TQ - 1) * sw + (a.S - 1) * dw + 1
     ldx = patch_w + (8 - patch_w % 32) % 32          # row length = 8 mod 32: 4 rows, 32 banks
     per_channel = patch_h * ldx + a.R * a.S * DIRECT_KT
-    cb = min(a.Cg, DIRECT_SMEM // np.dtype(a.dtype).itemsize // per_channel)
+    cb = min(a.Cg, DIRECT_SMEM // acc_dtype(a.dtype).itemsize // per_channel)
     return (cb, patch_h, ldx) if cb >= 1 else None
 
 

@@ -23,8 +23,14 @@
 //   conv2d_depthwise_wgrad3<T> the same for 3 x 3 filters, all nine taps of output channel k
 //                            (blockIdx.x) at once over split blockIdx.y's images: gy read
 //                            once, not nine times; partial sums per split, summed in order
-//                            by gemm.cu's sum_splits
+//                            by gemm.cu's sum_splits (the half types: FP32 partials summed
+//                            in order and rounded once by conv2d_depthwise_wgrad3_finish<T>)
+//
+// The half types (T = __half, __nv_bfloat16; half.cuh) compute in A = acc_t<T> = float: the
+// forward stages its patch and filter in shared memory as float, every sum is carried in
+// float and each stored value rounded once.
 #include "common.cuh"
+#include "half.cuh"
 
 namespace dw {
 constexpr int TP = 8, TQ = 32, THREADS = 256;
@@ -37,7 +43,7 @@ constexpr int TP = 8, TQ = 32, THREADS = 256;
 // once for all its outputs (3 + 6 / RP shared loads per output where the general loop does
 // 9, and 9 / RP filter loads instead of 9). KS = 0: any R x S, from shared memory. Every
 // output sums its products in the same (r, s) order whichever path runs: bitwise equal.
-template <typename T, int KS, int RP>
+template <typename T, int KS, int RP, typename A = acc_t<T>>
 __global__ void __launch_bounds__(dw::THREADS)
 conv2d_depthwise(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
                  T* __restrict__ y, int C, int H, int W, int K, int R, int S, int P, int Q,
@@ -46,8 +52,8 @@ conv2d_depthwise(const T* __restrict__ x, const T* __restrict__ w, const T* __re
     static_assert(KS == 0 || KS == 3, "the unrolled path is for 3 x 3 filters");
     if constexpr (KS == 3) { R = 3; S = 3; }
     CONVGPU_DYNAMIC_SHARED(smem_raw);
-    T* xs = reinterpret_cast<T*>(smem_raw);              // patch_h x patch_w
-    T* fs = xs + patch_h * patch_w;                      // R x S
+    A* xs = reinterpret_cast<A*>(smem_raw);              // patch_h x patch_w
+    A* fs = xs + patch_h * patch_w;                      // R x S
     const int tid = threadIdx.x, m = K / C;
     const int tiles_q = (Q + TQ - 1) / TQ;
     const int p0 = (blockIdx.y / tiles_q) * (TP * RP), q0 = (blockIdx.y % tiles_q) * TQ;
@@ -62,25 +68,26 @@ conv2d_depthwise(const T* __restrict__ x, const T* __restrict__ w, const T* __re
         const bool hin = h >= 0 && h < H;
         for (int c = tid % 32; c < patch_w; c += 32) {
             const int v = w0 + c;
-            xs[i * patch_w + c] = (hin && v >= 0 && v < W) ? xp[(long long)h * W + v] : T(0);
+            xs[i * patch_w + c] =
+                (hin && v >= 0 && v < W) ? A(to_acc(xp[(long long)h * W + v])) : A(0);
         }
     }
-    for (int i = tid; i < R * S; i += THREADS) fs[i] = w[(long long)k * R * S + i];
+    for (int i = tid; i < R * S; i += THREADS) fs[i] = A(to_acc(w[(long long)k * R * S + i]));
     __syncthreads();
     const int ty = tid / TQ, tx = tid % TQ, q = q0 + tx;
     if (q >= Q || p0 + ty * RP >= P) return;
-    T acc[RP];
+    A acc[RP];
 #pragma unroll
-    for (int o = 0; o < RP; ++o) acc[o] = T(0);
+    for (int o = 0; o < RP; ++o) acc[o] = A(0);
     if constexpr (KS == 3) {
-        T f[9];
+        A f[9];
 #pragma unroll
         for (int t = 0; t < 9; ++t) f[t] = fs[t];
         if (sh == 1 && sw == 1 && dh == 1 && dw_ == 1) {
-            const T* base = xs + (ty * RP) * patch_w + tx;
+            const A* base = xs + (ty * RP) * patch_w + tx;
 #pragma unroll
             for (int ir = 0; ir < RP + 2; ++ir) {        // input row ir feeds outputs ir - r
-                const T v0 = base[ir * patch_w], v1 = base[ir * patch_w + 1],
+                const A v0 = base[ir * patch_w], v1 = base[ir * patch_w + 1],
                         v2 = base[ir * patch_w + 2];
 #pragma unroll
                 for (int o = 0; o < RP; ++o) {
@@ -95,7 +102,7 @@ conv2d_depthwise(const T* __restrict__ x, const T* __restrict__ w, const T* __re
         } else {
 #pragma unroll
             for (int o = 0; o < RP; ++o) {
-                const T* row = xs + ((ty * RP + o) * sh) * patch_w + tx * sw;
+                const A* row = xs + ((ty * RP + o) * sh) * patch_w + tx * sw;
 #pragma unroll
                 for (int r = 0; r < 3; ++r)
 #pragma unroll
@@ -106,18 +113,18 @@ conv2d_depthwise(const T* __restrict__ x, const T* __restrict__ w, const T* __re
     } else {
 #pragma unroll
         for (int o = 0; o < RP; ++o) {
-            const T* row = xs + ((ty * RP + o) * sh) * patch_w + tx * sw;
+            const A* row = xs + ((ty * RP + o) * sh) * patch_w + tx * sw;
             for (int r = 0; r < R; ++r)
                 for (int s2 = 0; s2 < S; ++s2)
                     acc[o] += fs[r * S + s2] * row[r * dh * patch_w + s2 * dw_];
         }
     }
-    const T b = bias ? bias[k] : T(0);
+    const A b = bias ? A(to_acc(bias[k])) : A(0);
     T* yp = y + plane * P * Q + q;
 #pragma unroll
     for (int o = 0; o < RP; ++o) {
         const int p = p0 + ty * RP + o;
-        if (p < P) yp[(long long)p * Q] = acc[o] + b;
+        if (p < P) yp[(long long)p * Q] = from_acc<T>(acc[o] + b);
     }
 }
 
@@ -133,7 +140,7 @@ __global__ void conv2d_depthwise_dgrad(const T* __restrict__ gy, const T* __rest
         const long long nc = t / ((long long)H * W);
         const int c = (int)(nc % C);
         const long long n = nc / C;
-        T acc = T(0);
+        acc_t<T> acc = acc_t<T>(0);
         for (int j = 0; j < m; ++j) {
             const int k = c * m + j;
             const T* g = gy + (n * K + k) * (long long)P * Q;
@@ -147,11 +154,11 @@ __global__ void conv2d_depthwise_dgrad(const T* __restrict__ gy, const T* __rest
                     const int wq = v + pw - s * dw_;
                     if (wq < 0 || wq % sw) continue;
                     const int q = wq / sw;
-                    if (q < Q) acc += f[r * S + s] * g[(long long)p * Q + q];
+                    if (q < Q) acc += to_acc(f[r * S + s]) * to_acc(g[(long long)p * Q + q]);
                 }
             }
         }
-        gx[t] = acc;
+        gx[t] = from_acc<T>(acc);
     }
 }
 
@@ -161,19 +168,21 @@ conv2d_depthwise_wgrad(const T* __restrict__ x, const T* __restrict__ gy, T* __r
                        int N, int C, int H, int W, int K, int R, int S, int P, int Q, int sh,
                        int sw, int ph, int pw, int dh, int dw_) {
     using namespace dw;
-    __shared__ T buf[THREADS];
+    using A = acc_t<T>;
+    __shared__ A buf[THREADS];
     const int tap = blockIdx.x;                          // (k * R + r) * S + s
     const int s = tap % S, r = (tap / S) % R, k = tap / (R * S);
     const int c = k / (K / C), tid = threadIdx.x;
     const int PQ = P * Q;
-    T acc = T(0);
+    A acc = A(0);
     for (int n = 0; n < N; ++n) {
         const T* g = gy + ((long long)n * K + k) * PQ;
         const T* xp = x + ((long long)n * C + c) * H * W;
         for (int j = tid; j < PQ; j += THREADS) {
             const int p = j / Q, q = j - p * Q;
             const int h = p * sh - ph + r * dh, v = q * sw - pw + s * dw_;
-            if (h >= 0 && h < H && v >= 0 && v < W) acc += g[j] * xp[(long long)h * W + v];
+            if (h >= 0 && h < H && v >= 0 && v < W)
+                acc += to_acc(g[j]) * to_acc(xp[(long long)h * W + v]);
         }
     }
     buf[tid] = acc;
@@ -182,7 +191,7 @@ conv2d_depthwise_wgrad(const T* __restrict__ x, const T* __restrict__ gy, T* __r
         if (tid < half) buf[tid] += buf[tid + half];
         __syncthreads();
     }
-    if (tid == 0) gw[tap] = buf[0];
+    if (tid == 0) gw[tap] = from_acc<T>(buf[0]);
 }
 
 // conv2d_depthwise_wgrad3<T>: thread t takes positions j = t, t + THREADS, ... of each plane of
@@ -193,26 +202,27 @@ conv2d_depthwise_wgrad(const T* __restrict__ x, const T* __restrict__ gy, T* __r
 // no position costs a division.
 template <typename T>
 __global__ void __launch_bounds__(dw::THREADS)
-conv2d_depthwise_wgrad3(const T* __restrict__ x, const T* __restrict__ gy, T* __restrict__ part,
-                        int N, int C, int H, int W, int K, int P, int Q, int sh, int sw, int ph,
-                        int pw, int dh, int dw_, int splits) {
+conv2d_depthwise_wgrad3(const T* __restrict__ x, const T* __restrict__ gy,
+                        acc_t<T>* __restrict__ part, int N, int C, int H, int W, int K, int P,
+                        int Q, int sh, int sw, int ph, int pw, int dh, int dw_, int splits) {
     using namespace dw;
-    __shared__ T buf[9][THREADS];
+    using A = acc_t<T>;
+    __shared__ A buf[9][THREADS];
     const int k = blockIdx.x, split = blockIdx.y, tid = threadIdx.x;
     const int c = k / (K / C);
     const int n0 = split_start(N, splits, split), n1 = split_start(N, splits, split + 1);
     const int PQ = P * Q;
     // the position step THREADS as rows and columns
     const int dp = Q >= THREADS ? 0 : THREADS / Q, dq = Q >= THREADS ? THREADS : THREADS % Q;
-    T acc[9];
+    A acc[9];
 #pragma unroll
-    for (int t = 0; t < 9; ++t) acc[t] = T(0);
+    for (int t = 0; t < 9; ++t) acc[t] = A(0);
     for (int n = n0; n < n1; ++n) {
         const T* g = gy + ((long long)n * K + k) * PQ;
         const T* xp = x + ((long long)n * C + c) * H * W;
         int p = tid / Q, q = tid - (tid / Q) * Q;
         for (int j = tid; j < PQ; j += THREADS) {
-            const T gv = g[j];
+            const A gv = to_acc(g[j]);
             const int h0 = p * sh - ph, w0 = q * sw - pw;
 #pragma unroll
             for (int r = 0; r < 3; ++r) {
@@ -221,7 +231,8 @@ conv2d_depthwise_wgrad3(const T* __restrict__ x, const T* __restrict__ gy, T* __
 #pragma unroll
                 for (int s2 = 0; s2 < 3; ++s2) {
                     const int v = w0 + s2 * dw_;
-                    if (hin && v >= 0 && v < W) acc[r * 3 + s2] += gv * xp[(long long)h * W + v];
+                    if (hin && v >= 0 && v < W)
+                        acc[r * 3 + s2] += gv * to_acc(xp[(long long)h * W + v]);
                 }
             }
             q += dq;
@@ -240,4 +251,17 @@ conv2d_depthwise_wgrad3(const T* __restrict__ x, const T* __restrict__ gy, T* __
         __syncthreads();
     }
     if (tid < 9) part[((long long)split * K + k) * 9 + tid] = buf[tid][0];
+}
+
+// the half types' weight gradient: out[i] = the FP32 sum over s of part[s * n + i], in order
+// s = 0, 1, ... (as gemm.cu's sum_splits), rounded once
+template <typename T>
+__global__ void conv2d_depthwise_wgrad3_finish(const float* __restrict__ part, T* __restrict__ out,
+                                               long long n, int splits) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
+        float acc = part[i];
+        for (int s = 1; s < splits; ++s) acc += part[s * n + i];
+        out[i] = from_acc<T>(acc);
+    }
 }

@@ -1,6 +1,8 @@
 """Launchers of depthwise.cu: the depthwise convolution (groups = C), its input gradient (the
 forward on the rotated filters where it serves, else a gather) and weight gradient (3x3: a
-block per output channel and image split, summed in order; else a block per tap)."""
+block per output channel and image split, summed in order; else a block per tap). The half
+types (float16, bfloat16) compute in FP32: the forward's patch in shared memory as float32,
+the 3x3 weight gradient's split partials in float32, summed and rounded once."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +10,7 @@ import numpy as np
 from convgpu.core.args import conv_geometry
 from convgpu.kernels.cuda.launch import (INT_SAFE, MAX_GRID_YZ, THREADS, ceil_div,
                                          elementwise_grid, i32, sum_splits)
-from convgpu.kernels.cuda.module import ctype, get_function
+from convgpu.kernels.cuda.module import acc_dtype, ctype, get_function
 from convgpu.kernels.outputs import contiguous, empty
 
 DW_TP, DW_TQ, DW_THREADS = 8, 32, 256       # depthwise.cu's dw::TP, TQ, THREADS
@@ -23,7 +25,7 @@ def _dw_patch(a, rp=1):
 
 def _dw_smem(a, rp=1):
     ph, pw = _dw_patch(a, rp)
-    return (ph * pw + a.R * a.S) * np.dtype(a.dtype).itemsize
+    return (ph * pw + a.R * a.S) * acc_dtype(a.dtype).itemsize      # staged in acc_t<T>
 
 
 def depthwise_kernel(a):
@@ -102,12 +104,19 @@ def backward_weight_depthwise(a, x, gy):
            (contiguous(x), contiguous(gy), gw, np.int32(a.N), *_dw_ints(a)))
         return gw
     splits = depthwise_wgrad_splits(a)
-    part = gw if splits == 1 else empty((splits,) + a.w_shape, x.dtype, x)
+    ad = acc_dtype(x.dtype)
+    # float32 partials for the half types, always summed (and rounded) by the finish kernel
+    direct = splits == 1 and ad == x.dtype
+    part = gw if direct else empty((splits,) + a.w_shape, ad, x)
     (sh, sw), (ph, pw), (dh, dw) = a.stride, a.padding, a.dilation
     get_function("depthwise.cu", f"conv2d_depthwise_wgrad3<{t}>")(
         (a.K, splits), (DW_THREADS,),
         (contiguous(x), contiguous(gy), part,
          *i32(a.N, a.C, a.H, a.W, a.K, a.P, a.Q, sh, sw, ph, pw, dh, dw, splits)))
-    if splits > 1:
+    if ad != x.dtype:
+        get_function("depthwise.cu", f"conv2d_depthwise_wgrad3_finish<{t}>")(
+            elementwise_grid(gw.size), (THREADS,),
+            (part, gw, np.int64(gw.size), np.int32(splits)))
+    elif splits > 1:
         sum_splits(part, gw, splits)
     return gw

@@ -11,9 +11,14 @@ from typing import Dict, Tuple
 
 import numpy as np
 
+from convgpu.core.args import HALF_DTYPES
 from convgpu.core.env import host_emulation
 from convgpu.kernels.cuda.emulator import cuda_host
 from convgpu.kernels.cuda.sources import NAME_EXPRESSIONS, options, source
+
+
+_CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double",
+           np.dtype(np.float16): "__half", HALF_DTYPES[1]: "__nv_bfloat16"}
 
 
 @functools.lru_cache(maxsize=None)
@@ -73,7 +78,16 @@ def set_max_dynamic_shared(fn, nbytes: int) -> None:
 
 
 def ctype(dtype) -> str:
-    return {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}[np.dtype(dtype)]
+    """The C type of a data dtype in the kernels' template arguments (half.cuh's half types
+    for float16 and bfloat16)."""
+    return _CTYPES[np.dtype(dtype)]
+
+
+def acc_dtype(dtype) -> np.dtype:
+    """The dtype a kernel on `dtype` data computes in and takes its scalars in (half.cuh's
+    acc_t): float32 for the half types, the dtype itself otherwise."""
+    d = np.dtype(dtype)
+    return np.dtype(np.float32) if d in HALF_DTYPES else d
 
 
 def cbool(v) -> str:

@@ -24,7 +24,16 @@
 //   batch_norm_bwd_apply<T>     training: gx = w invstd (gy - gb / M - xhat gw / M), with
 //                               xhat = (x - mean) invstd; evaluation: gx = w invstd gy
 //   batch_norm_bwd_apply_planes<T, V>  the same a plane slice per block
+//
+// T is the data's type (x, y, gy, gx), P the parameters' and statistics' (w, b, the running
+// estimates; P = T by default). Every kernel computes in A = acc_t<T> (half.cuh): for the
+// half types T = __half, __nv_bfloat16, FP32 (Welford and every sum in float, one rounding
+// per stored element), with P = float (torch's mixed batch norm) or P = T. The batch
+// statistics and the backward's sums are A arrays (what the elementwise passes read,
+// unrounded); where P is narrower than A the finish kernels also store them rounded to P
+// (mean_p, invstd_p, gw, gb: what the op returns). For float and double A = P = T.
 #include "common.cuh"
+#include "half.cuh"
 
 constexpr int NORM_THREADS = 256;
 
@@ -84,16 +93,17 @@ template <typename T> __device__ __forceinline__ void merge(T& na, T& ma, T& m2a
 
 template <typename T>
 __global__ void __launch_bounds__(NORM_THREADS)
-batch_norm_partials(const T* __restrict__ x, T* __restrict__ part, int N, int C, long long L,
-                    int S) {
-    __shared__ T cnt[NORM_THREADS], mu[NORM_THREADS], m2[NORM_THREADS];
+batch_norm_partials(const T* __restrict__ x, acc_t<T>* __restrict__ part, int N, int C,
+                    long long L, int S) {
+    using A = acc_t<T>;
+    __shared__ A cnt[NORM_THREADS], mu[NORM_THREADS], m2[NORM_THREADS];
     const int c = blockIdx.x, s = blockIdx.y, t = threadIdx.x;
     const int end = split_start(N, S, s + 1);
-    T n = T(0), mean = T(0), sq = T(0);
+    A n = A(0), mean = A(0), sq = A(0);
     for (ChannelRows it(split_start(N, S, s), t, L, C, c); it.n < end; it.next()) {
-        const T v = x[it.offset()];
-        n += T(1);
-        const T d = v - mean;
+        const A v = to_acc(x[it.offset()]);
+        n += A(1);
+        const A d = v - mean;
         mean += d * recip(n);
         sq += d * (v - mean);
     }
@@ -109,47 +119,71 @@ batch_norm_partials(const T* __restrict__ x, T* __restrict__ part, int N, int C,
     }
 }
 
-template <typename T>
-__global__ void batch_norm_finish(const T* __restrict__ part, T* __restrict__ mean,
-                                  T* __restrict__ invstd, T* __restrict__ running_mean,
-                                  T* __restrict__ running_var, int N, int C, long long L, int S,
-                                  int training, int update_running, T momentum, T eps, T unbias) {
+// mean_p, invstd_p: null, or the statistics rounded to P as well (P narrower than A)
+template <typename T, typename P = T>
+__global__ void batch_norm_finish(const acc_t<T>* __restrict__ part, acc_t<T>* __restrict__ mean,
+                                  acc_t<T>* __restrict__ invstd, P* __restrict__ running_mean,
+                                  P* __restrict__ running_var, int N, int C, long long L, int S,
+                                  int training, int update_running, acc_t<T> momentum,
+                                  acc_t<T> eps, acc_t<T> unbias, P* __restrict__ mean_p,
+                                  P* __restrict__ invstd_p) {
+    using A = acc_t<T>;
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= C) return;
+    A mu, is;
     if (!training) {
-        mean[c] = running_mean[c];
-        invstd[c] = T(1) / sqrt(running_var[c] + eps);
-        return;
+        mu = A(to_acc(running_mean[c]));
+        is = A(1) / sqrt(A(to_acc(running_var[c])) + eps);
+    } else {
+        A n = A(0), m2 = A(0);
+        mu = A(0);
+        for (int s = 0; s < S; ++s)
+            merge(n, mu, m2, A((long long)(split_start(N, S, s + 1) - split_start(N, S, s)) * L),
+                  part[((long long)c * S + s) * 2], part[((long long)c * S + s) * 2 + 1]);
+        const A var = m2 / n;
+        is = A(1) / sqrt(var + eps);
+        if (update_running) {
+            running_mean[c] = from_acc<P>((A(1) - momentum) * A(to_acc(running_mean[c])) +
+                                          momentum * mu);
+            running_var[c] = from_acc<P>((A(1) - momentum) * A(to_acc(running_var[c])) +
+                                         momentum * var * unbias);
+        }
     }
-    T n = T(0), mu = T(0), m2 = T(0);
-    for (int s = 0; s < S; ++s)
-        merge(n, mu, m2, T((long long)(split_start(N, S, s + 1) - split_start(N, S, s)) * L),
-              part[((long long)c * S + s) * 2], part[((long long)c * S + s) * 2 + 1]);
-    const T var = m2 / n;
     mean[c] = mu;
-    invstd[c] = T(1) / sqrt(var + eps);
-    if (update_running) {
-        running_mean[c] = (T(1) - momentum) * running_mean[c] + momentum * mu;
-        running_var[c] = (T(1) - momentum) * running_var[c] + momentum * var * unbias;
+    invstd[c] = is;
+    if (mean_p) {
+        mean_p[c] = from_acc<P>(mu);
+        invstd_p[c] = from_acc<P>(is);
     }
 }
 
-template <typename T>
-__global__ void batch_norm_apply(const T* __restrict__ x, const T* __restrict__ mean,
-                                 const T* __restrict__ invstd, const T* __restrict__ w,
-                                 const T* __restrict__ b, T* __restrict__ y, long long n, int C,
+// w[c] and b[c] of a parameter array of P, or 1 and 0 where it is null
+template <typename A, typename P> __device__ __forceinline__ A scale_of(const P* w, int c) {
+    return w ? A(to_acc(w[c])) : A(1);
+}
+template <typename A, typename P> __device__ __forceinline__ A shift_of(const P* b, int c) {
+    return b ? A(to_acc(b[c])) : A(0);
+}
+
+template <typename T, typename P = T>
+__global__ void batch_norm_apply(const T* __restrict__ x, const acc_t<T>* __restrict__ mean,
+                                 const acc_t<T>* __restrict__ invstd, const P* __restrict__ w,
+                                 const P* __restrict__ b, T* __restrict__ y, long long n, int C,
                                  long long L) {
+    using A = acc_t<T>;
     const long long start = blockIdx.x * (long long)blockDim.x + threadIdx.x;
     const long long step = (long long)gridDim.x * blockDim.x;
     FlatChannel ch(start, step, L, C);
     for (long long i = start; i < n; i += step, ch.next()) {
         const int c = ch.c;
-        y[i] = (x[i] - mean[c]) * (invstd[c] * (w ? w[c] : T(1))) + (b ? b[c] : T(0));
+        y[i] = from_acc<T>((to_acc(x[i]) - mean[c]) * (invstd[c] * scale_of<A>(w, c)) +
+                           shift_of<A>(b, c));
     }
 }
 
-// V values of T moved as one vector: V = 16 / sizeof(T) (float4, double2), or V = 1.
-template <typename T> struct Vec16;
+// V values of T moved as one vector: V = 16 / sizeof(T) (float4, double2, 8 halves), or V = 1.
+// (the 16-bit types move as float4 too: loads and stores copy bits, no arithmetic)
+template <typename T> struct Vec16 { using type = float4; };
 template <> struct Vec16<float> { using type = float4; };
 template <> struct Vec16<double> { using type = double2; };
 template <typename T, int V> struct alignas(V * sizeof(T)) Pack { T v[V]; };
@@ -179,42 +213,44 @@ template <typename T, int V> __device__ __forceinline__ void store_pack(T* p, co
 // constants once; each thread then moves V values per load and store, no index arithmetic
 // beyond the loop's add. The flat kernels above track the channel of every element: four
 // 64-bit divisions each, which bound them by the ALU, not by memory.
-template <typename T, int V>
+template <typename T, int V, typename P = T>
 __global__ void __launch_bounds__(NORM_THREADS)
-batch_norm_apply_planes(const T* __restrict__ x, const T* __restrict__ mean,
-                        const T* __restrict__ invstd, const T* __restrict__ w,
-                        const T* __restrict__ b, T* __restrict__ y, long long planes, int C,
+batch_norm_apply_planes(const T* __restrict__ x, const acc_t<T>* __restrict__ mean,
+                        const acc_t<T>* __restrict__ invstd, const P* __restrict__ w,
+                        const P* __restrict__ b, T* __restrict__ y, long long planes, int C,
                         long long L, long long len) {
+    using A = acc_t<T>;
     const long long lo = blockIdx.x * len, hi = min(L, lo + len);
     for (long long p = blockIdx.y; p < planes; p += gridDim.y) {
         const int c = (int)(p % C);
-        const T m = mean[c], k = invstd[c] * (w ? w[c] : T(1)), sh = b ? b[c] : T(0);
+        const A m = mean[c], k = invstd[c] * scale_of<A>(w, c), sh = shift_of<A>(b, c);
         const T* xp = x + p * L;
         T* yp = y + p * L;
         for (long long i = lo + (long long)threadIdx.x * V; i < hi; i += NORM_THREADS * V) {
             Pack<T, V> v = load_pack<T, V>(xp + i);
 #pragma unroll
-            for (int j = 0; j < V; ++j) v.v[j] = (v.v[j] - m) * k + sh;
+            for (int j = 0; j < V; ++j) v.v[j] = from_acc<T>((to_acc(v.v[j]) - m) * k + sh);
             store_pack<T, V>(yp + i, v);
         }
     }
 }
 
-template <typename T>
+template <typename T, typename P = T>
 __global__ void __launch_bounds__(NORM_THREADS)
 batch_norm_bwd_partials(const T* __restrict__ gy, const T* __restrict__ x,
-                        const T* __restrict__ mean, T* __restrict__ part, int N, int C,
+                        const P* __restrict__ mean, acc_t<T>* __restrict__ part, int N, int C,
                         long long L, int S) {
-    __shared__ T sg[NORM_THREADS], sgx[NORM_THREADS];
+    using A = acc_t<T>;
+    __shared__ A sg[NORM_THREADS], sgx[NORM_THREADS];
     const int c = blockIdx.x, s = blockIdx.y, t = threadIdx.x;
     const int end = split_start(N, S, s + 1);
-    const T m = mean[c];
-    T acc_g = T(0), acc_gx = T(0);
+    const A m = A(to_acc(mean[c]));
+    A acc_g = A(0), acc_gx = A(0);
     for (ChannelRows it(split_start(N, S, s), t, L, C, c); it.n < end; it.next()) {
         const long long o = it.offset();
-        const T g = gy[o];
+        const A g = to_acc(gy[o]);
         acc_g += g;
-        acc_gx += g * (x[o] - m);
+        acc_gx += g * (to_acc(x[o]) - m);
     }
     sg[t] = acc_g; sgx[t] = acc_gx;
     __syncthreads();
@@ -228,66 +264,78 @@ batch_norm_bwd_partials(const T* __restrict__ gy, const T* __restrict__ x,
     }
 }
 
-template <typename T>
-__global__ void batch_norm_bwd_finish(const T* __restrict__ part, const T* __restrict__ invstd,
-                                      T* __restrict__ gw, T* __restrict__ gb, int C, int S) {
+// gw, gb in P (returned); gw_a, gb_a: null, or the same unrounded in A (P narrower than A)
+template <typename T, typename P = T>
+__global__ void batch_norm_bwd_finish(const acc_t<T>* __restrict__ part,
+                                      const P* __restrict__ invstd, P* __restrict__ gw,
+                                      P* __restrict__ gb, int C, int S,
+                                      acc_t<T>* __restrict__ gw_a, acc_t<T>* __restrict__ gb_a) {
+    using A = acc_t<T>;
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= C) return;
-    T sum_g = T(0), sum_gx = T(0);
+    A sum_g = A(0), sum_gx = A(0);
     for (int s = 0; s < S; ++s) {
         sum_g += part[((long long)c * S + s) * 2];
         sum_gx += part[((long long)c * S + s) * 2 + 1];
     }
-    gb[c] = sum_g;
-    gw[c] = sum_gx * invstd[c];
+    const A w = sum_gx * A(to_acc(invstd[c]));
+    gb[c] = from_acc<P>(sum_g);
+    gw[c] = from_acc<P>(w);
+    if (gw_a) {
+        gb_a[c] = sum_g;
+        gw_a[c] = w;
+    }
 }
 
-template <typename T>
+// gw, gb: the finish kernel's sums in A
+template <typename T, typename P = T>
 __global__ void batch_norm_bwd_apply(const T* __restrict__ gy, const T* __restrict__ x,
-                                     const T* __restrict__ mean, const T* __restrict__ invstd,
-                                     const T* __restrict__ w, const T* __restrict__ gw,
-                                     const T* __restrict__ gb, T* __restrict__ gx, long long n,
-                                     int C, long long L, long long M, int training) {
+                                     const P* __restrict__ mean, const P* __restrict__ invstd,
+                                     const P* __restrict__ w, const acc_t<T>* __restrict__ gw,
+                                     const acc_t<T>* __restrict__ gb, T* __restrict__ gx,
+                                     long long n, int C, long long L, long long M, int training) {
+    using A = acc_t<T>;
     const long long start = blockIdx.x * (long long)blockDim.x + threadIdx.x;
     const long long step = (long long)gridDim.x * blockDim.x;
-    const T inv_m = T(1) / T(M);
+    const A inv_m = A(1) / A(M);
     FlatChannel ch(start, step, L, C);
     for (long long i = start; i < n; i += step, ch.next()) {
         const int c = ch.c;
-        const T k = (w ? w[c] : T(1)) * invstd[c];
+        const A is = A(to_acc(invstd[c])), k = scale_of<A>(w, c) * is;
         if (training) {
-            const T xhat = (x[i] - mean[c]) * invstd[c];
-            gx[i] = k * (gy[i] - gb[c] * inv_m - xhat * gw[c] * inv_m);
+            const A xhat = (to_acc(x[i]) - A(to_acc(mean[c]))) * is;
+            gx[i] = from_acc<T>(k * (to_acc(gy[i]) - gb[c] * inv_m - xhat * gw[c] * inv_m));
         } else {
-            gx[i] = k * gy[i];
+            gx[i] = from_acc<T>(k * to_acc(gy[i]));
         }
     }
 }
 
-template <typename T, int V>
+template <typename T, int V, typename P = T>
 __global__ void __launch_bounds__(NORM_THREADS)
 batch_norm_bwd_apply_planes(const T* __restrict__ gy, const T* __restrict__ x,
-                            const T* __restrict__ mean, const T* __restrict__ invstd,
-                            const T* __restrict__ w, const T* __restrict__ gw,
-                            const T* __restrict__ gb, T* __restrict__ gx, long long planes, int C,
-                            long long L, long long len, long long M, int training) {
+                            const P* __restrict__ mean, const P* __restrict__ invstd,
+                            const P* __restrict__ w, const acc_t<T>* __restrict__ gw,
+                            const acc_t<T>* __restrict__ gb, T* __restrict__ gx, long long planes,
+                            int C, long long L, long long len, long long M, int training) {
+    using A = acc_t<T>;
     const long long lo = blockIdx.x * len, hi = min(L, lo + len);
-    const T inv_m = T(1) / T(M);
+    const A inv_m = A(1) / A(M);
     for (long long p = blockIdx.y; p < planes; p += gridDim.y) {
         const int c = (int)(p % C);
-        const T k = (w ? w[c] : T(1)) * invstd[c];
+        const A is = A(to_acc(invstd[c])), k = scale_of<A>(w, c) * is;
         const T* gp = gy + p * L;
         T* op = gx + p * L;
         if (training) {
-            const T m = mean[c], is = invstd[c], gbm = gb[c] * inv_m, gwc = gw[c];
+            const A m = A(to_acc(mean[c])), gbm = gb[c] * inv_m, gwc = gw[c];
             const T* xp = x + p * L;
             for (long long i = lo + (long long)threadIdx.x * V; i < hi; i += NORM_THREADS * V) {
                 const Pack<T, V> g = load_pack<T, V>(gp + i), xv = load_pack<T, V>(xp + i);
                 Pack<T, V> r;
 #pragma unroll
                 for (int j = 0; j < V; ++j) {
-                    const T xhat = (xv.v[j] - m) * is;
-                    r.v[j] = k * (g.v[j] - gbm - xhat * gwc * inv_m);
+                    const A xhat = (to_acc(xv.v[j]) - m) * is;
+                    r.v[j] = from_acc<T>(k * (to_acc(g.v[j]) - gbm - xhat * gwc * inv_m));
                 }
                 store_pack<T, V>(op + i, r);
             }
@@ -295,7 +343,7 @@ batch_norm_bwd_apply_planes(const T* __restrict__ gy, const T* __restrict__ x,
             for (long long i = lo + (long long)threadIdx.x * V; i < hi; i += NORM_THREADS * V) {
                 Pack<T, V> g = load_pack<T, V>(gp + i);
 #pragma unroll
-                for (int j = 0; j < V; ++j) g.v[j] = k * g.v[j];
+                for (int j = 0; j < V; ++j) g.v[j] = from_acc<T>(k * to_acc(g.v[j]));
                 store_pack<T, V>(op + i, g);
             }
         }

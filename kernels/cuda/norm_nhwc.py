@@ -22,6 +22,13 @@ def nhwc_splits(C: int, M: int) -> int:
                       M // (ROWS * norm.NORM_MIN_PER_THREAD), MAX_GRID_YZ))
 
 
+def supports(a):
+    """norm_nhwc.cu's reductions are float32 / float64 (the half types: NCHW only, norm.cu)."""
+    if a.layout == "NHWC" and a.dtype in ("float16", "bfloat16"):
+        return f"NHWC batch norm serves float32 and float64, not {a.dtype}"
+    return None
+
+
 def _nhwc(name, dtype):
     return get_function("norm_nhwc.cu", f"batch_norm_nhwc_{name}<{ctype(dtype)}>")
 
@@ -58,7 +65,8 @@ def batch_norm_backward(a, g3, x3, mean, invstd, w):
                                     (g3, x3, mean, part, np.int64(M), np.int32(C), np.int32(S)))
     gw, gb = empty((C,), x3.dtype, x3), empty((C,), x3.dtype, x3)
     get_function("norm.cu", f"batch_norm_bwd_finish<{ctype(x3.dtype)}>")(
-        (ceil_div(C, THREADS),), (THREADS,), (part, invstd, gw, gb, np.int32(C), np.int32(S)))
+        (ceil_div(C, THREADS),), (THREADS,),
+        (part, invstd, gw, gb, np.int32(C), np.int32(S), null_or(None), null_or(None)))
     gx = empty(x3.shape, x3.dtype, x3)
     norm._norm_apply("bwd_apply", x3, (g3, x3, gx),
                      (g3, x3, mean, invstd, null_or(w), gw, gb, gx),

@@ -508,3 +508,157 @@ __global__ void adaptive_avg_pool2d_bwd(const T* __restrict__ gy, T* __restrict_
         gx[t] = acc;
     }
 }
+
+// ----------------------------------------------------------------------------------------
+// The half types (T = __half, __nv_bfloat16; half.cuh): the same rules on 16-bit data, in
+// kernels of their own. Max pooling compares the values converted to float (exact), with
+// greater / same_value<float> (no flush: a bfloat16 subnormal is a float subnormal) and
+// stores the chosen element itself; every sum is carried in float in the FP32 kernels' order
+// and rounded once on the store (no half output is ever added into). One thread per output
+// (forward) or per input element (gathers), windows by loops: not tuned.
+//
+//   max_pool2d_fwd_half<T, I>        the sequential rule: strict '>', the first maximum; the
+//                                    first NaN taken and kept
+//   max_pool2d_bwd_gather_half<T, I> the gather by element (indices checked beforehand by
+//                                    max_pool2d_check_indices)
+//   avg_pool2d_{fwd,bwd_gather}_half<T, I>, adaptive_avg_pool2d_{fwd,bwd}_half<T, I>
+#include "half.cuh"
+
+template <typename T, typename I>
+__global__ void max_pool2d_fwd_half(const T* __restrict__ x, T* __restrict__ y,
+                                    long long* __restrict__ idx, I NC, POOL_SHAPE_PARAMS) {
+    const POOL_SHAPE;
+    POOL_DIV(I, divQ, Q, mQ);
+    POOL_DIV(I, divP, P, mP);
+    const I total = NC * s.P * s.Q;
+    for (I t = blockIdx.x * (I)blockDim.x + threadIdx.x; t < total; t += (I)gridDim.x * blockDim.x) {
+        int p, q;
+        const I nc = unravel3(t, divP, divQ, p, q);
+        const T* xp = x + (long long)nc * s.H * s.W;
+        const int h0 = p * s.sh - s.ph, w0 = q * s.sw - s.pw;
+        float bf = neg_inf<float>();
+        T best = from_acc<T>(bf);
+        int bi = -1;
+        for (int r = 0; r < s.kh; ++r) {
+            const int h = h0 + r * s.dh;
+            if (h < 0 || h >= s.H) continue;
+            for (int c = 0; c < s.kw; ++c) {
+                const int v = w0 + c * s.dw;
+                if (v < 0 || v >= s.W) continue;
+                const T val = xp[h * s.W + v];
+                const float f = to_acc(val);
+                if (bf != bf) continue;                      // a NaN was taken: keep it
+                if (greater(f, bf) || f != f || bi < 0) { bf = f; best = val; bi = h * s.W + v; }
+            }
+        }
+        y[t] = best;
+        idx[t] = bi;
+    }
+}
+
+template <typename T, typename I>
+__global__ void max_pool2d_bwd_gather_half(const T* __restrict__ gy,
+                                           const long long* __restrict__ idx, T* __restrict__ gx,
+                                           I NC, POOL_SHAPE_PARAMS) {
+    const POOL_SHAPE;
+    POOL_DIV(I, divW, W, mW);
+    POOL_DIV(I, divH, H, mH);
+    POOL_DIV(I, divSH, sh, mSH);
+    POOL_DIV(I, divSW, sw, mSW);
+    const I total = NC * s.H * s.W;
+    for (I t = blockIdx.x * (I)blockDim.x + threadIdx.x; t < total; t += (I)gridDim.x * blockDim.x) {
+        int h, v;
+        const I nc = unravel3(t, divH, divW, h, v);
+        const long long base = (long long)nc * s.P * s.Q;
+        const int me = h * s.W + v;
+        const int p_hi = min((int)divSH.div(h + s.ph), s.P - 1);
+        const int q_hi = min((int)divSW.div(v + s.pw), s.Q - 1);
+        const int q_lo = first_cover(v, s.pw, s.kw, divSW, s.dw);
+        float acc = 0.f;
+        for (int p = first_cover(h, s.ph, s.kh, divSH, s.dh); p <= p_hi; ++p) {
+            const long long row = base + (long long)p * s.Q;
+            for (int q = q_lo; q <= q_hi; ++q)
+                if (idx[row + q] == me) acc += to_acc(gy[row + q]);
+        }
+        gx[t] = from_acc<T>(acc);
+    }
+}
+
+template <typename T, typename I>
+__global__ void avg_pool2d_fwd_half(const T* __restrict__ x, T* __restrict__ y, I NC,
+                                    POOL_SHAPE_PARAMS) {
+    const POOL_SHAPE;
+    POOL_DIV(I, divQ, Q, mQ);
+    POOL_DIV(I, divP, P, mP);
+    const I total = NC * s.P * s.Q;
+    for (I t = blockIdx.x * (I)blockDim.x + threadIdx.x; t < total; t += (I)gridDim.x * blockDim.x) {
+        int p, q;
+        const I nc = unravel3(t, divP, divQ, p, q);
+        const T* xp = x + (long long)nc * s.H * s.W;
+        const int h0 = p * s.sh - s.ph, w0 = q * s.sw - s.pw;
+        float acc = 0.f;
+        for (int h = max(h0, 0); h < min(h0 + s.kh, s.H); ++h)
+            for (int v = max(w0, 0); v < min(w0 + s.kw, s.W); ++v) acc += to_acc(xp[h * s.W + v]);
+        y[t] = from_acc<T>(acc / avg_divisor<float>(p, q, s));
+    }
+}
+
+template <typename T, typename I>
+__global__ void avg_pool2d_bwd_gather_half(const T* __restrict__ gy, T* __restrict__ gx, I NC,
+                                           POOL_SHAPE_PARAMS) {
+    const POOL_SHAPE;
+    POOL_DIV(I, divW, W, mW);
+    POOL_DIV(I, divH, H, mH);
+    POOL_DIV(I, divSH, sh, mSH);
+    POOL_DIV(I, divSW, sw, mSW);
+    const I total = NC * s.H * s.W;
+    for (I t = blockIdx.x * (I)blockDim.x + threadIdx.x; t < total; t += (I)gridDim.x * blockDim.x) {
+        int h, v;
+        const I nc = unravel3(t, divH, divW, h, v);
+        const T* g = gy + (long long)nc * s.P * s.Q;
+        float acc = 0.f;
+        const int p_hi = min((int)divSH.div(h + s.ph), s.P - 1);
+        const int q_hi = min((int)divSW.div(v + s.pw), s.Q - 1);
+        const int q_lo = first_cover(v, s.pw, s.kw, divSW, 1);
+        for (int p = first_cover(h, s.ph, s.kh, divSH, 1); p <= p_hi; ++p)
+            for (int q = q_lo; q <= q_hi; ++q)
+                acc += to_acc(g[p * s.Q + q]) / avg_divisor<float>(p, q, s);
+        gx[t] = from_acc<T>(acc);
+    }
+}
+
+template <typename T, typename I>
+__global__ void adaptive_avg_pool2d_fwd_half(const T* __restrict__ x, T* __restrict__ y, I NC,
+                                             int H, int W, int P, int Q) {
+    const I total = NC * P * Q;
+    for (I t = blockIdx.x * (I)blockDim.x + threadIdx.x; t < total; t += (I)gridDim.x * blockDim.x) {
+        const int q = (int)(t % Q), p = (int)((t / Q) % P);
+        const T* xp = x + (long long)(t / ((I)P * Q)) * H * W;
+        const int h0 = adaptive_start(p, H, P), h1 = adaptive_end(p, H, P);
+        const int w0 = adaptive_start(q, W, Q), w1 = adaptive_end(q, W, Q);
+        float acc = 0.f;
+        for (int h = h0; h < h1; ++h)
+            for (int v = w0; v < w1; ++v) acc += to_acc(xp[(long long)h * W + v]);
+        y[t] = from_acc<T>(acc / float((h1 - h0) * (w1 - w0)));
+    }
+}
+
+template <typename T, typename I>
+__global__ void adaptive_avg_pool2d_bwd_half(const T* __restrict__ gy, T* __restrict__ gx, I NC,
+                                             int H, int W, int P, int Q) {
+    const I total = NC * H * W;
+    for (I t = blockIdx.x * (I)blockDim.x + threadIdx.x; t < total; t += (I)gridDim.x * blockDim.x) {
+        const int v = (int)(t % W), h = (int)((t / W) % H);
+        const T* g = gy + (long long)(t / ((I)H * W)) * P * Q;
+        const int p0 = adaptive_start(h, P, H), p1 = adaptive_end(h, P, H);
+        const int q0 = adaptive_start(v, Q, W), q1 = adaptive_end(v, Q, W);
+        float acc = 0.f;
+        for (int p = p0; p < p1; ++p) {
+            const int rows = adaptive_end(p, H, P) - adaptive_start(p, H, P);
+            for (int q = q0; q < q1; ++q)
+                acc += to_acc(g[p * Q + q]) /
+                       float(rows * (adaptive_end(q, W, Q) - adaptive_start(q, W, Q)));
+        }
+        gx[t] = from_acc<T>(acc);
+    }
+}

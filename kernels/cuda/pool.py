@@ -1,11 +1,13 @@
 """Launchers of pool.cu: max pooling with argmax (forward; the backward as a gather by
 stride-sized cells or by element, indices validated on the device), average and adaptive
-average pooling and their backward gathers."""
+average pooling and their backward gathers. The half types (float16, bfloat16) take pool.cu's
+*_half kernels: FP32 arithmetic, one rounding per output, the max-pool gather by element."""
 from __future__ import annotations
 
 import numpy as np
 
 from convgpu.arrays import xp_of
+from convgpu.core.args import HALF_DTYPES
 from convgpu.kernels.cuda.launch import (THREADS, ceil_div, elementwise_grid, fastdiv, i32,
                                          index_type, null_or)
 from convgpu.kernels.cuda.module import ctype, get_function
@@ -20,6 +22,10 @@ def pool_ints(a, H, W, P, Q, dil=True):
 
 
 
+def _half(dtype) -> bool:
+    return np.dtype(dtype) in HALF_DTYPES
+
+
 def max_pool2d_window(a) -> int:
     """The K of max_pool2d_fwd<T, I, K>: 2 or 3 for square windows of that size (unrolled
     exactly, clamped without masks at dilation 1), else 0 (the general kernel)."""
@@ -31,7 +37,11 @@ def max_pool2d(a, x):
     y = empty(a.y_shape, x.dtype, x)
     idx = empty(a.y_shape, np.int64, x)
     it, ic = index_type(max(y.size, x.size))
-    fn = get_function("pool.cu", f"max_pool2d_fwd<{ctype(x.dtype)}, {it}, {max_pool2d_window(a)}>")
+    if _half(x.dtype):
+        fn = get_function("pool.cu", f"max_pool2d_fwd_half<{ctype(x.dtype)}, {it}>")
+    else:
+        fn = get_function("pool.cu",
+                          f"max_pool2d_fwd<{ctype(x.dtype)}, {it}, {max_pool2d_window(a)}>")
     fn(elementwise_grid(y.size), (THREADS,),
        (x, y, idx, ic(a.N * a.C), *pool_ints(a, a.H, a.W, a.P, a.Q)))
     return y, idx
@@ -77,7 +87,8 @@ def max_pool2d_backward_gather(a, gy, idx):
     g = a.pool                       # the forward's geometry
     gx = empty(g.x_shape, gy.dtype, gy)
     bad = index_flag(a, gy)
-    cells = max_pool2d_cells(g)
+    # the half types: by element only (the cells kernel sums in the data type)
+    cells = None if _half(gy.dtype) else max_pool2d_cells(g)
     if cells:
         CH, CW = cells
         it, ic = index_type(max(gx.size, g.N * g.C * CH * CW))
@@ -91,7 +102,10 @@ def max_pool2d_backward_gather(a, gy, idx):
             get_function("pool.cu", f"max_pool2d_check_indices<{it}>")(
                 elementwise_grid(idx.size), (THREADS,),
                 (idx, bad, ic(g.N * g.C), *pool_ints(g, g.H, g.W, g.P, g.Q)))
-        fn = get_function("pool.cu", f"max_pool2d_bwd_gather<{ctype(gy.dtype)}, {it}>")
+        if _half(gy.dtype):
+            fn = get_function("pool.cu", f"max_pool2d_bwd_gather_half<{ctype(gy.dtype)}, {it}>")
+        else:
+            fn = get_function("pool.cu", f"max_pool2d_bwd_gather<{ctype(gy.dtype)}, {it}>")
         fn(elementwise_grid(gx.size), (THREADS,),
            (gy, idx, gx, ic(g.N * g.C), *pool_ints(g, g.H, g.W, g.P, g.Q)))
     raise_if_flagged(bad, g)
@@ -101,7 +115,10 @@ def max_pool2d_backward_gather(a, gy, idx):
 def avg_pool2d(a, x):
     y = empty(a.y_shape, x.dtype, x)
     it, ic = index_type(max(y.size, x.size))
-    fn = get_function("pool.cu", f"avg_pool2d_fwd<{ctype(x.dtype)}, {it}>")
+    if _half(x.dtype):
+        fn = get_function("pool.cu", f"avg_pool2d_fwd_half<{ctype(x.dtype)}, {it}>")
+    else:
+        fn = get_function("pool.cu", f"avg_pool2d_fwd<{ctype(x.dtype)}, {it}>")
     fn(elementwise_grid(y.size), (THREADS,),
        (x, y, ic(a.N * a.C), *pool_ints(a, a.H, a.W, a.P, a.Q, dil=False)))
     return y
@@ -110,7 +127,10 @@ def avg_pool2d(a, x):
 def avg_pool2d_backward(a, gy):
     gx = empty(a.x_shape, gy.dtype, gy)
     it, ic = index_type(gx.size)
-    fn = get_function("pool.cu", f"avg_pool2d_bwd_gather<{ctype(gy.dtype)}, {it}>")
+    if _half(gy.dtype):
+        fn = get_function("pool.cu", f"avg_pool2d_bwd_gather_half<{ctype(gy.dtype)}, {it}>")
+    else:
+        fn = get_function("pool.cu", f"avg_pool2d_bwd_gather<{ctype(gy.dtype)}, {it}>")
     fn(elementwise_grid(gx.size), (THREADS,),
        (gy, gx, ic(a.N * a.C), *pool_ints(a, a.H, a.W, a.P, a.Q, dil=False)))
     return gx
@@ -119,7 +139,10 @@ def avg_pool2d_backward(a, gy):
 def adaptive_avg_pool2d(a, x):
     y = empty(a.y_shape, x.dtype, x)
     it, ic = index_type(max(y.size, x.size))
-    fn = get_function("pool.cu", f"adaptive_avg_pool2d_fwd<{ctype(x.dtype)}, {it}>")
+    if _half(x.dtype):
+        fn = get_function("pool.cu", f"adaptive_avg_pool2d_fwd_half<{ctype(x.dtype)}, {it}>")
+    else:
+        fn = get_function("pool.cu", f"adaptive_avg_pool2d_fwd<{ctype(x.dtype)}, {it}>")
     fn(elementwise_grid(y.size), (THREADS,), (x, y, ic(a.N * a.C), *i32(a.H, a.W, a.P, a.Q)))
     return y
 
@@ -127,7 +150,10 @@ def adaptive_avg_pool2d(a, x):
 def adaptive_avg_pool2d_backward(a, gy):
     gx = empty(a.x_shape, gy.dtype, gy)
     it, ic = index_type(max(gx.size, gy.size))
-    fn = get_function("pool.cu", f"adaptive_avg_pool2d_bwd<{ctype(gy.dtype)}, {it}>")
+    if _half(gy.dtype):
+        fn = get_function("pool.cu", f"adaptive_avg_pool2d_bwd_half<{ctype(gy.dtype)}, {it}>")
+    else:
+        fn = get_function("pool.cu", f"adaptive_avg_pool2d_bwd<{ctype(gy.dtype)}, {it}>")
     fn(elementwise_grid(gx.size), (THREADS,),
        (contiguous(gy), gx, ic(a.N * a.C), *i32(a.H, a.W, a.P, a.Q)))
     return gx

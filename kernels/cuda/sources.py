@@ -9,6 +9,7 @@ low-level cupy.cuda.nvrtc API, which needs no GPU.
 """
 from __future__ import annotations
 
+import os
 from importlib import resources
 from typing import Dict, Sequence, Tuple
 
@@ -18,6 +19,8 @@ RUNTIME_ADDED_OPTIONS: Tuple[str, ...] = ("-ftz=true", "--device-as-default-exec
 # every specialisation each module exports, by file: the launchers look kernels up by these
 # exact strings
 T_NAMES = ("float", "double")
+# the half types (half.cuh): data in 16 bits, arithmetic in FP32
+H_NAMES = ("__half", "__nv_bfloat16")
 NAME_EXPRESSIONS: Dict[str, Tuple[str, ...]] = {
     "gemm.cu": tuple(f"gemm_tiled<{t}, {ta}, {tb}, false>" for t in T_NAMES
                      for ta in ("false", "true") for tb in ("false", "true"))
@@ -42,23 +45,33 @@ NAME_EXPRESSIONS: Dict[str, Tuple[str, ...]] = {
     "im2col.cu": tuple(f"{k}<{t}>" for k in ("im2col", "col2im") for t in T_NAMES),
     "ceiling.cu": tuple(f"fma_peak<{t}>" for t in T_NAMES),
     "fft.cu": tuple(f"spectra_{k}<{t}>" for k in ("stack", "unstack") for t in T_NAMES),
-    "conv_direct.cu": tuple(f"conv2d_direct<{t}>" for t in T_NAMES),
-    "depthwise.cu": tuple(f"conv2d_depthwise<{t}, {ks}, {rp}>" for t in T_NAMES
+    "conv_direct.cu": tuple(f"conv2d_direct<{t}>" for t in T_NAMES + H_NAMES),
+    "depthwise.cu": tuple(f"conv2d_depthwise<{t}, {ks}, {rp}>" for t in T_NAMES + H_NAMES
                           for ks in (0, 3) for rp in (1, 2))
     + tuple(f"conv2d_depthwise{k}<{t}>" for k in ("_dgrad", "_wgrad", "_wgrad3")
-            for t in T_NAMES),
+            for t in T_NAMES + H_NAMES)
+    + tuple(f"conv2d_depthwise_wgrad3_finish<{t}>" for t in H_NAMES),
     "winograd.cu": tuple(f"winograd_{k}<{t}, {m}>" for k in ("filter", "input", "output",
                                                                 "grad_tiles", "grad_filter")
                          for t in T_NAMES for m in (2, 4)),
     "elementwise.cu": tuple(f"{k}<{t}>" for k in ("relu_fwd", "relu_bwd", "bias_add_fwd",
                                                   "channel_sum", "plane_mean", "plane_spread",
                                                   "xent_rows", "xent_bwd", "adam_step",
-                                                  "sgd_step") for t in T_NAMES),
+                                                  "sgd_step") for t in T_NAMES + H_NAMES)
+    + tuple(f"{k}_vec8<{t}>" for k in ("relu_fwd", "relu_bwd", "bias_add") for t in H_NAMES)
+    + tuple(f"channel_sum<float, {t}>" for t in H_NAMES),
     "norm.cu": tuple(f"batch_norm_{k}<{t}>" for k in ("partials", "finish", "apply",
                                                        "bwd_partials", "bwd_finish", "bwd_apply")
                      for t in T_NAMES)
     + tuple(f"batch_norm_{k}_planes<{t}, {v}>" for k in ("apply", "bwd_apply")
-            for t, vec in (("float", 4), ("double", 2)) for v in (1, vec)),
+            for t, vec in (("float", 4), ("double", 2)) for v in (1, vec))
+    # the half types: parameters and statistics in the data's type (P = T) or in float
+    + tuple(f"batch_norm_partials<{t}>" for t in H_NAMES)
+    + tuple(f"batch_norm_{k}<{t}{p}>" for k in ("finish", "apply", "bwd_partials", "bwd_finish",
+                                                 "bwd_apply")
+            for t in H_NAMES for p in ("", ", float"))
+    + tuple(f"batch_norm_{k}_planes<{t}, {v}{p}>" for k in ("apply", "bwd_apply")
+            for t in H_NAMES for v in (1, 8) for p in ("", ", float")),
     "pool.cu": tuple(f"{k}<{t}, {i}>" for k in ("max_pool2d_bwd_gather", "max_pool2d_bwd_cells",
                                                  "avg_pool2d_fwd", "avg_pool2d_bwd_gather",
                                                  "adaptive_avg_pool2d_fwd",
@@ -66,7 +79,11 @@ NAME_EXPRESSIONS: Dict[str, Tuple[str, ...]] = {
                      for t in T_NAMES for i in ("int", "long long"))
     + tuple(f"max_pool2d_fwd<{t}, {i}, {k}>" for t in T_NAMES for i in ("int", "long long")
             for k in (0, 2, 3))
-    + tuple(f"max_pool2d_check_indices<{i}>" for i in ("int", "long long")),
+    + tuple(f"max_pool2d_check_indices<{i}>" for i in ("int", "long long"))
+    + tuple(f"{k}_half<{t}, {i}>" for k in ("max_pool2d_fwd", "max_pool2d_bwd_gather",
+                                             "avg_pool2d_fwd", "avg_pool2d_bwd_gather",
+                                             "adaptive_avg_pool2d_fwd", "adaptive_avg_pool2d_bwd")
+            for t in H_NAMES for i in ("int", "long long")),
 }
 
 
@@ -101,9 +118,31 @@ def source(name: str) -> str:
 
 
 def options() -> Tuple[str, ...]:
-    """NVRTC's options: ours, and kernels/cuda on the include path (the dev files include
-    the .cu they shadow from there)."""
-    return NVRTC_OPTIONS + (f"-I{kernels_dir()}",)
+    """NVRTC's options: ours, kernels/cuda on the include path (the dev files include the
+    .cu they shadow from there), and the CUDA toolkit's headers (cuda_include_options)."""
+    return NVRTC_OPTIONS + (f"-I{kernels_dir()}",) + cuda_include_options()
+
+
+def cuda_include_options() -> Tuple[str, ...]:
+    """-I for the CUDA toolkit's include directory, where half.cuh's <cuda_fp16.h> and
+    <cuda_bf16.h> are: the directory CuPy adds for RawModule itself (cupy.cuda.get_cuda_path()
+    /include: a pip install's nvidia/cu13/include), named here too so the compile tier's
+    bare NVRTC calls find the same headers. Where that toolkit path has no such header (a
+    process that loaded another libnvrtc first: tests/runtime_nvrtc.py), the pip wheels'
+    nvidia/cu*/include that has it. Empty without CuPy or any such directory."""
+    try:
+        from cupy.cuda import get_cuda_path
+    except ImportError:
+        return ()
+    candidates = [os.path.join(get_cuda_path() or "", "include")]
+    try:
+        import nvidia                                   # the pip wheels' namespace package
+        candidates += sorted(os.path.join(d, sub, "include") for d in nvidia.__path__
+                             for sub in os.listdir(d) if sub.startswith("cu"))
+    except ImportError:
+        pass
+    found = next((c for c in candidates if os.path.isfile(os.path.join(c, "cuda_fp16.h"))), None)
+    return (f"-I{found}",) if found else ()
 
 
 def all_name_expressions() -> Sequence[Tuple[str, str]]:

@@ -81,6 +81,8 @@ CUDA_HOST_VEC4(float, float4, 16)
 CUDA_HOST_VEC4(int, int4, 16)
 CUDA_HOST_VEC4(double, double4, 16)
 
+#include "cuda_host_half.h"
+
 template <typename To, typename From> inline To cuda_host_bits(From v) {
     static_assert(sizeof(To) == sizeof(From), "bit cast of different sizes");
     To t;
@@ -251,6 +253,65 @@ inline void mma_m16n8k8_tf32(float* d, const unsigned* a, const unsigned* b) {
         for (int k = 0; k < 8; ++k) acc += A[rows[v]][k] * B[k][cols[v]];
         d[v] = acc;
     }
+}
+
+// a 32-bit tensor-core register of 16-bit operands: the element of the lower index in the
+// low half (f16 or, with BF16, bf16 bits), read exactly
+template <bool BF16> inline float half_bits(unsigned long long reg, int high) {
+    const unsigned short h = (unsigned short)(reg >> (16 * high));
+    return BF16 ? cuda_host_half::from_bf16(h) : cuda_host_half::from_half(h);
+}
+
+// mma.sync.aligned.m16n8k16.row.col.f32.{f16,bf16}.{f16,bf16}.f32, fragments as in the PTX
+// ISA: lane (g = lane / 4, t = lane % 4), h = 0 (low half) or 1 (high half) of a register:
+// a0 = A[g][2t+h], a1 = A[g+8][2t+h], a2 = A[g][2t+8+h], a3 = A[g+8][2t+8+h];
+// b0 = B[2t+h][g], b1 = B[2t+8+h][g]; c0..c3 as in m16n8k8. The products of 16-bit operands
+// are exact in float; they are summed in float, in order of k, onto the accumulator (the
+// hardware's FP32 accumulation order is its own: results agree to FP32 rounding, not bitwise).
+template <bool BF16> inline void mma_m16n8k16(float* d, const unsigned* a, const unsigned* b) {
+    auto& s = L.slots[warp()];
+    for (int i = 0; i < 4; ++i) s[lane()][i] = a[i];
+    for (int i = 0; i < 2; ++i) s[lane()][4 + i] = b[i];
+    warp_sync();
+    float A[16][16], B[16][8];
+    for (int l = 0; l < 32; ++l) {
+        const int g = l / 4, t = l % 4;
+        for (int h = 0; h < 2; ++h) {
+            A[g][2 * t + h] = half_bits<BF16>(s[l][0], h);
+            A[g + 8][2 * t + h] = half_bits<BF16>(s[l][1], h);
+            A[g][2 * t + 8 + h] = half_bits<BF16>(s[l][2], h);
+            A[g + 8][2 * t + 8 + h] = half_bits<BF16>(s[l][3], h);
+            B[2 * t + h][g] = half_bits<BF16>(s[l][4], h);
+            B[2 * t + 8 + h][g] = half_bits<BF16>(s[l][5], h);
+        }
+    }
+    warp_sync();
+    const int g = lane() / 4, t = lane() % 4;
+    const int rows[4] = {g, g, g + 8, g + 8}, cols[4] = {2 * t, 2 * t + 1, 2 * t, 2 * t + 1};
+    for (int v = 0; v < 4; ++v) {
+        float acc = d[v];
+        for (int k = 0; k < 16; ++k) acc += A[rows[v]][k] * B[k][cols[v]];
+        d[v] = acc;
+    }
+}
+
+// ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16: lane l gives the address of row l % 8 of
+// 8 x 8 matrix l / 8 (16 bytes, 16-byte aligned). Register i of lane l receives matrix i's
+// row l / 4, columns 2 (l % 4) and 2 (l % 4) + 1 (low half, high half); with .trans (TRANS)
+// its column l / 4, rows 2 (l % 4) and 2 (l % 4) + 1.
+template <bool TRANS> inline void ldmatrix_x4(unsigned* r, const void* row) {
+    auto& s = L.slots[warp()];
+    s[lane()][0] = (unsigned long long)reinterpret_cast<uintptr_t>(row);
+    if (reinterpret_cast<uintptr_t>(row) % 16) fail("%s: ldmatrix row address not 16-byte aligned", L.kernel);
+    warp_sync();
+    const int l = lane(), q = l / 4, p = 2 * (l % 4);
+    for (int i = 0; i < 4; ++i) {
+        auto at = [&](int rr, int c) {
+            return (unsigned)reinterpret_cast<const unsigned short*>(s[8 * i + rr][0])[c];
+        };
+        r[i] = TRANS ? at(p, q) | at(p + 1, q) << 16 : at(q, p) | at(q, p + 1) << 16;
+    }
+    warp_sync();
 }
 
 // ---- scheduler ------------------------------------------------------------------------

@@ -1,0 +1,252 @@
+"""Host-emulation tier of the half-precision device code: the emulator's __half and
+__nv_bfloat16 (kernels/cuda/emulator/cuda_host_half.h) against NumPy's float16 and
+ml_dtypes.bfloat16 at every rounding boundary of both formats; mma.sync m16n8k16 (f16, bf16)
+and ldmatrix (.x4, .x4.trans) against the PTX ISA's fragment layout, written out here
+independently of the emulator; the tensor-core HGEMM (gemm.cu: gemm_mma16) from its
+launcher, forward and reverse order, odd shapes, against the float64 product of the half
+inputs.
+
+Emulated is not validated: nothing here has run on a GPU."""
+import numpy as np
+import pytest
+
+from convgpu.kernels.cuda.emulator import cuda_host
+
+if not cuda_host.available():
+    pytest.skip(f"no C++ compiler ({cuda_host.CXX}) for the host emulation", allow_module_level=True)
+
+ml_dtypes = pytest.importorskip("ml_dtypes")
+BF16 = np.dtype(ml_dtypes.bfloat16)
+F16 = np.dtype(np.float16)
+
+
+@pytest.fixture(autouse=True)
+def emulated(monkeypatch):
+    monkeypatch.setenv("CONVGPU_CUDA_HOST", "1")
+    monkeypatch.setenv("CONVGPU_POISON", "1")
+
+
+ORDERS = ("forward", "reverse")
+
+
+def both_orders(fn):
+    """fn() forward and in reverse order: the results must be bitwise identical."""
+    outs = []
+    for which in ORDERS:
+        with cuda_host.order(which):
+            outs.append(fn())
+    for u, v in zip(outs[0] if isinstance(outs[0], tuple) else (outs[0],),
+                    outs[1] if isinstance(outs[1], tuple) else (outs[1],), strict=True):
+        np.testing.assert_array_equal(np.asarray(u).view(np.uint8), np.asarray(v).view(np.uint8),
+                                      err_msg="result depends on thread/block order")
+    return outs[0]
+
+
+# ---- conversions ------------------------------------------------------------------------
+
+CONVERT = r"""
+__global__ void to_f16(const float* x, unsigned short* y, int n) {
+    for (int i = threadIdx.x; i < n; i += blockDim.x) y[i] = __half_as_ushort(__float2half_rn(x[i])); }
+__global__ void to_bf16(const float* x, unsigned short* y, int n) {
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+        y[i] = __bfloat16_as_ushort(__float2bfloat16_rn(x[i])); }
+__global__ void from_f16(const unsigned short* x, float* y, int n) {
+    for (int i = threadIdx.x; i < n; i += blockDim.x) y[i] = __half2float(__ushort_as_half(x[i])); }
+__global__ void from_bf16(const unsigned short* x, float* y, int n) {
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+        y[i] = __bfloat162float(__ushort_as_bfloat16(x[i])); }
+// the pair types: (x[2i], x[2i+1]) packed, unpacked by __low2float / __high2float
+__global__ void pairs(const float* x, float* y, int n) {
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        const __half2 h = __floats2half2_rn(x[2 * i], x[2 * i + 1]);
+        const __nv_bfloat162 b = __floats2bfloat162_rn(x[2 * i], x[2 * i + 1]);
+        const __half2 h2 = __halves2half2(__low2half(h), __high2half(h));
+        const __nv_bfloat162 b2 = __halves2bfloat162(__low2bfloat16(b), __high2bfloat16(b));
+        y[4 * i] = __low2float(h2); y[4 * i + 1] = __high2float(h2);
+        y[4 * i + 2] = __low2float(b2); y[4 * i + 3] = __high2float(b2);
+    }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def convert():
+    return cuda_host.module_from_source(CONVERT, ("to_f16", "to_bf16", "from_f16", "from_bf16",
+                                                  "pairs"))
+
+
+def _run(k, x, out_dtype):
+    y = np.zeros(x.size, out_dtype)
+    k((1,), (256,), (x, y, np.int32(x.size)))
+    return y
+
+
+def _boundaries(fmt):
+    """Every value of the 16-bit format (all 65536 patterns but NaNs) as float32, and the
+    floats that decide its rounding: each midpoint between neighbours (a tie), the float
+    just below and just above it, and the float just beside each value."""
+    with np.errstate(over="ignore"):            # the floats past the format's range
+        return _boundaries_of(fmt)
+
+
+def _boundaries_of(fmt):
+    v = np.arange(65536, dtype=np.uint16).view(fmt).astype(np.float32)
+    v = np.unique(v[~np.isnan(v)])                       # sorted, -inf .. inf, one zero
+    finite = v[np.isfinite(v)]
+    mid = (finite[:-1].astype(np.float64) + finite[1:]) / 2
+    assert np.all(mid.astype(np.float32) == mid)         # ties are exact in float32
+    mid = mid.astype(np.float32)
+    # beyond the largest finite value: the overflow tie and its neighbours
+    top = finite[-1].astype(np.float64)
+    ulp = top - finite[-2]
+    over = np.array([top + ulp / 2, -(top + ulp / 2), top + ulp, np.finfo(np.float32).max,
+                     -np.finfo(np.float32).max], np.float32)
+    pts = [v, mid, over]
+    for p in (mid, v, over):
+        pts += [np.nextafter(p, np.float32(np.inf)), np.nextafter(p, np.float32(-np.inf))]
+    tiny = np.array([0x1, 0x7fffff, 0x800000, 0x80000001], np.uint32).view(np.float32)
+    return np.concatenate(pts + [tiny, -0.0 * np.ones(1, np.float32)])
+
+
+@pytest.mark.parametrize("fmt, kernel", [(F16, "to_f16"), (BF16, "to_bf16")])
+def test_float_to_half_rounds_to_nearest_even_at_every_boundary(convert, fmt, kernel):
+    """__float2half_rn / __float2bfloat16_rn bit for bit as NumPy / ml_dtypes round (nearest,
+    ties to even, subnormals, overflow to infinity), at each of the ~400k floats that decide a
+    rounding; every NaN gives a NaN (the canonical 0x7fff, as the CUDA headers' host path)."""
+    x = _boundaries(fmt)
+    got = _run(convert[kernel], x, np.uint16)
+    with np.errstate(over="ignore"):
+        want = x.astype(fmt).view(np.uint16)
+    bad = np.flatnonzero(got != want)
+    assert bad.size == 0, [(float(x[i]), hex(x[i:i + 1].view(np.uint32)[0]), hex(got[i]),
+                            hex(want[i])) for i in bad[:8]]
+    nans = np.array([0x7f800001, 0x7fc00000, 0xffffffff, 0x7fffffff, 0xff800001, 0x7f801fff],
+                    np.uint32).view(np.float32)
+    assert np.all(_run(convert[kernel], nans, np.uint16) == 0x7fff)
+
+
+@pytest.mark.parametrize("fmt, kernel", [(F16, "from_f16"), (BF16, "from_bf16")])
+def test_half_to_float_is_exact_for_all_65536_patterns(convert, fmt, kernel):
+    h = np.arange(65536, dtype=np.uint16)
+    got = _run(convert[kernel], h, np.float32)
+    want = h.view(fmt).astype(np.float32)
+    nan = np.isnan(want)
+    assert np.array_equal(np.isnan(got), nan)
+    np.testing.assert_array_equal(got[~nan].view(np.uint32), want[~nan].view(np.uint32))
+
+
+def test_pair_types_pack_low_then_high(convert, rng):
+    x = rng.standard_normal(2 * 1000).astype(np.float32) * 1000
+    y = np.zeros(4 * 1000, np.float32)
+    convert["pairs"]((1,), (64,), (x, y, np.int32(1000)))
+    y = y.reshape(-1, 4)
+    np.testing.assert_array_equal(y[:, 0:2].reshape(-1), x.astype(F16).astype(np.float32))
+    np.testing.assert_array_equal(y[:, 2:4].reshape(-1), x.astype(BF16).astype(np.float32))
+
+
+# ---- mma.sync m16n8k16 and ldmatrix -------------------------------------------------------
+
+MMA = r"""
+#include "common.cuh"
+// each lane's registers in, its accumulators out: a (32 x 4), b (32 x 2), d (32 x 4)
+template <bool BF16>
+__global__ void mma16(const unsigned* a, const unsigned* b, const float* c, float* d) {
+    const int l = threadIdx.x;
+    float acc[4] = {c[4 * l], c[4 * l + 1], c[4 * l + 2], c[4 * l + 3]};
+    const unsigned ra[4] = {a[4 * l], a[4 * l + 1], a[4 * l + 2], a[4 * l + 3]};
+    const unsigned rb[2] = {b[2 * l], b[2 * l + 1]};
+    tile::mma_m16n8k16<BF16>(acc, ra, rb);
+    for (int v = 0; v < 4; ++v) d[4 * l + v] = acc[v];
+}
+// four 8 x 8 matrices m (4 x 8 x 8 16-bit values) staged in shared memory with a row pitch
+// of 24 values (rows 16-byte aligned, not contiguous); lane l passes row l % 8 of matrix l / 8
+template <bool TRANS>
+__global__ void ldm(const unsigned short* m, unsigned* r) {
+    __shared__ __align__(16) unsigned short s[4][8][24];
+    const int l = threadIdx.x;
+    for (int i = l; i < 4 * 8 * 8; i += 32) s[i / 64][(i / 8) % 8][i % 8] = m[i];
+    __syncwarp();
+    unsigned out[4];
+    tile::ldmatrix_x4<TRANS>(out, &s[l / 8][l % 8][0]);
+    for (int i = 0; i < 4; ++i) r[4 * l + i] = out[i];
+}
+"""
+MMA_EXPRS = ("mma16<false>", "mma16<true>", "ldm<false>", "ldm<true>")
+
+
+@pytest.fixture(scope="module")
+def mma():
+    return cuda_host.module_from_source(MMA, MMA_EXPRS)
+
+
+def _pack(lo, hi):
+    return lo.astype(np.uint32) | hi.astype(np.uint32) << 16
+
+
+def _fragments(A, B, fmt):
+    """Registers of each lane for A (16 x 16) and B (16 x 8) per the PTX ISA's m16n8k16
+    .f16/.bf16 layout: groupID g = lane >> 2, threadID_in_group t = lane % 4; element i of
+    A (a0..a7) at row g (i < 2 or 4 <= i < 6) else g + 8, column 2t + (i & 1) (+ 8 for
+    i >= 4); element i of B (b0..b3) at row 2t + (i & 1) (+ 8 for i >= 2), column g; two
+    elements to a register, the first in the low half."""
+    a_bits, b_bits = A.astype(fmt).view(np.uint16), B.astype(fmt).view(np.uint16)
+    ra = np.zeros((32, 4), np.uint32)
+    rb = np.zeros((32, 2), np.uint32)
+    for lane in range(32):
+        g, t = lane >> 2, lane % 4
+        ea = [a_bits[g if (i < 2 or 4 <= i < 6) else g + 8, 2 * t + (i & 1) + (8 if i >= 4 else 0)]
+              for i in range(8)]
+        eb = [b_bits[2 * t + (i & 1) + (8 if i >= 2 else 0), g] for i in range(4)]
+        ra[lane] = [_pack(np.uint16(ea[2 * r]), np.uint16(ea[2 * r + 1])) for r in range(4)]
+        rb[lane] = [_pack(np.uint16(eb[2 * r]), np.uint16(eb[2 * r + 1])) for r in range(2)]
+    return ra, rb
+
+
+def _accumulators(D):
+    """D (16 x 8) as each lane's c0..c3: row g (c0, c1) or g + 8, column 2t + (i & 1)."""
+    d = np.zeros((32, 4), np.float32)
+    for lane in range(32):
+        g, t = lane >> 2, lane % 4
+        d[lane] = [D[g + (8 if i >= 2 else 0), 2 * t + (i & 1)] for i in range(4)]
+    return d
+
+
+@pytest.mark.parametrize("fmt, bf16", [(F16, False), (BF16, True)])
+def test_mma_m16n8k16_lane_layout_is_the_ptx_isas(mma, rng, fmt, bf16):
+    """D = A B + C with small integers (every product and sum exact in float32, so the
+    result is the integer product bit for bit): a fragment placed at the wrong lane, row or
+    half of a register changes it. Then a second call on values with rounding, against the
+    float64 product of the 16-bit inputs within FP32 accumulation's bound."""
+    A = rng.integers(-8, 9, (16, 16)).astype(np.float32)
+    B = rng.integers(-8, 9, (16, 8)).astype(np.float32)
+    C = rng.integers(-100, 101, (16, 8)).astype(np.float32)
+    ra, rb = _fragments(A, B, fmt)
+    d = np.zeros((32, 4), np.float32)
+    mma[f"mma16<{'true' if bf16 else 'false'}>"]((1,), (32,), (ra, rb, _accumulators(C), d))
+    np.testing.assert_array_equal(d, _accumulators(A.astype(np.float64) @ B + C))
+
+    A = rng.standard_normal((16, 16)).astype(np.float32)
+    B = rng.standard_normal((16, 8)).astype(np.float32)
+    ra, rb = _fragments(A, B, fmt)
+    mma[f"mma16<{'true' if bf16 else 'false'}>"]((1,), (32,), (ra, rb, np.zeros((32, 4),
+                                                 np.float32), d))
+    Ah, Bh = A.astype(fmt).astype(np.float64), B.astype(fmt).astype(np.float64)
+    want, mag = _accumulators(Ah @ Bh), _accumulators(abs(Ah) @ abs(Bh))
+    # 16 exact products summed in float32: at most 16 roundings of u32 = 2**-24 each
+    assert np.all(abs(d - want) <= 16 * 2.0 ** -24 * mag)
+
+
+@pytest.mark.parametrize("trans", [False, True])
+def test_ldmatrix_x4_lane_layout(mma, rng, trans):
+    """Register i of lane l: matrix i's row l / 4, columns 2 (l % 4) and + 1 (low, high
+    half), or with .trans its column l / 4, rows 2 (l % 4) and + 1."""
+    m = rng.integers(0, 65536, (4, 8, 8)).astype(np.uint16)
+    r = np.zeros((32, 4), np.uint32)
+    mma[f"ldm<{'true' if trans else 'false'}>"]((1,), (32,), (m, r))
+    want = np.zeros((32, 4), np.uint32)
+    for lane in range(32):
+        q, p = lane // 4, 2 * (lane % 4)
+        for i in range(4):
+            lo, hi = (m[i, p, q], m[i, p + 1, q]) if trans else (m[i, q, p], m[i, q, p + 1])
+            want[lane, i] = _pack(np.uint16(lo), np.uint16(hi))
+    np.testing.assert_array_equal(r, want)

@@ -1,0 +1,284 @@
+"""The CUDA C kernels that are not GEMMs in the half types (float16, bfloat16: half.cuh),
+under the host emulation: tests/half_checks.py's bodies again with threads and blocks in
+reverse order (test_half.py runs them forward; a result that changes with the order is a
+race), and what those bodies do not reach: the 16-byte vector kernels' tails and their
+scalar fallback for misaligned views, NaN, ties and infinities in max pooling, a max-pool
+backward whose windows overlap (a half output added into in place, one rounding per window,
+fails its bound), the direct and depthwise convolutions, batch norm's plane kernels (long planes, vectors of 8) in both parameter
+dtypes, and the optimiser steps' float32 scalars (eps = 1e-8 is 0 in float16).
+
+Against the float64 reference on the same half inputs, rounded once, at docs/tolerances.md's
+half bounds (bounds.half_bound through helpers.assert_bounded). Compiled and emulated only:
+none of these kernels has run on a GPU here.
+"""
+import numpy as np
+import pytest
+
+import convgpu
+from convgpu import reference as R
+from convgpu.core.args import BFLOAT16
+from convgpu.kernels.cuda.emulator import cuda_host
+
+import half_checks as H
+
+pytestmark = pytest.mark.skipif(not cuda_host.available(),
+                                reason="the host emulation needs a C++ compiler")
+
+HALF = H.HALF
+
+
+@pytest.fixture(autouse=True)
+def _emulated(monkeypatch):
+    monkeypatch.setenv("CONVGPU_CUDA_HOST", "1")
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(19)
+
+
+def _spy(monkeypatch, module):
+    """Records the name expressions `module` asks get_function for."""
+    seen = []
+    real = module.get_function
+
+    def spy(file, expr):
+        seen.append(expr)
+        return real(file, expr)
+    monkeypatch.setattr(module, "get_function", spy)
+    return seen
+
+
+# ----------------------------------------------------------------------------------------
+# half_checks' bodies, reverse order
+
+POOL = (2, 3, 9, 8, (3, 3), (2, 2), (1, 1), (1, 1), True)      # overlapping windows
+AVG = (2, 3, 9, 8, (3, 3), (2, 2), (1, 1), True, False, None)
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_bodies_in_reverse_order(rng, dtype, monkeypatch):
+    with cuda_host.order("reverse"):
+        H.check_elementwise(rng, dtype, "cuda", monkeypatch)
+        H.check_max_pool2d(rng, dtype, "cuda", "direct", POOL, monkeypatch)
+        H.check_avg_pool2d(rng, dtype, "cuda", AVG, monkeypatch)
+        H.check_global_and_adaptive(rng, dtype, "cuda", monkeypatch)
+        H.check_xent(rng, dtype, "cuda", "rowwise", monkeypatch)
+        H.check_optim(rng, dtype, "cuda", monkeypatch)
+        for pd in (np.float32, dtype):
+            H.check_batch_norm(rng, dtype, "cuda", pd, monkeypatch)
+        for case in H.CONV_CASES:
+            H.check_conv2d(rng, dtype, "cuda", "direct", case, monkeypatch)
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_conv_bias_gradient_sums_in_fp32(rng, dtype):
+    """conv2d_backward_bias: channel_sum<T>, FP32 sums of 2 * 300 values (long rows) and of
+    40 * 1 (short rows), rounded once."""
+    for shape in ((2, 3, 15, 20), (40, 3, 1, 1)):
+        gy = H.half(rng, shape, dtype)
+        gb = convgpu.conv2d_backward_bias(gy, backend="cuda")
+        n = shape[0] * shape[2] * shape[3]
+        H.assert_half(gb, H.f64(gy).sum(axis=(0, 2, 3)).astype(dtype),
+                      np.abs(H.f64(gy)).sum(axis=(0, 2, 3)), n, dtype)
+
+
+# depthwise convolution (groups = C): the forward (3x3 unrolled and general, 1 or 2 rows a
+# thread), the input gradient (the forward on rotated filters: one filter a channel at stride
+# 1; else the gather), the weight gradient (3x3: FP32 split partials, here 3 splits; else a
+# block per tap). (N, C, H, W, K, R, S, stride, padding, dilation, groups)
+DEPTHWISE = [
+    (3, 4, 19, 9, 4, 3, 3, (1, 1), (1, 1), (1, 1), 4),      # rotated input gradient, RP = 2
+    (3, 3, 9, 10, 6, 3, 3, (2, 1), (1, 0), (1, 2), 3),      # two filters a channel: gather
+    (2, 2, 8, 7, 2, 5, 3, (1, 2), (2, 1), (1, 1), 2),       # the general (R x S) paths
+]
+
+
+@pytest.mark.parametrize("case", DEPTHWISE, ids=lambda c: str(c[:7]))
+@pytest.mark.parametrize("order", ["forward", "reverse"])
+@pytest.mark.parametrize("dtype", HALF)
+def test_depthwise(rng, dtype, order, case, monkeypatch):
+    with cuda_host.order(order):
+        H.check_conv2d(rng, dtype, "cuda", "depthwise", case, monkeypatch)
+        for which in ("input", "weight"):
+            H.check_conv2d_backward(rng, dtype, "cuda", "depthwise", case, which, monkeypatch)
+
+
+# ----------------------------------------------------------------------------------------
+# the vector kernels (8 halves a load) and their tails
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 8 * 37 + 5])
+@pytest.mark.parametrize("dtype", HALF)
+def test_vector_kernels_and_tails(rng, dtype, n, monkeypatch):
+    from convgpu.kernels.cuda import elementwise
+    seen = _spy(monkeypatch, elementwise)
+    x = H.half(rng, (1, 1, n), dtype)
+    x.reshape(-1)[::3] = np.nan                     # NaN stays NaN through relu
+    gy, b = H.half(rng, (1, 1, n), dtype), H.half(rng, (1,), dtype)
+    for order in ("forward", "reverse"):
+        with cuda_host.order(order):
+            y = convgpu.relu(x, backend="cuda")
+            g = convgpu.relu_backward(gy, x, backend="cuda")
+            yb = convgpu.bias_add(x, b, backend="cuda")
+        xf = H.f64(x)
+        H.assert_exact(y, np.where(np.isnan(xf) | (xf > 0), xf, 0), dtype)
+        H.assert_exact(g, np.where(xf > 0, H.f64(gy), 0), dtype)
+        H.assert_exact(yb, (xf + H.f64(b)[0]).astype(dtype), dtype)    # one exact add, rounded
+    assert {"relu_fwd_vec8", "relu_bwd_vec8", "bias_add_vec8"} <= {e.split("<")[0] for e in seen}
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_misaligned_views_take_the_scalar_kernels(rng, dtype, monkeypatch):
+    from convgpu.kernels.cuda import elementwise
+    seen = _spy(monkeypatch, elementwise)
+    big = H.half(rng, (1, 1, 42), dtype)
+    x = big[:, :, 1:]                       # 2 bytes past a 16-byte boundary, contiguous
+    assert x.ctypes.data % 16 == 2 and x.flags.c_contiguous
+    y = convgpu.relu(x, backend="cuda")
+    H.assert_exact(y, np.maximum(H.f64(x), 0), dtype)
+    assert [e.split("<")[0] for e in seen] == ["relu_fwd"]
+
+
+# ----------------------------------------------------------------------------------------
+# max pooling: NaN, ties, infinities; the backward's overlapping windows
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_max_pool_nan_ties_and_infinities(dtype):
+    x = np.zeros((1, 2, 4, 4), dtype)
+    inf = np.inf
+    x[0, 0] = [[1, 3, 3, 0], [3, np.nan, 2, np.nan], [-inf, -inf, 5, 5], [-inf, -inf, 5, 1]]
+    x[0, 1] = [[-0.0, 0.0, 2, 2], [0.0, -0.0, 2, 2], [-np.inf] * 4, [-np.inf] * 4]
+    for order in ("forward", "reverse"):
+        with cuda_host.order(order):
+            y, idx = convgpu.max_pool2d(x, 2, 2, return_indices=True, backend="cuda")
+            y3, idx3 = convgpu.max_pool2d(x, 3, 1, 1, return_indices=True, backend="cuda")
+        ry, ridx = R.max_pool2d(H.f64(x), (2, 2), (2, 2), (0, 0), (1, 1), False)
+        H.assert_exact(y, ry, dtype)
+        assert np.array_equal(idx, ridx)
+        # the first NaN, the first of tied maxima (-0.0 before 0.0), -inf windows: their first
+        assert list(idx[0, 0].ravel()) == [5, 7, 8, 10]
+        assert list(idx[0, 1].ravel()) == [0, 2, 8, 10]
+        assert np.signbit(H.f64(y[0, 1, 0, 0]))                 # the element itself: -0.0
+        ry3, ridx3 = R.max_pool2d(H.f64(x), (3, 3), (1, 1), (1, 1), (1, 1), False)
+        H.assert_exact(y3, ry3, dtype)
+        assert np.array_equal(idx3, ridx3)
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_max_pool_backward_sums_once(dtype):
+    """A 3x3 / 1 pool over a plane whose maximum sits in the middle: that element collects
+    the gradients of 9 windows. Their sum in FP32 rounded once is within the bound; the
+    gradients are chosen so that adding them into a half output (one rounding each) loses
+    the small ones: 1 + 2**-12 rounds to 1 in float16, so adding 8 of them one at a time
+    leaves 1, where the FP32 sum rounds once to 1 + 2**-9 (bfloat16: 2**-10 each, 1 + 2**-7)."""
+    x = np.zeros((1, 1, 5, 5), dtype)
+    x[0, 0, 2, 2] = 4
+    y, idx = convgpu.max_pool2d(x, 3, 1, 1, return_indices=True, backend="cuda")
+    assert (idx[0, 0, 1:4, 1:4] == 12).all()
+    small = 2.0 ** (-12 if dtype == np.float16 else -10)
+    gy = np.zeros(y.shape, dtype)
+    gy[0, 0, 1:4, 1:4] = small
+    gy[0, 0, 1, 1] = 1                      # the first window in the gather's (p, q) order
+    for order in ("forward", "reverse"):
+        with cuda_host.order(order):
+            gx = convgpu.max_pool2d_backward(gy, idx, x.shape, 3, 1, 1, backend="cuda")
+        ref = R.max_pool2d_backward(H.f64(gy), idx, x.shape)
+        assert H.f64(gx)[0, 0, 2, 2] == float(np.asarray(1 + 8 * small).astype(dtype)) != 1
+        H.assert_half(gx, ref.astype(dtype), R.max_pool2d_backward(np.abs(H.f64(gy)), idx,
+                                                                    x.shape), 9, dtype)
+
+
+# ----------------------------------------------------------------------------------------
+# batch norm's plane kernels: planes of >= 1024 values, vectors of 8 or single values
+
+
+# vectors of 8; single values; two slices a plane (each a whole number of vectors of 8)
+@pytest.mark.parametrize("L", [32 * 40, 32 * 40 + 3, 2056])
+@pytest.mark.parametrize("pd", ["float32", "half"])
+@pytest.mark.parametrize("dtype", HALF)
+def test_batch_norm_planes(rng, dtype, pd, L, monkeypatch):
+    from convgpu.kernels.cuda import norm
+    seen = _spy(monkeypatch, norm)
+    pdt = np.dtype(np.float32) if pd == "float32" else dtype
+    x = H.half(rng, (2, 3, L), dtype)
+    w, b = H.half(rng, (3,), dtype).astype(pdt), H.half(rng, (3,), dtype).astype(pdt)
+    rm, rv = np.zeros(3, pdt), np.ones(3, pdt)
+    gy = H.half(rng, x.shape, dtype)
+    with cuda_host.order("reverse"):
+        y, mean, invstd = convgpu.batch_norm(x, rm, rv, w, b, True, return_stats=True,
+                                             backend="cuda")
+        gx, gw, gb = convgpu.batch_norm_backward(gy, x, mean, invstd, w, True, backend="cuda")
+    v = 8 if L % 8 == 0 else 1
+    assert {f"batch_norm_{k}_planes" for k in ("apply", "bwd_apply")} <= \
+        {e.split("<")[0] for e in seen}
+    assert all(f", {v}" in e for e in seen if "_planes" in e)
+    assert y.dtype == gx.dtype == dtype and mean.dtype == gw.dtype == pdt
+    ry, ymag, rmean, rinv, rvar, n, rgx, gxmag, rgw, gwmag, rgb, gbmag = \
+        H.bn_bounds(H.f64(x), H.f64(w), H.f64(b), H.f64(gy))
+    H.assert_half(y, ry.reshape(x.shape).astype(dtype), ymag.reshape(x.shape), n, dtype)
+    # the backward from the statistics as returned (rounded to pdt)
+    rgx, rgw, rgb = R.batch_norm_backward(H.f64(gy), H.f64(x), H.f64(mean), H.f64(invstd),
+                                          H.f64(w), True)
+    H.assert_half(gx, rgx.astype(dtype), gxmag.reshape(x.shape), n, dtype)
+    H.assert_half(gw, rgw.astype(pdt), gwmag, n, pdt)
+    H.assert_half(gb, rgb.astype(pdt), gbmag, n, pdt)
+
+
+# ----------------------------------------------------------------------------------------
+# the optimiser steps' scalars
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_adam_eps_is_fp32(dtype):
+    """With v = 0 and a zero gradient the step is lr m / eps: eps = 1e-8 taken in float16
+    (0) would divide by zero."""
+    p = np.ones(9, dtype)
+    g, m, v = np.zeros(9, dtype), np.full(9, 1e-6, dtype), np.zeros(9, dtype)
+    m0 = H.f64(m)
+    convgpu.adam_step(p, g, m, v, 1, lr=1e-3, backend="cuda")
+    rp, rm, rv = R.adam_step(np.ones(9), np.zeros(9), m0, np.zeros(9), 1, 1e-3, 0.9, 0.999,
+                             1e-8, 0.0)
+    assert np.isfinite(H.f64(p)).all() and (H.f64(p) < 0.5).all()     # a step of about 0.9
+    H.assert_half(p, rp.astype(dtype), 1 + 1e-3 * np.abs(rm) / 0.1 / 1e-8, 12, dtype)
+    H.assert_half(m, rm.astype(dtype), 0.9 * np.abs(m0), 4, dtype)
+
+
+def test_half_kernels_are_registered():
+    """Every family of this file serves both half types on the cuda backend."""
+    from convgpu.ops._registry import all_impls
+    for op in ("relu", "relu_backward", "bias_add", "conv2d_backward_bias", "max_pool2d",
+               "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "global_avg_pool2d",
+               "global_avg_pool2d_backward", "adaptive_avg_pool2d",
+               "adaptive_avg_pool2d_backward", "softmax_cross_entropy",
+               "softmax_cross_entropy_backward", "adam_step", "sgd_step", "batch_norm",
+               "batch_norm_backward"):
+        served = [i for i in all_impls(op) if i.backend == "cuda" and not i.dev
+                  and {"float16", "bfloat16"} <= set(i.dtypes)]
+        assert served, op
+    assert BFLOAT16.name == "bfloat16"
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_sgd_without_momentum(rng, dtype):
+    """No buffer (a null pointer to the kernel): p -= lr (g + wd p) in FP32, rounded once."""
+    p, g = H.half(rng, (5, 7), dtype), H.half(rng, (5, 7), dtype)
+    p0 = H.f64(p)
+    with cuda_host.order("reverse"):
+        convgpu.sgd_step(p, g, None, lr=0.1, weight_decay=0.01, backend="cuda")
+    rp, _ = R.sgd_step(p0, H.f64(g), None, 0.1, 0.0, 0.01)
+    H.assert_half(p, rp.astype(dtype), np.abs(p0) + 0.1 * (np.abs(H.f64(g)) + 0.01 * np.abs(p0)),
+                  3, dtype)
+
+
+@pytest.mark.parametrize("dtype", HALF + [pytest.param(np.dtype(np.float32), id="float32")])
+def test_cross_entropy_backward_scales_in_the_kernel(rng, dtype):
+    """grad_output multiplies inside xent_bwd, before the one rounding."""
+    z, t = H.half(rng, (6, 11), dtype), rng.integers(0, 11, 6)
+    s = np.asarray(-1.375, dtype)
+    with cuda_host.order("reverse"):
+        g = convgpu.softmax_cross_entropy_backward(z, t, grad_output=s, backend="cuda")
+    ref, mag, n, gref, gmag, gn = H.xent_bounds(H.f64(z), t)
+    assert g.dtype == dtype
+    H.assert_half(g, (gref * 1.375 * -1).astype(dtype), gmag * 1.375, gn + 1, dtype)
