@@ -250,3 +250,145 @@ def test_ldmatrix_x4_lane_layout(mma, rng, trans):
             lo, hi = (m[i, p, q], m[i, p + 1, q]) if trans else (m[i, q, p], m[i, q, p + 1])
             want[lane, i] = _pack(np.uint16(lo), np.uint16(hi))
     np.testing.assert_array_equal(r, want)
+
+
+# ---- the HGEMM: gemm_mma16 ---------------------------------------------------------------
+
+U_HALF = {F16: 2.0 ** -11, BF16: 2.0 ** -8}
+ETA_HALF = {F16: 2.0 ** -25, BF16: 2.0 ** -134}   # half the smallest subnormal
+U_MMA_ACC = 2.0 ** -23   # an FP32 add on the tensor cores (truncating: twice FP32's u)
+
+
+def assert_half_bounded(out, exact, mag, n, dtype):
+    """|out - exact| <= u_h (|exact| + d) + eta_h + d, d = (n + 2) 2**-23 mag, element by
+    element: `exact` the float64 result from the 16-bit inputs, `mag` the same on their
+    absolute values. The products of 16-bit operands are exact in FP32; the n FP32 sums
+    (and the bias, the split partials' sum) cost d; the one rounding of the FP32 value s,
+    |s| <= |exact| + d, to the 16-bit type costs u_h |s| relative or eta_h absolute in the
+    subnormal range. docs/tolerances.md (issue 19) derives the same terms."""
+    dtype = np.dtype(dtype)
+    out = np.asarray(out)
+    assert out.dtype == dtype and out.shape == exact.shape, (out.dtype, out.shape, exact.shape)
+    o = out.astype(np.float64)
+    assert np.all(np.isfinite(o)), "non-finite output (an element never written?)"
+    d = (n + 2) * U_MMA_ACC * mag
+    bound = U_HALF[dtype] * (abs(exact) + d) + ETA_HALF[dtype] + d
+    worst = np.max(abs(o - exact) / bound) if o.size else 0.0
+    assert worst <= 1, f"an element's error is {worst:.3g} times its bound"
+
+
+def _operands(rng, dtype, batch, M, N, K, ta, tb):
+    A = rng.standard_normal((batch, K, M) if ta else (batch, M, K)).astype(dtype)
+    B = rng.standard_normal((batch, N, K) if tb else (batch, K, N)).astype(dtype)
+    return A, B
+
+
+def _exact(A, B, ta, tb, bias=None):
+    """The float64 product of the 16-bit operands (+ bias) and its magnitude |A| |B| + |bias|."""
+    op = lambda X, t: np.swapaxes(X, 1, 2) if t else X      # noqa: E731
+    A, B = A.astype(np.float64), B.astype(np.float64)
+    want, mag = np.matmul(op(A, ta), op(B, tb)), np.matmul(op(abs(A), ta), op(abs(B), tb))
+    if bias is not None:
+        want, mag = want + bias.astype(np.float64), mag + abs(bias.astype(np.float64))
+    return want, mag
+
+
+def _misaligned(X):
+    """X's values in a C-contiguous array at an address 2 bytes past a 16-byte boundary."""
+    buf = np.empty(X.size + 8, X.dtype)
+    off = (-buf.ctypes.data % 16) // X.itemsize + 1
+    Y = buf[off:off + X.size].reshape(X.shape)
+    Y[...] = X
+    assert Y.ctypes.data % 16 == 2 and Y.flags.c_contiguous
+    return Y
+
+
+@pytest.fixture
+def launched(monkeypatch):
+    """The name expressions gemm.py looks up, in order."""
+    from convgpu.kernels.cuda import gemm
+    names = []
+    real = gemm.get_function
+    monkeypatch.setattr(gemm, "get_function", lambda f, e: names.append(e) or real(f, e))
+    return names
+
+
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=["f16", "bf16"])
+@pytest.mark.parametrize("ta, tb", [(False, False), (True, False), (False, True), (True, True)])
+def test_gemm_mma16_odd_shapes_both_copies_and_split_k(rng, launched, dtype, ta, tb):
+    """Two batches, edges in M, N and K on both copy paths: K = 101 (not a multiple of 8:
+    element-wise loads) and K = 136 with M, N multiples of 8 (16-byte cp.async, a last slice
+    of 8), each more slices (4, 5) than the pipeline has stages, so a stage buffer is reused
+    (a missing barrier shows in reverse order); split-K into 3 (FP32 partials summed in order, one rounding); the 16-byte shape
+    again from misaligned operands, on the element-wise path, equal bit for bit (same
+    products, same order)."""
+    from convgpu.kernels.cuda import gemm
+    for M, N, K, vec in ((133, 70, 101, False), (136, 64, 136, True)):
+        A, B = _operands(rng, dtype, 2, M, N, K, ta, tb)
+        want, mag = _exact(A, B, ta, tb)
+        for splits in (1, 3):
+            del launched[:]
+            C = both_orders(lambda: gemm.gemm(A, B, ta, tb, splits=splits))
+            assert_half_bounded(C, want, mag, K, dtype)
+            t = gemm.half_ctype(dtype)
+            assert launched[0] == f"gemm_mma16<{t}, {str(ta).lower()}, {str(tb).lower()}, " \
+                                  f"{str(vec).lower()}>", launched
+            assert (f"sum_splits_half<{t}>" in launched) == (splits > 1), launched
+        if vec:
+            C2 = both_orders(lambda: gemm.gemm(_misaligned(A), B, ta, tb, splits=3))
+            assert launched[-2].endswith("false>"), launched
+            np.testing.assert_array_equal(C2.view(np.uint16), C.view(np.uint16))
+
+
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=["f16", "bf16"])
+def test_gemm_mma16_bias_broadcast_and_tiny(rng, dtype):
+    """The fused bias (added in FP32 before the one rounding, unsplit and split), an operand
+    with a batch of 1 serving two, and the 1 x 1 x 1 product."""
+    from convgpu.kernels.cuda import gemm
+    A, _ = _operands(rng, dtype, 1, 45, 30, 51, False, True)
+    _, B = _operands(rng, dtype, 2, 45, 30, 51, False, True)
+    bias = rng.standard_normal(30).astype(dtype)
+    want, mag = _exact(np.broadcast_to(A, (2,) + A.shape[1:]), B, False, True, bias)
+    for splits in (1, 2):
+        C = both_orders(lambda: gemm.gemm(A, B, tb=True, splits=splits, bias=bias))
+        assert_half_bounded(C, want, mag, 51, dtype)
+    A, B = _operands(rng, dtype, 1, 1, 1, 1, False, False)
+    want, mag = _exact(A, B, False, False)
+    assert_half_bounded(both_orders(lambda: gemm.gemm(A, B)), want, mag, 1, dtype)
+
+
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=["f16", "bf16"])
+def test_linear_and_backward_on_the_tensor_cores(rng, launched, dtype):
+    """kernels/cuda/gemm.py's linear and linear_backward in the 16-bit type: y = x w^T + b
+    (bias fused), grad_input, grad_weight (split-K) and grad_bias (ones @ grad_output), each
+    against the float64 result from the 16-bit inputs."""
+    from convgpu.kernels.cuda import gemm
+    M, K, O = 37, 19, 45
+    x, w, b, gy = (rng.standard_normal(s).astype(dtype) for s in ((M, K), (O, K), (O,), (M, O)))
+    f = lambda a: a.astype(np.float64)                  # noqa: E731
+    y = both_orders(lambda: gemm.linear(None, x, w, b))
+    assert_half_bounded(y, f(x) @ f(w).T + f(b), abs(f(x)) @ abs(f(w)).T + abs(f(b)), K, dtype)
+    gx, gw, gb = both_orders(lambda: gemm.linear_backward(None, gy, x, w))
+    assert_half_bounded(gx, f(gy) @ f(w), abs(f(gy)) @ abs(f(w)), O, dtype)
+    assert_half_bounded(gw, f(gy).T @ f(x), abs(f(gy)).T @ abs(f(x)), M, dtype)
+    assert_half_bounded(gb, f(gy).sum(0), abs(f(gy)).sum(0), M, dtype)
+    assert all(n.startswith(("gemm_mma16<", "sum_splits_half<")) for n in launched), launched
+
+
+def test_gemm_mma16_refuses_bad_input(rng):
+    from convgpu.kernels.cuda import gemm
+    A, B = _operands(rng, F16, 1, 8, 8, 8, False, False)
+    with pytest.raises(ValueError, match="one type"):
+        gemm.gemm(A, B.astype(BF16))
+    with pytest.raises(ValueError, match="one type"):
+        gemm.gemm(A, B.astype(np.float32))
+    with pytest.raises(ValueError, match="tensor cores only"):
+        gemm.gemm(A, B, variant="tiled")
+    with pytest.raises(ValueError, match="tf32"):
+        gemm.gemm(A, B, tf32=True)
+    with pytest.raises(ValueError, match="bias must be"):
+        gemm.gemm(A, B, bias=np.zeros(7, F16))
+    with pytest.raises(ValueError, match="one type"):
+        gemm.gemm(A.astype(np.float32), B.astype(np.float32), variant="mma16")
+    with pytest.raises(ValueError, match="bias is fused only"):
+        gemm.gemm(A.astype(np.float32), B.astype(np.float32), bias=np.zeros(8, np.float32))

@@ -9,8 +9,12 @@ low-level cupy.cuda.nvrtc API, which needs no GPU.
 """
 from __future__ import annotations
 
+import functools
+import importlib.util
+import os
+import sys
 from importlib import resources
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 NVRTC_OPTIONS: Tuple[str, ...] = ("-std=c++17",)
 RUNTIME_ADDED_OPTIONS: Tuple[str, ...] = ("-ftz=true", "--device-as-default-execution-space")
@@ -18,6 +22,8 @@ RUNTIME_ADDED_OPTIONS: Tuple[str, ...] = ("-ftz=true", "--device-as-default-exec
 # every specialisation each module exports, by file: the launchers look kernels up by these
 # exact strings
 T_NAMES = ("float", "double")
+# the 16-bit types of the tensor-core kernels (half.cuh): float16, bfloat16
+HALF_NAMES = ("__half", "__nv_bfloat16")
 NAME_EXPRESSIONS: Dict[str, Tuple[str, ...]] = {
     "gemm.cu": tuple(f"gemm_tiled<{t}, {ta}, {tb}, false>" for t in T_NAMES
                      for ta in ("false", "true") for tb in ("false", "true"))
@@ -29,7 +35,10 @@ NAME_EXPRESSIONS: Dict[str, Tuple[str, ...]] = {
             for tb in ("false", "true"))
     + tuple(f"gemm_pipelined<{ta}, {tb}>" for ta in ("false", "true")
             for tb in ("false", "true"))
-    + tuple(f"sum_splits<{t}>" for t in T_NAMES),
+    + tuple(f"sum_splits<{t}>" for t in T_NAMES)
+    + tuple(f"gemm_mma16<{t}, {ta}, {tb}, {v}>" for t in HALF_NAMES for ta in ("false", "true")
+            for tb in ("false", "true") for v in ("false", "true"))
+    + tuple(f"sum_splits_half<{t}>" for t in HALF_NAMES),
     "conv_implicit.cu": tuple(f"conv2d_implicit_gemm<{t}, false>" for t in T_NAMES)
     + ("conv2d_implicit_gemm<float, true>",)
     + tuple(f"conv2d_implicit_gemm_pipelined<{va}, {vb}, {m}>" for va in ("false", "true")
@@ -101,9 +110,44 @@ def source(name: str) -> str:
 
 
 def options() -> Tuple[str, ...]:
-    """NVRTC's options: ours, and kernels/cuda on the include path (the dev files include
-    the .cu they shadow from there)."""
-    return NVRTC_OPTIONS + (f"-I{kernels_dir()}",)
+    """NVRTC's options: ours, kernels/cuda on the include path (the dev files include the .cu
+    they shadow from there), and the CUDA toolkit's headers (half.cuh includes
+    <cuda_fp16.h> and <cuda_bf16.h>) where they are found."""
+    inc = cuda_include_dir()
+    return NVRTC_OPTIONS + (f"-I{kernels_dir()}",) + ((f"-I{inc}",) if inc else ())
+
+
+HALF_HEADERS = ("cuda_fp16.h", "cuda_bf16.h")
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_include_dir() -> Optional[str]:
+    """The include folder of the CUDA toolkit CuPy compiles against, which holds
+    <cuda_fp16.h> and <cuda_bf16.h>. CuPy's RawModule adds it itself; NVRTC called directly
+    (the compile tier) has no search path. Where CuPy is already imported, its own choice
+    (cupy.cuda.get_cuda_path); else, as CuPy looks: $CUDA_PATH, $CUDA_HOME, the pip wheels'
+    nvidia/cu13 and cu12, /usr/local/cuda. Without CuPy imported nothing is loaded here (the
+    runtime-NVRTC subprocess of the compile tier loads its own libnvrtc first)."""
+    candidates = []
+    if "cupy" in sys.modules:
+        try:
+            from cupy.cuda import get_cuda_path
+            if get_cuda_path():
+                candidates.append(os.path.join(get_cuda_path(), "include"))
+        except Exception:   # no CUDA found by CuPy: fall back to the search below
+            pass
+    candidates += [os.path.join(os.environ[v], "include") for v in ("CUDA_PATH", "CUDA_HOME")
+                   if os.environ.get(v)]
+    spec = importlib.util.find_spec("nvidia") if "nvidia" not in sys.modules else \
+        sys.modules["nvidia"].__spec__
+    for loc in (spec.submodule_search_locations or []) if spec else []:
+        candidates += [os.path.join(loc, cu, "include") for cu in ("cu13", "cu12")]
+        candidates.append(os.path.join(loc, "cuda_runtime", "include"))
+    candidates.append("/usr/local/cuda/include")
+    for c in candidates:
+        if all(os.path.isfile(os.path.join(c, h)) for h in HALF_HEADERS):
+            return c
+    return None
 
 
 def all_name_expressions() -> Sequence[Tuple[str, str]]:
