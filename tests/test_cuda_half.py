@@ -392,3 +392,55 @@ def test_gemm_mma16_refuses_bad_input(rng):
         gemm.gemm(A.astype(np.float32), B.astype(np.float32), variant="mma16")
     with pytest.raises(ValueError, match="bias is fused only"):
         gemm.gemm(A.astype(np.float32), B.astype(np.float32), bias=np.zeros(8, np.float32))
+
+
+# ---- the implicit-GEMM convolution forward: conv2d_implicit_gemm_mma16 ----------------------
+
+# (N, C, H, W, K, R, S, stride, padding, dilation, groups, weights as 16-byte copies)
+CONV_HALF = [
+    (2, 3, 9, 10, 5, 3, 3, (1, 1), (1, 1), (1, 1), 1, False),    # C*R*S = 27, 2 column tiles
+    (1, 16, 7, 6, 130, 1, 1, (2, 2), (0, 0), (1, 1), 2, True),   # 2 row tiles, groups, 1 x 1
+    (1, 16, 6, 7, 20, 3, 3, (2, 1), (1, 2), (2, 1), 1, True),    # 5 slices: stages reused
+    (1, 12, 5, 5, 7, 3, 3, (1, 1), (1, 1), (1, 1), 1, False),    # 4 slices, element-wise
+    (1, 32, 4, 5, 6, 3, 3, (1, 1), (1, 1), (1, 1), 1, True),     # 288 deep: split in 2
+]
+
+
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=["f16", "bf16"])
+@pytest.mark.parametrize("case", CONV_HALF, ids=lambda c: "x".join(map(str, c[:7])))
+def test_conv2d_implicit_gemm_mma16(rng, monkeypatch, dtype, case):
+    """The half forward from its launcher against the float64 convolution of the 16-bit
+    inputs (+ bias), forward and reverse order; which weight copy ran and whether the
+    reduction was split are checked, so each case covers what it says."""
+    from convgpu import reference
+    from convgpu.core.args import conv_geometry
+    from convgpu.kernels.cuda import conv_implicit
+    N, C, H, W, K, R, S, st, pd, dl, g, va = case
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    w = rng.standard_normal((K, C // g, R, S)).astype(dtype)
+    b = rng.standard_normal(K).astype(dtype)
+    a = conv_geometry("conv2d", x.shape, w.shape, st, pd, dl, g, dtype)
+    names = []
+    real = conv_implicit.get_function
+    monkeypatch.setattr(conv_implicit, "get_function",
+                        lambda f, e: names.append(e) or real(f, e))
+    y = both_orders(lambda: conv_implicit.conv2d_implicit_gemm_mma16(a, x, w, b))
+    kw = dict(stride=st, padding=pd, dilation=dl, groups=g)
+    f = lambda v: v.astype(np.float64)                    # noqa: E731
+    exact = reference.conv2d(f(x), f(w), f(b), **kw)
+    mag = reference.conv2d(abs(f(x)), abs(f(w)), abs(f(b)), **kw)
+    assert_half_bounded(y, exact, mag, (C // g) * R * S, dtype)
+    t = "__half" if dtype == F16 else "__nv_bfloat16"
+    assert names[0] == f"conv2d_implicit_gemm_mma16<{t}, {str(va).lower()}>", names
+    assert (f"sum_splits_half<{t}>" in names) == ((C // g) * R * S > 256), names
+
+
+def test_conv2d_implicit_gemm_mma16_refuses_other_types():
+    from convgpu.core.args import conv_geometry
+    from convgpu.kernels.cuda import conv_implicit
+    a = conv_geometry("conv2d", (1, 2, 5, 5), (3, 2, 3, 3), (1, 1), (0, 0), (1, 1), 1,
+                      np.float32)
+    assert "float16 or bfloat16" in conv_implicit.mma16_supports(a)
+    with pytest.raises(ValueError, match="float16 or bfloat16"):
+        conv_implicit.conv2d_implicit_gemm_mma16(a, np.zeros((1, 2, 5, 5), np.float32),
+                                                 np.zeros((3, 2, 3, 3), np.float32), None)

@@ -360,6 +360,10 @@ template <bool KMAJOR> __host__ __device__ constexpr int tile_elems() {
 template <bool KA, bool KB> __host__ __device__ constexpr int shared_bytes() {
     return STAGES * (tile_elems<KA>() + tile_elems<KB>()) * 2;
 }
+// a gather's depth table (tc::TABLE_BYTES: STAGES x BK int4) after the stage buffers
+template <bool KA, bool KB> __device__ __forceinline__ int4* depth_table(unsigned short* smem) {
+    return reinterpret_cast<int4*>(smem + STAGES * (tile_elems<KA>() + tile_elems<KB>()));
+}
 // element (row, k) of an operand tile, row = m for A, n for B
 template <bool KMAJOR> __device__ __forceinline__ int at(int row, int k) {
     return KMAJOR ? row * LDK + k : k * LDR + row;
@@ -410,14 +414,27 @@ __device__ __forceinline__ void mma_slice(const unsigned short* As, const unsign
 // (cp.async copies, committed here, or plain stores: either way complete for every thread
 // after the barrier of iteration `step`); slices step + 1 and step + 2 are in flight while
 // slice `step` feeds the tensor cores; one barrier per slice.
-template <bool KA, bool KB, bool BF16, typename Load>
+template <typename P> struct IsNoPrepare { static constexpr bool value = false; };
+template <> struct IsNoPrepare<tc::NoPrepare> { static constexpr bool value = true; };
+
+// prepare(step), if given, writes what load(.., step) reads of a depth table (slot
+// step % STAGES), as tc::mainloop's: the first STAGES before a barrier, then slot `step`
+// again after the barrier of iteration `step` (its last reader ran two iterations before).
+template <bool KA, bool KB, bool BF16, typename Load, typename Prepare = tc::NoPrepare>
 __device__ __forceinline__ void mainloop(unsigned short* smem, int steps, int tid,
-                                         float (&acc)[NACC], Load&& load) {
+                                         float (&acc)[NACC], Load&& load,
+                                         Prepare&& prepare = Prepare{}) {
     constexpr int SA = tile_elems<KA>(), SB = tile_elems<KB>();
     unsigned short* As = smem;
     unsigned short* Bs = smem + STAGES * SA;
 #pragma unroll
     for (int e = 0; e < NACC; ++e) acc[e] = 0.f;
+    if constexpr (!IsNoPrepare<Prepare>::value) {
+#pragma unroll
+        for (int s = 0; s < STAGES; ++s)
+            if (s < steps) prepare(s);
+        __syncthreads();               // the first tables are written
+    }
 #pragma unroll
     for (int s = 0; s < STAGES - 1; ++s) {
         if (s < steps) load(As + s * SA, Bs + s * SB, s);
@@ -429,6 +446,7 @@ __device__ __forceinline__ void mainloop(unsigned short* smem, int steps, int ti
         const int next = step + STAGES - 1, nb = next % STAGES;   // = buffer of step - 1
         if (next < steps) load(As + nb * SA, Bs + nb * SB, next);
         cp_async_commit();
+        if (step + STAGES < steps) prepare(step + STAGES);
         const int cur = step % STAGES;
         mma_slice<KA, KB, BF16>(As + cur * SA, Bs + cur * SB, tid, acc);
     }
