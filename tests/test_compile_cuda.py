@@ -270,19 +270,20 @@ def test_half_kernels_use_16_bit_mma_and_ldmatrix():
             assert n > loads[(t, ta, tb, "true")], (t, ta, tb, n)
 
 
-def test_half_conv_forward_uses_16_bit_mma_and_ldmatrix():
-    """conv2d_implicit_gemm_mma16: the m16n8k16 mma.sync of its type (no TF32), ldmatrix .x4
-    for the K-major weights and .x4.trans for the gathered input, 16-byte cp.async copies of
-    the weights exactly where VA (the gather is element-wise: cp.async copies 4 bytes at
-    least)."""
+def test_half_convolutions_use_16_bit_mma_and_ldmatrix():
+    """conv2d_{,dgrad_,wgrad_}implicit_gemm_mma16: the m16n8k16 mma.sync of their type (no
+    TF32), ldmatrix .x4 for the K-major operand and .x4.trans for the gathered one; 16-byte
+    cp.async copies exactly in the forward's VA builds (the gathers and the gradients' A tiles
+    move element by element: cp.async copies 4 bytes at least)."""
     exprs = [e for e in _module.NAME_EXPRESSIONS["conv_implicit.cu"] if "_mma16<" in e]
-    assert len(exprs) == 4, exprs
+    assert len(exprs) == 10, exprs
     for e, body in _ptx_entries("conv_implicit.cu", exprs).items():
-        t, va = (v.strip() for v in e[e.index("<") + 1:-1].split(","))
-        ab = "bf16" if t == "__nv_bfloat16" else "f16"
+        targs = [v.strip() for v in e[e.index("<") + 1:-1].split(",")]
+        ab = "bf16" if targs[0] == "__nv_bfloat16" else "f16"
         assert f"mma.sync.aligned.m16n8k16.row.col.f32.{ab}.{ab}.f32" in body, e
         assert "tf32" not in body, e
         assert "ldmatrix.sync.aligned.m8n8.x4.shared.b16" in body, e
         assert "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16" in body, e
-        assert ("cp.async.cg.shared.global" in body) == (va == "true"), e
+        va = e.startswith("conv2d_implicit_gemm_mma16<") and targs[1] == "true"
+        assert ("cp.async.cg.shared.global" in body) == va, e
         assert "cp.async.ca.shared.global" not in body, e

@@ -394,7 +394,7 @@ def test_gemm_mma16_refuses_bad_input(rng):
         gemm.gemm(A.astype(np.float32), B.astype(np.float32), bias=np.zeros(8, np.float32))
 
 
-# ---- the implicit-GEMM convolution forward: conv2d_implicit_gemm_mma16 ----------------------
+# ---- the implicit-GEMM convolutions: conv2d_{,dgrad_,wgrad_}implicit_gemm_mma16 ------------
 
 # (N, C, H, W, K, R, S, stride, padding, dilation, groups, weights as 16-byte copies)
 CONV_HALF = [
@@ -406,12 +406,20 @@ CONV_HALF = [
 ]
 
 
+def _spy(monkeypatch, module):
+    names = []
+    real = module.get_function
+    monkeypatch.setattr(module, "get_function", lambda f, e: names.append(e) or real(f, e))
+    return names
+
+
 @pytest.mark.parametrize("dtype", [F16, BF16], ids=["f16", "bf16"])
 @pytest.mark.parametrize("case", CONV_HALF, ids=lambda c: "x".join(map(str, c[:7])))
 def test_conv2d_implicit_gemm_mma16(rng, monkeypatch, dtype, case):
-    """The half forward from its launcher against the float64 convolution of the 16-bit
-    inputs (+ bias), forward and reverse order; which weight copy ran and whether the
-    reduction was split are checked, so each case covers what it says."""
+    """The half forward, input gradient and weight gradient from their launchers against the
+    float64 results from the 16-bit inputs (+ bias), forward and reverse order; which
+    weight copy ran, the stride-1 input gradient, and which reductions were split (deeper
+    than 256: split_for) are checked, so each case covers what it says."""
     from convgpu import reference
     from convgpu.core.args import conv_geometry
     from convgpu.kernels.cuda import conv_implicit
@@ -420,19 +428,35 @@ def test_conv2d_implicit_gemm_mma16(rng, monkeypatch, dtype, case):
     w = rng.standard_normal((K, C // g, R, S)).astype(dtype)
     b = rng.standard_normal(K).astype(dtype)
     a = conv_geometry("conv2d", x.shape, w.shape, st, pd, dl, g, dtype)
-    names = []
-    real = conv_implicit.get_function
-    monkeypatch.setattr(conv_implicit, "get_function",
-                        lambda f, e: names.append(e) or real(f, e))
-    y = both_orders(lambda: conv_implicit.conv2d_implicit_gemm_mma16(a, x, w, b))
+    gy = rng.standard_normal(a.y_shape).astype(dtype)
+    names = _spy(monkeypatch, conv_implicit)
     kw = dict(stride=st, padding=pd, dilation=dl, groups=g)
     f = lambda v: v.astype(np.float64)                    # noqa: E731
-    exact = reference.conv2d(f(x), f(w), f(b), **kw)
-    mag = reference.conv2d(abs(f(x)), abs(f(w)), abs(f(b)), **kw)
-    assert_half_bounded(y, exact, mag, (C // g) * R * S, dtype)
     t = "__half" if dtype == F16 else "__nv_bfloat16"
+    split = f"sum_splits_half<{t}>"
+
+    y = both_orders(lambda: conv_implicit.conv2d_implicit_gemm_mma16(a, x, w, b))
+    assert_half_bounded(y, reference.conv2d(f(x), f(w), f(b), **kw),
+                        reference.conv2d(abs(f(x)), abs(f(w)), abs(f(b)), **kw),
+                        (C // g) * R * S, dtype)
     assert names[0] == f"conv2d_implicit_gemm_mma16<{t}, {str(va).lower()}>", names
-    assert (f"sum_splits_half<{t}>" in names) == ((C // g) * R * S > 256), names
+    assert (split in names) == ((C // g) * R * S > 256), names
+
+    del names[:]
+    gx = both_orders(lambda: conv_implicit.backward_input_implicit_gemm_mma16(a, gy, w))
+    assert_half_bounded(gx, reference.conv2d_backward_input(f(gy), f(w), x.shape, **kw),
+                        reference.conv2d_backward_input(abs(f(gy)), abs(f(w)), x.shape, **kw),
+                        (K // g) * R * S, dtype)
+    assert names[0] == f"conv2d_dgrad_implicit_gemm_mma16<{t}, {str(st == (1, 1)).lower()}>"
+    assert (split in names) == ((K // g) * R * S > 256), names
+
+    del names[:]
+    gw = both_orders(lambda: conv_implicit.backward_weight_implicit_gemm_mma16(a, x, gy))
+    assert_half_bounded(gw, reference.conv2d_backward_weight(f(x), f(gy), w.shape, **kw),
+                        reference.conv2d_backward_weight(abs(f(x)), abs(f(gy)), w.shape, **kw),
+                        N * a.P * a.Q, dtype)
+    assert names[0] == f"conv2d_wgrad_implicit_gemm_mma16<{t}>", names
+    assert (split in names) == (N * a.P * a.Q > 256), names
 
 
 def test_conv2d_implicit_gemm_mma16_refuses_other_types():
@@ -440,7 +464,10 @@ def test_conv2d_implicit_gemm_mma16_refuses_other_types():
     from convgpu.kernels.cuda import conv_implicit
     a = conv_geometry("conv2d", (1, 2, 5, 5), (3, 2, 3, 3), (1, 1), (0, 0), (1, 1), 1,
                       np.float32)
-    assert "float16 or bfloat16" in conv_implicit.mma16_supports(a)
-    with pytest.raises(ValueError, match="float16 or bfloat16"):
-        conv_implicit.conv2d_implicit_gemm_mma16(a, np.zeros((1, 2, 5, 5), np.float32),
-                                                 np.zeros((3, 2, 3, 3), np.float32), None)
+    x, w = np.zeros((1, 2, 5, 5), np.float32), np.zeros((3, 2, 3, 3), np.float32)
+    gy = np.zeros(a.y_shape, np.float32)
+    for call in (lambda: conv_implicit.conv2d_implicit_gemm_mma16(a, x, w, None),
+                 lambda: conv_implicit.backward_input_implicit_gemm_mma16(a, gy, w),
+                 lambda: conv_implicit.backward_weight_implicit_gemm_mma16(a, x, gy)):
+        with pytest.raises(ValueError, match="float16 or bfloat16"):
+            call()

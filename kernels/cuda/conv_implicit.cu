@@ -16,8 +16,9 @@
 //   conv2d_implicit_gemm_pipelined<VA, VB, M>, conv2d_wgrad_implicit_gemm_pipelined<M>,
 //   conv2d_dgrad_implicit_gemm_pipelined<UNIT, M>  the forward and both gradients in TF32 on
 //       pipeline.cuh's tile: operands copied to shared memory by cp.async two slices ahead
-//   conv2d_implicit_gemm_mma16<T, VA>  the forward in float16 / bfloat16 (T = __half,
-//       __nv_bfloat16) on the tensor cores (mma.sync m16n8k16, pipeline.cuh tc16)
+//   conv2d_implicit_gemm_mma16<T, VA>, conv2d_dgrad_implicit_gemm_mma16<T, UNIT>,
+//   conv2d_wgrad_implicit_gemm_mma16<T>  the forward and both gradients in float16 / bfloat16
+//       (T = __half, __nv_bfloat16) on the tensor cores (mma.sync m16n8k16, pipeline.cuh tc16)
 #include "common.cuh"
 #include "half.cuh"
 #include "pipeline.cuh"
@@ -591,4 +592,152 @@ conv2d_implicit_gemm_mma16(const T* __restrict__ x, const T* __restrict__ w,
                 else y[at] = Half16<T>::from_float(v);
             }
     }
+}
+
+// The input gradient in float16 / bfloat16 on the tensor cores: gx[g] (Cg x N*H*W) =
+// W[g]^T (Cg x Kg*R*S) @ GY_cols[g], the GEMM of conv2d_dgrad_implicit_gemm_pipelined with
+// element-wise copies (2-byte elements): A = W^T, K-major, lane l loading depth (k, r, s) =
+// k0 + l (decomposed once per slice) for rows c = warp + 4 i, each R*S further on; B = GY_cols
+// gathered column by column through the depth table, the divisibility tests skipped for UNIT
+// (stride 1). FP32 accumulation, one rounding per output; split-K partials in FP32
+// (sum_splits_half). Launch as the forward.
+template <typename T, bool UNIT>
+__global__ void __launch_bounds__(tc16::THREADS)
+conv2d_dgrad_implicit_gemm_mma16(const T* __restrict__ gy, const T* __restrict__ w,
+                                 T* __restrict__ gx, float* __restrict__ partial,
+                                 CONV_SHAPE_PARAMS, int splits, int kchunk,
+                                 long long split_stride) {
+    const CONV_SHAPE;
+    CONVGPU_DYNAMIC_SHARED(smem_bytes);
+    unsigned short* smem = reinterpret_cast<unsigned short*>(smem_bytes);
+    const int tid = threadIdx.x, lane = tid % 32;
+    const int g = blockIdx.z / splits, split = blockIdx.z % splits;
+    const int Cg = s.C / s.groups, Kg = s.K / s.groups;
+    const int RS = s.R * s.S, CRS = Cg * RS, KRS_all = Kg * RS, PQ = s.P * s.Q;
+    const int HW = s.H * s.W;
+    const long long NHW = (long long)s.N * HW;
+    const int kbeg = split * kchunk, KRS = min(KRS_all, kbeg + kchunk);
+    if (partial) partial += split * split_stride;
+    const int m0 = blockIdx.y * tc16::BM;
+    const long long n0 = (long long)blockIdx.x * tc16::BN;
+    const unsigned short* wg = reinterpret_cast<const unsigned short*>(w) + (long long)g * Kg * CRS;
+    const unsigned short* gys = reinterpret_cast<const unsigned short*>(gy);
+
+    // this thread's column (n, h, v) = n0 + tid of GY_cols, as in the TF32 kernel
+    const long long col = n0 + tid;
+    const unsigned short* gyt = gys;
+    int hh = 0, vv = -(1 << 30);
+    if (col < NHW) {
+        const int n = (int)(col / HW), hw = (int)(col % HW);
+        gyt = gys + ((long long)n * s.K + (long long)g * Kg) * PQ;
+        hh = hw / s.W + s.ph;
+        vv = hw % s.W + s.pw;
+    }
+    const int hv0 = hh * s.Q + vv;
+    int4* table = tc16::depth_table<true, false>(smem);
+    auto prepare = [&](int step) {
+        if (tid >= tc16::BK) return;
+        const int krs = kbeg + step * tc16::BK + tid;
+        int4 d = make_int4(0, -(1 << 29), 0, 0);
+        if (krs < KRS) {
+            const int k = krs / RS, r = (krs % RS) / s.S, sc = krs % s.S;
+            d = make_int4(k * PQ - r * s.dh * s.Q - sc * s.dw, r * s.dh, sc * s.dw, k * PQ);
+        }
+        table[(step % tc16::STAGES) * tc16::BK + tid] = d;
+    };
+    const int steps = KRS > kbeg ? (KRS - kbeg + tc16::BK - 1) / tc16::BK : 0;
+    auto load = [&](unsigned short* As, unsigned short* Bs, int step) {
+        const int k0 = kbeg + step * tc16::BK;
+        const int krs = k0 + lane;
+        tc16::load_rows(As, wg + (long long)(krs / RS) * CRS + (long long)m0 * RS + krs % RS, RS,
+                        krs < KRS, Cg - m0, tid);
+        const int4* t = table + (step % tc16::STAGES) * tc16::BK;
+#pragma unroll 8
+        for (int kk = 0; kk < tc16::BK; ++kk) {
+            const int4 d = t[kk];
+            const int hp = hh - d.y, vq = vv - d.z;
+            bool ok;
+            int off;
+            if (UNIT) {
+                ok = (unsigned)hp < (unsigned)s.P && (unsigned)vq < (unsigned)s.Q;
+                off = hv0 + d.x;
+            } else {
+                ok = hp >= 0 && vq >= 0 && hp % s.sh == 0 && vq % s.sw == 0 && hp / s.sh < s.P &&
+                     vq / s.sw < s.Q;
+                off = d.w + (hp / s.sh) * s.Q + vq / s.sw;
+            }
+            Bs[tc16::at<false>(tid, kk)] = ok ? gyt[off] : (unsigned short)0;
+        }
+    };
+    float acc[tc16::NACC];
+    tc16::mainloop<true, false, Half16<T>::BF16>(smem, steps, tid, acc, load, prepare);
+    // column (n, hw) -> gx[n, g*Cg + c, hw], rows c HW apart
+    tc16::store_half<T, long long>(acc, tid, m0, n0, Cg, NHW, HW,
+        [&](long long c) { return (c / HW * s.C + (long long)g * Cg) * HW + c % HW; }, gx, partial);
+}
+
+// The weight gradient in float16 / bfloat16 on the tensor cores: gw[g] (Kg x Cg*R*S) =
+// gy[g] (Kg x N*P*Q) @ X_cols[g]^T, the GEMM of conv2d_wgrad_implicit_gemm_pipelined with
+// element-wise copies: A = gy, K-major, lane l loading depth (n, p, q) = k0 + l (decomposed
+// once per slice) for rows m = warp + 4 i, each P*Q further on; B = X_cols^T gathered row
+// (c, r, s) = n0 + tid through the depth table. Split-K over N*P*Q (< 2**31: the launcher),
+// FP32 partials summed by sum_splits_half; one rounding per output.
+template <typename T>
+__global__ void __launch_bounds__(tc16::THREADS)
+conv2d_wgrad_implicit_gemm_mma16(const T* __restrict__ x, const T* __restrict__ gy,
+                                 T* __restrict__ gw, float* __restrict__ partial,
+                                 CONV_SHAPE_PARAMS, int splits, int kchunk,
+                                 long long split_stride) {
+    const CONV_SHAPE;
+    CONVGPU_DYNAMIC_SHARED(smem_bytes);
+    unsigned short* smem = reinterpret_cast<unsigned short*>(smem_bytes);
+    const int tid = threadIdx.x, lane = tid % 32;
+    const int g = blockIdx.z / splits, split = blockIdx.z % splits;
+    const int Cg = s.C / s.groups, Kg = s.K / s.groups;
+    const int RS = s.R * s.S, CRS = Cg * RS, PQ = s.P * s.Q;
+    const long long NPQ = (long long)s.N * PQ, HW = (long long)s.H * s.W;
+    const int kbeg = split * kchunk, kend = (int)min(NPQ, (long long)kbeg + kchunk);
+    if (partial) partial += split * split_stride;
+    const int m0 = blockIdx.y * tc16::BM, n0 = blockIdx.x * tc16::BN;
+    const unsigned short* xs = reinterpret_cast<const unsigned short*>(x);
+    const unsigned short* gys = reinterpret_cast<const unsigned short*>(gy);
+
+    // this thread's row (c, r, s) = n0 + tid of X_cols^T, as in the TF32 kernel
+    const int crs = n0 + tid;
+    const unsigned short* xt = xs;
+    int dr = 0, ds = -(1 << 30);
+    if (crs < CRS) {
+        xt = xs + ((long long)g * Cg + crs / RS) * HW;
+        dr = ((crs % RS) / s.S) * s.dh - s.ph;
+        ds = (crs % s.S) * s.dw - s.pw;
+    }
+    const int rs0 = dr * s.W + ds;
+    int4* table = tc16::depth_table<true, false>(smem);
+    auto prepare = [&](int step) {
+        if (tid >= tc16::BK) return;
+        const int npq = kbeg + step * tc16::BK + tid;
+        int4 d = make_int4(0, 1 << 29, 0, 0);
+        if (npq < kend) {
+            const int n = npq / PQ, p = (npq % PQ) / s.Q, q = npq % s.Q;
+            d = make_int4(n * s.C * (int)HW + p * s.sh * s.W + q * s.sw, p * s.sh, q * s.sw, 0);
+        }
+        table[(step % tc16::STAGES) * tc16::BK + tid] = d;
+    };
+    const int steps = kend > kbeg ? (kend - kbeg + tc16::BK - 1) / tc16::BK : 0;
+    auto load = [&](unsigned short* As, unsigned short* Bs, int step) {
+        const int npq = kbeg + step * tc16::BK + lane;
+        tc16::load_rows(As, gys + ((long long)(npq / PQ) * s.K + (long long)g * Kg + m0) * PQ + npq % PQ,
+                        PQ, npq < kend, Kg - m0, tid);
+        const int4* t = table + (step % tc16::STAGES) * tc16::BK;
+#pragma unroll 8
+        for (int kk = 0; kk < tc16::BK; ++kk) {
+            const int4 d = t[kk];
+            const bool ok = (unsigned)(d.y + dr) < (unsigned)s.H && (unsigned)(d.z + ds) < (unsigned)s.W;
+            Bs[tc16::at<false>(tid, kk)] = ok ? xt[d.x + rs0] : (unsigned short)0;
+        }
+    };
+    float acc[tc16::NACC];
+    tc16::mainloop<true, false, Half16<T>::BF16>(smem, steps, tid, acc, load, prepare);
+    tc16::store_half<T, int>(acc, tid, m0, n0, Kg, CRS, CRS,
+        [&](int c) { return (long long)g * Kg * CRS + c; }, gw, partial);
 }

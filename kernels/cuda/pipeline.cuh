@@ -26,6 +26,7 @@
 // blocks fit an H100 / H200 SM).
 #pragma once
 #include "common.cuh"
+#include "half.cuh"
 
 // cp.async: bytes (4, 8 or 16) from global src to shared dst, or zeros where !full. The copy
 // lands by the cp_async_wait that covers its commit group.
@@ -498,5 +499,45 @@ __device__ __forceinline__ int acc_row(int e, int tid) {
 }
 __device__ __forceinline__ int acc_col(int e, int tid) {
     return col0(tid) + ((e / 4) % NI) * 8 + 2 * (tid % 4) + (e & 1);
+}
+
+// Element-wise copies of a K-major tile whose rows lie `stride` elements apart in global
+// memory: lane l copies depth l (src: row r0's element at that depth; valid: the depth is)
+// for rows warp + 4 i, valid below `rows` (counted from r0); zeros elsewhere.
+__device__ __forceinline__ void load_rows(unsigned short* S, const unsigned short* __restrict__ src,
+                                          long long stride, bool valid, int rows, int tid) {
+    const int lane = tid % 32, warp = tid / 32;
+#pragma unroll 8
+    for (int i = 0; i < BM / 4; ++i) {
+        const int r = warp + 4 * i;
+        S[at<true>(r, lane)] = valid && r < rows ? src[r * stride] : (unsigned short)0;
+    }
+}
+
+// The epilogue of the half kernels without bias: the accumulator of tile row m (< rows) and
+// column c (< cols) goes to offset column(c) + m * row_stride: rounded once into out, or as
+// FP32 into partial where that is not null (a split). Each of the thread's 16 columns is
+// decomposed once.
+template <typename T, typename Index, typename Column>
+__device__ __forceinline__ void store_half(const float (&acc)[NACC], int tid, int m0, Index n0,
+                                           int rows, Index cols, long long row_stride,
+                                           Column&& column, T* out, float* partial) {
+#pragma unroll
+    for (int sl = 0; sl < 2 * NI; ++sl) {
+        const Index c = n0 + acc_col((sl / 2) * 4 + (sl & 1), tid);
+        if (c >= cols) continue;
+        const long long base = column(c);
+#pragma unroll
+        for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int e = (mi * NI + sl / 2) * 4 + (sl & 1) + 2 * h;
+                const int m = m0 + acc_row(e, tid);
+                if (m >= rows) continue;
+                const long long at = base + (long long)m * row_stride;
+                if (partial) partial[at] = acc[e];
+                else out[at] = Half16<T>::from_float(acc[e]);
+            }
+    }
 }
 }  // namespace tc16

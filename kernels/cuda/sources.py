@@ -49,7 +49,10 @@ NAME_EXPRESSIONS: Dict[str, Tuple[str, ...]] = {
     + tuple(f"conv2d_{k}_implicit_gemm<{t}, false>" for k in ("wgrad", "dgrad") for t in T_NAMES)
     + tuple(f"conv2d_{k}_implicit_gemm<float, true>" for k in ("wgrad", "dgrad"))
     + tuple(f"conv2d_implicit_gemm_mma16<{t}, {va}>" for t in HALF_NAMES
-            for va in ("false", "true")),
+            for va in ("false", "true"))
+    + tuple(f"conv2d_dgrad_implicit_gemm_mma16<{t}, {u}>" for t in HALF_NAMES
+            for u in ("false", "true"))
+    + tuple(f"conv2d_wgrad_implicit_gemm_mma16<{t}>" for t in HALF_NAMES),
     "im2col.cu": tuple(f"{k}<{t}>" for k in ("im2col", "col2im") for t in T_NAMES),
     "ceiling.cu": tuple(f"fma_peak<{t}>" for t in T_NAMES),
     "fft.cu": tuple(f"spectra_{k}<{t}>" for k in ("stack", "unstack") for t in T_NAMES),
