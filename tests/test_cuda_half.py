@@ -343,7 +343,7 @@ def test_gemm_mma16_odd_shapes_both_copies_and_split_k(rng, launched, dtype, ta,
 @pytest.mark.parametrize("dtype", [F16, BF16], ids=["f16", "bf16"])
 def test_gemm_mma16_bias_broadcast_and_tiny(rng, dtype):
     """The fused bias (added in FP32 before the one rounding, unsplit and split), an operand
-    with a batch of 1 serving two, and the 1 x 1 x 1 product."""
+    with a batch of 1 serving two, the 1 x 1 x 1 product, K = 0 and M = 0."""
     from convgpu.kernels.cuda import gemm
     A, _ = _operands(rng, dtype, 1, 45, 30, 51, False, True)
     _, B = _operands(rng, dtype, 2, 45, 30, 51, False, True)
@@ -355,6 +355,12 @@ def test_gemm_mma16_bias_broadcast_and_tiny(rng, dtype):
     A, B = _operands(rng, dtype, 1, 1, 1, 1, False, False)
     want, mag = _exact(A, B, False, False)
     assert_half_bounded(both_orders(lambda: gemm.gemm(A, B)), want, mag, 1, dtype)
+    # an empty sum is the bias alone; an empty output launches nothing
+    A, B = _operands(rng, dtype, 1, 3, 30, 0, False, False)
+    C = both_orders(lambda: gemm.gemm(A, B, bias=bias))
+    np.testing.assert_array_equal(C[0], np.broadcast_to(bias, (3, 30)))
+    A, B = _operands(rng, dtype, 2, 0, 5, 4, False, False)
+    assert gemm.gemm(A, B).shape == (2, 0, 5)
 
 
 @pytest.mark.parametrize("dtype", [F16, BF16], ids=["f16", "bf16"])

@@ -219,6 +219,8 @@ def _mma16_launch(kernel, targs, a, op, like, out_shape, M, N, depth, *arrays, b
     splits = ceil_div(depth, kchunk) if depth else 1
     size = int(np.prod(out_shape))
     out = empty(out_shape, like.dtype, like)
+    if size == 0:                           # nothing to launch (a grid of 0 blocks fails)
+        return out
     parts = empty((splits,) + tuple(out_shape), np.float32, like) if splits > 1 else None
     smem = mma16_shared_bytes(True, False) + PIPE_TABLE_BYTES
     fn = get_function("conv_implicit.cu", f"{kernel}<{', '.join((t,) + targs)}>")

@@ -150,6 +150,8 @@ def _gemm_mma16(A, B, ta, tb, splits, tf32, variant, bias):
     if bias is not None and (np.dtype(bias.dtype) != np.dtype(A.dtype) or bias.shape != (N,)):
         raise ValueError(f"gemm: bias must be ({N},) {np.dtype(A.dtype).name}; got "
                          f"{tuple(bias.shape)} {np.dtype(bias.dtype).name}")
+    if batch * M * N == 0:                  # nothing to launch (a grid of 0 blocks fails)
+        return empty((batch, M, N), A.dtype, A)
     splits = max(1, min(splits, ceil_div(K, MMA16_BK)))
     kchunk = ceil_div(ceil_div(K, splits), MMA16_BK) * MMA16_BK
     splits = ceil_div(K, kchunk) if K else 1
