@@ -339,6 +339,20 @@ def test_gemm_mma16_bias_broadcast_and_tiny(rng, dtype):
     assert gemm.gemm(A, B).shape == (2, 0, 5)
 
 
+def test_gemm_mma16_past_the_grid_limits_runs_in_parts(rng, monkeypatch):
+    """Batches x splits or row tiles past gridDim's 65535 (here 2): the half GEMM launches on
+    slices of batches and of A's rows, the bias fused into each, with split-K."""
+    from convgpu.kernels.cuda import gemm
+    monkeypatch.setattr(gemm, "MAX_GRID_YZ", 2)
+    A, B = _operands(rng, F16, 5, 300, 12, 70, False, False)
+    bias = rng.standard_normal(12).astype(F16)
+    want, mag = _exact(A, B, False, False, bias)
+    for splits in (1, 2):
+        C = gemm.gemm(A, B, splits=splits, bias=bias)
+        assert C.shape == (5, 300, 12)
+        assert_half_bounded(C, want, mag, 70, F16)
+
+
 @pytest.mark.parametrize("dtype", [F16, BF16], ids=["f16", "bf16"])
 def test_linear_and_backward_on_the_tensor_cores(rng, launched, dtype):
     """kernels/cuda/gemm.py's linear and linear_backward in the 16-bit type: y = x w^T + b
