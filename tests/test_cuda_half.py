@@ -467,3 +467,18 @@ def test_conv2d_implicit_gemm_mma16_refuses_other_types():
                  lambda: conv_implicit.backward_weight_implicit_gemm_mma16(a, x, gy)):
         with pytest.raises(ValueError, match="float16 or bfloat16"):
             call()
+
+
+def test_launcher_constants_match_pipeline16():
+    """gemm.py's copy of the 16-bit tile (threads, slice depth, stages, shared bytes) against
+    pipeline16.cuh's constexprs: the launcher sizes grids and shared memory by its copy."""
+    from test_cuda_constants import constexprs
+    from convgpu.kernels.cuda import gemm
+    v = constexprs("pipeline16.cuh")
+    assert (v["THREADS"], v["BK"], v["STAGES"]) == (gemm.MMA16_THREADS, gemm.MMA16_BK,
+                                                    gemm.MMA16_STAGES)
+    assert v["BM"] == v["BN"] == gemm.TILE
+    for ka in (False, True):
+        for kb in (False, True):
+            tile = lambda kmajor: v["BM"] * v["LDK"] if kmajor else v["BK"] * v["LDR"]  # noqa
+            assert gemm.mma16_shared_bytes(ka, kb) == 2 * v["STAGES"] * (tile(ka) + tile(kb))

@@ -20,8 +20,8 @@
 //   conv2d_wgrad_implicit_gemm_mma16<T>  the forward and both gradients in float16 / bfloat16
 //       (T = __half, __nv_bfloat16) on the tensor cores (mma.sync m16n8k16, pipeline.cuh tc16)
 #include "common.cuh"
-#include "half.cuh"
 #include "pipeline.cuh"
+#include "pipeline16.cuh"
 #include "conv_shape.cuh"
 
 using namespace tile;

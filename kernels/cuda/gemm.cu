@@ -25,8 +25,8 @@
 #define CONVGPU_TF32_ROUND 1
 #endif
 #include "common.cuh"
-#include "half.cuh"
 #include "pipeline.cuh"
+#include "pipeline16.cuh"
 
 using namespace tile;
 
