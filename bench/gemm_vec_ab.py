@@ -78,7 +78,9 @@ def sass(folder, expr):
     cc = cp.cuda.Device().compute_capability             # "90" on an H100
     prog = nvrtc.createProgram((folder / "gemm.cu").read_text(), "gemm.cu", [], [])
     nvrtc.addNameExpression(prog, expr)
+    inc = _module.cuda_include_dir()      # <cuda_fp16.h>: RawModule adds it, bare NVRTC not
     nvrtc.compileProgram(prog, list(_module.NVRTC_OPTIONS) + [f"-I{folder}"]
+                         + ([f"-I{inc}"] if inc else [])
                          + list(_module.RUNTIME_ADDED_OPTIONS) + [f"-arch=sm_{cc}"])
     tool = shutil.which("cuobjdump") or "/usr/local/cuda/bin/cuobjdump"
     ptxas = shutil.which("ptxas") or "/usr/local/cuda/bin/ptxas"

@@ -154,6 +154,17 @@ register("conv2d_backward_weight", "cuda", "fft", _FFT + "backward_weight_fft",
 register("conv2d_backward_weight", "cuda", "fft_tf32", _FFT + "backward_weight_fft_tf32",
          supports=_FFT + "fft_tf32_supports")
 
+# float16 / bfloat16 on the tensor cores: mma.sync m16n8k16, FP32 accumulation
+_HALF = ("float16", "bfloat16")
+register("conv2d", "cuda", "implicit_gemm_mma16", _IG + "conv2d_implicit_gemm_mma16",
+         supports=_IG + "mma16_supports", dtypes=_HALF)
+register("conv2d_backward_input", "cuda", "implicit_gemm_mma16",
+         _IG + "backward_input_implicit_gemm_mma16", supports=_IG + "mma16_input_supports",
+         dtypes=_HALF)
+register("conv2d_backward_weight", "cuda", "implicit_gemm_mma16",
+         _IG + "backward_weight_implicit_gemm_mma16", supports=_IG + "mma16_weight_supports",
+         dtypes=_HALF)
+
 _NHWC = _C + "conv_nhwc:"
 register("conv2d", "cuda", "implicit_gemm_nhwc", _NHWC + "conv2d_nhwc_implicit_gemm",
          supports=_NHWC + "nhwc_supports", layouts=("NHWC",))

@@ -8,7 +8,7 @@ import numpy as np
 from convgpu import reference
 from convgpu.arrays import on_torch_stream, unwrap
 from convgpu.core import args as A
-from convgpu.ops._registry import dispatch, register
+from convgpu.ops._registry import DTYPE_NAMES, dispatch, register
 
 
 def _np_linear(a, x, w, b):
@@ -23,10 +23,12 @@ register("linear", "numpy", "reference", "convgpu.ops.linear:_np_linear")
 register("linear_backward", "numpy", "reference", "convgpu.ops.linear:_np_linear_backward")
 register("linear", "numba", "gemm", "convgpu.kernels.numba.gemm:linear")
 register("linear_backward", "numba", "gemm", "convgpu.kernels.numba.gemm:linear_backward")
-register("linear", "cuda", "gemm", "convgpu.kernels.cuda.gemm:linear")
+# float16 / bfloat16 inputs run gemm.cu's tensor-core kernel (gemm_mma16)
+register("linear", "cuda", "gemm", "convgpu.kernels.cuda.gemm:linear", dtypes=DTYPE_NAMES)
 register("linear", "cuda", "gemm_tf32", "convgpu.kernels.cuda.gemm:linear_tf32",
          supports="convgpu.kernels.cuda.launch:tf32_supports")
-register("linear_backward", "cuda", "gemm", "convgpu.kernels.cuda.gemm:linear_backward")
+register("linear_backward", "cuda", "gemm", "convgpu.kernels.cuda.gemm:linear_backward",
+         dtypes=DTYPE_NAMES)
 
 
 @dataclass

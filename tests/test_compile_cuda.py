@@ -239,3 +239,51 @@ def test_fma_ceiling_kernel_is_pure_fma():
     # outside the loop: the 8 initial multiplies and the final sum (0 + 8 chains) only
     assert len(re.findall(r"\bmul(\.ftz)?\.f32\b", body)) == 8
     assert len(re.findall(r"\badd(\.ftz)?\.f32\b", body)) == 8
+
+
+def test_half_kernels_use_16_bit_mma_and_ldmatrix():
+    """gemm_mma16 (float16, bfloat16): the m16n8k16 mma.sync of its type (and no TF32 one),
+    fragments through ldmatrix .x4 (K-major operand tiles) and .x4.trans (MN-major ones),
+    the cp.async pipeline where VEC (16-byte .cg copies, a wait that leaves a slice in
+    flight), element-wise 16-bit loads where not (more of them than the VEC build's, whose
+    only 16-bit global loads are the epilogue's bias)."""
+    exprs = [e for e in _module.NAME_EXPRESSIONS["gemm.cu"] if e.startswith("gemm_mma16<")]
+    assert len(exprs) == 16, exprs
+    loads = {}
+    for e, body in _ptx_entries("gemm.cu", exprs).items():
+        t, ta, tb, vec = (v.strip() for v in e[e.index("<") + 1:-1].split(","))
+        ab = "bf16" if t == "__nv_bfloat16" else "f16"
+        assert f"mma.sync.aligned.m16n8k16.row.col.f32.{ab}.{ab}.f32" in body, e
+        assert "tf32" not in body, e
+        plain = "ldmatrix.sync.aligned.m8n8.x4.shared.b16" in body
+        trans = "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16" in body
+        # A is K-major unless TA, B K-major where TB: .trans exactly for the MN-major ones
+        assert plain == (ta == "false" or tb == "true"), e
+        assert trans == (ta == "true" or tb == "false"), e
+        copies = "cp.async.cg.shared.global" in body or "cp.async.ca.shared.global" in body
+        assert copies == (vec == "true"), e
+        if vec == "true":
+            assert "cp.async.cg.shared.global" in body and "cp.async.wait_group 1;" in body, e
+        loads[(t, ta, tb, vec)] = len(re.findall(r"\bld\.global\.(?:nc\.)?[ub]16", body))
+    for (t, ta, tb, vec), n in loads.items():
+        if vec == "false":
+            assert n > loads[(t, ta, tb, "true")], (t, ta, tb, n)
+
+
+def test_half_convolutions_use_16_bit_mma_and_ldmatrix():
+    """conv2d_{,dgrad_,wgrad_}implicit_gemm_mma16: the m16n8k16 mma.sync of their type (no
+    TF32), ldmatrix .x4 for the K-major operand and .x4.trans for the gathered one; 16-byte
+    cp.async copies exactly in the forward's VA builds (the gathers and the gradients' A tiles
+    move element by element: cp.async copies 4 bytes at least)."""
+    exprs = [e for e in _module.NAME_EXPRESSIONS["conv_implicit.cu"] if "_mma16<" in e]
+    assert len(exprs) == 10, exprs
+    for e, body in _ptx_entries("conv_implicit.cu", exprs).items():
+        targs = [v.strip() for v in e[e.index("<") + 1:-1].split(",")]
+        ab = "bf16" if targs[0] == "__nv_bfloat16" else "f16"
+        assert f"mma.sync.aligned.m16n8k16.row.col.f32.{ab}.{ab}.f32" in body, e
+        assert "tf32" not in body, e
+        assert "ldmatrix.sync.aligned.m8n8.x4.shared.b16" in body, e
+        assert "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16" in body, e
+        va = e.startswith("conv2d_implicit_gemm_mma16<") and targs[1] == "true"
+        assert ("cp.async.cg.shared.global" in body) == va, e
+        assert "cp.async.ca.shared.global" not in body, e

@@ -16,8 +16,7 @@ if not cuda_host.available():
     pytest.skip(f"no C++ compiler ({cuda_host.CXX}) for the host emulation", allow_module_level=True)
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
-BF16 = np.dtype(ml_dtypes.bfloat16)
-F16 = np.dtype(np.float16)
+from half_helpers import BF16, F16, assert_half_bounded  # noqa: E402  (tests/half_helpers.py)
 
 
 @pytest.fixture(autouse=True)
@@ -250,3 +249,236 @@ def test_ldmatrix_x4_lane_layout(mma, rng, trans):
             lo, hi = (m[i, p, q], m[i, p + 1, q]) if trans else (m[i, q, p], m[i, q, p + 1])
             want[lane, i] = _pack(np.uint16(lo), np.uint16(hi))
     np.testing.assert_array_equal(r, want)
+
+
+# ---- the HGEMM: gemm_mma16 ---------------------------------------------------------------
+
+def _operands(rng, dtype, batch, M, N, K, ta, tb):
+    A = rng.standard_normal((batch, K, M) if ta else (batch, M, K)).astype(dtype)
+    B = rng.standard_normal((batch, N, K) if tb else (batch, K, N)).astype(dtype)
+    return A, B
+
+
+def _exact(A, B, ta, tb, bias=None):
+    """The float64 product of the 16-bit operands (+ bias) and its magnitude |A| |B| + |bias|."""
+    op = lambda X, t: np.swapaxes(X, 1, 2) if t else X      # noqa: E731
+    A, B = A.astype(np.float64), B.astype(np.float64)
+    want, mag = np.matmul(op(A, ta), op(B, tb)), np.matmul(op(abs(A), ta), op(abs(B), tb))
+    if bias is not None:
+        want, mag = want + bias.astype(np.float64), mag + abs(bias.astype(np.float64))
+    return want, mag
+
+
+def _misaligned(X):
+    """X's values in a C-contiguous array at an address 2 bytes past a 16-byte boundary."""
+    buf = np.empty(X.size + 8, X.dtype)
+    off = (-buf.ctypes.data % 16) // X.itemsize + 1
+    Y = buf[off:off + X.size].reshape(X.shape)
+    Y[...] = X
+    assert Y.ctypes.data % 16 == 2 and Y.flags.c_contiguous
+    return Y
+
+
+@pytest.fixture
+def launched(monkeypatch):
+    """The name expressions gemm.py looks up, in order."""
+    from convgpu.kernels.cuda import gemm
+    names = []
+    real = gemm.get_function
+    monkeypatch.setattr(gemm, "get_function", lambda f, e: names.append(e) or real(f, e))
+    return names
+
+
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=["f16", "bf16"])
+@pytest.mark.parametrize("ta, tb", [(False, False), (True, False), (False, True), (True, True)])
+def test_gemm_mma16_odd_shapes_both_copies_and_split_k(rng, launched, dtype, ta, tb):
+    """Two batches, edges in M, N and K on both copy paths: K = 101 (not a multiple of 8:
+    element-wise loads) and K = 136 with M, N multiples of 8 (16-byte cp.async, a last slice
+    of 8), each more slices (4, 5) than the pipeline has stages, so a stage buffer is reused
+    (a missing barrier shows in reverse order); split-K into 3 (FP32 partials summed in order, one rounding); the 16-byte shape
+    again from misaligned operands, on the element-wise path, equal bit for bit (same
+    products, same order)."""
+    from convgpu.kernels.cuda import gemm
+    for M, N, K, vec in ((133, 70, 101, False), (136, 64, 136, True)):
+        A, B = _operands(rng, dtype, 2, M, N, K, ta, tb)
+        want, mag = _exact(A, B, ta, tb)
+        for splits in (1, 3):
+            del launched[:]
+            C = both_orders(lambda: gemm.gemm(A, B, ta, tb, splits=splits))
+            assert_half_bounded(C, want, mag, K, dtype)
+            t = gemm.half_ctype(dtype)
+            assert launched[0] == f"gemm_mma16<{t}, {str(ta).lower()}, {str(tb).lower()}, " \
+                                  f"{str(vec).lower()}>", launched
+            assert (f"sum_splits_half<{t}>" in launched) == (splits > 1), launched
+        if vec:
+            C2 = both_orders(lambda: gemm.gemm(_misaligned(A), B, ta, tb, splits=3))
+            assert launched[-2].endswith("false>"), launched
+            np.testing.assert_array_equal(C2.view(np.uint16), C.view(np.uint16))
+
+
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=["f16", "bf16"])
+def test_gemm_mma16_bias_broadcast_and_tiny(rng, dtype):
+    """The fused bias (added in FP32 before the one rounding, unsplit and split), an operand
+    with a batch of 1 serving two, the 1 x 1 x 1 product, K = 0 and M = 0."""
+    from convgpu.kernels.cuda import gemm
+    A, _ = _operands(rng, dtype, 1, 45, 30, 51, False, True)
+    _, B = _operands(rng, dtype, 2, 45, 30, 51, False, True)
+    bias = rng.standard_normal(30).astype(dtype)
+    want, mag = _exact(np.broadcast_to(A, (2,) + A.shape[1:]), B, False, True, bias)
+    for splits in (1, 2):
+        C = both_orders(lambda: gemm.gemm(A, B, tb=True, splits=splits, bias=bias))
+        assert_half_bounded(C, want, mag, 51, dtype)
+    A, B = _operands(rng, dtype, 1, 1, 1, 1, False, False)
+    want, mag = _exact(A, B, False, False)
+    assert_half_bounded(both_orders(lambda: gemm.gemm(A, B)), want, mag, 1, dtype)
+    # an empty sum is the bias alone; an empty output launches nothing
+    A, B = _operands(rng, dtype, 1, 3, 30, 0, False, False)
+    C = both_orders(lambda: gemm.gemm(A, B, bias=bias))
+    np.testing.assert_array_equal(C[0], np.broadcast_to(bias, (3, 30)))
+    A, B = _operands(rng, dtype, 2, 0, 5, 4, False, False)
+    assert gemm.gemm(A, B).shape == (2, 0, 5)
+
+
+def test_gemm_mma16_past_the_grid_limits_runs_in_parts(rng, monkeypatch):
+    """Batches x splits or row tiles past gridDim's 65535 (here 2): the half GEMM launches on
+    slices of batches and of A's rows, the bias fused into each, with split-K."""
+    from convgpu.kernels.cuda import gemm
+    monkeypatch.setattr(gemm, "MAX_GRID_YZ", 2)
+    A, B = _operands(rng, F16, 5, 300, 12, 70, False, False)
+    bias = rng.standard_normal(12).astype(F16)
+    want, mag = _exact(A, B, False, False, bias)
+    for splits in (1, 2):
+        C = gemm.gemm(A, B, splits=splits, bias=bias)
+        assert C.shape == (5, 300, 12)
+        assert_half_bounded(C, want, mag, 70, F16)
+
+
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=["f16", "bf16"])
+def test_linear_and_backward_on_the_tensor_cores(rng, launched, dtype):
+    """kernels/cuda/gemm.py's linear and linear_backward in the 16-bit type: y = x w^T + b
+    (bias fused), grad_input, grad_weight (split-K) and grad_bias (ones @ grad_output), each
+    against the float64 result from the 16-bit inputs."""
+    from convgpu.kernels.cuda import gemm
+    M, K, O = 37, 19, 45
+    x, w, b, gy = (rng.standard_normal(s).astype(dtype) for s in ((M, K), (O, K), (O,), (M, O)))
+    f = lambda a: a.astype(np.float64)                  # noqa: E731
+    y = both_orders(lambda: gemm.linear(None, x, w, b))
+    assert_half_bounded(y, f(x) @ f(w).T + f(b), abs(f(x)) @ abs(f(w)).T + abs(f(b)), K, dtype)
+    gx, gw, gb = both_orders(lambda: gemm.linear_backward(None, gy, x, w))
+    assert_half_bounded(gx, f(gy) @ f(w), abs(f(gy)) @ abs(f(w)), O, dtype)
+    assert_half_bounded(gw, f(gy).T @ f(x), abs(f(gy)).T @ abs(f(x)), M, dtype)
+    assert_half_bounded(gb, f(gy).sum(0), abs(f(gy)).sum(0), M, dtype)
+    assert all(n.startswith(("gemm_mma16<", "sum_splits_half<")) for n in launched), launched
+
+
+def test_gemm_mma16_refuses_bad_input(rng):
+    from convgpu.kernels.cuda import gemm
+    A, B = _operands(rng, F16, 1, 8, 8, 8, False, False)
+    with pytest.raises(ValueError, match="one type"):
+        gemm.gemm(A, B.astype(BF16))
+    with pytest.raises(ValueError, match="one type"):
+        gemm.gemm(A, B.astype(np.float32))
+    with pytest.raises(ValueError, match="tensor cores only"):
+        gemm.gemm(A, B, variant="tiled")
+    with pytest.raises(ValueError, match="tf32"):
+        gemm.gemm(A, B, tf32=True)
+    with pytest.raises(ValueError, match="bias must be"):
+        gemm.gemm(A, B, bias=np.zeros(7, F16))
+    with pytest.raises(ValueError, match="one type"):
+        gemm.gemm(A.astype(np.float32), B.astype(np.float32), variant="mma16")
+    with pytest.raises(ValueError, match="bias is fused only"):
+        gemm.gemm(A.astype(np.float32), B.astype(np.float32), bias=np.zeros(8, np.float32))
+
+
+# ---- the implicit-GEMM convolutions: conv2d_{,dgrad_,wgrad_}implicit_gemm_mma16 ------------
+
+# (N, C, H, W, K, R, S, stride, padding, dilation, groups, weights as 16-byte copies)
+CONV_HALF = [
+    (2, 3, 9, 10, 5, 3, 3, (1, 1), (1, 1), (1, 1), 1, False),    # C*R*S = 27, 2 column tiles
+    (1, 16, 7, 6, 130, 1, 1, (2, 2), (0, 0), (1, 1), 2, True),   # 2 row tiles, groups, 1 x 1
+    (1, 16, 6, 7, 20, 3, 3, (2, 1), (1, 2), (2, 1), 1, True),    # 5 slices: stages reused
+    (1, 12, 5, 5, 7, 3, 3, (1, 1), (1, 1), (1, 1), 1, False),    # 4 slices, element-wise
+    (1, 32, 4, 5, 6, 3, 3, (1, 1), (1, 1), (1, 1), 1, True),     # 288 deep: split in 2
+]
+
+
+def _spy(monkeypatch, module):
+    names = []
+    real = module.get_function
+    monkeypatch.setattr(module, "get_function", lambda f, e: names.append(e) or real(f, e))
+    return names
+
+
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=["f16", "bf16"])
+@pytest.mark.parametrize("case", CONV_HALF, ids=lambda c: "x".join(map(str, c[:7])))
+def test_conv2d_implicit_gemm_mma16(rng, monkeypatch, dtype, case):
+    """The half forward, input gradient and weight gradient from their launchers against the
+    float64 results from the 16-bit inputs (+ bias), forward and reverse order; which
+    weight copy ran, the stride-1 input gradient, and which reductions were split (deeper
+    than 256: split_for) are checked, so each case covers what it says."""
+    from convgpu import reference
+    from convgpu.core.args import conv_geometry
+    from convgpu.kernels.cuda import conv_implicit
+    N, C, H, W, K, R, S, st, pd, dl, g, va = case
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    w = rng.standard_normal((K, C // g, R, S)).astype(dtype)
+    b = rng.standard_normal(K).astype(dtype)
+    a = conv_geometry("conv2d", x.shape, w.shape, st, pd, dl, g, dtype)
+    gy = rng.standard_normal(a.y_shape).astype(dtype)
+    names = _spy(monkeypatch, conv_implicit)
+    kw = dict(stride=st, padding=pd, dilation=dl, groups=g)
+    f = lambda v: v.astype(np.float64)                    # noqa: E731
+    t = "__half" if dtype == F16 else "__nv_bfloat16"
+    split = f"sum_splits_half<{t}>"
+
+    y = both_orders(lambda: conv_implicit.conv2d_implicit_gemm_mma16(a, x, w, b))
+    assert_half_bounded(y, reference.conv2d(f(x), f(w), f(b), **kw),
+                        reference.conv2d(abs(f(x)), abs(f(w)), abs(f(b)), **kw),
+                        (C // g) * R * S, dtype)
+    assert names[0] == f"conv2d_implicit_gemm_mma16<{t}, {str(va).lower()}>", names
+    assert (split in names) == ((C // g) * R * S > 256), names
+
+    del names[:]
+    gx = both_orders(lambda: conv_implicit.backward_input_implicit_gemm_mma16(a, gy, w))
+    assert_half_bounded(gx, reference.conv2d_backward_input(f(gy), f(w), x.shape, **kw),
+                        reference.conv2d_backward_input(abs(f(gy)), abs(f(w)), x.shape, **kw),
+                        (K // g) * R * S, dtype)
+    assert names[0] == f"conv2d_dgrad_implicit_gemm_mma16<{t}, {str(st == (1, 1)).lower()}>"
+    assert (split in names) == ((K // g) * R * S > 256), names
+
+    del names[:]
+    gw = both_orders(lambda: conv_implicit.backward_weight_implicit_gemm_mma16(a, x, gy))
+    assert_half_bounded(gw, reference.conv2d_backward_weight(f(x), f(gy), w.shape, **kw),
+                        reference.conv2d_backward_weight(abs(f(x)), abs(f(gy)), w.shape, **kw),
+                        N * a.P * a.Q, dtype)
+    assert names[0] == f"conv2d_wgrad_implicit_gemm_mma16<{t}>", names
+    assert (split in names) == (N * a.P * a.Q > 256), names
+
+
+def test_conv2d_implicit_gemm_mma16_refuses_other_types():
+    from convgpu.core.args import conv_geometry
+    from convgpu.kernels.cuda import conv_implicit
+    a = conv_geometry("conv2d", (1, 2, 5, 5), (3, 2, 3, 3), (1, 1), (0, 0), (1, 1), 1,
+                      np.float32)
+    x, w = np.zeros((1, 2, 5, 5), np.float32), np.zeros((3, 2, 3, 3), np.float32)
+    gy = np.zeros(a.y_shape, np.float32)
+    for call in (lambda: conv_implicit.conv2d_implicit_gemm_mma16(a, x, w, None),
+                 lambda: conv_implicit.backward_input_implicit_gemm_mma16(a, gy, w),
+                 lambda: conv_implicit.backward_weight_implicit_gemm_mma16(a, x, gy)):
+        with pytest.raises(ValueError, match="float16 or bfloat16"):
+            call()
+
+
+def test_launcher_constants_match_pipeline16():
+    """gemm.py's copy of the 16-bit tile (threads, slice depth, stages, shared bytes) against
+    pipeline16.cuh's constexprs: the launcher sizes grids and shared memory by its copy."""
+    from test_cuda_constants import constexprs
+    from convgpu.kernels.cuda import gemm
+    v = constexprs("pipeline16.cuh")
+    assert (v["THREADS"], v["BK"], v["STAGES"]) == (gemm.MMA16_THREADS, gemm.MMA16_BK,
+                                                    gemm.MMA16_STAGES)
+    assert v["BM"] == v["BN"] == gemm.TILE
+    for ka in (False, True):
+        for kb in (False, True):
+            tile = lambda kmajor: v["BM"] * v["LDK"] if kmajor else v["BK"] * v["LDR"]  # noqa
+            assert gemm.mma16_shared_bytes(ka, kb) == 2 * v["STAGES"] * (tile(ka) + tile(kb))

@@ -16,8 +16,12 @@
 //   conv2d_implicit_gemm_pipelined<VA, VB, M>, conv2d_wgrad_implicit_gemm_pipelined<M>,
 //   conv2d_dgrad_implicit_gemm_pipelined<UNIT, M>  the forward and both gradients in TF32 on
 //       pipeline.cuh's tile: operands copied to shared memory by cp.async two slices ahead
+//   conv2d_implicit_gemm_mma16<T, VA>, conv2d_dgrad_implicit_gemm_mma16<T, UNIT>,
+//   conv2d_wgrad_implicit_gemm_mma16<T>  the forward and both gradients in float16 / bfloat16
+//       (T = __half, __nv_bfloat16) on the tensor cores (mma.sync m16n8k16, pipeline.cuh tc16)
 #include "common.cuh"
 #include "pipeline.cuh"
+#include "pipeline16.cuh"
 #include "conv_shape.cuh"
 
 using namespace tile;
@@ -490,4 +494,250 @@ conv2d_dgrad_implicit_gemm_pipelined(const float* __restrict__ gy, const float* 
     tc::mainloop<true, false, M>(smem, steps, tid, acc, load, prepare);
     tc::store_columns<M>(acc, tid, m0, n0,
                          NchwColumns<float, long long>{gx, NHW, HW, s.C, g * Cg, Cg});
+}
+
+// The forward in float16 / bfloat16 on the tensor cores (pipeline.cuh tc16: mma.sync
+// m16n8k16, FP32 accumulation, ldmatrix fragments, a 3-stage pipeline): the GEMM
+// W[g] (Kg x Cg*R*S, K-major in shared memory) @ X_cols[g] (MN-major) of
+// conv2d_implicit_gemm_pipelined. VA: weight rows Cg*R*S long are a multiple of 8 and w is
+// 16-byte aligned, so the weights move as 16-byte cp.async copies; else element by element.
+// The input is gathered element by element (cp.async copies 4 bytes at least; an element is
+// 2): thread tid gathers column n0 + tid (its (n, p, q) decomposed once) at the slice's 32
+// depths, whose (c, r, s) offsets come from the depth table as in the TF32 kernel; padding
+// and edges are zeros. Each output is rounded once to T, after the bias is added in FP32.
+// With splits > 1, split s writes FP32 partials to partial + s * split_stride (split 0 with
+// the bias), which sum_splits_half (gemm.cu) adds in order and rounds. Launch with
+// tc16::THREADS threads and tc16::shared_bytes<true, false>() + tc::TABLE_BYTES bytes of
+// dynamic shared memory.
+template <typename T, bool VA>
+__global__ void __launch_bounds__(tc16::THREADS)
+conv2d_implicit_gemm_mma16(const T* __restrict__ x, const T* __restrict__ w,
+                           const T* __restrict__ bias, T* __restrict__ y,
+                           float* __restrict__ partial, CONV_SHAPE_PARAMS, int splits,
+                           int kchunk, long long split_stride) {
+    const CONV_SHAPE;
+    CONVGPU_DYNAMIC_SHARED(smem_bytes);
+    unsigned short* smem = reinterpret_cast<unsigned short*>(smem_bytes);
+    const int tid = threadIdx.x;
+    const int g = blockIdx.z / splits, split = blockIdx.z % splits;
+    const int Cg = s.C / s.groups, Kg = s.K / s.groups;
+    const int RS = s.R * s.S, CRS_all = Cg * RS, PQ = s.P * s.Q, NPQ = s.N * PQ;
+    const int kbeg = split * kchunk, CRS = min(CRS_all, kbeg + kchunk);
+    if (split > 0) bias = nullptr;
+    const long long HW = (long long)s.H * s.W;
+    const int m0 = blockIdx.y * tc16::BM, n0 = blockIdx.x * tc16::BN;
+    const unsigned short* wg = reinterpret_cast<const unsigned short*>(w) + (long long)g * Kg * CRS_all;
+    const unsigned short* xs = reinterpret_cast<const unsigned short*>(x);
+
+    // this thread's gather column n0 + tid, from xt (its image and group) at offset h * W + v,
+    // (h, v) = (h0, w0) + the depth's shift; an invalid column never passes the bounds test
+    const int col = n0 + tid;
+    const unsigned short* xt = xs;
+    int h0 = 0, w0 = -(1 << 30);
+    if (col < NPQ) {
+        const int n = col / PQ, pq = col % PQ;
+        xt = xs + ((long long)n * s.C + (long long)g * Cg) * HW;
+        h0 = (pq / s.Q) * s.sh - s.ph;
+        w0 = (pq % s.Q) * s.sw - s.pw;
+    }
+    const int hw0 = h0 * s.W + w0;
+    int4* table = tc16::depth_table<true, false>(smem);
+    // depth (c, r, s): {c*H*W + r*dh*W + s*dw, r*dh, s*dw}; past the end a shift that fails
+    // every bounds test (c*H*W fits an int: the launcher checks Cg*H*W < 2**31)
+    auto prepare = [&](int step) {
+        if (tid >= tc16::BK) return;
+        const int crs = kbeg + step * tc16::BK + tid;
+        int4 d = make_int4(0, 1 << 29, 0, 0);
+        if (crs < CRS) {
+            const int c = crs / RS, r = (crs % RS) / s.S, sc = crs % s.S;
+            d = make_int4(c * (int)HW + r * s.dh * s.W + sc * s.dw, r * s.dh, sc * s.dw, 0);
+        }
+        table[(step % tc16::STAGES) * tc16::BK + tid] = d;
+    };
+    const int steps = CRS > kbeg ? (CRS - kbeg + tc16::BK - 1) / tc16::BK : 0;
+    auto load = [&](unsigned short* As, unsigned short* Bs, int step) {
+        const int k0 = kbeg + step * tc16::BK;
+        tc16::load_tile<true, VA>(As, wg, CRS_all, m0, Kg, k0, CRS, tid);
+        const int4* t = table + (step % tc16::STAGES) * tc16::BK;
+#pragma unroll 8
+        for (int kk = 0; kk < tc16::BK; ++kk) {
+            const int4 d = t[kk];
+            const bool ok = (unsigned)(h0 + d.y) < (unsigned)s.H && (unsigned)(w0 + d.z) < (unsigned)s.W;
+            Bs[tc16::at<false>(tid, kk)] = ok ? xt[hw0 + d.x] : (unsigned short)0;
+        }
+    };
+    float acc[tc16::NACC];
+    tc16::mainloop<true, false, Half16<T>::BF16>(smem, steps, tid, acc, load, prepare);
+
+    // output column (n, pq) -> y[n, g*Kg + m, pq]; each of the thread's 16 columns decomposed
+    // once, its 8 rows written there
+    const long long plane_stride = PQ;
+#pragma unroll
+    for (int sl = 0; sl < 2 * tc16::NI; ++sl) {
+        const int e0 = (sl / 2) * 4 + (sl & 1);                    // mi = 0, v = sl & 1
+        const int c = n0 + tc16::acc_col(e0, tid);
+        if (c >= NPQ) continue;
+        const long long base = (long long)(c / PQ) * s.K * plane_stride + c % PQ;
+#pragma unroll
+        for (int mi = 0; mi < tc16::MI; ++mi)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int e = (mi * tc16::NI + sl / 2) * 4 + (sl & 1) + 2 * h;
+                const int m = m0 + tc16::acc_row(e, tid);
+                if (m >= Kg) continue;
+                const int k = g * Kg + m;
+                const float v = acc[e] + (bias ? Half16<T>::to_float(bias[k]) : 0.f);
+                const long long at = base + (long long)k * plane_stride;
+                if (splits > 1) partial[split * split_stride + at] = v;
+                else y[at] = Half16<T>::from_float(v);
+            }
+    }
+}
+
+// The input gradient in float16 / bfloat16 on the tensor cores: gx[g] (Cg x N*H*W) =
+// W[g]^T (Cg x Kg*R*S) @ GY_cols[g], the GEMM of conv2d_dgrad_implicit_gemm_pipelined with
+// element-wise copies (2-byte elements): A = W^T, K-major, lane l loading depth (k, r, s) =
+// k0 + l (decomposed once per slice) for rows c = warp + 4 i, each R*S further on; B = GY_cols
+// gathered column by column through the depth table, the divisibility tests skipped for UNIT
+// (stride 1). FP32 accumulation, one rounding per output; split-K partials in FP32
+// (sum_splits_half). Launch as the forward.
+template <typename T, bool UNIT>
+__global__ void __launch_bounds__(tc16::THREADS)
+conv2d_dgrad_implicit_gemm_mma16(const T* __restrict__ gy, const T* __restrict__ w,
+                                 T* __restrict__ gx, float* __restrict__ partial,
+                                 CONV_SHAPE_PARAMS, int splits, int kchunk,
+                                 long long split_stride) {
+    const CONV_SHAPE;
+    CONVGPU_DYNAMIC_SHARED(smem_bytes);
+    unsigned short* smem = reinterpret_cast<unsigned short*>(smem_bytes);
+    const int tid = threadIdx.x, lane = tid % 32;
+    const int g = blockIdx.z / splits, split = blockIdx.z % splits;
+    const int Cg = s.C / s.groups, Kg = s.K / s.groups;
+    const int RS = s.R * s.S, CRS = Cg * RS, KRS_all = Kg * RS, PQ = s.P * s.Q;
+    const int HW = s.H * s.W;
+    const long long NHW = (long long)s.N * HW;
+    const int kbeg = split * kchunk, KRS = min(KRS_all, kbeg + kchunk);
+    if (partial) partial += split * split_stride;
+    const int m0 = blockIdx.y * tc16::BM;
+    const long long n0 = (long long)blockIdx.x * tc16::BN;
+    const unsigned short* wg = reinterpret_cast<const unsigned short*>(w) + (long long)g * Kg * CRS;
+    const unsigned short* gys = reinterpret_cast<const unsigned short*>(gy);
+
+    // this thread's column (n, h, v) = n0 + tid of GY_cols, as in the TF32 kernel
+    const long long col = n0 + tid;
+    const unsigned short* gyt = gys;
+    int hh = 0, vv = -(1 << 30);
+    if (col < NHW) {
+        const int n = (int)(col / HW), hw = (int)(col % HW);
+        gyt = gys + ((long long)n * s.K + (long long)g * Kg) * PQ;
+        hh = hw / s.W + s.ph;
+        vv = hw % s.W + s.pw;
+    }
+    const int hv0 = hh * s.Q + vv;
+    int4* table = tc16::depth_table<true, false>(smem);
+    auto prepare = [&](int step) {
+        if (tid >= tc16::BK) return;
+        const int krs = kbeg + step * tc16::BK + tid;
+        int4 d = make_int4(0, -(1 << 29), 0, 0);
+        if (krs < KRS) {
+            const int k = krs / RS, r = (krs % RS) / s.S, sc = krs % s.S;
+            d = make_int4(k * PQ - r * s.dh * s.Q - sc * s.dw, r * s.dh, sc * s.dw, k * PQ);
+        }
+        table[(step % tc16::STAGES) * tc16::BK + tid] = d;
+    };
+    const int steps = KRS > kbeg ? (KRS - kbeg + tc16::BK - 1) / tc16::BK : 0;
+    auto load = [&](unsigned short* As, unsigned short* Bs, int step) {
+        const int k0 = kbeg + step * tc16::BK;
+        const int krs = k0 + lane;
+        tc16::load_rows(As, wg + (long long)(krs / RS) * CRS + (long long)m0 * RS + krs % RS, RS,
+                        krs < KRS, Cg - m0, tid);
+        const int4* t = table + (step % tc16::STAGES) * tc16::BK;
+#pragma unroll 8
+        for (int kk = 0; kk < tc16::BK; ++kk) {
+            const int4 d = t[kk];
+            const int hp = hh - d.y, vq = vv - d.z;
+            bool ok;
+            int off;
+            if (UNIT) {
+                ok = (unsigned)hp < (unsigned)s.P && (unsigned)vq < (unsigned)s.Q;
+                off = hv0 + d.x;
+            } else {
+                ok = hp >= 0 && vq >= 0 && hp % s.sh == 0 && vq % s.sw == 0 && hp / s.sh < s.P &&
+                     vq / s.sw < s.Q;
+                off = d.w + (hp / s.sh) * s.Q + vq / s.sw;
+            }
+            Bs[tc16::at<false>(tid, kk)] = ok ? gyt[off] : (unsigned short)0;
+        }
+    };
+    float acc[tc16::NACC];
+    tc16::mainloop<true, false, Half16<T>::BF16>(smem, steps, tid, acc, load, prepare);
+    // column (n, hw) -> gx[n, g*Cg + c, hw], rows c HW apart
+    tc16::store_half<T, long long>(acc, tid, m0, n0, Cg, NHW, HW,
+        [&](long long c) { return (c / HW * s.C + (long long)g * Cg) * HW + c % HW; }, gx, partial);
+}
+
+// The weight gradient in float16 / bfloat16 on the tensor cores: gw[g] (Kg x Cg*R*S) =
+// gy[g] (Kg x N*P*Q) @ X_cols[g]^T, the GEMM of conv2d_wgrad_implicit_gemm_pipelined with
+// element-wise copies: A = gy, K-major, lane l loading depth (n, p, q) = k0 + l (decomposed
+// once per slice) for rows m = warp + 4 i, each P*Q further on; B = X_cols^T gathered row
+// (c, r, s) = n0 + tid through the depth table. Split-K over N*P*Q (< 2**31: the launcher),
+// FP32 partials summed by sum_splits_half; one rounding per output.
+template <typename T>
+__global__ void __launch_bounds__(tc16::THREADS)
+conv2d_wgrad_implicit_gemm_mma16(const T* __restrict__ x, const T* __restrict__ gy,
+                                 T* __restrict__ gw, float* __restrict__ partial,
+                                 CONV_SHAPE_PARAMS, int splits, int kchunk,
+                                 long long split_stride) {
+    const CONV_SHAPE;
+    CONVGPU_DYNAMIC_SHARED(smem_bytes);
+    unsigned short* smem = reinterpret_cast<unsigned short*>(smem_bytes);
+    const int tid = threadIdx.x, lane = tid % 32;
+    const int g = blockIdx.z / splits, split = blockIdx.z % splits;
+    const int Cg = s.C / s.groups, Kg = s.K / s.groups;
+    const int RS = s.R * s.S, CRS = Cg * RS, PQ = s.P * s.Q;
+    const long long NPQ = (long long)s.N * PQ, HW = (long long)s.H * s.W;
+    const int kbeg = split * kchunk, kend = (int)min(NPQ, (long long)kbeg + kchunk);
+    if (partial) partial += split * split_stride;
+    const int m0 = blockIdx.y * tc16::BM, n0 = blockIdx.x * tc16::BN;
+    const unsigned short* xs = reinterpret_cast<const unsigned short*>(x);
+    const unsigned short* gys = reinterpret_cast<const unsigned short*>(gy);
+
+    // this thread's row (c, r, s) = n0 + tid of X_cols^T, as in the TF32 kernel
+    const int crs = n0 + tid;
+    const unsigned short* xt = xs;
+    int dr = 0, ds = -(1 << 30);
+    if (crs < CRS) {
+        xt = xs + ((long long)g * Cg + crs / RS) * HW;
+        dr = ((crs % RS) / s.S) * s.dh - s.ph;
+        ds = (crs % s.S) * s.dw - s.pw;
+    }
+    const int rs0 = dr * s.W + ds;
+    int4* table = tc16::depth_table<true, false>(smem);
+    auto prepare = [&](int step) {
+        if (tid >= tc16::BK) return;
+        const int npq = kbeg + step * tc16::BK + tid;
+        int4 d = make_int4(0, 1 << 29, 0, 0);
+        if (npq < kend) {
+            const int n = npq / PQ, p = (npq % PQ) / s.Q, q = npq % s.Q;
+            d = make_int4(n * s.C * (int)HW + p * s.sh * s.W + q * s.sw, p * s.sh, q * s.sw, 0);
+        }
+        table[(step % tc16::STAGES) * tc16::BK + tid] = d;
+    };
+    const int steps = kend > kbeg ? (kend - kbeg + tc16::BK - 1) / tc16::BK : 0;
+    auto load = [&](unsigned short* As, unsigned short* Bs, int step) {
+        const int npq = kbeg + step * tc16::BK + lane;
+        tc16::load_rows(As, gys + ((long long)(npq / PQ) * s.K + (long long)g * Kg + m0) * PQ + npq % PQ,
+                        PQ, npq < kend, Kg - m0, tid);
+        const int4* t = table + (step % tc16::STAGES) * tc16::BK;
+#pragma unroll 8
+        for (int kk = 0; kk < tc16::BK; ++kk) {
+            const int4 d = t[kk];
+            const bool ok = (unsigned)(d.y + dr) < (unsigned)s.H && (unsigned)(d.z + ds) < (unsigned)s.W;
+            Bs[tc16::at<false>(tid, kk)] = ok ? xt[d.x + rs0] : (unsigned short)0;
+        }
+    };
+    float acc[tc16::NACC];
+    tc16::mainloop<true, false, Half16<T>::BF16>(smem, steps, tid, acc, load, prepare);
+    tc16::store_half<T, int>(acc, tid, m0, n0, Kg, CRS, CRS,
+        [&](int c) { return (long long)g * Kg * CRS + c; }, gw, partial);
 }

@@ -1,12 +1,17 @@
 """Launchers of conv_implicit.cu: the implicit-GEMM convolutions (forward, input and weight
 gradients) on gemm.cu's register-blocked tile (FP32, FP64, TF32) and on pipeline.cuh's
-cp.async TF32 tile, the reduction split where the output has too few tiles to fill the GPU."""
+cp.async TF32 tile, the forward in float16 / bfloat16 on its 16-bit tensor-core tile, the
+reduction split where the output has too few tiles to fill the GPU."""
 from __future__ import annotations
 
 import numpy as np
 
-from convgpu.kernels.cuda.launch import (GEMM_THREADS, MAX_GRID_YZ, PIPE_BK, PIPE_THREADS, TILE,
-                                         address, ceil_div, conv_ints, pipe_shared_bytes,
+from convgpu.kernels.cuda.gemm import (MMA16_BK, MMA16_THREADS, half_ctype,
+                                       mma16_shared_bytes)
+from convgpu.kernels.cuda.launch import THREADS as ELEM_THREADS
+from convgpu.kernels.cuda.launch import (GEMM_THREADS, MAX_GRID_YZ, PIPE_BK, PIPE_TABLE_BYTES,
+                                         PIPE_THREADS, TILE, address, ceil_div, conv_ints,
+                                         elementwise_grid, null_or, pipe_shared_bytes,
                                          split_for, sum_splits, tf32_supports)
 from convgpu.kernels.cuda.module import (cbool, ctype, get_function, max_shared_per_block,
                                          set_max_dynamic_shared)
@@ -166,3 +171,96 @@ def backward_input_implicit_gemm_pipelined_tf32(a, gy, w):
     return _pipelined_launch(f"conv2d_dgrad_implicit_gemm_pipelined<{cbool(unit)}, ", a, gy,
                              a.x_shape, a.Cg, a.N * a.H * a.W, a.Kg * a.R * a.S,
                              contiguous(gy), contiguous(w))
+
+
+def mma16_supports(a, op="forward"):
+    """The half implicit GEMMs' conditions: a 16-bit type (float16, bfloat16), their shared
+    memory on this device, and the 32-bit offsets they index with (forward: C/groups*H*W
+    and N*P*Q; input gradient: K*P*Q and H*W; weight gradient: N*C*H*W and N*P*Q)."""
+    if half_ctype(a.dtype) is None:
+        return f"the tensor-core half kernels take float16 or bfloat16, not {np.dtype(a.dtype).name}"
+    need, have = mma16_shared_bytes(True, False) + PIPE_TABLE_BYTES, max_shared_per_block()
+    if need > have:
+        return (f"the half implicit GEMM needs {need} bytes of shared memory per block; this "
+                f"device allows {have}")
+    limit = 2 ** 31 - 2 ** 20
+    size = {"forward": max(a.Cg * a.H * a.W, a.N * a.P * a.Q),
+            "input": max(a.K * a.P * a.Q, a.H * a.W),
+            "weight": max(a.N * a.C * a.H * a.W, a.N * a.P * a.Q)}[op]
+    if size >= limit:
+        return (f"the half implicit GEMM's {op} pass indexes in 32 bits (below 2**31); it "
+                f"needs {size}")
+    return None
+
+
+def mma16_input_supports(a):
+    return mma16_supports(a, "input")
+
+
+def mma16_weight_supports(a):
+    return mma16_supports(a, "weight")
+
+
+def _mma16_launch(kernel, targs, a, op, like, out_shape, M, N, depth, *arrays, bias=None):
+    """Launch the half implicit GEMM `kernel` of conv_implicit.cu (pipeline.cuh tc16) with
+    template arguments (the 16-bit type, *targs): M x N per group,
+    the reduction `depth` split where the output has too few tiles (FP32 partials summed in a
+    fixed order and rounded once: gemm.cu's sum_splits_half); bias (forward only) added in
+    FP32 before the rounding, by split 0."""
+    why = mma16_supports(a, op)
+    if why:
+        raise ValueError(why)
+    if a.groups > MAX_GRID_YZ:             # blockIdx.z = group * splits + split
+        raise ValueError(f"the implicit-GEMM convolutions launch one grid layer per group: "
+                         f"{a.groups} groups is more than {MAX_GRID_YZ}")
+    t = half_ctype(like.dtype)
+    splits = min(split_for(M, N, a.groups, depth), MAX_GRID_YZ // a.groups)
+    kchunk = ceil_div(ceil_div(depth, splits), MMA16_BK) * MMA16_BK
+    splits = ceil_div(depth, kchunk) if depth else 1
+    size = int(np.prod(out_shape))
+    out = empty(out_shape, like.dtype, like)
+    if size == 0:                           # nothing to launch (a grid of 0 blocks fails)
+        return out
+    parts = empty((splits,) + tuple(out_shape), np.float32, like) if splits > 1 else None
+    smem = mma16_shared_bytes(True, False) + PIPE_TABLE_BYTES
+    fn = get_function("conv_implicit.cu", f"{kernel}<{', '.join((t,) + targs)}>")
+    set_max_dynamic_shared(fn, smem)
+    head = arrays + ((null_or(bias),) if op == "forward" else ())
+    fn((ceil_div(N, TILE), ceil_div(M, TILE), a.groups * splits), (MMA16_THREADS,),
+       (*head, out if parts is None else np.uint64(0), null_or(parts), *conv_ints(a),
+        np.int32(splits), np.int32(kchunk), np.int64(size)), shared_mem=smem)
+    if parts is not None:
+        get_function("gemm.cu", f"sum_splits_half<{t}>")(
+            elementwise_grid(size), (ELEM_THREADS,),
+            (parts, np.uint64(0), out, np.int64(size), np.int32(1), np.int32(splits)))
+    return out
+
+
+def conv2d_implicit_gemm_mma16(a, x, w, b):
+    """The forward in float16 / bfloat16 on the tensor cores (conv_implicit.cu:
+    conv2d_implicit_gemm_mma16): FP32 accumulation, the bias added in FP32, each output
+    rounded once; weights as 16-byte copies where C/groups*R*S is a multiple of 8."""
+    why = mma16_supports(a)
+    if why:
+        raise ValueError(why)
+    x, w = contiguous(x), contiguous(w)
+    va = (a.Cg * a.R * a.S) % 8 == 0 and address(w) % 16 == 0
+    return _mma16_launch("conv2d_implicit_gemm_mma16", (cbool(va),), a, "forward", x,
+                         a.y_shape, a.Kg, a.N * a.P * a.Q, a.Cg * a.R * a.S, x, w,
+                         bias=contiguous(b) if b is not None else None)
+
+
+def backward_input_implicit_gemm_mma16(a, gy, w):
+    """gx = W^T @ GY_cols in float16 / bfloat16 on the tensor cores (conv_implicit.cu:
+    conv2d_dgrad_implicit_gemm_mma16; no divisibility tests at stride 1)."""
+    unit = tuple(a.stride) == (1, 1)
+    return _mma16_launch("conv2d_dgrad_implicit_gemm_mma16", (cbool(unit),), a, "input", gy,
+                         a.x_shape, a.Cg, a.N * a.H * a.W, a.Kg * a.R * a.S,
+                         contiguous(gy), contiguous(w))
+
+
+def backward_weight_implicit_gemm_mma16(a, x, gy):
+    """gw = gy @ X_cols^T in float16 / bfloat16 on the tensor cores (conv_implicit.cu:
+    conv2d_wgrad_implicit_gemm_mma16), split-K over N*P*Q."""
+    return _mma16_launch("conv2d_wgrad_implicit_gemm_mma16", (), a, "weight", x, a.w_shape, a.Kg,
+                         a.Cg * a.R * a.S, a.N * a.P * a.Q, contiguous(x), contiguous(gy))

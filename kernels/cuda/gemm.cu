@@ -13,7 +13,10 @@
 //       of 128 or (for M <= 64) 64 rows (below)
 //   gemm_pipelined<TA, TB>  TF32 tensor cores, cp.async 3-stage pipeline, 64 x 64 warp
 //       tiles (pipeline.cuh)
+//   gemm_mma16<T, TA, TB, VEC>  T = __half or __nv_bfloat16 on the tensor cores (mma.sync
+//       m16n8k16, FP32 accumulation, ldmatrix, cp.async 3-stage pipeline: pipeline.cuh tc16)
 //   sum_splits<T>           out[i] = sum over s of parts[s * n + i], in order s = 0, 1, ...
+//   sum_splits_half<T>      the same over FP32 partials, rounded once to T
 //
 // TF32 operands are rounded in integer arithmetic here (CONVGPU_TF32_ROUND 1, common.cuh),
 // not by cvt.rna as in conv_implicit.cu: bit-exact either way, and faster for the GEMMs of
@@ -23,6 +26,7 @@
 #endif
 #include "common.cuh"
 #include "pipeline.cuh"
+#include "pipeline16.cuh"
 
 using namespace tile;
 
@@ -214,5 +218,86 @@ __global__ void sum_splits(const T* __restrict__ parts, T* __restrict__ out, lon
         T s = parts[i];
         for (int k = 1; k < splits; ++k) s += parts[k * n + i];
         out[i] = s;
+    }
+}
+
+// gemm_mma16<T, TA, TB, VEC>: C = op(A) @ op(B) (+ bias[n], a row vector, if not null) for
+// T = __half or __nv_bfloat16 on the tensor cores: mma.sync m16n8k16 with FP32 accumulation,
+// each output rounded once to T (after the bias is added in FP32); operands copied by tc16's
+// pipeline (pipeline.cuh), A stored M x K and B stored N x K kept K-major, the others MN-major.
+// Same batching and split-K as gemm_tiled (kchunk a multiple of tc16::BK): with splits > 1,
+// split s writes its FP32 partial product to partial + s * split_stride (C and bias unused:
+// sum_splits_half adds the bias and rounds the sum), else the result goes to C. VEC: 16-byte copies (each
+// operand's contiguous extent a multiple of 8, 16-byte aligned bases: the launcher checks);
+// without, element by element (any shape: K = 37, N = 1). Launch with tc16::THREADS threads
+// and tc16::shared_bytes<!TA, TB>() bytes of dynamic shared memory.
+template <typename T, bool TA, bool TB, bool VEC>
+__global__ void __launch_bounds__(tc16::THREADS)
+gemm_mma16(const T* __restrict__ A, const T* __restrict__ B, T* __restrict__ C,
+           float* __restrict__ partial, const T* __restrict__ bias, int M, int N, int K,
+           long long batch_stride_a, long long batch_stride_b, long long batch_stride_c,
+           int splits, int kchunk, long long split_stride) {
+    CONVGPU_DYNAMIC_SHARED(smem_bytes);
+    unsigned short* smem = reinterpret_cast<unsigned short*>(smem_bytes);
+    constexpr bool KA = !TA, KB = TB;   // which operands are contiguous along k
+    const int tid = threadIdx.x;
+    const int batch = blockIdx.z / splits, split = blockIdx.z % splits;
+    const unsigned short* a = reinterpret_cast<const unsigned short*>(A) + batch * batch_stride_a;
+    const unsigned short* b = reinterpret_cast<const unsigned short*>(B) + batch * batch_stride_b;
+    const int m0 = blockIdx.y * tc16::BM, n0 = blockIdx.x * tc16::BN;
+    const int kbeg = split * kchunk, kend = min(K, kbeg + kchunk);
+    const int steps = kend > kbeg ? (kend - kbeg + tc16::BK - 1) / tc16::BK : 0;
+    auto load = [&](unsigned short* As, unsigned short* Bs, int step) {
+        const int k0 = kbeg + step * tc16::BK;
+        tc16::load_tile<KA, VEC>(As, a, KA ? K : M, m0, M, k0, kend, tid);
+        tc16::load_tile<KB, VEC>(Bs, b, KB ? K : N, n0, N, k0, kend, tid);
+    };
+    float acc[tc16::NACC];
+    tc16::mainloop<KA, KB, Half16<T>::BF16>(smem, steps, tid, acc, load);
+
+    const long long cbase = batch * batch_stride_c;
+    if (splits > 1) {
+        float* P = partial + split * split_stride + cbase;
+#pragma unroll
+        for (int e = 0; e < tc16::NACC; ++e) {
+            const int r = m0 + tc16::acc_row(e, tid), c = n0 + tc16::acc_col(e, tid);
+            if (r < M && c < N) P[(long long)r * N + c] = acc[e];
+        }
+        return;
+    }
+    // accumulators e, e + 1 are columns c, c + 1 of one row (c even): one 4-byte store of the
+    // pair where N is even (then r * N + c is even: aligned)
+    T* Cb = C + cbase;
+    const bool pairs = N % 2 == 0;
+#pragma unroll
+    for (int e = 0; e < tc16::NACC; e += 2) {
+        const int r = m0 + tc16::acc_row(e, tid), c = n0 + tc16::acc_col(e, tid);
+        if (r >= M || c >= N) continue;
+        float v0 = acc[e], v1 = acc[e + 1];
+        if (bias) {
+            v0 += Half16<T>::to_float(bias[c]);
+            if (c + 1 < N) v1 += Half16<T>::to_float(bias[c + 1]);
+        }
+        T* p = Cb + (long long)r * N + c;
+        if (pairs) {
+            *reinterpret_cast<typename Half16<T>::Pair*>(p) = Half16<T>::pair(v0, v1);
+        } else {
+            p[0] = Half16<T>::from_float(v0);
+            if (c + 1 < N) p[1] = Half16<T>::from_float(v1);
+        }
+    }
+}
+
+// out[i] = the FP32 partials of gemm_mma16 summed in split order, plus bias[i % cols] (if not
+// null), rounded once to T
+template <typename T>
+__global__ void sum_splits_half(const float* __restrict__ parts, const T* __restrict__ bias,
+                                T* __restrict__ out, long long n, int cols, int splits) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
+        float s = parts[i];
+        for (int k = 1; k < splits; ++k) s += parts[k * n + i];
+        if (bias) s += Half16<T>::to_float(bias[i % cols]);
+        out[i] = Half16<T>::from_float(s);
     }
 }

@@ -1,16 +1,18 @@
 """Launchers of gemm.cu: the batched GEMM every GEMM-based algorithm runs on (FP32, FP64,
-TF32), with split-K summed in a fixed order; and linear (the `linear` ops) on it."""
+TF32; float16 and bfloat16 on the tensor cores), with split-K summed in a fixed order; and
+linear (the `linear` ops) on it."""
 from __future__ import annotations
 
 import numpy as np
 
 from convgpu.kernels.cuda.elementwise import channel_sum
+from convgpu.kernels.cuda.launch import THREADS as ELEM_THREADS
 from convgpu.kernels.cuda.launch import (GEMM_THREADS, MAX_GRID_YZ, PIPE_BK, PIPE_THREADS, TILE,
-                                         address, ceil_div, elementwise_grid, i32,
+                                         address, ceil_div, elementwise_grid, i32, null_or,
                                          pipe_shared_bytes, split_for, sum_splits)
 from convgpu.kernels.cuda.module import (cbool, ctype, get_function, max_shared_per_block,
                                          set_max_dynamic_shared)
-from convgpu.kernels.outputs import contiguous, empty
+from convgpu.kernels.outputs import contiguous, empty, zeros
 
 
 def vec_gemm_fits(A, B, ta, tb) -> bool:
@@ -23,18 +25,52 @@ def vec_gemm_fits(A, B, ta, tb) -> bool:
             and address(A) % 16 == 0 and address(B) % 16 == 0)
 
 
-GEMM_VARIANTS = ("auto", "vec", "vec64", "tiled", "pipelined")
+GEMM_VARIANTS = ("auto", "vec", "vec64", "tiled", "pipelined", "mma16")
+
+# the 16-bit types gemm_mma16 takes, by NumPy dtype name (ml_dtypes' bfloat16 on NumPy arrays)
+HALF_CTYPES = {"float16": "__half", "bfloat16": "__nv_bfloat16"}
+# gemm_mma16's tile (pipeline.cuh tc16): 128 x 128 blocks of 128 threads, slices of 32,
+# 3 stages of 2-byte elements, K-major tiles 128 x 40, MN-major 32 x 136
+MMA16_THREADS, MMA16_BK, MMA16_STAGES = 128, 32, 3
 
 
-def gemm(A, B, ta=False, tb=False, splits=1, tf32=False, variant="auto"):
+def half_ctype(dtype):
+    """The C type of a float16 / bfloat16 dtype, or None for any other."""
+    return HALF_CTYPES.get(np.dtype(dtype).name)
+
+
+def mma16_shared_bytes(a_kmajor: bool, b_kmajor: bool) -> int:
+    """tc16::shared_bytes<KA, KB>()."""
+    tile = lambda kmajor: 128 * 40 if kmajor else 32 * 136     # noqa: E731
+    return 2 * MMA16_STAGES * (tile(a_kmajor) + tile(b_kmajor))
+
+
+def mma16_vec_fits(A, B, ta, tb) -> bool:
+    """gemm_mma16's 16-byte copies: each operand's contiguous extent a multiple of 8 elements
+    and 16-byte aligned bases (else the element-wise variant)."""
+    M, K = (A.shape[2], A.shape[1]) if ta else (A.shape[1], A.shape[2])
+    N = B.shape[1] if tb else B.shape[2]
+    return ((M if ta else K) % 8 == 0 and (K if tb else N) % 8 == 0
+            and address(A) % 16 == 0 and address(B) % 16 == 0)
+
+
+def gemm(A, B, ta=False, tb=False, splits=1, tf32=False, variant="auto", bias=None):
     """Batched C[b] = op(A[b]) @ op(B[b]); an operand with a batch of 1 serves every batch
     (stride 0: the weights of a 1x1 convolution against each image). With splits > 1 the K
     range is cut into that many parts whose partial products are summed afterwards in a
     fixed order (deterministic).
     variant: "vec" (gemm_vec: 16-deep tiles, 16-byte loads), "vec64" (gemm_vec's 64-row
     tile: FP32, for M <= 64), "tiled" (gemm_tiled), "pipelined" (gemm_pipelined: TF32 only,
-    cp.async pipeline, gemm_vec's conditions), or "auto": pipelined for TF32, vec64 for FP32
-    with M <= 64, else vec where their conditions hold, else tiled."""
+    cp.async pipeline, gemm_vec's conditions), "mma16" (gemm_mma16: float16 / bfloat16 on
+    the tensor cores, FP32 accumulation, the only variant for those types), or "auto":
+    mma16 for the 16-bit types, pipelined for TF32, vec64 for FP32 with M <= 64, else vec
+    where their conditions hold, else tiled.
+    bias (16-bit types only): a row vector of N added to every row in FP32 before the one
+    rounding of each output."""
+    if half_ctype(A.dtype) or half_ctype(B.dtype) or variant == "mma16":
+        return _gemm_mma16(A, B, ta, tb, splits, tf32, variant, bias)
+    if bias is not None:
+        raise ValueError("gemm: bias is fused only into the 16-bit GEMM (gemm_mma16)")
     batch = max(A.shape[0], B.shape[0])
     if min(A.shape[0], B.shape[0]) not in (1, batch):
         raise ValueError(f"gemm: batches of {A.shape[0]} and {B.shape[0]} (equal, or one of 1)")
@@ -92,7 +128,59 @@ def gemm(A, B, ta=False, tb=False, splits=1, tf32=False, variant="auto"):
 
 
 
-def _gemm_in_parts(A, B, ta, tb, splits, tf32, variant, M, N, rows):
+def _gemm_mma16(A, B, ta, tb, splits, tf32, variant, bias):
+    """gemm on gemm_mma16 (float16, bfloat16): operands in the same 16-bit type, FP32
+    accumulation, each output rounded once; split-K partials kept in FP32 and summed in a
+    fixed order before that rounding (sum_splits_half)."""
+    t = half_ctype(A.dtype)
+    if t is None or np.dtype(A.dtype) != np.dtype(B.dtype):
+        raise ValueError(f"gemm_mma16 takes float16 or bfloat16 operands of one type; got "
+                         f"{np.dtype(A.dtype).name} and {np.dtype(B.dtype).name}")
+    if variant not in ("auto", "mma16"):
+        raise ValueError(f"gemm: {np.dtype(A.dtype).name} runs on the tensor cores only "
+                         f"(variant 'mma16' or 'auto'), not {variant!r}")
+    if tf32:
+        raise ValueError("gemm: tf32=True is for float32 operands, not "
+                         f"{np.dtype(A.dtype).name}")
+    batch = max(A.shape[0], B.shape[0])
+    if min(A.shape[0], B.shape[0]) not in (1, batch):
+        raise ValueError(f"gemm: batches of {A.shape[0]} and {B.shape[0]} (equal, or one of 1)")
+    M, K = (A.shape[2], A.shape[1]) if ta else (A.shape[1], A.shape[2])
+    N = B.shape[1] if tb else B.shape[2]
+    if bias is not None and (np.dtype(bias.dtype) != np.dtype(A.dtype) or bias.shape != (N,)):
+        raise ValueError(f"gemm: bias must be ({N},) {np.dtype(A.dtype).name}; got "
+                         f"{tuple(bias.shape)} {np.dtype(bias.dtype).name}")
+    if batch * M * N == 0:                  # nothing to launch (a grid of 0 blocks fails)
+        return empty((batch, M, N), A.dtype, A)
+    splits = max(1, min(splits, ceil_div(K, MMA16_BK)))
+    kchunk = ceil_div(ceil_div(K, splits), MMA16_BK) * MMA16_BK
+    splits = ceil_div(K, kchunk) if K else 1
+    if batch * splits > MAX_GRID_YZ or ceil_div(M, TILE) > MAX_GRID_YZ:
+        return _gemm_in_parts(A, B, ta, tb, splits, False, "mma16", M, N, TILE, bias)
+    smem = mma16_shared_bytes(not ta, tb)
+    if smem > max_shared_per_block():
+        raise ValueError(f"gemm_mma16 needs {smem} bytes of shared memory per block; this "
+                         f"device allows {max_shared_per_block()}")
+    vec = mma16_vec_fits(A, B, ta, tb)
+    fn = get_function("gemm.cu", f"gemm_mma16<{t}, {cbool(ta)}, {cbool(tb)}, {cbool(vec)}>")
+    set_max_dynamic_shared(fn, smem)
+    stride_a = 0 if A.shape[0] == 1 else A[0].size
+    stride_b = 0 if B.shape[0] == 1 else B[0].size
+    out = empty((batch, M, N), A.dtype, A)
+    parts = empty((splits, batch, M, N), np.float32, A) if splits > 1 else None
+    grid = (ceil_div(N, TILE), ceil_div(M, TILE), batch * splits)
+    fn(grid, (MMA16_THREADS,),
+       (A, B, out if parts is None else np.uint64(0), null_or(parts), null_or(bias),
+        *i32(M, N, K), np.int64(stride_a), np.int64(stride_b), np.int64(M * N),
+        np.int32(splits), np.int32(kchunk), np.int64(batch * M * N)), shared_mem=smem)
+    if parts is not None:
+        get_function("gemm.cu", f"sum_splits_half<{t}>")(
+            elementwise_grid(out.size), (ELEM_THREADS,),
+            (parts, null_or(bias), out, np.int64(out.size), np.int32(N), np.int32(splits)))
+    return out
+
+
+def _gemm_in_parts(A, B, ta, tb, splits, tf32, variant, M, N, rows, bias=None):
     """gemm past the grid's y and z limits (65535 row tiles, batch x splits): launches on
     slices of at most that many batches and row tiles (A's rows are sliced where it is
     stored M x K; a K x M operand that tall is refused)."""
@@ -108,7 +196,8 @@ def _gemm_in_parts(A, B, ta, tb, splits, tf32, variant, M, N, rows):
         Bb = B if B.shape[0] == 1 else B[b0:b0 + per_batch]
         for m0 in range(0, M, per_rows):
             Am = Ab if ta or M <= per_rows else contiguous(Ab[:, m0:m0 + per_rows])
-            C[b0:b0 + per_batch, m0:m0 + per_rows] = gemm(Am, Bb, ta, tb, splits, tf32, variant)
+            C[b0:b0 + per_batch, m0:m0 + per_rows] = gemm(Am, Bb, ta, tb, splits, tf32, variant,
+                                                          bias=bias)
     return C
 
 
@@ -118,9 +207,13 @@ def linear_tf32(a, x, w, b):
 
 
 def linear(a, x, w, b, tf32=False):
-    y = gemm(x.reshape(1, -1, x.shape[-1]), w.reshape((1,) + w.shape), tb=True, tf32=tf32)[0]
-    if b is not None:
-        y += b
+    x2, w2 = x.reshape(1, -1, x.shape[-1]), w.reshape((1,) + w.shape)
+    if half_ctype(x.dtype):     # the bias fused: added in FP32, each output rounded once
+        y = gemm(x2, w2, tb=True, bias=b)[0]
+    else:
+        y = gemm(x2, w2, tb=True, tf32=tf32)[0]
+        if b is not None:
+            y += b
     return y.reshape(x.shape[:-1] + (w.shape[0],))
 
 
@@ -129,6 +222,14 @@ def linear_backward(a, gy, x, w):
     x2 = x.reshape(1, -1, x.shape[-1])
     gx = gemm(g2, w.reshape((1,) + w.shape))[0].reshape(x.shape)
     gw = gemm(g2, x2, ta=True, splits=split_for(w.shape[0], w.shape[1], 1, g2.shape[1]))[0]
+    if half_ctype(gy.dtype):
+        # the bias gradient as the product ones(1, rows) @ gy on the tensor cores: exact
+        # products, FP32 sums (split and summed in a fixed order), one rounding
+        rows = g2.shape[1]
+        ones = zeros((1, 1, rows), gy.dtype, gy)
+        ones[...] = 1
+        gb = gemm(ones, g2, splits=split_for(1, gy.shape[-1], 1, rows))[0, 0]
+        return gx, gw, gb
     # the bias gradient (column sums of gy): channel_sum's fixed-order reduction, one launch
     gb = channel_sum(g2.reshape(g2.shape[1], g2.shape[2], 1))
     return gx, gw, gb

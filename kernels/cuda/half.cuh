@@ -1,12 +1,15 @@
-// The half types (float16 = __half, bfloat16 = __nv_bfloat16) in the kernels that are not
-// GEMMs: data loaded and stored in the half type, arithmetic in FP32, one rounding on the
-// store (docs/tolerances.md's half bounds assume exactly that). A kernel templated on the
-// data type T computes in acc_t<T> (float for the half types, T itself for float and
-// double, so those instantiations are the FP32 / FP64 kernels unchanged); to_acc is exact,
-// from_acc rounds to nearest even. The host emulation brings its own bit-exact types
-// (emulator/cuda_host_half.h); NVRTC gets CUDA's.
+// The 16-bit floating types, float16 = __half and bfloat16 = __nv_bfloat16: CUDA's
+// <cuda_fp16.h> and <cuda_bf16.h> on the device (NVRTC finds them on the include path
+// sources.options() gives), the host emulation's own bit-exact ones
+// (emulator/cuda_host_half.h) under CONVGPU_HOST.
+//   - The kernels that are not GEMMs load and store the half type and compute in acc_t<T>
+//     (float for the half types, T itself for float and double, so those instantiations
+//     are the FP32 / FP64 kernels unchanged); to_acc is exact, from_acc rounds to nearest
+//     even: one rounding on the store, as docs/tolerances.md's half bounds assume.
+//   - Half16<T> says how a tensor-core kernel templated on T converts (to float exactly,
+//     from float to nearest even, in pairs for 4-byte stores) and which mma.sync operand
+//     type T is.
 #pragma once
-
 #ifndef CONVGPU_HOST
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
@@ -24,3 +27,25 @@ template <typename T> __device__ __forceinline__ T from_acc(acc_t<T> v) { return
 
 // eight 16-bit elements, one 16-byte vector load or store (LDG.128 / STG.128)
 template <typename T> struct __align__(16) pack8 { T v[8]; };
+
+template <typename T> struct Half16;
+template <> struct Half16<__half> {
+    static constexpr bool BF16 = false;
+    using Pair = __half2;
+    static __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+    static __device__ __forceinline__ __half from_float(float v) { return __float2half_rn(v); }
+    static __device__ __forceinline__ Pair pair(float lo, float hi) {
+        return __floats2half2_rn(lo, hi);
+    }
+};
+template <> struct Half16<__nv_bfloat16> {
+    static constexpr bool BF16 = true;
+    using Pair = __nv_bfloat162;
+    static __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+    static __device__ __forceinline__ __nv_bfloat16 from_float(float v) {
+        return __float2bfloat16_rn(v);
+    }
+    static __device__ __forceinline__ Pair pair(float lo, float hi) {
+        return __floats2bfloat162_rn(lo, hi);
+    }
+};

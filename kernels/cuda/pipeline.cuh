@@ -337,4 +337,3 @@ __device__ __forceinline__ void store_columns(const float (&acc)[Warps<M>::NACC]
     }
 }
 }  // namespace tc
-

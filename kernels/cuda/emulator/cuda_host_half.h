@@ -3,9 +3,10 @@
 // kernels use. Conversions from float round to nearest even as cvt.rn.f16.f32 /
 // cvt.rn.bf16.f32 do, bit for bit: subnormals kept, overflow to infinity, every NaN to the
 // canonical 0x7fff (as the CUDA headers' own host path does). Conversions to float are exact.
-// Arithmetic (__hadd, __hmul, operators) computes in float and rounds once: exact-then-rounded
-// for + - * of two halves, since float holds every such sum and product to within its own
-// rounding, which cannot change the half result (24 >= 2 * 11 + 2 bits).
+// __hadd, __hsub, __hmul compute in float and round once: the correctly rounded result, since
+// a float rounding of a sum or product of two 16-bit values cannot change its rounding to
+// 16 bits (24 >= 2 * 11 + 2 significand bits). The types have no arithmetic operators here:
+// an expression such as a + b converts both to float, as a kernel should not rely on.
 #pragma once
 
 // needs cuda_host.h's __align__ and float2 (it is included from there)
