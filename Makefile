@@ -1,13 +1,13 @@
 # convgpu: the two commands of README.md.
 #   make demo   set up .venv, then `convgpu info` and `convgpu check`
-#   make test   set up .venv, then the reference + compile tiers and the simulator tier
+#   make test   set up .venv, then the reference + compile tiers beside the simulator tier
 #   make mutants  before a release: every curated mutation must be caught (tests/mutants)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test gpu-test mutants clean
+.PHONY: demo test test-host test-sim gpu-test mutants clean
 
 # the NVRTC of the lent GPUs' CuPy, beside the one pip picks: the compile tier builds every
 # .cu with it too (tests/test_compile_cuda.py), since the two allocate registers differently
@@ -29,8 +29,16 @@ demo: $(STAMP)
 	$(BIN)/convgpu info
 	$(BIN)/convgpu check
 
+# the two tiers are separate processes (the simulator must be on before Numba is imported)
+# and mostly single-threaded, so they run side by side; each tier's output is printed whole
+# when it ends
 test: $(STAMP)
+	@$(MAKE) --no-print-directory -j2 --output-sync=target test-host test-sim
+
+test-host: $(STAMP)
 	$(BIN)/python -m pytest tests -q -p no:cacheprovider
+
+test-sim: $(STAMP)
 	NUMBA_ENABLE_CUDASIM=1 $(BIN)/python -m pytest tests -q -p no:cacheprovider
 
 # on a machine with a GPU (bench/gpu_check.sh runs this there)
