@@ -33,6 +33,13 @@ PHRASES = {
     "batchnorm_fwd": "batch norm forward (training) against cuDNN (geometric mean over shapes)",
     "batchnorm_bwd": "batch norm backward against cuDNN (the same)",
     "lenet_train_epoch": "a LeNet-5 training epoch against torch + cuDNN",
+    "resnet50_fwd_fp16": "ResNet-50 forward, summed, float16 channels-last against cuDNN in "
+                         "the same",
+    "resnet50_fwd_bf16": "ResNet-50 forward, summed, bfloat16 channels-last against cuDNN in "
+                         "the same",
+    "resnet50_bwd_input_bf16": "ResNet-50 input gradients, summed, bfloat16 channels-last",
+    "resnet50_bwd_weight_bf16": "ResNet-50 weight gradients, summed, bfloat16 channels-last",
+    "hgemm_4096": "HGEMM 4096^3 (float16) against cuBLAS",
 }
 
 
@@ -55,11 +62,13 @@ def paragraph(h) -> str:
     measured = [(k, v) for k, v in h["ratios"].items() if v is not None]
     for k, v in measured:
         lines.append(f"- {PHRASES.get(k, k)}: {value(k, v)}")
-    missing = [k for k, v in h["ratios"].items() if v is None]
+    # a key the run has no measurement for, or one added after the run, is said as such
+    missing = [k for k, v in h["ratios"].items() if v is None] + \
+        [k for k in PHRASES if k not in h["ratios"]]
     if missing:
         lines.append("")
-        lines.append("Not measured by that run: " + "; ".join(PHRASES.get(k, k) for k in missing)
-                     + ".")
+        lines.append("Not yet measured (that run has no such measurement): "
+                     + "; ".join(PHRASES.get(k, k) for k in missing) + ".")
     return "\n".join(lines)
 
 

@@ -115,11 +115,16 @@ def merge(docs):
 
 def summarize(d):
     from convgpu.tools.bench import OLD_METHOD, format_networks, network_totals
+    every = d["results"]
+    # the per-shape sections below are float32 NCHW (the half and NHWC rows appear in the
+    # per-network sums above them, keyed by dtype and layout, and with the GEMMs)
+    d = dict(d, results=[r for r in every if r.get("dtype", "float32") == "float32"
+                         and r.get("layout", "NCHW") == "NCHW"])
     method = d.get("method") or OLD_METHOD
     print("method:", {k: method.get(k) for k in ("cudnn_benchmark_limit", "timing")},
           "" if d.get("method") else "(the run predates the current method)")
     print("ceilings:", {k: round(v, 1) for k, v in d.get("ceilings", {}).items()})
-    nets = format_networks(network_totals(d["results"]))
+    nets = format_networks(network_totals(every))
     if nets:
         print(nets)
     for tf in (False, True):
@@ -170,7 +175,8 @@ def summarize(d):
     copy = d.get("ceilings", {}).get("copy_GBps")
     torch_ms = {(r["op"], r["shape"]): r["median_ms"] for r in d["results"]
                 if r["impl"] == "torch" and r["median_ms"]}
-    for r in d["results"]:
+    for r in d["results"] + [r for r in every if r["op"] == "gemm"
+                             and r.get("dtype", "float32") != "float32"]:
         bandwidth_bound = r["op"].startswith(("max_pool", "batch_norm"))
         if r["op"] == "gemm" or (bandwidth_bound and r["gbps"]):
             extra = ""
@@ -182,10 +188,14 @@ def summarize(d):
                 if (r.get("vs_cudnn") and r["impl"] not in ("cudnn", "torch")
                         and (r.get("extra") or {}).get("baseline", "cudnn") == "cudnn"):
                     extra += f", {r['vs_cudnn']:.2f}x cuDNN"
-            print(f"  {r['op']:20s} {r['shape'][:40]:40s} {r['impl']:26s} {r['median_ms'] or 0:8.3f} ms "
+            if r["op"] == "gemm" and r.get("vs_cudnn"):
+                extra = f" = {r['vs_cudnn']:.3f}x cuBLAS"
+            print(f"  {r['op']:20s} {r['shape'][:40]:40s} {r['impl']:26s} "
+                  f"{r.get('dtype', 'float32'):8s} {r['median_ms'] or 0:8.3f} ms "
                   f"{(r['tflops'] or 0):6.2f} TFLOP/s {(r['gbps'] or 0):7.0f} GB/s{extra}")
-    bad = [r for r in d["results"] if r["status"].startswith("FAIL")]
-    print(f"bench validation failures: {len(bad)}", [(r['op'], r['impl'], r['shape'][:30]) for r in bad])
+    bad = [r for r in every if r["status"].startswith("FAIL")]
+    print(f"bench validation failures: {len(bad)}",
+          [(r['op'], r['impl'], r.get('dtype', 'float32'), r['shape'][:30]) for r in bad])
     for err in d.get("stage_errors", []):
         print("bench stage FAILED:", err)
 

@@ -139,13 +139,23 @@ def cmd_predict(args) -> int:
 
 
 BENCH_OPS = ("gemm", "conv2d", "conv2d_backward", "pool", "norm")
+BENCH_DTYPES = ("float32", "float16", "bfloat16")
+BENCH_LAYOUTS = ("NCHW", "NHWC")
 
 
 def cmd_bench(args) -> int:
-    _prepare_backends()
     from convgpu.tools.bench import run
+    from convgpu.tools.bench.runner import AS_OPS
+    plain = "float32" in args.dtype and "NCHW" in args.layout
+    if not plain and set(args.ops or ()) - set(AS_OPS):
+        # checked before anything is launched: pooling and batch norm time float32 NCHW only
+        raise UsageError(f"--ops {' '.join(sorted(set(args.ops) - set(AS_OPS)))} time float32 "
+                         f"NCHW only; with --dtype {' '.join(args.dtype)} --layout "
+                         f"{' '.join(args.layout)} choose from {', '.join(AS_OPS)}")
+    _prepare_backends()
     doc = run(json_path=args.json, plot_path=args.plot, quick=args.quick, shapes=args.shapes,
-              ops=args.ops, impl=args.impl, suites=args.suite, shape_specs=args.shape)
+              ops=args.ops, impl=args.impl, suites=args.suite, shape_specs=args.shape,
+              dtypes=args.dtype, layouts=args.layout)
     failed = [r for r in doc["results"] if r["status"].startswith("FAIL")]
     for r in failed:
         print(f"FAILED validation: {r['op']} {r['impl']} {r['shape']}: {r['status']}")
@@ -252,6 +262,14 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--ops", nargs="*", choices=BENCH_OPS, metavar="OP",
                     help=f"only these stages: {', '.join(BENCH_OPS)}")
     bn.add_argument("--impl", nargs="*", help="only implementations whose label contains these")
+    bn.add_argument("--dtype", nargs="+", choices=BENCH_DTYPES, default=["float32"],
+                    metavar="DTYPE", help="the data type(s) of both sides: "
+                    f"{', '.join(BENCH_DTYPES)} (default float32); the half types time the "
+                    "GEMM and conv stages against cuBLAS / cuDNN in the same type, FP32 "
+                    "accumulation on both")
+    bn.add_argument("--layout", nargs="+", choices=BENCH_LAYOUTS, default=["NCHW"],
+                    metavar="LAYOUT", help="the conv operands' layout(s) on both sides: NCHW, "
+                    "NHWC (torch channels_last for cuDNN); default NCHW")
     bn.set_defaults(func=cmd_bench)
     tu = sub.add_parser("tune", help='run algo="auto" over a suite\'s layers to fill the '
                         "tuning cache before training (GPU only)", **kw)

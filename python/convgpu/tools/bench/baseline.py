@@ -112,10 +112,15 @@ def _oom(e: Exception) -> bool:
     return type(e).__name__ in ("OutOfMemoryError", "MemoryError")
 
 
-def _conv_baselines(torch, timer, op, sh, call, fl, by, dtype, out):
-    """The cuDNN columns of one conv problem (CUDNN_MODES); {label: timing}."""
+def _conv_baselines(torch, timer, op, sh, call, fl, by, dtype, out, layout="NCHW"):
+    """The cuDNN columns of one conv problem (CUDNN_MODES; a half-precision row has no TF32
+    column: TF32 means nothing for half inputs); {label: timing}."""
+    from convgpu.tools.bench.precision import is_half
     got = {}
+    half = is_half(dtype)
     for label, tf32, bench_on in CUDNN_MODES:
+        if half and label == "cudnn_tf32":
+            continue
         with cudnn_mode(torch, tf32, bench_on):
             try:
                 t = timer.time(call)
@@ -125,7 +130,7 @@ def _conv_baselines(torch, timer, op, sh, call, fl, by, dtype, out):
                     raise
                 out.append(Result(op, conv_label(sh), label, np.dtype(dtype).name,
                                   "not run: out of device memory", suite=sh.suite,
-                                  count=sh.count))
+                                  count=sh.count, layout=layout))
                 continue
         got[label] = t
         out.append(Result(op, conv_label(sh), label, np.dtype(dtype).name, "ok", **t,
@@ -133,5 +138,5 @@ def _conv_baselines(torch, timer, op, sh, call, fl, by, dtype, out):
                           gbps=by / (t["median_ms"] * 1e-3) / 1e9 if by else None,
                           extra={"kernels": names, "tf32": tf32, "cudnn_benchmark": bench_on,
                                  "cudnn_benchmark_limit": 0},
-                          suite=sh.suite, count=sh.count))
+                          suite=sh.suite, count=sh.count, layout=layout))
     return got

@@ -60,6 +60,7 @@ class Result:
     vs_cudnn_batch: Optional[float] = None
     suite: Optional[str] = None             # the network (suite) the layer belongs to
     count: int = 1                          # how many times the network runs it
+    layout: str = "NCHW"                    # the operands' layout, both sides (NCHW, NHWC)
 
 
 class Progress:

@@ -19,55 +19,70 @@ def _ours(r) -> bool:
     return r["impl"] not in _BASELINES
 
 
-def best_per_layer(results, op, tf32=False) -> Dict[str, dict]:
-    """shape -> our fastest timed row of `op` (cold), among the implementations algo="auto"
-    chooses from on a device: the cuda backend's where one serves the layer, else numba's;
-    FP32 ones only, or with TF32 allowed any of them."""
+def _of(r, dtype="float32", layout="NCHW") -> bool:
+    """Whether a row is in this dtype and layout (rows of runs before either was recorded:
+    float32 NCHW)."""
+    return r.get("dtype", "float32") == dtype and r.get("layout", "NCHW") == layout
+
+
+def best_per_layer(results, op, tf32=False, dtype="float32", layout="NCHW") -> Dict[str, dict]:
+    """shape -> our fastest timed row of `op` (cold) in `dtype` and `layout`, among the
+    implementations algo="auto" chooses from on a device: the cuda backend's where one serves
+    the layer, else numba's; FP32 ones only, or with TF32 allowed any of them."""
     best: Dict[str, dict] = {}
     rank = lambda r: (0 if r["impl"].startswith("cuda:") else 1, r["median_ms"])
     for r in results:
         if (r["op"] == op and _ours(r) and r["status"] == "ok" and r.get("median_ms")
-                and (tf32 or not r["impl"].endswith("tf32"))):
+                and _of(r, dtype, layout) and (tf32 or not r["impl"].endswith("tf32"))):
             if r["shape"] not in best or rank(r) < rank(best[r["shape"]]):
                 best[r["shape"]] = r
     return best
 
 
 def network_totals(results, tf32_too=True) -> Dict[str, dict]:
-    """For each suite in the results and each pass: the count-weighted sum of the layer
-    times, ours (the best per layer) and the baseline's, and the speed ratio baseline /
-    ours; None where a layer lacks either side (its names under `missing`)."""
+    """For each suite in the results, each dtype and layout, and each pass: the
+    count-weighted sum of the layer times, ours (the best per layer) and the baseline's in
+    the same dtype and layout, and the speed ratio baseline / ours; None where a layer lacks
+    either side (its names under `missing`). Keys: "SUITE OP[ tf32]" for float32 NCHW,
+    "SUITE OP DTYPE[ NHWC]" for the others (convgpu.tools.bench.precision.suffix)."""
+    from convgpu.tools.bench.precision import is_half, suffix
     suites = list(dict.fromkeys(r.get("suite") for r in results if r.get("suite")))
     out = {}
     for suite in suites:
-        rows = [r for r in results if r.get("suite") == suite]
-        for op in ("conv2d", "conv2d_backward_input", "conv2d_backward_weight"):
-            for tf32 in ((False, True) if tf32_too else (False,)):
-                if not any(r["op"] == op for r in rows):
-                    continue
-                on_cpu = any(r["impl"] == "torch-cpu" for r in rows)
-                if on_cpu and tf32:                 # no TF32 on the CPU
-                    continue
-                base_impl = "torch-cpu" if on_cpu else ("cudnn_tf32" if tf32 else "cudnn")
-                ours = best_per_layer(rows, op, tf32)
-                layers = list(dict.fromkeys(r["shape"] for r in rows if r["op"] == op))
-                counts = {r["shape"]: r.get("count", 1) for r in rows if r["op"] == op}
-                base = {r["shape"]: r["median_ms"] for r in rows if r["op"] == op
-                        and r["impl"] == base_impl and r["status"] == "ok" and r["median_ms"]}
-                missing = [s for s in layers if s not in ours or s not in base]
-                ours_ms = sum(counts[s] * ours[s]["median_ms"] for s in layers if s in ours)
-                base_ms = sum(counts[s] * base[s] for s in layers if s in base)
-                key = f"{suite} {op}{' tf32' if tf32 else ''}"
-                out[key] = {
-                    "suite": suite, "op": op, "tf32": tf32, "baseline": base_impl,
-                    "layers": len(layers), "convolutions": sum(counts.values()),
-                    "ours_ms": ours_ms if not missing else None,
-                    "baseline_ms": base_ms if not missing else None,
-                    "ratio": ratio(base_ms, ours_ms) if not missing and ours_ms else None,
-                    "layer_geomean": _geomean([base[s] / ours[s]["median_ms"] for s in layers
-                                               if s in ours and s in base]),
-                    "best": {s: ours[s]["impl"] for s in layers if s in ours},
-                    "missing": missing}
+        in_suite = [r for r in results if r.get("suite") == suite]
+        pairs = list(dict.fromkeys((r.get("dtype", "float32"), r.get("layout", "NCHW"))
+                                   for r in in_suite))
+        for dtype, layout in pairs:
+            rows = [r for r in in_suite if _of(r, dtype, layout)]
+            for op in ("conv2d", "conv2d_backward_input", "conv2d_backward_weight"):
+                for tf32 in ((False, True) if tf32_too and not is_half(dtype) else (False,)):
+                    if not any(r["op"] == op for r in rows):
+                        continue
+                    on_cpu = any(r["impl"] == "torch-cpu" for r in rows)
+                    if on_cpu and tf32:                 # no TF32 on the CPU
+                        continue
+                    base_impl = "torch-cpu" if on_cpu else ("cudnn_tf32" if tf32 else "cudnn")
+                    ours = best_per_layer(rows, op, tf32, dtype, layout)
+                    layers = list(dict.fromkeys(r["shape"] for r in rows if r["op"] == op))
+                    counts = {r["shape"]: r.get("count", 1) for r in rows if r["op"] == op}
+                    base = {r["shape"]: r["median_ms"] for r in rows if r["op"] == op
+                            and r["impl"] == base_impl and r["status"] == "ok"
+                            and r["median_ms"]}
+                    missing = [s for s in layers if s not in ours or s not in base]
+                    ours_ms = sum(counts[s] * ours[s]["median_ms"] for s in layers if s in ours)
+                    base_ms = sum(counts[s] * base[s] for s in layers if s in base)
+                    key = f"{suite} {op}{' tf32' if tf32 else ''}{suffix(dtype, layout)}"
+                    out[key] = {
+                        "suite": suite, "op": op, "tf32": tf32, "dtype": dtype,
+                        "layout": layout, "baseline": base_impl,
+                        "layers": len(layers), "convolutions": sum(counts.values()),
+                        "ours_ms": ours_ms if not missing else None,
+                        "baseline_ms": base_ms if not missing else None,
+                        "ratio": ratio(base_ms, ours_ms) if not missing and ours_ms else None,
+                        "layer_geomean": _geomean([base[s] / ours[s]["median_ms"]
+                                                   for s in layers if s in ours and s in base]),
+                        "best": {s: ours[s]["impl"] for s in layers if s in ours},
+                        "missing": missing}
     return out
 
 
@@ -179,7 +194,9 @@ HEADLINE_KEYS = ("resnet50_fwd_fp32", "resnet50_bwd_input_fp32", "resnet50_bwd_w
                  "resnet50_fwd_tf32", "vgg16_fwd_fp32", "mobilenetv2_fwd_fp32",
                  "resnet50_layers_geomean_fwd_fp32", "sgemm_4096", "tf32_gemm_4096",
                  "maxpool_fwd_copy_fraction", "maxpool_bwd_copy_fraction", "batchnorm_fwd",
-                 "batchnorm_bwd", "lenet_train_epoch")
+                 "batchnorm_bwd", "lenet_train_epoch", "resnet50_fwd_fp16",
+                 "resnet50_fwd_bf16", "resnet50_bwd_input_bf16", "resnet50_bwd_weight_bf16",
+                 "hgemm_4096")
 # what each key is: baseline time / ours. For the pooling keys the baseline is a
 # device-to-device copy of the fewest bytes the pass must move (so the ratio is our
 # fraction of the copy bandwidth measured in the same run)
@@ -200,16 +217,22 @@ HEADLINE_MEANING = {
     "batchnorm_fwd": "batch norm training forward: cuDNN / ours, geometric mean over shapes",
     "batchnorm_bwd": "batch norm backward: cuDNN / ours, geometric mean over shapes",
     "lenet_train_epoch": "LeNet-5 training epoch on the digits: torch + cuDNN / ours",
+    "resnet50_fwd_fp16": "ResNet-50 forward convolutions, summed, float16 NHWC (channels_last) "
+                         "on both sides: cuDNN / ours",
+    "resnet50_fwd_bf16": "ResNet-50 forward convolutions, summed, bfloat16 NHWC: cuDNN / ours",
+    "resnet50_bwd_input_bf16": "ResNet-50 input gradients, summed, bfloat16 NHWC: cuDNN / ours",
+    "resnet50_bwd_weight_bf16": "ResNet-50 weight gradients, summed, bfloat16 NHWC: cuDNN / ours",
+    "hgemm_4096": "GEMM 4096^3 float16 (FP32 accumulation): cuBLAS (torch.matmul) / ours",
 }
 
 
-def _gemm_ratio(results, tf32):
+def _gemm_ratio(results, tf32, dtype="float32"):
     shape = "4096x4096x4096"
     base = next((r["median_ms"] for r in results if r["op"] == "gemm" and r["shape"] == shape
-                 and r["impl"] == ("cublas_tf32" if tf32 else "cublas") and r["median_ms"]),
-                None)
+                 and r["impl"] == ("cublas_tf32" if tf32 else "cublas") and r["median_ms"]
+                 and _of(r, dtype)), None)
     ours = [r["median_ms"] for r in results if r["op"] == "gemm" and r["shape"] == shape
-            and _ours(r) and r["status"] == "ok" and r["median_ms"]
+            and _ours(r) and r["status"] == "ok" and r["median_ms"] and _of(r, dtype)
             and r["impl"].endswith("tf32") == tf32]
     return ratio(base, min(ours)) if base and ours else None
 
@@ -255,8 +278,9 @@ def headline(doc, train_log: Optional[str] = None) -> dict:
     res = doc["results"]
     nets = network_totals(res)
 
-    def net(suite, op, tf32=False):
-        n = nets.get(f"{suite} {op}{' tf32' if tf32 else ''}")
+    def net(suite, op, tf32=False, dtype="float32", layout="NCHW"):
+        from convgpu.tools.bench.precision import suffix
+        n = nets.get(f"{suite} {op}{' tf32' if tf32 else ''}{suffix(dtype, layout)}")
         return n["ratio"] if n else None
 
     rn = nets.get("resnet50 conv2d")
@@ -277,6 +301,13 @@ def headline(doc, train_log: Optional[str] = None) -> dict:
         "batchnorm_fwd": _norm_ratio(res, "batch_norm"),
         "batchnorm_bwd": _norm_ratio(res, "batch_norm_backward"),
         "lenet_train_epoch": lenet_ratio(train_log),
+        "resnet50_fwd_fp16": net("resnet50", "conv2d", dtype="float16", layout="NHWC"),
+        "resnet50_fwd_bf16": net("resnet50", "conv2d", dtype="bfloat16", layout="NHWC"),
+        "resnet50_bwd_input_bf16": net("resnet50", "conv2d_backward_input",
+                                       dtype="bfloat16", layout="NHWC"),
+        "resnet50_bwd_weight_bf16": net("resnet50", "conv2d_backward_weight",
+                                        dtype="bfloat16", layout="NHWC"),
+        "hgemm_4096": _gemm_ratio(res, False, "float16"),
     }
     method = doc.get("method") or OLD_METHOD
     out = {"commit": env.get("commit"), "source_hash": env.get("source_hash"),

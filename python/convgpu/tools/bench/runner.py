@@ -18,6 +18,8 @@ from convgpu.tools.bench.method import (METHOD, Progress, Result, Timer, _ratios
 from convgpu.tools.bench.report import format_networks, format_table, network_totals, plot
 from convgpu.tools.bench.stages import (bench_conv, bench_conv_backward, bench_gemm,
                                         bench_norm, bench_pool)
+from convgpu.tools.bench import precision as PR
+from convgpu.tools.bench.stages_as import PASSES, bench_conv_as, bench_gemm_as
 
 
 ALL_OPS = ("gemm", "conv2d", "conv2d_backward", "pool", "norm")
@@ -37,23 +39,59 @@ def _resolve(quick, shapes, suites, shape_specs):
     return conv, SH.pool_suite(quick, shapes), SH.norm_suite(quick, shapes), gemm
 
 
+# the stages that time other dtypes and layouts than float32 NCHW (the pooling and batch-norm
+# stages time float32 NCHW only)
+AS_OPS = ("gemm", "conv2d", "conv2d_backward")
+
+
+def precisions(dtypes=None, layouts=None):
+    """The (dtype, layout) pairs a run times, float32 NCHW first where asked for; a GEMM has
+    no layout, so layouts multiply the conv rows only."""
+    dtypes = list(dict.fromkeys(dtypes or ("float32",)))
+    layouts = list(dict.fromkeys(layouts or ("NCHW",)))
+    for d in dtypes:
+        PR.np_dtype(d)
+    bad = [lay for lay in layouts if lay not in PR.LAYOUTS]
+    if bad:
+        raise ValueError(f"bench: layout must be NCHW or NHWC; got {bad[0]!r}")
+    return [(d, lay) for d in dtypes for lay in layouts]
+
+
 def run(json_path=None, plot_path=None, quick=True, shapes=None, ops=None, impl=None,
-        progress=None, suites=None, shape_specs=None) -> dict:
+        progress=None, suites=None, shape_specs=None, dtypes=None, layouts=None) -> dict:
     """The benchmark; returns the JSON document (and writes it to json_path). suites: names
     of convgpu.tools.shapes suites ("resnet50", "vgg16@128", ...; default the four networks, or
-    ResNet-50 alone when quick); shape_specs: a user's problems ("conv:N=..,C=..", ...)."""
+    ResNet-50 alone when quick); shape_specs: a user's problems ("conv:N=..,C=..", ...).
+    dtypes ("float32", "float16", "bfloat16") and layouts ("NCHW", "NHWC"): every pair is
+    timed against cuDNN / cuBLAS in the same precision and layout (default float32 NCHW);
+    other pairs than float32 NCHW time the GEMM and conv stages only (AS_OPS)."""
     from convgpu.core.env import gpu_count
     progress = progress if progress is not None else Progress()
-    ops = set(ops or ALL_OPS)
+    pairs = precisions(dtypes, layouts)
+    other = [p for p in pairs if not PR.plain(*p)]
+    asked = set(ops or ())
+    ops = set(ops or (ALL_OPS if len(other) < len(pairs) else AS_OPS))
     unknown = ops - set(ALL_OPS)
     if unknown:
         raise ValueError(f"bench: unknown --ops {sorted(unknown)}; choose from {ALL_OPS}")
+    if other and len(other) == len(pairs) and asked - set(AS_OPS):
+        raise ValueError(f"bench: {', '.join(sorted(asked - set(AS_OPS)))} time float32 "
+                         f"NCHW only; {' '.join(other[0])} rows are {', '.join(AS_OPS)}")
     conv, pools, norms, gemms = _resolve(quick, shapes, suites, shape_specs)
     if gpu_count() == 0:
-        doc = run_cpu(conv, pools, ops, progress=progress, norms=norms,
-                      batch=None if shape_specs else 1, gemm=bool(gemms))
+        if other:
+            progress("convgpu bench: no GPU visible; the " + ", ".join(
+                " ".join(p) for p in other) + " rows are device timings against cuDNN and "
+                "are not timed on the CPU")
+        # the CPU rows are float32 NCHW: timed only where that pair was asked for
+        doc = run_cpu(conv, pools, ops if len(other) < len(pairs) else set(),
+                      progress=progress, norms=norms, batch=None if shape_specs else 1,
+                      gemm=bool(gemms))
+        if other:
+            doc["skipped"].append("dtype/layout " + ", ".join(" ".join(p) for p in other)
+                                  + ": device rows only, and no GPU is visible")
     else:
-        doc = _run_gpu(conv, pools, norms, gemms, ops, impl, json_path, progress)
+        doc = _run_gpu(conv, pools, norms, gemms, ops, impl, json_path, progress, pairs)
     if hasattr(progress, "close"):
         progress.close()
     if doc["results"]:
@@ -75,7 +113,8 @@ def run(json_path=None, plot_path=None, quick=True, shapes=None, ops=None, impl=
     return doc
 
 
-def _run_gpu(conv, pools, norms, gemms, ops, impl, json_path, progress) -> dict:
+def _run_gpu(conv, pools, norms, gemms, ops, impl, json_path, progress,
+             pairs=(("float32", "NCHW"),)) -> dict:
     timer = Timer()
     env = environment()
     why = baseline_unavailable()
@@ -111,13 +150,26 @@ def _run_gpu(conv, pools, norms, gemms, ops, impl, json_path, progress) -> dict:
                 json.dump(document(), f, indent=1)
 
     kw = dict(progress=progress, out=results, saved=save)
+    plain = ("float32", "NCHW") in pairs
     stages = [("gemm", lambda: bench_gemm(timer, gemms, **kw) if gemms else []),
               ("conv2d", lambda: bench_conv(timer, conv, impl_filter=impl, **kw)),
               # pooling before the backward passes, the longest stage
               ("pool", lambda: bench_pool(timer, pools, impl_filter=impl, **kw)),
               ("norm", lambda: bench_norm(timer, norms, impl_filter=impl, **kw)),
               ("conv2d_backward", lambda: bench_conv_backward(timer, conv, impl_filter=impl,
-                                                              **kw))]
+                                                              **kw))] if plain else []
+    # the other precisions and layouts after float32 NCHW; a GEMM once per dtype
+    halves = list(dict.fromkeys(d for d, _ in pairs if d != "float32"))
+    for d in halves:
+        stages.append(("gemm", lambda d=d: bench_gemm_as(timer, gemms, d, **kw)
+                       if gemms else []))
+    for d, lay in pairs:
+        if PR.plain(d, lay):
+            continue
+        stages.append(("conv2d", lambda d=d, lay=lay: bench_conv_as(
+            timer, conv, d, lay, ("conv2d",), impl_filter=impl, **kw)))
+        stages.append(("conv2d_backward", lambda d=d, lay=lay: bench_conv_as(
+            timer, conv, d, lay, PASSES[1:], impl_filter=impl, **kw)))
     for name, stage in stages:
         if name not in ops:
             continue
