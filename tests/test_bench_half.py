@@ -73,6 +73,46 @@ def test_a_wrong_half_result_fails_and_is_not_timed(stage_rows):
     assert bad[4].startswith("FAIL norm-wise") and bad[5] == "False False False", bad
 
 
+TORCH_PATH = """
+import torch
+from convgpu.tools import bench
+from convgpu.tools.bench import stages_as
+from convgpu.tools.shapes import ConvShape
+stages_as._torch = lambda: torch            # the device path's torch operands, on the CPU
+stages_as.DEVICE = 'cpu'
+suite = [ConvShape('tiny', 2, 8, 6, 8, 3, 1, 1)]
+t = bench.Timer(reps=2, flush_bytes=1024)
+rows = stages_as.bench_conv_as(t, suite, 'bfloat16', 'NCHW', ('conv2d', 'conv2d_backward_input'),
+                               impl_filter=['cuda:implicit_gemm'])
+rows += stages_as.bench_conv_as(t, suite, 'float32', 'NHWC', ('conv2d_backward_weight',),
+                                impl_filter=['cuda:implicit_gemm_nhwc'])
+rows += stages_as.bench_gemm_as(t, [(64, 32, 48)], 'bfloat16')
+for r in rows:
+    print('ROW', r.op, '|', r.impl, '|', r.dtype, '|', r.layout, '|', r.status[:60], '|',
+          r.median_ms is not None, r.vs_cudnn is not None, (r.extra or {}).get('baseline'))
+"""
+
+
+def test_the_torch_path_both_sides_on_the_same_tensors():
+    """With a torch (here the CPU build standing in for CUDA), both sides get the same torch
+    tensors: bfloat16 ones (CuPy 13 has none), channels_last ones for NHWC, which convgpu
+    runs in its NHWC kernels; the cuDNN columns (no TF32 one for half) and ours' ratio."""
+    out = run_script("-c", TORCH_PATH)
+    rows = {tuple(c.strip() for c in line[4:].split("|")) for line in out.splitlines()
+            if line.startswith("ROW ")}
+    for op in ("conv2d", "conv2d_backward_input"):
+        assert (op, "cuda:implicit_gemm_mma16", "bfloat16", "NCHW", "ok", "True True cudnn") \
+            in rows, (op, out)
+        assert (op, "cudnn", "bfloat16", "NCHW", "ok", "True False None") in rows
+        assert not any(r[:3] == (op, "cudnn_tf32", "bfloat16") for r in rows)
+    op = "conv2d_backward_weight"
+    assert (op, "cuda:implicit_gemm_nhwc", "float32", "NHWC", "ok", "True True cudnn") in rows
+    assert (op, "cuda:implicit_gemm_nhwc_tf32", "float32", "NHWC", "ok",
+            "True True cudnn_tf32") in rows
+    assert ("gemm", "cuda:gemm_mma16", "bfloat16", "NCHW", "ok", "True True cublas") in rows
+    assert ("gemm", "cublas", "bfloat16", "NCHW", "ok", "True False None") in rows
+
+
 def test_the_half_check_uses_the_half_bounds():
     """bounds.tolerance / half_bound, not the float32 tolerance: a bfloat16 result within the
     bound passes, the same result 2 u_h further off fails."""

@@ -16,6 +16,8 @@ from convgpu.tools.bench.method import (Result, _ratios, _wanted, conv_bytes, co
                                         conv_label, ratio, step)
 
 PASSES = ("conv2d", "conv2d_backward_input", "conv2d_backward_weight")
+# where the torch operands live (tests/test_bench_half.py runs the torch path on the CPU)
+DEVICE = "cuda"
 
 
 def _impls(op, dtype, layout, impl_filter):
@@ -73,9 +75,9 @@ def bench_conv_as(timer, suite, dtype, layout, passes=PASSES, progress=print,
         xh = PR.rounded(rng.uniform(-1, 1, (sh.N, sh.C, sh.H, W)).astype(np.float32), dt)
         wh = PR.rounded(rng.uniform(-1, 1, (sh.K, sh.C // g, sh.R, S)).astype(np.float32), dt)
         gh = PR.rounded(rng.uniform(-1, 1, (sh.N, sh.K, P, Q)).astype(np.float32), dt)
-        (x, xt), (w, wt), (gy, gt) = (PR.operand(a, layout, torch) for a in (xh, wh, gh))
+        (x, xt), (w, wt), (gy, gt) = (PR.operand(a, layout, torch, DEVICE) for a in (xh, wh, gh))
         nv = min(sh.N, 2)           # validated on the first images (the weight gradient on
-        x2, g2 = (PR.operand(a[:nv], layout, torch)[0] for a in (xh, gh))   # a 2-image problem)
+        x2, g2 = (PR.operand(a[:nv], layout, torch, DEVICE)[0] for a in (xh, gh))   # a 2-image problem)
         x64, w64, g64 = (a.astype(np.float64) for a in (xh[:nv], wh, gh[:nv]))
         lk = PR.layout_kw(layout, torch)
         xs, ws, x2s = (PR.shape_of(v, layout, torch) for v in (xh.shape, wh.shape, x64.shape))
@@ -151,7 +153,7 @@ def bench_gemm_as(timer, sizes, dtype, progress=print, out=None, saved=None) -> 
         rng = np.random.default_rng(0)
         Ah = PR.rounded(rng.uniform(-1, 1, (M, K)).astype(np.float32), dt)
         Bh = PR.rounded(rng.uniform(-1, 1, (N, K)).astype(np.float32), dt)
-        (A, At), (B, Bt) = (PR.operand(a, "NCHW", torch) for a in (Ah, Bh))
+        (A, At), (B, Bt) = (PR.operand(a, "NCHW", torch, DEVICE) for a in (Ah, Bh))
         m = min(M, 64)
         A64, B64 = Ah[:m].astype(np.float64), Bh.astype(np.float64).T
         fl = 2 * M * N * K
