@@ -25,6 +25,10 @@ The method (ARCHITECTURE, Benchmarks), the same for both sides:
 
     convgpu bench [--quick] [--suite NAME ...] [--shape SPEC ...] [--json PATH] [--plot PATH]
                   [--shapes S ...] [--ops OP ...] [--impl I ...]
+                  [--dtype float32|float16|bfloat16 ...] [--layout NCHW|NHWC ...]
+
+Other dtypes and layouts than float32 NCHW (precision, stages_as): the GEMM and conv rows
+against cuBLAS / cuDNN in the same precision and layout, validated with the half bounds.
 
 Python: `convgpu.tools.bench.time_op("conv:N=32,C=64,H=56,K=64,R=3,pad=1")` returns the rows of
 one problem (the same records as the JSON's `results`). Without a GPU the numpy backend is
@@ -32,7 +36,8 @@ timed with torch's CPU ops beside it (when torch is importable), and the run say
 
 The modules: method (the timer, the rows, counts and labels), baseline (cuDNN/cuBLAS
 through torch and the machine's ceilings), stages (one GPU stage per op family), runner (a
-run, the CPU fallback, time_op), report (network totals, tables, plot, the headline), tune.
+run, the CPU fallback, time_op), report (network totals, tables, plot, the headline), tune;
+precision and stages_as (the float16 / bfloat16 and NHWC rows).
 """
 from convgpu.tools.bench.baseline import (CUDNN_MODES, baseline_unavailable, ceilings,
                                           cudnn_mode, fma_rate, kernel_names)
