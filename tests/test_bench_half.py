@@ -113,6 +113,36 @@ def test_the_torch_path_both_sides_on_the_same_tensors():
     assert ("gemm", "cublas", "bfloat16", "NCHW", "ok", "True False None") in rows
 
 
+RUN = """
+import sys
+import convgpu.core.env as E
+from convgpu.tools.bench import method, runner
+E.gpu_count = lambda: 1                     # the device run's stages and JSON, emulated
+runner.ceilings = lambda timer: {"copy_GBps": 1.0, "sgemm_TFLOPs": 1.0, "fma_TFLOPs": 1.0}
+runner.Timer = lambda: method.Timer(reps=2, flush_bytes=1024)
+runner.run(json_path=sys.argv[1], shape_specs=["conv:N=2,C=8,H=6,K=8,R=3,pad=1"],
+           dtypes=["float32", "bfloat16"], layouts=["NHWC", "NCHW"],
+           ops=["conv2d", "conv2d_backward"], impl=["cuda:implicit_gemm"], progress=print)
+"""
+
+
+def test_a_run_times_every_dtype_and_layout_pair(tmp_path):
+    """run(dtypes=, layouts=) on the device path: each pair's stages once, float32 NCHW by
+    the original stages (no half-only kernel among its rows), the JSON with every row."""
+    path = tmp_path / "run.json"
+    run_script("-c", RUN, str(path))
+    doc = json.loads(path.read_text())
+    assert doc["stage_errors"] == []
+    got = {(r["op"], r["impl"], r["dtype"], r["layout"]): r["status"] for r in doc["results"]}
+    for op in ("conv2d", "conv2d_backward_input", "conv2d_backward_weight"):
+        assert got[(op, "cuda:implicit_gemm", "float32", "NCHW")] == "ok"
+        assert got[(op, "cuda:implicit_gemm_nhwc", "float32", "NHWC")] == "ok"
+        assert got[(op, "cuda:implicit_gemm_mma16", "bfloat16", "NCHW")] == "ok"
+        assert got[(op, "cuda:*", "bfloat16", "NHWC")].startswith("not served")
+        assert (op, "cuda:implicit_gemm_mma16", "float32", "NCHW") not in got
+    assert len(got) == len(doc["results"])                  # no pair timed twice
+
+
 def test_the_half_check_uses_the_half_bounds():
     """bounds.tolerance / half_bound, not the float32 tolerance: a bfloat16 result within the
     bound passes, the same result 2 u_h further off fails."""

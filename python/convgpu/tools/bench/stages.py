@@ -74,7 +74,8 @@ def bench_conv(timer, suite, dtype=np.float32, progress=print, impl_filter=None,
                                    fl, by, dtype, out)
         for impl in all_impls("conv2d"):
             label = f"{impl.backend}:{impl.algo}"
-            if impl.backend == "numpy" or not _wanted(label, impl_filter):
+            if (impl.backend == "numpy" or not _wanted(label, impl_filter)
+                    or np.dtype(dtype).name not in impl.dtypes):    # the half-only kernels
                 continue
             tf32 = impl.algo.endswith("tf32")
             kw = dict(stride=s, padding=p, dilation=d, groups=g, backend=impl.backend,
@@ -132,7 +133,8 @@ def bench_conv_backward(timer, suite, dtype=np.float32, progress=print,
         for op in ("conv2d_backward_input", "conv2d_backward_weight"):
             for impl in all_impls(op):
                 label = f"{impl.backend}:{impl.algo}"
-                if impl.backend == "numpy" or not _wanted(label, impl_filter):
+                if (impl.backend == "numpy" or not _wanted(label, impl_filter)
+                        or np.dtype(dtype).name not in impl.dtypes):
                     continue
                 tf32 = impl.algo.endswith("tf32")
                 kw = dict(stride=s, padding=p, dilation=d, groups=g, backend=impl.backend,
