@@ -143,6 +143,24 @@ def test_a_run_times_every_dtype_and_layout_pair(tmp_path):
     assert len(got) == len(doc["results"])                  # no pair timed twice
 
 
+def test_time_op_in_a_half_type_and_layout():
+    code = ("from convgpu.tools import bench; "
+            "rows = bench.time_op('conv:N=2,C=8,H=6,K=8,R=3,pad=1', dtype='bfloat16', "
+            "ops=['conv2d'], impl=['cuda:implicit_gemm'], "
+            "timer=bench.Timer(reps=2, flush_bytes=1024)); "
+            "[print('ROW', r['op'], r['impl'], r['dtype'], r['layout'], r['status']) "
+            "for r in rows]")
+    out = run_script("-c", code)
+    assert "ROW conv2d cuda:implicit_gemm_mma16 bfloat16 NCHW ok" in out, out
+    assert "conv2d_backward" not in out
+    with pytest.raises(ValueError, match="device timings against cuDNN, and no GPU"):
+        bench.time_op("conv:N=2,C=8,H=6,K=8,R=3,pad=1", dtype="float16", layout="NHWC")
+    with pytest.raises(ValueError, match="pooling is timed in float32 NCHW only"):
+        bench.time_op("pool:N=1,C=2,H=8,k=2", dtype="float16")
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        bench.time_op("conv:N=2,C=8,H=6,K=8,R=3,pad=1", dtype="half")
+
+
 def test_the_half_check_uses_the_half_bounds():
     """bounds.tolerance / half_bound, not the float32 tolerance: a bfloat16 result within the
     bound passes, the same result 2 u_h further off fails."""

@@ -128,7 +128,7 @@ def plot(doc, path) -> List[str]:
     (achieved TFLOP/s against FLOP per byte) with the ceilings where they were measured.
     Returns the names of the panels drawn; nothing is written when there are none."""
     res = [r for r in doc["results"] if r["op"] == "conv2d" and r.get("vs_cudnn")
-           and r["status"] == "ok" and _ours(r)]
+           and r["status"] == "ok" and _ours(r) and _of(r)]     # the panel is float32 NCHW
     pts = [r for r in doc["results"] if r.get("tflops") and r.get("gbps") and r["status"] == "ok"]
     panels = (["speed vs baseline"] if res else []) + (["roofline"] if pts else [])
     if not panels:

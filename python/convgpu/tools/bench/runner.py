@@ -295,7 +295,8 @@ def run_cpu(conv, pools, ops, progress=print, reps=5, norms=(), batch=1, gemm=Fa
             "results": rows, "networks": network_totals(rows), "skipped": skipped}
 
 
-def time_op(spec, *, ops=None, impl=None, timer=None, progress=None) -> List[dict]:
+def time_op(spec, *, ops=None, impl=None, timer=None, progress=None, dtype="float32",
+            layout="NCHW") -> List[dict]:
     """Time one problem of one's own: every implementation that serves it, the baseline
     beside, each validated first; the rows as the JSON's `results` hold them.
 
@@ -304,7 +305,9 @@ def time_op(spec, *, ops=None, impl=None, timer=None, progress=None) -> List[dic
     ConvShape / PoolShape. ops: which passes ("conv2d", "conv2d_backward", "pool"; default
     all that apply). impl: only implementations whose label contains one of these strings.
     On a GPU the device kernels are timed against cuDNN; without one, the numpy backend's
-    forward passes against torch's CPU ops at the problem's own batch."""
+    forward passes against torch's CPU ops at the problem's own batch. dtype ("float32",
+    "float16", "bfloat16") and layout ("NCHW", "NHWC"): a conv problem in that precision and
+    layout on both sides (a device timing only)."""
     from convgpu.core.env import gpu_count
     sh = SH.parse_shape(spec) if isinstance(spec, str) else spec
     if not isinstance(sh, (SH.ConvShape, SH.PoolShape)):
@@ -319,6 +322,18 @@ def time_op(spec, *, ops=None, impl=None, timer=None, progress=None) -> List[dic
     progress = progress if progress is not None else (lambda *a: None)
     conv = [sh] if isinstance(sh, SH.ConvShape) else []
     pools = [sh] if isinstance(sh, SH.PoolShape) else []
+    (dtype, layout), = precisions([dtype], [layout])
+    if not PR.plain(dtype, layout):
+        if pools:
+            raise ValueError(f"time_op: pooling is timed in float32 NCHW only, not {dtype} "
+                             f"{layout}")
+        if gpu_count() == 0 and timer is None:
+            raise ValueError(f"time_op: {dtype} {layout} rows are device timings against "
+                             "cuDNN, and no GPU is visible")
+        passes = ((("conv2d",) if "conv2d" in ops else ())
+                  + (PASSES[1:] if "conv2d_backward" in ops else ()))
+        return [asdict(r) for r in bench_conv_as(timer or Timer(), conv, dtype, layout, passes,
+                                                 progress=progress, impl_filter=impl)]
     if gpu_count() == 0 and timer is None:
         return run_cpu(conv, pools, ops, progress=progress, batch=None)["results"]
     timer = timer or Timer()
