@@ -269,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "accumulation on both")
     bn.add_argument("--layout", nargs="+", choices=BENCH_LAYOUTS, default=["NCHW"],
                     metavar="LAYOUT", help="the conv operands' layout(s) on both sides: NCHW, "
-                    "NHWC (torch channels_last for cuDNN); default NCHW")
+                    "NHWC (torch channels_last for cuDNN) (default NCHW)")
     bn.set_defaults(func=cmd_bench)
     tu = sub.add_parser("tune", help='run algo="auto" over a suite\'s layers to fill the '
                         "tuning cache before training (GPU only)", **kw)
