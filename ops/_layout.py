@@ -64,7 +64,8 @@ def via_nchw(op: str, backend: str, a, *arrays):
 def register_transpose(op: str, backend: str) -> None:
     """Register (op, backend, "transpose") for NHWC calls (see the module). It supports a
     call where one of the backend's NCHW implementations supports the NCHW problem, so a
-    problem none serves is refused before anything is copied."""
+    problem none serves is refused before anything is copied; so it takes every dtype and
+    leaves the dtype to them (the half types on the kernels that serve them)."""
     name = f"_{op}__{backend}"
 
     def run(a, *arrays):
@@ -81,5 +82,5 @@ def register_transpose(op: str, backend: str) -> None:
     run.__name__ = run.__qualname__ = name
     globals()[name] = run
     _registry.register(op, backend, "transpose", f"{__name__}:{name}", supports=supports,
-                       layouts=("NHWC",),
+                       layouts=("NHWC",), dtypes=_registry.DTYPE_NAMES,
                        note="NHWC by copying into NCHW, the NCHW kernels, and back")

@@ -55,8 +55,8 @@ def test_half_conv_rows_validated_then_timed(stage_rows):
 
 
 def test_a_dtype_and_layout_nothing_serves_is_said(stage_rows):
-    """float16 NHWC: no device convolution serves it (the NHWC kernels are float32, the
-    transposing fallback serves the types its NCHW kernels do): one row says so, untimed."""
+    """float16 NHWC among the implicit_gemm kernels: none serves it (the NHWC ones are
+    float32; algo="transpose", which does, is filtered out): one row says so, untimed."""
     row = [r for r in stage_rows if r[2:4] == ("float16", "NHWC")]
     assert len(row) == 1 and row[0][4].startswith("not served: no device implementation")
     assert row[0][5] == "False False False"

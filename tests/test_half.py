@@ -495,3 +495,19 @@ def test_bfloat16_through_plain_dlpack_is_one_type_error():
                        r"DLPack .*bfloat16 crosses as a torch tensor"):
         convgpu.relu(Producer(t.bfloat16()))
     assert convgpu.relu(Producer(t.half())).dtype == np.float16
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_nhwc_half_runs_the_nchw_half_kernels_between_copies(rng, dtype, monkeypatch):
+    """algo="transpose" takes the half types to the NCHW kernels that serve them: the NHWC
+    result is the NCHW one (the same kernel, picked alike) transposed, bit for bit."""
+    monkeypatch.setenv("CONVGPU_CUDA_HOST", "1")
+    x, w = half(rng, (2, 8, 7, 9), dtype), half(rng, (16, 8, 3, 3), dtype)
+    nhwc = lambda a: np.ascontiguousarray(a.transpose(0, 2, 3, 1))  # noqa: E731
+    y = convgpu.conv2d(x, w, padding=1, backend="cuda")
+    yn = convgpu.conv2d(nhwc(x), nhwc(w), padding=1, backend="cuda", algo="transpose",
+                        layout="NHWC")
+    assert yn.dtype == dtype and np.array_equal(f64(yn), f64(nhwc(y)))
+    p = convgpu.max_pool2d(x, 3, 2, 1, backend="cuda")
+    pn = convgpu.max_pool2d(nhwc(x), 3, 2, 1, backend="cuda", algo="transpose", layout="NHWC")
+    assert pn.dtype == dtype and np.array_equal(f64(pn), f64(nhwc(p)))
