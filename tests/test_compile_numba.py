@@ -57,14 +57,14 @@ def _drive_every_numba_launcher():
         b = rng.standard_normal(6).astype(dt)
         kw = dict(stride=2, padding=1, groups=2)
         gy = rng.standard_normal((2, 6, 5, 4)).astype(dt)
-        for algo in [a for bk, a in convgpu.implementations("conv2d") if bk == "numba"]:
+        for algo in [a for bk, a in convgpu.implementations("conv2d", layout="NCHW") if bk == "numba"]:
             if algo != "winograd":                      # 3x3 stride 1 only: below
                 convgpu.conv2d(x, w, b, **kw, backend="numba", algo=algo)
         for bias in (b, None):
             convgpu.conv2d(x, w, bias, padding=1, groups=2, backend="numba", algo="winograd")
-        for algo in [a for bk, a in convgpu.implementations("conv2d_backward_input") if bk == "numba"]:
+        for algo in [a for bk, a in convgpu.implementations("conv2d_backward_input", layout="NCHW") if bk == "numba"]:
             convgpu.conv2d_backward_input(gy, w, x.shape, **kw, backend="numba", algo=algo)
-        for algo in [a for bk, a in convgpu.implementations("conv2d_backward_weight") if bk == "numba"]:
+        for algo in [a for bk, a in convgpu.implementations("conv2d_backward_weight", layout="NCHW") if bk == "numba"]:
             if algo != "winograd":
                 convgpu.conv2d_backward_weight(x, gy, w.shape, **kw, backend="numba", algo=algo)
         convgpu.conv2d_backward_weight(x, rng.standard_normal((2, 6, 9, 8)).astype(dt), w.shape,

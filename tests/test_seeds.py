@@ -5,9 +5,16 @@ import subprocess
 import sys
 import zlib
 
+import importlib.util
+
 import numpy as np
 
-import conftest
+# tests/conftest.py by its path: tests/ops has a conftest.py too, and a bare `import conftest`
+# gets whichever of the two pytest imported last
+_spec = importlib.util.spec_from_file_location("tests_conftest", os.path.join(
+    os.path.dirname(__file__), "conftest.py"))
+conftest = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(conftest)
 
 
 def test_the_seed_is_crc32_of_the_node_id_and_recorded(request, rng):
