@@ -3,6 +3,7 @@ checks."""
 import os
 
 import numpy as np
+import pytest
 
 from convgpu import bounds
 
@@ -579,6 +580,25 @@ def both_orders(fn):
                         strict=True):
             np.testing.assert_array_equal(u, v, err_msg="result depends on thread/block order")
     return a
+
+
+@pytest.fixture
+def host_backend(monkeypatch, request):
+    """A backend by indirect parametrisation: cuda in the host emulation with outputs
+    poisoned (skipped without a C++ compiler), numpy as it is."""
+    backend = request.param
+    if backend == "cuda":
+        from convgpu.kernels.cuda.emulator import cuda_host
+        if not cuda_host.available():
+            pytest.skip(f"no C++ compiler ({cuda_host.CXX}) for the host emulation")
+        monkeypatch.setenv("CONVGPU_CUDA_HOST", "1")
+        monkeypatch.setenv("CONVGPU_POISON", "1")
+    return backend
+
+
+def both_orders_on(backend, fn):
+    """fn() on numpy; on the emulated cuda backend both_orders(fn)."""
+    return both_orders(fn) if backend == "cuda" else fn()
 
 
 def spy_get_function(monkeypatch):

@@ -22,6 +22,7 @@ from convgpu import reference, reference_nhwc
 from convgpu.core import args as A
 from convgpu.ops._registry import all_impls
 from helpers import CONV_SMALL, TOL, assert_close, rand
+from helpers import both_orders_on as both_orders, host_backend  # noqa: F401 (a fixture)
 
 TOL_TF32 = 2e-3          # docs/architecture.md: TF32 paths against the float64 reference
 
@@ -101,34 +102,6 @@ def test_reference_nhwc_gradients_are_adjoints(rng):
 def nhwc_impls(op):
     return [(i.backend, i.algo) for i in all_impls(op, layout="NHWC")
             if i.backend in ("numpy", "cuda")]
-
-
-@pytest.fixture
-def host_backend(monkeypatch, request):
-    """The cuda backend in the host emulation (skipped without a C++ compiler), outputs
-    poisoned; the numpy backend as it is."""
-    backend = request.param
-    if backend == "cuda":
-        from convgpu.kernels.cuda.emulator import cuda_host
-        if not cuda_host.available():
-            pytest.skip(f"no C++ compiler ({cuda_host.CXX}) for the host emulation")
-        monkeypatch.setenv("CONVGPU_CUDA_HOST", "1")
-        monkeypatch.setenv("CONVGPU_POISON", "1")
-    return backend
-
-
-def both_orders(backend, fn):
-    """fn() on numpy; on the emulated cuda backend in forward and reverse thread order, the
-    two results bitwise equal (a difference is a race)."""
-    if backend != "cuda":
-        return fn()
-    from convgpu.kernels.cuda.emulator import cuda_host
-    outs = []
-    for which in ("forward", "reverse"):
-        with cuda_host.order(which):
-            outs.append(fn())
-    np.testing.assert_array_equal(outs[0], outs[1], err_msg="result depends on thread order")
-    return outs[0]
 
 
 def _params(op):
@@ -466,7 +439,6 @@ def test_nhwc_gpu_tier_on_the_stand_in_device():
     passed, rest, out = run_on_stand_in(ROOT / "tests" / "test_nhwc_gpu.py", "-k",
                                         "conv4 or (odd and (max_pool or batch_norm))")
     assert passed >= 12, out
-
 
 
 @pytest.mark.parametrize("host_backend", ["numpy", "cuda"], indirect=True)

@@ -18,6 +18,7 @@ import convgpu
 from convgpu import reference
 from convgpu.ops._registry import all_impls
 from helpers import TOL, assert_close, rand
+from helpers import both_orders_on as both_orders, host_backend  # noqa: F401 (a fixture)
 
 try:
     import torch
@@ -32,33 +33,6 @@ def nhwc(a):
 
 def nchw(a):
     return np.ascontiguousarray(a.transpose(0, 3, 1, 2))
-
-
-@pytest.fixture
-def host_backend(monkeypatch, request):
-    backend = request.param
-    if backend == "cuda":
-        from convgpu.kernels.cuda.emulator import cuda_host
-        if not cuda_host.available():
-            pytest.skip(f"no C++ compiler ({cuda_host.CXX}) for the host emulation")
-        monkeypatch.setenv("CONVGPU_CUDA_HOST", "1")
-        monkeypatch.setenv("CONVGPU_POISON", "1")
-    return backend
-
-
-def both_orders(backend, fn):
-    """fn() on numpy; on the emulated cuda backend in forward and reverse thread order, the
-    results (and the running estimates fn updates, returned by it) bitwise equal."""
-    if backend != "cuda":
-        return fn()
-    from convgpu.kernels.cuda.emulator import cuda_host
-    outs = []
-    for which in ("forward", "reverse"):
-        with cuda_host.order(which):
-            outs.append(fn())
-    for u, v in zip(outs[0], outs[1]):
-        np.testing.assert_array_equal(u, v, err_msg="result depends on thread order")
-    return outs[0]
 
 
 BACKENDS = [pytest.param(i.backend, id=i.backend)

@@ -17,6 +17,7 @@ import pytest
 import convgpu
 from convgpu.ops._registry import all_impls
 from helpers import AVGP_SMALL, MAXP_SMALL, TOL, assert_close, rand, shuffled_linspace
+from helpers import both_orders_on as both_orders, host_backend  # noqa: F401 (a fixture)
 
 try:
     import torch
@@ -33,33 +34,6 @@ def nhwc(a):
 
 def nchw(a):
     return np.ascontiguousarray(a.transpose(0, 3, 1, 2))
-
-
-@pytest.fixture
-def host_backend(monkeypatch, request):
-    """The cuda backend in the host emulation (skipped without a C++ compiler), outputs
-    poisoned; the numpy backend as it is."""
-    backend = request.param
-    if backend == "cuda":
-        from convgpu.kernels.cuda.emulator import cuda_host
-        if not cuda_host.available():
-            pytest.skip(f"no C++ compiler ({cuda_host.CXX}) for the host emulation")
-        monkeypatch.setenv("CONVGPU_CUDA_HOST", "1")
-        monkeypatch.setenv("CONVGPU_POISON", "1")
-    return backend
-
-
-def both_orders(backend, fn):
-    if backend != "cuda":
-        return fn()
-    from convgpu.kernels.cuda.emulator import cuda_host
-    outs = []
-    for which in ("forward", "reverse"):
-        with cuda_host.order(which):
-            outs.append(fn())
-    for u, v in zip(*(o if isinstance(o, tuple) else (o,) for o in outs)):
-        np.testing.assert_array_equal(u, v, err_msg="result depends on thread order")
-    return outs[0]
 
 
 def _params(op):
