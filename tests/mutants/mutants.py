@@ -51,8 +51,8 @@ STAND_IN = ("tests/test_stand_in_device.py",)
 MUTANTS = [
     # gemm.cu
     Mutant("gemm_sum_splits", "kernels/cuda/gemm.cu",
-           "for (int k = 1; k < splits; ++k) s += parts[k * n + i];",
-           "for (int k = 1; k < splits - 1; ++k) s += parts[k * n + i];",
+           "T s = parts[i];\n        for (int k = 1; k < splits; ++k) s += parts[k * n + i];",
+           "T s = parts[i];\n        for (int k = 1; k < splits - 1; ++k) s += parts[k * n + i];",
            (CH + "test_gemm_tails_and_split_k",), why="the last split-K part dropped"),
     Mutant("gemm_tiled_stages_b_as_a", "kernels/cuda/gemm.cu",
            "As[buf][ak[i]][am[i]] = staged<T, TF32>(ra[i]);",
@@ -103,16 +103,17 @@ MUTANTS = [
                "once the emulation tier has such a case (issue 22's avg-pool divisor cases)"),
     # norm.cu
     Mutant("norm_running_var_unbiased", "kernels/cuda/norm.cu",
-           "momentum * var * unbias;", "momentum * var;",
+           "momentum * var * unbias);", "momentum * var);",
            (BN + "::test_batch_norm", "-k", "cuda"),
            why="running_var updated with the biased variance"),
     # elementwise.cu
     Mutant("elementwise_relu_nan", "kernels/cuda/elementwise.cu",
-           "y[i] = (v > T(0) || v != v) ? v : T(0);", "y[i] = (v > T(0)) ? v : T(0);",
+           "return (v > acc_t<T>(0) || v != v) ? xi : from_acc<T>(acc_t<T>(0));",
+           "return (v > acc_t<T>(0)) ? xi : from_acc<T>(acc_t<T>(0));",
            (EW + "::test_relu_keeps_nan", "-k", "cuda"), why="relu turns NaN into 0"),
     Mutant("elementwise_xent_mean", "kernels/cuda/elementwise.cu",
-           "g[(long long)i * C + j] = (j == t ? p - T(1) : p) / T(N);",
-           "g[(long long)i * C + j] = (j == t ? p - T(1) : p);",
+           "from_acc<T>((j == t ? p - A(1) : p) / A(N) * sc);",
+           "from_acc<T>((j == t ? p - A(1) : p) * sc);",
            (EW + "::test_small_ops", "-k", "cuda"), why="cross-entropy's gradient not divided by N"),
     # common.cuh, pipeline.cuh
     Mutant("common_split_start", "kernels/cuda/common.cuh",
@@ -128,7 +129,8 @@ MUTANTS = [
            (CH + "test_gemm_pipelined_tails_and_split_k",), why="a slice consumed before it lands"),
     # Numba kernels (the simulator)
     Mutant("numba_direct_filter_transposed", "kernels/numba/conv_direct.py",
-           "acc += x[n, c0 + c, h, v] * w[k, c, r, s]", "acc += x[n, c0 + c, h, v] * w[k, c, s % R, r % S]",
+           "acc += A(x[n, c0 + c, h, v]) * A(w[k, c, r, s])",
+           "acc += A(x[n, c0 + c, h, v]) * A(w[k, c, s % R, r % S])",
            (CONV + "::test_conv2d", "-k", "numba and direct and not tiled"), sim=True,
            why="the direct kernel reads the filter transposed"),
     Mutant("numba_norm_variance", "kernels/numba/norm.py", "acc += d * d", "acc += d",
@@ -162,8 +164,8 @@ MUTANTS = [
            "return cuda.default_stream()", STAND_IN,
            why="Numba kernels launch on the default stream, not CuPy's current one"),
     Mutant("cuda_relu_wrong_stream", "kernels/cuda/elementwise.py",
-           '    _ew("relu_fwd", x.dtype)(elementwise_grid(x.size), (THREADS,), (x, y, np.int64(x.size)))',
-           '    with __import__("cupy").cuda.Stream(): _ew("relu_fwd", x.dtype)(elementwise_grid(x.size), (THREADS,), (x, y, np.int64(x.size)))',
+           '        _ew("relu_fwd", x.dtype)(elementwise_grid(x.size), (THREADS,), (x, y, n))',
+           '        with __import__("cupy").cuda.Stream(): _ew("relu_fwd", x.dtype)(elementwise_grid(x.size), (THREADS,), (x, y, n))',
            STAND_IN, why="relu's kernel launched on a stream of its own"),
     Mutant("cupy_input_not_made_contiguous", "python/convgpu/arrays.py",
            "    if kind == CUPY:\n        return _contiguous(cupy, a)",
