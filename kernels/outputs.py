@@ -7,13 +7,16 @@ import numpy as np
 
 from convgpu.arrays import xp_of
 from convgpu.core import env
+from convgpu.core.args import HALF_DTYPES
 
 
 def empty(shape, dtype, like):
     """An output array: NaN (or -1 for indices) under CONVGPU_POISON=1, else uninitialised."""
     xp = xp_of(like)
     if env.poison():
-        fill = np.nan if np.dtype(dtype).kind in "fc" else -1
+        # bfloat16 (ml_dtypes) is of kind "V", not "f": NaN by its dtype instead
+        floating = np.dtype(dtype).kind in "fc" or np.dtype(dtype) in HALF_DTYPES
+        fill = np.nan if floating else -1
         return xp.full(shape, fill, dtype=dtype)
     return xp.empty(shape, dtype=dtype)
 
