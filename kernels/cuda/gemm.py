@@ -12,7 +12,7 @@ from convgpu.kernels.cuda.launch import (GEMM_THREADS, MAX_GRID_YZ, PIPE_BK, PIP
                                          pipe_shared_bytes, split_for, sum_splits)
 from convgpu.kernels.cuda.module import (cbool, ctype, get_function, max_shared_per_block,
                                          set_max_dynamic_shared)
-from convgpu.kernels.outputs import contiguous, empty, zeros
+from convgpu.kernels.outputs import contiguous, empty
 
 
 def vec_gemm_fits(A, B, ta, tb) -> bool:
@@ -222,15 +222,8 @@ def linear_backward(a, gy, x, w):
     x2 = x.reshape(1, -1, x.shape[-1])
     gx = gemm(g2, w.reshape((1,) + w.shape))[0].reshape(x.shape)
     gw = gemm(g2, x2, ta=True, splits=split_for(w.shape[0], w.shape[1], 1, g2.shape[1]))[0]
-    if half_ctype(gy.dtype):
-        # the bias gradient as the product ones(1, rows) @ gy on the tensor cores: exact
-        # products, FP32 sums (split and summed in a fixed order), one rounding
-        rows = g2.shape[1]
-        ones = zeros((1, 1, rows), gy.dtype, gy)
-        ones[...] = 1
-        gb = gemm(ones, g2, splits=split_for(1, gy.shape[-1], 1, rows))[0, 0]
-        return gx, gw, gb
     # the bias gradient (column sums of gy): channel_sum's fixed-order reduction, one launch
+    # (FP32 sums rounded once for the half types)
     gb = channel_sum(g2.reshape(g2.shape[1], g2.shape[2], 1))
     return gx, gw, gb
 
