@@ -4,6 +4,7 @@ hold identical weights, equal (float64, 1e-10) to one process training torch's o
 unconverted model on the same halves (the mean of the two halves' losses: what DDP's
 averaged gradient is; batch norm normalises each half by its own statistics, as it does on
 each rank). And examples/ddp_train.py under torchrun."""
+import gc
 import os
 import socket
 import subprocess
@@ -50,6 +51,9 @@ def worker(rank, world, port, out_dir):
         sgd_steps(ddp, halves, loss_fn=CF.cross_entropy)
         torch.save({n: p.detach() for n, p in model.named_parameters()},
                    os.path.join(out_dir, f"rank{rank}.pt"))
+        # free DDP's hold on the group before destroying it (examples/ddp_train.py says why)
+        del ddp
+        gc.collect()
     finally:
         dist.destroy_process_group()
 
