@@ -1,0 +1,235 @@
+"""Host-emulation tier of the channels-last float16 / bfloat16 convolutions on the tensor
+cores (conv_nhwc16.cu, conv_nhwc16.py; registered as algo="implicit_gemm_nhwc_mma16"): the
+forward, the input gradient (the forward on rotated filters, over gy or over gy with zeros
+inserted) and the weight gradient, from their launchers and through the op API, threads and
+blocks in both orders, outputs poisoned, against the float64 NHWC reference from the 16-bit
+inputs at the half bound of docs/tolerances.md (half_helpers.assert_half_bounded); odd
+shapes, both copy paths (16-byte cp.async and element-wise) and the splits checked to run
+where each case says; equal bit for bit to the NCHW mma16 kernels' results transposed where
+the sums are the same.
+
+Emulated is not validated: nothing here has run on a GPU."""
+import numpy as np
+import pytest
+
+import convgpu
+from convgpu.kernels.cuda.emulator import cuda_host
+
+if not cuda_host.available():
+    pytest.skip(f"no C++ compiler ({cuda_host.CXX}) for the host emulation", allow_module_level=True)
+
+ml_dtypes = pytest.importorskip("ml_dtypes")
+from half_helpers import BF16, F16, assert_half_bounded  # noqa: E402  (tests/half_helpers.py)
+from helpers import both_orders  # noqa: E402
+
+from convgpu import reference_nhwc as ref  # noqa: E402
+from convgpu.core.args import conv_geometry  # noqa: E402
+from convgpu.kernels.cuda import conv_implicit, conv_nhwc16  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def emulated(monkeypatch):
+    monkeypatch.setenv("CONVGPU_CUDA_HOST", "1")
+    monkeypatch.setenv("CONVGPU_POISON", "1")
+
+
+def _spy(monkeypatch, module):
+    names = []
+    real = module.get_function
+    monkeypatch.setattr(module, "get_function", lambda f, e: names.append(e) or real(f, e))
+    return names
+
+
+def _misaligned(X):
+    """X's values in a C-contiguous array at an address 2 bytes past a 16-byte boundary."""
+    buf = np.empty(X.size + 8, X.dtype)
+    off = (-buf.ctypes.data % 16) // X.itemsize + 1
+    Y = buf[off:off + X.size].reshape(X.shape)
+    Y[...] = X
+    assert Y.ctypes.data % 16 == 2 and Y.flags.c_contiguous
+    return Y
+
+
+def _nchw(a):
+    return np.ascontiguousarray(a.transpose(0, 3, 1, 2))
+
+
+def _nhwc(a):
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1))
+
+
+# (N, C, H, W, K, R, S, stride, padding, dilation, groups)
+CASES = [
+    # C = 3, K = 37 (odd: single stores), N*P*Q = 180 (2 row tiles, the second partial):
+    # element-wise everywhere; input gradient on gy itself (stride 1)
+    (2, 3, 9, 10, 37, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+    # 1 x 1, stride 2, groups, C/groups = 8 (16-byte copies of x and w), K/groups = 132 (2
+    # column tiles, paired stores, element-wise gy); input gradient over zero-inserted gy
+    (1, 16, 7, 6, 264, 1, 1, (2, 2), (0, 0), (1, 1), 2),
+    # dilation 2, stride (2, 1), padding, 144 deep: 5 slices (stage buffers reused); 16-byte
+    # copies in all three; input gradient over zero-inserted gy
+    (1, 16, 6, 7, 24, 3, 3, (2, 1), (1, 2), (2, 1), 1),
+    # 288 deep: the forward and the input gradient split in 2 (bias in split 0)
+    (1, 32, 4, 5, 8, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+    # N*P*Q = 312: the weight gradient split in 2, 3 row tiles in the forward
+    (2, 8, 13, 12, 16, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+    # groups, C/groups = 3, 2 x 2 filters, padding past the filter's reach (stride 1, but the
+    # input gradient's forward would pad by -1: zero-inserted gy, cropped)
+    (1, 6, 5, 5, 10, 2, 2, (1, 1), (2, 1), (1, 1), 2),
+]
+DTYPES = pytest.mark.parametrize("dtype", [F16, BF16], ids=["f16", "bf16"])
+
+
+def _problem(rng, case, dtype):
+    N, C, H, W, K, R, S, st, pd, dl, g = case
+    x = rng.standard_normal((N, H, W, C)).astype(dtype)
+    w = rng.standard_normal((K, R, S, C // g)).astype(dtype)
+    b = rng.standard_normal(K).astype(dtype)
+    a = conv_geometry("conv2d", x.shape, w.shape, st, pd, dl, g, dtype, layout="NHWC")
+    gy = rng.standard_normal(a.y_shape).astype(dtype)
+    return a, x, w, b, gy, dict(stride=st, padding=pd, dilation=dl, groups=g)
+
+
+f64 = lambda v: v.astype(np.float64)          # noqa: E731
+
+
+@DTYPES
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c[:7])))
+def test_nhwc_mma16_against_the_reference(rng, monkeypatch, dtype, case):
+    """The three passes from their launchers against the float64 NHWC reference of the
+    16-bit inputs (+ bias) at the half bound, forward and reverse order; which copy path ran
+    and which reductions were split (deeper than 256: split_for) are checked, so each case
+    covers what its comment says."""
+    a, x, w, b, gy, kw = _problem(rng, case, dtype)
+    N, C, H, W, K, R, S, st, pd, dl, g = case
+    Cg, Kg = C // g, K // g
+    t = "__half" if dtype == F16 else "__nv_bfloat16"
+    split = f"sum_splits_half<{t}>"
+    names = _spy(monkeypatch, conv_nhwc16)
+
+    y = both_orders(lambda: conv_nhwc16.conv2d_nhwc_implicit_gemm_mma16(a, x, w, b))
+    assert_half_bounded(y, ref.conv2d_nhwc(f64(x), f64(w), f64(b), **kw),
+                        ref.conv2d_nhwc(abs(f64(x)), abs(f64(w)), abs(f64(b)), **kw),
+                        Cg * R * S, dtype)
+    assert names[0] == f"conv2d_nhwc_implicit_gemm_mma16<{t}, {str(Cg % 8 == 0).lower()}>"
+    assert (split in names) == (Cg * R * S > 256), names
+
+    del names[:]
+    gx = both_orders(lambda: conv_nhwc16.backward_input_nhwc_implicit_gemm_mma16(a, gy, w))
+    assert_half_bounded(gx, ref.conv2d_backward_input_nhwc(f64(gy), f64(w), x.shape, **kw),
+                        ref.conv2d_backward_input_nhwc(abs(f64(gy)), abs(f64(w)), x.shape, **kw),
+                        Kg * R * S, dtype)
+    assert names[0] == f"conv2d_nhwc_implicit_gemm_mma16<{t}, {str(Kg % 8 == 0).lower()}>"
+    assert (split in names) == (Kg * R * S > 256), names
+
+    del names[:]
+    gw = both_orders(lambda: conv_nhwc16.backward_weight_nhwc_implicit_gemm_mma16(a, x, gy))
+    assert_half_bounded(gw, ref.conv2d_backward_weight_nhwc(f64(x), f64(gy), w.shape, **kw),
+                        ref.conv2d_backward_weight_nhwc(abs(f64(x)), abs(f64(gy)), w.shape, **kw),
+                        N * a.P * a.Q, dtype)
+    va, vb = str(Kg % 8 == 0).lower(), str(Cg % 8 == 0).lower()
+    assert names[0] == f"conv2d_nhwc_wgrad_implicit_gemm_mma16<{t}, {va}, {vb}>", names
+    assert (split in names) == (N * a.P * a.Q > 256), names
+
+
+def test_the_cases_cover_what_they_claim():
+    """Both copy paths of each kernel, the splits, the zero-inserted and the plain input
+    gradient, K = 37 and N*P*Q off the tile occur among CASES."""
+    vec = [c[1] // c[10] % 8 == 0 for c in CASES]
+    assert any(vec) and not all(vec)
+    wg_a = [c[4] // c[10] % 8 == 0 for c in CASES]
+    assert any(wg_a) and not all(wg_a)
+    a = [conv_geometry("conv2d", (c[0], c[2], c[3], c[1]), (c[4], c[5], c[6], c[1] // c[10]),
+                       *c[7:], F16, layout="NHWC") for c in CASES]
+    zero_inserted = [conv_nhwc16._dgrad_problem(r)[1] is not None for r in a]
+    assert any(zero_inserted) and not all(zero_inserted)
+    assert any(r.stride == (1, 1) and z for r, z in zip(a, zero_inserted))   # negative padding
+    assert any(r.N * r.P * r.Q > 256 for r in a) and any(r.Cg * r.R * r.S > 256 for r in a)
+    assert any(r.N * r.P * r.Q % 128 and r.N * r.P * r.Q > 128 for r in a)
+    assert any(r.K == 37 for r in a) and any(r.groups > 1 and r.Cg % 8 for r in a)
+
+
+@DTYPES
+def test_misaligned_arrays_take_the_element_path_with_the_same_bits(rng, monkeypatch, dtype):
+    """A 16-byte case (C/groups and K/groups multiples of 8) from arrays 2 bytes off a
+    16-byte boundary runs element by element, and gives the vector path's bits (the same
+    products summed in the same order)."""
+    a, x, w, b, gy, _ = _problem(rng, CASES[2], dtype)
+    names = _spy(monkeypatch, conv_nhwc16)
+    y = both_orders(lambda: conv_nhwc16.conv2d_nhwc_implicit_gemm_mma16(a, x, w, b))
+    y2 = both_orders(lambda: conv_nhwc16.conv2d_nhwc_implicit_gemm_mma16(a, _misaligned(x), w, b))
+    assert names[0].endswith("true>") and names[-1].endswith("false>"), names
+    np.testing.assert_array_equal(y2.view(np.uint16), y.view(np.uint16))
+    del names[:]
+    gw = both_orders(lambda: conv_nhwc16.backward_weight_nhwc_implicit_gemm_mma16(a, x, gy))
+    gw2 = both_orders(lambda: conv_nhwc16.backward_weight_nhwc_implicit_gemm_mma16(
+        a, _misaligned(x), _misaligned(gy)))
+    assert names[0].endswith("true, true>") and names[-1].endswith("false, false>"), names
+    np.testing.assert_array_equal(gw2.view(np.uint16), gw.view(np.uint16))
+
+
+# Where the NHWC and NCHW kernels sum the same products in the same order, their results
+# are equal bit for bit: the weight gradient always (both sum over the output positions
+# (n, p, q) in order, split alike); the forward and the input gradient where the filter is
+# 1 x 1 (depth c alone; with R*S > 1 the NHWC depth runs (r, s, c), the NCHW one (c, r, s):
+# different sums, compared above against the reference instead).
+@DTYPES
+@pytest.mark.parametrize("case", [CASES[1], CASES[4]], ids=["1x1", "3x3"])
+def test_nhwc_equals_nchw_mma16_transposed_where_the_sums_are_the_same(rng, dtype, case):
+    a, x, w, b, gy, kw = _problem(rng, case, dtype)
+    an = conv_geometry("conv2d", _nchw(x).shape, _nchw(w).shape, kw["stride"], kw["padding"],
+                       kw["dilation"], kw["groups"], dtype)
+    same = lambda u, v: np.testing.assert_array_equal(u.view(np.uint16), v.view(np.uint16))  # noqa
+    gw = conv_nhwc16.backward_weight_nhwc_implicit_gemm_mma16(a, x, gy)
+    same(gw, _nhwc(conv_implicit.backward_weight_implicit_gemm_mma16(an, _nchw(x), _nchw(gy))))
+    if a.R * a.S == 1:
+        y = conv_nhwc16.conv2d_nhwc_implicit_gemm_mma16(a, x, w, b)
+        same(y, _nhwc(conv_implicit.conv2d_implicit_gemm_mma16(an, _nchw(x), _nchw(w), b)))
+        gx = conv_nhwc16.backward_input_nhwc_implicit_gemm_mma16(a, gy, w)
+        same(gx, _nhwc(conv_implicit.backward_input_implicit_gemm_mma16(an, _nchw(gy), _nchw(w))))
+
+
+@DTYPES
+def test_the_op_api_picks_the_native_kernel_for_half_nhwc(rng, monkeypatch, dtype):
+    """conv2d and its two gradients with layout="NHWC" on the cuda backend, algo="auto":
+    the NHWC tensor-core kernels run (not "transpose": no NCHW kernel is looked up), and
+    give what the launchers give."""
+    a, x, w, b, gy, kw = _problem(rng, CASES[2], dtype)
+    names = _spy(monkeypatch, conv_nhwc16)
+    nchw_names = _spy(monkeypatch, conv_implicit)
+    y = convgpu.conv2d(x, w, b, **kw, layout="NHWC", backend="cuda")
+    gx = convgpu.conv2d_backward_input(gy, w, x.shape, **kw, layout="NHWC", backend="cuda")
+    gw = convgpu.conv2d_backward_weight(x, gy, w.shape, **kw, layout="NHWC", backend="cuda")
+    assert not nchw_names, nchw_names
+    assert [n.split("<")[0] for n in names] == ["conv2d_nhwc_implicit_gemm_mma16"] * 2 + [
+        "conv2d_nhwc_wgrad_implicit_gemm_mma16"], names
+    same = lambda u, v: np.testing.assert_array_equal(u.view(np.uint16), v.view(np.uint16))  # noqa
+    same(y, conv_nhwc16.conv2d_nhwc_implicit_gemm_mma16(a, x, w, b))
+    same(gx, conv_nhwc16.backward_input_nhwc_implicit_gemm_mma16(a, gy, w))
+    same(gw, conv_nhwc16.backward_weight_nhwc_implicit_gemm_mma16(a, x, gy))
+    assert ("cuda", "implicit_gemm_nhwc_mma16") in convgpu.implementations("conv2d",
+                                                                            layout="NHWC")
+    assert ("cuda", "implicit_gemm_nhwc_mma16") not in convgpu.implementations("conv2d",
+                                                                                layout="NCHW")
+
+
+def test_refusals_are_one_sentence_before_any_launch(rng, monkeypatch):
+    """float32 (and float64) to the half kernels by name: ValueError naming the types, from
+    the launchers and from the op API; NCHW arrays to the NHWC kernel: refused by layout."""
+    names = _spy(monkeypatch, conv_nhwc16)
+    x, w = np.zeros((1, 5, 5, 8), np.float32), np.zeros((4, 3, 3, 8), np.float32)
+    a = conv_geometry("conv2d", x.shape, w.shape, 1, 1, 1, 1, np.float32, layout="NHWC")
+    gy = np.zeros(a.y_shape, np.float32)
+    for call in (lambda: conv_nhwc16.conv2d_nhwc_implicit_gemm_mma16(a, x, w, None),
+                 lambda: conv_nhwc16.backward_input_nhwc_implicit_gemm_mma16(a, gy, w),
+                 lambda: conv_nhwc16.backward_weight_nhwc_implicit_gemm_mma16(a, x, gy)):
+        with pytest.raises(ValueError, match="float16 or bfloat16"):
+            call()
+    with pytest.raises(ValueError, match="float16, bfloat16"):
+        convgpu.conv2d(x, w, padding=1, layout="NHWC", backend="cuda",
+                       algo="implicit_gemm_nhwc_mma16")
+    h = x.astype(F16)
+    with pytest.raises(ValueError, match="NHWC"):
+        convgpu.conv2d(_nchw(h), np.zeros((4, 8, 3, 3), F16), backend="cuda",
+                       algo="implicit_gemm_nhwc_mma16")
+    assert not names, names
