@@ -213,6 +213,22 @@ def test_the_op_api_picks_the_native_kernel_for_half_nhwc(rng, monkeypatch, dtyp
                                                                                 layout="NCHW")
 
 
+@DTYPES
+def test_conv_transpose2d_nhwc_half_runs_the_input_gradient(rng, monkeypatch, dtype):
+    """conv_transpose2d with layout="NHWC" in a half type runs the NHWC input gradient
+    (stride 2, output_padding, groups: over zero-inserted input), bounded against the float64
+    result of the numpy backend (reduction: at most Cin/groups*R*S products)."""
+    names = _spy(monkeypatch, conv_nhwc16)
+    x = rng.standard_normal((2, 5, 4, 16)).astype(dtype)
+    w = rng.standard_normal((16, 3, 3, 6)).astype(dtype)
+    kw = dict(stride=2, padding=1, output_padding=1, groups=2, layout="NHWC")
+    y = both_orders(lambda: convgpu.conv_transpose2d(x, w, **kw, backend="cuda"))
+    want = convgpu.conv_transpose2d(f64(x), f64(w), **kw, backend="numpy")
+    mag = convgpu.conv_transpose2d(abs(f64(x)), abs(f64(w)), **kw, backend="numpy")
+    assert_half_bounded(y, want, mag, 8 * 3 * 3, dtype)
+    assert names and all(n.startswith("conv2d_nhwc_implicit_gemm_mma16<") for n in names), names
+
+
 def test_refusals_are_one_sentence_before_any_launch(rng, monkeypatch):
     """float32 (and float64) to the half kernels by name: ValueError naming the types, from
     the launchers and from the op API; NCHW arrays to the NHWC kernel: refused by layout."""
