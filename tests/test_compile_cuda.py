@@ -217,23 +217,24 @@ def test_pipelined_kernels_copy_asynchronously_and_use_tensor_cores():
 
 
 def test_nhwc_half_convolutions_use_16_bit_mma_ldmatrix_and_cp_async():
-    """conv2d_nhwc_{,wgrad_}implicit_gemm_mma16: the m16n8k16 mma.sync of their type (no
-    TF32); the forward's operands K-major (ldmatrix .x4, no .trans), the weight gradient's
-    MN-major (.x4.trans only); 16-byte cp.async copies exactly in the builds that take them
-    (forward VEC, weight gradient VA or VB), never 4-byte ones; the forward's VEC build
+    """conv2d_nhwc_{,wgrad_,dgrad_}implicit_gemm_mma16: the m16n8k16 mma.sync of their type
+    (no TF32); the forward's operands K-major (ldmatrix .x4, no .trans), the weight
+    gradient's MN-major (.x4.trans only), the input gradient's one of each; 16-byte cp.async
+    copies exactly in the builds that take them (forward VEC, the gradients VA or VB), never
+    4-byte ones; the forward's VEC build
     reads no operand by plain loads (its only 16-bit global loads: the epilogue's bias, once a
     column)."""
     exprs = _module.NAME_EXPRESSIONS["conv_nhwc16.cu"]
-    assert len(exprs) == 12, exprs
+    assert len(exprs) == 20, exprs
     loads = {}
     for e, body in _ptx_entries("conv_nhwc16.cu", exprs).items():
         targs = [v.strip() for v in e[e.index("<") + 1:-1].split(",")]
         ab = "bf16" if targs[0] == "__nv_bfloat16" else "f16"
         assert f"mma.sync.aligned.m16n8k16.row.col.f32.{ab}.{ab}.f32" in body, e
         assert "tf32" not in body, e
-        wgrad = e.startswith("conv2d_nhwc_wgrad_")
+        wgrad, dgrad = e.startswith("conv2d_nhwc_wgrad_"), e.startswith("conv2d_nhwc_dgrad_")
         assert ("ldmatrix.sync.aligned.m8n8.x4.shared.b16" in body) == (not wgrad), e
-        assert ("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16" in body) == wgrad, e
+        assert ("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16" in body) == (wgrad or dgrad), e
         vec = "true" in targs[1:]
         assert ("cp.async.cg.shared.global" in body) == vec, e
         assert "cp.async.ca.shared.global" not in body, e

@@ -1,7 +1,7 @@
 """Host-emulation tier of the channels-last float16 / bfloat16 convolutions on the tensor
 cores (conv_nhwc16.cu, conv_nhwc16.py; registered as algo="implicit_gemm_nhwc_mma16"): the
-forward, the input gradient (the forward on rotated filters, over gy or over gy with zeros
-inserted) and the weight gradient, from their launchers and through the op API, threads and
+forward, the input gradient (the forward on rotated filters at stride 1, a GEMM per stride
+phase otherwise) and the weight gradient, from their launchers and through the op API, threads and
 blocks in both orders, outputs poisoned, against the float64 NHWC reference from the 16-bit
 inputs at the half bound of docs/tolerances.md (half_helpers.assert_half_bounded); odd
 shapes, both copy paths (16-byte cp.async and element-wise) and the splits checked to run
@@ -64,18 +64,22 @@ CASES = [
     # element-wise everywhere; input gradient on gy itself (stride 1)
     (2, 3, 9, 10, 37, 3, 3, (1, 1), (1, 1), (1, 1), 1),
     # 1 x 1, stride 2, groups, C/groups = 8 (16-byte copies of x and w), K/groups = 132 (2
-    # column tiles, paired stores, element-wise gy); input gradient over zero-inserted gy
+    # column tiles, paired stores, element-wise gy); input gradient by phases, three of the
+    # four without a tap (zeros)
     (1, 16, 7, 6, 264, 1, 1, (2, 2), (0, 0), (1, 1), 2),
     # dilation 2, stride (2, 1), padding, 144 deep: 5 slices (stage buffers reused); 16-byte
-    # copies in all three; input gradient over zero-inserted gy
+    # copies in all three; input gradient by phases (the even rows' phase has no tap)
     (1, 16, 6, 7, 24, 3, 3, (2, 1), (1, 2), (2, 1), 1),
     # 288 deep: the forward and the input gradient split in 2 (bias in split 0)
     (1, 32, 4, 5, 8, 3, 3, (1, 1), (1, 1), (1, 1), 1),
     # N*P*Q = 312: the weight gradient split in 2, 3 row tiles in the forward
     (2, 8, 13, 12, 16, 3, 3, (1, 1), (1, 1), (1, 1), 1),
     # groups, C/groups = 3, 2 x 2 filters, padding past the filter's reach (stride 1, but the
-    # input gradient's forward would pad by -1: zero-inserted gy, cropped)
+    # input gradient's forward would pad by -1: the phase kernel, one phase)
     (1, 6, 5, 5, 10, 2, 2, (1, 1), (2, 1), (1, 1), 2),
+    # stride 2, 3 x 3, K = 128: the phases have 1, 2, 2 and 4 taps, 512 deep at most: the input
+    # gradient split in 2, the 1-tap phase's second split empty (zeros in its partial)
+    (1, 8, 6, 6, 128, 3, 3, (2, 2), (1, 1), (1, 1), 1),
 ]
 DTYPES = pytest.mark.parametrize("dtype", [F16, BF16], ids=["f16", "bf16"])
 
@@ -119,8 +123,13 @@ def test_nhwc_mma16_against_the_reference(rng, monkeypatch, dtype, case):
     assert_half_bounded(gx, ref.conv2d_backward_input_nhwc(f64(gy), f64(w), x.shape, **kw),
                         ref.conv2d_backward_input_nhwc(abs(f64(gy)), abs(f64(w)), x.shape, **kw),
                         Kg * R * S, dtype)
-    assert names[0] == f"conv2d_nhwc_implicit_gemm_mma16<{t}, {str(Kg % 8 == 0).lower()}>"
-    assert (split in names) == (Kg * R * S > 256), names
+    va, vb = str(Kg % 8 == 0).lower(), str(Cg % 8 == 0).lower()
+    if conv_nhwc16._dgrad_forward(a) is not None:
+        assert names[0] == f"conv2d_nhwc_implicit_gemm_mma16<{t}, {va}>", names
+        assert (split in names) == (Kg * R * S > 256), names
+    else:
+        assert names[0] == f"conv2d_nhwc_dgrad_implicit_gemm_mma16<{t}, {va}, {vb}>", names
+        assert (split in names) == (conv_nhwc16.phase_depth(a) > 256), names
 
     del names[:]
     gw = both_orders(lambda: conv_nhwc16.backward_weight_nhwc_implicit_gemm_mma16(a, x, gy))
@@ -133,17 +142,18 @@ def test_nhwc_mma16_against_the_reference(rng, monkeypatch, dtype, case):
 
 
 def test_the_cases_cover_what_they_claim():
-    """Both copy paths of each kernel, the splits, the zero-inserted and the plain input
-    gradient, K = 37 and N*P*Q off the tile occur among CASES."""
+    """Both copy paths of each kernel, the splits, both input-gradient routes (and the phase
+    kernel split), K = 37 and N*P*Q off the tile occur among CASES."""
     vec = [c[1] // c[10] % 8 == 0 for c in CASES]
     assert any(vec) and not all(vec)
     wg_a = [c[4] // c[10] % 8 == 0 for c in CASES]
     assert any(wg_a) and not all(wg_a)
     a = [conv_geometry("conv2d", (c[0], c[2], c[3], c[1]), (c[4], c[5], c[6], c[1] // c[10]),
                        *c[7:], F16, layout="NHWC") for c in CASES]
-    zero_inserted = [conv_nhwc16._dgrad_problem(r)[1] is not None for r in a]
-    assert any(zero_inserted) and not all(zero_inserted)
-    assert any(r.stride == (1, 1) and z for r, z in zip(a, zero_inserted))   # negative padding
+    phased = [conv_nhwc16._dgrad_forward(r) is None for r in a]
+    assert any(phased) and not all(phased)
+    assert any(r.stride == (1, 1) and z for r, z in zip(a, phased))   # negative padding
+    assert any(z and conv_nhwc16.phase_depth(r) > 256 for r, z in zip(a, phased))
     assert any(r.N * r.P * r.Q > 256 for r in a) and any(r.Cg * r.R * r.S > 256 for r in a)
     assert any(r.N * r.P * r.Q % 128 and r.N * r.P * r.Q > 128 for r in a)
     assert any(r.K == 37 for r in a) and any(r.groups > 1 and r.Cg % 8 for r in a)
@@ -153,7 +163,8 @@ def test_the_cases_cover_what_they_claim():
 def test_misaligned_arrays_take_the_element_path_with_the_same_bits(rng, monkeypatch, dtype):
     """A 16-byte case (C/groups and K/groups multiples of 8) from arrays 2 bytes off a
     16-byte boundary runs element by element, and gives the vector path's bits (the same
-    products summed in the same order)."""
+    products summed in the same order): the forward, the weight gradient and the input
+    gradient's phase kernel (stride (2, 1))."""
     a, x, w, b, gy, _ = _problem(rng, CASES[2], dtype)
     names = _spy(monkeypatch, conv_nhwc16)
     y = both_orders(lambda: conv_nhwc16.conv2d_nhwc_implicit_gemm_mma16(a, x, w, b))
@@ -166,6 +177,13 @@ def test_misaligned_arrays_take_the_element_path_with_the_same_bits(rng, monkeyp
         a, _misaligned(x), _misaligned(gy)))
     assert names[0].endswith("true, true>") and names[-1].endswith("false, false>"), names
     np.testing.assert_array_equal(gw2.view(np.uint16), gw.view(np.uint16))
+    del names[:]
+    gx = both_orders(lambda: conv_nhwc16.backward_input_nhwc_implicit_gemm_mma16(a, gy, w))
+    gx2 = both_orders(lambda: conv_nhwc16.backward_input_nhwc_implicit_gemm_mma16(
+        a, _misaligned(gy), _misaligned(w)))
+    assert names[0] == names[0].split(",")[0] + ", true, true>", names     # the phase kernel
+    assert names[-1].endswith("false, false>"), names
+    np.testing.assert_array_equal(gx2.view(np.uint16), gx.view(np.uint16))
 
 
 # Where the NHWC and NCHW kernels sum the same products in the same order, their results
@@ -201,7 +219,8 @@ def test_the_op_api_picks_the_native_kernel_for_half_nhwc(rng, monkeypatch, dtyp
     gx = convgpu.conv2d_backward_input(gy, w, x.shape, **kw, layout="NHWC", backend="cuda")
     gw = convgpu.conv2d_backward_weight(x, gy, w.shape, **kw, layout="NHWC", backend="cuda")
     assert not nchw_names, nchw_names
-    assert [n.split("<")[0] for n in names] == ["conv2d_nhwc_implicit_gemm_mma16"] * 2 + [
+    assert [n.split("<")[0] for n in names] == [
+        "conv2d_nhwc_implicit_gemm_mma16", "conv2d_nhwc_dgrad_implicit_gemm_mma16",
         "conv2d_nhwc_wgrad_implicit_gemm_mma16"], names
     same = lambda u, v: np.testing.assert_array_equal(u.view(np.uint16), v.view(np.uint16))  # noqa
     same(y, conv_nhwc16.conv2d_nhwc_implicit_gemm_mma16(a, x, w, b))
@@ -216,7 +235,7 @@ def test_the_op_api_picks_the_native_kernel_for_half_nhwc(rng, monkeypatch, dtyp
 @DTYPES
 def test_conv_transpose2d_nhwc_half_runs_the_input_gradient(rng, monkeypatch, dtype):
     """conv_transpose2d with layout="NHWC" in a half type runs the NHWC input gradient
-    (stride 2, output_padding, groups: over zero-inserted input), bounded against the float64
+    (stride 2, output_padding, groups: the phase kernel), bounded against the float64
     result of the numpy backend (reduction: at most Cin/groups*R*S products)."""
     names = _spy(monkeypatch, conv_nhwc16)
     x = rng.standard_normal((2, 5, 4, 16)).astype(dtype)
@@ -226,7 +245,7 @@ def test_conv_transpose2d_nhwc_half_runs_the_input_gradient(rng, monkeypatch, dt
     want = convgpu.conv_transpose2d(f64(x), f64(w), **kw, backend="numpy")
     mag = convgpu.conv_transpose2d(abs(f64(x)), abs(f64(w)), **kw, backend="numpy")
     assert_half_bounded(y, want, mag, 8 * 3 * 3, dtype)
-    assert names and all(n.startswith("conv2d_nhwc_implicit_gemm_mma16<") for n in names), names
+    assert names and all(n.startswith("conv2d_nhwc_dgrad_implicit_gemm_mma16<") for n in names), names
 
 
 def test_refusals_are_one_sentence_before_any_launch(rng, monkeypatch):

@@ -1,15 +1,14 @@
 """Launchers of conv_nhwc16.cu: the channels-last (NHWC) convolutions in float16 / bfloat16 on
 the tensor cores (mma.sync m16n8k16, FP32 accumulation): the forward, the weight gradient,
-and the input gradient as that forward (on the filters rotated 180 degrees, over gy itself
-at stride 1, else over gy with zeros inserted). Reductions split where the output has too
-few tiles to fill the GPU, the FP32 partials summed in order and rounded once."""
+and the input gradient (at stride 1 that forward on the filters rotated 180 degrees, else a
+GEMM per stride phase). Reductions split where the output has too few tiles to fill the
+GPU, the FP32 partials summed in order and rounded once."""
 from __future__ import annotations
 
 from dataclasses import replace
 
 import numpy as np
 
-from convgpu.arrays import xp_of
 from convgpu.kernels.cuda.conv_nhwc import _rotated_filters
 from convgpu.kernels.cuda.gemm import MMA16_BK, MMA16_THREADS, half_ctype, mma16_shared_bytes
 from convgpu.kernels.cuda.launch import THREADS as ELEM_THREADS
@@ -56,12 +55,14 @@ def wgrad_mma16_supports(a):
     return _half_supports(a, WGRAD_SMEM) or mma16_nhwc_supports(a)
 
 
-def _launch(kernel, a, like, out_shape, M, N, depth, smem, grid_xy, *arrays):
+def _launch(kernel, a, like, out_shape, M, N, depth, smem, grid_xy, *arrays, layers=1):
     """Launch `kernel` (a name expression of conv_nhwc16.cu) on `arrays` (its inputs) for
-    M x N per group over the reduction `depth`, split where the grid would be small (FP32
-    partials, summed in order and rounded once by gemm.cu's sum_splits_half)."""
+    M x N per group (and per one of `layers` grid layers of a group) over the reduction
+    `depth`, split where the grid would be small (FP32 partials, summed in order and rounded
+    once by gemm.cu's sum_splits_half)."""
     t = half_ctype(like.dtype)
-    splits = min(split_for(M, N, a.groups, depth), MAX_GRID_YZ // a.groups)
+    batch = a.groups * layers
+    splits = min(split_for(M, N, batch, depth), MAX_GRID_YZ // batch)
     kchunk = ceil_div(ceil_div(depth, splits), MMA16_BK) * MMA16_BK
     splits = ceil_div(depth, kchunk) if depth else 1
     size = int(np.prod(out_shape))
@@ -71,7 +72,7 @@ def _launch(kernel, a, like, out_shape, M, N, depth, smem, grid_xy, *arrays):
     parts = empty((splits,) + tuple(out_shape), np.float32, like) if splits > 1 else None
     fn = get_function("conv_nhwc16.cu", kernel)
     set_max_dynamic_shared(fn, smem)
-    fn(grid_xy + (a.groups * splits,), (MMA16_THREADS,),
+    fn(grid_xy + (batch * splits,), (MMA16_THREADS,),
        (*arrays, out if parts is None else np.uint64(0), null_or(parts), *conv_ints(a),
         np.int32(splits), np.int32(kchunk), np.int64(size)), shared_mem=smem)
     if parts is not None:
@@ -102,58 +103,75 @@ def conv2d_nhwc_implicit_gemm_mma16(a, x, w, b):
 
 
 # The input gradient: gx[n, h, v, g*Cg + c] = sum over (r, s, k) of gy[n, p, q, g*Kg + k] *
-# w[g*Kg + k, r, s, c] where h + ph - r*dh = p*sh and v + pw - s*dw = q*sw, i.e. the forward
-# at stride 1 over z (N, H + dh*(R-1), W + dw*(S-1), K), z[n, u, t] = gy[n, p, q] at
-# u = dh*(R-1) - ph + p*sh and t = dw*(S-1) - pw + q*sw (zeros elsewhere), by the filters
-# rotated 180 degrees with their channel axes swapped (conv_nhwc._rotated_filters: a copy of
-# the weights, one pass over K*R*S*C/groups elements). At stride 1 with padding within the
-# dilated kernel's reach, z is gy padded: the forward pads as it reads and z is never built.
-# Otherwise z is written (zeros and one strided copy of gy: about sh*sw times gy's size),
-# and the forward multiplies the inserted zeros too: (sh*sw - 1) / (sh*sw) of its products
-# are zeros.
+# w[g*Kg + k, r, s, c] where h + ph - r*dh = p*sh and v + pw - s*dw = q*sw.
+# - Stride 1, padding within the dilated filter's reach (dh*(R-1) - ph >= 0, w alike): the
+#   forward over gy with that padding by the filters rotated 180 degrees with their channel
+#   axes swapped (conv_nhwc._rotated_filters: one pass over K*R*S*C/groups weights).
+# - Otherwise: conv2d_nhwc_dgrad_implicit_gemm_mma16, one GEMM per stride phase (conv_nhwc16.cu)
+#   whose depth holds only the taps that reach the phase's positions: no product on a zero.
 
 
-def _dgrad_problem(a):
-    """(forward record, None) where the forward reads gy itself (stride 1, padding
-    dh*(R-1) - ph and dw*(S-1) - pw not negative), else (forward record, z's geometry)."""
+def _dgrad_forward(a):
+    """The forward problem whose output is a's input gradient (stride 1, padding not
+    negative), or None."""
     pad = tuple(d * (k - 1) - p for d, k, p in zip(a.dilation, (a.R, a.S), a.padding))
-    base = dict(C=a.K, K=a.C, P=a.H, Q=a.W, stride=(1, 1))
-    if a.stride == (1, 1) and min(pad) >= 0:
-        return replace(a, H=a.P, W=a.Q, padding=pad, **base), None
-    hz, wz = a.H + a.dilation[0] * (a.R - 1), a.W + a.dilation[1] * (a.S - 1)
-    return replace(a, H=hz, W=wz, padding=(0, 0), **base), pad
+    if a.stride != (1, 1) or min(pad) < 0:
+        return None
+    return replace(a, C=a.K, K=a.C, H=a.P, W=a.Q, P=a.H, Q=a.W, padding=pad)
+
+
+def _phase_taps(off, st, dil, n):
+    """The taps t < n with (off - t*dil) % st == 0 (a phase's, conv_nhwc16.cu's taps())."""
+    return [t for t in range(n) if (off - t * dil) % st == 0]
+
+
+def phase_depth(a):
+    """The longest phase's depth: taps (r, s) reaching it times K/groups."""
+    (sh, sw), (ph, pw), (dh, dw) = a.stride, a.padding, a.dilation
+    rs = max(len(_phase_taps(i + ph, sh, dh, a.R)) for i in range(sh))
+    ss = max(len(_phase_taps(j + pw, sw, dw, a.S)) for j in range(sw))
+    return rs * ss * a.Kg
+
+
+DGRAD_SMEM = mma16_shared_bytes(True, False) + PIPE_TABLE_BYTES + ROW_TABLE_BYTES
 
 
 def dgrad_mma16_supports(a):
-    """The forward's conditions on the problem it runs (_dgrad_problem)."""
-    return mma16_nhwc_supports(_dgrad_problem(a)[0])
-
-
-def _zero_inserted(a, gy, fwd, pad):
-    """z of the comment above: gy's rows and columns at u = pad + p*sh (those inside z)."""
-    z = xp_of(gy).zeros((a.N, fwd.H, fwd.W, a.K), dtype=gy.dtype)
-    index = []
-    for n_in, n_z, st, off in ((a.P, fwd.H, a.stride[0], pad[0]),
-                               (a.Q, fwd.W, a.stride[1], pad[1])):
-        lo = max(0, ceil_div(-off, st))                 # the first p with u >= 0
-        hi = min(n_in, ceil_div(n_z - off, st))         # past the last p with u < n_z
-        if hi <= lo:
-            return z
-        index.append((slice(off + lo * st, off + (hi - 1) * st + 1, st), slice(lo, hi)))
-    (zu, pu), (zt, qt) = index
-    z[:, zu, zt, :] = gy[:, pu, qt, :]
-    return z
+    """The forward's conditions on the problem it runs (stride 1), else the phase kernel's:
+    N*H*W, N*P*Q and K*R*S*C/groups below 2**31, a grid layer per group and phase."""
+    fwd = _dgrad_forward(a)
+    if fwd is not None:
+        return mma16_nhwc_supports(fwd)
+    why = _half_supports(a, DGRAD_SMEM)
+    if why:
+        return why
+    if max(a.N * a.H * a.W, a.N * a.P * a.Q, a.K * a.R * a.S * a.Cg) >= _LIMIT:
+        return ("the NHWC half input gradient indexes N*H*W, N*P*Q and K*R*S*C/groups in 32 "
+                "bits (below 2**31)")
+    phases = a.stride[0] * a.stride[1]
+    if a.groups * phases > MAX_GRID_YZ:
+        return (f"one grid layer per group and stride phase: {a.groups} x {phases} is more "
+                f"than {MAX_GRID_YZ}")
+    return None
 
 
 def backward_input_nhwc_implicit_gemm_mma16(a, gy, w):
-    """gx (N, H, W, C) from gy (N, P, Q, K) and w (K, R, S, C/groups): the forward on the
-    rotated filters (see the comment above)."""
-    fwd, pad = _dgrad_problem(a)
-    why = mma16_nhwc_supports(fwd)
+    """gx (N, H, W, C) from gy (N, P, Q, K) and w (K, R, S, C/groups) in float16 / bfloat16
+    (see the comment above): FP32 accumulation, each output rounded once."""
+    why = dgrad_mma16_supports(a)
     if why:
         raise ValueError(why)
-    src = contiguous(gy) if pad is None else _zero_inserted(a, contiguous(gy), fwd, pad)
-    return conv2d_nhwc_implicit_gemm_mma16(fwd, src, _rotated_filters(a, contiguous(w)), None)
+    gy, w = contiguous(gy), contiguous(w)
+    fwd = _dgrad_forward(a)
+    if fwd is not None:
+        return conv2d_nhwc_implicit_gemm_mma16(fwd, gy, _rotated_filters(a, w), None)
+    (sh, sw), phases = a.stride, a.stride[0] * a.stride[1]
+    rows = a.N * ceil_div(a.H, sh) * ceil_div(a.W, sw)           # the largest phase's
+    va, vb = a.Kg % 8 == 0 and _aligned(gy), a.Cg % 8 == 0 and _aligned(w)
+    t = half_ctype(gy.dtype)
+    return _launch(f"conv2d_nhwc_dgrad_implicit_gemm_mma16<{t}, {cbool(va)}, {cbool(vb)}>",
+                   a, gy, a.x_shape, a.Cg, rows, phase_depth(a), DGRAD_SMEM,
+                   (ceil_div(rows, TILE), ceil_div(a.Cg, TILE)), gy, w, layers=phases)
 
 
 def backward_weight_nhwc_implicit_gemm_mma16(a, x, gy):

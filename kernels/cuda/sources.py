@@ -190,5 +190,5 @@ NAME_EXPRESSIONS["norm_nhwc.cu"] = tuple(f"batch_norm_nhwc_{k}<{t}>"
 NAME_EXPRESSIONS["conv_nhwc16.cu"] = (
     tuple(f"conv2d_nhwc_implicit_gemm_mma16<{t}, {v}>" for t in HALF_NAMES
           for v in ("false", "true"))
-    + tuple(f"conv2d_nhwc_wgrad_implicit_gemm_mma16<{t}, {va}, {vb}>" for t in HALF_NAMES
-            for va in ("false", "true") for vb in ("false", "true")))
+    + tuple(f"conv2d_nhwc_{k}_implicit_gemm_mma16<{t}, {va}, {vb}>" for k in ("wgrad", "dgrad")
+            for t in HALF_NAMES for va in ("false", "true") for vb in ("false", "true")))
