@@ -248,6 +248,27 @@ def test_conv_transpose2d_nhwc_half_runs_the_input_gradient(rng, monkeypatch, dt
     assert names and all(n.startswith("conv2d_nhwc_dgrad_implicit_gemm_mma16<") for n in names), names
 
 
+@pytest.mark.parametrize("tdtype", ["float16", "bfloat16"])
+def test_torch_channels_last_half_tensors_run_the_native_kernel(rng, monkeypatch, tdtype):
+    """A torch channels_last float16 / bfloat16 tensor selects the NHWC path by its strides:
+    the NHWC tensor-core forward runs, the result comes back channels_last in the same
+    dtype, with the launcher's bits on the same values."""
+    torch = pytest.importorskip("torch")
+    dtype = F16 if tdtype == "float16" else BF16
+    a, x, w, b, _, kw = _problem(rng, CASES[2], dtype)
+    names = _spy(monkeypatch, conv_nhwc16)
+    tx, tw, tb = (torch.from_numpy(v.astype(np.float32)).to(getattr(torch, tdtype))
+                  for v in (_nchw(x), _nchw(w), b))
+    cl = torch.channels_last
+    y = convgpu.conv2d(tx.contiguous(memory_format=cl), tw.contiguous(memory_format=cl), tb,
+                       **kw, backend="cuda")
+    assert y.dtype == getattr(torch, tdtype) and y.is_contiguous(memory_format=cl)
+    assert [n.split("<")[0] for n in names] == ["conv2d_nhwc_implicit_gemm_mma16"], names
+    want = conv_nhwc16.conv2d_nhwc_implicit_gemm_mma16(a, x, w, b)
+    got = y.permute(0, 2, 3, 1).float().numpy().astype(dtype)        # exact: a 16-bit value
+    np.testing.assert_array_equal(got.view(np.uint16), want.view(np.uint16))
+
+
 def test_refusals_are_one_sentence_before_any_launch(rng, monkeypatch):
     """float32 (and float64) to the half kernels by name: ValueError naming the types, from
     the launchers and from the op API; NCHW arrays to the NHWC kernel: refused by layout."""
@@ -268,3 +289,19 @@ def test_refusals_are_one_sentence_before_any_launch(rng, monkeypatch):
         convgpu.conv2d(_nchw(h), np.zeros((4, 8, 3, 3), F16), backend="cuda",
                        algo="implicit_gemm_nhwc_mma16")
     assert not names, names
+
+
+def test_supports_refuses_what_the_kernels_cannot_index():
+    """A sentence, from the records alone (nothing allocated): 32-bit indices past 2**31,
+    more grid layers (groups x stride phases) than gridDim.z allows."""
+    big = conv_geometry("conv2d", (2 ** 16, 256, 256, 8), (8, 3, 3, 8), 1, 1, 1, 1, F16,
+                        layout="NHWC")
+    for supports in (conv_nhwc16.mma16_nhwc_supports, conv_nhwc16.wgrad_mma16_supports,
+                     conv_nhwc16.dgrad_mma16_supports):
+        assert "32 bits" in supports(big), supports
+    many = conv_geometry("conv2d", (1, 8, 8, 20000), (20000, 1, 1, 1), 2, 0, 1, 20000, F16,
+                         layout="NHWC")
+    assert conv_nhwc16.mma16_nhwc_supports(many) is None
+    assert "grid layer per group and stride phase" in conv_nhwc16.dgrad_mma16_supports(many)
+    ok = conv_geometry("conv2d", (1, 8, 8, 8), (8, 3, 3, 8), 2, 1, 1, 1, BF16, layout="NHWC")
+    assert conv_nhwc16.dgrad_mma16_supports(ok) is None

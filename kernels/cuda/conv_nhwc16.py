@@ -38,21 +38,22 @@ def _half_supports(a, smem):
     return None
 
 
-def mma16_nhwc_supports(a):
-    """float16 / bfloat16; N*P*Q, N*H*W and R*S*C/groups below 2**31 (32-bit indices); one
-    grid layer per group; the shared memory on this device."""
-    why = _half_supports(a, FORWARD_SMEM)
-    if why:
-        return why
+def _indices(a):
     if max(a.N * a.P * a.Q, a.N * a.H * a.W, a.R * a.S * a.Cg) >= _LIMIT:
         return ("the NHWC half implicit GEMM indexes N*P*Q, N*H*W and R*S*C/groups in 32 bits "
                 "(below 2**31)")
     return None
 
 
+def mma16_nhwc_supports(a):
+    """float16 / bfloat16; N*P*Q, N*H*W and R*S*C/groups below 2**31 (32-bit indices); one
+    grid layer per group; the shared memory on this device."""
+    return _half_supports(a, FORWARD_SMEM) or _indices(a)
+
+
 def wgrad_mma16_supports(a):
     """As the forward's, with the weight gradient's shared memory."""
-    return _half_supports(a, WGRAD_SMEM) or mma16_nhwc_supports(a)
+    return _half_supports(a, WGRAD_SMEM) or _indices(a)
 
 
 def _launch(kernel, a, like, out_shape, M, N, depth, smem, grid_xy, *arrays, layers=1):
