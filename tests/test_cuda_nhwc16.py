@@ -80,6 +80,8 @@ CASES = [
     # stride 2, 3 x 3, K = 128: the phases have 1, 2, 2 and 4 taps, 512 deep at most: the input
     # gradient split in 2, the 1-tap phase's second split empty (zeros in its partial)
     (1, 8, 6, 6, 128, 3, 3, (2, 2), (1, 1), (1, 1), 1),
+    # C = 130: the input gradient's (and the weight gradient's) second column tile, element-wise
+    (1, 130, 3, 5, 8, 1, 1, (2, 2), (0, 0), (1, 1), 1),
 ]
 DTYPES = pytest.mark.parametrize("dtype", [F16, BF16], ids=["f16", "bf16"])
 
