@@ -162,7 +162,7 @@ MUTANTS = [
            (NH16 + "test_nhwc_mma16_against_the_reference", "-k", "1x16x6x7 and f16"),
            why="the input gradient's phases skip taps where the dilation shares a factor "
                "with the stride"),
-    Mutant("nhwc16_wgrad_empty_split", "kernels/cuda/conv_nhwc16.cu",
+    Mutant("nhwc16_wgrad_split_overlap", "kernels/cuda/conv_nhwc16.cu",
            "const int kbeg = split * kchunk, kend = min(NPQ, kbeg + kchunk);",
            "const int kbeg = split * kchunk, kend = min(NPQ, kbeg + kchunk + 8);",
            (NH16 + "test_nhwc_mma16_against_the_reference", "-k", "2x8x13 and f16"),
