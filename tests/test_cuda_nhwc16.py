@@ -191,8 +191,10 @@ def test_misaligned_arrays_take_the_element_path_with_the_same_bits(rng, monkeyp
 # Where the NHWC and NCHW kernels sum the same products in the same order, their results
 # are equal bit for bit: the weight gradient always (both sum over the output positions
 # (n, p, q) in order, split alike); the forward and the input gradient where the filter is
-# 1 x 1 (depth c alone; with R*S > 1 the NHWC depth runs (r, s, c), the NCHW one (c, r, s):
-# different sums, compared above against the reference instead).
+# 1 x 1 (depth k or c alone; with R*S > 1 the NHWC depth runs (r, s, c), the NCHW one
+# (c, r, s): different sums, compared above against the reference instead). The strided
+# input gradient's phase kernel splits by its own grid (groups x phases), so it matches only
+# where neither splits, as here (132 deep).
 @DTYPES
 @pytest.mark.parametrize("case", [CASES[1], CASES[4]], ids=["1x1", "3x3"])
 def test_nhwc_equals_nchw_mma16_transposed_where_the_sums_are_the_same(rng, dtype, case):
