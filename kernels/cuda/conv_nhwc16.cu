@@ -21,26 +21,29 @@
 //       VA: Kg % 8 == 0 and gy 16-byte aligned, 8 channels per 16-byte copy; VB: Cg % 8 == 0
 //       and x aligned, 8 taps (one (r, s), 8 consecutive c) per copy; else element-wise.
 //       blockIdx.z = group * splits + split: split s sums positions [s*kchunk, (s+1)*kchunk).
+//   conv2d_nhwc_dgrad_implicit_gemm_mma16<T, VA, VB>  the input gradient at strides > 1 (or
+//       padding past the dilated filter's reach), one GEMM per stride phase (described above
+//       it); at stride 1 the launcher runs the forward on the rotated filters instead.
 //
 // Every output is one thread's FP32 sum in depth order, rounded once to T (the bias added in
 // FP32 first); with splits > 1 the FP32 partials go to partial + s * split_stride (split 0
-// with the bias) and gemm.cu's sum_splits_half adds them in order: deterministic. The input
-// gradient runs the forward (conv_nhwc16.py). Launch with tc16::THREADS threads and
-// tc16::shared_bytes<KA, KB>() + the table's bytes (ROW_TABLE_BYTES forward, tc::TABLE_BYTES
-// weight gradient) of dynamic shared memory.
+// with the bias) and gemm.cu's sum_splits_half adds them in order: deterministic. Launch
+// with tc16::THREADS threads and tc16::shared_bytes<KA, KB>() + the tables' bytes
+// (ROW_TABLE_BYTES forward, tc::TABLE_BYTES weight gradient, both for the input gradient) of
+// dynamic shared memory.
 #include "common.cuh"
 #include "conv_shape.cuh"
 #include "pipeline16.cuh"
 
-// the forward's row table: one int4 {n*H*W, p*sh - ph, q*sw - pw, 0} per block row, written
-// by one thread each
+// the row table of the forward and the input gradient: one int4 per block row (the forward's
+// {n*H*W, p*sh - ph, q*sw - pw, 0}), written by one thread each
 constexpr int ROW_TABLE_BYTES = 128 * 16;
 static_assert(ROW_TABLE_BYTES == tc16::BM * 16 && tc16::THREADS == tc16::BM, "a row a thread");
 // a row or position past the end: an origin that fails every bounds test
 constexpr int NOWHERE = -(1 << 29);
 
-// One slice of a K-major A tile gathered from a channels-last tensor src (Hin x Win pixels of
-// Cin channels a image): row `row` has table entry rows[row] = {its image's first pixel,
+// One slice of a K-major A tile gathered from a channels-last tensor src (images of Hin x Win
+// pixels, Cin channels each): row `row` has table entry rows[row] = {its image's first pixel,
 // y0, x0, _}; the thread's depth (kk = (tid % 4) * 8 for VEC, else its lane) is the tap
 // offset (dy, dx) and channel c (dy = NOWHERE past the depth's end). Element (row, kk) =
 // src[(first + (y0 + dy) * Win + x0 + dx) * Cin + c] inside the image, else zero. VEC: 8
