@@ -183,6 +183,18 @@ register("conv2d_backward_weight", "cuda", "implicit_gemm_nhwc_tf32",
          _NHWC + "backward_weight_nhwc_implicit_gemm_tf32", supports=_NHWC + "wgrad_tf32_supports",
          layouts=("NHWC",))
 
+# NHWC float16 / bfloat16 on the tensor cores (mma.sync m16n8k16), before "transpose" so
+# that algo="auto" without a GPU (the host emulation: first candidate) takes them
+_NHWC16 = _C + "conv_nhwc16:"
+register("conv2d", "cuda", "implicit_gemm_nhwc_mma16", _NHWC16 + "conv2d_nhwc_implicit_gemm_mma16",
+         supports=_NHWC16 + "mma16_nhwc_supports", dtypes=_HALF, layouts=("NHWC",))
+register("conv2d_backward_input", "cuda", "implicit_gemm_nhwc_mma16",
+         _NHWC16 + "backward_input_nhwc_implicit_gemm_mma16",
+         supports=_NHWC16 + "dgrad_mma16_supports", dtypes=_HALF, layouts=("NHWC",))
+register("conv2d_backward_weight", "cuda", "implicit_gemm_nhwc_mma16",
+         _NHWC16 + "backward_weight_nhwc_implicit_gemm_mma16",
+         supports=_NHWC16 + "wgrad_mma16_supports", dtypes=_HALF, layouts=("NHWC",))
+
 # NHWC on the device backends: the NCHW kernels between layout copies, by name (ops/_layout)
 for _op in ("conv2d", "conv2d_backward_input", "conv2d_backward_weight"):
     for _backend in ("numba", "cuda"):

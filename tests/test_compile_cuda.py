@@ -216,6 +216,37 @@ def test_pipelined_kernels_copy_asynchronously_and_use_tensor_cores():
             assert len(re.findall(r"\bld\.global", body)) <= (8 if file == "conv_implicit.cu" else 0), e
 
 
+def test_nhwc_half_convolutions_use_16_bit_mma_ldmatrix_and_cp_async():
+    """conv2d_nhwc_{,wgrad_,dgrad_}implicit_gemm_mma16: the m16n8k16 mma.sync of their type
+    (no TF32); the forward's operands K-major (ldmatrix .x4, no .trans), the weight
+    gradient's MN-major (.x4.trans only), the input gradient's one of each; 16-byte cp.async
+    copies exactly in the builds that take them (forward VEC, the gradients VA or VB), never
+    4-byte ones; the forward's VEC build
+    reads no operand by plain loads (its only 16-bit global loads: the epilogue's bias, once a
+    column)."""
+    exprs = _module.NAME_EXPRESSIONS["conv_nhwc16.cu"]
+    assert len(exprs) == 20, exprs
+    loads = {}
+    for e, body in _ptx_entries("conv_nhwc16.cu", exprs).items():
+        targs = [v.strip() for v in e[e.index("<") + 1:-1].split(",")]
+        ab = "bf16" if targs[0] == "__nv_bfloat16" else "f16"
+        assert f"mma.sync.aligned.m16n8k16.row.col.f32.{ab}.{ab}.f32" in body, e
+        assert "tf32" not in body, e
+        wgrad, dgrad = e.startswith("conv2d_nhwc_wgrad_"), e.startswith("conv2d_nhwc_dgrad_")
+        assert ("ldmatrix.sync.aligned.m8n8.x4.shared.b16" in body) == (not wgrad), e
+        assert ("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16" in body) == (wgrad or dgrad), e
+        vec = "true" in targs[1:]
+        assert ("cp.async.cg.shared.global" in body) == vec, e
+        assert "cp.async.ca.shared.global" not in body, e
+        if vec:
+            assert "cp.async.wait_group 1;" in body, e
+        loads[e] = len(re.findall(r"\bld\.global\.(?:nc\.)?[ub]16", body))
+    for t in _module.HALF_NAMES:
+        # 2 bias values for each of a thread's 8 column pairs
+        assert loads[f"conv2d_nhwc_implicit_gemm_mma16<{t}, true>"] <= 16, loads
+        assert loads[f"conv2d_nhwc_implicit_gemm_mma16<{t}, false>"] > 16, loads
+
+
 def test_every_launcher_expression_is_declared():
     """The strings the launchers ask for must be among the compiled name expressions."""
     src = "".join(p.read_text() for d in _module.source_dirs() for p in sorted(Path(d).glob("*.py")))

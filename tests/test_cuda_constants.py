@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from convgpu.kernels.cuda import (ceiling, conv_direct, depthwise, fft, launch, norm, pool,
-                                  sources)
+from convgpu.kernels.cuda import (ceiling, conv_direct, conv_nhwc16, depthwise, fft, launch,
+                                  norm, pool, sources)
 
 
 def constexprs(file):
@@ -52,6 +52,7 @@ PAIRS = [
     ("pipeline.cuh", "STAGES", launch, "PIPE_STAGES"),
     ("pipeline.cuh", "THREADS", launch, "PIPE_THREADS"),
     ("pipeline.cuh", "TABLE_BYTES", launch, "PIPE_TABLE_BYTES"),
+    ("conv_nhwc16.cu", "ROW_TABLE_BYTES", conv_nhwc16, "ROW_TABLE_BYTES"),
 ]
 
 

@@ -1,9 +1,10 @@
 """GPU tier of the float16 / bfloat16 tensor-core kernels (`pytest -m gpu`, skipped without a
-CUDA GPU): gemm_mma16 and the half implicit-GEMM convolutions from their launchers on CuPy
+CUDA GPU): gemm_mma16 and the half implicit-GEMM convolutions (NCHW and NHWC) from their
+launchers on CuPy
 arrays, on realistic and odd shapes, against the float64 result from the 16-bit inputs
 within tests/half_helpers.py's bound, and run twice: bitwise the same (no atomics, splits
 summed in a fixed order). The emulation (test_cuda_half.py) checks the same kernels on the
-CPU; only this tier validates them."""
+CPU (test_cuda_nhwc16.py the NHWC ones); only this tier validates them."""
 import numpy as np
 import pytest
 
@@ -20,9 +21,9 @@ pytest.importorskip("ml_dtypes")
 
 from half_helpers import BF16, F16, assert_half_bounded  # noqa: E402
 
-from convgpu import reference  # noqa: E402
+from convgpu import reference, reference_nhwc  # noqa: E402
 from convgpu.core.args import conv_geometry  # noqa: E402
-from convgpu.kernels.cuda import conv_implicit, gemm  # noqa: E402
+from convgpu.kernels.cuda import conv_implicit, conv_nhwc16, gemm  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -81,4 +82,35 @@ def test_half_convolutions_on_the_device(rng, dtype, case):
     gw = _twice(lambda: conv_implicit.backward_weight_implicit_gemm_mma16(a, dx, dgy))
     assert_half_bounded(gw, reference.conv2d_backward_weight(f(x), f(gy), w.shape, **kw),
                         reference.conv2d_backward_weight(abs(f(x)), abs(f(gy)), w.shape, **kw),
+                        N * a.P * a.Q, dtype)
+
+
+# NHWC: the same layers, and a grouped one with C/groups = 3 (element-wise copies)
+CONVS_NHWC = [c + (1,) for c in CONVS] + [(2, 30, 13, 11, 50, 3, 2, (2, 1), (1, 2), 5)]
+
+
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=["f16", "bf16"])
+@pytest.mark.parametrize("case", CONVS_NHWC, ids=lambda c: "x".join(map(str, c[:7])))
+def test_nhwc_half_convolutions_on_the_device(rng, dtype, case):
+    N, C, H, W, K, R, S, st, pd, g = case
+    x = rng.standard_normal((N, H, W, C)).astype(dtype)
+    w = rng.standard_normal((K, R, S, C // g)).astype(dtype)
+    b = rng.standard_normal(K).astype(dtype)
+    a = conv_geometry("conv2d", x.shape, w.shape, st, pd, (1, 1), g, dtype, layout="NHWC")
+    gy = rng.standard_normal(a.y_shape).astype(dtype)
+    dx, dw, db, dgy = (cupy.asarray(v) for v in (x, w, b, gy))
+    kw = dict(stride=st, padding=pd, groups=g)
+    f = lambda v: v.astype(np.float64)                    # noqa: E731
+    ref = reference_nhwc
+    y = _twice(lambda: conv_nhwc16.conv2d_nhwc_implicit_gemm_mma16(a, dx, dw, db))
+    assert_half_bounded(y, ref.conv2d_nhwc(f(x), f(w), f(b), **kw),
+                        ref.conv2d_nhwc(abs(f(x)), abs(f(w)), abs(f(b)), **kw),
+                        C // g * R * S, dtype)
+    gx = _twice(lambda: conv_nhwc16.backward_input_nhwc_implicit_gemm_mma16(a, dgy, dw))
+    assert_half_bounded(gx, ref.conv2d_backward_input_nhwc(f(gy), f(w), x.shape, **kw),
+                        ref.conv2d_backward_input_nhwc(abs(f(gy)), abs(f(w)), x.shape, **kw),
+                        K // g * R * S, dtype)
+    gw = _twice(lambda: conv_nhwc16.backward_weight_nhwc_implicit_gemm_mma16(a, dx, dgy))
+    assert_half_bounded(gw, ref.conv2d_backward_weight_nhwc(f(x), f(gy), w.shape, **kw),
+                        ref.conv2d_backward_weight_nhwc(abs(f(x)), abs(f(gy)), w.shape, **kw),
                         N * a.P * a.Q, dtype)

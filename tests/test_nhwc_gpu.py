@@ -43,8 +43,11 @@ def nchw(a):
 
 
 def device_impls(op):
+    """The device implementations serving NHWC in float32 or float64 (the half-only ones:
+    tests/test_gpu_half.py)."""
     return [pytest.param(i.backend, i.algo, id=f"{i.backend}-{i.algo}")
-            for i in all_impls(op, layout="NHWC") if i.backend in DEVICE_BACKENDS]
+            for i in all_impls(op, layout="NHWC") if i.backend in DEVICE_BACKENDS
+            and {"float32", "float64"} & set(i.dtypes)]
 
 
 def twice(fn):

@@ -186,3 +186,9 @@ NAME_EXPRESSIONS["pool_nhwc.cu"] = (
 NAME_EXPRESSIONS["norm_nhwc.cu"] = tuple(f"batch_norm_nhwc_{k}<{t}>"
                                          for k in ("partials", "finish", "bwd_partials")
                                          for t in T_NAMES)
+# the NHWC convolutions in float16 / bfloat16 on the tensor cores (conv_nhwc16.cu)
+NAME_EXPRESSIONS["conv_nhwc16.cu"] = (
+    tuple(f"conv2d_nhwc_implicit_gemm_mma16<{t}, {v}>" for t in HALF_NAMES
+          for v in ("false", "true"))
+    + tuple(f"conv2d_nhwc_{k}_implicit_gemm_mma16<{t}, {va}, {vb}>" for k in ("wgrad", "dgrad")
+            for t in HALF_NAMES for va in ("false", "true") for vb in ("false", "true")))

@@ -47,6 +47,7 @@ BN = "tests/ops/test_batch_norm.py"
 EW = "tests/ops/test_elementwise.py"
 CONV = "tests/ops/test_conv.py"
 STAND_IN = ("tests/test_stand_in_device.py",)
+NH16 = "tests/test_cuda_nhwc16.py::"
 
 MUTANTS = [
     # gemm.cu
@@ -147,6 +148,25 @@ MUTANTS = [
            "end = np.minimum(start + k, H + p)", "end = start + k",
            ("tests/test_reference_pool.py", "tests/test_torch_oracle.py", "-k", "avg"),
            why="the issue's mutation in the reference: include-pad divisor unclipped"),
+    # conv_nhwc16.cu: the NHWC half convolutions
+    Mutant("nhwc16_bias_every_split", "kernels/cuda/conv_nhwc16.cu",
+           "    if (split > 0) bias = nullptr;\n", "",
+           (NH16 + "test_nhwc_mma16_against_the_reference", "-k", "1x32x4x5 and f16"),
+           why="every split of the half NHWC forward adds the bias"),
+    Mutant("nhwc16_gather_vec_rows", "kernels/cuda/conv_nhwc16.cu",
+           "const int row = tid / 4 + 32 * i;", "const int row = tid / 4 + 32 * (i & 2);",
+           (NH16 + "test_nhwc_mma16_against_the_reference", "-k", "2x8x13 and bf16"),
+           why="the 16-byte gather fills two of its four row groups twice"),
+    Mutant("nhwc16_dgrad_tap_step", "kernels/cuda/conv_nhwc16.cu",
+           "step = st / x;", "step = st;",
+           (NH16 + "test_nhwc_mma16_against_the_reference", "-k", "1x16x6x7 and f16"),
+           why="the input gradient's phases skip taps where the dilation shares a factor "
+               "with the stride"),
+    Mutant("nhwc16_wgrad_split_overlap", "kernels/cuda/conv_nhwc16.cu",
+           "const int kbeg = split * kchunk, kend = min(NPQ, kbeg + kchunk);",
+           "const int kbeg = split * kchunk, kend = min(NPQ, kbeg + kchunk + 8);",
+           (NH16 + "test_nhwc_mma16_against_the_reference", "-k", "2x8x13 and f16"),
+           why="the weight gradient's splits overlap by 8 positions"),
     # the argument checks
     Mutant("args_channel_check", "python/convgpu/core/args.py",
            "if C != Cg * groups:", "if C < Cg * groups:",
