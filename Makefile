@@ -1,13 +1,13 @@
 # convgpu: the two commands of README.md.
 #   make demo   set up .venv, then `convgpu info` and `convgpu check`
-#   make test   set up .venv, then the reference + compile tiers beside the simulator tier
+#   make test   set up .venv, then the host, simulator and compile tiers, two at a time
 #   make mutants  before a release: every curated mutation must be caught (tests/mutants)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-host test-sim gpu-test mutants clean
+.PHONY: demo test test-host test-sim test-compile gpu-test mutants clean
 
 # the NVRTC of the lent GPUs' CuPy, beside the one pip picks: the compile tier builds every
 # .cu with it too (tests/test_compile_cuda.py), since the two allocate registers differently
@@ -29,17 +29,23 @@ demo: $(STAMP)
 	$(BIN)/convgpu info
 	$(BIN)/convgpu check
 
-# the two tiers are separate processes (the simulator must be on before Numba is imported)
-# and mostly single-threaded, so they run side by side; each tier's output is printed whole
-# when it ends
+# three processes, two at a time: the host tier beside the simulator (which must be on
+# before Numba is imported), then the compile tier in the simulator's slot when it ends, so
+# both cores stay busy to the end (the host tier is the longest); each one's output is
+# printed whole when it ends
+COMPILE_TIER := tests/test_compile_cuda.py tests/test_compile_numba.py
+
 test: $(STAMP)
-	@$(MAKE) --no-print-directory -j2 --output-sync=target test-host test-sim
+	@$(MAKE) --no-print-directory -j2 --output-sync=target test-host test-sim test-compile
 
 test-host: $(STAMP)
-	$(BIN)/python -m pytest tests -q -p no:cacheprovider
+	$(BIN)/python -m pytest tests -q -p no:cacheprovider $(addprefix --ignore=,$(COMPILE_TIER))
 
 test-sim: $(STAMP)
 	NUMBA_ENABLE_CUDASIM=1 $(BIN)/python -m pytest tests -q -p no:cacheprovider
+
+test-compile: $(STAMP)
+	$(BIN)/python -m pytest $(COMPILE_TIER) -q -p no:cacheprovider
 
 # on a machine with a GPU (bench/gpu_check.sh runs this there)
 gpu-test: $(STAMP)

@@ -33,10 +33,13 @@ def emulated(monkeypatch):
     monkeypatch.setenv("CONVGPU_POISON", "1")
 
 
-def _spy(monkeypatch, module):
+def _spy(monkeypatch, *sources):
+    """The kernels launched from `sources` (.cu files): every tc16 convolution launch, NCHW or
+    NHWC, goes through conv_implicit.mma16_split_launch and its get_function."""
     names = []
-    real = module.get_function
-    monkeypatch.setattr(module, "get_function", lambda f, e: names.append(e) or real(f, e))
+    real = conv_implicit.get_function
+    monkeypatch.setattr(conv_implicit, "get_function",
+                        lambda f, e: (f in sources and names.append(e)) or real(f, e))
     return names
 
 
@@ -111,7 +114,7 @@ def test_nhwc_mma16_against_the_reference(rng, monkeypatch, dtype, case):
     Cg, Kg = C // g, K // g
     t = "__half" if dtype == F16 else "__nv_bfloat16"
     split = f"sum_splits_half<{t}>"
-    names = _spy(monkeypatch, conv_nhwc16)
+    names = _spy(monkeypatch, "conv_nhwc16.cu", "gemm.cu")
 
     y = both_orders(lambda: conv_nhwc16.conv2d_nhwc_implicit_gemm_mma16(a, x, w, b))
     assert_half_bounded(y, ref.conv2d_nhwc(f64(x), f64(w), f64(b), **kw),
@@ -168,7 +171,7 @@ def test_misaligned_arrays_take_the_element_path_with_the_same_bits(rng, monkeyp
     products summed in the same order): the forward, the weight gradient and the input
     gradient's phase kernel (stride (2, 1))."""
     a, x, w, b, gy, _ = _problem(rng, CASES[2], dtype)
-    names = _spy(monkeypatch, conv_nhwc16)
+    names = _spy(monkeypatch, "conv_nhwc16.cu", "gemm.cu")
     y = both_orders(lambda: conv_nhwc16.conv2d_nhwc_implicit_gemm_mma16(a, x, w, b))
     y2 = both_orders(lambda: conv_nhwc16.conv2d_nhwc_implicit_gemm_mma16(a, _misaligned(x), w, b))
     assert names[0].endswith("true>") and names[-1].endswith("false>"), names
@@ -217,8 +220,8 @@ def test_the_op_api_picks_the_native_kernel_for_half_nhwc(rng, monkeypatch, dtyp
     the NHWC tensor-core kernels run (not "transpose": no NCHW kernel is looked up), and
     give what the launchers give."""
     a, x, w, b, gy, kw = _problem(rng, CASES[2], dtype)
-    names = _spy(monkeypatch, conv_nhwc16)
-    nchw_names = _spy(monkeypatch, conv_implicit)
+    names = _spy(monkeypatch, "conv_nhwc16.cu", "gemm.cu")
+    nchw_names = _spy(monkeypatch, "conv_implicit.cu")
     y = convgpu.conv2d(x, w, b, **kw, layout="NHWC", backend="cuda")
     gx = convgpu.conv2d_backward_input(gy, w, x.shape, **kw, layout="NHWC", backend="cuda")
     gw = convgpu.conv2d_backward_weight(x, gy, w.shape, **kw, layout="NHWC", backend="cuda")
@@ -241,7 +244,7 @@ def test_conv_transpose2d_nhwc_half_runs_the_input_gradient(rng, monkeypatch, dt
     """conv_transpose2d with layout="NHWC" in a half type runs the NHWC input gradient
     (stride 2, output_padding, groups: the phase kernel), bounded against the float64
     result of the numpy backend (reduction: at most Cin/groups*R*S products)."""
-    names = _spy(monkeypatch, conv_nhwc16)
+    names = _spy(monkeypatch, "conv_nhwc16.cu", "gemm.cu")
     x = rng.standard_normal((2, 5, 4, 16)).astype(dtype)
     w = rng.standard_normal((16, 3, 3, 6)).astype(dtype)
     kw = dict(stride=2, padding=1, output_padding=1, groups=2, layout="NHWC")
@@ -260,7 +263,7 @@ def test_torch_channels_last_half_tensors_run_the_native_kernel(rng, monkeypatch
     torch = pytest.importorskip("torch")
     dtype = F16 if tdtype == "float16" else BF16
     a, x, w, b, _, kw = _problem(rng, CASES[2], dtype)
-    names = _spy(monkeypatch, conv_nhwc16)
+    names = _spy(monkeypatch, "conv_nhwc16.cu", "gemm.cu")
     tx, tw, tb = (torch.from_numpy(v.astype(np.float32)).to(getattr(torch, tdtype))
                   for v in (_nchw(x), _nchw(w), b))
     cl = torch.channels_last
@@ -276,7 +279,7 @@ def test_torch_channels_last_half_tensors_run_the_native_kernel(rng, monkeypatch
 def test_refusals_are_one_sentence_before_any_launch(rng, monkeypatch):
     """float32 (and float64) to the half kernels by name: ValueError naming the types, from
     the launchers and from the op API; NCHW arrays to the NHWC kernel: refused by layout."""
-    names = _spy(monkeypatch, conv_nhwc16)
+    names = _spy(monkeypatch, "conv_nhwc16.cu", "gemm.cu")
     x, w = np.zeros((1, 5, 5, 8), np.float32), np.zeros((4, 3, 3, 8), np.float32)
     a = conv_geometry("conv2d", x.shape, w.shape, 1, 1, 1, 1, np.float32, layout="NHWC")
     gy = np.zeros(a.y_shape, np.float32)

@@ -213,14 +213,40 @@ def _mma16_launch(kernel, targs, a, op, like, out_shape, M, N, depth, *arrays, b
     if a.groups > MAX_GRID_YZ:             # blockIdx.z = group * splits + split
         raise ValueError(f"the implicit-GEMM convolutions launch one grid layer per group: "
                          f"{a.groups} groups is more than {MAX_GRID_YZ}")
+    head = arrays + ((null_or(bias),) if op == "forward" else ())
+    name = f"{kernel}<{', '.join((half_ctype(like.dtype),) + targs)}>"
+    return mma16_split_launch("conv_implicit.cu", name, a, like, out_shape, M, N, depth,
+                              mma16_shared_bytes(True, False) + PIPE_TABLE_BYTES,
+                              (ceil_div(N, TILE), ceil_div(M, TILE)), *head)
+
+
+def mma16_split_launch(source, kernel, a, like, out_shape, M, N, depth, smem, grid_xy, *arrays,
+                       layers=1):
+    """Launch the tc16 convolution `kernel` (a name expression of `source`) on `arrays` (its
+    inputs, bias included) for M x N per group, and per one of `layers` grid layers of a
+    group: blockIdx.z = (group * layers + layer) * splits + split. The reduction `depth` is
+    split where the output has too few tiles; the FP32 partials are summed in a fixed order
+    and rounded once (gemm.cu's sum_splits_half)."""
     t = half_ctype(like.dtype)
-    splits = min(split_for(M, N, a.groups, depth), MAX_GRID_YZ // a.groups)
+    batch = a.groups * layers
+    splits = min(split_for(M, N, batch, depth), MAX_GRID_YZ // batch)
     kchunk = ceil_div(ceil_div(depth, splits), MMA16_BK) * MMA16_BK
     splits = ceil_div(depth, kchunk) if depth else 1
     size = int(np.prod(out_shape))
     out = empty(out_shape, like.dtype, like)
     if size == 0:                           # nothing to launch (a grid of 0 blocks fails)
         return out
+    parts = empty((splits,) + tuple(out_shape), np.float32, like) if splits > 1 else None
+    fn = get_function(source, kernel)
+    set_max_dynamic_shared(fn, smem)
+    fn(grid_xy + (batch * splits,), (MMA16_THREADS,),
+       (*arrays, out if parts is None else np.uint64(0), null_or(parts), *conv_ints(a),
+        np.int32(splits), np.int32(kchunk), np.int64(size)), shared_mem=smem)
+    if parts is not None:
+        get_function("gemm.cu", f"sum_splits_half<{t}>")(
+            elementwise_grid(size), (ELEM_THREADS,),
+            (parts, np.uint64(0), out, np.int64(size), np.int32(1), np.int32(splits)))
+    return out
     parts = empty((splits,) + tuple(out_shape), np.float32, like) if splits > 1 else None
     smem = mma16_shared_bytes(True, False) + PIPE_TABLE_BYTES
     fn = get_function("conv_implicit.cu", f"{kernel}<{', '.join((t,) + targs)}>")

@@ -9,15 +9,13 @@ from dataclasses import replace
 
 import numpy as np
 
+from convgpu.kernels.cuda.conv_implicit import mma16_split_launch
 from convgpu.kernels.cuda.conv_nhwc import _rotated_filters
-from convgpu.kernels.cuda.gemm import MMA16_BK, MMA16_THREADS, half_ctype, mma16_shared_bytes
-from convgpu.kernels.cuda.launch import THREADS as ELEM_THREADS
+from convgpu.kernels.cuda.gemm import half_ctype, mma16_shared_bytes
 from convgpu.kernels.cuda.launch import (MAX_GRID_YZ, PIPE_TABLE_BYTES, TILE, address,
-                                         ceil_div, conv_ints, elementwise_grid, null_or,
-                                         split_for)
-from convgpu.kernels.cuda.module import (cbool, get_function, max_shared_per_block,
-                                         set_max_dynamic_shared)
-from convgpu.kernels.outputs import contiguous, empty
+                                         ceil_div, null_or)
+from convgpu.kernels.cuda.module import cbool, max_shared_per_block
+from convgpu.kernels.outputs import contiguous
 
 ROW_TABLE_BYTES = TILE * 16       # the forward's row table (conv_nhwc16.cu: ROW_TABLE_BYTES)
 FORWARD_SMEM = mma16_shared_bytes(True, True) + ROW_TABLE_BYTES
@@ -57,30 +55,9 @@ def wgrad_mma16_supports(a):
 
 
 def _launch(kernel, a, like, out_shape, M, N, depth, smem, grid_xy, *arrays, layers=1):
-    """Launch `kernel` (a name expression of conv_nhwc16.cu) on `arrays` (its inputs) for
-    M x N per group (and per one of `layers` grid layers of a group) over the reduction
-    `depth`, split where the grid would be small (FP32 partials, summed in order and rounded
-    once by gemm.cu's sum_splits_half)."""
-    t = half_ctype(like.dtype)
-    batch = a.groups * layers
-    splits = min(split_for(M, N, batch, depth), MAX_GRID_YZ // batch)
-    kchunk = ceil_div(ceil_div(depth, splits), MMA16_BK) * MMA16_BK
-    splits = ceil_div(depth, kchunk) if depth else 1
-    size = int(np.prod(out_shape))
-    out = empty(out_shape, like.dtype, like)
-    if size == 0:                           # nothing to launch (a grid of 0 blocks fails)
-        return out
-    parts = empty((splits,) + tuple(out_shape), np.float32, like) if splits > 1 else None
-    fn = get_function("conv_nhwc16.cu", kernel)
-    set_max_dynamic_shared(fn, smem)
-    fn(grid_xy + (batch * splits,), (MMA16_THREADS,),
-       (*arrays, out if parts is None else np.uint64(0), null_or(parts), *conv_ints(a),
-        np.int32(splits), np.int32(kchunk), np.int64(size)), shared_mem=smem)
-    if parts is not None:
-        get_function("gemm.cu", f"sum_splits_half<{t}>")(
-            elementwise_grid(size), (ELEM_THREADS,),
-            (parts, np.uint64(0), out, np.int64(size), np.int32(1), np.int32(splits)))
-    return out
+    """conv_implicit's split launch of the tc16 convolutions, on conv_nhwc16.cu's `kernel`."""
+    return mma16_split_launch("conv_nhwc16.cu", kernel, a, like, out_shape, M, N, depth, smem,
+                              grid_xy, *arrays, layers=layers)
 
 
 def _aligned(*arrays):
