@@ -1,13 +1,13 @@
 # convgpu: the two commands of README.md.
 #   make demo   set up .venv, then `convgpu info` and `convgpu check`
-#   make test   set up .venv, then the host, simulator and compile tiers, two at a time
+#   make test   set up .venv, then the host and simulator tiers and the .cu builds, two at a time
 #   make mutants  before a release: every curated mutation must be caught (tests/mutants)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-host test-sim test-compile gpu-test mutants clean
+.PHONY: demo test test-host test-sim test-cu-a test-cu-b gpu-test mutants clean
 
 # the NVRTC of the lent GPUs' CuPy, beside the one pip picks: the compile tier builds every
 # .cu with it too (tests/test_compile_cuda.py), since the two allocate registers differently
@@ -29,23 +29,28 @@ demo: $(STAMP)
 	$(BIN)/convgpu info
 	$(BIN)/convgpu check
 
-# three processes, two at a time: the host tier beside the simulator (which must be on
-# before Numba is imported), then the compile tier in the simulator's slot when it ends, so
-# both cores stay busy to the end (the host tier is the longest); each one's output is
+# four processes, two at a time: the host tier beside the simulator (which must be on before
+# Numba is imported), then the .cu builds of the compile tier in two halves (complementary
+# -k selections of tests/test_compile_cuda.py, the larger first), each in the slot of
+# whichever tier ends first, so that both cores stay busy to the end; each one's output is
 # printed whole when it ends
-COMPILE_TIER := tests/test_compile_cuda.py tests/test_compile_numba.py
+CU_BUILDS := tests/test_compile_cuda.py
+CU_HALF := nvcc or runtime_nvrtc
 
 test: $(STAMP)
-	@$(MAKE) --no-print-directory -j2 --output-sync=target test-host test-sim test-compile
+	@$(MAKE) --no-print-directory -j2 --output-sync=target test-host test-sim test-cu-a test-cu-b
 
 test-host: $(STAMP)
-	$(BIN)/python -m pytest tests -q -p no:cacheprovider $(addprefix --ignore=,$(COMPILE_TIER))
+	$(BIN)/python -m pytest tests -q -p no:cacheprovider --ignore=$(CU_BUILDS)
 
 test-sim: $(STAMP)
 	NUMBA_ENABLE_CUDASIM=1 $(BIN)/python -m pytest tests -q -p no:cacheprovider
 
-test-compile: $(STAMP)
-	$(BIN)/python -m pytest $(COMPILE_TIER) -q -p no:cacheprovider
+test-cu-a: $(STAMP)
+	$(BIN)/python -m pytest $(CU_BUILDS) -q -p no:cacheprovider -k "not ($(CU_HALF))"
+
+test-cu-b: $(STAMP)
+	$(BIN)/python -m pytest $(CU_BUILDS) -q -p no:cacheprovider -k "$(CU_HALF)"
 
 # on a machine with a GPU (bench/gpu_check.sh runs this there)
 gpu-test: $(STAMP)
