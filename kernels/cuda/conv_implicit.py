@@ -203,10 +203,8 @@ def mma16_weight_supports(a):
 
 def _mma16_launch(kernel, targs, a, op, like, out_shape, M, N, depth, *arrays, bias=None):
     """Launch the half implicit GEMM `kernel` of conv_implicit.cu (pipeline.cuh tc16) with
-    template arguments (the 16-bit type, *targs): M x N per group,
-    the reduction `depth` split where the output has too few tiles (FP32 partials summed in a
-    fixed order and rounded once: gemm.cu's sum_splits_half); bias (forward only) added in
-    FP32 before the rounding, by split 0."""
+    template arguments (the 16-bit type, *targs) through mma16_split_launch; bias (forward
+    only) added in FP32 before the rounding, by split 0."""
     why = mma16_supports(a, op)
     if why:
         raise ValueError(why)
@@ -241,19 +239,6 @@ def mma16_split_launch(source, kernel, a, like, out_shape, M, N, depth, smem, gr
     set_max_dynamic_shared(fn, smem)
     fn(grid_xy + (batch * splits,), (MMA16_THREADS,),
        (*arrays, out if parts is None else np.uint64(0), null_or(parts), *conv_ints(a),
-        np.int32(splits), np.int32(kchunk), np.int64(size)), shared_mem=smem)
-    if parts is not None:
-        get_function("gemm.cu", f"sum_splits_half<{t}>")(
-            elementwise_grid(size), (ELEM_THREADS,),
-            (parts, np.uint64(0), out, np.int64(size), np.int32(1), np.int32(splits)))
-    return out
-    parts = empty((splits,) + tuple(out_shape), np.float32, like) if splits > 1 else None
-    smem = mma16_shared_bytes(True, False) + PIPE_TABLE_BYTES
-    fn = get_function("conv_implicit.cu", f"{kernel}<{', '.join((t,) + targs)}>")
-    set_max_dynamic_shared(fn, smem)
-    head = arrays + ((null_or(bias),) if op == "forward" else ())
-    fn((ceil_div(N, TILE), ceil_div(M, TILE), a.groups * splits), (MMA16_THREADS,),
-       (*head, out if parts is None else np.uint64(0), null_or(parts), *conv_ints(a),
         np.int32(splits), np.int32(kchunk), np.int64(size)), shared_mem=smem)
     if parts is not None:
         get_function("gemm.cu", f"sum_splits_half<{t}>")(
