@@ -4,13 +4,16 @@ reverse order (test_half.py runs them forward; a result that changes with the or
 race), and what those bodies do not reach: the 16-byte vector kernels' tails and their
 scalar fallback for misaligned views, NaN, ties and infinities in max pooling, a max-pool
 backward whose windows overlap (a half output added into in place, one rounding per window,
-fails its bound), the direct and depthwise convolutions, batch norm's plane kernels (long planes, vectors of 8) in both parameter
+fails its bound), pooling's half results pinned bitwise, the direct and depthwise
+convolutions, batch norm's plane kernels (long planes, vectors of 8) in both parameter
 dtypes, and the optimiser steps' float32 scalars (eps = 1e-8 is 0 in float16).
 
 Against the float64 reference on the same half inputs, rounded once, at docs/tolerances.md's
 half bounds (bounds.half_bound through helpers.assert_bounded). Compiled and emulated only:
 none of these kernels has run on a GPU here.
 """
+from hashlib import sha256
+
 import numpy as np
 import pytest
 
@@ -188,6 +191,119 @@ def test_max_pool_backward_sums_once(dtype):
         assert H.f64(gx)[0, 0, 2, 2] == float(np.asarray(1 + 8 * small).astype(dtype)) != 1
         H.assert_half(gx, ref.astype(dtype), R.max_pool2d_backward(np.abs(H.f64(gy)), idx,
                                                                     x.shape), 9, dtype)
+
+
+# ----------------------------------------------------------------------------------------
+# pool.cu's half results, pinned: SHA-256 (first 16 hex digits) of every output's bytes,
+# recorded from the *_half kernels before one templated body came to serve every dtype.
+# The reference tests above judge accuracy; this one says the bits did not move (FP32 sums
+# in the same order, one rounding per output, the element itself stored by max pooling).
+
+def _pool_input(dtype):
+    """(2, 3, 9, 8) of values from integer arithmetic (no random stream whose bits could
+    change with NumPy), with ties, a NaN, -inf and signed zeros."""
+    i = np.arange(2 * 3 * 9 * 8)
+    x = (((i * 7919) % 1009) - 504) / 37.0
+    x[::11] = 3.0                            # ties across windows
+    x[5], x[40], x[41] = np.nan, -np.inf, -0.0
+    return x.reshape(2, 3, 9, 8).astype(dtype)
+
+
+def _pool_grad(shape, dtype):
+    n = int(np.prod(shape))
+    return ((((np.arange(n) * 613) % 127) - 63) / 16.0).reshape(shape).astype(dtype)
+
+
+def _pool_outputs(dtype):
+    x = _pool_input(dtype)
+    out = {}
+    # (kernel, stride, padding, dilation, ceil_mode): 3x3/2 and 2x2/2 (the launcher's square
+    # windows), 2x3 dilated with ceil_mode, 4x4/1 (past the unrolled sizes)
+    for i, (k, s, p, d, c) in enumerate([(3, 2, 1, 1, False), (2, 2, 0, 1, True),
+                                         ((2, 3), (1, 2), (1, 0), (2, 1), True),
+                                         (4, 1, 2, 1, False)]):
+        y, idx = convgpu.max_pool2d(x, k, s, p, d, c, return_indices=True, backend="cuda")
+        gx = convgpu.max_pool2d_backward(_pool_grad(y.shape, dtype), idx, x.shape, k, s, p, d,
+                                         c, backend="cuda")
+        out.update({f"max{i}.y": y, f"max{i}.idx": idx, f"max{i}.gx": gx})
+    for i, (k, s, p, c, inc, div) in enumerate([(3, 2, 1, False, True, None),
+                                                (3, 2, 1, True, False, None),
+                                                ((2, 3), (1, 2), (1, 1), True, True, 5)]):
+        y = convgpu.avg_pool2d(x, k, s, p, c, inc, div, backend="cuda")
+        gx = convgpu.avg_pool2d_backward(_pool_grad(y.shape, dtype), x.shape, k, s, p, c, inc,
+                                         div, backend="cuda")
+        out.update({f"avg{i}.y": y, f"avg{i}.gx": gx})
+    for size in ((4, 3), (9, 5), 1):
+        y = convgpu.adaptive_avg_pool2d(x, size, backend="cuda")
+        gx = convgpu.adaptive_avg_pool2d_backward(_pool_grad(y.shape, dtype), x.shape,
+                                                  backend="cuda")
+        out.update({f"adaptive{size}.y": y, f"adaptive{size}.gx": gx})
+    return out
+
+
+POOL_BITS = {
+    "float16": {
+        "max0.y": "e4d60b68c8b32930",
+        "max0.idx": "5579f2c668f49889",
+        "max0.gx": "bdb0150c6315fb6c",
+        "max1.y": "1ae94e662dc2cb0d",
+        "max1.idx": "eb6f09b4d3c4ab25",
+        "max1.gx": "8c0172e605e9512b",
+        "max2.y": "13803a092b1f549e",
+        "max2.idx": "b1bd8f7eefb3eaf8",
+        "max2.gx": "4b296b85e7ed0323",
+        "max3.y": "8b9f2c9315c89e17",
+        "max3.idx": "976cfdf6840816a8",
+        "max3.gx": "33b864e0ec902432",
+        "avg0.y": "7e63353ea5c090a8",
+        "avg0.gx": "8d791ebc242ba910",
+        "avg1.y": "ad132808a1948b47",
+        "avg1.gx": "b52d70b37d727631",
+        "avg2.y": "a71973981094f20c",
+        "avg2.gx": "a65b68b6996668c9",
+        "adaptive(4, 3).y": "3934e8c8902761d6",
+        "adaptive(4, 3).gx": "807fb4eae61c29c4",
+        "adaptive(9, 5).y": "bea6051095a35722",
+        "adaptive(9, 5).gx": "9d1aba9f848aafb5",
+        "adaptive1.y": "aae625973a8a8a17",
+        "adaptive1.gx": "55a38c3508140d09",
+    },
+    "bfloat16": {
+        "max0.y": "ca2e690608611d66",
+        "max0.idx": "5579f2c668f49889",
+        "max0.gx": "ef5e1136dd0513cf",
+        "max1.y": "8deef49452614612",
+        "max1.idx": "eb6f09b4d3c4ab25",
+        "max1.gx": "3e1f9087e165b295",
+        "max2.y": "e60499a7db786dbc",
+        "max2.idx": "b1bd8f7eefb3eaf8",
+        "max2.gx": "eea424c694884e20",
+        "max3.y": "fae052c377800a8a",
+        "max3.idx": "976cfdf6840816a8",
+        "max3.gx": "b749d3f49a6e867d",
+        "avg0.y": "f94b50d615c60af8",
+        "avg0.gx": "7bcc64e0a1a7adce",
+        "avg1.y": "1da09955201eee83",
+        "avg1.gx": "d74aa1e109b19ed6",
+        "avg2.y": "3d629be58562d3f8",
+        "avg2.gx": "d3404a23547c9c3d",
+        "adaptive(4, 3).y": "d8681cb813903fd3",
+        "adaptive(4, 3).gx": "807cd263af4ae4e5",
+        "adaptive(9, 5).y": "30bd6ca12df69f9a",
+        "adaptive(9, 5).gx": "936d1f8d53e7e935",
+        "adaptive1.y": "ffffda408a52c5eb",
+        "adaptive1.gx": "b7dec2d612cebff1",
+    },
+}
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_pool_half_bits_are_pinned(dtype):
+    got = {k: sha256(np.ascontiguousarray(v).tobytes()).hexdigest()[:16]
+           for k, v in _pool_outputs(dtype).items()}
+    want = POOL_BITS[np.dtype(dtype).name]
+    assert got.keys() == want.keys()
+    assert [k for k in got if got[k] != want[k]] == []
 
 
 # ----------------------------------------------------------------------------------------
