@@ -211,7 +211,7 @@ def _cuda_shuffle_fits(a):
     return pool_cells_shuffle.supports(a)
 
 
-_H = dict(dtypes=DTYPE_NAMES)         # and the half types (pool.cu's *_half kernels)
+_H = dict(dtypes=DTYPE_NAMES)         # and the half types (pool.cu, FP32 sums)
 register("max_pool2d", "cuda", "direct", _C + "pool:max_pool2d", supports=_cuda_plane_fits, **_H)
 register("max_pool2d", "cuda", "tiled", _D + "pool_tiled:max_pool2d_tiled", dev=True,
          supports=_cuda_tiled_fits("max_pool2d_fwd_tiled_plan",

@@ -19,6 +19,8 @@ template <typename T> struct acc_type { using type = T; };
 template <> struct acc_type<__half> { using type = float; };
 template <> struct acc_type<__nv_bfloat16> { using type = float; };
 template <typename T> using acc_t = typename acc_type<T>::type;
+// the 16-bit types: stored in 16 bits, computed in float
+template <typename T> constexpr bool is_half = sizeof(acc_t<T>) > sizeof(T);
 
 template <typename T> __device__ __forceinline__ acc_t<T> to_acc(T v) {
     return static_cast<acc_t<T>>(v);

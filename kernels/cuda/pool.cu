@@ -22,7 +22,15 @@
 //                               the outputs whose windows hold it, p in [floor(h P / H),
 //                               ceil((h + 1) P / H)) (neighbouring windows overlap where P
 //                               does not divide H). Not tuned: plain divisions per element
+//
+// T is float, double, or a half type (__half, __nv_bfloat16: half.cuh). Every sum is carried
+// in acc_t<T> (float for the half types, T itself otherwise) and rounded once on the store,
+// so the float and double instantiations are the plain kernels and the half ones add in
+// FP32 in the same order. Max pooling on a half type compares the values converted to float
+// (exact) and stores the chosen element itself; it takes the general kernel (K = 0) and
+// its loop, the launcher picks no other.
 #include "common.cuh"
+#include "half.cuh"
 
 // unrolled paths: max-pool windows up to KFAST x KFAST, backward candidates up to CFAST x CFAST
 constexpr int KFAST = 3, CFAST = 2;
@@ -214,14 +222,40 @@ __device__ __forceinline__ void max_window_clamped(const T* xp, int h0, int w0, 
     first_max<K>(val, all.v, all.v, rpos, cpos, best, bi);
 }
 
+// The sequential rule by a loop over the window, any size: strict '>' so the first maximum
+// wins, the first NaN is taken and kept, the first in-bounds element stands while all are
+// -inf. Values are compared in acc_t<T> (exact) and the element itself is kept, so a half
+// type's NaN or signed zero comes back with its own bits.
+template <typename T>
+__device__ __forceinline__ void max_window_loop(const T* xp, int h0, int w0, const PoolShape& s,
+                                                T& best, int& bi) {
+    acc_t<T> bf = neg_inf<acc_t<T>>();                       // best, as compared
+    best = from_acc<T>(bf);
+    bi = -1;
+    for (int r = 0; r < s.kh; ++r) {
+        const int h = h0 + r * s.dh;
+        if (h < 0 || h >= s.H) continue;
+        for (int c = 0; c < s.kw; ++c) {
+            const int v = w0 + c * s.dw;
+            if (v < 0 || v >= s.W) continue;
+            const T val = xp[h * s.W + v];
+            const acc_t<T> f = to_acc(val);
+            if (bf != bf) continue;                          // a NaN was taken: keep it
+            if (greater(f, bf) || f != f || bi < 0) { bf = f; best = val; bi = h * s.W + v; }
+        }
+    }
+}
+
 // max_pool2d_fwd<T, I, K>: K = 2 or 3 serves kh == kw == K (any stride, padding and
 // dilation): the clamped window at dilation 1, else the masked one, unrolled for exactly K.
 // K = 0 serves every window (up to KFAST x KFAST unrolled and masked, larger ones by a
 // loop). Per-element bounds and branches made this kernel ALU-bound, not memory-bound: hence
-// none here, and a max tree.
+// none here, and a max tree. The half types take the loop (K = 0 only): the max tree would
+// give the tree's value, not the first maximum's own bits.
 template <typename T, typename I, int K>
 __global__ void max_pool2d_fwd(const T* __restrict__ x, T* __restrict__ y,
                                long long* __restrict__ idx, I NC, POOL_SHAPE_PARAMS) {
+    static_assert(K == 0 || !is_half<T>, "the half types take the general kernel (K = 0)");
     const POOL_SHAPE;
     POOL_DIV(I, divQ, Q, mQ);
     POOL_DIV(I, divP, P, mP);
@@ -233,25 +267,15 @@ __global__ void max_pool2d_fwd(const T* __restrict__ x, T* __restrict__ y,
         const int h0 = p * s.sh - s.ph, w0 = q * s.sw - s.pw;
         T best;
         int bi;
-        if constexpr (K > 0) {
+        if constexpr (is_half<T>) {
+            max_window_loop(xp, h0, w0, s, best, bi);
+        } else if constexpr (K > 0) {
             if (s.dh == 1 && s.dw == 1) max_window_clamped<K>(opaque(xp), h0, w0, s, best, bi);
             else max_window<K, true>(xp, h0, w0, s, best, bi);
         } else if (s.kh <= KFAST && s.kw <= KFAST) {
             max_window<KFAST, false>(xp, h0, w0, s, best, bi);
         } else {
-            best = neg_inf<T>();
-            bi = -1;
-            for (int r = 0; r < s.kh; ++r) {
-                const int h = h0 + r * s.dh;
-                if (h < 0 || h >= s.H) continue;
-                for (int c = 0; c < s.kw; ++c) {
-                    const int v = w0 + c * s.dw;
-                    if (v < 0 || v >= s.W) continue;
-                    const T val = xp[h * s.W + v];
-                    if (best != best) continue;              // a NaN was taken: keep it
-                    if (greater(val, best) || val != val || bi < 0) { best = val; bi = h * s.W + v; }
-                }
-            }
+            max_window_loop(xp, h0, w0, s, best, bi);
         }
         y[t] = best;
         idx[t] = bi;
@@ -309,7 +333,7 @@ __global__ void max_pool2d_bwd_gather(const T* __restrict__ gy, const long long*
         const int me = h * s.W + v;
         const int p_hi = min((int)divSH.div(h + s.ph), s.P - 1);
         const int q_hi = min((int)divSW.div(v + s.pw), s.Q - 1);
-        T acc = T(0);
+        acc_t<T> acc = 0;
         // candidate windows: every output whose (dilated) span covers (h, v); comparing the
         // stored index decides, so no divisibility test is needed for dilation
         const int p_lo = first_cover(h, s.ph, s.kh, divSH, s.dh);
@@ -334,16 +358,16 @@ __global__ void max_pool2d_bwd_gather(const T* __restrict__ gy, const long long*
             for (int a = 0; a < CFAST; ++a)
 #pragma unroll
                 for (int b = 0; b < CFAST; ++b)
-                    if (id[a][b] == me) acc += g[a][b];
+                    if (id[a][b] == me) acc += to_acc(g[a][b]);
         } else {
             for (int p = p_lo; p <= p_hi; ++p) {
                 const long long row = base + (long long)p * s.Q;
                 for (int q = q_lo; q <= q_hi; ++q) {
-                    if (idx[row + q] == me) acc += gy[row + q];
+                    if (idx[row + q] == me) acc += to_acc(gy[row + q]);
                 }
             }
         }
-        gx[t] = acc;
+        gx[t] = from_acc<T>(acc);
     }
 }
 
@@ -399,13 +423,13 @@ __global__ void max_pool2d_bwd_cells(const T* __restrict__ gy, const long long* 
                 const int h = hb + u, v = wb + z;
                 if (u < s.sh && z < s.sw && h >= 0 && h < s.H && v >= 0 && v < s.W) {
                     const int me = h * s.W + v;
-                    T acc = T(0);
+                    acc_t<T> acc = 0;
 #pragma unroll
                     for (int a = 0; a < 2; ++a)
 #pragma unroll
                         for (int b = 0; b < 2; ++b)
-                            if (id[a][b] == me) acc += g[a][b];
-                    gp[me] = acc;
+                            if (id[a][b] == me) acc += to_acc(g[a][b]);
+                    gp[me] = from_acc<T>(acc);
                 }
             }
     }
@@ -432,10 +456,10 @@ __global__ void avg_pool2d_fwd(const T* __restrict__ x, T* __restrict__ y, I NC,
         const I nc = unravel3(t, divP, divQ, p, q);
         const T* xp = x + (long long)nc * s.H * s.W;
         const int h0 = p * s.sh - s.ph, w0 = q * s.sw - s.pw;
-        T acc = T(0);
+        acc_t<T> acc = 0;
         for (int h = max(h0, 0); h < min(h0 + s.kh, s.H); ++h)
-            for (int v = max(w0, 0); v < min(w0 + s.kw, s.W); ++v) acc += xp[h * s.W + v];
-        y[t] = acc / avg_divisor<T>(p, q, s);
+            for (int v = max(w0, 0); v < min(w0 + s.kw, s.W); ++v) acc += to_acc(xp[h * s.W + v]);
+        y[t] = from_acc<T>(acc / avg_divisor<acc_t<T>>(p, q, s));
     }
 }
 
@@ -452,14 +476,14 @@ __global__ void avg_pool2d_bwd_gather(const T* __restrict__ gy, T* __restrict__ 
         int h, v;
         const I nc = unravel3(t, divH, divW, h, v);
         const T* g = gy + (long long)nc * s.P * s.Q;
-        T acc = T(0);
+        acc_t<T> acc = 0;
         const int p_hi = min((int)divSH.div(h + s.ph), s.P - 1);
         const int q_hi = min((int)divSW.div(v + s.pw), s.Q - 1);
         const int q_lo = first_cover(v, s.pw, s.kw, divSW, 1);
         for (int p = first_cover(h, s.ph, s.kh, divSH, 1); p <= p_hi; ++p)
             for (int q = q_lo; q <= q_hi; ++q)
-                acc += g[p * s.Q + q] / avg_divisor<T>(p, q, s);
-        gx[t] = acc;
+                acc += to_acc(g[p * s.Q + q]) / avg_divisor<acc_t<T>>(p, q, s);
+        gx[t] = from_acc<T>(acc);
     }
 }
 
@@ -482,10 +506,10 @@ __global__ void adaptive_avg_pool2d_fwd(const T* __restrict__ x, T* __restrict__
         const T* xp = x + (long long)(t / ((I)P * Q)) * H * W;
         const int h0 = adaptive_start(p, H, P), h1 = adaptive_end(p, H, P);
         const int w0 = adaptive_start(q, W, Q), w1 = adaptive_end(q, W, Q);
-        T acc = T(0);
+        acc_t<T> acc = 0;
         for (int h = h0; h < h1; ++h)
-            for (int v = w0; v < w1; ++v) acc += xp[(long long)h * W + v];
-        y[t] = acc / T((h1 - h0) * (w1 - w0));
+            for (int v = w0; v < w1; ++v) acc += to_acc(xp[(long long)h * W + v]);
+        y[t] = from_acc<T>(acc / acc_t<T>((h1 - h0) * (w1 - w0)));
     }
 }
 
@@ -499,165 +523,12 @@ __global__ void adaptive_avg_pool2d_bwd(const T* __restrict__ gy, T* __restrict_
         // the outputs covering h: the windows of adaptive_start / adaptive_end, solved for p
         const int p0 = adaptive_start(h, P, H), p1 = adaptive_end(h, P, H);
         const int q0 = adaptive_start(v, Q, W), q1 = adaptive_end(v, Q, W);
-        T acc = T(0);
-        for (int p = p0; p < p1; ++p) {
-            const int rows = adaptive_end(p, H, P) - adaptive_start(p, H, P);
-            for (int q = q0; q < q1; ++q)
-                acc += g[p * Q + q] / T(rows * (adaptive_end(q, W, Q) - adaptive_start(q, W, Q)));
-        }
-        gx[t] = acc;
-    }
-}
-
-// ----------------------------------------------------------------------------------------
-// The half types (T = __half, __nv_bfloat16; half.cuh): the same rules on 16-bit data, in
-// kernels of their own. Max pooling compares the values converted to float (exact), with
-// greater / same_value<float> (no flush: a bfloat16 subnormal is a float subnormal) and
-// stores the chosen element itself; every sum is carried in float in the FP32 kernels' order
-// and rounded once on the store (no half output is ever added into). One thread per output
-// (forward) or per input element (gathers), windows by loops: not tuned.
-//
-//   max_pool2d_fwd_half<T, I>        the sequential rule: strict '>', the first maximum; the
-//                                    first NaN taken and kept
-//   max_pool2d_bwd_gather_half<T, I> the gather by element (indices checked beforehand by
-//                                    max_pool2d_check_indices)
-//   avg_pool2d_{fwd,bwd_gather}_half<T, I>, adaptive_avg_pool2d_{fwd,bwd}_half<T, I>
-#include "half.cuh"
-
-template <typename T, typename I>
-__global__ void max_pool2d_fwd_half(const T* __restrict__ x, T* __restrict__ y,
-                                    long long* __restrict__ idx, I NC, POOL_SHAPE_PARAMS) {
-    const POOL_SHAPE;
-    POOL_DIV(I, divQ, Q, mQ);
-    POOL_DIV(I, divP, P, mP);
-    const I total = NC * s.P * s.Q;
-    for (I t = blockIdx.x * (I)blockDim.x + threadIdx.x; t < total; t += (I)gridDim.x * blockDim.x) {
-        int p, q;
-        const I nc = unravel3(t, divP, divQ, p, q);
-        const T* xp = x + (long long)nc * s.H * s.W;
-        const int h0 = p * s.sh - s.ph, w0 = q * s.sw - s.pw;
-        float bf = neg_inf<float>();
-        T best = from_acc<T>(bf);
-        int bi = -1;
-        for (int r = 0; r < s.kh; ++r) {
-            const int h = h0 + r * s.dh;
-            if (h < 0 || h >= s.H) continue;
-            for (int c = 0; c < s.kw; ++c) {
-                const int v = w0 + c * s.dw;
-                if (v < 0 || v >= s.W) continue;
-                const T val = xp[h * s.W + v];
-                const float f = to_acc(val);
-                if (bf != bf) continue;                      // a NaN was taken: keep it
-                if (greater(f, bf) || f != f || bi < 0) { bf = f; best = val; bi = h * s.W + v; }
-            }
-        }
-        y[t] = best;
-        idx[t] = bi;
-    }
-}
-
-template <typename T, typename I>
-__global__ void max_pool2d_bwd_gather_half(const T* __restrict__ gy,
-                                           const long long* __restrict__ idx, T* __restrict__ gx,
-                                           I NC, POOL_SHAPE_PARAMS) {
-    const POOL_SHAPE;
-    POOL_DIV(I, divW, W, mW);
-    POOL_DIV(I, divH, H, mH);
-    POOL_DIV(I, divSH, sh, mSH);
-    POOL_DIV(I, divSW, sw, mSW);
-    const I total = NC * s.H * s.W;
-    for (I t = blockIdx.x * (I)blockDim.x + threadIdx.x; t < total; t += (I)gridDim.x * blockDim.x) {
-        int h, v;
-        const I nc = unravel3(t, divH, divW, h, v);
-        const long long base = (long long)nc * s.P * s.Q;
-        const int me = h * s.W + v;
-        const int p_hi = min((int)divSH.div(h + s.ph), s.P - 1);
-        const int q_hi = min((int)divSW.div(v + s.pw), s.Q - 1);
-        const int q_lo = first_cover(v, s.pw, s.kw, divSW, s.dw);
-        float acc = 0.f;
-        for (int p = first_cover(h, s.ph, s.kh, divSH, s.dh); p <= p_hi; ++p) {
-            const long long row = base + (long long)p * s.Q;
-            for (int q = q_lo; q <= q_hi; ++q)
-                if (idx[row + q] == me) acc += to_acc(gy[row + q]);
-        }
-        gx[t] = from_acc<T>(acc);
-    }
-}
-
-template <typename T, typename I>
-__global__ void avg_pool2d_fwd_half(const T* __restrict__ x, T* __restrict__ y, I NC,
-                                    POOL_SHAPE_PARAMS) {
-    const POOL_SHAPE;
-    POOL_DIV(I, divQ, Q, mQ);
-    POOL_DIV(I, divP, P, mP);
-    const I total = NC * s.P * s.Q;
-    for (I t = blockIdx.x * (I)blockDim.x + threadIdx.x; t < total; t += (I)gridDim.x * blockDim.x) {
-        int p, q;
-        const I nc = unravel3(t, divP, divQ, p, q);
-        const T* xp = x + (long long)nc * s.H * s.W;
-        const int h0 = p * s.sh - s.ph, w0 = q * s.sw - s.pw;
-        float acc = 0.f;
-        for (int h = max(h0, 0); h < min(h0 + s.kh, s.H); ++h)
-            for (int v = max(w0, 0); v < min(w0 + s.kw, s.W); ++v) acc += to_acc(xp[h * s.W + v]);
-        y[t] = from_acc<T>(acc / avg_divisor<float>(p, q, s));
-    }
-}
-
-template <typename T, typename I>
-__global__ void avg_pool2d_bwd_gather_half(const T* __restrict__ gy, T* __restrict__ gx, I NC,
-                                           POOL_SHAPE_PARAMS) {
-    const POOL_SHAPE;
-    POOL_DIV(I, divW, W, mW);
-    POOL_DIV(I, divH, H, mH);
-    POOL_DIV(I, divSH, sh, mSH);
-    POOL_DIV(I, divSW, sw, mSW);
-    const I total = NC * s.H * s.W;
-    for (I t = blockIdx.x * (I)blockDim.x + threadIdx.x; t < total; t += (I)gridDim.x * blockDim.x) {
-        int h, v;
-        const I nc = unravel3(t, divH, divW, h, v);
-        const T* g = gy + (long long)nc * s.P * s.Q;
-        float acc = 0.f;
-        const int p_hi = min((int)divSH.div(h + s.ph), s.P - 1);
-        const int q_hi = min((int)divSW.div(v + s.pw), s.Q - 1);
-        const int q_lo = first_cover(v, s.pw, s.kw, divSW, 1);
-        for (int p = first_cover(h, s.ph, s.kh, divSH, 1); p <= p_hi; ++p)
-            for (int q = q_lo; q <= q_hi; ++q)
-                acc += to_acc(g[p * s.Q + q]) / avg_divisor<float>(p, q, s);
-        gx[t] = from_acc<T>(acc);
-    }
-}
-
-template <typename T, typename I>
-__global__ void adaptive_avg_pool2d_fwd_half(const T* __restrict__ x, T* __restrict__ y, I NC,
-                                             int H, int W, int P, int Q) {
-    const I total = NC * P * Q;
-    for (I t = blockIdx.x * (I)blockDim.x + threadIdx.x; t < total; t += (I)gridDim.x * blockDim.x) {
-        const int q = (int)(t % Q), p = (int)((t / Q) % P);
-        const T* xp = x + (long long)(t / ((I)P * Q)) * H * W;
-        const int h0 = adaptive_start(p, H, P), h1 = adaptive_end(p, H, P);
-        const int w0 = adaptive_start(q, W, Q), w1 = adaptive_end(q, W, Q);
-        float acc = 0.f;
-        for (int h = h0; h < h1; ++h)
-            for (int v = w0; v < w1; ++v) acc += to_acc(xp[(long long)h * W + v]);
-        y[t] = from_acc<T>(acc / float((h1 - h0) * (w1 - w0)));
-    }
-}
-
-template <typename T, typename I>
-__global__ void adaptive_avg_pool2d_bwd_half(const T* __restrict__ gy, T* __restrict__ gx, I NC,
-                                             int H, int W, int P, int Q) {
-    const I total = NC * H * W;
-    for (I t = blockIdx.x * (I)blockDim.x + threadIdx.x; t < total; t += (I)gridDim.x * blockDim.x) {
-        const int v = (int)(t % W), h = (int)((t / W) % H);
-        const T* g = gy + (long long)(t / ((I)H * W)) * P * Q;
-        const int p0 = adaptive_start(h, P, H), p1 = adaptive_end(h, P, H);
-        const int q0 = adaptive_start(v, Q, W), q1 = adaptive_end(v, Q, W);
-        float acc = 0.f;
+        acc_t<T> acc = 0;
         for (int p = p0; p < p1; ++p) {
             const int rows = adaptive_end(p, H, P) - adaptive_start(p, H, P);
             for (int q = q0; q < q1; ++q)
                 acc += to_acc(g[p * Q + q]) /
-                       float(rows * (adaptive_end(q, W, Q) - adaptive_start(q, W, Q)));
+                       acc_t<T>(rows * (adaptive_end(q, W, Q) - adaptive_start(q, W, Q)));
         }
         gx[t] = from_acc<T>(acc);
     }

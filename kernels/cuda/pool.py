@@ -1,7 +1,7 @@
 """Launchers of pool.cu: max pooling with argmax (forward; the backward as a gather by
 stride-sized cells or by element, indices validated on the device), average and adaptive
-average pooling and their backward gathers. The half types (float16, bfloat16) take pool.cu's
-*_half kernels: FP32 arithmetic, one rounding per output, the max-pool gather by element."""
+average pooling and their backward gathers. The half types (float16, bfloat16) take the same
+kernels (FP32 arithmetic, one rounding per output), max pooling's general one (K = 0)."""
 from __future__ import annotations
 
 import numpy as np
@@ -37,11 +37,9 @@ def max_pool2d(a, x):
     y = empty(a.y_shape, x.dtype, x)
     idx = empty(a.y_shape, np.int64, x)
     it, ic = index_type(max(y.size, x.size))
-    if _half(x.dtype):
-        fn = get_function("pool.cu", f"max_pool2d_fwd_half<{ctype(x.dtype)}, {it}>")
-    else:
-        fn = get_function("pool.cu",
-                          f"max_pool2d_fwd<{ctype(x.dtype)}, {it}, {max_pool2d_window(a)}>")
+    # the half types: the general kernel, whose loop stores the first maximum's own bits
+    K = 0 if _half(x.dtype) else max_pool2d_window(a)
+    fn = get_function("pool.cu", f"max_pool2d_fwd<{ctype(x.dtype)}, {it}, {K}>")
     fn(elementwise_grid(y.size), (THREADS,),
        (x, y, idx, ic(a.N * a.C), *pool_ints(a, a.H, a.W, a.P, a.Q)))
     return y, idx
@@ -87,8 +85,7 @@ def max_pool2d_backward_gather(a, gy, idx):
     g = a.pool                       # the forward's geometry
     gx = empty(g.x_shape, gy.dtype, gy)
     bad = index_flag(a, gy)
-    # the half types: by element only (the cells kernel sums in the data type)
-    cells = None if _half(gy.dtype) else max_pool2d_cells(g)
+    cells = max_pool2d_cells(g)
     if cells:
         CH, CW = cells
         it, ic = index_type(max(gx.size, g.N * g.C * CH * CW))
@@ -102,10 +99,7 @@ def max_pool2d_backward_gather(a, gy, idx):
             get_function("pool.cu", f"max_pool2d_check_indices<{it}>")(
                 elementwise_grid(idx.size), (THREADS,),
                 (idx, bad, ic(g.N * g.C), *pool_ints(g, g.H, g.W, g.P, g.Q)))
-        if _half(gy.dtype):
-            fn = get_function("pool.cu", f"max_pool2d_bwd_gather_half<{ctype(gy.dtype)}, {it}>")
-        else:
-            fn = get_function("pool.cu", f"max_pool2d_bwd_gather<{ctype(gy.dtype)}, {it}>")
+        fn = get_function("pool.cu", f"max_pool2d_bwd_gather<{ctype(gy.dtype)}, {it}>")
         fn(elementwise_grid(gx.size), (THREADS,),
            (gy, idx, gx, ic(g.N * g.C), *pool_ints(g, g.H, g.W, g.P, g.Q)))
     raise_if_flagged(bad, g)
@@ -115,10 +109,7 @@ def max_pool2d_backward_gather(a, gy, idx):
 def avg_pool2d(a, x):
     y = empty(a.y_shape, x.dtype, x)
     it, ic = index_type(max(y.size, x.size))
-    if _half(x.dtype):
-        fn = get_function("pool.cu", f"avg_pool2d_fwd_half<{ctype(x.dtype)}, {it}>")
-    else:
-        fn = get_function("pool.cu", f"avg_pool2d_fwd<{ctype(x.dtype)}, {it}>")
+    fn = get_function("pool.cu", f"avg_pool2d_fwd<{ctype(x.dtype)}, {it}>")
     fn(elementwise_grid(y.size), (THREADS,),
        (x, y, ic(a.N * a.C), *pool_ints(a, a.H, a.W, a.P, a.Q, dil=False)))
     return y
@@ -127,10 +118,7 @@ def avg_pool2d(a, x):
 def avg_pool2d_backward(a, gy):
     gx = empty(a.x_shape, gy.dtype, gy)
     it, ic = index_type(gx.size)
-    if _half(gy.dtype):
-        fn = get_function("pool.cu", f"avg_pool2d_bwd_gather_half<{ctype(gy.dtype)}, {it}>")
-    else:
-        fn = get_function("pool.cu", f"avg_pool2d_bwd_gather<{ctype(gy.dtype)}, {it}>")
+    fn = get_function("pool.cu", f"avg_pool2d_bwd_gather<{ctype(gy.dtype)}, {it}>")
     fn(elementwise_grid(gx.size), (THREADS,),
        (gy, gx, ic(a.N * a.C), *pool_ints(a, a.H, a.W, a.P, a.Q, dil=False)))
     return gx
@@ -139,10 +127,7 @@ def avg_pool2d_backward(a, gy):
 def adaptive_avg_pool2d(a, x):
     y = empty(a.y_shape, x.dtype, x)
     it, ic = index_type(max(y.size, x.size))
-    if _half(x.dtype):
-        fn = get_function("pool.cu", f"adaptive_avg_pool2d_fwd_half<{ctype(x.dtype)}, {it}>")
-    else:
-        fn = get_function("pool.cu", f"adaptive_avg_pool2d_fwd<{ctype(x.dtype)}, {it}>")
+    fn = get_function("pool.cu", f"adaptive_avg_pool2d_fwd<{ctype(x.dtype)}, {it}>")
     fn(elementwise_grid(y.size), (THREADS,), (x, y, ic(a.N * a.C), *i32(a.H, a.W, a.P, a.Q)))
     return y
 
@@ -150,10 +135,7 @@ def adaptive_avg_pool2d(a, x):
 def adaptive_avg_pool2d_backward(a, gy):
     gx = empty(a.x_shape, gy.dtype, gy)
     it, ic = index_type(max(gx.size, gy.size))
-    if _half(gy.dtype):
-        fn = get_function("pool.cu", f"adaptive_avg_pool2d_bwd_half<{ctype(gy.dtype)}, {it}>")
-    else:
-        fn = get_function("pool.cu", f"adaptive_avg_pool2d_bwd<{ctype(gy.dtype)}, {it}>")
+    fn = get_function("pool.cu", f"adaptive_avg_pool2d_bwd<{ctype(gy.dtype)}, {it}>")
     fn(elementwise_grid(gx.size), (THREADS,),
        (contiguous(gy), gx, ic(a.N * a.C), *i32(a.H, a.W, a.P, a.Q)))
     return gx

@@ -87,14 +87,11 @@ NAME_EXPRESSIONS: Dict[str, Tuple[str, ...]] = {
                                                  "avg_pool2d_fwd", "avg_pool2d_bwd_gather",
                                                  "adaptive_avg_pool2d_fwd",
                                                  "adaptive_avg_pool2d_bwd")
-                     for t in T_NAMES for i in ("int", "long long"))
-    + tuple(f"max_pool2d_fwd<{t}, {i}, {k}>" for t in T_NAMES for i in ("int", "long long")
-            for k in (0, 2, 3))
-    + tuple(f"max_pool2d_check_indices<{i}>" for i in ("int", "long long"))
-    + tuple(f"{k}_half<{t}, {i}>" for k in ("max_pool2d_fwd", "max_pool2d_bwd_gather",
-                                             "avg_pool2d_fwd", "avg_pool2d_bwd_gather",
-                                             "adaptive_avg_pool2d_fwd", "adaptive_avg_pool2d_bwd")
-            for t in HALF_NAMES for i in ("int", "long long")),
+                     for t in T_NAMES + HALF_NAMES for i in ("int", "long long"))
+    # the half types: the general max-pool kernel only (pool.cu: max_window_loop)
+    + tuple(f"max_pool2d_fwd<{t}, {i}, {k}>" for t in T_NAMES + HALF_NAMES
+            for i in ("int", "long long") for k in ((0, 2, 3) if t in T_NAMES else (0,)))
+    + tuple(f"max_pool2d_check_indices<{i}>" for i in ("int", "long long")),
 }
 
 
