@@ -516,13 +516,12 @@ conv2d_implicit_gemm_mma16(const T* __restrict__ x, const T* __restrict__ w,
                            float* __restrict__ partial, CONV_SHAPE_PARAMS, int splits,
                            int kchunk, long long split_stride) {
     const CONV_SHAPE;
-    CONVGPU_DYNAMIC_SHARED(smem_bytes);
-    unsigned short* smem = reinterpret_cast<unsigned short*>(smem_bytes);
+    unsigned short* smem = tc16::dynamic_smem();
     const int tid = threadIdx.x;
-    const int g = blockIdx.z / splits, split = blockIdx.z % splits;
     const int Cg = s.C / s.groups, Kg = s.K / s.groups;
     const int RS = s.R * s.S, CRS_all = Cg * RS, PQ = s.P * s.Q, NPQ = s.N * PQ;
-    const int kbeg = split * kchunk, CRS = min(CRS_all, kbeg + kchunk);
+    const tc16::SplitK z = tc16::SplitK(splits).over(kchunk, CRS_all);
+    const int g = z.outer, split = z.split, kbeg = z.kbeg, CRS = z.kend;
     if (split > 0) bias = nullptr;
     const long long HW = (long long)s.H * s.W;
     const int m0 = blockIdx.y * tc16::BM, n0 = blockIdx.x * tc16::BN;
@@ -554,7 +553,6 @@ conv2d_implicit_gemm_mma16(const T* __restrict__ x, const T* __restrict__ w,
         }
         table[(step % tc16::STAGES) * tc16::BK + tid] = d;
     };
-    const int steps = CRS > kbeg ? (CRS - kbeg + tc16::BK - 1) / tc16::BK : 0;
     auto load = [&](unsigned short* As, unsigned short* Bs, int step) {
         const int k0 = kbeg + step * tc16::BK;
         tc16::load_tile<true, VA>(As, wg, CRS_all, m0, Kg, k0, CRS, tid);
@@ -567,7 +565,7 @@ conv2d_implicit_gemm_mma16(const T* __restrict__ x, const T* __restrict__ w,
         }
     };
     float acc[tc16::NACC];
-    tc16::mainloop<true, false, Half16<T>::BF16>(smem, steps, tid, acc, load, prepare);
+    tc16::mainloop<true, false, Half16<T>::BF16>(smem, z.steps(), tid, acc, load, prepare);
 
     // output column (n, pq) -> y[n, g*Kg + m, pq]; each of the thread's 16 columns decomposed
     // once, its 8 rows written there
@@ -608,16 +606,15 @@ conv2d_dgrad_implicit_gemm_mma16(const T* __restrict__ gy, const T* __restrict__
                                  CONV_SHAPE_PARAMS, int splits, int kchunk,
                                  long long split_stride) {
     const CONV_SHAPE;
-    CONVGPU_DYNAMIC_SHARED(smem_bytes);
-    unsigned short* smem = reinterpret_cast<unsigned short*>(smem_bytes);
+    unsigned short* smem = tc16::dynamic_smem();
     const int tid = threadIdx.x, lane = tid % 32;
-    const int g = blockIdx.z / splits, split = blockIdx.z % splits;
     const int Cg = s.C / s.groups, Kg = s.K / s.groups;
     const int RS = s.R * s.S, CRS = Cg * RS, KRS_all = Kg * RS, PQ = s.P * s.Q;
     const int HW = s.H * s.W;
     const long long NHW = (long long)s.N * HW;
-    const int kbeg = split * kchunk, KRS = min(KRS_all, kbeg + kchunk);
-    if (partial) partial += split * split_stride;
+    const tc16::SplitK z = tc16::SplitK(splits).over(kchunk, KRS_all);
+    const int g = z.outer, kbeg = z.kbeg, KRS = z.kend;
+    if (partial) partial += z.split * split_stride;
     const int m0 = blockIdx.y * tc16::BM;
     const long long n0 = (long long)blockIdx.x * tc16::BN;
     const unsigned short* wg = reinterpret_cast<const unsigned short*>(w) + (long long)g * Kg * CRS;
@@ -645,7 +642,6 @@ conv2d_dgrad_implicit_gemm_mma16(const T* __restrict__ gy, const T* __restrict__
         }
         table[(step % tc16::STAGES) * tc16::BK + tid] = d;
     };
-    const int steps = KRS > kbeg ? (KRS - kbeg + tc16::BK - 1) / tc16::BK : 0;
     auto load = [&](unsigned short* As, unsigned short* Bs, int step) {
         const int k0 = kbeg + step * tc16::BK;
         const int krs = k0 + lane;
@@ -670,7 +666,7 @@ conv2d_dgrad_implicit_gemm_mma16(const T* __restrict__ gy, const T* __restrict__
         }
     };
     float acc[tc16::NACC];
-    tc16::mainloop<true, false, Half16<T>::BF16>(smem, steps, tid, acc, load, prepare);
+    tc16::mainloop<true, false, Half16<T>::BF16>(smem, z.steps(), tid, acc, load, prepare);
     // column (n, hw) -> gx[n, g*Cg + c, hw], rows c HW apart
     tc16::store_half<T, long long>(acc, tid, m0, n0, Cg, NHW, HW,
         [&](long long c) { return (c / HW * s.C + (long long)g * Cg) * HW + c % HW; }, gx, partial);
@@ -689,15 +685,14 @@ conv2d_wgrad_implicit_gemm_mma16(const T* __restrict__ x, const T* __restrict__ 
                                  CONV_SHAPE_PARAMS, int splits, int kchunk,
                                  long long split_stride) {
     const CONV_SHAPE;
-    CONVGPU_DYNAMIC_SHARED(smem_bytes);
-    unsigned short* smem = reinterpret_cast<unsigned short*>(smem_bytes);
+    unsigned short* smem = tc16::dynamic_smem();
     const int tid = threadIdx.x, lane = tid % 32;
-    const int g = blockIdx.z / splits, split = blockIdx.z % splits;
     const int Cg = s.C / s.groups, Kg = s.K / s.groups;
     const int RS = s.R * s.S, CRS = Cg * RS, PQ = s.P * s.Q;
     const long long NPQ = (long long)s.N * PQ, HW = (long long)s.H * s.W;
-    const int kbeg = split * kchunk, kend = (int)min(NPQ, (long long)kbeg + kchunk);
-    if (partial) partial += split * split_stride;
+    const tc16::SplitK z = tc16::SplitK(splits).over(kchunk, NPQ);
+    const int g = z.outer, kbeg = z.kbeg, kend = z.kend;
+    if (partial) partial += z.split * split_stride;
     const int m0 = blockIdx.y * tc16::BM, n0 = blockIdx.x * tc16::BN;
     const unsigned short* xs = reinterpret_cast<const unsigned short*>(x);
     const unsigned short* gys = reinterpret_cast<const unsigned short*>(gy);
@@ -723,7 +718,6 @@ conv2d_wgrad_implicit_gemm_mma16(const T* __restrict__ x, const T* __restrict__ 
         }
         table[(step % tc16::STAGES) * tc16::BK + tid] = d;
     };
-    const int steps = kend > kbeg ? (kend - kbeg + tc16::BK - 1) / tc16::BK : 0;
     auto load = [&](unsigned short* As, unsigned short* Bs, int step) {
         const int npq = kbeg + step * tc16::BK + lane;
         tc16::load_rows(As, gys + ((long long)(npq / PQ) * s.K + (long long)g * Kg + m0) * PQ + npq % PQ,
@@ -737,7 +731,7 @@ conv2d_wgrad_implicit_gemm_mma16(const T* __restrict__ x, const T* __restrict__ 
         }
     };
     float acc[tc16::NACC];
-    tc16::mainloop<true, false, Half16<T>::BF16>(smem, steps, tid, acc, load, prepare);
+    tc16::mainloop<true, false, Half16<T>::BF16>(smem, z.steps(), tid, acc, load, prepare);
     tc16::store_half<T, int>(acc, tid, m0, n0, Kg, CRS, CRS,
         [&](int c) { return (long long)g * Kg * CRS + c; }, gw, partial);
 }

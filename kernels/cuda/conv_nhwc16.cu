@@ -85,15 +85,14 @@ conv2d_nhwc_implicit_gemm_mma16(const T* __restrict__ x, const T* __restrict__ w
                                 float* __restrict__ partial, CONV_SHAPE_PARAMS, int splits,
                                 int kchunk, long long split_stride) {
     const CONV_SHAPE;
-    CONVGPU_DYNAMIC_SHARED(smem_bytes);
-    unsigned short* smem = reinterpret_cast<unsigned short*>(smem_bytes);
+    unsigned short* smem = tc16::dynamic_smem();
     const int tid = threadIdx.x;
-    const int g = blockIdx.z / splits, split = blockIdx.z % splits;
     const int Cg = s.C / s.groups, Kg = s.K / s.groups;
     const int RSC = s.R * s.S * Cg, PQ = s.P * s.Q, NPQ = s.N * PQ;
-    const int kbeg = split * kchunk, kend = min(RSC, kbeg + kchunk);
-    if (split > 0) bias = nullptr;
-    if (partial) partial += split * split_stride;
+    const tc16::SplitK z = tc16::SplitK(splits).over(kchunk, RSC);
+    const int g = z.outer, kbeg = z.kbeg, kend = z.kend;
+    if (z.split > 0) bias = nullptr;
+    if (partial) partial += z.split * split_stride;
     const int m0 = blockIdx.x * tc16::BM, n0 = blockIdx.y * tc16::BN;
     const unsigned short* xg = reinterpret_cast<const unsigned short*>(x) + (long long)g * Cg;
     const unsigned short* wg = reinterpret_cast<const unsigned short*>(w) + (long long)g * Kg * RSC;
@@ -110,7 +109,6 @@ conv2d_nhwc_implicit_gemm_mma16(const T* __restrict__ x, const T* __restrict__ w
     }
     __syncthreads();
 
-    const int steps = kend > kbeg ? (kend - kbeg + tc16::BK - 1) / tc16::BK : 0;
     // A: X_rows gathered from x; B: W[g]'s rows, R*S*Cg long
     auto load = [&](unsigned short* As, unsigned short* Bs, int step) {
         const int k0 = kbeg + step * tc16::BK;
@@ -123,40 +121,14 @@ conv2d_nhwc_implicit_gemm_mma16(const T* __restrict__ x, const T* __restrict__ w
         tc16::load_tile<true, VEC>(Bs, wg, RSC, n0, Kg, k0, kend, tid);
     };
     float acc[tc16::NACC];
-    tc16::mainloop<true, true, Half16<T>::BF16>(smem, steps, tid, acc, load);
+    tc16::mainloop<true, true, Half16<T>::BF16>(smem, z.steps(), tid, acc, load);
 
-    // accumulators e, e + 1: channels c, c + 1 (c even) of output position r, adjacent in y:
-    // one 4-byte store of the pair where Kg is even (then r*K + g*Kg + c is even: aligned).
-    // Column pair ni's bias read once for its 8 rows.
-    const bool pairs = partial == nullptr && Kg % 2 == 0;
-#pragma unroll
-    for (int ni = 0; ni < tc16::NI; ++ni) {
-        const int c = n0 + tc16::acc_col(ni * 4, tid);
-        if (c >= Kg) continue;
-        const int k = g * Kg + c;
-        const bool second = c + 1 < Kg;
-        const float b0 = bias ? Half16<T>::to_float(bias[k]) : 0.f;
-        const float b1 = bias && second ? Half16<T>::to_float(bias[k + 1]) : 0.f;
-#pragma unroll
-        for (int mi = 0; mi < tc16::MI; ++mi)
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const int e = (mi * tc16::NI + ni) * 4 + 2 * h;
-                const int r = m0 + tc16::acc_row(e, tid);
-                if (r >= NPQ) continue;
-                const float v0 = acc[e] + b0, v1 = acc[e + 1] + b1;
-                const long long at = (long long)r * s.K + k;
-                if (partial) {
-                    partial[at] = v0;
-                    if (second) partial[at + 1] = v1;
-                } else if (pairs) {
-                    *reinterpret_cast<typename Half16<T>::Pair*>(y + at) = Half16<T>::pair(v0, v1);
-                } else {
-                    y[at] = Half16<T>::from_float(v0);
-                    if (second) y[at + 1] = Half16<T>::from_float(v1);
-                }
-            }
-    }
+    // tile row i = output position m0 + i, its channels g*Kg + c in y; pairs of channels as
+    // one 4-byte store where Kg is even (then r*K + g*Kg + c is even: aligned)
+    tc16::store_half_pairs<T, true>(acc, tid, n0, Kg, bias ? bias + g * Kg : bias,
+        [&](int i) { const int r = m0 + i;
+                     return r < NPQ ? (long long)r * s.K + g * Kg : -1LL; },
+        partial == nullptr && Kg % 2 == 0, y, partial);
 }
 
 template <typename T, bool VA, bool VB>
@@ -166,14 +138,13 @@ conv2d_nhwc_wgrad_implicit_gemm_mma16(const T* __restrict__ x, const T* __restri
                                       CONV_SHAPE_PARAMS, int splits, int kchunk,
                                       long long split_stride) {
     const CONV_SHAPE;
-    CONVGPU_DYNAMIC_SHARED(smem_bytes);
-    unsigned short* smem = reinterpret_cast<unsigned short*>(smem_bytes);
+    unsigned short* smem = tc16::dynamic_smem();
     const int tid = threadIdx.x;
-    const int g = blockIdx.z / splits, split = blockIdx.z % splits;
     const int Cg = s.C / s.groups, Kg = s.K / s.groups;
     const int RSC = s.R * s.S * Cg, PQ = s.P * s.Q, NPQ = s.N * PQ;
-    const int kbeg = split * kchunk, kend = min(NPQ, kbeg + kchunk);
-    if (partial) partial += split * split_stride;
+    const tc16::SplitK z = tc16::SplitK(splits).over(kchunk, NPQ);
+    const int g = z.outer, kbeg = z.kbeg, kend = z.kend;
+    if (partial) partial += z.split * split_stride;
     const int m0 = blockIdx.y * tc16::BM, n0 = blockIdx.x * tc16::BN;
     const unsigned short* xg = reinterpret_cast<const unsigned short*>(x) + (long long)g * Cg;
     const unsigned short* gyg = reinterpret_cast<const unsigned short*>(gy) + (long long)g * Kg;
@@ -200,7 +171,6 @@ conv2d_nhwc_wgrad_implicit_gemm_mma16(const T* __restrict__ x, const T* __restri
         }
         table[(step % tc16::STAGES) * tc16::BK + tid] = t;
     };
-    const int steps = kend > kbeg ? (kend - kbeg + tc16::BK - 1) / tc16::BK : 0;
     auto load = [&](unsigned short* As, unsigned short* Bs, int step) {
         const int k0 = kbeg + step * tc16::BK;
         tc16::load_tile<false, VA>(As, gyg, s.K, m0, Kg, k0, kend, tid);
@@ -227,7 +197,7 @@ conv2d_nhwc_wgrad_implicit_gemm_mma16(const T* __restrict__ x, const T* __restri
         }
     };
     float acc[tc16::NACC];
-    tc16::mainloop<false, false, Half16<T>::BF16>(smem, steps, tid, acc, load, prepare);
+    tc16::mainloop<false, false, Half16<T>::BF16>(smem, z.steps(), tid, acc, load, prepare);
     tc16::store_half<T, int>(acc, tid, m0, n0, Kg, RSC, RSC,
         [&](int j) { return (long long)g * Kg * RSC + j; }, gw, partial);
 }
@@ -253,11 +223,10 @@ conv2d_nhwc_dgrad_implicit_gemm_mma16(const T* __restrict__ gy, const T* __restr
                                       CONV_SHAPE_PARAMS, int splits, int kchunk,
                                       long long split_stride) {
     const CONV_SHAPE;
-    CONVGPU_DYNAMIC_SHARED(smem_bytes);
-    unsigned short* smem = reinterpret_cast<unsigned short*>(smem_bytes);
+    unsigned short* smem = tc16::dynamic_smem();
     const int tid = threadIdx.x;
-    const int phases = s.sh * s.sw, split = blockIdx.z % splits;
-    const int g = blockIdx.z / splits / phases, phase = blockIdx.z / splits % phases;
+    const tc16::SplitK zp(splits);                     // outer = group * sh*sw + phase
+    const int phases = s.sh * s.sw, g = zp.outer / phases, phase = zp.outer % phases;
     const int a = phase / s.sw, b = phase % s.sw;
     const int Cg = s.C / s.groups, Kg = s.K / s.groups;
     // the phase's rows and taps
@@ -278,9 +247,9 @@ conv2d_nhwc_dgrad_implicit_gemm_mma16(const T* __restrict__ gy, const T* __restr
     int r0, rstep, s0, sstep;
     const int Ra = taps(a + s.ph, s.sh, s.dh, s.R, r0, rstep);
     const int Sa = taps(b + s.pw, s.sw, s.dw, s.S, s0, sstep);
-    const int depth = Ra * Sa * Kg;
-    const int kbeg = split * kchunk, kend = min(depth, kbeg + kchunk);
-    if (partial) partial += split * split_stride;
+    const tc16::SplitK z = zp.over(kchunk, Ra * Sa * Kg);
+    const int kbeg = z.kbeg, kend = z.kend;
+    if (partial) partial += z.split * split_stride;
     const unsigned short* gyg = reinterpret_cast<const unsigned short*>(gy) + (long long)g * Kg;
     const unsigned short* ws = reinterpret_cast<const unsigned short*>(w);
 
@@ -309,7 +278,6 @@ conv2d_nhwc_dgrad_implicit_gemm_mma16(const T* __restrict__ gy, const T* __restr
         }
         table[(step % tc16::STAGES) * tc16::BK + tid] = e;
     };
-    const int steps = kend > kbeg ? (kend - kbeg + tc16::BK - 1) / tc16::BK : 0;
     auto load = [&](unsigned short* As, unsigned short* Bs, int step) {
         const int4* t = table + (step % tc16::STAGES) * tc16::BK;
         const int4 e = t[VA ? (tid % 4) * 8 : tid % 32];
@@ -334,33 +302,11 @@ conv2d_nhwc_dgrad_implicit_gemm_mma16(const T* __restrict__ gy, const T* __restr
     };
     float acc[tc16::NACC];
     // the row table is written before mainloop's first barrier, which precedes its readers
-    tc16::mainloop<true, false, Half16<T>::BF16>(smem, steps, tid, acc, load, prepare);
+    tc16::mainloop<true, false, Half16<T>::BF16>(smem, z.steps(), tid, acc, load, prepare);
 
     // row m -> gx pixel rows[m].w, channels g*Cg + c; pairs as in the forward
-    const bool pairs = partial == nullptr && Cg % 2 == 0;
-#pragma unroll
-    for (int ni = 0; ni < tc16::NI; ++ni) {
-        const int c = n0 + tc16::acc_col(ni * 4, tid);
-        if (c >= Cg) continue;
-        const bool second = c + 1 < Cg;
-#pragma unroll
-        for (int mi = 0; mi < tc16::MI; ++mi)
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const int e = (mi * tc16::NI + ni) * 4 + 2 * h;
-                const int pix = rows[tc16::acc_row(e, tid)].w;
-                if (pix < 0) continue;
-                const long long at = (long long)pix * s.C + g * Cg + c;
-                if (partial) {
-                    partial[at] = acc[e];
-                    if (second) partial[at + 1] = acc[e + 1];
-                } else if (pairs) {
-                    *reinterpret_cast<typename Half16<T>::Pair*>(gx + at) =
-                        Half16<T>::pair(acc[e], acc[e + 1]);
-                } else {
-                    gx[at] = Half16<T>::from_float(acc[e]);
-                    if (second) gx[at + 1] = Half16<T>::from_float(acc[e + 1]);
-                }
-            }
-    }
+    tc16::store_half_pairs<T, false>(acc, tid, n0, Cg, (const T*)nullptr,
+        [&](int i) { const int pix = rows[i].w;
+                     return pix < 0 ? -1LL : (long long)pix * s.C + g * Cg; },
+        partial == nullptr && Cg % 2 == 0, gx, partial);
 }

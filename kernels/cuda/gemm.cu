@@ -237,23 +237,21 @@ gemm_mma16(const T* __restrict__ A, const T* __restrict__ B, T* __restrict__ C,
            float* __restrict__ partial, const T* __restrict__ bias, int M, int N, int K,
            long long batch_stride_a, long long batch_stride_b, long long batch_stride_c,
            int splits, int kchunk, long long split_stride) {
-    CONVGPU_DYNAMIC_SHARED(smem_bytes);
-    unsigned short* smem = reinterpret_cast<unsigned short*>(smem_bytes);
+    unsigned short* smem = tc16::dynamic_smem();
     constexpr bool KA = !TA, KB = TB;   // which operands are contiguous along k
     const int tid = threadIdx.x;
-    const int batch = blockIdx.z / splits, split = blockIdx.z % splits;
+    const tc16::SplitK z = tc16::SplitK(splits).over(kchunk, K);
+    const int batch = z.outer, split = z.split, kbeg = z.kbeg, kend = z.kend;
     const unsigned short* a = reinterpret_cast<const unsigned short*>(A) + batch * batch_stride_a;
     const unsigned short* b = reinterpret_cast<const unsigned short*>(B) + batch * batch_stride_b;
     const int m0 = blockIdx.y * tc16::BM, n0 = blockIdx.x * tc16::BN;
-    const int kbeg = split * kchunk, kend = min(K, kbeg + kchunk);
-    const int steps = kend > kbeg ? (kend - kbeg + tc16::BK - 1) / tc16::BK : 0;
     auto load = [&](unsigned short* As, unsigned short* Bs, int step) {
         const int k0 = kbeg + step * tc16::BK;
         tc16::load_tile<KA, VEC>(As, a, KA ? K : M, m0, M, k0, kend, tid);
         tc16::load_tile<KB, VEC>(Bs, b, KB ? K : N, n0, N, k0, kend, tid);
     };
     float acc[tc16::NACC];
-    tc16::mainloop<KA, KB, Half16<T>::BF16>(smem, steps, tid, acc, load);
+    tc16::mainloop<KA, KB, Half16<T>::BF16>(smem, z.steps(), tid, acc, load);
 
     const long long cbase = batch * batch_stride_c;
     if (splits > 1) {

@@ -29,6 +29,32 @@ template <bool KA, bool KB> __host__ __device__ constexpr int shared_bytes() {
 template <bool KA, bool KB> __device__ __forceinline__ int4* depth_table(unsigned short* smem) {
     return reinterpret_cast<int4*>(smem + STAGES * (tile_elems<KA>() + tile_elems<KB>()));
 }
+// The block's start shared by the tc16 kernels (gemm_mma16, the *_mma16 convolutions): its
+// dynamic shared memory in 16-bit elements, and its split of the reduction. blockIdx.z =
+// outer * splits + split (outer: the batch, the group, or group and phase); split s owns
+// depths [kbeg, kend) = [s * kchunk, min(depth, (s + 1) * kchunk)), steps() slices of BK
+// (none where it starts past the end), and writes FP32 partials at partial + s * split_stride.
+__device__ __forceinline__ unsigned short* dynamic_smem() {
+    CONVGPU_DYNAMIC_SHARED(bytes);
+    return reinterpret_cast<unsigned short*>(bytes);
+}
+struct SplitK {
+    int outer, split, kbeg, kend;
+    __device__ __forceinline__ explicit SplitK(int splits)
+        : outer(blockIdx.z / splits), split(blockIdx.z % splits), kbeg(0), kend(0) {}
+    // the depth: long long where it may pass 2**31 (the launcher keeps each split's below)
+    template <typename D> __device__ __forceinline__ SplitK over(int kchunk, D depth) const {
+        SplitK r = *this;
+        r.kbeg = split * kchunk;
+        r.kend = (int)min(depth, (D)r.kbeg + kchunk);
+        return r;
+    }
+    // at the mainloop call: computed up front it cost two builds 37 and 46 registers
+    __device__ __forceinline__ int steps() const {
+        return kend > kbeg ? (kend - kbeg + BK - 1) / BK : 0;
+    }
+};
+
 // element (row, k) of an operand tile, row = m for A, n for B
 template <bool KMAJOR> __device__ __forceinline__ int at(int row, int k) {
     return KMAJOR ? row * LDK + k : k * LDR + row;
@@ -201,6 +227,49 @@ __device__ __forceinline__ void store_half(const float (&acc)[NACC], int tid, in
                 const long long at = base + (long long)m * row_stride;
                 if (partial) partial[at] = acc[e];
                 else out[at] = Half16<T>::from_float(acc[e]);
+            }
+    }
+}
+
+// The epilogue of the channels-last kernels, whose tile columns are adjacent in memory:
+// accumulators e, e + 1 are columns c, c + 1 (c even) of tile row i, at offset row(i) + c
+// and + 1 (row(i) < 0: a row past the end); columns valid below `cols`. BIAS: bias[c] added
+// in FP32 (0 where bias is null), read once per column pair for its 8 rows. Each
+// value rounded once into out, as one 4-byte store of the pair where `pairs` (the caller
+// checks alignment), or as FP32 into partial where that is not null (a split).
+template <typename T, bool BIAS, typename Row>
+__device__ __forceinline__ void store_half_pairs(const float (&acc)[NACC], int tid, int n0,
+                                                 int cols, const T* bias, Row&& row, bool pairs,
+                                                 T* out, float* partial) {
+#pragma unroll
+    for (int ni = 0; ni < NI; ++ni) {
+        const int c = n0 + acc_col(ni * 4, tid);
+        if (c >= cols) continue;
+        const bool second = c + 1 < cols;
+        float b0 = 0.f, b1 = 0.f;
+        if constexpr (BIAS) {
+            b0 = bias ? Half16<T>::to_float(bias[c]) : 0.f;
+            b1 = bias && second ? Half16<T>::to_float(bias[c + 1]) : 0.f;
+        }
+#pragma unroll
+        for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int e = (mi * NI + ni) * 4 + 2 * h;
+                const long long base = row(acc_row(e, tid));
+                if (base < 0) continue;
+                float v0 = acc[e], v1 = acc[e + 1];
+                if constexpr (BIAS) { v0 += b0; v1 += b1; }
+                const long long at = base + c;
+                if (partial) {
+                    partial[at] = v0;
+                    if (second) partial[at + 1] = v1;
+                } else if (pairs) {
+                    *reinterpret_cast<typename Half16<T>::Pair*>(out + at) = Half16<T>::pair(v0, v1);
+                } else {
+                    out[at] = Half16<T>::from_float(v0);
+                    if (second) out[at + 1] = Half16<T>::from_float(v1);
+                }
             }
     }
 }

@@ -150,7 +150,7 @@ MUTANTS = [
            why="the issue's mutation in the reference: include-pad divisor unclipped"),
     # conv_nhwc16.cu: the NHWC half convolutions
     Mutant("nhwc16_bias_every_split", "kernels/cuda/conv_nhwc16.cu",
-           "    if (split > 0) bias = nullptr;\n", "",
+           "    if (z.split > 0) bias = nullptr;\n", "",
            (NH16 + "test_nhwc_mma16_against_the_reference", "-k", "1x32x4x5 and f16"),
            why="every split of the half NHWC forward adds the bias"),
     Mutant("nhwc16_gather_vec_rows", "kernels/cuda/conv_nhwc16.cu",
@@ -163,8 +163,8 @@ MUTANTS = [
            why="the input gradient's phases skip taps where the dilation shares a factor "
                "with the stride"),
     Mutant("nhwc16_wgrad_split_overlap", "kernels/cuda/conv_nhwc16.cu",
-           "const int kbeg = split * kchunk, kend = min(NPQ, kbeg + kchunk);",
-           "const int kbeg = split * kchunk, kend = min(NPQ, kbeg + kchunk + 8);",
+           "const tc16::SplitK z = tc16::SplitK(splits).over(kchunk, NPQ);\n",
+           "tc16::SplitK z = tc16::SplitK(splits).over(kchunk, NPQ);\n    z.kend = min(NPQ, z.kend + 8);\n",
            (NH16 + "test_nhwc_mma16_against_the_reference", "-k", "2x8x13 and f16"),
            why="the weight gradient's splits overlap by 8 positions"),
     # the argument checks
