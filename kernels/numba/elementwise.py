@@ -11,7 +11,8 @@ store; Numba has no bfloat16):
                                           shorter than the block), then a shared-memory tree
                                           in a fixed order (deterministic)
   xent_rows_k                             one thread per row: log-sum-exp, the row's loss
-  xent_backward_k                         one thread per row: (softmax - onehot) / N
+  xent_backward_k                         one thread per row: (softmax - onehot) / N times
+                                          the loss's gradient, in A, rounded once
 Then the launchers, with the registry's signature (args, *arrays).
 """
 from __future__ import annotations
@@ -23,8 +24,9 @@ import numpy as np
 from numba import cuda, float32, float64
 from numba.core.types import float16
 
+from convgpu.arrays import xp_of
 from convgpu.kernels.numba.launch import THREADS, block_sum, blocks_for, launch
-from convgpu.kernels.outputs import empty
+from convgpu.kernels.outputs import contiguous, empty
 
 NB_TYPES = {np.dtype(np.float16): float16, np.dtype(np.float32): float32,
             np.dtype(np.float64): float64}
@@ -88,20 +90,23 @@ def _kernels(dtype_name: str):
                 s += math.exp(z[i, j] - m)
             loss[0, 0, i] = m + math.log(s) - z[i, labels[i]]
 
+    # scale[0]: grad_output, multiplied in before the store (after it, a float16 gradient
+    # would round twice)
     @cuda.jit
-    def xent_backward_k(z, labels, g):
+    def xent_backward_k(z, labels, scale, g):
         i = cuda.grid(1)
         if i < z.shape[0]:
-            n = T(z.shape[0])
-            m = z[i, 0]
+            n = A(z.shape[0])
+            sc = A(scale[0])
+            m = A(z[i, 0])
             for j in range(1, z.shape[1]):
-                m = max(m, z[i, j])
-            s = T(0)
+                m = max(m, A(z[i, j]))
+            s = A(0)
             for j in range(z.shape[1]):
-                s += math.exp(z[i, j] - m)
+                s += math.exp(A(z[i, j]) - m)
             for j in range(z.shape[1]):
-                p = math.exp(z[i, j] - m) / s
-                g[i, j] = (p - T(1) if j == labels[i] else p) / n
+                p = math.exp(A(z[i, j]) - m) / s
+                g[i, j] = T((p - A(1) if j == labels[i] else p) / n * sc)
 
     # the steps compute in A (float32 for float16 state, whose scalars come in float32:
     # eps = 1e-8 is 0 in float16) and round each new value once
@@ -179,10 +184,13 @@ def softmax_cross_entropy(a, z, labels):
     return (channel_sum(rows) / z.dtype.type(n)).reshape(())
 
 
-def softmax_cross_entropy_backward(a, z, labels):
+def softmax_cross_entropy_backward(a, z, labels, scale=None):
+    """The plain mean loss's gradient, times the scalar grad_output `scale` (an array of
+    z's dtype) where given."""
     g = empty(z.shape, z.dtype, z)
+    scale = xp_of(z).ones(1, z.dtype) if scale is None else contiguous(scale.reshape(1))
     launch(kernels_for(z.dtype)["xent_backward"], blocks_for(z.shape[0]), THREADS, z,
-           z, labels, g)
+           z, labels, scale, g)
     return g
 
 

@@ -57,6 +57,20 @@ def test_small_ops(rng, backend, run, dtype):
         assert_close(g, g_want, TOL[dtype])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_xent_backward_times_grad_output(rng, backend, run, dtype):
+    """The gradient of a loss whose own gradient is not 1 (grad_output, a scalar of the
+    logits' dtype): the kernels scale before their store."""
+    z = rand(rng, (5, 9)) * 4
+    t = rng.integers(0, 9, size=5)
+    _, g_want = xent_oracle(z, t)
+    scale = np.array(-0.37, dtype)
+    g = run(lambda: convgpu.softmax_cross_entropy_backward(z.astype(dtype), t,
+                                                           grad_output=scale, backend=backend))
+    assert g.dtype == dtype
+    assert_close(g, g_want * float(scale), TOL[dtype])
+
+
 def test_relu_keeps_nan(backend, run):
     y = run(lambda: convgpu.relu(np.array([np.nan, -1.0, 2.0]), backend=backend))
     assert np.isnan(y[0]) and y[1] == 0 and y[2] == 2

@@ -93,3 +93,37 @@ def test_no_numba_implementation_serves_bfloat16(rng, op):
                                              backend="numba")}[op]
     with pytest.raises(ValueError, match=f"{op} numba:[a-z_]+ serves float.*; not bfloat16"):
         call()
+
+
+def _half_boundary_margin(v):
+    """How far each float64 value lies from the nearest midpoint between neighbouring
+    float16 values (where its rounding would flip), relative to the value."""
+    h = v.astype(np.float16)
+    up = np.nextafter(h, np.float16(np.inf)).astype(np.float64)
+    down = np.nextafter(h, np.float16(-np.inf)).astype(np.float64)
+    hv = h.astype(np.float64)
+    mid = np.minimum(abs(v - (hv + up) / 2), abs(v - (hv + down) / 2))
+    return mid / abs(v)
+
+
+def test_float16_xent_backward_scales_before_its_one_rounding():
+    """The Numba cross-entropy gradient times grad_output, rounded once to float16: the
+    product taken after a float16 store rounds twice and differs on these inputs (uniform
+    rows of 7 and 5 classes: p = 1/7, 1/5; grad_output 1.7). The numba row kernels serve
+    float32 and float64 through the op API (not float16), so the launcher is called here
+    the way ops/loss.py calls it."""
+    from convgpu.ops.loss import XentArgs, _numba_xent_backward
+    for n, c, label in ((1, 7, 0), (2, 5, 3)):
+        z = np.zeros((n, c), np.float16)
+        t = np.full(n, label, np.int64)
+        scale = np.array(1.7, np.float16)
+        q = np.full((n, c), 1.0 / c)
+        q[:, label] -= 1
+        exact = q / n * float(scale)
+        assert _half_boundary_margin(exact).min() > 1e-4      # far from a rounding flip
+        once = exact.astype(np.float16)
+        twice = ((q / n).astype(np.float16).astype(np.float64) * float(scale)).astype(np.float16)
+        assert (once != twice).sum() >= c - 1                 # the test can fail
+        g = _numba_xent_backward(XentArgs(n, c, "mean", False, None, 0.0), z, t, None, scale)
+        assert g.dtype == np.float16
+        np.testing.assert_array_equal(g, once)
