@@ -1,11 +1,44 @@
-"""The error bound of the float16 / bfloat16 tensor-core kernels against the float64 result
-computed from their 16-bit inputs, shared by the host-emulation tier (test_cuda_half.py) and
-the GPU tier (test_gpu_half.py)."""
+"""What the float16 / bfloat16 tensor-core tests share: the error bound of the kernels
+against the float64 result computed from their 16-bit inputs (the host-emulation tier,
+test_cuda_half.py and test_cuda_nhwc16.py, and the GPU tier, test_gpu_half.py), and the
+emulation tier's fixture, dtype parameters, launch spy and misaligned copies."""
 import numpy as np
 import ml_dtypes
+import pytest
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 F16 = np.dtype(np.float16)
+CTYPE = {F16: "__half", BF16: "__nv_bfloat16"}          # the kernels' template argument
+DTYPES = pytest.mark.parametrize("dtype", [F16, BF16], ids=["f16", "bf16"])
+
+
+@pytest.fixture
+def emulated(monkeypatch):
+    """The cuda backend on the host emulation, outputs poisoned (NaN) before each launch.
+    A module uses it with pytestmark = pytest.mark.usefixtures("emulated") after importing it."""
+    monkeypatch.setenv("CONVGPU_CUDA_HOST", "1")
+    monkeypatch.setenv("CONVGPU_POISON", "1")
+
+
+def spy(monkeypatch, module, sources=None):
+    """The name expressions `module` looks up through its get_function, in order (only those
+    of the .cu files in `sources`, if given)."""
+    names = []
+    real = module.get_function
+    monkeypatch.setattr(module, "get_function",
+                        lambda f, e: (sources is None or f in sources) and names.append(e)
+                        or real(f, e))
+    return names
+
+
+def misaligned(X):
+    """X's values in a C-contiguous array at an address 2 bytes past a 16-byte boundary."""
+    buf = np.empty(X.size + 8, X.dtype)
+    off = (-buf.ctypes.data % 16) // X.itemsize + 1
+    Y = buf[off:off + X.size].reshape(X.shape)
+    Y[...] = X
+    assert Y.ctypes.data % 16 == 2 and Y.flags.c_contiguous
+    return Y
 
 U_HALF = {F16: 2.0 ** -11, BF16: 2.0 ** -8}
 ETA_HALF = {F16: 2.0 ** -25, BF16: 2.0 ** -134}   # half the smallest subnormal

@@ -16,13 +16,10 @@ if not cuda_host.available():
     pytest.skip(f"no C++ compiler ({cuda_host.CXX}) for the host emulation", allow_module_level=True)
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
-from half_helpers import BF16, F16, assert_half_bounded  # noqa: E402  (tests/half_helpers.py)
+from half_helpers import (BF16, CTYPE, DTYPES, F16, assert_half_bounded,  # noqa: E402, F401
+                          emulated, misaligned, spy)  # tests/half_helpers.py
 
-
-@pytest.fixture(autouse=True)
-def emulated(monkeypatch):
-    monkeypatch.setenv("CONVGPU_CUDA_HOST", "1")
-    monkeypatch.setenv("CONVGPU_POISON", "1")
+pytestmark = pytest.mark.usefixtures("emulated")
 
 
 ORDERS = ("forward", "reverse")
@@ -269,27 +266,14 @@ def _exact(A, B, ta, tb, bias=None):
     return want, mag
 
 
-def _misaligned(X):
-    """X's values in a C-contiguous array at an address 2 bytes past a 16-byte boundary."""
-    buf = np.empty(X.size + 8, X.dtype)
-    off = (-buf.ctypes.data % 16) // X.itemsize + 1
-    Y = buf[off:off + X.size].reshape(X.shape)
-    Y[...] = X
-    assert Y.ctypes.data % 16 == 2 and Y.flags.c_contiguous
-    return Y
-
-
 @pytest.fixture
 def launched(monkeypatch):
     """The name expressions gemm.py looks up, in order."""
     from convgpu.kernels.cuda import gemm
-    names = []
-    real = gemm.get_function
-    monkeypatch.setattr(gemm, "get_function", lambda f, e: names.append(e) or real(f, e))
-    return names
+    return spy(monkeypatch, gemm)
 
 
-@pytest.mark.parametrize("dtype", [F16, BF16], ids=["f16", "bf16"])
+@DTYPES
 @pytest.mark.parametrize("ta, tb", [(False, False), (True, False), (False, True), (True, True)])
 def test_gemm_mma16_odd_shapes_both_copies_and_split_k(rng, launched, dtype, ta, tb):
     """Two batches, edges in M, N and K on both copy paths: K = 101 (not a multiple of 8:
@@ -311,12 +295,12 @@ def test_gemm_mma16_odd_shapes_both_copies_and_split_k(rng, launched, dtype, ta,
                                   f"{str(vec).lower()}>", launched
             assert (f"sum_splits_half<{t}>" in launched) == (splits > 1), launched
         if vec:
-            C2 = both_orders(lambda: gemm.gemm(_misaligned(A), B, ta, tb, splits=3))
+            C2 = both_orders(lambda: gemm.gemm(misaligned(A), B, ta, tb, splits=3))
             assert launched[-2].endswith("false>"), launched
             np.testing.assert_array_equal(C2.view(np.uint16), C.view(np.uint16))
 
 
-@pytest.mark.parametrize("dtype", [F16, BF16], ids=["f16", "bf16"])
+@DTYPES
 def test_gemm_mma16_bias_broadcast_and_tiny(rng, dtype):
     """The fused bias (added in FP32 before the one rounding, unsplit and split), an operand
     with a batch of 1 serving two, the 1 x 1 x 1 product, K = 0 and M = 0."""
@@ -353,7 +337,7 @@ def test_gemm_mma16_past_the_grid_limits_runs_in_parts(rng, monkeypatch):
         assert_half_bounded(C, want, mag, 70, F16)
 
 
-@pytest.mark.parametrize("dtype", [F16, BF16], ids=["f16", "bf16"])
+@DTYPES
 def test_linear_and_backward_on_the_tensor_cores(rng, launched, dtype):
     """kernels/cuda/gemm.py's linear and linear_backward in the 16-bit type: y = x w^T + b
     (bias fused), grad_input, grad_weight (split-K) and grad_bias (ones @ grad_output), each
@@ -402,14 +386,7 @@ CONV_HALF = [
 ]
 
 
-def _spy(monkeypatch, module):
-    names = []
-    real = module.get_function
-    monkeypatch.setattr(module, "get_function", lambda f, e: names.append(e) or real(f, e))
-    return names
-
-
-@pytest.mark.parametrize("dtype", [F16, BF16], ids=["f16", "bf16"])
+@DTYPES
 @pytest.mark.parametrize("case", CONV_HALF, ids=lambda c: "x".join(map(str, c[:7])))
 def test_conv2d_implicit_gemm_mma16(rng, monkeypatch, dtype, case):
     """The half forward, input gradient and weight gradient from their launchers against the
@@ -425,10 +402,10 @@ def test_conv2d_implicit_gemm_mma16(rng, monkeypatch, dtype, case):
     b = rng.standard_normal(K).astype(dtype)
     a = conv_geometry("conv2d", x.shape, w.shape, st, pd, dl, g, dtype)
     gy = rng.standard_normal(a.y_shape).astype(dtype)
-    names = _spy(monkeypatch, conv_implicit)
+    names = spy(monkeypatch, conv_implicit)
     kw = dict(stride=st, padding=pd, dilation=dl, groups=g)
     f = lambda v: v.astype(np.float64)                    # noqa: E731
-    t = "__half" if dtype == F16 else "__nv_bfloat16"
+    t = CTYPE[dtype]
     split = f"sum_splits_half<{t}>"
 
     y = both_orders(lambda: conv_implicit.conv2d_implicit_gemm_mma16(a, x, w, b))

@@ -19,7 +19,8 @@ if not cuda_host.available():
     pytest.skip(f"no C++ compiler ({cuda_host.CXX}) for the host emulation", allow_module_level=True)
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
-from half_helpers import BF16, F16, assert_half_bounded  # noqa: E402  (tests/half_helpers.py)
+from half_helpers import (BF16, CTYPE, DTYPES, F16, assert_half_bounded,  # noqa: E402, F401
+                          emulated, misaligned, spy)  # tests/half_helpers.py
 from helpers import both_orders  # noqa: E402
 
 from convgpu import reference_nhwc as ref  # noqa: E402
@@ -27,30 +28,13 @@ from convgpu.core.args import conv_geometry  # noqa: E402
 from convgpu.kernels.cuda import conv_implicit, conv_nhwc16  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def emulated(monkeypatch):
-    monkeypatch.setenv("CONVGPU_CUDA_HOST", "1")
-    monkeypatch.setenv("CONVGPU_POISON", "1")
+pytestmark = pytest.mark.usefixtures("emulated")
 
 
 def _spy(monkeypatch, *sources):
     """The kernels launched from `sources` (.cu files): every tc16 convolution launch, NCHW or
     NHWC, goes through conv_implicit.mma16_split_launch and its get_function."""
-    names = []
-    real = conv_implicit.get_function
-    monkeypatch.setattr(conv_implicit, "get_function",
-                        lambda f, e: (f in sources and names.append(e)) or real(f, e))
-    return names
-
-
-def _misaligned(X):
-    """X's values in a C-contiguous array at an address 2 bytes past a 16-byte boundary."""
-    buf = np.empty(X.size + 8, X.dtype)
-    off = (-buf.ctypes.data % 16) // X.itemsize + 1
-    Y = buf[off:off + X.size].reshape(X.shape)
-    Y[...] = X
-    assert Y.ctypes.data % 16 == 2 and Y.flags.c_contiguous
-    return Y
+    return spy(monkeypatch, conv_implicit, sources)
 
 
 def _nchw(a):
@@ -86,7 +70,6 @@ CASES = [
     # C = 130: the input gradient's (and the weight gradient's) second column tile, element-wise
     (1, 130, 3, 5, 8, 1, 1, (2, 2), (0, 0), (1, 1), 1),
 ]
-DTYPES = pytest.mark.parametrize("dtype", [F16, BF16], ids=["f16", "bf16"])
 
 
 def _problem(rng, case, dtype):
@@ -112,7 +95,7 @@ def test_nhwc_mma16_against_the_reference(rng, monkeypatch, dtype, case):
     a, x, w, b, gy, kw = _problem(rng, case, dtype)
     N, C, H, W, K, R, S, st, pd, dl, g = case
     Cg, Kg = C // g, K // g
-    t = "__half" if dtype == F16 else "__nv_bfloat16"
+    t = CTYPE[dtype]
     split = f"sum_splits_half<{t}>"
     names = _spy(monkeypatch, "conv_nhwc16.cu", "gemm.cu")
 
@@ -173,19 +156,19 @@ def test_misaligned_arrays_take_the_element_path_with_the_same_bits(rng, monkeyp
     a, x, w, b, gy, _ = _problem(rng, CASES[2], dtype)
     names = _spy(monkeypatch, "conv_nhwc16.cu", "gemm.cu")
     y = both_orders(lambda: conv_nhwc16.conv2d_nhwc_implicit_gemm_mma16(a, x, w, b))
-    y2 = both_orders(lambda: conv_nhwc16.conv2d_nhwc_implicit_gemm_mma16(a, _misaligned(x), w, b))
+    y2 = both_orders(lambda: conv_nhwc16.conv2d_nhwc_implicit_gemm_mma16(a, misaligned(x), w, b))
     assert names[0].endswith("true>") and names[-1].endswith("false>"), names
     np.testing.assert_array_equal(y2.view(np.uint16), y.view(np.uint16))
     del names[:]
     gw = both_orders(lambda: conv_nhwc16.backward_weight_nhwc_implicit_gemm_mma16(a, x, gy))
     gw2 = both_orders(lambda: conv_nhwc16.backward_weight_nhwc_implicit_gemm_mma16(
-        a, _misaligned(x), _misaligned(gy)))
+        a, misaligned(x), misaligned(gy)))
     assert names[0].endswith("true, true>") and names[-1].endswith("false, false>"), names
     np.testing.assert_array_equal(gw2.view(np.uint16), gw.view(np.uint16))
     del names[:]
     gx = both_orders(lambda: conv_nhwc16.backward_input_nhwc_implicit_gemm_mma16(a, gy, w))
     gx2 = both_orders(lambda: conv_nhwc16.backward_input_nhwc_implicit_gemm_mma16(
-        a, _misaligned(gy), _misaligned(w)))
+        a, misaligned(gy), misaligned(w)))
     assert names[0] == names[0].split(",")[0] + ", true, true>", names     # the phase kernel
     assert names[-1].endswith("false, false>"), names
     np.testing.assert_array_equal(gx2.view(np.uint16), gx.view(np.uint16))
