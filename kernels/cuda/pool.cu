@@ -225,10 +225,14 @@ __device__ __forceinline__ void max_window_clamped(const T* xp, int h0, int w0, 
 // The sequential rule by a loop over the window, any size: strict '>' so the first maximum
 // wins, the first NaN is taken and kept, the first in-bounds element stands while all are
 // -inf. Values are compared in acc_t<T> (exact) and the element itself is kept, so a half
-// type's NaN or signed zero comes back with its own bits.
-template <typename T>
+// type's NaN or signed zero comes back with its own bits. Position i = h * W + v of the plane
+// is element at(i) from xp (i itself in NCHW; pool_nhwc.cu passes i * C).
+struct PlaneOffset {
+    __device__ __forceinline__ int operator()(int i) const { return i; }
+};
+template <typename T, typename At = PlaneOffset>
 __device__ __forceinline__ void max_window_loop(const T* xp, int h0, int w0, const PoolShape& s,
-                                                T& best, int& bi) {
+                                                T& best, int& bi, At at = At{}) {
     acc_t<T> bf = neg_inf<acc_t<T>>();                       // best, as compared
     best = from_acc<T>(bf);
     bi = -1;
@@ -238,7 +242,7 @@ __device__ __forceinline__ void max_window_loop(const T* xp, int h0, int w0, con
         for (int c = 0; c < s.kw; ++c) {
             const int v = w0 + c * s.dw;
             if (v < 0 || v >= s.W) continue;
-            const T val = xp[h * s.W + v];
+            const T val = xp[at(h * s.W + v)];
             const acc_t<T> f = to_acc(val);
             if (bf != bf) continue;                          // a NaN was taken: keep it
             if (greater(f, bf) || f != f || bi < 0) { bf = f; best = val; bi = h * s.W + v; }

@@ -3,7 +3,7 @@
 // threads of a warp read 32 consecutive channels of one input position per window tap (a
 // coalesced 128-byte row in float), where the NCHW kernels' neighbours read positions a
 // stride apart. Same semantics, same order of the window's taps as pool.cu's kernels, whose
-// helpers this file includes (PoolShape, Divider, greater, avg_divisor): results bitwise
+// helpers this file includes (PoolShape, Divider, max_window_loop, avg_divisor): results bitwise
 // equal to theirs on the transposed input.
 //
 //   max_pool2d_nhwc_fwd<T, I>   -inf start, strict '>' so the first maximum in window order
@@ -50,19 +50,9 @@ __global__ void max_pool2d_nhwc_fwd(const T* __restrict__ x, T* __restrict__ y,
         const I n = unravel_nhwc(t, divC, divQ, divP, p, q, c);
         const T* xp = x + (long long)n * s.H * s.W * C + c;
         const int h0 = p * s.sh - s.ph, w0 = q * s.sw - s.pw;
-        T best = neg_inf<T>();
-        int bi = -1;
-        for (int r = 0; r < s.kh; ++r) {
-            const int h = h0 + r * s.dh;
-            if (h < 0 || h >= s.H) continue;
-            for (int k = 0; k < s.kw; ++k) {
-                const int v = w0 + k * s.dw;
-                if (v < 0 || v >= s.W) continue;
-                const T val = xp[((long long)h * s.W + v) * C];
-                if (best != best) continue;              // a NaN was taken: keep it
-                if (greater(val, best) || val != val || bi < 0) { best = val; bi = h * s.W + v; }
-            }
-        }
+        T best;
+        int bi;
+        max_window_loop(xp, h0, w0, s, best, bi, [C](int i) { return (long long)i * C; });
         y[t] = best;
         idx[t] = bi;
     }
