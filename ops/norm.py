@@ -91,12 +91,11 @@ register("batch_norm", "numba", "two_pass", "convgpu.kernels.numba.norm:batch_no
          layouts=_BOTH)
 register("batch_norm_backward", "numba", "two_pass",
          "convgpu.kernels.numba.norm:batch_norm_backward", layouts=_BOTH)
-# the half types too (FP32 arithmetic, parameters in float32 or the data's type), NCHW only
+# the half types too (FP32 arithmetic, parameters in float32 or the data's type), either layout
 _NN = "convgpu.kernels.cuda.norm_nhwc:"
-register("batch_norm", "cuda", "split", _NN + "batch_norm", supports=_NN + "supports",
-         layouts=_BOTH, dtypes=DTYPE_NAMES)
-register("batch_norm_backward", "cuda", "split", _NN + "batch_norm_backward",
-         supports=_NN + "supports", layouts=_BOTH, dtypes=DTYPE_NAMES)
+register("batch_norm", "cuda", "split", _NN + "batch_norm", layouts=_BOTH, dtypes=DTYPE_NAMES)
+register("batch_norm_backward", "cuda", "split", _NN + "batch_norm_backward", layouts=_BOTH,
+         dtypes=DTYPE_NAMES)
 
 
 # ----------------------------------------------------------------------------------------

@@ -239,23 +239,23 @@ register("adaptive_avg_pool2d", "cuda", "direct", _C + "pool:adaptive_avg_pool2d
 register("adaptive_avg_pool2d_backward", "cuda", "gather", _C + "pool:adaptive_avg_pool2d_backward",
          **_H)
 
-_PN = _C + "pool_nhwc:"
+_PN = _C + "pool_nhwc:"          # pool.cu's kernels channel fastest, the half types too
 register("max_pool2d", "cuda", "direct_nhwc", _PN + "max_pool2d", supports=_PN + "nhwc_supports",
-         layouts=("NHWC",))
+         layouts=("NHWC",), **_H)
 register("avg_pool2d", "cuda", "direct_nhwc", _PN + "avg_pool2d", supports=_PN + "nhwc_supports",
-         layouts=("NHWC",))
+         layouts=("NHWC",), **_H)
 register("max_pool2d_backward", "cuda", "gather_nhwc", _PN + "max_pool2d_backward_gather",
-         supports=_PN + "nhwc_supports", layouts=("NHWC",))
+         supports=_PN + "nhwc_supports", layouts=("NHWC",), **_H)
 register("avg_pool2d_backward", "cuda", "gather_nhwc", _PN + "avg_pool2d_backward",
-         supports=_PN + "nhwc_supports", layouts=("NHWC",))
+         supports=_PN + "nhwc_supports", layouts=("NHWC",), **_H)
 register("adaptive_avg_pool2d", "cuda", "direct_nhwc", _PN + "adaptive_avg_pool2d",
-         layouts=("NHWC",))
+         layouts=("NHWC",), **_H)
 register("adaptive_avg_pool2d_backward", "cuda", "gather_nhwc",
-         _PN + "adaptive_avg_pool2d_backward", layouts=("NHWC",))
+         _PN + "adaptive_avg_pool2d_backward", layouts=("NHWC",), **_H)
 register("global_avg_pool2d", "cuda", "reduce_nhwc", _PN + "global_avg_pool2d",
-         layouts=("NHWC",))
+         layouts=("NHWC",), **_H)
 register("global_avg_pool2d_backward", "cuda", "direct_nhwc", _PN + "global_avg_pool2d_backward",
-         layouts=("NHWC",))
+         layouts=("NHWC",), **_H)
 
 # NHWC where a backend has no NHWC kernel: its NCHW kernels between layout copies, by name
 for _op in ("max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",

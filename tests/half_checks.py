@@ -368,12 +368,19 @@ def bn_bounds(x, w, b, gy):
             gx.reshape(shape), gxmag.reshape(shape), gw, agw, gb, agb)
 
 
-def check_batch_norm(rng, dtype, backend, params_dtype, monkeypatch):
+def check_batch_norm(rng, dtype, backend, params_dtype, monkeypatch, layout="NCHW"):
+    """layout="NHWC": the same values passed channels last, the results compared in NCHW."""
     x = half(rng, (4, 3, 5, 6), dtype)
     w, b = half(rng, (3,), dtype).astype(params_dtype), half(rng, (3,), dtype).astype(params_dtype)
     rm, rv = np.zeros(3, params_dtype), np.ones(3, params_dtype)
-    y, mean, invstd = run("batch_norm", backend, None, x, rm, rv, w, b, True, 0.1, 1e-5,
-                          return_stats=True, monkeypatch=monkeypatch)
+    if layout == "NHWC":
+        to = lambda a: np.ascontiguousarray(a.transpose(0, 2, 3, 1))    # noqa: E731
+        back = lambda a: np.ascontiguousarray(a.transpose(0, 3, 1, 2))  # noqa: E731
+    else:
+        to = back = lambda a: a                                        # noqa: E731
+    y, mean, invstd = run("batch_norm", backend, None, to(x), rm, rv, w, b, True, 0.1, 1e-5,
+                          return_stats=True, layout=layout, monkeypatch=monkeypatch)
+    y = back(y)
     gy = half(rng, x.shape, dtype)
     ry, ymag, rmean, rinv, rvar, n, rgx, gxmag, rgw, gwmag, rgb, gbmag = \
         bn_bounds(f64(x), f64(w), f64(b), f64(gy))
@@ -388,15 +395,17 @@ def check_batch_norm(rng, dtype, backend, params_dtype, monkeypatch):
     # the unbiased variance's FP32 sums scale with the squares of |x - mean| and mean|x|
     assert_half(rv, (0.9 + 0.1 * rvar).astype(pd), 0.9 + 0.1 * (rvar + absmean ** 2), n, pd)
     # evaluation: the running estimates normalise, one pass of a few operations per element
-    ye = run("batch_norm", backend, None, x, rm, rv, w, b, False, monkeypatch=monkeypatch)
+    ye = back(run("batch_norm", backend, None, to(x), rm, rv, w, b, False, layout=layout,
+                  monkeypatch=monkeypatch))
     inv_e = 1 / np.sqrt(f64(rv) + 1e-5)
     ref_e = R.batch_norm(f64(x), f64(rm), inv_e, f64(w), f64(b))
     col = lambda v: v[None, :, None, None]      # noqa: E731
     mag_e = (np.abs(f64(x)) + col(np.abs(f64(rm)))) * col(inv_e * np.abs(f64(w))) + \
         col(np.abs(f64(b)))
     assert_half(ye, ref_e.astype(dtype), mag_e, 8, dtype)
-    gx, gw, gb = run("batch_norm_backward", backend, None, gy, x, mean, invstd, w, True,
-                     monkeypatch=monkeypatch)
+    gx, gw, gb = run("batch_norm_backward", backend, None, to(gy), to(x), mean, invstd, w, True,
+                     layout=layout, monkeypatch=monkeypatch)
+    gx = back(gx)
     assert gx.dtype == dtype and gw.dtype == gb.dtype == pd
     # the backward takes the statistics as given (rounded to the parameters' dtype): its
     # reference is computed from those

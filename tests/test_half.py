@@ -227,6 +227,25 @@ def test_batch_norm(rng, dtype, backend, algo, params, monkeypatch):
         assert_torch_half(rvt, f64(rv).astype(pdt), 0.9 + 0.1 * np.abs(f64(rv)), n, pdt)
 
 
+@pytest.mark.parametrize("params", ["float32", "half"])
+@pytest.mark.parametrize("dtype, backend, algo", impl_params("batch_norm"))
+def test_batch_norm_channels_last(rng, dtype, backend, algo, params, monkeypatch):
+    """layout="NHWC" at the same bounds: on cuda, norm_nhwc.cu's reductions in FP32."""
+    launched = []
+    if backend == "cuda":
+        from convgpu.kernels.cuda import norm_nhwc
+        real = norm_nhwc.get_function
+        monkeypatch.setattr(norm_nhwc, "get_function",
+                            lambda f, e: launched.append(e) or real(f, e))
+    check_batch_norm(rng, dtype, backend, np.float32 if params == "float32" else dtype,
+                     monkeypatch, layout="NHWC")
+    if backend == "cuda":
+        ct = {"float16": "__half", "bfloat16": "__nv_bfloat16"}[dtype.name]
+        p = ", float" if params == "float32" else ""
+        assert launched == [f"batch_norm_nhwc_partials<{ct}>",
+                            f"batch_norm_nhwc_bwd_partials<{ct}{p}>"]
+
+
 @pytest.mark.parametrize("dtype, backend, algo", impl_params("adam_step"))
 def test_optimiser_steps(rng, dtype, backend, algo, monkeypatch):
     check_optim(rng, dtype, backend, monkeypatch)

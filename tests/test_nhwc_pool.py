@@ -6,8 +6,9 @@ channels_last input).
 - the reference against torch's channels_last results (values, indices, gradients);
 - every registered implementation that serves NHWC, one body per op: numpy, and the cuda
   backend's (the NHWC kernels of pool_nhwc.cu, algo="transpose") in the host emulation,
-  both thread orders, outputs poisoned; pooling sums each window in the same order in
-  either layout, so every NHWC result is bitwise the same backend's NCHW result transposed;
+  both thread orders, outputs poisoned, in float32, float64, float16 and bfloat16; pooling
+  sums each window in the same order in either layout (the half types in FP32, rounded
+  once), so every NHWC result is bitwise the same backend's NCHW result transposed;
 - torch channels_last tensors run NHWC and come back channels_last;
 - bad input: one ValueError before any launch.
 """
@@ -15,6 +16,8 @@ import numpy as np
 import pytest
 
 import convgpu
+from convgpu import bounds
+from convgpu.core.args import BFLOAT16
 from convgpu.ops._registry import all_impls
 from helpers import AVGP_SMALL, MAXP_SMALL, TOL, assert_close, rand, shuffled_linspace
 from helpers import both_orders_on as both_orders, host_backend  # noqa: F401 (a fixture)
@@ -26,6 +29,8 @@ except ImportError:                      # the torch checks skip; the rest runs
     torch = None
 
 needs_torch = pytest.mark.skipif(torch is None, reason="torch is not installed")
+HALF = (np.dtype(np.float16), BFLOAT16)
+FLOATS = (np.dtype(np.float32), np.dtype(np.float64)) + HALF
 
 
 def nhwc(a):
@@ -68,7 +73,7 @@ def test_max_pool2d_nhwc(rng, host_backend, algo, case):
     """Values and indices bitwise the NCHW op's transposed (ties broken the same way: a
     plane of repeated values; a NaN propagates with its index)."""
     shape, kw = _maxp(case)
-    for dtype in (np.float32, np.float64):
+    for dtype in FLOATS:
         x = shuffled_linspace(rng, shape, dtype)
         x[0, 0, 1, :] = x[0, 0, 1, 0]                        # ties along a row
         x[-1, -1, 0, 0] = np.nan
@@ -90,19 +95,21 @@ def test_max_pool2d_backward_nhwc(rng, host_backend, algo, case, geometry):
     shape, kw = _maxp(case)
     x = shuffled_linspace(rng, shape)
     y, idx = convgpu.max_pool2d(x, **kw, return_indices=True)
-    gy = rand(rng, y.shape)
     geo = kw if geometry else {}
     if host_backend == "cuda" and not geometry:     # refused before anything is copied
         with pytest.raises(ValueError, match=r"cannot serve this call: .*needs the forward's "
                                              r"kernel_size/stride/padding/dilation"):
-            convgpu.max_pool2d_backward(nhwc(gy), nhwc(idx), nhwc(x).shape, layout="NHWC",
+            convgpu.max_pool2d_backward(nhwc(y), nhwc(idx), nhwc(x).shape, layout="NHWC",
                                         backend=host_backend, algo=algo)
         return
-    gx = both_orders(host_backend, lambda: convgpu.max_pool2d_backward(
-        nhwc(gy), nhwc(idx), nhwc(x).shape, **geo, layout="NHWC", backend=host_backend,
-        algo=algo))
-    ref = convgpu.max_pool2d_backward(gy, idx, x.shape, **geo, backend=host_backend)
-    np.testing.assert_array_equal(nchw(gx), ref)
+    for dtype in (np.float64,) + HALF:
+        gy = rand(rng, y.shape, dtype)
+        gx = both_orders(host_backend, lambda: convgpu.max_pool2d_backward(
+            nhwc(gy), nhwc(idx), nhwc(x).shape, **geo, layout="NHWC", backend=host_backend,
+            algo=algo))
+        ref = convgpu.max_pool2d_backward(gy, idx, x.shape, **geo, backend=host_backend)
+        assert gx.dtype == dtype
+        np.testing.assert_array_equal(nchw(gx), ref)
 
 
 @pytest.mark.parametrize("host_backend", ["numpy", "cuda"], indirect=True)
@@ -127,14 +134,15 @@ def test_max_pool2d_backward_nhwc_refuses_bad_indices(rng, host_backend):
 @pytest.mark.parametrize("case", AVGP_SMALL)
 def test_avg_pool2d_nhwc(rng, host_backend, algo, case):
     shape, kw = _avgp(case)
-    for dtype in (np.float32, np.float64):
+    for dtype in FLOATS:
         x = rand(rng, shape, dtype)
         y = both_orders(host_backend, lambda: convgpu.avg_pool2d(
             nhwc(x), **kw, layout="NHWC", backend=host_backend, algo=algo))
         ref = convgpu.avg_pool2d(x, **kw, backend=host_backend)
         assert y.dtype == dtype
         np.testing.assert_array_equal(nchw(y), ref)
-        assert_close(nchw(y), convgpu.avg_pool2d(x.astype(np.float64), **kw), TOL[dtype])
+        if dtype not in HALF:           # the half kernels' bounds: test_half.py
+            assert_close(nchw(y), convgpu.avg_pool2d(x.astype(np.float64), **kw), TOL[dtype.type])
 
 
 @pytest.mark.parametrize("host_backend,algo", _params("avg_pool2d_backward"),
@@ -142,12 +150,14 @@ def test_avg_pool2d_nhwc(rng, host_backend, algo, case):
 @pytest.mark.parametrize("case", AVGP_SMALL[:3])
 def test_avg_pool2d_backward_nhwc(rng, host_backend, algo, case):
     shape, kw = _avgp(case)
-    gy = rand(rng, convgpu.avg_pool2d(np.zeros(shape), **kw).shape)
-    gx = both_orders(host_backend, lambda: convgpu.avg_pool2d_backward(
-        nhwc(gy), (shape[0], shape[2], shape[3], shape[1]), **kw, layout="NHWC",
-        backend=host_backend, algo=algo))
-    np.testing.assert_array_equal(nchw(gx), convgpu.avg_pool2d_backward(
-        gy, shape, **kw, backend=host_backend))
+    for dtype in (np.float64,) + HALF:
+        gy = rand(rng, convgpu.avg_pool2d(np.zeros(shape), **kw).shape, dtype)
+        gx = both_orders(host_backend, lambda: convgpu.avg_pool2d_backward(
+            nhwc(gy), (shape[0], shape[2], shape[3], shape[1]), **kw, layout="NHWC",
+            backend=host_backend, algo=algo))
+        assert gx.dtype == dtype
+        np.testing.assert_array_equal(nchw(gx), convgpu.avg_pool2d_backward(
+            gy, shape, **kw, backend=host_backend))
 
 
 def _algos(op, backend):
@@ -156,11 +166,14 @@ def _algos(op, backend):
 
 @pytest.mark.parametrize("host_backend", ["numpy", "cuda"], indirect=True)
 @pytest.mark.parametrize("shape,out", [((2, 3, 7, 5), (3, 2)), ((1, 2, 5, 6), (9, 11))])
-def test_adaptive_and_global_nhwc(rng, host_backend, shape, out):
+@pytest.mark.parametrize("dtype", (np.dtype(np.float64),) + HALF, ids=str)
+def test_adaptive_and_global_nhwc(rng, host_backend, shape, out, dtype):
     """Every implementation of the four ops on this backend; bitwise the NCHW results
-    transposed (the same sums in the same order), global pooling's forward to the
-    tolerance (the NCHW kernel sums a plane by warp lanes)."""
-    x, gy, g2 = rand(rng, shape), rand(rng, (shape[0], shape[1]) + out), rand(rng, shape[:2])
+    transposed (the same sums in the same order), global pooling's forward to its bound
+    against the float64 mean (the NCHW kernel sums a plane by warp lanes): the FP32 sum's
+    (n + 2) u_32 mean|x|, and for the half types the one rounding (bounds.half_bound)."""
+    x, gy = rand(rng, shape, dtype), rand(rng, (shape[0], shape[1]) + out, dtype)
+    g2 = rand(rng, shape[:2], dtype)
     for algo in _algos("adaptive_avg_pool2d", host_backend):
         y = both_orders(host_backend, lambda: convgpu.adaptive_avg_pool2d(
             nhwc(x), out, layout="NHWC", backend=host_backend, algo=algo))
@@ -174,8 +187,16 @@ def test_adaptive_and_global_nhwc(rng, host_backend, shape, out):
     for algo in _algos("global_avg_pool2d", host_backend):
         g = both_orders(host_backend, lambda: convgpu.global_avg_pool2d(
             nhwc(x), layout="NHWC", backend=host_backend, algo=algo))
-        assert g.shape == shape[:2]
-        assert_close(g, x.mean(axis=(2, 3)), TOL[np.float64])
+        assert g.shape == shape[:2] and g.dtype == dtype
+        x64 = x.astype(np.float64)
+        if dtype == np.float64:
+            assert_close(g, x64.mean(axis=(2, 3)), TOL[np.float64])
+        else:
+            n = shape[2] * shape[3]
+            ref = x64.mean(axis=(2, 3)).astype(dtype).astype(np.float64)
+            fp32 = (n + 2) * 2.0 ** -24 * abs(x64).mean(axis=(2, 3))
+            bound = bounds.half_bound(dtype, ref, fp32)
+            assert np.all(abs(g.astype(np.float64) - ref) <= bound)
     for algo in _algos("global_avg_pool2d_backward", host_backend):
         gx = both_orders(host_backend, lambda: convgpu.global_avg_pool2d_backward(
             g2, nhwc(x).shape, layout="NHWC", backend=host_backend, algo=algo))

@@ -352,9 +352,10 @@ __device__ __forceinline__ Divider<int> divider_for(int d) {
 }
 
 // The first of split s's items when N items are cut into S splits in order: splits differ
-// by at most one item (batch norm's rows, the depthwise weight gradient's images).
-__device__ __forceinline__ int split_start(int N, int S, int s) {
-    return N / S * s + min(s, N % S);
+// by at most one item (batch norm's rows, 64-bit for the N*H*W rows of an NHWC input; the
+// depthwise weight gradient's images).
+template <typename I> __device__ __forceinline__ I split_start(I N, int S, int s) {
+    return N / S * s + min((I)s, N % S);
 }
 
 // dynamic shared memory of the launch (the launcher's shared_mem bytes), 16-byte aligned

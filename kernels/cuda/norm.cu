@@ -14,7 +14,8 @@
 //   batch_norm_finish<T>        training: merges the splits -> mean[c], invstd[c] =
 //                               1 / sqrt(var + eps) with the biased var, and updates the
 //                               running estimates in place (unbiased var); evaluation:
-//                               mean = running_mean, invstd from running_var
+//                               mean = running_mean, invstd from running_var. Also
+//                               norm_nhwc.cu's: N = M rows of an NHWC input, L = 1
 //   batch_norm_apply<T>         y = (x - mean[c]) * (invstd[c] * w[c]) + b[c] (w, b null:
 //                               1 and 0, as for the running estimates outside training),
 //                               element by element (short planes)
@@ -123,7 +124,8 @@ batch_norm_partials(const T* __restrict__ x, acc_t<T>* __restrict__ part, int N,
 template <typename T, typename P = T>
 __global__ void batch_norm_finish(const acc_t<T>* __restrict__ part, acc_t<T>* __restrict__ mean,
                                   acc_t<T>* __restrict__ invstd, P* __restrict__ running_mean,
-                                  P* __restrict__ running_var, int N, int C, long long L, int S,
+                                  P* __restrict__ running_var, long long N, int C, long long L,
+                                  int S,
                                   int training, int update_running, acc_t<T> momentum,
                                   acc_t<T> eps, acc_t<T> unbias, P* __restrict__ mean_p,
                                   P* __restrict__ invstd_p) {
@@ -138,7 +140,7 @@ __global__ void batch_norm_finish(const acc_t<T>* __restrict__ part, acc_t<T>* _
         A n = A(0), m2 = A(0);
         mu = A(0);
         for (int s = 0; s < S; ++s)
-            merge(n, mu, m2, A((long long)(split_start(N, S, s + 1) - split_start(N, S, s)) * L),
+            merge(n, mu, m2, A((split_start(N, S, s + 1) - split_start(N, S, s)) * L),
                   part[((long long)c * S + s) * 2], part[((long long)c * S + s) * 2 + 1]);
         const A var = m2 / n;
         is = A(1) / sqrt(var + eps);

@@ -85,7 +85,26 @@ def _norm_apply(name, x3, vectored, head, tail, pdtype=None):
 
 
 
-def batch_norm(a, x3, running_mean, running_var, w, b, h):
+def _partials(x3, part):
+    """Block (c, s) reduces split s of channel c's rows to part[c, s] = (mean, m2)."""
+    N, C, L = x3.shape
+    S = part.shape[1]
+    _norm("partials", x3.dtype)((C, S), (NORM_THREADS,),
+                                (x3, part, np.int32(N), np.int32(C), np.int64(L), np.int32(S)))
+
+
+def _bwd_partials(g3, x3, mean, part, pd):
+    """Block (c, s): part[c, s] = (sum gy, sum gy (x - mean)) over split s."""
+    N, C, L = x3.shape
+    S = part.shape[1]
+    _norm("bwd_partials", x3.dtype, pd)((C, S), (NORM_THREADS,),
+                                        (g3, x3, mean, part, np.int32(N), np.int32(C),
+                                         np.int64(L), np.int32(S)))
+
+
+def batch_norm(a, x3, running_mean, running_var, w, b, h, splits=None, partials=_partials):
+    """x3: (N, C, L). splits (the reductions' S) and partials (their launch into a (C, S, 2)
+    array) are norm_nhwc.py's for an NHWC input's (M, C, 1) view."""
     N, C, L = x3.shape
     ad = acc_dtype(x3.dtype)                 # the kernels' arithmetic: float32 for half data
     pd = np.dtype(a.stats_dtype or x3.dtype)   # the parameters' and statistics' dtype
@@ -94,14 +113,13 @@ def batch_norm(a, x3, running_mean, running_var, w, b, h):
     mean, invstd = empty((C,), ad, x3), empty((C,), ad, x3)
     narrow = np.dtype(pd) != ad
     mean_p, invstd_p = (empty((C,), pd, x3), empty((C,), pd, x3)) if narrow else (None, None)
-    S = norm_splits(C, N, L) if a.training else 0
+    S = (splits or norm_splits)(C, N, L) if a.training else 0
     part = empty((C, S, 2), ad, x3) if a.training else None   # evaluation reads none
     if a.training:
-        _norm("partials", x3.dtype)((C, S), (NORM_THREADS,),
-                                    (x3, part, np.int32(N), np.int32(C), np.int64(L), np.int32(S)))
+        partials(x3, part)
     _norm("finish", x3.dtype, pd)((ceil_div(C, THREADS),), (THREADS,),
                                   (null_or(part), mean, invstd, null_or(running_mean),
-                                   null_or(running_var), np.int32(N), np.int32(C), np.int64(L),
+                                   null_or(running_var), np.int64(N), np.int32(C), np.int64(L),
                                    np.int32(S), np.int32(a.training),
                                    np.int32(a.update_running), t(h.momentum), t(h.eps),
                                    t(M / max(M - 1, 1)), null_or(mean_p), null_or(invstd_p)))
@@ -110,15 +128,13 @@ def batch_norm(a, x3, running_mean, running_var, w, b, h):
     return (y, mean_p, invstd_p) if narrow else (y, mean, invstd)
 
 
-def batch_norm_backward(a, g3, x3, mean, invstd, w):
+def batch_norm_backward(a, g3, x3, mean, invstd, w, splits=None, partials=_bwd_partials):
     N, C, L = x3.shape
-    M, S = N * L, norm_splits(C, N, L)
+    M, S = N * L, (splits or norm_splits)(C, N, L)
     ad, pd = acc_dtype(x3.dtype), np.dtype(a.stats_dtype or x3.dtype)
     g3 = contiguous(g3)
     part = empty((C, S, 2), ad, x3)
-    _norm("bwd_partials", x3.dtype, pd)((C, S), (NORM_THREADS,),
-                                        (g3, x3, mean, part, np.int32(N), np.int32(C),
-                                         np.int64(L), np.int32(S)))
+    partials(g3, x3, mean, part, pd)
     # gw, gb returned in pd; the apply pass reads them unrounded (in ad) where pd is narrower
     gw, gb = empty((C,), pd, x3), empty((C,), pd, x3)
     narrow = np.dtype(pd) != ad
@@ -132,4 +148,3 @@ def batch_norm_backward(a, g3, x3, mean, invstd, w):
                 (g3, x3, mean, invstd, null_or(w), gw_a, gb_a, gx),
                 (np.int64(M), np.int32(a.training)), pd)
     return gx, gw, gb
-

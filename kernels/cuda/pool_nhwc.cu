@@ -4,7 +4,9 @@
 // coalesced 128-byte row in float), where the NCHW kernels' neighbours read positions a
 // stride apart. Same semantics, same order of the window's taps as pool.cu's kernels, whose
 // helpers this file includes (PoolShape, Divider, max_window_loop, avg_divisor): results bitwise
-// equal to theirs on the transposed input.
+// equal to theirs on the transposed input. T is float, double or a half type (half.cuh):
+// the half types load and store 16 bits and sum in acc_t<T> = float, one rounding per
+// stored value, as pool.cu's kernels.
 //
 //   max_pool2d_nhwc_fwd<T, I>   -inf start, strict '>' so the first maximum in window order
 //                               wins, the first NaN is taken and kept; int64 indices flat
@@ -71,10 +73,11 @@ __global__ void avg_pool2d_nhwc_fwd(const T* __restrict__ x, T* __restrict__ y, 
         const I n = unravel_nhwc(t, divC, divQ, divP, p, q, c);
         const T* xp = x + (long long)n * s.H * s.W * C + c;
         const int h0 = p * s.sh - s.ph, w0 = q * s.sw - s.pw;
-        T acc = T(0);
+        acc_t<T> acc = 0;
         for (int h = max(h0, 0); h < min(h0 + s.kh, s.H); ++h)
-            for (int v = max(w0, 0); v < min(w0 + s.kw, s.W); ++v) acc += xp[((long long)h * s.W + v) * C];
-        y[t] = acc / avg_divisor<T>(p, q, s);
+            for (int v = max(w0, 0); v < min(w0 + s.kw, s.W); ++v)
+                acc += to_acc(xp[((long long)h * s.W + v) * C]);
+        y[t] = from_acc<T>(acc / avg_divisor<acc_t<T>>(p, q, s));
     }
 }
 
@@ -117,13 +120,13 @@ __global__ void max_pool2d_nhwc_bwd_gather(const T* __restrict__ gy,
         const int p_hi = min((int)divSH.div(h + s.ph), s.P - 1);
         const int q_hi = min((int)divSW.div(v + s.pw), s.Q - 1);
         const int q_lo = first_cover(v, s.pw, s.kw, divSW, s.dw);
-        T acc = T(0);
+        acc_t<T> acc = 0;
         for (int p = first_cover(h, s.ph, s.kh, divSH, s.dh); p <= p_hi; ++p)
             for (int q = q_lo; q <= q_hi; ++q) {
                 const long long at = base + ((long long)p * s.Q + q) * C;
-                if (idx[at] == me) acc += gy[at];
+                if (idx[at] == me) acc += to_acc(gy[at]);
             }
-        gx[t] = acc;
+        gx[t] = from_acc<T>(acc);
     }
 }
 
@@ -141,14 +144,14 @@ __global__ void avg_pool2d_nhwc_bwd_gather(const T* __restrict__ gy, T* __restri
         int h, v, c;
         const I n = unravel_nhwc(t, divC, divW, divH, h, v, c);
         const T* g = gy + (long long)n * s.P * s.Q * C + c;
-        T acc = T(0);
+        acc_t<T> acc = 0;
         const int p_hi = min((int)divSH.div(h + s.ph), s.P - 1);
         const int q_hi = min((int)divSW.div(v + s.pw), s.Q - 1);
         const int q_lo = first_cover(v, s.pw, s.kw, divSW, 1);
         for (int p = first_cover(h, s.ph, s.kh, divSH, 1); p <= p_hi; ++p)
             for (int q = q_lo; q <= q_hi; ++q)
-                acc += g[((long long)p * s.Q + q) * C] / avg_divisor<T>(p, q, s);
-        gx[t] = acc;
+                acc += to_acc(g[((long long)p * s.Q + q) * C]) / avg_divisor<acc_t<T>>(p, q, s);
+        gx[t] = from_acc<T>(acc);
     }
 }
 
@@ -162,10 +165,10 @@ __global__ void adaptive_avg_pool2d_nhwc_fwd(const T* __restrict__ x, T* __restr
         const T* xp = x + (long long)(np / P) * H * W * C + c;
         const int h0 = adaptive_start(p, H, P), h1 = adaptive_end(p, H, P);
         const int w0 = adaptive_start(q, W, Q), w1 = adaptive_end(q, W, Q);
-        T acc = T(0);
+        acc_t<T> acc = 0;
         for (int h = h0; h < h1; ++h)
-            for (int v = w0; v < w1; ++v) acc += xp[((long long)h * W + v) * C];
-        y[t] = acc / T((h1 - h0) * (w1 - w0));
+            for (int v = w0; v < w1; ++v) acc += to_acc(xp[((long long)h * W + v) * C]);
+        y[t] = from_acc<T>(acc / acc_t<T>((h1 - h0) * (w1 - w0)));
     }
 }
 
@@ -179,13 +182,13 @@ __global__ void adaptive_avg_pool2d_nhwc_bwd(const T* __restrict__ gy, T* __rest
         const T* g = gy + (long long)(nh / H) * P * Q * C + c;
         const int p0 = adaptive_start(h, P, H), p1 = adaptive_end(h, P, H);
         const int q0 = adaptive_start(v, Q, W), q1 = adaptive_end(v, Q, W);
-        T acc = T(0);
+        acc_t<T> acc = 0;
         for (int p = p0; p < p1; ++p) {
             const int rows = adaptive_end(p, H, P) - adaptive_start(p, H, P);
             for (int q = q0; q < q1; ++q)
-                acc += g[((long long)p * Q + q) * C] /
-                       T(rows * (adaptive_end(q, W, Q) - adaptive_start(q, W, Q)));
+                acc += to_acc(g[((long long)p * Q + q) * C]) /
+                       acc_t<T>(rows * (adaptive_end(q, W, Q) - adaptive_start(q, W, Q)));
         }
-        gx[t] = acc;
+        gx[t] = from_acc<T>(acc);
     }
 }

@@ -178,11 +178,13 @@ NAME_EXPRESSIONS["pool_nhwc.cu"] = (
                                       "max_pool2d_nhwc_bwd_gather", "avg_pool2d_nhwc_bwd_gather",
                                       "adaptive_avg_pool2d_nhwc_fwd",
                                       "adaptive_avg_pool2d_nhwc_bwd")
-          for t in T_NAMES for i in ("int", "long long"))
+          for t in T_NAMES + HALF_NAMES for i in ("int", "long long"))
     + tuple(f"max_pool2d_nhwc_check_indices<{i}>" for i in ("int", "long long")))
-NAME_EXPRESSIONS["norm_nhwc.cu"] = tuple(f"batch_norm_nhwc_{k}<{t}>"
-                                         for k in ("partials", "finish", "bwd_partials")
-                                         for t in T_NAMES)
+NAME_EXPRESSIONS["norm_nhwc.cu"] = (
+    tuple(f"batch_norm_nhwc_{k}<{t}>" for k in ("partials", "bwd_partials") for t in T_NAMES)
+    # the half types: statistics in the data's type or in float, as norm.cu's
+    + tuple(f"batch_norm_nhwc_partials<{t}>" for t in HALF_NAMES)
+    + tuple(f"batch_norm_nhwc_bwd_partials<{t}{p}>" for t in HALF_NAMES for p in ("", ", float")))
 # the NHWC convolutions in float16 / bfloat16 on the tensor cores (conv_nhwc16.cu)
 NAME_EXPRESSIONS["conv_nhwc16.cu"] = (
     tuple(f"conv2d_nhwc_implicit_gemm_mma16<{t}, {v}>" for t in HALF_NAMES

@@ -118,7 +118,7 @@ MUTANTS = [
            (EW + "::test_small_ops", "-k", "cuda"), why="cross-entropy's gradient not divided by N"),
     # common.cuh, pipeline.cuh
     Mutant("common_split_start", "kernels/cuda/common.cuh",
-           "return N / S * s + min(s, N % S);", "return N / S * s;",
+           "return N / S * s + min((I)s, N % S);", "return N / S * s;",
            (BN + "::test_batch_norm_splits", CH + "test_depthwise_wgrad3_splits"), why="split ranges drop the remainder"),
     Mutant("common_tf32_round", "kernels/cuda/common.cuh",
            "return capped + 0x1000u;", "return capped + 0x0fffu;",
