@@ -80,7 +80,10 @@ stage describe 20 device.txt bash bench/describe_device.sh
 
 # 1. the gpu tier: every registered GPU implementation against the reference (202 tests: 94 s
 # at e8f4431, 144 s on a fresh machine at 9bcca5b; test_gpu_half.py's 32 and
-# test_nhwc_gpu.py's about 75 joined since: about 220 s fresh at 9bcca5b's 0.71 s a test)
+# test_nhwc_gpu.py's about 75 joined since: about 220 s fresh at 9bcca5b's 0.71 s a test,
+# which was mostly compiling; test_gpu_half_ops.py's 68 small ones add their runs and the
+# numba float16 compiles, not NVRTC's: one RawModule per .cu holds the half kernels already.
+# Untimed: the first run with them says whether 230 s holds)
 stage gpu_tests 230 gpu_tests.log python3 -m pytest tests -m gpu -q -p no:cacheprovider -rfE
 
 # 2. the sanitizer subset: memcheck, then racecheck for the shared-memory kernels

@@ -34,20 +34,22 @@ def _runs_here(backend):
     return backend == "numpy"
 
 
-def served(op, dtype):
+def served(op, dtype, where=None):
     """(backend, algo) of every implementation of op that serves dtype and runs in this
-    process (never the kernels/dev candidates)."""
+    process (never the kernels/dev candidates); where(impl), if given, picks them instead
+    (the GPU tier's: the device implementations)."""
     name = np.dtype(dtype).name
     return [(i.backend, i.algo) for i in all_impls(op)
-            if name in i.dtypes and not i.dev and _runs_here(i.backend)]
+            if name in i.dtypes and not i.dev and (where(i) if where else _runs_here(i.backend))]
 
 
-def impl_params(op):
+def impl_params(op, where=None):
     """pytest params (dtype, backend, algo) for op: every half dtype x implementation."""
     out = []
     for d in HALF:
         dtype = d.values[0]
-        out += [pytest.param(dtype, b, a, id=f"{d.id}-{b}-{a}") for b, a in served(op, dtype)]
+        out += [pytest.param(dtype, b, a, id=f"{d.id}-{b}-{a}")
+                for b, a in served(op, dtype, where)]
     return out or [pytest.param(None, None, None, marks=pytest.mark.skip(
         reason=f"no implementation of {op} serves a half type here"))]
 
@@ -68,15 +70,16 @@ def _served_here(backend, supports, a) -> bool:
             os.environ["CONVGPU_CUDA_HOST"] = before
 
 
-def conv_impl_params(op, cases):
+def conv_impl_params(op, cases, where=None):
     """pytest params (dtype, backend, algo, case) for a conv op: every half dtype x
-    implementation x case whose supports() accepts the case (the depthwise kernels serve
-    groups = C only); a pair it refuses is not generated, so nothing is skipped."""
+    implementation (where as for served) x case whose supports() accepts the case (the
+    depthwise kernels serve groups = C only); a pair it refuses is not generated, so
+    nothing is skipped."""
     from convgpu.core.args import conv_geometry
     out = []
     for d in HALF:
         dtype = d.values[0]
-        for b, algo in served(op, dtype):
+        for b, algo in served(op, dtype, where):
             impl = next(i for i in all_impls(op) if (i.backend, i.algo) == (b, algo))
             supports = impl.supports
             if isinstance(supports, str):           # "module:function", as the registry's
@@ -85,7 +88,8 @@ def conv_impl_params(op, cases):
             for case in cases:
                 N, C, H, W, K, Rk, S, st, pd, dl, g = case
                 a = conv_geometry(op, (N, C, H, W), (K, C // g, Rk, S), st, pd, dl, g, dtype)
-                if supports is None or _served_here(b, supports, a):
+                if supports is None or (supports(a) is None if where else
+                                        _served_here(b, supports, a)):
                     out.append(pytest.param(dtype, b, algo, case,
                                             id=f"{d.id}-{b}-{algo}-{case[:7]}"))
     return out or [pytest.param(None, None, None, None, marks=pytest.mark.skip(

@@ -45,3 +45,11 @@ def test_gpu_tier_logic_on_the_stand_in_device():
         "max_pool_exact or current_stream or padding_same and cuda or empty_problems")
     assert passed >= 40, out
     assert not re.search(r"skipped|xfail|error", rest), out
+
+
+def test_gpu_half_ops_tier_on_the_stand_in_device():
+    """tests/test_gpu_half_ops.py whole (the half kernels that are not tensor-core GEMMs, on
+    device arrays; the numba ones need a GPU): its device runs, copies back and bounds."""
+    passed, rest, out = run_on_stand_in(ROOT / "tests" / "test_gpu_half_ops.py")
+    assert passed >= 46, out
+    assert not re.search(r"skipped|xfail|deselected|error", rest), out
