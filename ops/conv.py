@@ -94,7 +94,7 @@ register("conv2d", "cuda", "implicit_gemm_tf32", _IG + "conv2d_implicit_gemm_tf3
          supports=_L + "tf32_supports")
 register("conv2d", "cuda", "implicit_gemm_pipelined_tf32",
          _IG + "conv2d_implicit_gemm_pipelined_tf32", supports=_IG + "pipelined_supports")
-register("conv2d", "cuda", "im2col", _I2C + "conv2d_im2col")
+register("conv2d", "cuda", "im2col", _I2C + "conv2d_im2col", dtypes=DTYPE_NAMES)
 register("conv2d", "cuda", "im2col_tf32", _I2C + "conv2d_im2col_tf32",
          supports=_L + "tf32_supports")
 register("conv2d", "cuda", "direct", _DIR + "conv2d_direct", supports=_DIR + "direct_supports",
@@ -119,7 +119,8 @@ register("conv2d_backward_input", "cuda", "implicit_gemm_tf32",
 register("conv2d_backward_input", "cuda", "implicit_gemm_pipelined_tf32",
          _IG + "backward_input_implicit_gemm_pipelined_tf32",
          supports=_IG + "pipelined_input_supports")
-register("conv2d_backward_input", "cuda", "col2im", _I2C + "backward_input_col2im")
+register("conv2d_backward_input", "cuda", "col2im", _I2C + "backward_input_col2im",
+         dtypes=DTYPE_NAMES)
 register("conv2d_backward_input", "cuda", "col2im_tf32", _I2C + "backward_input_col2im_tf32",
          supports=_L + "tf32_supports")
 register("conv2d_backward_input", "cuda", "winograd", _WG + "backward_input_winograd",
@@ -139,7 +140,8 @@ register("conv2d_backward_weight", "cuda", "implicit_gemm_tf32",
 register("conv2d_backward_weight", "cuda", "implicit_gemm_pipelined_tf32",
          _IG + "backward_weight_implicit_gemm_pipelined_tf32",
          supports=_IG + "pipelined_weight_supports")
-register("conv2d_backward_weight", "cuda", "im2col", _I2C + "backward_weight_im2col")
+register("conv2d_backward_weight", "cuda", "im2col", _I2C + "backward_weight_im2col",
+         dtypes=DTYPE_NAMES)
 register("conv2d_backward_weight", "cuda", "im2col_tf32", _I2C + "backward_weight_im2col_tf32",
          supports=_L + "tf32_supports")
 register("conv2d_backward_weight", "cuda", "winograd", _WG + "backward_weight_winograd",

@@ -355,6 +355,21 @@ def test_linear_and_backward_on_the_tensor_cores(rng, launched, dtype):
     assert all(n.startswith(("gemm_mma16<", "sum_splits_half<")) for n in launched), launched
 
 
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=["f16", "bf16"])
+def test_gemm_mma16_fp32_output(rng, dtype):
+    """fp32=True (col2im's columns): the FP32 sums before the rounding, split-K partials
+    summed in order, in float32; rounded, bitwise the 16-bit output of the same call."""
+    from convgpu.kernels.cuda import gemm
+    A, B = _operands(rng, dtype, 2, 40, 24, 70, False, True)
+    for splits in (1, 3):
+        c32 = gemm.gemm(A, B, tb=True, splits=splits, fp32=True)
+        c16 = gemm.gemm(A, B, tb=True, splits=splits)
+        assert c32.dtype == np.float32 and c32.shape == c16.shape == (2, 40, 24)
+        np.testing.assert_array_equal(c32.astype(dtype).view(np.uint16), c16.view(np.uint16))
+        want, mag = _exact(A, B, False, True)
+        assert np.all(abs(c32 - want) <= 72 * 2.0 ** -23 * mag)       # (K + 2) FP32 adds
+
+
 def test_gemm_mma16_refuses_bad_input(rng):
     from convgpu.kernels.cuda import gemm
     A, B = _operands(rng, F16, 1, 8, 8, 8, False, False)
@@ -370,8 +385,12 @@ def test_gemm_mma16_refuses_bad_input(rng):
         gemm.gemm(A, B, bias=np.zeros(7, F16))
     with pytest.raises(ValueError, match="one type"):
         gemm.gemm(A.astype(np.float32), B.astype(np.float32), variant="mma16")
-    with pytest.raises(ValueError, match="bias is fused only"):
+    with pytest.raises(ValueError, match="bias and fp32 are for the 16-bit GEMM"):
         gemm.gemm(A.astype(np.float32), B.astype(np.float32), bias=np.zeros(8, np.float32))
+    with pytest.raises(ValueError, match="bias and fp32 are for the 16-bit GEMM"):
+        gemm.gemm(A.astype(np.float32), B.astype(np.float32), fp32=True)
+    with pytest.raises(ValueError, match="fp32=True returns the product without the bias"):
+        gemm.gemm(A, B, bias=np.zeros(8, F16), fp32=True)
 
 
 # ---- the implicit-GEMM convolutions: conv2d_{,dgrad_,wgrad_}implicit_gemm_mma16 ------------

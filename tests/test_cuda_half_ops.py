@@ -107,6 +107,32 @@ def test_depthwise(rng, dtype, order, case, monkeypatch):
             H.check_conv2d_backward(rng, dtype, "cuda", "depthwise", case, which, monkeypatch)
 
 
+# im2col / col2im on gemm_mma16: the 1x1 problem, which the FP32 path runs without the column
+# matrix, and three groups with a bias (one fused GEMM a group)
+IM2COL = [
+    (2, 8, 5, 6, 16, 1, 1, (1, 1), (0, 0), (1, 1), 1),
+    (2, 6, 7, 5, 9, 3, 2, (2, 1), (1, 1), (1, 2), 3),
+]
+
+
+@pytest.mark.parametrize("case", IM2COL, ids=["pointwise", "groups"])
+@pytest.mark.parametrize("order", ["forward", "reverse"])
+@pytest.mark.parametrize("dtype", HALF)
+def test_im2col_rounds_once(rng, dtype, order, case, monkeypatch):
+    """Each output the GEMM's FP32 sum rounded once: the forward with the bias added in the
+    GEMM's epilogue, the input gradient's FP32 columns summed by col2im<T, float> (the 1x1
+    one straight from the GEMM), the weight gradient through the column matrix."""
+    from convgpu.kernels.cuda import im2col
+    seen = _spy(monkeypatch, im2col)
+    with cuda_host.order(order):
+        H.check_conv2d(rng, dtype, "cuda", "im2col", case, monkeypatch)
+        H.check_conv2d_backward(rng, dtype, "cuda", "col2im", case, "input", monkeypatch)
+        H.check_conv2d_backward(rng, dtype, "cuda", "im2col", case, "weight", monkeypatch)
+    t = {"float16": "__half", "bfloat16": "__nv_bfloat16"}[dtype.name]
+    dgrad = [] if case[5:7] == (1, 1) else [f"col2im<{t}, float>"]
+    assert seen == [f"im2col<{t}>"] + dgrad + [f"im2col<{t}>"]
+
+
 # ----------------------------------------------------------------------------------------
 # the vector kernels (8 halves a load) and their tails
 

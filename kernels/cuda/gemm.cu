@@ -225,9 +225,10 @@ __global__ void sum_splits(const T* __restrict__ parts, T* __restrict__ out, lon
 // T = __half or __nv_bfloat16 on the tensor cores: mma.sync m16n8k16 with FP32 accumulation,
 // each output rounded once to T (after the bias is added in FP32); operands copied by tc16's
 // pipeline (pipeline.cuh), A stored M x K and B stored N x K kept K-major, the others MN-major.
-// Same batching and split-K as gemm_tiled (kchunk a multiple of tc16::BK): with splits > 1,
-// split s writes its FP32 partial product to partial + s * split_stride (C and bias unused:
-// sum_splits_half adds the bias and rounds the sum), else the result goes to C. VEC: 16-byte copies (each
+// Same batching and split-K as gemm_tiled (kchunk a multiple of tc16::BK): where partial is
+// not null, split s writes its FP32 partial product to partial + s * split_stride (C and
+// bias unused: sum_splits_half adds the bias and rounds the sum, or a caller that sums
+// further takes the FP32 values: col2im), else the result goes to C. VEC: 16-byte copies (each
 // operand's contiguous extent a multiple of 8, 16-byte aligned bases: the launcher checks);
 // without, element by element (any shape: K = 37, N = 1). Launch with tc16::THREADS threads
 // and tc16::shared_bytes<!TA, TB>() bytes of dynamic shared memory.
@@ -254,7 +255,7 @@ gemm_mma16(const T* __restrict__ A, const T* __restrict__ B, T* __restrict__ C,
     tc16::mainloop<KA, KB, Half16<T>::BF16>(smem, z.steps(), tid, acc, load);
 
     const long long cbase = batch * batch_stride_c;
-    if (splits > 1) {
+    if (partial) {
         float* P = partial + split * split_stride + cbase;
 #pragma unroll
         for (int e = 0; e < tc16::NACC; ++e) {

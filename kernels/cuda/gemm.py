@@ -54,7 +54,8 @@ def mma16_vec_fits(A, B, ta, tb) -> bool:
             and address(A) % 16 == 0 and address(B) % 16 == 0)
 
 
-def gemm(A, B, ta=False, tb=False, splits=1, tf32=False, variant="auto", bias=None):
+def gemm(A, B, ta=False, tb=False, splits=1, tf32=False, variant="auto", bias=None,
+         fp32=False):
     """Batched C[b] = op(A[b]) @ op(B[b]); an operand with a batch of 1 serves every batch
     (stride 0: the weights of a 1x1 convolution against each image). With splits > 1 the K
     range is cut into that many parts whose partial products are summed afterwards in a
@@ -66,11 +67,12 @@ def gemm(A, B, ta=False, tb=False, splits=1, tf32=False, variant="auto", bias=No
     mma16 for the 16-bit types, pipelined for TF32, vec64 for FP32 with M <= 64, else vec
     where their conditions hold, else tiled.
     bias (16-bit types only): a row vector of N added to every row in FP32 before the one
-    rounding of each output."""
+    rounding of each output. fp32 (16-bit types only): the FP32 product, not rounded, for a
+    caller that sums it further (col2im) and rounds once."""
     if half_ctype(A.dtype) or half_ctype(B.dtype) or variant == "mma16":
-        return _gemm_mma16(A, B, ta, tb, splits, tf32, variant, bias)
-    if bias is not None:
-        raise ValueError("gemm: bias is fused only into the 16-bit GEMM (gemm_mma16)")
+        return _gemm_mma16(A, B, ta, tb, splits, tf32, variant, bias, fp32)
+    if bias is not None or fp32:
+        raise ValueError("gemm: bias and fp32 are for the 16-bit GEMM (gemm_mma16) only")
     batch = max(A.shape[0], B.shape[0])
     if min(A.shape[0], B.shape[0]) not in (1, batch):
         raise ValueError(f"gemm: batches of {A.shape[0]} and {B.shape[0]} (equal, or one of 1)")
@@ -128,10 +130,11 @@ def gemm(A, B, ta=False, tb=False, splits=1, tf32=False, variant="auto", bias=No
 
 
 
-def _gemm_mma16(A, B, ta, tb, splits, tf32, variant, bias):
+def _gemm_mma16(A, B, ta, tb, splits, tf32, variant, bias, fp32=False):
     """gemm on gemm_mma16 (float16, bfloat16): operands in the same 16-bit type, FP32
     accumulation, each output rounded once; split-K partials kept in FP32 and summed in a
-    fixed order before that rounding (sum_splits_half)."""
+    fixed order before that rounding (sum_splits_half). fp32: the FP32 sums returned
+    unrounded (float32; no bias)."""
     t = half_ctype(A.dtype)
     if t is None or np.dtype(A.dtype) != np.dtype(B.dtype):
         raise ValueError(f"gemm_mma16 takes float16 or bfloat16 operands of one type; got "
@@ -150,13 +153,16 @@ def _gemm_mma16(A, B, ta, tb, splits, tf32, variant, bias):
     if bias is not None and (np.dtype(bias.dtype) != np.dtype(A.dtype) or bias.shape != (N,)):
         raise ValueError(f"gemm: bias must be ({N},) {np.dtype(A.dtype).name}; got "
                          f"{tuple(bias.shape)} {np.dtype(bias.dtype).name}")
+    if fp32 and bias is not None:
+        raise ValueError("gemm: fp32=True returns the product without the bias")
+    out_dtype = np.float32 if fp32 else A.dtype
     if batch * M * N == 0:                  # nothing to launch (a grid of 0 blocks fails)
-        return empty((batch, M, N), A.dtype, A)
+        return empty((batch, M, N), out_dtype, A)
     splits = max(1, min(splits, ceil_div(K, MMA16_BK)))
     kchunk = ceil_div(ceil_div(K, splits), MMA16_BK) * MMA16_BK
     splits = ceil_div(K, kchunk) if K else 1
     if batch * splits > MAX_GRID_YZ or ceil_div(M, TILE) > MAX_GRID_YZ:
-        return _gemm_in_parts(A, B, ta, tb, splits, False, "mma16", M, N, TILE, bias)
+        return _gemm_in_parts(A, B, ta, tb, splits, False, "mma16", M, N, TILE, bias, fp32)
     smem = mma16_shared_bytes(not ta, tb)
     if smem > max_shared_per_block():
         raise ValueError(f"gemm_mma16 needs {smem} bytes of shared memory per block; this "
@@ -166,13 +172,16 @@ def _gemm_mma16(A, B, ta, tb, splits, tf32, variant, bias):
     set_max_dynamic_shared(fn, smem)
     stride_a = 0 if A.shape[0] == 1 else A[0].size
     stride_b = 0 if B.shape[0] == 1 else B[0].size
-    out = empty((batch, M, N), A.dtype, A)
-    parts = empty((splits, batch, M, N), np.float32, A) if splits > 1 else None
+    parts = empty((splits, batch, M, N), np.float32, A) if splits > 1 or fp32 else None
+    out = None if fp32 else empty((batch, M, N), A.dtype, A)
     grid = (ceil_div(N, TILE), ceil_div(M, TILE), batch * splits)
     fn(grid, (MMA16_THREADS,),
-       (A, B, out if parts is None else np.uint64(0), null_or(parts), null_or(bias),
+       (A, B, null_or(out), null_or(parts), null_or(bias),
         *i32(M, N, K), np.int64(stride_a), np.int64(stride_b), np.int64(M * N),
         np.int32(splits), np.int32(kchunk), np.int64(batch * M * N)), shared_mem=smem)
+    if fp32:
+        return parts[0] if splits == 1 else sum_splits(parts, empty((batch, M, N), np.float32,
+                                                                    A), splits)
     if parts is not None:
         get_function("gemm.cu", f"sum_splits_half<{t}>")(
             elementwise_grid(out.size), (ELEM_THREADS,),
@@ -180,7 +189,7 @@ def _gemm_mma16(A, B, ta, tb, splits, tf32, variant, bias):
     return out
 
 
-def _gemm_in_parts(A, B, ta, tb, splits, tf32, variant, M, N, rows, bias=None):
+def _gemm_in_parts(A, B, ta, tb, splits, tf32, variant, M, N, rows, bias=None, fp32=False):
     """gemm past the grid's y and z limits (65535 row tiles, batch x splits): launches on
     slices of at most that many batches and row tiles (A's rows are sliced where it is
     stored M x K; a K x M operand that tall is refused)."""
@@ -190,14 +199,14 @@ def _gemm_in_parts(A, B, ta, tb, splits, tf32, variant, M, N, rows, bias=None):
     if ta and M > per_rows:
         raise ValueError(f"gemm: a transposed A (K x M) with M = {M} rows needs more than "
                          f"{MAX_GRID_YZ} row tiles; pass it as M x K")
-    C = empty((batch, M, N), A.dtype, A)
+    C = empty((batch, M, N), np.float32 if fp32 else A.dtype, A)
     for b0 in range(0, batch, per_batch):
         Ab = A if A.shape[0] == 1 else A[b0:b0 + per_batch]
         Bb = B if B.shape[0] == 1 else B[b0:b0 + per_batch]
         for m0 in range(0, M, per_rows):
             Am = Ab if ta or M <= per_rows else contiguous(Ab[:, m0:m0 + per_rows])
             C[b0:b0 + per_batch, m0:m0 + per_rows] = gemm(Am, Bb, ta, tb, splits, tf32, variant,
-                                                          bias=bias)
+                                                          bias=bias, fp32=fp32)
     return C
 
 

@@ -1,11 +1,17 @@
 """Launchers of im2col.cu and the im2col algorithms on gemm.py: the forward as W @ im2col(x),
 the input gradient as col2im(W^T @ gy), the weight gradient as gy @ im2col(x)^T (split-K);
-a 1x1 stride-1 unpadded convolution skips the column matrix (pointwise)."""
+a 1x1 stride-1 unpadded convolution skips the column matrix (pointwise).
+
+float16 / bfloat16 run on gemm_mma16 (FP32 sums) and round each output once: the forward as
+im2col(x)^T @ W^T with the bias fused into the GEMM's epilogue (a bias after the GEMM would
+round twice), then into NCHW; the input gradient's columns stay FP32 into col2im, which
+rounds its sums; the weight gradient through the column matrix (the pointwise shortcut sums
+per-image products, rounded each)."""
 from __future__ import annotations
 
 import numpy as np
 
-from convgpu.kernels.cuda.gemm import gemm
+from convgpu.kernels.cuda.gemm import gemm, half_ctype
 from convgpu.kernels.cuda.launch import (INT_SAFE, ROWS_GRID_X, ROWS_GRID_Y, THREADS, ceil_div,
                                          conv_ints, split_for, sum_splits)
 from convgpu.kernels.cuda.module import ctype, get_function
@@ -29,9 +35,12 @@ def im2col(a, x):
     return cols
 
 
-def col2im(a, cols):
-    gx = empty(a.x_shape, cols.dtype, cols)
-    fn = get_function("im2col.cu", f"col2im<{ctype(cols.dtype)}>")
+def col2im(a, cols, dtype=None):
+    """gx in dtype (cols' by default; a half type from FP32 columns)."""
+    dtype = np.dtype(dtype or cols.dtype)
+    gx = empty(a.x_shape, dtype, cols)
+    t = f"{ctype(dtype)}, float" if half_ctype(dtype) else ctype(dtype)
+    fn = get_function("im2col.cu", f"col2im<{t}>")
     fn(rows_grid(a.N * a.C, a.H * a.W), (THREADS,), (cols, gx, *conv_ints(a)))
     return gx
 
@@ -53,7 +62,23 @@ def conv2d_im2col_tf32(a, x, w, b):
     return conv2d_im2col(a, x, w, b, tf32=True)
 
 
+def _conv2d_im2col_half(a, x, w, b):
+    """(groups, N*P*Q, Kg) = im2col(x)^T @ W^T per group, the bias fused, then NCHW."""
+    cols, wg = im2col(a, x), w.reshape(a.groups, a.Kg, a.Cg * a.R * a.S)
+    if b is None or a.groups == 1:
+        yt = gemm(cols, wg, ta=True, tb=True, bias=b)
+    else:                                   # the fused bias is one row vector per launch
+        yt = empty((a.groups, a.N * a.P * a.Q, a.Kg), x.dtype, x)
+        for g in range(a.groups):
+            yt[g] = gemm(cols[g:g + 1], wg[g:g + 1], ta=True, tb=True,
+                         bias=b[g * a.Kg:(g + 1) * a.Kg])[0]
+    return contiguous(yt.reshape(a.groups, a.N, a.P * a.Q, a.Kg).transpose(1, 0, 3, 2)) \
+        .reshape(a.y_shape)
+
+
 def conv2d_im2col(a, x, w, b, tf32=False):
+    if half_ctype(x.dtype):
+        return _conv2d_im2col_half(a, x, w, b)
     if pointwise(a):
         y = gemm(w.reshape(1, a.K, a.C), contiguous(x).reshape(a.N, a.C, a.H * a.W), tf32=tf32)
         y = y.reshape(a.y_shape)
@@ -75,9 +100,10 @@ def backward_input_col2im(a, gy, w, tf32=False):
     if pointwise(a):
         return gemm(w.reshape(1, a.K, a.C), contiguous(gy).reshape(a.N, a.K, a.P * a.Q),
                     ta=True, tf32=tf32).reshape(a.x_shape)
+    half = half_ctype(gy.dtype) is not None
     dcols = gemm(w.reshape(a.groups, a.Kg, a.Cg * a.R * a.S), _gy_by_group(a, gy), ta=True,
-                 tf32=tf32)
-    return col2im(a, dcols)
+                 tf32=tf32, fp32=half)
+    return col2im(a, dcols, gy.dtype)
 
 
 def backward_weight_im2col_tf32(a, x, gy):
@@ -85,7 +111,7 @@ def backward_weight_im2col_tf32(a, x, gy):
 
 
 def backward_weight_im2col(a, x, gy, tf32=False):
-    if pointwise(a):
+    if pointwise(a) and not half_ctype(x.dtype):
         # one K x C product per image (gy[n] x[n]^T), summed over the images in order by
         # sum_splits, as a split-K would be: deterministic
         per = gemm(contiguous(gy).reshape(a.N, a.K, a.P * a.Q),

@@ -53,7 +53,8 @@ NAME_EXPRESSIONS: Dict[str, Tuple[str, ...]] = {
     + tuple(f"conv2d_dgrad_implicit_gemm_mma16<{t}, {u}>" for t in HALF_NAMES
             for u in ("false", "true"))
     + tuple(f"conv2d_wgrad_implicit_gemm_mma16<{t}>" for t in HALF_NAMES),
-    "im2col.cu": tuple(f"{k}<{t}>" for k in ("im2col", "col2im") for t in T_NAMES),
+    "im2col.cu": tuple(f"{k}<{t}>" for k in ("im2col", "col2im") for t in T_NAMES)
+    + tuple(f"im2col<{t}>" for t in HALF_NAMES) + tuple(f"col2im<{t}, float>" for t in HALF_NAMES),
     "ceiling.cu": tuple(f"fma_peak<{t}>" for t in T_NAMES),
     "fft.cu": tuple(f"spectra_{k}<{t}>" for k in ("stack", "unstack") for t in T_NAMES),
     "conv_direct.cu": tuple(f"conv2d_direct<{t}>" for t in T_NAMES + HALF_NAMES),
