@@ -160,6 +160,50 @@ def test_avg_pool2d_backward_nhwc(rng, host_backend, algo, case):
             gy, shape, **kw, backend=host_backend))
 
 
+@pytest.mark.parametrize("host_backend", ["cuda"], indirect=True)
+@pytest.mark.parametrize("dtype", HALF, ids=str)
+@pytest.mark.parametrize("C", [8, 24])
+def test_half_nhwc_pooling_eight_channels_a_thread(rng, host_backend, dtype, C, monkeypatch):
+    """The half types take the <T, I, 8> kernels (16-byte loads and stores) where C is a
+    multiple of 8 and the bases are 16-byte aligned, the scalar ones otherwise (a base 2
+    bytes off): both bitwise the NCHW kernels' results transposed, ties, a NaN and an
+    infinity included."""
+    from convgpu.kernels.cuda import pool_nhwc
+    from half_helpers import misaligned
+    from helpers import spy_get_function
+    seen = spy_get_function(monkeypatch)
+    x = shuffled_linspace(rng, (2, C, 7, 9), dtype)
+    x[0, 1, 2, :] = x[0, 1, 2, 0]
+    x[1, C - 1, 3, 3], x[1, 2, 0, 0] = np.nan, np.inf
+    mk = dict(kernel_size=3, stride=2, padding=1, dilation=(1, 2))
+    ak = dict(kernel_size=(3, 2), stride=(2, 1), padding=1, ceil_mode=True,
+              count_include_pad=False)
+    y, idx = convgpu.max_pool2d(x, **mk, return_indices=True, backend="cuda")
+    ya = convgpu.avg_pool2d(x, **ak, backend="cuda")
+    gy, ga = rand(rng, y.shape, dtype), rand(rng, ya.shape, dtype)
+    g = convgpu.max_pool2d_backward(gy, idx, x.shape, **mk, backend="cuda")
+    gga = convgpu.avg_pool2d_backward(ga, x.shape, **ak, backend="cuda")
+    for place, V in ((np.ascontiguousarray, 8), (misaligned, 1)):
+        del seen[:]
+        xn, gyn, gan = place(nhwc(x)), place(nhwc(gy)), place(nhwc(ga))
+        yn, idxn = both_orders("cuda", lambda: convgpu.max_pool2d(
+            xn, **mk, return_indices=True, layout="NHWC", backend="cuda", algo="direct_nhwc"))
+        assert np.array_equal(nchw(yn).view(np.uint16), y.view(np.uint16))
+        np.testing.assert_array_equal(nchw(idxn), idx)
+        gn = both_orders("cuda", lambda: convgpu.max_pool2d_backward(
+            gyn, nhwc(idx), xn.shape, **mk, layout="NHWC", backend="cuda", algo="gather_nhwc"))
+        assert np.array_equal(nchw(gn).view(np.uint16), g.view(np.uint16))
+        yan = both_orders("cuda", lambda: convgpu.avg_pool2d(
+            xn, **ak, layout="NHWC", backend="cuda", algo="direct_nhwc"))
+        assert np.array_equal(nchw(yan).view(np.uint16), ya.view(np.uint16))
+        gan_ = both_orders("cuda", lambda: convgpu.avg_pool2d_backward(
+            gan, xn.shape, **ak, layout="NHWC", backend="cuda", algo="gather_nhwc"))
+        assert np.array_equal(nchw(gan_).view(np.uint16), gga.view(np.uint16))
+        vector = [e for e in seen if e.endswith(", 8>")]
+        assert len(vector) == (8 if V == 8 else 0), seen     # four kernels, both orders
+    assert pool_nhwc.lanes(12, nhwc(x)[..., :4].copy()) == 1     # C not a multiple of 8
+
+
 def _algos(op, backend):
     return [i.algo for i in all_impls(op, layout="NHWC") if i.backend == backend]
 

@@ -30,6 +30,32 @@ template <typename T> __device__ __forceinline__ T from_acc(acc_t<T> v) { return
 // eight 16-bit elements, one 16-byte vector load or store (LDG.128 / STG.128)
 template <typename T> struct __align__(16) pack8 { T v[8]; };
 
+// V values of T moved as one vector: V = 16 / sizeof(T) (float4, double2, 8 halves), or V = 1.
+// (the 16-bit types move as float4 too: loads and stores copy bits, no arithmetic)
+template <typename T> struct Vec16 { using type = float4; };
+template <> struct Vec16<float> { using type = float4; };
+template <> struct Vec16<double> { using type = double2; };
+template <typename T, int V> struct alignas(V * sizeof(T)) Pack { T v[V]; };
+template <typename T, int V> __device__ __forceinline__ Pack<T, V> load_pack(const T* p) {
+    Pack<T, V> r;
+    if constexpr (V == 1) {
+        r.v[0] = *p;
+    } else {
+        static_assert(V * sizeof(T) == 16, "a pack is one value or 16 bytes");
+        using W = typename Vec16<T>::type;
+        *reinterpret_cast<W*>(r.v) = __ldg(reinterpret_cast<const W*>(p));
+    }
+    return r;
+}
+template <typename T, int V> __device__ __forceinline__ void store_pack(T* p, const Pack<T, V>& r) {
+    if constexpr (V == 1) {
+        *p = r.v[0];
+    } else {
+        using W = typename Vec16<T>::type;
+        *reinterpret_cast<W*>(p) = *reinterpret_cast<const W*>(r.v);
+    }
+}
+
 template <typename T> struct Half16;
 template <> struct Half16<__half> {
     static constexpr bool BF16 = false;

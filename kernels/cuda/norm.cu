@@ -183,32 +183,6 @@ __global__ void batch_norm_apply(const T* __restrict__ x, const acc_t<T>* __rest
     }
 }
 
-// V values of T moved as one vector: V = 16 / sizeof(T) (float4, double2, 8 halves), or V = 1.
-// (the 16-bit types move as float4 too: loads and stores copy bits, no arithmetic)
-template <typename T> struct Vec16 { using type = float4; };
-template <> struct Vec16<float> { using type = float4; };
-template <> struct Vec16<double> { using type = double2; };
-template <typename T, int V> struct alignas(V * sizeof(T)) Pack { T v[V]; };
-template <typename T, int V> __device__ __forceinline__ Pack<T, V> load_pack(const T* p) {
-    Pack<T, V> r;
-    if constexpr (V == 1) {
-        r.v[0] = *p;
-    } else {
-        static_assert(V * sizeof(T) == 16, "a pack is one value or 16 bytes");
-        using W = typename Vec16<T>::type;
-        *reinterpret_cast<W*>(r.v) = __ldg(reinterpret_cast<const W*>(p));
-    }
-    return r;
-}
-template <typename T, int V> __device__ __forceinline__ void store_pack(T* p, const Pack<T, V>& r) {
-    if constexpr (V == 1) {
-        *p = r.v[0];
-    } else {
-        using W = typename Vec16<T>::type;
-        *reinterpret_cast<W*>(p) = *reinterpret_cast<const W*>(r.v);
-    }
-}
-
 // The plane kernels: blockIdx.y (+ gridDim.y steps) walks the N * C planes (n, c) of L
 // values, blockIdx.x the plane's slices of len values (len and, with V > 1, L multiples of
 // V, and the bases 16-byte aligned: the launcher checks). A block works out its channel's

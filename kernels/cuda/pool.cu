@@ -230,24 +230,44 @@ __device__ __forceinline__ void max_window_clamped(const T* xp, int h0, int w0, 
 struct PlaneOffset {
     __device__ __forceinline__ int operator()(int i) const { return i; }
 };
-template <typename T, typename At = PlaneOffset>
-__device__ __forceinline__ void max_window_loop(const T* xp, int h0, int w0, const PoolShape& s,
-                                                T& best, int& bi, At at = At{}) {
-    acc_t<T> bf = neg_inf<acc_t<T>>();                       // best, as compared
-    best = from_acc<T>(bf);
-    bi = -1;
+// max_window_lanes: the same for V consecutive channels at once (pool_nhwc.cu's vector
+// kernels: one 16-byte load of 8 halves a tap), the rule lane by lane.
+template <int V, typename T, typename At>
+__device__ __forceinline__ void max_window_lanes(const T* xp, int h0, int w0, const PoolShape& s,
+                                                 Pack<T, V>& best, int (&bi)[V], At at) {
+    acc_t<T> bf[V];                                          // best, as compared
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+        bf[j] = neg_inf<acc_t<T>>();
+        best.v[j] = from_acc<T>(bf[j]);
+        bi[j] = -1;
+    }
     for (int r = 0; r < s.kh; ++r) {
         const int h = h0 + r * s.dh;
         if (h < 0 || h >= s.H) continue;
         for (int c = 0; c < s.kw; ++c) {
             const int v = w0 + c * s.dw;
             if (v < 0 || v >= s.W) continue;
-            const T val = xp[at(h * s.W + v)];
-            const acc_t<T> f = to_acc(val);
-            if (bf != bf) continue;                          // a NaN was taken: keep it
-            if (greater(f, bf) || f != f || bi < 0) { bf = f; best = val; bi = h * s.W + v; }
+            const Pack<T, V> val = load_pack<T, V>(xp + at(h * s.W + v));
+#pragma unroll
+            for (int j = 0; j < V; ++j) {
+                const acc_t<T> f = to_acc(val.v[j]);
+                if (bf[j] != bf[j]) continue;                // a NaN was taken: keep it
+                if (greater(f, bf[j]) || f != f || bi[j] < 0) {
+                    bf[j] = f; best.v[j] = val.v[j]; bi[j] = h * s.W + v;
+                }
+            }
         }
     }
+}
+template <typename T, typename At = PlaneOffset>
+__device__ __forceinline__ void max_window_loop(const T* xp, int h0, int w0, const PoolShape& s,
+                                                T& best, int& bi, At at = At{}) {
+    Pack<T, 1> b;
+    int i[1];
+    max_window_lanes<1>(xp, h0, w0, s, b, i, at);
+    best = b.v[0];
+    bi = i[0];
 }
 
 // max_pool2d_fwd<T, I, K>: K = 2 or 3 serves kh == kw == K (any stride, padding and

@@ -21,6 +21,11 @@
 //                               otherwise, which the launcher reads back
 //   avg_pool2d_nhwc_bwd_gather<T, I>  one thread per input element: gy / divisor summed over
 //                               the windows that cover it, in window order
+//   ... <T, I, V>: the four kernels above with V channels a thread, V = 8 for the half types
+//                               (one 16-byte load or store of 8 halves where a warp of
+//                               scalar threads moves 2 bytes each; the launcher takes it
+//                               where C % 8 == 0 and the bases are 16-byte aligned); C / V
+//                               channel groups fastest, each lane the scalar kernel's rule
 //   adaptive_avg_pool2d_nhwc_fwd<T, I>, adaptive_avg_pool2d_nhwc_bwd<T, I>  pool.cu's
 //                               adaptive kernels, channel fastest (global pooling: P = Q = 1).
 //                               Not tuned: plain divisions per element
@@ -38,46 +43,55 @@ __device__ __forceinline__ I unravel_nhwc(I t, const Divider<I>& divC, const Div
     return n;
 }
 
-template <typename T, typename I>
+// mC: the multiply-shift constant of C / V, the channel groups
+template <typename T, typename I, int V = 1>
 __global__ void max_pool2d_nhwc_fwd(const T* __restrict__ x, T* __restrict__ y,
                                     long long* __restrict__ idx, I N, int C,
                                     unsigned long long mC, POOL_SHAPE_PARAMS) {
     const POOL_SHAPE;
-    POOL_DIV(I, divC, C, mC);
+    POOL_DIV(I, divC, C / V, mC);
     POOL_DIV(I, divQ, Q, mQ);
     POOL_DIV(I, divP, P, mP);
-    const I total = N * s.P * s.Q * C;
+    const I total = N * s.P * s.Q * (C / V);
     for (I t = blockIdx.x * (I)blockDim.x + threadIdx.x; t < total; t += (I)gridDim.x * blockDim.x) {
         int p, q, c;
         const I n = unravel_nhwc(t, divC, divQ, divP, p, q, c);
-        const T* xp = x + (long long)n * s.H * s.W * C + c;
+        const T* xp = x + (long long)n * s.H * s.W * C + c * V;
         const int h0 = p * s.sh - s.ph, w0 = q * s.sw - s.pw;
-        T best;
-        int bi;
-        max_window_loop(xp, h0, w0, s, best, bi, [C](int i) { return (long long)i * C; });
-        y[t] = best;
-        idx[t] = bi;
+        Pack<T, V> best;
+        int bi[V];
+        max_window_lanes<V>(xp, h0, w0, s, best, bi, [C](int i) { return (long long)i * C; });
+        store_pack<T, V>(y + (long long)t * V, best);
+#pragma unroll
+        for (int j = 0; j < V; ++j) idx[(long long)t * V + j] = bi[j];
     }
 }
 
-template <typename T, typename I>
+template <typename T, typename I, int V = 1>
 __global__ void avg_pool2d_nhwc_fwd(const T* __restrict__ x, T* __restrict__ y, I N, int C,
                                     unsigned long long mC, POOL_SHAPE_PARAMS) {
     const POOL_SHAPE;
-    POOL_DIV(I, divC, C, mC);
+    POOL_DIV(I, divC, C / V, mC);
     POOL_DIV(I, divQ, Q, mQ);
     POOL_DIV(I, divP, P, mP);
-    const I total = N * s.P * s.Q * C;
+    const I total = N * s.P * s.Q * (C / V);
     for (I t = blockIdx.x * (I)blockDim.x + threadIdx.x; t < total; t += (I)gridDim.x * blockDim.x) {
         int p, q, c;
         const I n = unravel_nhwc(t, divC, divQ, divP, p, q, c);
-        const T* xp = x + (long long)n * s.H * s.W * C + c;
+        const T* xp = x + (long long)n * s.H * s.W * C + c * V;
         const int h0 = p * s.sh - s.ph, w0 = q * s.sw - s.pw;
-        acc_t<T> acc = 0;
+        acc_t<T> acc[V] = {};
         for (int h = max(h0, 0); h < min(h0 + s.kh, s.H); ++h)
-            for (int v = max(w0, 0); v < min(w0 + s.kw, s.W); ++v)
-                acc += to_acc(xp[((long long)h * s.W + v) * C]);
-        y[t] = from_acc<T>(acc / avg_divisor<acc_t<T>>(p, q, s));
+            for (int v = max(w0, 0); v < min(w0 + s.kw, s.W); ++v) {
+                const Pack<T, V> val = load_pack<T, V>(xp + ((long long)h * s.W + v) * C);
+#pragma unroll
+                for (int j = 0; j < V; ++j) acc[j] += to_acc(val.v[j]);
+            }
+        const acc_t<T> d = avg_divisor<acc_t<T>>(p, q, s);
+        Pack<T, V> out;
+#pragma unroll
+        for (int j = 0; j < V; ++j) out.v[j] = from_acc<T>(acc[j] / d);
+        store_pack<T, V>(y + (long long)t * V, out);
     }
 }
 
@@ -100,58 +114,75 @@ __global__ void max_pool2d_nhwc_check_indices(const long long* __restrict__ idx,
     if (flags) atomicOr(bad, flags);
 }
 
-template <typename T, typename I>
+template <typename T, typename I, int V = 1>
 __global__ void max_pool2d_nhwc_bwd_gather(const T* __restrict__ gy,
                                            const long long* __restrict__ idx,
                                            T* __restrict__ gx, I N, int C, unsigned long long mC,
                                            POOL_SHAPE_PARAMS) {
     const POOL_SHAPE;
-    POOL_DIV(I, divC, C, mC);
+    POOL_DIV(I, divC, C / V, mC);
     POOL_DIV(I, divW, W, mW);
     POOL_DIV(I, divH, H, mH);
     POOL_DIV(I, divSH, sh, mSH);
     POOL_DIV(I, divSW, sw, mSW);
-    const I total = N * s.H * s.W * C;
+    const I total = N * s.H * s.W * (C / V);
     for (I t = blockIdx.x * (I)blockDim.x + threadIdx.x; t < total; t += (I)gridDim.x * blockDim.x) {
         int h, v, c;
         const I n = unravel_nhwc(t, divC, divW, divH, h, v, c);
-        const long long base = (long long)n * s.P * s.Q * C + c;
+        const long long base = (long long)n * s.P * s.Q * C + c * V;
         const int me = h * s.W + v;
         const int p_hi = min((int)divSH.div(h + s.ph), s.P - 1);
         const int q_hi = min((int)divSW.div(v + s.pw), s.Q - 1);
         const int q_lo = first_cover(v, s.pw, s.kw, divSW, s.dw);
-        acc_t<T> acc = 0;
+        acc_t<T> acc[V] = {};
         for (int p = first_cover(h, s.ph, s.kh, divSH, s.dh); p <= p_hi; ++p)
             for (int q = q_lo; q <= q_hi; ++q) {
                 const long long at = base + ((long long)p * s.Q + q) * C;
-                if (idx[at] == me) acc += to_acc(gy[at]);
+                bool hit[V], any = false;
+#pragma unroll
+                for (int j = 0; j < V; ++j) any |= hit[j] = idx[at + j] == me;
+                if (!any) continue;                     // gy is read only where it counts
+                const Pack<T, V> g = load_pack<T, V>(gy + at);
+#pragma unroll
+                for (int j = 0; j < V; ++j)
+                    if (hit[j]) acc[j] += to_acc(g.v[j]);
             }
-        gx[t] = from_acc<T>(acc);
+        Pack<T, V> out;
+#pragma unroll
+        for (int j = 0; j < V; ++j) out.v[j] = from_acc<T>(acc[j]);
+        store_pack<T, V>(gx + (long long)t * V, out);
     }
 }
 
-template <typename T, typename I>
+template <typename T, typename I, int V = 1>
 __global__ void avg_pool2d_nhwc_bwd_gather(const T* __restrict__ gy, T* __restrict__ gx, I N,
                                            int C, unsigned long long mC, POOL_SHAPE_PARAMS) {
     const POOL_SHAPE;
-    POOL_DIV(I, divC, C, mC);
+    POOL_DIV(I, divC, C / V, mC);
     POOL_DIV(I, divW, W, mW);
     POOL_DIV(I, divH, H, mH);
     POOL_DIV(I, divSH, sh, mSH);
     POOL_DIV(I, divSW, sw, mSW);
-    const I total = N * s.H * s.W * C;
+    const I total = N * s.H * s.W * (C / V);
     for (I t = blockIdx.x * (I)blockDim.x + threadIdx.x; t < total; t += (I)gridDim.x * blockDim.x) {
         int h, v, c;
         const I n = unravel_nhwc(t, divC, divW, divH, h, v, c);
-        const T* g = gy + (long long)n * s.P * s.Q * C + c;
-        acc_t<T> acc = 0;
+        const T* g = gy + (long long)n * s.P * s.Q * C + c * V;
+        acc_t<T> acc[V] = {};
         const int p_hi = min((int)divSH.div(h + s.ph), s.P - 1);
         const int q_hi = min((int)divSW.div(v + s.pw), s.Q - 1);
         const int q_lo = first_cover(v, s.pw, s.kw, divSW, 1);
         for (int p = first_cover(h, s.ph, s.kh, divSH, 1); p <= p_hi; ++p)
-            for (int q = q_lo; q <= q_hi; ++q)
-                acc += to_acc(g[((long long)p * s.Q + q) * C]) / avg_divisor<acc_t<T>>(p, q, s);
-        gx[t] = from_acc<T>(acc);
+            for (int q = q_lo; q <= q_hi; ++q) {
+                const Pack<T, V> gv = load_pack<T, V>(g + ((long long)p * s.Q + q) * C);
+                const acc_t<T> d = avg_divisor<acc_t<T>>(p, q, s);
+#pragma unroll
+                for (int j = 0; j < V; ++j) acc[j] += to_acc(gv.v[j]) / d;
+            }
+        Pack<T, V> out;
+#pragma unroll
+        for (int j = 0; j < V; ++j) out.v[j] = from_acc<T>(acc[j]);
+        store_pack<T, V>(gx + (long long)t * V, out);
     }
 }
 

@@ -1,11 +1,13 @@
 """Launchers of pool_nhwc.cu: max (with argmax indices) and average pooling on channels-last
 (NHWC) tensors, forward and the backward gathers (max: the indices validated on the device,
-as pool.py's gathers); adaptive and global average pooling and their gradients."""
+as pool.py's gathers; the half types 8 channels a thread where they can be: lanes());
+adaptive and global average pooling and their gradients."""
 from __future__ import annotations
 
 import numpy as np
 
-from convgpu.kernels.cuda.launch import THREADS, elementwise_grid, fastdiv, index_type
+from convgpu.core.args import HALF_DTYPES
+from convgpu.kernels.cuda.launch import THREADS, address, elementwise_grid, fastdiv, index_type
 from convgpu.kernels.cuda.module import ctype, get_function
 from convgpu.kernels.cuda.pool import index_flag, pool_ints, raise_if_flagged
 from convgpu.kernels.outputs import contiguous, empty
@@ -23,29 +25,45 @@ def nhwc_supports(a):
     return None
 
 
+def lanes(C, *arrays):
+    """V, the channels a thread of the four vector kernels takes: 8 for the half types where
+    C is a multiple of 8 and every array's base is 16-byte aligned (one 16-byte load or
+    store a tap), else 1."""
+    if arrays[0].dtype in HALF_DTYPES and C % 8 == 0 and all(address(a) % 16 == 0
+                                                             for a in arrays):
+        return 8
+    return 1
+
+
+def _kernel(name, dtype, it, V):
+    """A kernel of the four with V channels a thread (the <T, I> name where V = 1)."""
+    return get_function("pool_nhwc.cu", f"{name}<{ctype(dtype)}, {it}{f', {V}' if V > 1 else ''}>")
+
+
+def _nc(a, V=1):
+    """C and the multiply-shift constant of the C / V channel groups."""
+    return np.int32(a.C), np.uint64(fastdiv(a.C // V))
+
+
 def max_pool2d(a, x):
     y = empty(a.y_shape, x.dtype, x)
     idx = empty(a.y_shape, np.int64, x)
     it, ic = index_type(max(y.size, x.size))
-    fn = get_function("pool_nhwc.cu", f"max_pool2d_nhwc_fwd<{ctype(x.dtype)}, {it}>")
-    fn(elementwise_grid(y.size), (THREADS,),
-       (x, y, idx, ic(a.N), np.int32(a.C), np.uint64(fastdiv(a.C)),
-        *pool_ints(a, a.H, a.W, a.P, a.Q)))
+    V = lanes(a.C, x, y)
+    _kernel("max_pool2d_nhwc_fwd", x.dtype, it, V)(
+        elementwise_grid(y.size // V), (THREADS,),
+        (x, y, idx, ic(a.N), *_nc(a, V), *pool_ints(a, a.H, a.W, a.P, a.Q)))
     return y, idx
 
 
 def avg_pool2d(a, x):
     y = empty(a.y_shape, x.dtype, x)
     it, ic = index_type(max(y.size, x.size))
-    fn = get_function("pool_nhwc.cu", f"avg_pool2d_nhwc_fwd<{ctype(x.dtype)}, {it}>")
-    fn(elementwise_grid(y.size), (THREADS,),
-       (x, y, ic(a.N), np.int32(a.C), np.uint64(fastdiv(a.C)),
-        *pool_ints(a, a.H, a.W, a.P, a.Q, dil=False)))
+    V = lanes(a.C, x, y)
+    _kernel("avg_pool2d_nhwc_fwd", x.dtype, it, V)(
+        elementwise_grid(y.size // V), (THREADS,),
+        (x, y, ic(a.N), *_nc(a, V), *pool_ints(a, a.H, a.W, a.P, a.Q, dil=False)))
     return y
-
-
-def _nc(a):
-    return np.int32(a.C), np.uint64(fastdiv(a.C))
 
 
 def max_pool2d_backward_gather(a, gy, idx):
@@ -60,9 +78,10 @@ def max_pool2d_backward_gather(a, gy, idx):
         get_function("pool_nhwc.cu", f"max_pool2d_nhwc_check_indices<{it}>")(
             elementwise_grid(idx.size), (THREADS,),
             (idx, bad, ic(g.N), *_nc(g), *pool_ints(g, g.H, g.W, g.P, g.Q)))
-    get_function("pool_nhwc.cu", f"max_pool2d_nhwc_bwd_gather<{ctype(gy.dtype)}, {it}>")(
-        elementwise_grid(gx.size), (THREADS,),
-        (gy, idx, gx, ic(g.N), *_nc(g), *pool_ints(g, g.H, g.W, g.P, g.Q)))
+    V = lanes(g.C, gy, gx)
+    _kernel("max_pool2d_nhwc_bwd_gather", gy.dtype, it, V)(
+        elementwise_grid(gx.size // V), (THREADS,),
+        (gy, idx, gx, ic(g.N), *_nc(g, V), *pool_ints(g, g.H, g.W, g.P, g.Q)))
     raise_if_flagged(bad, g)
     return gx
 
@@ -70,9 +89,10 @@ def max_pool2d_backward_gather(a, gy, idx):
 def avg_pool2d_backward(a, gy):
     gx = empty(a.x_shape, gy.dtype, gy)
     it, ic = index_type(max(gx.size, gy.size))
-    get_function("pool_nhwc.cu", f"avg_pool2d_nhwc_bwd_gather<{ctype(gy.dtype)}, {it}>")(
-        elementwise_grid(gx.size), (THREADS,),
-        (gy, gx, ic(a.N), *_nc(a), *pool_ints(a, a.H, a.W, a.P, a.Q, dil=False)))
+    V = lanes(a.C, gy, gx)
+    _kernel("avg_pool2d_nhwc_bwd_gather", gy.dtype, it, V)(
+        elementwise_grid(gx.size // V), (THREADS,),
+        (gy, gx, ic(a.N), *_nc(a, V), *pool_ints(a, a.H, a.W, a.P, a.Q, dil=False)))
     return gx
 
 

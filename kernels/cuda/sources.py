@@ -180,6 +180,11 @@ NAME_EXPRESSIONS["pool_nhwc.cu"] = (
                                       "adaptive_avg_pool2d_nhwc_fwd",
                                       "adaptive_avg_pool2d_nhwc_bwd")
           for t in T_NAMES + HALF_NAMES for i in ("int", "long long"))
+    # the half types 8 channels a thread (16-byte loads and stores)
+    + tuple(f"{k}<{t}, {i}, 8>" for k in ("max_pool2d_nhwc_fwd", "avg_pool2d_nhwc_fwd",
+                                          "max_pool2d_nhwc_bwd_gather",
+                                          "avg_pool2d_nhwc_bwd_gather")
+            for t in HALF_NAMES for i in ("int", "long long"))
     + tuple(f"max_pool2d_nhwc_check_indices<{i}>" for i in ("int", "long long")))
 NAME_EXPRESSIONS["norm_nhwc.cu"] = (
     tuple(f"batch_norm_nhwc_{k}<{t}>" for k in ("partials", "bwd_partials") for t in T_NAMES)
