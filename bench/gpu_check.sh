@@ -97,7 +97,8 @@ stage resnet50 110 bench.log python3 -m convgpu bench --suite resnet50 \
   --ops conv2d conv2d_backward --impl cuda: --json "$OUT/bench_resnet50.json"
 
 # 4. GEMM (FP32, TF32 and the float16 HGEMM against cuBLAS in float16), pooling and batch
-# norm (the quick sizes), then the LeNet epoch against torch
+# norm (the quick sizes; their float16 NCHW rows come last, after every float32 row is saved),
+# then the LeNet epoch against torch
 stage gemm_pool_norm 55 bench.log python3 -m convgpu bench --quick --ops gemm pool norm \
   --dtype float32 float16 --json "$OUT/bench_gemm_pool_norm.json"
 stage train 30 train.log python3 bench/torch_lenet.py --backend cuda --epochs 8
@@ -109,6 +110,10 @@ stage resnet50_bf16 70 bench.log python3 -m convgpu bench --suite resnet50 \
   --json "$OUT/bench_resnet50_bf16.json"
 stage resnet50_fp16 30 bench.log python3 -m convgpu bench --suite resnet50 --ops conv2d \
   --dtype float16 --layout NHWC --impl cuda: --json "$OUT/bench_resnet50_fp16.json"
+# bfloat16 NHWC max pooling and batch norm (ResNet-50's stem pool and norms) against torch's
+# and cuDNN's in the same: the vector NHWC kernels' first timing
+stage pool_norm_bf16 30 bench.log python3 -m convgpu bench --quick --ops pool norm \
+  --dtype bfloat16 --layout NHWC --impl cuda: --json "$OUT/bench_pool_norm_bf16.json"
 
 # 6. the rest, as time allows: the other networks' forward, then the diagnostics
 stage networks 90 bench.log python3 -m convgpu bench --suite vgg16 mobilenetv2 alexnet \

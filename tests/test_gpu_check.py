@@ -11,8 +11,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "bench" / "gpu_check.sh"
 ORDER = ["describe", "gpu_tests", "memcheck", "racecheck", "resnet50", "gemm_pool_norm",
-         "train", "resnet50_bf16", "resnet50_fp16", "networks", "stage_times", "tf32_rounding",
-         "ncu"]
+         "train", "resnet50_bf16", "resnet50_fp16", "pool_norm_bf16", "networks",
+         "stage_times", "tf32_rounding", "ncu"]
 # the stages every run must have time for; the rest run as time allows
 MUST = ORDER[:ORDER.index("train") + 1]
 
@@ -69,9 +69,10 @@ def test_stage_commands_exist_and_parse(monkeypatch):
             assert cli.main(argv[3:]) == 0, name
     suites = [s for a in seen for s in (a.suite or [])]
     assert suites == ["resnet50", "resnet50", "resnet50", "vgg16", "mobilenetv2", "alexnet"]
-    assert [(a.dtype, a.layout) for a in seen][:4] == [
+    assert [(a.dtype, a.layout) for a in seen][:5] == [
         (["float32"], ["NCHW"]), (["float32", "float16"], ["NCHW"]),
-        (["bfloat16"], ["NHWC"]), (["float16"], ["NHWC"])]
+        (["bfloat16"], ["NHWC"]), (["float16"], ["NHWC"]), (["bfloat16"], ["NHWC"])]
+    assert seen[4].ops == ["pool", "norm"]
     assert all(a.json for a in seen)
 
 

@@ -145,13 +145,6 @@ BENCH_LAYOUTS = ("NCHW", "NHWC")
 
 def cmd_bench(args) -> int:
     from convgpu.tools.bench import run
-    from convgpu.tools.bench.runner import AS_OPS
-    plain = "float32" in args.dtype and "NCHW" in args.layout
-    if not plain and set(args.ops or ()) - set(AS_OPS):
-        # checked before anything is launched: pooling and batch norm time float32 NCHW only
-        raise UsageError(f"--ops {' '.join(sorted(set(args.ops) - set(AS_OPS)))} time float32 "
-                         f"NCHW only; with --dtype {' '.join(args.dtype)} --layout "
-                         f"{' '.join(args.layout)} choose from {', '.join(AS_OPS)}")
     _prepare_backends()
     doc = run(json_path=args.json, plot_path=args.plot, quick=args.quick, shapes=args.shapes,
               ops=args.ops, impl=args.impl, suites=args.suite, shape_specs=args.shape,

@@ -19,7 +19,8 @@ from convgpu.tools.bench.report import format_networks, format_table, network_to
 from convgpu.tools.bench.stages import (bench_conv, bench_conv_backward, bench_gemm,
                                         bench_norm, bench_pool)
 from convgpu.tools.bench import precision as PR
-from convgpu.tools.bench.stages_as import PASSES, bench_conv_as, bench_gemm_as
+from convgpu.tools.bench.stages_as import (PASSES, bench_conv_as, bench_gemm_as,
+                                           bench_pool_norm_as)
 
 
 ALL_OPS = ("gemm", "conv2d", "conv2d_backward", "pool", "norm")
@@ -39,9 +40,6 @@ def _resolve(quick, shapes, suites, shape_specs):
     return conv, SH.pool_suite(quick, shapes), SH.norm_suite(quick, shapes), gemm
 
 
-# the stages that time other dtypes and layouts than float32 NCHW (the pooling and batch-norm
-# stages time float32 NCHW only)
-AS_OPS = ("gemm", "conv2d", "conv2d_backward")
 
 
 def precisions(dtypes=None, layouts=None):
@@ -64,19 +62,16 @@ def run(json_path=None, plot_path=None, quick=True, shapes=None, ops=None, impl=
     ResNet-50 alone when quick); shape_specs: a user's problems ("conv:N=..,C=..", ...).
     dtypes ("float32", "float16", "bfloat16") and layouts ("NCHW", "NHWC"): every pair is
     timed against cuDNN / cuBLAS in the same precision and layout (default float32 NCHW);
-    other pairs than float32 NCHW time the GEMM and conv stages only (AS_OPS)."""
+    other pairs than float32 NCHW time max pooling and batch norm (bench_pool_norm_as), not
+    the float32 stages' average and global pooling rows."""
     from convgpu.core.env import gpu_count
     progress = progress if progress is not None else Progress()
     pairs = precisions(dtypes, layouts)
     other = [p for p in pairs if not PR.plain(*p)]
-    asked = set(ops or ())
-    ops = set(ops or (ALL_OPS if len(other) < len(pairs) else AS_OPS))
+    ops = set(ops or ALL_OPS)
     unknown = ops - set(ALL_OPS)
     if unknown:
         raise ValueError(f"bench: unknown --ops {sorted(unknown)}; choose from {ALL_OPS}")
-    if other and len(other) == len(pairs) and asked - set(AS_OPS):
-        raise ValueError(f"bench: {', '.join(sorted(asked - set(AS_OPS)))} time float32 "
-                         f"NCHW only; {' '.join(other[0])} rows are {', '.join(AS_OPS)}")
     conv, pools, norms, gemms = _resolve(quick, shapes, suites, shape_specs)
     if gpu_count() == 0:
         if other:
@@ -170,6 +165,10 @@ def _run_gpu(conv, pools, norms, gemms, ops, impl, json_path, progress,
             timer, conv, d, lay, ("conv2d",), impl_filter=impl, **kw)))
         stages.append(("conv2d_backward", lambda d=d, lay=lay: bench_conv_as(
             timer, conv, d, lay, PASSES[1:], impl_filter=impl, **kw)))
+        stages.append(("pool", lambda d=d, lay=lay: bench_pool_norm_as(
+            timer, pools, [], d, lay, impl_filter=impl, **kw)))
+        stages.append(("norm", lambda d=d, lay=lay: bench_pool_norm_as(
+            timer, [], norms, d, lay, impl_filter=impl, **kw)))
     for name, stage in stages:
         if name not in ops:
             continue
@@ -324,12 +323,13 @@ def time_op(spec, *, ops=None, impl=None, timer=None, progress=None, dtype="floa
     pools = [sh] if isinstance(sh, SH.PoolShape) else []
     (dtype, layout), = precisions([dtype], [layout])
     if not PR.plain(dtype, layout):
-        if pools:
-            raise ValueError(f"time_op: pooling is timed in float32 NCHW only, not {dtype} "
-                             f"{layout}")
         if gpu_count() == 0 and timer is None:
             raise ValueError(f"time_op: {dtype} {layout} rows are device timings against "
                              "cuDNN, and no GPU is visible")
+        if pools:
+            return [asdict(r) for r in bench_pool_norm_as(
+                timer or Timer(), pools if "pool" in ops else [], [], dtype, layout,
+                progress=progress, impl_filter=impl)]
         passes = ((("conv2d",) if "conv2d" in ops else ())
                   + (PASSES[1:] if "conv2d_backward" in ops else ()))
         return [asdict(r) for r in bench_conv_as(timer or Timer(), conv, dtype, layout, passes,

@@ -1,10 +1,10 @@
-"""The conv and GEMM stages in a dtype or layout other than float32 NCHW (float16,
-bfloat16; NHWC): every device implementation that serves the row's dtype and layout,
-validated against the reference with the half bounds (convgpu.tools.bench.precision), then
-timed beside cuDNN / cuBLAS in the same precision and layout."""
+"""The conv, GEMM, max-pooling and batch-norm stages in a dtype or layout other than float32
+NCHW (float16, bfloat16; NHWC): every device implementation that serves the row's dtype and
+layout, validated against the reference with the half bounds (convgpu.tools.bench.precision),
+then timed beside cuDNN / cuBLAS / torch in the same precision and layout."""
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 
@@ -13,7 +13,8 @@ from convgpu.ops._registry import NotServed
 from convgpu.tools.bench import precision as PR
 from convgpu.tools.bench.baseline import _conv_baselines, _oom, _torch
 from convgpu.tools.bench.method import (Result, _ratios, _wanted, conv_bytes, conv_flops,
-                                        conv_label, ratio, step)
+                                        conv_label, norm_bytes, pool_bytes, pool_label, ratio,
+                                        step)
 
 PASSES = ("conv2d", "conv2d_backward_input", "conv2d_backward_weight")
 # where the torch operands live (tests/test_bench_half.py runs the torch path on the CPU)
@@ -181,6 +182,186 @@ def bench_gemm_as(timer, sizes, dtype, progress=print, out=None, saved=None) -> 
         progress(f"  gemm {shape:20s} {dt.name:9s} {label:18s} {t['median_ms']:8.3f} ms "
                  f"{r.tflops:6.2f} TFLOP/s" + (f" = x{r.vs_cudnn:.3f} cuBLAS" if r.vs_cudnn
                                                  else ""))
+        if saved:
+            saved()
+    return out
+
+
+def _timed_row(timer, op, label, impl, dt, layout, fn, nb, base, out, progress):
+    """One of ours timed, its ratio to base[op] (the baseline's timing: torch's max pooling,
+    cuDNN's batch norm), named in extra."""
+    t = timer.time(fn)
+    r = Result(op, label, impl, dt.name, "ok", **t, gbps=nb / (t["median_ms"] * 1e-3) / 1e9,
+               layout=layout,
+               extra={"baseline": "torch" if op.startswith("max_pool") else "cudnn"})
+    _ratios(r, base.get(op))
+    out.append(r)
+    progress(f"  {op:20s} {label:40s} {dt.name} {layout} {impl:18s} {t['median_ms']:8.3f} ms "
+             f"{r.gbps:8.1f} GB/s" + (f"  x{r.vs_cudnn:.3f}" if r.vs_cudnn else ""))
+
+
+def _indices(i64, layout, torch):
+    """The reference's max-pool indices (int64, NCHW order) as both sides take them."""
+    if torch is not None:
+        t = torch.from_numpy(i64).to(DEVICE)
+        return t.contiguous(memory_format=torch.channels_last) if layout == "NHWC" else t
+    import cupy as cp
+    return cp.asarray(np.ascontiguousarray(i64.transpose(0, 2, 3, 1) if layout == "NHWC"
+                                           else i64))
+
+
+def _half_close(got, ref, mag, n, dt) -> Optional[str]:
+    """None where every element of got (float64) is within the half bound of ref (the
+    float64 result, rounded once here) for an FP32 computation of n operations on
+    magnitudes mag; else the row's FAIL status."""
+    from convgpu import bounds
+    if got.shape != ref.shape:
+        return f"FAIL shape {got.shape}, not {ref.shape}"
+    ref_h = ref.astype(dt).astype(np.float64)
+    bound = np.broadcast_to(bounds.half_bound(dt, ref_h, (n + 2) * 2.0 ** -23 * mag), got.shape)
+    err = np.abs(got - ref_h)
+    # a zero bound (float32, an exact zero) asks for an exact zero
+    rel = np.divide(err, bound, out=np.where(err > 0, np.inf, 0.0), where=bound > 0)
+    worst = float(np.max(rel)) if got.size else 0.0
+    return None if worst <= 1 else f"FAIL element-wise {worst:.2f} of the bound"
+
+
+def bench_pool_norm_as(timer, pools, norms, dtype, layout, progress=print, impl_filter=None,
+                       out=None, saved=None) -> List[Result]:
+    """Max pooling (forward with indices, the gather) and training batch norm (forward,
+    backward; weight, bias and running estimates in float32, AMP's form) in a half type
+    and/or NHWC against torch in the same dtype and layout (channels_last tensors): cuDNN's
+    batch norm (aten.cudnn_batch_norm), torch's own max-pool kernels (cuDNN has none with
+    indices). Every device implementation that serves the row is validated on the whole
+    problem first: the maximum and its index exactly, the gather and batch norm within the
+    half bound (docs/tolerances.md) of the float64 reference."""
+    import convgpu
+    torch = _torch()
+    out = [] if out is None else out
+    dt = PR.np_dtype(dtype)
+    lk = PR.layout_kw(layout, torch)
+    host = lambda a: PR.to_nchw_host(a, layout, torch is not None)    # noqa: E731
+    for at, sh in enumerate(pools, 1):
+        _, N, C, H, k, s, p, cm = sh[:8]
+        label = pool_label(sh)
+        step(progress, f"pooling {dt.name} {layout}", at, len(pools), label)
+        rng = np.random.default_rng(0)
+        xh = PR.rounded(rng.standard_normal((N, C, H, sh.width)).astype(np.float32), dt)
+        x64 = xh.astype(np.float64)
+        y64, i64 = reference.max_pool2d(x64, (k, k), (s, s), (p, p), (1, 1), cm)
+        gh = PR.rounded(rng.standard_normal(y64.shape).astype(np.float32), dt)
+        g64 = gh.astype(np.float64)
+        gx64 = reference.max_pool2d_backward(g64, i64, x64.shape)
+        gmag = reference.max_pool2d_backward(np.abs(g64), i64, x64.shape)
+        (x, xt), (gy, gt) = PR.operand(xh, layout, torch, DEVICE), PR.operand(gh, layout, torch,
+                                                                             DEVICE)
+        xs = PR.shape_of(xh.shape, layout, torch)
+        nb = pool_bytes(xh.size, y64.size, dt.itemsize)
+        # both sides' gathers take the reference's indices (the first maximum of a window)
+        idx = _indices(i64, layout, torch)
+        base = {}
+        if torch is not None:
+            F = torch.nn.functional
+            base["max_pool2d"] = lambda: F.max_pool2d(xt, k, s, p, ceil_mode=cm,
+                                                      return_indices=True)
+            base["max_pool2d_backward"] = lambda: torch.ops.aten.max_pool2d_with_indices_backward(
+                gt, xt, [k, k], [s, s], [p, p], [1, 1], cm, idx)
+        for op in ("max_pool2d", "max_pool2d_backward"):
+            if op in base:
+                t = timer.time(base[op])
+                base[op] = t
+                out.append(Result(op, label, "torch", dt.name, "ok", **t, layout=layout,
+                                  gbps=nb["forward" if op == "max_pool2d" else "backward"]
+                                  / (t["median_ms"] * 1e-3) / 1e9))
+            for impl in _impls(op, dt, layout, impl_filter):
+                kw = dict(backend=impl.backend, algo=impl.algo, **lk)
+                if op == "max_pool2d":
+                    fn = lambda kw=kw: convgpu.max_pool2d(x, k, s, p, ceil_mode=cm,
+                                                          return_indices=True, **kw)
+                    y, yi = fn()
+                    ok = np.array_equal(host(y), y64) and np.array_equal(host(yi), i64)
+                    bad = None if ok else "FAIL: not the maximum or not its index"
+                else:
+                    fn = lambda kw=kw: convgpu.max_pool2d_backward(gy, idx, xs, k, s, p, 1, cm,
+                                                                   **kw)
+                    bad = _half_close(host(fn()), gx64, gmag, k * k, dt)
+                if bad:
+                    out.append(Result(op, label, f"{impl.backend}:{impl.algo}", dt.name, bad,
+                                      layout=layout))
+                    continue
+                _timed_row(timer, op, label, f"{impl.backend}:{impl.algo}", dt, layout, fn,
+                           nb["forward" if op == "max_pool2d" else "backward"], base, out,
+                           progress)
+        if saved:
+            saved()
+    for at, (name, shape) in enumerate(norms, 1):
+        label = f"{name}: {'x'.join(map(str, shape))}"
+        step(progress, f"batch norm {dt.name} {layout}", at, len(norms), label)
+        if len(shape) != 4 and layout == "NHWC":
+            continue                        # a BatchNorm1d has no channels-last form
+        rng = np.random.default_rng(0)
+        C = shape[1]
+        xh = PR.rounded((rng.standard_normal(shape) * 2 + 1).astype(np.float32), dt)
+        gh = PR.rounded(rng.standard_normal(shape).astype(np.float32), dt)
+        wh, bh = (rng.standard_normal(C).astype(np.float32) for _ in range(2))
+        x64, g64, w64, b64 = (a.astype(np.float64) for a in (xh, gh, wh, bh))
+        m64, i64, _ = reference.batch_norm_stats(x64, 1e-5)
+        y64 = reference.batch_norm(x64, m64, i64, w64, b64)
+        (x, xt), (gy, gt) = PR.operand(xh, layout, torch, DEVICE), PR.operand(gh, layout, torch,
+                                                                             DEVICE)
+        (w, wt), (b, bt) = (PR.operand(a, "NCHW", torch, DEVICE) for a in (wh, bh))
+        M = x64.size // C
+        # the FP32 statistics' magnitude (tests/half_checks.py bn_bounds): 2M + 8 operations
+        ax = np.moveaxis(np.abs(x64 - m64.reshape((1, C) + (1,) * (x64.ndim - 2))), 1, -1)
+        absmean = np.abs(x64).mean(axis=tuple(i for i in range(x64.ndim) if i != 1))
+        ymag = np.moveaxis((ax + absmean) * (i64 * np.abs(w64)) + np.abs(b64), -1, 1)
+        nb = norm_bytes(xh.size, dt.itemsize)
+        base = {}
+        if torch is not None:
+            A = torch.ops.aten
+            rmt, rvt = (torch.zeros(C, device=DEVICE), torch.ones(C, device=DEVICE))
+            try:
+                _, sm, sv, rs = A.cudnn_batch_norm(xt, wt, bt, rmt, rvt, True, 0.1, 1e-5)
+                base["batch_norm"] = lambda: A.cudnn_batch_norm(xt, wt, bt, rmt, rvt, True,
+                                                                0.1, 1e-5)
+                base["batch_norm_backward"] = lambda: A.cudnn_batch_norm_backward(
+                    xt, gt, wt, rmt, rvt, sm, sv, 1e-5, rs)
+            except Exception as err:        # a baseline that cannot run is said
+                progress(f"  batch_norm baseline cudnn: {type(err).__name__}: "
+                         f"{str(err).splitlines()[0]}")
+        for op in ("batch_norm", "batch_norm_backward"):
+            if op in base:
+                t = timer.time(base[op])
+                base[op] = t
+                out.append(Result(op, label, "cudnn", dt.name, "ok", **t, layout=layout,
+                                  gbps=nb["forward" if op == "batch_norm" else "backward"]
+                                  / (t["median_ms"] * 1e-3) / 1e9))
+            for impl in _impls(op, dt, layout, impl_filter):
+                kw = dict(backend=impl.backend, **lk)
+                rm, rv = (PR.operand(a, "NCHW", torch, DEVICE)[0]
+                          for a in (np.zeros(C, np.float32), np.ones(C, np.float32)))
+                fwd = lambda kw=kw, rm=rm, rv=rv: convgpu.batch_norm(
+                    x, rm, rv, w, b, True, return_stats=True, **kw)
+                yb, mean, invstd = fwd()
+                if op == "batch_norm":
+                    fn, bad = fwd, _half_close(host(yb), y64, ymag, 2 * M + 8, dt)
+                else:
+                    fn = lambda kw=kw, mean=mean, invstd=invstd: convgpu.batch_norm_backward(
+                        gy, x, mean, invstd, w, True, **kw)
+                    mh, ih = (PR.to_nchw_host(a, "NCHW", True) for a in (mean, invstd))
+                    ref = reference.batch_norm_backward(g64, x64, mh, ih, w64, True)[0]
+                    got = host(fn()[0])
+                    err = float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
+                    tol = (2 * 2.0 ** (-8 if dt.name == "bfloat16" else -11) + 1e-4
+                           if PR.is_half(dt) else 1e-5)
+                    bad = None if err <= tol else f"FAIL norm-wise {err:.2e} (tol {tol:.1e})"
+                if bad:
+                    out.append(Result(op, label, f"{impl.backend}:{impl.algo}", dt.name, bad,
+                                      layout=layout))
+                    continue
+                _timed_row(timer, op, label, f"{impl.backend}:{impl.algo}", dt, layout, fn,
+                           nb["forward" if op == "batch_norm" else "backward"], base, out,
+                           progress)
         if saved:
             saved()
     return out
