@@ -20,13 +20,9 @@ import pytest
 
 pytestmark = pytest.mark.gpu
 
-cupy = pytest.importorskip("cupy")
-try:
-    _ngpu = cupy.cuda.runtime.getDeviceCount()
-except Exception:                      # no driver / no device
-    _ngpu = 0
-if _ngpu == 0:
-    pytest.skip("no CUDA GPU", allow_module_level=True)
+from gpu_gate import cupy_with_a_gpu  # noqa: E402
+
+cupy = cupy_with_a_gpu()
 
 os.environ["CONVGPU_POISON"] = "1"     # outputs start as NaN: unwritten elements fail
 

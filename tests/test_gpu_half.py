@@ -10,13 +10,9 @@ import pytest
 
 pytestmark = pytest.mark.gpu
 
-cupy = pytest.importorskip("cupy")
-try:
-    _ngpu = cupy.cuda.runtime.getDeviceCount()
-except Exception:                      # no driver / no device
-    _ngpu = 0
-if _ngpu == 0:
-    pytest.skip("no CUDA GPU", allow_module_level=True)
+from gpu_gate import cupy_with_a_gpu  # noqa: E402
+
+cupy = cupy_with_a_gpu()
 pytest.importorskip("ml_dtypes")
 
 from half_helpers import BF16, F16, assert_half_bounded  # noqa: E402

@@ -187,9 +187,12 @@ def bench_gemm_as(timer, sizes, dtype, progress=print, out=None, saved=None) -> 
     return out
 
 
-def _timed_row(timer, op, label, impl, dt, layout, fn, nb, base, out, progress):
-    """One of ours timed, its ratio to base[op] (the baseline's timing: torch's max pooling,
-    cuDNN's batch norm), named in extra."""
+def _timed_row(timer, op, label, impl, dt, layout, fn, bad, nb, base, out, progress):
+    """One of ours: its FAIL row where validation said `bad`, else timed, its ratio to
+    base[op] (the baseline's timing: torch's max pooling, cuDNN's batch norm) named in extra."""
+    if bad:
+        out.append(Result(op, label, impl, dt.name, bad, layout=layout))
+        return
     t = timer.time(fn)
     r = Result(op, label, impl, dt.name, "ok", **t, gbps=nb / (t["median_ms"] * 1e-3) / 1e9,
                layout=layout,
@@ -285,12 +288,8 @@ def bench_pool_norm_as(timer, pools, norms, dtype, layout, progress=print, impl_
                     fn = lambda kw=kw: convgpu.max_pool2d_backward(gy, idx, xs, k, s, p, 1, cm,
                                                                    **kw)
                     bad = _half_close(host(fn()), gx64, gmag, k * k, dt)
-                if bad:
-                    out.append(Result(op, label, f"{impl.backend}:{impl.algo}", dt.name, bad,
-                                      layout=layout))
-                    continue
                 _timed_row(timer, op, label, f"{impl.backend}:{impl.algo}", dt, layout, fn,
-                           nb["forward" if op == "max_pool2d" else "backward"], base, out,
+                           bad, nb["forward" if op == "max_pool2d" else "backward"], base, out,
                            progress)
         if saved:
             saved()
@@ -355,12 +354,8 @@ def bench_pool_norm_as(timer, pools, norms, dtype, layout, progress=print, impl_
                     tol = (2 * 2.0 ** (-8 if dt.name == "bfloat16" else -11) + 1e-4
                            if PR.is_half(dt) else 1e-5)
                     bad = None if err <= tol else f"FAIL norm-wise {err:.2e} (tol {tol:.1e})"
-                if bad:
-                    out.append(Result(op, label, f"{impl.backend}:{impl.algo}", dt.name, bad,
-                                      layout=layout))
-                    continue
                 _timed_row(timer, op, label, f"{impl.backend}:{impl.algo}", dt, layout, fn,
-                           nb["forward" if op == "batch_norm" else "backward"], base, out,
+                           bad, nb["forward" if op == "batch_norm" else "backward"], base, out,
                            progress)
         if saved:
             saved()
