@@ -187,6 +187,15 @@ def bench_gemm_as(timer, sizes, dtype, progress=print, out=None, saved=None) -> 
     return out
 
 
+def _baseline_row(timer, op, label, name, dt, layout, base, nb, out):
+    """The baseline's row where base holds its call for op; base[op] becomes its timing."""
+    if op in base:
+        t = timer.time(base[op])
+        base[op] = t
+        out.append(Result(op, label, name, dt.name, "ok", **t, layout=layout,
+                          gbps=nb / (t["median_ms"] * 1e-3) / 1e9))
+
+
 def _timed_row(timer, op, label, impl, dt, layout, fn, bad, nb, base, out, progress):
     """One of ours: its FAIL row where validation said `bad`, else timed, its ratio to
     base[op] (the baseline's timing: torch's max pooling, cuDNN's batch norm) named in extra."""
@@ -270,12 +279,8 @@ def bench_pool_norm_as(timer, pools, norms, dtype, layout, progress=print, impl_
             base["max_pool2d_backward"] = lambda: torch.ops.aten.max_pool2d_with_indices_backward(
                 gt, xt, [k, k], [s, s], [p, p], [1, 1], cm, idx)
         for op in ("max_pool2d", "max_pool2d_backward"):
-            if op in base:
-                t = timer.time(base[op])
-                base[op] = t
-                out.append(Result(op, label, "torch", dt.name, "ok", **t, layout=layout,
-                                  gbps=nb["forward" if op == "max_pool2d" else "backward"]
-                                  / (t["median_ms"] * 1e-3) / 1e9))
+            _baseline_row(timer, op, label, "torch", dt, layout, base,
+                          nb["forward" if op == "max_pool2d" else "backward"], out)
             for impl in _impls(op, dt, layout, impl_filter):
                 kw = dict(backend=impl.backend, algo=impl.algo, **lk)
                 if op == "max_pool2d":
@@ -329,12 +334,8 @@ def bench_pool_norm_as(timer, pools, norms, dtype, layout, progress=print, impl_
                 progress(f"  batch_norm baseline cudnn: {type(err).__name__}: "
                          f"{str(err).splitlines()[0]}")
         for op in ("batch_norm", "batch_norm_backward"):
-            if op in base:
-                t = timer.time(base[op])
-                base[op] = t
-                out.append(Result(op, label, "cudnn", dt.name, "ok", **t, layout=layout,
-                                  gbps=nb["forward" if op == "batch_norm" else "backward"]
-                                  / (t["median_ms"] * 1e-3) / 1e9))
+            _baseline_row(timer, op, label, "cudnn", dt, layout, base,
+                          nb["forward" if op == "batch_norm" else "backward"], out)
             for impl in _impls(op, dt, layout, impl_filter):
                 kw = dict(backend=impl.backend, **lk)
                 rm, rv = (PR.operand(a, "NCHW", torch, DEVICE)[0]
