@@ -76,11 +76,29 @@ register("softmax_cross_entropy", "cuda", "rowwise", "convgpu.ops.loss:_cuda_xen
          supports=_ROW, dtypes=DTYPE_NAMES)
 register("softmax_cross_entropy_backward", "cuda", "rowwise",
          "convgpu.ops.loss:_cuda_xent_backward", supports=_ROW, dtypes=DTYPE_NAMES)
-register("softmax_cross_entropy", "cuda", "array_ops", "convgpu.ops.loss:_np_xent",
-         supports=_ARR, note="the reference's formulas on CuPy arrays")
+register("softmax_cross_entropy", "cuda", "array_ops", "convgpu.ops.loss:_array_xent",
+         supports=_ARR, dtypes=DTYPE_NAMES, note="the reference's formulas on CuPy arrays")
 register("softmax_cross_entropy_backward", "cuda", "array_ops",
-         "convgpu.ops.loss:_np_xent_backward", supports=_ARR,
+         "convgpu.ops.loss:_array_xent_backward", supports=_ARR, dtypes=DTYPE_NAMES,
          note="the reference's formulas on CuPy arrays")
+
+
+def _in_float32(fn, a, z, *rest):
+    """fn on the half types' values widened to float32 (the row kernels' arithmetic; the
+    reference's own widening to float64 sees NumPy arrays only), its result rounded once to
+    z's type. Integer labels and absent arrays pass as they are."""
+    if z.dtype.name not in ("float16", "bfloat16"):
+        return fn(a, z, *rest)
+    wide = lambda v: v.astype(np.float32) if v is not None and v.dtype == z.dtype else v  # noqa: E731
+    return fn(a, *map(wide, (z, *rest))).astype(z.dtype)
+
+
+def _array_xent(a, z, t, w):
+    return _in_float32(_np_xent, a, z, t, w)
+
+
+def _array_xent_backward(a, z, t, w, g):
+    return _in_float32(_np_xent_backward, a, z, t, w, g)
 
 
 def _numba_xent(a, z, t, w):

@@ -328,8 +328,35 @@ def xent_bounds(z, t):
     return loss, row.mean(), C + N + 8, grad, (np.exp(lp) + onehot) / N, C + 8
 
 
+def xent_smoothed_bounds(z, t, eps):
+    """The same for per-row losses (reduction="none") with label smoothing eps: row i's
+    loss (1 - eps)(-lp[i, t_i]) + eps / C sum_c (-lp[i, c]), each term within the row
+    magnitude, 2 C + 8 operations; its gradient p - (1 - eps) onehot - eps / C, about C + 8
+    of p + onehot + eps / C."""
+    N, C = z.shape
+    lp = _log_softmax64(z)
+    onehot = np.eye(C)[t]
+    loss = (1 - eps) * -lp[np.arange(N), t] + eps / C * -lp.sum(axis=1)
+    grad = np.exp(lp) - (1 - eps) * onehot - eps / C
+    row = np.abs(z).max(axis=1) + np.log(C) + 1
+    return loss, row, 2 * C + 8, grad, np.exp(lp) + onehot + eps / C, C + 8
+
+
 def check_xent(rng, dtype, backend, algo, monkeypatch):
+    """The plain mean loss; where algo is array_ops (the cuda backend's options path, which
+    declines the plain loss) per-row losses with label smoothing."""
     z, t = half(rng, (6, 11), dtype), rng.integers(0, 11, 6)
+    if algo == "array_ops":
+        opts = dict(reduction="none", label_smoothing=0.1)
+        loss = run("softmax_cross_entropy", backend, algo, z, t, monkeypatch=monkeypatch,
+                   **opts)
+        g = run("softmax_cross_entropy_backward", backend, algo, z, t,
+                monkeypatch=monkeypatch, **opts)
+        ref, mag, n, gref, gmag, gn = xent_smoothed_bounds(f64(z), t, 0.1)
+        assert loss.shape == (6,) and g.shape == z.shape
+        assert_half(loss, ref.astype(dtype), mag, n, dtype)
+        assert_half(g, gref.astype(dtype), gmag, gn, dtype)
+        return z, t, loss, g
     loss = run("softmax_cross_entropy", backend, algo, z, t, monkeypatch=monkeypatch)
     g = run("softmax_cross_entropy_backward", backend, algo, z, t, monkeypatch=monkeypatch)
     ref, mag, n, gref, gmag, gn = xent_bounds(f64(z), t)

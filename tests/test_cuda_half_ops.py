@@ -424,3 +424,23 @@ def test_cross_entropy_backward_scales_in_the_kernel(rng, dtype):
     ref, mag, n, gref, gmag, gn = H.xent_bounds(H.f64(z), t)
     assert g.dtype == dtype
     H.assert_half(g, (gref * 1.375 * -1).astype(dtype), gmag * 1.375, gn + 1, dtype)
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_cross_entropy_options_compute_in_float32(rng, dtype, monkeypatch):
+    """array_ops (the options: here label smoothing, class weights, reduction="none") runs
+    the reference's formulas on the half values widened to float32, then rounds once: on a
+    device the reference's own float64 widening (NumPy arrays only) would not apply, and the
+    formulas would run in the half type."""
+    from convgpu.ops import loss
+    seen = []
+    for name in ("_np_xent", "_np_xent_backward"):
+        real = getattr(loss, name)
+        monkeypatch.setattr(loss, name, lambda a, z, *r, real=real: seen.append(
+            (z.dtype, r[1] is None or r[1].dtype)) or real(a, z, *r))
+    z, t, w = H.half(rng, (4, 5), dtype), rng.integers(0, 5, 4), H.half(rng, (5,), dtype)
+    kw = dict(weight=abs(w), reduction="none", label_smoothing=0.1, backend="cuda")
+    y = convgpu.softmax_cross_entropy(z, t, **kw)
+    g = convgpu.softmax_cross_entropy_backward(z, t, **kw)
+    assert y.dtype == g.dtype == dtype and y.shape == (4,) and g.shape == (4, 5)
+    assert seen == [(np.float32, np.float32)] * 2, seen
