@@ -254,37 +254,13 @@ gemm_mma16(const T* __restrict__ A, const T* __restrict__ B, T* __restrict__ C,
     float acc[tc16::NACC];
     tc16::mainloop<KA, KB, Half16<T>::BF16>(smem, z.steps(), tid, acc, load);
 
+    // C row-major (M x N): columns c, c + 1 adjacent, one 4-byte store of the pair where N
+    // is even (then r * N + c is even: aligned); split s's FP32 partials at the same offsets
     const long long cbase = batch * batch_stride_c;
-    if (partial) {
-        float* P = partial + split * split_stride + cbase;
-#pragma unroll
-        for (int e = 0; e < tc16::NACC; ++e) {
-            const int r = m0 + tc16::acc_row(e, tid), c = n0 + tc16::acc_col(e, tid);
-            if (r < M && c < N) P[(long long)r * N + c] = acc[e];
-        }
-        return;
-    }
-    // accumulators e, e + 1 are columns c, c + 1 of one row (c even): one 4-byte store of the
-    // pair where N is even (then r * N + c is even: aligned)
-    T* Cb = C + cbase;
-    const bool pairs = N % 2 == 0;
-#pragma unroll
-    for (int e = 0; e < tc16::NACC; e += 2) {
-        const int r = m0 + tc16::acc_row(e, tid), c = n0 + tc16::acc_col(e, tid);
-        if (r >= M || c >= N) continue;
-        float v0 = acc[e], v1 = acc[e + 1];
-        if (bias) {
-            v0 += Half16<T>::to_float(bias[c]);
-            if (c + 1 < N) v1 += Half16<T>::to_float(bias[c + 1]);
-        }
-        T* p = Cb + (long long)r * N + c;
-        if (pairs) {
-            *reinterpret_cast<typename Half16<T>::Pair*>(p) = Half16<T>::pair(v0, v1);
-        } else {
-            p[0] = Half16<T>::from_float(v0);
-            if (c + 1 < N) p[1] = Half16<T>::from_float(v1);
-        }
-    }
+    tc16::store_half_pairs<T, true>(acc, tid, n0, N, partial ? nullptr : bias,
+        [&](int i) { const int r = m0 + i; return r < M ? (long long)r * N : -1LL; },
+        partial == nullptr && N % 2 == 0, partial ? nullptr : C + cbase,
+        partial ? partial + split * split_stride + cbase : nullptr);
 }
 
 // out[i] = the FP32 partials of gemm_mma16 summed in split order, plus bias[i % cols] (if not
