@@ -232,9 +232,8 @@ __device__ __forceinline__ void store_half(const float (&acc)[NACC], int tid, in
 }
 
 // The epilogue of gemm_mma16 and the channels-last kernels, whose tile columns are adjacent
-// in memory:
-// accumulators e, e + 1 are columns c, c + 1 (c even) of tile row i, at offset row(i) + c
-// and + 1 (row(i) < 0: a row past the end); columns valid below `cols`. BIAS: bias[c] added
+// in memory: accumulators e, e + 1 are columns c, c + 1 (c even) of tile row i, at offset
+// row(i) + c and + 1 (row(i) < 0: a row past the end); columns valid below `cols`. BIAS: bias[c] added
 // in FP32 (0 where bias is null), read once per column pair for its 8 rows. Each
 // value rounded once into out, as one 4-byte store of the pair where `pairs` (the caller
 // checks alignment), or as FP32 into partial where that is not null (a split).
