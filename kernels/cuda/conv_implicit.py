@@ -10,7 +10,7 @@ from convgpu.kernels.cuda.gemm import (MMA16_BK, MMA16_THREADS, half_ctype,
                                        mma16_shared_bytes)
 from convgpu.kernels.cuda.launch import THREADS as ELEM_THREADS
 from convgpu.kernels.cuda.launch import (GEMM_THREADS, MAX_GRID_YZ, PIPE_BK, PIPE_TABLE_BYTES,
-                                         PIPE_THREADS, TILE, address, ceil_div, conv_ints,
+                                         PIPE_THREADS, TILE, aligned16, ceil_div, conv_ints,
                                          elementwise_grid, null_or, pipe_shared_bytes,
                                          split_for, sum_splits, tf32_supports)
 from convgpu.kernels.cuda.module import (cbool, ctype, get_function, max_shared_per_block,
@@ -65,9 +65,9 @@ def pipelined_vectors(a, x, w):
     """(VA, VB) of conv2d_implicit_gemm_pipelined: weights as 16-byte copies when the rows
     Cg*R*S are a multiple of 4; the input too for 1x1 filters at stride 1 without padding
     with P*Q a multiple of 4 (then X_cols is x itself, four columns one vector)."""
-    va = (a.Cg * a.R * a.S) % 4 == 0 and address(w) % 16 == 0
+    va = (a.Cg * a.R * a.S) % 4 == 0 and aligned16(w)
     vb = ((a.R, a.S) == (1, 1) and tuple(a.stride) == (1, 1) and tuple(a.padding) == (0, 0)
-          and (a.P * a.Q) % 4 == 0 and address(x) % 16 == 0)
+          and (a.P * a.Q) % 4 == 0 and aligned16(x))
     return va, vb
 
 
@@ -255,7 +255,7 @@ def conv2d_implicit_gemm_mma16(a, x, w, b):
     if why:
         raise ValueError(why)
     x, w = contiguous(x), contiguous(w)
-    va = (a.Cg * a.R * a.S) % 8 == 0 and address(w) % 16 == 0
+    va = (a.Cg * a.R * a.S) % 8 == 0 and aligned16(w)
     return _mma16_launch("conv2d_implicit_gemm_mma16", (cbool(va),), a, "forward", x,
                          a.y_shape, a.Kg, a.N * a.P * a.Q, a.Cg * a.R * a.S, x, w,
                          bias=contiguous(b) if b is not None else None)

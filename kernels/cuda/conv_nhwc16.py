@@ -12,7 +12,7 @@ import numpy as np
 from convgpu.kernels.cuda.conv_implicit import mma16_split_launch
 from convgpu.kernels.cuda.conv_nhwc import _rotated_filters
 from convgpu.kernels.cuda.gemm import half_ctype, mma16_shared_bytes
-from convgpu.kernels.cuda.launch import (MAX_GRID_YZ, PIPE_TABLE_BYTES, TILE, address,
+from convgpu.kernels.cuda.launch import (MAX_GRID_YZ, PIPE_TABLE_BYTES, TILE, aligned16,
                                          ceil_div, null_or)
 from convgpu.kernels.cuda.module import cbool, max_shared_per_block
 from convgpu.kernels.outputs import contiguous
@@ -60,10 +60,6 @@ def _launch(kernel, a, like, out_shape, M, N, depth, smem, grid_xy, *arrays, lay
                               grid_xy, *arrays, layers=layers)
 
 
-def _aligned(*arrays):
-    return all(address(v) % 16 == 0 for v in arrays)
-
-
 def conv2d_nhwc_implicit_gemm_mma16(a, x, w, b):
     """y (N, P, Q, K) = x (N, H, W, C) * w (K, R, S, C/groups) + b in float16 / bfloat16:
     FP32 accumulation, the bias added in FP32, each output rounded once; 16-byte cp.async
@@ -72,7 +68,7 @@ def conv2d_nhwc_implicit_gemm_mma16(a, x, w, b):
     if why:
         raise ValueError(why)
     x, w = contiguous(x), contiguous(w)
-    vec = a.Cg % 8 == 0 and _aligned(x, w)
+    vec = a.Cg % 8 == 0 and aligned16(x, w)
     rsc, npq = a.R * a.S * a.Cg, a.N * a.P * a.Q
     return _launch(f"conv2d_nhwc_implicit_gemm_mma16<{half_ctype(x.dtype)}, {cbool(vec)}>",
                    a, x, a.y_shape, a.Kg, npq, rsc, FORWARD_SMEM,
@@ -145,7 +141,7 @@ def backward_input_nhwc_implicit_gemm_mma16(a, gy, w):
         return conv2d_nhwc_implicit_gemm_mma16(fwd, gy, _rotated_filters(a, w), None)
     (sh, sw), phases = a.stride, a.stride[0] * a.stride[1]
     rows = a.N * ceil_div(a.H, sh) * ceil_div(a.W, sw)           # the largest phase's
-    va, vb = a.Kg % 8 == 0 and _aligned(gy), a.Cg % 8 == 0 and _aligned(w)
+    va, vb = a.Kg % 8 == 0 and aligned16(gy), a.Cg % 8 == 0 and aligned16(w)
     t = half_ctype(gy.dtype)
     return _launch(f"conv2d_nhwc_dgrad_implicit_gemm_mma16<{t}, {cbool(va)}, {cbool(vb)}>",
                    a, gy, a.x_shape, a.Cg, rows, phase_depth(a), DGRAD_SMEM,
@@ -161,7 +157,7 @@ def backward_weight_nhwc_implicit_gemm_mma16(a, x, gy):
     if why:
         raise ValueError(why)
     x, gy = contiguous(x), contiguous(gy)
-    va, vb = a.Kg % 8 == 0 and _aligned(gy), a.Cg % 8 == 0 and _aligned(x)
+    va, vb = a.Kg % 8 == 0 and aligned16(gy), a.Cg % 8 == 0 and aligned16(x)
     rsc, npq = a.R * a.S * a.Cg, a.N * a.P * a.Q
     t = half_ctype(x.dtype)
     return _launch(f"conv2d_nhwc_wgrad_implicit_gemm_mma16<{t}, {cbool(va)}, {cbool(vb)}>",

@@ -7,20 +7,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from convgpu.core.args import HALF_DTYPES
-from convgpu.kernels.cuda.launch import THREADS, address, ceil_div, elementwise_grid, warp_grid
+from convgpu.kernels.cuda.launch import (THREADS, ceil_div, elementwise_grid, vec8_fits,
+                                         warp_grid)
 from convgpu.kernels.cuda.module import acc_dtype, ctype, get_function
 from convgpu.kernels.outputs import contiguous, empty
 
 
 def _ew(name, dtype):
     return get_function("elementwise.cu", f"{name}<{ctype(dtype)}>")
-
-
-def _vec8(dtype, *arrays):
-    """Whether the half types' 16-byte vector kernels serve: a half dtype and every array
-    16-byte aligned (a view may start anywhere)."""
-    return np.dtype(dtype) in HALF_DTYPES and all(address(v) % 16 == 0 for v in arrays)
 
 
 def _vec8_grid(n):
@@ -32,7 +26,7 @@ def _vec8_grid(n):
 def relu(a, x):
     y = empty(x.shape, x.dtype, x)
     n = np.int64(x.size)
-    if _vec8(x.dtype, x, y):
+    if vec8_fits(x.dtype, x, y):
         _ew("relu_fwd_vec8", x.dtype)(_vec8_grid(x.size), (THREADS,), (x, y, n))
     else:
         _ew("relu_fwd", x.dtype)(elementwise_grid(x.size), (THREADS,), (x, y, n))
@@ -43,7 +37,7 @@ def relu_backward(a, gy, x):
     gx = empty(x.shape, x.dtype, x)
     gy = contiguous(gy)
     n = np.int64(x.size)
-    if _vec8(x.dtype, gy, x, gx):
+    if vec8_fits(x.dtype, gy, x, gx):
         _ew("relu_bwd_vec8", x.dtype)(_vec8_grid(x.size), (THREADS,), (gy, x, gx, n))
     else:
         _ew("relu_bwd", x.dtype)(elementwise_grid(x.size), (THREADS,), (gy, x, gx, n))
@@ -55,7 +49,7 @@ def bias_add(a, x, b):
     b = contiguous(b)
     inner = int(np.prod(x.shape[2:], dtype=np.int64))
     args = (x, b, y, np.int64(x.size), np.int32(x.shape[1]), np.int64(inner))
-    if _vec8(x.dtype, x, y):                 # b is read element by element
+    if vec8_fits(x.dtype, x, y):             # b is read element by element
         _ew("bias_add_vec8", x.dtype)(_vec8_grid(x.size), (THREADS,), args)
     else:
         _ew("bias_add_fwd", x.dtype)(elementwise_grid(x.size), (THREADS,), args)

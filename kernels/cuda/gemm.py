@@ -8,7 +8,7 @@ import numpy as np
 from convgpu.kernels.cuda.elementwise import channel_sum
 from convgpu.kernels.cuda.launch import THREADS as ELEM_THREADS
 from convgpu.kernels.cuda.launch import (GEMM_THREADS, MAX_GRID_YZ, PIPE_BK, PIPE_THREADS, TILE,
-                                         address, ceil_div, elementwise_grid, i32, null_or,
+                                         aligned16, ceil_div, elementwise_grid, i32, null_or,
                                          pipe_shared_bytes, split_for, sum_splits)
 from convgpu.kernels.cuda.module import (cbool, ctype, get_function, max_shared_per_block,
                                          set_max_dynamic_shared)
@@ -22,7 +22,7 @@ def vec_gemm_fits(A, B, ta, tb) -> bool:
     N = B.shape[1] if tb else B.shape[2]
     return (np.dtype(A.dtype) == np.float32 and np.dtype(B.dtype) == np.float32
             and (M if ta else K) % 4 == 0 and (K if tb else N) % 4 == 0
-            and address(A) % 16 == 0 and address(B) % 16 == 0)
+            and aligned16(A, B))
 
 
 GEMM_VARIANTS = ("auto", "vec", "vec64", "tiled", "pipelined", "mma16")
@@ -50,8 +50,7 @@ def mma16_vec_fits(A, B, ta, tb) -> bool:
     and 16-byte aligned bases (else the element-wise variant)."""
     M, K = (A.shape[2], A.shape[1]) if ta else (A.shape[1], A.shape[2])
     N = B.shape[1] if tb else B.shape[2]
-    return ((M if ta else K) % 8 == 0 and (K if tb else N) % 8 == 0
-            and address(A) % 16 == 0 and address(B) % 16 == 0)
+    return (M if ta else K) % 8 == 0 and (K if tb else N) % 8 == 0 and aligned16(A, B)
 
 
 def gemm(A, B, ta=False, tb=False, splits=1, tf32=False, variant="auto", bias=None,

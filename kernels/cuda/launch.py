@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from convgpu.core.args import ceil_div
+from convgpu.core.args import HALF_DTYPES, ceil_div
 from convgpu.kernels.cuda.module import ctype, get_function
 
 THREADS = 256              # one-thread-per-element kernels
@@ -43,6 +43,18 @@ def null_or(a):
 
 def address(a) -> int:
     return a.ctypes.data if isinstance(a, np.ndarray) else a.data.ptr
+
+
+def aligned16(*arrays) -> bool:
+    """Every array's base on a 16-byte boundary, as a 16-byte vector access or cp.async
+    needs (a view may start anywhere)."""
+    return all(address(a) % 16 == 0 for a in arrays)
+
+
+def vec8_fits(dtype, *arrays) -> bool:
+    """The half types' 16-byte vector kernels (8 elements a load) serve: a half dtype and
+    every array aligned."""
+    return np.dtype(dtype) in HALF_DTYPES and aligned16(*arrays)
 
 
 def conv_ints(a):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from convgpu.kernels.cuda.launch import (MAX_GRID_YZ, THREADS, address, ceil_div,
+from convgpu.kernels.cuda.launch import (MAX_GRID_YZ, THREADS, aligned16, ceil_div,
                                          elementwise_grid, null_or)
 from convgpu.kernels.cuda.module import acc_dtype, ctype, get_function
 from convgpu.kernels.outputs import contiguous, empty
@@ -62,7 +62,7 @@ def _norm_planes(name, L, arrays, pdtype=None):
     allow them, single values otherwise."""
     dtype = arrays[0].dtype
     v = 16 // dtype.itemsize
-    if L % v or any(address(a) % 16 for a in arrays):
+    if L % v or not aligned16(*arrays):
         v = 1
     return get_function("norm.cu", f"batch_norm_{name}_planes<{_targs(dtype, pdtype, v)}>")
 

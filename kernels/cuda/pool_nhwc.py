@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from convgpu.core.args import HALF_DTYPES
-from convgpu.kernels.cuda.launch import THREADS, address, elementwise_grid, fastdiv, index_type
+from convgpu.kernels.cuda.launch import THREADS, elementwise_grid, fastdiv, index_type, vec8_fits
 from convgpu.kernels.cuda.module import ctype, get_function
 from convgpu.kernels.cuda.pool import index_flag, pool_ints, raise_if_flagged
 from convgpu.kernels.outputs import contiguous, empty
@@ -29,10 +28,7 @@ def lanes(C, *arrays):
     """V, the channels a thread of the four vector kernels takes: 8 for the half types where
     C is a multiple of 8 and every array's base is 16-byte aligned (one 16-byte load or
     store a tap), else 1."""
-    if arrays[0].dtype in HALF_DTYPES and C % 8 == 0 and all(address(a) % 16 == 0
-                                                             for a in arrays):
-        return 8
-    return 1
+    return 8 if C % 8 == 0 and vec8_fits(arrays[0].dtype, *arrays) else 1
 
 
 def _kernel(name, dtype, it, V):
