@@ -87,7 +87,7 @@ def _in_float32(fn, a, z, *rest):
     """fn on the half types' values widened to float32 (the row kernels' arithmetic; the
     reference's own widening to float64 sees NumPy arrays only), its result rounded once to
     z's type. Integer labels and absent arrays pass as they are."""
-    if z.dtype.name not in ("float16", "bfloat16"):
+    if z.dtype not in A.HALF_DTYPES:
         return fn(a, z, *rest)
     wide = lambda v: v.astype(np.float32) if v is not None and v.dtype == z.dtype else v  # noqa: E731
     return fn(a, *map(wide, (z, *rest))).astype(z.dtype)

@@ -132,3 +132,25 @@ def gemm_check(got, A64, B64, algo, dtype) -> Optional[str]:
     if norm <= tol and elem <= 1:
         return None
     return f"FAIL norm-wise {norm:.2e} (tol {tol:.1e}), element-wise {elem:.2f} of the bound"
+
+
+def elementwise_check(got, ref, mag, n, dtype) -> Optional[str]:
+    """The same for a result of n FP32 operations on magnitudes mag (pooling's gathers, batch
+    norm): every element within bounds.half_bound of ref rounded once to dtype (for float32,
+    the FP32 bound itself)."""
+    from convgpu import bounds
+    if got.shape != ref.shape:
+        return f"FAIL shape {got.shape}, not {ref.shape}"
+    ref_h = ref.astype(np_dtype(dtype)).astype(np.float64)
+    elem = bounds.elementwise(got, ref_h, bounds.half_bound(np_dtype(dtype), ref_h,
+                                                             (n + 2) * 2.0 ** -23 * mag))
+    return None if elem <= 1 else f"FAIL element-wise {elem:.2f} of the bound"
+
+
+def normwise_check(got, ref, dtype) -> Optional[str]:
+    """||got - ref|| / ||ref|| within the design's norm-wise bound for dtype (bounds.tolerance
+    of a direct computation: 2 u_h + the FP32 bound for the half types)."""
+    from convgpu import bounds
+    err = float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
+    tol = bounds.tolerance("direct", np_dtype(dtype))
+    return None if err <= tol else f"FAIL norm-wise {err:.2e} (tol {tol:.1e})"

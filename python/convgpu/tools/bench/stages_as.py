@@ -4,7 +4,7 @@ layout, validated against the reference with the half bounds (convgpu.tools.benc
 then timed beside cuDNN / cuBLAS / torch in the same precision and layout."""
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List
 
 import numpy as np
 
@@ -222,22 +222,6 @@ def _indices(i64, layout, torch):
                                            else i64))
 
 
-def _half_close(got, ref, mag, n, dt) -> Optional[str]:
-    """None where every element of got (float64) is within the half bound of ref (the
-    float64 result, rounded once here) for an FP32 computation of n operations on
-    magnitudes mag; else the row's FAIL status."""
-    from convgpu import bounds
-    if got.shape != ref.shape:
-        return f"FAIL shape {got.shape}, not {ref.shape}"
-    ref_h = ref.astype(dt).astype(np.float64)
-    bound = np.broadcast_to(bounds.half_bound(dt, ref_h, (n + 2) * 2.0 ** -23 * mag), got.shape)
-    err = np.abs(got - ref_h)
-    # a zero bound (float32, an exact zero) asks for an exact zero
-    rel = np.divide(err, bound, out=np.where(err > 0, np.inf, 0.0), where=bound > 0)
-    worst = float(np.max(rel)) if got.size else 0.0
-    return None if worst <= 1 else f"FAIL element-wise {worst:.2f} of the bound"
-
-
 def bench_pool_norm_as(timer, pools, norms, dtype, layout, progress=print, impl_filter=None,
                        out=None, saved=None) -> List[Result]:
     """Max pooling (forward with indices, the gather) and training batch norm (forward,
@@ -292,7 +276,7 @@ def bench_pool_norm_as(timer, pools, norms, dtype, layout, progress=print, impl_
                 else:
                     fn = lambda kw=kw: convgpu.max_pool2d_backward(gy, idx, xs, k, s, p, 1, cm,
                                                                    **kw)
-                    bad = _half_close(host(fn()), gx64, gmag, k * k, dt)
+                    bad = PR.elementwise_check(host(fn()), gx64, gmag, k * k, dt)
                 _timed_row(timer, op, label, f"{impl.backend}:{impl.algo}", dt, layout, fn,
                            bad, nb["forward" if op == "max_pool2d" else "backward"], base, out,
                            progress)
@@ -344,17 +328,13 @@ def bench_pool_norm_as(timer, pools, norms, dtype, layout, progress=print, impl_
                     x, rm, rv, w, b, True, return_stats=True, **kw)
                 yb, mean, invstd = fwd()
                 if op == "batch_norm":
-                    fn, bad = fwd, _half_close(host(yb), y64, ymag, 2 * M + 8, dt)
+                    fn, bad = fwd, PR.elementwise_check(host(yb), y64, ymag, 2 * M + 8, dt)
                 else:
                     fn = lambda kw=kw, mean=mean, invstd=invstd: convgpu.batch_norm_backward(
                         gy, x, mean, invstd, w, True, **kw)
                     mh, ih = (PR.to_nchw_host(a, "NCHW", True) for a in (mean, invstd))
                     ref = reference.batch_norm_backward(g64, x64, mh, ih, w64, True)[0]
-                    got = host(fn()[0])
-                    err = float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
-                    tol = (2 * 2.0 ** (-8 if dt.name == "bfloat16" else -11) + 1e-4
-                           if PR.is_half(dt) else 1e-5)
-                    bad = None if err <= tol else f"FAIL norm-wise {err:.2e} (tol {tol:.1e})"
+                    bad = PR.normwise_check(host(fn()[0]), ref, dt)
                 _timed_row(timer, op, label, f"{impl.backend}:{impl.algo}", dt, layout, fn,
                            bad, nb["forward" if op == "batch_norm" else "backward"], base, out,
                            progress)
