@@ -76,10 +76,10 @@ __global__ void bias_add_fwd(const T* __restrict__ x, const T* __restrict__ b, T
 template <typename T>
 __global__ void relu_fwd_vec8(const T* __restrict__ x, T* __restrict__ y, long long n) {
     VEC8_LOOP(i) {
-        pack8<T> v = reinterpret_cast<const pack8<T>*>(x)[i];
+        Pack<T, 8> v = load_pack<T, 8>(x + i * 8);
 #pragma unroll
         for (int j = 0; j < 8; ++j) v.v[j] = relu_of(v.v[j]);
-        reinterpret_cast<pack8<T>*>(y)[i] = v;
+        store_pack<T, 8>(y + i * 8, v);
     }
     VEC8_TAIL(i) y[i] = relu_of(x[i]);
 }
@@ -88,11 +88,11 @@ template <typename T>
 __global__ void relu_bwd_vec8(const T* __restrict__ gy, const T* __restrict__ x,
                               T* __restrict__ gx, long long n) {
     VEC8_LOOP(i) {
-        pack8<T> g = reinterpret_cast<const pack8<T>*>(gy)[i];
-        const pack8<T> v = reinterpret_cast<const pack8<T>*>(x)[i];
+        Pack<T, 8> g = load_pack<T, 8>(gy + i * 8);
+        const Pack<T, 8> v = load_pack<T, 8>(x + i * 8);
 #pragma unroll
         for (int j = 0; j < 8; ++j) g.v[j] = relu_grad_of(g.v[j], v.v[j]);
-        reinterpret_cast<pack8<T>*>(gx)[i] = g;
+        store_pack<T, 8>(gx + i * 8, g);
     }
     VEC8_TAIL(i) gx[i] = relu_grad_of(gy[i], x[i]);
 }
@@ -101,10 +101,10 @@ template <typename T>
 __global__ void bias_add_vec8(const T* __restrict__ x, const T* __restrict__ b,
                               T* __restrict__ y, long long n, int C, long long inner) {
     VEC8_LOOP(i) {
-        pack8<T> v = reinterpret_cast<const pack8<T>*>(x)[i];
+        Pack<T, 8> v = load_pack<T, 8>(x + i * 8);
 #pragma unroll
         for (int j = 0; j < 8; ++j) v.v[j] = bias_added(v.v[j], b, i * 8 + j, C, inner);
-        reinterpret_cast<pack8<T>*>(y)[i] = v;
+        store_pack<T, 8>(y + i * 8, v);
     }
     VEC8_TAIL(i) y[i] = bias_added(x[i], b, i, C, inner);
 }

@@ -27,9 +27,6 @@ template <typename T> __device__ __forceinline__ acc_t<T> to_acc(T v) {
 }
 template <typename T> __device__ __forceinline__ T from_acc(acc_t<T> v) { return T(v); }
 
-// eight 16-bit elements, one 16-byte vector load or store (LDG.128 / STG.128)
-template <typename T> struct __align__(16) pack8 { T v[8]; };
-
 // V values of T moved as one vector: V = 16 / sizeof(T) (float4, double2, 8 halves), or V = 1.
 // (the 16-bit types move as float4 too: loads and stores copy bits, no arithmetic)
 template <typename T> struct Vec16 { using type = float4; };
