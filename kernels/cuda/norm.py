@@ -44,7 +44,7 @@ def norm_plane_grid(N: int, C: int, L: int, vec: int = 4):
     return ceil_div(L, length), min(planes, MAX_GRID_YZ), length
 
 
-def _targs(dtype, pdtype, *middle):
+def template_args(dtype, pdtype, *middle):
     """norm.cu's template arguments: the data type, `middle` (a vector width), and the
     parameters' type P where it is not the data's (P = T is the default)."""
     t = [ctype(dtype), *map(str, middle)]
@@ -54,7 +54,7 @@ def _targs(dtype, pdtype, *middle):
 
 
 def _norm(name, dtype, pdtype=None):
-    return get_function("norm.cu", f"batch_norm_{name}<{_targs(dtype, pdtype)}>")
+    return get_function("norm.cu", f"batch_norm_{name}<{template_args(dtype, pdtype)}>")
 
 
 def _norm_planes(name, L, arrays, pdtype=None):
@@ -64,7 +64,8 @@ def _norm_planes(name, L, arrays, pdtype=None):
     v = 16 // dtype.itemsize
     if L % v or not aligned16(*arrays):
         v = 1
-    return get_function("norm.cu", f"batch_norm_{name}_planes<{_targs(dtype, pdtype, v)}>")
+    targs = template_args(dtype, pdtype, v)
+    return get_function("norm.cu", f"batch_norm_{name}_planes<{targs}>")
 
 
 def _norm_apply(name, x3, vectored, head, tail, pdtype=None):

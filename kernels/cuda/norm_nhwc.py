@@ -39,7 +39,8 @@ def _partials(x3, part):
 def _bwd_partials(g3, x3, mean, part, pd):
     M, C, _ = x3.shape
     S = part.shape[1]
-    get_function("norm_nhwc.cu", f"batch_norm_nhwc_bwd_partials<{norm._targs(x3.dtype, pd)}>")(
+    targs = norm.template_args(x3.dtype, pd)
+    get_function("norm_nhwc.cu", f"batch_norm_nhwc_bwd_partials<{targs}>")(
         (ceil_div(C, LANES), S), (norm.NORM_THREADS,),
         (g3, x3, mean, part, np.int64(M), np.int32(C), np.int32(S)))
 
