@@ -62,12 +62,15 @@ def rounded(a: np.ndarray, dtype) -> np.ndarray:
 
 
 def operand(host: np.ndarray, layout: str, torch=None, device: str = "cuda"):
-    """(ours, the baseline's) for one array `host` (NCHW order, already in the row's dtype):
-    the same torch tensor twice with a CUDA torch (channels_last for a 4-D NHWC operand),
-    else (a native array in the layout's axis order, None)."""
+    """(ours, the baseline's) for one array `host` (NCHW order, already in the row's dtype, or
+    integer: max-pool indices): the same torch tensor twice with a CUDA torch (channels_last
+    for a 4-D NHWC operand), else (a native array in the layout's axis order, None)."""
     if torch is not None:
-        t = torch.from_numpy(np.ascontiguousarray(host.astype(np.float32))).to(
-            device=device, dtype=torch_dtype(torch, host.dtype))
+        if host.dtype.kind in "iu":
+            t = torch.from_numpy(np.ascontiguousarray(host)).to(device=device)
+        else:                           # through float32: torch reads no ml_dtypes bfloat16
+            t = torch.from_numpy(np.ascontiguousarray(host.astype(np.float32))).to(
+                device=device, dtype=torch_dtype(torch, host.dtype))
         if layout == "NHWC" and t.dim() == 4:
             t = t.contiguous(memory_format=torch.channels_last)
         return t, t

@@ -212,16 +212,6 @@ def _timed_row(timer, op, label, impl, dt, layout, fn, bad, nb, base, out, progr
              f"{r.gbps:8.1f} GB/s" + (f"  x{r.vs_cudnn:.3f}" if r.vs_cudnn else ""))
 
 
-def _indices(i64, layout, torch):
-    """The reference's max-pool indices (int64, NCHW order) as both sides take them."""
-    if torch is not None:
-        t = torch.from_numpy(i64).to(DEVICE)
-        return t.contiguous(memory_format=torch.channels_last) if layout == "NHWC" else t
-    import cupy as cp
-    return cp.asarray(np.ascontiguousarray(i64.transpose(0, 2, 3, 1) if layout == "NHWC"
-                                           else i64))
-
-
 def bench_pool_norm_as(timer, pools, norms, dtype, layout, progress=print, impl_filter=None,
                        out=None, saved=None) -> List[Result]:
     """Max pooling (forward with indices, the gather) and training batch norm (forward,
@@ -254,7 +244,7 @@ def bench_pool_norm_as(timer, pools, norms, dtype, layout, progress=print, impl_
         xs = PR.shape_of(xh.shape, layout, torch)
         nb = pool_bytes(xh.size, y64.size, dt.itemsize)
         # both sides' gathers take the reference's indices (the first maximum of a window)
-        idx = _indices(i64, layout, torch)
+        idx = PR.operand(i64, layout, torch, DEVICE)[0]
         base = {}
         if torch is not None:
             F = torch.nn.functional
